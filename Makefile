@@ -1,0 +1,55 @@
+# commerce-stack: the two commands of the README, and the pieces behind them.
+#
+#   make up     run the shop on this machine (infrastructure + services)
+#   make test   start whatever infrastructure is missing, then run every test
+#
+# Build outputs and downloaded infrastructure live outside the clone, keyed by
+# version, so a second run (or CI on the same machine) does not rebuild them.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/commerce-stack/target
+# Loopback ports, credentials and paths of the local infrastructure.
+INFRA_ENV := source e2e/infra.env
+CARGO := cargo
+CARGO_FLAGS := --locked
+
+.PHONY: help up down status infra test lint fmt generate check-generated build
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+up: infra ## run the shop on this machine
+	@echo "Infrastructure is up (make status shows where)."
+	@echo "The services and the gateway arrive with the shop; until then 'make up' starts the infrastructure only."
+
+down: ## stop everything 'make up' or 'make test' started
+	bash e2e/scripts/infra.sh down
+
+status: ## show the local infrastructure
+	bash e2e/scripts/infra.sh status
+
+infra: ## start Postgres, Redis, Kafka and the Kubernetes control plane if absent
+	bash e2e/scripts/infra.sh up
+
+build: ## build every crate
+	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+generate: ## regenerate CRDs and other generated files from the Rust types
+	bash scripts/generate.sh
+
+check-generated: generate ## fail if generated files differ from what is committed
+	@git diff --exit-code -- crds charts manifests || { echo "generated files are stale: run 'make generate' and commit" >&2; exit 1; }
+
+test: infra lint check-generated ## start missing infrastructure, then run every test
+	$(INFRA_ENV) && $(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
+	$(INFRA_ENV) && $(CARGO) test $(CARGO_FLAGS) --workspace --doc
