@@ -45,7 +45,9 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 generate: ## regenerate CRDs and other generated files from the Rust types
-	bash scripts/generate.sh
+	$(CARGO) run $(CARGO_FLAGS) --quiet -p commerce-operator -- crd > crds/commerce-stack.yaml
+	mkdir -p charts/commerce-operator/crds
+	cp crds/commerce-stack.yaml charts/commerce-operator/crds/commerce-stack.yaml
 
 check-generated: generate ## fail if generated files differ from what is committed
 	@git diff --exit-code -- crds charts manifests || { echo "generated files are stale: run 'make generate' and commit" >&2; exit 1; }
