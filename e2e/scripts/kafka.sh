@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Apache Kafka (from Maven Central) on 127.0.0.1: one KRaft node that is both
+# broker ($COMMERCE_KAFKA_BROKERS) and controller (:$COMMERCE_KAFKA_CONTROLLER_PORT).
+#
+#   kafka.sh install|up|down|status|smoke
+#
+# install  copies kafka_2.13 and its runtime class path (see e2e/kafka/pom.xml)
+#          to $COMMERCE_CACHE_DIR/kafka-$COMMERCE_KAFKA_VERSION/libs
+# up       formats the storage once, starts kafka.Kafka and waits until the
+#          broker serves metadata for our cluster id
+# smoke    creates a topic, produces and consumes a record, deletes the topic
+#
+# Config: $COMMERCE_STATE_DIR/kafka/server.properties (rewritten on every start)
+# Data:   $COMMERCE_STATE_DIR/kafka/data (kept across down/up)
+# Log:    $COMMERCE_STATE_DIR/logs/kafka.log
+COMPONENT=kafka
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KAFKA_HOME="$CACHE/kafka-$COMMERCE_KAFKA_VERSION"
+LIBS="$KAFKA_HOME/libs"
+KAFKA_STATE="$STATE/kafka"
+KAFKA_DATA="$KAFKA_STATE/data"
+KAFKA_PROPS="$KAFKA_STATE/server.properties"
+TOOLS_PROPS="$KAFKA_STATE/tools.properties"
+KAFKA_LOG="$(log_file kafka)"
+# Our broker's JVM is the one started with our server.properties.
+KAFKA_MARKER="$KAFKA_PROPS"
+# Small enough to share 24 GB with everything else; plenty for tests.
+KAFKA_HEAP="${COMMERCE_KAFKA_HEAP:--Xmx768m -Xms256m}"
+
+# Identifies the library set: the pom and the version it is resolved for.
+libs_key() {
+  { cat "$E2E_DIR/kafka/pom.xml"; echo "$COMMERCE_KAFKA_VERSION"; } | sha256sum | cut -c1-16
+}
+
+do_install() {
+  ensure_state_dirs
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  local key
+  key="$(libs_key)"
+  if [[ -f "$LIBS/kafka_2.13-$COMMERCE_KAFKA_VERSION.jar" && "$(cat "$KAFKA_HOME/.libs-key" 2>/dev/null)" == "$key" ]]; then
+    return 0
+  fi
+  local tmp log start
+  tmp="$KAFKA_HOME/libs.tmp.$$"
+  log="$(log_file kafka-install)"
+  start=$SECONDS
+  log "resolving Apache Kafka $COMMERCE_KAFKA_VERSION from Maven Central into $LIBS (log: $log)"
+  rm -rf "$tmp"
+  mkdir -p "$KAFKA_HOME"
+  if ! mvn -B -q -f "$E2E_DIR/kafka/pom.xml" -Dkafka.version="$COMMERCE_KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >>"$log" 2>&1; then
+    rm -rf "$tmp"
+    tail -n 20 "$log" >&2
+    die "mvn dependency:copy-dependencies failed; see $log"
+  fi
+  [[ -f "$tmp/kafka_2.13-$COMMERCE_KAFKA_VERSION.jar" ]] || die "Maven produced no kafka_2.13-$COMMERCE_KAFKA_VERSION.jar in $tmp"
+  rm -rf "$LIBS"
+  mv "$tmp" "$LIBS"
+  printf '%s\n' "$key" >"$KAFKA_HOME/.libs-key"
+  log "installed $(find "$LIBS" -name '*.jar' | wc -l) jars in $((SECONDS - start))s"
+}
+
+# Runs a class from the Kafka class path with a small, fast-starting JVM
+# (the command-line tools, the storage formatter).
+kafka_tool() {
+  java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$E2E_DIR/kafka/tools-log4j2.properties" \
+    -cp "$LIBS/*" "$@"
+}
+
+write_config() {
+  mkdir -p "$KAFKA_DATA"
+  cat >"$KAFKA_PROPS" <<EOF
+# Written by e2e/scripts/kafka.sh on every start; edit the script, not this.
+# One KRaft node, broker and controller in one JVM, loopback only.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,CONTROLLER://127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$KAFKA_DATA
+
+# A single replica of everything, including the internal topics.
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Fewer internal partitions: created on first use, and 50 cost seconds.
+offsets.topic.num.partitions=5
+transaction.state.log.num.partitions=5
+
+# Tests join consumer groups constantly; do not wait for more members.
+group.initial.rebalance.delay.ms=0
+# Services create their topics explicitly; a typo must fail, not create one.
+auto.create.topics.enable=false
+num.partitions=1
+log.retention.hours=24
+EOF
+  cat >"$TOOLS_PROPS" <<EOF
+# Client settings for the tools kafka.sh runs: fail fast, the script retries.
+request.timeout.ms=5000
+default.api.timeout.ms=10000
+EOF
+}
+
+# Formats the log directory once, with the cluster id kept in the state dir.
+format_storage() {
+  [[ -s "$KAFKA_DATA/meta.properties" ]] && return 0
+  local id
+  if [[ ! -s "$KAFKA_STATE/cluster-id" ]]; then
+    kafka_tool kafka.tools.StorageTool random-uuid >"$KAFKA_STATE/cluster-id" 2>>"$KAFKA_LOG" \
+      || die "could not generate a cluster id; see $KAFKA_LOG"
+  fi
+  id="$(<"$KAFKA_STATE/cluster-id")"
+  log "formatting $KAFKA_DATA for cluster $id"
+  kafka_tool kafka.tools.StorageTool format --ignore-formatted -t "$id" -c "$KAFKA_PROPS" >>"$KAFKA_LOG" 2>&1 \
+    || die "formatting the Kafka storage failed; see $KAFKA_LOG"
+}
+
+# A real round trip to the broker: it answers a metadata request with our
+# cluster id (not just an open port, and not another Kafka on the port).
+kafka_answers() {
+  port_open "$COMMERCE_KAFKA_PORT" || return 1
+  local id
+  id="$(kafka_tool org.apache.kafka.tools.ClusterTool cluster-id \
+    --bootstrap-server "$COMMERCE_KAFKA_BROKERS" --command-config "$TOOLS_PROPS" 2>/dev/null)" || return 1
+  [[ "$id" == "Cluster ID: $(cat "$KAFKA_STATE/cluster-id" 2>/dev/null)" ]]
+}
+
+do_up() {
+  do_install
+  local pid
+  if pid="$(running_pid kafka "$KAFKA_MARKER")"; then
+    if kafka_answers; then
+      log "already up (pid $pid) on $COMMERCE_KAFKA_BROKERS"
+      return 0
+    fi
+    log "pid $pid is starting; waiting for it"
+  else
+    require_port_free "$COMMERCE_KAFKA_PORT" "kafka broker"
+    require_port_free "$COMMERCE_KAFKA_CONTROLLER_PORT" "kafka controller"
+    mkdir -p "$KAFKA_STATE"
+    write_config
+    format_storage
+    log "starting Apache Kafka $COMMERCE_KAFKA_VERSION on $COMMERCE_KAFKA_BROKERS"
+    # shellcheck disable=SC2086 # KAFKA_HEAP is a list of JVM flags
+    start_detached kafka java $KAFKA_HEAP -server \
+      -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+      -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$E2E_DIR/kafka/log4j2.properties" \
+      -Dcommerce.kafka.log="$KAFKA_LOG" \
+      -cp "$LIBS/*" kafka.Kafka "$KAFKA_PROPS"
+  fi
+  wait_ready kafka "$KAFKA_MARKER" 120 "metadata from $COMMERCE_KAFKA_BROKERS" kafka_answers
+  log "up: $COMMERCE_KAFKA_BROKERS (cluster $(<"$KAFKA_STATE/cluster-id"))"
+}
+
+do_down() {
+  # SIGTERM runs Kafka's controlled shutdown, which closes the logs cleanly.
+  stop_recorded kafka "$KAFKA_MARKER" 60
+  log "down"
+}
+
+do_status() {
+  local pid state="down"
+  if pid="$(running_pid kafka "$KAFKA_MARKER")"; then
+    if kafka_answers; then state="up (pid $pid)"; else state="starting or unresponsive (pid $pid)"; fi
+  fi
+  status_line kafka "$COMMERCE_KAFKA_VERSION" "$COMMERCE_KAFKA_BROKERS" "$state"
+}
+
+# Creates a topic, produces a record, consumes it back and deletes the topic,
+# all with Kafka's own command-line tools.
+do_smoke() {
+  running_pid kafka "$KAFKA_MARKER" >/dev/null || die "kafka is not running; run: $0 up"
+  local topic="commerce-smoke-$$-$RANDOM" sent got
+  sent="hello from kafka.sh $(date -u +%FT%TZ)"
+  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$COMMERCE_KAFKA_BROKERS" \
+    --command-config "$TOOLS_PROPS" --create --topic "$topic" --partitions 1 --replication-factor 1 >&2
+  printf '%s\n' "$sent" | kafka_tool org.apache.kafka.tools.ConsoleProducer \
+    --bootstrap-server "$COMMERCE_KAFKA_BROKERS" --topic "$topic" --command-property acks=all >&2
+  got="$(kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer \
+    --bootstrap-server "$COMMERCE_KAFKA_BROKERS" --topic "$topic" --from-beginning \
+    --max-messages 1 --timeout-ms 30000 --group "$topic")"
+  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$COMMERCE_KAFKA_BROKERS" \
+    --command-config "$TOOLS_PROPS" --delete --topic "$topic" >&2
+  [[ "$got" == "$sent" ]] || die "consumed '$got', expected '$sent'"
+  log "smoke ok: produced and consumed '$sent' on $topic"
+}
+
+if [[ "${1:-}" == smoke ]]; then
+  do_smoke
+else
+  main_dispatch "$@"
+fi

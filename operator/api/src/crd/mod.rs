@@ -1,0 +1,43 @@
+//! The custom resources of commerce-stack, as Rust types from which the CRDs
+//! in `crds/` are generated (`commerce-operator crd`); the YAML is never
+//! edited by hand.
+//!
+//! Admission rules live next to the fields they guard: OpenAPI bounds for
+//! single values, CEL rules (`x-kubernetes-validations`) for relations between
+//! fields, each with a message that says what to change. The operator checks
+//! the same rules again in its pure `validate` step, because `render` runs
+//! without an apiserver.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube_core::CustomResourceExt;
+
+pub mod policy;
+pub mod rate_limit;
+pub mod stack;
+
+/// API group of every commerce-stack resource.
+pub const GROUP: &str = "commerce-stack.dev";
+/// The one served and stored version. Alpha: fields may still change.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every commerce-stack resource.
+pub const API_VERSION: &str = "commerce-stack.dev/v1alpha1";
+/// The kubectl category of both kinds: `kubectl get commerce` lists them.
+pub const CATEGORY: &str = "commerce";
+
+/// Every CRD of the project, in the order `commerce-operator crd` prints them.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![stack::crd(), policy::RateLimitPolicy::crd()]
+}
+
+/// Keys a Secret's value by name: the shape every Secret reference in the
+/// specs shares.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of a Secret in the stack's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret whose value is used.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}

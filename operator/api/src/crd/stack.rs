@@ -1,0 +1,775 @@
+//! `CommerceStack`: one resource that describes a whole shop, from which the
+//! operator builds every Deployment, Service, topic and database.
+//!
+//! Fields with a sensible default have one (applied by the apiserver, so
+//! `kubectl get -o yaml` shows what runs); the rules that relate fields to each
+//! other are CEL rules with messages that say what to change.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, ValidationRule,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube_core::{Duration, Message, Reason, Rule};
+use kube_derive::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeyRef;
+use super::rate_limit::{MAX_RULES, RateLimitRule};
+use crate::catalog::Service;
+
+/// Condition type: every enabled service has all its replicas available and
+/// the stack's topics and databases exist.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: the operator is rolling out a change (a new generation,
+/// a Deployment whose replicas are not all updated and available yet).
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Condition type: something keeps the stack from its desired state (an
+/// invalid spec, an unreachable broker or database, an apply error).
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// Longest name of a CommerceStack: the longest object name derived from it,
+/// `<stack>-notification-headless`, must remain a 63-character DNS label.
+pub const MAX_NAME_LEN: usize = 63 - "-notification-headless".len();
+
+/// Image repository of the `commerce` binary when the spec names none.
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/commerce-stack/commerce";
+
+/// The shop: image and version, per-service settings, the infrastructure it
+/// uses (Kafka, Postgres, Redis, each external or managed), the gateway's
+/// Ingress and rate limits, and what happens to data when the stack goes.
+// kube's `printcolumn(...)` repeats keys by design; clippy takes them for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "commerce-stack.dev",
+    version = "v1alpha1",
+    kind = "CommerceStack",
+    namespaced,
+    status = "CommerceStackStatus",
+    derive = "PartialEq",
+    shortname = "cstack",
+    category = "commerce",
+    doc = "A complete commerce backend: the operator turns it into a Deployment per service, Kafka topics, a database per service, autoscalers and an Ingress with rate limits.",
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether every enabled service is available"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".spec.version",
+        description = "The shop's version: the image tag of every service"
+    ),
+    printcolumn(
+        name = "Services",
+        type_ = "string",
+        json_path = ".status.readyServices",
+        description = "Available services out of enabled services"
+    ),
+    printcolumn(
+        name = "Gateway",
+        type_ = "string",
+        json_path = ".status.gatewayUrl",
+        description = "Where clients reach the REST gateway",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("!has(self.gateway.ingress) || !('gateway' in self.services) || self.services['gateway'].enabled")
+        .message("gateway.ingress routes to the gateway, but services.gateway.enabled is false: enable the gateway or remove gateway.ingress")
+        .reason(Reason::FieldValueForbidden),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CommerceStackSpec {
+    /// The shop's version: the image tag every service runs, e.g. `0.1.0`.
+    /// Changing it rolls every Deployment to the new image.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"))]
+    pub version: String,
+    /// Where the `commerce` image comes from.
+    #[serde(default)]
+    #[schemars(extend("default" = {}))]
+    pub image: ImageSpec,
+    /// Per-service settings, keyed by the service's name in the catalog
+    /// (auth, catalog, inventory, cart, order, payment, notification,
+    /// shipping, gateway). A service that is not listed runs with the
+    /// defaults: enabled, one replica, default resources.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = Service::ALL.len()))]
+    #[x_kube(validation = known_service_names_rule())]
+    pub services: BTreeMap<String, ServiceSettings>,
+    /// The Kafka cluster that carries the domain events: `external` (your
+    /// brokers) or `managed` (the operator runs one in the namespace).
+    pub kafka: KafkaSpec,
+    /// The Postgres server that holds one database per service: `external`
+    /// (the operator logs in with an admin Secret) or `managed`.
+    pub postgres: PostgresSpec,
+    /// The Redis that holds carts, the catalog cache and rate-limit counters:
+    /// `external` or `managed`.
+    pub redis: RedisSpec,
+    /// The REST gateway: its Ingress, CORS and rate limits.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    /// Settings of the auth service's tokens.
+    #[serde(default)]
+    #[schemars(extend("default" = {"accessTokenTtl": "15m", "refreshTokenTtl": "720h"}))]
+    pub auth: AuthSpec,
+    /// Settings of the payment service's provider.
+    #[serde(default)]
+    #[schemars(extend("default" = {"provider": "mock"}))]
+    pub payment: PaymentSpec,
+    /// What happens to the stack's Kafka topics and databases when the stack
+    /// is deleted. `Retain` (the default) keeps them, so that re-creating the
+    /// stack finds its data; `Delete` drops them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Stops every write of the operator to this stack's objects, topics and
+    /// databases (for maintenance or a manual fix); the status says so.
+    /// Setting it back to false resumes reconciliation and corrects drift.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// The CEL rule that keeps `spec.services` to the catalog's names. Generated
+/// from the catalog, so a new service is accepted once it is in the catalog.
+fn known_service_names_rule() -> Rule {
+    let names: Vec<&str> = Service::names().collect();
+    let list = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+    Rule::new(format!("self.all(name, name in [{list}])"))
+        .message(Message::Message(format!("services only takes names of the catalog: {}", names.join(", "))))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// The `commerce` image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Image repository without a tag; the tag is `spec.version`.
+    #[serde(default = "default_image_repository")]
+    #[schemars(length(min = 1, max = 512))]
+    pub repository: String,
+    /// When the kubelet pulls the image: `Always`, `IfNotPresent` or `Never`.
+    /// Unset, Kubernetes decides (`IfNotPresent` for a version tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+    /// Names of Secrets in the namespace that hold registry credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub pull_secrets: Vec<String>,
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        ImageSpec { repository: default_image_repository(), pull_policy: None, pull_secrets: Vec::new() }
+    }
+}
+
+fn default_image_repository() -> String {
+    DEFAULT_IMAGE_REPOSITORY.to_owned()
+}
+
+/// When the kubelet pulls an image (the Kubernetes values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum PullPolicy {
+    // Pull on every container start.
+    Always,
+    // Pull only if the node lacks the image.
+    IfNotPresent,
+    // Never pull; the node must have the image.
+    Never,
+}
+
+impl PullPolicy {
+    /// The value Kubernetes expects in `imagePullPolicy`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Settings of one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))")
+        .message("set either replicas (a fixed count) or autoscaling (the HorizontalPodAutoscaler picks the count), not both")
+        .reason(Reason::FieldValueForbidden),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSettings {
+    /// Whether the service runs. Disabling it removes its Deployment,
+    /// Services and the rest; its database and topics stay.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// A fixed number of pods. Unset and without autoscaling, one pod runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// CPU and memory requests and limits of the service's container. Unset,
+    /// the operator requests 50m CPU and 64Mi memory and limits memory to
+    /// 256Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Scale the service with a HorizontalPodAutoscaler on CPU utilisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Extra environment variables, applied after the operator's own so that
+    /// they override them (for example `RUST_LOG`). `valueFrom` may read a
+    /// Secret or ConfigMap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub env: Vec<EnvVar>,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings { enabled: true, replicas: None, resources: None, autoscaling: None, env: Vec::new() }
+    }
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// Autoscaling of one service on CPU utilisation (autoscaling/v2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest pods, also while idle.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most pods. Topics the service consumes get at least this many
+    /// partitions, so that no consumer sits idle.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation, in percent of the CPU request, that the
+    /// autoscaler aims for.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+/// 70 %: leaves headroom for a burst while the autoscaler adds pods.
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// The Kafka cluster: exactly one of `external` and `managed`. Topics get
+/// the brokers' `default.replication.factor`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("has(self.external) != has(self.managed)")
+        .message("set exactly one of kafka.external (bootstrap servers of your brokers) and kafka.managed (the operator runs Kafka in the namespace)")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Brokers the stack connects to; the operator creates the topics there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalKafka>,
+    /// A single-node Kafka (KRaft) that the operator runs as a StatefulSet
+    /// with a PersistentVolumeClaim: for development and small shops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedInfra>,
+}
+
+/// Brokers of a Kafka cluster the stack does not own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalKafka {
+    /// Bootstrap servers as `host:port`, e.g. `kafka-0.kafka:9092`.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^:/ ]+:[0-9]{1,5}$'))")
+        .message("every kafka.external.bootstrapServers entry is host:port, e.g. kafka-0.kafka:9092"))]
+    pub bootstrap_servers: Vec<String>,
+}
+
+/// The Postgres server: exactly one of `external` and `managed`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("has(self.external) != has(self.managed)")
+        .message("set exactly one of postgres.external (your server and an admin Secret) and postgres.managed (the operator runs Postgres in the namespace)")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// A server the stack does not own. The operator logs in as the admin
+    /// to create one database and one login role per service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalPostgres>,
+    /// A single Postgres that the operator runs as a StatefulSet with a
+    /// PersistentVolumeClaim; its admin password is generated into a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedInfra>,
+}
+
+/// A Postgres server the stack does not own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalPostgres {
+    /// Host name or address of the server.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Port of the server.
+    #[serde(default = "default_postgres_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// A Secret with the admin's credentials (a role with CREATEDB and
+    /// CREATEROLE); the operator uses it only to create databases and roles.
+    pub admin_secret: AdminSecret,
+    /// TLS towards the server, as libpq's `sslmode`.
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    /// The database the admin connects to.
+    #[serde(default = "default_admin_database")]
+    #[schemars(length(min = 1, max = 63))]
+    pub admin_database: String,
+}
+
+fn default_postgres_port() -> i32 {
+    5432
+}
+
+fn default_admin_database() -> String {
+    "postgres".to_owned()
+}
+
+/// A Secret holding a user name and a password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSecret {
+    /// Name of the Secret in the stack's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the user name.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: String,
+    /// Key of the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".to_owned()
+}
+
+fn default_password_key() -> String {
+    "password".to_owned()
+}
+
+/// libpq's `sslmode`, as far as it applies to a client that never reads a
+/// client certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    // No TLS.
+    Disable,
+    // TLS if the server offers it.
+    #[default]
+    Prefer,
+    // TLS, without checking the certificate.
+    Require,
+    // TLS with a certificate signed by a trusted CA.
+    VerifyCa,
+    // As verify-ca, and the host name must match.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value in a Postgres connection URL.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Redis: exactly one of `external` and `managed`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("has(self.external) != has(self.managed)")
+        .message("set exactly one of redis.external (your server) and redis.managed (the operator runs Redis in the namespace)")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// A Redis the stack does not own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+    /// A single Redis (append-only file on a PersistentVolumeClaim) that the
+    /// operator runs as a StatefulSet; its password is generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedInfra>,
+}
+
+/// A Redis the stack does not own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// Host name or address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_redis_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The Secret key holding Redis' password (`AUTH`); unset, none is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+}
+
+fn default_redis_port() -> i32 {
+    6379
+}
+
+/// A piece of infrastructure the operator runs for the stack.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedInfra {
+    /// The volume that keeps the data across restarts.
+    #[serde(default)]
+    pub storage: Storage,
+    /// Requests and limits of the container. Unset, the operator's defaults
+    /// for this kind of server apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Image (repository and tag) to run instead of the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+}
+
+/// A PersistentVolumeClaim's size and class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Requested size, e.g. `10Gi`. A StatefulSet's claims cannot be
+    /// resized through it later; size them with room to grow.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+    /// StorageClass of the claim; unset, the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { size: default_storage_size(), storage_class_name: None }
+    }
+}
+
+fn default_storage_size() -> Quantity {
+    Quantity("10Gi".to_owned())
+}
+
+/// The REST gateway's edge settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// An Ingress for the gateway; unset, the gateway is reachable inside
+    /// the cluster only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// The stack's own rate limits. RateLimitPolicies that target the stack
+    /// add theirs; every matching rule applies. A change reaches the gateway
+    /// without restarting it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RULES))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub rate_limits: Vec<RateLimitRule>,
+    /// Cross-origin requests from browsers; unset, none are allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsSpec>,
+}
+
+/// The gateway's Ingress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name clients use, e.g. `shop.example.com`.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: String,
+    /// IngressClass that serves the Ingress; unset, the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// A Secret of type kubernetes.io/tls with the host's certificate; set,
+    /// the Ingress terminates TLS and the gateway URL is https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret_name: Option<String>,
+    /// Annotations for the Ingress controller (timeouts, body size, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Which browser origins may call the REST API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct CorsSpec {
+    /// Origins allowed to call, e.g. `https://shop.example.com`; `*` allows
+    /// any origin (then credentials are never allowed).
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(o, o == '*' || o.matches('^https?://[^/ ]+$'))")
+        .message("every gateway.cors.allowedOrigins entry is '*' or scheme://host[:port] without a path, e.g. https://shop.example.com"))]
+    pub allowed_origins: Vec<String>,
+    /// Request headers a browser may send besides the safelisted ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer, in seconds.
+    #[serde(default = "default_cors_max_age")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_age_seconds: i32,
+}
+
+/// Ten minutes: Chromium's own cap on a cached preflight.
+fn default_cors_max_age() -> i32 {
+    600
+}
+
+/// Token lifetimes of the auth service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("duration(self.accessTokenTtl) < duration(self.refreshTokenTtl)")
+        .message("auth.accessTokenTtl must be shorter than auth.refreshTokenTtl, or a refresh would outlive nothing")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Lifetime of an access token (a JWT the gateway verifies locally), as a
+    /// Go duration such as `15m`. Short: a revoked user keeps access this long.
+    #[serde(default = "default_access_token_ttl")]
+    #[schemars(extend("default" = "15m"), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"), length(max = 32))]
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token, e.g. `720h` (30 days).
+    #[serde(default = "default_refresh_token_ttl")]
+    #[schemars(extend("default" = "720h"), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"), length(max = 32))]
+    pub refresh_token_ttl: Duration,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec {
+            access_token_ttl: default_access_token_ttl(),
+            refresh_token_ttl: default_refresh_token_ttl(),
+        }
+    }
+}
+
+fn default_access_token_ttl() -> Duration {
+    std::time::Duration::from_secs(15 * 60).into()
+}
+
+fn default_refresh_token_ttl() -> Duration {
+    std::time::Duration::from_secs(30 * 24 * 60 * 60).into()
+}
+
+/// The payment service's provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("self.provider == 'mock' || has(self.credentialsSecret)")
+        .message("payment.provider other than mock needs payment.credentialsSecret, the Secret with the provider's API credentials")
+        .reason(Reason::FieldValueRequired),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentSpec {
+    /// `mock` (the default: deterministic, no money moves; card numbers
+    /// ending in 0002 are declined) or `stripe`.
+    #[serde(default)]
+    pub provider: PaymentProvider,
+    /// Name of a Secret with the provider's credentials, mounted read-only
+    /// into the payment service as files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+}
+
+/// Payment providers the payment service has adapters for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PaymentProvider {
+    // Deterministic, in-process; for development and tests.
+    #[default]
+    Mock,
+    // Stripe's API; credentials from `credentialsSecret`.
+    Stripe,
+}
+
+impl PaymentProvider {
+    /// The provider's name in configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PaymentProvider::Mock => "mock",
+            PaymentProvider::Stripe => "stripe",
+        }
+    }
+}
+
+/// What happens to external state (topics, databases) when a stack is
+/// deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    // Keep topics and databases; re-creating the stack finds them.
+    #[default]
+    Retain,
+    // Drop the stack's topics, databases and roles (best effort, bounded).
+    Delete,
+}
+
+/// What the operator observed the last time it reconciled the stack.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct CommerceStackStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, each with a reason and a
+    /// message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Available services out of enabled ones, e.g. `8/9`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_services: Option<String>,
+    /// Replicas of every enabled service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub services: Vec<ServiceStatus>,
+    /// The Kafka topics of the stack and their partitions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub topics: Vec<TopicStatus>,
+    /// The databases of the stack and the Secrets with their credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub databases: Vec<DatabaseStatus>,
+    /// Where clients reach the REST gateway: the Ingress' URL, or the
+    /// in-cluster URL without an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_url: Option<String>,
+}
+
+/// Replicas of one service's Deployment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// The service's catalog name.
+    pub name: String,
+    /// Pods the Deployment wants.
+    pub replicas: i32,
+    /// Pods that pass their readiness probe.
+    pub ready_replicas: i32,
+    /// Pods that run the current pod template.
+    pub updated_replicas: i32,
+}
+
+/// One Kafka topic of the stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// Topic name.
+    pub name: String,
+    /// Partitions the topic has.
+    pub partitions: i32,
+}
+
+/// One database of the stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// Database name.
+    pub name: String,
+    /// The service that owns it.
+    pub service: String,
+    /// The Secret with the service's credentials (`url`, `username`,
+    /// `password`).
+    pub secret_name: String,
+}
+
+/// The CommerceStack CRD: the derived one, plus the rules on
+/// `metadata.name` that a derive cannot attach to the root.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = <CommerceStack as kube_core::CustomResourceExt>::crd();
+    let rules = [
+        (
+            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')".to_owned(),
+            "the name of a CommerceStack starts with a letter and holds only lowercase letters, digits and '-': it prefixes the names of Services".to_owned(),
+        ),
+        (
+            format!("self.metadata.name.size() <= {MAX_NAME_LEN}"),
+            format!("the name of a CommerceStack has at most {MAX_NAME_LEN} characters, so that <name>-notification-headless is a valid Service name"),
+        ),
+    ];
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            let validations = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
+            for (rule, message) in &rules {
+                validations.push(ValidationRule {
+                    rule: rule.clone(),
+                    message: Some(message.clone()),
+                    reason: Some("FieldValueInvalid".to_owned()),
+                    ..ValidationRule::default()
+                });
+            }
+        }
+    }
+    crd
+}
+
+impl CommerceStackSpec {
+    /// The settings of `service`: its entry in `services`, or the defaults.
+    pub fn service(&self, service: Service) -> ServiceSettings {
+        self.services.get(service.name()).cloned().unwrap_or_default()
+    }
+
+    /// Services that run, in catalog order.
+    pub fn enabled_services(&self) -> impl Iterator<Item = Service> + '_ {
+        Service::ALL
+            .into_iter()
+            .filter(|s| self.services.get(s.name()).is_none_or(|settings| settings.enabled))
+    }
+}

@@ -1,0 +1,297 @@
+//! The generated CRDs reject what cannot work, with messages a person can act
+//! on: each CEL rule is evaluated here as the apiserver would (defaults
+//! applied first), without a cluster. The real apiserver repeats a few of
+//! these in the e2e suite.
+
+use commerce_api::catalog::Service;
+use commerce_api::crd::{self, policy::RateLimitPolicy, stack};
+use kube_core::CustomResourceExt;
+use kube_core::cel::{CompiledSchema, Validator, compile_schema, estimate_rule_cost};
+use serde_json::{Value, json};
+
+/// The openAPIV3Schema of a CRD as JSON.
+fn schema_of(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
+    let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap();
+    serde_json::to_value(schema).unwrap()
+}
+
+/// The messages of every rule the object breaks; empty when it is admitted.
+fn violations(schema: &Value, object: &Value) -> Vec<String> {
+    match Validator::new().validate(schema, object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
+    }
+}
+
+fn stack(spec: Value) -> Value {
+    named_stack("shop", spec)
+}
+
+fn named_stack(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "commerce-stack.dev/v1alpha1",
+        "kind": "CommerceStack",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": spec,
+    })
+}
+
+/// A stack with external infrastructure that breaks no rule; tests change
+/// one thing in it.
+fn valid_spec() -> Value {
+    json!({
+        "version": "0.1.0",
+        "kafka": {"external": {"bootstrapServers": ["kafka-0.kafka:9092"]}},
+        "postgres": {"external": {"host": "db.internal", "adminSecret": {"name": "pg-admin"}}},
+        "redis": {"external": {"host": "redis.internal"}},
+    })
+}
+
+fn stack_violations(edit: impl FnOnce(&mut Value)) -> Vec<String> {
+    let mut spec = valid_spec();
+    edit(&mut spec);
+    violations(&schema_of(&stack::crd()), &stack(spec))
+}
+
+fn assert_one_violation_mentioning(violations: &[String], words: &[&str]) {
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    for word in words {
+        assert!(violations[0].contains(word), "{:?} does not mention {word:?}", violations[0]);
+    }
+}
+
+#[test]
+fn a_stack_with_external_infrastructure_is_admitted() {
+    assert_eq!(stack_violations(|_| {}), Vec::<String>::new());
+}
+
+#[test]
+fn an_unknown_service_name_is_rejected_with_the_catalog_names() {
+    let violations = stack_violations(|spec| spec["services"] = json!({"basket": {"replicas": 2}}));
+    let mut words: Vec<&str> = Service::names().collect();
+    words.push("services");
+    assert_one_violation_mentioning(&violations, &words);
+}
+
+#[test]
+fn every_catalog_service_name_is_accepted() {
+    let services: serde_json::Map<String, Value> =
+        Service::names().map(|name| (name.to_owned(), json!({"replicas": 2}))).collect();
+    assert_eq!(stack_violations(|spec| spec["services"] = Value::Object(services)), Vec::<String>::new());
+}
+
+#[test]
+fn min_replicas_above_max_replicas_is_rejected() {
+    let violations = stack_violations(|spec| {
+        spec["services"] = json!({"order": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}});
+    });
+    assert_one_violation_mentioning(&violations, &["minReplicas", "maxReplicas"]);
+}
+
+#[test]
+fn fixed_replicas_and_autoscaling_together_are_rejected() {
+    let violations = stack_violations(|spec| {
+        spec["services"] = json!({"order": {"replicas": 3, "autoscaling": {"maxReplicas": 6}}});
+    });
+    assert_one_violation_mentioning(&violations, &["replicas", "autoscaling", "not both"]);
+}
+
+#[test]
+fn a_rate_of_zero_is_rejected() {
+    let violations = stack_violations(|spec| {
+        spec["gateway"] = json!({"rateLimits": [
+            {"name": "orders", "pathPrefix": "/api/orders", "requests": 0, "per": "second"}
+        ]});
+    });
+    assert_one_violation_mentioning(&violations, &["at least 1"]);
+}
+
+#[test]
+fn a_path_prefix_without_a_leading_slash_is_rejected() {
+    let violations = stack_violations(|spec| {
+        spec["gateway"] = json!({"rateLimits": [
+            {"name": "orders", "pathPrefix": "api/orders", "requests": 10, "per": "second"}
+        ]});
+    });
+    assert_one_violation_mentioning(&violations, &["pathPrefix", "/api/orders"]);
+}
+
+#[test]
+fn both_external_and_managed_kafka_are_rejected() {
+    let violations = stack_violations(|spec| spec["kafka"]["managed"] = json!({}));
+    assert_one_violation_mentioning(&violations, &["exactly one", "kafka.external", "kafka.managed"]);
+}
+
+#[test]
+fn neither_external_nor_managed_postgres_is_rejected() {
+    let violations = stack_violations(|spec| spec["postgres"] = json!({}));
+    assert_one_violation_mentioning(&violations, &["exactly one", "postgres.external", "postgres.managed"]);
+}
+
+#[test]
+fn both_external_and_managed_redis_are_rejected() {
+    let violations = stack_violations(|spec| spec["redis"]["managed"] = json!({}));
+    assert_one_violation_mentioning(&violations, &["exactly one", "redis.external"]);
+}
+
+#[test]
+fn a_bootstrap_server_without_a_port_is_rejected() {
+    let violations =
+        stack_violations(|spec| spec["kafka"]["external"]["bootstrapServers"] = json!(["kafka-0.kafka"]));
+    assert_one_violation_mentioning(&violations, &["host:port"]);
+}
+
+#[test]
+fn an_ingress_for_a_disabled_gateway_is_rejected() {
+    let violations = stack_violations(|spec| {
+        spec["services"] = json!({"gateway": {"enabled": false}});
+        spec["gateway"] = json!({"ingress": {"host": "shop.example.com"}});
+    });
+    assert_one_violation_mentioning(&violations, &["gateway.ingress", "services.gateway.enabled"]);
+}
+
+#[test]
+fn a_real_payment_provider_needs_a_credentials_secret() {
+    let violations = stack_violations(|spec| spec["payment"] = json!({"provider": "stripe"}));
+    assert_one_violation_mentioning(&violations, &["credentialsSecret"]);
+    let admitted = stack_violations(|spec| {
+        spec["payment"] = json!({"provider": "stripe", "credentialsSecret": "stripe-keys"});
+    });
+    assert_eq!(admitted, Vec::<String>::new());
+}
+
+#[test]
+fn an_access_token_must_expire_before_its_refresh_token() {
+    let violations =
+        stack_violations(|spec| spec["auth"] = json!({"accessTokenTtl": "48h", "refreshTokenTtl": "24h"}));
+    assert_one_violation_mentioning(&violations, &["accessTokenTtl", "refreshTokenTtl"]);
+}
+
+#[test]
+fn a_cors_origin_with_a_path_is_rejected() {
+    let violations = stack_violations(|spec| {
+        spec["gateway"] = json!({"cors": {"allowedOrigins": ["https://shop.example.com/app"]}});
+    });
+    assert_one_violation_mentioning(&violations, &["allowedOrigins", "without a path"]);
+}
+
+#[test]
+fn a_stack_name_too_long_for_its_service_names_is_rejected() {
+    let schema = schema_of(&stack::crd());
+    let longest = "s".repeat(stack::MAX_NAME_LEN);
+    assert_eq!(violations(&schema, &named_stack(&longest, valid_spec())), Vec::<String>::new());
+    let violations = violations(&schema, &named_stack(&format!("{longest}s"), valid_spec()));
+    assert_one_violation_mentioning(&violations, &["at most", "notification-headless"]);
+}
+
+#[test]
+fn a_stack_name_that_cannot_prefix_a_service_name_is_rejected() {
+    let violations = violations(&schema_of(&stack::crd()), &named_stack("9shop", valid_spec()));
+    assert_one_violation_mentioning(&violations, &["starts with a letter"]);
+}
+
+#[test]
+fn a_policy_with_a_rate_of_zero_is_rejected() {
+    let policy = json!({
+        "apiVersion": "commerce-stack.dev/v1alpha1",
+        "kind": "RateLimitPolicy",
+        "metadata": {"name": "checkout", "namespace": "shop"},
+        "spec": {
+            "targetRef": {"name": "shop"},
+            "rules": [{"name": "checkout", "pathPrefix": "/api/orders", "requests": 0, "per": "minute"}],
+        },
+    });
+    let violations = violations(&schema_of(&RateLimitPolicy::crd()), &policy);
+    assert_one_violation_mentioning(&violations, &["at least 1"]);
+}
+
+/// Walks a schema and calls `visit` with every node's JSON path.
+fn walk<'a>(path: &str, schema: &'a Value, visit: &mut impl FnMut(&str, &'a Value)) {
+    visit(path, schema);
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        for (name, child) in properties {
+            walk(&format!("{path}.{name}"), child, visit);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        walk(&format!("{path}[]"), items, visit);
+    }
+    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        walk(&format!("{path}{{}}"), values, visit);
+    }
+}
+
+#[test]
+fn every_field_has_a_description_for_kubectl_explain() {
+    for crd in crd::all() {
+        let schema = schema_of(&crd);
+        let mut missing = Vec::new();
+        walk(&crd.spec.names.kind, &schema, &mut |path, node| {
+            let described =
+                node.get("description").and_then(Value::as_str).is_some_and(|d| !d.trim().is_empty());
+            // Items and map values are described by the field that holds them.
+            let is_element = path.ends_with("[]") || path.ends_with("{}");
+            if !described && !is_element {
+                missing.push(path.to_owned());
+            }
+        });
+        assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    }
+}
+
+/// Checks every rule at `node` and below against the apiserver's cost budget.
+fn check_costs(path: &str, node: &CompiledSchema, problems: &mut Vec<String>) {
+    for rule in node.validations.iter() {
+        match rule {
+            Ok(compiled) => {
+                for warning in estimate_rule_cost(&compiled.rule.rule, node) {
+                    problems.push(format!("{path}: {}: {}", warning.rule, warning.message));
+                }
+            }
+            Err(error) => problems.push(format!("{path}: does not compile: {error}")),
+        }
+    }
+    for (name, child) in &node.properties {
+        check_costs(&format!("{path}.{name}"), child, problems);
+    }
+    if let Some(items) = &node.items {
+        check_costs(&format!("{path}[]"), items, problems);
+    }
+    if let Some(values) = &node.additional_properties {
+        check_costs(&format!("{path}{{}}"), values, problems);
+    }
+}
+
+#[test]
+fn every_cel_rule_compiles_has_a_message_and_fits_the_cost_budget() {
+    for crd in crd::all() {
+        let schema = schema_of(&crd);
+        let mut problems = Vec::new();
+        check_costs(&crd.spec.names.kind, &compile_schema(&schema), &mut problems);
+        walk(&crd.spec.names.kind, &schema, &mut |path, node| {
+            for rule in node.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+                if rule.get("message").is_none() {
+                    problems.push(format!("{path}: rule {} has no message", rule["rule"]));
+                }
+            }
+        });
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+}
+
+#[test]
+fn both_kinds_share_the_group_version_and_category() {
+    for crd in crd::all() {
+        assert_eq!(crd.spec.group, crd::GROUP);
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.categories.as_deref(), Some(&[crd::CATEGORY.to_owned()][..]));
+        let version = &crd.spec.versions[0];
+        assert_eq!((version.name.as_str(), version.served, version.storage), (crd::VERSION, true, true));
+        assert!(
+            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+            "status subresource"
+        );
+    }
+}

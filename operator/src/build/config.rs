@@ -1,0 +1,255 @@
+//! The configuration a service's pods read: a ConfigMap of `COMMERCE_*`
+//! variables (the flags of the services' clap configuration), environment
+//! variables that come from Secrets, the stack's overrides, and the hash of
+//! all of it that rolls the pods when it changes.
+//!
+//! The names here are the contract with `services/platform` (its
+//! `#[arg(env = ...)]` attributes); keep both sides in step.
+
+use std::collections::BTreeMap;
+
+use commerce_api::catalog::{CLUSTER_ADMIN_PORT, CLUSTER_GRPC_PORT, CLUSTER_HTTP_PORT, Service};
+use commerce_api::crd::stack::ServiceSettings;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::infra::Endpoints;
+use super::names;
+use super::secrets::{self, SecretValues};
+use crate::Error;
+use crate::validate::ValidStack;
+
+/// Log format of every service: JSON, for the cluster's log pipeline.
+pub const LOG_FORMAT: &str = "COMMERCE_LOG_FORMAT";
+/// gRPC listen address.
+pub const GRPC_ADDR: &str = "COMMERCE_GRPC_ADDR";
+/// Admin server (`/metrics`, `/healthz`, `/readyz`) listen address.
+pub const ADMIN_ADDR: &str = "COMMERCE_ADMIN_ADDR";
+/// The gateway's REST listen address.
+pub const HTTP_ADDR: &str = "COMMERCE_HTTP_ADDR";
+/// Kafka bootstrap brokers, comma-separated.
+pub const KAFKA_BROKERS: &str = "COMMERCE_KAFKA_BROKERS";
+/// Peers as `service=http://host:port`, comma-separated.
+pub const PEERS: &str = "COMMERCE_PEERS";
+/// Redis URL (with the password, when there is one, through `$(...)`).
+pub const REDIS_URL: &str = "COMMERCE_REDIS_URL";
+/// Redis password from a Secret; referenced by [`REDIS_URL`].
+pub const REDIS_PASSWORD: &str = "COMMERCE_REDIS_PASSWORD";
+/// The service's database URL, from its database Secret.
+pub const DATABASE_URL: &str = "COMMERCE_DATABASE_URL";
+/// Access-token lifetime of the auth service.
+pub const AUTH_ACCESS_TOKEN_TTL: &str = "COMMERCE_AUTH_ACCESS_TOKEN_TTL";
+/// Refresh-token lifetime of the auth service.
+pub const AUTH_REFRESH_TOKEN_TTL: &str = "COMMERCE_AUTH_REFRESH_TOKEN_TTL";
+/// The auth service's Ed25519 signing-key seed, from the generated Secret.
+pub const AUTH_SIGNING_KEY_SEED: &str = "COMMERCE_AUTH_SIGNING_KEY_SEED";
+/// The payment provider.
+pub const PAYMENT_PROVIDER: &str = "COMMERCE_PAYMENT_PROVIDER";
+/// Directory where the payment provider's credentials are mounted as files.
+pub const PAYMENT_CREDENTIALS_DIR: &str = "COMMERCE_PAYMENT_CREDENTIALS_DIR";
+/// File with the gateway's merged rate-limit rules; the gateway watches it.
+pub const GATEWAY_RATE_LIMITS_FILE: &str = "COMMERCE_GATEWAY_RATE_LIMITS_FILE";
+/// Allowed CORS origins, comma-separated.
+pub const GATEWAY_CORS_ALLOWED_ORIGINS: &str = "COMMERCE_GATEWAY_CORS_ALLOWED_ORIGINS";
+/// Allowed CORS request headers, comma-separated.
+pub const GATEWAY_CORS_ALLOWED_HEADERS: &str = "COMMERCE_GATEWAY_CORS_ALLOWED_HEADERS";
+/// How long a preflight may be cached.
+pub const GATEWAY_CORS_MAX_AGE: &str = "COMMERCE_GATEWAY_CORS_MAX_AGE";
+
+/// Where the payment credentials Secret is mounted.
+pub const PAYMENT_CREDENTIALS_MOUNT: &str = "/etc/commerce/payment";
+/// Where the gateway's rate-limit ConfigMap is mounted. A directory mount
+/// (not `subPath`), so that the kubelet swaps in new contents and the
+/// gateway picks them up without a restart.
+pub const RATE_LIMITS_MOUNT: &str = "/etc/commerce/rate-limits";
+/// File name of the rate-limit rules inside [`RATE_LIMITS_MOUNT`].
+pub const RATE_LIMITS_FILE: &str = "rate-limits.json";
+
+/// What one service's pods are configured with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The ConfigMap's data, read through `envFrom`.
+    pub config_map: BTreeMap<String, String>,
+    /// Container `env`: Secret references first, then the stack's overrides.
+    pub env: Vec<EnvVar>,
+    /// Hash of the above and of the generated Secret values the pods read:
+    /// the pod template's config-hash annotation.
+    pub hash: String,
+}
+
+/// The configuration of `service`.
+pub fn service_config(
+    stack: &ValidStack<'_>,
+    service: Service,
+    settings: &ServiceSettings,
+    endpoints: &Endpoints,
+    values: &SecretValues,
+) -> Result<ServiceConfig, Error> {
+    let spec = service.spec();
+    let stack_spec = &stack.stack.spec;
+    let mut data = BTreeMap::new();
+    let mut env = Vec::new();
+    // Generated values the pods read; part of the hash so that a rotated
+    // password (a deleted Secret, regenerated) rolls the pods.
+    let mut secret_inputs: BTreeMap<String, String> = BTreeMap::new();
+    let mut put = |key: &str, value: String| {
+        data.insert(key.to_owned(), value);
+    };
+
+    put(LOG_FORMAT, "json".into());
+    put(ADMIN_ADDR, format!("0.0.0.0:{CLUSTER_ADMIN_PORT}"));
+    if service == Service::Gateway {
+        put(HTTP_ADDR, format!("0.0.0.0:{CLUSTER_HTTP_PORT}"));
+    } else {
+        put(GRPC_ADDR, format!("0.0.0.0:{CLUSTER_GRPC_PORT}"));
+    }
+    if !spec.produces.is_empty() || !spec.consumes.is_empty() {
+        put(KAFKA_BROKERS, endpoints.kafka_brokers.clone());
+    }
+    let peers: Vec<String> = spec
+        .calls
+        .iter()
+        .filter(|peer| stack.is_enabled(**peer))
+        .map(|peer| {
+            let host = names::service_host(stack, &names::headless_name(stack, *peer));
+            format!("{peer}=http://{host}:{CLUSTER_GRPC_PORT}")
+        })
+        .collect();
+    if !peers.is_empty() {
+        put(PEERS, peers.join(","));
+    }
+    if spec.redis {
+        let redis = &endpoints.redis;
+        match &redis.password {
+            None => put(REDIS_URL, format!("redis://{}:{}", redis.host, redis.port)),
+            Some(password) => {
+                env.push(secret_env(REDIS_PASSWORD, &password.name, &password.key));
+                // Kubernetes expands $(VAR) from variables defined before it.
+                env.push(EnvVar {
+                    name: REDIS_URL.to_owned(),
+                    value: Some(format!("redis://:$({REDIS_PASSWORD})@{}:{}", redis.host, redis.port)),
+                    ..EnvVar::default()
+                });
+                if let Some(generated) = &redis.generated {
+                    secret_inputs
+                        .insert(REDIS_PASSWORD.to_owned(), values.get(generated, secrets::PASSWORD_KEY)?);
+                }
+            }
+        }
+    }
+    if spec.database {
+        let secret = names::database_secret_name(stack, service);
+        env.push(secret_env(DATABASE_URL, &secret, secrets::URL_KEY));
+        secret_inputs.insert(DATABASE_URL.to_owned(), values.get(&secret, secrets::PASSWORD_KEY)?);
+    }
+    match service {
+        Service::Auth => {
+            put(AUTH_ACCESS_TOKEN_TTL, seconds(stack_spec.auth.access_token_ttl));
+            put(AUTH_REFRESH_TOKEN_TTL, seconds(stack_spec.auth.refresh_token_ttl));
+            let secret = secrets::signing_key_secret_name(stack);
+            env.push(secret_env(AUTH_SIGNING_KEY_SEED, &secret, secrets::SIGNING_KEY_SEED_KEY));
+            secret_inputs.insert(
+                AUTH_SIGNING_KEY_SEED.to_owned(),
+                values.get(&secret, secrets::SIGNING_KEY_SEED_KEY)?,
+            );
+        }
+        Service::Payment => {
+            put(PAYMENT_PROVIDER, stack_spec.payment.provider.as_str().to_owned());
+            if stack_spec.payment.credentials_secret.is_some() {
+                put(PAYMENT_CREDENTIALS_DIR, PAYMENT_CREDENTIALS_MOUNT.to_owned());
+            }
+        }
+        Service::Gateway => {
+            put(GATEWAY_RATE_LIMITS_FILE, format!("{RATE_LIMITS_MOUNT}/{RATE_LIMITS_FILE}"));
+            if let Some(cors) = &stack_spec.gateway.cors {
+                put(GATEWAY_CORS_ALLOWED_ORIGINS, cors.allowed_origins.join(","));
+                if !cors.allowed_headers.is_empty() {
+                    put(GATEWAY_CORS_ALLOWED_HEADERS, cors.allowed_headers.join(","));
+                }
+                put(GATEWAY_CORS_MAX_AGE, format!("{}s", cors.max_age_seconds));
+            }
+        }
+        _ => {}
+    }
+
+    // The stack's overrides come last and win: a name already in `env`
+    // is replaced in place (server-side apply rejects duplicate names), a
+    // name from the ConfigMap is shadowed, as `env` beats `envFrom`.
+    for over in &settings.env {
+        match env.iter_mut().find(|e| e.name == over.name) {
+            Some(existing) => *existing = over.clone(),
+            None => env.push(over.clone()),
+        }
+    }
+
+    let hash = config_hash(&HashInput { config_map: &data, env: &env, secrets: &secret_inputs })?;
+    Ok(ServiceConfig { config_map: data, env, hash })
+}
+
+/// What the config hash covers.
+#[derive(Serialize)]
+struct HashInput<'a> {
+    config_map: &'a BTreeMap<String, String>,
+    env: &'a [EnvVar],
+    secrets: &'a BTreeMap<String, String>,
+}
+
+/// First 16 bytes of the SHA-256 of the canonical JSON of `input`, in hex.
+/// JSON of `BTreeMap`s and `Vec`s is canonical: same input, same bytes.
+fn config_hash(input: &impl Serialize) -> Result<String, Error> {
+    let json = serde_json::to_vec(input)
+        .map_err(|source| Error::SerializeJson { what: "config hash input".into(), source })?;
+    let digest = Sha256::digest(&json);
+    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// An env var read from a Secret's key.
+pub fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// A duration as whole seconds, e.g. `900s` (humantime reads it).
+fn seconds(duration: kube::core::Duration) -> String {
+    format!("{}s", std::time::Duration::from(duration).as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_hash_is_stable_and_follows_every_input() {
+        let data = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
+        let env = vec![secret_env(DATABASE_URL, "shop-db-order", "url")];
+        let secrets = BTreeMap::new();
+        let base = config_hash(&HashInput { config_map: &data, env: &env, secrets: &secrets }).unwrap();
+        assert_eq!(
+            base,
+            config_hash(&HashInput { config_map: &data, env: &env, secrets: &secrets }).unwrap()
+        );
+        assert_eq!(base.len(), 32);
+
+        let changed_data = BTreeMap::from([("A".to_owned(), "2".to_owned())]);
+        assert_ne!(
+            base,
+            config_hash(&HashInput { config_map: &changed_data, env: &env, secrets: &secrets }).unwrap()
+        );
+        let rotated = BTreeMap::from([(DATABASE_URL.to_owned(), "new password".to_owned())]);
+        assert_ne!(
+            base,
+            config_hash(&HashInput { config_map: &data, env: &env, secrets: &rotated }).unwrap()
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Secrets whose values the operator generates: the JWT signing key, each
+//! service's database password, the managed Postgres' admin password and the
+//! managed Redis' password.
+//!
+//! `build` is pure, so it cannot roll dice. The values come in as
+//! [`SecretValues`]: the reconciler reads them back from the Secrets that
+//! already exist and generates only the ones that are missing (a first
+//! reconcile, or a Secret someone deleted). A value is therefore generated
+//! once and then kept; every later build produces the same Secret, which the
+//! apply step recognises as unchanged. `render` and the snapshot tests pass
+//! [`SecretValues::placeholders`] instead, so that their output is stable and
+//! never carries a real secret.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use commerce_api::catalog::Service;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+use super::names::{self, Component};
+use crate::Error;
+use crate::validate::{Infra, ValidStack};
+
+/// Key of the Ed25519 private-key seed (RFC 8032, 32 bytes, standard base64)
+/// in the auth service's signing-key Secret.
+pub const SIGNING_KEY_SEED_KEY: &str = "ed25519-seed";
+/// Key of a generated password.
+pub const PASSWORD_KEY: &str = "password";
+/// Key of a user name next to a generated password.
+pub const USERNAME_KEY: &str = "username";
+/// Key of a database Secret's full connection URL, password included.
+pub const URL_KEY: &str = "url";
+/// Key of a database Secret's database name.
+pub const DATABASE_KEY: &str = "database";
+/// The managed Postgres' superuser.
+pub const POSTGRES_ADMIN_USER: &str = "postgres";
+/// What `render` shows instead of a generated value.
+pub const PLACEHOLDER: &str = "generated-in-cluster";
+
+/// 32 alphanumeric characters: about 190 bits, and safe in a URL without
+/// escaping (the services receive their database URL with the password in it).
+const PASSWORD_LEN: usize = 32;
+
+/// How a generated value is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// A random alphanumeric password.
+    Password,
+    /// A random Ed25519 seed, base64-encoded.
+    Ed25519Seed,
+}
+
+/// One value the operator generates: which Secret, which key, what kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedValue {
+    /// Name of the Secret.
+    pub secret: String,
+    /// Key inside it.
+    pub key: &'static str,
+    /// How to make it.
+    pub kind: ValueKind,
+}
+
+/// Every value the stack needs generated.
+pub fn generated_values(stack: &ValidStack<'_>) -> Vec<GeneratedValue> {
+    let mut values = Vec::new();
+    if stack.is_enabled(Service::Auth) {
+        values.push(GeneratedValue {
+            secret: signing_key_secret_name(stack),
+            key: SIGNING_KEY_SEED_KEY,
+            kind: ValueKind::Ed25519Seed,
+        });
+    }
+    for (service, _) in &stack.services {
+        if service.spec().database {
+            values.push(GeneratedValue {
+                secret: names::database_secret_name(stack, *service),
+                key: PASSWORD_KEY,
+                kind: ValueKind::Password,
+            });
+        }
+    }
+    if stack.postgres.is_managed() {
+        values.push(GeneratedValue {
+            secret: postgres_admin_secret_name(stack),
+            key: PASSWORD_KEY,
+            kind: ValueKind::Password,
+        });
+    }
+    if stack.redis.is_managed() {
+        values.push(GeneratedValue {
+            secret: names::component_name(stack, Component::Redis),
+            key: PASSWORD_KEY,
+            kind: ValueKind::Password,
+        });
+    }
+    values
+}
+
+/// The generated values a build may use, by Secret name and key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretValues {
+    values: BTreeMap<(String, String), String>,
+    /// Stand in [`PLACEHOLDER`] for any value not known (render, tests).
+    placeholders: bool,
+}
+
+impl SecretValues {
+    /// Every value is [`PLACEHOLDER`]: for `render` and snapshot tests.
+    pub fn placeholders() -> Self {
+        SecretValues { values: BTreeMap::new(), placeholders: true }
+    }
+
+    /// The values of `wanted` that the existing Secrets hold, and fresh ones
+    /// for the rest. `existing` are the stack's Secrets as read from the
+    /// cluster.
+    pub fn keep_or_generate(wanted: &[GeneratedValue], existing: &[Secret], rng: &mut impl Rng) -> Self {
+        let mut values = BTreeMap::new();
+        for value in wanted {
+            let current = existing
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(value.secret.as_str()))
+                .and_then(|s| s.data.as_ref()?.get(value.key))
+                .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
+                .filter(|v| !v.is_empty());
+            let value_text = current.unwrap_or_else(|| generate(value.kind, rng));
+            values.insert((value.secret.clone(), value.key.to_owned()), value_text);
+        }
+        SecretValues { values, placeholders: false }
+    }
+
+    /// The value of `key` in the Secret named `secret`.
+    pub fn get(&self, secret: &str, key: &str) -> Result<String, Error> {
+        match self.values.get(&(secret.to_owned(), key.to_owned())) {
+            Some(value) => Ok(value.clone()),
+            None if self.placeholders => Ok(PLACEHOLDER.to_owned()),
+            None => Err(Error::MissingGeneratedValue { secret: secret.to_owned(), key: key.to_owned() }),
+        }
+    }
+}
+
+/// A fresh value of `kind`.
+pub fn generate(kind: ValueKind, rng: &mut impl Rng) -> String {
+    match kind {
+        ValueKind::Password => rng.sample_iter(&Alphanumeric).take(PASSWORD_LEN).map(char::from).collect(),
+        ValueKind::Ed25519Seed => {
+            let seed: [u8; 32] = rng.random();
+            base64::engine::general_purpose::STANDARD.encode(seed)
+        }
+    }
+}
+
+/// The auth service's signing-key Secret.
+pub fn signing_key_secret_name(stack: &ValidStack<'_>) -> String {
+    names::object_name(stack, "auth-signing-key")
+}
+
+/// The managed Postgres' admin Secret.
+pub fn postgres_admin_secret_name(stack: &ValidStack<'_>) -> String {
+    names::object_name(stack, "postgres-admin")
+}
+
+/// An Opaque Secret of the stack. Values go into `data` (not `stringData`,
+/// which the apiserver folds into `data`): the apply step compares what it
+/// wants with what is stored, and only `data` is stored.
+pub fn secret(
+    stack: &ValidStack<'_>,
+    name: String,
+    component: Component,
+    data: BTreeMap<String, String>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(stack.namespace.to_owned()),
+            labels: Some(names::labels(stack, component)),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+        ..Secret::default()
+    }
+}
+
+/// The generated Secrets of the stack (database Secrets are built with
+/// their connection details in `infra`).
+pub fn build_secrets(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Vec<Secret>, Error> {
+    let mut secrets = Vec::new();
+    if stack.is_enabled(Service::Auth) {
+        let name = signing_key_secret_name(stack);
+        let seed = values.get(&name, SIGNING_KEY_SEED_KEY)?;
+        secrets.push(secret(
+            stack,
+            name,
+            Component::Service(Service::Auth),
+            BTreeMap::from([(SIGNING_KEY_SEED_KEY.to_owned(), seed)]),
+        ));
+    }
+    if let Infra::Managed(_) = stack.postgres {
+        let name = postgres_admin_secret_name(stack);
+        let password = values.get(&name, PASSWORD_KEY)?;
+        secrets.push(secret(
+            stack,
+            name,
+            Component::Postgres,
+            BTreeMap::from([
+                (USERNAME_KEY.to_owned(), POSTGRES_ADMIN_USER.to_owned()),
+                (PASSWORD_KEY.to_owned(), password),
+            ]),
+        ));
+    }
+    if let Infra::Managed(_) = stack.redis {
+        let name = names::component_name(stack, Component::Redis);
+        let password = values.get(&name, PASSWORD_KEY)?;
+        secrets.push(secret(
+            stack,
+            name,
+            Component::Redis,
+            BTreeMap::from([(PASSWORD_KEY.to_owned(), password)]),
+        ));
+    }
+    Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn wanted() -> Vec<GeneratedValue> {
+        vec![
+            GeneratedValue { secret: "shop-db-order".into(), key: PASSWORD_KEY, kind: ValueKind::Password },
+            GeneratedValue {
+                secret: "shop-auth-signing-key".into(),
+                key: SIGNING_KEY_SEED_KEY,
+                kind: ValueKind::Ed25519Seed,
+            },
+        ]
+    }
+
+    #[test]
+    fn existing_values_are_kept_and_only_missing_ones_generated() {
+        let existing = Secret {
+            metadata: ObjectMeta { name: Some("shop-db-order".into()), ..ObjectMeta::default() },
+            data: Some(BTreeMap::from([(PASSWORD_KEY.to_owned(), ByteString(b"kept".to_vec()))])),
+            ..Secret::default()
+        };
+        let values = SecretValues::keep_or_generate(&wanted(), &[existing], &mut StdRng::seed_from_u64(7));
+        assert_eq!(values.get("shop-db-order", PASSWORD_KEY).unwrap(), "kept");
+        let seed = values.get("shop-auth-signing-key", SIGNING_KEY_SEED_KEY).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(seed).unwrap();
+        assert_eq!(bytes.len(), 32);
+    }
+
+    #[test]
+    fn generated_passwords_are_long_and_url_safe() {
+        let password = generate(ValueKind::Password, &mut StdRng::seed_from_u64(1));
+        assert_eq!(password.len(), PASSWORD_LEN);
+        assert!(password.chars().all(|c| c.is_ascii_alphanumeric()), "{password}");
+    }
+
+    #[test]
+    fn a_value_nobody_provided_is_an_error_outside_render() {
+        let values = SecretValues::keep_or_generate(&[], &[], &mut StdRng::seed_from_u64(1));
+        assert!(matches!(
+            values.get("shop-db-order", PASSWORD_KEY),
+            Err(Error::MissingGeneratedValue { .. })
+        ));
+        assert_eq!(SecretValues::placeholders().get("shop-db-order", PASSWORD_KEY).unwrap(), PLACEHOLDER);
+    }
+}

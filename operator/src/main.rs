@@ -1,0 +1,90 @@
+//! `commerce-operator`: `crd` prints the CRDs, `render -f stack.yaml` prints
+//! the objects a stack becomes, `run` reconciles stacks in a cluster.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// The commerce-stack operator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print every CRD of the project as multi-document YAML.
+    Crd,
+    /// Print the objects the CommerceStacks in a file become (RateLimitPolicies
+    /// in the same file join the stacks they target), for a GitOps review.
+    Render {
+        /// YAML file with CommerceStack and RateLimitPolicy documents; `-`
+        /// reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Namespace of resources that name none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Reconcile CommerceStacks in the cluster of the kubeconfig or the
+    /// in-cluster service account.
+    Run {
+        #[command(flatten)]
+        args: commerce_operator::run::RunArgs,
+        /// Log line format.
+        #[arg(long, env = "COMMERCE_LOG_FORMAT", default_value = "json")]
+        log_format: LogFormat,
+        /// Which events to log, in `tracing` filter syntax.
+        #[arg(long, env = "COMMERCE_LOG_FILTER", default_value = "info")]
+        log_filter: String,
+    },
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line, for the cluster's log pipeline.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let output = match cli.command {
+        Command::Run { args, log_format, log_filter } => {
+            init_logging(log_format, &log_filter)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            return runtime.block_on(async {
+                let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+                commerce_operator::run::run(client, args).await.context("running the controller")
+            });
+        }
+        Command::Crd => commerce_operator::crd::crds_yaml()?,
+        Command::Render { file, namespace } => {
+            let yaml = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            commerce_operator::render::render(&yaml, &namespace)
+                .with_context(|| format!("rendering {}", file.display()))?
+        }
+    };
+    std::io::stdout().lock().write_all(output.as_bytes())?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("parsing the log filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

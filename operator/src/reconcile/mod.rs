@@ -1,0 +1,292 @@
+//! The reconciler of `CommerceStack`: one pass of the pipeline
+//! `validate -> build -> apply -> prune -> (external state) -> status`.
+//!
+//! Every step that writes first compares: objects that already match are not
+//! sent, and the status is written only when it changed, so a reconcile with
+//! nothing to do sends reads only. `spec.paused` stops every write but the
+//! one status update that says so. Errors go to [`error_policy`], which
+//! retries each stack on its own growing delay.
+
+pub mod apply;
+pub mod backoff;
+pub mod diff;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use commerce_api::crd::API_VERSION;
+use commerce_api::{CommerceStack, CommerceStackStatus, RateLimitPolicy};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::build::{self, gateway, names, secrets};
+use crate::metrics::Metrics;
+use crate::validate::validate;
+use backoff::Backoffs;
+use status::Outcome;
+
+/// How often a stack is reconciled without any change: watches trigger
+/// reconciles on every change of the stack and of what it owns; this is a
+/// safety net for missed events.
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// Longest Event note the apiserver takes (1 kB), with room to spare.
+const MAX_EVENT_NOTE: usize = 900;
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events on the reconciled resources.
+    pub recorder: Recorder,
+    /// Per-stack retry delays.
+    pub backoffs: Backoffs,
+    /// Reconcile counts, durations and errors.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("backoffs", &self.backoffs).finish_non_exhaustive()
+    }
+}
+
+/// The controller's entry point. A resource that does not deserialize (a
+/// stored object older than the CRD, a field of the wrong type) is reported
+/// and skipped; it does not stop the controller.
+pub async fn reconcile(guard: Arc<DeserializeGuard<CommerceStack>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &guard.0 {
+        Ok(stack) => reconcile_stack(stack, &ctx).await,
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            warn!(stack = %name, error = %invalid.error, "skipping a CommerceStack that does not deserialize");
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some(API_VERSION.into()),
+                kind: Some("CommerceStack".into()),
+                name: invalid.metadata.name.clone(),
+                namespace: invalid.metadata.namespace.clone(),
+                uid: invalid.metadata.uid.clone(),
+                ..Default::default()
+            };
+            publish(&ctx, &reference, EventType::Warning, "Malformed", invalid.error.clone()).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Retries a failed stack after its own, growing delay.
+pub fn error_policy(guard: Arc<DeserializeGuard<CommerceStack>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = match &guard.0 {
+        Ok(stack) => object_key(stack),
+        Err(invalid) => format!(
+            "{}/{}",
+            invalid.metadata.namespace.as_deref().unwrap_or_default(),
+            invalid.metadata.name.as_deref().unwrap_or_default()
+        ),
+    };
+    let delay = ctx.backoffs.failed(&key);
+    warn!(stack = %key, error = %error_chain(error), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// One reconcile of a stack, timed and counted.
+pub async fn reconcile_stack(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = pipeline(stack, ctx).await;
+    let error_kind = result.as_ref().err().map(Error::metric_kind);
+    ctx.metrics.observe("CommerceStack", started.elapsed(), error_kind);
+    if result.is_ok() {
+        ctx.backoffs.succeeded(&object_key(stack));
+    }
+    result
+}
+
+fn object_key(stack: &CommerceStack) -> String {
+    format!("{}/{}", stack.namespace().unwrap_or_default(), stack.name_any())
+}
+
+async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error> {
+    let name = stack.name_any();
+    let Some(namespace) = stack.namespace() else {
+        // A namespaced kind always has one; nothing sensible to do otherwise.
+        return Ok(Action::await_change());
+    };
+    if stack.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with the stack through garbage collection.
+        return Ok(Action::await_change());
+    }
+    let now = now();
+
+    if stack.spec.paused {
+        write_status(ctx, stack, status::paused(stack, now)).await?;
+        return Ok(Action::await_change());
+    }
+
+    let valid = match validate(stack, &namespace) {
+        Ok(valid) => valid,
+        Err(Error::InvalidStack { problems, .. }) => {
+            let changed = write_status(ctx, stack, status::invalid(stack, &problems, now)).await?;
+            if changed {
+                publish(ctx, &stack.object_ref(&()), EventType::Warning, "InvalidSpec", problems.join("; ")).await;
+            }
+            // Retrying cannot help; a change of the spec triggers a reconcile.
+            return Ok(Action::await_change());
+        }
+        Err(other) => return Err(other),
+    };
+
+    let policies = list_policies(&ctx.client, &namespace).await?;
+    let current = apply::list_owned(&ctx.client, &namespace, &name).await?;
+    let values = secrets::SecretValues::keep_or_generate(
+        &secrets::generated_values(&valid),
+        &current.secrets(),
+        &mut rand::rng(),
+    );
+    let desired = build::build(&valid, &policies, &values)?;
+
+    let mut outcome = Outcome { gateway_url: gateway::gateway_url(&valid), ..Outcome::default() };
+    let result = apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
+    if let Err(error) = &result {
+        outcome.error = Some(error_chain(error));
+    }
+
+    let deployments: Vec<Deployment> = current.typed("Deployment");
+    let new_status = status::reconciled(stack, &valid, &deployments, &outcome, now.clone());
+    let status_written = write_status(ctx, stack, new_status).await;
+    for policy in policies.iter().filter(|p| p.spec.target_ref.name == name) {
+        write_policy_status(ctx, policy, status::policy(policy, false, now.clone())).await?;
+    }
+    if !outcome.applied.is_empty() {
+        info!(stack = %name, objects = ?outcome.applied, "applied");
+        let note = format!("applied {}", outcome.applied.join(", "));
+        publish(ctx, &stack.object_ref(&()), EventType::Normal, "Applied", note).await;
+    }
+    if !outcome.pruned.is_empty() {
+        info!(stack = %name, objects = ?outcome.pruned, "pruned");
+        let note = format!("deleted {}", outcome.pruned.join(", "));
+        publish(ctx, &stack.object_ref(&()), EventType::Normal, "Pruned", note).await;
+    }
+    if let Err(error) = &result {
+        publish(ctx, &stack.object_ref(&()), EventType::Warning, "ReconcileFailed", error_chain(error)).await;
+    }
+    result?;
+    status_written?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies what differs, then deletes what is no longer desired.
+async fn apply_and_prune(
+    ctx: &Context,
+    stack: &CommerceStack,
+    namespace: &str,
+    desired: &[build::DesiredObject],
+    current: &apply::Current,
+    outcome: &mut Outcome,
+) -> Result<(), Error> {
+    for object in desired {
+        if apply::needs_apply(object, current.get(&object.resource.kind, object.name())) {
+            apply::apply(&ctx.client, namespace, object).await?;
+            outcome.applied.push(object.display());
+        }
+    }
+    // Without a uid nothing is provably ours; a stored stack always has one.
+    if let Some(uid) = stack.metadata.uid.as_deref() {
+        for (resource, object) in apply::prune_candidates(current, desired, uid) {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            apply::delete(&ctx.client, namespace, resource, &name).await?;
+            outcome.pruned.push(format!("{}/{name}", resource.kind));
+        }
+    }
+    Ok(())
+}
+
+/// The policies of the namespace; malformed ones are skipped (they target
+/// nothing the operator can read).
+async fn list_policies(client: &Client, namespace: &str) -> Result<Vec<RateLimitPolicy>, Error> {
+    let api: Api<DeserializeGuard<RateLimitPolicy>> = Api::namespaced(client.clone(), namespace);
+    let list = api.list(&ListParams::default()).await.map_err(|source| Error::ListObjects {
+        kind: "RateLimitPolicy".into(),
+        namespace: namespace.into(),
+        source,
+    })?;
+    Ok(list.items.into_iter().filter_map(|guard| guard.0.ok()).collect())
+}
+
+/// Writes the stack's status if it differs from the stored one; returns
+/// whether it wrote.
+async fn write_status(ctx: &Context, stack: &CommerceStack, status: CommerceStackStatus) -> Result<bool, Error> {
+    if stack.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let api: Api<CommerceStack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": API_VERSION, "kind": "CommerceStack", "status": status});
+    api.patch_status(&stack.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::PatchStatus { object: format!("CommerceStack/{}", stack.name_any()), source })?;
+    Ok(true)
+}
+
+async fn write_policy_status(
+    ctx: &Context,
+    policy: &RateLimitPolicy,
+    status: commerce_api::RateLimitPolicyStatus,
+) -> Result<(), Error> {
+    if policy.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<RateLimitPolicy> = Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": API_VERSION, "kind": "RateLimitPolicy", "status": status});
+    api.patch_status(&policy.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::PatchStatus { object: format!("RateLimitPolicy/{}", policy.name_any()), source })?;
+    Ok(())
+}
+
+/// Publishes an Event; a failure is logged, never fails the reconcile.
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    mut note: String,
+) {
+    if note.len() > MAX_EVENT_NOTE {
+        let mut cut = MAX_EVENT_NOTE;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str(" ...");
+    }
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+        warn!(reason, error = %error, "could not publish an Event");
+    }
+}
+
+/// An error with its causes, for status messages and Events.
+pub fn error_chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Now, to the second: the apiserver stores condition times in seconds, and
+/// a finer time would make every status look changed.
+fn now() -> Time {
+    let seconds = k8s_openapi::jiff::Timestamp::now().as_second();
+    Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
+}

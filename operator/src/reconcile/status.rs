@@ -1,0 +1,292 @@
+//! `status`: what a reconcile observed, as the stack's status. Pure: it is
+//! computed from the listed objects and the reconcile's outcome, and written
+//! only when it differs from the stored one, so that a reconcile with nothing
+//! to do writes nothing. A condition keeps its `lastTransitionTime` while its
+//! status stays the same.
+
+use commerce_api::catalog::Service;
+use commerce_api::crd::policy::CONDITION_ACCEPTED;
+use commerce_api::crd::stack::{
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack, CommerceStackStatus, ServiceStatus,
+};
+use commerce_api::{RateLimitPolicy, RateLimitPolicyStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::build::names::{self, Component};
+use crate::validate::{ValidStack, policy_problems};
+
+/// Reason of every condition while `spec.paused` is true.
+pub const REASON_PAUSED: &str = "Paused";
+/// Reason of the conditions of a stack that breaks its rules.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+
+/// What one reconcile did, for the status.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Objects sent with apply (`Kind/name`).
+    pub applied: Vec<String>,
+    /// Objects deleted (`Kind/name`).
+    pub pruned: Vec<String>,
+    /// The error that ended the reconcile early, if one did.
+    pub error: Option<String>,
+    /// Where clients reach the gateway.
+    pub gateway_url: Option<String>,
+}
+
+/// A condition as this reconcile sees it, before timestamps.
+fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// Keeps the stored `lastTransitionTime` of conditions whose status did not
+/// change; a changed or new condition gets `now`.
+fn with_transition_times(new: Vec<Condition>, old: &[Condition], now: Time) -> Vec<Condition> {
+    new.into_iter()
+        .map(|mut condition| {
+            condition.last_transition_time = match old.iter().find(|o| o.type_ == condition.type_) {
+                Some(previous) if previous.status == condition.status => previous.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            condition
+        })
+        .collect()
+}
+
+/// The status of a stack that was reconciled (`valid`), from its listed
+/// Deployments and the reconcile's outcome.
+pub fn reconciled(
+    stack: &CommerceStack,
+    valid: &ValidStack<'_>,
+    deployments: &[Deployment],
+    outcome: &Outcome,
+    now: Time,
+) -> CommerceStackStatus {
+    let generation = stack.metadata.generation;
+    let mut services = Vec::new();
+    let mut waiting = Vec::new();
+    let mut rolling = false;
+    for (service, _) in &valid.services {
+        let name = names::component_name(valid, Component::Service(*service));
+        let deployment = deployments.iter().find(|d| d.metadata.name.as_deref() == Some(name.as_str()));
+        let (status, ready, updated) = deployment_state(*service, deployment);
+        rolling |= !updated;
+        if !ready {
+            waiting.push(service.name());
+        }
+        services.push(status);
+    }
+    let ready_count = services.len() - waiting.len();
+    let ready = if waiting.is_empty() {
+        condition(CONDITION_READY, true, "AllServicesAvailable", "every enabled service is available".into(), generation)
+    } else {
+        condition(
+            CONDITION_READY,
+            false,
+            "ServicesUnavailable",
+            format!("waiting for {}", waiting.join(", ")),
+            generation,
+        )
+    };
+    let changed = !outcome.applied.is_empty() || !outcome.pruned.is_empty();
+    let progressing = if changed {
+        condition(
+            CONDITION_PROGRESSING,
+            true,
+            "Applied",
+            format!("applied {} and deleted {} objects", outcome.applied.len(), outcome.pruned.len()),
+            generation,
+        )
+    } else if rolling {
+        condition(CONDITION_PROGRESSING, true, "RollingOut", "Deployments are rolling out".into(), generation)
+    } else {
+        condition(CONDITION_PROGRESSING, false, "UpToDate", "the cluster matches the spec".into(), generation)
+    };
+    let degraded = match &outcome.error {
+        Some(error) => condition(CONDITION_DEGRADED, true, "ReconcileFailed", error.clone(), generation),
+        None => condition(CONDITION_DEGRADED, false, "AsExpected", "no errors".into(), generation),
+    };
+    let old = stack.status.clone().unwrap_or_default();
+    CommerceStackStatus {
+        observed_generation: generation,
+        conditions: with_transition_times(vec![ready, progressing, degraded], &old.conditions, now),
+        ready_services: Some(format!("{ready_count}/{}", services.len())),
+        services,
+        // Filled in by the external-state step once it runs.
+        topics: old.topics,
+        databases: old.databases,
+        gateway_url: outcome.gateway_url.clone(),
+    }
+}
+
+/// A service's replicas, and whether it is available and fully updated.
+fn deployment_state(service: Service, deployment: Option<&Deployment>) -> (ServiceStatus, bool, bool) {
+    let Some(deployment) = deployment else {
+        return (ServiceStatus { name: service.name().into(), ..ServiceStatus::default() }, false, false);
+    };
+    let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    let observed = status.observed_generation >= deployment.metadata.generation;
+    let updated = observed && status.updated_replicas.unwrap_or(0) >= wanted;
+    let available = status.available_replicas.unwrap_or(0) >= wanted;
+    let service_status = ServiceStatus {
+        name: service.name().into(),
+        replicas: status.replicas.unwrap_or(0),
+        ready_replicas: status.ready_replicas.unwrap_or(0),
+        updated_replicas: status.updated_replicas.unwrap_or(0),
+    };
+    (service_status, available && updated, updated)
+}
+
+/// The status of a stack whose spec breaks its rules: nothing was applied.
+pub fn invalid(stack: &CommerceStack, problems: &[String], now: Time) -> CommerceStackStatus {
+    let generation = stack.metadata.generation;
+    let message = problems.join("; ");
+    let old = stack.status.clone().unwrap_or_default();
+    CommerceStackStatus {
+        observed_generation: generation,
+        conditions: with_transition_times(
+            vec![
+                condition(CONDITION_READY, false, REASON_INVALID_SPEC, message.clone(), generation),
+                condition(CONDITION_PROGRESSING, false, REASON_INVALID_SPEC, message.clone(), generation),
+                condition(CONDITION_DEGRADED, true, REASON_INVALID_SPEC, message, generation),
+            ],
+            &old.conditions,
+            now,
+        ),
+        ..old
+    }
+}
+
+/// The status of a paused stack: the rest of the status stays as last
+/// observed; `Progressing` says that nothing will change.
+pub fn paused(stack: &CommerceStack, now: Time) -> CommerceStackStatus {
+    let generation = stack.metadata.generation;
+    let mut status = stack.status.clone().unwrap_or_default();
+    let paused = condition(
+        CONDITION_PROGRESSING,
+        false,
+        REASON_PAUSED,
+        "spec.paused is true: the operator changes nothing until it is false".into(),
+        generation,
+    );
+    let mut conditions: Vec<Condition> =
+        status.conditions.iter().filter(|c| c.type_ != CONDITION_PROGRESSING).cloned().collect();
+    conditions.extend(with_transition_times(vec![paused], &status.conditions, now));
+    conditions.sort_by(|a, b| condition_order(&a.type_).cmp(&condition_order(&b.type_)));
+    status.conditions = conditions;
+    status.observed_generation = generation;
+    status
+}
+
+fn condition_order(type_: &str) -> usize {
+    [CONDITION_READY, CONDITION_PROGRESSING, CONDITION_DEGRADED].iter().position(|t| *t == type_).unwrap_or(usize::MAX)
+}
+
+/// The status of a policy that targets a reconciled stack.
+pub fn policy(policy: &RateLimitPolicy, stack_paused: bool, now: Time) -> RateLimitPolicyStatus {
+    let generation = policy.metadata.generation;
+    let problems = policy_problems(policy);
+    let accepted = if !problems.is_empty() {
+        condition(CONDITION_ACCEPTED, false, "InvalidRules", problems.join("; "), generation)
+    } else if stack_paused {
+        condition(CONDITION_ACCEPTED, false, "StackPaused", "the stack is paused; the rules apply once it resumes".into(), generation)
+    } else {
+        condition(CONDITION_ACCEPTED, true, "Accepted", "the gateway enforces the rules".into(), generation)
+    };
+    let old = policy.status.clone().unwrap_or_default();
+    RateLimitPolicyStatus {
+        observed_generation: generation,
+        conditions: with_transition_times(vec![accepted], &old.conditions, now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::validate;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn stack() -> CommerceStack {
+        let mut stack = crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
+        stack.metadata.generation = Some(3);
+        stack
+    }
+
+    fn time(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn available(name: &str) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta { name: Some(name.into()), generation: Some(1), ..ObjectMeta::default() },
+            spec: Some(DeploymentSpec { replicas: Some(1), ..DeploymentSpec::default() }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(1),
+                replicas: Some(1),
+                ready_replicas: Some(1),
+                available_replicas: Some(1),
+                updated_replicas: Some(1),
+                ..DeploymentStatus::default()
+            }),
+        }
+    }
+
+    fn find<'a>(status: &'a CommerceStackStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_stack_is_ready_when_every_service_is_available() {
+        let stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        let deployments: Vec<Deployment> = Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let status = reconciled(&stack, &valid, &deployments, &Outcome::default(), time(10));
+        assert_eq!(find(&status, CONDITION_READY).status, "True");
+        assert_eq!(find(&status, CONDITION_PROGRESSING).reason, "UpToDate");
+        assert_eq!(status.ready_services.as_deref(), Some("9/9"));
+        assert_eq!(status.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_missing_deployment_names_the_service_it_waits_for() {
+        let stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        let deployments: Vec<Deployment> =
+            Service::ALL.iter().filter(|s| **s != Service::Order).map(|s| available(&format!("shop-{s}"))).collect();
+        let status = reconciled(&stack, &valid, &deployments, &Outcome::default(), time(10));
+        let ready = find(&status, CONDITION_READY);
+        assert_eq!((ready.status.as_str(), ready.message.as_str()), ("False", "waiting for order"));
+        assert_eq!(status.ready_services.as_deref(), Some("8/9"));
+    }
+
+    #[test]
+    fn an_unchanged_condition_keeps_its_transition_time() {
+        let mut stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        let first = reconciled(&stack, &valid, &[], &Outcome::default(), time(10));
+        stack.status = Some(first.clone());
+        let valid = validate(&stack, "default").unwrap();
+        let second = reconciled(&stack, &valid, &[], &Outcome::default(), time(20));
+        assert_eq!(first, second, "a second identical reconcile must not change the status");
+    }
+
+    #[test]
+    fn pausing_changes_only_the_progressing_condition() {
+        let mut stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        stack.status = Some(reconciled(&stack, &valid, &[], &Outcome::default(), time(10)));
+        let status = paused(&stack, time(20));
+        assert_eq!(find(&status, CONDITION_PROGRESSING).reason, REASON_PAUSED);
+        assert_eq!(find(&status, CONDITION_READY), find(stack.status.as_ref().unwrap(), CONDITION_READY));
+        assert_eq!(status.conditions.len(), 3);
+    }
+}

@@ -1,0 +1,248 @@
+//! `validate`: the pure first step of a reconcile. It checks a stack (and the
+//! policies that target it) against the rules the CRD's CEL enforces at
+//! admission, and the few that admission cannot see, and hands `build` a
+//! [`ValidStack`] whose facts no later step has to check again.
+//!
+//! Admission already rejects what it can; this step exists because `render`
+//! reads files no apiserver has seen, and because a CRD upgraded after a
+//! resource was stored does not re-check the stored resource.
+
+use std::collections::BTreeSet;
+
+use commerce_api::RateLimitPolicy;
+use commerce_api::catalog::Service;
+use commerce_api::crd::rate_limit::RateLimitRule;
+use commerce_api::crd::stack::{
+    CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, PaymentProvider,
+    ServiceSettings,
+};
+
+use crate::Error;
+
+/// Longest stack name (see the CRD's rule on `metadata.name`).
+pub const MAX_STACK_NAME_LEN: usize = commerce_api::crd::stack::MAX_NAME_LEN;
+
+/// A stack that passed [`validate`], with the facts `build` relies on.
+#[derive(Debug, Clone)]
+pub struct ValidStack<'a> {
+    /// The resource itself.
+    pub stack: &'a CommerceStack,
+    /// `metadata.name`.
+    pub name: &'a str,
+    /// `metadata.namespace`: where every object of the stack lives.
+    pub namespace: &'a str,
+    /// Enabled services with their settings, in catalog order.
+    pub services: Vec<(Service, ServiceSettings)>,
+    /// Where Kafka comes from.
+    pub kafka: Infra<'a, ExternalKafka>,
+    /// Where Postgres comes from.
+    pub postgres: Infra<'a, ExternalPostgres>,
+    /// Where Redis comes from.
+    pub redis: Infra<'a, ExternalRedis>,
+}
+
+/// A piece of infrastructure, external or run by the operator.
+#[derive(Debug, Clone, Copy)]
+pub enum Infra<'a, E> {
+    /// The stack connects to it.
+    External(&'a E),
+    /// The operator runs it in the namespace.
+    Managed(&'a ManagedInfra),
+}
+
+impl<E> Infra<'_, E> {
+    /// Whether the operator runs it.
+    pub fn is_managed(&self) -> bool {
+        matches!(self, Infra::Managed(_))
+    }
+}
+
+impl ValidStack<'_> {
+    /// Whether `service` runs.
+    pub fn is_enabled(&self, service: Service) -> bool {
+        self.services.iter().any(|(s, _)| *s == service)
+    }
+
+    /// The settings of an enabled service.
+    pub fn settings(&self, service: Service) -> Option<&ServiceSettings> {
+        self.services.iter().find(|(s, _)| *s == service).map(|(_, settings)| settings)
+    }
+}
+
+/// Checks `stack`; `namespace` is used when the resource names none (a file
+/// given to `render`).
+pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<ValidStack<'a>, Error> {
+    let mut problems = Vec::new();
+    let name = stack.metadata.name.as_deref().unwrap_or_default();
+    let namespace = stack.metadata.namespace.as_deref().unwrap_or(namespace);
+    check_name(name, &mut problems);
+    let spec = &stack.spec;
+
+    for key in spec.services.keys() {
+        if Service::from_name(key).is_none() {
+            let known: Vec<&str> = Service::names().collect();
+            problems.push(format!("services.{key}: not a service of the catalog ({})", known.join(", ")));
+        }
+    }
+    for (key, settings) in &spec.services {
+        if settings.replicas.is_some() && settings.autoscaling.is_some() {
+            problems.push(format!("services.{key}: set either replicas or autoscaling, not both"));
+        }
+        if let Some(autoscaling) = &settings.autoscaling
+            && autoscaling.min_replicas > autoscaling.max_replicas
+        {
+            problems.push(format!(
+                "services.{key}.autoscaling: minReplicas ({}) exceeds maxReplicas ({})",
+                autoscaling.min_replicas, autoscaling.max_replicas
+            ));
+        }
+    }
+
+    let kafka = pick("kafka", spec.kafka.external.as_ref(), spec.kafka.managed.as_ref(), &mut problems);
+    if let Some(external) = &spec.kafka.external
+        && external.bootstrap_servers.is_empty()
+    {
+        problems.push("kafka.external.bootstrapServers: name at least one host:port".into());
+    }
+    let postgres =
+        pick("postgres", spec.postgres.external.as_ref(), spec.postgres.managed.as_ref(), &mut problems);
+    let redis = pick("redis", spec.redis.external.as_ref(), spec.redis.managed.as_ref(), &mut problems);
+
+    check_rules("gateway.rateLimits", &spec.gateway.rate_limits, &mut problems);
+    let gateway_enabled = spec.services.get(Service::Gateway.name()).is_none_or(|s| s.enabled);
+    if spec.gateway.ingress.is_some() && !gateway_enabled {
+        problems.push("gateway.ingress: the gateway is disabled (services.gateway.enabled: false)".into());
+    }
+    if spec.payment.provider != PaymentProvider::Mock && spec.payment.credentials_secret.is_none() {
+        problems
+            .push(format!("payment: provider {} needs credentialsSecret", spec.payment.provider.as_str()));
+    }
+    if spec.auth.access_token_ttl >= spec.auth.refresh_token_ttl {
+        problems.push("auth: accessTokenTtl must be shorter than refreshTokenTtl".into());
+    }
+
+    match (kafka, postgres, redis) {
+        (Some(kafka), Some(postgres), Some(redis)) if problems.is_empty() => Ok(ValidStack {
+            stack,
+            name,
+            namespace,
+            services: spec.enabled_services().map(|s| (s, spec.service(s))).collect(),
+            kafka,
+            postgres,
+            redis,
+        }),
+        _ => Err(Error::InvalidStack { name: name.to_owned(), problems }),
+    }
+}
+
+/// What keeps a policy's rules out of the gateway; empty when none.
+pub fn policy_problems(policy: &RateLimitPolicy) -> Vec<String> {
+    let mut problems = Vec::new();
+    if policy.spec.rules.is_empty() {
+        problems.push("rules: name at least one rule".into());
+    }
+    check_rules("rules", &policy.spec.rules, &mut problems);
+    problems
+}
+
+fn check_name(name: &str, problems: &mut Vec<String>) {
+    let is_label = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if !is_label {
+        problems.push(format!(
+            "metadata.name {name:?}: must start with a letter and hold only lowercase letters, digits and '-' \
+             (it prefixes Service names)"
+        ));
+    }
+    if name.len() > MAX_STACK_NAME_LEN {
+        problems.push(format!(
+            "metadata.name {name:?}: at most {MAX_STACK_NAME_LEN} characters, so that \
+             <name>-notification-headless is a valid Service name"
+        ));
+    }
+}
+
+fn pick<'a, E>(
+    what: &str,
+    external: Option<&'a E>,
+    managed: Option<&'a ManagedInfra>,
+    problems: &mut Vec<String>,
+) -> Option<Infra<'a, E>> {
+    match (external, managed) {
+        (Some(external), None) => Some(Infra::External(external)),
+        (None, Some(managed)) => Some(Infra::Managed(managed)),
+        _ => {
+            problems.push(format!("{what}: set exactly one of {what}.external and {what}.managed"));
+            None
+        }
+    }
+}
+
+fn check_rules(field: &str, rules: &[RateLimitRule], problems: &mut Vec<String>) {
+    let mut names = BTreeSet::new();
+    for rule in rules {
+        if !names.insert(rule.name.as_str()) {
+            problems.push(format!("{field}: rule name {:?} appears twice", rule.name));
+        }
+        if rule.requests < 1 {
+            problems.push(format!("{field}[{}]: requests must be at least 1", rule.name));
+        }
+        if rule.burst < 0 {
+            problems.push(format!("{field}[{}]: burst must not be negative", rule.name));
+        }
+        if !rule.path_prefix.starts_with('/') {
+            problems.push(format!("{field}[{}]: pathPrefix must start with '/'", rule.name));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(yaml: &str) -> CommerceStack {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    const MINIMAL: &str = r#"
+apiVersion: commerce-stack.dev/v1alpha1
+kind: CommerceStack
+metadata: {name: shop, namespace: shop}
+spec:
+  version: 0.1.0
+  kafka: {external: {bootstrapServers: ["kafka:9092"]}}
+  postgres: {external: {host: db, adminSecret: {name: pg-admin}}}
+  redis: {external: {host: redis}}
+"#;
+
+    #[test]
+    fn a_minimal_stack_runs_every_service_of_the_catalog() {
+        let stack = stack(MINIMAL);
+        let valid = validate(&stack, "default").unwrap();
+        let services: Vec<Service> = valid.services.iter().map(|(s, _)| *s).collect();
+        assert_eq!(services, Service::ALL);
+        assert_eq!(valid.namespace, "shop");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut stack = stack(MINIMAL);
+        stack.metadata.name = Some("Shop".into());
+        stack.spec.kafka.managed = Some(ManagedInfra::default());
+        stack.spec.services.insert("basket".into(), ServiceSettings::default());
+        let Err(Error::InvalidStack { problems, .. }) = validate(&stack, "default") else {
+            panic!("the stack is invalid")
+        };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_stack_name_too_long_for_its_service_names_is_rejected() {
+        let mut stack = stack(MINIMAL);
+        stack.metadata.name = Some("a".repeat(MAX_STACK_NAME_LEN + 1));
+        assert!(validate(&stack, "default").is_err());
+        stack.metadata.name = Some("a".repeat(MAX_STACK_NAME_LEN));
+        assert!(validate(&stack, "default").is_ok());
+    }
+}

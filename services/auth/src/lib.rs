@@ -1,0 +1,222 @@
+//! The auth service (`commerce.auth.v1`): users with argon2id credentials
+//! and one role each (customer, admin, courier), rotating refresh tokens
+//! with reuse detection, and Ed25519-signed access tokens whose public keys
+//! it publishes for offline verification.
+//!
+//! - [`serve`] runs the service with [`Config`];
+//! - [`jwt`] is the pure token format and the [`jwt::Verifier`] the gateway
+//!   uses to check access tokens without calling this service;
+//! - [`bootstrap_account`] creates the admin and courier accounts of local
+//!   and demo stacks (`--bootstrap-admin-email` with
+//!   `COMMERCE_BOOTSTRAP_ADMIN_PASSWORD`, `--bootstrap-courier-email` with
+//!   `COMMERCE_BOOTSTRAP_COURIER_PASSWORD`): registration only ever creates
+//!   customers, so these flags are how the other roles come to exist.
+
+use std::path::PathBuf;
+
+use commerce_api::catalog::Service;
+use commerce_platform::admin::{self, AdminError, Metrics};
+use commerce_platform::db::{self, DatabaseError};
+use commerce_platform::events::{EventProducer, OutboxError, OutboxRelay, ProducerError};
+use commerce_platform::grpc::{GrpcServer, GrpcServerError};
+use commerce_platform::readiness::Readiness;
+use commerce_platform::telemetry::{self, TelemetryError};
+use commerce_proto::auth::v1::auth_service_server::AuthServiceServer;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod jwt;
+pub mod keys;
+pub mod store;
+
+pub use config::{AuthArgs, Config};
+pub use grpc::AuthGrpc;
+pub use keys::KeyRing;
+
+/// The auth service's own migrations (`services/auth/migrations/`).
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Everything that can fail in the auth service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input breaks a rule (email shape, password policy, ...).
+    #[error(transparent)]
+    InvalidInput(#[from] domain::InvalidInput),
+    #[error("email {email} is already registered")]
+    EmailTaken { email: String },
+    /// Unknown email or wrong password, deliberately indistinguishable.
+    #[error("wrong email or password")]
+    Authenticate,
+    #[error("refresh token rejected: {reason}")]
+    RefreshRejected { reason: &'static str },
+    #[error("access token rejected")]
+    VerifyToken(#[source] jwt::VerifyError),
+    #[error("user {0} does not exist or is deactivated")]
+    UserInactive(Uuid),
+    /// argon2 failed (its error type does not implement `std::error::Error`
+    /// on every target, hence the message).
+    #[error("cannot hash or verify a password: {0}")]
+    HashPassword(String),
+    #[error("database operation failed: {action}")]
+    Database {
+        action: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot write an event to the outbox")]
+    EnqueueEvent(#[source] OutboxError),
+    #[error("no signing key is active yet")]
+    NoSigningKey,
+    #[error("cannot read the signing key file {path}")]
+    ReadSigningKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the signing key file {path} is not an Ed25519 PKCS#8 PEM key: {reason}")]
+    ParseSigningKey { path: PathBuf, reason: String },
+    #[error("stored signing key {kid} cannot be decoded")]
+    DecodeStoredKey { kid: String },
+    #[error("bootstrap account {email} is configured without a password (set its COMMERCE_BOOTSTRAP_*_PASSWORD)")]
+    BootstrapWithoutPassword { email: String },
+    #[error("cannot set up logging")]
+    InitTelemetry(#[source] TelemetryError),
+    #[error("cannot connect to the auth database")]
+    ConnectDatabase(#[source] DatabaseError),
+    #[error("cannot migrate the auth database")]
+    MigrateDatabase(#[source] DatabaseError),
+    #[error("cannot create the Kafka producer")]
+    CreateProducer(#[source] ProducerError),
+    #[error("the gRPC server failed")]
+    ServeGrpc(#[source] GrpcServerError),
+    #[error("the admin server failed")]
+    ServeAdmin(#[source] AdminError),
+}
+
+/// Runs the auth service until `shutdown`: admin server first (so
+/// `/readyz` explains any wait), then the database (retried until it
+/// answers), migrations, signing keys, bootstrap accounts, the outbox relay
+/// and the gRPC server.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    telemetry::init(&config.common.log, Service::Auth.name()).map_err(Error::InitTelemetry)?;
+    let readiness = Readiness::new();
+    let metrics = Metrics::new(Service::Auth.name());
+    let admin_task = tokio::spawn(admin::serve(
+        &config.common.admin,
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let database_check = readiness.register(db::READINESS_CHECK);
+    let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
+        .await
+        .map_err(Error::ConnectDatabase)?;
+    db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+    let health_task = db::spawn_health_check(pool.clone(), database_check, shutdown.clone());
+
+    let keys = KeyRing::new(&config.auth.issuer, &config.auth.audience);
+    prepare_keys(&pool, &keys, &config.auth).await?;
+    let key_task = tokio::spawn(maintain_keys(pool.clone(), keys.clone(), config.auth.clone(), shutdown.clone()));
+
+    for (email, password, role) in [
+        (&config.auth.bootstrap_admin_email, &config.auth.bootstrap_admin_password, jwt::Role::Admin),
+        (&config.auth.bootstrap_courier_email, &config.auth.bootstrap_courier_password, jwt::Role::Courier),
+    ] {
+        if let Some(email) = email {
+            let password =
+                password.as_ref().ok_or_else(|| Error::BootstrapWithoutPassword { email: email.clone() })?;
+            bootstrap_account(&pool, email, password, role).await?;
+        }
+    }
+
+    let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
+    let producer_task =
+        producer.watch_readiness(readiness.register(commerce_platform::events::producer::READINESS_CHECK), shutdown.clone());
+    let relay_task = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(shutdown.clone()));
+
+    let handler = AuthGrpc::new(pool.clone(), keys, config.auth.clone());
+    let grpc_result = GrpcServer::new(&config.common.grpc, readiness.clone(), &metrics)
+        .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
+        .add_service(AuthServiceServer::new(handler))
+        .serve(shutdown.clone())
+        .await;
+    // Whatever ended the server ends the rest.
+    shutdown.cancel();
+    for task in [relay_task, key_task, health_task, producer_task] {
+        let _ = task.await;
+    }
+    producer.flush(std::time::Duration::from_secs(5)).await;
+    pool.close().await;
+    let admin_result = admin_task.await;
+    grpc_result.map_err(Error::ServeGrpc)?;
+    match admin_result {
+        Ok(result) => result.map_err(Error::ServeAdmin),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Installs the key file's key (file mode) or makes sure a database key
+/// exists, then loads the ring.
+pub async fn prepare_keys(pool: &PgPool, keys: &KeyRing, args: &AuthArgs) -> Result<(), Error> {
+    match &args.signing_key_file {
+        Some(path) => {
+            let kid = keys::install_file_key(pool, path, args.access_token_ttl).await?;
+            keys.pin(kid);
+        }
+        None => {
+            keys::maintain(pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now()).await?;
+        }
+    }
+    keys.reload(pool).await
+}
+
+/// Reloads keys every [`keys::RELOAD_INTERVAL`] and, in database mode,
+/// rotates them when due; failures are logged and retried next round.
+async fn maintain_keys(pool: PgPool, keys: KeyRing, args: AuthArgs, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(keys::RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if args.signing_key_file.is_none() {
+            if let Err(error) = keys::maintain(&pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now()).await
+            {
+                tracing::warn!(error = %error, "signing key maintenance failed; retrying next round");
+            }
+        }
+        if let Err(error) = keys.reload(&pool).await {
+            tracing::warn!(error = %error, "cannot reload signing keys; keeping the previous ones");
+        }
+    }
+}
+
+/// Creates `email` with `role` and `password` if no account has that email;
+/// an existing account is left untouched (its password may have been
+/// changed since). Publishes `UserRegistered` like a registration.
+pub async fn bootstrap_account(pool: &PgPool, email: &str, password: &str, role: jwt::Role) -> Result<(), Error> {
+    let email = domain::normalize_email(email)?;
+    domain::check_password(password)?;
+    if store::find_user_by_email(pool, &email).await?.is_some() {
+        tracing::info!(%email, %role, "bootstrap account exists already");
+        return Ok(());
+    }
+    let password_hash = grpc::hash_password(password.to_owned()).await?;
+    let display_name = domain::display_name("", &email)?;
+    match store::create_user(pool, store::NewUser { email: email.clone(), display_name, password_hash, role }).await {
+        // A replica starting at the same time won the race: same outcome.
+        Ok(_) | Err(Error::EmailTaken { .. }) => {
+            tracing::info!(%email, %role, "bootstrap account ready");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}

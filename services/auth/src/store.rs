@@ -1,0 +1,280 @@
+//! The auth database: users, refresh tokens and signing keys, with
+//! runtime-checked sqlx queries. `UserRegistered` is written to the platform
+//! outbox in the same transaction as the user.
+
+use chrono::{DateTime, Utc};
+use commerce_platform::events::enqueue;
+use commerce_proto::events::v1 as events;
+use sqlx::postgres::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::jwt::Role;
+
+/// Postgres' code for a unique violation.
+const UNIQUE_VIOLATION: &str = "23505";
+/// Advisory lock (per database) held while signing keys are created or
+/// rotated, so that replicas starting together create one key, not one
+/// each. ASCII "authkeys".
+const KEYS_LOCK_KEY: i64 = 0x6175_7468_6b65_7973;
+
+fn database(action: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Database { action, source }
+}
+
+/// A user as stored, credentials included; never leaves the crate as is.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub role: String,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    /// The stored role; the CHECK constraint admits only known names.
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::Customer)
+    }
+}
+
+/// A user to create; every field already validated and the password hashed.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+/// Inserts a user and its `UserRegistered` event in one transaction.
+/// [`Error::EmailTaken`] if the email (in any case) is registered.
+pub async fn create_user(pool: &PgPool, user: NewUser) -> Result<UserRow, Error> {
+    let mut tx = pool.begin().await.map_err(database("begin a transaction"))?;
+    let row = insert_user(&mut tx, &user).await?;
+    tx.commit().await.map_err(database("commit a new user"))?;
+    Ok(row)
+}
+
+/// Inserts a user and enqueues `UserRegistered` on `conn` (inside the
+/// caller's transaction; exposed so that tests can roll it back).
+pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<UserRow, Error> {
+    let inserted = sqlx::query_as::<_, UserRow>(
+        "INSERT INTO users (id, email, display_name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING id, email, display_name, password_hash, role, active, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&user.email)
+    .bind(&user.display_name)
+    .bind(&user.password_hash)
+    .bind(user.role.as_str())
+    .fetch_one(&mut *conn)
+    .await;
+    let row = match inserted {
+        Ok(row) => row,
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            return Err(Error::EmailTaken { email: user.email.clone() });
+        }
+        Err(source) => return Err(Error::Database { action: "insert a user", source }),
+    };
+    let event = events::UserRegistered {
+        user_id: row.id.to_string(),
+        email: row.email.clone(),
+        display_name: row.display_name.clone(),
+        roles: vec![event_role(row.role()) as i32],
+        occurred_at: Some(timestamp(row.created_at)),
+    };
+    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    Ok(row)
+}
+
+fn event_role(role: Role) -> events::UserRole {
+    match role {
+        Role::Customer => events::UserRole::Customer,
+        Role::Admin => events::UserRole::Admin,
+        Role::Courier => events::UserRole::Courier,
+    }
+}
+
+/// A protobuf timestamp for `at`.
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+const USER_COLUMNS: &str = "id, email, display_name, password_hash, role, active, created_at";
+
+/// The user with this (normalized) email, if any.
+pub async fn find_user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRow>, Error> {
+    sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)"))
+        .bind(email)
+        .fetch_optional(pool)
+        .await
+        .map_err(database("find a user by email"))
+}
+
+/// The user with this id, if any.
+pub async fn find_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserRow>, Error> {
+    sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(database("find a user by id"))
+}
+
+/// A refresh token to store (its hash, never the token).
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub id: Uuid,
+    pub token_hash: Vec<u8>,
+    pub user_id: Uuid,
+    pub family_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn insert_refresh_token(conn: &mut PgConnection, token: &NewRefreshToken) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, token_hash, user_id, family_id, expires_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(token.id)
+    .bind(&token.token_hash)
+    .bind(token.user_id)
+    .bind(token.family_id)
+    .bind(token.expires_at)
+    .execute(conn)
+    .await
+    .map_err(database("store a refresh token"))?;
+    Ok(())
+}
+
+/// A stored refresh token, locked for the rest of the transaction.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefreshTokenRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub family_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Finds and locks (`FOR UPDATE`) the token with this hash, so that two
+/// concurrent refreshes of one token serialize: the second sees it revoked.
+pub async fn lock_refresh_token(conn: &mut PgConnection, hash: &[u8]) -> Result<Option<RefreshTokenRow>, Error> {
+    sqlx::query_as::<_, RefreshTokenRow>(
+        "SELECT id, user_id, family_id, expires_at, revoked_at FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(hash)
+    .fetch_optional(conn)
+    .await
+    .map_err(database("lock a refresh token"))
+}
+
+/// Revokes one token on rotation, recording its successor.
+pub async fn revoke_rotated(conn: &mut PgConnection, id: Uuid, replaced_by: Uuid) -> Result<(), Error> {
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = now(), replaced_by = $2 WHERE id = $1")
+        .bind(id)
+        .bind(replaced_by)
+        .execute(conn)
+        .await
+        .map_err(database("revoke a rotated refresh token"))?;
+    Ok(())
+}
+
+/// Revokes every still-valid token of a family; returns how many.
+pub async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, Error> {
+    let done =
+        sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
+            .bind(family_id)
+            .execute(conn)
+            .await
+            .map_err(database("revoke a refresh token family"))?;
+    Ok(done.rows_affected())
+}
+
+/// Revokes the token with this hash if it is still valid (logout).
+pub async fn revoke_by_hash(pool: &PgPool, hash: &[u8]) -> Result<bool, Error> {
+    let done = sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL")
+        .bind(hash)
+        .execute(pool)
+        .await
+        .map_err(database("revoke a refresh token"))?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A signing key as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub private_key_pem: String,
+    pub public_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub activates_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Every key that is not expired, newest activation first.
+pub async fn published_keys(pool: &PgPool) -> Result<Vec<SigningKeyRow>, Error> {
+    sqlx::query_as::<_, SigningKeyRow>(
+        "SELECT kid, private_key_pem, public_key, created_at, activates_at, expires_at FROM signing_keys \
+         WHERE expires_at IS NULL OR expires_at > now() ORDER BY activates_at DESC, created_at DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(database("read signing keys"))
+}
+
+/// Locks key maintenance for the rest of the transaction.
+pub async fn lock_keys(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(KEYS_LOCK_KEY)
+        .execute(conn)
+        .await
+        .map_err(database("lock signing keys"))?;
+    Ok(())
+}
+
+/// Keys that still sign or may sign (no expiry yet), newest first.
+pub async fn unexpired_signing_keys(conn: &mut PgConnection) -> Result<Vec<SigningKeyRow>, Error> {
+    sqlx::query_as::<_, SigningKeyRow>(
+        "SELECT kid, private_key_pem, public_key, created_at, activates_at, expires_at FROM signing_keys \
+         WHERE expires_at IS NULL ORDER BY activates_at DESC, created_at DESC",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(database("read unexpired signing keys"))
+}
+
+/// Stores a key (or un-expires it if it is already known).
+pub async fn upsert_key(
+    conn: &mut PgConnection,
+    kid: &str,
+    private_key_pem: &str,
+    public_key: &[u8],
+    activates_at: DateTime<Utc>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, private_key_pem, public_key, activates_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (kid) DO UPDATE SET expires_at = NULL",
+    )
+    .bind(kid)
+    .bind(private_key_pem)
+    .bind(public_key)
+    .bind(activates_at)
+    .execute(conn)
+    .await
+    .map_err(database("store a signing key"))?;
+    Ok(())
+}
+
+/// Sets an expiry on every unexpired key but `keep`.
+pub async fn expire_keys_except(conn: &mut PgConnection, keep: &str, expires_at: DateTime<Utc>) -> Result<(), Error> {
+    sqlx::query("UPDATE signing_keys SET expires_at = $2 WHERE kid <> $1 AND expires_at IS NULL")
+        .bind(keep)
+        .bind(expires_at)
+        .execute(conn)
+        .await
+        .map_err(database("retire signing keys"))?;
+    Ok(())
+}

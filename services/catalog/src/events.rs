@@ -1,0 +1,81 @@
+//! What the catalog publishes on `commerce.catalog.v1`, through the
+//! platform outbox, in the transaction of the write it reports:
+//! `ProductCreated`, `ProductUpdated` (+ `PriceChanged` when the price
+//! moved) and `ProductDeleted`. The catalog consumes no events.
+
+use commerce_platform::events::enqueue;
+use commerce_proto::common::v1::Money as ProtoMoney;
+use commerce_proto::events::v1 as pb;
+use prost_types::{FieldMask, Timestamp};
+use sqlx::postgres::PgConnection;
+
+use crate::Error;
+use crate::domain::{Field, Money};
+use crate::store::ProductRow;
+
+/// A protobuf timestamp for `at`.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+/// The proto form of an amount.
+pub fn money(money: &Money) -> ProtoMoney {
+    ProtoMoney { currency_code: money.currency.clone(), units: money.units }
+}
+
+/// Enqueues `ProductCreated` for a newly inserted product.
+pub async fn enqueue_created(conn: &mut PgConnection, row: &ProductRow) -> Result<(), Error> {
+    let event = pb::ProductCreated {
+        product_id: row.id.to_string(),
+        sku: row.sku.clone(),
+        name: row.name.clone(),
+        category_id: row.category_id.to_string(),
+        price: Some(money(&row.price())),
+        active: row.active,
+        occurred_at: Some(timestamp(row.created_at)),
+    };
+    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    Ok(())
+}
+
+/// Enqueues `ProductUpdated` and, if the price changed, `PriceChanged`.
+pub async fn enqueue_updated(
+    conn: &mut PgConnection,
+    before: &ProductRow,
+    after: &ProductRow,
+    changed: &[Field],
+) -> Result<(), Error> {
+    let occurred_at = Some(timestamp(after.updated_at));
+    let event = pb::ProductUpdated {
+        product_id: after.id.to_string(),
+        sku: after.sku.clone(),
+        name: after.name.clone(),
+        category_id: after.category_id.to_string(),
+        price: Some(money(&after.price())),
+        active: after.active,
+        changed_fields: Some(FieldMask { paths: changed.iter().map(|field| field.name().to_owned()).collect() }),
+        occurred_at,
+    };
+    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    if changed.contains(&Field::Price) {
+        let event = pb::PriceChanged {
+            product_id: after.id.to_string(),
+            previous_price: Some(money(&before.price())),
+            price: Some(money(&after.price())),
+            occurred_at,
+        };
+        enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    }
+    Ok(())
+}
+
+/// Enqueues `ProductDeleted`.
+pub async fn enqueue_deleted(conn: &mut PgConnection, row: &ProductRow) -> Result<(), Error> {
+    let event = pb::ProductDeleted {
+        product_id: row.id.to_string(),
+        sku: row.sku.clone(),
+        occurred_at: Some(timestamp(chrono::Utc::now())),
+    };
+    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Who is calling: the middleware that verifies a bearer token once per
+//! request, and the extractors handlers use to demand a caller or a role.
+//!
+//! The middleware never refuses a request itself: public routes ignore a bad
+//! token, and the rate limiter (which runs after it) keys by user when the
+//! token is good. A handler that needs a caller takes [`Caller`] (401 when
+//! the token is missing or invalid, with `WWW-Authenticate: Bearer`),
+//! [`AdminCaller`] or [`CourierCaller`] (403 for the wrong role).
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::jwt::{self, Role, TokenError};
+use crate::problem::Problem;
+use crate::state::AppState;
+
+pub use crate::jwt::Caller;
+
+/// The outcome of looking at the `Authorization` header, in the request's
+/// extensions.
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    /// No `Authorization` header.
+    Anonymous,
+    Verified(Caller),
+    Refused(TokenError),
+    /// An `Authorization` header that is not `Bearer <token>`.
+    NotBearer,
+}
+
+/// Verifies the bearer token, if any, and records the outcome.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let outcome = match request.headers().get(header::AUTHORIZATION) {
+        None => Authentication::Anonymous,
+        Some(value) => match value.to_str().ok().and_then(bearer_token) {
+            None => Authentication::NotBearer,
+            Some(token) => match state.verifier.verify(token).await {
+                Ok(caller) => {
+                    tracing::Span::current().record("user_id", caller.user_id.as_str());
+                    Authentication::Verified(caller)
+                }
+                Err(error) => Authentication::Refused(error),
+            },
+        },
+    };
+    request.extensions_mut().insert(Arc::new(outcome));
+    next.run(request).await
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|token| !token.is_empty())
+}
+
+/// The outcome recorded by [`authenticate`] (anonymous when it did not run).
+pub fn authentication(parts: &Parts) -> Arc<Authentication> {
+    parts.extensions.get::<Arc<Authentication>>().cloned().unwrap_or_else(|| Arc::new(Authentication::Anonymous))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match authentication(parts).as_ref() {
+            Authentication::Verified(caller) => Ok(caller.clone()),
+            Authentication::Anonymous => Err(Problem::unauthenticated("this operation needs a bearer access token")),
+            Authentication::NotBearer => Err(Problem::unauthenticated("the Authorization header must be `Bearer <token>`")),
+            Authentication::Refused(error) => Err(Problem::unauthenticated(error.to_string())),
+        }
+    }
+}
+
+/// A caller with the admin role.
+#[derive(Debug, Clone)]
+pub struct AdminCaller(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminCaller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if !caller.has(Role::Admin) {
+            return Err(Problem::forbidden("this operation needs the admin role"));
+        }
+        Ok(Self(caller))
+    }
+}
+
+/// A caller with the courier or admin role.
+#[derive(Debug, Clone)]
+pub struct CourierCaller(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for CourierCaller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if !(caller.has(Role::Courier) || caller.has(Role::Admin)) {
+            return Err(Problem::forbidden("this operation needs the courier or admin role"));
+        }
+        Ok(Self(caller))
+    }
+}
+
+/// The real key source: auth's `GetPublicKeys` through the resilient peers.
+#[derive(Debug, Clone)]
+pub struct AuthKeySource {
+    pub peers: Arc<commerce_platform::discovery::Peers>,
+}
+
+impl jwt::KeySource for AuthKeySource {
+    async fn fetch(&self) -> Result<jwt::KeySet, String> {
+        use commerce_proto::auth::v1::GetPublicKeysRequest;
+        use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
+        let channel = self.peers.channel(commerce_api::catalog::Service::Auth).map_err(|error| error.to_string())?;
+        let response = AuthServiceClient::new(channel)
+            .get_public_keys(commerce_platform::resilience::idempotent(GetPublicKeysRequest {}))
+            .await
+            .map_err(|status| format!("GetPublicKeys failed: {} {}", status.code(), status.message()))?
+            .into_inner();
+        let mut keys = Vec::new();
+        for key in &response.keys {
+            match jwt::VerificationKey::from_proto(key) {
+                Ok(key) => keys.push(key),
+                Err(error) => tracing::warn!(%error, "ignoring an unusable access-token key"),
+            }
+        }
+        let max_age = response.max_age.and_then(|age| {
+            let seconds = u64::try_from(age.seconds).ok()?;
+            Some(std::time::Duration::from_secs(seconds))
+        });
+        Ok(jwt::KeySet { keys, max_age })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bearer_credentials_are_taken() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic dXNlcg=="), None);
+        assert_eq!(bearer_token("Bearer "), None);
+    }
+}

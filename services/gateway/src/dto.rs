@@ -1,0 +1,1081 @@
+//! The JSON shapes of the REST API and their conversions to and from the
+//! gRPC messages.
+//!
+//! Conventions (also stated in the OpenAPI document):
+//! - field names are `snake_case`, as in the protos;
+//! - money is `{"currency": "EUR", "amount_minor": 1999}`: an ISO 4217 code
+//!   and an integer count of the currency's minor units (19.99 EUR), never a
+//!   float, so no client can round a price differently;
+//! - ids are UUID strings; timestamps RFC 3339 strings in UTC;
+//! - enums are lower-case strings (`"pending"`, `"in_transit"`);
+//! - request bodies reject unknown fields, so a misspelt optional field is an
+//!   error instead of being silently ignored.
+
+use chrono::{DateTime, Utc};
+use commerce_proto::{auth, cart, catalog, common, inventory, notification, order, shipping};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::extract::Validate;
+use crate::problem::FieldError;
+
+/// Most units of one product in one line or cart operation: far above any
+/// real basket, low enough that a typo (an extra zero or three) is caught.
+pub const MAX_QUANTITY: i64 = 10_000;
+/// Most lines in one order.
+pub const MAX_ORDER_LINES: usize = 500;
+/// Largest page a client may ask for; the services cap at the same value.
+pub const MAX_PAGE_SIZE: i32 = 100;
+
+// ---------------------------------------------------------------- shared
+
+/// An amount of money in integer minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    /// ISO 4217 alphabetic code, upper case ("EUR").
+    pub currency: String,
+    /// The amount in the currency's minor units (1999 EUR is 19.99 EUR).
+    pub amount_minor: i64,
+}
+
+impl Money {
+    fn check(&self, pointer: &str, errors: &mut Vec<FieldError>) {
+        if !is_currency(&self.currency) {
+            errors.push(FieldError::new(format!("{pointer}/currency"), "must be an ISO 4217 code such as EUR"));
+        }
+        if self.amount_minor < 0 {
+            errors.push(FieldError::new(format!("{pointer}/amount_minor"), "must not be negative"));
+        }
+    }
+}
+
+fn is_currency(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+impl From<Money> for common::v1::Money {
+    fn from(money: Money) -> Self {
+        Self { currency_code: money.currency, units: money.amount_minor }
+    }
+}
+
+impl From<common::v1::Money> for Money {
+    fn from(money: common::v1::Money) -> Self {
+        Self { currency: money.currency_code, amount_minor: money.units }
+    }
+}
+
+fn money(value: Option<common::v1::Money>) -> Option<Money> {
+    value.map(Money::from)
+}
+
+/// A postal address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub recipient_name: String,
+    pub line1: String,
+    #[serde(default)]
+    pub line2: String,
+    pub city: String,
+    #[serde(default)]
+    pub region: String,
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2, upper case ("DE").
+    pub country_code: String,
+    /// E.164 phone number the courier may call; optional.
+    #[serde(default)]
+    pub phone: String,
+}
+
+impl Address {
+    fn check(&self, pointer: &str, errors: &mut Vec<FieldError>) {
+        for (name, value) in [
+            ("recipient_name", &self.recipient_name),
+            ("line1", &self.line1),
+            ("city", &self.city),
+            ("postal_code", &self.postal_code),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(FieldError::new(format!("{pointer}/{name}"), "must not be empty"));
+            }
+        }
+        if !(self.country_code.len() == 2 && self.country_code.bytes().all(|b| b.is_ascii_uppercase())) {
+            errors.push(FieldError::new(format!("{pointer}/country_code"), "must be an ISO 3166-1 alpha-2 code such as DE"));
+        }
+    }
+}
+
+impl From<Address> for common::v1::Address {
+    fn from(a: Address) -> Self {
+        Self {
+            recipient_name: a.recipient_name,
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            region: a.region,
+            postal_code: a.postal_code,
+            country_code: a.country_code,
+            phone: a.phone,
+        }
+    }
+}
+
+impl From<common::v1::Address> for Address {
+    fn from(a: common::v1::Address) -> Self {
+        Self {
+            recipient_name: a.recipient_name,
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            region: a.region,
+            postal_code: a.postal_code,
+            country_code: a.country_code,
+            phone: a.phone,
+        }
+    }
+}
+
+/// RFC 3339 text of a protobuf timestamp; `None` when unset.
+pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
+    let value = value?;
+    let nanos = u32::try_from(value.nanos).unwrap_or(0);
+    DateTime::<Utc>::from_timestamp(value.seconds, nanos).map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Lower-case name of a proto enum value without its type prefix
+/// (`ORDER_STATUS_IN_TRANSIT` -> `in_transit`).
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase()
+}
+
+fn check_quantity(pointer: &str, quantity: i64, errors: &mut Vec<FieldError>) {
+    if quantity <= 0 {
+        errors.push(FieldError::new(pointer, "must be greater than 0"));
+    } else if quantity > MAX_QUANTITY {
+        errors.push(FieldError::new(pointer, format!("must be at most {MAX_QUANTITY}")));
+    }
+}
+
+fn check_not_empty(pointer: &str, value: &str, errors: &mut Vec<FieldError>) {
+    if value.trim().is_empty() {
+        errors.push(FieldError::new(pointer, "must not be empty"));
+    }
+}
+
+fn check_page_size(page_size: Option<i32>, errors: &mut Vec<FieldError>) {
+    if let Some(size) = page_size
+        && !(1..=MAX_PAGE_SIZE).contains(&size)
+    {
+        errors.push(FieldError::new("query:page_size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
+    }
+}
+
+/// A quantity within [`MAX_QUANTITY`], for the proto's `uint32`.
+pub fn quantity_u32(quantity: i64) -> u32 {
+    u32::try_from(quantity.clamp(0, MAX_QUANTITY)).unwrap_or(0)
+}
+
+/// Pagination of list queries.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1 to 100; the service's default (20) when absent.
+    pub page_size: Option<i32>,
+    /// `next_page_token` of the previous page.
+    pub page_token: Option<String>,
+}
+
+impl Validate for PageQuery {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_page_size(self.page_size, &mut errors);
+        errors
+    }
+}
+
+// ---------------------------------------------------------------- auth
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub display_name: String,
+}
+
+impl Validate for RegisterRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if !self.email.contains('@') {
+            errors.push(FieldError::new("/email", "must be an email address"));
+        }
+        check_not_empty("/password", &self.password, &mut errors);
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+impl Validate for LoginRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_not_empty("/email", &self.email, &mut errors);
+        check_not_empty("/password", &self.password, &mut errors);
+        errors
+    }
+}
+
+/// Body of refresh and logout.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshTokenRequest {
+    pub refresh_token: String,
+}
+
+impl Validate for RefreshTokenRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_not_empty("/refresh_token", &self.refresh_token, &mut errors);
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    /// `customer`, `admin`, `courier`.
+    pub roles: Vec<String>,
+    pub created_at: Option<String>,
+}
+
+impl From<auth::v1::User> for User {
+    fn from(user: auth::v1::User) -> Self {
+        let roles = user
+            .roles
+            .iter()
+            .filter_map(|role| auth::v1::Role::try_from(*role).ok())
+            .filter(|role| *role != auth::v1::Role::Unspecified)
+            .map(|role| enum_name(role.as_str_name(), "ROLE_"))
+            .collect();
+        Self { id: user.id, email: user.email, display_name: user.display_name, roles, created_at: timestamp(user.created_at) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub access_token_expires_at: Option<String>,
+    pub refresh_token: String,
+    pub refresh_token_expires_at: Option<String>,
+    /// Always `Bearer`.
+    pub token_type: String,
+}
+
+impl From<auth::v1::TokenPair> for TokenPair {
+    fn from(pair: auth::v1::TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            access_token_expires_at: timestamp(pair.access_token_expires_at),
+            refresh_token: pair.refresh_token,
+            refresh_token_expires_at: timestamp(pair.refresh_token_expires_at),
+            token_type: if pair.token_type.is_empty() { "Bearer".to_owned() } else { pair.token_type },
+        }
+    }
+}
+
+/// Answer of register and login.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionResponse {
+    pub user: Option<User>,
+    pub tokens: Option<TokenPair>,
+}
+
+// ---------------------------------------------------------------- catalog
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Product {
+    pub id: String,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category_id: String,
+    pub price: Option<Money>,
+    pub active: bool,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl From<catalog::v1::Product> for Product {
+    fn from(p: catalog::v1::Product) -> Self {
+        Self {
+            id: p.id,
+            sku: p.sku,
+            name: p.name,
+            description: p.description,
+            category_id: p.category_id,
+            price: money(p.price),
+            active: p.active,
+            created_at: timestamp(p.created_at),
+            updated_at: timestamp(p.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProductPage {
+    pub products: Vec<Product>,
+    /// Empty on the last page.
+    pub next_page_token: String,
+    pub total_size: i64,
+}
+
+/// Filters of `GET /api/products`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductQuery {
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+    /// Category id.
+    pub category: Option<Uuid>,
+    /// Words the name or description must contain.
+    pub q: Option<String>,
+    /// Lowest price, in minor units of `currency`.
+    pub min_price: Option<i64>,
+    /// Highest price, in minor units of `currency`.
+    pub max_price: Option<i64>,
+    /// Currency of `min_price`/`max_price`; required with either.
+    pub currency: Option<String>,
+}
+
+impl Validate for ProductQuery {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_page_size(self.page_size, &mut errors);
+        for (name, value) in [("min_price", self.min_price), ("max_price", self.max_price)] {
+            if value.is_some_and(|v| v < 0) {
+                errors.push(FieldError::new(format!("query:{name}"), "must not be negative"));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_price, self.max_price)
+            && min > max
+        {
+            errors.push(FieldError::new("query:min_price", "must not exceed max_price"));
+        }
+        match &self.currency {
+            None if self.min_price.is_some() || self.max_price.is_some() => {
+                errors.push(FieldError::new("query:currency", "required with min_price or max_price"));
+            }
+            Some(code) if !is_currency(code) => {
+                errors.push(FieldError::new("query:currency", "must be an ISO 4217 code such as EUR"));
+            }
+            _ => {}
+        }
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Category {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    /// Empty for a top-level category.
+    pub parent_id: String,
+    pub created_at: Option<String>,
+}
+
+impl From<catalog::v1::Category> for Category {
+    fn from(c: catalog::v1::Category) -> Self {
+        Self { id: c.id, name: c.name, slug: c.slug, parent_id: c.parent_id, created_at: timestamp(c.created_at) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CategoryList {
+    pub categories: Vec<Category>,
+}
+
+/// Body of `POST /api/admin/products`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProductRequest {
+    pub sku: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub category_id: Uuid,
+    pub price: Money,
+    /// Buyable right away; default true.
+    #[serde(default = "default_true")]
+    pub active: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Validate for CreateProductRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_not_empty("/sku", &self.sku, &mut errors);
+        check_not_empty("/name", &self.name, &mut errors);
+        self.price.check("/price", &mut errors);
+        errors
+    }
+}
+
+/// Body of `PATCH /api/admin/products/{id}`: the fields present change.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProductRequest {
+    pub sku: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub category_id: Option<Uuid>,
+    pub price: Option<Money>,
+    pub active: Option<bool>,
+}
+
+impl Validate for UpdateProductRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if let Some(sku) = &self.sku {
+            check_not_empty("/sku", sku, &mut errors);
+        }
+        if let Some(name) = &self.name {
+            check_not_empty("/name", name, &mut errors);
+        }
+        if let Some(price) = &self.price {
+            price.check("/price", &mut errors);
+        }
+        let nothing = self.sku.is_none()
+            && self.name.is_none()
+            && self.description.is_none()
+            && self.category_id.is_none()
+            && self.price.is_none()
+            && self.active.is_none();
+        if nothing {
+            errors.push(FieldError::new("/", "name at least one field to change"));
+        }
+        errors
+    }
+}
+
+impl UpdateProductRequest {
+    /// The product carrying the new values, and the mask naming them.
+    pub fn into_proto(self, id: Uuid) -> catalog::v1::UpdateProductRequest {
+        let mut paths = Vec::new();
+        let mut product = catalog::v1::Product { id: id.to_string(), ..Default::default() };
+        if let Some(sku) = self.sku {
+            paths.push("sku".to_owned());
+            product.sku = sku;
+        }
+        if let Some(name) = self.name {
+            paths.push("name".to_owned());
+            product.name = name;
+        }
+        if let Some(description) = self.description {
+            paths.push("description".to_owned());
+            product.description = description;
+        }
+        if let Some(category_id) = self.category_id {
+            paths.push("category_id".to_owned());
+            product.category_id = category_id.to_string();
+        }
+        if let Some(price) = self.price {
+            paths.push("price".to_owned());
+            product.price = Some(price.into());
+        }
+        if let Some(active) = self.active {
+            paths.push("active".to_owned());
+            product.active = active;
+        }
+        catalog::v1::UpdateProductRequest {
+            product: Some(product),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        }
+    }
+}
+
+/// Body of `POST /api/admin/categories`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCategoryRequest {
+    pub name: String,
+    pub slug: String,
+    pub parent_id: Option<Uuid>,
+}
+
+impl Validate for CreateCategoryRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_not_empty("/name", &self.name, &mut errors);
+        if self.slug.is_empty() || !self.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            errors.push(FieldError::new("/slug", "must be lower-case letters, digits and dashes"));
+        }
+        errors
+    }
+}
+
+// ---------------------------------------------------------------- inventory
+
+/// Body of `POST /api/admin/inventory/{product_id}/restock`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestockRequest {
+    /// Units received; positive.
+    pub quantity: i64,
+    #[serde(default)]
+    pub note: String,
+}
+
+impl Validate for RestockRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_quantity("/quantity", self.quantity, &mut errors);
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StockLevel {
+    pub product_id: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub updated_at: Option<String>,
+}
+
+impl From<inventory::v1::StockLevel> for StockLevel {
+    fn from(s: inventory::v1::StockLevel) -> Self {
+        Self {
+            product_id: s.product_id,
+            available: s.available,
+            reserved: s.reserved,
+            sold: s.sold,
+            updated_at: timestamp(s.updated_at),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- cart
+
+/// Body of `POST /api/cart/items`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddItemRequest {
+    pub product_id: Uuid,
+    /// Units to add; positive.
+    pub quantity: i64,
+}
+
+impl Validate for AddItemRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_quantity("/quantity", self.quantity, &mut errors);
+        errors
+    }
+}
+
+/// Body of `PATCH /api/cart/items/{product_id}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateItemRequest {
+    /// The line's new quantity; positive (remove a line with DELETE).
+    pub quantity: i64,
+}
+
+impl Validate for UpdateItemRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_quantity("/quantity", self.quantity, &mut errors);
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CartItem {
+    pub product_id: String,
+    pub quantity: u32,
+    pub name: String,
+    pub unit_price: Option<Money>,
+    pub line_total: Option<Money>,
+    pub in_stock: bool,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Cart {
+    pub items: Vec<CartItem>,
+    pub subtotal: Option<Money>,
+    pub updated_at: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+impl From<cart::v1::Cart> for Cart {
+    fn from(c: cart::v1::Cart) -> Self {
+        Self {
+            items: c
+                .items
+                .into_iter()
+                .map(|i| CartItem {
+                    product_id: i.product_id,
+                    quantity: i.quantity,
+                    name: i.name,
+                    unit_price: money(i.unit_price),
+                    line_total: money(i.line_total),
+                    in_stock: i.in_stock,
+                })
+                .collect(),
+            subtotal: money(c.subtotal),
+            updated_at: timestamp(c.updated_at),
+            expires_at: timestamp(c.expires_at),
+        }
+    }
+}
+
+/// Body of `POST /api/cart/checkout`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    pub shipping_address: Address,
+    /// Opaque token from the payment provider's client SDK.
+    pub payment_method_token: String,
+}
+
+impl Validate for CheckoutRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        self.shipping_address.check("/shipping_address", &mut errors);
+        check_not_empty("/payment_method_token", &self.payment_method_token, &mut errors);
+        errors
+    }
+}
+
+// ---------------------------------------------------------------- orders
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineRequest {
+    pub product_id: Uuid,
+    /// Units; positive.
+    pub quantity: i64,
+}
+
+/// Body of `POST /api/orders`. No prices: the order service prices lines
+/// from the catalog.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    pub lines: Vec<OrderLineRequest>,
+    pub shipping_address: Address,
+    pub payment_method_token: String,
+}
+
+impl Validate for PlaceOrderRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.lines.is_empty() {
+            errors.push(FieldError::new("/lines", "must contain at least one line"));
+        }
+        if self.lines.len() > MAX_ORDER_LINES {
+            errors.push(FieldError::new("/lines", format!("must contain at most {MAX_ORDER_LINES} lines")));
+        }
+        for (index, line) in self.lines.iter().enumerate() {
+            check_quantity(&format!("/lines/{index}/quantity"), line.quantity, &mut errors);
+        }
+        self.shipping_address.check("/shipping_address", &mut errors);
+        check_not_empty("/payment_method_token", &self.payment_method_token, &mut errors);
+        errors
+    }
+}
+
+/// Optional body of `POST /api/orders/{id}/cancel`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrderRequest {
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl Validate for CancelOrderRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        Vec::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Pending,
+    Reserved,
+    Confirmed,
+    Rejected,
+    Failed,
+    Cancelled,
+    Shipped,
+    Delivered,
+}
+
+impl From<OrderStatus> for order::v1::OrderStatus {
+    fn from(status: OrderStatus) -> Self {
+        use order::v1::OrderStatus as P;
+        match status {
+            OrderStatus::Pending => P::Pending,
+            OrderStatus::Reserved => P::Reserved,
+            OrderStatus::Confirmed => P::Confirmed,
+            OrderStatus::Rejected => P::Rejected,
+            OrderStatus::Failed => P::Failed,
+            OrderStatus::Cancelled => P::Cancelled,
+            OrderStatus::Shipped => P::Shipped,
+            OrderStatus::Delivered => P::Delivered,
+        }
+    }
+}
+
+/// Filters of `GET /api/orders`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderQuery {
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+    pub status: Option<OrderStatus>,
+}
+
+impl Validate for OrderQuery {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_page_size(self.page_size, &mut errors);
+        errors
+    }
+}
+
+/// Filters of `GET /api/admin/orders`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminOrderQuery {
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+    pub status: Option<OrderStatus>,
+    /// Only this user's orders.
+    pub user_id: Option<Uuid>,
+}
+
+impl Validate for AdminOrderQuery {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_page_size(self.page_size, &mut errors);
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OrderLine {
+    pub product_id: String,
+    pub sku: String,
+    pub name: String,
+    pub quantity: u32,
+    pub unit_price: Option<Money>,
+    pub line_total: Option<Money>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Order {
+    pub id: String,
+    pub user_id: String,
+    /// `pending`, `reserved`, `confirmed`, `rejected`, `failed`,
+    /// `cancelled`, `shipped`, `delivered`.
+    pub status: String,
+    pub lines: Vec<OrderLine>,
+    pub total: Option<Money>,
+    pub shipping_address: Option<Address>,
+    pub failure_reason: String,
+    pub reservation_id: String,
+    pub payment_id: String,
+    pub shipment_id: String,
+    pub idempotency_key: String,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl From<order::v1::Order> for Order {
+    fn from(o: order::v1::Order) -> Self {
+        let status = order::v1::OrderStatus::try_from(o.status).unwrap_or(order::v1::OrderStatus::Unspecified);
+        Self {
+            id: o.id,
+            user_id: o.user_id,
+            status: enum_name(status.as_str_name(), "ORDER_STATUS_"),
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| OrderLine {
+                    product_id: l.product_id,
+                    sku: l.sku,
+                    name: l.name,
+                    quantity: l.quantity,
+                    unit_price: money(l.unit_price),
+                    line_total: money(l.line_total),
+                })
+                .collect(),
+            total: money(o.total),
+            shipping_address: o.shipping_address.map(Address::from),
+            failure_reason: o.failure_reason,
+            reservation_id: o.reservation_id,
+            payment_id: o.payment_id,
+            shipment_id: o.shipment_id,
+            idempotency_key: o.idempotency_key,
+            created_at: timestamp(o.created_at),
+            updated_at: timestamp(o.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    pub next_page_token: String,
+    pub total_size: i64,
+}
+
+// ---------------------------------------------------------------- shipping
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShipmentStatus {
+    Pending,
+    Assigned,
+    PickedUp,
+    InTransit,
+    Delivered,
+    Halted,
+}
+
+impl From<ShipmentStatus> for shipping::v1::ShipmentStatus {
+    fn from(status: ShipmentStatus) -> Self {
+        use shipping::v1::ShipmentStatus as P;
+        match status {
+            ShipmentStatus::Pending => P::Pending,
+            ShipmentStatus::Assigned => P::Assigned,
+            ShipmentStatus::PickedUp => P::PickedUp,
+            ShipmentStatus::InTransit => P::InTransit,
+            ShipmentStatus::Delivered => P::Delivered,
+            ShipmentStatus::Halted => P::Halted,
+        }
+    }
+}
+
+/// Filters of `GET /api/shipments`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipmentQuery {
+    /// The order whose shipment to track (customers must give it).
+    pub order_id: Option<Uuid>,
+    pub status: Option<ShipmentStatus>,
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+}
+
+impl Validate for ShipmentQuery {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_page_size(self.page_size, &mut errors);
+        errors
+    }
+}
+
+/// Body of `POST /api/shipments/{id}/status`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipmentStatusRequest {
+    pub status: ShipmentStatus,
+    /// What happened; required for `halted`.
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub location: String,
+}
+
+impl Validate for ShipmentStatusRequest {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.status == ShipmentStatus::Halted {
+            check_not_empty("/note", &self.note, &mut errors);
+        }
+        if self.status == ShipmentStatus::Pending {
+            errors.push(FieldError::new("/status", "a shipment cannot move back to pending"));
+        }
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TrackingEvent {
+    pub status: String,
+    pub description: String,
+    pub location: String,
+    pub actor_id: String,
+    pub occurred_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Shipment {
+    pub id: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub courier_id: String,
+    /// `pending`, `assigned`, `picked_up`, `in_transit`, `delivered`, `halted`.
+    pub status: String,
+    pub address: Option<Address>,
+    pub tracking_number: String,
+    pub halt_reason: String,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub delivered_at: Option<String>,
+    /// Tracking history, oldest first (only when tracked by order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<TrackingEvent>,
+}
+
+fn shipment_status_name(value: i32) -> String {
+    let status = shipping::v1::ShipmentStatus::try_from(value).unwrap_or(shipping::v1::ShipmentStatus::Unspecified);
+    enum_name(status.as_str_name(), "SHIPMENT_STATUS_")
+}
+
+impl From<shipping::v1::Shipment> for Shipment {
+    fn from(s: shipping::v1::Shipment) -> Self {
+        Self {
+            id: s.id,
+            order_id: s.order_id,
+            user_id: s.user_id,
+            courier_id: s.courier_id,
+            status: shipment_status_name(s.status),
+            address: s.address.map(Address::from),
+            tracking_number: s.tracking_number,
+            halt_reason: s.halt_reason,
+            created_at: timestamp(s.created_at),
+            updated_at: timestamp(s.updated_at),
+            delivered_at: timestamp(s.delivered_at),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl From<shipping::v1::TrackingEvent> for TrackingEvent {
+    fn from(e: shipping::v1::TrackingEvent) -> Self {
+        Self {
+            status: shipment_status_name(e.status),
+            description: e.description,
+            location: e.location,
+            actor_id: e.actor_id,
+            occurred_at: timestamp(e.occurred_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ShipmentPage {
+    pub shipments: Vec<Shipment>,
+    pub next_page_token: String,
+    pub total_size: i64,
+}
+
+// ---------------------------------------------------------------- notifications
+
+/// Filters of `GET /api/notifications`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationQuery {
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+    #[serde(default)]
+    pub unread_only: bool,
+}
+
+impl Validate for NotificationQuery {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_page_size(self.page_size, &mut errors);
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Notification {
+    pub id: String,
+    /// `order_confirmed`, `order_shipped`, ...
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub order_id: String,
+    pub created_at: Option<String>,
+    pub read: bool,
+    pub read_at: Option<String>,
+}
+
+impl From<notification::v1::Notification> for Notification {
+    fn from(n: notification::v1::Notification) -> Self {
+        let kind = notification::v1::NotificationKind::try_from(n.kind)
+            .unwrap_or(notification::v1::NotificationKind::Unspecified);
+        Self {
+            id: n.id,
+            kind: enum_name(kind.as_str_name(), "NOTIFICATION_KIND_"),
+            title: n.title,
+            body: n.body,
+            order_id: n.order_id,
+            created_at: timestamp(n.created_at),
+            read: n.read,
+            read_at: timestamp(n.read_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NotificationPage {
+    pub notifications: Vec<Notification>,
+    pub next_page_token: String,
+    pub unread_count: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_round_trips_in_minor_units() {
+        let money: Money = serde_json::from_str(r#"{"currency":"EUR","amount_minor":1999}"#).expect("money");
+        let proto = common::v1::Money::from(money.clone());
+        assert_eq!(proto.units, 1999);
+        assert_eq!(Money::from(proto), money);
+    }
+
+    #[test]
+    fn an_order_with_a_negative_and_a_zero_quantity_names_both_lines() {
+        let body = serde_json::json!({
+            "lines": [
+                {"product_id": Uuid::nil(), "quantity": -1},
+                {"product_id": Uuid::nil(), "quantity": 0},
+                {"product_id": Uuid::nil(), "quantity": 2}
+            ],
+            "shipping_address": {"recipient_name": "A", "line1": "B 1", "city": "C", "postal_code": "1", "country_code": "DE"},
+            "payment_method_token": "tok"
+        });
+        let request: PlaceOrderRequest = serde_json::from_value(body).expect("parses");
+        let pointers: Vec<String> = request.validate().into_iter().map(|error| error.pointer).collect();
+        assert_eq!(pointers, ["/lines/0/quantity", "/lines/1/quantity"]);
+    }
+
+    #[test]
+    fn enum_names_lose_their_prefix() {
+        assert_eq!(enum_name("SHIPMENT_STATUS_IN_TRANSIT", "SHIPMENT_STATUS_"), "in_transit");
+    }
+}

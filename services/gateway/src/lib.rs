@@ -1,0 +1,239 @@
+//! The gateway: commerce-stack's REST/JSON edge in front of the gRPC
+//! services (ARCHITECTURE section 5).
+//!
+//! Wiring only; the parts live in their modules:
+//! - [`routes`]: handlers, one gRPC call or two each, with [`dto`] shapes;
+//! - [`problem`]: RFC 9457 errors and the gRPC -> HTTP status mapping;
+//! - [`extract`]: strict JSON/query parsing into field-naming problems;
+//! - [`jwt`] and [`auth`]: local EdDSA token verification, roles;
+//! - [`ratelimit`]: rules from defaults, a watched file and Redis; GCRA
+//!   counters in Redis with an in-process fallback;
+//! - [`middleware`]: request ids, trace context, access log, timeout,
+//!   body limit, metrics;
+//! - [`openapi`]: the OpenAPI 3.1 document.
+//!
+//! `/metrics`, `/healthz` and `/readyz` are served on the admin port by the
+//! platform's admin server, like every other service.
+
+pub mod auth;
+pub mod config;
+pub mod dto;
+pub mod extract;
+pub mod jwt;
+pub mod middleware;
+pub mod openapi;
+pub mod problem;
+pub mod ratelimit;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use commerce_platform::admin::{self, AdminError, Metrics};
+use commerce_platform::discovery::Peers;
+use commerce_platform::readiness::Readiness;
+use commerce_platform::telemetry::{self, TelemetryError};
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+use crate::config::HttpArgs;
+use crate::jwt::Verifier;
+use crate::ratelimit::RateLimiter;
+use crate::state::AppState;
+
+/// Name of this process's readiness check: the HTTP listener is up.
+const HTTP_READINESS_CHECK: &str = "http";
+
+/// What can stop the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot set up logging")]
+    InitTelemetry(#[source] TelemetryError),
+    #[error("cannot bind the HTTP listener to {addr}")]
+    BindHttp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    ServeHttp(#[source] std::io::Error),
+    #[error("the admin server failed")]
+    ServeAdmin(#[source] AdminError),
+    #[error("the admin server task panicked")]
+    JoinAdmin(#[source] tokio::task::JoinError),
+}
+
+/// The assembled gateway: shared state plus the background tasks it
+/// started (Redis connection, rule reloads, key refreshes).
+#[derive(Debug)]
+pub struct Gateway {
+    state: AppState,
+    http: HttpArgs,
+}
+
+impl Gateway {
+    /// Builds the state and starts the background tasks, which stop with
+    /// `shutdown`. Never waits for a peer or for Redis: the gateway serves
+    /// (with the local limiter, and 503 from absent peers) while they come.
+    pub fn new(config: &Config, metrics: &Metrics, shutdown: &CancellationToken) -> Self {
+        let peers = Arc::new(
+            Peers::new(&config.peers.clone().or_local_defaults_if_empty(), &config.client, shutdown.clone())
+                .with_metrics(metrics),
+        );
+
+        let verifier = Arc::new(Verifier::new(
+            auth::AuthKeySource { peers: peers.clone() },
+            config.jwt.refresh_min_interval,
+            config.jwt.leeway,
+        ));
+        tokio::spawn(verifier.clone().run_refresher(shutdown.clone()));
+
+        let limiter_metrics = ratelimit::limiter::LimiterMetrics::default();
+        metrics.register(
+            "commerce_gateway_ratelimit_fallback",
+            "1 while rate limits are counted in process because Redis is unavailable",
+            limiter_metrics.fallback.clone(),
+        );
+        metrics.register("commerce_gateway_ratelimit_limited", "Requests refused by a rate limit", limiter_metrics.limited.clone());
+        metrics.register(
+            "commerce_gateway_ratelimit_redis_errors",
+            "Rate-limit checks that Redis failed to answer",
+            limiter_metrics.redis_errors.clone(),
+        );
+        let redis: Arc<RwLock<Option<ConnectionManager>>> = Arc::new(RwLock::new(None));
+        let rate_limiter = Arc::new(RateLimiter::new(
+            ratelimit::rules::default_rules(&config.rate_limit),
+            config.rate_limit.rules_file.clone(),
+            config.rate_limit.redis_prefix.clone(),
+            config.http.trusted_proxy_hops,
+            redis.clone(),
+            limiter_metrics,
+        ));
+        tokio::spawn(connect_redis(config.redis.clone(), redis, rate_limiter.clone(), shutdown.clone()));
+        tokio::spawn(rate_limiter.clone().run_reloader(config.rate_limit.reload_interval, shutdown.clone()));
+
+        let state = AppState { peers, verifier, rate_limiter };
+        Self { state, http: config.http.clone() }
+    }
+
+    /// The shared state (tests reach the limiter and verifier through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The public router with every middleware, ready for `axum::serve`
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`.
+    pub fn router(&self, metrics: &Metrics) -> Router {
+        let http_metrics = middleware::HttpMetrics::register(metrics);
+        // Layers run outside-in in the reverse order they are added.
+        routes::api()
+            .route_layer(axum::middleware::from_fn_with_state(http_metrics, middleware::record_metrics))
+            .fallback(middleware::no_route)
+            .method_not_allowed_fallback(middleware::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(self.state.clone(), ratelimit::enforce))
+            .layer(axum::middleware::from_fn_with_state(self.state.clone(), auth::authenticate))
+            .layer(DefaultBodyLimit::max(self.http.body_limit))
+            .layer(axum::middleware::from_fn_with_state(self.http.body_limit, middleware::reject_large_bodies))
+            .layer(axum::middleware::from_fn_with_state(self.http.request_timeout, middleware::timeout))
+            .layer(middleware::cors(&self.http.cors_origins))
+            .layer(axum::middleware::from_fn(middleware::observe))
+            .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+            .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid))
+            .with_state(self.state.clone())
+    }
+}
+
+trait OrLocalDefaults {
+    fn or_local_defaults_if_empty(self) -> Self;
+}
+
+impl OrLocalDefaults for commerce_platform::discovery::PeerArgs {
+    /// No `--peer` at all means a local run: every service on its local
+    /// port. Any `--peer` means the operator configured discovery, and
+    /// unnamed peers stay unconfigured (503), not silently local.
+    fn or_local_defaults_if_empty(self) -> Self {
+        if self.peers.is_empty() { self.or_local_defaults() } else { self }
+    }
+}
+
+/// Connects to Redis in the background (retrying until it answers), then
+/// hands the connection to the limiter and loads the stored rules. The
+/// gateway's own readiness does not wait for Redis (the limiter falls back),
+/// so the platform's `redis` check goes to a private set.
+async fn connect_redis(
+    args: commerce_platform::redis::RedisArgs,
+    slot: Arc<RwLock<Option<ConnectionManager>>>,
+    rate_limiter: Arc<RateLimiter>,
+    shutdown: CancellationToken,
+) {
+    let private = Readiness::new();
+    match commerce_platform::redis::connect(&args, &private, &shutdown).await {
+        Ok(connection) => {
+            *slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection);
+            rate_limiter.reload().await;
+        }
+        Err(error) => tracing::debug!(%error, "stopped waiting for Redis"),
+    }
+}
+
+/// Runs the gateway until `shutdown`: logging, the admin server, and the
+/// HTTP server on `--http-addr`.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    telemetry::init(&config.log, "gateway").map_err(Error::InitTelemetry)?;
+    let metrics = Metrics::new("gateway");
+    let readiness = Readiness::new();
+    let gateway = Gateway::new(&config, &metrics, &shutdown);
+    let listener = TcpListener::bind(config.http.addr)
+        .await
+        .map_err(|source| Error::BindHttp { addr: config.http.addr, source })?;
+    let admin = tokio::spawn({
+        let (args, readiness, metrics, shutdown) = (config.admin.clone(), readiness.clone(), metrics.clone(), shutdown.clone());
+        async move { admin::serve(&args, readiness, metrics, shutdown).await }
+    });
+    let served = serve_on(&gateway, &metrics, &readiness, listener, shutdown.clone()).await;
+    shutdown.cancel();
+    let admin = admin.await.map_err(Error::JoinAdmin)?;
+    served?;
+    admin.map_err(Error::ServeAdmin)
+}
+
+/// Serves the gateway's router on a bound listener until `shutdown`, then
+/// lets requests in flight finish for up to `--http-shutdown-grace`.
+pub async fn serve_on(
+    gateway: &Gateway,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let check = readiness.register(HTTP_READINESS_CHECK);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "gateway listening");
+    }
+    check.set_ready();
+    let app = gateway.router(metrics).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let (shutdown, check) = (shutdown.clone(), check.clone());
+        async move {
+            shutdown.cancelled().await;
+            check.set_not_ready("shutting down");
+        }
+    });
+    let grace = gateway.http.shutdown_grace;
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(Error::ServeHttp),
+        () = deadline => {
+            tracing::warn!(?grace, "requests still running after the shutdown grace; closing");
+            Ok(())
+        }
+    }
+}

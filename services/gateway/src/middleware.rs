@@ -1,0 +1,181 @@
+//! Cross-cutting HTTP middleware: the request's identity (request id and
+//! trace context), the JSON access log, the request timeout, the early
+//! body-size check, CORS, HTTP metrics and the problem answers for unknown
+//! routes and methods.
+
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use commerce_platform::admin::Metrics;
+use commerce_platform::{telemetry, trace_context};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use tokio::time::Instant;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+
+use crate::extract::body_too_large;
+use crate::problem::Problem;
+
+tokio::task_local! {
+    /// The id of the request the current task serves, for problem `instance`s.
+    static REQUEST_ID: String;
+}
+
+/// The current request's id, if inside [`observe`].
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Runs the request inside its trace (incoming `traceparent`, or a new root;
+/// gRPC calls made while handling it carry a child) and a span with the
+/// request id, and writes one access-log event when it completes.
+pub async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let context = telemetry::extract(request.headers());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "http_request",
+        request_id = %request_id,
+        trace_id = %context.trace_id_hex(),
+        user_id = tracing::field::Empty,
+    );
+    let response = REQUEST_ID
+        .scope(request_id, trace_context::scope(context, next.run(request)))
+        .instrument(span.clone())
+        .await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        tracing::info!(target: "commerce_gateway::access", %method, %path, status, latency_ms, "request completed");
+    });
+    response
+}
+
+/// Refuses bodies declared larger than the limit before reading a byte
+/// (the body-limit layer catches undeclared ones while reading).
+pub async fn reject_large_bodies(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return body_too_large().into_response();
+    }
+    next.run(request).await
+}
+
+/// Answers 504 when the whole request takes longer than allowed.
+pub async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("the request did not complete within {}", humantime::format_duration(limit)),
+        )
+        .into_response(),
+    }
+}
+
+/// CORS for the configured origins (`*` for any).
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("ratelimit"),
+            header::HeaderName::from_static("ratelimit-policy"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600));
+    if origins.is_empty() {
+        return layer.allow_origin(AllowOrigin::list(Vec::<HeaderValue>::new()));
+    }
+    if origins.iter().any(|origin| origin == "*") {
+        return layer.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|origin| HeaderValue::from_str(origin.trim()).ok()).collect();
+    layer.allow_origin(AllowOrigin::list(list))
+}
+
+/// 404 problem for paths no route serves.
+pub async fn no_route(request: Request) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no-route", format!("no route for {}", request.uri().path()))
+}
+
+/// 405 problem for known paths with an unsupported method.
+pub async fn method_not_allowed(request: Request) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{} is not supported on {}", request.method(), request.uri().path()),
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+/// HTTP request metrics, by route pattern (never the raw path, which would
+/// put ids in label values).
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+}
+
+impl HttpMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        // 1 ms to ~16 s.
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        });
+        metrics.register("commerce_gateway_http_requests", "HTTP requests by route and status", requests.clone());
+        metrics.register("commerce_gateway_http_request_duration_seconds", "HTTP request latency by route", duration.clone());
+        Self { requests, duration }
+    }
+}
+
+/// Counts and times requests that matched a route.
+pub async fn record_metrics(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().map_or("unknown", MatchedPath::as_str).to_owned();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    metrics
+        .requests
+        .get_or_create(&RequestLabels { method, route: route.clone(), status: response.status().as_u16() })
+        .inc();
+    metrics.duration.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+    response
+}

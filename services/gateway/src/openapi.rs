@@ -1,0 +1,322 @@
+//! The OpenAPI 3.1 document at `/api/openapi.json`, assembled from one table
+//! of operations and the DTOs' JSON Schemas (schemars, JSON Schema 2020-12,
+//! which OpenAPI 3.1 uses as is). Built once, on first request.
+//!
+//! The table lists every route of [`crate::routes::ROUTES`]; a test checks
+//! the two agree, so a route cannot be added without being documented.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{Map, Value, json};
+
+use crate::dto;
+use crate::problem::{PROBLEM_JSON, Problem};
+use crate::ratelimit::rules::Rule;
+use crate::routes::admin::RateLimitRules;
+
+/// Who may call an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Public,
+    User,
+    Courier,
+    Admin,
+}
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// One documented operation.
+struct Operation {
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    access: Access,
+    query: Option<fn() -> Schema>,
+    body: Option<SchemaFn>,
+    /// Success status and its body schema (`None`: no body).
+    response: (u16, Option<SchemaFn>),
+    idempotency_key: bool,
+}
+
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+fn query<T: JsonSchema>() -> Schema {
+    SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<T>()
+}
+
+macro_rules! op {
+    ($method:literal $path:literal, $tag:literal, $summary:literal, $access:ident,
+     query: $query:expr, body: $body:expr, response: $status:literal $response:expr $(, idempotency_key: $key:expr)?) => {
+        Operation {
+            method: $method,
+            path: $path,
+            tag: $tag,
+            summary: $summary,
+            access: Access::$access,
+            query: $query,
+            body: $body,
+            response: ($status, $response),
+            idempotency_key: false $(|| $key)?,
+        }
+    };
+}
+
+fn operations() -> Vec<Operation> {
+    use dto::*;
+    vec![
+        op!("POST" "/api/auth/register", "auth", "Register a customer and sign in", Public,
+            query: None, body: Some(schema::<RegisterRequest>), response: 201 Some(schema::<SessionResponse>)),
+        op!("POST" "/api/auth/login", "auth", "Exchange email and password for tokens", Public,
+            query: None, body: Some(schema::<LoginRequest>), response: 200 Some(schema::<SessionResponse>)),
+        op!("POST" "/api/auth/refresh", "auth", "Exchange a refresh token for a new pair (rotation)", Public,
+            query: None, body: Some(schema::<RefreshTokenRequest>), response: 200 Some(schema::<TokenPair>)),
+        op!("POST" "/api/auth/logout", "auth", "Revoke a refresh token", Public,
+            query: None, body: Some(schema::<RefreshTokenRequest>), response: 204 None),
+        op!("GET" "/api/products", "catalog", "List active products, filtered and paginated", Public,
+            query: Some(query::<ProductQuery>), body: None, response: 200 Some(schema::<ProductPage>)),
+        op!("GET" "/api/products/{id}", "catalog", "Get one product", Public,
+            query: None, body: None, response: 200 Some(schema::<Product>)),
+        op!("GET" "/api/categories", "catalog", "List categories", Public,
+            query: None, body: None, response: 200 Some(schema::<CategoryList>)),
+        op!("GET" "/api/cart", "cart", "The caller's cart", User,
+            query: None, body: None, response: 200 Some(schema::<Cart>)),
+        op!("DELETE" "/api/cart", "cart", "Empty the caller's cart", User,
+            query: None, body: None, response: 200 Some(schema::<Cart>)),
+        op!("POST" "/api/cart/items", "cart", "Add units of a product", User,
+            query: None, body: Some(schema::<AddItemRequest>), response: 200 Some(schema::<Cart>)),
+        op!("PATCH" "/api/cart/items/{product_id}", "cart", "Set a line's quantity", User,
+            query: None, body: Some(schema::<UpdateItemRequest>), response: 200 Some(schema::<Cart>)),
+        op!("DELETE" "/api/cart/items/{product_id}", "cart", "Remove a line", User,
+            query: None, body: None, response: 200 Some(schema::<Cart>)),
+        op!("POST" "/api/cart/checkout", "cart", "Place an order for the cart", User,
+            query: None, body: Some(schema::<CheckoutRequest>), response: 201 Some(schema::<Order>), idempotency_key: true),
+        op!("POST" "/api/orders", "orders", "Place an order", User,
+            query: None, body: Some(schema::<PlaceOrderRequest>), response: 201 Some(schema::<Order>), idempotency_key: true),
+        op!("GET" "/api/orders", "orders", "The caller's orders, newest first", User,
+            query: Some(query::<OrderQuery>), body: None, response: 200 Some(schema::<OrderPage>)),
+        op!("GET" "/api/orders/{id}", "orders", "One of the caller's orders", User,
+            query: None, body: None, response: 200 Some(schema::<Order>)),
+        op!("POST" "/api/orders/{id}/cancel", "orders", "Cancel an order before it ships", User,
+            query: None, body: Some(schema::<CancelOrderRequest>), response: 200 Some(schema::<Order>)),
+        op!("GET" "/api/shipments", "shipments", "Track an order's shipment, or list a courier's shipments", User,
+            query: Some(query::<ShipmentQuery>), body: None, response: 200 Some(schema::<ShipmentPage>)),
+        op!("GET" "/api/shipments/{id}", "shipments", "One shipment", User,
+            query: None, body: None, response: 200 Some(schema::<Shipment>)),
+        op!("POST" "/api/shipments/{id}/status", "shipments", "Move a shipment to its next status (courier)", Courier,
+            query: None, body: Some(schema::<ShipmentStatusRequest>), response: 200 Some(schema::<Shipment>)),
+        op!("GET" "/api/notifications", "notifications", "The caller's notifications, newest first", User,
+            query: Some(query::<NotificationQuery>), body: None, response: 200 Some(schema::<NotificationPage>)),
+        op!("POST" "/api/admin/products", "admin", "Create a product", Admin,
+            query: None, body: Some(schema::<CreateProductRequest>), response: 201 Some(schema::<Product>)),
+        op!("PATCH" "/api/admin/products/{id}", "admin", "Change a product's fields", Admin,
+            query: None, body: Some(schema::<UpdateProductRequest>), response: 200 Some(schema::<Product>)),
+        op!("DELETE" "/api/admin/products/{id}", "admin", "Delete a product", Admin,
+            query: None, body: None, response: 204 None),
+        op!("POST" "/api/admin/categories", "admin", "Create a category", Admin,
+            query: None, body: Some(schema::<CreateCategoryRequest>), response: 201 Some(schema::<Category>)),
+        op!("POST" "/api/admin/inventory/{product_id}/restock", "admin", "Add received stock", Admin,
+            query: None, body: Some(schema::<RestockRequest>), response: 200 Some(schema::<StockLevel>)),
+        op!("GET" "/api/admin/orders", "admin", "Every user's orders", Admin,
+            query: Some(query::<AdminOrderQuery>), body: None, response: 200 Some(schema::<OrderPage>)),
+        op!("GET" "/api/admin/ratelimits", "admin", "The effective rate-limit rules and backend", Admin,
+            query: None, body: None, response: 200 Some(schema::<RateLimitRules>)),
+        op!("PUT" "/api/admin/ratelimits/{name}", "admin", "Store a rate-limit rule in Redis (applies to every replica)", Admin,
+            query: None, body: Some(schema::<Rule>), response: 200 Some(schema::<Rule>)),
+        op!("DELETE" "/api/admin/ratelimits/{name}", "admin", "Remove a rate-limit rule stored in Redis", Admin,
+            query: None, body: None, response: 204 None),
+        op!("GET" "/api/openapi.json", "meta", "This document", Public,
+            query: None, body: None, response: 200 None),
+    ]
+}
+
+/// Builds the document.
+pub fn build() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let problem = generator.subschema_for::<Problem>();
+    let mut paths: Map<String, Value> = Map::new();
+    for op in operations() {
+        let mut parameters: Vec<Value> = path_parameters(op.path);
+        if let Some(query) = op.query {
+            parameters.extend(query_parameters(&query()));
+        }
+        if op.idempotency_key {
+            parameters.push(json!({
+                "name": "Idempotency-Key", "in": "header", "required": true,
+                "description": "Client-chosen unique key; a retry with the same key returns the same order.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255}
+            }));
+        }
+        let mut operation = json!({
+            "operationId": operation_id(op.method, op.path),
+            "tags": [op.tag],
+            "summary": op.summary,
+            "parameters": parameters,
+        });
+        if let Some(body) = op.body {
+            operation["requestBody"] = json!({
+                "required": op.path != "/api/orders/{id}/cancel",
+                "content": {"application/json": {"schema": body(&mut generator)}}
+            });
+        }
+        let mut responses = Map::new();
+        let success = match op.response.1 {
+            Some(schema) => json!({"description": "Success", "content": {"application/json": {"schema": schema(&mut generator)}}}),
+            None => json!({"description": "Success"}),
+        };
+        responses.insert(op.response.0.to_string(), success);
+        let problem_response = |description: &str| {
+            json!({"description": description, "content": {PROBLEM_JSON: {"schema": problem.clone()}}})
+        };
+        responses.insert("400".into(), problem_response("Invalid request; `errors` names each invalid field"));
+        if op.access != Access::Public {
+            responses.insert("401".into(), problem_response("Missing, expired or invalid bearer token"));
+        }
+        if matches!(op.access, Access::Admin | Access::Courier) {
+            responses.insert("403".into(), problem_response("The caller's role does not allow this"));
+        }
+        responses.insert("429".into(), json!({
+            "description": "Rate limited; see Retry-After, RateLimit and RateLimit-Policy",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            "content": {PROBLEM_JSON: {"schema": problem.clone()}}
+        }));
+        responses.insert("4XX".into(), problem_response("Other client errors"));
+        responses.insert("5XX".into(), problem_response("A service behind the gateway failed or timed out"));
+        operation["responses"] = Value::Object(responses);
+        if op.access != Access::Public {
+            operation["security"] = json!([{"bearer": []}]);
+        }
+        let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        entry[op.method.to_ascii_lowercase()] = operation;
+    }
+    let schemas = generator.take_definitions(true);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "commerce-stack API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "REST/JSON edge of commerce-stack. Money is {currency, amount_minor}: an ISO 4217 code and integer minor units. Errors are RFC 9457 problem details. Rate-limit headers follow draft-ietf-httpapi-ratelimit-headers-09."
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)"}}
+        }
+    })
+}
+
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_ascii_lowercase();
+    for segment in path.trim_start_matches("/api/").split('/') {
+        id.push('_');
+        id.push_str(&segment.replace(['{', '}', '.'], "").replace('-', "_"));
+    }
+    id
+}
+
+fn path_parameters(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')))
+        .map(|name| {
+            let schema = if name == "name" { json!({"type": "string"}) } else { json!({"type": "string", "format": "uuid"}) };
+            json!({"name": name, "in": "path", "required": true, "schema": schema})
+        })
+        .collect()
+}
+
+fn query_parameters(schema: &Schema) -> Vec<Value> {
+    let Some(object) = schema.as_object() else { return Vec::new() };
+    let required: Vec<&str> = object
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let definitions = object.get("$defs").cloned().unwrap_or(Value::Null);
+    object
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|properties| {
+            properties
+                .iter()
+                .map(|(name, property)| {
+                    json!({
+                        "name": name,
+                        "in": "query",
+                        "required": required.contains(&name.as_str()),
+                        "schema": inline_refs(property, &definitions),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Replaces local `$ref`s of a query property by the definition, so query
+/// enums need no component of their own.
+fn inline_refs(value: &Value, definitions: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("$ref")
+                && let Some(name) = reference.strip_prefix("#/$defs/")
+                && let Some(definition) = definitions.get(name)
+            {
+                return definition.clone();
+            }
+            Value::Object(map.iter().map(|(key, value)| (key.clone(), inline_refs(value, definitions))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|item| inline_refs(item, definitions)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `GET /api/openapi.json`.
+pub async fn document() -> Json<Value> {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    Json(DOCUMENT.get_or_init(build).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ROUTES;
+
+    #[test]
+    fn the_document_lists_every_route_and_nothing_else() {
+        let document = build();
+        assert_eq!(document["openapi"], "3.1.0");
+        let mut documented = Vec::new();
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                documented.push((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        let mut expected: Vec<(String, String)> =
+            ROUTES.iter().map(|(method, path)| ((*method).to_owned(), (*path).to_owned())).collect();
+        expected.sort();
+        documented.sort();
+        assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn every_schema_reference_resolves_to_a_component() {
+        let document = build();
+        let text = document.to_string();
+        let schemas = document["components"]["schemas"].as_object().expect("schemas");
+        for reference in text.split("\"$ref\":\"").skip(1) {
+            let target = reference.split('"').next().unwrap_or_default();
+            let name = target.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("foreign ref {target}"));
+            assert!(schemas.contains_key(name), "{target} does not resolve");
+        }
+        assert!(schemas.contains_key("Problem"));
+        let add_item = &schemas["AddItemRequest"];
+        assert_eq!(add_item["additionalProperties"], false, "unknown fields are documented as rejected");
+    }
+}

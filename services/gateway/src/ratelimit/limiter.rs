@@ -1,0 +1,306 @@
+//! The counters: GCRA (the generic cell rate algorithm, a token bucket kept
+//! as one timestamp per key) in Redis, with an in-process copy of the same
+//! algorithm for when Redis cannot answer.
+//!
+//! GCRA stores, per key, the "theoretical arrival time" (TAT) of the next
+//! request at the sustained rate. With emission interval `T = period /
+//! rate` and tolerance `tau = T * burst`, a request at `now` is allowed when
+//! `max(TAT, now) + T - now <= tau`, and then TAT moves to that value. One
+//! number per key, no background refill, exact under concurrency when the
+//! read-modify-write is atomic: in Redis it is one Lua script (`EVALSHA`),
+//! which also reads the clock from Redis (`TIME`) so that gateways with
+//! skewed clocks still share one limit. All rules matching a request are
+//! checked in the same script, and counters advance only when every rule
+//! allows: a request refused by one rule does not spend the others' quota.
+//!
+//! Redis unreachable (not connected yet, connection lost, slow beyond
+//! [`REDIS_TIMEOUT`]): the same decision is made in process, so limits still
+//! hold per replica (each replica allowing the full rate, which is the
+//! price of staying up). `commerce_gateway_ratelimit_fallback` is 1 while
+//! that is the case, and each switch is logged once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::ConnectionManager;
+use tokio::time::Instant;
+
+use super::rules::Rule;
+
+/// How long a limit check may wait for Redis before deciding locally: the
+/// limiter sits in front of every request, so a slow Redis must not become
+/// a slow API.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// Local buckets kept before idle ones are pruned.
+const LOCAL_PRUNE_THRESHOLD: usize = 100_000;
+
+/// The check script. KEYS: one counter per rule; ARGV: per rule its
+/// emission interval and tolerance in microseconds. Returns per rule
+/// `allowed (0|1), remaining, retry_after_us, reset_us`.
+const GCRA_SCRIPT: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local results = {}
+local tats = {}
+local allowed_all = true
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local stored = redis.call('GET', KEYS[i])
+  local tat = now
+  if stored then tat = math.max(tonumber(stored), now) end
+  local new_tat = tat + interval
+  local ahead = new_tat - now
+  if ahead > tolerance then
+    allowed_all = false
+    table.insert(results, 0)
+    table.insert(results, 0)
+    table.insert(results, ahead - tolerance)
+    table.insert(results, tat - now)
+  else
+    table.insert(results, 1)
+    table.insert(results, math.floor((tolerance - ahead) / interval))
+    table.insert(results, 0)
+    table.insert(results, ahead)
+    tats[i] = new_tat
+  end
+end
+if allowed_all then
+  for i = 1, #KEYS do
+    local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl_ms)
+  end
+end
+return results
+";
+
+/// One rule's verdict on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests that could still come at once.
+    pub remaining: u64,
+    /// When refused: how long until one more request would be allowed.
+    pub retry_after: Duration,
+    /// How long until the bucket is full again (quota fully restored).
+    pub reset: Duration,
+}
+
+/// One counter to check: the rule's GCRA parameters and the counter key.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub key: String,
+    pub interval_us: u64,
+    pub tolerance_us: u64,
+}
+
+impl Check {
+    pub fn new(rule: &Rule, key: String) -> Self {
+        Self { key, interval_us: rule.emission_interval_us(), tolerance_us: rule.tolerance_us() }
+    }
+}
+
+/// GCRA for one key; returns the decision and the new TAT when allowed.
+pub fn gcra(stored_tat: Option<u64>, now: u64, interval: u64, tolerance: u64) -> (Decision, Option<u64>) {
+    let tat = stored_tat.unwrap_or(now).max(now);
+    let new_tat = tat.saturating_add(interval);
+    let ahead = new_tat - now;
+    if ahead > tolerance {
+        let decision = Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after: Duration::from_micros(ahead - tolerance),
+            reset: Duration::from_micros(tat - now),
+        };
+        (decision, None)
+    } else {
+        let decision = Decision {
+            allowed: true,
+            remaining: (tolerance - ahead) / interval.max(1),
+            retry_after: Duration::ZERO,
+            reset: Duration::from_micros(ahead),
+        };
+        (decision, Some(new_tat))
+    }
+}
+
+/// Metrics of the limiter.
+#[derive(Debug, Clone, Default)]
+pub struct LimiterMetrics {
+    /// 1 while decisions are made in process.
+    pub fallback: Gauge,
+    /// Requests refused.
+    pub limited: Counter,
+    /// Redis checks that failed (each falls back).
+    pub redis_errors: Counter,
+}
+
+/// Redis-backed limiter with the in-process fallback.
+pub struct Limiter {
+    redis: Arc<RwLock<Option<ConnectionManager>>>,
+    script: redis::Script,
+    local: Mutex<HashMap<String, u64>>,
+    origin: Instant,
+    in_fallback: AtomicBool,
+    /// Whether the first decision was logged (so the initial state is
+    /// announced once, whichever it is).
+    announced: AtomicBool,
+    metrics: LimiterMetrics,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").field("in_fallback", &self.in_fallback).finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    /// `redis` is filled in by the connection task once Redis answers.
+    pub fn new(redis: Arc<RwLock<Option<ConnectionManager>>>, metrics: LimiterMetrics) -> Self {
+        metrics.fallback.set(1);
+        Self {
+            redis,
+            script: redis::Script::new(GCRA_SCRIPT),
+            local: Mutex::new(HashMap::new()),
+            origin: Instant::now(),
+            in_fallback: AtomicBool::new(true),
+            announced: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Whether decisions are currently made in process.
+    pub fn in_fallback(&self) -> bool {
+        self.in_fallback.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &LimiterMetrics {
+        &self.metrics
+    }
+
+    /// Decides every check of one request, atomically.
+    pub async fn check(&self, checks: &[Check]) -> Vec<Decision> {
+        if checks.is_empty() {
+            return Vec::new();
+        }
+        let connection = self.redis.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let outcome = match connection {
+            Some(mut connection) => {
+                let mut invocation = self.script.prepare_invoke();
+                for check in checks {
+                    invocation.key(&check.key).arg(check.interval_us).arg(check.tolerance_us);
+                }
+                match tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<Vec<i64>>(&mut connection)).await {
+                    Ok(Ok(values)) if values.len() == checks.len() * 4 => Ok(decode(&values)),
+                    Ok(Ok(values)) => Err(format!("the script returned {} values", values.len())),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(format!("no answer within {REDIS_TIMEOUT:?}")),
+                }
+            }
+            None => Err("not connected yet".to_owned()),
+        };
+        match outcome {
+            Ok(decisions) => {
+                self.set_fallback(false, None);
+                decisions
+            }
+            Err(reason) => {
+                if self.redis.read().unwrap_or_else(std::sync::PoisonError::into_inner).is_some() {
+                    self.metrics.redis_errors.inc();
+                }
+                self.set_fallback(true, Some(&reason));
+                self.check_locally(checks)
+            }
+        }
+    }
+
+    fn set_fallback(&self, fallback: bool, reason: Option<&str>) {
+        let was = self.in_fallback.swap(fallback, Ordering::Relaxed);
+        let first = !self.announced.swap(true, Ordering::Relaxed);
+        if was == fallback && !first {
+            return;
+        }
+        self.metrics.fallback.set(i64::from(fallback));
+        if fallback {
+            tracing::warn!(reason = reason.unwrap_or(""), "rate limits fall back to in-process counters (Redis unavailable); each replica now limits on its own");
+        } else {
+            tracing::info!("rate limits are shared through Redis");
+        }
+    }
+
+    fn check_locally(&self, checks: &[Check]) -> Vec<Decision> {
+        let now = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut buckets = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() > LOCAL_PRUNE_THRESHOLD {
+            buckets.retain(|_, tat| *tat > now);
+        }
+        let verdicts: Vec<(Decision, Option<u64>)> = checks
+            .iter()
+            .map(|check| gcra(buckets.get(&check.key).copied(), now, check.interval_us, check.tolerance_us))
+            .collect();
+        if verdicts.iter().all(|(decision, _)| decision.allowed) {
+            for (check, (_, tat)) in checks.iter().zip(&verdicts) {
+                if let Some(tat) = tat {
+                    buckets.insert(check.key.clone(), *tat);
+                }
+            }
+        }
+        verdicts.into_iter().map(|(decision, _)| decision).collect()
+    }
+}
+
+fn decode(values: &[i64]) -> Vec<Decision> {
+    let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
+    values
+        .chunks_exact(4)
+        .map(|chunk| Decision {
+            allowed: chunk[0] == 1,
+            remaining: u64::try_from(chunk[1]).unwrap_or(0),
+            retry_after: micros(chunk[2]),
+            reset: micros(chunk[3]),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_the_burst_then_refuses_until_one_interval_passes() {
+        // 10 per second (interval 100 ms), burst 3.
+        let (interval, tolerance) = (100_000, 300_000);
+        let mut tat = None;
+        let mut remaining = Vec::new();
+        for _ in 0..3 {
+            let (decision, new_tat) = gcra(tat, 0, interval, tolerance);
+            assert!(decision.allowed);
+            remaining.push(decision.remaining);
+            tat = new_tat;
+        }
+        assert_eq!(remaining, [2, 1, 0]);
+        let (refused, none) = gcra(tat, 0, interval, tolerance);
+        assert!(!refused.allowed && none.is_none());
+        assert_eq!(refused.retry_after, Duration::from_millis(100));
+        let (later, _) = gcra(tat, 100_000, interval, tolerance);
+        assert!(later.allowed, "one interval later one more request fits");
+    }
+
+    #[tokio::test]
+    async fn the_local_limiter_does_not_spend_other_rules_when_one_refuses() {
+        let limiter = Limiter::new(Arc::new(RwLock::new(None)), LimiterMetrics::default());
+        let tight = Check { key: "tight".into(), interval_us: 1_000_000_000, tolerance_us: 1_000_000_000 };
+        let loose = Check { key: "loose".into(), interval_us: 1_000_000_000, tolerance_us: 2_000_000_000 };
+        assert!(limiter.check(&[tight.clone(), loose.clone()]).await.iter().all(|d| d.allowed));
+        let second = limiter.check(&[tight, loose.clone()]).await;
+        assert!(!second[0].allowed && second[1].allowed);
+        let alone = limiter.check(&[loose]).await;
+        assert!(alone[0].allowed, "the refused request did not spend the loose rule's quota");
+        assert!(limiter.in_fallback());
+        assert_eq!(limiter.metrics().fallback.get(), 1);
+    }
+}

@@ -1,0 +1,50 @@
+//! `/api/products` and `/api/categories`: public catalog reads.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use commerce_platform::resilience::idempotent;
+use commerce_proto::catalog::v1 as pb;
+use commerce_proto::common::v1::Money;
+
+use super::{grpc, missing, page_size};
+use crate::dto::{Category, CategoryList, Product, ProductPage, ProductQuery};
+use crate::extract::{ApiQuery, path_uuid};
+use crate::problem::Problem;
+use crate::state::AppState;
+
+pub async fn list_products(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ProductQuery>,
+) -> Result<Json<ProductPage>, Problem> {
+    let currency = query.currency.clone().unwrap_or_default();
+    let price = |units: Option<i64>| units.map(|units| Money { currency_code: currency.clone(), units });
+    let request = pb::ListProductsRequest {
+        page_size: page_size(query.page_size),
+        page_token: query.page_token.unwrap_or_default(),
+        category_id: query.category.map(|id| id.to_string()).unwrap_or_default(),
+        query: query.q.unwrap_or_default(),
+        min_price: price(query.min_price),
+        max_price: price(query.max_price),
+        include_inactive: false,
+    };
+    let response = state.catalog()?.list_products(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
+    Ok(Json(ProductPage {
+        products: response.products.into_iter().map(Product::from).collect(),
+        next_page_token: response.next_page_token,
+        total_size: response.total_size,
+    }))
+}
+
+pub async fn get_product(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Product>, Problem> {
+    let id = path_uuid("id", &id)?;
+    let request = pb::GetProductRequest { id: id.to_string() };
+    let response = state.catalog()?.get_product(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
+    let product = response.product.ok_or_else(|| missing("catalog", "product"))?;
+    Ok(Json(Product::from(product)))
+}
+
+pub async fn list_categories(State(state): State<AppState>) -> Result<Json<CategoryList>, Problem> {
+    let request = pb::ListCategoriesRequest { parent_id: String::new() };
+    let response = state.catalog()?.list_categories(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
+    Ok(Json(CategoryList { categories: response.categories.into_iter().map(Category::from).collect() }))
+}

@@ -1,0 +1,55 @@
+//! What every handler and middleware shares: the peers (gRPC channels with
+//! discovery and resilience), the token verifier and the rate limiter.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use commerce_api::catalog::Service;
+use commerce_platform::discovery::Peers;
+use commerce_platform::resilience::ResilientChannel;
+use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
+use commerce_proto::cart::v1::cart_service_client::CartServiceClient;
+use commerce_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use commerce_proto::notification::v1::notification_service_client::NotificationServiceClient;
+use commerce_proto::order::v1::order_service_client::OrderServiceClient;
+use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
+
+use crate::auth::AuthKeySource;
+use crate::jwt::Verifier;
+use crate::problem::Problem;
+use crate::ratelimit::RateLimiter;
+
+/// Shared state of the HTTP app. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub peers: Arc<Peers>,
+    pub verifier: Arc<Verifier<AuthKeySource>>,
+    pub rate_limiter: Arc<RateLimiter>,
+}
+
+macro_rules! client {
+    ($name:ident, $client:ident, $service:expr) => {
+        /// A client for this peer over its shared resilient channel.
+        pub fn $name(&self) -> Result<$client<ResilientChannel>, Problem> {
+            self.channel($service).map($client::new)
+        }
+    };
+}
+
+impl AppState {
+    fn channel(&self, service: Service) -> Result<ResilientChannel, Problem> {
+        self.peers.channel(service).map_err(|error| {
+            tracing::error!(%error, "no channel to a peer");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the {service} service is not reachable"))
+        })
+    }
+
+    client!(auth, AuthServiceClient, Service::Auth);
+    client!(catalog, CatalogServiceClient, Service::Catalog);
+    client!(inventory, InventoryServiceClient, Service::Inventory);
+    client!(cart, CartServiceClient, Service::Cart);
+    client!(order, OrderServiceClient, Service::Order);
+    client!(shipping, ShippingServiceClient, Service::Shipping);
+    client!(notification, NotificationServiceClient, Service::Notification);
+}

@@ -1,0 +1,269 @@
+//! Fixtures of the inventory tests: a migrated database of their own per
+//! test on the local Postgres, unique topic names on the local Kafka, and
+//! helpers to produce events as the order and catalog services would and to
+//! read what the inventory published.
+//!
+//! Infrastructure comes from `bash e2e/scripts/infra.sh up` (addresses from
+//! `e2e/infra.env`, same defaults). A test whose infrastructure is
+//! unreachable fails saying how to start it; it never skips.
+
+#![allow(dead_code)] // Each test binary uses a different part.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use prost::Message as _;
+use commerce_platform::db;
+use commerce_platform::events::cloudevents::CloudEventAttributes;
+use commerce_platform::events::{EventPayload, EventProducer, KafkaArgs, TopicNames, ensure_topics};
+use commerce_platform::events::producer::OutgoingRecord;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+use uuid::Uuid;
+
+const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres:commerce-dev@127.0.0.1:55432/postgres";
+const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:59092";
+/// How long a test waits for something it expects to happen.
+pub const EVENTUALLY: Duration = Duration::from_secs(60);
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("COMMERCE_POSTGRES_ADMIN_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_owned())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("COMMERCE_KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_KAFKA_BROKERS.to_owned())
+}
+
+/// Logs of the code under test, shown for failing tests.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,commerce_inventory=info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A migrated inventory database created for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    /// Creates `inventory_test_<uuid>`, connects a pool of `connections` and
+    /// runs the platform's and the inventory's migrations.
+    pub async fn create(connections: u32) -> anyhow::Result<Self> {
+        let admin_url = postgres_admin_url();
+        let admin_options: PgConnectOptions = admin_url.parse().context("COMMERCE_POSTGRES_ADMIN_URL")?;
+        let mut admin = tokio::time::timeout(Duration::from_secs(10), admin_options.connect())
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|connected| connected.map_err(anyhow::Error::from))
+            .with_context(|| {
+                format!(
+                    "Postgres is unreachable at {}; start it with `bash e2e/scripts/infra.sh up postgres`",
+                    db::redact(&admin_url)
+                )
+            })?;
+        let name = format!("inventory_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+        admin.close().await?;
+        let options = admin_options.database(&name);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        db::run_migrations(&pool, &commerce_inventory::MIGRATOR).await?;
+        Ok(Self { name, url, pool })
+    }
+
+    /// Closes the pool and drops the database.
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let mut admin = postgres_admin_url().parse::<PgConnectOptions>()?.connect().await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin).await?;
+        Ok(())
+    }
+}
+
+/// Counters of one product: (available, reserved, sold).
+pub async fn counters(pool: &PgPool, product_id: &str) -> anyhow::Result<(i64, i64, i64)> {
+    let row: (i64, i64, i64) = sqlx::query_as("SELECT available, reserved, sold FROM stock WHERE product_id = $1")
+        .bind(product_id)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("stock row of {product_id}"))?;
+    Ok(row)
+}
+
+/// Outbox rows by event type.
+pub async fn outbox_counts(pool: &PgPool) -> anyhow::Result<HashMap<String, i64>> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT event_type, count(*) FROM commerce_platform.outbox GROUP BY event_type")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A unique prefix for topic and group names.
+pub fn unique_prefix() -> String {
+    format!("test-{}.", Uuid::new_v4().simple())
+}
+
+/// Kafka flags for a test: local brokers, the test's prefix, short retries.
+pub fn kafka_args(prefix: &str) -> KafkaArgs {
+    KafkaArgs {
+        name_prefix: prefix.to_owned(),
+        delivery_timeout: Duration::from_secs(20),
+        handler_retry_backoff: Duration::from_millis(50),
+        ..KafkaArgs::new(kafka_brokers())
+    }
+}
+
+/// Creates every catalog topic (and dead-letter topic) under the test's
+/// prefix, with the platform's `ensure_topics`; fails clearly when Kafka is
+/// unreachable.
+pub async fn create_topics(names: &TopicNames) -> anyhow::Result<()> {
+    let desired: Vec<_> =
+        commerce_api::catalog::all_topics().iter().map(|spec| names.desired(spec)).collect();
+    tokio::time::timeout(Duration::from_secs(30), ensure_topics(&kafka_brokers(), desired))
+        .await
+        .with_context(|| {
+            format!("Kafka is unreachable at {}; start it with `bash e2e/scripts/infra.sh up kafka`", kafka_brokers())
+        })??;
+    Ok(())
+}
+
+/// Publishes `event` on its catalog topic (under the producer's prefix) as a
+/// CloudEvent, as the owning service's outbox relay would. Returns its
+/// `ce_id`.
+pub async fn produce<E: EventPayload>(producer: &EventProducer, event: &E) -> anyhow::Result<Uuid> {
+    let attributes = CloudEventAttributes::for_event(event);
+    let topic = producer.names().topic(E::TOPIC);
+    let key = event.key();
+    let payload = event.encode_to_vec();
+    producer
+        .send(OutgoingRecord {
+            topic: &topic,
+            key: Some(key.as_bytes()),
+            payload: Some(&payload),
+            headers: attributes.to_kafka_headers(),
+        })
+        .await?;
+    Ok(attributes.id)
+}
+
+/// Every record of `topic` from the beginning up to its high watermarks.
+pub async fn read_topic(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let topic = topic.to_owned();
+    let brokers = kafka_brokers();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<OwnedMessage>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("reader-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> =
+            metadata.topics().first().context("no metadata for the topic")?.partitions().iter().map(|p| p.id()).collect();
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining: HashMap<i32, i64> = HashMap::new();
+        for partition in partitions {
+            let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            if high > low {
+                assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
+                remaining.insert(partition, high);
+            }
+        }
+        let mut records = Vec::new();
+        if remaining.is_empty() {
+            return Ok(records);
+        }
+        consumer.assign(&assignment)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !remaining.is_empty() {
+            if std::time::Instant::now() > deadline {
+                bail!("timed out reading {topic} up to its high watermarks");
+            }
+            let Some(received) = consumer.poll(Duration::from_millis(500)) else { continue };
+            let message = received?;
+            let partition = message.partition();
+            if let Some(&high) = remaining.get(&partition) {
+                if message.offset() < high {
+                    records.push(message.detach());
+                }
+                if message.offset() + 1 >= high {
+                    remaining.remove(&partition);
+                }
+            }
+        }
+        Ok(records)
+    })
+    .await?
+}
+
+/// The `ce_type` header of a record.
+pub fn event_type(record: &OwnedMessage) -> Option<&str> {
+    record
+        .headers()?
+        .iter()
+        .find(|header| header.key == "ce_type")
+        .and_then(|header| header.value)
+        .and_then(|value| std::str::from_utf8(value).ok())
+}
+
+/// Records of `topic` that are `E`s, decoded.
+pub async fn events_of<E: EventPayload>(topic: &str) -> anyhow::Result<Vec<E>> {
+    let mut events = Vec::new();
+    for record in read_topic(topic).await? {
+        if event_type(&record) == Some(E::TYPE) {
+            events.push(E::decode(record.payload().unwrap_or_default())?);
+        }
+    }
+    Ok(events)
+}
+
+/// Polls `condition` every 100 ms until it holds or [`EVENTUALLY`] passes.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        if condition().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {EVENTUALLY:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deletes the test's topics (best effort).
+pub async fn delete_topics(names: &TopicNames) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let Ok(admin): Result<AdminClient<DefaultClientContext>, _> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()
+    else {
+        return;
+    };
+    let topics: Vec<String> =
+        commerce_api::catalog::all_topics().iter().map(|spec| names.name(spec.name)).collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = admin.delete_topics(&topics, &AdminOptions::new()).await;
+}

@@ -1,0 +1,270 @@
+//! What the order service publishes (through the outbox, in the transaction
+//! of the change) and consumes (inventory, payment and shipment events), plus
+//! the reservation sweeper, which feeds the state machine the clock.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent, enqueue};
+use commerce_proto::common::v1::Money;
+use commerce_proto::events::v1 as ev;
+use prost_types::Timestamp;
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::domain::{self, Effect, FailureKind, SagaInput, Step};
+use crate::store::{self, Order};
+
+/// A protobuf timestamp for `time`.
+pub(crate) fn timestamp(time: DateTime<Utc>) -> Timestamp {
+    Timestamp { seconds: time.timestamp(), nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+fn from_timestamp(timestamp: Option<&Timestamp>) -> Option<DateTime<Utc>> {
+    timestamp.and_then(|ts| DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0)))
+}
+
+pub(crate) fn money(currency: &str, units: i64) -> Money {
+    Money { currency_code: currency.to_owned(), units }
+}
+
+/// `OrderPlaced` for a new order.
+pub(crate) fn order_placed(order: &Order, payment_method_token: &str) -> ev::OrderPlaced {
+    ev::OrderPlaced {
+        order_id: order.id.to_string(),
+        user_id: order.user_id.clone(),
+        lines: order
+            .lines
+            .iter()
+            .map(|line| ev::order_placed::Line {
+                product_id: line.product_id.clone(),
+                sku: line.sku.clone(),
+                name: line.name.clone(),
+                quantity: line.quantity,
+                unit_price: Some(money(&order.currency, line.unit_price)),
+                line_total: Some(money(&order.currency, line.line_total)),
+            })
+            .collect(),
+        total: Some(money(&order.currency, order.total)),
+        shipping_address: Some(order.shipping_address.clone()),
+        payment_method_token: payment_method_token.to_owned(),
+        occurred_at: Some(timestamp(order.created_at)),
+    }
+}
+
+/// Stores `step` for `order` (already locked in `conn`'s transaction) and
+/// enqueues the event of its effect. Returns the order as it now is.
+pub(crate) async fn record_step(
+    conn: &mut PgConnection,
+    order: &Order,
+    step: Step,
+    cancelled_by: &str,
+) -> Result<Order, Error> {
+    if step.state == order.saga {
+        return Ok(order.clone());
+    }
+    let updated_at = store::save_saga(conn, order.id, &step.state).await?;
+    let now = timestamp(updated_at);
+    let saga = &step.state;
+    let order_id = order.id.to_string();
+    let user_id = order.user_id.clone();
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    match step.effect {
+        None => {}
+        Some(Effect::Confirmed) => {
+            let event = ev::OrderConfirmed {
+                order_id,
+                user_id,
+                total: Some(money(&order.currency, order.total)),
+                payment_id: text(&saga.payment_id),
+                reservation_id: text(&saga.reservation_id),
+                shipping_address: Some(order.shipping_address.clone()),
+                occurred_at: Some(now),
+            };
+            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+        }
+        Some(Effect::Rejected { unavailable_product_ids }) => {
+            let event = ev::OrderRejected {
+                order_id,
+                user_id,
+                reason: saga.failure_reason.clone(),
+                unavailable_product_ids,
+                occurred_at: Some(now),
+            };
+            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+        }
+        Some(Effect::Failed { kind, detail }) => {
+            let reason = match kind {
+                FailureKind::PaymentDeclined => ev::order_failed::Reason::PaymentDeclined,
+                FailureKind::PaymentUnavailable => ev::order_failed::Reason::PaymentUnavailable,
+                FailureKind::ReservationExpired => ev::order_failed::Reason::ReservationExpired,
+            };
+            let event = ev::OrderFailed {
+                order_id,
+                user_id,
+                reason: reason.into(),
+                detail,
+                reservation_id: text(&saga.reservation_id),
+                occurred_at: Some(now),
+            };
+            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+        }
+        Some(Effect::Cancelled { reason }) => {
+            let event = ev::OrderCancelled {
+                order_id,
+                user_id,
+                was_paid: saga.payment_id.is_some(),
+                payment_id: text(&saga.payment_id),
+                reservation_id: text(&saga.reservation_id),
+                shipment_id: text(&saga.shipment_id),
+                reason,
+                cancelled_by: cancelled_by.to_owned(),
+                occurred_at: Some(now),
+            };
+            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+        }
+        Some(Effect::Delivered) => {
+            let event = ev::OrderDelivered {
+                order_id,
+                user_id,
+                shipment_id: text(&saga.shipment_id),
+                occurred_at: Some(now),
+            };
+            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+        }
+    }
+    Ok(Order { saga: step.state, updated_at, ..order.clone() })
+}
+
+/// Locks the order and applies `input`; `None` when the order is unknown.
+pub(crate) async fn apply_input(conn: &mut PgConnection, id: Uuid, input: SagaInput) -> Result<Option<Order>, Error> {
+    let Some(order) = store::lock(conn, id).await? else {
+        return Ok(None);
+    };
+    let step = domain::apply(&order.saga, input);
+    record_step(conn, &order, step, "").await.map(Some)
+}
+
+/// Consumes inventory, payment and shipment events into the saga.
+#[derive(Debug, Clone, Default)]
+pub struct OrderEventHandler;
+
+fn parse_order_id(raw: &str) -> Result<Uuid, HandlerError> {
+    Uuid::parse_str(raw).map_err(|error| HandlerError::permanent(format!("order id {raw:?} is not a UUID: {error}")))
+}
+
+impl OrderEventHandler {
+    /// Translates an event into a saga input for an order, or `None` for
+    /// events the order does not care about.
+    fn input(event: &IncomingEvent) -> Result<Option<(String, SagaInput)>, HandlerError> {
+        let decoded = match () {
+            _ if event.is::<ev::StockReserved>() => {
+                let e: ev::StockReserved = event.decode()?;
+                let expires_at = from_timestamp(e.expires_at.as_ref())
+                    .ok_or_else(|| HandlerError::permanent("StockReserved without expires_at"))?;
+                (e.order_id, SagaInput::StockReserved { reservation_id: e.reservation_id, expires_at })
+            }
+            _ if event.is::<ev::StockReservationFailed>() => {
+                let e: ev::StockReservationFailed = event.decode()?;
+                let ids = e.shortfalls.into_iter().map(|shortfall| shortfall.product_id).collect();
+                (e.order_id, SagaInput::StockReservationFailed { unavailable_product_ids: ids })
+            }
+            _ if event.is::<ev::PaymentCaptured>() => {
+                let e: ev::PaymentCaptured = event.decode()?;
+                (e.order_id, SagaInput::PaymentCaptured { payment_id: e.payment_id })
+            }
+            _ if event.is::<ev::PaymentFailed>() => {
+                let e: ev::PaymentFailed = event.decode()?;
+                let declined = e.reason() != ev::payment_failed::Reason::ProviderUnavailable;
+                (e.order_id, SagaInput::PaymentFailed { declined, detail: e.detail })
+            }
+            _ if event.is::<ev::PaymentRefunded>() => {
+                let e: ev::PaymentRefunded = event.decode()?;
+                (e.order_id, SagaInput::PaymentRefunded)
+            }
+            _ if event.is::<ev::ShipmentCreated>() => {
+                let e: ev::ShipmentCreated = event.decode()?;
+                (e.order_id, SagaInput::ShipmentCreated { shipment_id: e.shipment_id })
+            }
+            _ if event.is::<ev::ShipmentStatusChanged>() => {
+                let e: ev::ShipmentStatusChanged = event.decode()?;
+                let input = match e.status() {
+                    ev::ShipmentStatus::PickedUp | ev::ShipmentStatus::InTransit => {
+                        SagaInput::ShipmentMoving { shipment_id: e.shipment_id }
+                    }
+                    _ => SagaInput::ShipmentCreated { shipment_id: e.shipment_id },
+                };
+                (e.order_id, input)
+            }
+            _ if event.is::<ev::ShipmentDelivered>() => {
+                let e: ev::ShipmentDelivered = event.decode()?;
+                (e.order_id, SagaInput::ShipmentDelivered { shipment_id: e.shipment_id })
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(decoded))
+    }
+}
+
+#[async_trait]
+impl EventHandler for OrderEventHandler {
+    async fn handle(&self, tx: &mut Transaction<'_, Postgres>, event: &IncomingEvent) -> Result<(), HandlerError> {
+        let Some((order_id, input)) = Self::input(event)? else {
+            return Ok(());
+        };
+        let id = parse_order_id(&order_id)?;
+        match apply_input(tx, id, input).await? {
+            Some(order) => tracing::debug!(order_id = %id, status = %order.saga.status, event_type = event.event_type(), "order saga advanced"),
+            // Another stack's order, or a payment made by the Charge RPC
+            // without an order: nothing of ours to change.
+            None => tracing::warn!(order_id = %id, event_type = event.event_type(), "event about an unknown order ignored"),
+        }
+        Ok(())
+    }
+}
+
+impl From<Error> for HandlerError {
+    fn from(error: Error) -> Self {
+        if error.is_transient() { HandlerError::retryable(error) } else { HandlerError::permanent(error) }
+    }
+}
+
+/// How many lapsed orders one sweep handles before looking again.
+const SWEEP_BATCH: i64 = 100;
+
+/// Fails open orders whose reservation lapsed, every `interval`, until
+/// `shutdown`. Each order is failed in its own transaction under its row
+/// lock, through the same state machine as events, so a payment captured at
+/// the same moment either confirms first or finds the order failed.
+pub async fn run_reservation_sweeper(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Err(error) = sweep_once(&pool, Utc::now()).await {
+            tracing::warn!(error = %crate::error_chain(&error), "reservation sweep failed; retrying next round");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+    tracing::info!("reservation sweeper stopped");
+}
+
+/// One sweep at `now`; returns how many orders it failed.
+pub async fn sweep_once(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, Error> {
+    let mut failed = 0;
+    for id in store::lapsed_reservations(pool, now, SWEEP_BATCH).await? {
+        let mut tx = pool.begin().await.map_err(Error::UpdateOrder)?;
+        if let Some(order) = apply_input(&mut tx, id, SagaInput::ReservationClock { now }).await? {
+            if order.saga.status == domain::OrderStatus::Failed {
+                failed += 1;
+                tracing::info!(order_id = %id, "order failed: its reservation expired");
+            }
+        }
+        tx.commit().await.map_err(Error::UpdateOrder)?;
+    }
+    Ok(failed)
+}

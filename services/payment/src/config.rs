@@ -1,0 +1,94 @@
+//! The payment service's flags: the platform's groups, the worker's pacing
+//! and the mock provider's behaviour.
+
+use std::time::Duration;
+
+use commerce_platform::config::CommonArgs;
+use commerce_platform::db::DatabaseArgs;
+use commerce_platform::events::KafkaArgs;
+use commerce_platform::resilience::ClientArgs;
+
+use crate::provider::MockSettings;
+use crate::worker::WorkerSettings;
+
+/// Everything `serve` needs; flattened into the `commerce` binary's CLI.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Its `--client-breaker-failures` and `--client-breaker-open` also
+    /// configure the breaker around the payment provider.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub mock: MockArgs,
+}
+
+/// How the charge/refund worker paces itself.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Payment worker")]
+pub struct WorkerArgs {
+    /// Pause between scans for due charges and refunds when none was due.
+    #[arg(long = "payment-worker-poll-interval", env = "COMMERCE_PAYMENT_WORKER_POLL_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// First delay before retrying a charge the provider could not take;
+    /// doubles per attempt.
+    #[arg(long = "payment-retry-base", env = "COMMERCE_PAYMENT_RETRY_BASE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+    /// Longest delay between charge attempts: a provider that returns is
+    /// used within this long.
+    #[arg(long = "payment-retry-cap", env = "COMMERCE_PAYMENT_RETRY_CAP", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_cap: Duration,
+}
+
+impl WorkerArgs {
+    pub fn settings(&self) -> WorkerSettings {
+        WorkerSettings { poll_interval: self.poll_interval, retry_base: self.retry_base, retry_cap: self.retry_cap }
+    }
+}
+
+/// The deterministic mock provider (see `provider` for its rules).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Mock payment provider")]
+pub struct MockArgs {
+    /// Decline every charge above this amount, in minor units (unset: no
+    /// limit). Token `tok_decline` is always declined.
+    #[arg(long = "mock-decline-amount-over", env = "COMMERCE_MOCK_DECLINE_AMOUNT_OVER")]
+    pub decline_amount_over: Option<i64>,
+    /// Delay of every provider call.
+    #[arg(long = "mock-latency", env = "COMMERCE_MOCK_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Start with the provider switched unavailable (switch it on with
+    /// `POST /mock-provider/available` on the admin port).
+    #[arg(long = "mock-start-unavailable", env = "COMMERCE_MOCK_START_UNAVAILABLE", default_value_t = false)]
+    pub start_unavailable: bool,
+}
+
+impl MockArgs {
+    pub fn settings(&self) -> MockSettings {
+        MockSettings {
+            decline_amount_over: self.decline_amount_over,
+            latency: self.latency,
+            start_unavailable: self.start_unavailable,
+        }
+    }
+}
+
+/// The database URL is a secret: `Debug` goes through `DatabaseArgs`' redacting one.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("common", &self.common)
+            .field("database", &self.database)
+            .field("client", &self.client)
+            .field("worker", &self.worker)
+            .field("mock", &self.mock)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,385 @@
+//! The payment provider port ([`PaymentProvider`]), the deterministic mock
+//! adapter used by default ([`MockProvider`]) with its runtime controls, and
+//! the circuit breaker ([`ProviderBreaker`]) every provider call goes through.
+//!
+//! # The mock's rules (documented contract for tests)
+//!
+//! - payment token `tok_decline` -> declined ("card declined");
+//! - payment token `tok_unavailable` -> the provider is unavailable for
+//!   that charge, always;
+//! - an amount above `--mock-decline-amount-over` (minor units; unset = no
+//!   limit) -> declined ("amount over limit");
+//! - every other charge is captured, reference `mock_ch_<key>`;
+//! - the whole provider can be switched unavailable at runtime: in-process
+//!   with [`MockProvider::set_available`], or from outside the process on the
+//!   payment service's admin port: `POST /mock-provider/unavailable`,
+//!   `POST /mock-provider/available`, `GET /mock-provider` (JSON state:
+//!   availability, charges taken, calls). `--mock-start-unavailable` starts it
+//!   switched off;
+//! - `--mock-latency` delays every call, to widen race windows in tests;
+//! - idempotent on the key (the order id): a repeated key returns the first
+//!   outcome and takes no money again, exactly as real providers treat
+//!   idempotency keys. The ledger lives in process memory: a restarted
+//!   payment process forgets it (the payments table's unique order id still
+//!   prevents a second captured payment per order).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+/// Test token that the mock always declines.
+pub const DECLINE_TOKEN: &str = "tok_decline";
+/// Test token for which the mock is always unavailable.
+pub const UNAVAILABLE_TOKEN: &str = "tok_unavailable";
+
+/// A charge to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRequest {
+    /// Idempotency key: the order id. A repeat must never take money twice.
+    pub idempotency_key: String,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_method_token: String,
+}
+
+/// The provider's answer to a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    /// Money taken; `reference` is the provider's id of the charge.
+    Captured { reference: String },
+    /// The payment method was refused; retrying will not help.
+    Declined { reason: String },
+}
+
+/// A refund to make against a captured charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// Idempotency key of the refund (our refund id).
+    pub idempotency_key: String,
+    /// The provider's reference of the charge.
+    pub charge_reference: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// The provider could not answer: safe to retry later with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("payment provider unavailable: {0}")]
+    Unavailable(String),
+    #[error("payment provider circuit open; retry in {retry_after:?}")]
+    CircuitOpen { retry_after: Duration },
+}
+
+/// A payment provider adapter.
+#[async_trait]
+pub trait PaymentProvider: Send + Sync + 'static {
+    /// Adapter name, stored with the payment ("mock").
+    fn name(&self) -> &'static str;
+    /// Charges once per idempotency key.
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError>;
+    /// Refunds once per idempotency key; returns the provider's refund id.
+    async fn refund(&self, request: &RefundRequest) -> Result<String, ProviderError>;
+}
+
+/// The mock's settings (flags in `config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MockSettings {
+    /// Amounts above this (minor units) are declined; `None` for no limit.
+    pub decline_amount_over: Option<i64>,
+    /// Delay of every call.
+    pub latency: Duration,
+    /// Start switched unavailable.
+    pub start_unavailable: bool,
+}
+
+/// Decides a charge the way the mock does; pure, for tests and docs.
+pub fn mock_decision(request: &ChargeRequest, settings: &MockSettings) -> Result<ChargeOutcome, ProviderError> {
+    if request.payment_method_token == UNAVAILABLE_TOKEN {
+        return Err(ProviderError::Unavailable(format!("token {UNAVAILABLE_TOKEN}")));
+    }
+    if request.payment_method_token == DECLINE_TOKEN {
+        return Ok(ChargeOutcome::Declined { reason: "card declined".to_owned() });
+    }
+    if settings.decline_amount_over.is_some_and(|limit| request.amount > limit) {
+        return Ok(ChargeOutcome::Declined { reason: "amount over limit".to_owned() });
+    }
+    Ok(ChargeOutcome::Captured { reference: format!("mock_ch_{}", request.idempotency_key) })
+}
+
+/// The deterministic mock provider; see the module docs. Cheap to share
+/// behind an `Arc`.
+#[derive(Debug)]
+pub struct MockProvider {
+    settings: MockSettings,
+    available: AtomicBool,
+    calls: AtomicU64,
+    charges_taken: AtomicU64,
+    /// Outcome per charge key, and refund reference per refund key.
+    ledger: Mutex<MockLedger>,
+}
+
+#[derive(Debug, Default)]
+struct MockLedger {
+    charges: HashMap<String, ChargeOutcome>,
+    refunds: HashMap<String, String>,
+}
+
+/// The mock's state, as `GET /mock-provider` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MockState {
+    pub available: bool,
+    /// Provider calls made (charges and refunds, repeats included).
+    pub calls: u64,
+    /// Distinct charges that took money.
+    pub charges_taken: u64,
+    /// Distinct refunds made.
+    pub refunds_made: u64,
+}
+
+impl MockProvider {
+    pub fn new(settings: MockSettings) -> Self {
+        let available = AtomicBool::new(!settings.start_unavailable);
+        Self {
+            settings,
+            available,
+            calls: AtomicU64::new(0),
+            charges_taken: AtomicU64::new(0),
+            ledger: Mutex::new(MockLedger::default()),
+        }
+    }
+
+    /// Switches the whole provider on or off (fault tests).
+    pub fn set_available(&self, available: bool) {
+        self.available.store(available, Ordering::SeqCst);
+        tracing::info!(available, "mock payment provider switched");
+    }
+
+    pub fn state(&self) -> MockState {
+        let refunds_made = self.lock().refunds.len() as u64;
+        MockState {
+            available: self.available.load(Ordering::SeqCst),
+            calls: self.calls.load(Ordering::SeqCst),
+            charges_taken: self.charges_taken.load(Ordering::SeqCst),
+            refunds_made,
+        }
+    }
+
+    /// How many times money was taken for `key` (0 or 1 by construction;
+    /// tests assert it).
+    pub fn charges_taken_for(&self, key: &str) -> usize {
+        usize::from(matches!(self.lock().charges.get(key), Some(ChargeOutcome::Captured { .. })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MockLedger> {
+        self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn enter(&self) -> Result<(), ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.settings.latency.is_zero() {
+            tokio::time::sleep(self.settings.latency).await;
+        }
+        if self.available.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(ProviderError::Unavailable("mock provider switched off".to_owned()))
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for MockProvider {
+    fn name(&self) -> &'static str {
+        "mock"
+    }
+
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
+        self.enter().await?;
+        let mut ledger = self.lock();
+        if let Some(outcome) = ledger.charges.get(&request.idempotency_key) {
+            return Ok(outcome.clone());
+        }
+        let outcome = mock_decision(request, &self.settings)?;
+        if matches!(outcome, ChargeOutcome::Captured { .. }) {
+            self.charges_taken.fetch_add(1, Ordering::SeqCst);
+        }
+        ledger.charges.insert(request.idempotency_key.clone(), outcome.clone());
+        Ok(outcome)
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<String, ProviderError> {
+        self.enter().await?;
+        let mut ledger = self.lock();
+        let reference = ledger
+            .refunds
+            .entry(request.idempotency_key.clone())
+            .or_insert_with(|| format!("mock_re_{}", request.idempotency_key));
+        Ok(reference.clone())
+    }
+}
+
+/// Admin routes controlling a mock provider from outside the process; merged
+/// into the payment service's admin server.
+pub fn mock_routes(mock: Arc<MockProvider>) -> axum::Router {
+    use axum::extract::State;
+    use axum::routing::{get, post};
+    async fn show(State(mock): State<Arc<MockProvider>>) -> axum::Json<MockState> {
+        axum::Json(mock.state())
+    }
+    async fn switch_on(State(mock): State<Arc<MockProvider>>) -> axum::Json<MockState> {
+        mock.set_available(true);
+        axum::Json(mock.state())
+    }
+    async fn switch_off(State(mock): State<Arc<MockProvider>>) -> axum::Json<MockState> {
+        mock.set_available(false);
+        axum::Json(mock.state())
+    }
+    axum::Router::new()
+        .route("/mock-provider", get(show))
+        .route("/mock-provider/available", post(switch_on))
+        .route("/mock-provider/unavailable", post(switch_off))
+        .with_state(mock)
+}
+
+/// A circuit breaker around the provider: after `failure_threshold`
+/// consecutive unavailabilities it refuses calls for `open_for`, then lets
+/// one probe through; the probe's result closes or re-opens it.
+///
+/// The platform's `CircuitBreaker` has the same policy but exposes it only
+/// through the gRPC `ResilientChannel` (its admit/record are private), so a
+/// non-gRPC call cannot use it; this is the minimal equivalent until the
+/// platform offers a generic `call` (see the payment service's report).
+#[derive(Debug, Clone)]
+pub struct ProviderBreaker {
+    failure_threshold: u32,
+    open_for: Duration,
+    state: Arc<Mutex<BreakerState>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+impl ProviderBreaker {
+    pub fn new(failure_threshold: u32, open_for: Duration) -> Self {
+        Self {
+            failure_threshold: failure_threshold.max(1),
+            open_for,
+            state: Arc::new(Mutex::new(BreakerState::Closed { failures: 0 })),
+        }
+    }
+
+    /// Whether calls currently fail fast.
+    pub fn is_open(&self) -> bool {
+        matches!(*self.lock(), BreakerState::Open { until } if Instant::now() < until)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `call` unless the breaker is open. Only `Unavailable` counts as
+    /// a failure: a decline is an answer and proves the provider is up.
+    pub async fn call<T, F>(&self, call: F) -> Result<T, ProviderError>
+    where
+        F: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        {
+            let mut state = self.lock();
+            match *state {
+                BreakerState::Open { until } if Instant::now() < until => {
+                    return Err(ProviderError::CircuitOpen { retry_after: until - Instant::now() });
+                }
+                BreakerState::Open { .. } => *state = BreakerState::HalfOpen,
+                BreakerState::HalfOpen | BreakerState::Closed { .. } => {}
+            }
+        }
+        let outcome = call.await;
+        let failed = matches!(outcome, Err(ProviderError::Unavailable(_)));
+        let mut state = self.lock();
+        *state = match (*state, failed) {
+            (_, false) => BreakerState::Closed { failures: 0 },
+            (BreakerState::HalfOpen, true) => {
+                tracing::warn!("payment provider still unavailable; circuit re-opened");
+                BreakerState::Open { until: Instant::now() + self.open_for }
+            }
+            (BreakerState::Closed { failures }, true) if failures + 1 >= self.failure_threshold => {
+                tracing::warn!(failures = failures + 1, "payment provider unavailable; circuit opened");
+                BreakerState::Open { until: Instant::now() + self.open_for }
+            }
+            (BreakerState::Closed { failures }, true) => BreakerState::Closed { failures: failures + 1 },
+            (open @ BreakerState::Open { .. }, true) => open,
+        };
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(key: &str, amount: i64, token: &str) -> ChargeRequest {
+        ChargeRequest {
+            idempotency_key: key.to_owned(),
+            amount,
+            currency: "EUR".to_owned(),
+            payment_method_token: token.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_mock_declines_by_token_and_by_amount() {
+        let settings = MockSettings { decline_amount_over: Some(10_000), ..MockSettings::default() };
+        assert!(matches!(mock_decision(&request("o", 100, DECLINE_TOKEN), &settings), Ok(ChargeOutcome::Declined { .. })));
+        assert!(matches!(mock_decision(&request("o", 10_001, "tok_ok"), &settings), Ok(ChargeOutcome::Declined { .. })));
+        assert_eq!(
+            mock_decision(&request("o", 10_000, "tok_ok"), &settings),
+            Ok(ChargeOutcome::Captured { reference: "mock_ch_o".to_owned() })
+        );
+        assert!(mock_decision(&request("o", 1, UNAVAILABLE_TOKEN), &settings).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_returns_the_first_capture_and_takes_money_once() {
+        let mock = MockProvider::new(MockSettings::default());
+        let first = mock.charge(&request("order-1", 500, "tok_ok")).await.expect("charged");
+        let again = mock.charge(&request("order-1", 500, "tok_ok")).await.expect("charged");
+        assert_eq!(first, again);
+        assert_eq!(mock.charges_taken_for("order-1"), 1);
+        assert_eq!(mock.state().charges_taken, 1);
+        assert_eq!(mock.state().calls, 2);
+    }
+
+    #[tokio::test]
+    async fn the_switch_makes_the_mock_unavailable_until_switched_back() {
+        let mock = MockProvider::new(MockSettings { start_unavailable: true, ..MockSettings::default() });
+        assert!(matches!(mock.charge(&request("k", 1, "t")).await, Err(ProviderError::Unavailable(_))));
+        mock.set_available(true);
+        assert!(matches!(mock.charge(&request("k", 1, "t")).await, Ok(ChargeOutcome::Captured { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_after_consecutive_failures_and_probes_after_the_open_period() {
+        let breaker = ProviderBreaker::new(2, Duration::from_secs(10));
+        let down = || async { Err::<(), _>(ProviderError::Unavailable("down".to_owned())) };
+        assert!(matches!(breaker.call(down()).await, Err(ProviderError::Unavailable(_))));
+        assert!(!breaker.is_open());
+        assert!(matches!(breaker.call(down()).await, Err(ProviderError::Unavailable(_))));
+        assert!(breaker.is_open());
+        assert!(matches!(breaker.call(async { Ok(()) }).await, Err(ProviderError::CircuitOpen { .. })));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(matches!(breaker.call(down()).await, Err(ProviderError::Unavailable(_))), "the probe failed");
+        assert!(breaker.is_open(), "a failed probe re-opens");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(breaker.call(async { Ok(7) }).await, Ok(7));
+        assert!(!breaker.is_open());
+    }
+}

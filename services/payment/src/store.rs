@@ -1,0 +1,360 @@
+//! The payment database: one payment row per order and its refunds.
+//! Runtime-checked sqlx queries on a connection the caller owns, so that
+//! state changes and their outbox rows commit together.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::domain::PaymentStatus;
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub id: Uuid,
+    pub order_id: String,
+    pub user_id: String,
+    pub currency: String,
+    pub amount: i64,
+    pub payment_method_token: String,
+    pub intent_received: bool,
+    pub stock_reserved: bool,
+    pub status: PaymentStatus,
+    pub attempts: u32,
+    pub provider: String,
+    pub provider_reference: String,
+    pub failure_reason: String,
+    pub refunded: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    id: Uuid,
+    order_id: String,
+    user_id: String,
+    currency: String,
+    amount_units: i64,
+    payment_method_token: String,
+    intent_received: bool,
+    stock_reserved: bool,
+    status: String,
+    attempts: i32,
+    provider: String,
+    provider_reference: String,
+    failure_reason: String,
+    refunded_units: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const PAYMENT_COLUMNS: &str = "id, order_id, user_id, currency, amount_units, payment_method_token, intent_received, \
+     stock_reserved, status, attempts, provider, provider_reference, failure_reason, refunded_units, created_at, updated_at";
+
+impl TryFrom<PaymentRow> for Payment {
+    type Error = Error;
+
+    fn try_from(row: PaymentRow) -> Result<Self, Error> {
+        let status = PaymentStatus::parse(&row.status)
+            .ok_or_else(|| Error::DecodeStoredPayment { id: row.id, problem: format!("unknown status {}", row.status) })?;
+        Ok(Payment {
+            id: row.id,
+            order_id: row.order_id,
+            user_id: row.user_id,
+            currency: row.currency,
+            amount: row.amount_units,
+            payment_method_token: row.payment_method_token,
+            intent_received: row.intent_received,
+            stock_reserved: row.stock_reserved,
+            status,
+            attempts: u32::try_from(row.attempts).unwrap_or_default(),
+            provider: row.provider,
+            provider_reference: row.provider_reference,
+            failure_reason: row.failure_reason,
+            refunded: row.refunded_units,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// A refund as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Refund {
+    pub id: Uuid,
+    pub payment_id: Uuid,
+    #[sqlx(rename = "amount_units")]
+    pub amount: i64,
+    pub reason: String,
+    pub idempotency_key: String,
+    /// `PENDING` or `COMPLETED`.
+    pub status: String,
+    pub provider_reference: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+const REFUND_COLUMNS: &str =
+    "id, payment_id, amount_units, reason, idempotency_key, status, provider_reference, attempts, created_at";
+
+/// Records the charge intent of OrderPlaced (first arrival wins).
+pub async fn record_intent(
+    conn: &mut PgConnection,
+    order_id: &str,
+    user_id: &str,
+    currency: &str,
+    amount: i64,
+    token: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, user_id, currency, amount_units, payment_method_token, intent_received) \
+         VALUES ($1, $2, $3, $4, $5, $6, TRUE) \
+         ON CONFLICT (order_id) DO UPDATE SET user_id = EXCLUDED.user_id, currency = EXCLUDED.currency, \
+         amount_units = EXCLUDED.amount_units, payment_method_token = EXCLUDED.payment_method_token, \
+         intent_received = TRUE, next_attempt_at = now(), updated_at = now() \
+         WHERE NOT payments.intent_received",
+    )
+    .bind(Uuid::now_v7())
+    .bind(order_id)
+    .bind(user_id)
+    .bind(currency)
+    .bind(amount)
+    .bind(token)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// Records that the order's stock is held (StockReserved).
+pub async fn record_stock_reserved(conn: &mut PgConnection, order_id: &str) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, stock_reserved) VALUES ($1, $2, TRUE) \
+         ON CONFLICT (order_id) DO UPDATE SET stock_reserved = TRUE, next_attempt_at = now(), updated_at = now() \
+         WHERE NOT payments.stock_reserved",
+    )
+    .bind(Uuid::now_v7())
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// Makes sure a row exists for `order_id` (a dead order whose intent never
+/// arrived still gets one, CANCELLED, so a late intent is never charged).
+pub async fn ensure_row(conn: &mut PgConnection, order_id: &str) -> Result<(), Error> {
+    sqlx::query("INSERT INTO payments (id, order_id) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING")
+        .bind(Uuid::now_v7())
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// The payment of an order, locked until the transaction ends (waits for a
+/// worker holding it mid-charge).
+pub async fn lock_by_order(conn: &mut PgConnection, order_id: &str) -> Result<Option<Payment>, Error> {
+    let row: Option<PaymentRow> =
+        sqlx::query_as(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 FOR UPDATE"))
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::LoadPayment)?;
+    row.map(Payment::try_from).transpose()
+}
+
+/// The payment with `id`, locked.
+pub async fn lock_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Payment>, Error> {
+    let row: Option<PaymentRow> =
+        sqlx::query_as(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::LoadPayment)?;
+    row.map(Payment::try_from).transpose()
+}
+
+/// The next due charge nobody else is working on, locked.
+pub async fn lock_due_charge(conn: &mut PgConnection) -> Result<Option<Payment>, Error> {
+    let row: Option<PaymentRow> = sqlx::query_as(&format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments \
+         WHERE status = 'PENDING' AND intent_received AND stock_reserved AND next_attempt_at <= now() \
+         ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+    ))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(Error::LoadPayment)?;
+    row.map(Payment::try_from).transpose()
+}
+
+/// A payment by id or by order id, unlocked.
+pub async fn find(conn: &mut PgConnection, id: Option<Uuid>, order_id: Option<&str>) -> Result<Option<Payment>, Error> {
+    let row: Option<PaymentRow> =
+        sqlx::query_as(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 OR order_id = $2"))
+            .bind(id)
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::LoadPayment)?;
+    row.map(Payment::try_from).transpose()
+}
+
+/// Stores a final charge outcome (or a status change).
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: PaymentStatus,
+    provider: &str,
+    provider_reference: &str,
+    failure_reason: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE payments SET status = $2, provider = $3, provider_reference = $4, failure_reason = $5, \
+         updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(provider)
+    .bind(provider_reference)
+    .bind(failure_reason)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// Keeps the payment PENDING and schedules the next attempt.
+pub async fn schedule_charge_retry(
+    conn: &mut PgConnection,
+    id: Uuid,
+    next_attempt_at: DateTime<Utc>,
+    last_error: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $2, failure_reason = $3, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(next_attempt_at)
+    .bind(last_error)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// Creates a PENDING refund, or finds the one with the same key.
+pub async fn insert_refund(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+    amount: i64,
+    reason: &str,
+    idempotency_key: &str,
+) -> Result<Refund, Error> {
+    sqlx::query(
+        "INSERT INTO refunds (id, payment_id, amount_units, reason, idempotency_key) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (payment_id, idempotency_key) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(payment_id)
+    .bind(amount)
+    .bind(reason)
+    .bind(idempotency_key)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdateRefund)?;
+    find_refund_by_key(conn, payment_id, idempotency_key).await?.ok_or(Error::RefundNotFound)
+}
+
+pub async fn find_refund_by_key(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+    idempotency_key: &str,
+) -> Result<Option<Refund>, Error> {
+    sqlx::query_as(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 AND idempotency_key = $2"))
+        .bind(payment_id)
+        .bind(idempotency_key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::LoadRefund)
+}
+
+/// Sum of every refund of a payment, made or in progress.
+pub async fn committed_refunds(conn: &mut PgConnection, payment_id: Uuid) -> Result<i64, Error> {
+    sqlx::query_scalar("SELECT COALESCE(SUM(amount_units), 0)::BIGINT FROM refunds WHERE payment_id = $1")
+        .bind(payment_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::LoadRefund)
+}
+
+/// Refunds of a payment, oldest first.
+pub async fn refunds_of(conn: &mut PgConnection, payment_id: Uuid) -> Result<Vec<Refund>, Error> {
+    sqlx::query_as(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 ORDER BY created_at, id"))
+        .bind(payment_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::LoadRefund)
+}
+
+/// The next due pending refund nobody else is working on, locked.
+pub async fn lock_due_refund(conn: &mut PgConnection) -> Result<Option<Refund>, Error> {
+    sqlx::query_as(&format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE status = 'PENDING' AND next_attempt_at <= now() \
+         ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+    ))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(Error::LoadRefund)
+}
+
+/// A refund by id, locked.
+pub async fn lock_refund(conn: &mut PgConnection, id: Uuid) -> Result<Option<Refund>, Error> {
+    sqlx::query_as(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::LoadRefund)
+}
+
+/// Marks a refund made and adds it to its payment's refunded total.
+pub async fn complete_refund(
+    conn: &mut PgConnection,
+    refund: &Refund,
+    provider_reference: &str,
+    payment_status: PaymentStatus,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE refunds SET status = 'COMPLETED', provider_reference = $2, completed_at = now() WHERE id = $1",
+    )
+    .bind(refund.id)
+    .bind(provider_reference)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdateRefund)?;
+    sqlx::query(
+        "UPDATE payments SET refunded_units = refunded_units + $2, status = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(refund.payment_id)
+    .bind(refund.amount)
+    .bind(payment_status.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// Keeps a refund PENDING and schedules its next attempt.
+pub async fn schedule_refund_retry(conn: &mut PgConnection, id: Uuid, next_attempt_at: DateTime<Utc>) -> Result<(), Error> {
+    sqlx::query("UPDATE refunds SET attempts = attempts + 1, next_attempt_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(next_attempt_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::UpdateRefund)?;
+    Ok(())
+}

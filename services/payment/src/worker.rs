@@ -1,0 +1,184 @@
+//! The payment worker: charges due PENDING payments and makes pending refunds,
+//! each under its row lock, calling the provider through the breaker and
+//! writing the outcome with its event in the same transaction.
+//!
+//! Holding the row lock across the provider call is deliberate: the consumer
+//! handling OrderFailed/OrderCancelled waits for it, then sees the outcome,
+//! so a payment is either cancelled before any charge or refunded after it.
+//! A crash after the provider answered but before the commit leaves the row
+//! PENDING; the next attempt repeats the call with the same idempotency key
+//! (the order id) and the provider returns the first capture: nothing is
+//! charged twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use commerce_platform::events::enqueue;
+use sqlx::postgres::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::domain::{self, PaymentStatus};
+use crate::events::{payment_captured, payment_failed, payment_refunded};
+use crate::provider::{ChargeOutcome, ChargeRequest, PaymentProvider, ProviderBreaker, ProviderError, RefundRequest};
+use crate::store::{self, Payment, Refund};
+
+/// How the worker paces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Pause between scans when nothing was due.
+    pub poll_interval: Duration,
+    /// First delay after the provider was unavailable; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest delay between attempts.
+    pub retry_cap: Duration,
+}
+
+/// What one charge attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeAttempt {
+    /// Not chargeable (not pending, or intent/stock missing).
+    NotDue,
+    Captured,
+    Declined,
+    /// The provider was unavailable (or the breaker open): retry later.
+    Deferred(ProviderError),
+}
+
+/// Charges and refunds; cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    pool: PgPool,
+    provider: Arc<dyn PaymentProvider>,
+    breaker: ProviderBreaker,
+    settings: WorkerSettings,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub fn new(pool: PgPool, provider: Arc<dyn PaymentProvider>, breaker: ProviderBreaker, settings: WorkerSettings) -> Self {
+        Self { pool, provider, breaker, settings }
+    }
+
+    /// Charges and refunds until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let worked = match (self.charge_next().await, self.refund_next().await) {
+                (Ok(charged), Ok(refunded)) => charged || refunded,
+                (charged, refunded) => {
+                    for error in [charged.err(), refunded.err()].into_iter().flatten() {
+                        tracing::warn!(error = %crate::error_chain(&error), "payment worker round failed");
+                    }
+                    false
+                }
+            };
+            if !worked {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(self.settings.poll_interval) => {}
+                }
+            }
+        }
+        tracing::info!("payment worker stopped");
+    }
+
+    /// Attempts the next due charge; true if there was one.
+    pub async fn charge_next(&self) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await.map_err(Error::UpdatePayment)?;
+        let Some(payment) = store::lock_due_charge(&mut tx).await? else {
+            return Ok(false);
+        };
+        let attempt = self.charge_locked(&mut tx, &payment).await?;
+        tx.commit().await.map_err(Error::UpdatePayment)?;
+        tracing::info!(order_id = %payment.order_id, ?attempt, "charge attempted");
+        Ok(true)
+    }
+
+    /// Charges `payment`, locked in `conn`'s transaction, if it is due.
+    pub async fn charge_locked(&self, conn: &mut PgConnection, payment: &Payment) -> Result<ChargeAttempt, Error> {
+        if !domain::ready_to_charge(payment.status, payment.intent_received, payment.stock_reserved) {
+            return Ok(ChargeAttempt::NotDue);
+        }
+        let request = ChargeRequest {
+            idempotency_key: payment.order_id.clone(),
+            amount: payment.amount,
+            currency: payment.currency.clone(),
+            payment_method_token: payment.payment_method_token.clone(),
+        };
+        let provider = self.provider.name();
+        match self.breaker.call(self.provider.charge(&request)).await {
+            Ok(ChargeOutcome::Captured { reference }) => {
+                store::set_status(conn, payment.id, PaymentStatus::Captured, provider, &reference, "").await?;
+                let event = payment_captured(payment, provider, &reference);
+                enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+                Ok(ChargeAttempt::Captured)
+            }
+            Ok(ChargeOutcome::Declined { reason }) => {
+                store::set_status(conn, payment.id, PaymentStatus::Declined, provider, "", &reason).await?;
+                let event = payment_failed(payment, true, &reason);
+                enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+                Ok(ChargeAttempt::Declined)
+            }
+            Err(error) => {
+                let delay = domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
+                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                store::schedule_charge_retry(conn, payment.id, next, &error.to_string()).await?;
+                Ok(ChargeAttempt::Deferred(error))
+            }
+        }
+    }
+
+    /// Makes the next due refund; true if there was one.
+    pub async fn refund_next(&self) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await.map_err(Error::UpdateRefund)?;
+        let Some(refund) = store::lock_due_refund(&mut tx).await? else {
+            return Ok(false);
+        };
+        let made = self.refund_locked(&mut tx, &refund).await?;
+        tx.commit().await.map_err(Error::UpdateRefund)?;
+        tracing::info!(refund_id = %refund.id, made = made.is_ok(), "refund attempted");
+        Ok(true)
+    }
+
+    /// Makes `refund` (locked, PENDING) with the provider; `Err` inside `Ok`
+    /// when the provider was away and the refund stays pending.
+    pub async fn refund_locked(
+        &self,
+        conn: &mut PgConnection,
+        refund: &Refund,
+    ) -> Result<Result<Refund, ProviderError>, Error> {
+        if refund.status != "PENDING" {
+            return Ok(Ok(refund.clone()));
+        }
+        let payment = store::lock_by_id(conn, refund.payment_id).await?.ok_or(Error::PaymentNotFound)?;
+        let request = RefundRequest {
+            idempotency_key: refund.id.to_string(),
+            charge_reference: payment.provider_reference.clone(),
+            amount: refund.amount,
+            currency: payment.currency.clone(),
+        };
+        match self.breaker.call(self.provider.refund(&request)).await {
+            Ok(reference) => {
+                let total = payment.refunded + refund.amount;
+                let status = domain::status_after_refund(payment.amount, total);
+                store::complete_refund(conn, refund, &reference, status).await?;
+                let event = payment_refunded(&payment, refund, total, status == PaymentStatus::Refunded);
+                enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+                Ok(Ok(Refund { status: "COMPLETED".to_owned(), provider_reference: reference, ..refund.clone() }))
+            }
+            Err(error) => {
+                let attempts = u32::try_from(refund.attempts).unwrap_or_default();
+                let delay = domain::retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap);
+                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                store::schedule_refund_retry(conn, refund.id, next).await?;
+                Ok(Err(error))
+            }
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! Idempotent consumption of a service's topics, with bounded retries and a
+//! dead-letter topic.
+//!
+//! One [`EventConsumer`] per service joins the service's consumer group
+//! (from the catalog) on the topics the catalog says it consumes, and hands
+//! every event to the service's [`EventHandler`]. For each record:
+//!
+//! 1. the CloudEvents headers are parsed; a record without valid ones is
+//!    poison and goes to the dead-letter topic at once;
+//! 2. a transaction inserts `(consumer group, ce_id)` into
+//!    `commerce_platform.processed_events`; if the row exists the event was
+//!    already handled and is skipped, so a redelivery (after a crash, a
+//!    rebalance, or a duplicate publish) has no effect;
+//! 3. the handler runs in that transaction, inside the event's trace
+//!    ([`trace_context::scope`]), and the transaction commits;
+//! 4. only then is the record's offset committed.
+//!
+//! A retryable handler error is retried with backoff up to
+//! [`KafkaArgs::handler_attempts`] times; after the last attempt, or at once
+//! for a permanent error, the original record (key, payload, headers) goes
+//! to the dead-letter topic with headers saying what failed, and the
+//! consumer moves on, so one bad event never blocks a partition. An
+//! unavailable database is not the event's fault: it is retried without
+//! limit (and shows in the database's readiness check) rather than
+//! dead-lettering every event during an outage.
+//!
+//! A dead-lettered event is not recorded as processed: replaying it from
+//! the dead-letter topic after a fix handles it normally.
+//!
+//! On shutdown the consumer finishes the record in hand, commits its
+//! offsets synchronously and leaves the group, so the partitions move to
+//! another replica at once instead of after a session timeout.
+//!
+//! Processing is sequential per consumer: simple, ordered per partition,
+//! and enough for the saga's volumes; scale out with replicas (up to the
+//! topics' partition counts, which the operator keeps at least at the
+//! replica maximum).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use commerce_api::catalog::{DEAD_LETTER_RETENTION_MS, Service};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Transaction};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::EventPayload;
+use super::cloudevents::CloudEventAttributes;
+use super::kafka::{KafkaArgs, TracingContext, spawn_broker_watch};
+use super::outbox::error_chain;
+use super::producer::{EventProducer, OutgoingRecord};
+use crate::db::{Backoff, sleep_or_cancelled};
+use crate::readiness::Check;
+use crate::trace_context::{self, TraceContext};
+
+/// Name of the readiness check of a service's consumer.
+pub const READINESS_CHECK: &str = "kafka-consumer";
+
+/// Dead-letter header: the error, with its causes, on one line.
+pub const DLQ_ERROR: &str = "dlq_error";
+/// Dead-letter header: why the record was parked: `poison` (undecodable
+/// headers), `permanent` (the handler said it can never succeed) or
+/// `retries_exhausted`.
+pub const DLQ_REASON: &str = "dlq_reason";
+/// Dead-letter header: the topic the record was consumed from.
+pub const DLQ_ORIGINAL_TOPIC: &str = "dlq_original_topic";
+/// Dead-letter header: its partition there.
+pub const DLQ_ORIGINAL_PARTITION: &str = "dlq_original_partition";
+/// Dead-letter header: its offset there.
+pub const DLQ_ORIGINAL_OFFSET: &str = "dlq_original_offset";
+/// Dead-letter header: how many times the handler ran (0 for poison).
+pub const DLQ_ATTEMPTS: &str = "dlq_attempts";
+/// Dead-letter header: the consumer group that gave up.
+pub const DLQ_CONSUMER_GROUP: &str = "dlq_consumer_group";
+/// Dead-letter header: when it gave up, RFC 3339.
+pub const DLQ_TIME: &str = "dlq_time";
+
+/// Delays between retries of infrastructure failures (database away,
+/// dead-letter topic unwritable) and between consumer errors.
+const INFRA_BACKOFF_BASE: Duration = Duration::from_millis(500);
+const INFRA_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Ceiling of the delay between two handler attempts.
+const HANDLER_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// How often processed event ids past any possible redelivery are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long processed ids are kept: longer than any topic keeps its
+/// records (the dead-letter retention is the longest), so no record that
+/// can still be delivered has lost its id.
+const PROCESSED_RETENTION: Duration = Duration::from_millis(DEAD_LETTER_RETENTION_MS.unsigned_abs());
+
+/// Something failed running a consumer (per-record failures are handled,
+/// logged and retried; these end [`EventConsumer::run`] or prevent it).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("service {service} consumes no topic according to the catalog")]
+    FindTopics { service: Service },
+    #[error("cannot create the Kafka consumer of group {group}")]
+    CreateConsumer {
+        group: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot subscribe group {group} to its topics")]
+    Subscribe {
+        group: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot begin the event's transaction")]
+    BeginTransaction(#[source] sqlx::Error),
+    #[error("cannot record event {event_id} as processed")]
+    RecordProcessed {
+        event_id: Uuid,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot purge old processed event ids")]
+    PurgeProcessed(#[source] sqlx::Error),
+}
+
+/// An error of a boxed cause, as handlers produce.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A handler's failure, and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// May succeed later (a serialization failure, a lock timeout, a peer
+    /// briefly away): retried with backoff, dead-lettered after the last
+    /// attempt.
+    #[error("event handling failed (retryable)")]
+    Retryable(#[source] BoxError),
+    /// Can never succeed (a malformed or contradictory event):
+    /// dead-lettered at once.
+    #[error("event handling failed (permanent)")]
+    Permanent(#[source] BoxError),
+}
+
+impl HandlerError {
+    pub fn retryable(error: impl Into<BoxError>) -> Self {
+        Self::Retryable(error.into())
+    }
+
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Self::Permanent(error.into())
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+}
+
+/// Database errors inside a handler are usually transient (serialization
+/// failures, deadlocks, a restart); a handler that knows better says so.
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Retryable(Box::new(error))
+    }
+}
+
+/// An event whose payload does not decode is poison: no retry fixes it.
+impl From<DecodeError> for HandlerError {
+    fn from(error: DecodeError) -> Self {
+        Self::Permanent(Box::new(error))
+    }
+}
+
+/// The payload is not the message the handler asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event type is {actual:?}, not {expected:?}")]
+    MatchType { expected: &'static str, actual: String },
+    #[error("cannot decode the payload as {event_type}")]
+    DecodePayload {
+        event_type: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// A service's reaction to the events it consumes.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Applies `event` within `tx`, the transaction that also records the
+    /// event as processed: commit is the consumer's job, and either both the
+    /// effect and the record persist, or neither. Runs inside the event's
+    /// trace, so events enqueued here continue it.
+    ///
+    /// Dispatch on [`IncomingEvent::event_type`] (or [`IncomingEvent::is`])
+    /// and [`decode`](IncomingEvent::decode) the payload; ignore (return
+    /// `Ok`) event types the service does not care about.
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError>;
+}
+
+/// One consumed event: its CloudEvents attributes, where it came from and
+/// its undecoded payload.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    attributes: CloudEventAttributes,
+    trace: TraceContext,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    attempt: u32,
+}
+
+impl IncomingEvent {
+    /// `ce_id`, unique per event.
+    pub fn id(&self) -> Uuid {
+        self.attributes.id
+    }
+
+    /// `ce_type`: the protobuf message's full name.
+    pub fn event_type(&self) -> &str {
+        &self.attributes.event_type
+    }
+
+    /// `ce_source`: the producing service.
+    pub fn source(&self) -> &str {
+        &self.attributes.source
+    }
+
+    /// `ce_time`: when the change happened.
+    pub fn time(&self) -> DateTime<Utc> {
+        self.attributes.time
+    }
+
+    /// `ce_subject`: the aggregate id.
+    pub fn subject(&self) -> Option<&str> {
+        self.attributes.subject.as_deref()
+    }
+
+    /// All CloudEvents attributes.
+    pub fn attributes(&self) -> &CloudEventAttributes {
+        &self.attributes
+    }
+
+    /// The trace the handler runs in: the event's `traceparent`, or a new
+    /// root when it had none.
+    pub fn trace_context(&self) -> TraceContext {
+        self.trace
+    }
+
+    /// Topic (physical name), partition and offset of the record.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// The record key (the aggregate id).
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// The encoded payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the event is an `E`.
+    pub fn is<E: EventPayload>(&self) -> bool {
+        self.attributes.event_type == E::TYPE
+    }
+
+    /// Decodes the payload as `E`, checking `ce_type` first. A failure
+    /// converts into a permanent [`HandlerError`] (`?` in a handler).
+    pub fn decode<E: EventPayload>(&self) -> Result<E, DecodeError> {
+        if !self.is::<E>() {
+            return Err(DecodeError::MatchType {
+                expected: E::TYPE,
+                actual: self.attributes.event_type.clone(),
+            });
+        }
+        E::decode(self.payload.as_slice())
+            .map_err(|source| DecodeError::DecodePayload { event_type: E::TYPE, source })
+    }
+}
+
+/// How hard a consumer tries before dead-lettering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    /// Handler attempts per event (at least 1).
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles per attempt, with jitter.
+    pub retry_backoff: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn from_args(args: &KafkaArgs) -> Self {
+        Self { max_attempts: args.handler_attempts.max(1), retry_backoff: args.handler_retry_backoff }
+    }
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Handled,
+    Duplicate,
+    DeadLettered,
+    /// Shutdown came while waiting to retry: the offset stays, the record
+    /// comes again.
+    Interrupted,
+}
+
+/// Why a record was dead-lettered (the `dlq_reason` header).
+#[derive(Debug, Clone, Copy)]
+enum DeadLetterReason {
+    Poison,
+    Permanent,
+    RetriesExhausted,
+}
+
+impl DeadLetterReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Poison => "poison",
+            Self::Permanent => "permanent",
+            Self::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+/// One attempt's failure: the database (retried without limit) or the
+/// handler (counted).
+enum AttemptError {
+    Database(ConsumerError),
+    Handler(HandlerError),
+}
+
+/// Consumes a service's topics into its [`EventHandler`]; see the module
+/// docs.
+pub struct EventConsumer<H> {
+    service: Service,
+    group: String,
+    topics: Vec<String>,
+    dead_letter_topic: String,
+    consumer: Arc<StreamConsumer<TracingContext>>,
+    pool: PgPool,
+    producer: EventProducer,
+    handler: H,
+    settings: ConsumerSettings,
+    check: Check,
+}
+
+impl<H> std::fmt::Debug for EventConsumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventConsumer")
+            .field("service", &self.service)
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: EventHandler> EventConsumer<H> {
+    /// Creates the consumer of `service`'s group for the topics the catalog
+    /// lists, dead-lettering through `producer`. Does not connect yet; `check`
+    /// reports broker reachability once [`run`](Self::run) starts.
+    pub fn new(
+        service: Service,
+        args: &KafkaArgs,
+        pool: PgPool,
+        producer: EventProducer,
+        handler: H,
+        check: Check,
+    ) -> Result<Self, ConsumerError> {
+        let names = args.names();
+        let topics: Vec<String> = service.spec().consumes.iter().map(|topic| names.topic(*topic)).collect();
+        if topics.is_empty() {
+            return Err(ConsumerError::FindTopics { service });
+        }
+        let group = names.consumer_group(service);
+        let mut config = args.client_config();
+        config
+            .set("group.id", &group)
+            .set("client.id", format!("{}-consumer", service.name()))
+            // Offsets are committed by hand, after the transaction commits.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A new group starts at the beginning: events published before
+            // the service first ran still count.
+            .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer<TracingContext> = config
+            .create_with_context(TracingContext)
+            .map_err(|source| ConsumerError::CreateConsumer { group: group.clone(), source })?;
+        Ok(Self {
+            service,
+            group,
+            topics,
+            dead_letter_topic: names.dead_letter_topic(service),
+            consumer: Arc::new(consumer),
+            pool,
+            producer,
+            handler,
+            settings: ConsumerSettings::from_args(args),
+            check,
+        })
+    }
+
+    /// Overrides the retry settings taken from the flags.
+    pub fn with_settings(mut self, settings: ConsumerSettings) -> Self {
+        self.settings = ConsumerSettings { max_attempts: settings.max_attempts.max(1), ..settings };
+        self
+    }
+
+    /// The consumer group (physical name).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Consumes until `shutdown`, then commits and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .map_err(|source| ConsumerError::Subscribe { group: self.group.clone(), source })?;
+        tracing::info!(group = %self.group, topics = ?self.topics, "consumer subscribed");
+        let watch_stop = shutdown.child_token();
+        let watch = spawn_broker_watch(
+            self.consumer.clone(),
+            |c| c.client(),
+            self.check.clone(),
+            "consumer",
+            watch_stop.clone(),
+        );
+
+        // Next offset to commit per partition, for the final synchronous
+        // commit.
+        let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+        let mut error_backoff = Backoff::new(INFRA_BACKOFF_BASE, INFRA_BACKOFF_CAP);
+        let mut next_purge = Instant::now();
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(next_purge) => {
+                    if let Err(error) = self.purge_processed().await {
+                        tracing::warn!(error = %error_chain(&error), "cannot purge processed event ids");
+                    }
+                    next_purge = Instant::now() + PURGE_INTERVAL;
+                    continue;
+                }
+                received = self.consumer.recv() => received.map(|message| message.detach()),
+            };
+            let record = match received {
+                Ok(record) => {
+                    error_backoff.reset();
+                    record
+                }
+                Err(error) => {
+                    // Broker away, a topic not created yet, a rebalance in
+                    // trouble: librdkafka recovers by itself; keep polling.
+                    let delay = error_backoff.next_delay();
+                    tracing::warn!(error = %error, retry_in = ?delay, "cannot receive from Kafka");
+                    if sleep_or_cancelled(delay, &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let outcome = self.process(&record, &shutdown).await;
+            if outcome == Outcome::Interrupted {
+                break;
+            }
+            let next = record.offset() + 1;
+            self.commit(record.topic(), record.partition(), next, CommitMode::Async);
+            positions.insert((record.topic().to_owned(), record.partition()), next);
+        }
+
+        // Leave cleanly: stop the probe (it holds the consumer), commit what
+        // was processed, and leave the group (closing the consumer does).
+        watch_stop.cancel();
+        let _ = watch.await;
+        let mut final_offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &positions {
+            let _ = final_offsets.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if final_offsets.count() > 0
+            && let Err(error) = self.consumer.commit(&final_offsets, CommitMode::Sync)
+        {
+            // The partitions may have moved on in a rebalance; their new
+            // owner skips what we processed through processed_events.
+            tracing::warn!(error = %error, "cannot commit the final offsets");
+        }
+        self.consumer.unsubscribe();
+        drop(self.consumer);
+        tracing::info!(group = %self.group, "consumer stopped and left the group");
+        Ok(())
+    }
+
+    fn commit(&self, topic: &str, partition: i32, next: i64, mode: CommitMode) {
+        let mut offsets = TopicPartitionList::new();
+        if offsets.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok()
+            && let Err(error) = self.consumer.commit(&offsets, mode)
+        {
+            tracing::warn!(error = %error, topic, partition, "cannot commit the offset");
+        }
+    }
+
+    /// Handles one record to its end: handled, skipped as a duplicate, or
+    /// dead-lettered; or interrupted by shutdown.
+    async fn process(&self, record: &OwnedMessage, shutdown: &CancellationToken) -> Outcome {
+        let attributes = match CloudEventAttributes::from_kafka_headers(record.headers()) {
+            Ok(attributes) => attributes,
+            Err(error) => {
+                let span = tracing::warn_span!(
+                    "poison_record",
+                    topic = record.topic(),
+                    partition = record.partition(),
+                    offset = record.offset()
+                );
+                return self
+                    .dead_letter(record, DeadLetterReason::Poison, &error_chain(&error), 0, shutdown)
+                    .instrument(span)
+                    .await;
+            }
+        };
+        let trace = attributes.trace.unwrap_or_else(TraceContext::new_root);
+        let span = tracing::info_span!(
+            "event",
+            event_id = %attributes.id,
+            event_type = %attributes.event_type,
+            topic = record.topic(),
+            partition = record.partition(),
+            offset = record.offset(),
+            trace_id = %trace.trace_id_hex(),
+        );
+        let mut event = IncomingEvent {
+            attributes,
+            trace,
+            topic: record.topic().to_owned(),
+            partition: record.partition(),
+            offset: record.offset(),
+            key: record.key().map(<[u8]>::to_vec),
+            payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            attempt: 0,
+        };
+        self.handle_with_retries(record, &mut event, shutdown).instrument(span).await
+    }
+
+    async fn handle_with_retries(
+        &self,
+        record: &OwnedMessage,
+        event: &mut IncomingEvent,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let mut handler_backoff = Backoff::new(self.settings.retry_backoff, HANDLER_BACKOFF_CAP);
+        let mut database_backoff = Backoff::new(INFRA_BACKOFF_BASE, INFRA_BACKOFF_CAP);
+        let mut attempts = 0;
+        loop {
+            event.attempt = attempts + 1;
+            let delay = match self.attempt(event).await {
+                Ok(outcome) => return outcome,
+                Err(AttemptError::Database(error)) => {
+                    let delay = database_backoff.next_delay();
+                    tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "database unavailable; event will be retried");
+                    delay
+                }
+                Err(AttemptError::Handler(error)) => {
+                    attempts += 1;
+                    let message = error_chain(&error);
+                    if !error.is_retryable() {
+                        return self
+                            .dead_letter(record, DeadLetterReason::Permanent, &message, attempts, shutdown)
+                            .await;
+                    }
+                    if attempts >= self.settings.max_attempts {
+                        return self
+                            .dead_letter(
+                                record,
+                                DeadLetterReason::RetriesExhausted,
+                                &message,
+                                attempts,
+                                shutdown,
+                            )
+                            .await;
+                    }
+                    let delay = handler_backoff.next_delay();
+                    tracing::warn!(error = %message, attempt = attempts, retry_in = ?delay, "event handler failed; retrying");
+                    delay
+                }
+            };
+            if sleep_or_cancelled(delay, shutdown).await {
+                return Outcome::Interrupted;
+            }
+        }
+    }
+
+    /// One transaction: record the id, run the handler, commit.
+    async fn attempt(&self, event: &IncomingEvent) -> Result<Outcome, AttemptError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|error| AttemptError::Database(ConsumerError::BeginTransaction(error)))?;
+        let inserted = sqlx::query(
+            "INSERT INTO commerce_platform.processed_events \
+             (consumer_group, event_id, event_type, topic, kafka_partition, kafka_offset) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(event.id())
+        .bind(event.event_type())
+        .bind(event.topic())
+        .bind(event.partition())
+        .bind(event.offset())
+        .execute(&mut *tx)
+        .await
+        .map_err(|source| {
+            AttemptError::Database(ConsumerError::RecordProcessed { event_id: event.id(), source })
+        })?
+        .rows_affected();
+        if inserted == 0 {
+            // Rolling back an untouched transaction cannot matter.
+            let _ = tx.rollback().await;
+            tracing::info!("event already processed; skipped");
+            return Ok(Outcome::Duplicate);
+        }
+        trace_context::scope(event.trace, self.handler.handle(&mut tx, event))
+            .await
+            .map_err(AttemptError::Handler)?;
+        // A failed commit may come from the handler's own writes (a deferred
+        // constraint, a serialization failure): it counts as an attempt.
+        tx.commit().await.map_err(|error| AttemptError::Handler(HandlerError::from(error)))?;
+        tracing::debug!("event handled");
+        Ok(Outcome::Handled)
+    }
+
+    /// Parks `record` on the dead-letter topic with its original key,
+    /// payload and headers plus the `dlq_*` headers; retries the produce
+    /// until the broker has it (or shutdown: the record then comes again).
+    async fn dead_letter(
+        &self,
+        record: &OwnedMessage,
+        reason: DeadLetterReason,
+        error: &str,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = record.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        let partition = record.partition().to_string();
+        let offset = record.offset().to_string();
+        let attempts_text = attempts.to_string();
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        for (key, value) in [
+            (DLQ_ERROR, error),
+            (DLQ_REASON, reason.as_str()),
+            (DLQ_ORIGINAL_TOPIC, record.topic()),
+            (DLQ_ORIGINAL_PARTITION, partition.as_str()),
+            (DLQ_ORIGINAL_OFFSET, offset.as_str()),
+            (DLQ_ATTEMPTS, attempts_text.as_str()),
+            (DLQ_CONSUMER_GROUP, self.group.as_str()),
+            (DLQ_TIME, time.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+
+        let mut backoff = Backoff::new(INFRA_BACKOFF_BASE, INFRA_BACKOFF_CAP);
+        loop {
+            let sent = self
+                .producer
+                .send(OutgoingRecord {
+                    topic: &self.dead_letter_topic,
+                    key: record.key(),
+                    payload: record.payload(),
+                    headers: headers.clone(),
+                })
+                .await;
+            match sent {
+                Ok(_) => {
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        attempts,
+                        error,
+                        dead_letter_topic = %self.dead_letter_topic,
+                        "event dead-lettered"
+                    );
+                    return Outcome::DeadLettered;
+                }
+                Err(send_error) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %error_chain(&send_error), retry_in = ?delay, "cannot write to the dead-letter topic; retrying");
+                    if sleep_or_cancelled(delay, shutdown).await {
+                        return Outcome::Interrupted;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes this group's processed ids older than any redelivery.
+    async fn purge_processed(&self) -> Result<(), ConsumerError> {
+        let deleted = sqlx::query(
+            "DELETE FROM commerce_platform.processed_events \
+             WHERE consumer_group = $1 AND processed_at < now() - make_interval(secs => $2)",
+        )
+        .bind(&self.group)
+        .bind(PROCESSED_RETENTION.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(ConsumerError::PurgeProcessed)?
+        .rows_affected();
+        if deleted > 0 {
+            tracing::info!(deleted, "purged old processed event ids");
+        }
+        Ok(())
+    }
+}

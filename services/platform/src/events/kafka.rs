@@ -1,0 +1,329 @@
+//! What every Kafka client of a service shares: the flags ([`KafkaArgs`]),
+//! the naming of topics and consumer groups ([`TopicNames`]), the bridge
+//! from librdkafka's logs to `tracing` ([`TracingContext`]) and the loop that
+//! turns broker reachability into a readiness check.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use commerce_api::catalog::{Service, Topic, TopicSpec};
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::topics::DesiredTopic;
+use crate::db::sleep_or_cancelled;
+use crate::readiness::Check;
+
+/// How long one metadata request of the readiness loop may take: a broker
+/// that needs longer is as good as away for a request path.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Readiness probe period while the brokers answer.
+const PROBE_INTERVAL_READY: Duration = Duration::from_secs(5);
+/// Probe period while they do not, so that readiness returns quickly.
+const PROBE_INTERVAL_NOT_READY: Duration = Duration::from_secs(1);
+
+/// Kafka flags every service that publishes or consumes events accepts.
+#[derive(Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    #[arg(long = "kafka-brokers", env = "COMMERCE_KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Prefix put before every catalog topic and consumer group name, so that
+    /// several stacks (or test runs) can share one Kafka cluster without
+    /// seeing each other's events. Empty in a stack of its own.
+    #[arg(long = "kafka-name-prefix", env = "COMMERCE_KAFKA_NAME_PREFIX", default_value = "")]
+    pub name_prefix: String,
+    /// How long the producer keeps retrying one record before reporting it
+    /// failed (`delivery.timeout.ms`). Bounded so that the outbox relay
+    /// notices a lost broker and retries from the table instead of waiting
+    /// for librdkafka's five-minute default.
+    #[arg(
+        long = "kafka-delivery-timeout",
+        env = "COMMERCE_KAFKA_DELIVERY_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub delivery_timeout: Duration,
+    /// How many times a consumer calls its handler for one event before the
+    /// event goes to the dead-letter topic (retryable errors only; a
+    /// permanent error or an undecodable record goes there at once).
+    #[arg(long = "kafka-handler-attempts", env = "COMMERCE_KAFKA_HANDLER_ATTEMPTS", default_value_t = 5)]
+    pub handler_attempts: u32,
+    /// First delay between two handler attempts; doubles per attempt.
+    #[arg(
+        long = "kafka-handler-retry-backoff",
+        env = "COMMERCE_KAFKA_HANDLER_RETRY_BACKOFF",
+        default_value = "200ms",
+        value_parser = humantime::parse_duration
+    )]
+    pub handler_retry_backoff: Duration,
+    /// Extra librdkafka properties, `key=value`, comma separated: TLS or SASL
+    /// settings of a managed cluster (`security.protocol=SASL_SSL,...`). They
+    /// may carry secrets: give them through the environment.
+    #[arg(
+        long = "kafka-property",
+        env = "COMMERCE_KAFKA_PROPERTIES",
+        value_delimiter = ',',
+        value_parser = parse_property,
+        hide_env_values = true
+    )]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// Arguments for `brokers` with every default (tests, tools).
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            name_prefix: String::new(),
+            delivery_timeout: Duration::from_secs(30),
+            handler_attempts: 5,
+            handler_retry_backoff: Duration::from_millis(200),
+            properties: Vec::new(),
+        }
+    }
+
+    /// The naming of topics and groups these flags select.
+    pub fn names(&self) -> TopicNames {
+        TopicNames::new(self.name_prefix.clone())
+    }
+
+    /// Configuration common to every client: brokers and extra properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        // librdkafka logs through our context (`TracingContext::log`).
+        config.set_log_level(RDKafkaLogLevel::Info);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Property values may be SASL passwords: show their keys only.
+impl fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let property_keys: Vec<&str> = self.properties.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("name_prefix", &self.name_prefix)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("handler_attempts", &self.handler_attempts)
+            .field("handler_retry_backoff", &self.handler_retry_backoff)
+            .field("property_keys", &property_keys)
+            .finish()
+    }
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected key=value, got {text:?}")),
+    }
+}
+
+/// Physical names of the catalog's topics and consumer groups: the catalog
+/// name behind an optional prefix (see [`KafkaArgs::name_prefix`]).
+///
+/// The outbox stores catalog names; the prefix is applied when the relay
+/// publishes, so rows do not depend on where they are published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+}
+
+impl TopicNames {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The prefix, possibly empty.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A catalog topic's physical name.
+    pub fn topic(&self, topic: Topic) -> String {
+        self.name(topic.name())
+    }
+
+    /// The physical name for any catalog name (as stored in the outbox).
+    pub fn name(&self, catalog_name: &str) -> String {
+        format!("{}{catalog_name}", self.prefix)
+    }
+
+    /// A service's consumer group.
+    pub fn consumer_group(&self, service: Service) -> String {
+        self.name(&service.consumer_group())
+    }
+
+    /// A service's dead-letter topic.
+    pub fn dead_letter_topic(&self, service: Service) -> String {
+        self.name(&service.dead_letter_topic())
+    }
+
+    /// A catalog topic layout under its physical name, for
+    /// [`ensure_topics`](super::topics::ensure_topics).
+    pub fn desired(&self, spec: &TopicSpec) -> DesiredTopic {
+        DesiredTopic {
+            name: self.name(spec.name),
+            partitions: spec.partitions,
+            retention_ms: spec.retention_ms,
+        }
+    }
+}
+
+/// Client context of every Kafka client here: librdkafka's log lines and
+/// global errors go to `tracing` (so they are JSON lines with the rest), and
+/// a consumer's partition assignments are logged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingContext;
+
+impl ClientContext for TracingContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Transient (a broker went away, librdkafka reconnects by itself);
+        // readiness reports the lasting cases.
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for TracingContext {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                let assigned: Vec<String> = partitions
+                    .elements()
+                    .iter()
+                    .map(|p| format!("{}/{}", p.topic(), p.partition()))
+                    .collect();
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(count = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(error = %error, "rebalance failed"),
+        }
+    }
+}
+
+/// Keeps `check` in line with whether the brokers answer a metadata
+/// request through `holder`'s client, until `shutdown`.
+///
+/// librdkafka reconnects by itself and never fails a client for an absent
+/// broker; asking for metadata is the cheapest end-to-end proof that this
+/// client can talk to the cluster. The request blocks, so it runs on the
+/// blocking pool.
+pub(crate) fn spawn_broker_watch<T, C>(
+    holder: Arc<T>,
+    client_of: fn(&T) -> &Client<C>,
+    check: Check,
+    what: &'static str,
+    shutdown: CancellationToken,
+) -> JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    C: ClientContext + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let target = holder.clone();
+            let probe = tokio::task::spawn_blocking(move || {
+                client_of(&target)
+                    .fetch_metadata(None, METADATA_TIMEOUT)
+                    .map(|metadata| metadata.brokers().len())
+            })
+            .await;
+            let ready = match probe {
+                Ok(Ok(brokers)) if brokers > 0 => {
+                    check.set_ready();
+                    true
+                }
+                Ok(Ok(_)) => {
+                    check.set_not_ready(format!("{what}: the cluster reports no brokers"));
+                    false
+                }
+                Ok(Err(error)) => {
+                    check.set_not_ready(format!("{what}: cannot reach the Kafka brokers: {error}"));
+                    false
+                }
+                Err(join_error) => {
+                    check.set_not_ready(format!("{what}: metadata probe failed: {join_error}"));
+                    false
+                }
+            };
+            let interval = if ready { PROBE_INTERVAL_READY } else { PROBE_INTERVAL_NOT_READY };
+            if sleep_or_cancelled(interval, &shutdown).await {
+                return;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn flags_parse_with_defaults_and_properties() {
+        let cli = Cli::try_parse_from([
+            "test",
+            "--kafka-brokers=127.0.0.1:59092",
+            "--kafka-property=security.protocol=SASL_SSL,sasl.password=a=b",
+        ])
+        .expect("flags parse");
+        assert_eq!(cli.kafka.handler_attempts, 5);
+        assert_eq!(cli.kafka.delivery_timeout, Duration::from_secs(30));
+        assert_eq!(
+            cli.kafka.properties,
+            vec![
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.password".to_owned(), "a=b".to_owned())
+            ]
+        );
+        assert!(!format!("{:?}", cli.kafka).contains("a=b"), "property values must not be printed");
+        assert!(Cli::try_parse_from(["test", "--kafka-brokers=x", "--kafka-property=novalue"]).is_err());
+    }
+
+    #[test]
+    fn names_come_from_the_catalog_behind_the_prefix() {
+        let plain = TopicNames::default();
+        assert_eq!(plain.topic(Topic::Orders), "commerce.orders.v1");
+        assert_eq!(plain.consumer_group(Service::Inventory), "commerce-inventory");
+        let prefixed = TopicNames::new("t1.");
+        assert_eq!(prefixed.topic(Topic::Orders), "t1.commerce.orders.v1");
+        assert_eq!(prefixed.dead_letter_topic(Service::Shipping), "t1.commerce.dlq.shipping.v1");
+        assert_eq!(prefixed.consumer_group(Service::Shipping), "t1.commerce-shipping");
+        let desired = prefixed.desired(&Topic::Payments.spec());
+        assert_eq!(desired.name, "t1.commerce.payments.v1");
+        assert_eq!(desired.partitions, Topic::Payments.spec().partitions);
+    }
+}

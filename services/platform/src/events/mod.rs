@@ -1,0 +1,39 @@
+//! Domain events over Kafka with the delivery guarantees of the architecture
+//! (section 4): a transactional outbox on the publishing side, idempotent
+//! consumers with bounded retries and a dead-letter topic on the consuming
+//! side, and CloudEvents binary mode with `traceparent` on the wire.
+//!
+//! - [`kafka`]: the shared flags ([`KafkaArgs`]), topic and group naming
+//!   from the catalog ([`TopicNames`]), and the librdkafka-to-`tracing`
+//!   bridge;
+//! - [`cloudevents`]: the `ce_*` headers, built and parsed;
+//! - [`producer`]: the idempotent producer and its readiness;
+//! - [`outbox`]: [`enqueue`](outbox::enqueue) inside the service's
+//!   transaction, and the [`OutboxRelay`](outbox::OutboxRelay) that publishes;
+//! - [`consumer`]: [`EventConsumer`](consumer::EventConsumer) running a
+//!   service's [`EventHandler`](consumer::EventHandler);
+//! - [`topics`]: [`ensure_topics`](topics::ensure_topics), shared with the
+//!   operator.
+//!
+//! Topic names and consumer groups come from `commerce_api::catalog` only;
+//! event types and keys from [`EventPayload`], implemented by the proto crate
+//! for every event message.
+
+pub mod cloudevents;
+pub mod consumer;
+pub mod kafka;
+pub mod outbox;
+pub mod producer;
+pub mod topics;
+
+/// A protobuf message published as a domain event: its CloudEvents type,
+/// catalog topic and partition key. Implemented in `commerce-proto` for every
+/// message of `commerce.events.v1`.
+pub use commerce_proto::events::EventPayload;
+
+pub use cloudevents::{CloudEventAttributes, CloudEventError};
+pub use consumer::{ConsumerError, DecodeError, EventConsumer, EventHandler, HandlerError, IncomingEvent};
+pub use kafka::{KafkaArgs, TopicNames};
+pub use outbox::{OutboxError, OutboxRelay, enqueue};
+pub use producer::{EventProducer, ProducerError};
+pub use topics::{DesiredTopic, TopicAdmin, TopicAdminError, TopicChange, TopicReport, ensure_topics};

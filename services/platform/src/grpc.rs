@@ -1,0 +1,255 @@
+//! The gRPC server every service runs: its own tonic services plus the
+//! standard health service and reflection, behind the trace and metrics
+//! layers, with graceful shutdown.
+//!
+//! Health (`grpc.health.v1.Health`) is what Kubernetes' native gRPC probes
+//! and client-side balancers ask. It reports SERVING exactly when the
+//! process's [`Readiness`] is ready, i.e. when the service can do its *own*
+//! work; a watcher task mirrors readiness into the health statuses (the
+//! overall `""` entry and one per registered service). It never asks peers:
+//! a peer being down must not take this service out of rotation too.
+//!
+//! Reflection (v1) serves the descriptor sets given to the builder, so that
+//! `grpcurl inventory:50051 list` works against any pod without local
+//! `.proto` files.
+//!
+//! Shutdown, when the token is cancelled: health turns NOT_SERVING, the
+//! listener closes (new connections are refused), open connections get an
+//! HTTP/2 GOAWAY and in-flight requests finish; whatever is still running
+//! after the grace period is abandoned to the process exit.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::admin::{GrpcMetricsLayer, Metrics};
+use crate::readiness::Readiness;
+use crate::telemetry::ServerTraceLayer;
+
+/// How often readiness is mirrored into the health service. Readiness has no
+/// change notification; a read of a small map four times a second is free,
+/// and 250 ms is well inside any probe period (Kubernetes' minimum is 1 s).
+pub const HEALTH_SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// gRPC server flags every service accepts.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "gRPC server")]
+pub struct GrpcArgs {
+    /// Address the gRPC server listens on.
+    #[arg(
+        long = "grpc-addr", id = "grpc-addr",
+        env = "COMMERCE_GRPC_ADDR",
+        default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_api::catalog::CLUSTER_GRPC_PORT))
+    )]
+    pub addr: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM. 20 s
+    /// leaves room, within Kubernetes' default 30 s termination grace, for
+    /// consumers to commit and the process to exit cleanly.
+    #[arg(
+        long = "grpc-shutdown-grace", id = "grpc-shutdown-grace",
+        env = "COMMERCE_GRPC_SHUTDOWN_GRACE",
+        default_value = "20s",
+        value_parser = humantime::parse_duration
+    )]
+    pub shutdown_grace: Duration,
+}
+
+/// What can go wrong running the gRPC server.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcServerError {
+    #[error("cannot bind the gRPC server to {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service from the descriptor sets")]
+    BuildReflection(#[source] tonic_reflection::server::Error),
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+    /// Requests were still running when the grace period ended; the process
+    /// exit cuts them off.
+    #[error("in-flight gRPC requests did not finish within the {grace:?} shutdown grace")]
+    Drain { grace: Duration },
+}
+
+/// Builds and runs a service's gRPC server.
+///
+/// ```ignore
+/// GrpcServer::new(&config.grpc, readiness.clone(), &metrics)
+///     .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
+///     .add_service(OrderServiceServer::new(handler))
+///     .serve(shutdown)
+///     .await?;
+/// ```
+#[derive(Debug)]
+pub struct GrpcServer {
+    args: GrpcArgs,
+    readiness: Readiness,
+    metrics: Metrics,
+    routes: Routes,
+    /// Names reported in the health service besides the overall `""`.
+    service_names: Vec<&'static str>,
+    /// Encoded `FileDescriptorSet`s served by reflection.
+    descriptor_sets: Vec<&'static [u8]>,
+}
+
+impl GrpcServer {
+    pub fn new(args: &GrpcArgs, readiness: Readiness, metrics: &Metrics) -> Self {
+        Self {
+            args: args.clone(),
+            readiness,
+            metrics: metrics.clone(),
+            routes: Routes::default(),
+            service_names: Vec::new(),
+            descriptor_sets: Vec::new(),
+        }
+    }
+
+    /// Adds a generated tonic server (`XServiceServer::new(handler)`); its
+    /// name gets a health status of its own.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Adds an encoded `FileDescriptorSet` for reflection (usually
+    /// `commerce_proto::FILE_DESCRIPTOR_SET`). The health service's own
+    /// descriptors are always included.
+    pub fn file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// Binds the configured address and serves until `shutdown`.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), GrpcServerError> {
+        let addr = self.args.addr;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| GrpcServerError::Bind { addr, source })?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on an already bound listener (tests bind port 0) until
+    /// `shutdown`, then drains within the grace period.
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), GrpcServerError> {
+        let local_addr = listener.local_addr().ok();
+        let GrpcServer { args, readiness, metrics, routes, service_names, descriptor_sets } = self;
+
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for set in &descriptor_sets {
+            reflection = reflection.register_encoded_file_descriptor_set(set);
+        }
+        let reflection = reflection.build_v1().map_err(GrpcServerError::BuildReflection)?;
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let mut health_names = vec![""];
+        health_names.extend(service_names.iter().copied());
+        // Not serving until readiness says so, before the first connection.
+        let mut mirror = HealthMirror { reporter, names: health_names, last: None };
+        mirror.sync(readiness.is_ready()).await;
+
+        let routes = routes.add_service(health).add_service(reflection);
+        let watcher = tokio::spawn(mirror_readiness(mirror, readiness, shutdown.clone()));
+
+        let layers =
+            tower::ServiceBuilder::new().layer(ServerTraceLayer).layer(GrpcMetricsLayer::new(&metrics));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                // Health must say NOT_SERVING before the listener closes, so
+                // that a balancer watching it stops sending first.
+                if let Err(error) = watcher.await {
+                    tracing::warn!(%error, "health watcher failed");
+                }
+                tracing::info!("gRPC server draining");
+            }
+        };
+        tracing::info!(addr = ?local_addr, services = ?service_names, "gRPC server listening");
+        let server = tonic::transport::Server::builder()
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(server);
+
+        let grace = args.shutdown_grace;
+        tokio::select! {
+            result = &mut server => {
+                result.map_err(GrpcServerError::Serve)?;
+                tracing::info!("gRPC server stopped");
+                Ok(())
+            }
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "gRPC requests still running after the shutdown grace; abandoning them");
+                Err(GrpcServerError::Drain { grace })
+            }
+        }
+    }
+}
+
+/// The health statuses, as last written from readiness.
+struct HealthMirror {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    last: Option<bool>,
+}
+
+impl HealthMirror {
+    async fn sync(&mut self, serving: bool) {
+        if self.last == Some(serving) {
+            return;
+        }
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for name in &self.names {
+            self.reporter.set_service_status(name, status).await;
+        }
+        if self.last.is_some() {
+            tracing::info!(?status, "gRPC health changed");
+        }
+        self.last = Some(serving);
+    }
+}
+
+/// Mirrors readiness into health until shutdown, then reports NOT_SERVING
+/// and returns (the server's shutdown signal waits for that).
+async fn mirror_readiness(
+    mut mirror: HealthMirror,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> HealthMirror {
+    let mut tick = tokio::time::interval(HEALTH_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => mirror.sync(readiness.is_ready()).await,
+        }
+    }
+    mirror.sync(false).await;
+    mirror
+}

@@ -1,0 +1,266 @@
+//! Telemetry: structured logs, and W3C trace context carried across gRPC.
+//!
+//! Every service logs JSON lines (one object per event, with the current
+//! span's fields) so that a log collector can index them without parsing
+//! text; `--log-format text` is for a developer's terminal.
+//!
+//! Tracing across services is deliberately small: no exporter, just the
+//! `traceparent` header. [`ServerTraceLayer`] puts each incoming gRPC request
+//! into [`trace_context::scope`] and a span carrying its `trace_id`, so every
+//! log line of the request shows the trace it belongs to;
+//! [`ClientTraceLayer`] (also built into
+//! [`ResilientChannel`](crate::resilience::ResilientChannel)) sends
+//! [`trace_context::outgoing`] with every call, so the next service's logs
+//! carry the same trace id. One checkout can then be followed through every
+//! service by grepping for one id.
+//!
+//! The scope is a tokio task-local: work a handler moves to `tokio::spawn`
+//! must take the context along (`trace_context::scope(current, fut)`), and
+//! the frames of a server-streaming response body are produced outside it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+use crate::trace_context::{self, TRACEPARENT, TraceContext};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line: what log collectors in a cluster index.
+    #[default]
+    Json,
+    /// Human-readable lines for a terminal.
+    Text,
+}
+
+/// Logging flags every service accepts.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long = "log-format", id = "log-format", env = "COMMERCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub format: LogFormat,
+    /// Which events to log, in `tracing` filter syntax, e.g.
+    /// `info,commerce_order=debug,sqlx=warn`.
+    #[arg(long = "log-filter", id = "log-filter", env = "COMMERCE_LOG_FILTER", default_value = "info")]
+    pub filter: String,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, filter: "info".to_owned() }
+    }
+}
+
+/// What can go wrong setting telemetry up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `--log-filter` is not valid filter syntax; failing at start-up beats
+    /// silently logging nothing.
+    #[error("cannot parse log filter {filter:?}")]
+    ParseFilter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+}
+
+/// Installs the process-wide log subscriber.
+///
+/// Safe to call more than once (tests do, from many test functions): when a
+/// subscriber is already installed the first one stays and this returns
+/// `Ok`. Only an invalid filter is an error.
+pub fn init(args: &LogArgs, service_name: &str) -> Result<(), TelemetryError> {
+    let filter = EnvFilter::try_new(&args.filter)
+        .map_err(|source| TelemetryError::ParseFilter { filter: args.filter.clone(), source })?;
+    let installed = match args.format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_target(true)
+            // The current span carries `trace_id` and the gRPC method; the
+            // full span list would repeat them on every line.
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .try_init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_target(true).try_init(),
+    };
+    match installed {
+        Ok(()) => tracing::info!(
+            service = service_name,
+            version = env!("CARGO_PKG_VERSION"),
+            format = ?args.format,
+            filter = %args.filter,
+            "logging initialised"
+        ),
+        Err(_) => {
+            tracing::debug!(service = service_name, "a log subscriber is already installed; keeping it")
+        }
+    }
+    Ok(())
+}
+
+/// The trace an incoming request belongs to: its `traceparent` header, or a
+/// new root when it has none or a malformed one (a bad header must never fail
+/// the request).
+pub fn extract(headers: &http::HeaderMap) -> TraceContext {
+    headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::new_root)
+}
+
+/// Sets `traceparent` to [`trace_context::outgoing`] unless the caller already
+/// set one explicitly.
+pub fn inject(headers: &mut http::HeaderMap) {
+    if headers.contains_key(TRACEPARENT) {
+        return;
+    }
+    // A formatted context is always plain ASCII, so this cannot fail; if it
+    // ever did, sending no header only starts a new trace downstream.
+    if let Ok(value) = HeaderValue::from_str(&trace_context::outgoing().to_string()) {
+        headers.insert(TRACEPARENT, value);
+    }
+}
+
+/// A tonic interceptor that adds `traceparent`, for clients built with
+/// `XClient::with_interceptor(channel, telemetry::traceparent_interceptor)`
+/// rather than over a [`ResilientChannel`](crate::resilience::ResilientChannel).
+pub fn traceparent_interceptor(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    if !request.metadata().contains_key(TRACEPARENT)
+        && let Ok(value) = trace_context::outgoing().to_string().parse()
+    {
+        request.metadata_mut().insert(TRACEPARENT, value);
+    }
+    Ok(request)
+}
+
+/// Server-side layer: runs each request inside its trace's scope and a
+/// `grpc_request` span with `trace_id` and `method`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerTraceLayer;
+
+impl<S> Layer<S> for ServerTraceLayer {
+    type Service = ServerTrace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerTrace { inner }
+    }
+}
+
+/// The service [`ServerTraceLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct ServerTrace<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for ServerTrace<S>
+where
+    S: Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let context = extract(request.headers());
+        let span = tracing::info_span!(
+            "grpc_request",
+            trace_id = %context.trace_id_hex(),
+            method = %request.uri().path(),
+        );
+        // Take the service that was polled ready and leave a clone behind, so
+        // that `call` itself also runs inside the scope (a service may do work
+        // there, not only in its future).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(trace_context::scope(context, async move { inner.call(request).await }.instrument(span)))
+    }
+}
+
+/// Client-side layer: adds `traceparent` (a child of the caller's trace) to
+/// every outgoing request. Put it directly around the `Channel`, so that the
+/// header is computed in the calling task, where the trace scope is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientTraceLayer;
+
+impl<S> Layer<S> for ClientTraceLayer {
+    type Service = ClientTrace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientTrace { inner }
+    }
+}
+
+/// The service [`ClientTraceLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct ClientTrace<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for ClientTrace<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        inject(request.headers_mut());
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_malformed_traceparent_starts_a_new_root() {
+        let mut headers = http::HeaderMap::new();
+        let first = extract(&headers);
+        headers.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
+        let second = extract(&headers);
+        assert_ne!(first.trace_id, second.trace_id);
+    }
+
+    #[tokio::test]
+    async fn inject_sends_a_child_of_the_scoped_trace_and_keeps_an_explicit_header() {
+        let root = TraceContext::new_root();
+        let mut headers = http::HeaderMap::new();
+        trace_context::scope(root, async { inject(&mut headers) }).await;
+        let sent = extract(&headers);
+        assert_eq!(sent.trace_id, root.trace_id);
+        assert_ne!(sent.span_id, root.span_id);
+
+        let explicit = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        headers.insert(TRACEPARENT, explicit.clone());
+        trace_context::scope(root, async { inject(&mut headers) }).await;
+        assert_eq!(headers.get(TRACEPARENT), Some(&explicit));
+    }
+
+    #[test]
+    fn an_invalid_filter_is_an_error() {
+        let args = LogArgs { format: LogFormat::Text, filter: "info,[".to_owned() };
+        assert!(matches!(init(&args, "test"), Err(TelemetryError::ParseFilter { .. })));
+    }
+}

@@ -1,0 +1,286 @@
+//! The idempotent consumer against the real Postgres and Kafka: duplicates
+//! have one effect, poison and hopeless events go to the dead-letter topic
+//! with their error, and consumption goes on behind them.
+//!
+//! The consumer under test is the shipping service's (it consumes the
+//! orders topic); records are produced raw, so that tests control ids,
+//! keys and headers exactly. Every record of a test shares one key, hence
+//! one partition, so "the next event was processed" proves the earlier
+//! ones were dealt with.
+
+mod events_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use commerce_api::catalog::{Service, Topic, all_topics};
+use commerce_platform::db;
+use commerce_platform::events::cloudevents::{self, CloudEventAttributes};
+use commerce_platform::events::consumer::{
+    ConsumerSettings, DLQ_ATTEMPTS, DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_TOPIC,
+    DLQ_REASON,
+};
+use commerce_platform::events::producer::OutgoingRecord;
+use commerce_platform::events::{
+    EventConsumer, EventHandler, EventProducer, HandlerError, IncomingEvent, TopicNames,
+};
+use commerce_platform::readiness::Readiness;
+use commerce_platform::trace_context;
+use commerce_proto::events::v1::OrderPlaced;
+use events_support::*;
+use prost::Message as _;
+use rdkafka::message::{Message as _, OwnedHeaders};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The consuming service: shipping consumes orders only.
+const SERVICE: Service = Service::Shipping;
+/// The key of every record in a test.
+const KEY: &str = "one-partition";
+/// Orders whose handling always fails (retryably).
+const HOPELESS: &str = "order-hopeless";
+
+/// Counts each order's effects in `effects`, and every call in `calls`.
+#[derive(Debug, Default)]
+struct CountingHandler {
+    calls: Arc<AtomicU32>,
+    hopeless_calls: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl EventHandler for CountingHandler {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(
+            trace_context::current().map(|trace| trace.trace_id),
+            Some(event.trace_context().trace_id),
+            "the handler runs inside the event's trace"
+        );
+        let order = event.decode::<OrderPlaced>()?;
+        if order.order_id == HOPELESS {
+            self.hopeless_calls.fetch_add(1, Ordering::SeqCst);
+            return Err(HandlerError::retryable("the warehouse system is down"));
+        }
+        sqlx::query(
+            "INSERT INTO effects (order_id, count) VALUES ($1, 1) \
+             ON CONFLICT (order_id) DO UPDATE SET count = effects.count + 1",
+        )
+        .bind(&order.order_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// One test's world: database, topics, producer, running consumer.
+struct Harness {
+    database: TestDatabase,
+    names: TopicNames,
+    producer: EventProducer,
+    calls: Arc<AtomicU32>,
+    hopeless_calls: Arc<AtomicU32>,
+    shutdown: CancellationToken,
+    consumer: JoinHandle<Result<(), commerce_platform::events::ConsumerError>>,
+}
+
+impl Harness {
+    async fn start(max_attempts: u32) -> anyhow::Result<Self> {
+        init_logging();
+        require_kafka().await?;
+        let database = TestDatabase::create().await?;
+        db::install_platform_tables(&database.pool).await?;
+        sqlx::query("CREATE TABLE effects (order_id text PRIMARY KEY, count integer NOT NULL)")
+            .execute(&database.pool)
+            .await?;
+        let prefix = unique_prefix();
+        let names = TopicNames::new(&prefix);
+        let dead_letters = all_topics()
+            .into_iter()
+            .find(|spec| spec.name == SERVICE.dead_letter_topic())
+            .context("the catalog has the service's dead-letter topic")?;
+        create_topics(&names, &[Topic::Orders.spec(), dead_letters]).await?;
+
+        let args = kafka_args(&prefix);
+        let producer = EventProducer::new(&args)?;
+        let handler = CountingHandler::default();
+        let (calls, hopeless_calls) = (handler.calls.clone(), handler.hopeless_calls.clone());
+        let readiness = Readiness::new();
+        let consumer = EventConsumer::new(
+            SERVICE,
+            &args,
+            database.pool.clone(),
+            producer.clone(),
+            handler,
+            readiness.register("kafka-consumer"),
+        )?
+        .with_settings(ConsumerSettings { max_attempts, retry_backoff: Duration::from_millis(20) });
+        assert_eq!(consumer.group(), format!("{prefix}commerce-shipping"));
+        let shutdown = CancellationToken::new();
+        let consumer = tokio::spawn(consumer.run(shutdown.clone()));
+        Ok(Self { database, names, producer, calls, hopeless_calls, shutdown, consumer })
+    }
+
+    fn orders_topic(&self) -> String {
+        self.names.topic(Topic::Orders)
+    }
+
+    fn dead_letter_topic(&self) -> String {
+        self.names.dead_letter_topic(SERVICE)
+    }
+
+    /// Produces one raw record on the orders topic; returns its offset.
+    async fn produce(&self, headers: OwnedHeaders, payload: &[u8]) -> anyhow::Result<i64> {
+        let topic = self.orders_topic();
+        let delivery = self
+            .producer
+            .send(OutgoingRecord {
+                topic: &topic,
+                key: Some(KEY.as_bytes()),
+                payload: Some(payload),
+                headers,
+            })
+            .await?;
+        Ok(delivery.offset)
+    }
+
+    /// Produces a well-formed `OrderPlaced` with the given attributes.
+    async fn produce_event(&self, attributes: &CloudEventAttributes, order_id: &str) -> anyhow::Result<i64> {
+        let payload = OrderPlaced { order_id: order_id.to_owned(), ..OrderPlaced::default() }.encode_to_vec();
+        self.produce(attributes.to_kafka_headers(), &payload).await
+    }
+
+    async fn effect_count(&self, order_id: &str) -> anyhow::Result<Option<i32>> {
+        Ok(sqlx::query_scalar("SELECT count FROM effects WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&self.database.pool)
+            .await?)
+    }
+
+    async fn wait_for_effect(&self, order_id: &str) -> anyhow::Result<()> {
+        let pool: &PgPool = &self.database.pool;
+        eventually(&format!("{order_id} has an effect"), || async move {
+            let count: Option<i32> = sqlx::query_scalar("SELECT count FROM effects WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(count.is_some())
+        })
+        .await
+    }
+
+    /// Stops the consumer (which must stop cleanly) and cleans up.
+    async fn finish(self) -> anyhow::Result<()> {
+        let topics = vec![self.orders_topic(), self.dead_letter_topic()];
+        self.shutdown.cancel();
+        tokio::time::timeout(EVENTUALLY, self.consumer).await.context("the consumer does not stop")???;
+        self.database.drop_database().await?;
+        delete_topics(&topics).await;
+        Ok(())
+    }
+}
+
+/// Attributes of an `OrderPlaced` for `order_id`, in a new trace.
+fn attributes_for(order_id: &str) -> CloudEventAttributes {
+    CloudEventAttributes::for_event(&OrderPlaced { order_id: order_id.to_owned(), ..OrderPlaced::default() })
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_has_one_effect() -> anyhow::Result<()> {
+    let harness = Harness::start(3).await?;
+    let duplicate = attributes_for("order-twice");
+    harness.produce_event(&duplicate, "order-twice").await?;
+    harness.produce_event(&duplicate, "order-twice").await?;
+    harness.produce_event(&attributes_for("order-after"), "order-after").await?;
+
+    harness.wait_for_effect("order-after").await?;
+    assert_eq!(harness.effect_count("order-twice").await?, Some(1), "the redelivery changed nothing");
+    assert_eq!(harness.calls.load(Ordering::SeqCst), 2, "the duplicate never reached the handler");
+    let processed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commerce_platform.processed_events WHERE event_id = $1")
+            .bind(duplicate.id)
+            .fetch_one(&harness.database.pool)
+            .await?;
+    assert_eq!(processed, 1);
+    assert!(read_topic(&harness.dead_letter_topic()).await?.is_empty(), "nothing was dead-lettered");
+    harness.finish().await
+}
+
+#[tokio::test]
+async fn a_poison_event_lands_on_the_dead_letter_topic_and_the_next_event_is_still_processed()
+-> anyhow::Result<()> {
+    let harness = Harness::start(3).await?;
+    // Headers without ce_id: not one of our events.
+    let mut headers = attributes_for("order-no-id").to_header_pairs();
+    headers.retain(|(name, _)| *name != cloudevents::ID);
+    let no_id = cloudevents::headers_from_pairs(headers.iter().map(|(k, v)| (*k, v.as_str())));
+    let poison_offset = harness.produce(no_id, b"not even protobuf").await?;
+    // Valid headers, a payload that is not an OrderPlaced.
+    let undecodable = attributes_for("order-garbage");
+    let undecodable_offset = harness.produce(undecodable.to_kafka_headers(), &[0xff, 0xff, 0xff]).await?;
+    harness.produce_event(&attributes_for("order-next"), "order-next").await?;
+
+    harness.wait_for_effect("order-next").await?;
+    let dead_letters = read_topic(&harness.dead_letter_topic()).await?;
+    assert_eq!(dead_letters.len(), 2, "both poison records were parked");
+
+    let poison = &dead_letters[0];
+    assert_eq!(poison.payload(), Some(&b"not even protobuf"[..]), "the original payload is kept");
+    assert_eq!(poison.key(), Some(KEY.as_bytes()));
+    assert_eq!(header(poison, DLQ_REASON), Some("poison"));
+    let error = header(poison, DLQ_ERROR).context("error header")?;
+    assert!(error.contains("ce_id"), "the error names the missing header: {error}");
+    assert_eq!(header(poison, DLQ_ORIGINAL_TOPIC), Some(harness.orders_topic().as_str()));
+    assert_eq!(header(poison, DLQ_ORIGINAL_OFFSET), Some(poison_offset.to_string().as_str()));
+    assert_eq!(header(poison, DLQ_ATTEMPTS), Some("0"));
+    assert_eq!(header(poison, DLQ_CONSUMER_GROUP), Some(harness.names.consumer_group(SERVICE).as_str()));
+    assert_eq!(
+        header(poison, cloudevents::TYPE),
+        Some("commerce.events.v1.OrderPlaced"),
+        "original headers kept"
+    );
+
+    let garbage = &dead_letters[1];
+    assert_eq!(header(garbage, DLQ_REASON), Some("permanent"), "an undecodable payload is not retried");
+    assert_eq!(header(garbage, DLQ_ATTEMPTS), Some("1"));
+    assert_eq!(header(garbage, DLQ_ORIGINAL_OFFSET), Some(undecodable_offset.to_string().as_str()));
+    assert_eq!(header(garbage, cloudevents::ID), Some(undecodable.id.to_string().as_str()));
+    let error = header(garbage, DLQ_ERROR).context("error header")?;
+    assert!(error.contains("cannot decode the payload"), "{error}");
+    harness.finish().await
+}
+
+#[tokio::test]
+async fn a_handler_that_keeps_failing_goes_to_the_dead_letter_topic_after_the_configured_attempts()
+-> anyhow::Result<()> {
+    let harness = Harness::start(3).await?;
+    let hopeless = attributes_for(HOPELESS);
+    harness.produce_event(&hopeless, HOPELESS).await?;
+    harness.produce_event(&attributes_for("order-next"), "order-next").await?;
+
+    harness.wait_for_effect("order-next").await?;
+    assert_eq!(harness.hopeless_calls.load(Ordering::SeqCst), 3, "exactly the configured attempts");
+    let dead_letters = read_topic(&harness.dead_letter_topic()).await?;
+    assert_eq!(dead_letters.len(), 1);
+    let parked = &dead_letters[0];
+    assert_eq!(header(parked, DLQ_REASON), Some("retries_exhausted"));
+    assert_eq!(header(parked, DLQ_ATTEMPTS), Some("3"));
+    assert_eq!(header(parked, cloudevents::ID), Some(hopeless.id.to_string().as_str()));
+    let error = header(parked, DLQ_ERROR).context("error header")?;
+    assert!(error.contains("the warehouse system is down"), "{error}");
+    assert_eq!(harness.effect_count(HOPELESS).await?, None, "failed attempts left no effect");
+    let processed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commerce_platform.processed_events WHERE event_id = $1")
+            .bind(hopeless.id)
+            .fetch_one(&harness.database.pool)
+            .await?;
+    assert_eq!(processed, 0, "a dead-lettered event stays replayable");
+    harness.finish().await
+}

@@ -1,0 +1,251 @@
+//! The gRPC server builder over real loopback connections: health follows
+//! readiness, reflection lists the services, shutdown drains, trace context
+//! crosses the wire, and requests are counted.
+
+mod common;
+
+use std::time::Duration;
+
+use commerce_platform::admin::Metrics;
+use commerce_platform::grpc::GrpcServerError;
+use commerce_platform::readiness::Readiness;
+use commerce_platform::telemetry::ClientTraceLayer;
+use commerce_platform::trace_context::{self, TRACEPARENT, TraceContext};
+use common::{Probe, call, start_server, wait_for};
+use tokio::sync::{Notify, oneshot};
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Generous bound for conditions that hold within milliseconds on a quiet
+/// machine; only reached when something is broken.
+const PATIENCE: Duration = Duration::from_secs(10);
+/// Grace period for tests that do not exercise it.
+const LONG_GRACE: Duration = Duration::from_secs(30);
+
+async fn connect(uri: String) -> Channel {
+    Endpoint::from_shared(uri).expect("valid uri").connect().await.expect("connect to the test server")
+}
+
+async fn health(channel: Channel, service: &str) -> ServingStatus {
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: service.to_owned() })
+        .await
+        .expect("health check answers");
+    response.into_inner().status()
+}
+
+#[tokio::test]
+async fn health_is_not_serving_until_readiness_is_ready_and_follows_it_back() {
+    let readiness = Readiness::new();
+    let database = readiness.register("database");
+    let server = start_server(Probe::replying("pong"), readiness, &Metrics::new("test"), LONG_GRACE).await;
+    let channel = connect(server.uri()).await;
+
+    assert_eq!(health(channel.clone(), "").await, ServingStatus::NotServing);
+    assert_eq!(health(channel.clone(), "test.Probe").await, ServingStatus::NotServing);
+
+    database.set_ready();
+    wait_for("health to report SERVING", PATIENCE, || async {
+        health(channel.clone(), "").await == ServingStatus::Serving
+    })
+    .await;
+    assert_eq!(health(channel.clone(), "test.Probe").await, ServingStatus::Serving);
+
+    database.set_not_ready("connection refused");
+    wait_for("health to report NOT_SERVING again", PATIENCE, || async {
+        health(channel.clone(), "").await == ServingStatus::NotServing
+    })
+    .await;
+
+    server.shutdown.cancel();
+    server.task.await.expect("server task").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn reflection_lists_the_registered_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server =
+        start_server(Probe::replying("pong"), Readiness::new(), &Metrics::new("test"), LONG_GRACE).await;
+    let mut client = ServerReflectionClient::new(connect(server.uri()).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = responses.message().await.expect("a response").expect("not the end of the stream");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list, got {:?}", response.message_response);
+    };
+    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+    for expected in ["test.Probe", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+        assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+    }
+
+    server.shutdown.cancel();
+    server.task.await.expect("server task").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_in_flight_request_completes_during_shutdown_and_new_connections_are_refused() {
+    let entered = std::sync::Arc::new(Notify::new());
+    let (release, released) = oneshot::channel::<()>();
+    let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let probe = {
+        let entered = entered.clone();
+        Probe::new(move |_| {
+            let entered = entered.clone();
+            let released = released.clone();
+            async move {
+                entered.notify_one();
+                if let Some(released) = released.lock().await.take() {
+                    let _ = released.await;
+                }
+                Ok(tonic::Response::new("finished".to_owned()))
+            }
+        })
+    };
+    let server = start_server(probe, Readiness::new(), &Metrics::new("test"), LONG_GRACE).await;
+    let channel = connect(server.uri()).await;
+
+    let in_flight = tokio::spawn(call(channel, Request::new("slow".to_owned())));
+    entered.notified().await;
+    server.shutdown.cancel();
+
+    wait_for("the listener to close", PATIENCE, || async {
+        tokio::net::TcpStream::connect(server.addr).await.is_err()
+    })
+    .await;
+    assert!(!server.task.is_finished(), "the server must wait for the request in flight");
+
+    release.send(()).expect("the handler is waiting");
+    let answer = in_flight.await.expect("call task");
+    assert_eq!(answer.expect("the in-flight call succeeds"), "finished");
+    tokio::time::timeout(PATIENCE, server.task)
+        .await
+        .expect("the server stops once drained")
+        .expect("server task")
+        .expect("clean shutdown");
+    let refused = tokio::net::TcpStream::connect(server.addr).await;
+    assert!(refused.is_err(), "a connection after shutdown must be refused");
+}
+
+#[tokio::test]
+async fn shutdown_abandons_requests_that_outlast_the_grace_period() {
+    let entered = std::sync::Arc::new(Notify::new());
+    let probe = {
+        let entered = entered.clone();
+        Probe::new(move |_| {
+            let entered = entered.clone();
+            async move {
+                entered.notify_one();
+                std::future::pending::<()>().await;
+                Ok(tonic::Response::new(String::new()))
+            }
+        })
+    };
+    let grace = Duration::from_millis(200);
+    let server = start_server(probe, Readiness::new(), &Metrics::new("test"), grace).await;
+    let channel = connect(server.uri()).await;
+    let _stuck = tokio::spawn(call(channel, Request::new("forever".to_owned())));
+    entered.notified().await;
+
+    server.shutdown.cancel();
+    let result =
+        tokio::time::timeout(PATIENCE, server.task).await.expect("the server gives up").expect("task");
+    assert!(matches!(result, Err(GrpcServerError::Drain { grace: g }) if g == grace), "{result:?}");
+}
+
+/// A probe that answers with the trace context its handler runs in.
+fn trace_echo() -> Probe {
+    Probe::new(|_| async {
+        let context = trace_context::current().map(|context| context.to_string()).unwrap_or_default();
+        Ok(tonic::Response::new(context))
+    })
+}
+
+#[tokio::test]
+async fn a_traceparent_sent_to_the_server_is_the_handlers_current_trace() {
+    let server = start_server(trace_echo(), Readiness::new(), &Metrics::new("test"), LONG_GRACE).await;
+    let channel = connect(server.uri()).await;
+
+    let sent = TraceContext::new_root();
+    let mut request = Request::new(String::new());
+    request.metadata_mut().insert(TRACEPARENT, sent.to_string().parse().expect("ascii"));
+    let seen = call(channel.clone(), request).await.expect("call succeeds");
+    let seen = TraceContext::parse(&seen).expect("the handler ran inside a trace scope");
+    assert_eq!(seen.trace_id, sent.trace_id);
+
+    // Without a header the server starts a root of its own.
+    let seen = call(channel, Request::new(String::new())).await.expect("call succeeds");
+    let seen = TraceContext::parse(&seen).expect("the handler ran inside a trace scope");
+    assert_ne!(seen.trace_id, sent.trace_id);
+
+    server.shutdown.cancel();
+    server.task.await.expect("server task").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_client_call_inside_a_scope_sends_a_child_of_it() {
+    let server = start_server(trace_echo(), Readiness::new(), &Metrics::new("test"), LONG_GRACE).await;
+    let channel = tower::ServiceBuilder::new().layer(ClientTraceLayer).service(connect(server.uri()).await);
+
+    let root = TraceContext::new_root();
+    let seen =
+        trace_context::scope(root, call(channel, Request::new(String::new()))).await.expect("call succeeds");
+    let seen = TraceContext::parse(&seen).expect("the handler ran inside a trace scope");
+    assert_eq!(seen.trace_id, root.trace_id, "same trace");
+    assert_ne!(seen.span_id, root.span_id, "a child span, not the caller's own");
+
+    server.shutdown.cancel();
+    server.task.await.expect("server task").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn handled_requests_are_counted_by_method_and_code() {
+    let probe = Probe::new(|request: Request<String>| async move {
+        if request.get_ref() == "fail" {
+            Err(tonic::Status::not_found("no such thing"))
+        } else {
+            Ok(tonic::Response::new("ok".to_owned()))
+        }
+    });
+    let metrics = Metrics::new("test");
+    let server = start_server(probe, Readiness::new(), &metrics, LONG_GRACE).await;
+    let channel = connect(server.uri()).await;
+
+    call(channel.clone(), Request::new("hello".to_owned())).await.expect("succeeds");
+    call(channel.clone(), Request::new("hello".to_owned())).await.expect("succeeds");
+    let failed = call(channel, Request::new("fail".to_owned())).await.expect_err("fails");
+    assert_eq!(failed.code(), tonic::Code::NotFound);
+
+    // The counter is written when the response body ends, which can be just
+    // after the client has read it.
+    let ok = r#"commerce_grpc_server_handled_total{grpc_service="test.Probe",grpc_method="Call",grpc_code="Ok"} 2"#;
+    let not_found = r#"commerce_grpc_server_handled_total{grpc_service="test.Probe",grpc_method="Call",grpc_code="NotFound"} 1"#;
+    wait_for("both outcomes to be counted", PATIENCE, || {
+        let text = metrics.encode().expect("encodes");
+        async move { text.contains(ok) && text.contains(not_found) }
+    })
+    .await;
+    let text = metrics.encode().expect("encodes");
+    assert!(
+        text.contains(
+            r#"commerce_grpc_server_handling_seconds_count{grpc_service="test.Probe",grpc_method="Call"} 3"#
+        ),
+        "{text}"
+    );
+
+    server.shutdown.cancel();
+    server.task.await.expect("server task").expect("clean shutdown");
+}

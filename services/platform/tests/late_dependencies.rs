@@ -1,0 +1,270 @@
+//! A service may start before its database and broker (the normal case when
+//! a whole stack starts at once): it must wait, say so in `/readyz`, and
+//! become ready on its own once they come up, then follow the database
+//! going away and coming back.
+//!
+//! The late dependencies are real: a private Postgres cluster that the test
+//! initialises and starts (`initdb`/`pg_ctl`, as the `postgres` user when
+//! running as root) on a port where nothing listened before, and a loopback
+//! forwarder to the local Kafka broker opened late on another such port.
+
+mod events_support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use commerce_platform::admin::{self, Metrics};
+use commerce_platform::db::{self, DatabaseArgs};
+use commerce_platform::events::KafkaArgs;
+use commerce_platform::events::producer::{self, EventProducer};
+use commerce_platform::readiness::{CheckState, Readiness};
+use events_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A port on 127.0.0.1 where nothing listens (at the time of the call).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Status and body of `GET path` on the admin server.
+async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split_whitespace().nth(1).context("a status line")?.parse()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn readyz_status(addr: SocketAddr) -> anyhow::Result<u16> {
+    Ok(get(addr, "/readyz").await?.0)
+}
+
+/// A Postgres cluster of the test's own, in a temporary directory.
+struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres_user: bool,
+}
+
+impl PrivatePostgres {
+    /// `initdb` into a new directory (trust authentication on loopback).
+    fn init(port: u16) -> anyhow::Result<Self> {
+        let bin = postgres_bin_dir()?;
+        let dir = std::env::temp_dir().join(format!("commerce-late-postgres-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let as_postgres_user = is_root()?;
+        if as_postgres_user {
+            // Postgres refuses to run as root; its directory must be its own.
+            let uid = id(&["-u", "postgres"])?;
+            let gid = id(&["-g", "postgres"])?;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        let cluster = Self { bin, dir, port, as_postgres_user };
+        let data = cluster.data_dir();
+        cluster.run("initdb", &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])?;
+        Ok(cluster)
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn start(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log").display().to_string();
+        self.run("pg_ctl", &["start", "-w", "-t", "60", "-D", &self.data_dir(), "-l", &log, "-o", &options])
+    }
+
+    fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        self.run("pg_ctl", &["stop", "-w", "-t", "60", "-m", mode, "-D", &self.data_dir()])
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs one of Postgres' programs, as `postgres` when we are root.
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let path = self.bin.join(program);
+        let mut command = if self.as_postgres_user {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&path);
+            command
+        } else {
+            Command::new(&path)
+        };
+        // The postmaster that pg_ctl starts must not hold our pipes open.
+        let status =
+            command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        if !status.success() {
+            let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+            bail!("{program} {args:?} failed with {status}; server log:\n{log}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // Through pg_ctl and the cluster's own pid file: nothing else is
+        // signalled. A cluster already stopped makes this fail harmlessly.
+        let _ = self.stop("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest installed server's `bin` directory, or `COMMERCE_POSTGRES_BIN_DIR`.
+fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("COMMERCE_POSTGRES_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql; install Postgres with `bash e2e/scripts/infra.sh up postgres`")?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            Path::new(&bin.join("initdb")).exists().then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, bin)| bin).context("no Postgres server with initdb under /usr/lib/postgresql")
+}
+
+/// `id <args>` as a number.
+fn id(args: &[&str]) -> anyhow::Result<u32> {
+    let output = Command::new("id").args(args).output()?;
+    ensure!(output.status.success(), "id {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
+
+fn is_root() -> anyhow::Result<bool> {
+    Ok(id(&["-u"])? == 0)
+}
+
+/// Forwards every connection on `listener` to `target` until `shutdown`.
+async fn forward(listener: TcpListener, target: String, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((mut inbound, _)) = accepted else { continue };
+        let target = target.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Ok(mut upstream) = TcpStream::connect(&target).await {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => {}
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_before_postgres_and_kafka_becomes_ready_when_they_come_up() -> anyhow::Result<()> {
+    init_logging();
+    // The broker the late forwarder will lead to must exist.
+    require_kafka().await?;
+    let postgres_port = free_port()?;
+    let kafka_port = free_port()?;
+    let shutdown = CancellationToken::new();
+
+    // The service's side: readiness served over HTTP, a database connect
+    // loop and a producer, both pointed at ports where nothing listens.
+    let readiness = Readiness::new();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_server = tokio::spawn(admin::serve_on(
+        admin_listener,
+        readiness.clone(),
+        Metrics::new("late-test"),
+        shutdown.clone(),
+    ));
+
+    let database_check = readiness.register(db::READINESS_CHECK);
+    let database_args = DatabaseArgs {
+        connect_timeout: Duration::from_secs(2),
+        ..DatabaseArgs::new(format!("postgres://postgres@127.0.0.1:{postgres_port}/postgres"))
+    };
+    let connect = tokio::spawn({
+        let (check, shutdown) = (database_check.clone(), shutdown.clone());
+        async move { db::connect_with_retry(&database_args, &check, &shutdown).await }
+    });
+    let producer = EventProducer::new(&KafkaArgs::new(format!("127.0.0.1:{kafka_port}")))?;
+    let producer_watch =
+        producer.watch_readiness(readiness.register(producer::READINESS_CHECK), shutdown.clone());
+
+    // Both fail and say why; the process keeps running, not ready.
+    eventually("both dependencies reported a failure", || async {
+        Ok(readiness
+            .snapshot()
+            .iter()
+            .all(|(_, state)| matches!(state, CheckState::NotReady(reason) if reason != "starting")))
+    })
+    .await?;
+    assert!(!connect.is_finished(), "the connect loop keeps waiting instead of failing");
+    let (status, body) = get(admin_addr, "/readyz").await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("cannot connect to the database") && body.contains("cannot reach the Kafka brokers"),
+        "{body}"
+    );
+
+    // The dependencies come up.
+    let postgres = tokio::task::spawn_blocking(move || {
+        let cluster = PrivatePostgres::init(postgres_port)?;
+        cluster.start()?;
+        anyhow::Ok(cluster)
+    })
+    .await??;
+    let forwarder_listener = TcpListener::bind(("127.0.0.1", kafka_port)).await?;
+    let broker = kafka_brokers().split(',').next().context("a broker")?.to_owned();
+    let forwarder = tokio::spawn(forward(forwarder_listener, broker, shutdown.clone()));
+
+    eventually("/readyz answers 200", || async { Ok(readyz_status(admin_addr).await? == 200) }).await?;
+    assert!(readiness.is_ready());
+    let pool = tokio::time::timeout(EVENTUALLY, connect).await???;
+    assert_eq!(postgres.url(), format!("postgres://postgres@127.0.0.1:{postgres_port}/postgres"));
+    let answer: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+    assert_eq!(answer, 1);
+
+    // The database goes away and comes back: readiness follows.
+    let health = db::spawn_health_check(pool.clone(), database_check.clone(), shutdown.clone());
+    let cluster = postgres;
+    let cluster = tokio::task::spawn_blocking(move || cluster.stop("fast").map(|()| cluster)).await??;
+    eventually("/readyz answers 503 without the database", || async {
+        Ok(readyz_status(admin_addr).await? == 503)
+    })
+    .await?;
+    let database_state = readiness.snapshot().into_iter().find(|(name, _)| name == db::READINESS_CHECK);
+    assert!(matches!(database_state, Some((_, CheckState::NotReady(_)))), "{database_state:?}");
+    let cluster = tokio::task::spawn_blocking(move || cluster.start().map(|()| cluster)).await??;
+    eventually("/readyz answers 200 again", || async { Ok(readyz_status(admin_addr).await? == 200) }).await?;
+
+    shutdown.cancel();
+    for task in [health, producer_watch, forwarder] {
+        tokio::time::timeout(EVENTUALLY, task).await??;
+    }
+    tokio::time::timeout(EVENTUALLY, admin_server).await???;
+    pool.close().await;
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(())
+}

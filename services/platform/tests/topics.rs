@@ -1,0 +1,130 @@
+//! Topic administration against the real Kafka: create with the catalog's
+//! layout, grow, never shrink, update retention, and change nothing the
+//! second time.
+
+mod events_support;
+
+use anyhow::Context;
+use commerce_api::catalog::all_topics;
+use commerce_platform::events::{DesiredTopic, TopicAdmin, TopicChange, TopicNames, ensure_topics};
+use events_support::*;
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+fn admin() -> anyhow::Result<TopicAdmin> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", kafka_brokers());
+    Ok(TopicAdmin::new(&config)?)
+}
+
+#[tokio::test]
+async fn ensure_topics_creates_the_catalog_topics_with_their_partitions_and_is_idempotent()
+-> anyhow::Result<()> {
+    init_logging();
+    require_kafka().await?;
+    let names = TopicNames::new(unique_prefix());
+    let desired: Vec<DesiredTopic> = all_topics().iter().map(|spec| names.desired(spec)).collect();
+
+    let first = ensure_topics(&kafka_brokers(), &desired).await?;
+    assert_eq!(first.len(), desired.len());
+    for (report, topic) in first.iter().zip(&desired) {
+        assert_eq!(report.name, topic.name);
+        assert_eq!(
+            report.changes,
+            vec![TopicChange::Created { partitions: topic.partitions, retention_ms: topic.retention_ms }]
+        );
+    }
+    let admin = admin()?;
+    eventually("the cluster shows every topic with the catalog's partitions", || async {
+        let counts = admin.partition_counts().await?;
+        Ok(desired.iter().all(|topic| counts.get(&topic.name) == Some(&topic.partitions)))
+    })
+    .await?;
+
+    // Everything already matches (retention included): nothing changes.
+    let second = ensure_topics(&kafka_brokers(), &desired).await?;
+    assert!(second.iter().all(|report| report.is_unchanged()), "{second:?}");
+
+    delete_topics(&desired.iter().map(|topic| topic.name.clone()).collect::<Vec<_>>()).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ensure_topics_grows_partitions_but_never_shrinks_them() -> anyhow::Result<()> {
+    init_logging();
+    require_kafka().await?;
+    let name = format!("{}grow", unique_prefix());
+    let topic = |partitions| DesiredTopic { name: name.clone(), partitions, retention_ms: 3_600_000 };
+
+    let created = ensure_topics(&kafka_brokers(), [topic(2)]).await?;
+    assert!(created[0].was_created());
+
+    let grown = ensure_topics(&kafka_brokers(), [topic(4)]).await?;
+    assert_eq!(grown[0].changes, vec![TopicChange::Grew { from: 2, to: 4 }]);
+    assert_eq!(grown[0].partitions, 4);
+    let admin = admin()?;
+    eventually("the cluster shows 4 partitions", || async {
+        Ok(admin.partition_counts().await?.get(&name) == Some(&4))
+    })
+    .await?;
+
+    let fewer = ensure_topics(&kafka_brokers(), [topic(1)]).await?;
+    assert!(fewer[0].is_unchanged(), "asking for fewer partitions changes nothing: {fewer:?}");
+    assert_eq!(fewer[0].partitions, 4, "the report shows the partitions kept");
+    assert_eq!(admin.partition_counts().await?.get(&name), Some(&4), "never shrunk");
+
+    delete_topics(&[name]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ensure_topics_updates_a_different_retention_once() -> anyhow::Result<()> {
+    init_logging();
+    require_kafka().await?;
+    let name = format!("{}retention", unique_prefix());
+    let topic = |retention_ms| DesiredTopic { name: name.clone(), partitions: 1, retention_ms };
+
+    ensure_topics(&kafka_brokers(), [topic(3_600_000)]).await?;
+    // Someone tuned another setting of the topic by hand.
+    let client: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+    let tuned = AlterConfig::new(ResourceSpecifier::Topic(&name))
+        .set("retention.ms", "3600000")
+        .set("max.message.bytes", "2000000");
+    for result in client.alter_configs(&[tuned], &AdminOptions::new()).await? {
+        result.map_err(|(_, code)| anyhow::anyhow!("cannot tune the topic: {code}"))?;
+    }
+
+    let updated = ensure_topics(&kafka_brokers(), [topic(7_200_000)]).await?;
+    assert_eq!(
+        updated[0].changes,
+        vec![TopicChange::RetentionUpdated { from: Some(3_600_000), to: 7_200_000 }]
+    );
+    let again = ensure_topics(&kafka_brokers(), [topic(7_200_000)]).await?;
+    assert!(again[0].is_unchanged(), "{again:?}");
+
+    // The hand-tuned setting survived the retention update.
+    let described = client.describe_configs(&[ResourceSpecifier::Topic(&name)], &AdminOptions::new()).await?;
+    let resource =
+        described.into_iter().next().context("a description")?.map_err(|code| anyhow::anyhow!("{code}"))?;
+    let value = |key: &str| resource.get(key).and_then(|entry| entry.value.clone());
+    assert_eq!(value("retention.ms").as_deref(), Some("7200000"));
+    assert_eq!(value("max.message.bytes").as_deref(), Some("2000000"), "other overrides are kept");
+
+    delete_topics(&[name]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ensure_topics_rejects_a_topic_without_partitions_before_touching_the_cluster() -> anyhow::Result<()>
+{
+    let error = ensure_topics(
+        "127.0.0.1:1",
+        [DesiredTopic { name: "never-created".to_owned(), partitions: 0, retention_ms: 1 }],
+    )
+    .await
+    .expect_err("zero partitions is invalid");
+    assert!(error.to_string().contains("at least one partition"), "{error}");
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! The shipping service's flags: the platform's groups plus the couriers.
+
+use commerce_platform::config::CommonArgs;
+use commerce_platform::db::DatabaseArgs;
+use commerce_platform::events::KafkaArgs;
+
+/// Everything `serve` needs; flattened into the `commerce` binary's CLI.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Courier user ids new shipments are assigned to, round-robin. Empty:
+    /// shipments stay PENDING until a courier takes one (UpdateShipmentStatus
+    /// to ASSIGNED).
+    #[arg(long = "shipping-couriers", env = "COMMERCE_SHIPPING_COURIERS", value_delimiter = ',')]
+    pub couriers: Vec<String>,
+}
+
+/// The database URL is a secret: `Debug` goes through `DatabaseArgs`' redacting one.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("common", &self.common)
+            .field("database", &self.database)
+            .field("couriers", &self.couriers)
+            .finish_non_exhaustive()
+    }
+}

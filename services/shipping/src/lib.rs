@@ -1,0 +1,133 @@
+//! The shipping service: one shipment per confirmed order, its courier and
+//! its tracking history (ARCHITECTURE section 4, saga step 6).
+//!
+//! [`serve`] wires the platform: admin server, database, outbox relay,
+//! consumer of the orders topic with its dead-letter topic and the gRPC
+//! server; all stop on `shutdown`.
+
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod store;
+
+use commerce_api::catalog::Service;
+use commerce_platform::admin::{self, AdminError, Metrics};
+use commerce_platform::db::{self, DatabaseError};
+use commerce_platform::events::{
+    ConsumerError, EventConsumer, EventProducer, OutboxError, OutboxRelay, ProducerError, consumer, producer,
+};
+use commerce_platform::grpc::{GrpcServer, GrpcServerError};
+use commerce_platform::readiness::Readiness;
+use commerce_proto::shipping::v1::shipping_service_server::ShippingServiceServer;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use config::Config;
+
+/// The service's own migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Everything that can fail in the shipping service, named after the action.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to the shipping database")]
+    ConnectDatabase(#[source] DatabaseError),
+    #[error("cannot migrate the shipping database")]
+    MigrateDatabase(#[source] DatabaseError),
+    #[error("cannot create the Kafka producer")]
+    CreateProducer(#[source] ProducerError),
+    #[error("cannot create the event consumer")]
+    CreateConsumer(#[source] ConsumerError),
+    #[error("the event consumer failed")]
+    ConsumeEvents(#[source] ConsumerError),
+    #[error("the gRPC server failed")]
+    ServeGrpc(#[source] GrpcServerError),
+    #[error("the admin server failed")]
+    ServeAdmin(#[source] AdminError),
+    #[error("a background task panicked or was aborted")]
+    JoinTask(#[source] tokio::task::JoinError),
+    #[error("{field}: {problem}")]
+    InvalidRequest { field: &'static str, problem: &'static str },
+    #[error("shipment not found")]
+    ShipmentNotFound,
+    #[error("cannot change the shipment's status")]
+    RefuseTransition(#[source] domain::InvalidTransition),
+    #[error("the shipment is not assigned to courier {courier_id}")]
+    DenyCourier { courier_id: String },
+    #[error("cannot read shipments")]
+    LoadShipment(#[source] sqlx::Error),
+    #[error("cannot update the shipment")]
+    UpdateShipment(#[source] sqlx::Error),
+    #[error("cannot enqueue the shipment's event")]
+    EnqueueEvent(#[source] OutboxError),
+    #[error("stored shipment {id} is unreadable: {problem}")]
+    DecodeStoredShipment { id: Uuid, problem: String },
+}
+
+impl Error {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::LoadShipment(_) | Error::UpdateShipment(_) | Error::EnqueueEvent(_))
+    }
+}
+
+/// An error with its causes, `: `-separated, for logs and statuses.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs the shipping service until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let metrics = Metrics::new(Service::Shipping.name());
+    let readiness = Readiness::new();
+    let database_check = readiness.register(db::READINESS_CHECK);
+    let producer_check = readiness.register(producer::READINESS_CHECK);
+    let consumer_check = readiness.register(consumer::READINESS_CHECK);
+    let tasks = shutdown.child_token();
+
+    let admin_args = config.common.admin.clone();
+    let admin = {
+        let (readiness, metrics, stop) = (readiness.clone(), metrics.clone(), tasks.clone());
+        tokio::spawn(async move { admin::serve(&admin_args, readiness, metrics, stop).await })
+    };
+
+    let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
+        .await
+        .map_err(Error::ConnectDatabase)?;
+    db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+    let health = db::spawn_health_check(pool.clone(), database_check, tasks.clone());
+
+    let couriers: Vec<String> =
+        config.couriers.iter().map(|courier| courier.trim().to_owned()).filter(|courier| !courier.is_empty()).collect();
+    let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
+    let producer_watch = producer.watch_readiness(producer_check, tasks.clone());
+    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(tasks.clone()));
+    let handler = events::ShippingEventHandler { couriers: couriers.clone() };
+    let consumer = EventConsumer::new(Service::Shipping, &config.kafka, pool.clone(), producer.clone(), handler, consumer_check)
+        .map_err(Error::CreateConsumer)?;
+    let consumer = tokio::spawn(consumer.run(tasks.clone()));
+
+    let served = GrpcServer::new(&config.common.grpc, readiness, &metrics)
+        .add_service(ShippingServiceServer::new(grpc::ShippingGrpc::new(pool.clone(), couriers)))
+        .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
+        .serve(shutdown.clone())
+        .await
+        .map_err(Error::ServeGrpc);
+    tasks.cancel();
+
+    let consumed = consumer.await.map_err(Error::JoinTask)?.map_err(Error::ConsumeEvents);
+    relay.await.map_err(Error::JoinTask)?;
+    health.await.map_err(Error::JoinTask)?;
+    producer_watch.await.map_err(Error::JoinTask)?;
+    let admin_served = admin.await.map_err(Error::JoinTask)?.map_err(Error::ServeAdmin);
+    pool.close().await;
+    served.and(consumed).and(admin_served)
+}
