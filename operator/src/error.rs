@@ -96,6 +96,64 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Bringing the Kafka topics in line failed.
+    #[error("ensuring the Kafka topics")]
+    EnsureTopics {
+        #[source]
+        source: commerce_platform::events::TopicAdminError,
+    },
+    /// Deleting the stack's topics failed.
+    #[error("deleting the Kafka topics")]
+    DeleteTopics {
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Connecting to Postgres as its admin failed.
+    #[error("connecting to Postgres at {server} as its admin")]
+    ConnectPostgres {
+        /// `host:port`.
+        server: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Creating, altering or dropping a database or role failed.
+    #[error("managing database and role {database}")]
+    ManageDatabase {
+        /// The database (and role) name.
+        database: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The Secret with the Postgres admin's credentials is missing or lacks
+    /// a key.
+    #[error("reading the Postgres admin credentials: {reason}")]
+    ReadAdminSecret {
+        /// What is missing, and where.
+        reason: String,
+    },
+    /// Reading a Secret from the apiserver failed.
+    #[error("reading Secret {name}")]
+    GetSecret {
+        /// The Secret.
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Adding or removing the stack's finalizer failed.
+    #[error("updating the finalizers of {object}")]
+    PatchFinalizers {
+        /// `Kind/name`.
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Dropping a deleted stack's topics and databases failed; retried
+    /// until the cleanup grace period ends.
+    #[error("cleaning up the external state of a deleted stack: {reason}")]
+    CleanUp {
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -111,6 +169,11 @@ impl Error {
             Error::DeleteObject { .. } => "delete",
             Error::PatchStatus { .. } => "status",
             Error::ElectLeader { .. } => "leader_election",
+            Error::EnsureTopics { .. } | Error::DeleteTopics { .. } => "kafka",
+            Error::ConnectPostgres { .. } | Error::ManageDatabase { .. } => "postgres",
+            Error::ReadAdminSecret { .. } | Error::GetSecret { .. } => "admin_secret",
+            Error::PatchFinalizers { .. } => "finalizer",
+            Error::CleanUp { .. } => "cleanup",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod crd;
 pub mod error;
+pub mod external;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

@@ -21,6 +21,7 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::build::{names, owned_kinds};
+use crate::external::cluster::ClusterExternalState;
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, backoff::Backoffs, error_policy, reconcile};
@@ -76,6 +77,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), std::io::Error> {
         client: client.clone(),
         backoffs: Backoffs::default(),
         metrics,
+        external: Arc::new(ClusterExternalState::default()),
     });
     let controller = controller(&client, &args.watch_namespace)
         .shutdown_on_signal()

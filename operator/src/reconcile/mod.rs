@@ -1,11 +1,17 @@
 //! The reconciler of `CommerceStack`: one pass of the pipeline
-//! `validate -> build -> apply -> prune -> (external state) -> status`.
+//! `validate -> build -> apply -> prune -> external state -> status`.
 //!
 //! Every step that writes first compares: objects that already match are not
-//! sent, and the status is written only when it changed, so a reconcile with
-//! nothing to do sends reads only. `spec.paused` stops every write but the
-//! one status update that says so. Errors go to [`error_policy`], which
-//! retries each stack on its own growing delay.
+//! sent, topics and databases that exist are left alone, and the status is
+//! written only when it changed, so a reconcile with nothing to do sends
+//! reads only. `spec.paused` stops every write but the one status update that
+//! says so. Errors go to [`error_policy`], which retries each stack on its
+//! own growing delay.
+//!
+//! A finalizer exists only under `deletionPolicy: Delete`, to drop the
+//! stack's topics and databases on external servers; if that keeps failing
+//! for [`CLEANUP_GRACE`], the finalizer is removed anyway (with a Warning
+//! Event naming what was left), so deletion never blocks forever.
 
 pub mod apply;
 pub mod backoff;
@@ -16,8 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commerce_api::crd::API_VERSION;
+use commerce_api::crd::stack::{DatabaseStatus, DeletionPolicy};
 use commerce_api::{CommerceStack, CommerceStackStatus, RateLimitPolicy};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::DeserializeGuard;
@@ -28,9 +36,12 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::Error;
-use crate::build::{self, gateway, names, secrets};
+use crate::build::names::Component;
+use crate::build::secrets::SecretValues;
+use crate::build::{self, gateway, infra, names, secrets};
+use crate::external::{ExternalState, PostgresServer, plan};
 use crate::metrics::Metrics;
-use crate::validate::validate;
+use crate::validate::{ValidStack, validate};
 use backoff::Backoffs;
 use status::Outcome;
 
@@ -40,6 +51,14 @@ use status::Outcome;
 pub const RESYNC: Duration = Duration::from_secs(600);
 /// Longest Event note the apiserver takes (1 kB), with room to spare.
 const MAX_EVENT_NOTE: usize = 900;
+/// How soon to look again while managed infrastructure starts.
+pub const INFRA_POLL: Duration = Duration::from_secs(15);
+/// Finalizer that guards the cleanup of topics and databases.
+pub const FINALIZER: &str = "commerce-stack.dev/external-state";
+/// How long a deleted stack's cleanup may keep failing before the finalizer
+/// is removed regardless: long enough to ride out a restarting database,
+/// short enough that a namespace deletion does not hang.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(600);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -51,6 +70,8 @@ pub struct Context {
     pub backoffs: Backoffs,
     /// Reconcile counts, durations and errors.
     pub metrics: Arc<Metrics>,
+    /// Topics and databases.
+    pub external: Arc<dyn ExternalState>,
 }
 
 impl std::fmt::Debug for Context {
@@ -119,15 +140,24 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
         // A namespaced kind always has one; nothing sensible to do otherwise.
         return Ok(Action::await_change());
     };
+    let now = now();
     if stack.metadata.deletion_timestamp.is_some() {
-        // Owned objects go with the stack through garbage collection.
+        // Owned objects go with the stack through garbage collection; only
+        // external state needs the operator.
+        if has_finalizer(stack) {
+            finalize(ctx, stack, &namespace).await?;
+        }
         return Ok(Action::await_change());
     }
-    let now = now();
 
     if stack.spec.paused {
         write_status(ctx, stack, status::paused(stack, now)).await?;
         return Ok(Action::await_change());
+    }
+
+    let wants_finalizer = stack.spec.deletion_policy == DeletionPolicy::Delete;
+    if wants_finalizer != has_finalizer(stack) {
+        set_finalizer(ctx, stack, wants_finalizer).await?;
     }
 
     let valid = match validate(stack, &namespace) {
@@ -153,7 +183,10 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     let desired = build::build(&valid, &policies, &values)?;
 
     let mut outcome = Outcome { gateway_url: gateway::gateway_url(&valid), ..Outcome::default() };
-    let result = apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
+    let mut result = apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
+    if result.is_ok() {
+        result = ensure_external(ctx, &valid, &values, &current, &mut outcome).await;
+    }
     if let Err(error) = &result {
         outcome.error = Some(error_chain(error));
     }
@@ -179,7 +212,152 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     }
     result?;
     status_written?;
+    if !outcome.waiting_for.is_empty() {
+        return Ok(Action::requeue(INFRA_POLL));
+    }
     Ok(Action::requeue(RESYNC))
+}
+
+/// Ensures the stack's topics and databases. Managed infrastructure that is
+/// not ready yet is waited for (recorded in the outcome), not an error.
+async fn ensure_external(
+    ctx: &Context,
+    valid: &ValidStack<'_>,
+    values: &SecretValues,
+    current: &apply::Current,
+    outcome: &mut Outcome,
+) -> Result<(), Error> {
+    let endpoints = infra::endpoints(valid);
+    let stateful_sets: Vec<StatefulSet> = current.typed("StatefulSet");
+    let ready = |component: Component| {
+        let name = names::component_name(valid, component);
+        stateful_sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|s| s.status.as_ref()?.ready_replicas)
+            .unwrap_or(0)
+            > 0
+    };
+    if valid.kafka.is_managed() && !ready(Component::Kafka) {
+        outcome.waiting_for.push("Kafka".into());
+    } else {
+        outcome.topics = Some(ctx.external.ensure_topics(&endpoints.kafka_brokers, &plan::topics(valid)).await?);
+    }
+    if valid.postgres.is_managed() && !ready(Component::Postgres) {
+        outcome.waiting_for.push("Postgres".into());
+    } else {
+        let server = postgres_admin(ctx, valid, values, &endpoints).await?;
+        let databases = plan::databases(valid, values)?;
+        ctx.external.ensure_databases(&server, &databases).await?;
+        outcome.databases = Some(
+            databases
+                .iter()
+                .map(|d| DatabaseStatus {
+                    name: d.name.clone(),
+                    service: d.service.name().into(),
+                    secret_name: names::database_secret_name(valid, d.service),
+                })
+                .collect(),
+        );
+    }
+    Ok(())
+}
+
+/// How the operator logs in to the stack's Postgres as its admin: the
+/// generated Secret's password for managed Postgres, the named Secret's keys
+/// for an external server.
+async fn postgres_admin(
+    ctx: &Context,
+    valid: &ValidStack<'_>,
+    values: &SecretValues,
+    endpoints: &infra::Endpoints,
+) -> Result<PostgresServer, Error> {
+    let admin = &endpoints.postgres;
+    if valid.postgres.is_managed() {
+        let password = values.get(&admin.admin_password.name, &admin.admin_password.key)?;
+        return Ok(plan::postgres_server(endpoints, secrets::POSTGRES_ADMIN_USER.into(), password));
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), valid.namespace);
+    let name = &admin.admin_password.name;
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::GetSecret { name: name.clone(), source })?
+        .ok_or_else(|| Error::ReadAdminSecret { reason: format!("Secret {name} does not exist") })?;
+    let read = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .and_then(|value| String::from_utf8(value.0.clone()).ok())
+            .ok_or_else(|| Error::ReadAdminSecret { reason: format!("Secret {name} has no key {key:?}") })
+    };
+    let user = read(&admin.admin_username.key)?;
+    let password = read(&admin.admin_password.key)?;
+    Ok(plan::postgres_server(endpoints, user, password))
+}
+
+fn has_finalizer(stack: &CommerceStack) -> bool {
+    stack.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds or removes the finalizer. The merge patch carries the
+/// resourceVersion, so a concurrent change of the finalizers (by another
+/// controller) fails it instead of being overwritten.
+async fn set_finalizer(ctx: &Context, stack: &CommerceStack, present: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = stack.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let api: Api<CommerceStack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": stack.resource_version()}});
+    api.patch(&stack.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::PatchFinalizers { object: format!("CommerceStack/{}", stack.name_any()), source })?;
+    Ok(())
+}
+
+/// Cleans up the external state of a deleted stack, then lets it go.
+async fn finalize(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Result<(), Error> {
+    let reference = stack.object_ref(&());
+    let outcome = if stack.spec.paused {
+        Err("the stack was paused, so the operator changed nothing".to_owned())
+    } else {
+        cleanup(ctx, stack, namespace).await.map_err(|error| error_chain(&error))
+    };
+    match outcome {
+        Ok(()) => {
+            publish(ctx, &reference, EventType::Normal, "CleanedUp", "dropped the stack's topics and databases".into())
+                .await;
+        }
+        Err(reason) => {
+            let deleted = stack.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or(now().0);
+            let waited = now().0.duration_since(deleted).unsigned_abs();
+            if !stack.spec.paused && waited < CLEANUP_GRACE {
+                return Err(Error::CleanUp { reason });
+            }
+            let note = format!("gave up cleaning up after {}s; topics and databases may remain: {reason}", waited.as_secs());
+            publish(ctx, &reference, EventType::Warning, "CleanupAbandoned", note).await;
+        }
+    }
+    set_finalizer(ctx, stack, false).await
+}
+
+/// Drops the databases and topics that live on external servers (managed
+/// ones go with their volumes).
+async fn cleanup(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Result<(), Error> {
+    let valid = validate(stack, namespace)?;
+    let endpoints = infra::endpoints(&valid);
+    if !valid.postgres.is_managed() {
+        let server = postgres_admin(ctx, &valid, &secrets::SecretValues::placeholders(), &endpoints).await?;
+        // Passwords do not matter for dropping.
+        let databases = plan::databases(&valid, &secrets::SecretValues::placeholders())?;
+        ctx.external.drop_databases(&server, &databases).await?;
+    }
+    if !valid.kafka.is_managed() {
+        ctx.external.delete_topics(&endpoints.kafka_brokers, &plan::topics(&valid)).await?;
+    }
+    Ok(())
 }
 
 /// Applies what differs, then deletes what is no longer desired.

@@ -7,7 +7,8 @@
 use commerce_api::catalog::Service;
 use commerce_api::crd::policy::CONDITION_ACCEPTED;
 use commerce_api::crd::stack::{
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack, CommerceStackStatus, ServiceStatus,
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack, CommerceStackStatus, DatabaseStatus,
+    ServiceStatus, TopicStatus,
 };
 use commerce_api::{RateLimitPolicy, RateLimitPolicyStatus};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -32,6 +33,12 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Where clients reach the gateway.
     pub gateway_url: Option<String>,
+    /// The topics, once the external-state step ensured them.
+    pub topics: Option<Vec<TopicStatus>>,
+    /// The databases, once the external-state step ensured them.
+    pub databases: Option<Vec<DatabaseStatus>>,
+    /// Managed infrastructure the external-state step waits for.
+    pub waiting_for: Vec<String>,
 }
 
 /// A condition as this reconcile sees it, before timestamps.
@@ -84,14 +91,36 @@ pub fn reconciled(
         services.push(status);
     }
     let ready_count = services.len() - waiting.len();
-    let ready = if waiting.is_empty() {
-        condition(CONDITION_READY, true, "AllServicesAvailable", "every enabled service is available".into(), generation)
-    } else {
+    let ready = if !waiting.is_empty() {
         condition(
             CONDITION_READY,
             false,
             "ServicesUnavailable",
             format!("waiting for {}", waiting.join(", ")),
+            generation,
+        )
+    } else if !outcome.waiting_for.is_empty() {
+        condition(
+            CONDITION_READY,
+            false,
+            "WaitingForInfrastructure",
+            format!("waiting for managed {} before creating topics and databases", outcome.waiting_for.join(", ")),
+            generation,
+        )
+    } else if outcome.error.is_some() || outcome.topics.is_none() || outcome.databases.is_none() {
+        condition(
+            CONDITION_READY,
+            false,
+            "ExternalStateNotReady",
+            "the topics and databases are not ensured yet".into(),
+            generation,
+        )
+    } else {
+        condition(
+            CONDITION_READY,
+            true,
+            "AllServicesAvailable",
+            "every enabled service is available; topics and databases exist".into(),
             generation,
         )
     };
@@ -102,6 +131,14 @@ pub fn reconciled(
             true,
             "Applied",
             format!("applied {} and deleted {} objects", outcome.applied.len(), outcome.pruned.len()),
+            generation,
+        )
+    } else if !outcome.waiting_for.is_empty() {
+        condition(
+            CONDITION_PROGRESSING,
+            true,
+            "WaitingForInfrastructure",
+            format!("managed {} is starting", outcome.waiting_for.join(", ")),
             generation,
         )
     } else if rolling {
@@ -119,9 +156,9 @@ pub fn reconciled(
         conditions: with_transition_times(vec![ready, progressing, degraded], &old.conditions, now),
         ready_services: Some(format!("{ready_count}/{}", services.len())),
         services,
-        // Filled in by the external-state step once it runs.
-        topics: old.topics,
-        databases: old.databases,
+        // Kept as last ensured while the external-state step did not run.
+        topics: outcome.topics.clone().unwrap_or(old.topics),
+        databases: outcome.databases.clone().unwrap_or(old.databases),
         gateway_url: outcome.gateway_url.clone(),
     }
 }
@@ -249,11 +286,23 @@ mod tests {
         let stack = stack();
         let valid = validate(&stack, "default").unwrap();
         let deployments: Vec<Deployment> = Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
-        let status = reconciled(&stack, &valid, &deployments, &Outcome::default(), time(10));
+        let outcome = Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() };
+        let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(find(&status, CONDITION_READY).status, "True");
         assert_eq!(find(&status, CONDITION_PROGRESSING).reason, "UpToDate");
         assert_eq!(status.ready_services.as_deref(), Some("9/9"));
         assert_eq!(status.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn available_services_are_not_ready_until_topics_and_databases_exist() {
+        let stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        let deployments: Vec<Deployment> = Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let outcome = Outcome { error: Some("connecting to Postgres".into()), ..Outcome::default() };
+        let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
+        assert_eq!(find(&status, CONDITION_READY).reason, "ExternalStateNotReady");
+        assert_eq!(find(&status, CONDITION_DEGRADED).status, "True");
     }
 
     #[test]

@@ -28,10 +28,20 @@ pub struct Config {
 #[command(next_help_heading = "Auth")]
 pub struct AuthArgs {
     /// `iss` of issued access tokens; verifiers (the gateway) expect the same.
-    #[arg(long = "auth-issuer", id = "auth-issuer", env = "COMMERCE_AUTH_ISSUER", default_value = "commerce-auth")]
+    #[arg(
+        long = "auth-issuer",
+        id = "auth-issuer",
+        env = "COMMERCE_AUTH_ISSUER",
+        default_value = "commerce-auth"
+    )]
     pub issuer: String,
     /// `aud` of issued access tokens.
-    #[arg(long = "auth-audience", id = "auth-audience", env = "COMMERCE_AUTH_AUDIENCE", default_value = "commerce")]
+    #[arg(
+        long = "auth-audience",
+        id = "auth-audience",
+        env = "COMMERCE_AUTH_AUDIENCE",
+        default_value = "commerce"
+    )]
     pub audience: String,
     /// Lifetime of access tokens: short, because they cannot be revoked.
     #[arg(
@@ -60,22 +70,36 @@ pub struct AuthArgs {
     pub key_rotation: Duration,
     /// Email of an admin account created at start-up if missing (local and
     /// demo stacks). Needs `COMMERCE_BOOTSTRAP_ADMIN_PASSWORD`.
-    #[arg(long = "bootstrap-admin-email", id = "bootstrap-admin-email", env = "COMMERCE_BOOTSTRAP_ADMIN_EMAIL")]
+    #[arg(
+        long = "bootstrap-admin-email",
+        id = "bootstrap-admin-email",
+        env = "COMMERCE_BOOTSTRAP_ADMIN_EMAIL"
+    )]
     pub bootstrap_admin_email: Option<String>,
     /// Password of the bootstrap admin; environment only.
     #[arg(
-        long = "bootstrap-admin-password", id = "bootstrap-admin-password",
-        env = "COMMERCE_BOOTSTRAP_ADMIN_PASSWORD", hide_env_values = true, hide = true
+        long = "bootstrap-admin-password",
+        id = "bootstrap-admin-password",
+        env = "COMMERCE_BOOTSTRAP_ADMIN_PASSWORD",
+        hide_env_values = true,
+        hide = true
     )]
     pub bootstrap_admin_password: Option<String>,
     /// Email of a courier account created at start-up if missing (demo
     /// shipments need one). Needs `COMMERCE_BOOTSTRAP_COURIER_PASSWORD`.
-    #[arg(long = "bootstrap-courier-email", id = "bootstrap-courier-email", env = "COMMERCE_BOOTSTRAP_COURIER_EMAIL")]
+    #[arg(
+        long = "bootstrap-courier-email",
+        id = "bootstrap-courier-email",
+        env = "COMMERCE_BOOTSTRAP_COURIER_EMAIL"
+    )]
     pub bootstrap_courier_email: Option<String>,
     /// Password of the bootstrap courier; environment only.
     #[arg(
-        long = "bootstrap-courier-password", id = "bootstrap-courier-password",
-        env = "COMMERCE_BOOTSTRAP_COURIER_PASSWORD", hide_env_values = true, hide = true
+        long = "bootstrap-courier-password",
+        id = "bootstrap-courier-password",
+        env = "COMMERCE_BOOTSTRAP_COURIER_PASSWORD",
+        hide_env_values = true,
+        hide = true
     )]
     pub bootstrap_courier_password: Option<String>,
 }

@@ -74,7 +74,9 @@ pub fn display_name(raw: &str, email: &str) -> Result<String, InvalidInput> {
     let name = raw.trim();
     let name = if name.is_empty() { email.split('@').next().unwrap_or(email) } else { name };
     if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-        return Err(InvalidInput(format!("display name must be at most {MAX_DISPLAY_NAME_CHARS} characters")));
+        return Err(InvalidInput(format!(
+            "display name must be at most {MAX_DISPLAY_NAME_CHARS} characters"
+        )));
     }
     Ok(name.to_owned())
 }
@@ -139,7 +141,9 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_rejected_with_a_message() {
-        for email in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com", "a@.com"] {
+        for email in
+            ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com", "a@.com"]
+        {
             let error = normalize_email(email).expect_err(email);
             assert!(error.0.contains("email"), "{error}");
         }

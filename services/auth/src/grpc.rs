@@ -28,9 +28,10 @@ impl From<Error> for Status {
         match &error {
             Error::InvalidInput(invalid) => Status::invalid_argument(invalid.0.clone()),
             Error::EmailTaken { .. } => Status::already_exists(error.to_string()),
-            Error::Authenticate | Error::RefreshRejected { .. } | Error::VerifyToken(_) | Error::UserInactive(_) => {
-                Status::unauthenticated(error.to_string())
-            }
+            Error::Authenticate
+            | Error::RefreshRejected { .. }
+            | Error::VerifyToken(_)
+            | Error::UserInactive(_) => Status::unauthenticated(error.to_string()),
             Error::Database { source: sqlx::Error::PoolTimedOut, .. } => {
                 tracing::warn!(error = %error, "database unavailable");
                 Status::unavailable("the auth database is unavailable; retry later")
@@ -62,7 +63,12 @@ impl AuthGrpc {
     }
 
     /// Issues an access token and a new refresh token for `user` in `family`.
-    async fn issue(&self, user: &UserRow, family_id: Uuid, conn: &mut sqlx::PgConnection) -> Result<pb::TokenPair, Error> {
+    async fn issue(
+        &self,
+        user: &UserRow,
+        family_id: Uuid,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<pb::TokenPair, Error> {
         let now = Utc::now();
         let refresh = new_refresh_token();
         let refresh_expires_at = now + chrono_duration(self.inner.settings.refresh_token_ttl);
@@ -132,7 +138,8 @@ impl AuthGrpc {
             Ok(email) => store::find_user_by_email(&self.inner.pool, &email).await?,
             Err(_) => None,
         };
-        let verified = verify_password(request.password, user.as_ref().map(|user| user.password_hash.clone())).await;
+        let verified =
+            verify_password(request.password, user.as_ref().map(|user| user.password_hash.clone())).await;
         let user = match user {
             Some(user) if verified && user.active => user,
             _ => return Err(Error::Authenticate),
@@ -145,24 +152,36 @@ impl AuthGrpc {
     async fn refresh(&self, request: pb::RefreshRequest) -> Result<pb::RefreshResponse, Error> {
         let hash = hash_refresh_token(&request.refresh_token);
         let now = Utc::now();
-        let mut tx = self.inner.pool.begin().await.map_err(|source| Error::Database { action: "begin refresh", source })?;
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(|source| Error::Database { action: "begin refresh", source })?;
         let Some(token) = store::lock_refresh_token(&mut tx, &hash).await? else {
             return Err(Error::RefreshRejected { reason: "unknown refresh token" });
         };
         let state = domain::RefreshTokenState { revoked_at: token.revoked_at, expires_at: token.expires_at };
         match domain::decide_refresh(state, now) {
-            domain::RefreshDecision::Expired => Err(Error::RefreshRejected { reason: "refresh token expired" }),
+            domain::RefreshDecision::Expired => {
+                Err(Error::RefreshRejected { reason: "refresh token expired" })
+            }
             domain::RefreshDecision::RevokeFamily => {
                 let revoked = store::revoke_family(&mut tx, token.family_id).await?;
-                tx.commit().await.map_err(|source| Error::Database { action: "commit family revocation", source })?;
+                tx.commit()
+                    .await
+                    .map_err(|source| Error::Database { action: "commit family revocation", source })?;
                 tracing::warn!(
                     user_id = %token.user_id, family_id = %token.family_id, revoked,
                     "a revoked refresh token was presented again; revoked its whole family"
                 );
-                Err(Error::RefreshRejected { reason: "refresh token already used; every session of this login was revoked" })
+                Err(Error::RefreshRejected {
+                    reason: "refresh token already used; every session of this login was revoked",
+                })
             }
             domain::RefreshDecision::Rotate => {
-                let Some(user) = store::find_user(&mut tx, token.user_id).await?.filter(|user| user.active) else {
+                let Some(user) = store::find_user(&mut tx, token.user_id).await?.filter(|user| user.active)
+                else {
                     return Err(Error::UserInactive(token.user_id));
                 };
                 let successor = new_refresh_token();
@@ -217,13 +236,20 @@ impl AuthGrpc {
     }
 
     async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
-        self.inner.pool.acquire().await.map_err(|source| Error::Database { action: "acquire a connection", source })
+        self.inner
+            .pool
+            .acquire()
+            .await
+            .map_err(|source| Error::Database { action: "acquire a connection", source })
     }
 }
 
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         Ok(Response::new(AuthGrpc::register(self, request.into_inner()).await?))
     }
 
@@ -231,11 +257,17 @@ impl AuthService for AuthGrpc {
         Ok(Response::new(AuthGrpc::login(self, request.into_inner()).await?))
     }
 
-    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
         Ok(Response::new(AuthGrpc::refresh(self, request.into_inner()).await?))
     }
 
-    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
         let hash = hash_refresh_token(&request.into_inner().refresh_token);
         store::revoke_by_hash(&self.inner.pool, &hash).await?;
         Ok(Response::new(pb::LogoutResponse {}))

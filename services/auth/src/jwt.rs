@@ -232,10 +232,13 @@ impl Verifier {
             if key.algorithm != ALGORITHM {
                 return Err(KeyError::UnsupportedAlgorithm { kid: key.key_id, algorithm: key.algorithm });
             }
-            let bytes: [u8; 32] =
-                key.public_key.as_slice().try_into().map_err(|_| KeyError::InvalidKey { kid: key.key_id.clone() })?;
-            let verifying =
-                VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidKey { kid: key.key_id.clone() })?;
+            let bytes: [u8; 32] = key
+                .public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| KeyError::InvalidKey { kid: key.key_id.clone() })?;
+            let verifying = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| KeyError::InvalidKey { kid: key.key_id.clone() })?;
             map.insert(key.key_id, (verifying, key.expires_at));
         }
         Ok(Self { keys: map, ..Self::empty(issuer, audience) })
@@ -282,8 +285,9 @@ impl Verifier {
         let Some((key, key_expires_at)) = self.keys.get(&header.kid) else {
             return Err(VerifyError::UnknownKey { kid: header.kid });
         };
-        let signature_bytes =
-            URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| VerifyError::Malformed("signature is not base64url"))?;
+        let signature_bytes = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .map_err(|_| VerifyError::Malformed("signature is not base64url"))?;
         let signature_bytes: [u8; 64] = signature_bytes
             .as_slice()
             .try_into()
@@ -316,10 +320,18 @@ impl Verifier {
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Result<T, VerifyError> {
     let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| {
-        VerifyError::Malformed(if what == "header" { "header is not base64url" } else { "payload is not base64url" })
+        VerifyError::Malformed(if what == "header" {
+            "header is not base64url"
+        } else {
+            "payload is not base64url"
+        })
     })?;
     serde_json::from_slice(&bytes).map_err(|_| {
-        VerifyError::Malformed(if what == "header" { "header is not the expected JSON" } else { "claims are not the expected JSON" })
+        VerifyError::Malformed(if what == "header" {
+            "header is not the expected JSON"
+        } else {
+            "claims are not the expected JSON"
+        })
     })
 }
 
@@ -454,8 +466,8 @@ mod tests {
         let token = signer.sign(&claims(now));
         let parts: Vec<&str> = token.split('.').collect();
         for alg in ["none", "HS256", "RS256", "ES256"] {
-            let header = URL_SAFE_NO_PAD
-                .encode(format!(r#"{{"alg":"{alg}","kid":"{}"}}"#, signer.kid()).as_bytes());
+            let header =
+                URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","kid":"{}"}}"#, signer.kid()).as_bytes());
             let token = format!("{header}.{}.{}", parts[1], parts[2]);
             assert_eq!(
                 verifier(&[&signer]).verify_at(&token, now),
@@ -486,9 +498,15 @@ mod tests {
         let signer = signer(1);
         let token = signer.sign(&claims(now));
         let wrong_issuer = Verifier::new([jwk(&signer)], "someone-else", "commerce").expect("keys");
-        assert_eq!(wrong_issuer.verify_at(&token, now), Err(VerifyError::WrongIssuer("commerce-auth".to_owned())));
+        assert_eq!(
+            wrong_issuer.verify_at(&token, now),
+            Err(VerifyError::WrongIssuer("commerce-auth".to_owned()))
+        );
         let wrong_audience = Verifier::new([jwk(&signer)], "commerce-auth", "billing").expect("keys");
-        assert_eq!(wrong_audience.verify_at(&token, now), Err(VerifyError::WrongAudience("commerce".to_owned())));
+        assert_eq!(
+            wrong_audience.verify_at(&token, now),
+            Err(VerifyError::WrongAudience("commerce".to_owned()))
+        );
     }
 
     #[test]
@@ -506,10 +524,7 @@ mod tests {
     fn keys_of_other_algorithms_or_sizes_are_refused() {
         let mut key = jwk(&signer(1));
         key.algorithm = "RS256".to_owned();
-        assert!(matches!(
-            Verifier::new([key], "i", "a"),
-            Err(KeyError::UnsupportedAlgorithm { .. })
-        ));
+        assert!(matches!(Verifier::new([key], "i", "a"), Err(KeyError::UnsupportedAlgorithm { .. })));
         let mut key = jwk(&signer(1));
         key.public_key.pop();
         assert!(matches!(Verifier::new([key], "i", "a"), Err(KeyError::InvalidKey { .. })));
@@ -519,7 +534,10 @@ mod tests {
     fn garbage_is_malformed() {
         let verifier = verifier(&[&signer(1)]);
         for token in ["", "a", "a.b", "a.b.c.d", "!!.??.**"] {
-            assert!(matches!(verifier.verify_at(token, Utc::now()), Err(VerifyError::Malformed(_))), "{token}");
+            assert!(
+                matches!(verifier.verify_at(token, Utc::now()), Err(VerifyError::Malformed(_))),
+                "{token}"
+            );
         }
     }
 

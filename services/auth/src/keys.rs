@@ -49,7 +49,8 @@ pub struct PublishedKey {
 
 #[derive(Debug)]
 struct KeySet {
-    /// Signers with their activation, newest activation first.
+    /// Signers of every published key with their activation, newest
+    /// activation first.
     signers: Vec<(TokenSigner, DateTime<Utc>)>,
     published: Vec<PublishedKey>,
     verifier: Verifier,
@@ -90,10 +91,10 @@ impl KeyRing {
     /// whose activation has passed.
     pub fn signer(&self, now: DateTime<Utc>) -> Result<TokenSigner, Error> {
         let set = self.current();
-        if let Some(pinned) = self.pinned.get() {
-            if let Some((signer, _)) = set.signers.iter().find(|(signer, _)| signer.kid() == pinned) {
-                return Ok(signer.clone());
-            }
+        if let Some(pinned) = self.pinned.get()
+            && let Some((signer, _)) = set.signers.iter().find(|(signer, _)| signer.kid() == pinned)
+        {
+            return Ok(signer.clone());
         }
         set.signers
             .iter()
@@ -126,9 +127,11 @@ impl KeyRing {
         for row in &rows {
             let key = decode_row(row)?;
             let public = key.verifying_key();
-            if row.expires_at.is_none() {
-                signers.push((TokenSigner::new(row.kid.clone(), key), row.activates_at));
-            }
+            // A retired key still signs until its successor activates
+            // (the newest activated key wins): its expiry is the
+            // successor's activation plus one token lifetime, so that is
+            // safe, and it covers the pre-publication window.
+            signers.push((TokenSigner::new(row.kid.clone(), key), row.activates_at));
             published.push(PublishedKey {
                 kid: row.kid.clone(),
                 public_key: public.to_bytes(),
@@ -155,7 +158,8 @@ impl KeyRing {
 }
 
 fn decode_row(row: &SigningKeyRow) -> Result<SigningKey, Error> {
-    SigningKey::from_pkcs8_pem(&row.private_key_pem).map_err(|_| Error::DecodeStoredKey { kid: row.kid.clone() })
+    SigningKey::from_pkcs8_pem(&row.private_key_pem)
+        .map_err(|_| Error::DecodeStoredKey { kid: row.kid.clone() })
 }
 
 /// A fresh random Ed25519 key.
@@ -183,7 +187,8 @@ pub async fn maintain(
     access_token_ttl: Duration,
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
-    let mut tx = pool.begin().await.map_err(|source| Error::Database { action: "begin key maintenance", source })?;
+    let mut tx =
+        pool.begin().await.map_err(|source| Error::Database { action: "begin key maintenance", source })?;
     store::lock_keys(&mut tx).await?;
     let keys = store::unexpired_signing_keys(&mut tx).await?;
     let created = match keys.first() {
@@ -194,7 +199,9 @@ pub async fn maintain(
             tracing::info!(%kid, "created the first signing key");
             true
         }
-        Some(newest) if newest.activates_at <= now && domain::key_rotation_due(newest.activates_at, now, rotation) => {
+        Some(newest)
+            if newest.activates_at <= now && domain::key_rotation_due(newest.activates_at, now, rotation) =>
+        {
             insert_successor(&mut tx, now + chrono_duration(PREPUBLISH), access_token_ttl).await?;
             true
         }
@@ -207,8 +214,13 @@ pub async fn maintain(
 /// Creates a successor key now (the "rotate" operation), activating after
 /// `prepublish`; older keys expire one token lifetime after that. Returns
 /// the new kid.
-pub async fn rotate_now(pool: &PgPool, prepublish: Duration, access_token_ttl: Duration) -> Result<String, Error> {
-    let mut tx = pool.begin().await.map_err(|source| Error::Database { action: "begin key rotation", source })?;
+pub async fn rotate_now(
+    pool: &PgPool,
+    prepublish: Duration,
+    access_token_ttl: Duration,
+) -> Result<String, Error> {
+    let mut tx =
+        pool.begin().await.map_err(|source| Error::Database { action: "begin key rotation", source })?;
     store::lock_keys(&mut tx).await?;
     let kid = insert_successor(&mut tx, Utc::now() + chrono_duration(prepublish), access_token_ttl).await?;
     tx.commit().await.map_err(|source| Error::Database { action: "commit key rotation", source })?;
@@ -229,14 +241,19 @@ async fn insert_successor(
 
 /// File mode: installs the key from `path` as the signing key of this
 /// process and returns its kid.
-pub async fn install_file_key(pool: &PgPool, path: &Path, access_token_ttl: Duration) -> Result<String, Error> {
+pub async fn install_file_key(
+    pool: &PgPool,
+    path: &Path,
+    access_token_ttl: Duration,
+) -> Result<String, Error> {
     let pem = std::fs::read_to_string(path)
         .map_err(|source| Error::ReadSigningKey { path: path.to_path_buf(), source })?;
     let key = SigningKey::from_pkcs8_pem(pem.trim())
         .map_err(|error| Error::ParseSigningKey { path: path.to_path_buf(), reason: error.to_string() })?;
     let (kid, pem, public) = encode(&key)?;
     let now = Utc::now();
-    let mut tx = pool.begin().await.map_err(|source| Error::Database { action: "begin key install", source })?;
+    let mut tx =
+        pool.begin().await.map_err(|source| Error::Database { action: "begin key install", source })?;
     store::lock_keys(&mut tx).await?;
     store::upsert_key(&mut tx, &kid, &pem, &public, now).await?;
     store::expire_keys_except(&mut tx, &kid, domain::key_expiry(now, access_token_ttl * 2)).await?;

@@ -69,7 +69,7 @@ pub enum Error {
         source: sqlx::Error,
     },
     #[error("cannot write an event to the outbox")]
-    EnqueueEvent(#[source] OutboxError),
+    EnqueueEvent(#[source] Box<OutboxError>),
     #[error("no signing key is active yet")]
     NoSigningKey,
     #[error("cannot read the signing key file {path}")]
@@ -82,7 +82,9 @@ pub enum Error {
     ParseSigningKey { path: PathBuf, reason: String },
     #[error("stored signing key {kid} cannot be decoded")]
     DecodeStoredKey { kid: String },
-    #[error("bootstrap account {email} is configured without a password (set its COMMERCE_BOOTSTRAP_*_PASSWORD)")]
+    #[error(
+        "bootstrap account {email} is configured without a password (set its COMMERCE_BOOTSTRAP_*_PASSWORD)"
+    )]
     BootstrapWithoutPassword { email: String },
     #[error("cannot set up logging")]
     InitTelemetry(#[source] TelemetryError),
@@ -90,6 +92,8 @@ pub enum Error {
     ConnectDatabase(#[source] DatabaseError),
     #[error("cannot migrate the auth database")]
     MigrateDatabase(#[source] DatabaseError),
+    #[error("the migration task failed")]
+    RunMigrations(#[source] tokio::task::JoinError),
     #[error("cannot create the Kafka producer")]
     CreateProducer(#[source] ProducerError),
     #[error("the gRPC server failed")]
@@ -106,23 +110,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     telemetry::init(&config.common.log, Service::Auth.name()).map_err(Error::InitTelemetry)?;
     let readiness = Readiness::new();
     let metrics = Metrics::new(Service::Auth.name());
-    let admin_task = tokio::spawn(admin::serve(
-        &config.common.admin,
-        readiness.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let admin_task = {
+        let (args, readiness, metrics, shutdown) =
+            (config.common.admin.clone(), readiness.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move { admin::serve(&args, readiness, metrics, shutdown).await })
+    };
 
     let database_check = readiness.register(db::READINESS_CHECK);
-    let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
+    let pool = send(db::connect_with_retry(&config.database, &database_check, &shutdown))
         .await
         .map_err(Error::ConnectDatabase)?;
-    db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+    migrate(&pool).await?;
     let health_task = db::spawn_health_check(pool.clone(), database_check, shutdown.clone());
 
     let keys = KeyRing::new(&config.auth.issuer, &config.auth.audience);
     prepare_keys(&pool, &keys, &config.auth).await?;
-    let key_task = tokio::spawn(maintain_keys(pool.clone(), keys.clone(), config.auth.clone(), shutdown.clone()));
+    let key_task =
+        tokio::spawn(maintain_keys(pool.clone(), keys.clone(), config.auth.clone(), shutdown.clone()));
 
     for (email, password, role) in [
         (&config.auth.bootstrap_admin_email, &config.auth.bootstrap_admin_password, jwt::Role::Admin),
@@ -136,16 +140,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     }
 
     let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
-    let producer_task =
-        producer.watch_readiness(readiness.register(commerce_platform::events::producer::READINESS_CHECK), shutdown.clone());
+    let producer_task = producer.watch_readiness(
+        readiness.register(commerce_platform::events::producer::READINESS_CHECK),
+        shutdown.clone(),
+    );
     let relay_task = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(shutdown.clone()));
 
     let handler = AuthGrpc::new(pool.clone(), keys, config.auth.clone());
     let grpc_result = GrpcServer::new(&config.common.grpc, readiness.clone(), &metrics)
         .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
         .add_service(AuthServiceServer::new(handler))
-        .serve(shutdown.clone())
-        .await;
+        .serve(shutdown.clone());
+    let grpc_result = send(grpc_result).await;
     // Whatever ended the server ends the rest.
     shutdown.cancel();
     for task in [relay_task, key_task, health_task, producer_task] {
@@ -187,11 +193,11 @@ async fn maintain_keys(pool: PgPool, keys: KeyRing, args: AuthArgs, shutdown: Ca
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if args.signing_key_file.is_none() {
-            if let Err(error) = keys::maintain(&pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now()).await
-            {
-                tracing::warn!(error = %error, "signing key maintenance failed; retrying next round");
-            }
+        if args.signing_key_file.is_none()
+            && let Err(error) =
+                keys::maintain(&pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now()).await
+        {
+            tracing::warn!(error = %error, "signing key maintenance failed; retrying next round");
         }
         if let Err(error) = keys.reload(&pool).await {
             tracing::warn!(error = %error, "cannot reload signing keys; keeping the previous ones");
@@ -202,7 +208,12 @@ async fn maintain_keys(pool: PgPool, keys: KeyRing, args: AuthArgs, shutdown: Ca
 /// Creates `email` with `role` and `password` if no account has that email;
 /// an existing account is left untouched (its password may have been
 /// changed since). Publishes `UserRegistered` like a registration.
-pub async fn bootstrap_account(pool: &PgPool, email: &str, password: &str, role: jwt::Role) -> Result<(), Error> {
+pub async fn bootstrap_account(
+    pool: &PgPool,
+    email: &str,
+    password: &str,
+    role: jwt::Role,
+) -> Result<(), Error> {
     let email = domain::normalize_email(email)?;
     domain::check_password(password)?;
     if store::find_user_by_email(pool, &email).await?.is_some() {
@@ -211,7 +222,9 @@ pub async fn bootstrap_account(pool: &PgPool, email: &str, password: &str, role:
     }
     let password_hash = grpc::hash_password(password.to_owned()).await?;
     let display_name = domain::display_name("", &email)?;
-    match store::create_user(pool, store::NewUser { email: email.clone(), display_name, password_hash, role }).await {
+    match store::create_user(pool, store::NewUser { email: email.clone(), display_name, password_hash, role })
+        .await
+    {
         // A replica starting at the same time won the race: same outcome.
         Ok(_) | Err(Error::EmailTaken { .. }) => {
             tracing::info!(%email, %role, "bootstrap account ready");
@@ -219,4 +232,31 @@ pub async fn bootstrap_account(pool: &PgPool, email: &str, password: &str, role:
         }
         Err(error) => Err(error),
     }
+}
+
+/// Runs the platform's and this service's migrations.
+///
+/// On a blocking thread of its own: sqlx's `Migrator::run` future cannot be
+/// proven `Send` (its `Acquire<'a>` bound is higher-ranked, the same
+/// rust-lang/rust#102211 false positive), so awaiting it inside `serve`
+/// would make `serve` itself unspawnable. `block_on` needs no `Send`.
+async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current().block_on(db::run_migrations(&pool, &MIGRATOR))
+    })
+    .await
+    .map_err(Error::RunMigrations)?
+    .map_err(Error::MigrateDatabase)
+}
+
+/// Boxes `future` as `Send` at this concrete call site. Awaiting the
+/// platform's reference-taking futures directly inside `serve` trips
+/// rustc's "implementation of `Send` is not general enough" false positive
+/// (rust-lang/rust#102211) when a caller spawns `serve`; checking `Send`
+/// here, where every lifetime is concrete, avoids it.
+fn send<'a, T>(
+    future: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
 }

@@ -87,7 +87,7 @@ pub async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> Result<User
         roles: vec![event_role(row.role()) as i32],
         occurred_at: Some(timestamp(row.created_at)),
     };
-    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     Ok(row)
 }
 
@@ -101,7 +101,10 @@ fn event_role(role: Role) -> events::UserRole {
 
 /// A protobuf timestamp for `at`.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
 }
 
 const USER_COLUMNS: &str = "id, email, display_name, password_hash, role, active, created_at";
@@ -161,7 +164,10 @@ pub struct RefreshTokenRow {
 
 /// Finds and locks (`FOR UPDATE`) the token with this hash, so that two
 /// concurrent refreshes of one token serialize: the second sees it revoked.
-pub async fn lock_refresh_token(conn: &mut PgConnection, hash: &[u8]) -> Result<Option<RefreshTokenRow>, Error> {
+pub async fn lock_refresh_token(
+    conn: &mut PgConnection,
+    hash: &[u8],
+) -> Result<Option<RefreshTokenRow>, Error> {
     sqlx::query_as::<_, RefreshTokenRow>(
         "SELECT id, user_id, family_id, expires_at, revoked_at FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
     )
@@ -184,22 +190,25 @@ pub async fn revoke_rotated(conn: &mut PgConnection, id: Uuid, replaced_by: Uuid
 
 /// Revokes every still-valid token of a family; returns how many.
 pub async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, Error> {
-    let done =
-        sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
-            .bind(family_id)
-            .execute(conn)
-            .await
-            .map_err(database("revoke a refresh token family"))?;
+    let done = sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(family_id)
+    .execute(conn)
+    .await
+    .map_err(database("revoke a refresh token family"))?;
     Ok(done.rows_affected())
 }
 
 /// Revokes the token with this hash if it is still valid (logout).
 pub async fn revoke_by_hash(pool: &PgPool, hash: &[u8]) -> Result<bool, Error> {
-    let done = sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL")
-        .bind(hash)
-        .execute(pool)
-        .await
-        .map_err(database("revoke a refresh token"))?;
+    let done = sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash)
+    .execute(pool)
+    .await
+    .map_err(database("revoke a refresh token"))?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -269,7 +278,11 @@ pub async fn upsert_key(
 }
 
 /// Sets an expiry on every unexpired key but `keep`.
-pub async fn expire_keys_except(conn: &mut PgConnection, keep: &str, expires_at: DateTime<Utc>) -> Result<(), Error> {
+pub async fn expire_keys_except(
+    conn: &mut PgConnection,
+    keep: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), Error> {
     sqlx::query("UPDATE signing_keys SET expires_at = $2 WHERE kid <> $1 AND expires_at IS NULL")
         .bind(keep)
         .bind(expires_at)

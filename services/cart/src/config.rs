@@ -41,11 +41,21 @@ pub struct CartSettings {
     pub ttl: Duration,
     /// Most units of one product in a cart: a shop's "max per customer",
     /// and a guard against typos holding a product's whole stock.
-    #[arg(long = "cart-max-line-quantity", id = "cart-max-line-quantity", env = "COMMERCE_CART_MAX_LINE_QUANTITY", default_value_t = 99)]
+    #[arg(
+        long = "cart-max-line-quantity",
+        id = "cart-max-line-quantity",
+        env = "COMMERCE_CART_MAX_LINE_QUANTITY",
+        default_value_t = 99
+    )]
     pub max_line_quantity: u32,
     /// Most different products in one cart: bounds the size of a cart's
     /// hash and of the catalog and inventory calls that price it.
-    #[arg(long = "cart-max-lines", id = "cart-max-lines", env = "COMMERCE_CART_MAX_LINES", default_value_t = 100)]
+    #[arg(
+        long = "cart-max-lines",
+        id = "cart-max-lines",
+        env = "COMMERCE_CART_MAX_LINES",
+        default_value_t = 100
+    )]
     pub max_lines: usize,
 }
 

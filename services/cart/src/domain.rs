@@ -91,7 +91,11 @@ pub fn encode_line_value(quantity: u32, added_at_ms: i64) -> String {
 /// Decodes a value written by [`encode_line_value`]; `None` if malformed.
 pub fn decode_line_value(product_id: &str, value: &str) -> Option<CartLine> {
     let (quantity, added) = value.split_once(':')?;
-    Some(CartLine { product_id: product_id.to_owned(), quantity: quantity.parse().ok()?, added_at_ms: added.parse().ok()? })
+    Some(CartLine {
+        product_id: product_id.to_owned(),
+        quantity: quantity.parse().ok()?,
+        added_at_ms: added.parse().ok()?,
+    })
 }
 
 /// Sorts lines as first added (product id breaks ties).
@@ -153,14 +157,15 @@ pub fn price_cart(
     for line in lines {
         let product = products.get(&line.product_id);
         let line_total = product.and_then(|product| {
-            product.price.units.checked_mul(i64::from(line.quantity)).map(|units| Money {
-                currency_code: product.price.currency_code.clone(),
-                units,
-            })
+            product
+                .price
+                .units
+                .checked_mul(i64::from(line.quantity))
+                .map(|units| Money { currency_code: product.price.currency_code.clone(), units })
         });
         let orderable = product.is_some_and(|product| product.active);
-        let mut in_stock =
-            orderable && available.get(&line.product_id).is_some_and(|units| *units >= i64::from(line.quantity));
+        let mut in_stock = orderable
+            && available.get(&line.product_id).is_some_and(|units| *units >= i64::from(line.quantity));
         if orderable && let Some(total) = &line_total {
             match &mut subtotal {
                 None => subtotal = Some(total.clone()),
@@ -200,7 +205,10 @@ mod tests {
     fn adding_merges_with_the_line_and_respects_the_line_maximum() {
         assert_eq!(added_quantity("p", 0, 3, LIMITS), Ok(3));
         assert_eq!(added_quantity("p", 3, 96, LIMITS), Ok(99));
-        assert!(matches!(added_quantity("p", 3, 97, LIMITS), Err(RuleError::LineQuantity { quantity: 100, .. })));
+        assert!(matches!(
+            added_quantity("p", 3, 97, LIMITS),
+            Err(RuleError::LineQuantity { quantity: 100, .. })
+        ));
         assert!(matches!(added_quantity("p", 0, u32::MAX, LIMITS), Err(RuleError::LineQuantity { .. })));
         assert_eq!(added_quantity("p", 1, 0, LIMITS), Err(RuleError::ZeroQuantity));
         assert_eq!(set_quantity("p", 0, LIMITS), Ok(0));
@@ -243,7 +251,8 @@ mod tests {
             &products,
             &available,
         );
-        let flags: Vec<(&str, bool)> = cart.lines.iter().map(|l| (l.product_id.as_str(), l.in_stock)).collect();
+        let flags: Vec<(&str, bool)> =
+            cart.lines.iter().map(|l| (l.product_id.as_str(), l.in_stock)).collect();
         assert_eq!(flags, [("a", true), ("b", false), ("c", false), ("gone", false)]);
         assert_eq!(cart.lines[0].line_total, Some(eur(300)));
         assert_eq!(cart.lines[0].name, "Apple");

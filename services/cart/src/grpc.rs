@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
+use commerce_platform::resilience::{ResilientChannel, idempotent};
 use commerce_proto::cart::v1 as pb;
 use commerce_proto::cart::v1::cart_service_server::CartService;
 use commerce_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
@@ -20,14 +21,13 @@ use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceCli
 use commerce_proto::inventory::v1::{CheckAvailabilityRequest, StockLine};
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::order::v1::{Order, PlaceOrderLine, PlaceOrderRequest};
-use commerce_platform::resilience::{ResilientChannel, idempotent};
 use prost::Message;
 use prost_types::Timestamp;
 use tonic::{Code, Request, Response, Status};
 
+use crate::Error;
 use crate::domain::{self, CartLine, Limits, Money, PricedCart, ProductInfo};
 use crate::store::{AddOutcome, CartStore, StoredCart};
-use crate::Error;
 use commerce_api::catalog::Service;
 
 /// gRPC clients of the cart's peers.
@@ -47,7 +47,10 @@ pub struct CartGrpc {
 }
 
 fn timestamp_ms(ms: i64) -> Timestamp {
-    Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
 }
 
 fn money(money: Money) -> PbMoney {
@@ -96,7 +99,10 @@ impl CartGrpc {
         let request = CheckAvailabilityRequest {
             lines: lines
                 .iter()
-                .map(|(product_id, quantity)| StockLine { product_id: product_id.clone(), quantity: *quantity })
+                .map(|(product_id, quantity)| StockLine {
+                    product_id: product_id.clone(),
+                    quantity: *quantity,
+                })
                 .collect(),
         };
         let response = self
@@ -159,16 +165,28 @@ impl CartGrpc {
             Err(status) => return Err(peer_error(Service::Catalog, status)),
         };
         match product {
-            None => return Err(Error::ProductUnavailable { product_id: product_id.to_owned(), reason: "does not exist" }),
+            None => {
+                return Err(Error::ProductUnavailable {
+                    product_id: product_id.to_owned(),
+                    reason: "does not exist",
+                });
+            }
             Some(product) if !product.active => {
-                return Err(Error::ProductUnavailable { product_id: product_id.to_owned(), reason: "is not for sale" });
+                return Err(Error::ProductUnavailable {
+                    product_id: product_id.to_owned(),
+                    reason: "is not for sale",
+                });
             }
             Some(_) => {}
         }
         let available = self.availability(&[(product_id.to_owned(), quantity)]).await?;
         let units = available.get(product_id).copied().unwrap_or(0);
         if !domain::is_enough(quantity, units) {
-            return Err(Error::InsufficientStock { product_id: product_id.to_owned(), requested: quantity, available: units });
+            return Err(Error::InsufficientStock {
+                product_id: product_id.to_owned(),
+                requested: quantity,
+                available: units,
+            });
         }
         Ok(())
     }
@@ -176,13 +194,19 @@ impl CartGrpc {
 
 #[tonic::async_trait]
 impl CartService for CartGrpc {
-    async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<pb::GetCartResponse>, Status> {
+    async fn get_cart(
+        &self,
+        request: Request<pb::GetCartRequest>,
+    ) -> Result<Response<pb::GetCartResponse>, Status> {
         let user_id = request.into_inner().user_id;
         domain::require_user(&user_id).map_err(Error::from)?;
         Ok(Response::new(pb::GetCartResponse { cart: Some(self.current_cart(&user_id).await?) }))
     }
 
-    async fn add_item(&self, request: Request<pb::AddItemRequest>) -> Result<Response<pb::AddItemResponse>, Status> {
+    async fn add_item(
+        &self,
+        request: Request<pb::AddItemRequest>,
+    ) -> Result<Response<pb::AddItemResponse>, Status> {
         let request = request.into_inner();
         domain::require_user(&request.user_id).map_err(Error::from)?;
         domain::require_product(&request.product_id).map_err(Error::from)?;
@@ -191,7 +215,11 @@ impl CartService for CartGrpc {
             .map_err(Error::from)?;
         self.check_buyable(&request.product_id, total).await?;
         let now_ms = Utc::now().timestamp_millis();
-        match self.store.add(&request.user_id, &request.product_id, request.quantity, self.limits, now_ms).await? {
+        match self
+            .store
+            .add(&request.user_id, &request.product_id, request.quantity, self.limits, now_ms)
+            .await?
+        {
             AddOutcome::Added { .. } => {}
             // Another request grew the line meanwhile.
             AddOutcome::LineQuantityExceeded { quantity } => {
@@ -203,7 +231,9 @@ impl CartService for CartGrpc {
                 .into());
             }
             AddOutcome::TooManyLines => {
-                return Err(Error::from(domain::RuleError::TooManyLines { max: self.limits.max_lines }).into());
+                return Err(
+                    Error::from(domain::RuleError::TooManyLines { max: self.limits.max_lines }).into()
+                );
             }
         }
         Ok(Response::new(pb::AddItemResponse { cart: Some(self.current_cart(&request.user_id).await?) }))
@@ -216,7 +246,8 @@ impl CartService for CartGrpc {
         let request = request.into_inner();
         domain::require_user(&request.user_id).map_err(Error::from)?;
         domain::require_product(&request.product_id).map_err(Error::from)?;
-        let quantity = domain::set_quantity(&request.product_id, request.quantity, self.limits).map_err(Error::from)?;
+        let quantity =
+            domain::set_quantity(&request.product_id, request.quantity, self.limits).map_err(Error::from)?;
         if quantity > 0 {
             let current = self.store.quantity(&request.user_id, &request.product_id).await?;
             if current == 0 {
@@ -226,8 +257,10 @@ impl CartService for CartGrpc {
                 self.check_buyable(&request.product_id, quantity).await?;
             }
         }
-        let found =
-            self.store.set_quantity(&request.user_id, &request.product_id, quantity, Utc::now().timestamp_millis()).await?;
+        let found = self
+            .store
+            .set_quantity(&request.user_id, &request.product_id, quantity, Utc::now().timestamp_millis())
+            .await?;
         if !found {
             return Err(Error::ItemNotFound { product_id: request.product_id }.into());
         }
@@ -245,14 +278,22 @@ impl CartService for CartGrpc {
         Ok(Response::new(pb::RemoveItemResponse { cart: Some(self.current_cart(&request.user_id).await?) }))
     }
 
-    async fn clear_cart(&self, request: Request<pb::ClearCartRequest>) -> Result<Response<pb::ClearCartResponse>, Status> {
+    async fn clear_cart(
+        &self,
+        request: Request<pb::ClearCartRequest>,
+    ) -> Result<Response<pb::ClearCartResponse>, Status> {
         let user_id = request.into_inner().user_id;
         domain::require_user(&user_id).map_err(Error::from)?;
         self.store.clear(&user_id).await?;
-        Ok(Response::new(pb::ClearCartResponse { cart: Some(self.render(&user_id, StoredCart::default()).await?) }))
+        Ok(Response::new(pb::ClearCartResponse {
+            cart: Some(self.render(&user_id, StoredCart::default()).await?),
+        }))
     }
 
-    async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutResponse>, Status> {
+    async fn checkout(
+        &self,
+        request: Request<pb::CheckoutRequest>,
+    ) -> Result<Response<pb::CheckoutResponse>, Status> {
         let request = request.into_inner();
         domain::require_user(&request.user_id).map_err(Error::from)?;
         if request.idempotency_key.trim().is_empty() {
@@ -274,7 +315,10 @@ impl CartService for CartGrpc {
             lines: cart
                 .lines
                 .iter()
-                .map(|line: &CartLine| PlaceOrderLine { product_id: line.product_id.clone(), quantity: line.quantity })
+                .map(|line: &CartLine| PlaceOrderLine {
+                    product_id: line.product_id.clone(),
+                    quantity: line.quantity,
+                })
                 .collect(),
             shipping_address: request.shipping_address,
             payment_method_token: request.payment_method_token,
@@ -292,8 +336,11 @@ impl CartService for CartGrpc {
             .order
             .ok_or(Error::MissingOrder)?;
         // The order exists: only now does the cart give up its lines.
-        self.store.record_checkout(&request.user_id, &request.idempotency_key, &order.encode_to_vec()).await?;
-        let removed = self.store.remove_ordered(&request.user_id, &cart, Utc::now().timestamp_millis()).await?;
+        self.store
+            .record_checkout(&request.user_id, &request.idempotency_key, &order.encode_to_vec())
+            .await?;
+        let removed =
+            self.store.remove_ordered(&request.user_id, &cart, Utc::now().timestamp_millis()).await?;
         tracing::info!(user_id = %request.user_id, order_id = %order.id, removed, "cart checked out");
         Ok(Response::new(pb::CheckoutResponse { order: Some(order) }))
     }
@@ -307,12 +354,16 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::Validate(rule) => Status::invalid_argument(rule.to_string()),
-            error @ (Error::ProductUnavailable { .. } | Error::InsufficientStock { .. } | Error::EmptyCart) => {
-                Status::failed_precondition(error.to_string())
-            }
+            error @ (Error::ProductUnavailable { .. }
+            | Error::InsufficientStock { .. }
+            | Error::EmptyCart) => Status::failed_precondition(error.to_string()),
             error @ Error::ItemNotFound { .. } => Status::not_found(error.to_string()),
             Error::CallPeer { peer, status } => match status.code() {
-                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unknown | Code::Internal => {
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Unknown
+                | Code::Internal => {
                     tracing::warn!(peer = peer.name(), code = ?status.code(), message = status.message(), "peer call failed");
                     Status::unavailable(format!("the {} service is unavailable; retry later", peer.name()))
                 }

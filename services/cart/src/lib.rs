@@ -109,7 +109,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     });
 
     let result = async {
-        let redis = platform_redis::connect(&config.redis, &readiness, &stop).await.map_err(Error::ConnectRedis)?;
+        let redis =
+            platform_redis::connect(&config.redis, &readiness, &stop).await.map_err(Error::ConnectRedis)?;
         // Peers not configured explicitly are on their local ports.
         let peers = Peers::new(&config.peers.clone().or_local_defaults(), &config.client, stop.clone())
             .with_metrics(&metrics);

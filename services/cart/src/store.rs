@@ -161,7 +161,8 @@ impl CartStore {
         let key = cart_key(user_id);
         let (fields, pttl): (Vec<(String, String)>, i64) =
             redis::pipe().hgetall(&key).pttl(&key).query_async(&mut redis).await.map_err(Error::ReadCart)?;
-        let mut cart = StoredCart { ttl: u64::try_from(pttl).ok().map(Duration::from_millis), ..StoredCart::default() };
+        let mut cart =
+            StoredCart { ttl: u64::try_from(pttl).ok().map(Duration::from_millis), ..StoredCart::default() };
         for (field, value) in fields {
             if field == UPDATED_FIELD {
                 cart.updated_at_ms = value.parse().ok();
@@ -182,7 +183,9 @@ impl CartStore {
         let mut redis = self.redis.clone();
         let value: Option<String> =
             redis.hget(cart_key(user_id), line_field(product_id)).await.map_err(Error::ReadCart)?;
-        Ok(value.and_then(|value| domain::decode_line_value(product_id, &value)).map_or(0, |line| line.quantity))
+        Ok(value
+            .and_then(|value| domain::decode_line_value(product_id, &value))
+            .map_or(0, |line| line.quantity))
     }
 
     /// Adds `added` units of a product, enforcing the limits atomically.
@@ -216,7 +219,13 @@ impl CartStore {
 
     /// Sets a line's quantity; 0 removes it. False if the line does not
     /// exist.
-    pub async fn set_quantity(&self, user_id: &str, product_id: &str, quantity: u32, now_ms: i64) -> Result<bool, Error> {
+    pub async fn set_quantity(
+        &self,
+        user_id: &str,
+        product_id: &str,
+        quantity: u32,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
         let mut redis = self.redis.clone();
         let found: i64 = self
             .set
@@ -246,7 +255,12 @@ impl CartStore {
     /// Removes the lines of `ordered` that are unchanged since it was read:
     /// what an order was just placed for. Lines added or changed meanwhile
     /// stay in the cart.
-    pub async fn remove_ordered(&self, user_id: &str, ordered: &StoredCart, now_ms: i64) -> Result<usize, Error> {
+    pub async fn remove_ordered(
+        &self,
+        user_id: &str,
+        ordered: &StoredCart,
+        now_ms: i64,
+    ) -> Result<usize, Error> {
         let mut redis = self.redis.clone();
         let mut invocation = self.remove_if_unchanged.key(cart_key(user_id));
         invocation.arg(now_ms).arg(millis(self.ttl));
@@ -258,13 +272,22 @@ impl CartStore {
     }
 
     /// The encoded order a checkout with this key placed, if any.
-    pub async fn checkout_result(&self, user_id: &str, idempotency_key: &str) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn checkout_result(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let mut redis = self.redis.clone();
         redis.get(checkout_key(user_id, idempotency_key)).await.map_err(Error::ReadCart)
     }
 
     /// Remembers the encoded order a checkout placed, for its retries.
-    pub async fn record_checkout(&self, user_id: &str, idempotency_key: &str, order: &[u8]) -> Result<(), Error> {
+    pub async fn record_checkout(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+        order: &[u8],
+    ) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let _: () = redis
             .pset_ex(checkout_key(user_id, idempotency_key), order, millis(self.ttl))

@@ -1,6 +1,6 @@
 //! Cache-aside in Redis for product reads and listing pages.
 //!
-//! Keys (all under `catalog:v1:`):
+//! Keys (all under [`KEY_PREFIX`], `catalog:v1:`):
 //! - `gen`: the list generation, a counter bumped by every write;
 //! - `product:{id}`: one encoded `Product`;
 //! - `list:{gen}:{fingerprint}`: one encoded `ListProductsResponse`, keyed by
@@ -48,7 +48,10 @@ pub const PRODUCT_TTL: Duration = Duration::from_secs(10 * 60);
 /// this only reclaims their memory.
 pub const LIST_TTL: Duration = Duration::from_secs(2 * 60);
 
-const GENERATION_KEY: &str = "catalog:v1:gen";
+/// Prefix of every key: the service and a format version, so that other
+/// users of the same Redis (cart, gateway) never collide with the catalog,
+/// and a change of the cached encoding can start afresh under `v2`.
+pub const KEY_PREFIX: &str = "catalog:v1";
 
 /// Reads the generation and, with it, the entry `ARGV[1]` names
 /// (`{gen}` in the name is replaced by the generation).
@@ -94,6 +97,7 @@ impl<T> Lookup<T> {
 /// The catalog's Redis cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
+    prefix: Arc<str>,
     connection: Arc<RwLock<Option<ConnectionManager>>>,
     /// Product ids whose invalidation failed, replayed when Redis is back.
     pending: Arc<Mutex<PendingInvalidation>>,
@@ -119,6 +123,12 @@ impl fmt::Debug for Cache {
 impl Cache {
     /// A cache with no Redis yet: every read misses until [`set_connection`](Self::set_connection).
     pub fn new(metrics: &Metrics) -> Self {
+        Self::with_prefix(metrics, KEY_PREFIX)
+    }
+
+    /// A cache whose keys start with `prefix` instead of [`KEY_PREFIX`]
+    /// (tests sharing one Redis).
+    pub fn with_prefix(metrics: &Metrics, prefix: &str) -> Self {
         let requests = Family::<CacheLabels, Counter>::default();
         metrics.register(
             "commerce_catalog_cache_requests",
@@ -126,6 +136,7 @@ impl Cache {
             requests.clone(),
         );
         Self {
+            prefix: prefix.into(),
             connection: Arc::new(RwLock::new(None)),
             pending: Arc::new(Mutex::new(PendingInvalidation::default())),
             degraded: Arc::new(AtomicBool::new(false)),
@@ -163,7 +174,11 @@ impl Cache {
 
     fn record_failure(&self, operation: &str, error: &str) {
         if !self.degraded.swap(true, Ordering::Relaxed) {
-            tracing::warn!(operation, error, "Redis unavailable: serving the catalog from Postgres (degraded)");
+            tracing::warn!(
+                operation,
+                error,
+                "Redis unavailable: serving the catalog from Postgres (degraded)"
+            );
         }
     }
 
@@ -209,7 +224,7 @@ impl Cache {
             }
             (pending.products.iter().copied().collect::<Vec<_>>(), pending.bump)
         };
-        if invalidate_on(manager, &products, bump).await.is_ok() {
+        if invalidate_on(manager, &self.prefix, &products, bump).await.is_ok() {
             let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for id in &products {
                 pending.products.remove(id);
@@ -230,7 +245,7 @@ impl Cache {
         let found = self
             .run("read", |mut manager| async move {
                 redis::Script::new(READ_SCRIPT)
-                    .key(GENERATION_KEY)
+                    .key(generation_key(&self.prefix))
                     .arg(key_template)
                     .invoke_async::<(String, Option<Vec<u8>>)>(&mut manager)
                     .await
@@ -253,9 +268,10 @@ impl Cache {
     }
 
     async fn write(&self, generation: String, key: String, bytes: Vec<u8>, ttl: Duration) {
+        let generation_key = generation_key(&self.prefix);
         self.run("write", |mut manager| async move {
             redis::Script::new(WRITE_SCRIPT)
-                .key(GENERATION_KEY)
+                .key(generation_key)
                 .arg(generation)
                 .arg(key)
                 .arg(bytes)
@@ -268,26 +284,26 @@ impl Cache {
 
     /// Looks a product up.
     pub async fn product<T: Message + Default>(&self, id: Uuid) -> Lookup<T> {
-        decode(self.read("product", product_key(id)).await)
+        decode(self.read("product", product_key(&self.prefix, id)).await)
     }
 
     /// Stores a product read from Postgres under `generation` (from the
     /// lookup that missed).
     pub async fn store_product<T: Message>(&self, id: Uuid, generation: Option<String>, product: &T) {
         if let Some(generation) = generation {
-            self.write(generation, product_key(id), product.encode_to_vec(), PRODUCT_TTL).await;
+            self.write(generation, product_key(&self.prefix, id), product.encode_to_vec(), PRODUCT_TTL).await;
         }
     }
 
     /// Looks a listing page up by its request fingerprint.
     pub async fn list<T: Message + Default>(&self, fingerprint: &str) -> Lookup<T> {
-        decode(self.read("list", format!("catalog:v1:list:{{gen}}:{fingerprint}")).await)
+        decode(self.read("list", format!("{}:list:{{gen}}:{fingerprint}", self.prefix)).await)
     }
 
     /// Stores a page read from Postgres under `generation`.
     pub async fn store_list<T: Message>(&self, fingerprint: &str, generation: Option<String>, page: &T) {
         if let Some(generation) = generation {
-            let key = format!("catalog:v1:list:{generation}:{fingerprint}");
+            let key = format!("{}:list:{generation}:{fingerprint}", self.prefix);
             self.write(generation, key, page.encode_to_vec(), LIST_TTL).await;
         }
     }
@@ -301,26 +317,37 @@ impl Cache {
             pending.products.extend(product);
             pending.bump = true;
         }
-        if let Some(manager) = self.connection() {
-            if !self.replay_pending(manager).await {
-                self.record_failure("invalidate", "invalidation failed; will replay");
-            }
+        if let Some(manager) = self.connection()
+            && !self.replay_pending(manager).await
+        {
+            self.record_failure("invalidate", "invalidation failed; will replay");
         }
     }
 }
 
-fn product_key(id: Uuid) -> String {
-    format!("catalog:v1:product:{id}")
+/// Key of one cached product.
+pub fn product_key(prefix: &str, id: Uuid) -> String {
+    format!("{prefix}:product:{id}")
 }
 
-async fn invalidate_on(mut manager: ConnectionManager, products: &[Uuid], bump: bool) -> redis::RedisResult<()> {
+/// Key of the list generation counter.
+pub fn generation_key(prefix: &str) -> String {
+    format!("{prefix}:gen")
+}
+
+async fn invalidate_on(
+    mut manager: ConnectionManager,
+    prefix: &str,
+    products: &[Uuid],
+    bump: bool,
+) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for id in products {
-        pipe.del(product_key(*id)).ignore();
+        pipe.del(product_key(prefix, *id)).ignore();
     }
     if bump {
-        pipe.incr(GENERATION_KEY, 1).ignore();
+        pipe.incr(generation_key(prefix), 1).ignore();
     }
     match tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut manager)).await {
         Ok(result) => result,

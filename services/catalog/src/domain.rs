@@ -70,7 +70,10 @@ pub fn validate_product(mut draft: ProductDraft) -> Result<ProductDraft, Invalid
         return Err(invalid(format!("sku must be at most {MAX_SKU_CHARS} characters")));
     }
     if !draft.sku.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(invalid(format!("sku {:?} may only contain letters, digits, '-', '_' and '.'", draft.sku)));
+        return Err(invalid(format!(
+            "sku {:?} may only contain letters, digits, '-', '_' and '.'",
+            draft.sku
+        )));
     }
     if draft.name.is_empty() {
         return Err(invalid("name must not be empty"));
@@ -307,7 +310,9 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
         let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
         if cursor.filter != filter.fingerprint() {
-            return Err(invalid("page_token was issued for different filters; keep the filters of the first page"));
+            return Err(invalid(
+                "page_token was issued for different filters; keep the filters of the first page",
+            ));
         }
         Ok(cursor)
     }
@@ -337,7 +342,8 @@ mod tests {
 
     #[test]
     fn empty_names_negative_prices_bad_currencies_and_skus_are_rejected_with_messages() {
-        let cases: [(fn(&mut ProductDraft), &str); 6] = [
+        type Breaker = fn(&mut ProductDraft);
+        let cases: [(Breaker, &str); 6] = [
             (|d| d.name = "  ".to_owned(), "name must not be empty"),
             (|d| d.sku = String::new(), "sku must not be empty"),
             (|d| d.sku = "KB 001".to_owned(), "may only contain"),
@@ -358,7 +364,10 @@ mod tests {
 
     #[test]
     fn category_slugs_must_be_url_safe() {
-        assert_eq!(validate_category(" Knives ", "kitchen-knives"), Ok(("Knives".to_owned(), "kitchen-knives".to_owned())));
+        assert_eq!(
+            validate_category(" Knives ", "kitchen-knives"),
+            Ok(("Knives".to_owned(), "kitchen-knives".to_owned()))
+        );
         for slug in ["", "Kitchen", "a b", "-a", "a-", "a--b", "ä"] {
             assert!(validate_category("x", slug).is_err(), "{slug:?}");
         }
@@ -417,7 +426,8 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_refuse_other_filters() {
         let filter = ListFilter::new(None, "desk", None, None, false).expect("valid");
-        let cursor = Cursor { name: "Desk lamp".to_owned(), id: Uuid::from_u128(5), filter: filter.fingerprint() };
+        let cursor =
+            Cursor { name: "Desk lamp".to_owned(), id: Uuid::from_u128(5), filter: filter.fingerprint() };
         assert_eq!(Cursor::decode(&cursor.encode(), &filter), Ok(cursor.clone()));
         let other = ListFilter::new(None, "chair", None, None, false).expect("valid");
         assert!(Cursor::decode(&cursor.encode(), &other).is_err());

@@ -34,7 +34,7 @@ pub async fn enqueue_created(conn: &mut PgConnection, row: &ProductRow) -> Resul
         active: row.active,
         occurred_at: Some(timestamp(row.created_at)),
     };
-    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     Ok(())
 }
 
@@ -53,10 +53,12 @@ pub async fn enqueue_updated(
         category_id: after.category_id.to_string(),
         price: Some(money(&after.price())),
         active: after.active,
-        changed_fields: Some(FieldMask { paths: changed.iter().map(|field| field.name().to_owned()).collect() }),
+        changed_fields: Some(FieldMask {
+            paths: changed.iter().map(|field| field.name().to_owned()).collect(),
+        }),
         occurred_at,
     };
-    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     if changed.contains(&Field::Price) {
         let event = pb::PriceChanged {
             product_id: after.id.to_string(),
@@ -64,7 +66,7 @@ pub async fn enqueue_updated(
             price: Some(money(&after.price())),
             occurred_at,
         };
-        enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+        enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     }
     Ok(())
 }
@@ -76,6 +78,6 @@ pub async fn enqueue_deleted(conn: &mut PgConnection, row: &ProductRow) -> Resul
         sku: row.sku.clone(),
         occurred_at: Some(timestamp(chrono::Utc::now())),
     };
-    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     Ok(())
 }

@@ -15,18 +15,20 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::Error;
 use crate::cache::Cache;
 use crate::domain::{self, Cursor, InvalidInput, ListFilter, Money, ProductDraft};
 use crate::events::{self, timestamp};
 use crate::store::{self, CategoryRow, ProductRow};
-use crate::Error;
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match &error {
             Error::InvalidInput(invalid) => Status::invalid_argument(invalid.0.clone()),
             Error::SkuTaken { .. } | Error::SlugTaken { .. } => Status::already_exists(error.to_string()),
-            Error::CategoryNotFound { .. } | Error::ProductNotFound { .. } => Status::not_found(error.to_string()),
+            Error::CategoryNotFound { .. } | Error::ProductNotFound { .. } => {
+                Status::not_found(error.to_string())
+            }
             Error::Database { source: sqlx::Error::PoolTimedOut, .. } => {
                 tracing::warn!(error = %error, "database unavailable");
                 Status::unavailable("the catalog database is unavailable; retry later")
@@ -95,7 +97,11 @@ impl CatalogGrpc {
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
-        self.inner.pool.begin().await.map_err(|source| Error::Database { action: "begin a transaction", source })
+        self.inner
+            .pool
+            .begin()
+            .await
+            .map_err(|source| Error::Database { action: "begin a transaction", source })
     }
 
     async fn create_product(&self, request: pb::CreateProductRequest) -> Result<pb::Product, Error> {
@@ -130,7 +136,8 @@ impl CatalogGrpc {
     async fn update_product(&self, request: pb::UpdateProductRequest) -> Result<pb::Product, Error> {
         let patch = request.product.ok_or_else(|| InvalidInput("product is required".to_owned()))?;
         let id = parse_id(&patch.id, "product.id")?;
-        let fields = domain::parse_update_mask(request.update_mask.map(|mask| mask.paths).as_deref().unwrap_or(&[]))?;
+        let fields =
+            domain::parse_update_mask(request.update_mask.map(|mask| mask.paths).as_deref().unwrap_or(&[]))?;
         let mut tx = self.begin().await?;
         let current = store::lock_product(&mut tx, id).await?.ok_or(Error::ProductNotFound { id })?;
         // Fields outside the mask may be absent from the request: take
@@ -169,14 +176,19 @@ impl CatalogGrpc {
         let mut tx = self.begin().await?;
         if let Some(row) = store::delete_product(&mut tx, id).await? {
             events::enqueue_deleted(&mut tx, &row).await?;
-            tx.commit().await.map_err(|source| Error::Database { action: "commit a product deletion", source })?;
+            tx.commit()
+                .await
+                .map_err(|source| Error::Database { action: "commit a product deletion", source })?;
             self.inner.cache.invalidate(Some(id)).await;
             tracing::info!(product_id = %id, "product deleted");
         }
         Ok(())
     }
 
-    async fn list_products(&self, request: pb::ListProductsRequest) -> Result<pb::ListProductsResponse, Error> {
+    async fn list_products(
+        &self,
+        request: pb::ListProductsRequest,
+    ) -> Result<pb::ListProductsResponse, Error> {
         let limit = domain::page_size(request.page_size)?;
         let bound = |money: Option<ProtoMoney>| {
             money.map(|money| Money { currency: money.currency_code.trim().to_owned(), units: money.units })
@@ -188,14 +200,18 @@ impl CatalogGrpc {
             bound(request.max_price),
             request.include_inactive,
         )?;
-        let cursor =
-            if request.page_token.is_empty() { None } else { Some(Cursor::decode(&request.page_token, &filter)?) };
+        let cursor = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(Cursor::decode(&request.page_token, &filter)?)
+        };
         let fingerprint = format!("{}:{}:{}", filter.fingerprint(), limit, request.page_token);
         let lookup = self.inner.cache.list::<pb::ListProductsResponse>(&fingerprint).await;
         if let Some(page) = lookup.value {
             return Ok(page);
         }
-        let (rows, more, total) = store::list_products(&self.inner.pool, &filter, cursor.as_ref(), limit).await?;
+        let (rows, more, total) =
+            store::list_products(&self.inner.pool, &filter, cursor.as_ref(), limit).await?;
         let next_page_token = match rows.last() {
             Some(last) if more => {
                 Cursor { name: last.name.clone(), id: last.id, filter: filter.fingerprint() }.encode()
@@ -211,7 +227,10 @@ impl CatalogGrpc {
         Ok(page)
     }
 
-    async fn batch_get(&self, request: pb::BatchGetProductsRequest) -> Result<pb::BatchGetProductsResponse, Error> {
+    async fn batch_get(
+        &self,
+        request: pb::BatchGetProductsRequest,
+    ) -> Result<pb::BatchGetProductsResponse, Error> {
         if request.ids.len() > domain::MAX_BATCH_IDS {
             return Err(InvalidInput(format!(
                 "at most {} ids per call (got {})",
@@ -240,7 +259,10 @@ impl CatalogGrpc {
             .filter(|(_, id)| !id.is_some_and(|id| found.contains(&id)))
             .map(|(raw, _)| raw)
             .collect();
-        Ok(pb::BatchGetProductsResponse { products: rows.iter().map(product_to_proto).collect(), missing_ids })
+        Ok(pb::BatchGetProductsResponse {
+            products: rows.iter().map(product_to_proto).collect(),
+            missing_ids,
+        })
     }
 
     async fn create_category(&self, request: pb::CreateCategoryRequest) -> Result<pb::Category, Error> {
@@ -313,6 +335,8 @@ impl CatalogService for CatalogGrpc {
     ) -> Result<Response<pb::ListCategoriesResponse>, Status> {
         let parent_id = optional_id(&request.into_inner().parent_id, "parent_id").map_err(Error::from)?;
         let rows = store::list_categories(&self.inner.pool, parent_id).await?;
-        Ok(Response::new(pb::ListCategoriesResponse { categories: rows.iter().map(category_to_proto).collect() }))
+        Ok(Response::new(pb::ListCategoriesResponse {
+            categories: rows.iter().map(category_to_proto).collect(),
+        }))
     }
 }

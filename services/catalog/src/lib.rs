@@ -56,13 +56,15 @@ pub enum Error {
         source: sqlx::Error,
     },
     #[error("cannot write an event to the outbox")]
-    EnqueueEvent(#[source] OutboxError),
+    EnqueueEvent(#[source] Box<OutboxError>),
     #[error("cannot set up logging")]
     InitTelemetry(#[source] TelemetryError),
     #[error("cannot connect to the catalog database")]
     ConnectDatabase(#[source] DatabaseError),
     #[error("cannot migrate the catalog database")]
     MigrateDatabase(#[source] DatabaseError),
+    #[error("the migration task failed")]
+    RunMigrations(#[source] tokio::task::JoinError),
     #[error("cannot create the Kafka producer")]
     CreateProducer(#[source] ProducerError),
     #[error("the gRPC server failed")]
@@ -80,17 +82,20 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     telemetry::init(&config.common.log, Service::Catalog.name()).map_err(Error::InitTelemetry)?;
     let readiness = Readiness::new();
     let metrics = Metrics::new(Service::Catalog.name());
-    let admin_task =
-        tokio::spawn(admin::serve(&config.common.admin, readiness.clone(), metrics.clone(), shutdown.clone()));
+    let admin_task = {
+        let (args, readiness, metrics, shutdown) =
+            (config.common.admin.clone(), readiness.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move { admin::serve(&args, readiness, metrics, shutdown).await })
+    };
 
     let cache = Cache::new(&metrics);
     cache.connect_in_background(config.redis.clone(), shutdown.clone());
 
     let database_check = readiness.register(db::READINESS_CHECK);
-    let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
+    let pool = send(db::connect_with_retry(&config.database, &database_check, &shutdown))
         .await
         .map_err(Error::ConnectDatabase)?;
-    db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+    migrate(&pool).await?;
     let health_task = db::spawn_health_check(pool.clone(), database_check, shutdown.clone());
 
     if config.seed_demo_catalog {
@@ -99,16 +104,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     }
 
     let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
-    let producer_task = producer
-        .watch_readiness(readiness.register(commerce_platform::events::producer::READINESS_CHECK), shutdown.clone());
+    let producer_task = producer.watch_readiness(
+        readiness.register(commerce_platform::events::producer::READINESS_CHECK),
+        shutdown.clone(),
+    );
     let relay_task = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(shutdown.clone()));
 
     let handler = CatalogGrpc::new(pool.clone(), cache);
     let grpc_result = GrpcServer::new(&config.common.grpc, readiness.clone(), &metrics)
         .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
         .add_service(CatalogServiceServer::new(handler))
-        .serve(shutdown.clone())
-        .await;
+        .serve(shutdown.clone());
+    let grpc_result = send(grpc_result).await;
     // Whatever ended the server ends the rest.
     shutdown.cancel();
     for task in [relay_task, health_task, producer_task] {
@@ -122,4 +129,31 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         Ok(result) => result.map_err(Error::ServeAdmin),
         Err(_) => Ok(()),
     }
+}
+
+/// Runs the platform's and this service's migrations.
+///
+/// On a blocking thread of its own: sqlx's `Migrator::run` future cannot be
+/// proven `Send` (its `Acquire<'a>` bound is higher-ranked, the same
+/// rust-lang/rust#102211 false positive), so awaiting it inside `serve`
+/// would make `serve` itself unspawnable. `block_on` needs no `Send`.
+async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current().block_on(db::run_migrations(&pool, &MIGRATOR))
+    })
+    .await
+    .map_err(Error::RunMigrations)?
+    .map_err(Error::MigrateDatabase)
+}
+
+/// Boxes `future` as `Send` at this concrete call site. Awaiting the
+/// platform's reference-taking futures directly inside `serve` trips
+/// rustc's "implementation of `Send` is not general enough" false positive
+/// (rust-lang/rust#102211) when a caller spawns `serve`; checking `Send`
+/// here, where every lifetime is concrete, avoids it.
+fn send<'a, T>(
+    future: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
 }

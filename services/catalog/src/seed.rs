@@ -67,25 +67,123 @@ macro_rules! demo {
 
 /// The demo products.
 pub const DEMO_PRODUCTS: &[DemoProduct] = &[
-    demo!(0x2001, "EL-KB-001", "Mechanical Keyboard", "Tenkeyless keyboard with tactile brown switches.", ELECTRONICS, 8999),
-    demo!(0x2002, "EL-MS-002", "Wireless Mouse", "Ergonomic mouse, 2.4 GHz and Bluetooth, 70-day battery.", ELECTRONICS, 3499),
-    demo!(0x2003, "EL-HP-003", "Noise-Cancelling Headphones", "Over-ear, 30 hours of playback, USB-C charging.", ELECTRONICS, 19900),
-    demo!(0x2004, "EL-MN-004", "27-inch 4K Monitor", "IPS panel, 60 Hz, USB-C with 65 W power delivery.", ELECTRONICS, 32900),
+    demo!(
+        0x2001,
+        "EL-KB-001",
+        "Mechanical Keyboard",
+        "Tenkeyless keyboard with tactile brown switches.",
+        ELECTRONICS,
+        8999
+    ),
+    demo!(
+        0x2002,
+        "EL-MS-002",
+        "Wireless Mouse",
+        "Ergonomic mouse, 2.4 GHz and Bluetooth, 70-day battery.",
+        ELECTRONICS,
+        3499
+    ),
+    demo!(
+        0x2003,
+        "EL-HP-003",
+        "Noise-Cancelling Headphones",
+        "Over-ear, 30 hours of playback, USB-C charging.",
+        ELECTRONICS,
+        19900
+    ),
+    demo!(
+        0x2004,
+        "EL-MN-004",
+        "27-inch 4K Monitor",
+        "IPS panel, 60 Hz, USB-C with 65 W power delivery.",
+        ELECTRONICS,
+        32900
+    ),
     demo!(0x2005, "EL-CB-005", "USB-C Cable 2 m", "Braided cable, 100 W, USB 3.2 Gen 2.", ELECTRONICS, 1299),
-    demo!(0x2006, "EL-SP-006", "Portable Speaker", "Waterproof Bluetooth speaker with 12-hour battery.", ELECTRONICS, 5999),
+    demo!(
+        0x2006,
+        "EL-SP-006",
+        "Portable Speaker",
+        "Waterproof Bluetooth speaker with 12-hour battery.",
+        ELECTRONICS,
+        5999
+    ),
     demo!(0x2007, "KI-CH-007", "Chef's Knife 20 cm", "Forged stainless steel, full tang.", KITCHEN, 7450),
     demo!(0x2008, "KI-CB-008", "Oak Cutting Board", "End-grain oak board, 40 x 30 cm.", KITCHEN, 4900),
-    demo!(0x2009, "KI-FP-009", "Cast Iron Skillet 28 cm", "Pre-seasoned, oven safe, induction ready.", KITCHEN, 3995),
-    demo!(0x200a, "KI-KT-010", "Electric Kettle", "1.7 l, temperature control, keep-warm function.", KITCHEN, 5490),
+    demo!(
+        0x2009,
+        "KI-FP-009",
+        "Cast Iron Skillet 28 cm",
+        "Pre-seasoned, oven safe, induction ready.",
+        KITCHEN,
+        3995
+    ),
+    demo!(
+        0x200a,
+        "KI-KT-010",
+        "Electric Kettle",
+        "1.7 l, temperature control, keep-warm function.",
+        KITCHEN,
+        5490
+    ),
     demo!(0x200b, "KI-CG-011", "Burr Coffee Grinder", "Conical burrs, 40 grind settings.", KITCHEN, 12900),
-    demo!(0x200c, "OU-TN-012", "Two-Person Tent", "Freestanding tent, 2.1 kg, 3000 mm waterproofing.", OUTDOOR, 18900),
+    demo!(
+        0x200c,
+        "OU-TN-012",
+        "Two-Person Tent",
+        "Freestanding tent, 2.1 kg, 3000 mm waterproofing.",
+        OUTDOOR,
+        18900
+    ),
     demo!(0x200d, "OU-SB-013", "Down Sleeping Bag", "Comfort temperature -2 C, 900 g.", OUTDOOR, 24900),
-    demo!(0x200e, "OU-HL-014", "Rechargeable Headlamp", "400 lumen headlamp with red light mode.", OUTDOOR, 3990),
-    demo!(0x200f, "OU-WB-015", "Insulated Water Bottle 750 ml", "Keeps drinks cold for 24 hours.", OUTDOOR, 2490),
-    demo!(0x2010, "OU-BP-016", "Hiking Backpack 40 l", "Ventilated back panel, rain cover included.", OUTDOOR, 11900),
-    demo!(0x2011, "BK-RS-017", "The Rust Programming Language", "The official book on Rust, second edition.", BOOKS, 3995),
-    demo!(0x2012, "BK-DD-018", "Designing Data-Intensive Applications", "Reliable, scalable and maintainable systems.", BOOKS, 4499),
-    demo!(0x2013, "BK-SR-019", "Site Reliability Engineering", "How Google runs production systems.", BOOKS, 3850),
+    demo!(
+        0x200e,
+        "OU-HL-014",
+        "Rechargeable Headlamp",
+        "400 lumen headlamp with red light mode.",
+        OUTDOOR,
+        3990
+    ),
+    demo!(
+        0x200f,
+        "OU-WB-015",
+        "Insulated Water Bottle 750 ml",
+        "Keeps drinks cold for 24 hours.",
+        OUTDOOR,
+        2490
+    ),
+    demo!(
+        0x2010,
+        "OU-BP-016",
+        "Hiking Backpack 40 l",
+        "Ventilated back panel, rain cover included.",
+        OUTDOOR,
+        11900
+    ),
+    demo!(
+        0x2011,
+        "BK-RS-017",
+        "The Rust Programming Language",
+        "The official book on Rust, second edition.",
+        BOOKS,
+        3995
+    ),
+    demo!(
+        0x2012,
+        "BK-DD-018",
+        "Designing Data-Intensive Applications",
+        "Reliable, scalable and maintainable systems.",
+        BOOKS,
+        4499
+    ),
+    demo!(
+        0x2013,
+        "BK-SR-019",
+        "Site Reliability Engineering",
+        "How Google runs production systems.",
+        BOOKS,
+        3850
+    ),
     demo!(0x2014, "BK-CC-020", "The Pragmatic Programmer", "20th anniversary edition.", BOOKS, 3699),
 ];
 
@@ -104,15 +202,14 @@ pub async fn seed(pool: &PgPool) -> Result<SeedReport, Error> {
     let mut tx = pool.begin().await.map_err(database("begin the demo seed"))?;
     let mut report = SeedReport::default();
     for category in DEMO_CATEGORIES {
-        let done = sqlx::query(
-            "INSERT INTO categories (id, name, slug) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(category.id)
-        .bind(category.name)
-        .bind(category.slug)
-        .execute(&mut *tx)
-        .await
-        .map_err(database("seed a category"))?;
+        let done =
+            sqlx::query("INSERT INTO categories (id, name, slug) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(category.id)
+                .bind(category.name)
+                .bind(category.slug)
+                .execute(&mut *tx)
+                .await
+                .map_err(database("seed a category"))?;
         report.categories_inserted += done.rows_affected();
     }
     for product in DEMO_PRODUCTS {

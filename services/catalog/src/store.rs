@@ -159,15 +159,21 @@ pub async fn get_product(pool: &PgPool, id: Uuid) -> Result<Option<ProductRow>, 
 
 /// One product, locked for the rest of the transaction.
 pub async fn lock_product(conn: &mut PgConnection, id: Uuid) -> Result<Option<ProductRow>, Error> {
-    sqlx::query_as::<_, ProductRow>(&format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
-        .map_err(database("lock a product"))
+    sqlx::query_as::<_, ProductRow>(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+    .map_err(database("lock a product"))
 }
 
 /// Writes `draft` over product `id` (locked by the caller).
-pub async fn update_product(conn: &mut PgConnection, id: Uuid, draft: &ProductDraft) -> Result<ProductRow, Error> {
+pub async fn update_product(
+    conn: &mut PgConnection,
+    id: Uuid,
+    draft: &ProductDraft,
+) -> Result<ProductRow, Error> {
     sqlx::query_as::<_, ProductRow>(&format!(
         "UPDATE products SET sku = $2, name = $3, description = $4, category_id = $5, price_units = $6, \
          currency = $7, active = $8, updated_at = now() WHERE id = $1 RETURNING {PRODUCT_COLUMNS}"
@@ -187,11 +193,13 @@ pub async fn update_product(conn: &mut PgConnection, id: Uuid, draft: &ProductDr
 
 /// Deletes a product; the deleted row, or `None` if there was none.
 pub async fn delete_product(conn: &mut PgConnection, id: Uuid) -> Result<Option<ProductRow>, Error> {
-    sqlx::query_as::<_, ProductRow>(&format!("DELETE FROM products WHERE id = $1 RETURNING {PRODUCT_COLUMNS}"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
-        .map_err(database("delete a product"))
+    sqlx::query_as::<_, ProductRow>(&format!(
+        "DELETE FROM products WHERE id = $1 RETURNING {PRODUCT_COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+    .map_err(database("delete a product"))
 }
 
 /// Products with these ids (duplicates once), active or not.
@@ -241,21 +249,22 @@ pub async fn list_products(
     let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {PRODUCT_COLUMNS} FROM products"));
     push_filter(&mut query, filter);
     if let Some(cursor) = cursor {
-        query.push(" AND (name, id) > (").push_bind(cursor.name.clone()).push(", ").push_bind(cursor.id).push(")");
+        query
+            .push(" AND (name, id) > (")
+            .push_bind(cursor.name.clone())
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
     }
     // One extra row tells whether another page follows.
     query.push(" ORDER BY name, id LIMIT ").push_bind(limit + 1);
-    let mut rows = query
-        .build_query_as::<ProductRow>()
-        .fetch_all(pool)
-        .await
-        .map_err(database("list products"))?;
+    let mut rows =
+        query.build_query_as::<ProductRow>().fetch_all(pool).await.map_err(database("list products"))?;
     let more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));
 
     let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM products");
     push_filter(&mut count, filter);
-    let total: i64 =
-        count.build_query_scalar().fetch_one(pool).await.map_err(database("count products"))?;
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await.map_err(database("count products"))?;
     Ok((rows, more, total))
 }

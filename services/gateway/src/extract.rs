@@ -96,7 +96,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
         format!("Content-Type {content_type:?} is not supported; send application/json")
     };
     Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", detail)
-        .with_header(header::ACCEPT_POST, header::HeaderValue::from_static("application/json")))
+        .with_header(header::HeaderName::from_static("accept-post"), header::HeaderValue::from_static("application/json")))
 }
 
 /// Parses `body` as `T`, naming the failing field on error.

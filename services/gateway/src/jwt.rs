@@ -189,6 +189,12 @@ impl<S> fmt::Debug for Verifier<S> {
     }
 }
 
+impl<S> Verifier<S> {
+    fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, VerificationKey>> {
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[derive(Deserialize)]
 struct Header {
     alg: String,
@@ -342,9 +348,6 @@ impl<S: KeySource> Verifier<S> {
         self.read_keys().get(kid).cloned()
     }
 
-    fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, VerificationKey>> {
-        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenError> {

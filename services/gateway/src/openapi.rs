@@ -13,7 +13,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use crate::dto;
-use crate::problem::{PROBLEM_JSON, Problem};
+use crate::problem::{PROBLEM_JSON, ProblemDetails};
 use crate::ratelimit::rules::Rule;
 use crate::routes::admin::RateLimitRules;
 
@@ -140,7 +140,7 @@ pub fn build() -> Value {
     let mut generator = SchemaSettings::draft2020_12()
         .with(|settings| settings.definitions_path = "/components/schemas".into())
         .into_generator();
-    let problem = generator.subschema_for::<Problem>();
+    let problem = generator.subschema_for::<ProblemDetails>();
     let mut paths: Map<String, Value> = Map::new();
     for op in operations() {
         let mut parameters: Vec<Value> = path_parameters(op.path);

@@ -34,10 +34,30 @@ impl FieldError {
     }
 }
 
-/// An RFC 9457 problem detail. `instance` is filled in from the request id
-/// by the request-id middleware, so a client can quote it to support.
+/// An RFC 9457 problem detail, boxed so that `Result<_, Problem>` stays one
+/// pointer wide on the success path. `instance` is filled in from the
+/// request id when the response is made, so a client can quote it.
+#[derive(Debug, Clone)]
+pub struct Problem(Box<ProblemDetails>);
+
+impl std::ops::Deref for Problem {
+    type Target = ProblemDetails;
+
+    fn deref(&self) -> &ProblemDetails {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problem {
+    fn deref_mut(&mut self) -> &mut ProblemDetails {
+        &mut self.0
+    }
+}
+
+/// The members of a problem, as serialized.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct Problem {
+#[schemars(rename = "Problem")]
+pub struct ProblemDetails {
     /// URI naming the kind of problem.
     #[serde(rename = "type")]
     pub kind: String,
@@ -62,7 +82,7 @@ pub struct Problem {
 impl Problem {
     /// A problem of `status`; `slug` becomes the last segment of `type`.
     pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ProblemDetails {
             kind: format!("{TYPE_BASE}{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
@@ -70,7 +90,7 @@ impl Problem {
             instance: None,
             errors: Vec::new(),
             headers: Vec::new(),
-        }
+        }))
     }
 
     /// 400 with the invalid fields listed.
@@ -79,7 +99,9 @@ impl Problem {
             [one] => format!("{}: {}", one.pointer, one.detail),
             _ => format!("{} fields are invalid", errors.len()),
         };
-        Self { errors, ..Self::new(StatusCode::BAD_REQUEST, "validation", detail) }
+        let mut problem = Self::new(StatusCode::BAD_REQUEST, "validation", detail);
+        problem.errors = errors;
+        problem
     }
 
     /// 400 for one invalid field.
@@ -128,9 +150,9 @@ impl IntoResponse for Problem {
                 .map(|id| format!("urn:request:{id}"));
         }
         let status = self.status_code();
-        let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
+        let body = serde_json::to_vec(&*self.0).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
-        for (name, value) in self.headers {
+        for (name, value) in std::mem::take(&mut self.headers) {
             response.headers_mut().append(name, value);
         }
         response

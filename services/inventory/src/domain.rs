@@ -136,9 +136,8 @@ impl StockLevel {
 
     /// Adds received units to available.
     pub fn restock(self, product_id: &str, quantity: u32) -> Result<Self, RuleError> {
-        let available = self.available.checked_add(i64::from(quantity)).ok_or_else(|| RuleError::Counter {
-            product_id: product_id.to_owned(),
-            what: "restock: available overflows",
+        let available = self.available.checked_add(i64::from(quantity)).ok_or_else(|| {
+            RuleError::Counter { product_id: product_id.to_owned(), what: "restock: available overflows" }
         })?;
         Ok(Self { available, ..self })
     }
@@ -323,7 +322,8 @@ mod tests {
 
     #[test]
     fn lines_are_merged_sorted_and_validated() {
-        let lines = normalize_lines([Line::new("b", 2), Line::new("a", 1), Line::new("b", 3)]).expect("valid");
+        let lines =
+            normalize_lines([Line::new("b", 2), Line::new("a", 1), Line::new("b", 3)]).expect("valid");
         assert_eq!(lines, vec![Line::new("a", 1), Line::new("b", 5)]);
         assert_eq!(normalize_lines([]), Err(RuleError::NoLines));
         assert_eq!(normalize_lines([Line::new(" ", 1)]), Err(RuleError::EmptyProductId));
@@ -371,8 +371,8 @@ mod tests {
         let plan = plan_reservation(&[Line::new("a", 5), Line::new("b", 1)], &stock).expect("fits");
         assert_eq!(plan, vec![("a".to_owned(), level(0, 5, 0)), ("b".to_owned(), level(0, 1, 0))]);
 
-        let shortfalls =
-            plan_reservation(&[Line::new("a", 2), Line::new("b", 2), Line::new("c", 1)], &stock).expect_err("short");
+        let shortfalls = plan_reservation(&[Line::new("a", 2), Line::new("b", 2), Line::new("c", 1)], &stock)
+            .expect_err("short");
         assert_eq!(
             shortfalls,
             vec![

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent};
 use commerce_proto::events::v1::{
     self as ev, OrderCancelled, OrderConfirmed, OrderFailed, OrderPlaced, OrderRejected, ProductCreated,
-    stock_reservation_failed, stock_released, stock_restocked,
+    stock_released, stock_reservation_failed, stock_restocked,
 };
 use prost_types::Timestamp;
 use sqlx::{Postgres, Transaction};
@@ -55,7 +55,11 @@ pub fn stock_reserved(reservation: &Reservation, now: DateTime<Utc>) -> ev::Stoc
 }
 
 /// `StockReservationFailed` listing only the short lines.
-pub fn stock_reservation_failed(order_id: &str, shortfalls: &[Shortfall], now: DateTime<Utc>) -> ev::StockReservationFailed {
+pub fn stock_reservation_failed(
+    order_id: &str,
+    shortfalls: &[Shortfall],
+    now: DateTime<Utc>,
+) -> ev::StockReservationFailed {
     ev::StockReservationFailed {
         order_id: order_id.to_owned(),
         shortfalls: shortfalls
@@ -159,25 +163,42 @@ pub struct InventoryEventHandler {
 }
 
 impl InventoryEventHandler {
+    /// A handler whose reservations hold stock for the configured default
+    /// TTL (capped by the maximum, like a Reserve call without a TTL).
+    pub fn from_settings(settings: &crate::ReservationSettings) -> Self {
+        Self::new(crate::domain::reservation_ttl(None, settings.default_ttl, settings.max_ttl))
+    }
+}
+
+impl InventoryEventHandler {
     pub fn new(reservation_ttl: Duration) -> Self {
         Self { reservation_ttl }
     }
 
-    async fn apply(&self, tx: &mut Transaction<'_, Postgres>, event: &IncomingEvent) -> Result<(), HandlerError> {
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
         let conn = &mut **tx;
         if event.is::<OrderPlaced>() {
             let placed: OrderPlaced = event.decode()?;
             let request = ReserveRequest {
                 order_id: placed.order_id,
-                lines: placed.lines.into_iter().map(|line| Line::new(line.product_id, line.quantity)).collect(),
+                lines: placed
+                    .lines
+                    .into_iter()
+                    .map(|line| Line::new(line.product_id, line.quantity))
+                    .collect(),
                 ttl: self.reservation_ttl,
             };
             store::reserve(conn, request).await.map_err(handler_error)?;
         } else if event.is::<OrderConfirmed>() {
             let confirmed: OrderConfirmed = event.decode()?;
-            let outcome = store::transition(conn, ReservationKey::Order(&confirmed.order_id), Transition::Commit)
-                .await
-                .map_err(handler_error)?;
+            let outcome =
+                store::transition(conn, ReservationKey::Order(&confirmed.order_id), Transition::Commit)
+                    .await
+                    .map_err(handler_error)?;
             if outcome.is_none() {
                 // Orders are confirmed only after StockReserved, and the
                 // reservation precedes it: a confirmation without one is a
@@ -206,8 +227,13 @@ impl InventoryEventHandler {
 
 /// Releases (or returns) what an order holds; an order without a
 /// reservation holds nothing, which is fine.
-async fn release(conn: &mut sqlx::PgConnection, order_id: &str, transition: Transition) -> Result<(), HandlerError> {
-    let outcome = store::transition(conn, ReservationKey::Order(order_id), transition).await.map_err(handler_error)?;
+async fn release(
+    conn: &mut sqlx::PgConnection,
+    order_id: &str,
+    transition: Transition,
+) -> Result<(), HandlerError> {
+    let outcome =
+        store::transition(conn, ReservationKey::Order(order_id), transition).await.map_err(handler_error)?;
     if outcome.is_none() {
         tracing::debug!(order_id, "no reservation to release");
     }
@@ -222,7 +248,11 @@ fn handler_error(error: Error) -> HandlerError {
 
 #[async_trait]
 impl EventHandler for InventoryEventHandler {
-    async fn handle(&self, tx: &mut Transaction<'_, Postgres>, event: &IncomingEvent) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
         self.apply(tx, event).await
     }
 }

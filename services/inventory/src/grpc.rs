@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::domain::{self, Line, ReleaseReason, RuleError, StockLevel};
 use crate::events::timestamp;
-use crate::store::{self, Adjustment, Reservation, ReservationKey, ReserveOutcome, ReserveRequest, StockRow, Transition};
+use crate::store::{
+    self, Adjustment, Reservation, ReservationKey, ReserveOutcome, ReserveRequest, StockRow, Transition,
+};
 use crate::{Error, ReservationSettings};
 
 /// Serves the inventory API over the service's database.
@@ -70,7 +72,8 @@ fn reservation_message(reservation: &Reservation) -> pb::Reservation {
 }
 
 fn parse_reservation_id(text: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(text).map_err(|_| Status::invalid_argument(format!("reservation_id {text:?} is not a UUID")))
+    Uuid::parse_str(text)
+        .map_err(|_| Status::invalid_argument(format!("reservation_id {text:?} is not a UUID")))
 }
 
 fn require_product_id(product_id: &str) -> Result<(), Status> {
@@ -82,7 +85,10 @@ fn require_product_id(product_id: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl InventoryService for InventoryGrpc {
-    async fn get_stock(&self, request: Request<pb::GetStockRequest>) -> Result<Response<pb::GetStockResponse>, Status> {
+    async fn get_stock(
+        &self,
+        request: Request<pb::GetStockRequest>,
+    ) -> Result<Response<pb::GetStockResponse>, Status> {
         let product_id = request.into_inner().product_id;
         require_product_id(&product_id)?;
         let row = store::get_stock(&self.pool, &product_id).await?;
@@ -118,7 +124,10 @@ impl InventoryService for InventoryGrpc {
         Ok(Response::new(pb::CheckAvailabilityResponse { lines: answers, all_available }))
     }
 
-    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
         let request = request.into_inner();
         let requested_ttl = request
             .ttl
@@ -132,7 +141,11 @@ impl InventoryService for InventoryGrpc {
             &mut tx,
             ReserveRequest {
                 order_id: request.order_id,
-                lines: request.lines.into_iter().map(|line| Line::new(line.product_id, line.quantity)).collect(),
+                lines: request
+                    .lines
+                    .into_iter()
+                    .map(|line| Line::new(line.product_id, line.quantity))
+                    .collect(),
                 ttl,
             },
         )
@@ -146,7 +159,11 @@ impl InventoryService for InventoryGrpc {
                 pb::reserve_response::Result::Rejected(pb::ReservationRejected {
                     shortfalls: shortfalls
                         .into_iter()
-                        .map(|s| pb::Shortfall { product_id: s.product_id, requested: s.requested, available: s.available })
+                        .map(|s| pb::Shortfall {
+                            product_id: s.product_id,
+                            requested: s.requested,
+                            available: s.available,
+                        })
                         .collect(),
                 })
             }
@@ -160,7 +177,9 @@ impl InventoryService for InventoryGrpc {
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
         let id = parse_reservation_id(&request.into_inner().reservation_id)?;
         let reservation = self.move_reservation(id, Transition::Commit).await?;
-        Ok(Response::new(pb::CommitReservationResponse { reservation: Some(reservation_message(&reservation)) }))
+        Ok(Response::new(pb::CommitReservationResponse {
+            reservation: Some(reservation_message(&reservation)),
+        }))
     }
 
     async fn release_reservation(
@@ -176,17 +195,26 @@ impl InventoryService for InventoryGrpc {
             _ => return Err(Status::invalid_argument("reason must be EXPIRED, PAYMENT_FAILED or CANCELLED")),
         };
         let reservation = self.move_reservation(id, Transition::Release(reason)).await?;
-        Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(reservation_message(&reservation)) }))
+        Ok(Response::new(pb::ReleaseReservationResponse {
+            reservation: Some(reservation_message(&reservation)),
+        }))
     }
 
-    async fn restock(&self, request: Request<pb::RestockRequest>) -> Result<Response<pb::RestockResponse>, Status> {
+    async fn restock(
+        &self,
+        request: Request<pb::RestockRequest>,
+    ) -> Result<Response<pb::RestockResponse>, Status> {
         let request = request.into_inner();
         require_product_id(&request.product_id)?;
-        let row = self.adjust(&request.product_id, Adjustment::Restock(request.quantity), &request.note).await?;
+        let row =
+            self.adjust(&request.product_id, Adjustment::Restock(request.quantity), &request.note).await?;
         Ok(Response::new(pb::RestockResponse { stock: Some(stock_level(&row.product_id, Some(&row))) }))
     }
 
-    async fn set_stock(&self, request: Request<pb::SetStockRequest>) -> Result<Response<pb::SetStockResponse>, Status> {
+    async fn set_stock(
+        &self,
+        request: Request<pb::SetStockRequest>,
+    ) -> Result<Response<pb::SetStockResponse>, Status> {
         let request = request.into_inner();
         require_product_id(&request.product_id)?;
         let row = self.adjust(&request.product_id, Adjustment::Set(request.available), &request.note).await?;

@@ -45,7 +45,11 @@ pub enum Error {
     ReservationNotFound { reservation: String },
     /// The transition contradicts the reservation's status.
     #[error("reservation {reservation_id} is {status}; cannot apply {transition:?}")]
-    ReservationState { reservation_id: uuid::Uuid, status: domain::ReservationStatus, transition: store::Transition },
+    ReservationState {
+        reservation_id: uuid::Uuid,
+        status: domain::ReservationStatus,
+        transition: store::Transition,
+    },
     #[error("a stored {what} is not one this version knows")]
     CorruptRow { what: &'static str },
     #[error("cannot begin a transaction")]
@@ -65,23 +69,23 @@ pub enum Error {
     #[error("cannot write the reservation")]
     WriteReservation(#[source] sqlx::Error),
     #[error("cannot write the event to the outbox")]
-    EnqueueEvent(#[source] OutboxError),
+    EnqueueEvent(#[source] Box<OutboxError>),
     #[error("cannot set up logging")]
-    InitTelemetry(#[source] TelemetryError),
+    InitTelemetry(#[source] Box<TelemetryError>),
     #[error("cannot connect to the database")]
-    ConnectDatabase(#[source] DatabaseError),
+    ConnectDatabase(#[source] Box<DatabaseError>),
     #[error("cannot migrate the database")]
-    MigrateDatabase(#[source] DatabaseError),
+    MigrateDatabase(#[source] Box<DatabaseError>),
     #[error("cannot create the Kafka producer")]
-    CreateProducer(#[source] ProducerError),
+    CreateProducer(#[source] Box<ProducerError>),
     #[error("cannot create the event consumer")]
-    CreateConsumer(#[source] ConsumerError),
+    CreateConsumer(#[source] Box<ConsumerError>),
     #[error("the event consumer failed")]
-    RunConsumer(#[source] ConsumerError),
+    RunConsumer(#[source] Box<ConsumerError>),
     #[error("the gRPC server failed")]
-    ServeGrpc(#[source] GrpcServerError),
+    ServeGrpc(#[source] Box<GrpcServerError>),
     #[error("the admin server failed")]
-    ServeAdmin(#[source] AdminError),
+    ServeAdmin(#[source] Box<AdminError>),
     #[error("a service task panicked")]
     JoinTask(#[source] tokio::task::JoinError),
 }
@@ -92,7 +96,10 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::Validate(_) | Self::ReservationNotFound { .. } | Self::ReservationState { .. } | Self::CorruptRow { .. }
+            Self::Validate(_)
+                | Self::ReservationNotFound { .. }
+                | Self::ReservationState { .. }
+                | Self::CorruptRow { .. }
         )
     }
 
@@ -126,13 +133,29 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Runs the platform's and the inventory's migrations.
+///
+/// On a blocking thread of its own: sqlx's migrator future (generic over
+/// `Acquire`) cannot be proven `Send` for every lifetime, which would make
+/// `tokio::spawn(serve(..))` fail to compile in every caller. `block_on`
+/// needs no `Send`, and the pool works from any thread of the runtime.
+/// (The platform's `db::run_migrations` could avoid this with
+/// `Migrator::run_direct`; reported.)
+async fn migrate(pool: sqlx::PgPool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(db::run_migrations(&pool, &MIGRATOR)))
+        .await
+        .map_err(Error::JoinTask)?
+        .map_err(|e| Error::MigrateDatabase(Box::new(e)))
+}
+
 /// Runs the inventory service until `shutdown`: admin server at once, then
 /// (once the database answers and is migrated) the outbox relay, the saga
 /// consumer and the gRPC server. Returns when all have stopped; the first
 /// fatal failure cancels the others and is returned.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let service = Service::Inventory;
-    telemetry::init(&config.common.log, service.name()).map_err(Error::InitTelemetry)?;
+    telemetry::init(&config.common.log, service.name()).map_err(|e| Error::InitTelemetry(Box::new(e)))?;
     // A child token: a fatal failure of one part stops the others without
     // cancelling the caller's token (other services of `serve all`).
     let stop = shutdown.child_token();
@@ -141,23 +164,28 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     let mut tasks = tokio::task::JoinSet::new();
 
     let admin = {
-        let (args, readiness, metrics, stop) = (config.common.admin.clone(), readiness.clone(), metrics.clone(), stop.clone());
-        async move { admin::serve(&args, readiness, metrics, stop).await.map_err(Error::ServeAdmin) }
+        let (args, readiness, metrics, stop) =
+            (config.common.admin.clone(), readiness.clone(), metrics.clone(), stop.clone());
+        async move {
+            admin::serve(&args, readiness, metrics, stop).await.map_err(|e| Error::ServeAdmin(Box::new(e)))
+        }
     };
     tasks.spawn(admin);
 
     let result = async {
         let database_check = readiness.register(db::READINESS_CHECK);
-        let pool =
-            db::connect_with_retry(&config.database, &database_check, &stop).await.map_err(Error::ConnectDatabase)?;
-        db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+        let pool = db::connect_with_retry(&config.database, &database_check, &stop)
+            .await
+            .map_err(|e| Error::ConnectDatabase(Box::new(e)))?;
+        migrate(pool.clone()).await?;
         tasks.spawn({
             let handle = db::spawn_health_check(pool.clone(), database_check, stop.clone());
             async move { handle.await.map_err(Error::JoinTask) }
         });
 
-        let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
-        let producer_watch = producer.watch_readiness(readiness.register(producer::READINESS_CHECK), stop.clone());
+        let producer = EventProducer::new(&config.kafka).map_err(|e| Error::CreateProducer(Box::new(e)))?;
+        let producer_watch =
+            producer.watch_readiness(readiness.register(producer::READINESS_CHECK), stop.clone());
         tasks.spawn(async move { producer_watch.await.map_err(Error::JoinTask) });
         tasks.spawn({
             let relay = OutboxRelay::new(pool.clone(), producer.clone());
@@ -168,27 +196,30 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
             }
         });
 
-        let handler = events::InventoryEventHandler::new(config.reservations.default_ttl);
+        let handler = events::InventoryEventHandler::from_settings(&config.reservations);
         let consumer = EventConsumer::new(
             service,
             &config.kafka,
             pool.clone(),
-            producer.clone(),
+            producer,
             handler,
             readiness.register(consumer::READINESS_CHECK),
         )
-        .map_err(Error::CreateConsumer)?;
+        .map_err(|e| Error::CreateConsumer(Box::new(e)))?;
         tasks.spawn({
             let stop = stop.clone();
-            async move { consumer.run(stop).await.map_err(Error::RunConsumer) }
+            async move { consumer.run(stop).await.map_err(|e| Error::RunConsumer(Box::new(e))) }
         });
 
         let grpc = GrpcServer::new(&config.common.grpc, readiness.clone(), &metrics)
             .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
-            .add_service(InventoryServiceServer::new(grpc::InventoryGrpc::new(pool, config.reservations.clone())));
+            .add_service(InventoryServiceServer::new(grpc::InventoryGrpc::new(
+                pool,
+                config.reservations.clone(),
+            )));
         tasks.spawn({
             let stop = stop.clone();
-            async move { grpc.serve(stop).await.map_err(Error::ServeGrpc) }
+            async move { grpc.serve(stop).await.map_err(|e| Error::ServeGrpc(Box::new(e))) }
         });
         Ok::<(), Error>(())
     }
@@ -208,7 +239,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     }
     match first_error {
         // Shutting down while still connecting is no failure.
-        Some(Error::ConnectDatabase(DatabaseError::ConnectCancelled { .. })) if shutdown.is_cancelled() => Ok(()),
+        Some(Error::ConnectDatabase(error))
+            if matches!(*error, DatabaseError::ConnectCancelled { .. }) && shutdown.is_cancelled() =>
+        {
+            Ok(())
+        }
         Some(error) => Err(error),
         None => Ok(()),
     }

@@ -133,17 +133,21 @@ fn stock_row((product_id, available, reserved, sold, updated_at): StockTuple) ->
 
 /// One product's counters; `None` if it was never stocked.
 pub async fn get_stock(pool: &PgPool, product_id: &str) -> Result<Option<StockRow>, Error> {
-    let row: Option<StockTuple> =
-        sqlx::query_as("SELECT product_id, available, reserved, sold, updated_at FROM stock WHERE product_id = $1")
-            .bind(product_id)
-            .fetch_optional(pool)
-            .await
-            .map_err(Error::ReadStock)?;
+    let row: Option<StockTuple> = sqlx::query_as(
+        "SELECT product_id, available, reserved, sold, updated_at FROM stock WHERE product_id = $1",
+    )
+    .bind(product_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(Error::ReadStock)?;
     Ok(row.map(stock_row))
 }
 
 /// The counters of `product_ids` that have a stock row, without locking.
-pub async fn stock_levels(pool: &PgPool, product_ids: &[String]) -> Result<BTreeMap<String, StockLevel>, Error> {
+pub async fn stock_levels(
+    pool: &PgPool,
+    product_ids: &[String],
+) -> Result<BTreeMap<String, StockLevel>, Error> {
     let rows: Vec<StockTuple> = sqlx::query_as(
         "SELECT product_id, available, reserved, sold, updated_at FROM stock WHERE product_id = ANY($1)",
     )
@@ -156,7 +160,10 @@ pub async fn stock_levels(pool: &PgPool, product_ids: &[String]) -> Result<BTree
 
 /// Locks the stock rows of `product_ids` (sorted) in product-id order and
 /// returns their counters.
-async fn lock_stock(conn: &mut PgConnection, product_ids: &[String]) -> Result<BTreeMap<String, StockLevel>, Error> {
+async fn lock_stock(
+    conn: &mut PgConnection,
+    product_ids: &[String],
+) -> Result<BTreeMap<String, StockLevel>, Error> {
     // LockRows runs above the Sort, so rows are locked in ORDER BY order.
     let rows: Vec<StockTuple> = sqlx::query_as(
         "SELECT product_id, available, reserved, sold, updated_at FROM stock \
@@ -245,9 +252,12 @@ pub async fn reserve(conn: &mut PgConnection, request: ReserveRequest) -> Result
                 .execute(&mut *conn)
                 .await
                 .map_err(Error::WriteReservation)?;
-            outbox::enqueue(conn, &events::stock_reservation_failed(&request.order_id, &shortfalls, Utc::now()))
-                .await
-                .map_err(Error::EnqueueEvent)?;
+            outbox::enqueue(
+                conn,
+                &events::stock_reservation_failed(&request.order_id, &shortfalls, Utc::now()),
+            )
+            .await
+            .map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
             tracing::info!(order_id = %request.order_id, short_lines = shortfalls.len(), "reservation refused");
             Ok(ReserveOutcome::Rejected(shortfalls))
         }
@@ -287,7 +297,7 @@ pub async fn reserve(conn: &mut PgConnection, request: ReserveRequest) -> Result
             };
             outbox::enqueue(conn, &events::stock_reserved(&reservation, created_at))
                 .await
-                .map_err(Error::EnqueueEvent)?;
+                .map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
             tracing::info!(order_id = %reservation.order_id, reservation_id = %id, "stock reserved");
             Ok(ReserveOutcome::Reserved(reservation))
         }
@@ -305,7 +315,10 @@ pub async fn find_reservation(
     let suffix = if lock { " FOR UPDATE" } else { "" };
     let row: Option<Row> = match key {
         ReservationKey::Id(id) => {
-            sqlx::query_as(&format!("{columns} WHERE id = $1{suffix}")).bind(id).fetch_optional(&mut *conn).await
+            sqlx::query_as(&format!("{columns} WHERE id = $1{suffix}"))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await
         }
         ReservationKey::Order(order_id) => {
             sqlx::query_as(&format!("{columns} WHERE order_id = $1{suffix}"))
@@ -325,7 +338,8 @@ pub async fn find_reservation(
     .fetch_all(&mut *conn)
     .await
     .map_err(Error::ReadReservation)?;
-    let status = ReservationStatus::parse(&status).ok_or_else(|| Error::CorruptRow { what: "reservation status" })?;
+    let status =
+        ReservationStatus::parse(&status).ok_or_else(|| Error::CorruptRow { what: "reservation status" })?;
     let release_reason = release_reason
         .map(|reason| ReleaseReason::parse(&reason).ok_or(Error::CorruptRow { what: "release reason" }))
         .transpose()?;
@@ -337,7 +351,16 @@ pub async fn find_reservation(
                 .map_err(|_| Error::CorruptRow { what: "reservation line quantity" })
         })
         .collect::<Result<_, _>>()?;
-    Ok(Some(Reservation { id, order_id, status, release_reason, was_committed, lines, expires_at, created_at }))
+    Ok(Some(Reservation {
+        id,
+        order_id,
+        status,
+        release_reason,
+        was_committed,
+        lines,
+        expires_at,
+        created_at,
+    }))
 }
 
 /// Moves a reservation as `transition` says, idempotently on its status.
@@ -370,7 +393,10 @@ pub async fn transition(
     let mut levels = Vec::with_capacity(reservation.lines.len());
     for line in &reservation.lines {
         let level = stock.get(&line.product_id).copied().unwrap_or_default();
-        levels.push((line.product_id.clone(), level.apply(&line.product_id, movement, line.quantity).map_err(Error::Validate)?));
+        levels.push((
+            line.product_id.clone(),
+            level.apply(&line.product_id, movement, line.quantity).map_err(Error::Validate)?,
+        ));
     }
     write_stock(conn, &levels).await?;
 
@@ -397,10 +423,12 @@ pub async fn transition(
 
     let now = Utc::now();
     let enqueued = match status {
-        ReservationStatus::Committed => outbox::enqueue(conn, &events::stock_committed(&reservation, now)).await,
+        ReservationStatus::Committed => {
+            outbox::enqueue(conn, &events::stock_committed(&reservation, now)).await
+        }
         _ => outbox::enqueue(conn, &events::stock_released(&reservation, now)).await,
     };
-    enqueued.map_err(Error::EnqueueEvent)?;
+    enqueued.map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
     tracing::info!(
         order_id = %reservation.order_id,
         reservation_id = %reservation.id,
@@ -417,12 +445,13 @@ pub async fn ensure_product(conn: &mut PgConnection, product_id: &str) -> Result
     if product_id.trim().is_empty() {
         return Err(Error::Validate(RuleError::EmptyProductId));
     }
-    let inserted = sqlx::query("INSERT INTO stock (product_id) VALUES ($1) ON CONFLICT (product_id) DO NOTHING")
-        .bind(product_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::UpdateStock)?
-        .rows_affected();
+    let inserted =
+        sqlx::query("INSERT INTO stock (product_id) VALUES ($1) ON CONFLICT (product_id) DO NOTHING")
+            .bind(product_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::UpdateStock)?
+            .rows_affected();
     Ok(inserted > 0)
 }
 
@@ -448,7 +477,10 @@ pub async fn adjust_stock(
     let before = stock.get(product_id).copied().unwrap_or_default();
     let (after, kind) = match adjustment {
         Adjustment::Restock(0) => {
-            return Err(Error::Validate(RuleError::Quantity { product_id: product_id.to_owned(), quantity: 0 }));
+            return Err(Error::Validate(RuleError::Quantity {
+                product_id: product_id.to_owned(),
+                quantity: 0,
+            }));
         }
         Adjustment::Restock(quantity) => (before.restock(product_id, quantity), events::RestockKind::Restock),
         Adjustment::Set(available) => (before.set_available(available), events::RestockKind::Set),
@@ -471,7 +503,7 @@ pub async fn adjust_stock(
     let now = Utc::now();
     outbox::enqueue(conn, &events::stock_restocked(product_id, kind, delta, after.available, note, now))
         .await
-        .map_err(Error::EnqueueEvent)?;
+        .map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
     tracing::info!(product_id, kind = kind.as_str(), delta, available = after.available, "stock adjusted");
     Ok(StockRow { product_id: product_id.to_owned(), level: after, updated_at: now })
 }

@@ -8,10 +8,12 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Context;
+use commerce_inventory::ReservationSettings;
 use commerce_inventory::domain::{Line, ReleaseReason};
 use commerce_inventory::grpc::InventoryGrpc;
-use commerce_inventory::store::{self, Adjustment, ReservationKey, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome};
-use commerce_inventory::ReservationSettings;
+use commerce_inventory::store::{
+    self, Adjustment, ReservationKey, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
+};
 use commerce_proto::inventory::v1 as pb;
 use commerce_proto::inventory::v1::inventory_service_server::InventoryService;
 use futures::future::join_all;
@@ -37,7 +39,10 @@ fn reserve_request(order_id: &str, lines: &[(&str, u32)]) -> Request<pb::Reserve
         order_id: order_id.to_owned(),
         lines: lines
             .iter()
-            .map(|(product_id, quantity)| pb::StockLine { product_id: (*product_id).to_owned(), quantity: *quantity })
+            .map(|(product_id, quantity)| pb::StockLine {
+                product_id: (*product_id).to_owned(),
+                quantity: *quantity,
+            })
             .collect(),
         ttl: None,
     })
@@ -51,7 +56,8 @@ fn reservation_of(response: pb::ReserveResponse) -> Option<pb::Reservation> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_reservations_for_the_last_ten_units_let_exactly_ten_succeed() -> anyhow::Result<()> {
+async fn fifty_concurrent_reservations_for_the_last_ten_units_let_exactly_ten_succeed() -> anyhow::Result<()>
+{
     support::init_logging();
     let database = TestDatabase::create(20).await?;
     let grpc = grpc(&database);
@@ -59,7 +65,9 @@ async fn fifty_concurrent_reservations_for_the_last_ten_units_let_exactly_ten_su
 
     let attempts = (0..50).map(|i| {
         let grpc = grpc.clone();
-        tokio::spawn(async move { grpc.reserve(reserve_request(&format!("order-{i}"), &[("last-ten", 1)])).await })
+        tokio::spawn(
+            async move { grpc.reserve(reserve_request(&format!("order-{i}"), &[("last-ten", 1)])).await },
+        )
     });
     let mut reserved = 0;
     let mut rejected = 0;
@@ -93,17 +101,23 @@ async fn a_reservation_with_one_short_line_holds_nothing() -> anyhow::Result<()>
     set_stock(&grpc, "plenty", 5).await?;
     set_stock(&grpc, "scarce", 1).await?;
 
-    let response =
-        grpc.reserve(reserve_request("order-short", &[("plenty", 2), ("scarce", 2), ("never-stocked", 1)])).await?;
+    let response = grpc
+        .reserve(reserve_request("order-short", &[("plenty", 2), ("scarce", 2), ("never-stocked", 1)]))
+        .await?;
     let Some(pb::reserve_response::Result::Rejected(rejection)) = response.into_inner().result else {
         anyhow::bail!("expected a rejection");
     };
     let short: Vec<(String, u32, i64)> =
         rejection.shortfalls.into_iter().map(|s| (s.product_id, s.requested, s.available)).collect();
-    assert_eq!(short, [("never-stocked".to_owned(), 1, 0), ("scarce".to_owned(), 2, 1)], "only the short lines");
+    assert_eq!(
+        short,
+        [("never-stocked".to_owned(), 1, 0), ("scarce".to_owned(), 2, 1)],
+        "only the short lines"
+    );
     assert_eq!(counters(&database.pool, "plenty").await?, (5, 0, 0), "the line that fitted is not held");
     assert_eq!(counters(&database.pool, "scarce").await?, (1, 0, 0));
-    let reservations: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations").fetch_one(&database.pool).await?;
+    let reservations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reservations").fetch_one(&database.pool).await?;
     assert_eq!(reservations, 0);
 
     // Asking again for the same order gives the same answer, even after a
@@ -116,7 +130,8 @@ async fn a_reservation_with_one_short_line_holds_nothing() -> anyhow::Result<()>
 }
 
 #[tokio::test]
-async fn commit_release_and_return_keep_initial_stock_equal_to_available_plus_reserved_plus_sold() -> anyhow::Result<()> {
+async fn commit_release_and_return_keep_initial_stock_equal_to_available_plus_reserved_plus_sold()
+-> anyhow::Result<()> {
     support::init_logging();
     let database = TestDatabase::create(5).await?;
     let grpc = grpc(&database);
@@ -139,7 +154,8 @@ async fn commit_release_and_return_keep_initial_stock_equal_to_available_plus_re
     assert_eq!(committed.status, pb::ReservationStatus::Committed as i32);
     assert_eq!(counters(&database.pool, product).await?, (15, 0, 5));
     // Committing again changes nothing; releasing a committed one is refused.
-    grpc.commit_reservation(Request::new(pb::CommitReservationRequest { reservation_id: first.id.clone() })).await?;
+    grpc.commit_reservation(Request::new(pb::CommitReservationRequest { reservation_id: first.id.clone() }))
+        .await?;
     assert_eq!(counters(&database.pool, product).await?, (15, 0, 5));
     let refused = grpc
         .release_reservation(Request::new(pb::ReleaseReservationRequest {
@@ -187,7 +203,11 @@ async fn commit_release_and_return_keep_initial_stock_equal_to_available_plus_re
     let mut tx = database.pool.begin().await?;
     store::reserve(
         &mut tx,
-        ReserveRequest { order_id: "o3".to_owned(), lines: vec![Line::new(product, 4)], ttl: Duration::from_secs(60) },
+        ReserveRequest {
+            order_id: "o3".to_owned(),
+            lines: vec![Line::new(product, 4)],
+            ttl: Duration::from_secs(60),
+        },
     )
     .await?;
     tx.commit().await?;
@@ -201,8 +221,12 @@ async fn commit_release_and_return_keep_initial_stock_equal_to_available_plus_re
     assert_eq!(counters(&database.pool, product).await?, (20, 0, 0));
 
     // Restocking adds to available only.
-    grpc.restock(Request::new(pb::RestockRequest { product_id: product.to_owned(), quantity: 7, note: "delivery 42".to_owned() }))
-        .await?;
+    grpc.restock(Request::new(pb::RestockRequest {
+        product_id: product.to_owned(),
+        quantity: 7,
+        note: "delivery 42".to_owned(),
+    }))
+    .await?;
     assert_eq!(counters(&database.pool, product).await?, (27, 0, 0));
     let events = outbox_counts(&database.pool).await?;
     assert_eq!(events.get("commerce.events.v1.StockCommitted"), Some(&1));
@@ -229,7 +253,9 @@ async fn reserving_the_same_order_twice_makes_one_reservation() -> anyhow::Resul
         outcomes.push(store::reserve(&mut tx, request()).await?);
         tx.commit().await?;
     }
-    let (ReserveOutcome::Reserved(first), ReserveOutcome::AlreadyReserved(second)) = (&outcomes[0], &outcomes[1]) else {
+    let (ReserveOutcome::Reserved(first), ReserveOutcome::AlreadyReserved(second)) =
+        (&outcomes[0], &outcomes[1])
+    else {
         anyhow::bail!("expected a reservation then the same one again, got {outcomes:?}");
     };
     assert_eq!(first.id, second.id);
@@ -240,7 +266,8 @@ async fn reserving_the_same_order_twice_makes_one_reservation() -> anyhow::Resul
 }
 
 #[tokio::test]
-async fn invalid_requests_are_refused_with_invalid_argument_and_unknown_reservations_with_not_found() -> anyhow::Result<()> {
+async fn invalid_requests_are_refused_with_invalid_argument_and_unknown_reservations_with_not_found()
+-> anyhow::Result<()> {
     support::init_logging();
     let database = TestDatabase::create(5).await?;
     let grpc = grpc(&database);
@@ -249,7 +276,11 @@ async fn invalid_requests_are_refused_with_invalid_argument_and_unknown_reservat
     let no_order = grpc.reserve(reserve_request("", &[("p", 1)])).await.expect_err("no order id");
     assert_eq!(no_order.code(), Code::InvalidArgument);
     let negative = grpc
-        .set_stock(Request::new(pb::SetStockRequest { product_id: "p".to_owned(), available: -1, note: String::new() }))
+        .set_stock(Request::new(pb::SetStockRequest {
+            product_id: "p".to_owned(),
+            available: -1,
+            note: String::new(),
+        }))
         .await
         .expect_err("negative stock");
     assert_eq!(negative.code(), Code::InvalidArgument);
@@ -279,7 +310,8 @@ async fn invalid_requests_are_refused_with_invalid_argument_and_unknown_reservat
         }))
         .await?
         .into_inner();
-    let answers: Vec<(bool, i64)> = availability.lines.iter().map(|l| (l.available, l.available_quantity)).collect();
+    let answers: Vec<(bool, i64)> =
+        availability.lines.iter().map(|l| (l.available, l.available_quantity)).collect();
     assert_eq!(answers, [(true, 3), (false, 0)]);
     assert!(!availability.all_available);
     database.drop_database().await

@@ -21,7 +21,7 @@ use commerce_proto::events::v1::{
     OrderCancelled, OrderConfirmed, OrderPlaced, ProductCreated, StockCommitted, StockReleased,
     StockReservationFailed, StockReserved, order_placed,
 };
-use support::{TestDatabase, counters, eventually, events_of, kafka_args, produce, unique_prefix};
+use support::{TestDatabase, counters, events_of, eventually, kafka_args, produce, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
 fn loopback() -> SocketAddr {
@@ -65,7 +65,9 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
     // A new product gets a stock row with zero units.
     produce(&producer, &ProductCreated { product_id: "p-e2e".to_owned(), ..Default::default() }).await?;
     eventually("the product has a stock row", || async {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stock WHERE product_id = 'p-e2e'").fetch_one(&pool).await?;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stock WHERE product_id = 'p-e2e'")
+            .fetch_one(&pool)
+            .await?;
         Ok(rows == 1)
     })
     .await?;
@@ -83,7 +85,10 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
     })
     .await?;
     eventually("StockReservationFailed for o-short is published", || async {
-        Ok(events_of::<StockReservationFailed>(&inventory_topic).await?.iter().any(|e| e.order_id == "o-short"))
+        Ok(events_of::<StockReservationFailed>(&inventory_topic)
+            .await?
+            .iter()
+            .any(|e| e.order_id == "o-short"))
     })
     .await?;
     let group = names.consumer_group(Service::Inventory);
@@ -98,8 +103,9 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
         Ok(processed == 3)
     })
     .await?;
-    let reservations: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE order_id = 'o-e2e'").fetch_one(&pool).await?;
+    let reservations: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations WHERE order_id = 'o-e2e'")
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(reservations, 1, "one reservation per order");
     assert_eq!(counters(&pool, "p-e2e").await?, (3, 2, 0));
     let reserved = events_of::<StockReserved>(&inventory_topic).await?;
@@ -119,7 +125,10 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
     )
     .await?;
     eventually("StockCommitted is published", || async {
-        Ok(events_of::<StockCommitted>(&inventory_topic).await?.iter().any(|e| e.reservation_id == reservation_id))
+        Ok(events_of::<StockCommitted>(&inventory_topic)
+            .await?
+            .iter()
+            .any(|e| e.reservation_id == reservation_id))
     })
     .await?;
     assert_eq!(counters(&pool, "p-e2e").await?, (3, 0, 2));
@@ -134,7 +143,10 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
     )
     .await?;
     eventually("StockReleased with was_committed is published", || async {
-        Ok(events_of::<StockReleased>(&inventory_topic).await?.iter().any(|e| e.order_id == "o-e2e" && e.was_committed))
+        Ok(events_of::<StockReleased>(&inventory_topic)
+            .await?
+            .iter()
+            .any(|e| e.order_id == "o-e2e" && e.was_committed))
     })
     .await?;
     assert_eq!(counters(&pool, "p-e2e").await?, (5, 0, 0), "initial stock is whole again");

@@ -216,10 +216,14 @@ pub fn apply(state: &SagaState, input: SagaInput) -> Step {
         }
         SagaInput::PaymentFailed { declined, detail } => {
             if next.status.is_open() {
-                let kind = if declined { FailureKind::PaymentDeclined } else { FailureKind::PaymentUnavailable };
+                let kind =
+                    if declined { FailureKind::PaymentDeclined } else { FailureKind::PaymentUnavailable };
                 next.status = OrderStatus::Failed;
-                next.failure_reason =
-                    if detail.is_empty() { "payment failed".to_owned() } else { format!("payment failed: {detail}") };
+                next.failure_reason = if detail.is_empty() {
+                    "payment failed".to_owned()
+                } else {
+                    format!("payment failed: {detail}")
+                };
                 effect = Some(Effect::Failed { kind, detail });
             }
         }
@@ -288,9 +292,10 @@ pub fn cancel(state: &SagaState, reason: &str) -> Result<Step, CancelRefused> {
             next.failure_reason = if reason.is_empty() { "cancelled".to_owned() } else { reason.to_owned() };
             Ok(Step { state: next, effect: Some(Effect::Cancelled { reason: reason.to_owned() }) })
         }
-        status @ (OrderStatus::Rejected | OrderStatus::Failed | OrderStatus::Shipped | OrderStatus::Delivered) => {
-            Err(CancelRefused { status })
-        }
+        status @ (OrderStatus::Rejected
+        | OrderStatus::Failed
+        | OrderStatus::Shipped
+        | OrderStatus::Delivered) => Err(CancelRefused { status }),
     }
 }
 
@@ -350,21 +355,32 @@ pub enum PlacementError {
 /// first appearance's position. Quantities must be positive.
 pub fn normalize_lines(lines: &[RequestedLine]) -> Result<Vec<RequestedLine>, PlacementError> {
     if lines.is_empty() {
-        return Err(PlacementError::Field { field: "lines".to_owned(), problem: "an order needs at least one line" });
+        return Err(PlacementError::Field {
+            field: "lines".to_owned(),
+            problem: "an order needs at least one line",
+        });
     }
     let mut merged: Vec<RequestedLine> = Vec::new();
     for (index, line) in lines.iter().enumerate() {
         if line.product_id.trim().is_empty() {
-            return Err(PlacementError::Field { field: format!("lines[{index}].product_id"), problem: "is empty" });
+            return Err(PlacementError::Field {
+                field: format!("lines[{index}].product_id"),
+                problem: "is empty",
+            });
         }
         if line.quantity == 0 {
-            return Err(PlacementError::Field { field: format!("lines[{index}].quantity"), problem: "must be positive" });
+            return Err(PlacementError::Field {
+                field: format!("lines[{index}].quantity"),
+                problem: "must be positive",
+            });
         }
         match merged.iter_mut().find(|existing| existing.product_id == line.product_id) {
             Some(existing) => {
-                existing.quantity = existing.quantity.checked_add(line.quantity).ok_or_else(|| {
-                    PlacementError::Field { field: format!("lines[{index}].quantity"), problem: "is too large" }
-                })?
+                existing.quantity =
+                    existing.quantity.checked_add(line.quantity).ok_or_else(|| PlacementError::Field {
+                        field: format!("lines[{index}].quantity"),
+                        problem: "is too large",
+                    })?
             }
             None => merged.push(line.clone()),
         }
@@ -375,7 +391,8 @@ pub fn normalize_lines(lines: &[RequestedLine]) -> Result<Vec<RequestedLine>, Pl
 /// Prices normalized lines with the catalog's products. Client prices do not
 /// exist in the request: every amount comes from here.
 pub fn price(lines: &[RequestedLine], products: &[CatalogProduct]) -> Result<PricedOrder, PlacementError> {
-    let by_id: BTreeMap<&str, &CatalogProduct> = products.iter().map(|product| (product.id.as_str(), product)).collect();
+    let by_id: BTreeMap<&str, &CatalogProduct> =
+        products.iter().map(|product| (product.id.as_str(), product)).collect();
     let mut currency: Option<&str> = None;
     let mut priced = Vec::with_capacity(lines.len());
     let mut total: i64 = 0;
@@ -397,7 +414,8 @@ pub fn price(lines: &[RequestedLine], products: &[CatalogProduct]) -> Result<Pri
             }
             Some(_) => {}
         }
-        let line_total = product.unit_price.checked_mul(i64::from(line.quantity)).ok_or(PlacementError::TotalOverflow)?;
+        let line_total =
+            product.unit_price.checked_mul(i64::from(line.quantity)).ok_or(PlacementError::TotalOverflow)?;
         total = total.checked_add(line_total).ok_or(PlacementError::TotalOverflow)?;
         priced.push(PricedLine {
             product_id: line.product_id.clone(),
@@ -415,7 +433,8 @@ pub fn price(lines: &[RequestedLine], products: &[CatalogProduct]) -> Result<Pri
 /// order so that a repeated idempotency key with different lines is told
 /// apart from a genuine retry.
 pub fn fingerprint(lines: &[RequestedLine]) -> String {
-    let mut sorted: Vec<(&str, u32)> = lines.iter().map(|line| (line.product_id.as_str(), line.quantity)).collect();
+    let mut sorted: Vec<(&str, u32)> =
+        lines.iter().map(|line| (line.product_id.as_str(), line.quantity)).collect();
     sorted.sort_unstable();
     sorted.iter().map(|(id, quantity)| format!("{id}x{quantity}")).collect::<Vec<_>>().join(";")
 }
@@ -475,7 +494,8 @@ mod tests {
 
     #[test]
     fn duplicate_events_change_nothing_and_publish_nothing_twice() {
-        let (state, effects) = run([reserved("r1"), reserved("r1"), captured("p1"), captured("p1"), reserved("r1")]);
+        let (state, effects) =
+            run([reserved("r1"), reserved("r1"), captured("p1"), captured("p1"), reserved("r1")]);
         assert_eq!(state.status, OrderStatus::Confirmed);
         assert_eq!(effects, [Effect::Confirmed]);
         let again = apply(&state, captured("p1"));
@@ -534,7 +554,10 @@ mod tests {
         assert_eq!(state.payment_id.as_deref(), Some("p-late"), "kept so the refund can be shown");
         assert_eq!(
             effects,
-            [Effect::Failed { kind: FailureKind::ReservationExpired, detail: "reservation expired".to_owned() }]
+            [Effect::Failed {
+                kind: FailureKind::ReservationExpired,
+                detail: "reservation expired".to_owned()
+            }]
         );
     }
 
@@ -548,8 +571,11 @@ mod tests {
         assert_eq!(state.status, OrderStatus::Pending, "no reservation, nothing to expire");
         assert!(effects.is_empty());
 
-        let (state, effects) =
-            run([reserved("r1"), captured("p1"), SagaInput::ReservationClock { now: at(901) + Duration::hours(1) }]);
+        let (state, effects) = run([
+            reserved("r1"),
+            captured("p1"),
+            SagaInput::ReservationClock { now: at(901) + Duration::hours(1) },
+        ]);
         assert_eq!(state.status, OrderStatus::Confirmed, "confirmation commits the stock");
         assert_eq!(effects, [Effect::Confirmed]);
     }
@@ -592,8 +618,11 @@ mod tests {
 
     #[test]
     fn delivery_seen_before_pickup_still_delivers() {
-        let (state, effects) =
-            run([reserved("r1"), captured("p1"), SagaInput::ShipmentDelivered { shipment_id: "s1".to_owned() }]);
+        let (state, effects) = run([
+            reserved("r1"),
+            captured("p1"),
+            SagaInput::ShipmentDelivered { shipment_id: "s1".to_owned() },
+        ]);
         assert_eq!(state.status, OrderStatus::Delivered);
         assert_eq!(effects, [Effect::Confirmed, Effect::Delivered]);
         let late_pickup = apply(&state, SagaInput::ShipmentMoving { shipment_id: "s1".to_owned() });
@@ -603,7 +632,8 @@ mod tests {
     #[test]
     fn shipment_events_do_not_move_unconfirmed_orders() {
         for status in [OrderStatus::Pending, OrderStatus::Reserved] {
-            let step = apply(&in_status(status), SagaInput::ShipmentDelivered { shipment_id: "s1".to_owned() });
+            let step =
+                apply(&in_status(status), SagaInput::ShipmentDelivered { shipment_id: "s1".to_owned() });
             assert_eq!(step.state.status, status);
             assert_eq!(step.effect, None);
         }
@@ -634,7 +664,10 @@ mod tests {
                     assert_eq!(step.state, in_status(OrderStatus::Cancelled));
                     assert_eq!(step.effect, None);
                 }
-                OrderStatus::Rejected | OrderStatus::Failed | OrderStatus::Shipped | OrderStatus::Delivered => {
+                OrderStatus::Rejected
+                | OrderStatus::Failed
+                | OrderStatus::Shipped
+                | OrderStatus::Delivered => {
                     assert_eq!(outcome, Err(CancelRefused { status }));
                 }
             }
@@ -685,8 +718,11 @@ mod tests {
 
     #[test]
     fn prices_come_from_the_catalog_and_sum_exactly() {
-        let priced = price(&[line("a", 3), line("b", 1)], &[product("a", "EUR", 1999, true), product("b", "EUR", 1, true)])
-            .expect("priced");
+        let priced = price(
+            &[line("a", 3), line("b", 1)],
+            &[product("a", "EUR", 1999, true), product("b", "EUR", 1, true)],
+        )
+        .expect("priced");
         assert_eq!(priced.currency, "EUR");
         assert_eq!(priced.total, 3 * 1999 + 1);
         assert_eq!(priced.lines[0].line_total, 5997);
@@ -695,7 +731,8 @@ mod tests {
 
     #[test]
     fn unknown_inactive_and_mixed_currency_products_are_named() {
-        let catalog = [product("a", "EUR", 100, true), product("b", "USD", 100, true), product("c", "EUR", 1, false)];
+        let catalog =
+            [product("a", "EUR", 100, true), product("b", "USD", 100, true), product("c", "EUR", 1, false)];
         assert_eq!(
             price(&[line("zz", 1)], &catalog),
             Err(PlacementError::UnknownProduct { product_id: "zz".to_owned() })
@@ -706,7 +743,10 @@ mod tests {
         );
         let mixed = price(&[line("a", 1), line("b", 1)], &catalog).expect_err("mixed");
         assert!(mixed.to_string().contains("product b is priced in USD"), "{mixed}");
-        assert_eq!(price(&[line("a", u32::MAX)], &[product("a", "EUR", i64::MAX / 2, true)]), Err(PlacementError::TotalOverflow));
+        assert_eq!(
+            price(&[line("a", u32::MAX)], &[product("a", "EUR", i64::MAX / 2, true)]),
+            Err(PlacementError::TotalOverflow)
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub(crate) async fn record_step(
                 shipping_address: Some(order.shipping_address.clone()),
                 occurred_at: Some(now),
             };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
         Some(Effect::Rejected { unavailable_product_ids }) => {
             let event = ev::OrderRejected {
@@ -95,7 +95,7 @@ pub(crate) async fn record_step(
                 unavailable_product_ids,
                 occurred_at: Some(now),
             };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
         Some(Effect::Failed { kind, detail }) => {
             let reason = match kind {
@@ -111,7 +111,7 @@ pub(crate) async fn record_step(
                 reservation_id: text(&saga.reservation_id),
                 occurred_at: Some(now),
             };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
         Some(Effect::Cancelled { reason }) => {
             let event = ev::OrderCancelled {
@@ -125,7 +125,7 @@ pub(crate) async fn record_step(
                 cancelled_by: cancelled_by.to_owned(),
                 occurred_at: Some(now),
             };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
         Some(Effect::Delivered) => {
             let event = ev::OrderDelivered {
@@ -134,14 +134,18 @@ pub(crate) async fn record_step(
                 shipment_id: text(&saga.shipment_id),
                 occurred_at: Some(now),
             };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
     }
     Ok(Order { saga: step.state, updated_at, ..order.clone() })
 }
 
 /// Locks the order and applies `input`; `None` when the order is unknown.
-pub(crate) async fn apply_input(conn: &mut PgConnection, id: Uuid, input: SagaInput) -> Result<Option<Order>, Error> {
+pub(crate) async fn apply_input(
+    conn: &mut PgConnection,
+    id: Uuid,
+    input: SagaInput,
+) -> Result<Option<Order>, Error> {
     let Some(order) = store::lock(conn, id).await? else {
         return Ok(None);
     };
@@ -154,7 +158,8 @@ pub(crate) async fn apply_input(conn: &mut PgConnection, id: Uuid, input: SagaIn
 pub struct OrderEventHandler;
 
 fn parse_order_id(raw: &str) -> Result<Uuid, HandlerError> {
-    Uuid::parse_str(raw).map_err(|error| HandlerError::permanent(format!("order id {raw:?} is not a UUID: {error}")))
+    Uuid::parse_str(raw)
+        .map_err(|error| HandlerError::permanent(format!("order id {raw:?} is not a UUID: {error}")))
 }
 
 impl OrderEventHandler {
@@ -212,16 +217,24 @@ impl OrderEventHandler {
 
 #[async_trait]
 impl EventHandler for OrderEventHandler {
-    async fn handle(&self, tx: &mut Transaction<'_, Postgres>, event: &IncomingEvent) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
         let Some((order_id, input)) = Self::input(event)? else {
             return Ok(());
         };
         let id = parse_order_id(&order_id)?;
         match apply_input(tx, id, input).await? {
-            Some(order) => tracing::debug!(order_id = %id, status = %order.saga.status, event_type = event.event_type(), "order saga advanced"),
+            Some(order) => {
+                tracing::debug!(order_id = %id, status = %order.saga.status, event_type = event.event_type(), "order saga advanced")
+            }
             // Another stack's order, or a payment made by the Charge RPC
             // without an order: nothing of ours to change.
-            None => tracing::warn!(order_id = %id, event_type = event.event_type(), "event about an unknown order ignored"),
+            None => {
+                tracing::warn!(order_id = %id, event_type = event.event_type(), "event about an unknown order ignored")
+            }
         }
         Ok(())
     }
@@ -258,11 +271,10 @@ pub async fn sweep_once(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, Erro
     let mut failed = 0;
     for id in store::lapsed_reservations(pool, now, SWEEP_BATCH).await? {
         let mut tx = pool.begin().await.map_err(Error::UpdateOrder)?;
-        if let Some(order) = apply_input(&mut tx, id, SagaInput::ReservationClock { now }).await? {
-            if order.saga.status == domain::OrderStatus::Failed {
-                failed += 1;
-                tracing::info!(order_id = %id, "order failed: its reservation expired");
-            }
+        let order = apply_input(&mut tx, id, SagaInput::ReservationClock { now }).await?;
+        if order.is_some_and(|order| order.saga.status == domain::OrderStatus::Failed) {
+            failed += 1;
+            tracing::info!(order_id = %id, "order failed: its reservation expired");
         }
         tx.commit().await.map_err(Error::UpdateOrder)?;
     }

@@ -34,7 +34,9 @@ pub trait CatalogPeer: Send + Sync + 'static {
 
 impl CatalogPeer for Peers {
     fn client(&self) -> Result<CatalogServiceClient<commerce_platform::resilience::ResilientChannel>, Error> {
-        Ok(CatalogServiceClient::new(self.channel(Service::Catalog).map_err(Error::ReachCatalog)?))
+        Ok(CatalogServiceClient::new(
+            self.channel(Service::Catalog).map_err(|error| Error::ReachCatalog(Box::new(error)))?,
+        ))
     }
 }
 
@@ -72,7 +74,9 @@ impl OrderGrpc {
         let Some(address) = request.shipping_address.clone() else {
             return Err(field("shipping_address", "is missing"));
         };
-        if address.line1.trim().is_empty() || address.city.trim().is_empty() || address.country_code.trim().is_empty()
+        if address.line1.trim().is_empty()
+            || address.city.trim().is_empty()
+            || address.country_code.trim().is_empty()
         {
             return Err(field("shipping_address", "needs line1, city and country_code"));
         }
@@ -95,7 +99,7 @@ impl OrderGrpc {
         let response = catalog
             .batch_get_products(idempotent(BatchGetProductsRequest { ids }))
             .await
-            .map_err(Error::QueryCatalog)?
+            .map_err(|error| Error::QueryCatalog(Box::new(error)))?
             .into_inner();
         let products: Vec<CatalogProduct> = response
             .products
@@ -132,14 +136,18 @@ impl OrderGrpc {
         if !store::insert_order(&mut tx, &order).await? {
             // A concurrent twin of this request won the race.
             drop(tx);
-            let existing = store::find_by_idempotency_key(&self.pool, &request.user_id, &request.idempotency_key)
-                .await?
-                .ok_or(Error::OrderNotFound { id: order.id })?;
+            let existing =
+                store::find_by_idempotency_key(&self.pool, &request.user_id, &request.idempotency_key)
+                    .await?
+                    .ok_or(Error::OrderNotFound { id: order.id })?;
             return same_placement(existing, &fingerprint);
         }
-        commerce_platform::events::enqueue(&mut tx, &events::order_placed(&order, &request.payment_method_token))
-            .await
-            .map_err(Error::EnqueueEvent)?;
+        commerce_platform::events::enqueue(
+            &mut tx,
+            &events::order_placed(&order, &request.payment_method_token),
+        )
+        .await
+        .map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         tx.commit().await.map_err(Error::InsertOrder)?;
         tracing::info!(order_id = %order.id, user_id = %order.user_id, total = order.total, "order placed");
         Ok(order)
@@ -169,7 +177,9 @@ fn same_placement(existing: Order, fingerprint: &str) -> Result<Order, Error> {
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(raw).map_err(|_| Error::InvalidPlacement(PlacementError::Field { field: "id".to_owned(), problem: "is not a UUID" }))
+    Uuid::parse_str(raw).map_err(|_| {
+        Error::InvalidPlacement(PlacementError::Field { field: "id".to_owned(), problem: "is not a UUID" })
+    })
 }
 
 /// Proto status of a domain status.
@@ -241,7 +251,12 @@ fn decode_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Error
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || Error::InvalidPlacement(PlacementError::Field { field: "page_token".to_owned(), problem: "is not a token this server issued" });
+    let invalid = || {
+        Error::InvalidPlacement(PlacementError::Field {
+            field: "page_token".to_owned(),
+            problem: "is not a token this server issued",
+        })
+    };
     let (micros, id) = token.split_once('_').ok_or_else(invalid)?;
     let micros: i64 = micros.parse().map_err(|_| invalid())?;
     let time = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
@@ -251,18 +266,27 @@ fn decode_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Error
 
 #[tonic::async_trait]
 impl OrderService for OrderGrpc {
-    async fn place_order(&self, request: Request<pb::PlaceOrderRequest>) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
         let order = self.place(request.into_inner()).await?;
         Ok(Response::new(pb::PlaceOrderResponse { order: Some(order_to_proto(&order)) }))
     }
 
-    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let id = parse_id(&request.into_inner().id)?;
         let order = store::get(&self.pool, id).await?.ok_or(Error::OrderNotFound { id })?;
         Ok(Response::new(pb::GetOrderResponse { order: Some(order_to_proto(&order)) }))
     }
 
-    async fn list_orders(&self, request: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let request = request.into_inner();
         let page_size = match i64::from(request.page_size) {
             size if size <= 0 => DEFAULT_PAGE_SIZE,
@@ -270,7 +294,8 @@ impl OrderService for OrderGrpc {
         };
         let after = decode_page_token(&request.page_token)?;
         let user = (!request.user_id.is_empty()).then_some(request.user_id.as_str());
-        let page = store::list(&self.pool, user, status_from_proto(request.status()), page_size, after).await?;
+        let page =
+            store::list(&self.pool, user, status_from_proto(request.status()), page_size, after).await?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: page.orders.iter().map(order_to_proto).collect(),
             next_page_token: page.next.map(encode_page_token).unwrap_or_default(),
@@ -278,7 +303,10 @@ impl OrderService for OrderGrpc {
         }))
     }
 
-    async fn cancel_order(&self, request: Request<pb::CancelOrderRequest>) -> Result<Response<pb::CancelOrderResponse>, Status> {
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let order = self.cancel(request.into_inner()).await?;
         Ok(Response::new(pb::CancelOrderResponse { order: Some(order_to_proto(&order)) }))
     }

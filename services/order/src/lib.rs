@@ -36,19 +36,19 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to the order database")]
-    ConnectDatabase(#[source] DatabaseError),
+    ConnectDatabase(#[source] Box<DatabaseError>),
     #[error("cannot migrate the order database")]
-    MigrateDatabase(#[source] DatabaseError),
+    MigrateDatabase(#[source] Box<DatabaseError>),
     #[error("cannot create the Kafka producer")]
-    CreateProducer(#[source] ProducerError),
+    CreateProducer(#[source] Box<ProducerError>),
     #[error("cannot create the event consumer")]
-    CreateConsumer(#[source] ConsumerError),
+    CreateConsumer(#[source] Box<ConsumerError>),
     #[error("the event consumer failed")]
-    ConsumeEvents(#[source] ConsumerError),
+    ConsumeEvents(#[source] Box<ConsumerError>),
     #[error("the gRPC server failed")]
-    ServeGrpc(#[source] GrpcServerError),
+    ServeGrpc(#[source] Box<GrpcServerError>),
     #[error("the admin server failed")]
-    ServeAdmin(#[source] AdminError),
+    ServeAdmin(#[source] Box<AdminError>),
     #[error("a background task panicked or was aborted")]
     JoinTask(#[source] tokio::task::JoinError),
     #[error("invalid order")]
@@ -60,9 +60,9 @@ pub enum Error {
     #[error("cannot cancel the order")]
     RefuseCancel(#[source] domain::CancelRefused),
     #[error("cannot reach the catalog")]
-    ReachCatalog(#[source] DiscoveryError),
+    ReachCatalog(#[source] Box<DiscoveryError>),
     #[error("cannot price the order with the catalog")]
-    QueryCatalog(#[source] tonic::Status),
+    QueryCatalog(#[source] Box<tonic::Status>),
     #[error("cannot read orders")]
     LoadOrder(#[source] sqlx::Error),
     #[error("cannot list orders")]
@@ -72,7 +72,7 @@ pub enum Error {
     #[error("cannot update the order")]
     UpdateOrder(#[source] sqlx::Error),
     #[error("cannot enqueue the order's event")]
-    EnqueueEvent(#[source] OutboxError),
+    EnqueueEvent(#[source] Box<OutboxError>),
     #[error("stored order {id} is unreadable: {problem}")]
     DecodeStoredOrder { id: Uuid, problem: String },
 }
@@ -92,6 +92,21 @@ impl Error {
                 | Error::QueryCatalog(_)
         )
     }
+}
+
+/// Runs the platform's and the service's migrations on a blocking thread.
+///
+/// `Migrator::run` borrows the pool through a higher-ranked `Acquire` bound
+/// that makes any future awaiting it fail the `Send` check, so awaiting it
+/// inside `serve` would make `tokio::spawn(serve(..))` fail to compile in
+/// every caller. `block_on` needs no `Send`. (Same workaround as the
+/// inventory service; the platform's `db::run_migrations` could avoid it.)
+async fn migrate(pool: sqlx::PgPool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(db::run_migrations(&pool, &MIGRATOR)))
+        .await
+        .map_err(Error::JoinTask)?
+        .map_err(|error| Error::MigrateDatabase(Box::new(error)))
 }
 
 /// An error with its causes, `: `-separated, for logs and statuses.
@@ -135,11 +150,12 @@ pub async fn serve_with_catalog(
 
     let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
         .await
-        .map_err(Error::ConnectDatabase)?;
-    db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+        .map_err(|error| Error::ConnectDatabase(Box::new(error)))?;
+    migrate(pool.clone()).await?;
     let health = db::spawn_health_check(pool.clone(), database_check, tasks.clone());
 
-    let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
+    let producer =
+        EventProducer::new(&config.kafka).map_err(|error| Error::CreateProducer(Box::new(error)))?;
     let producer_watch = producer.watch_readiness(producer_check, tasks.clone());
     let relay = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(tasks.clone()));
     let consumer = EventConsumer::new(
@@ -150,25 +166,30 @@ pub async fn serve_with_catalog(
         events::OrderEventHandler,
         consumer_check,
     )
-    .map_err(Error::CreateConsumer)?;
+    .map_err(|error| Error::CreateConsumer(Box::new(error)))?;
     let consumer = tokio::spawn(consumer.run(tasks.clone()));
-    let sweeper =
-        tokio::spawn(events::run_reservation_sweeper(pool.clone(), config.reservation_sweep_interval, tasks.clone()));
+    let sweeper = tokio::spawn(events::run_reservation_sweeper(
+        pool.clone(),
+        config.reservation_sweep_interval,
+        tasks.clone(),
+    ));
 
     let served = GrpcServer::new(&config.common.grpc, readiness, &metrics)
         .add_service(OrderServiceServer::new(grpc::OrderGrpc::new(pool.clone(), catalog)))
         .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
         .serve(shutdown.clone())
         .await
-        .map_err(Error::ServeGrpc);
+        .map_err(|error| Error::ServeGrpc(Box::new(error)));
     tasks.cancel();
 
-    let consumed = consumer.await.map_err(Error::JoinTask)?.map_err(Error::ConsumeEvents);
+    let consumed =
+        consumer.await.map_err(Error::JoinTask)?.map_err(|error| Error::ConsumeEvents(Box::new(error)));
     relay.await.map_err(Error::JoinTask)?;
     sweeper.await.map_err(Error::JoinTask)?;
     health.await.map_err(Error::JoinTask)?;
     producer_watch.await.map_err(Error::JoinTask)?;
-    let admin_served = admin.await.map_err(Error::JoinTask)?.map_err(Error::ServeAdmin);
+    let admin_served =
+        admin.await.map_err(Error::JoinTask)?.map_err(|error| Error::ServeAdmin(Box::new(error)));
     pool.close().await;
     served.and(consumed).and(admin_served)
 }

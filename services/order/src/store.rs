@@ -68,8 +68,10 @@ const ORDER_COLUMNS: &str = "id, user_id, idempotency_key, request_fingerprint, 
 
 impl OrderRow {
     fn into_order(self, lines: Vec<PricedLine>) -> Result<Order, Error> {
-        let status = OrderStatus::parse(&self.status)
-            .ok_or_else(|| Error::DecodeStoredOrder { id: self.id, problem: format!("unknown status {}", self.status) })?;
+        let status = OrderStatus::parse(&self.status).ok_or_else(|| Error::DecodeStoredOrder {
+            id: self.id,
+            problem: format!("unknown status {}", self.status),
+        })?;
         let shipping_address = Address::decode(self.shipping_address.as_slice())
             .map_err(|error| Error::DecodeStoredOrder { id: self.id, problem: error.to_string() })?;
         Ok(Order {
@@ -161,7 +163,9 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<bool
     .await;
     match inserted {
         Ok(_) => {}
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNIQUE_VIOLATION) => return Ok(false),
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            return Ok(false);
+        }
         Err(error) => return Err(Error::InsertOrder(error)),
     }
     for (position, line) in order.lines.iter().enumerate() {
@@ -185,15 +189,20 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<bool
 }
 
 /// The order a user placed with an idempotency key, if any.
-pub async fn find_by_idempotency_key(pool: &PgPool, user_id: &str, key: &str) -> Result<Option<Order>, Error> {
+pub async fn find_by_idempotency_key(
+    pool: &PgPool,
+    user_id: &str,
+    key: &str,
+) -> Result<Option<Order>, Error> {
     let mut conn = pool.acquire().await.map_err(Error::LoadOrder)?;
-    let row: Option<OrderRow> =
-        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND idempotency_key = $2"))
-            .bind(user_id)
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(Error::LoadOrder)?;
+    let row: Option<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(user_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(Error::LoadOrder)?;
     Ok(with_lines(&mut conn, row.into_iter().collect()).await?.pop())
 }
 
@@ -211,11 +220,12 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, Er
 
 async fn fetch(conn: &mut PgConnection, id: Uuid, for_update: bool) -> Result<Option<Order>, Error> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
-    let row: Option<OrderRow> = sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1{lock}"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::LoadOrder)?;
+    let row: Option<OrderRow> =
+        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1{lock}"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::LoadOrder)?;
     Ok(with_lines(conn, row.into_iter().collect()).await?.pop())
 }
 

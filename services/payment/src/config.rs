@@ -49,7 +49,11 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     pub fn settings(&self) -> WorkerSettings {
-        WorkerSettings { poll_interval: self.poll_interval, retry_base: self.retry_base, retry_cap: self.retry_cap }
+        WorkerSettings {
+            poll_interval: self.poll_interval,
+            retry_base: self.retry_base,
+            retry_cap: self.retry_cap,
+        }
     }
 }
 

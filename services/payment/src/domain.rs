@@ -87,9 +87,10 @@ pub const fn on_order_dead(status: PaymentStatus) -> DeadOrderAction {
     match status {
         PaymentStatus::Pending => DeadOrderAction::Cancel,
         PaymentStatus::Captured | PaymentStatus::PartiallyRefunded => DeadOrderAction::Refund,
-        PaymentStatus::Declined | PaymentStatus::Refunded | PaymentStatus::Failed | PaymentStatus::Cancelled => {
-            DeadOrderAction::Nothing
-        }
+        PaymentStatus::Declined
+        | PaymentStatus::Refunded
+        | PaymentStatus::Failed
+        | PaymentStatus::Cancelled => DeadOrderAction::Nothing,
     }
 }
 
@@ -158,8 +159,12 @@ mod tests {
         assert_eq!(on_order_dead(PaymentStatus::Pending), DeadOrderAction::Cancel);
         assert_eq!(on_order_dead(PaymentStatus::Captured), DeadOrderAction::Refund);
         assert_eq!(on_order_dead(PaymentStatus::PartiallyRefunded), DeadOrderAction::Refund);
-        for status in [PaymentStatus::Declined, PaymentStatus::Refunded, PaymentStatus::Failed, PaymentStatus::Cancelled]
-        {
+        for status in [
+            PaymentStatus::Declined,
+            PaymentStatus::Refunded,
+            PaymentStatus::Failed,
+            PaymentStatus::Cancelled,
+        ] {
             assert_eq!(on_order_dead(status), DeadOrderAction::Nothing);
         }
     }

@@ -39,8 +39,11 @@ pub(crate) fn payment_captured(payment: &Payment, provider: &str, reference: &st
 }
 
 pub(crate) fn payment_failed(payment: &Payment, declined: bool, detail: &str) -> ev::PaymentFailed {
-    let reason =
-        if declined { ev::payment_failed::Reason::Declined } else { ev::payment_failed::Reason::ProviderUnavailable };
+    let reason = if declined {
+        ev::payment_failed::Reason::Declined
+    } else {
+        ev::payment_failed::Reason::ProviderUnavailable
+    };
     ev::PaymentFailed {
         order_id: payment.order_id.clone(),
         payment_id: payment.id.to_string(),
@@ -52,7 +55,12 @@ pub(crate) fn payment_failed(payment: &Payment, declined: bool, detail: &str) ->
     }
 }
 
-pub(crate) fn payment_refunded(payment: &Payment, refund: &Refund, total: i64, fully: bool) -> ev::PaymentRefunded {
+pub(crate) fn payment_refunded(
+    payment: &Payment,
+    refund: &Refund,
+    total: i64,
+    fully: bool,
+) -> ev::PaymentRefunded {
     ev::PaymentRefunded {
         order_id: payment.order_id.clone(),
         payment_id: payment.id.to_string(),
@@ -74,19 +82,21 @@ pub fn saga_refund_key(order_id: &str) -> String {
 /// Reacts to a dead order: a pending payment is cancelled (never charged), a
 /// captured one gets a pending refund for what is left, which the worker
 /// makes. Waits for a worker holding the row mid-charge.
-pub(crate) async fn order_died(conn: &mut PgConnection, order_id: &str, reason: &str) -> Result<(), Error> {
+pub async fn order_died(conn: &mut PgConnection, order_id: &str, reason: &str) -> Result<(), Error> {
     store::ensure_row(conn, order_id).await?;
     let payment = store::lock_by_order(conn, order_id).await?.ok_or(Error::PaymentNotFound)?;
     match domain::on_order_dead(payment.status) {
         DeadOrderAction::Cancel => {
-            store::set_status(conn, payment.id, PaymentStatus::Cancelled, &payment.provider, "", reason).await?;
+            store::set_status(conn, payment.id, PaymentStatus::Cancelled, &payment.provider, "", reason)
+                .await?;
             tracing::info!(order_id, "pending payment cancelled: the order died first");
         }
         DeadOrderAction::Refund => {
             let committed = store::committed_refunds(conn, payment.id).await?;
             match domain::refund_amount(payment.status, payment.amount, committed, None) {
                 Ok(amount) => {
-                    store::insert_refund(conn, payment.id, amount, reason, &saga_refund_key(order_id)).await?;
+                    store::insert_refund(conn, payment.id, amount, reason, &saga_refund_key(order_id))
+                        .await?;
                     tracing::info!(order_id, amount, "refund queued for a dead order");
                 }
                 Err(refused) => tracing::info!(order_id, %refused, "nothing left to refund"),
@@ -103,7 +113,11 @@ pub struct PaymentEventHandler;
 
 #[async_trait]
 impl EventHandler for PaymentEventHandler {
-    async fn handle(&self, tx: &mut Transaction<'_, Postgres>, event: &IncomingEvent) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
         if event.is::<ev::OrderPlaced>() {
             let placed: ev::OrderPlaced = event.decode()?;
             let total = placed.total.unwrap_or_default();

@@ -113,17 +113,19 @@ impl PaymentGrpc {
         tx.commit().await.map_err(Error::UpdatePayment)?;
 
         let mut tx = self.pool.begin().await.map_err(Error::UpdatePayment)?;
-        let payment = store::lock_by_order(&mut tx, &request.order_id).await?.ok_or(Error::PaymentNotFound)?;
+        let payment =
+            store::lock_by_order(&mut tx, &request.order_id).await?.ok_or(Error::PaymentNotFound)?;
         let attempt = self.worker.charge_locked(&mut tx, &payment).await?;
         tx.commit().await.map_err(Error::UpdatePayment)?;
         if let ChargeAttempt::Deferred(error) = attempt {
-            return Err(Error::ReachProvider(error));
+            return Err(Error::ReachProvider(Box::new(error)));
         }
         self.load(None, Some(&request.order_id)).await
     }
 
     async fn refund(&self, request: pb::RefundRequest) -> Result<(pb::Payment, pb::Refund), Error> {
-        let payment_id = Uuid::parse_str(&request.payment_id).map_err(|_| invalid("payment_id", "is not a UUID"))?;
+        let payment_id =
+            Uuid::parse_str(&request.payment_id).map_err(|_| invalid("payment_id", "is not a UUID"))?;
         if request.idempotency_key.is_empty() {
             return Err(invalid("idempotency_key", "is empty"));
         }
@@ -142,7 +144,8 @@ impl PaymentGrpc {
                 };
                 let amount = domain::refund_amount(payment.status, payment.amount, committed, requested)
                     .map_err(Error::RefuseRefund)?;
-                store::insert_refund(&mut tx, payment_id, amount, &request.reason, &request.idempotency_key).await?
+                store::insert_refund(&mut tx, payment_id, amount, &request.reason, &request.idempotency_key)
+                    .await?
             }
         };
         tx.commit().await.map_err(Error::UpdateRefund)?;
@@ -151,7 +154,7 @@ impl PaymentGrpc {
         let refund = store::lock_refund(&mut tx, refund.id).await?.ok_or(Error::RefundNotFound)?;
         let made = self.worker.refund_locked(&mut tx, &refund).await?;
         tx.commit().await.map_err(Error::UpdateRefund)?;
-        let refund = made.map_err(Error::ReachProvider)?;
+        let refund = made.map_err(|error| Error::ReachProvider(Box::new(error)))?;
         let payment = self.load(Some(payment_id), None).await?;
         let refund = refund_to_proto(&refund, &payment.amount.clone().unwrap_or_default().currency_code);
         Ok((payment, refund))
@@ -160,7 +163,10 @@ impl PaymentGrpc {
 
 #[tonic::async_trait]
 impl PaymentService for PaymentGrpc {
-    async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
+    async fn charge(
+        &self,
+        request: Request<pb::ChargeRequest>,
+    ) -> Result<Response<pb::ChargeResponse>, Status> {
         let payment = PaymentGrpc::charge(self, request.into_inner()).await?;
         Ok(Response::new(pb::ChargeResponse { payment: Some(payment) }))
     }
@@ -174,13 +180,18 @@ impl PaymentService for PaymentGrpc {
                 let id = Uuid::parse_str(&id).map_err(|_| invalid("payment_id", "is not a UUID"))?;
                 self.load(Some(id), None).await?
             }
-            Some(pb::get_payment_request::Lookup::OrderId(order_id)) => self.load(None, Some(&order_id)).await?,
+            Some(pb::get_payment_request::Lookup::OrderId(order_id)) => {
+                self.load(None, Some(&order_id)).await?
+            }
             None => return Err(invalid("lookup", "give payment_id or order_id").into()),
         };
         Ok(Response::new(pb::GetPaymentResponse { payment: Some(payment) }))
     }
 
-    async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
         let (payment, refund) = PaymentGrpc::refund(self, request.into_inner()).await?;
         Ok(Response::new(pb::RefundResponse { payment: Some(payment), refund: Some(refund) }))
     }

@@ -43,17 +43,17 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to the payment database")]
-    ConnectDatabase(#[source] DatabaseError),
+    ConnectDatabase(#[source] Box<DatabaseError>),
     #[error("cannot migrate the payment database")]
-    MigrateDatabase(#[source] DatabaseError),
+    MigrateDatabase(#[source] Box<DatabaseError>),
     #[error("cannot create the Kafka producer")]
-    CreateProducer(#[source] ProducerError),
+    CreateProducer(#[source] Box<ProducerError>),
     #[error("cannot create the event consumer")]
-    CreateConsumer(#[source] ConsumerError),
+    CreateConsumer(#[source] Box<ConsumerError>),
     #[error("the event consumer failed")]
-    ConsumeEvents(#[source] ConsumerError),
+    ConsumeEvents(#[source] Box<ConsumerError>),
     #[error("the gRPC server failed")]
-    ServeGrpc(#[source] GrpcServerError),
+    ServeGrpc(#[source] Box<GrpcServerError>),
     #[error("cannot bind the admin server to {addr}")]
     BindAdmin {
         addr: std::net::SocketAddr,
@@ -61,7 +61,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("the admin server failed")]
-    ServeAdmin(#[source] std::io::Error),
+    ServeAdmin(#[source] Box<std::io::Error>),
     #[error("a background task panicked or was aborted")]
     JoinTask(#[source] tokio::task::JoinError),
     #[error("{field}: {problem}")]
@@ -73,7 +73,7 @@ pub enum Error {
     #[error("cannot refund")]
     RefuseRefund(#[source] domain::RefundRefused),
     #[error("cannot reach the payment provider")]
-    ReachProvider(#[source] ProviderError),
+    ReachProvider(#[source] Box<ProviderError>),
     #[error("cannot read payments")]
     LoadPayment(#[source] sqlx::Error),
     #[error("cannot update the payment")]
@@ -83,7 +83,7 @@ pub enum Error {
     #[error("cannot update the refund")]
     UpdateRefund(#[source] sqlx::Error),
     #[error("cannot enqueue the payment's event")]
-    EnqueueEvent(#[source] OutboxError),
+    EnqueueEvent(#[source] Box<OutboxError>),
     #[error("stored payment {id} is unreadable: {problem}")]
     DecodeStoredPayment { id: Uuid, problem: String },
 }
@@ -101,6 +101,21 @@ impl Error {
                 | Error::ReachProvider(_)
         )
     }
+}
+
+/// Runs the platform's and the service's migrations on a blocking thread.
+///
+/// `Migrator::run` borrows the pool through a higher-ranked `Acquire` bound
+/// that makes any future awaiting it fail the `Send` check, so awaiting it
+/// inside `serve` would make `tokio::spawn(serve(..))` fail to compile in
+/// every caller. `block_on` needs no `Send`. (Same workaround as the
+/// inventory service; the platform's `db::run_migrations` could avoid it.)
+async fn migrate(pool: sqlx::PgPool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(db::run_migrations(&pool, &MIGRATOR)))
+        .await
+        .map_err(Error::JoinTask)?
+        .map_err(|error| Error::MigrateDatabase(Box::new(error)))
 }
 
 /// An error with its causes, `: `-separated, for logs and statuses.
@@ -147,15 +162,18 @@ pub async fn serve_with_provider(
     if let Some(routes) = admin_routes {
         router = router.merge(routes);
     }
-    let admin = tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(tasks.clone().cancelled_owned()).into_future());
+    let admin = tokio::spawn(
+        axum::serve(listener, router).with_graceful_shutdown(tasks.clone().cancelled_owned()).into_future(),
+    );
 
     let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
         .await
-        .map_err(Error::ConnectDatabase)?;
-    db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+        .map_err(|error| Error::ConnectDatabase(Box::new(error)))?;
+    migrate(pool.clone()).await?;
     let health = db::spawn_health_check(pool.clone(), database_check, tasks.clone());
 
-    let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
+    let producer =
+        EventProducer::new(&config.kafka).map_err(|error| Error::CreateProducer(Box::new(error)))?;
     let producer_watch = producer.watch_readiness(producer_check, tasks.clone());
     let relay = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(tasks.clone()));
     let consumer = EventConsumer::new(
@@ -166,7 +184,7 @@ pub async fn serve_with_provider(
         events::PaymentEventHandler,
         consumer_check,
     )
-    .map_err(Error::CreateConsumer)?;
+    .map_err(|error| Error::CreateConsumer(Box::new(error)))?;
     let consumer = tokio::spawn(consumer.run(tasks.clone()));
 
     let breaker = ProviderBreaker::new(config.client.breaker_failures, config.client.breaker_open);
@@ -178,15 +196,17 @@ pub async fn serve_with_provider(
         .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
         .serve(shutdown.clone())
         .await
-        .map_err(Error::ServeGrpc);
+        .map_err(|error| Error::ServeGrpc(Box::new(error)));
     tasks.cancel();
 
-    let consumed = consumer.await.map_err(Error::JoinTask)?.map_err(Error::ConsumeEvents);
+    let consumed =
+        consumer.await.map_err(Error::JoinTask)?.map_err(|error| Error::ConsumeEvents(Box::new(error)));
     worker_task.await.map_err(Error::JoinTask)?;
     relay.await.map_err(Error::JoinTask)?;
     health.await.map_err(Error::JoinTask)?;
     producer_watch.await.map_err(Error::JoinTask)?;
-    let admin_served = admin.await.map_err(Error::JoinTask)?.map_err(Error::ServeAdmin);
+    let admin_served =
+        admin.await.map_err(Error::JoinTask)?.map_err(|error| Error::ServeAdmin(Box::new(error)));
     pool.close().await;
     served.and(consumed).and(admin_served)
 }

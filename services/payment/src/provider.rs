@@ -98,7 +98,10 @@ pub struct MockSettings {
 }
 
 /// Decides a charge the way the mock does; pure, for tests and docs.
-pub fn mock_decision(request: &ChargeRequest, settings: &MockSettings) -> Result<ChargeOutcome, ProviderError> {
+pub fn mock_decision(
+    request: &ChargeRequest,
+    settings: &MockSettings,
+) -> Result<ChargeOutcome, ProviderError> {
     if request.payment_method_token == UNAVAILABLE_TOKEN {
         return Err(ProviderError::Unavailable(format!("token {UNAVAILABLE_TOKEN}")));
     }
@@ -338,8 +341,14 @@ mod tests {
     #[test]
     fn the_mock_declines_by_token_and_by_amount() {
         let settings = MockSettings { decline_amount_over: Some(10_000), ..MockSettings::default() };
-        assert!(matches!(mock_decision(&request("o", 100, DECLINE_TOKEN), &settings), Ok(ChargeOutcome::Declined { .. })));
-        assert!(matches!(mock_decision(&request("o", 10_001, "tok_ok"), &settings), Ok(ChargeOutcome::Declined { .. })));
+        assert!(matches!(
+            mock_decision(&request("o", 100, DECLINE_TOKEN), &settings),
+            Ok(ChargeOutcome::Declined { .. })
+        ));
+        assert!(matches!(
+            mock_decision(&request("o", 10_001, "tok_ok"), &settings),
+            Ok(ChargeOutcome::Declined { .. })
+        ));
         assert_eq!(
             mock_decision(&request("o", 10_000, "tok_ok"), &settings),
             Ok(ChargeOutcome::Captured { reference: "mock_ch_o".to_owned() })
@@ -364,6 +373,34 @@ mod tests {
         assert!(matches!(mock.charge(&request("k", 1, "t")).await, Err(ProviderError::Unavailable(_))));
         mock.set_available(true);
         assert!(matches!(mock.charge(&request("k", 1, "t")).await, Ok(ChargeOutcome::Captured { .. })));
+    }
+
+    #[tokio::test]
+    async fn the_admin_routes_switch_the_mock_from_outside_the_process() {
+        use axum::body::Body;
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt;
+
+        let mock = Arc::new(MockProvider::new(MockSettings::default()));
+        let call = |method: &str, path: &str| {
+            Request::builder().method(method).uri(path).body(Body::empty()).expect("request")
+        };
+        let response = mock_routes(mock.clone())
+            .oneshot(call("POST", "/mock-provider/unavailable"))
+            .await
+            .expect("served");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!mock.state().available);
+        assert!(mock.charge(&request("k", 1, "t")).await.is_err());
+        let response = mock_routes(mock.clone())
+            .oneshot(call("POST", "/mock-provider/available"))
+            .await
+            .expect("served");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(mock.state().available);
+        let response =
+            mock_routes(mock.clone()).oneshot(call("GET", "/mock-provider")).await.expect("served");
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test(start_paused = true)]

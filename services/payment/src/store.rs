@@ -57,8 +57,10 @@ impl TryFrom<PaymentRow> for Payment {
     type Error = Error;
 
     fn try_from(row: PaymentRow) -> Result<Self, Error> {
-        let status = PaymentStatus::parse(&row.status)
-            .ok_or_else(|| Error::DecodeStoredPayment { id: row.id, problem: format!("unknown status {}", row.status) })?;
+        let status = PaymentStatus::parse(&row.status).ok_or_else(|| Error::DecodeStoredPayment {
+            id: row.id,
+            problem: format!("unknown status {}", row.status),
+        })?;
         Ok(Payment {
             id: row.id,
             order_id: row.order_id,
@@ -192,7 +194,11 @@ pub async fn lock_due_charge(conn: &mut PgConnection) -> Result<Option<Payment>,
 }
 
 /// A payment by id or by order id, unlocked.
-pub async fn find(conn: &mut PgConnection, id: Option<Uuid>, order_id: Option<&str>) -> Result<Option<Payment>, Error> {
+pub async fn find(
+    conn: &mut PgConnection,
+    id: Option<Uuid>,
+    order_id: Option<&str>,
+) -> Result<Option<Payment>, Error> {
     let row: Option<PaymentRow> =
         sqlx::query_as(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 OR order_id = $2"))
             .bind(id)
@@ -275,12 +281,14 @@ pub async fn find_refund_by_key(
     payment_id: Uuid,
     idempotency_key: &str,
 ) -> Result<Option<Refund>, Error> {
-    sqlx::query_as(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 AND idempotency_key = $2"))
-        .bind(payment_id)
-        .bind(idempotency_key)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::LoadRefund)
+    sqlx::query_as(&format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(payment_id)
+    .bind(idempotency_key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(Error::LoadRefund)
 }
 
 /// Sum of every refund of a payment, made or in progress.
@@ -294,11 +302,13 @@ pub async fn committed_refunds(conn: &mut PgConnection, payment_id: Uuid) -> Res
 
 /// Refunds of a payment, oldest first.
 pub async fn refunds_of(conn: &mut PgConnection, payment_id: Uuid) -> Result<Vec<Refund>, Error> {
-    sqlx::query_as(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 ORDER BY created_at, id"))
-        .bind(payment_id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(Error::LoadRefund)
+    sqlx::query_as(&format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(payment_id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(Error::LoadRefund)
 }
 
 /// The next due pending refund nobody else is working on, locked.
@@ -349,7 +359,11 @@ pub async fn complete_refund(
 }
 
 /// Keeps a refund PENDING and schedules its next attempt.
-pub async fn schedule_refund_retry(conn: &mut PgConnection, id: Uuid, next_attempt_at: DateTime<Utc>) -> Result<(), Error> {
+pub async fn schedule_refund_retry(
+    conn: &mut PgConnection,
+    id: Uuid,
+    next_attempt_at: DateTime<Utc>,
+) -> Result<(), Error> {
     sqlx::query("UPDATE refunds SET attempts = attempts + 1, next_attempt_at = $2 WHERE id = $1")
         .bind(id)
         .bind(next_attempt_at)

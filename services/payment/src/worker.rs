@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::domain::{self, PaymentStatus};
 use crate::events::{payment_captured, payment_failed, payment_refunded};
-use crate::provider::{ChargeOutcome, ChargeRequest, PaymentProvider, ProviderBreaker, ProviderError, RefundRequest};
+use crate::provider::{
+    ChargeOutcome, ChargeRequest, PaymentProvider, ProviderBreaker, ProviderError, RefundRequest,
+};
 use crate::store::{self, Payment, Refund};
 
 /// How the worker paces itself.
@@ -62,7 +64,12 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    pub fn new(pool: PgPool, provider: Arc<dyn PaymentProvider>, breaker: ProviderBreaker, settings: WorkerSettings) -> Self {
+    pub fn new(
+        pool: PgPool,
+        provider: Arc<dyn PaymentProvider>,
+        breaker: ProviderBreaker,
+        settings: WorkerSettings,
+    ) -> Self {
         Self { pool, provider, breaker, settings }
     }
 
@@ -101,7 +108,11 @@ impl Worker {
     }
 
     /// Charges `payment`, locked in `conn`'s transaction, if it is due.
-    pub async fn charge_locked(&self, conn: &mut PgConnection, payment: &Payment) -> Result<ChargeAttempt, Error> {
+    pub async fn charge_locked(
+        &self,
+        conn: &mut PgConnection,
+        payment: &Payment,
+    ) -> Result<ChargeAttempt, Error> {
         if !domain::ready_to_charge(payment.status, payment.intent_received, payment.stock_reserved) {
             return Ok(ChargeAttempt::NotDue);
         }
@@ -114,20 +125,23 @@ impl Worker {
         let provider = self.provider.name();
         match self.breaker.call(self.provider.charge(&request)).await {
             Ok(ChargeOutcome::Captured { reference }) => {
-                store::set_status(conn, payment.id, PaymentStatus::Captured, provider, &reference, "").await?;
+                store::set_status(conn, payment.id, PaymentStatus::Captured, provider, &reference, "")
+                    .await?;
                 let event = payment_captured(payment, provider, &reference);
-                enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+                enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
                 Ok(ChargeAttempt::Captured)
             }
             Ok(ChargeOutcome::Declined { reason }) => {
                 store::set_status(conn, payment.id, PaymentStatus::Declined, provider, "", &reason).await?;
                 let event = payment_failed(payment, true, &reason);
-                enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+                enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
                 Ok(ChargeAttempt::Declined)
             }
             Err(error) => {
-                let delay = domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
-                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                let delay =
+                    domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
+                let next =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
                 store::schedule_charge_retry(conn, payment.id, next, &error.to_string()).await?;
                 Ok(ChargeAttempt::Deferred(error))
             }
@@ -169,13 +183,18 @@ impl Worker {
                 let status = domain::status_after_refund(payment.amount, total);
                 store::complete_refund(conn, refund, &reference, status).await?;
                 let event = payment_refunded(&payment, refund, total, status == PaymentStatus::Refunded);
-                enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
-                Ok(Ok(Refund { status: "COMPLETED".to_owned(), provider_reference: reference, ..refund.clone() }))
+                enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
+                Ok(Ok(Refund {
+                    status: "COMPLETED".to_owned(),
+                    provider_reference: reference,
+                    ..refund.clone()
+                }))
             }
             Err(error) => {
                 let attempts = u32::try_from(refund.attempts).unwrap_or_default();
                 let delay = domain::retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap);
-                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                let next =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
                 store::schedule_refund_retry(conn, refund.id, next).await?;
                 Ok(Err(error))
             }

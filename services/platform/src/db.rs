@@ -173,8 +173,7 @@ pub async fn connect_with_retry(
     shutdown: &CancellationToken,
 ) -> Result<PgPool, DatabaseError> {
     let url = redact(&args.url);
-    let options = PgConnectOptions::from_str(&args.url)
-        .map_err(|source| DatabaseError::ParseUrl { url: url.clone(), source })?;
+    let options = parse_url(&args.url).map_err(|source| DatabaseError::ParseUrl { url: url.clone(), source })?;
     let pool_options = PgPoolOptions::new()
         .max_connections(args.max_connections)
         .acquire_timeout(args.connect_timeout)
@@ -210,6 +209,15 @@ pub async fn connect_with_retry(
             return Err(DatabaseError::ConnectCancelled { url, source: last_error });
         }
     }
+}
+
+/// Parses a Postgres URL. sqlx ignores the scheme; a `mysql://` URL given
+/// by mistake would otherwise be retried against forever.
+fn parse_url(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(sqlx::Error::Configuration("the URL must start with postgres:// or postgresql://".into()));
+    }
+    PgConnectOptions::from_str(url)
 }
 
 /// Installs the platform's tables, then runs the service's own embedded
@@ -401,9 +409,14 @@ mod tests {
     async fn an_invalid_url_fails_at_once_instead_of_retrying() {
         let readiness = crate::readiness::Readiness::new();
         let check = readiness.register(READINESS_CHECK);
-        let error = connect_with_retry(&DatabaseArgs::new("mysql:/nope"), &check, &CancellationToken::new())
-            .await
-            .expect_err("must not connect");
-        assert!(matches!(error, DatabaseError::ParseUrl { .. }), "{error:?}");
+        for url in ["mysql://u:p@h/d", "postgres://u:p@h:notaport/d"] {
+            let (args, shutdown) = (DatabaseArgs::new(url), CancellationToken::new());
+            let error = tokio::time::timeout(Duration::from_secs(5), connect_with_retry(&args, &check, &shutdown))
+                .await
+                .expect("fails at once")
+                .expect_err("must not connect");
+            assert!(matches!(error, DatabaseError::ParseUrl { .. }), "{url}: {error:?}");
+            assert!(!error.to_string().contains(":p@"), "no password in {error}");
+        }
     }
 }

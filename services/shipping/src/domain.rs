@@ -72,7 +72,9 @@ pub fn transition(from: ShipmentStatus, to: ShipmentStatus) -> Result<Move, Inva
         return Ok(Move::Unchanged);
     }
     match (from, to) {
-        (Pending, Assigned) | (Assigned, PickedUp) | (PickedUp, InTransit) | (InTransit, Delivered) => Ok(Move::Advance),
+        (Pending, Assigned) | (Assigned, PickedUp) | (PickedUp, InTransit) | (InTransit, Delivered) => {
+            Ok(Move::Advance)
+        }
         (from, Halted) if !from.is_terminal() => Ok(Move::Advance),
         _ => Err(InvalidTransition { from, to }),
     }
@@ -103,7 +105,9 @@ mod tests {
 
     #[test]
     fn the_happy_path_moves_one_step_at_a_time() {
-        for (from, to) in [(Pending, Assigned), (Assigned, PickedUp), (PickedUp, InTransit), (InTransit, Delivered)] {
+        for (from, to) in
+            [(Pending, Assigned), (Assigned, PickedUp), (PickedUp, InTransit), (InTransit, Delivered)]
+        {
             assert_eq!(transition(from, to), Ok(Move::Advance), "{from} -> {to}");
         }
     }

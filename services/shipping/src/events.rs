@@ -91,7 +91,7 @@ pub async fn create_shipment(
         tracking_number: shipment.tracking_number.clone(),
         occurred_at: Some(timestamp(now)),
     };
-    enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+    enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     tracing::info!(shipment_id = %id, order_id, courier = %shipment.courier_id, "shipment created");
     Ok(shipment)
 }
@@ -109,19 +109,29 @@ pub struct StatusChange {
 
 /// Moves a locked shipment per the transition table and publishes the
 /// matching event; a repeat of the current status changes nothing.
-pub async fn change_status(conn: &mut PgConnection, shipment: Shipment, change: StatusChange) -> Result<Shipment, Error> {
+pub async fn change_status(
+    conn: &mut PgConnection,
+    shipment: Shipment,
+    change: StatusChange,
+) -> Result<Shipment, Error> {
     let from = shipment.status;
     if domain::transition(from, change.to).map_err(Error::RefuseTransition)? == Move::Unchanged {
         return Ok(shipment);
     }
-    if !change.courier_id.is_empty() && !shipment.courier_id.is_empty() && shipment.courier_id != change.courier_id {
+    if !change.courier_id.is_empty()
+        && !shipment.courier_id.is_empty()
+        && shipment.courier_id != change.courier_id
+    {
         return Err(Error::DenyCourier { courier_id: change.courier_id });
     }
     let mut next = shipment.clone();
     next.status = change.to;
     if change.to == ShipmentStatus::Assigned {
         if change.courier_id.is_empty() {
-            return Err(Error::InvalidRequest { field: "courier_id", problem: "is needed to assign a shipment" });
+            return Err(Error::InvalidRequest {
+                field: "courier_id",
+                problem: "is needed to assign a shipment",
+            });
         }
         next.courier_id = change.courier_id.clone();
     }
@@ -132,15 +142,21 @@ pub async fn change_status(conn: &mut PgConnection, shipment: Shipment, change: 
     if change.to == ShipmentStatus::Delivered {
         next.delivered_at = Some(next.updated_at);
     }
-    let description = if change.note.is_empty() { format!("shipment {}", change.to) } else { change.note.clone() };
+    let description =
+        if change.note.is_empty() { format!("shipment {}", change.to) } else { change.note.clone() };
     store::track(conn, next.id, change.to, &description, &change.location, &change.actor_id).await?;
     let occurred_at = Some(timestamp(next.updated_at));
     let (shipment_id, order_id, user_id) = (next.id.to_string(), next.order_id.clone(), next.user_id.clone());
     match change.to {
         ShipmentStatus::Delivered => {
-            let event =
-                ev::ShipmentDelivered { shipment_id, order_id, user_id, courier_id: next.courier_id.clone(), occurred_at };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            let event = ev::ShipmentDelivered {
+                shipment_id,
+                order_id,
+                user_id,
+                courier_id: next.courier_id.clone(),
+                occurred_at,
+            };
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
         ShipmentStatus::Halted => {
             let event = ev::ShipmentHalted {
@@ -151,7 +167,7 @@ pub async fn change_status(conn: &mut PgConnection, shipment: Shipment, change: 
                 reason: next.halt_reason.clone(),
                 occurred_at,
             };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
         _ => {
             let event = ev::ShipmentStatusChanged {
@@ -165,7 +181,7 @@ pub async fn change_status(conn: &mut PgConnection, shipment: Shipment, change: 
                 location: change.location,
                 occurred_at,
             };
-            enqueue(conn, &event).await.map_err(Error::EnqueueEvent)?;
+            enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
         }
     }
     Ok(next)
@@ -180,11 +196,16 @@ pub struct ShippingEventHandler {
 
 #[async_trait]
 impl EventHandler for ShippingEventHandler {
-    async fn handle(&self, tx: &mut Transaction<'_, Postgres>, event: &IncomingEvent) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
         if event.is::<ev::OrderConfirmed>() {
             let confirmed: ev::OrderConfirmed = event.decode()?;
             let address = confirmed.shipping_address.unwrap_or_default();
-            create_shipment(tx, &confirmed.order_id, &confirmed.user_id, address, None, &self.couriers).await?;
+            create_shipment(tx, &confirmed.order_id, &confirmed.user_id, address, None, &self.couriers)
+                .await?;
         } else if event.is::<ev::OrderCancelled>() {
             let cancelled: ev::OrderCancelled = event.decode()?;
             let Some(shipment) = store::find(tx, None, Some(&cancelled.order_id), true).await? else {
@@ -194,7 +215,11 @@ impl EventHandler for ShippingEventHandler {
                 tracing::info!(order_id = %cancelled.order_id, status = %shipment.status, "cancelled order's shipment already final");
                 return Ok(());
             }
-            let reason = if cancelled.reason.is_empty() { "order cancelled".to_owned() } else { format!("order cancelled: {}", cancelled.reason) };
+            let reason = if cancelled.reason.is_empty() {
+                "order cancelled".to_owned()
+            } else {
+                format!("order cancelled: {}", cancelled.reason)
+            };
             let change = StatusChange {
                 to: ShipmentStatus::Halted,
                 courier_id: String::new(),

@@ -69,7 +69,8 @@ pub fn shipment_to_proto(shipment: &Shipment) -> pb::Shipment {
 }
 
 fn tracking_to_proto(event: &TrackingEvent) -> pb::TrackingEvent {
-    let status = ShipmentStatus::parse(&event.status).map_or(pb::ShipmentStatus::Unspecified, status_to_proto);
+    let status =
+        ShipmentStatus::parse(&event.status).map_or(pb::ShipmentStatus::Unspecified, status_to_proto);
     pb::TrackingEvent {
         status: status.into(),
         description: event.description.clone(),
@@ -91,7 +92,8 @@ fn decode_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Error
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || Error::InvalidRequest { field: "page_token", problem: "is not a token this server issued" };
+    let invalid =
+        || Error::InvalidRequest { field: "page_token", problem: "is not a token this server issued" };
     let (micros, id) = token.split_once('_').ok_or_else(invalid)?;
     let time = micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(invalid)?;
     Ok(Some((time, Uuid::parse_str(id).map_err(|_| invalid())?)))
@@ -107,12 +109,19 @@ impl ShippingService for ShippingGrpc {
         if request.order_id.is_empty() {
             return Err(Error::InvalidRequest { field: "order_id", problem: "is empty" }.into());
         }
-        let address = request.address.ok_or(Error::InvalidRequest { field: "address", problem: "is missing" })?;
+        let address =
+            request.address.ok_or(Error::InvalidRequest { field: "address", problem: "is missing" })?;
         let mut tx = self.pool.begin().await.map_err(Error::UpdateShipment)?;
         let courier = (!request.courier_id.is_empty()).then_some(request.courier_id.as_str());
-        let shipment =
-            events::create_shipment(&mut tx, &request.order_id, &request.user_id, address, courier, &self.couriers)
-                .await?;
+        let shipment = events::create_shipment(
+            &mut tx,
+            &request.order_id,
+            &request.user_id,
+            address,
+            courier,
+            &self.couriers,
+        )
+        .await?;
         tx.commit().await.map_err(Error::UpdateShipment)?;
         Ok(Response::new(pb::CreateShipmentResponse { shipment: Some(shipment_to_proto(&shipment)) }))
     }
@@ -133,7 +142,8 @@ impl ShippingService for ShippingGrpc {
     ) -> Result<Response<pb::TrackShipmentResponse>, Status> {
         let order_id = request.into_inner().order_id;
         let mut conn = self.pool.acquire().await.map_err(Error::LoadShipment)?;
-        let shipment = store::find(&mut conn, None, Some(&order_id), false).await?.ok_or(Error::ShipmentNotFound)?;
+        let shipment =
+            store::find(&mut conn, None, Some(&order_id), false).await?.ok_or(Error::ShipmentNotFound)?;
         let history = store::history(&mut conn, shipment.id).await?;
         Ok(Response::new(pb::TrackShipmentResponse {
             shipment: Some(shipment_to_proto(&shipment)),
@@ -150,11 +160,14 @@ impl ShippingService for ShippingGrpc {
         let to = status_from_proto(request.status())
             .ok_or(Error::InvalidRequest { field: "status", problem: "is unspecified" })?;
         if to == ShipmentStatus::Halted && request.note.trim().is_empty() {
-            return Err(Error::InvalidRequest { field: "note", problem: "is required to halt a shipment" }.into());
+            return Err(
+                Error::InvalidRequest { field: "note", problem: "is required to halt a shipment" }.into()
+            );
         }
         let mut tx = self.pool.begin().await.map_err(Error::UpdateShipment)?;
         let shipment = store::find(&mut tx, Some(id), None, true).await?.ok_or(Error::ShipmentNotFound)?;
-        let actor_id = if request.courier_id.is_empty() { "admin".to_owned() } else { request.courier_id.clone() };
+        let actor_id =
+            if request.courier_id.is_empty() { "admin".to_owned() } else { request.courier_id.clone() };
         let change = StatusChange {
             to,
             courier_id: request.courier_id,
@@ -180,10 +193,13 @@ impl ShippingService for ShippingGrpc {
         let courier = (!request.courier_id.is_empty()).then_some(request.courier_id.as_str());
         let mut conn = self.pool.acquire().await.map_err(Error::LoadShipment)?;
         let (shipments, total) =
-            store::list(&mut conn, courier, status_from_proto(request.status()), page_size + 1, after).await?;
+            store::list(&mut conn, courier, status_from_proto(request.status()), page_size + 1, after)
+                .await?;
         let more = shipments.len() > usize::try_from(page_size).unwrap_or(usize::MAX);
-        let page: Vec<&Shipment> = shipments.iter().take(usize::try_from(page_size).unwrap_or(usize::MAX)).collect();
-        let next_page_token = if more { page.last().map(|s| encode_page_token(s)).unwrap_or_default() } else { String::new() };
+        let page: Vec<&Shipment> =
+            shipments.iter().take(usize::try_from(page_size).unwrap_or(usize::MAX)).collect();
+        let next_page_token =
+            if more { page.last().map(|s| encode_page_token(s)).unwrap_or_default() } else { String::new() };
         Ok(Response::new(pb::ListShipmentsResponse {
             shipments: page.into_iter().map(shipment_to_proto).collect(),
             next_page_token,

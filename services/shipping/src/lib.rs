@@ -32,19 +32,19 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to the shipping database")]
-    ConnectDatabase(#[source] DatabaseError),
+    ConnectDatabase(#[source] Box<DatabaseError>),
     #[error("cannot migrate the shipping database")]
-    MigrateDatabase(#[source] DatabaseError),
+    MigrateDatabase(#[source] Box<DatabaseError>),
     #[error("cannot create the Kafka producer")]
-    CreateProducer(#[source] ProducerError),
+    CreateProducer(#[source] Box<ProducerError>),
     #[error("cannot create the event consumer")]
-    CreateConsumer(#[source] ConsumerError),
+    CreateConsumer(#[source] Box<ConsumerError>),
     #[error("the event consumer failed")]
-    ConsumeEvents(#[source] ConsumerError),
+    ConsumeEvents(#[source] Box<ConsumerError>),
     #[error("the gRPC server failed")]
-    ServeGrpc(#[source] GrpcServerError),
+    ServeGrpc(#[source] Box<GrpcServerError>),
     #[error("the admin server failed")]
-    ServeAdmin(#[source] AdminError),
+    ServeAdmin(#[source] Box<AdminError>),
     #[error("a background task panicked or was aborted")]
     JoinTask(#[source] tokio::task::JoinError),
     #[error("{field}: {problem}")]
@@ -60,7 +60,7 @@ pub enum Error {
     #[error("cannot update the shipment")]
     UpdateShipment(#[source] sqlx::Error),
     #[error("cannot enqueue the shipment's event")]
-    EnqueueEvent(#[source] OutboxError),
+    EnqueueEvent(#[source] Box<OutboxError>),
     #[error("stored shipment {id} is unreadable: {problem}")]
     DecodeStoredShipment { id: Uuid, problem: String },
 }
@@ -70,6 +70,21 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::LoadShipment(_) | Error::UpdateShipment(_) | Error::EnqueueEvent(_))
     }
+}
+
+/// Runs the platform's and the service's migrations on a blocking thread.
+///
+/// `Migrator::run` borrows the pool through a higher-ranked `Acquire` bound
+/// that makes any future awaiting it fail the `Send` check, so awaiting it
+/// inside `serve` would make `tokio::spawn(serve(..))` fail to compile in
+/// every caller. `block_on` needs no `Send`. (Same workaround as the
+/// inventory service; the platform's `db::run_migrations` could avoid it.)
+async fn migrate(pool: sqlx::PgPool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(db::run_migrations(&pool, &MIGRATOR)))
+        .await
+        .map_err(Error::JoinTask)?
+        .map_err(|error| Error::MigrateDatabase(Box::new(error)))
 }
 
 /// An error with its causes, `: `-separated, for logs and statuses.
@@ -101,18 +116,30 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 
     let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
         .await
-        .map_err(Error::ConnectDatabase)?;
-    db::run_migrations(&pool, &MIGRATOR).await.map_err(Error::MigrateDatabase)?;
+        .map_err(|error| Error::ConnectDatabase(Box::new(error)))?;
+    migrate(pool.clone()).await?;
     let health = db::spawn_health_check(pool.clone(), database_check, tasks.clone());
 
-    let couriers: Vec<String> =
-        config.couriers.iter().map(|courier| courier.trim().to_owned()).filter(|courier| !courier.is_empty()).collect();
-    let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
+    let couriers: Vec<String> = config
+        .couriers
+        .iter()
+        .map(|courier| courier.trim().to_owned())
+        .filter(|courier| !courier.is_empty())
+        .collect();
+    let producer =
+        EventProducer::new(&config.kafka).map_err(|error| Error::CreateProducer(Box::new(error)))?;
     let producer_watch = producer.watch_readiness(producer_check, tasks.clone());
     let relay = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(tasks.clone()));
     let handler = events::ShippingEventHandler { couriers: couriers.clone() };
-    let consumer = EventConsumer::new(Service::Shipping, &config.kafka, pool.clone(), producer.clone(), handler, consumer_check)
-        .map_err(Error::CreateConsumer)?;
+    let consumer = EventConsumer::new(
+        Service::Shipping,
+        &config.kafka,
+        pool.clone(),
+        producer.clone(),
+        handler,
+        consumer_check,
+    )
+    .map_err(|error| Error::CreateConsumer(Box::new(error)))?;
     let consumer = tokio::spawn(consumer.run(tasks.clone()));
 
     let served = GrpcServer::new(&config.common.grpc, readiness, &metrics)
@@ -120,14 +147,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
         .serve(shutdown.clone())
         .await
-        .map_err(Error::ServeGrpc);
+        .map_err(|error| Error::ServeGrpc(Box::new(error)));
     tasks.cancel();
 
-    let consumed = consumer.await.map_err(Error::JoinTask)?.map_err(Error::ConsumeEvents);
+    let consumed =
+        consumer.await.map_err(Error::JoinTask)?.map_err(|error| Error::ConsumeEvents(Box::new(error)));
     relay.await.map_err(Error::JoinTask)?;
     health.await.map_err(Error::JoinTask)?;
     producer_watch.await.map_err(Error::JoinTask)?;
-    let admin_served = admin.await.map_err(Error::JoinTask)?.map_err(Error::ServeAdmin);
+    let admin_served =
+        admin.await.map_err(Error::JoinTask)?.map_err(|error| Error::ServeAdmin(Box::new(error)));
     pool.close().await;
     served.and(consumed).and(admin_served)
 }

@@ -42,15 +42,16 @@ struct ShipmentRow {
     delivered_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str =
-    "id, order_id, user_id, courier_id, status, address, tracking_number, halt_reason, created_at, updated_at, delivered_at";
+const COLUMNS: &str = "id, order_id, user_id, courier_id, status, address, tracking_number, halt_reason, created_at, updated_at, delivered_at";
 
 impl TryFrom<ShipmentRow> for Shipment {
     type Error = Error;
 
     fn try_from(row: ShipmentRow) -> Result<Self, Error> {
-        let status = ShipmentStatus::parse(&row.status)
-            .ok_or_else(|| Error::DecodeStoredShipment { id: row.id, problem: format!("unknown status {}", row.status) })?;
+        let status = ShipmentStatus::parse(&row.status).ok_or_else(|| Error::DecodeStoredShipment {
+            id: row.id,
+            problem: format!("unknown status {}", row.status),
+        })?;
         let address = Address::decode(row.address.as_slice())
             .map_err(|error| Error::DecodeStoredShipment { id: row.id, problem: error.to_string() })?;
         Ok(Shipment {
@@ -81,8 +82,10 @@ pub struct TrackingEvent {
 
 /// The next round-robin ticket.
 pub async fn next_courier_ticket(conn: &mut PgConnection) -> Result<u64, Error> {
-    let ticket: i64 =
-        sqlx::query_scalar("SELECT nextval('courier_ticket')").fetch_one(&mut *conn).await.map_err(Error::UpdateShipment)?;
+    let ticket: i64 = sqlx::query_scalar("SELECT nextval('courier_ticket')")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::UpdateShipment)?;
     Ok(u64::try_from(ticket).unwrap_or_default())
 }
 

@@ -13,7 +13,7 @@ mod shipments;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, patch, post, put};
+use axum::routing::{get, patch, post, put};
 
 use crate::problem::{Problem, problem_from_status};
 use crate::state::AppState;

@@ -93,6 +93,8 @@ pub async fn cancel_order(
     let reason = body.map(|body| body.reason).filter(|reason| !reason.is_empty());
     let request = pb::CancelOrderRequest {
         id: id.to_string(),
+        // The order service checks ownership again when a user id is given.
+        user_id: if caller.is_admin() { String::new() } else { caller.user_id.clone() },
         reason: reason.unwrap_or_else(|| if caller.is_admin() { "cancelled by an admin" } else { "cancelled by the customer" }.to_owned()),
     };
     // Cancelling is idempotent by contract.

@@ -14,11 +14,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use prost::Message as _;
 use commerce_platform::db;
 use commerce_platform::events::cloudevents::CloudEventAttributes;
-use commerce_platform::events::{EventPayload, EventProducer, KafkaArgs, TopicNames, ensure_topics};
 use commerce_platform::events::producer::OutgoingRecord;
+use commerce_platform::events::{EventPayload, EventProducer, KafkaArgs, TopicNames, ensure_topics};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -93,18 +92,21 @@ impl TestDatabase {
     pub async fn drop_database(self) -> anyhow::Result<()> {
         self.pool.close().await;
         let mut admin = postgres_admin_url().parse::<PgConnectOptions>()?.connect().await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut admin)
+            .await?;
         Ok(())
     }
 }
 
 /// Counters of one product: (available, reserved, sold).
 pub async fn counters(pool: &PgPool, product_id: &str) -> anyhow::Result<(i64, i64, i64)> {
-    let row: (i64, i64, i64) = sqlx::query_as("SELECT available, reserved, sold FROM stock WHERE product_id = $1")
-        .bind(product_id)
-        .fetch_one(pool)
-        .await
-        .with_context(|| format!("stock row of {product_id}"))?;
+    let row: (i64, i64, i64) =
+        sqlx::query_as("SELECT available, reserved, sold FROM stock WHERE product_id = $1")
+            .bind(product_id)
+            .fetch_one(pool)
+            .await
+            .with_context(|| format!("stock row of {product_id}"))?;
     Ok(row)
 }
 
@@ -141,7 +143,10 @@ pub async fn create_topics(names: &TopicNames) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(30), ensure_topics(&kafka_brokers(), desired))
         .await
         .with_context(|| {
-            format!("Kafka is unreachable at {}; start it with `bash e2e/scripts/infra.sh up kafka`", kafka_brokers())
+            format!(
+                "Kafka is unreachable at {}; start it with `bash e2e/scripts/infra.sh up kafka`",
+                kafka_brokers()
+            )
         })??;
     Ok(())
 }
@@ -176,8 +181,14 @@ pub async fn read_topic(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
             .set("enable.auto.commit", "false")
             .create()?;
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> =
-            metadata.topics().first().context("no metadata for the topic")?.partitions().iter().map(|p| p.id()).collect();
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .first()
+            .context("no metadata for the topic")?
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
         let mut assignment = TopicPartitionList::new();
         let mut remaining: HashMap<i32, i64> = HashMap::new();
         for partition in partitions {

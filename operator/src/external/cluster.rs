@@ -1,0 +1,174 @@
+//! The real [`ExternalState`]: topics through the platform's topic admin
+//! (`commerce_platform::events`), databases and roles through sqlx as the
+//! server's admin.
+//!
+//! Every call reads before it writes: a topic that matches, a role and a
+//! database that exist, a password already set by this process are left
+//! alone, so a reconcile with nothing to do changes nothing. Role passwords
+//! cannot be read back, so the process remembers (by hash) which it has set;
+//! after a restart it sets each once more.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use commerce_api::crd::stack::TopicStatus;
+use commerce_platform::events::{DesiredTopic, ensure_topics};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::{Connection, Row};
+
+use super::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
+use crate::Error;
+
+/// How long connecting to Postgres may take: a reconcile must not hang on a
+/// server that does not answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a topic deletion may take.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Topics and databases of real servers.
+#[derive(Debug, Default)]
+pub struct ClusterExternalState {
+    /// `(server, role, sha256(password))` this process has set.
+    passwords_set: Mutex<HashSet<(String, String, [u8; 32])>>,
+}
+
+impl ClusterExternalState {
+    fn password_known(&self, key: &(String, String, [u8; 32])) -> bool {
+        self.passwords_set.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
+    }
+
+    fn remember_password(&self, key: (String, String, [u8; 32])) {
+        self.passwords_set.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+    }
+}
+
+async fn connect(server: &PostgresServer) -> Result<PgConnection, Error> {
+    let ssl_mode: PgSslMode = server.ssl_mode.parse().unwrap_or(PgSslMode::Prefer);
+    let options = PgConnectOptions::new()
+        .host(&server.host)
+        .port(server.port)
+        .username(&server.user)
+        .password(&server.password)
+        .database(&server.database)
+        .ssl_mode(ssl_mode);
+    let target = format!("{}:{}", server.host, server.port);
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(Error::ConnectPostgres { server: target, source }),
+        Err(_) => Err(Error::ConnectPostgres { server: target, source: sqlx::Error::PoolTimedOut }),
+    }
+}
+
+/// Runs a statement built by the server's own `format()`, which quotes
+/// identifiers (`%I`) and literals (`%L`): no name or password is ever
+/// spliced into SQL by hand.
+fn execute_formatted<'a>(
+    connection: &'a mut PgConnection,
+    template: &'static str,
+    args: Vec<String>,
+    database: &'a str,
+) -> BoxFuture<'a, Result<(), Error>> {
+    // Boxed with explicit lifetimes: sqlx's executor bounds are
+    // higher-ranked, which an async fn inside `async_trait` cannot prove Send.
+    Box::pin(async move {
+        let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}::text")).collect();
+        let select = format!("SELECT format('{template}', {})", placeholders.join(", "));
+        let mut query = sqlx::query(&select);
+        for arg in args {
+            query = query.bind(arg);
+        }
+        let fail = |source| Error::ManageDatabase { database: database.to_owned(), source };
+        let statement: String = query.fetch_one(&mut *connection).await.map_err(fail)?.try_get(0).map_err(fail)?;
+        sqlx::Executor::execute(&mut *connection, statement.as_str()).await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn exists<'a>(connection: &'a mut PgConnection, sql: &'static str, name: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
+    Box::pin(async move {
+        sqlx::query(sql)
+            .bind(name.to_owned())
+            .fetch_optional(&mut *connection)
+            .await
+            .map(|row| row.is_some())
+            .map_err(|source| Error::ManageDatabase { database: name.to_owned(), source })
+    })
+}
+
+#[async_trait]
+impl ExternalState for ClusterExternalState {
+    async fn ensure_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<Vec<TopicStatus>, Error> {
+        let desired: Vec<DesiredTopic> = topics
+            .iter()
+            .map(|t| DesiredTopic { name: t.name.clone(), partitions: t.partitions, retention_ms: t.retention_ms })
+            .collect();
+        let reports = ensure_topics(brokers, desired).await.map_err(|source| Error::EnsureTopics { source })?;
+        Ok(reports.into_iter().map(|r| TopicStatus { name: r.name, partitions: r.partitions }).collect())
+    }
+
+    async fn ensure_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error> {
+        let mut connection = connect(server).await?;
+        let server_key = format!("{}:{}", server.host, server.port);
+        for database in databases {
+            let name = database.name.as_str();
+            let password_key = (server_key.clone(), name.to_owned(), Sha256::digest(&database.password).into());
+            if !exists(&mut connection, "SELECT 1 FROM pg_roles WHERE rolname = $1", name).await? {
+                execute_formatted(&mut connection, "CREATE ROLE %I LOGIN PASSWORD %L", vec![name.to_owned(), database.password.clone()], name)
+                    .await?;
+                self.remember_password(password_key);
+            } else if !self.password_known(&password_key) {
+                execute_formatted(&mut connection, "ALTER ROLE %I WITH LOGIN PASSWORD %L", vec![name.to_owned(), database.password.clone()], name)
+                    .await?;
+                self.remember_password(password_key);
+            }
+            if !exists(&mut connection, "SELECT 1 FROM pg_database WHERE datname = $1", name).await? {
+                // CREATE DATABASE ... OWNER needs the admin to be a member
+                // of the owner role, unless it is a superuser.
+                let member = "SELECT 1 WHERE pg_has_role(current_user, $1, 'MEMBER')";
+                if !exists(&mut connection, member, name).await? {
+                    execute_formatted(&mut connection, "GRANT %I TO CURRENT_USER", vec![name.to_owned()], name).await?;
+                }
+                execute_formatted(&mut connection, "CREATE DATABASE %I OWNER %I", vec![name.to_owned(), name.to_owned()], name).await?;
+            }
+        }
+        let _ = connection.close().await;
+        Ok(())
+    }
+
+    async fn drop_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error> {
+        let mut connection = connect(server).await?;
+        for database in databases {
+            let name = database.name.as_str();
+            // FORCE ends the sessions of pods that are still shutting down.
+            execute_formatted(&mut connection, "DROP DATABASE IF EXISTS %I WITH (FORCE)", vec![name.to_owned()], name).await?;
+            execute_formatted(&mut connection, "DROP ROLE IF EXISTS %I", vec![name.to_owned()], name).await?;
+        }
+        let _ = connection.close().await;
+        Ok(())
+    }
+
+    async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .map_err(|source| Error::DeleteTopics { source })?;
+        let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+        let options = AdminOptions::new().operation_timeout(Some(DELETE_TIMEOUT));
+        let results = admin.delete_topics(&names, &options).await.map_err(|source| Error::DeleteTopics { source })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => return Err(Error::DeleteTopics { source: rdkafka::error::KafkaError::AdminOp(code) }),
+            }
+        }
+        Ok(())
+    }
+}

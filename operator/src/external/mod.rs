@@ -1,0 +1,35 @@
+//! External state: what a stack needs outside Kubernetes, the Kafka topics
+//! of the catalog and a database with a login role per service.
+//!
+//! [`plan`] says what should exist (pure, from the stack); an
+//! [`ExternalState`] makes it so. The reconciler runs this step after apply
+//! and prune, so that a broker or database that is down never holds back a
+//! Deployment rollout; its failure shows in the status and is retried with
+//! backoff. The trait is the seam the reconciler tests fake.
+
+pub mod cluster;
+pub mod plan;
+
+use async_trait::async_trait;
+use commerce_api::crd::stack::TopicStatus;
+
+use crate::Error;
+pub use plan::{DatabasePlan, PostgresServer, TopicPlan};
+
+/// Brings topics and databases to what a plan says.
+#[async_trait]
+pub trait ExternalState: Send + Sync {
+    /// Creates missing topics, adds partitions, sets retention; never
+    /// shrinks. Returns every topic with its partition count.
+    async fn ensure_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<Vec<TopicStatus>, Error>;
+
+    /// Creates each missing login role and database (owned by the role)
+    /// and sets the role's password to the one in its Secret.
+    async fn ensure_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error>;
+
+    /// Drops the databases and their roles (`deletionPolicy: Delete`).
+    async fn drop_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error>;
+
+    /// Deletes the topics (`deletionPolicy: Delete`).
+    async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error>;
+}

@@ -1,0 +1,148 @@
+//! What external state a stack should have: pure functions of the stack and
+//! its generated values, tested without a broker or a database.
+
+use commerce_api::catalog::{self, Service};
+
+use crate::Error;
+use crate::build::infra::Endpoints;
+use crate::build::names;
+use crate::build::secrets::{self, SecretValues};
+use crate::validate::ValidStack;
+
+/// A topic as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPlan {
+    /// Full name.
+    pub name: String,
+    /// At least this many partitions.
+    pub partitions: i32,
+    /// `retention.ms`.
+    pub retention_ms: i64,
+}
+
+/// A service's database and login role (same name).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabasePlan {
+    /// The service.
+    pub service: Service,
+    /// Database and role name.
+    pub name: String,
+    /// The role's password, as in the service's database Secret.
+    pub password: String,
+}
+
+impl std::fmt::Debug for DatabasePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabasePlan").field("service", &self.service).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// How the operator reaches a Postgres server as its admin.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresServer {
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// libpq `sslmode`.
+    pub ssl_mode: String,
+    /// Admin role.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Database the admin connects to.
+    pub database: String,
+}
+
+impl std::fmt::Debug for PostgresServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresServer")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every topic of the catalog (domain and dead-letter). A topic has at least
+/// as many partitions as the most replicas any enabled consumer may run:
+/// consumers beyond the partition count would sit idle.
+pub fn topics(stack: &ValidStack<'_>) -> Vec<TopicPlan> {
+    catalog::all_topics()
+        .into_iter()
+        .map(|spec| {
+            let widest_consumer = catalog::Topic::ALL
+                .into_iter()
+                .find(|topic| topic.name() == spec.name)
+                .into_iter()
+                .flat_map(|topic| topic.consumers())
+                .filter_map(|consumer| stack.settings(consumer))
+                .map(|settings| match settings.autoscaling {
+                    Some(autoscaling) => autoscaling.max_replicas,
+                    None => settings.replicas.unwrap_or(1),
+                })
+                .max()
+                .unwrap_or(0);
+            TopicPlan { name: spec.name.to_owned(), partitions: spec.partitions.max(widest_consumer), retention_ms: spec.retention_ms }
+        })
+        .collect()
+}
+
+/// The database of every enabled service that owns one.
+pub fn databases(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Vec<DatabasePlan>, Error> {
+    stack
+        .services
+        .iter()
+        .filter(|(service, _)| service.spec().database)
+        .map(|(service, _)| {
+            let secret = names::database_secret_name(stack, *service);
+            Ok(DatabasePlan {
+                service: *service,
+                name: names::database_name(stack.name, *service),
+                password: values.get(&secret, secrets::PASSWORD_KEY)?,
+            })
+        })
+        .collect()
+}
+
+/// The admin connection, given the admin's credentials (read from the
+/// admin Secret the endpoints name).
+pub fn postgres_server(endpoints: &Endpoints, user: String, password: String) -> PostgresServer {
+    let pg = &endpoints.postgres;
+    PostgresServer {
+        host: pg.host.clone(),
+        port: u16::try_from(pg.port).unwrap_or(5432),
+        ssl_mode: pg.ssl_mode.as_str().to_owned(),
+        user,
+        password,
+        database: pg.admin_database.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::validate;
+
+    #[test]
+    fn a_topic_has_at_least_as_many_partitions_as_its_widest_consumer_may_run() {
+        let mut stack = crate::build::parse_stack(include_str!("../../../manifests/examples/full.yaml").split("\n---\n").next().unwrap()).unwrap();
+        // Inventory (autoscaled to 8) consumes orders, which the catalog gives 6.
+        stack.spec.services.get_mut("inventory").unwrap().autoscaling.as_mut().unwrap().max_replicas = 12;
+        let valid = validate(&stack, "default").unwrap();
+        let plans = topics(&valid);
+        let partitions = |name: &str| plans.iter().find(|t| t.name == name).unwrap().partitions;
+        assert_eq!(partitions("commerce.orders.v1"), 12);
+        assert_eq!(partitions("commerce.users.v1"), 3, "no enabled consumer: the catalog's count");
+        assert_eq!(plans.len(), catalog::all_topics().len());
+    }
+
+    #[test]
+    fn every_enabled_service_with_a_database_gets_one_named_after_the_stack() {
+        let stack = crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
+        let valid = validate(&stack, "default").unwrap();
+        let plans = databases(&valid, &SecretValues::placeholders()).unwrap();
+        let names: Vec<&str> = plans.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["shop_auth", "shop_catalog", "shop_inventory", "shop_order", "shop_payment", "shop_notification", "shop_shipping"]);
+    }
+}

@@ -1,0 +1,90 @@
+//! Demo data of a local shop: initial stock for the catalog's demo products
+//! (set through the inventory's gRPC API, once per product), and the example
+//! requests `commerce local up` prints.
+
+use anyhow::Context as _;
+use commerce_api::catalog::Service;
+use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use commerce_proto::inventory::v1::{GetStockRequest, SetStockRequest};
+
+use crate::infra::LocalWiring;
+
+/// Note on the stock adjustments, so the audit trail says where they came from.
+const STOCK_NOTE: &str = "commerce local up: demo stock";
+
+/// Ids of the catalog's demo products (fixed, so stock can name them).
+#[cfg(feature = "catalog")]
+fn demo_product_ids() -> Vec<String> {
+    commerce_catalog::seed::DEMO_PRODUCTS.iter().map(|product| product.id.to_string()).collect()
+}
+
+#[cfg(not(feature = "catalog"))]
+fn demo_product_ids() -> Vec<String> {
+    Vec::new()
+}
+
+/// How many demo products the catalog seeds.
+pub fn demo_product_count() -> usize {
+    demo_product_ids().len()
+}
+
+/// Gives every demo product that was never stocked (all counters zero)
+/// `quantity` available units. Idempotent: a product with any stock history
+/// is left alone, so a restarted shop keeps its stock. Returns how many
+/// products were stocked by this call.
+pub async fn stock_demo_products(wiring: &LocalWiring, enabled: &[Service], quantity: i64) -> anyhow::Result<usize> {
+    if !enabled.contains(&Service::Catalog) || !enabled.contains(&Service::Inventory) {
+        return Ok(0);
+    }
+    let port = wiring.ports(Service::Inventory).grpc.context("the inventory has no gRPC port")?;
+    let mut inventory = InventoryServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .context("cannot connect to the inventory")?;
+    let mut stocked = 0;
+    for product_id in demo_product_ids() {
+        let level = inventory
+            .get_stock(GetStockRequest { product_id: product_id.clone() })
+            .await
+            .with_context(|| format!("cannot read the stock of {product_id}"))?
+            .into_inner()
+            .stock
+            .unwrap_or_default();
+        if level.available + level.reserved + level.sold > 0 {
+            continue;
+        }
+        inventory
+            .set_stock(SetStockRequest { product_id: product_id.clone(), available: quantity, note: STOCK_NOTE.to_owned() })
+            .await
+            .with_context(|| format!("cannot set the stock of {product_id}"))?;
+        stocked += 1;
+    }
+    tracing::info!(stocked, quantity, "demo stock set");
+    Ok(stocked)
+}
+
+/// Requests that walk a customer through the shop with curl and jq:
+/// register, log in, list products, add to the cart, check out, and watch
+/// the order's status move through the saga.
+pub fn example_requests(gateway: &str) -> String {
+    let product = demo_product_ids().into_iter().next().unwrap_or_else(|| "<product id from GET /api/products>".to_owned());
+    format!(
+        r#"
+Try it (bash, with curl and jq):
+
+  GW={gateway}
+  EMAIL="ada+$(date +%s)@example.com"
+  curl -s -X POST $GW/api/auth/register -H 'content-type: application/json' \
+    -d '{{"email":"'$EMAIL'","password":"correct-horse","display_name":"Ada"}}' | jq .user
+  TOKEN=$(curl -s -X POST $GW/api/auth/login -H 'content-type: application/json' \
+    -d '{{"email":"'$EMAIL'","password":"correct-horse"}}' | jq -r .tokens.access_token)
+  curl -s "$GW/api/products?page_size=3" | jq '.products[] | {{id, name, price}}'
+  curl -s -X POST $GW/api/cart/items -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{{"product_id":"{product}","quantity":2}}' | jq .subtotal
+  ORDER=$(curl -s -X POST $GW/api/cart/checkout -H "authorization: Bearer $TOKEN" \
+    -H "idempotency-key: $(date +%s%N)" -H 'content-type: application/json' \
+    -d '{{"shipping_address":{{"recipient_name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country_code":"DE"}},"payment_method_token":"tok_visa"}}' \
+    | jq -r .id)
+  watch -n1 "curl -s $GW/api/orders/$ORDER -H 'authorization: Bearer $TOKEN' | jq '{{status, total}}'"
+"#
+    )
+}

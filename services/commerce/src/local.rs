@@ -1,0 +1,217 @@
+//! `commerce local up`: the shop a CommerceStack file describes, run on this
+//! machine in one process. It does locally what the operator does in a
+//! cluster (databases, topics), starts the enabled services as `serve all`
+//! does, waits until each is ready, seeds the demo catalog and stock, and
+//! prints the gateway's URL with requests that work against it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use commerce_api::CommerceStack;
+use commerce_api::catalog::Service;
+use commerce_api::crd::stack::PaymentProvider;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::LocalUp;
+use crate::infra::LocalWiring;
+use crate::services::{self, ServiceConfig};
+use crate::{demo, ready, supervisor};
+
+/// Accounts the auth service creates on a local shop, so that admin and
+/// courier routes can be tried; their password is [`DEMO_PASSWORD`].
+pub const DEMO_ADMIN_EMAIL: &str = "admin@shop.local";
+pub const DEMO_COURIER_EMAIL: &str = "courier@shop.local";
+/// Password of the demo accounts. A local shop listens on 127.0.0.1 only; a
+/// known password is what makes the printed examples work.
+pub const DEMO_PASSWORD: &str = "commerce-local";
+
+/// Runs `commerce local up` until `shutdown` is cancelled.
+pub async fn up(args: LocalUp, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let stack = read_stack(&args.file)?;
+    let name = stack.metadata.name.clone().unwrap_or_else(|| "shop".to_owned());
+    let enabled: Vec<Service> = stack.spec.enabled_services().collect();
+    let built_in = services::built_in();
+    let missing: Vec<Service> = enabled.iter().copied().filter(|s| !built_in.contains(s)).collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{} enables {}, which this binary was built without (built in: {})",
+        args.file.display(),
+        services::names(&missing),
+        services::names(&built_in)
+    );
+    anyhow::ensure!(
+        stack.spec.payment.provider == PaymentProvider::Mock,
+        "{} uses payment provider {}; a local shop runs the mock provider only",
+        args.file.display(),
+        stack.spec.payment.provider.as_str()
+    );
+    note_ignored_settings(&stack);
+
+    let wiring = LocalWiring::new(&args.infra, &args.log)?;
+    wiring.ensure_databases(&enabled).await?;
+    wiring.ensure_topics().await?;
+    let configs = enabled
+        .iter()
+        .map(|service| ServiceConfig::local(*service, &wiring, &stack_flags(*service, &stack, !args.no_demo)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let mut running = tokio::spawn(supervisor::run(configs, shutdown.clone()));
+    let readiness = tokio::select! {
+        ready = ready::wait_until_ready(&wiring, &enabled, args.ready_timeout) => ready,
+        joined = &mut running => {
+            // Every service ended before all were ready: a signal, or one failed.
+            return joined.context("the service supervisor panicked")?.and_then(|()| {
+                anyhow::ensure!(shutdown.is_cancelled(), "the services stopped before they were ready");
+                Ok(())
+            });
+        }
+    };
+    if let Err(error) = readiness {
+        shutdown.cancel();
+        let stopped = running.await.context("the service supervisor panicked")?;
+        return Err(match stopped {
+            Ok(()) => error,
+            Err(stop_error) => error.context(format!("while stopping: {stop_error:#}")),
+        });
+    }
+    let cold_start = started.elapsed();
+
+    let stocked = if args.no_demo { None } else { Some(demo::stock_demo_products(&wiring, &enabled, args.demo_stock).await) };
+    println!("{}", banner(&name, &wiring, &enabled, cold_start, stocked));
+
+    running.await.context("the service supervisor panicked")?
+}
+
+/// Reads the first CommerceStack of a (possibly multi-document) YAML file.
+pub fn read_stack(path: &Path) -> anyhow::Result<CommerceStack> {
+    let yaml = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_stack(&yaml).with_context(|| format!("{} holds no valid CommerceStack", path.display()))
+}
+
+/// Parses the first document of kind CommerceStack in `yaml`.
+pub fn parse_stack(yaml: &str) -> anyhow::Result<CommerceStack> {
+    for document in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document)?;
+        if value.get("kind").and_then(serde_yaml_ng::Value::as_str) == Some("CommerceStack") {
+            return Ok(serde_yaml_ng::from_value(value)?);
+        }
+    }
+    anyhow::bail!("no document has kind: CommerceStack")
+}
+
+/// Flags a service gets from the stack on this machine.
+fn stack_flags(service: Service, stack: &CommerceStack, demo: bool) -> Vec<String> {
+    let spec = &stack.spec;
+    let duration = |d: &_| humantime::format_duration(Duration::from(*d)).to_string();
+    match service {
+        Service::Auth => {
+            let mut flags = vec![
+                format!("--access-token-ttl={}", duration(&spec.auth.access_token_ttl)),
+                format!("--refresh-token-ttl={}", duration(&spec.auth.refresh_token_ttl)),
+            ];
+            if demo {
+                flags.extend([
+                    format!("--bootstrap-admin-email={DEMO_ADMIN_EMAIL}"),
+                    format!("--bootstrap-admin-password={DEMO_PASSWORD}"),
+                    format!("--bootstrap-courier-email={DEMO_COURIER_EMAIL}"),
+                    format!("--bootstrap-courier-password={DEMO_PASSWORD}"),
+                ]);
+            }
+            flags
+        }
+        // The catalog seeds itself before it serves, and clears its cache.
+        Service::Catalog if demo => vec!["--seed-demo-catalog".to_owned()],
+        Service::Gateway => spec
+            .gateway
+            .cors
+            .iter()
+            .flat_map(|cors| cors.allowed_origins.iter())
+            .map(|origin| format!("--cors-origin={origin}"))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Says which parts of the stack a one-process shop cannot honour.
+fn note_ignored_settings(stack: &CommerceStack) {
+    let spec = &stack.spec;
+    if spec.services.values().any(|s| s.replicas.is_some() || s.autoscaling.is_some() || s.resources.is_some()) {
+        tracing::info!("replicas, autoscaling and resources apply in a cluster only; locally each service runs once");
+    }
+    if spec.services.values().any(|s| !s.env.is_empty()) {
+        tracing::warn!("services.*.env is not applied locally: the services share one process environment");
+    }
+    if !spec.gateway.rate_limits.is_empty() {
+        tracing::warn!("gateway.rateLimits are not applied locally; the gateway's default limits hold");
+    }
+    tracing::info!("infrastructure comes from --postgres-admin-url/--kafka-brokers/--redis-url, not from the stack file");
+}
+
+/// What `local up` prints once the shop is ready.
+fn banner(name: &str, wiring: &LocalWiring, enabled: &[Service], cold_start: Duration, stocked: Option<anyhow::Result<usize>>) -> String {
+    let gateway = wiring.gateway_url();
+    let mut out = format!(
+        "\nShop {name:?} is ready: {} services in {:.1} s.\n\n  gateway    {gateway}  (OpenAPI: {gateway}/api/openapi.json)\n",
+        enabled.len(),
+        cold_start.as_secs_f64()
+    );
+    for service in enabled {
+        let ports = wiring.ports(*service);
+        let grpc = ports.grpc.map(|port| format!("grpc 127.0.0.1:{port}  ")).unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<12} {grpc}admin http://127.0.0.1:{}/readyz\n",
+            service.name(),
+            ports.admin
+        ));
+    }
+    match stocked {
+        Some(Ok(count)) => out.push_str(&format!(
+            "\nDemo data: {} products, {count} stocked now; accounts {DEMO_ADMIN_EMAIL} and {DEMO_COURIER_EMAIL}, password {DEMO_PASSWORD}.\n",
+            demo::demo_product_count()
+        )),
+        Some(Err(error)) => out.push_str(&format!("\nDemo stock could not be set: {error:#}\n")),
+        None => {}
+    }
+    if enabled.contains(&Service::Gateway) {
+        out.push_str(&demo::example_requests(&gateway));
+    }
+    out.push_str("\nCtrl-C stops the shop.\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(file: &str) -> String {
+        let path = format!("{}/../../manifests/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+    }
+
+    #[test]
+    fn every_example_stack_parses_and_the_local_one_enables_every_service() {
+        for file in ["minimal.yaml", "full.yaml", "local.yaml"] {
+            parse_stack(&example(file)).unwrap_or_else(|error| panic!("{file}: {error:#}"));
+        }
+        let local = parse_stack(&example("local.yaml")).expect("local.yaml");
+        assert_eq!(local.spec.enabled_services().collect::<Vec<_>>(), Service::ALL);
+    }
+
+    #[test]
+    fn a_disabled_service_is_not_enabled_and_stack_settings_become_flags() {
+        let stack = parse_stack(&example("full.yaml")).expect("full.yaml");
+        assert!(!stack.spec.enabled_services().any(|s| s == Service::Notification));
+        let gateway = stack_flags(Service::Gateway, &stack, true);
+        assert_eq!(gateway, ["--cors-origin=https://shop.example.com"]);
+        let auth = stack_flags(Service::Auth, &stack, false);
+        assert_eq!(auth, ["--access-token-ttl=15m", "--refresh-token-ttl=30days"]);
+    }
+
+    #[test]
+    fn a_file_without_a_commerce_stack_is_rejected() {
+        let error = parse_stack("kind: ConfigMap\n").expect_err("no stack").to_string();
+        assert!(error.contains("CommerceStack"), "{error}");
+    }
+}

@@ -1,0 +1,837 @@
+//! The gateway in process against fake gRPC services on loopback ports (the
+//! generated server traits, answering what each test needs) and the real
+//! Redis from `e2e/infra.env`: problem+json for bad input, token checks,
+//! roles, rate limits shared across two gateways, the in-process fallback,
+//! rule reloads, and the OpenAPI document.
+//!
+//! Redis is required: `bash e2e/scripts/infra.sh up`. Each test uses its own
+//! key prefix, so runs never share counters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use commerce_gateway::config::{HttpArgs, JwtArgs, RateLimitArgs};
+use commerce_gateway::{Config, Gateway};
+use commerce_platform::admin::{AdminArgs, Metrics};
+use commerce_platform::discovery::PeerArgs;
+use commerce_platform::readiness::Readiness;
+use commerce_platform::redis::RedisArgs;
+use commerce_platform::resilience::ClientArgs;
+use commerce_platform::telemetry::LogArgs;
+use commerce_proto::auth::v1 as auth_pb;
+use commerce_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
+use commerce_proto::cart::v1 as cart_pb;
+use commerce_proto::cart::v1::cart_service_server::{CartService, CartServiceServer};
+use commerce_proto::catalog::v1 as catalog_pb;
+use commerce_proto::catalog::v1::catalog_service_server::{CatalogService, CatalogServiceServer};
+use ed25519_dalek::{Signer, SigningKey};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+/// A product the fake catalog and cart know.
+const KNOWN_PRODUCT: &str = "6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0001";
+/// A product id for which the fake catalog answers Unavailable.
+const FLAKY_PRODUCT: &str = "6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0503";
+/// Longest wait for an asynchronous effect (a reload, a key refresh).
+const WAIT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------------ fakes
+
+/// Auth: serves the current key set and counts fetches.
+#[derive(Clone, Default)]
+struct FakeAuth {
+    keys: Arc<Mutex<Vec<auth_pb::PublicKey>>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+fn public_key(kid: &str, signing: &SigningKey) -> auth_pb::PublicKey {
+    auth_pb::PublicKey {
+        key_id: kid.to_owned(),
+        algorithm: "EdDSA".to_owned(),
+        curve: "Ed25519".to_owned(),
+        public_key: signing.verifying_key().to_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for FakeAuth {
+    async fn register(&self, _: Request<auth_pb::RegisterRequest>) -> Result<Response<auth_pb::RegisterResponse>, Status> {
+        Err(Status::already_exists("email is taken"))
+    }
+    async fn login(&self, _: Request<auth_pb::LoginRequest>) -> Result<Response<auth_pb::LoginResponse>, Status> {
+        Err(Status::unauthenticated("wrong email or password"))
+    }
+    async fn refresh(&self, _: Request<auth_pb::RefreshRequest>) -> Result<Response<auth_pb::RefreshResponse>, Status> {
+        Err(Status::unauthenticated("refresh token revoked"))
+    }
+    async fn logout(&self, _: Request<auth_pb::LogoutRequest>) -> Result<Response<auth_pb::LogoutResponse>, Status> {
+        Ok(Response::new(auth_pb::LogoutResponse {}))
+    }
+    async fn validate_token(
+        &self,
+        _: Request<auth_pb::ValidateTokenRequest>,
+    ) -> Result<Response<auth_pb::ValidateTokenResponse>, Status> {
+        Err(Status::unimplemented("the gateway must verify locally"))
+    }
+    async fn get_public_keys(
+        &self,
+        _: Request<auth_pb::GetPublicKeysRequest>,
+    ) -> Result<Response<auth_pb::GetPublicKeysResponse>, Status> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let keys = self.keys.lock().map_err(|_| Status::internal("poisoned"))?.clone();
+        Ok(Response::new(auth_pb::GetPublicKeysResponse { keys, max_age: None }))
+    }
+}
+
+/// Catalog: knows one product; records the traceparent of the last call.
+#[derive(Clone, Default)]
+struct FakeCatalog {
+    last_traceparent: Arc<Mutex<Option<String>>>,
+}
+
+fn product() -> catalog_pb::Product {
+    catalog_pb::Product {
+        id: KNOWN_PRODUCT.to_owned(),
+        sku: "MUG-1".to_owned(),
+        name: "Mug".to_owned(),
+        price: Some(commerce_proto::common::v1::Money { currency_code: "EUR".to_owned(), units: 1299 }),
+        active: true,
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl CatalogService for FakeCatalog {
+    async fn create_product(
+        &self,
+        _: Request<catalog_pb::CreateProductRequest>,
+    ) -> Result<Response<catalog_pb::CreateProductResponse>, Status> {
+        Ok(Response::new(catalog_pb::CreateProductResponse { product: Some(product()) }))
+    }
+    async fn get_product(
+        &self,
+        request: Request<catalog_pb::GetProductRequest>,
+    ) -> Result<Response<catalog_pb::GetProductResponse>, Status> {
+        let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        *self.last_traceparent.lock().map_err(|_| Status::internal("poisoned"))? = traceparent;
+        match request.into_inner().id.as_str() {
+            KNOWN_PRODUCT => Ok(Response::new(catalog_pb::GetProductResponse { product: Some(product()) })),
+            FLAKY_PRODUCT => Err(Status::unavailable("catalog is restarting")),
+            id => Err(Status::not_found(format!("product {id} does not exist"))),
+        }
+    }
+    async fn update_product(
+        &self,
+        _: Request<catalog_pb::UpdateProductRequest>,
+    ) -> Result<Response<catalog_pb::UpdateProductResponse>, Status> {
+        Ok(Response::new(catalog_pb::UpdateProductResponse { product: Some(product()) }))
+    }
+    async fn delete_product(
+        &self,
+        _: Request<catalog_pb::DeleteProductRequest>,
+    ) -> Result<Response<catalog_pb::DeleteProductResponse>, Status> {
+        Ok(Response::new(catalog_pb::DeleteProductResponse {}))
+    }
+    async fn list_products(
+        &self,
+        _: Request<catalog_pb::ListProductsRequest>,
+    ) -> Result<Response<catalog_pb::ListProductsResponse>, Status> {
+        Ok(Response::new(catalog_pb::ListProductsResponse {
+            products: vec![product()],
+            next_page_token: String::new(),
+            total_size: 1,
+        }))
+    }
+    async fn batch_get_products(
+        &self,
+        _: Request<catalog_pb::BatchGetProductsRequest>,
+    ) -> Result<Response<catalog_pb::BatchGetProductsResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+    async fn create_category(
+        &self,
+        _: Request<catalog_pb::CreateCategoryRequest>,
+    ) -> Result<Response<catalog_pb::CreateCategoryResponse>, Status> {
+        Err(Status::already_exists("slug is taken"))
+    }
+    async fn list_categories(
+        &self,
+        _: Request<catalog_pb::ListCategoriesRequest>,
+    ) -> Result<Response<catalog_pb::ListCategoriesResponse>, Status> {
+        Ok(Response::new(catalog_pb::ListCategoriesResponse { categories: Vec::new() }))
+    }
+}
+
+/// Cart: accepts the known product, refuses others as the real one does.
+#[derive(Clone, Default)]
+struct FakeCart;
+
+fn cart(user_id: String) -> cart_pb::Cart {
+    cart_pb::Cart { user_id, ..Default::default() }
+}
+
+#[tonic::async_trait]
+impl CartService for FakeCart {
+    async fn get_cart(&self, request: Request<cart_pb::GetCartRequest>) -> Result<Response<cart_pb::GetCartResponse>, Status> {
+        Ok(Response::new(cart_pb::GetCartResponse { cart: Some(cart(request.into_inner().user_id)) }))
+    }
+    async fn add_item(&self, request: Request<cart_pb::AddItemRequest>) -> Result<Response<cart_pb::AddItemResponse>, Status> {
+        let request = request.into_inner();
+        if request.product_id != KNOWN_PRODUCT {
+            return Err(Status::failed_precondition(format!("unknown product {}", request.product_id)));
+        }
+        Ok(Response::new(cart_pb::AddItemResponse { cart: Some(cart(request.user_id)) }))
+    }
+    async fn update_item(
+        &self,
+        request: Request<cart_pb::UpdateItemRequest>,
+    ) -> Result<Response<cart_pb::UpdateItemResponse>, Status> {
+        Ok(Response::new(cart_pb::UpdateItemResponse { cart: Some(cart(request.into_inner().user_id)) }))
+    }
+    async fn remove_item(
+        &self,
+        request: Request<cart_pb::RemoveItemRequest>,
+    ) -> Result<Response<cart_pb::RemoveItemResponse>, Status> {
+        Ok(Response::new(cart_pb::RemoveItemResponse { cart: Some(cart(request.into_inner().user_id)) }))
+    }
+    async fn clear_cart(&self, request: Request<cart_pb::ClearCartRequest>) -> Result<Response<cart_pb::ClearCartResponse>, Status> {
+        Ok(Response::new(cart_pb::ClearCartResponse { cart: Some(cart(request.into_inner().user_id)) }))
+    }
+    async fn checkout(&self, _: Request<cart_pb::CheckoutRequest>) -> Result<Response<cart_pb::CheckoutResponse>, Status> {
+        Err(Status::failed_precondition("the cart is empty"))
+    }
+}
+
+/// The fake services on one loopback port each.
+struct Backends {
+    auth: FakeAuth,
+    catalog: FakeCatalog,
+    peers: PeerArgs,
+    signing: SigningKey,
+}
+
+async fn start_grpc<S>(service: S, shutdown: CancellationToken) -> Result<SocketAddr>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>
+        + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()),
+    );
+    Ok(addr)
+}
+
+async fn start_backends(shutdown: &CancellationToken) -> Result<Backends> {
+    let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let auth = FakeAuth::default();
+    auth.keys.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(public_key("k1", &signing));
+    let catalog = FakeCatalog::default();
+    let auth_addr = start_grpc(AuthServiceServer::new(auth.clone()), shutdown.clone()).await?;
+    let catalog_addr = start_grpc(CatalogServiceServer::new(catalog.clone()), shutdown.clone()).await?;
+    let cart_addr = start_grpc(CartServiceServer::new(FakeCart), shutdown.clone()).await?;
+    let peers = PeerArgs {
+        peers: vec![
+            format!("auth=http://{auth_addr}").parse()?,
+            format!("catalog=http://{catalog_addr}").parse()?,
+            format!("cart=http://{cart_addr}").parse()?,
+        ],
+        resolve_interval: Duration::from_millis(200),
+    };
+    Ok(Backends { auth, catalog, peers, signing })
+}
+
+// ------------------------------------------------------------------ gateway
+
+fn redis_url() -> String {
+    std::env::var("COMMERCE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:56379".to_owned())
+}
+
+/// Fails (never skips) when the real Redis is not there.
+async fn require_redis() -> Result<()> {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str())?;
+    let ping = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut connection).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+        Ok(Ok(_)) => Ok(()),
+        other => bail!("Redis is not reachable at {url} ({other:?}); start it with `bash e2e/scripts/infra.sh up`"),
+    }
+}
+
+fn config(peers: &PeerArgs, redis_url: &str, prefix: &str, rules_file: Option<PathBuf>) -> Config {
+    Config {
+        log: LogArgs { filter: "warn,commerce_gateway=info".to_owned(), ..LogArgs::default() },
+        admin: AdminArgs { addr: SocketAddr::from(([127, 0, 0, 1], 0)) },
+        peers: peers.clone(),
+        client: ClientArgs { deadline: Duration::from_secs(2), max_retries: 0, ..ClientArgs::default() },
+        redis: RedisArgs { url: redis_url.to_owned() },
+        http: HttpArgs {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            body_limit: 1024,
+            request_timeout: Duration::from_secs(5),
+            cors_origins: vec!["https://shop.example".to_owned()],
+            trusted_proxy_hops: 0,
+            shutdown_grace: Duration::from_secs(1),
+        },
+        jwt: JwtArgs { refresh_min_interval: Duration::from_millis(1500), leeway: Duration::ZERO },
+        rate_limit: RateLimitArgs {
+            default_per_minute: 6000,
+            default_burst: 1000,
+            auth_per_minute: 600,
+            auth_burst: 100,
+            rules_file,
+            reload_interval: Duration::from_millis(100),
+            redis_prefix: prefix.to_owned(),
+        },
+    }
+}
+
+/// One running gateway.
+struct Running {
+    base: String,
+    metrics: Metrics,
+    http: reqwest::Client,
+}
+
+async fn start_gateway(config: Config, shutdown: &CancellationToken) -> Result<Running> {
+    commerce_platform::telemetry::init(&config.log, "gateway-test")?;
+    let metrics = Metrics::new("gateway");
+    let gateway = Gateway::new(&config, &metrics, shutdown);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (serve_metrics, shutdown) = (metrics.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let readiness = Readiness::new();
+        commerce_gateway::serve_on(&gateway, &serve_metrics, &readiness, listener, shutdown).await
+    });
+    Ok(Running { base, metrics, http: reqwest::Client::new() })
+}
+
+/// Waits until the gateway verifies a token of the first key (keys are
+/// fetched in the background at start).
+async fn wait_for_keys(gateway: &Running, token: &str) -> Result<()> {
+    wait_until("the first key fetch", || async {
+        let response = gateway.http.get(format!("{}/api/cart", gateway.base)).bearer_auth(token).send().await?;
+        Ok(response.status() == StatusCode::OK)
+    })
+    .await
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if condition().await? {
+            return Ok(());
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+fn token(signing: &SigningKey, kid: &str, alg: &str, roles: &[&str], exp_offset: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let header = json!({"alg": alg, "typ": "JWT", "kid": kid});
+    let claims = json!({"sub": Uuid::new_v4().to_string(), "roles": roles, "iat": now, "exp": now + exp_offset, "jti": "t"});
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = signing.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+fn prefix() -> String {
+    format!("commerce:gateway-test:{}", Uuid::new_v4())
+}
+
+async fn problem(response: reqwest::Response) -> Result<(StatusCode, reqwest::header::HeaderMap, Value)> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let body: Value = response.json().await.context("a JSON body")?;
+    ensure!(content_type == "application/problem+json", "content type {content_type} for {status}: {body}");
+    ensure!(body["status"] == status.as_u16(), "status member {} vs {status}", body["status"]);
+    ensure!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(), "{body}");
+    Ok((status, headers, body))
+}
+
+fn pointers(body: &Value) -> Vec<String> {
+    body["errors"].as_array().map(|errors| errors.iter().filter_map(|e| e["pointer"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+struct Harness {
+    shutdown: CancellationToken,
+    backends: Backends,
+    gateway: Running,
+    customer: String,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn harness(rules_file: Option<PathBuf>) -> Result<Harness> {
+    require_redis().await?;
+    let shutdown = CancellationToken::new();
+    let backends = start_backends(&shutdown).await?;
+    let gateway = start_gateway(config(&backends.peers, &redis_url(), &prefix(), rules_file), &shutdown).await?;
+    let customer = token(&backends.signing, "k1", "EdDSA", &["customer"], 300);
+    wait_for_keys(&gateway, &customer).await?;
+    Ok(Harness { shutdown, backends, gateway, customer })
+}
+
+fn write_rules(path: &PathBuf, rules: &str) -> Result<()> {
+    std::fs::write(path, rules).with_context(|| format!("write {}", path.display()))
+}
+
+fn temp_rules_path() -> PathBuf {
+    std::env::temp_dir().join(format!("gateway-rules-{}.yaml", Uuid::new_v4()))
+}
+
+fn products_rule(burst: u32) -> String {
+    format!("rules:\n  - name: products-tight\n    match: {{path: /api/products, methods: [GET]}}\n    key: ip\n    rate: 1\n    period: 1m\n    burst: {burst}\n")
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn malformed_json_unknown_fields_bad_quantities_and_wrong_content_types_are_problems() -> Result<()> {
+    let h = harness(None).await?;
+    let url = format!("{}/api/cart/items", h.gateway.base);
+    let post = |body: &'static str, content_type: &'static str| {
+        h.gateway.http.post(&url).bearer_auth(&h.customer).header("content-type", content_type).body(body).send()
+    };
+
+    let (status, _, body) = problem(post("{\"product_id\": ", "application/json").await?).await?;
+    assert_eq!(status, 400);
+    assert!(body["type"].as_str().unwrap_or_default().ends_with("malformed-json"), "{body}");
+
+    let unknown = r#"{"product_id":"6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0001","quantity":1,"colour":"red"}"#;
+    let (status, _, body) = problem(post(unknown, "application/json").await?).await?;
+    assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["/colour".to_owned()]), "{body}");
+
+    let negative = r#"{"product_id":"6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0001","quantity":-3}"#;
+    let (status, _, body) = problem(post(negative, "application/json").await?).await?;
+    assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["/quantity".to_owned()]), "{body}");
+
+    let not_uuid = r#"{"product_id":"mug","quantity":1}"#;
+    let (status, _, body) = problem(post(not_uuid, "application/json").await?).await?;
+    assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["/product_id".to_owned()]), "{body}");
+
+    let (status, _, _) = problem(post(r#"{"quantity":1}"#, "text/plain").await?).await?;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // The cart refuses an unknown product with FailedPrecondition.
+    let unknown_product = r#"{"product_id":"00000000-0000-4000-8000-000000000000","quantity":1}"#;
+    let (status, _, body) = problem(post(unknown_product, "application/json").await?).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    let ok = r#"{"product_id":"6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0001","quantity":2}"#;
+    assert_eq!(post(ok, "application/json").await?.status(), StatusCode::OK);
+
+    // Unknown product id on a read: the catalog's NotFound.
+    let response = h.gateway.http.get(format!("{}/api/products/{}", h.gateway.base, Uuid::new_v4())).send().await?;
+    assert_eq!(problem(response).await?.0, StatusCode::NOT_FOUND);
+    let response = h.gateway.http.get(format!("{}/api/products/not-a-uuid", h.gateway.base)).send().await?;
+    let (status, _, body) = problem(response).await?;
+    assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["path:id".to_owned()]));
+    let response = h.gateway.http.get(format!("{}/api/products?page_size=1000", h.gateway.base)).send().await?;
+    let (status, _, body) = problem(response).await?;
+    assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["query:page_size".to_owned()]));
+
+    // An unavailable peer is a 503 with Retry-After, never a 500.
+    let response = h.gateway.http.get(format!("{}/api/products/{FLAKY_PRODUCT}", h.gateway.base)).send().await?;
+    let (status, headers, _) = problem(response).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_whether_declared_or_streamed() -> Result<()> {
+    let h = harness(None).await?;
+    let big = format!(r#"{{"product_id":"{KNOWN_PRODUCT}","quantity":1,"pad":"{}"}}"#, "x".repeat(4096));
+    let response = h
+        .gateway
+        .http
+        .post(format!("{}/api/cart/items", h.gateway.base))
+        .bearer_auth(&h.customer)
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await?;
+    assert_eq!(problem(response).await?.0, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Chunked, with no Content-Length: caught while reading.
+    let addr = h.gateway.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+    let mut request = format!(
+        "POST /api/cart/items HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        h.customer
+    );
+    request.push_str(&format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()));
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await??;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-type: application/problem+json"), "{answer}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_bearer_challenge() -> Result<()> {
+    let h = harness(None).await?;
+    let url = format!("{}/api/cart", h.gateway.base);
+    let signing = &h.backends.signing;
+    let expired = token(signing, "k1", "EdDSA", &["customer"], -600);
+    let mut tampered = token(signing, "k1", "EdDSA", &["customer"], 300);
+    let admin_claims = URL_SAFE_NO_PAD.encode(json!({"sub": "x", "roles": ["admin"], "exp": 9_999_999_999_i64}).to_string());
+    let parts: Vec<String> = tampered.split('.').map(str::to_owned).collect();
+    tampered = format!("{}.{admin_claims}.{}", parts[0], parts[2]);
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("missing", None),
+        ("expired", Some(expired)),
+        ("tampered", Some(tampered)),
+        ("alg none", Some(format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#), parts[1]))),
+        ("HS256", Some(token(signing, "k1", "HS256", &["customer"], 300))),
+        ("RS256", Some(token(signing, "k1", "RS256", &["customer"], 300))),
+        ("other key", Some(token(&SigningKey::from_bytes(&[3; 32]), "k1", "EdDSA", &["customer"], 300))),
+        ("garbage", Some("not.a.jwt".to_owned())),
+    ];
+    for (case, bearer) in cases {
+        let mut request = h.gateway.http.get(&url);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let (status, headers, body) = problem(request.send().await?).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {body}");
+        let challenge = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(challenge.starts_with("Bearer"), "{case}: {challenge:?}");
+    }
+    let response = h.gateway.http.get(&url).header("authorization", "Basic dTpw").send().await?;
+    assert_eq!(problem(response).await?.0, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn roles_gate_admin_and_courier_routes() -> Result<()> {
+    let h = harness(None).await?;
+    let signing = &h.backends.signing;
+    let admin = token(signing, "k1", "EdDSA", &["admin"], 300);
+    let courier = token(signing, "k1", "EdDSA", &["ROLE_COURIER"], 300);
+    let url = format!("{}/api/admin/ratelimits", h.gateway.base);
+
+    let (status, _, _) = problem(h.gateway.http.get(&url).bearer_auth(&h.customer).send().await?).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = problem(h.gateway.http.get(&url).bearer_auth(&courier).send().await?).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = problem(h.gateway.http.get(&url).send().await?).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let response = h.gateway.http.get(&url).bearer_auth(&admin).send().await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let rules: Value = response.json().await?;
+    assert!(rules["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["name"] == "default-ip")), "{rules}");
+
+    // A courier route refuses a customer before touching shipping.
+    let status_url = format!("{}/api/shipments/{}/status", h.gateway.base, Uuid::new_v4());
+    let body = json!({"status": "picked_up"});
+    let response = h.gateway.http.post(&status_url).bearer_auth(&h.customer).json(&body).send().await?;
+    assert_eq!(problem(response).await?.0, StatusCode::FORBIDDEN);
+
+    // An admin passes the role check on a catalog write (the fake answers).
+    let response = h
+        .gateway
+        .http
+        .post(format!("{}/api/admin/categories", h.gateway.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Mugs", "slug": "mugs"}))
+        .send()
+        .await?;
+    assert_eq!(problem(response).await?.0, StatusCode::CONFLICT, "AlreadyExists maps to 409");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_once_and_invented_key_ids_do_not_hammer_auth() -> Result<()> {
+    let h = harness(None).await?;
+    let rotated = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    h.backends.auth.keys.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(public_key("k2", &rotated));
+    let new_token = token(&rotated, "k2", "EdDSA", &["customer"], 300);
+    let url = format!("{}/api/cart", h.gateway.base);
+    // Within the minimum refresh interval of the first fetch the kid stays
+    // unknown; after it, one refresh finds it.
+    wait_until("the rotated key to be accepted", || async {
+        Ok(h.gateway.http.get(&url).bearer_auth(&new_token).send().await?.status() == StatusCode::OK)
+    })
+    .await?;
+    let fetches = h.backends.auth.fetches.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        let invented = token(&rotated, &format!("bogus-{}", Uuid::new_v4()), "EdDSA", &["customer"], 300);
+        let (status, _, _) = problem(h.gateway.http.get(&url).bearer_auth(&invented).send().await?).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let after = h.backends.auth.fetches.load(Ordering::SeqCst);
+    assert!(after <= fetches + 1, "five invented kids caused {} fetches", after - fetches);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_limit_gets_429_with_retry_after_and_ratelimit_headers() -> Result<()> {
+    let rules = temp_rules_path();
+    write_rules(&rules, &products_rule(3))?;
+    let h = harness(Some(rules.clone())).await?;
+    let url = format!("{}/api/products", h.gateway.base);
+    wait_until("the rules file to load", || async {
+        let response = h.gateway.http.get(&url).send().await?;
+        Ok(response.headers().get("ratelimit-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().contains("products-tight"))
+    })
+    .await?;
+    // The wait above spent at least one request; spend the rest of the burst.
+    let mut last_allowed = None;
+    let mut refused = None;
+    for _ in 0..5 {
+        let response = h.gateway.http.get(&url).send().await?;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        last_allowed = Some(response.headers().clone());
+    }
+    let allowed = last_allowed.context("at least one more request fits the burst")?;
+    let state = allowed.get("ratelimit").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(state.contains("\"products-tight\";r=0;t="), "{state}");
+    let (status, headers, body) = problem(refused.context("the burst ran out within five requests")?).await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).context("Retry-After")?;
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let policy = headers.get("ratelimit-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(policy.contains("\"products-tight\";q=1;w=60"), "{policy}");
+    assert!(body["detail"].as_str().unwrap_or_default().contains("products-tight"), "{body}");
+    let _ = std::fs::remove_file(rules);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
+    require_redis().await?;
+    let shutdown = CancellationToken::new();
+    let _cancel = shutdown.clone().drop_guard();
+    let backends = start_backends(&shutdown).await?;
+    let rules = temp_rules_path();
+    write_rules(&rules, &products_rule(4))?;
+    let shared_prefix = prefix();
+    let first = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown).await?;
+    let second = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown).await?;
+    let admin = token(&backends.signing, "k1", "EdDSA", &["admin"], 300);
+    for gateway in [&first, &second] {
+        wait_for_keys(gateway, &admin).await?;
+        wait_until("Redis and the rules on both gateways", || async {
+            let body: Value =
+                gateway.http.get(format!("{}/api/admin/ratelimits", gateway.base)).bearer_auth(&admin).send().await?.json().await?;
+            let loaded = body["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
+            Ok(loaded && body["backend"] == "redis")
+        })
+        .await?;
+    }
+    let get = |gateway: &Running| gateway.http.get(format!("{}/api/products", gateway.base)).send();
+    let statuses = vec![
+        get(&first).await?.status(),
+        get(&second).await?.status(),
+        get(&first).await?.status(),
+        get(&second).await?.status(),
+        get(&first).await?.status(),
+        get(&second).await?.status(),
+    ];
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429].map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)),
+        "a burst of 4 holds across both gateways"
+    );
+    let _ = std::fs::remove_file(rules);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_the_local_limiter_still_limits_and_metrics_say_so() -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let _cancel = shutdown.clone().drop_guard();
+    let backends = start_backends(&shutdown).await?;
+    let rules = temp_rules_path();
+    write_rules(&rules, &products_rule(2))?;
+    // Port 1 on loopback: connection refused at once.
+    let gateway = start_gateway(config(&backends.peers, "redis://127.0.0.1:1", &prefix(), Some(rules.clone())), &shutdown).await?;
+    let url = format!("{}/api/products", gateway.base);
+    wait_until("the rules file to load", || async {
+        let response = gateway.http.get(&url).send().await?;
+        Ok(response.status() == StatusCode::TOO_MANY_REQUESTS
+            || response.headers().get("ratelimit-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().contains("products-tight"))
+    })
+    .await?;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(gateway.http.get(&url).send().await?.status());
+    }
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    let metrics = gateway.metrics.encode()?;
+    assert!(metrics.contains("commerce_gateway_ratelimit_fallback 1"), "{metrics}");
+    assert!(metrics.contains("commerce_gateway_ratelimit_limited_total"), "{metrics}");
+    let _ = std::fs::remove_file(rules);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_rules_file_applies_without_restart() -> Result<()> {
+    let rules = temp_rules_path();
+    write_rules(&rules, &products_rule(1000))?;
+    let h = harness(Some(rules.clone())).await?;
+    let admin = token(&h.backends.signing, "k1", "EdDSA", &["admin"], 300);
+    let burst_of = |name: &'static str| {
+        let (http, url, admin) = (h.gateway.http.clone(), format!("{}/api/admin/ratelimits", h.gateway.base), admin.clone());
+        async move {
+            let body: Value = http.get(url).bearer_auth(admin).send().await?.json().await?;
+            Ok::<_, anyhow::Error>(body["rules"].as_array().and_then(|rules| {
+                rules.iter().find(|rule| rule["name"] == name).and_then(|rule| rule["burst"].as_u64())
+            }))
+        }
+    };
+    wait_until("the first rules", || async { Ok(burst_of("products-tight").await? == Some(1000)) }).await?;
+    write_rules(&rules, &products_rule(1))?;
+    wait_until("the changed rules", || async { Ok(burst_of("products-tight").await? == Some(1)) }).await?;
+    let url = format!("{}/api/products", h.gateway.base);
+    let statuses = [h.gateway.http.get(&url).send().await?.status(), h.gateway.http.get(&url).send().await?.status()];
+    assert_eq!(statuses[1], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+
+    // A broken file keeps the last good rules.
+    write_rules(&rules, "rules: [ {name: oops")?;
+    tokio::task::yield_now().await;
+    assert_eq!(burst_of("products-tight").await?, Some(1));
+    let _ = std::fs::remove_file(rules);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rules_stored_in_redis_reach_every_gateway() -> Result<()> {
+    require_redis().await?;
+    let shutdown = CancellationToken::new();
+    let _cancel = shutdown.clone().drop_guard();
+    let backends = start_backends(&shutdown).await?;
+    let shared_prefix = prefix();
+    let first = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, None), &shutdown).await?;
+    let second = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, None), &shutdown).await?;
+    let admin = token(&backends.signing, "k1", "EdDSA", &["admin"], 300);
+    wait_for_keys(&first, &admin).await?;
+    wait_for_keys(&second, &admin).await?;
+    let rule = json!({"name": "categories-by-user", "match": {"path": "/api/categories"}, "key": "user", "rate": 1, "period": "1h", "burst": 1});
+    wait_until("Redis to connect", || async {
+        let response =
+            first.http.put(format!("{}/api/admin/ratelimits/categories-by-user", first.base)).bearer_auth(&admin).json(&rule).send().await?;
+        Ok(response.status() == StatusCode::OK)
+    })
+    .await?;
+    wait_until("the stored rule on the second gateway", || async {
+        let body: Value =
+            second.http.get(format!("{}/api/admin/ratelimits", second.base)).bearer_auth(&admin).send().await?.json().await?;
+        Ok(body["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["name"] == "categories-by-user" && r["source"] == "redis")))
+    })
+    .await?;
+    let customer = token(&backends.signing, "k1", "EdDSA", &["customer"], 300);
+    let url_second = format!("{}/api/categories", second.base);
+    assert_eq!(second.http.get(&url_second).bearer_auth(&customer).send().await?.status(), StatusCode::OK);
+    assert_eq!(second.http.get(&url_second).bearer_auth(&customer).send().await?.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Keyed by user: another user still has quota.
+    let other = token(&backends.signing, "k1", "EdDSA", &["customer"], 300);
+    assert_eq!(second.http.get(&url_second).bearer_auth(&other).send().await?.status(), StatusCode::OK);
+    let response = first.http.delete(format!("{}/api/admin/ratelimits/categories-by-user", first.base)).bearer_auth(&admin).send().await?;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_openapi_document_parses_and_every_route_it_lists_is_served() -> Result<()> {
+    let h = harness(None).await?;
+    let document: Value = h.gateway.http.get(format!("{}/api/openapi.json", h.gateway.base)).send().await?.json().await?;
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().context("paths")?;
+    assert_eq!(
+        paths.values().map(|item| item.as_object().map_or(0, |ops| ops.len())).sum::<usize>(),
+        commerce_gateway::routes::ROUTES.len()
+    );
+    for (method, path) in commerce_gateway::routes::ROUTES {
+        assert!(document["paths"][path][method.to_ascii_lowercase()].is_object(), "{method} {path} undocumented");
+        let concrete = path.replace("{name}", "some-rule").replace(['{', '}'], "").replace("product_id", &Uuid::nil().to_string());
+        let concrete = concrete.replace("/id", &format!("/{}", Uuid::nil()));
+        let request = h.gateway.http.request(method.parse()?, format!("{}{concrete}", h.gateway.base));
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        assert!(!text.contains("/no-route") && !text.contains("/method-not-allowed"), "{method} {concrete}: {status} {text}");
+    }
+    // And an unknown route is a problem too.
+    let response = h.gateway.http.get(format!("{}/api/nothing-here", h.gateway.base)).send().await?;
+    assert_eq!(problem(response).await?.0, StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_traceparent_reaches_the_grpc_service() -> Result<()> {
+    let h = harness(None).await?;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = h
+        .gateway
+        .http
+        .get(format!("{}/api/products/{KNOWN_PRODUCT}", h.gateway.base))
+        .header("x-request-id", "req-123")
+        .header("traceparent", traceparent)
+        .header("origin", "https://shop.example")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("req-123"));
+    assert_eq!(
+        response.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("https://shop.example")
+    );
+    let product: Value = response.json().await?;
+    assert_eq!(product["price"], json!({"currency": "EUR", "amount_minor": 1299}));
+    let seen = h.backends.catalog.last_traceparent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let seen = seen.context("the catalog got a traceparent")?;
+    assert!(seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{seen}");
+    assert_ne!(seen, traceparent, "the gateway sends a child span");
+
+    // A generated id is echoed and names the problem instance.
+    let response = h.gateway.http.get(format!("{}/api/cart", h.gateway.base)).send().await?;
+    let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).context("generated id")?.to_owned();
+    let (_, _, body) = problem(response).await?;
+    assert_eq!(body["instance"], format!("urn:request:{id}"));
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The order service alone against real Postgres and Kafka: placement priced
+//! by an in-process catalog, and the saga driven by events published the way
+//! inventory, payment and shipping publish them.
+
+mod support;
+
+use commerce_proto::events::v1 as ev;
+use commerce_proto::order::v1 as pb;
+use support::catalog::{self, product};
+use support::harness::{OrderService, place_request, timestamp_in};
+use support::{count_events, eventually, init_logging, kafka_namespace, publish};
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    prefix: String,
+    order: OrderService,
+    catalog_stop: CancellationToken,
+}
+
+async fn env() -> anyhow::Result<Env> {
+    init_logging();
+    let prefix = kafka_namespace().await?;
+    let catalog_stop = CancellationToken::new();
+    let catalog_port = catalog::start(
+        vec![product("apple", 150, true), product("pear", 1999, true), product("retired", 500, false)],
+        catalog_stop.clone(),
+    )
+    .await?;
+    let order = OrderService::start(&prefix, catalog_port).await?;
+    Ok(Env { prefix, order, catalog_stop })
+}
+
+impl Env {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.catalog_stop.cancel();
+        self.order.stop().await
+    }
+
+    async fn place(&self, user: &str, key: &str, lines: &[(&str, u32)]) -> anyhow::Result<pb::Order> {
+        let response =
+            self.order.client.clone().place_order(place_request(user, key, lines, "tok_ok")).await?;
+        response.into_inner().order.ok_or_else(|| anyhow::anyhow!("no order"))
+    }
+
+    async fn reserve(&self, order_id: &str, expires_in_seconds: i64) -> anyhow::Result<()> {
+        publish(
+            &self.prefix,
+            &ev::StockReserved {
+                order_id: order_id.to_owned(),
+                reservation_id: format!("res-{order_id}"),
+                lines: vec![],
+                expires_at: Some(timestamp_in(expires_in_seconds)),
+                occurred_at: Some(timestamp_in(0)),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn capture(&self, order_id: &str) -> anyhow::Result<()> {
+        publish(
+            &self.prefix,
+            &ev::PaymentCaptured {
+                order_id: order_id.to_owned(),
+                payment_id: format!("pay-{order_id}"),
+                occurred_at: Some(timestamp_in(0)),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until exactly `expected` events of type `E` about `key` are on
+    /// their topic (the relay publishes asynchronously).
+    async fn wait_for_events<E: commerce_proto::events::EventPayload>(
+        &self,
+        key: &str,
+        expected: usize,
+    ) -> anyhow::Result<()> {
+        eventually(&format!("{expected} {} for {key}", E::TYPE), || async move {
+            let count = count_events::<E>(&self.prefix, key).await?;
+            anyhow::ensure!(count <= expected, "{count} {} for {key}, expected {expected}", E::TYPE);
+            Ok((count == expected).then_some(()))
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placing_an_order_prices_it_from_the_catalog_and_is_idempotent() -> anyhow::Result<()> {
+    let env = env().await?;
+    let order = env.place("u1", "key-1", &[("apple", 2), ("pear", 1), ("apple", 1)]).await?;
+    assert_eq!(order.status(), pb::OrderStatus::Pending);
+    assert_eq!(
+        order.total.as_ref().map(|total| total.units),
+        Some(3 * 150 + 1999),
+        "catalog prices, merged lines"
+    );
+    assert_eq!(order.lines.len(), 2);
+    assert_eq!(order.lines[0].sku, "SKU-apple");
+
+    let again = env.place("u1", "key-1", &[("pear", 1), ("apple", 3)]).await?;
+    assert_eq!(again.id, order.id, "a retry returns the same order");
+
+    let reused =
+        env.order.client.clone().place_order(place_request("u1", "key-1", &[("apple", 1)], "tok_ok")).await;
+    assert_eq!(reused.expect_err("different lines").code(), tonic::Code::AlreadyExists);
+
+    for (product_id, needle) in [("ghost", "ghost"), ("retired", "retired")] {
+        let status = env
+            .order
+            .client
+            .clone()
+            .place_order(place_request("u1", &format!("key-{product_id}"), &[(product_id, 1)], "tok_ok"))
+            .await
+            .expect_err("bad product");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(needle), "{}", status.message());
+    }
+    let status = env
+        .order
+        .client
+        .clone()
+        .place_order(place_request("u1", "key-zero", &[("apple", 0)], "tok_ok"))
+        .await
+        .expect_err("zero quantity");
+    assert!(status.message().contains("lines[0].quantity"), "{}", status.message());
+
+    env.wait_for_events::<ev::OrderPlaced>(&order.id, 1).await?;
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_confirms_once_whichever_of_payment_and_reservation_comes_first() -> anyhow::Result<()> {
+    let env = env().await?;
+    let reserved_first = env.place("u2", "a", &[("apple", 1)]).await?;
+    let paid_first = env.place("u2", "b", &[("pear", 1)]).await?;
+
+    env.reserve(&reserved_first.id, 900).await?;
+    env.order.wait_for_status(&reserved_first.id, pb::OrderStatus::Reserved).await?;
+    env.capture(&reserved_first.id).await?;
+
+    env.capture(&paid_first.id).await?;
+    env.capture(&paid_first.id).await?; // a second delivery with a new id
+    env.reserve(&paid_first.id, 900).await?;
+
+    for order in [&reserved_first, &paid_first] {
+        let confirmed = env.order.wait_for_status(&order.id, pb::OrderStatus::Confirmed).await?;
+        assert_eq!(confirmed.reservation_id, format!("res-{}", order.id));
+        assert_eq!(confirmed.payment_id, format!("pay-{}", order.id));
+    }
+    env.reserve(&paid_first.id, 900).await?; // late duplicate
+    for order in [&reserved_first, &paid_first] {
+        env.wait_for_events::<ev::OrderConfirmed>(&order.id, 1).await?;
+    }
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stock_rejects_and_a_declined_payment_fails_the_order() -> anyhow::Result<()> {
+    let env = env().await?;
+    let rejected = env.place("u3", "a", &[("apple", 1)]).await?;
+    let declined = env.place("u3", "b", &[("apple", 1)]).await?;
+    publish(
+        &env.prefix,
+        &ev::StockReservationFailed {
+            order_id: rejected.id.clone(),
+            shortfalls: vec![],
+            occurred_at: Some(timestamp_in(0)),
+        },
+    )
+    .await?;
+    env.reserve(&declined.id, 900).await?;
+    publish(
+        &env.prefix,
+        &ev::PaymentFailed {
+            order_id: declined.id.clone(),
+            reason: ev::payment_failed::Reason::Declined.into(),
+            detail: "card declined".to_owned(),
+            occurred_at: Some(timestamp_in(0)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    env.order.wait_for_status(&rejected.id, pb::OrderStatus::Rejected).await?;
+    let failed = env.order.wait_for_status(&declined.id, pb::OrderStatus::Failed).await?;
+    assert!(failed.failure_reason.contains("card declined"), "{}", failed.failure_reason);
+    env.wait_for_events::<ev::OrderRejected>(&rejected.id, 1).await?;
+    env.wait_for_events::<ev::OrderFailed>(&declined.id, 1).await?;
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_reservation_fails_the_order_and_a_late_payment_changes_nothing() -> anyhow::Result<()> {
+    let env = env().await?;
+    let order = env.place("u4", "a", &[("apple", 1)]).await?;
+    env.reserve(&order.id, 1).await?;
+    let failed = env.order.wait_for_status(&order.id, pb::OrderStatus::Failed).await?;
+    assert!(failed.failure_reason.contains("expired"), "{}", failed.failure_reason);
+    env.capture(&order.id).await?;
+    let late = eventually("the late payment to be recorded", || async {
+        let order = env.order.get(&order.id).await?;
+        Ok((!order.payment_id.is_empty()).then_some(order))
+    })
+    .await?;
+    assert_eq!(late.status(), pb::OrderStatus::Failed, "a late capture does not revive the order");
+    env.wait_for_events::<ev::OrderFailed>(&order.id, 1).await?;
+    assert_eq!(count_events::<ev::OrderConfirmed>(&env.prefix, &order.id).await?, 0);
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_is_allowed_until_shipment_and_orders_list_page_by_page() -> anyhow::Result<()> {
+    let env = env().await?;
+    let pending = env.place("u5", "a", &[("apple", 1)]).await?;
+    let shipped = env.place("u5", "b", &[("apple", 1)]).await?;
+    let _third = env.place("u5", "c", &[("pear", 1)]).await?;
+    let mut client = env.order.client.clone();
+
+    let denied = client
+        .cancel_order(pb::CancelOrderRequest {
+            id: pending.id.clone(),
+            reason: "x".to_owned(),
+            user_id: "intruder".to_owned(),
+        })
+        .await
+        .expect_err("not theirs");
+    assert_eq!(denied.code(), tonic::Code::NotFound);
+    for _ in 0..2 {
+        let cancelled = client
+            .cancel_order(pb::CancelOrderRequest {
+                id: pending.id.clone(),
+                reason: "changed my mind".to_owned(),
+                user_id: "u5".to_owned(),
+            })
+            .await?
+            .into_inner()
+            .order
+            .expect("order");
+        assert_eq!(cancelled.status(), pb::OrderStatus::Cancelled, "cancelling twice is idempotent");
+    }
+    env.wait_for_events::<ev::OrderCancelled>(&pending.id, 1).await?;
+
+    env.reserve(&shipped.id, 900).await?;
+    env.capture(&shipped.id).await?;
+    env.order.wait_for_status(&shipped.id, pb::OrderStatus::Confirmed).await?;
+    let mut moving = ev::ShipmentStatusChanged {
+        shipment_id: "ship-1".to_owned(),
+        order_id: shipped.id.clone(),
+        user_id: "u5".to_owned(),
+        occurred_at: Some(timestamp_in(0)),
+        ..Default::default()
+    };
+    moving.set_status(ev::ShipmentStatus::PickedUp);
+    publish(&env.prefix, &moving).await?;
+    env.order.wait_for_status(&shipped.id, pb::OrderStatus::Shipped).await?;
+    let refused = client
+        .cancel_order(pb::CancelOrderRequest {
+            id: shipped.id.clone(),
+            reason: "late".to_owned(),
+            user_id: String::new(),
+        })
+        .await
+        .expect_err("shipped");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    publish(
+        &env.prefix,
+        &ev::ShipmentDelivered {
+            shipment_id: "ship-1".to_owned(),
+            order_id: shipped.id.clone(),
+            user_id: "u5".to_owned(),
+            occurred_at: Some(timestamp_in(0)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let delivered = env.order.wait_for_status(&shipped.id, pb::OrderStatus::Delivered).await?;
+    assert_eq!(delivered.shipment_id, "ship-1");
+    env.wait_for_events::<ev::OrderDelivered>(&shipped.id, 1).await?;
+
+    let first = client
+        .list_orders(pb::ListOrdersRequest { user_id: "u5".to_owned(), page_size: 2, ..Default::default() })
+        .await?
+        .into_inner();
+    assert_eq!(first.total_size, 3);
+    assert_eq!(first.orders.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let second = client
+        .list_orders(pb::ListOrdersRequest {
+            user_id: "u5".to_owned(),
+            page_size: 2,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(second.orders.len(), 1);
+    assert!(second.next_page_token.is_empty());
+    let mut ids: Vec<String> =
+        first.orders.iter().chain(&second.orders).map(|order| order.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "pages do not overlap");
+    let others = client
+        .list_orders(pb::ListOrdersRequest { user_id: "someone-else".to_owned(), ..Default::default() })
+        .await?
+        .into_inner();
+    assert_eq!(others.total_size, 0, "a user sees only their own orders");
+    env.stop().await
+}

@@ -1,0 +1,177 @@
+//! The payment worker against a real Postgres: a crash between the provider's
+//! answer and the commit never charges twice, a dead order's pending payment
+//! is never charged, and a captured one is refunded once.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use commerce_payment::domain::PaymentStatus;
+use commerce_payment::provider::{
+    ChargeOutcome, ChargeRequest, MockProvider, MockSettings, PaymentProvider, ProviderBreaker,
+    ProviderError, RefundRequest,
+};
+use commerce_payment::worker::{Worker, WorkerSettings};
+use commerce_payment::{events, store};
+use sqlx::postgres::PgPool;
+use support::TestDatabase;
+
+/// Forwards to the mock, then "crashes" once after the provider took the
+/// money: the worker sees an error and its transaction rolls back, as if
+/// the process died between the provider call and the commit.
+struct CrashAfterFirstCharge {
+    inner: Arc<MockProvider>,
+    crashed: AtomicBool,
+}
+
+#[async_trait]
+impl PaymentProvider for CrashAfterFirstCharge {
+    fn name(&self) -> &'static str {
+        "mock"
+    }
+
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
+        let outcome = self.inner.charge(request).await?;
+        if !self.crashed.swap(true, Ordering::SeqCst) {
+            return Err(ProviderError::Unavailable("crashed after the provider answered".to_owned()));
+        }
+        Ok(outcome)
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<String, ProviderError> {
+        self.inner.refund(request).await
+    }
+}
+
+async fn database() -> anyhow::Result<(TestDatabase, PgPool)> {
+    let database = TestDatabase::create("payment").await?;
+    let pool = database.pool().await?;
+    commerce_platform::db::run_migrations(&pool, &commerce_payment::MIGRATOR).await?;
+    Ok((database, pool))
+}
+
+fn worker(pool: &PgPool, provider: Arc<dyn PaymentProvider>) -> Worker {
+    let settings = WorkerSettings {
+        poll_interval: Duration::from_millis(10),
+        retry_base: Duration::ZERO,
+        retry_cap: Duration::ZERO,
+    };
+    Worker::new(pool.clone(), provider, ProviderBreaker::new(100, Duration::from_secs(1)), settings)
+}
+
+async fn intent_and_stock(pool: &PgPool, order_id: &str, token: &str) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    // Stock first, intent second: the arrival order does not matter.
+    store::record_stock_reserved(&mut tx, order_id).await?;
+    store::record_intent(&mut tx, order_id, "user-1", "EUR", 1234, token).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn payment(pool: &PgPool, order_id: &str) -> anyhow::Result<store::Payment> {
+    let mut conn = pool.acquire().await?;
+    Ok(store::find(&mut conn, None, Some(order_id)).await?.expect("a payment"))
+}
+
+async fn outbox_count(pool: &PgPool, event_type: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM commerce_platform.outbox WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_one(pool)
+        .await?)
+}
+
+#[tokio::test]
+async fn a_crash_after_the_provider_call_never_charges_the_order_twice() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let provider = Arc::new(CrashAfterFirstCharge { inner: mock.clone(), crashed: AtomicBool::new(false) });
+    let worker = worker(&pool, provider);
+    intent_and_stock(&pool, "order-crash", "tok_ok").await?;
+
+    assert!(worker.charge_next().await?, "the first attempt ran");
+    assert_eq!(payment(&pool, "order-crash").await?.status, PaymentStatus::Pending, "the outcome was lost");
+    assert_eq!(mock.charges_taken_for("order-crash"), 1, "but the provider took the money");
+
+    assert!(worker.charge_next().await?, "the retry ran");
+    let captured = payment(&pool, "order-crash").await?;
+    assert_eq!(captured.status, PaymentStatus::Captured);
+    assert_eq!(captured.provider_reference, "mock_ch_order-crash", "the first capture, returned again");
+    assert_eq!(mock.state().charges_taken, 1, "money was taken once");
+    assert_eq!(outbox_count(&pool, "commerce.events.v1.PaymentCaptured").await?, 1);
+    assert!(!worker.charge_next().await?, "nothing left to charge");
+
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_payment_is_charged_only_when_intent_and_stock_are_both_in() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let worker = worker(&pool, mock.clone());
+    let mut tx = pool.begin().await?;
+    store::record_intent(&mut tx, "order-half", "user-1", "EUR", 100, "tok_ok").await?;
+    tx.commit().await?;
+    assert!(!worker.charge_next().await?, "no stock yet: nothing is due");
+    let mut tx = pool.begin().await?;
+    store::record_stock_reserved(&mut tx, "order-half").await?;
+    store::record_stock_reserved(&mut tx, "order-half").await?;
+    tx.commit().await?;
+    assert!(worker.charge_next().await?);
+    assert_eq!(payment(&pool, "order-half").await?.status, PaymentStatus::Captured);
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_dead_orders_pending_payment_is_cancelled_and_never_charged() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock =
+        Arc::new(MockProvider::new(MockSettings { start_unavailable: true, ..MockSettings::default() }));
+    let worker = worker(&pool, mock.clone());
+    intent_and_stock(&pool, "order-dead", "tok_ok").await?;
+    worker.charge_next().await?; // provider away: stays pending
+
+    let mut tx = pool.begin().await?;
+    events::order_died(&mut tx, "order-dead", "order failed").await?;
+    tx.commit().await?;
+    assert_eq!(payment(&pool, "order-dead").await?.status, PaymentStatus::Cancelled);
+
+    mock.set_available(true);
+    assert!(!worker.charge_next().await?, "a cancelled payment is never due");
+    assert_eq!(mock.state().charges_taken, 0);
+    assert_eq!(outbox_count(&pool, "commerce.events.v1.PaymentCaptured").await?, 0);
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_dead_orders_captured_payment_is_refunded_once_even_if_told_twice() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let worker = worker(&pool, mock.clone());
+    intent_and_stock(&pool, "order-refund", "tok_ok").await?;
+    worker.charge_next().await?;
+
+    for _ in 0..2 {
+        let mut tx = pool.begin().await?;
+        events::order_died(&mut tx, "order-refund", "order cancelled").await?;
+        tx.commit().await?;
+    }
+    assert!(worker.refund_next().await?);
+    assert!(!worker.refund_next().await?, "one refund only");
+    let refunded = payment(&pool, "order-refund").await?;
+    assert_eq!(refunded.status, PaymentStatus::Refunded);
+    assert_eq!(refunded.refunded, 1234);
+    assert_eq!(outbox_count(&pool, "commerce.events.v1.PaymentRefunded").await?, 1);
+
+    let mut tx = pool.begin().await?;
+    events::order_died(&mut tx, "order-refund", "order cancelled").await?;
+    tx.commit().await?;
+    assert!(!worker.refund_next().await?, "a refunded payment is not refunded again");
+    pool.close().await;
+    database.drop_database().await
+}
