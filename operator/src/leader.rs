@@ -64,7 +64,9 @@ impl Elector {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Leading),
                 // Another candidate created it first.
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::Following { holder: "another candidate".into() }),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    Ok(Attempt::Following { holder: "another candidate".into() })
+                }
                 Err(source) => Err(lease_error(source)),
             };
         };
@@ -118,7 +120,9 @@ impl Elector {
                         last_holder = holder;
                     }
                 }
-                Err(error) => warn!(lease = %self.name, error = %crate::reconcile::error_chain(&error), "leader election failed"),
+                Err(error) => {
+                    warn!(lease = %self.name, error = %crate::reconcile::error_chain(&error), "leader election failed")
+                }
             }
             tokio::time::sleep(RENEW_EVERY).await;
         }

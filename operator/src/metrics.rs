@@ -53,8 +53,9 @@ impl Default for Metrics {
     fn default() -> Self {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
-        let durations =
-            Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let durations = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
         let mut registry = Registry::with_prefix("commerce_operator");
         registry.register("reconciles", "Reconciles by resource kind and result", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles by resource kind and error", errors.clone());
@@ -94,8 +95,17 @@ mod tests {
         metrics.observe("CommerceStack", Duration::from_millis(30), None);
         metrics.observe("CommerceStack", Duration::from_millis(30), Some("apply"));
         let text = metrics.encode();
-        assert!(text.contains(r#"commerce_operator_reconciles_total{kind="CommerceStack",result="success"} 1"#), "{text}");
-        assert!(text.contains(r#"commerce_operator_reconcile_errors_total{kind="CommerceStack",error="apply"} 1"#));
-        assert!(text.contains(r#"commerce_operator_reconcile_duration_seconds_count{kind="CommerceStack"} 2"#));
+        assert!(
+            text.contains(r#"commerce_operator_reconciles_total{kind="CommerceStack",result="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"commerce_operator_reconcile_errors_total{kind="CommerceStack",error="apply"} 1"#
+            )
+        );
+        assert!(
+            text.contains(r#"commerce_operator_reconcile_duration_seconds_count{kind="CommerceStack"} 2"#)
+        );
     }
 }

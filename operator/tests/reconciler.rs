@@ -7,11 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use commerce_api::CommerceStack;
-use commerce_api::crd::stack::{CONDITION_DEGRADED, CONDITION_PROGRESSING};
+use commerce_api::catalog::all_topics;
+use commerce_api::crd::stack::{CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, TopicStatus};
 use commerce_operator::Error;
 use commerce_operator::build::{self, names};
+use commerce_operator::external::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
 use commerce_operator::metrics::Metrics;
-use commerce_operator::reconcile::{Context, backoff::Backoffs, error_policy, reconcile, reconcile_stack};
+use commerce_operator::reconcile::{
+    Context, FINALIZER, backoff::Backoffs, error_policy, reconcile, reconcile_stack,
+};
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
@@ -73,6 +77,22 @@ fn matches_selector(object: &Value, selector: &str) -> bool {
     })
 }
 
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -108,7 +128,9 @@ impl FakeApi {
                 let selector = query_param(&parts.uri, "labelSelector").unwrap_or_default();
                 let items: Vec<Value> = objects
                     .iter()
-                    .filter(|((p, ns, _), object)| *p == plural && *ns == namespace && matches_selector(object, &selector))
+                    .filter(|((p, ns, _), object)| {
+                        *p == plural && *ns == namespace && matches_selector(object, &selector)
+                    })
                     .map(|(_, object)| object.clone())
                     .collect();
                 json_response(
@@ -124,6 +146,28 @@ impl FakeApi {
                 let patch: Value = serde_json::from_slice(&body).unwrap();
                 let key = (plural, namespace, name);
                 let version = self.next_version();
+                let is_merge =
+                    parts.headers.get("content-type").is_some_and(|v| v == "application/merge-patch+json");
+                if is_merge {
+                    let Some(object) = objects.get_mut(&key) else {
+                        return status_response(404, "NotFound", "not found");
+                    };
+                    let expected = &patch["metadata"]["resourceVersion"];
+                    if !expected.is_null() && *expected != object["metadata"]["resourceVersion"] {
+                        return status_response(409, "Conflict", "the object has been modified");
+                    }
+                    merge(object, &patch);
+                    object["metadata"]["resourceVersion"] = json!(version);
+                    let object = object.clone();
+                    // The apiserver removes an object being deleted once
+                    // its last finalizer is gone.
+                    let finalizers_gone =
+                        object["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+                    if !object["metadata"]["deletionTimestamp"].is_null() && finalizers_gone {
+                        objects.remove(&key);
+                    }
+                    return json_response(StatusCode::OK, &object);
+                }
                 if subresource.as_deref() == Some("status") {
                     let Some(object) = objects.get_mut(&key) else {
                         return status_response(404, "NotFound", "not found");
@@ -133,7 +177,10 @@ impl FakeApi {
                     return json_response(StatusCode::OK, object);
                 }
                 let mut object = patch;
-                let uid = objects.get(&key).map(|o| o["metadata"]["uid"].clone()).unwrap_or(json!(format!("uid-{version}")));
+                let uid = objects
+                    .get(&key)
+                    .map(|o| o["metadata"]["uid"].clone())
+                    .unwrap_or(json!(format!("uid-{version}")));
                 object["metadata"]["uid"] = uid;
                 object["metadata"]["resourceVersion"] = json!(version);
                 objects.insert(key, object.clone());
@@ -193,8 +240,62 @@ impl FakeApi {
     }
 }
 
+/// Records what the reconciler asked of Kafka and Postgres, and fails on
+/// request.
+#[derive(Default)]
+struct FakeExternal {
+    calls: Mutex<Vec<String>>,
+    failing: Mutex<bool>,
+}
+
+impl FakeExternal {
+    fn record(&self, call: String) -> Result<(), Error> {
+        self.calls.lock().unwrap().push(call);
+        if *self.failing.lock().unwrap() {
+            return Err(Error::EnsureTopics {
+                source: commerce_platform::events::TopicAdminError::FetchMetadata(
+                    rdkafka::error::KafkaError::Canceled,
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl ExternalState for FakeExternal {
+    async fn ensure_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<Vec<TopicStatus>, Error> {
+        self.record(format!("ensure {} topics at {brokers}", topics.len()))?;
+        Ok(topics.iter().map(|t| TopicStatus { name: t.name.clone(), partitions: t.partitions }).collect())
+    }
+
+    async fn ensure_databases(
+        &self,
+        server: &PostgresServer,
+        databases: &[DatabasePlan],
+    ) -> Result<(), Error> {
+        self.record(format!("ensure {} databases at {} as {}", databases.len(), server.host, server.user))
+    }
+
+    async fn drop_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error> {
+        self.record(format!("drop {} databases at {}", databases.len(), server.host))
+    }
+
+    async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error> {
+        self.record(format!("delete {} topics at {brokers}", topics.len()))
+    }
+}
+
 /// A context whose client talks to `fake`.
 fn context(fake: &Arc<FakeApi>) -> Arc<Context> {
+    context_with(fake, Arc::new(FakeExternal::default()))
+}
+
+fn context_with(fake: &Arc<FakeApi>, external: Arc<FakeExternal>) -> Arc<Context> {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = fake.clone();
     tokio::spawn(async move {
@@ -209,6 +310,7 @@ fn context(fake: &Arc<FakeApi>) -> Arc<Context> {
         client,
         backoffs: Backoffs::default(),
         metrics: Arc::new(Metrics::default()),
+        external,
     })
 }
 
@@ -227,11 +329,23 @@ fn stored_stack(edit: impl FnOnce(&mut Value)) -> Value {
 fn cluster_with(edit: impl FnOnce(&mut Value)) -> Arc<FakeApi> {
     let fake = Arc::new(FakeApi::default());
     fake.put("commercestacks", stored_stack(edit));
+    // The external Postgres' admin, as the example's comment creates it.
+    fake.put(
+        "secrets",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "postgres-admin", "namespace": "shop"},
+            "data": {"username": "Y29tbWVyY2VfYWRtaW4=", "password": "c2VjcmV0"},
+        }),
+    );
     fake
 }
 
 fn writes(seen: &[Seen]) -> Vec<String> {
-    seen.iter().filter(|s| s.is_write()).map(|s| format!("{} {}/{}", s.method, s.plural, s.name.as_deref().unwrap_or("-"))).collect()
+    seen.iter()
+        .filter(|s| s.is_write())
+        .map(|s| format!("{} {}/{}", s.method, s.plural, s.name.as_deref().unwrap_or("-")))
+        .collect()
 }
 
 fn object_writes(seen: &[Seen]) -> Vec<&Seen> {
@@ -259,17 +373,105 @@ async fn a_new_stack_gets_every_object_applied_owned_and_a_status() {
     assert_eq!(applied.len(), expected.len(), "{:#?}", writes(&seen));
     for request in &applied {
         assert_eq!(request.method, Method::PATCH);
-        assert!(request.uri.contains("fieldManager=commerce-operator") && request.uri.contains("force=true"), "{}", request.uri);
+        assert!(
+            request.uri.contains("fieldManager=commerce-operator") && request.uri.contains("force=true"),
+            "{}",
+            request.uri
+        );
     }
-    for object in fake.objects.lock().unwrap().values().filter(|o| o["kind"] != "CommerceStack") {
+    let owned = |o: &&Value| o["metadata"]["labels"][names::MANAGED_BY_LABEL] == names::MANAGER;
+    for object in fake.objects.lock().unwrap().values().filter(owned) {
         assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], UID, "{}", object["metadata"]["name"]);
     }
-    let status_writes: Vec<&Seen> = seen.iter().filter(|s| s.plural == "commercestacks" && s.is_write()).collect();
+    let status_writes: Vec<&Seen> =
+        seen.iter().filter(|s| s.plural == "commercestacks" && s.is_write()).collect();
     assert_eq!(status_writes.len(), 1);
     assert!(status_writes[0].uri.contains("/status"));
     assert_eq!(condition(&stack, CONDITION_PROGRESSING), ("True".into(), "Applied".into()));
     assert_eq!(stack.status.unwrap().ready_services.as_deref(), Some("0/9"));
     assert!(seen.iter().any(|s| s.plural == "events" && s.method == Method::POST), "an Applied event");
+    assert!(stack.metadata.finalizers.is_none(), "deletionPolicy Retain needs no finalizer");
+}
+
+#[tokio::test]
+async fn topics_and_databases_are_ensured_and_shown_in_the_status() {
+    let fake = cluster_with(|_| {});
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(
+        external.take_calls(),
+        [
+            format!("ensure {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len()),
+            "ensure 7 databases at postgres.infra.svc as commerce_admin".to_owned(),
+        ]
+    );
+    let status = fake.stack().status.unwrap();
+    assert_eq!(status.topics.len(), all_topics().len());
+    let order = status.databases.iter().find(|d| d.service == "order").unwrap();
+    assert_eq!((order.name.as_str(), order.secret_name.as_str()), ("shop_order", "shop-db-order"));
+}
+
+#[tokio::test]
+async fn a_broken_broker_does_not_hold_back_the_deployments() {
+    let fake = cluster_with(|_| {});
+    let external = Arc::new(FakeExternal::default());
+    *external.failing.lock().unwrap() = true;
+    let ctx = context_with(&fake, external);
+    let error = reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
+    assert!(matches!(error, Error::EnsureTopics { .. }), "{error}");
+    assert!(fake.get("deployments", "shop-order").is_some(), "the Deployments were applied first");
+    let stack = fake.stack();
+    assert_eq!(condition(&stack, CONDITION_DEGRADED), ("True".into(), "ReconcileFailed".into()));
+    assert_eq!(condition(&stack, CONDITION_READY).1, "ServicesUnavailable");
+}
+
+#[tokio::test]
+async fn a_delete_policy_adds_a_finalizer_that_cleans_up_and_lets_the_stack_go() {
+    let fake = cluster_with(|stack| stack["spec"]["deletionPolicy"] = json!("Delete"));
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(fake.stack().metadata.finalizers, Some(vec![FINALIZER.to_owned()]));
+    external.take_calls();
+
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z")
+    });
+    fake.take_seen();
+    // Deleted long ago: still, a cleanup that works is done, not skipped.
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(
+        external.take_calls(),
+        [
+            "drop 7 databases at postgres.infra.svc".to_owned(),
+            format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len()),
+        ]
+    );
+    assert!(fake.get("commercestacks", "shop").is_none(), "the finalizer was removed and the stack is gone");
+}
+
+#[tokio::test]
+async fn a_cleanup_that_keeps_failing_blocks_deletion_only_for_the_grace_period() {
+    let fake = cluster_with(|stack| stack["spec"]["deletionPolicy"] = json!("Delete"));
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    *external.failing.lock().unwrap() = true;
+
+    let just_now = k8s_openapi::jiff::Timestamp::now().to_string();
+    fake.edit("commercestacks", "shop", |stack| stack["metadata"]["deletionTimestamp"] = json!(just_now));
+    let error = reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
+    assert!(matches!(error, Error::CleanUp { .. }), "{error}");
+    assert!(fake.get("commercestacks", "shop").is_some(), "within the grace period the stack waits");
+
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z")
+    });
+    fake.take_seen();
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert!(fake.get("commercestacks", "shop").is_none(), "after the grace period the finalizer goes");
+    assert!(fake.take_seen().iter().any(|s| s.plural == "events"), "a Warning event names what was left");
 }
 
 #[tokio::test]
@@ -294,7 +496,8 @@ async fn generated_passwords_survive_reconciles_and_a_deleted_secret_is_regenera
     let fake = cluster_with(|_| {});
     let ctx = context(&fake);
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();
-    let password = |fake: &FakeApi| fake.get("secrets", "shop-db-order").map(|s| s["data"]["password"].clone());
+    let password =
+        |fake: &FakeApi| fake.get("secrets", "shop-db-order").map(|s| s["data"]["password"].clone());
     let first = password(&fake).unwrap();
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();
     assert_eq!(password(&fake).unwrap(), first);
@@ -304,7 +507,8 @@ async fn generated_passwords_survive_reconciles_and_a_deleted_secret_is_regenera
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();
     let regenerated = password(&fake).unwrap();
     assert_ne!(regenerated, first);
-    let applied: Vec<String> = writes(&fake.take_seen()).into_iter().filter(|w| !w.contains("events")).collect();
+    let applied: Vec<String> =
+        writes(&fake.take_seen()).into_iter().filter(|w| !w.contains("events")).collect();
     // The new Secret, and the order Deployment whose config hash covers it.
     assert!(applied.contains(&"PATCH secrets/shop-db-order".to_owned()), "{applied:?}");
     assert!(applied.contains(&"PATCH deployments/shop-order".to_owned()), "{applied:?}");
@@ -321,7 +525,10 @@ async fn drift_of_an_owned_object_is_corrected_and_nothing_else_is_touched() {
 
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();
     let seen = fake.take_seen();
-    let applied: Vec<String> = object_writes(&seen).iter().map(|s| format!("{} {}/{}", s.method, s.plural, s.name.as_deref().unwrap())).collect();
+    let applied: Vec<String> = object_writes(&seen)
+        .iter()
+        .map(|s| format!("{} {}/{}", s.method, s.plural, s.name.as_deref().unwrap()))
+        .collect();
     assert_eq!(applied, ["PATCH deployments/shop-cart"]);
     assert_eq!(fake.get("deployments", "shop-cart").unwrap()["spec"]["replicas"], 1);
 }
@@ -365,7 +572,9 @@ async fn disabling_a_service_prunes_only_its_objects() {
     );
     assert!(fake.get("configmaps", "adopted-by-hand").is_some());
     // The gateway no longer calls notification: its peers changed.
-    assert!(seen.iter().any(|s| s.method == Method::PATCH && s.plural == "configmaps" && s.name.as_deref() == Some("shop-gateway")));
+    assert!(seen.iter().any(|s| s.method == Method::PATCH
+        && s.plural == "configmaps"
+        && s.name.as_deref() == Some("shop-gateway")));
 }
 
 #[tokio::test]
@@ -409,7 +618,11 @@ async fn a_failing_apply_backs_off_longer_each_time_and_shows_in_the_status() {
     assert_eq!(condition(&fake.stack(), CONDITION_DEGRADED), ("False".into(), "AsExpected".into()));
     let guard = Arc::new(DeserializeGuard(Ok(fake.stack())));
     let error = Error::InvalidStack { name: "shop".into(), problems: vec![] };
-    assert_eq!(error_policy(guard, &error, ctx.clone()), Action::requeue(std::time::Duration::from_secs(5)), "a success starts over");
+    assert_eq!(
+        error_policy(guard, &error, ctx.clone()),
+        Action::requeue(std::time::Duration::from_secs(5)),
+        "a success starts over"
+    );
 }
 
 #[tokio::test]

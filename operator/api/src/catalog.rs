@@ -323,14 +323,8 @@ impl std::error::Error for UnknownService {}
 
 impl Topic {
     /// Every domain topic.
-    pub const ALL: [Topic; 6] = [
-        Topic::Orders,
-        Topic::Inventory,
-        Topic::Payments,
-        Topic::Shipments,
-        Topic::Users,
-        Topic::Catalog,
-    ];
+    pub const ALL: [Topic; 6] =
+        [Topic::Orders, Topic::Inventory, Topic::Payments, Topic::Shipments, Topic::Users, Topic::Catalog];
 
     /// Layout of the topic.
     pub const fn spec(self) -> TopicSpec {

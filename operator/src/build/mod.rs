@@ -122,7 +122,12 @@ pub fn build(
             desired.object.metadata.owner_references = Some(vec![owner.clone()]);
         }
         let hash = hash_object(&desired.object)?;
-        desired.object.metadata.annotations.get_or_insert_with(Default::default).insert(names::APPLIED_HASH_ANNOTATION.to_owned(), hash);
+        desired
+            .object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(names::APPLIED_HASH_ANNOTATION.to_owned(), hash);
     }
     Ok(objects)
 }

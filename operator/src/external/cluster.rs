@@ -13,9 +13,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use commerce_api::crd::stack::TopicStatus;
 use commerce_platform::events::{DesiredTopic, ensure_topics};
+use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -86,13 +86,18 @@ fn execute_formatted<'a>(
             query = query.bind(arg);
         }
         let fail = |source| Error::ManageDatabase { database: database.to_owned(), source };
-        let statement: String = query.fetch_one(&mut *connection).await.map_err(fail)?.try_get(0).map_err(fail)?;
+        let statement: String =
+            query.fetch_one(&mut *connection).await.map_err(fail)?.try_get(0).map_err(fail)?;
         sqlx::Executor::execute(&mut *connection, statement.as_str()).await.map_err(fail)?;
         Ok(())
     })
 }
 
-fn exists<'a>(connection: &'a mut PgConnection, sql: &'static str, name: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
+fn exists<'a>(
+    connection: &'a mut PgConnection,
+    sql: &'static str,
+    name: &'a str,
+) -> BoxFuture<'a, Result<bool, Error>> {
     Box::pin(async move {
         sqlx::query(sql)
             .bind(name.to_owned())
@@ -108,25 +113,45 @@ impl ExternalState for ClusterExternalState {
     async fn ensure_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<Vec<TopicStatus>, Error> {
         let desired: Vec<DesiredTopic> = topics
             .iter()
-            .map(|t| DesiredTopic { name: t.name.clone(), partitions: t.partitions, retention_ms: t.retention_ms })
+            .map(|t| DesiredTopic {
+                name: t.name.clone(),
+                partitions: t.partitions,
+                retention_ms: t.retention_ms,
+            })
             .collect();
-        let reports = ensure_topics(brokers, desired).await.map_err(|source| Error::EnsureTopics { source })?;
+        let reports =
+            ensure_topics(brokers, desired).await.map_err(|source| Error::EnsureTopics { source })?;
         Ok(reports.into_iter().map(|r| TopicStatus { name: r.name, partitions: r.partitions }).collect())
     }
 
-    async fn ensure_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error> {
+    async fn ensure_databases(
+        &self,
+        server: &PostgresServer,
+        databases: &[DatabasePlan],
+    ) -> Result<(), Error> {
         let mut connection = connect(server).await?;
         let server_key = format!("{}:{}", server.host, server.port);
         for database in databases {
             let name = database.name.as_str();
-            let password_key = (server_key.clone(), name.to_owned(), Sha256::digest(&database.password).into());
+            let password_key =
+                (server_key.clone(), name.to_owned(), Sha256::digest(&database.password).into());
             if !exists(&mut connection, "SELECT 1 FROM pg_roles WHERE rolname = $1", name).await? {
-                execute_formatted(&mut connection, "CREATE ROLE %I LOGIN PASSWORD %L", vec![name.to_owned(), database.password.clone()], name)
-                    .await?;
+                execute_formatted(
+                    &mut connection,
+                    "CREATE ROLE %I LOGIN PASSWORD %L",
+                    vec![name.to_owned(), database.password.clone()],
+                    name,
+                )
+                .await?;
                 self.remember_password(password_key);
             } else if !self.password_known(&password_key) {
-                execute_formatted(&mut connection, "ALTER ROLE %I WITH LOGIN PASSWORD %L", vec![name.to_owned(), database.password.clone()], name)
-                    .await?;
+                execute_formatted(
+                    &mut connection,
+                    "ALTER ROLE %I WITH LOGIN PASSWORD %L",
+                    vec![name.to_owned(), database.password.clone()],
+                    name,
+                )
+                .await?;
                 self.remember_password(password_key);
             }
             if !exists(&mut connection, "SELECT 1 FROM pg_database WHERE datname = $1", name).await? {
@@ -134,9 +159,21 @@ impl ExternalState for ClusterExternalState {
                 // of the owner role, unless it is a superuser.
                 let member = "SELECT 1 WHERE pg_has_role(current_user, $1, 'MEMBER')";
                 if !exists(&mut connection, member, name).await? {
-                    execute_formatted(&mut connection, "GRANT %I TO CURRENT_USER", vec![name.to_owned()], name).await?;
+                    execute_formatted(
+                        &mut connection,
+                        "GRANT %I TO CURRENT_USER",
+                        vec![name.to_owned()],
+                        name,
+                    )
+                    .await?;
                 }
-                execute_formatted(&mut connection, "CREATE DATABASE %I OWNER %I", vec![name.to_owned(), name.to_owned()], name).await?;
+                execute_formatted(
+                    &mut connection,
+                    "CREATE DATABASE %I OWNER %I",
+                    vec![name.to_owned(), name.to_owned()],
+                    name,
+                )
+                .await?;
             }
         }
         let _ = connection.close().await;
@@ -148,7 +185,13 @@ impl ExternalState for ClusterExternalState {
         for database in databases {
             let name = database.name.as_str();
             // FORCE ends the sessions of pods that are still shutting down.
-            execute_formatted(&mut connection, "DROP DATABASE IF EXISTS %I WITH (FORCE)", vec![name.to_owned()], name).await?;
+            execute_formatted(
+                &mut connection,
+                "DROP DATABASE IF EXISTS %I WITH (FORCE)",
+                vec![name.to_owned()],
+                name,
+            )
+            .await?;
             execute_formatted(&mut connection, "DROP ROLE IF EXISTS %I", vec![name.to_owned()], name).await?;
         }
         let _ = connection.close().await;
@@ -162,11 +205,14 @@ impl ExternalState for ClusterExternalState {
             .map_err(|source| Error::DeleteTopics { source })?;
         let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
         let options = AdminOptions::new().operation_timeout(Some(DELETE_TIMEOUT));
-        let results = admin.delete_topics(&names, &options).await.map_err(|source| Error::DeleteTopics { source })?;
+        let results =
+            admin.delete_topics(&names, &options).await.map_err(|source| Error::DeleteTopics { source })?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((_, code)) => return Err(Error::DeleteTopics { source: rdkafka::error::KafkaError::AdminOp(code) }),
+                Err((_, code)) => {
+                    return Err(Error::DeleteTopics { source: rdkafka::error::KafkaError::AdminOp(code) });
+                }
             }
         }
         Ok(())

@@ -25,7 +25,11 @@ pub trait ExternalState: Send + Sync {
 
     /// Creates each missing login role and database (owned by the role)
     /// and sets the role's password to the one in its Secret.
-    async fn ensure_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error>;
+    async fn ensure_databases(
+        &self,
+        server: &PostgresServer,
+        databases: &[DatabasePlan],
+    ) -> Result<(), Error>;
 
     /// Drops the databases and their roles (`deletionPolicy: Delete`).
     async fn drop_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error>;

@@ -33,7 +33,10 @@ pub struct DatabasePlan {
 
 impl std::fmt::Debug for DatabasePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabasePlan").field("service", &self.service).field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("DatabasePlan")
+            .field("service", &self.service)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +86,11 @@ pub fn topics(stack: &ValidStack<'_>) -> Vec<TopicPlan> {
                 })
                 .max()
                 .unwrap_or(0);
-            TopicPlan { name: spec.name.to_owned(), partitions: spec.partitions.max(widest_consumer), retention_ms: spec.retention_ms }
+            TopicPlan {
+                name: spec.name.to_owned(),
+                partitions: spec.partitions.max(widest_consumer),
+                retention_ms: spec.retention_ms,
+            }
         })
         .collect()
 }
@@ -126,7 +133,10 @@ mod tests {
 
     #[test]
     fn a_topic_has_at_least_as_many_partitions_as_its_widest_consumer_may_run() {
-        let mut stack = crate::build::parse_stack(include_str!("../../../manifests/examples/full.yaml").split("\n---\n").next().unwrap()).unwrap();
+        let mut stack = crate::build::parse_stack(
+            include_str!("../../../manifests/examples/full.yaml").split("\n---\n").next().unwrap(),
+        )
+        .unwrap();
         // Inventory (autoscaled to 8) consumes orders, which the catalog gives 6.
         stack.spec.services.get_mut("inventory").unwrap().autoscaling.as_mut().unwrap().max_replicas = 12;
         let valid = validate(&stack, "default").unwrap();
@@ -139,10 +149,22 @@ mod tests {
 
     #[test]
     fn every_enabled_service_with_a_database_gets_one_named_after_the_stack() {
-        let stack = crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
+        let stack =
+            crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
         let valid = validate(&stack, "default").unwrap();
         let plans = databases(&valid, &SecretValues::placeholders()).unwrap();
         let names: Vec<&str> = plans.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["shop_auth", "shop_catalog", "shop_inventory", "shop_order", "shop_payment", "shop_notification", "shop_shipping"]);
+        assert_eq!(
+            names,
+            [
+                "shop_auth",
+                "shop_catalog",
+                "shop_inventory",
+                "shop_order",
+                "shop_payment",
+                "shop_notification",
+                "shop_shipping"
+            ]
+        );
     }
 }

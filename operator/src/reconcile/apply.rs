@@ -110,7 +110,8 @@ pub fn prune_candidates<'a>(
     desired: &[DesiredObject],
     stack_uid: &str,
 ) -> Vec<(&'a ApiResource, &'a DynamicObject)> {
-    let wanted: BTreeSet<(&str, &str)> = desired.iter().map(|d| (d.resource.kind.as_str(), d.name())).collect();
+    let wanted: BTreeSet<(&str, &str)> =
+        desired.iter().map(|d| (d.resource.kind.as_str(), d.name())).collect();
     current
         .objects
         .iter()
@@ -120,7 +121,12 @@ pub fn prune_candidates<'a>(
         })
         .filter(|(_, object)| object.metadata.deletion_timestamp.is_none())
         .filter(|(_, object)| {
-            object.metadata.owner_references.iter().flatten().any(|owner| owner.uid == stack_uid && owner.controller == Some(true))
+            object
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|owner| owner.uid == stack_uid && owner.controller == Some(true))
         })
         .map(|(resource, object)| (resource, object))
         .collect()
@@ -128,7 +134,12 @@ pub fn prune_candidates<'a>(
 
 /// Deletes one object no longer desired; its dependents go in the
 /// background (a Deployment's ReplicaSets and pods).
-pub async fn delete(client: &Client, namespace: &str, resource: &ApiResource, name: &str) -> Result<(), Error> {
+pub async fn delete(
+    client: &Client,
+    namespace: &str,
+    resource: &ApiResource,
+    name: &str,
+) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),

@@ -19,14 +19,13 @@ use serde_json::Value;
 pub fn is_subset(want: &Value, have: &Value) -> bool {
     match (want, have) {
         (Value::Null, _) => true,
-        (Value::Object(want), Value::Object(have)) => {
-            want.iter().all(|(key, value)| match have.get(key) {
-                Some(current) => is_subset(value, current),
-                None => value.is_null() || is_empty_collection(value),
-            })
-        }
+        (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
+            Some(current) => is_subset(value, current),
+            None => value.is_null() || is_empty_collection(value),
+        }),
         (Value::Array(want), Value::Array(have)) => {
-            if want.iter().all(|item| item.get("name").and_then(Value::as_str).is_some()) && !want.is_empty() {
+            if want.iter().all(|item| item.get("name").and_then(Value::as_str).is_some()) && !want.is_empty()
+            {
                 want.iter().all(|item| {
                     let name = item.get("name");
                     have.iter().any(|current| current.get("name") == name && is_subset(item, current))
@@ -73,7 +72,8 @@ pub fn quantity(text: &str) -> Option<f64> {
         ("E", 1e18),
     ];
     let text = text.trim();
-    let starts_like_a_number = text.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-');
+    let starts_like_a_number =
+        text.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-');
     if !starts_like_a_number {
         return None;
     }

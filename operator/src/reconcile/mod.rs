@@ -83,7 +83,10 @@ impl std::fmt::Debug for Context {
 /// The controller's entry point. A resource that does not deserialize (a
 /// stored object older than the CRD, a field of the wrong type) is reported
 /// and skipped; it does not stop the controller.
-pub async fn reconcile(guard: Arc<DeserializeGuard<CommerceStack>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<CommerceStack>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     match &guard.0 {
         Ok(stack) => reconcile_stack(stack, &ctx).await,
         Err(invalid) => {
@@ -165,7 +168,8 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
         Err(Error::InvalidStack { problems, .. }) => {
             let changed = write_status(ctx, stack, status::invalid(stack, &problems, now)).await?;
             if changed {
-                publish(ctx, &stack.object_ref(&()), EventType::Warning, "InvalidSpec", problems.join("; ")).await;
+                publish(ctx, &stack.object_ref(&()), EventType::Warning, "InvalidSpec", problems.join("; "))
+                    .await;
             }
             // Retrying cannot help; a change of the spec triggers a reconcile.
             return Ok(Action::await_change());
@@ -241,7 +245,8 @@ async fn ensure_external(
     if valid.kafka.is_managed() && !ready(Component::Kafka) {
         outcome.waiting_for.push("Kafka".into());
     } else {
-        outcome.topics = Some(ctx.external.ensure_topics(&endpoints.kafka_brokers, &plan::topics(valid)).await?);
+        outcome.topics =
+            Some(ctx.external.ensure_topics(&endpoints.kafka_brokers, &plan::topics(valid)).await?);
     }
     if valid.postgres.is_managed() && !ready(Component::Postgres) {
         outcome.waiting_for.push("Postgres".into());
@@ -305,15 +310,16 @@ fn has_finalizer(stack: &CommerceStack) -> bool {
 /// resourceVersion, so a concurrent change of the finalizers (by another
 /// controller) fails it instead of being overwritten.
 async fn set_finalizer(ctx: &Context, stack: &CommerceStack, present: bool) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = stack.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let mut finalizers: Vec<String> =
+        stack.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     if present {
         finalizers.push(FINALIZER.to_owned());
     }
     let api: Api<CommerceStack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": stack.resource_version()}});
-    api.patch(&stack.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| Error::PatchFinalizers { object: format!("CommerceStack/{}", stack.name_any()), source })?;
+    api.patch(&stack.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|source| {
+        Error::PatchFinalizers { object: format!("CommerceStack/{}", stack.name_any()), source }
+    })?;
     Ok(())
 }
 
@@ -327,8 +333,14 @@ async fn finalize(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Resu
     };
     match outcome {
         Ok(()) => {
-            publish(ctx, &reference, EventType::Normal, "CleanedUp", "dropped the stack's topics and databases".into())
-                .await;
+            publish(
+                ctx,
+                &reference,
+                EventType::Normal,
+                "CleanedUp",
+                "dropped the stack's topics and databases".into(),
+            )
+            .await;
         }
         Err(reason) => {
             let deleted = stack.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or(now().0);
@@ -336,7 +348,10 @@ async fn finalize(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Resu
             if !stack.spec.paused && waited < CLEANUP_GRACE {
                 return Err(Error::CleanUp { reason });
             }
-            let note = format!("gave up cleaning up after {}s; topics and databases may remain: {reason}", waited.as_secs());
+            let note = format!(
+                "gave up cleaning up after {}s; topics and databases may remain: {reason}",
+                waited.as_secs()
+            );
             publish(ctx, &reference, EventType::Warning, "CleanupAbandoned", note).await;
         }
     }
@@ -400,7 +415,11 @@ async fn list_policies(client: &Client, namespace: &str) -> Result<Vec<RateLimit
 
 /// Writes the stack's status if it differs from the stored one; returns
 /// whether it wrote.
-async fn write_status(ctx: &Context, stack: &CommerceStack, status: CommerceStackStatus) -> Result<bool, Error> {
+async fn write_status(
+    ctx: &Context,
+    stack: &CommerceStack,
+    status: CommerceStackStatus,
+) -> Result<bool, Error> {
     if stack.status.as_ref() == Some(&status) {
         return Ok(false);
     }
@@ -408,7 +427,10 @@ async fn write_status(ctx: &Context, stack: &CommerceStack, status: CommerceStac
     let patch = json!({"apiVersion": API_VERSION, "kind": "CommerceStack", "status": status});
     api.patch_status(&stack.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(|source| Error::PatchStatus { object: format!("CommerceStack/{}", stack.name_any()), source })?;
+        .map_err(|source| Error::PatchStatus {
+            object: format!("CommerceStack/{}", stack.name_any()),
+            source,
+        })?;
     Ok(true)
 }
 
@@ -420,11 +442,15 @@ async fn write_policy_status(
     if policy.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<RateLimitPolicy> = Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let api: Api<RateLimitPolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
     let patch = json!({"apiVersion": API_VERSION, "kind": "RateLimitPolicy", "status": status});
     api.patch_status(&policy.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(|source| Error::PatchStatus { object: format!("RateLimitPolicy/{}", policy.name_any()), source })?;
+        .map_err(|source| Error::PatchStatus {
+            object: format!("RateLimitPolicy/{}", policy.name_any()),
+            source,
+        })?;
     Ok(())
 }
 
@@ -444,7 +470,8 @@ async fn publish(
         note.truncate(cut);
         note.push_str(" ...");
     }
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    let event =
+        Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(error) = ctx.recorder.publish(&event, reference).await {
         warn!(reason, error = %error, "could not publish an Event");
     }
@@ -466,5 +493,8 @@ pub fn error_chain(error: &Error) -> String {
 /// a finer time would make every status look changed.
 fn now() -> Time {
     let seconds = k8s_openapi::jiff::Timestamp::now().as_second();
-    Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(seconds)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
 }

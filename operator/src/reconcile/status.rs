@@ -7,8 +7,8 @@
 use commerce_api::catalog::Service;
 use commerce_api::crd::policy::CONDITION_ACCEPTED;
 use commerce_api::crd::stack::{
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack, CommerceStackStatus, DatabaseStatus,
-    ServiceStatus, TopicStatus,
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack, CommerceStackStatus,
+    DatabaseStatus, ServiceStatus, TopicStatus,
 };
 use commerce_api::{RateLimitPolicy, RateLimitPolicyStatus};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -59,7 +59,9 @@ fn with_transition_times(new: Vec<Condition>, old: &[Condition], now: Time) -> V
     new.into_iter()
         .map(|mut condition| {
             condition.last_transition_time = match old.iter().find(|o| o.type_ == condition.type_) {
-                Some(previous) if previous.status == condition.status => previous.last_transition_time.clone(),
+                Some(previous) if previous.status == condition.status => {
+                    previous.last_transition_time.clone()
+                }
                 _ => now.clone(),
             };
             condition
@@ -104,7 +106,7 @@ pub fn reconciled(
             CONDITION_READY,
             false,
             "WaitingForInfrastructure",
-            format!("waiting for managed {} before creating topics and databases", outcome.waiting_for.join(", ")),
+            format!("waiting for managed {} to become ready", outcome.waiting_for.join(" and ")),
             generation,
         )
     } else if outcome.error.is_some() || outcome.topics.is_none() || outcome.databases.is_none() {
@@ -217,14 +219,17 @@ pub fn paused(stack: &CommerceStack, now: Time) -> CommerceStackStatus {
     let mut conditions: Vec<Condition> =
         status.conditions.iter().filter(|c| c.type_ != CONDITION_PROGRESSING).cloned().collect();
     conditions.extend(with_transition_times(vec![paused], &status.conditions, now));
-    conditions.sort_by(|a, b| condition_order(&a.type_).cmp(&condition_order(&b.type_)));
+    conditions.sort_by_key(|c| condition_order(&c.type_));
     status.conditions = conditions;
     status.observed_generation = generation;
     status
 }
 
 fn condition_order(type_: &str) -> usize {
-    [CONDITION_READY, CONDITION_PROGRESSING, CONDITION_DEGRADED].iter().position(|t| *t == type_).unwrap_or(usize::MAX)
+    [CONDITION_READY, CONDITION_PROGRESSING, CONDITION_DEGRADED]
+        .iter()
+        .position(|t| *t == type_)
+        .unwrap_or(usize::MAX)
 }
 
 /// The status of a policy that targets a reconciled stack.
@@ -234,7 +239,13 @@ pub fn policy(policy: &RateLimitPolicy, stack_paused: bool, now: Time) -> RateLi
     let accepted = if !problems.is_empty() {
         condition(CONDITION_ACCEPTED, false, "InvalidRules", problems.join("; "), generation)
     } else if stack_paused {
-        condition(CONDITION_ACCEPTED, false, "StackPaused", "the stack is paused; the rules apply once it resumes".into(), generation)
+        condition(
+            CONDITION_ACCEPTED,
+            false,
+            "StackPaused",
+            "the stack is paused; the rules apply once it resumes".into(),
+            generation,
+        )
     } else {
         condition(CONDITION_ACCEPTED, true, "Accepted", "the gateway enforces the rules".into(), generation)
     };
@@ -253,7 +264,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn stack() -> CommerceStack {
-        let mut stack = crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
+        let mut stack =
+            crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
         stack.metadata.generation = Some(3);
         stack
     }
@@ -285,7 +297,8 @@ mod tests {
     fn a_stack_is_ready_when_every_service_is_available() {
         let stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        let deployments: Vec<Deployment> = Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let deployments: Vec<Deployment> =
+            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
         let outcome = Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() };
         let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(find(&status, CONDITION_READY).status, "True");
@@ -298,7 +311,8 @@ mod tests {
     fn available_services_are_not_ready_until_topics_and_databases_exist() {
         let stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        let deployments: Vec<Deployment> = Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let deployments: Vec<Deployment> =
+            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
         let outcome = Outcome { error: Some("connecting to Postgres".into()), ..Outcome::default() };
         let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(find(&status, CONDITION_READY).reason, "ExternalStateNotReady");
@@ -309,8 +323,11 @@ mod tests {
     fn a_missing_deployment_names_the_service_it_waits_for() {
         let stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        let deployments: Vec<Deployment> =
-            Service::ALL.iter().filter(|s| **s != Service::Order).map(|s| available(&format!("shop-{s}"))).collect();
+        let deployments: Vec<Deployment> = Service::ALL
+            .iter()
+            .filter(|s| **s != Service::Order)
+            .map(|s| available(&format!("shop-{s}")))
+            .collect();
         let status = reconciled(&stack, &valid, &deployments, &Outcome::default(), time(10));
         let ready = find(&status, CONDITION_READY);
         assert_eq!((ready.status.as_str(), ready.message.as_str()), ("False", "waiting for order"));
