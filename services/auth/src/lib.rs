@@ -182,16 +182,32 @@ pub async fn prepare_keys(pool: &PgPool, keys: &KeyRing, args: &AuthArgs) -> Res
     keys.reload(pool).await
 }
 
+/// How often expired refresh tokens are deleted.
+const REFRESH_TOKEN_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long an expired refresh token is kept before deletion: a day of
+/// audit trail ("why was I logged out?") without growing without bound.
+const REFRESH_TOKEN_RETENTION: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Reloads keys every [`keys::RELOAD_INTERVAL`] and, in database mode,
-/// rotates them when due; failures are logged and retried next round.
+/// rotates them when due; purges expired refresh tokens hourly. Failures
+/// are logged and retried next round.
 async fn maintain_keys(pool: PgPool, keys: KeyRing, args: AuthArgs, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(keys::RELOAD_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
+    let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if last_purge.is_none_or(|at| at.elapsed() >= REFRESH_TOKEN_PURGE_INTERVAL) {
+            last_purge = Some(tokio::time::Instant::now());
+            match store::purge_expired_refresh_tokens(&pool, REFRESH_TOKEN_RETENTION).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged expired refresh tokens"),
+                Err(error) => tracing::warn!(error = %error, "cannot purge expired refresh tokens"),
+            }
         }
         if args.signing_key_file.is_none()
             && let Err(error) =

@@ -212,6 +212,19 @@ pub async fn revoke_by_hash(pool: &PgPool, hash: &[u8]) -> Result<bool, Error> {
     Ok(done.rows_affected() > 0)
 }
 
+/// Deletes refresh tokens that expired more than `grace` ago (they are
+/// refused anyway; the grace keeps recent ones for audits); returns how
+/// many.
+pub async fn purge_expired_refresh_tokens(pool: &PgPool, grace: std::time::Duration) -> Result<u64, Error> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+    let done = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
+        .bind(cutoff)
+        .execute(pool)
+        .await
+        .map_err(database("purge expired refresh tokens"))?;
+    Ok(done.rows_affected())
+}
+
 /// A signing key as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SigningKeyRow {

@@ -294,3 +294,51 @@ async fn a_forged_or_garbage_token_does_not_validate() -> anyhow::Result<()> {
     }
     f.db.drop_database().await
 }
+
+#[tokio::test]
+async fn two_concurrent_refreshes_of_one_token_leave_at_most_one_winner() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let pair = tokens(register(&f.grpc, "tony@example.com", "communicating processes").await?.tokens);
+    let (a, b) = tokio::join!(refresh(&f.grpc, &pair.refresh_token), refresh(&f.grpc, &pair.refresh_token));
+    let winners: Vec<pb::TokenPair> = [a, b].into_iter().filter_map(Result::ok).collect();
+    assert_eq!(winners.len(), 1, "the row lock serializes the two; the second is a reuse");
+    // The reuse revoked the family, the winner's successor included.
+    let after = refresh(&f.grpc, &winners[0].refresh_token).await.expect_err("family revoked");
+    assert_eq!(after.code(), Code::Unauthenticated);
+    f.db.drop_database().await
+}
+
+#[tokio::test]
+async fn maintenance_rotates_a_key_once_it_is_due_and_not_before() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let ttl = f.args.access_token_ttl;
+    let day = Duration::from_secs(86_400);
+    let now = chrono::Utc::now();
+    assert!(!keys::maintain(&f.db.pool, day, ttl, now).await?, "a fresh key is not due");
+    assert!(
+        !keys::maintain(&f.db.pool, Duration::ZERO, ttl, now + chrono::Duration::days(400)).await?,
+        "0 disables"
+    );
+    assert!(keys::maintain(&f.db.pool, day, ttl, now + chrono::Duration::days(2)).await?, "due after a day");
+    assert_eq!(public_keys(&f.grpc).await?.keys.len(), 2);
+    f.db.drop_database().await
+}
+
+#[tokio::test]
+async fn long_expired_refresh_tokens_are_purged_and_live_ones_kept() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let live = tokens(register(&f.grpc, "grace@example.com", "cobol compiler").await?.tokens);
+    sqlx::query("UPDATE refresh_tokens SET expires_at = now() - interval '2 days'")
+        .execute(&f.db.pool)
+        .await?;
+    let fresh = tokens(login(&f.grpc, "grace@example.com", "cobol compiler").await?.tokens);
+    let purged =
+        commerce_auth::store::purge_expired_refresh_tokens(&f.db.pool, Duration::from_secs(86_400)).await?;
+    assert_eq!(purged, 1);
+    assert_eq!(
+        refresh(&f.grpc, &live.refresh_token).await.expect_err("purged").code(),
+        Code::Unauthenticated
+    );
+    refresh(&f.grpc, &fresh.refresh_token).await?;
+    f.db.drop_database().await
+}

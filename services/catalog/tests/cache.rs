@@ -306,3 +306,27 @@ async fn when_redis_goes_away_reads_fall_back_to_postgres_and_nothing_stale_is_s
     proxy.stop().await;
     f.db.drop_database().await
 }
+
+#[tokio::test]
+async fn a_read_that_raced_a_write_does_not_put_the_old_product_back() -> anyhow::Result<()> {
+    let manager = connect(&redis_url()).await?;
+    let metrics = Metrics::new("catalog");
+    let prefix = format!("catalog-test-{}", Uuid::new_v4().simple());
+    let cache = Cache::with_prefix(&metrics, &prefix);
+    cache.set_connection(manager);
+    let id = Uuid::new_v4();
+    // A reader misses and goes to Postgres...
+    let lookup = cache.product::<pb::Product>(id).await;
+    assert!(lookup.value.is_none() && lookup.generation.is_some());
+    // ...a writer commits and invalidates meanwhile...
+    cache.invalidate(Some(id)).await;
+    // ...and the reader's now outdated row must not be cached.
+    let stale = pb::Product { id: id.to_string(), name: "old".to_owned(), ..Default::default() };
+    cache.store_product(id, lookup.generation, &stale).await;
+    let after = cache.product::<pb::Product>(id).await;
+    assert!(after.value.is_none(), "the stale row was cached");
+    // Without a racing write, the same sequence caches.
+    cache.store_product(id, after.generation, &stale).await;
+    assert_eq!(cache.product::<pb::Product>(id).await.value, Some(stale));
+    Ok(())
+}
