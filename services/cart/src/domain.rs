@@ -31,10 +31,12 @@ pub struct Limits {
     pub max_lines: usize,
 }
 
+/// Refuses a blank user id: every cart belongs to someone.
 pub fn require_user(user_id: &str) -> Result<(), RuleError> {
     if user_id.trim().is_empty() { Err(RuleError::EmptyUserId) } else { Ok(()) }
 }
 
+/// Refuses a blank product id.
 pub fn require_product(product_id: &str) -> Result<(), RuleError> {
     if product_id.trim().is_empty() { Err(RuleError::EmptyProductId) } else { Ok(()) }
 }

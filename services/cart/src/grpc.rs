@@ -71,6 +71,7 @@ fn peer_error(peer: Service, status: Status) -> Error {
 }
 
 impl CartGrpc {
+    /// A cart API over `store`, calling `peers`, enforcing `limits`.
     pub fn new(store: CartStore, peers: PeerClients, limits: Limits) -> Self {
         Self { store, peers, limits }
     }

@@ -576,3 +576,70 @@ async fn checkout_forwards_the_idempotency_key_and_empties_the_cart_only_once_th
     assert_eq!(status.code(), Code::InvalidArgument);
     Ok(())
 }
+
+#[tokio::test]
+async fn checkout_removes_only_the_lines_it_ordered_not_those_changed_meanwhile() -> anyhow::Result<()> {
+    let fixture = Fixture::start().await?;
+    let store = CartStore::new(fixture.redis.clone(), DAY);
+    let limits = CartSettings::default().limits();
+    let now = chrono::Utc::now().timestamp_millis();
+    for product in ["kept-as-is", "changed", "ordered"] {
+        store.add(&fixture.user, product, 1, limits, now).await?;
+    }
+    let snapshot = store.read(&fixture.user).await?;
+    // While the order is being placed, the customer edits the cart.
+    store.set_quantity(&fixture.user, "changed", 5, now).await?;
+    store.add(&fixture.user, "added-later", 1, limits, now).await?;
+    store.set_quantity(&fixture.user, "kept-as-is", 0, now).await?;
+    store.add(&fixture.user, "kept-as-is", 1, limits, now + 1).await?;
+
+    let removed = store.remove_ordered(&fixture.user, &snapshot, now + 2).await?;
+    let left: Vec<(String, u32)> =
+        store.read(&fixture.user).await?.lines.into_iter().map(|l| (l.product_id, l.quantity)).collect();
+    assert_eq!(removed, 1, "only the untouched line was ordered and removed");
+    assert_eq!(
+        left,
+        // Same millisecond: product id breaks the tie.
+        [("added-later".to_owned(), 1), ("changed".to_owned(), 5), ("kept-as-is".to_owned(), 1)],
+        "lines changed or re-added after the snapshot stay"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_catalog_makes_reads_unavailable_not_wrong() -> anyhow::Result<()> {
+    let fixture = Fixture::start().await?;
+    fixture.catalog.put("p", 100, true);
+    fixture.inventory.put("p", 10);
+    fixture.add("p", 1).await?;
+
+    // The same carts, served with peers on a port where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let peers = PeerArgs {
+        peers: ["catalog", "inventory", "order"]
+            .iter()
+            .map(|service| format!("{service}=http://{dead}").parse())
+            .collect::<Result<_, _>>()?,
+        ..PeerArgs::default()
+    };
+    let clients = peer_clients(&Peers::new(&peers, &ClientArgs::default(), fixture.shutdown.clone()))?;
+    let settings = CartSettings::default();
+    let cart = CartGrpc::new(CartStore::new(fixture.redis.clone(), settings.ttl), clients, settings.limits());
+    let status = cart
+        .get_cart(Request::new(cart::GetCartRequest { user_id: fixture.user.clone() }))
+        .await
+        .expect_err("the cart cannot be priced");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = cart
+        .checkout(Request::new(cart::CheckoutRequest {
+            user_id: fixture.user.clone(),
+            idempotency_key: "k".to_owned(),
+            shipping_address: None,
+            payment_method_token: "tok".to_owned(),
+        }))
+        .await
+        .expect_err("no order service");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(lines(&fixture.get().await?).len(), 1, "a failed checkout keeps the cart");
+    Ok(())
+}

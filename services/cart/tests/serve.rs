@@ -28,6 +28,9 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 #[tokio::test]
 async fn the_served_cart_answers_over_grpc_and_stops_on_shutdown() -> anyhow::Result<()> {
+    // Installed first, so the service's own JSON subscriber stays out of the
+    // test output.
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
     let redis_url = std::env::var("COMMERCE_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
     let grpc_addr = free_port()?;
     let config = Config {

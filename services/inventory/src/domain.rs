@@ -41,6 +41,7 @@ pub struct Line {
 }
 
 impl Line {
+    /// A line of `quantity` units of `product_id` (validated by [`normalize_lines`]).
     pub fn new(product_id: impl Into<String>, quantity: u32) -> Self {
         Self { product_id: product_id.into(), quantity }
     }
@@ -208,6 +209,7 @@ pub enum ReservationStatus {
 }
 
 impl ReservationStatus {
+    /// Text of `reservations.status`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Held => "HELD",
@@ -216,6 +218,7 @@ impl ReservationStatus {
         }
     }
 
+    /// The value for a column text; `None` for text this version does not know.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "HELD" => Some(Self::Held),
@@ -241,6 +244,7 @@ pub enum ReleaseReason {
 }
 
 impl ReleaseReason {
+    /// Text of `reservations.release_reason`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Expired => "EXPIRED",
@@ -249,6 +253,7 @@ impl ReleaseReason {
         }
     }
 
+    /// The value for a column text; `None` for text this version does not know.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "EXPIRED" => Some(Self::Expired),

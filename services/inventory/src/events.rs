@@ -29,6 +29,7 @@ use sqlx::{Postgres, Transaction};
 
 use crate::Error;
 use crate::domain::{Line, ReleaseReason, Shortfall};
+use crate::metrics::InventoryMetrics;
 use crate::store::{self, Reservation, ReservationKey, ReserveRequest, Transition};
 
 /// A protobuf timestamp for `time`.
@@ -160,9 +161,16 @@ pub fn release_reason_of_failure(reason: i32) -> ReleaseReason {
 pub struct InventoryEventHandler {
     /// How long a reservation made for an `OrderPlaced` holds its stock.
     reservation_ttl: Duration,
+    metrics: InventoryMetrics,
 }
 
 impl InventoryEventHandler {
+    /// Counts reservation outcomes into `metrics`.
+    pub fn with_metrics(mut self, metrics: InventoryMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// A handler whose reservations hold stock for the configured default
     /// TTL (capped by the maximum, like a Reserve call without a TTL).
     pub fn from_settings(settings: &crate::ReservationSettings) -> Self {
@@ -171,8 +179,9 @@ impl InventoryEventHandler {
 }
 
 impl InventoryEventHandler {
+    /// A handler whose reservations hold stock for `reservation_ttl`.
     pub fn new(reservation_ttl: Duration) -> Self {
-        Self { reservation_ttl }
+        Self { reservation_ttl, metrics: InventoryMetrics::default() }
     }
 
     async fn apply(
@@ -192,7 +201,10 @@ impl InventoryEventHandler {
                     .collect(),
                 ttl: self.reservation_ttl,
             };
-            store::reserve(conn, request).await.map_err(handler_error)?;
+            let outcome = store::reserve(conn, request).await.map_err(handler_error)?;
+            // Counted before the consumer commits: a rare failed commit
+            // counts its retry twice, which a rate does not notice.
+            self.metrics.record(&outcome);
         } else if event.is::<OrderConfirmed>() {
             let confirmed: OrderConfirmed = event.decode()?;
             let outcome =

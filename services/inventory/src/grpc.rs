@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, Line, ReleaseReason, RuleError, StockLevel};
 use crate::events::timestamp;
+use crate::metrics::InventoryMetrics;
 use crate::store::{
     self, Adjustment, Reservation, ReservationKey, ReserveOutcome, ReserveRequest, StockRow, Transition,
 };
@@ -23,11 +24,19 @@ use crate::{Error, ReservationSettings};
 pub struct InventoryGrpc {
     pool: PgPool,
     settings: ReservationSettings,
+    metrics: InventoryMetrics,
 }
 
 impl InventoryGrpc {
+    /// The API over the inventory database; `settings` bound reservation TTLs.
     pub fn new(pool: PgPool, settings: ReservationSettings) -> Self {
-        Self { pool, settings }
+        Self { pool, settings, metrics: InventoryMetrics::default() }
+    }
+
+    /// Counts reservation outcomes into `metrics` (unregistered by default).
+    pub fn with_metrics(mut self, metrics: InventoryMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
@@ -151,6 +160,7 @@ impl InventoryService for InventoryGrpc {
         )
         .await?;
         tx.commit().await.map_err(Error::CommitTransaction)?;
+        self.metrics.record(&outcome);
         let result = match outcome {
             ReserveOutcome::Reserved(reservation) | ReserveOutcome::AlreadyReserved(reservation) => {
                 pb::reserve_response::Result::Reservation(reservation_message(&reservation))

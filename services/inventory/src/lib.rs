@@ -9,12 +9,14 @@
 //!
 //! Modules: [`domain`] (pure rules), [`store`] (sqlx; every state change and
 //! its outbox event in one transaction), [`events`] (published events and
-//! the saga consumer), [`grpc`] (the API), [`config`] (flags).
+//! the saga consumer), [`grpc`] (the API), [`metrics`] (its counters),
+//! [`config`] (flags).
 
 pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod metrics;
 pub mod store;
 
 use commerce_api::catalog::Service;
@@ -161,6 +163,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     let stop = shutdown.child_token();
     let readiness = Readiness::new();
     let metrics = Metrics::new(service.name());
+    let inventory_metrics = metrics::InventoryMetrics::register(&metrics);
     let mut tasks = tokio::task::JoinSet::new();
 
     let admin = {
@@ -196,7 +199,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
             }
         });
 
-        let handler = events::InventoryEventHandler::from_settings(&config.reservations);
+        let handler = events::InventoryEventHandler::from_settings(&config.reservations)
+            .with_metrics(inventory_metrics.clone());
         let consumer = EventConsumer::new(
             service,
             &config.kafka,

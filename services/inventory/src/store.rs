@@ -109,6 +109,7 @@ pub enum TransitionOutcome {
 }
 
 impl TransitionOutcome {
+    /// The reservation as it is now, whatever the outcome.
     pub fn reservation(&self) -> &Reservation {
         match self {
             Self::Applied(reservation) | Self::AlreadyDone(reservation) => reservation,

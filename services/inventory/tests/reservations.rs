@@ -11,6 +11,7 @@ use anyhow::Context;
 use commerce_inventory::ReservationSettings;
 use commerce_inventory::domain::{Line, ReleaseReason};
 use commerce_inventory::grpc::InventoryGrpc;
+use commerce_inventory::metrics::InventoryMetrics;
 use commerce_inventory::store::{
     self, Adjustment, ReservationKey, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
 };
@@ -60,7 +61,8 @@ async fn fifty_concurrent_reservations_for_the_last_ten_units_let_exactly_ten_su
 {
     support::init_logging();
     let database = TestDatabase::create(20).await?;
-    let grpc = grpc(&database);
+    let metrics = InventoryMetrics::default();
+    let grpc = grpc(&database).with_metrics(metrics.clone());
     set_stock(&grpc, "last-ten", 10).await?;
 
     let attempts = (0..50).map(|i| {
@@ -82,6 +84,7 @@ async fn fifty_concurrent_reservations_for_the_last_ten_units_let_exactly_ten_su
         }
     }
     assert_eq!((reserved, rejected), (10, 40));
+    assert_eq!((metrics.count("reserved"), metrics.count("rejected")), (10, 40), "counted in the metrics");
     assert_eq!(counters(&database.pool, "last-ten").await?, (0, 10, 0), "available 0, reserved 10, sold 0");
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations WHERE status = 'HELD'")
         .fetch_one(&database.pool)

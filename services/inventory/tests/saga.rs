@@ -18,9 +18,10 @@ use commerce_platform::events::EventProducer;
 use commerce_platform::grpc::GrpcArgs;
 use commerce_platform::telemetry::LogArgs;
 use commerce_proto::events::v1::{
-    OrderCancelled, OrderConfirmed, OrderPlaced, ProductCreated, StockCommitted, StockReleased,
-    StockReservationFailed, StockReserved, order_placed,
+    OrderCancelled, OrderConfirmed, OrderFailed, OrderPlaced, ProductCreated, StockCommitted, StockReleased,
+    StockReservationFailed, StockReserved, order_failed, order_placed, stock_released,
 };
+use rdkafka::message::Message;
 use support::{TestDatabase, counters, events_of, eventually, kafka_args, produce, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
@@ -150,6 +151,50 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
     })
     .await?;
     assert_eq!(counters(&pool, "p-e2e").await?, (5, 0, 0), "initial stock is whole again");
+
+    // An order the order service failed (its reservation expired) gives its
+    // held stock back, with the reason.
+    produce(&producer, &order_placed("o-expired", "p-e2e", 4)).await?;
+    eventually("o-expired is reserved", || async { Ok(counters(&pool, "p-e2e").await? == (1, 4, 0)) })
+        .await?;
+    produce(
+        &producer,
+        &OrderFailed {
+            order_id: "o-expired".to_owned(),
+            reason: order_failed::Reason::ReservationExpired as i32,
+            ..Default::default()
+        },
+    )
+    .await?;
+    eventually("StockReleased for the expired reservation is published", || async {
+        Ok(events_of::<StockReleased>(&inventory_topic).await?.iter().any(|e| {
+            e.order_id == "o-expired"
+                && e.reason == stock_released::Reason::Expired as i32
+                && !e.was_committed
+        }))
+    })
+    .await?;
+    assert_eq!(counters(&pool, "p-e2e").await?, (5, 0, 0));
+
+    // A contradiction (confirming an order that holds nothing) cannot heal:
+    // it goes to the dead-letter topic, and consumption goes on.
+    produce(&producer, &OrderConfirmed { order_id: "o-unknown".to_owned(), ..Default::default() }).await?;
+    let dead_letters = names.dead_letter_topic(Service::Inventory);
+    eventually("the contradiction is dead-lettered", || async {
+        Ok(support::read_topic(&dead_letters).await?.iter().any(|record| {
+            support::event_type(record) == Some("commerce.events.v1.OrderConfirmed")
+                && record.key() == Some("o-unknown".as_bytes())
+        }))
+    })
+    .await?;
+    produce(&producer, &ProductCreated { product_id: "p-after".to_owned(), ..Default::default() }).await?;
+    eventually("events after the dead letter are still handled", || async {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stock WHERE product_id = 'p-after'")
+            .fetch_one(&pool)
+            .await?;
+        Ok(rows == 1)
+    })
+    .await?;
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), service).await???;
