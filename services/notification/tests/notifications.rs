@@ -11,8 +11,8 @@ use commerce_proto::notification::v1 as pb;
 use commerce_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use prost_types::Timestamp;
 use support::{
-    TestDatabase, connect, eventually, free_port, init_logging, kafka_namespace, publish, publish_with,
-    service_flags,
+    TestDatabase, connect, drop_kafka_namespace, eventually, free_port, init_logging, kafka_namespace,
+    publish, publish_with, service_flags,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -173,5 +173,6 @@ async fn each_user_visible_step_is_notified_once_even_when_delivered_twice() -> 
 
     shutdown.cancel();
     task.await??;
+    drop_kafka_namespace(&prefix).await;
     database.drop_database().await
 }

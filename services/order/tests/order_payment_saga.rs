@@ -11,7 +11,7 @@ use commerce_proto::order::v1 as pb;
 use commerce_proto::payment::v1::PaymentStatus;
 use support::catalog::{self, product};
 use support::harness::{OrderService, PaymentService, place_request, timestamp_in};
-use support::{count_events, eventually, init_logging, kafka_namespace, publish};
+use support::{count_events, drop_kafka_namespace, eventually, http, init_logging, kafka_namespace, publish};
 use tokio_util::sync::CancellationToken;
 
 struct Env {
@@ -35,11 +35,18 @@ impl Env {
     async fn stop(self) -> anyhow::Result<()> {
         self.catalog_stop.cancel();
         self.payment.stop().await?;
-        self.order.stop().await
+        self.order.stop().await?;
+        drop_kafka_namespace(&self.prefix).await;
+        Ok(())
     }
 
     /// Places an order and publishes inventory's StockReserved for it.
     async fn place_and_reserve(&self, key: &str, token: &str) -> anyhow::Result<pb::Order> {
+        self.place_and_reserve_for(key, token, 900).await
+    }
+
+    /// Places an order and publishes a reservation lapsing in `seconds`.
+    async fn place_and_reserve_for(&self, key: &str, token: &str, seconds: i64) -> anyhow::Result<pb::Order> {
         let order = self
             .order
             .client
@@ -55,7 +62,7 @@ impl Env {
                 order_id: order.id.clone(),
                 reservation_id: format!("res-{}", order.id),
                 lines: vec![ev::stock_reserved::Line { product_id: "apple".to_owned(), quantity: 2 }],
-                expires_at: Some(timestamp_in(900)),
+                expires_at: Some(timestamp_in(seconds)),
                 occurred_at: Some(timestamp_in(0)),
             },
         )
@@ -129,11 +136,18 @@ async fn an_unavailable_provider_keeps_the_order_waiting_until_it_returns_then_c
     assert_eq!(pending.status(), PaymentStatus::Pending);
     assert_eq!(env.order.get(&order.id).await?.status(), pb::OrderStatus::Reserved);
 
-    env.payment.mock.set_available(true);
+    // Switched back on the way an end-to-end test driving a separate
+    // process does: the admin port.
+    let (status, body) = http(env.payment.admin_port, "POST", "/mock-provider/available").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"available\":true"), "{body}");
     env.order.wait_for_status(&order.id, pb::OrderStatus::Confirmed).await?;
     env.wait_for_payment(&order.id, PaymentStatus::Captured).await?;
     assert_eq!(env.payment.mock.charges_taken_for(&order.id), 1);
     assert_eq!(env.payment.mock.state().charges_taken, 1);
+    let (_, metrics) = http(env.payment.admin_port, "GET", "/metrics").await?;
+    assert!(metrics.contains("commerce_payment_charge_attempts_total{outcome=\"deferred\"}"), "{metrics}");
+    assert!(metrics.contains("commerce_payment_charge_attempts_total{outcome=\"captured\"} 1"), "{metrics}");
     env.stop().await
 }
 
@@ -164,5 +178,26 @@ async fn cancelling_a_paid_order_refunds_it_and_the_order_shows_the_refund() -> 
     })
     .await?;
     assert_eq!(count_events::<ev::PaymentRefunded>(&env.prefix, &order.id).await?, 1);
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_lapsing_while_the_provider_is_away_fails_the_order_and_nothing_is_ever_charged()
+-> anyhow::Result<()> {
+    let env = env(&["--mock-start-unavailable"]).await?;
+    let order = env.place_and_reserve_for("lapse", "tok_ok", 2).await?;
+    let failed = env.order.wait_for_status(&order.id, pb::OrderStatus::Failed).await?;
+    assert!(failed.failure_reason.contains("expired"), "{}", failed.failure_reason);
+    env.wait_for_payment(&order.id, PaymentStatus::Cancelled).await?;
+
+    env.payment.mock.set_available(true);
+    // Another order charged after the provider returned proves the worker
+    // ran with the provider up; the cancelled payment was not among its work.
+    let later = env.place_and_reserve("later", "tok_ok").await?;
+    env.order.wait_for_status(&later.id, pb::OrderStatus::Confirmed).await?;
+    assert_eq!(env.payment.mock.charges_taken_for(&order.id), 0);
+    assert_eq!(env.payment.mock.state().charges_taken, 1, "only the later order was charged");
+    assert_eq!(env.payment.payment_of(&order.id).await?.map(|p| p.status()), Some(PaymentStatus::Cancelled));
+    assert_eq!(env.order.get(&order.id).await?.status(), pb::OrderStatus::Failed);
     env.stop().await
 }

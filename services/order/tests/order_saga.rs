@@ -8,7 +8,7 @@ use commerce_proto::events::v1 as ev;
 use commerce_proto::order::v1 as pb;
 use support::catalog::{self, product};
 use support::harness::{OrderService, place_request, timestamp_in};
-use support::{count_events, eventually, init_logging, kafka_namespace, publish};
+use support::{count_events, drop_kafka_namespace, eventually, init_logging, kafka_namespace, publish};
 use tokio_util::sync::CancellationToken;
 
 struct Env {
@@ -33,7 +33,9 @@ async fn env() -> anyhow::Result<Env> {
 impl Env {
     async fn stop(self) -> anyhow::Result<()> {
         self.catalog_stop.cancel();
-        self.order.stop().await
+        self.order.stop().await?;
+        drop_kafka_namespace(&self.prefix).await;
+        Ok(())
     }
 
     async fn place(&self, user: &str, key: &str, lines: &[(&str, u32)]) -> anyhow::Result<pb::Order> {

@@ -188,7 +188,8 @@ pub async fn serve_with_provider(
     let consumer = tokio::spawn(consumer.run(tasks.clone()));
 
     let breaker = ProviderBreaker::new(config.client.breaker_failures, config.client.breaker_open);
-    let worker = worker::Worker::new(pool.clone(), provider, breaker, config.worker.settings());
+    let worker =
+        worker::Worker::new(pool.clone(), provider, breaker, config.worker.settings()).with_metrics(&metrics);
     let worker_task = tokio::spawn(worker.clone().run(tasks.clone()));
 
     let served = GrpcServer::new(&config.common.grpc, readiness, &metrics)

@@ -14,7 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use commerce_platform::admin::Metrics;
 use commerce_platform::events::enqueue;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use sqlx::postgres::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +53,28 @@ pub enum ChargeAttempt {
     Deferred(ProviderError),
 }
 
+/// Label of an attempt's outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// What operators watch: provider outcomes and whether the breaker is open
+/// (an outage shows as `deferred` attempts and an open breaker, long before
+/// orders start failing by reservation expiry).
+#[derive(Debug, Clone, Default)]
+struct WorkerMetrics {
+    charges: Family<OutcomeLabels, Counter>,
+    refunds: Family<OutcomeLabels, Counter>,
+    breaker_open: Gauge,
+}
+
+impl WorkerMetrics {
+    fn count(family: &Family<OutcomeLabels, Counter>, outcome: &str) {
+        family.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+}
+
 /// Charges and refunds; cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
@@ -55,6 +82,7 @@ pub struct Worker {
     provider: Arc<dyn PaymentProvider>,
     breaker: ProviderBreaker,
     settings: WorkerSettings,
+    metrics: WorkerMetrics,
 }
 
 impl std::fmt::Debug for Worker {
@@ -70,7 +98,29 @@ impl Worker {
         breaker: ProviderBreaker,
         settings: WorkerSettings,
     ) -> Self {
-        Self { pool, provider, breaker, settings }
+        Self { pool, provider, breaker, settings, metrics: WorkerMetrics::default() }
+    }
+
+    /// Exports `commerce_payment_charge_attempts_total{outcome}`,
+    /// `commerce_payment_refund_attempts_total{outcome}` and
+    /// `commerce_payment_provider_circuit_open` in `metrics`.
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        metrics.register(
+            "commerce_payment_charge_attempts",
+            "Charge attempts by outcome: captured, declined, deferred (provider unavailable or circuit open)",
+            self.metrics.charges.clone(),
+        );
+        metrics.register(
+            "commerce_payment_refund_attempts",
+            "Refund attempts by outcome: made, deferred",
+            self.metrics.refunds.clone(),
+        );
+        metrics.register(
+            "commerce_payment_provider_circuit_open",
+            "1 while the circuit breaker around the payment provider is open",
+            self.metrics.breaker_open.clone(),
+        );
+        self
     }
 
     /// Charges and refunds until `shutdown`.
@@ -123,7 +173,15 @@ impl Worker {
             payment_method_token: payment.payment_method_token.clone(),
         };
         let provider = self.provider.name();
-        match self.breaker.call(self.provider.charge(&request)).await {
+        let outcome = self.breaker.call(self.provider.charge(&request)).await;
+        self.metrics.breaker_open.set(i64::from(self.breaker.is_open()));
+        let label = match &outcome {
+            Ok(ChargeOutcome::Captured { .. }) => "captured",
+            Ok(ChargeOutcome::Declined { .. }) => "declined",
+            Err(_) => "deferred",
+        };
+        WorkerMetrics::count(&self.metrics.charges, label);
+        match outcome {
             Ok(ChargeOutcome::Captured { reference }) => {
                 store::set_status(conn, payment.id, PaymentStatus::Captured, provider, &reference, "")
                     .await?;
@@ -177,7 +235,10 @@ impl Worker {
             amount: refund.amount,
             currency: payment.currency.clone(),
         };
-        match self.breaker.call(self.provider.refund(&request)).await {
+        let outcome = self.breaker.call(self.provider.refund(&request)).await;
+        self.metrics.breaker_open.set(i64::from(self.breaker.is_open()));
+        WorkerMetrics::count(&self.metrics.refunds, if outcome.is_ok() { "made" } else { "deferred" });
+        match outcome {
             Ok(reference) => {
                 let total = payment.refunded + refund.amount;
                 let status = domain::status_after_refund(payment.amount, total);

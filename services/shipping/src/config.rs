@@ -30,3 +30,25 @@ impl std::fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    /// The binary's view of this service's flags.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: super::Config,
+    }
+
+    #[test]
+    fn the_flags_are_well_formed_and_each_has_a_commerce_environment_variable() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        for arg in command.get_arguments().filter(|arg| arg.get_long().is_some()) {
+            let env = arg.get_env().and_then(|env| env.to_str()).unwrap_or_default();
+            assert!(env.starts_with("COMMERCE_"), "--{} has env {env:?}", arg.get_long().unwrap_or_default());
+        }
+    }
+}

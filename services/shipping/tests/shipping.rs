@@ -11,8 +11,8 @@ use commerce_proto::shipping::v1 as pb;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
 use prost_types::Timestamp;
 use support::{
-    TestDatabase, connect, count_events, eventually, free_port, init_logging, kafka_namespace, publish,
-    service_flags,
+    TestDatabase, connect, count_events, drop_kafka_namespace, eventually, free_port, init_logging,
+    kafka_namespace, publish, service_flags,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -167,5 +167,6 @@ async fn shipments_follow_the_transition_table_and_halt_when_the_order_is_cancel
 
     shutdown.cancel();
     task.await??;
+    drop_kafka_namespace(&prefix).await;
     database.drop_database().await
 }

@@ -73,6 +73,8 @@ impl OrderService {
 /// A running payment service with the mock provider the test controls.
 pub struct PaymentService {
     pub database: TestDatabase,
+    /// The admin port: /metrics, /readyz and the mock's controls.
+    pub admin_port: u16,
     pub mock: Arc<commerce_payment::provider::MockProvider>,
     pub client: commerce_proto::payment::v1::payment_service_client::PaymentServiceClient<Channel>,
     pub shutdown: CancellationToken,
@@ -83,7 +85,8 @@ impl PaymentService {
     pub async fn start(prefix: &str, extra_flags: &[&str]) -> anyhow::Result<Self> {
         let database = TestDatabase::create("payment").await?;
         let grpc_port = free_port();
-        let mut flags = service_flags(&database.url, prefix, grpc_port, free_port());
+        let admin_port = free_port();
+        let mut flags = service_flags(&database.url, prefix, grpc_port, admin_port);
         flags.extend(
             [
                 "--payment-worker-poll-interval=50ms",
@@ -105,7 +108,7 @@ impl PaymentService {
         let client = commerce_proto::payment::v1::payment_service_client::PaymentServiceClient::new(
             connect(grpc_port).await?,
         );
-        Ok(Self { database, mock, client, shutdown, task })
+        Ok(Self { database, admin_port, mock, client, shutdown, task })
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {

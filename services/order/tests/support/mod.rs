@@ -261,3 +261,45 @@ pub async fn count_events<E: EventPayload>(prefix: &str, key: &str) -> anyhow::R
     })
     .await?
 }
+
+/// Deletes every topic under `prefix` (a test's namespace), best effort:
+/// the shared broker should not collect a dozen topics per test run.
+pub async fn drop_kafka_namespace(prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let brokers = kafka_brokers();
+    let Ok(admin): Result<AdminClient<DefaultClientContext>, _> =
+        ClientConfig::new().set("bootstrap.servers", &brokers).create()
+    else {
+        return;
+    };
+    let Ok(metadata) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) else {
+        return;
+    };
+    let topics: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|topic| topic.name().to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if !names.is_empty() {
+        let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    }
+}
+
+/// A minimal HTTP/1.1 request to a loopback admin port (the tests need no
+/// HTTP client crate): returns the status code and the body.
+pub async fn http(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split_whitespace().nth(1).context("no status line")?.parse()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
