@@ -59,7 +59,11 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// The outcome recorded by [`authenticate`] (anonymous when it did not run).
 pub fn authentication(parts: &Parts) -> Arc<Authentication> {
-    parts.extensions.get::<Arc<Authentication>>().cloned().unwrap_or_else(|| Arc::new(Authentication::Anonymous))
+    parts
+        .extensions
+        .get::<Arc<Authentication>>()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Authentication::Anonymous))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -68,8 +72,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         match authentication(parts).as_ref() {
             Authentication::Verified(caller) => Ok(caller.clone()),
-            Authentication::Anonymous => Err(Problem::unauthenticated("this operation needs a bearer access token")),
-            Authentication::NotBearer => Err(Problem::unauthenticated("the Authorization header must be `Bearer <token>`")),
+            Authentication::Anonymous => {
+                Err(Problem::unauthenticated("this operation needs a bearer access token"))
+            }
+            Authentication::NotBearer => {
+                Err(Problem::unauthenticated("the Authorization header must be `Bearer <token>`"))
+            }
             Authentication::Refused(error) => Err(Problem::unauthenticated(error.to_string())),
         }
     }
@@ -117,24 +125,18 @@ impl jwt::KeySource for AuthKeySource {
     async fn fetch(&self) -> Result<jwt::KeySet, String> {
         use commerce_proto::auth::v1::GetPublicKeysRequest;
         use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
-        let channel = self.peers.channel(commerce_api::catalog::Service::Auth).map_err(|error| error.to_string())?;
+        let channel =
+            self.peers.channel(commerce_api::catalog::Service::Auth).map_err(|error| error.to_string())?;
         let response = AuthServiceClient::new(channel)
             .get_public_keys(commerce_platform::resilience::idempotent(GetPublicKeysRequest {}))
             .await
             .map_err(|status| format!("GetPublicKeys failed: {} {}", status.code(), status.message()))?
             .into_inner();
-        let mut keys = Vec::new();
-        for key in &response.keys {
-            match jwt::VerificationKey::from_proto(key) {
-                Ok(key) => keys.push(key),
-                Err(error) => tracing::warn!(%error, "ignoring an unusable access-token key"),
-            }
-        }
         let max_age = response.max_age.and_then(|age| {
             let seconds = u64::try_from(age.seconds).ok()?;
             Some(std::time::Duration::from_secs(seconds))
         });
-        Ok(jwt::KeySet { keys, max_age })
+        Ok(jwt::KeySet { keys: response.keys, max_age })
     }
 }
 

@@ -65,7 +65,12 @@ pub struct HttpArgs {
     /// `X-Forwarded-For`; the client address is the entry that many places
     /// from the right. 0 trusts no header and uses the TCP peer address
     /// (a client could otherwise pick its own rate-limit key).
-    #[arg(long = "trusted-proxy-hops", id = "trusted-proxy-hops", env = "COMMERCE_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    #[arg(
+        long = "trusted-proxy-hops",
+        id = "trusted-proxy-hops",
+        env = "COMMERCE_TRUSTED_PROXY_HOPS",
+        default_value_t = 0
+    )]
     pub trusted_proxy_hops: usize,
     /// How long in-flight requests may finish after shutdown begins.
     #[arg(long = "http-shutdown-grace", id = "http-shutdown-grace", env = "COMMERCE_HTTP_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
@@ -81,7 +86,23 @@ pub struct JwtArgs {
     /// gateway into a load generator against the auth service.
     #[arg(long = "jwt-key-refresh-min-interval", id = "jwt-key-refresh-min-interval", env = "COMMERCE_JWT_KEY_REFRESH_MIN_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub refresh_min_interval: Duration,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    /// Expected `iss` of access tokens (the auth service's `--auth-issuer`).
+    #[arg(
+        long = "jwt-issuer",
+        id = "jwt-issuer",
+        env = "COMMERCE_JWT_ISSUER",
+        default_value = "commerce-auth"
+    )]
+    pub issuer: String,
+    /// Expected `aud` of access tokens (the auth service's `--auth-audience`).
+    #[arg(
+        long = "jwt-audience",
+        id = "jwt-audience",
+        env = "COMMERCE_JWT_AUDIENCE",
+        default_value = "commerce"
+    )]
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
     #[arg(long = "jwt-leeway", id = "jwt-leeway", env = "COMMERCE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub leeway: Duration,
 }
@@ -92,18 +113,38 @@ pub struct JwtArgs {
 pub struct RateLimitArgs {
     /// Requests per minute one client IP may make to `/api/` (the built-in
     /// `default-ip` rule); 0 disables the rule.
-    #[arg(long = "ratelimit-default-per-minute", id = "ratelimit-default-per-minute", env = "COMMERCE_RATELIMIT_DEFAULT_PER_MINUTE", default_value_t = 600)]
+    #[arg(
+        long = "ratelimit-default-per-minute",
+        id = "ratelimit-default-per-minute",
+        env = "COMMERCE_RATELIMIT_DEFAULT_PER_MINUTE",
+        default_value_t = 600
+    )]
     pub default_per_minute: u32,
     /// Burst of the built-in `default-ip` rule.
-    #[arg(long = "ratelimit-default-burst", id = "ratelimit-default-burst", env = "COMMERCE_RATELIMIT_DEFAULT_BURST", default_value_t = 100)]
+    #[arg(
+        long = "ratelimit-default-burst",
+        id = "ratelimit-default-burst",
+        env = "COMMERCE_RATELIMIT_DEFAULT_BURST",
+        default_value_t = 100
+    )]
     pub default_burst: u32,
     /// Requests per minute one client IP may make to login, register and
     /// refresh (the built-in `auth-ip` rule, against password guessing);
     /// 0 disables the rule.
-    #[arg(long = "ratelimit-auth-per-minute", id = "ratelimit-auth-per-minute", env = "COMMERCE_RATELIMIT_AUTH_PER_MINUTE", default_value_t = 20)]
+    #[arg(
+        long = "ratelimit-auth-per-minute",
+        id = "ratelimit-auth-per-minute",
+        env = "COMMERCE_RATELIMIT_AUTH_PER_MINUTE",
+        default_value_t = 20
+    )]
     pub auth_per_minute: u32,
     /// Burst of the built-in `auth-ip` rule.
-    #[arg(long = "ratelimit-auth-burst", id = "ratelimit-auth-burst", env = "COMMERCE_RATELIMIT_AUTH_BURST", default_value_t = 10)]
+    #[arg(
+        long = "ratelimit-auth-burst",
+        id = "ratelimit-auth-burst",
+        env = "COMMERCE_RATELIMIT_AUTH_BURST",
+        default_value_t = 10
+    )]
     pub auth_burst: u32,
     /// YAML (or JSON) rules file, typically a mounted ConfigMap; re-read when
     /// its content changes. Its rules replace built-in ones of the same name.
@@ -117,7 +158,12 @@ pub struct RateLimitArgs {
     pub reload_interval: Duration,
     /// Prefix of every Redis key the limiter uses (counters and stored
     /// rules); gateways that must share limits share the prefix.
-    #[arg(long = "ratelimit-redis-prefix", id = "ratelimit-redis-prefix", env = "COMMERCE_RATELIMIT_REDIS_PREFIX", default_value = "commerce:gateway:ratelimit")]
+    #[arg(
+        long = "ratelimit-redis-prefix",
+        id = "ratelimit-redis-prefix",
+        env = "COMMERCE_RATELIMIT_REDIS_PREFIX",
+        default_value = "commerce:gateway:ratelimit"
+    )]
     pub redis_prefix: String,
 }
 

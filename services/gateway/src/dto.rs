@@ -43,7 +43,8 @@ pub struct Money {
 impl Money {
     fn check(&self, pointer: &str, errors: &mut Vec<FieldError>) {
         if !is_currency(&self.currency) {
-            errors.push(FieldError::new(format!("{pointer}/currency"), "must be an ISO 4217 code such as EUR"));
+            errors
+                .push(FieldError::new(format!("{pointer}/currency"), "must be an ISO 4217 code such as EUR"));
         }
         if self.amount_minor < 0 {
             errors.push(FieldError::new(format!("{pointer}/amount_minor"), "must not be negative"));
@@ -103,7 +104,10 @@ impl Address {
             }
         }
         if !(self.country_code.len() == 2 && self.country_code.bytes().all(|b| b.is_ascii_uppercase())) {
-            errors.push(FieldError::new(format!("{pointer}/country_code"), "must be an ISO 3166-1 alpha-2 code such as DE"));
+            errors.push(FieldError::new(
+                format!("{pointer}/country_code"),
+                "must be an ISO 3166-1 alpha-2 code such as DE",
+            ));
         }
     }
 }
@@ -142,7 +146,8 @@ impl From<common::v1::Address> for Address {
 pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
     let value = value?;
     let nanos = u32::try_from(value.nanos).unwrap_or(0);
-    DateTime::<Utc>::from_timestamp(value.seconds, nanos).map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    DateTime::<Utc>::from_timestamp(value.seconds, nanos)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// Lower-case name of a proto enum value without its type prefix
@@ -268,7 +273,13 @@ impl From<auth::v1::User> for User {
             .filter(|role| *role != auth::v1::Role::Unspecified)
             .map(|role| enum_name(role.as_str_name(), "ROLE_"))
             .collect();
-        Self { id: user.id, email: user.email, display_name: user.display_name, roles, created_at: timestamp(user.created_at) }
+        Self {
+            id: user.id,
+            email: user.email,
+            display_name: user.display_name,
+            roles,
+            created_at: timestamp(user.created_at),
+        }
     }
 }
 
@@ -397,7 +408,13 @@ pub struct Category {
 
 impl From<catalog::v1::Category> for Category {
     fn from(c: catalog::v1::Category) -> Self {
-        Self { id: c.id, name: c.name, slug: c.slug, parent_id: c.parent_id, created_at: timestamp(c.created_at) }
+        Self {
+            id: c.id,
+            name: c.name,
+            slug: c.slug,
+            parent_id: c.parent_id,
+            created_at: timestamp(c.created_at),
+        }
     }
 }
 
@@ -521,7 +538,9 @@ impl Validate for CreateCategoryRequest {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         check_not_empty("/name", &self.name, &mut errors);
-        if self.slug.is_empty() || !self.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if self.slug.is_empty()
+            || !self.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             errors.push(FieldError::new("/slug", "must be lower-case letters, digits and dashes"));
         }
         errors
@@ -810,7 +829,8 @@ pub struct Order {
 
 impl From<order::v1::Order> for Order {
     fn from(o: order::v1::Order) -> Self {
-        let status = order::v1::OrderStatus::try_from(o.status).unwrap_or(order::v1::OrderStatus::Unspecified);
+        let status =
+            order::v1::OrderStatus::try_from(o.status).unwrap_or(order::v1::OrderStatus::Unspecified);
         Self {
             id: o.id,
             user_id: o.user_id,
@@ -947,7 +967,8 @@ pub struct Shipment {
 }
 
 fn shipment_status_name(value: i32) -> String {
-    let status = shipping::v1::ShipmentStatus::try_from(value).unwrap_or(shipping::v1::ShipmentStatus::Unspecified);
+    let status =
+        shipping::v1::ShipmentStatus::try_from(value).unwrap_or(shipping::v1::ShipmentStatus::Unspecified);
     enum_name(status.as_str_name(), "SHIPMENT_STATUS_")
 }
 

@@ -65,12 +65,16 @@ where
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let has_body = request
-            .headers()
+        let headers = request.headers();
+        let declared_length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
-            .is_none_or(|length| length != "0")
-            && request.headers().contains_key(header::CONTENT_TYPE);
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        // A body is there when one is announced: a type, a non-zero length,
+        // or chunked transfer. It must then be valid JSON like any other.
+        let has_body = headers.contains_key(header::CONTENT_TYPE)
+            || headers.contains_key(header::TRANSFER_ENCODING)
+            || declared_length.is_some_and(|length| length > 0);
         if !has_body {
             return Ok(Self(None));
         }
@@ -81,7 +85,11 @@ where
 
 /// The 413 problem, also returned by the early Content-Length check.
 pub fn body_too_large() -> Problem {
-    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "the request body is larger than this API accepts")
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "the request body is larger than this API accepts",
+    )
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
@@ -95,8 +103,10 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     } else {
         format!("Content-Type {content_type:?} is not supported; send application/json")
     };
-    Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", detail)
-        .with_header(header::HeaderName::from_static("accept-post"), header::HeaderValue::from_static("application/json")))
+    Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", detail).with_header(
+        header::HeaderName::from_static("accept-post"),
+        header::HeaderValue::from_static("application/json"),
+    ))
 }
 
 /// Parses `body` as `T`, naming the failing field on error.
@@ -106,7 +116,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
         let pointer = json_pointer(error.path());
         let inner = error.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", format!("the body is not valid JSON: {inner}"))
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                format!("the body is not valid JSON: {inner}"),
+            )
         } else {
             Problem::invalid_field(pointer, strip_position(&inner.to_string()))
         }
@@ -130,7 +144,8 @@ where
         let value: T = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
             let detail = error.into_inner().to_string();
-            let pointer = if path == "." || path.is_empty() { "query".to_owned() } else { format!("query:{path}") };
+            let pointer =
+                if path == "." || path.is_empty() { "query".to_owned() } else { format!("query:{path}") };
             Problem::invalid_field(pointer, detail)
         })?;
         let errors = value.validate();
@@ -143,7 +158,11 @@ where
 
 fn serde_urlencoded_deserializer(
     query: &str,
-) -> serde::de::value::MapDeserializer<'static, std::vec::IntoIter<(String, QueryValue)>, serde::de::value::Error> {
+) -> serde::de::value::MapDeserializer<
+    'static,
+    std::vec::IntoIter<(String, QueryValue)>,
+    serde::de::value::Error,
+> {
     let pairs: Vec<(String, QueryValue)> =
         url_pairs(query).into_iter().map(|(name, value)| (name, QueryValue(value))).collect();
     serde::de::value::MapDeserializer::new(pairs.into_iter())
@@ -233,15 +252,13 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                    Ok(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(byte) => {
+                    out.push(byte);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             byte => out.push(byte),
         }
         i += 1;
@@ -259,9 +276,9 @@ pub fn path_uuid(name: &str, value: &str) -> Result<Uuid, Problem> {
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     const MAX_LEN: usize = 255;
     let pointer = "header:Idempotency-Key";
-    let value = headers
-        .get("idempotency-key")
-        .ok_or_else(|| Problem::invalid_field(pointer, "required: a unique client-chosen key per operation"))?;
+    let value = headers.get("idempotency-key").ok_or_else(|| {
+        Problem::invalid_field(pointer, "required: a unique client-chosen key per operation")
+    })?;
     let key = value.to_str().map_err(|_| Problem::invalid_field(pointer, "must be visible ASCII"))?.trim();
     // Structured-field strings may be sent quoted.
     let key = key.trim_matches('"');
@@ -319,7 +336,8 @@ mod tests {
 
     #[test]
     fn a_mistyped_nested_field_is_named_by_json_pointer() {
-        let problem = parse_json::<Body>(br#"{"lines":[{"quantity":1},{"quantity":-2}]}"#).expect_err("invalid");
+        let problem =
+            parse_json::<Body>(br#"{"lines":[{"quantity":1},{"quantity":-2}]}"#).expect_err("invalid");
         assert_eq!(problem.status, 400);
         assert_eq!(problem.errors[0].pointer, "/lines/1/quantity");
         assert!(!problem.errors[0].detail.contains("line 1"), "{}", problem.errors[0].detail);

@@ -88,8 +88,12 @@ impl Gateway {
 
         let verifier = Arc::new(Verifier::new(
             auth::AuthKeySource { peers: peers.clone() },
-            config.jwt.refresh_min_interval,
-            config.jwt.leeway,
+            jwt::Expectations {
+                issuer: config.jwt.issuer.clone(),
+                audience: config.jwt.audience.clone(),
+                leeway: config.jwt.leeway,
+                refresh_min_interval: config.jwt.refresh_min_interval,
+            },
         ));
         tokio::spawn(verifier.clone().run_refresher(shutdown.clone()));
 
@@ -99,7 +103,11 @@ impl Gateway {
             "1 while rate limits are counted in process because Redis is unavailable",
             limiter_metrics.fallback.clone(),
         );
-        metrics.register("commerce_gateway_ratelimit_limited", "Requests refused by a rate limit", limiter_metrics.limited.clone());
+        metrics.register(
+            "commerce_gateway_ratelimit_limited",
+            "Requests refused by a rate limit",
+            limiter_metrics.limited.clone(),
+        );
         metrics.register(
             "commerce_gateway_ratelimit_redis_errors",
             "Rate-limit checks that Redis failed to answer",
@@ -138,12 +146,17 @@ impl Gateway {
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), ratelimit::enforce))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), auth::authenticate))
             .layer(DefaultBodyLimit::max(self.http.body_limit))
-            .layer(axum::middleware::from_fn_with_state(self.http.body_limit, middleware::reject_large_bodies))
+            .layer(axum::middleware::from_fn_with_state(
+                self.http.body_limit,
+                middleware::reject_large_bodies,
+            ))
             .layer(axum::middleware::from_fn_with_state(self.http.request_timeout, middleware::timeout))
             .layer(middleware::cors(&self.http.cors_origins))
             .layer(axum::middleware::from_fn(middleware::observe))
             .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
-            .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid))
+            .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+                tower_http::request_id::MakeRequestUuid,
+            ))
             .with_state(self.state.clone())
     }
 }
@@ -192,7 +205,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         .await
         .map_err(|source| Error::BindHttp { addr: config.http.addr, source })?;
     let admin = tokio::spawn({
-        let (args, readiness, metrics, shutdown) = (config.admin.clone(), readiness.clone(), metrics.clone(), shutdown.clone());
+        let (args, readiness, metrics, shutdown) =
+            (config.admin.clone(), readiness.clone(), metrics.clone(), shutdown.clone());
         async move { admin::serve(&args, readiness, metrics, shutdown).await }
     });
     let served = serve_on(&gateway, &metrics, &readiness, listener, shutdown.clone()).await;

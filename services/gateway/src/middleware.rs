@@ -115,7 +115,8 @@ pub fn cors(origins: &[String]) -> CorsLayer {
     if origins.iter().any(|origin| origin == "*") {
         return layer.allow_origin(AllowOrigin::any());
     }
-    let list: Vec<HeaderValue> = origins.iter().filter_map(|origin| HeaderValue::from_str(origin.trim()).ok()).collect();
+    let list: Vec<HeaderValue> =
+        origins.iter().filter_map(|origin| HeaderValue::from_str(origin.trim()).ok()).collect();
     layer.allow_origin(AllowOrigin::list(list))
 }
 
@@ -160,8 +161,16 @@ impl HttpMetrics {
         let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 15))
         });
-        metrics.register("commerce_gateway_http_requests", "HTTP requests by route and status", requests.clone());
-        metrics.register("commerce_gateway_http_request_duration_seconds", "HTTP request latency by route", duration.clone());
+        metrics.register(
+            "commerce_gateway_http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        metrics.register(
+            "commerce_gateway_http_request_duration_seconds",
+            "HTTP request latency by route",
+            duration.clone(),
+        );
         Self { requests, duration }
     }
 }

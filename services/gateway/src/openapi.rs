@@ -168,25 +168,29 @@ pub fn build() -> Value {
         }
         let mut responses = Map::new();
         let success = match op.response.1 {
-            Some(schema) => json!({"description": "Success", "content": {"application/json": {"schema": schema(&mut generator)}}}),
+            Some(schema) => {
+                json!({"description": "Success", "content": {"application/json": {"schema": schema(&mut generator)}}})
+            }
             None => json!({"description": "Success"}),
         };
         responses.insert(op.response.0.to_string(), success);
-        let problem_response = |description: &str| {
-            json!({"description": description, "content": {PROBLEM_JSON: {"schema": problem.clone()}}})
-        };
-        responses.insert("400".into(), problem_response("Invalid request; `errors` names each invalid field"));
+        let problem_response = |description: &str| json!({"description": description, "content": {PROBLEM_JSON: {"schema": problem.clone()}}});
+        responses
+            .insert("400".into(), problem_response("Invalid request; `errors` names each invalid field"));
         if op.access != Access::Public {
             responses.insert("401".into(), problem_response("Missing, expired or invalid bearer token"));
         }
         if matches!(op.access, Access::Admin | Access::Courier) {
             responses.insert("403".into(), problem_response("The caller's role does not allow this"));
         }
-        responses.insert("429".into(), json!({
-            "description": "Rate limited; see Retry-After, RateLimit and RateLimit-Policy",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-            "content": {PROBLEM_JSON: {"schema": problem.clone()}}
-        }));
+        responses.insert(
+            "429".into(),
+            json!({
+                "description": "Rate limited; see Retry-After, RateLimit and RateLimit-Policy",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": {PROBLEM_JSON: {"schema": problem.clone()}}
+            }),
+        );
         responses.insert("4XX".into(), problem_response("Other client errors"));
         responses.insert("5XX".into(), problem_response("A service behind the gateway failed or timed out"));
         operation["responses"] = Value::Object(responses);
@@ -226,7 +230,11 @@ fn path_parameters(path: &str) -> Vec<Value> {
     path.split('/')
         .filter_map(|segment| segment.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')))
         .map(|name| {
-            let schema = if name == "name" { json!({"type": "string"}) } else { json!({"type": "string", "format": "uuid"}) };
+            let schema = if name == "name" {
+                json!({"type": "string"})
+            } else {
+                json!({"type": "string", "format": "uuid"})
+            };
             json!({"name": name, "in": "path", "required": true, "schema": schema})
         })
         .collect()
@@ -270,9 +278,13 @@ fn inline_refs(value: &Value, definitions: &Value) -> Value {
             {
                 return definition.clone();
             }
-            Value::Object(map.iter().map(|(key, value)| (key.clone(), inline_refs(value, definitions))).collect())
+            Value::Object(
+                map.iter().map(|(key, value)| (key.clone(), inline_refs(value, definitions))).collect(),
+            )
         }
-        Value::Array(items) => Value::Array(items.iter().map(|item| inline_refs(item, definitions)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|item| inline_refs(item, definitions)).collect())
+        }
         other => other.clone(),
     }
 }
@@ -312,7 +324,9 @@ mod tests {
         let schemas = document["components"]["schemas"].as_object().expect("schemas");
         for reference in text.split("\"$ref\":\"").skip(1) {
             let target = reference.split('"').next().unwrap_or_default();
-            let name = target.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("foreign ref {target}"));
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("foreign ref {target}"));
             assert!(schemas.contains_key(name), "{target} does not resolve");
         }
         assert!(schemas.contains_key("Problem"));

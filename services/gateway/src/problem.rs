@@ -118,7 +118,8 @@ impl Problem {
         );
         let value = HeaderValue::from_str(&challenge)
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"commerce\""));
-        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail).with_header(header::WWW_AUTHENTICATE, value)
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
+            .with_header(header::WWW_AUTHENTICATE, value)
     }
 
     /// 403: authenticated, but the role does not allow it.
@@ -151,7 +152,8 @@ impl IntoResponse for Problem {
         }
         let status = self.status_code();
         let body = serde_json::to_vec(&*self.0).unwrap_or_else(|_| b"{}".to_vec());
-        let mut response = (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
         for (name, value) in std::mem::take(&mut self.headers) {
             response.headers_mut().append(name, value);
         }
@@ -172,7 +174,11 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        // Our own client going away drops the call, so a Cancelled we see
+        // came from the peer side: tonic servers answer a call whose
+        // `grpc-timeout` ran out with Cancelled("Timeout expired"). To the
+        // HTTP client that is the gateway timing out upstream, not a 499.
+        Code::Cancelled => StatusCode::GATEWAY_TIMEOUT,
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
@@ -203,7 +209,7 @@ pub fn problem_from_status(peer: &str, status: &tonic::Status) -> Problem {
         Code::Unauthenticated => "unauthenticated",
         Code::ResourceExhausted => "rate-limited",
         Code::Unavailable => "unavailable",
-        Code::DeadlineExceeded => "timeout",
+        Code::DeadlineExceeded | Code::Cancelled => "timeout",
         _ => "upstream-error",
     };
     let detail = if http.is_client_error() {
@@ -232,7 +238,7 @@ mod tests {
     fn every_grpc_code_maps_to_the_documented_http_status() {
         let table = [
             (Code::Ok, 200),
-            (Code::Cancelled, 499),
+            (Code::Cancelled, 504),
             (Code::Unknown, 502),
             (Code::InvalidArgument, 400),
             (Code::DeadlineExceeded, 504),
@@ -264,7 +270,8 @@ mod tests {
 
     #[test]
     fn server_side_failures_hide_the_peer_message_and_unauthenticated_challenges() {
-        let problem = problem_from_status("catalog", &tonic::Status::internal("db password wrong at 10.0.0.3"));
+        let problem =
+            problem_from_status("catalog", &tonic::Status::internal("db password wrong at 10.0.0.3"));
         assert_eq!(problem.status, 502);
         assert!(!problem.detail.contains("10.0.0.3"));
         let problem = problem_from_status("auth", &tonic::Status::unauthenticated("wrong password"));

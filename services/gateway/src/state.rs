@@ -41,7 +41,11 @@ impl AppState {
     fn channel(&self, service: Service) -> Result<ResilientChannel, Problem> {
         self.peers.channel(service).map_err(|error| {
             tracing::error!(%error, "no channel to a peer");
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the {service} service is not reachable"))
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the {service} service is not reachable"),
+            )
         })
     }
 

@@ -44,6 +44,8 @@ use uuid::Uuid;
 const KNOWN_PRODUCT: &str = "6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0001";
 /// A product id for which the fake catalog answers Unavailable.
 const FLAKY_PRODUCT: &str = "6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0503";
+/// A product id for which the fake catalog answers after the deadline.
+const SLOW_PRODUCT: &str = "6a1f0a4e-5a0b-4c36-9b67-2c3a1d5f0504";
 /// Longest wait for an asynchronous effect (a reload, a key refresh).
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -68,16 +70,28 @@ fn public_key(kid: &str, signing: &SigningKey) -> auth_pb::PublicKey {
 
 #[tonic::async_trait]
 impl AuthService for FakeAuth {
-    async fn register(&self, _: Request<auth_pb::RegisterRequest>) -> Result<Response<auth_pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        _: Request<auth_pb::RegisterRequest>,
+    ) -> Result<Response<auth_pb::RegisterResponse>, Status> {
         Err(Status::already_exists("email is taken"))
     }
-    async fn login(&self, _: Request<auth_pb::LoginRequest>) -> Result<Response<auth_pb::LoginResponse>, Status> {
+    async fn login(
+        &self,
+        _: Request<auth_pb::LoginRequest>,
+    ) -> Result<Response<auth_pb::LoginResponse>, Status> {
         Err(Status::unauthenticated("wrong email or password"))
     }
-    async fn refresh(&self, _: Request<auth_pb::RefreshRequest>) -> Result<Response<auth_pb::RefreshResponse>, Status> {
+    async fn refresh(
+        &self,
+        _: Request<auth_pb::RefreshRequest>,
+    ) -> Result<Response<auth_pb::RefreshResponse>, Status> {
         Err(Status::unauthenticated("refresh token revoked"))
     }
-    async fn logout(&self, _: Request<auth_pb::LogoutRequest>) -> Result<Response<auth_pb::LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        _: Request<auth_pb::LogoutRequest>,
+    ) -> Result<Response<auth_pb::LogoutResponse>, Status> {
         Ok(Response::new(auth_pb::LogoutResponse {}))
     }
     async fn validate_token(
@@ -125,11 +139,16 @@ impl CatalogService for FakeCatalog {
         &self,
         request: Request<catalog_pb::GetProductRequest>,
     ) -> Result<Response<catalog_pb::GetProductResponse>, Status> {
-        let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let traceparent =
+            request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
         *self.last_traceparent.lock().map_err(|_| Status::internal("poisoned"))? = traceparent;
         match request.into_inner().id.as_str() {
             KNOWN_PRODUCT => Ok(Response::new(catalog_pb::GetProductResponse { product: Some(product()) })),
             FLAKY_PRODUCT => Err(Status::unavailable("catalog is restarting")),
+            SLOW_PRODUCT => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Err(Status::internal("too late"))
+            }
             id => Err(Status::not_found(format!("product {id} does not exist"))),
         }
     }
@@ -185,10 +204,16 @@ fn cart(user_id: String) -> cart_pb::Cart {
 
 #[tonic::async_trait]
 impl CartService for FakeCart {
-    async fn get_cart(&self, request: Request<cart_pb::GetCartRequest>) -> Result<Response<cart_pb::GetCartResponse>, Status> {
+    async fn get_cart(
+        &self,
+        request: Request<cart_pb::GetCartRequest>,
+    ) -> Result<Response<cart_pb::GetCartResponse>, Status> {
         Ok(Response::new(cart_pb::GetCartResponse { cart: Some(cart(request.into_inner().user_id)) }))
     }
-    async fn add_item(&self, request: Request<cart_pb::AddItemRequest>) -> Result<Response<cart_pb::AddItemResponse>, Status> {
+    async fn add_item(
+        &self,
+        request: Request<cart_pb::AddItemRequest>,
+    ) -> Result<Response<cart_pb::AddItemResponse>, Status> {
         let request = request.into_inner();
         if request.product_id != KNOWN_PRODUCT {
             return Err(Status::failed_precondition(format!("unknown product {}", request.product_id)));
@@ -207,10 +232,16 @@ impl CartService for FakeCart {
     ) -> Result<Response<cart_pb::RemoveItemResponse>, Status> {
         Ok(Response::new(cart_pb::RemoveItemResponse { cart: Some(cart(request.into_inner().user_id)) }))
     }
-    async fn clear_cart(&self, request: Request<cart_pb::ClearCartRequest>) -> Result<Response<cart_pb::ClearCartResponse>, Status> {
+    async fn clear_cart(
+        &self,
+        request: Request<cart_pb::ClearCartRequest>,
+    ) -> Result<Response<cart_pb::ClearCartResponse>, Status> {
         Ok(Response::new(cart_pb::ClearCartResponse { cart: Some(cart(request.into_inner().user_id)) }))
     }
-    async fn checkout(&self, _: Request<cart_pb::CheckoutRequest>) -> Result<Response<cart_pb::CheckoutResponse>, Status> {
+    async fn checkout(
+        &self,
+        _: Request<cart_pb::CheckoutRequest>,
+    ) -> Result<Response<cart_pb::CheckoutResponse>, Status> {
         Err(Status::failed_precondition("the cart is empty"))
     }
 }
@@ -225,8 +256,11 @@ struct Backends {
 
 async fn start_grpc<S>(service: S, shutdown: CancellationToken) -> Result<SocketAddr>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>
-        + tonic::server::NamedService
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
         + Clone
         + Send
         + Sync
@@ -278,13 +312,15 @@ async fn require_redis() -> Result<()> {
     };
     match tokio::time::timeout(Duration::from_secs(3), ping).await {
         Ok(Ok(_)) => Ok(()),
-        other => bail!("Redis is not reachable at {url} ({other:?}); start it with `bash e2e/scripts/infra.sh up`"),
+        other => {
+            bail!("Redis is not reachable at {url} ({other:?}); start it with `bash e2e/scripts/infra.sh up`")
+        }
     }
 }
 
 fn config(peers: &PeerArgs, redis_url: &str, prefix: &str, rules_file: Option<PathBuf>) -> Config {
     Config {
-        log: LogArgs { filter: "warn,commerce_gateway=info".to_owned(), ..LogArgs::default() },
+        log: LogArgs { filter: "warn".to_owned(), ..LogArgs::default() },
         admin: AdminArgs { addr: SocketAddr::from(([127, 0, 0, 1], 0)) },
         peers: peers.clone(),
         client: ClientArgs { deadline: Duration::from_secs(2), max_retries: 0, ..ClientArgs::default() },
@@ -297,7 +333,12 @@ fn config(peers: &PeerArgs, redis_url: &str, prefix: &str, rules_file: Option<Pa
             trusted_proxy_hops: 0,
             shutdown_grace: Duration::from_secs(1),
         },
-        jwt: JwtArgs { refresh_min_interval: Duration::from_millis(1500), leeway: Duration::ZERO },
+        jwt: JwtArgs {
+            issuer: "commerce-auth".to_owned(),
+            audience: "commerce".to_owned(),
+            refresh_min_interval: Duration::from_millis(1500),
+            leeway: Duration::ZERO,
+        },
         rate_limit: RateLimitArgs {
             default_per_minute: 6000,
             default_burst: 1000,
@@ -335,7 +376,8 @@ async fn start_gateway(config: Config, shutdown: &CancellationToken) -> Result<R
 /// fetched in the background at start).
 async fn wait_for_keys(gateway: &Running, token: &str) -> Result<()> {
     wait_until("the first key fetch", || async {
-        let response = gateway.http.get(format!("{}/api/cart", gateway.base)).bearer_auth(token).send().await?;
+        let response =
+            gateway.http.get(format!("{}/api/cart", gateway.base)).bearer_auth(token).send().await?;
         Ok(response.status() == StatusCode::OK)
     })
     .await
@@ -358,11 +400,18 @@ where
     }
 }
 
-fn token(signing: &SigningKey, kid: &str, alg: &str, roles: &[&str], exp_offset: i64) -> String {
+fn token(signing: &SigningKey, kid: &str, alg: &str, role: &str, exp_offset: i64) -> String {
     let now = chrono::Utc::now().timestamp();
     let header = json!({"alg": alg, "typ": "JWT", "kid": kid});
-    let claims = json!({"sub": Uuid::new_v4().to_string(), "roles": roles, "iat": now, "exp": now + exp_offset, "jti": "t"});
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let claims = json!({
+        "iss": "commerce-auth", "aud": "commerce", "sub": Uuid::new_v4(), "email": "shopper@example.com",
+        "role": role, "iat": now, "nbf": now - 5, "exp": now + exp_offset, "jti": Uuid::new_v4(),
+    });
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
     let signature = signing.sign(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
 }
@@ -374,7 +423,8 @@ fn prefix() -> String {
 async fn problem(response: reqwest::Response) -> Result<(StatusCode, reqwest::header::HeaderMap, Value)> {
     let status = response.status();
     let headers = response.headers().clone();
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let content_type =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let body: Value = response.json().await.context("a JSON body")?;
     ensure!(content_type == "application/problem+json", "content type {content_type} for {status}: {body}");
     ensure!(body["status"] == status.as_u16(), "status member {} vs {status}", body["status"]);
@@ -383,7 +433,10 @@ async fn problem(response: reqwest::Response) -> Result<(StatusCode, reqwest::he
 }
 
 fn pointers(body: &Value) -> Vec<String> {
-    body["errors"].as_array().map(|errors| errors.iter().filter_map(|e| e["pointer"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    body["errors"]
+        .as_array()
+        .map(|errors| errors.iter().filter_map(|e| e["pointer"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
 }
 
 struct Harness {
@@ -403,8 +456,9 @@ async fn harness(rules_file: Option<PathBuf>) -> Result<Harness> {
     require_redis().await?;
     let shutdown = CancellationToken::new();
     let backends = start_backends(&shutdown).await?;
-    let gateway = start_gateway(config(&backends.peers, &redis_url(), &prefix(), rules_file), &shutdown).await?;
-    let customer = token(&backends.signing, "k1", "EdDSA", &["customer"], 300);
+    let gateway =
+        start_gateway(config(&backends.peers, &redis_url(), &prefix(), rules_file), &shutdown).await?;
+    let customer = token(&backends.signing, "k1", "EdDSA", "customer", 300);
     wait_for_keys(&gateway, &customer).await?;
     Ok(Harness { shutdown, backends, gateway, customer })
 }
@@ -418,7 +472,9 @@ fn temp_rules_path() -> PathBuf {
 }
 
 fn products_rule(burst: u32) -> String {
-    format!("rules:\n  - name: products-tight\n    match: {{path: /api/products, methods: [GET]}}\n    key: ip\n    rate: 1\n    period: 1m\n    burst: {burst}\n")
+    format!(
+        "rules:\n  - name: products-tight\n    match: {{path: /api/products, methods: [GET]}}\n    key: ip\n    rate: 1\n    period: 1m\n    burst: {burst}\n"
+    )
 }
 
 // ------------------------------------------------------------------ tests
@@ -428,7 +484,13 @@ async fn malformed_json_unknown_fields_bad_quantities_and_wrong_content_types_ar
     let h = harness(None).await?;
     let url = format!("{}/api/cart/items", h.gateway.base);
     let post = |body: &'static str, content_type: &'static str| {
-        h.gateway.http.post(&url).bearer_auth(&h.customer).header("content-type", content_type).body(body).send()
+        h.gateway
+            .http
+            .post(&url)
+            .bearer_auth(&h.customer)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
     };
 
     let (status, _, body) = problem(post("{\"product_id\": ", "application/json").await?).await?;
@@ -445,7 +507,11 @@ async fn malformed_json_unknown_fields_bad_quantities_and_wrong_content_types_ar
 
     let not_uuid = r#"{"product_id":"mug","quantity":1}"#;
     let (status, _, body) = problem(post(not_uuid, "application/json").await?).await?;
-    assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["/product_id".to_owned()]), "{body}");
+    assert_eq!(
+        (status, pointers(&body)),
+        (StatusCode::BAD_REQUEST, vec!["/product_id".to_owned()]),
+        "{body}"
+    );
 
     let (status, _, _) = problem(post(r#"{"quantity":1}"#, "text/plain").await?).await?;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -459,20 +525,29 @@ async fn malformed_json_unknown_fields_bad_quantities_and_wrong_content_types_ar
     assert_eq!(post(ok, "application/json").await?.status(), StatusCode::OK);
 
     // Unknown product id on a read: the catalog's NotFound.
-    let response = h.gateway.http.get(format!("{}/api/products/{}", h.gateway.base, Uuid::new_v4())).send().await?;
+    let response =
+        h.gateway.http.get(format!("{}/api/products/{}", h.gateway.base, Uuid::new_v4())).send().await?;
     assert_eq!(problem(response).await?.0, StatusCode::NOT_FOUND);
     let response = h.gateway.http.get(format!("{}/api/products/not-a-uuid", h.gateway.base)).send().await?;
     let (status, _, body) = problem(response).await?;
     assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["path:id".to_owned()]));
-    let response = h.gateway.http.get(format!("{}/api/products?page_size=1000", h.gateway.base)).send().await?;
+    let response =
+        h.gateway.http.get(format!("{}/api/products?page_size=1000", h.gateway.base)).send().await?;
     let (status, _, body) = problem(response).await?;
     assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["query:page_size".to_owned()]));
 
     // An unavailable peer is a 503 with Retry-After, never a 500.
-    let response = h.gateway.http.get(format!("{}/api/products/{FLAKY_PRODUCT}", h.gateway.base)).send().await?;
+    let response =
+        h.gateway.http.get(format!("{}/api/products/{FLAKY_PRODUCT}", h.gateway.base)).send().await?;
     let (status, headers, _) = problem(response).await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
+
+    // A peer slower than the client deadline (2 s here) is a 504.
+    let response =
+        h.gateway.http.get(format!("{}/api/products/{SLOW_PRODUCT}", h.gateway.base)).send().await?;
+    let (status, _, body) = problem(response).await?;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     Ok(())
 }
 
@@ -508,23 +583,28 @@ async fn oversized_bodies_get_413_whether_declared_or_streamed() -> Result<()> {
 }
 
 #[tokio::test]
-async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_bearer_challenge() -> Result<()> {
+async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_bearer_challenge() -> Result<()>
+{
     let h = harness(None).await?;
     let url = format!("{}/api/cart", h.gateway.base);
     let signing = &h.backends.signing;
-    let expired = token(signing, "k1", "EdDSA", &["customer"], -600);
-    let mut tampered = token(signing, "k1", "EdDSA", &["customer"], 300);
-    let admin_claims = URL_SAFE_NO_PAD.encode(json!({"sub": "x", "roles": ["admin"], "exp": 9_999_999_999_i64}).to_string());
+    let expired = token(signing, "k1", "EdDSA", "customer", -600);
+    let mut tampered = token(signing, "k1", "EdDSA", "customer", 300);
+    let admin_claims =
+        URL_SAFE_NO_PAD.encode(json!({"iss": "commerce-auth", "aud": "commerce", "sub": Uuid::nil(), "email": "x@y.z", "role": "admin", "iat": 0, "nbf": 0, "exp": 9_999_999_999_i64, "jti": Uuid::nil()}).to_string());
     let parts: Vec<String> = tampered.split('.').map(str::to_owned).collect();
     tampered = format!("{}.{admin_claims}.{}", parts[0], parts[2]);
     let cases: Vec<(&str, Option<String>)> = vec![
         ("missing", None),
         ("expired", Some(expired)),
         ("tampered", Some(tampered)),
-        ("alg none", Some(format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#), parts[1]))),
-        ("HS256", Some(token(signing, "k1", "HS256", &["customer"], 300))),
-        ("RS256", Some(token(signing, "k1", "RS256", &["customer"], 300))),
-        ("other key", Some(token(&SigningKey::from_bytes(&[3; 32]), "k1", "EdDSA", &["customer"], 300))),
+        (
+            "alg none",
+            Some(format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#), parts[1])),
+        ),
+        ("HS256", Some(token(signing, "k1", "HS256", "customer", 300))),
+        ("RS256", Some(token(signing, "k1", "RS256", "customer", 300))),
+        ("other key", Some(token(&SigningKey::from_bytes(&[3; 32]), "k1", "EdDSA", "customer", 300))),
         ("garbage", Some("not.a.jwt".to_owned())),
     ];
     for (case, bearer) in cases {
@@ -546,8 +626,8 @@ async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_be
 async fn roles_gate_admin_and_courier_routes() -> Result<()> {
     let h = harness(None).await?;
     let signing = &h.backends.signing;
-    let admin = token(signing, "k1", "EdDSA", &["admin"], 300);
-    let courier = token(signing, "k1", "EdDSA", &["ROLE_COURIER"], 300);
+    let admin = token(signing, "k1", "EdDSA", "admin", 300);
+    let courier = token(signing, "k1", "EdDSA", "courier", 300);
     let url = format!("{}/api/admin/ratelimits", h.gateway.base);
 
     let (status, _, _) = problem(h.gateway.http.get(&url).bearer_auth(&h.customer).send().await?).await?;
@@ -559,7 +639,10 @@ async fn roles_gate_admin_and_courier_routes() -> Result<()> {
     let response = h.gateway.http.get(&url).bearer_auth(&admin).send().await?;
     assert_eq!(response.status(), StatusCode::OK);
     let rules: Value = response.json().await?;
-    assert!(rules["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["name"] == "default-ip")), "{rules}");
+    assert!(
+        rules["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["name"] == "default-ip")),
+        "{rules}"
+    );
 
     // A courier route refuses a customer before touching shipping.
     let status_url = format!("{}/api/shipments/{}/status", h.gateway.base, Uuid::new_v4());
@@ -585,7 +668,7 @@ async fn a_rotated_key_is_fetched_once_and_invented_key_ids_do_not_hammer_auth()
     let h = harness(None).await?;
     let rotated = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     h.backends.auth.keys.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(public_key("k2", &rotated));
-    let new_token = token(&rotated, "k2", "EdDSA", &["customer"], 300);
+    let new_token = token(&rotated, "k2", "EdDSA", "customer", 300);
     let url = format!("{}/api/cart", h.gateway.base);
     // Within the minimum refresh interval of the first fetch the kid stays
     // unknown; after it, one refresh finds it.
@@ -595,7 +678,7 @@ async fn a_rotated_key_is_fetched_once_and_invented_key_ids_do_not_hammer_auth()
     .await?;
     let fetches = h.backends.auth.fetches.load(Ordering::SeqCst);
     for _ in 0..5 {
-        let invented = token(&rotated, &format!("bogus-{}", Uuid::new_v4()), "EdDSA", &["customer"], 300);
+        let invented = token(&rotated, &format!("bogus-{}", Uuid::new_v4()), "EdDSA", "customer", 300);
         let (status, _, _) = problem(h.gateway.http.get(&url).bearer_auth(&invented).send().await?).await?;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
@@ -612,7 +695,12 @@ async fn a_burst_beyond_the_limit_gets_429_with_retry_after_and_ratelimit_header
     let url = format!("{}/api/products", h.gateway.base);
     wait_until("the rules file to load", || async {
         let response = h.gateway.http.get(&url).send().await?;
-        Ok(response.headers().get("ratelimit-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().contains("products-tight"))
+        Ok(response
+            .headers()
+            .get("ratelimit-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .contains("products-tight"))
     })
     .await?;
     // The wait above spent at least one request; spend the rest of the burst.
@@ -632,7 +720,11 @@ async fn a_burst_beyond_the_limit_gets_429_with_retry_after_and_ratelimit_header
     assert!(state.contains("\"products-tight\";r=0;t="), "{state}");
     let (status, headers, body) = problem(refused.context("the burst ran out within five requests")?).await?;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).context("Retry-After")?;
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .context("Retry-After")?;
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     let policy = headers.get("ratelimit-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert!(policy.contains("\"products-tight\";q=1;w=60"), "{policy}");
@@ -650,15 +742,27 @@ async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
     let rules = temp_rules_path();
     write_rules(&rules, &products_rule(4))?;
     let shared_prefix = prefix();
-    let first = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown).await?;
-    let second = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown).await?;
-    let admin = token(&backends.signing, "k1", "EdDSA", &["admin"], 300);
+    let first =
+        start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown)
+            .await?;
+    let second =
+        start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown)
+            .await?;
+    let admin = token(&backends.signing, "k1", "EdDSA", "admin", 300);
     for gateway in [&first, &second] {
         wait_for_keys(gateway, &admin).await?;
         wait_until("Redis and the rules on both gateways", || async {
-            let body: Value =
-                gateway.http.get(format!("{}/api/admin/ratelimits", gateway.base)).bearer_auth(&admin).send().await?.json().await?;
-            let loaded = body["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
+            let body: Value = gateway
+                .http
+                .get(format!("{}/api/admin/ratelimits", gateway.base))
+                .bearer_auth(&admin)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let loaded = body["rules"]
+                .as_array()
+                .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
             Ok(loaded && body["backend"] == "redis")
         })
         .await?;
@@ -674,7 +778,8 @@ async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
     ];
     assert_eq!(
         statuses,
-        [200, 200, 200, 200, 429, 429].map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)),
+        [200, 200, 200, 200, 429, 429]
+            .map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)),
         "a burst of 4 holds across both gateways"
     );
     let _ = std::fs::remove_file(rules);
@@ -689,12 +794,21 @@ async fn with_redis_unreachable_the_local_limiter_still_limits_and_metrics_say_s
     let rules = temp_rules_path();
     write_rules(&rules, &products_rule(2))?;
     // Port 1 on loopback: connection refused at once.
-    let gateway = start_gateway(config(&backends.peers, "redis://127.0.0.1:1", &prefix(), Some(rules.clone())), &shutdown).await?;
+    let gateway = start_gateway(
+        config(&backends.peers, "redis://127.0.0.1:1", &prefix(), Some(rules.clone())),
+        &shutdown,
+    )
+    .await?;
     let url = format!("{}/api/products", gateway.base);
     wait_until("the rules file to load", || async {
         let response = gateway.http.get(&url).send().await?;
         Ok(response.status() == StatusCode::TOO_MANY_REQUESTS
-            || response.headers().get("ratelimit-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().contains("products-tight"))
+            || response
+                .headers()
+                .get("ratelimit-policy")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .contains("products-tight"))
     })
     .await?;
     let mut statuses = Vec::new();
@@ -714,9 +828,10 @@ async fn a_changed_rules_file_applies_without_restart() -> Result<()> {
     let rules = temp_rules_path();
     write_rules(&rules, &products_rule(1000))?;
     let h = harness(Some(rules.clone())).await?;
-    let admin = token(&h.backends.signing, "k1", "EdDSA", &["admin"], 300);
+    let admin = token(&h.backends.signing, "k1", "EdDSA", "admin", 300);
     let burst_of = |name: &'static str| {
-        let (http, url, admin) = (h.gateway.http.clone(), format!("{}/api/admin/ratelimits", h.gateway.base), admin.clone());
+        let (http, url, admin) =
+            (h.gateway.http.clone(), format!("{}/api/admin/ratelimits", h.gateway.base), admin.clone());
         async move {
             let body: Value = http.get(url).bearer_auth(admin).send().await?.json().await?;
             Ok::<_, anyhow::Error>(body["rules"].as_array().and_then(|rules| {
@@ -728,7 +843,8 @@ async fn a_changed_rules_file_applies_without_restart() -> Result<()> {
     write_rules(&rules, &products_rule(1))?;
     wait_until("the changed rules", || async { Ok(burst_of("products-tight").await? == Some(1)) }).await?;
     let url = format!("{}/api/products", h.gateway.base);
-    let statuses = [h.gateway.http.get(&url).send().await?.status(), h.gateway.http.get(&url).send().await?.status()];
+    let statuses =
+        [h.gateway.http.get(&url).send().await?.status(), h.gateway.http.get(&url).send().await?.status()];
     assert_eq!(statuses[1], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
 
     // A broken file keeps the last good rules.
@@ -747,31 +863,53 @@ async fn rules_stored_in_redis_reach_every_gateway() -> Result<()> {
     let backends = start_backends(&shutdown).await?;
     let shared_prefix = prefix();
     let first = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, None), &shutdown).await?;
-    let second = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, None), &shutdown).await?;
-    let admin = token(&backends.signing, "k1", "EdDSA", &["admin"], 300);
+    let second =
+        start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, None), &shutdown).await?;
+    let admin = token(&backends.signing, "k1", "EdDSA", "admin", 300);
     wait_for_keys(&first, &admin).await?;
     wait_for_keys(&second, &admin).await?;
     let rule = json!({"name": "categories-by-user", "match": {"path": "/api/categories"}, "key": "user", "rate": 1, "period": "1h", "burst": 1});
     wait_until("Redis to connect", || async {
-        let response =
-            first.http.put(format!("{}/api/admin/ratelimits/categories-by-user", first.base)).bearer_auth(&admin).json(&rule).send().await?;
+        let response = first
+            .http
+            .put(format!("{}/api/admin/ratelimits/categories-by-user", first.base))
+            .bearer_auth(&admin)
+            .json(&rule)
+            .send()
+            .await?;
         Ok(response.status() == StatusCode::OK)
     })
     .await?;
     wait_until("the stored rule on the second gateway", || async {
-        let body: Value =
-            second.http.get(format!("{}/api/admin/ratelimits", second.base)).bearer_auth(&admin).send().await?.json().await?;
-        Ok(body["rules"].as_array().is_some_and(|rules| rules.iter().any(|r| r["name"] == "categories-by-user" && r["source"] == "redis")))
+        let body: Value = second
+            .http
+            .get(format!("{}/api/admin/ratelimits", second.base))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(body["rules"].as_array().is_some_and(|rules| {
+            rules.iter().any(|r| r["name"] == "categories-by-user" && r["source"] == "redis")
+        }))
     })
     .await?;
-    let customer = token(&backends.signing, "k1", "EdDSA", &["customer"], 300);
+    let customer = token(&backends.signing, "k1", "EdDSA", "customer", 300);
     let url_second = format!("{}/api/categories", second.base);
     assert_eq!(second.http.get(&url_second).bearer_auth(&customer).send().await?.status(), StatusCode::OK);
-    assert_eq!(second.http.get(&url_second).bearer_auth(&customer).send().await?.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        second.http.get(&url_second).bearer_auth(&customer).send().await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // Keyed by user: another user still has quota.
-    let other = token(&backends.signing, "k1", "EdDSA", &["customer"], 300);
+    let other = token(&backends.signing, "k1", "EdDSA", "customer", 300);
     assert_eq!(second.http.get(&url_second).bearer_auth(&other).send().await?.status(), StatusCode::OK);
-    let response = first.http.delete(format!("{}/api/admin/ratelimits/categories-by-user", first.base)).bearer_auth(&admin).send().await?;
+    let response = first
+        .http
+        .delete(format!("{}/api/admin/ratelimits/categories-by-user", first.base))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -779,7 +917,8 @@ async fn rules_stored_in_redis_reach_every_gateway() -> Result<()> {
 #[tokio::test]
 async fn the_openapi_document_parses_and_every_route_it_lists_is_served() -> Result<()> {
     let h = harness(None).await?;
-    let document: Value = h.gateway.http.get(format!("{}/api/openapi.json", h.gateway.base)).send().await?.json().await?;
+    let document: Value =
+        h.gateway.http.get(format!("{}/api/openapi.json", h.gateway.base)).send().await?.json().await?;
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().context("paths")?;
     assert_eq!(
@@ -787,14 +926,23 @@ async fn the_openapi_document_parses_and_every_route_it_lists_is_served() -> Res
         commerce_gateway::routes::ROUTES.len()
     );
     for (method, path) in commerce_gateway::routes::ROUTES {
-        assert!(document["paths"][path][method.to_ascii_lowercase()].is_object(), "{method} {path} undocumented");
-        let concrete = path.replace("{name}", "some-rule").replace(['{', '}'], "").replace("product_id", &Uuid::nil().to_string());
+        assert!(
+            document["paths"][path][method.to_ascii_lowercase()].is_object(),
+            "{method} {path} undocumented"
+        );
+        let concrete = path
+            .replace("{name}", "some-rule")
+            .replace(['{', '}'], "")
+            .replace("product_id", &Uuid::nil().to_string());
         let concrete = concrete.replace("/id", &format!("/{}", Uuid::nil()));
         let request = h.gateway.http.request(method.parse()?, format!("{}{concrete}", h.gateway.base));
         let response = request.send().await?;
         let status = response.status();
         let text = response.text().await?;
-        assert!(!text.contains("/no-route") && !text.contains("/method-not-allowed"), "{method} {concrete}: {status} {text}");
+        assert!(
+            !text.contains("/no-route") && !text.contains("/method-not-allowed"),
+            "{method} {concrete}: {status} {text}"
+        );
     }
     // And an unknown route is a problem too.
     let response = h.gateway.http.get(format!("{}/api/nothing-here", h.gateway.base)).send().await?;
@@ -830,8 +978,153 @@ async fn request_ids_are_echoed_and_traceparent_reaches_the_grpc_service() -> Re
 
     // A generated id is echoed and names the problem instance.
     let response = h.gateway.http.get(format!("{}/api/cart", h.gateway.base)).send().await?;
-    let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).context("generated id")?.to_owned();
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .context("generated id")?
+        .to_owned();
     let (_, _, body) = problem(response).await?;
     assert_eq!(body["instance"], format!("urn:request:{id}"));
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::test]
+async fn serve_runs_the_api_and_the_admin_endpoints_and_stops_on_shutdown() -> Result<()> {
+    require_redis().await?;
+    let shutdown = CancellationToken::new();
+    let _cancel = shutdown.clone().drop_guard();
+    let backends = start_backends(&shutdown).await?;
+    let mut config = config(&backends.peers, &redis_url(), &prefix(), None);
+    config.http.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    config.admin.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let (http_addr, admin_addr) = (config.http.addr, config.admin.addr);
+    let server_shutdown = CancellationToken::new();
+    let server = tokio::spawn(commerce_gateway::serve(config, server_shutdown.clone()));
+    let client = reqwest::Client::new();
+
+    wait_until("readiness", || async {
+        Ok(matches!(client.get(format!("http://{admin_addr}/readyz")).send().await, Ok(r) if r.status() == StatusCode::OK))
+    })
+    .await?;
+    assert_eq!(client.get(format!("http://{admin_addr}/healthz")).send().await?.status(), StatusCode::OK);
+    let response = client.get(format!("http://{http_addr}/api/products")).send().await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("ratelimit"), "allowed responses carry RateLimit too");
+
+    // CORS preflight for the configured origin.
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, format!("http://{http_addr}/api/orders"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,idempotency-key,content-type")
+        .send()
+        .await?;
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("https://shop.example")
+    );
+    let foreign = client
+        .get(format!("http://{http_addr}/api/products"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await?;
+    assert!(!foreign.headers().contains_key("access-control-allow-origin"));
+
+    let metrics = client.get(format!("http://{admin_addr}/metrics")).send().await?.text().await?;
+    for name in
+        ["commerce_gateway_ratelimit_fallback", "commerce_gateway_http_requests_total", "commerce_build_info"]
+    {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    server_shutdown.cancel();
+    tokio::time::timeout(WAIT, server).await.context("serve stops after shutdown")???;
+    Ok(())
+}
+
+/// A TCP forwarder to Redis that the test can cut and restore, as if Redis
+/// went away and came back. Cutting closes every forwarded connection.
+struct RedisProxy {
+    port: u16,
+    target: String,
+    cut: CancellationToken,
+}
+
+impl RedisProxy {
+    async fn start(target: String) -> Result<Self> {
+        let port = free_port()?;
+        let proxy = Self { port, target, cut: CancellationToken::new() };
+        proxy.listen().await?;
+        Ok(proxy)
+    }
+
+    async fn listen(&self) -> Result<()> {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await?;
+        let (target, cut) = (self.target.clone(), self.cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = cut.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut inbound, _)) = accepted else { return };
+                let (target, cut) = (target.clone(), cut.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        () = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    fn cut(&mut self) {
+        self.cut.cancel();
+    }
+
+    async fn restore(&mut self) -> Result<()> {
+        self.cut = CancellationToken::new();
+        self.listen().await
+    }
+}
+
+#[tokio::test]
+async fn losing_redis_mid_run_falls_back_and_recovers_when_it_returns() -> Result<()> {
+    require_redis().await?;
+    let shutdown = CancellationToken::new();
+    let _cancel = shutdown.clone().drop_guard();
+    let backends = start_backends(&shutdown).await?;
+    let target = redis_url().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let mut proxy = RedisProxy::start(target).await?;
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let gateway = start_gateway(config(&backends.peers, &url, &prefix(), None), &shutdown).await?;
+    let fallback = |expected: &'static str| {
+        let (http, base, metrics) = (gateway.http.clone(), gateway.base.clone(), gateway.metrics.clone());
+        async move {
+            // Each request runs a limit check, which notices the change.
+            let status = http.get(format!("{base}/api/categories")).send().await?.status();
+            ensure!(status == StatusCode::OK, "{status}");
+            Ok(metrics.encode()?.contains(&format!("commerce_gateway_ratelimit_fallback {expected}")))
+        }
+    };
+    wait_until("limits shared through Redis", || fallback("0")).await?;
+    proxy.cut();
+    wait_until("the fallback after Redis went away", || fallback("1")).await?;
+    proxy.restore().await?;
+    wait_until("Redis again after it came back", || fallback("0")).await?;
+    let metrics = gateway.metrics.encode()?;
+    assert!(
+        !metrics.contains("commerce_gateway_ratelimit_redis_errors_total 0"),
+        "errors were counted: {metrics}"
+    );
     Ok(())
 }

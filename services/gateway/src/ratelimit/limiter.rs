@@ -194,7 +194,12 @@ impl Limiter {
                 for check in checks {
                     invocation.key(&check.key).arg(check.interval_us).arg(check.tolerance_us);
                 }
-                match tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<Vec<i64>>(&mut connection)).await {
+                match tokio::time::timeout(
+                    REDIS_TIMEOUT,
+                    invocation.invoke_async::<Vec<i64>>(&mut connection),
+                )
+                .await
+                {
                     Ok(Ok(values)) if values.len() == checks.len() * 4 => Ok(decode(&values)),
                     Ok(Ok(values)) => Err(format!("the script returned {} values", values.len())),
                     Ok(Err(error)) => Err(error.to_string()),
@@ -226,7 +231,10 @@ impl Limiter {
         }
         self.metrics.fallback.set(i64::from(fallback));
         if fallback {
-            tracing::warn!(reason = reason.unwrap_or(""), "rate limits fall back to in-process counters (Redis unavailable); each replica now limits on its own");
+            tracing::warn!(
+                reason = reason.unwrap_or(""),
+                "rate limits fall back to in-process counters (Redis unavailable); each replica now limits on its own"
+            );
         } else {
             tracing::info!("rate limits are shared through Redis");
         }

@@ -148,7 +148,9 @@ impl RateLimiter {
                             changed |= sources.file != parsed;
                             sources.file = parsed;
                         }
-                        Err(error) => tracing::error!(%error, "the rate-limit rules file is invalid; keeping the last good rules"),
+                        Err(error) => {
+                            tracing::error!(%error, "the rate-limit rules file is invalid; keeping the last good rules")
+                        }
                     }
                 }
             }
@@ -187,10 +189,16 @@ impl RateLimiter {
         for (name, json) in stored {
             match serde_json::from_str::<Rule>(&json).map_err(|error| error.to_string()).and_then(|rule| {
                 rule.validate()?;
-                if rule.name == name { Ok(rule) } else { Err(format!("field {name} holds rule {}", rule.name)) }
+                if rule.name == name {
+                    Ok(rule)
+                } else {
+                    Err(format!("field {name} holds rule {}", rule.name))
+                }
             }) {
                 Ok(rule) => parsed.push(rule),
-                Err(error) => tracing::warn!(rule = %name, %error, "ignoring an invalid rate-limit rule stored in Redis"),
+                Err(error) => {
+                    tracing::warn!(rule = %name, %error, "ignoring an invalid rate-limit rule stored in Redis")
+                }
             }
         }
         Some(parsed)
@@ -202,7 +210,10 @@ impl RateLimiter {
         rule.validate().map_err(RulesError::InvalidRule)?;
         let mut connection = self.connection().ok_or(RulesError::RedisUnavailable)?;
         let json = serde_json::to_string(rule).map_err(|error| RulesError::InvalidRule(error.to_string()))?;
-        connection.hset::<_, _, _, ()>(self.redis_rules_key(), &rule.name, json).await.map_err(RulesError::WriteRule)?;
+        connection
+            .hset::<_, _, _, ()>(self.redis_rules_key(), &rule.name, json)
+            .await
+            .map_err(RulesError::WriteRule)?;
         self.reload().await;
         Ok(())
     }
@@ -211,7 +222,8 @@ impl RateLimiter {
     /// applies again). Returns whether it existed.
     pub async fn delete_rule(&self, name: &str) -> Result<bool, RulesError> {
         let mut connection = self.connection().ok_or(RulesError::RedisUnavailable)?;
-        let removed: i64 = connection.hdel(self.redis_rules_key(), name).await.map_err(RulesError::WriteRule)?;
+        let removed: i64 =
+            connection.hdel(self.redis_rules_key(), name).await.map_err(RulesError::WriteRule)?;
         self.reload().await;
         Ok(removed > 0)
     }
@@ -285,7 +297,9 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
         .map(|rule| {
             let subject = match rule.key {
                 KeyKind::Ip => format!("ip:{ip}"),
-                KeyKind::User => user.as_ref().map_or_else(|| format!("ip:{ip}"), |user| format!("user:{user}")),
+                KeyKind::User => {
+                    user.as_ref().map_or_else(|| format!("ip:{ip}"), |user| format!("user:{user}"))
+                }
                 KeyKind::ApiKey => request
                     .headers()
                     .get(rule.api_key_header())
@@ -301,10 +315,15 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
     let headers = rate_limit_headers(&matching, &decisions);
     if decisions.iter().any(|decision| !decision.allowed) {
         limiter.limiter.metrics().limited.inc();
-        let retry_after = decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after).max().unwrap_or_default();
+        let retry_after =
+            decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after).max().unwrap_or_default();
         let seconds = ceil_seconds(retry_after).max(1);
-        let refused: Vec<&str> =
-            matching.iter().zip(&decisions).filter(|(_, d)| !d.allowed).map(|(rule, _)| rule.name.as_str()).collect();
+        let refused: Vec<&str> = matching
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| !d.allowed)
+            .map(|(rule, _)| rule.name.as_str())
+            .collect();
         let mut problem = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",
@@ -336,7 +355,9 @@ fn rate_limit_headers(rules: &[&Rule], decisions: &[Decision]) -> Vec<(HeaderNam
     let states: Vec<String> = rules
         .iter()
         .zip(decisions)
-        .map(|(rule, decision)| format!("\"{}\";r={};t={}", rule.name, decision.remaining, ceil_seconds(decision.reset)))
+        .map(|(rule, decision)| {
+            format!("\"{}\";r={};t={}", rule.name, decision.remaining, ceil_seconds(decision.reset))
+        })
         .collect();
     let mut headers = Vec::new();
     if let Ok(value) = HeaderValue::from_str(&policies.join(", ")) {
@@ -382,7 +403,14 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 1.2.3.4"));
         let peer = Some(SocketAddr::from(([10, 0, 0, 1], 1234)));
         let make = |hops| {
-            RateLimiter::new(Vec::new(), None, "t".into(), hops, Arc::new(RwLock::new(None)), Default::default())
+            RateLimiter::new(
+                Vec::new(),
+                None,
+                "t".into(),
+                hops,
+                Arc::new(RwLock::new(None)),
+                Default::default(),
+            )
         };
         assert_eq!(make(0).client_ip(&headers, peer), "10.0.0.1");
         assert_eq!(make(1).client_ip(&headers, peer), "1.2.3.4", "the spoofable left entry is ignored");

@@ -114,7 +114,9 @@ pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
 impl Rule {
     /// Checks what serde cannot: a usable rate, period, burst and pattern.
     pub fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if self.name.is_empty()
+            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(format!("rule name {:?} must be letters, digits, - and _", self.name));
         }
         if self.rate == 0 || self.burst == 0 {
@@ -131,7 +133,9 @@ impl Rule {
 
     /// Whether the rule counts `method path`.
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        if !self.matcher.methods.is_empty() && !self.matcher.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+        if !self.matcher.methods.is_empty()
+            && !self.matcher.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        {
             return false;
         }
         path_matches(&self.matcher.path, path)
@@ -188,7 +192,10 @@ pub fn parse_rules_file(text: &str) -> Result<Vec<Rule>, String> {
 pub fn default_rules(args: &RateLimitArgs) -> Vec<Rule> {
     let per_minute = |name: &str, path: &str, methods: &[&str], rate: u32, burst: u32| Rule {
         name: name.to_owned(),
-        matcher: RuleMatch { path: path.to_owned(), methods: methods.iter().map(|m| (*m).to_owned()).collect() },
+        matcher: RuleMatch {
+            path: path.to_owned(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        },
         key: KeyKind::Ip,
         header: None,
         rate,
@@ -199,7 +206,13 @@ pub fn default_rules(args: &RateLimitArgs) -> Vec<Rule> {
     vec![
         per_minute("default-ip", "/api/**", &[], args.default_per_minute, args.default_burst),
         per_minute("auth-login-ip", "/api/auth/login", &["POST"], args.auth_per_minute, args.auth_burst),
-        per_minute("auth-register-ip", "/api/auth/register", &["POST"], args.auth_per_minute, args.auth_burst),
+        per_minute(
+            "auth-register-ip",
+            "/api/auth/register",
+            &["POST"],
+            args.auth_per_minute,
+            args.auth_burst,
+        ),
         per_minute("auth-refresh-ip", "/api/auth/refresh", &["POST"], args.auth_per_minute, args.auth_burst),
     ]
 }
@@ -215,7 +228,9 @@ pub struct EffectiveRule {
 /// Merges the sources by name: later sources replace earlier ones.
 pub fn merge(defaults: &[Rule], file: &[Rule], redis: &[Rule]) -> Vec<EffectiveRule> {
     let mut merged: BTreeMap<String, EffectiveRule> = BTreeMap::new();
-    for (source, rules) in [(RuleSource::Default, defaults), (RuleSource::File, file), (RuleSource::Redis, redis)] {
+    for (source, rules) in
+        [(RuleSource::Default, defaults), (RuleSource::File, file), (RuleSource::Redis, redis)]
+    {
         for rule in rules {
             merged.insert(rule.name.clone(), EffectiveRule { rule: rule.clone(), source });
         }

@@ -14,8 +14,8 @@ use serde::Serialize;
 use super::{grpc, missing, page_size};
 use crate::auth::AdminCaller;
 use crate::dto::{
-    AdminOrderQuery, Category, CreateCategoryRequest, CreateProductRequest, OrderPage, Product, RestockRequest,
-    StockLevel, UpdateProductRequest, quantity_u32,
+    AdminOrderQuery, Category, CreateCategoryRequest, CreateProductRequest, OrderPage, Product,
+    RestockRequest, StockLevel, UpdateProductRequest, quantity_u32,
 };
 use crate::extract::{ApiJson, ApiQuery, Validate, path_uuid};
 use crate::problem::{FieldError, Problem};

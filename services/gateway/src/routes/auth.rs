@@ -16,9 +16,11 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<SessionResponse>), Problem> {
-    let request = pb::RegisterRequest { email: body.email, password: body.password, display_name: body.display_name };
+    let request =
+        pb::RegisterRequest { email: body.email, password: body.password, display_name: body.display_name };
     let response = state.auth()?.register(request).await.map_err(grpc("auth"))?.into_inner();
-    let session = SessionResponse { user: response.user.map(User::from), tokens: response.tokens.map(TokenPair::from) };
+    let session =
+        SessionResponse { user: response.user.map(User::from), tokens: response.tokens.map(TokenPair::from) };
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -28,7 +30,10 @@ pub async fn login(
 ) -> Result<Json<SessionResponse>, Problem> {
     let request = pb::LoginRequest { email: body.email, password: body.password };
     let response = state.auth()?.login(request).await.map_err(grpc("auth"))?.into_inner();
-    Ok(Json(SessionResponse { user: response.user.map(User::from), tokens: response.tokens.map(TokenPair::from) }))
+    Ok(Json(SessionResponse {
+        user: response.user.map(User::from),
+        tokens: response.tokens.map(TokenPair::from),
+    }))
 }
 
 pub async fn refresh(
@@ -45,7 +50,8 @@ pub async fn logout(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RefreshTokenRequest>,
 ) -> Result<StatusCode, Problem> {
-    let request = commerce_platform::resilience::idempotent(pb::LogoutRequest { refresh_token: body.refresh_token });
+    let request =
+        commerce_platform::resilience::idempotent(pb::LogoutRequest { refresh_token: body.refresh_token });
     state.auth()?.logout(request).await.map_err(grpc("auth"))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -27,7 +27,8 @@ pub async fn list_products(
         max_price: price(query.max_price),
         include_inactive: false,
     };
-    let response = state.catalog()?.list_products(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
+    let response =
+        state.catalog()?.list_products(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
     Ok(Json(ProductPage {
         products: response.products.into_iter().map(Product::from).collect(),
         next_page_token: response.next_page_token,
@@ -35,16 +36,21 @@ pub async fn list_products(
     }))
 }
 
-pub async fn get_product(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Product>, Problem> {
+pub async fn get_product(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Product>, Problem> {
     let id = path_uuid("id", &id)?;
     let request = pb::GetProductRequest { id: id.to_string() };
-    let response = state.catalog()?.get_product(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
+    let response =
+        state.catalog()?.get_product(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
     let product = response.product.ok_or_else(|| missing("catalog", "product"))?;
     Ok(Json(Product::from(product)))
 }
 
 pub async fn list_categories(State(state): State<AppState>) -> Result<Json<CategoryList>, Problem> {
     let request = pb::ListCategoriesRequest { parent_id: String::new() };
-    let response = state.catalog()?.list_categories(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
+    let response =
+        state.catalog()?.list_categories(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
     Ok(Json(CategoryList { categories: response.categories.into_iter().map(Category::from).collect() }))
 }

@@ -94,7 +94,11 @@ pub(crate) fn grpc(peer: &'static str) -> impl Fn(tonic::Status) -> Problem {
 /// 502 for a peer answer that lacks a field it promises.
 pub(crate) fn missing(peer: &str, field: &str) -> Problem {
     tracing::error!(peer, field, "a peer answered without a required field");
-    Problem::new(StatusCode::BAD_GATEWAY, "upstream-error", format!("the {peer} service answered without {field}"))
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream-error",
+        format!("the {peer} service answered without {field}"),
+    )
 }
 
 /// The page size for a gRPC request (0 lets the service choose).

@@ -23,8 +23,12 @@ pub async fn list_notifications(
         page_token: query.page_token.unwrap_or_default(),
         unread_only: query.unread_only,
     };
-    let response =
-        state.notification()?.list_notifications(idempotent(request)).await.map_err(grpc("notification"))?.into_inner();
+    let response = state
+        .notification()?
+        .list_notifications(idempotent(request))
+        .await
+        .map_err(grpc("notification"))?
+        .into_inner();
     Ok(Json(NotificationPage {
         notifications: response.notifications.into_iter().map(Notification::from).collect(),
         next_page_token: response.next_page_token,

@@ -29,7 +29,10 @@ pub async fn place_order(
         lines: body
             .lines
             .iter()
-            .map(|line| pb::PlaceOrderLine { product_id: line.product_id.to_string(), quantity: quantity_u32(line.quantity) })
+            .map(|line| pb::PlaceOrderLine {
+                product_id: line.product_id.to_string(),
+                quantity: quantity_u32(line.quantity),
+            })
             .collect(),
         shipping_address: Some(body.shipping_address.into()),
         payment_method_token: body.payment_method_token,
@@ -54,7 +57,10 @@ pub async fn list_orders(
     list(&state, request).await
 }
 
-pub(crate) async fn list(state: &AppState, request: pb::ListOrdersRequest) -> Result<Json<OrderPage>, Problem> {
+pub(crate) async fn list(
+    state: &AppState,
+    request: pb::ListOrdersRequest,
+) -> Result<Json<OrderPage>, Problem> {
     let response = state.order()?.list_orders(idempotent(request)).await.map_err(grpc("order"))?.into_inner();
     Ok(Json(OrderPage {
         orders: response.orders.into_iter().map(Order::from).collect(),
@@ -66,7 +72,8 @@ pub(crate) async fn list(state: &AppState, request: pb::ListOrdersRequest) -> Re
 /// The order if the caller may see it (owner or admin), else 404.
 pub(crate) async fn visible_order(state: &AppState, caller: &Caller, id: Uuid) -> Result<pb::Order, Problem> {
     let request = pb::GetOrderRequest { id: id.to_string() };
-    let order = state.order()?.get_order(idempotent(request)).await.map_err(grpc("order"))?.into_inner().order;
+    let order =
+        state.order()?.get_order(idempotent(request)).await.map_err(grpc("order"))?.into_inner().order;
     match order {
         Some(order) if order.user_id == caller.user_id || caller.is_admin() => Ok(order),
         _ => Err(Problem::not_found(format!("order {id} does not exist"))),
@@ -95,10 +102,13 @@ pub async fn cancel_order(
         id: id.to_string(),
         // The order service checks ownership again when a user id is given.
         user_id: if caller.is_admin() { String::new() } else { caller.user_id.clone() },
-        reason: reason.unwrap_or_else(|| if caller.is_admin() { "cancelled by an admin" } else { "cancelled by the customer" }.to_owned()),
+        reason: reason.unwrap_or_else(|| {
+            if caller.is_admin() { "cancelled by an admin" } else { "cancelled by the customer" }.to_owned()
+        }),
     };
     // Cancelling is idempotent by contract.
-    let response = state.order()?.cancel_order(idempotent(request)).await.map_err(grpc("order"))?.into_inner();
+    let response =
+        state.order()?.cancel_order(idempotent(request)).await.map_err(grpc("order"))?.into_inner();
     let order = response.order.ok_or_else(|| missing("order", "order"))?;
     Ok(Json(Order::from(order)))
 }

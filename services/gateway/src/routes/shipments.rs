@@ -28,10 +28,19 @@ pub async fn list_shipments(
             super::orders::visible_order(&state, &caller, order_id).await?;
         }
         let request = pb::TrackShipmentRequest { order_id: order_id.to_string() };
-        let response = state.shipping()?.track_shipment(idempotent(request)).await.map_err(grpc("shipping"))?.into_inner();
+        let response = state
+            .shipping()?
+            .track_shipment(idempotent(request))
+            .await
+            .map_err(grpc("shipping"))?
+            .into_inner();
         let mut shipment = Shipment::from(response.shipment.ok_or_else(|| missing("shipping", "shipment"))?);
         shipment.events = response.events.into_iter().map(TrackingEvent::from).collect();
-        return Ok(Json(ShipmentPage { shipments: vec![shipment], next_page_token: String::new(), total_size: 1 }));
+        return Ok(Json(ShipmentPage {
+            shipments: vec![shipment],
+            next_page_token: String::new(),
+            total_size: 1,
+        }));
     }
     if !staff {
         return Err(Problem::invalid_field("query:order_id", "required: customers track shipments by order"));
@@ -42,7 +51,8 @@ pub async fn list_shipments(
         page_size: page_size(query.page_size),
         page_token: query.page_token.unwrap_or_default(),
     };
-    let response = state.shipping()?.list_shipments(idempotent(request)).await.map_err(grpc("shipping"))?.into_inner();
+    let response =
+        state.shipping()?.list_shipments(idempotent(request)).await.map_err(grpc("shipping"))?.into_inner();
     Ok(Json(ShipmentPage {
         shipments: response.shipments.into_iter().map(Shipment::from).collect(),
         next_page_token: response.next_page_token,
@@ -57,10 +67,18 @@ pub async fn get_shipment(
 ) -> Result<Json<Shipment>, Problem> {
     let id = path_uuid("id", &id)?;
     let request = pb::GetShipmentRequest { id: id.to_string() };
-    let shipment = state.shipping()?.get_shipment(idempotent(request)).await.map_err(grpc("shipping"))?.into_inner().shipment;
+    let shipment = state
+        .shipping()?
+        .get_shipment(idempotent(request))
+        .await
+        .map_err(grpc("shipping"))?
+        .into_inner()
+        .shipment;
     match shipment {
         Some(shipment)
-            if caller.is_admin() || shipment.user_id == caller.user_id || shipment.courier_id == caller.user_id =>
+            if caller.is_admin()
+                || shipment.user_id == caller.user_id
+                || shipment.courier_id == caller.user_id =>
         {
             Ok(Json(Shipment::from(shipment)))
         }
@@ -85,8 +103,12 @@ pub async fn update_status(
         location: body.location,
     };
     // Repeating the current status is a no-op by contract.
-    let response =
-        state.shipping()?.update_shipment_status(idempotent(request)).await.map_err(grpc("shipping"))?.into_inner();
+    let response = state
+        .shipping()?
+        .update_shipment_status(idempotent(request))
+        .await
+        .map_err(grpc("shipping"))?
+        .into_inner();
     let shipment = response.shipment.ok_or_else(|| missing("shipping", "shipment"))?;
     Ok(Json(Shipment::from(shipment)))
 }
