@@ -64,14 +64,18 @@ pub struct AdminArgs {
 /// What can go wrong running the admin server.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The admin port is taken or not ours to bind.
     #[error("cannot bind the admin server to {addr}")]
     Bind {
+        /// The configured `--admin-addr`.
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    /// Accepting connections failed.
     #[error("the admin server failed")]
     Serve(#[source] std::io::Error),
+    /// A metric could not be written out (a collector failed).
     #[error("cannot encode metrics")]
     EncodeMetrics(#[source] fmt::Error),
 }
@@ -169,7 +173,9 @@ pub struct GrpcCallLabels {
 /// Labels of one gRPC method.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct GrpcMethodLabels {
+    /// Fully qualified service, e.g. `commerce.order.v1.OrderService`.
     pub grpc_service: String,
+    /// Method name, e.g. `PlaceOrder`.
     pub grpc_method: String,
 }
 
@@ -431,6 +437,7 @@ pub struct GrpcMetricsLayer {
 }
 
 impl GrpcMetricsLayer {
+    /// Records into `metrics`' gRPC server families.
     pub fn new(metrics: &Metrics) -> Self {
         Self { metrics: metrics.grpc_server.clone() }
     }

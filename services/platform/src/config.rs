@@ -30,10 +30,13 @@ use crate::telemetry::LogArgs;
 /// Flags every service has: logging, the admin server, the gRPC server.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct CommonArgs {
+    /// Log format and filter.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// Where the service's gRPC API is served, and how long it drains.
     #[command(flatten)]
     pub grpc: GrpcArgs,
 }

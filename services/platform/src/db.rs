@@ -36,7 +36,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::readiness::Check;
+use crate::readiness::{Check, Readiness};
 
 /// Schema of the platform's tables (outbox, processed events) in every
 /// service database.
@@ -173,7 +173,8 @@ pub async fn connect_with_retry(
     shutdown: &CancellationToken,
 ) -> Result<PgPool, DatabaseError> {
     let url = redact(&args.url);
-    let options = parse_url(&args.url).map_err(|source| DatabaseError::ParseUrl { url: url.clone(), source })?;
+    let options =
+        parse_url(&args.url).map_err(|source| DatabaseError::ParseUrl { url: url.clone(), source })?;
     let pool_options = PgPoolOptions::new()
         .max_connections(args.max_connections)
         .acquire_timeout(args.connect_timeout)
@@ -211,11 +212,27 @@ pub async fn connect_with_retry(
     }
 }
 
+/// The usual wiring in one call: registers the [`READINESS_CHECK`] in
+/// `readiness`, waits for the database ([`connect_with_retry`]) and keeps
+/// the check current until `shutdown` ([`spawn_health_check`]).
+pub async fn connect(
+    args: &DatabaseArgs,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Result<PgPool, DatabaseError> {
+    let check = readiness.register(READINESS_CHECK);
+    let pool = connect_with_retry(args, &check, shutdown).await?;
+    spawn_health_check(pool.clone(), check, shutdown.clone());
+    Ok(pool)
+}
+
 /// Parses a Postgres URL. sqlx ignores the scheme; a `mysql://` URL given
 /// by mistake would otherwise be retried against forever.
 fn parse_url(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(sqlx::Error::Configuration("the URL must start with postgres:// or postgresql://".into()));
+        return Err(sqlx::Error::Configuration(
+            "the URL must start with postgres:// or postgresql://".into(),
+        ));
     }
     PgConnectOptions::from_str(url)
 }
@@ -228,7 +245,15 @@ fn parse_url(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 /// the two sets of migrations cannot collide.
 pub async fn run_migrations(pool: &PgPool, service_migrations: &Migrator) -> Result<(), DatabaseError> {
     install_platform_tables(pool).await?;
-    service_migrations.run(pool).await.map_err(DatabaseError::MigrateServiceTables)?;
+    // `run_direct` on one acquired connection rather than `run(pool)`: the
+    // services that await this inside their `serve` and spawn it met "`Acquire`
+    // is not general enough" from `run(pool)`'s higher-ranked bound
+    // (rust#102211); a concrete connection has no such bound.
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|error| DatabaseError::MigrateServiceTables(MigrateError::Execute(error)))?;
+    service_migrations.run_direct(&mut *conn).await.map_err(DatabaseError::MigrateServiceTables)?;
     tracing::info!("service migrations are up to date");
     Ok(())
 }
@@ -260,7 +285,7 @@ pub async fn install_platform_tables(pool: &PgPool) -> Result<(), DatabaseError>
             .await
             .map_err(DatabaseError::CreatePlatformSchema);
         created.and(unlocked)?;
-        PLATFORM_MIGRATOR.run(&mut conn).await.map_err(DatabaseError::MigratePlatformTables)
+        PLATFORM_MIGRATOR.run_direct(&mut conn).await.map_err(DatabaseError::MigratePlatformTables)
     }
     .await;
     // Closing politely is a courtesy; a failure here changes nothing.
@@ -407,14 +432,15 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_url_fails_at_once_instead_of_retrying() {
-        let readiness = crate::readiness::Readiness::new();
+        let readiness = Readiness::new();
         let check = readiness.register(READINESS_CHECK);
         for url in ["mysql://u:p@h/d", "postgres://u:p@h:notaport/d"] {
             let (args, shutdown) = (DatabaseArgs::new(url), CancellationToken::new());
-            let error = tokio::time::timeout(Duration::from_secs(5), connect_with_retry(&args, &check, &shutdown))
-                .await
-                .expect("fails at once")
-                .expect_err("must not connect");
+            let error =
+                tokio::time::timeout(Duration::from_secs(5), connect_with_retry(&args, &check, &shutdown))
+                    .await
+                    .expect("fails at once")
+                    .expect_err("must not connect");
             assert!(matches!(error, DatabaseError::ParseUrl { .. }), "{url}: {error:?}");
             assert!(!error.to_string().contains(":p@"), "no password in {error}");
         }

@@ -103,6 +103,7 @@ fn default_resolve_interval() -> Duration {
 /// One `service=http://host:port` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerTarget {
+    /// Which peer this address is for.
     pub service: Service,
     /// `http://host:port`: the host is resolved, the whole URI is the
     /// `:authority` calls carry.
@@ -155,12 +156,24 @@ impl FromStr for PeerTarget {
 /// What can go wrong finding peers.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
+    /// A `--peer` entry is malformed.
     #[error("invalid peer {entry:?}: {reason}")]
-    ParsePeer { entry: String, reason: String },
+    ParsePeer {
+        /// The entry as given.
+        entry: String,
+        /// What is wrong with it, for the person fixing the configuration.
+        reason: String,
+    },
+    /// Code asked for a peer the configuration does not name.
     #[error("no address configured for peer {service} (--peer {service}=http://host:port)")]
-    FindPeer { service: Service },
+    FindPeer {
+        /// The peer asked for.
+        service: Service,
+    },
+    /// tonic rejected the peer's address as an endpoint.
     #[error("cannot build an endpoint for {address}")]
     BuildEndpoint {
+        /// The peer's configured address.
         address: String,
         #[source]
         source: tonic::transport::Error,
@@ -169,6 +182,7 @@ pub enum DiscoveryError {
 
 /// Turns a host name into the addresses of its replicas.
 pub trait Resolver: Send + Sync + 'static {
+    /// Every address `host` currently resolves to, each with `port`.
     fn resolve(&self, host: &str, port: u16)
     -> impl Future<Output = std::io::Result<Vec<SocketAddr>>> + Send;
 }

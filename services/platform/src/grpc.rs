@@ -13,10 +13,12 @@
 //! `grpcurl inventory:50051 list` works against any pod without local
 //! `.proto` files.
 //!
-//! Shutdown, when the token is cancelled: health turns NOT_SERVING, the
-//! listener closes (new connections are refused), open connections get an
-//! HTTP/2 GOAWAY and in-flight requests finish; whatever is still running
-//! after the grace period is abandoned to the process exit.
+//! Shutdown, when the token is cancelled: health turns NOT_SERVING (and
+//! health watch streams end), the listener closes (new connections are
+//! refused), open connections get an HTTP/2 GOAWAY and in-flight requests
+//! finish; whatever is still running after the grace period is abandoned to
+//! the process exit. Long-lived streaming RPCs of a service must watch the
+//! same token and end themselves, or they run into the grace period.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,20 +68,27 @@ pub struct GrpcArgs {
 /// What can go wrong running the gRPC server.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcServerError {
+    /// The gRPC port is taken or not ours to bind.
     #[error("cannot bind the gRPC server to {addr}")]
     Bind {
+        /// The configured `--grpc-addr`.
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    /// A descriptor set given to the builder does not decode.
     #[error("cannot build the reflection service from the descriptor sets")]
     BuildReflection(#[source] tonic_reflection::server::Error),
+    /// The server stopped with a transport error.
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
     /// Requests were still running when the grace period ended; the process
     /// exit cuts them off.
     #[error("in-flight gRPC requests did not finish within the {grace:?} shutdown grace")]
-    Drain { grace: Duration },
+    Drain {
+        /// The configured `--grpc-shutdown-grace`.
+        grace: Duration,
+    },
 }
 
 /// Builds and runs a service's gRPC server.
@@ -104,6 +113,8 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
+    /// A server with no services yet, configured from `args`, reporting
+    /// health from `readiness` and request metrics into `metrics`.
     pub fn new(args: &GrpcArgs, readiness: Readiness, metrics: &Metrics) -> Self {
         Self {
             args: args.clone(),
@@ -237,11 +248,12 @@ impl HealthMirror {
 
 /// Mirrors readiness into health until shutdown, then reports NOT_SERVING
 /// and returns (the server's shutdown signal waits for that).
-async fn mirror_readiness(
-    mut mirror: HealthMirror,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) -> HealthMirror {
+///
+/// At shutdown the statuses are also cleared: that closes their watch
+/// channels, so every open `Health/Watch` stream delivers NOT_SERVING and
+/// then ends. Otherwise those endless streams would hold their connections
+/// open for the whole grace period.
+async fn mirror_readiness(mut mirror: HealthMirror, readiness: Readiness, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEALTH_SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -251,5 +263,7 @@ async fn mirror_readiness(
         }
     }
     mirror.sync(false).await;
-    mirror
+    for name in &mirror.names {
+        mirror.reporter.clear_service_status(name).await;
+    }
 }

@@ -53,6 +53,7 @@ impl fmt::Debug for RedisArgs {
 /// What can go wrong connecting to Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
+    /// `--redis-url` is not a Redis URL.
     #[error("invalid Redis URL {url}")]
     ParseUrl {
         /// The URL with any password replaced.
@@ -63,6 +64,7 @@ pub enum RedisError {
     /// Shutdown came before Redis was reachable.
     #[error("shut down while waiting for Redis at {addr}")]
     Connect {
+        /// Host and port of the Redis that was waited for.
         addr: String,
         /// The last connection error seen, if any attempt finished.
         #[source]

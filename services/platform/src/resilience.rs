@@ -148,6 +148,7 @@ impl Default for ClientArgs {
 /// What can go wrong setting up resilient clients.
 #[derive(Debug, thiserror::Error)]
 pub enum ResilienceError {
+    /// The bytes given as a `FileDescriptorSet` are not one.
     #[error("cannot decode the file descriptor set")]
     DecodeDescriptorSet(#[source] prost::DecodeError),
 }
@@ -158,6 +159,9 @@ pub struct Idempotent;
 
 /// Marks a request as idempotent, so a [`ResilientChannel`] may retry it:
 /// `client.get_product(idempotent(GetProductRequest { .. }))`.
+///
+/// Meant for unary calls: a retryable request's body is buffered whole so it
+/// can be sent again, which for a client stream means waiting for its end.
 pub fn idempotent<T>(request: impl tonic::IntoRequest<T>) -> tonic::Request<T> {
     let mut request = request.into_request();
     request.extensions_mut().insert(Idempotent);
@@ -171,6 +175,7 @@ pub struct IdempotentMethods {
 }
 
 impl IdempotentMethods {
+    /// Exactly these paths, e.g. `/commerce.catalog.v1.CatalogService/GetProduct`.
     pub fn new<I, P>(paths: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -206,6 +211,7 @@ impl IdempotentMethods {
         Ok(Self { paths })
     }
 
+    /// Whether calls to `path` may be retried.
     pub fn contains(&self, path: &str) -> bool {
         self.paths.contains(path)
     }
@@ -551,6 +557,7 @@ pub struct ResilienceLayer {
 }
 
 impl ResilienceLayer {
+    /// A layer for calls to `peer`, configured from `--client-*`.
     pub fn new(peer: impl Into<String>, args: &ClientArgs) -> Self {
         Self {
             args: args.clone(),
@@ -560,11 +567,13 @@ impl ResilienceLayer {
         }
     }
 
+    /// Methods retried without a per-request [`idempotent`] marker.
     pub fn with_idempotent_methods(mut self, methods: IdempotentMethods) -> Self {
         self.idempotent_methods = methods;
         self
     }
 
+    /// Records retries, fast failures and the breaker state into `metrics`.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.metrics = Some(metrics.clone());
         self
@@ -753,9 +762,24 @@ where
     };
     match tokio::time::timeout(remaining, call).await {
         Ok(Ok(response)) => Ok(response),
+        // tonic's channel enforces the `grpc-timeout` we sent as well, and
+        // may notice first; it reports that as `Cancelled`, but it is our
+        // deadline.
+        Ok(Err(error)) if caused_by_timeout(&*error) => Err(None),
         Ok(Err(error)) => Err(Some(Status::from_error(error))),
         Err(_elapsed) => Err(None),
     }
+}
+
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 #[cfg(test)]

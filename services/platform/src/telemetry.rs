@@ -65,6 +65,7 @@ pub enum TelemetryError {
     /// silently logging nothing.
     #[error("cannot parse log filter {filter:?}")]
     ParseFilter {
+        /// The filter as given.
         filter: String,
         #[source]
         source: tracing_subscriber::filter::ParseError,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use commerce_api::catalog::{Service, Topic, all_topics};
+use commerce_platform::admin::Metrics;
 use commerce_platform::db;
 use commerce_platform::events::cloudevents::{self, CloudEventAttributes};
 use commerce_platform::events::consumer::{
@@ -25,14 +26,17 @@ use commerce_platform::events::consumer::{
 };
 use commerce_platform::events::producer::OutgoingRecord;
 use commerce_platform::events::{
-    EventConsumer, EventHandler, EventProducer, HandlerError, IncomingEvent, TopicNames,
+    EventConsumer, EventHandler, EventMetrics, EventProducer, HandlerError, IncomingEvent, TopicNames,
 };
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context;
 use commerce_proto::events::v1::OrderPlaced;
 use events_support::*;
 use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message as _, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +91,7 @@ struct Harness {
     producer: EventProducer,
     calls: Arc<AtomicU32>,
     hopeless_calls: Arc<AtomicU32>,
+    metrics: Metrics,
     shutdown: CancellationToken,
     consumer: JoinHandle<Result<(), commerce_platform::events::ConsumerError>>,
 }
@@ -122,10 +127,12 @@ impl Harness {
             readiness.register("kafka-consumer"),
         )?
         .with_settings(ConsumerSettings { max_attempts, retry_backoff: Duration::from_millis(20) });
+        let metrics = Metrics::new("consumer-test");
+        let consumer = consumer.with_metrics(EventMetrics::register(&metrics));
         assert_eq!(consumer.group(), format!("{prefix}commerce-shipping"));
         let shutdown = CancellationToken::new();
         let consumer = tokio::spawn(consumer.run(shutdown.clone()));
-        Ok(Self { database, names, producer, calls, hopeless_calls, shutdown, consumer })
+        Ok(Self { database, names, producer, calls, hopeless_calls, metrics, shutdown, consumer })
     }
 
     fn orders_topic(&self) -> String {
@@ -176,15 +183,48 @@ impl Harness {
         .await
     }
 
-    /// Stops the consumer (which must stop cleanly) and cleans up.
-    async fn finish(self) -> anyhow::Result<()> {
-        let topics = vec![self.orders_topic(), self.dead_letter_topic()];
+    /// Stops the consumer, which must stop cleanly (and commit).
+    async fn stop(&mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(EVENTUALLY, self.consumer).await.context("the consumer does not stop")???;
+        tokio::time::timeout(EVENTUALLY, &mut self.consumer)
+            .await
+            .context("the consumer does not stop")???;
+        Ok(())
+    }
+
+    /// Stops the consumer and deletes the test's database and topics.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        if !self.consumer.is_finished() {
+            self.stop().await?;
+        }
+        let topics = vec![self.orders_topic(), self.dead_letter_topic()];
         self.database.drop_database().await?;
         delete_topics(&topics).await;
         Ok(())
     }
+}
+
+/// The group's committed offsets on `topic`, for partitions that have one.
+fn committed_offsets(group: &str, topic: &str) -> anyhow::Result<Vec<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut partitions = TopicPartitionList::new();
+    for partition in metadata.topics().first().context("topic metadata")?.partitions() {
+        partitions.add_partition(topic, partition.id());
+    }
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Attributes of an `OrderPlaced` for `order_id`, in a new trace.
@@ -210,6 +250,23 @@ async fn the_same_event_delivered_twice_has_one_effect() -> anyhow::Result<()> {
             .await?;
     assert_eq!(processed, 1);
     assert!(read_topic(&harness.dead_letter_topic()).await?.is_empty(), "nothing was dead-lettered");
+    eventually("the metrics count two handled events and one duplicate", || async {
+        let exposition = harness.metrics.encode()?;
+        Ok([
+            r#"commerce_events_consumed_total{service="shipping",outcome="handled"} 2"#,
+            r#"commerce_events_consumed_total{service="shipping",outcome="duplicate"} 1"#,
+        ]
+        .iter()
+        .all(|line| exposition.contains(line)))
+    })
+    .await?;
+
+    // A clean stop commits the offsets of everything processed.
+    let mut harness = harness;
+    harness.stop().await?;
+    let (group, topic) = (harness.names.consumer_group(SERVICE), harness.orders_topic());
+    let committed = tokio::task::spawn_blocking(move || committed_offsets(&group, &topic)).await??;
+    assert_eq!(committed, vec![3], "the group's committed position is past all three records");
     harness.finish().await
 }
 

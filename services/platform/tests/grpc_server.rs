@@ -249,3 +249,27 @@ async fn handled_requests_are_counted_by_method_and_code() {
     server.shutdown.cancel();
     server.task.await.expect("server task").expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_health_watch_sees_not_serving_and_ends_so_shutdown_does_not_wait_for_it() {
+    let readiness = Readiness::new();
+    readiness.register("database").set_ready();
+    let server = start_server(Probe::replying("pong"), readiness, &Metrics::new("test"), LONG_GRACE).await;
+    let mut watch = HealthClient::new(connect(server.uri()).await)
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("watch starts")
+        .into_inner();
+    let first = watch.message().await.expect("a status").expect("not the end");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    server.shutdown.cancel();
+    let last = watch.message().await.expect("a status").expect("not the end yet");
+    assert_eq!(last.status(), ServingStatus::NotServing);
+    assert!(watch.message().await.expect("a clean end").is_none(), "the watch ends at shutdown");
+    tokio::time::timeout(PATIENCE, server.task)
+        .await
+        .expect("the open watch does not hold up the drain")
+        .expect("server task")
+        .expect("clean shutdown");
+}

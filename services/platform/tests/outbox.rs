@@ -9,11 +9,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use commerce_api::catalog::Topic;
+use commerce_api::catalog::{Service, Topic};
+use commerce_platform::admin::Metrics;
 use commerce_platform::db::{self, DatabaseArgs};
 use commerce_platform::events::cloudevents::{self, CloudEventAttributes};
 use commerce_platform::events::outbox::{RELAY_LOCK_KEY, RelaySettings};
-use commerce_platform::events::{EventPayload, EventProducer, OutboxRelay, TopicNames, enqueue};
+use commerce_platform::events::{
+    EventMetrics, EventPayload, EventProducer, OutboxRelay, TopicNames, enqueue,
+};
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context::{self, TRACEPARENT, TraceContext};
 use commerce_proto::events::v1::OrderPlaced;
@@ -219,8 +222,22 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     let committed = place_order(&database.pool, "committed").await?;
 
     let shutdown = CancellationToken::new();
-    let relay = start_relay(&database.pool, &prefix, &shutdown)?;
+    let metrics = Metrics::new("outbox-test");
+    let relay = OutboxRelay::new(database.pool.clone(), EventProducer::new(&kafka_args(&prefix))?)
+        .with_metrics(EventMetrics::register(&metrics), Service::Order);
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
     eventually("the committed event is published", || published_at_is_set(&database.pool, committed)).await?;
+    eventually("the metrics show one published event and an empty backlog", || async {
+        let exposition = metrics.encode()?;
+        Ok([
+            r#"commerce_outbox_published_events_total{service="order"} 1"#,
+            r#"commerce_outbox_unpublished_events{service="order"} 0"#,
+            r#"commerce_outbox_relay_leader{service="order"} 1"#,
+        ]
+        .iter()
+        .all(|line| exposition.contains(line)))
+    })
+    .await?;
 
     let topic = names.topic(Topic::Orders);
     let records = read_topic(&topic).await?;

@@ -57,6 +57,7 @@ use uuid::Uuid;
 use super::EventPayload;
 use super::cloudevents::CloudEventAttributes;
 use super::kafka::{KafkaArgs, TracingContext, spawn_broker_watch};
+use super::metrics::EventMetrics;
 use super::outbox::error_chain;
 use super::producer::{EventProducer, OutgoingRecord};
 use crate::db::{Backoff, sleep_or_cancelled};
@@ -329,6 +330,18 @@ enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// The `outcome` label of a finished record.
+    fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Handled => Some("handled"),
+            Self::Duplicate => Some("duplicate"),
+            Self::DeadLettered => Some("dead_lettered"),
+            Self::Interrupted => None,
+        }
+    }
+}
+
 /// Why a record was dead-lettered (the `dlq_reason` header).
 #[derive(Debug, Clone, Copy)]
 enum DeadLetterReason {
@@ -367,6 +380,8 @@ pub struct EventConsumer<H> {
     handler: H,
     settings: ConsumerSettings,
     check: Check,
+    /// Where to count outcomes; none by default.
+    metrics: Option<EventMetrics>,
 }
 
 impl<H> std::fmt::Debug for EventConsumer<H> {
@@ -422,12 +437,19 @@ impl<H: EventHandler> EventConsumer<H> {
             handler,
             settings: ConsumerSettings::from_args(args),
             check,
+            metrics: None,
         })
     }
 
     /// Overrides the retry settings taken from the flags.
     pub fn with_settings(mut self, settings: ConsumerSettings) -> Self {
         self.settings = ConsumerSettings { max_attempts: settings.max_attempts.max(1), ..settings };
+        self
+    }
+
+    /// Counts each event's outcome into `metrics`.
+    pub fn with_metrics(mut self, metrics: EventMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -486,6 +508,9 @@ impl<H: EventHandler> EventConsumer<H> {
                 }
             };
             let outcome = self.process(&record, &shutdown).await;
+            if let (Some(metrics), Some(label)) = (&self.metrics, outcome.label()) {
+                metrics.consumed(self.service, label);
+            }
             if outcome == Outcome::Interrupted {
                 break;
             }

@@ -8,12 +8,11 @@
 //!   bridge;
 //! - [`cloudevents`]: the `ce_*` headers, built and parsed;
 //! - [`producer`]: the idempotent producer and its readiness;
-//! - [`outbox`]: [`enqueue`](outbox::enqueue) inside the service's
-//!   transaction, and the [`OutboxRelay`](outbox::OutboxRelay) that publishes;
-//! - [`consumer`]: [`EventConsumer`](consumer::EventConsumer) running a
-//!   service's [`EventHandler`](consumer::EventHandler);
-//! - [`topics`]: [`ensure_topics`](topics::ensure_topics), shared with the
-//!   operator.
+//! - [`outbox`]: [`enqueue`] inside the service's transaction, and the
+//!   [`OutboxRelay`] that publishes;
+//! - [`consumer`]: [`EventConsumer`] running a service's [`EventHandler`];
+//! - [`topics`]: [`ensure_topics`], shared with the operator;
+//! - [`metrics`]: the relays' and consumers' Prometheus families.
 //!
 //! Topic names and consumer groups come from `commerce_api::catalog` only;
 //! event types and keys from [`EventPayload`], implemented by the proto crate
@@ -22,6 +21,7 @@
 pub mod cloudevents;
 pub mod consumer;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod producer;
 pub mod topics;
@@ -34,6 +34,7 @@ pub use commerce_proto::events::EventPayload;
 pub use cloudevents::{CloudEventAttributes, CloudEventError};
 pub use consumer::{ConsumerError, DecodeError, EventConsumer, EventHandler, HandlerError, IncomingEvent};
 pub use kafka::{KafkaArgs, TopicNames};
+pub use metrics::EventMetrics;
 pub use outbox::{OutboxError, OutboxRelay, enqueue};
 pub use producer::{EventProducer, ProducerError};
 pub use topics::{DesiredTopic, TopicAdmin, TopicAdminError, TopicChange, TopicReport, ensure_topics};

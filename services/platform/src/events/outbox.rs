@@ -16,6 +16,11 @@
 //! events reach their partition in the order their transactions wrote them,
 //! however many replicas the service runs.
 //!
+//! A row the brokers refuse for good (a record over the topic's size limit)
+//! holds back the rows behind it rather than being skipped, since skipping
+//! would break the order; it shows as a growing backlog and failure count in
+//! the relay's metrics and as warnings naming the row.
+//!
 //! Latency: `enqueue` sends a `NOTIFY` that the relay `LISTEN`s for, so an
 //! event leaves within milliseconds of its commit; a slow poll covers
 //! notifications lost while the listener reconnects.
@@ -29,8 +34,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use commerce_api::catalog::Service;
+
 use super::EventPayload;
 use super::cloudevents::{CloudEventAttributes, headers_from_pairs};
+use super::metrics::EventMetrics;
 use super::producer::{EventProducer, OutgoingRecord, ProducerError};
 use crate::db::{Backoff, sleep_or_cancelled};
 
@@ -153,16 +161,31 @@ pub struct OutboxRelay {
     pool: PgPool,
     producer: EventProducer,
     settings: RelaySettings,
+    /// Where to count, and under which service's label; none by default.
+    metrics: Option<(EventMetrics, Service)>,
 }
 
 impl OutboxRelay {
     pub fn new(pool: PgPool, producer: EventProducer) -> Self {
-        Self { pool, producer, settings: RelaySettings::default() }
+        Self { pool, producer, settings: RelaySettings::default(), metrics: None }
     }
 
     pub fn with_settings(mut self, settings: RelaySettings) -> Self {
         self.settings = settings;
         self
+    }
+
+    /// Counts published rows, failures, the backlog and leadership into
+    /// `metrics`, labelled with `service`.
+    pub fn with_metrics(mut self, metrics: EventMetrics, service: Service) -> Self {
+        self.metrics = Some((metrics, service));
+        self
+    }
+
+    fn record(&self, update: impl FnOnce(&EventMetrics, Service)) {
+        if let Some((metrics, service)) = &self.metrics {
+            update(metrics, *service);
+        }
     }
 
     /// Runs until `shutdown`: waits for the lead, then publishes. Every
@@ -222,7 +245,9 @@ impl OutboxRelay {
             return Ok(Leadership::Standby);
         }
         tracing::info!("outbox relay leads");
+        self.record(|metrics, service| metrics.leading(service, true));
         let result = self.lead(conn, shutdown).await;
+        self.record(|metrics, service| metrics.leading(service, false));
         if result.is_err() {
             tracing::warn!("outbox relay gives up the lead");
         }
@@ -263,6 +288,15 @@ impl OutboxRelay {
                     continue;
                 }
                 Err(error) => return Err(error),
+            }
+            if self.metrics.is_some() {
+                let backlog: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM commerce_platform.outbox WHERE published_at IS NULL",
+                )
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(OutboxError::ReadUnpublished)?;
+                self.record(|metrics, service| metrics.unpublished(service, backlog));
             }
             if Instant::now() >= next_purge {
                 self.purge_published(conn).await?;
@@ -357,6 +391,11 @@ impl OutboxRelay {
                 .await
                 .map_err(OutboxError::MarkPublished)?;
             tracing::debug!(count = published.len(), "outbox rows published");
+            let count = u64::try_from(published.len()).unwrap_or(u64::MAX);
+            self.record(|metrics, service| metrics.published(service, count));
+        }
+        if failure.is_some() {
+            self.record(|metrics, service| metrics.publish_failed(service));
         }
         match failure {
             Some(error) => Err(error),

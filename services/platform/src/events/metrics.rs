@@ -1,0 +1,98 @@
+//! Prometheus metrics of the outbox relays and consumers of a process.
+//!
+//! One [`EventMetrics`] per process, registered once into the process'
+//! [`Metrics`] registry and handed (cloned) to every relay and consumer:
+//! with `commerce serve all` several services share the process, so the
+//! families are shared and each series carries its `service` label instead
+//! of each component registering a family of its own (which would produce
+//! duplicate families in one exposition).
+
+use commerce_api::catalog::Service;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::admin::Metrics;
+
+/// Labels of the relay's series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+/// Labels of consumed-event series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConsumedLabels {
+    pub service: String,
+    /// `handled`, `duplicate` or `dead_lettered`.
+    pub outcome: &'static str,
+}
+
+/// The event families; cheap to clone (clones share the series).
+#[derive(Debug, Clone, Default)]
+pub struct EventMetrics {
+    outbox_published: Family<ServiceLabels, Counter>,
+    outbox_publish_failures: Family<ServiceLabels, Counter>,
+    outbox_unpublished: Family<ServiceLabels, Gauge>,
+    outbox_leader: Family<ServiceLabels, Gauge>,
+    consumed: Family<ConsumedLabels, Counter>,
+}
+
+impl EventMetrics {
+    /// Creates the families and registers them into `metrics`. Call once
+    /// per process.
+    pub fn register(metrics: &Metrics) -> Self {
+        let families = Self::default();
+        metrics.register(
+            "commerce_outbox_published_events",
+            "Outbox rows published to Kafka and acknowledged by the broker",
+            families.outbox_published.clone(),
+        );
+        metrics.register(
+            "commerce_outbox_publish_failures",
+            "Outbox rows the broker did not acknowledge (they are retried)",
+            families.outbox_publish_failures.clone(),
+        );
+        metrics.register(
+            "commerce_outbox_unpublished_events",
+            "Outbox rows waiting to be published, as last seen by the leading relay",
+            families.outbox_unpublished.clone(),
+        );
+        metrics.register(
+            "commerce_outbox_relay_leader",
+            "1 while this process' relay leads its database's outbox, else 0",
+            families.outbox_leader.clone(),
+        );
+        metrics.register(
+            "commerce_events_consumed",
+            "Events a consumer finished, by outcome",
+            families.consumed.clone(),
+        );
+        families
+    }
+
+    fn labels(service: Service) -> ServiceLabels {
+        ServiceLabels { service: service.name().to_owned() }
+    }
+
+    pub(crate) fn published(&self, service: Service, count: u64) {
+        self.outbox_published.get_or_create(&Self::labels(service)).inc_by(count);
+    }
+
+    pub(crate) fn publish_failed(&self, service: Service) {
+        self.outbox_publish_failures.get_or_create(&Self::labels(service)).inc();
+    }
+
+    pub(crate) fn unpublished(&self, service: Service, count: i64) {
+        self.outbox_unpublished.get_or_create(&Self::labels(service)).set(count);
+    }
+
+    pub(crate) fn leading(&self, service: Service, leading: bool) {
+        self.outbox_leader.get_or_create(&Self::labels(service)).set(i64::from(leading));
+    }
+
+    pub(crate) fn consumed(&self, service: Service, outcome: &'static str) {
+        self.consumed.get_or_create(&ConsumedLabels { service: service.name().to_owned(), outcome }).inc();
+    }
+}
