@@ -60,8 +60,12 @@ fn main() -> anyhow::Result<()> {
             init_logging(log_format, &log_filter)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             return runtime.block_on(async {
-                let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-                commerce_operator::run::run(client, args).await.context("running the controller")
+                let config =
+                    kube::Config::infer().await.context("reading the Kubernetes client configuration")?;
+                let metrics = std::sync::Arc::new(commerce_operator::metrics::Metrics::default());
+                let client = commerce_operator::run::counting_client(config, metrics.clone())
+                    .context("connecting to the Kubernetes API")?;
+                commerce_operator::run::run(client, args, metrics).await.context("running the controller")
             });
         }
         Command::Crd => commerce_operator::crd::crds_yaml()?,

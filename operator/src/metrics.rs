@@ -1,5 +1,7 @@
 //! The operator's Prometheus metrics, served on `/metrics`: reconciles by
-//! kind and result, their durations, and errors by kind of error.
+//! kind and result, their durations, errors by kind of error, and the
+//! requests sent to the Kubernetes API by HTTP method (so that "a no-op
+//! reconcile writes nothing" can be checked from outside).
 
 use std::time::Duration;
 
@@ -34,6 +36,13 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Labels of an API request: its HTTP method (`GET` reads, the rest write).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `GET`, `POST`, `PATCH`, `PUT`, `DELETE`.
+    pub method: String,
+}
+
 /// Reconcile durations from 10 ms to about 40 s: a reconcile lists ten
 /// kinds and may apply dozens of objects.
 fn duration_histogram() -> Histogram {
@@ -46,6 +55,7 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabels, Histogram, fn() -> Histogram>,
+    api_requests: Family<RequestLabels, Counter>,
     registry: Registry,
 }
 
@@ -56,11 +66,17 @@ impl Default for Metrics {
         let durations = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
         );
+        let api_requests = Family::<RequestLabels, Counter>::default();
         let mut registry = Registry::with_prefix("commerce_operator");
         registry.register("reconciles", "Reconciles by resource kind and result", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles by resource kind and error", errors.clone());
         registry.register("reconcile_duration_seconds", "Time one reconcile took", durations.clone());
-        Metrics { reconciles, errors, durations, registry }
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API by HTTP method (watches included)",
+            api_requests.clone(),
+        );
+        Metrics { reconciles, errors, durations, api_requests, registry }
     }
 }
 
@@ -74,6 +90,11 @@ impl Metrics {
         if let Some(error) = error {
             self.errors.get_or_create(&ErrorLabels { kind: kind.into(), error: error.into() }).inc();
         }
+    }
+
+    /// Counts one request to the Kubernetes API.
+    pub fn observe_request(&self, method: &str) {
+        self.api_requests.get_or_create(&RequestLabels { method: method.into() }).inc();
     }
 
     /// The metrics in Prometheus' text format.
@@ -107,5 +128,16 @@ mod tests {
         assert!(
             text.contains(r#"commerce_operator_reconcile_duration_seconds_count{kind="CommerceStack"} 2"#)
         );
+    }
+
+    #[test]
+    fn api_requests_are_exported_by_method() {
+        let metrics = Metrics::default();
+        metrics.observe_request("GET");
+        metrics.observe_request("PATCH");
+        metrics.observe_request("PATCH");
+        let text = metrics.encode();
+        assert!(text.contains(r#"commerce_operator_api_requests_total{method="GET"} 1"#), "{text}");
+        assert!(text.contains(r#"commerce_operator_api_requests_total{method="PATCH"} 2"#), "{text}");
     }
 }

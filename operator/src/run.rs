@@ -51,9 +51,20 @@ pub struct RunArgs {
     pub identity: String,
 }
 
-/// Runs the controller until SIGTERM/SIGINT or the loss of the Lease.
-pub async fn run(client: Client, args: RunArgs) -> Result<(), std::io::Error> {
-    let metrics = Arc::new(Metrics::default());
+/// A client for `config` that counts every request it sends in `metrics`
+/// (by HTTP method), so `/metrics` shows how many writes a reconcile made.
+pub fn counting_client(config: kube::Config, metrics: Arc<Metrics>) -> Result<Client, kube::Error> {
+    let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        metrics.observe_request(request.method().as_str());
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())
+}
+
+/// Runs the controller until SIGTERM/SIGINT or the loss of the Lease;
+/// `metrics` are served on the admin address (pass the ones
+/// [`counting_client`] counts into).
+pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(args.admin_addr).await?;
     info!(addr = %args.admin_addr, "admin server listening");
     let admin = Router::new()

@@ -3,8 +3,11 @@
 //! variables that come from Secrets, the stack's overrides, and the hash of
 //! all of it that rolls the pods when it changes.
 //!
-//! The names here are the contract with `services/platform` (its
-//! `#[arg(env = ...)]` attributes); keep both sides in step.
+//! The names here are the contract with the services' clap configuration
+//! (their `#[arg(env = ...)]` attributes, in `services/platform` and each
+//! service's `config.rs`); `tests/service_contract.rs` holds both sides to
+//! it: every name set here is one the service declares, and every value
+//! parses.
 
 use std::collections::BTreeMap;
 
@@ -34,37 +37,43 @@ pub const KAFKA_BROKERS: &str = "COMMERCE_KAFKA_BROKERS";
 pub const PEERS: &str = "COMMERCE_PEERS";
 /// Redis URL (with the password, when there is one, through `$(...)`).
 pub const REDIS_URL: &str = "COMMERCE_REDIS_URL";
-/// Redis password from a Secret; referenced by [`REDIS_URL`].
+/// Redis password from a Secret; referenced by [`REDIS_URL`] through
+/// Kubernetes' `$(...)` expansion. No service reads it itself.
 pub const REDIS_PASSWORD: &str = "COMMERCE_REDIS_PASSWORD";
 /// The service's database URL, from its database Secret.
 pub const DATABASE_URL: &str = "COMMERCE_DATABASE_URL";
-/// Access-token lifetime of the auth service.
-pub const AUTH_ACCESS_TOKEN_TTL: &str = "COMMERCE_AUTH_ACCESS_TOKEN_TTL";
-/// Refresh-token lifetime of the auth service.
-pub const AUTH_REFRESH_TOKEN_TTL: &str = "COMMERCE_AUTH_REFRESH_TOKEN_TTL";
-/// The auth service's Ed25519 signing-key seed, from the generated Secret.
-pub const AUTH_SIGNING_KEY_SEED: &str = "COMMERCE_AUTH_SIGNING_KEY_SEED";
-/// The payment provider.
+/// Access-token lifetime of the auth service (humantime).
+pub const AUTH_ACCESS_TOKEN_TTL: &str = "COMMERCE_ACCESS_TOKEN_TTL";
+/// Refresh-token lifetime of the auth service (humantime).
+pub const AUTH_REFRESH_TOKEN_TTL: &str = "COMMERCE_REFRESH_TOKEN_TTL";
+/// The auth service's signing-key file: the generated Secret's PKCS#8 PEM,
+/// mounted at [`SIGNING_KEY_MOUNT`]. Set, it also turns the service's own
+/// key rotation off (rotate by replacing the Secret).
+pub const AUTH_SIGNING_KEY_FILE: &str = "COMMERCE_SIGNING_KEY_FILE";
+/// The payment provider; the payment service refuses one it has no adapter
+/// for.
 pub const PAYMENT_PROVIDER: &str = "COMMERCE_PAYMENT_PROVIDER";
-/// Directory where the payment provider's credentials are mounted as files.
-pub const PAYMENT_CREDENTIALS_DIR: &str = "COMMERCE_PAYMENT_CREDENTIALS_DIR";
-/// File with the gateway's merged rate-limit rules; the gateway watches it.
-pub const GATEWAY_RATE_LIMITS_FILE: &str = "COMMERCE_GATEWAY_RATE_LIMITS_FILE";
+/// File with the gateway's merged rate-limit rules; the gateway re-reads it.
+pub const GATEWAY_RATE_LIMITS_FILE: &str = "COMMERCE_RATELIMIT_RULES_FILE";
 /// Allowed CORS origins, comma-separated.
-pub const GATEWAY_CORS_ALLOWED_ORIGINS: &str = "COMMERCE_GATEWAY_CORS_ALLOWED_ORIGINS";
-/// Allowed CORS request headers, comma-separated.
-pub const GATEWAY_CORS_ALLOWED_HEADERS: &str = "COMMERCE_GATEWAY_CORS_ALLOWED_HEADERS";
-/// How long a preflight may be cached.
-pub const GATEWAY_CORS_MAX_AGE: &str = "COMMERCE_GATEWAY_CORS_MAX_AGE";
+pub const GATEWAY_CORS_ALLOWED_ORIGINS: &str = "COMMERCE_CORS_ORIGINS";
+/// CORS request headers allowed besides the gateway's own, comma-separated.
+pub const GATEWAY_CORS_ALLOWED_HEADERS: &str = "COMMERCE_CORS_ALLOWED_HEADERS";
+/// How long a preflight may be cached (humantime).
+pub const GATEWAY_CORS_MAX_AGE: &str = "COMMERCE_CORS_MAX_AGE";
 
-/// Where the payment credentials Secret is mounted.
+/// Where the auth signing-key Secret is mounted (a directory mount, so a
+/// replaced key reaches the pod; the config hash rolls the pods to read it).
+pub const SIGNING_KEY_MOUNT: &str = "/etc/commerce/auth-signing-key";
+/// Where the payment credentials Secret is mounted, for a provider adapter
+/// that reads them (the built-in mock needs none).
 pub const PAYMENT_CREDENTIALS_MOUNT: &str = "/etc/commerce/payment";
 /// Where the gateway's rate-limit ConfigMap is mounted. A directory mount
 /// (not `subPath`), so that the kubelet swaps in new contents and the
 /// gateway picks them up without a restart.
 pub const RATE_LIMITS_MOUNT: &str = "/etc/commerce/rate-limits";
 /// File name of the rate-limit rules inside [`RATE_LIMITS_MOUNT`].
-pub const RATE_LIMITS_FILE: &str = "rate-limits.json";
+pub const RATE_LIMITS_FILE: &str = "rules.yaml";
 
 /// What one service's pods are configured with.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,18 +156,14 @@ pub fn service_config(
         Service::Auth => {
             put(AUTH_ACCESS_TOKEN_TTL, seconds(stack_spec.auth.access_token_ttl));
             put(AUTH_REFRESH_TOKEN_TTL, seconds(stack_spec.auth.refresh_token_ttl));
+            put(AUTH_SIGNING_KEY_FILE, format!("{SIGNING_KEY_MOUNT}/{}", secrets::SIGNING_KEY_PEM_KEY));
+            // The file is read at start-up only: a new key must roll the pods.
             let secret = secrets::signing_key_secret_name(stack);
-            env.push(secret_env(AUTH_SIGNING_KEY_SEED, &secret, secrets::SIGNING_KEY_SEED_KEY));
-            secret_inputs.insert(
-                AUTH_SIGNING_KEY_SEED.to_owned(),
-                values.get(&secret, secrets::SIGNING_KEY_SEED_KEY)?,
-            );
+            secret_inputs
+                .insert(AUTH_SIGNING_KEY_FILE.to_owned(), values.get(&secret, secrets::SIGNING_KEY_PEM_KEY)?);
         }
         Service::Payment => {
             put(PAYMENT_PROVIDER, stack_spec.payment.provider.as_str().to_owned());
-            if stack_spec.payment.credentials_secret.is_some() {
-                put(PAYMENT_CREDENTIALS_DIR, PAYMENT_CREDENTIALS_MOUNT.to_owned());
-            }
         }
         Service::Gateway => {
             put(GATEWAY_RATE_LIMITS_FILE, format!("{RATE_LIMITS_MOUNT}/{RATE_LIMITS_FILE}"));

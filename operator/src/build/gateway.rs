@@ -6,12 +6,18 @@
 //! kubelet replaces the file's contents when the ConfigMap changes and the
 //! gateway reloads it, so a policy change applies without a restart. For the
 //! same reason the rules are left out of the config hash.
+//!
+//! The file is in the gateway's own rules format (`rules:` of `name`,
+//! `match: {path, methods}`, `key`, `rate`, `period`, `burst`; see
+//! `services/gateway/src/ratelimit/rules.rs`), translated from the CRD's
+//! shape by [`gateway_rule`]. Its rules replace the gateway's built-in ones
+//! of the same name.
 
 use std::collections::BTreeMap;
 
 use commerce_api::RateLimitPolicy;
 use commerce_api::catalog::{CLUSTER_HTTP_PORT, Service};
-use commerce_api::crd::rate_limit::RateLimitRule;
+use commerce_api::crd::rate_limit::{HttpMethod, RateLimitKey, RateLimitPeriod, RateLimitRule};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
@@ -46,6 +52,91 @@ pub struct MergedRule {
     /// The rule.
     #[serde(flatten)]
     pub rule: RateLimitRule,
+}
+
+impl MergedRule {
+    /// The rule's name in the gateway: [`id`](Self::id) with `/` and `.`
+    /// as `_`, the gateway allowing letters, digits, `-` and `_` only. Still
+    /// unique: rule names have neither `_` nor `.`, policy names no `_`.
+    pub fn gateway_name(&self) -> String {
+        self.id.replace(['/', '.'], "_")
+    }
+}
+
+/// The rules file as the gateway reads it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayRulesFile {
+    /// The rules, in merge order.
+    pub rules: Vec<GatewayRule>,
+}
+
+/// One rule in the gateway's format.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayRule {
+    /// [`MergedRule::gateway_name`].
+    pub name: String,
+    /// What the rule counts.
+    #[serde(rename = "match")]
+    pub matcher: GatewayMatch,
+    /// `ip`, `user` or `api_key` (whose header defaults to `x-api-key`).
+    pub key: &'static str,
+    /// Requests per `period`, sustained.
+    pub rate: u32,
+    /// `1s`, `1m` or `1h` (humantime).
+    pub period: &'static str,
+    /// Requests that may arrive at once: the CRD's `burst` (extra above the
+    /// sustained rate) plus the one the rate itself allows.
+    pub burst: u32,
+}
+
+/// The requests a gateway rule counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayMatch {
+    /// A segment pattern: the CRD's `pathPrefix` followed by `/**`.
+    pub path: String,
+    /// Empty counts every method.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<HttpMethod>,
+}
+
+/// `rule` in the gateway's format. The CRD's `pathPrefix` becomes a
+/// segment prefix (`/api/orders` counts `/api/orders` and `/api/orders/...`
+/// but not `/api/orders-export`), the gateway matching whole segments.
+pub fn gateway_rule(rule: &MergedRule) -> GatewayRule {
+    let spec = &rule.rule;
+    let prefix = spec.path_prefix.trim_end_matches('/');
+    let path = if prefix.ends_with("/**") { prefix.to_owned() } else { format!("{prefix}/**") };
+    GatewayRule {
+        name: rule.gateway_name(),
+        matcher: GatewayMatch { path, methods: spec.methods.clone() },
+        key: match spec.key {
+            RateLimitKey::ClientIp => "ip",
+            RateLimitKey::User => "user",
+            RateLimitKey::ApiKey => "api_key",
+        },
+        // Validation refuses a rate below 1; the gateway would refuse the file.
+        rate: u32::try_from(spec.requests).unwrap_or(0).max(1),
+        period: match spec.per {
+            RateLimitPeriod::Second => "1s",
+            RateLimitPeriod::Minute => "1m",
+            RateLimitPeriod::Hour => "1h",
+        },
+        burst: u32::try_from(spec.burst).unwrap_or(0).saturating_add(1),
+    }
+}
+
+/// The file's text: a comment naming where each rule came from, then the
+/// rules as YAML.
+pub fn rules_file_text(file: &RateLimitsFile) -> Result<String, Error> {
+    let gateway = GatewayRulesFile { rules: file.rules.iter().map(gateway_rule).collect() };
+    let yaml = serde_yaml_ng::to_string(&gateway)
+        .map_err(|source| Error::SerializeYaml { what: "rate-limit rules".into(), source })?;
+    let mut text = String::from("# Rate-limit rules of the gateway, merged by the commerce-operator.\n");
+    for rule in &file.rules {
+        text.push_str(&format!("# {}: {}\n", rule.gateway_name(), rule.source));
+    }
+    text.push_str(&yaml);
+    Ok(text)
 }
 
 /// Policies of `stack`'s namespace that target it and can be applied, by
@@ -99,9 +190,7 @@ pub fn rate_limits_config_map(
     stack: &ValidStack<'_>,
     policies: &[RateLimitPolicy],
 ) -> Result<ConfigMap, Error> {
-    let file = merged_rules(stack, policies);
-    let json = serde_json::to_string_pretty(&file)
-        .map_err(|source| Error::SerializeJson { what: "rate-limit rules".into(), source })?;
+    let text = rules_file_text(&merged_rules(stack, policies))?;
     Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(rate_limits_config_map_name(stack)),
@@ -109,7 +198,7 @@ pub fn rate_limits_config_map(
             labels: Some(names::labels(stack, Component::Service(Service::Gateway))),
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([(RATE_LIMITS_FILE.to_owned(), json + "\n")])),
+        data: Some(BTreeMap::from([(RATE_LIMITS_FILE.to_owned(), text)])),
         ..ConfigMap::default()
     })
 }

@@ -25,9 +25,10 @@ use super::names::{self, Component};
 use crate::Error;
 use crate::validate::{Infra, ValidStack};
 
-/// Key of the Ed25519 private-key seed (RFC 8032, 32 bytes, standard base64)
-/// in the auth service's signing-key Secret.
-pub const SIGNING_KEY_SEED_KEY: &str = "ed25519-seed";
+/// Key of the Ed25519 private key in the auth service's signing-key Secret,
+/// as PKCS#8 PEM (RFC 8410): the file `--signing-key-file` reads. Also the
+/// file's name where the Secret is mounted.
+pub const SIGNING_KEY_PEM_KEY: &str = "signing-key.pem";
 /// Key of a generated password.
 pub const PASSWORD_KEY: &str = "password";
 /// Key of a user name next to a generated password.
@@ -50,8 +51,8 @@ const PASSWORD_LEN: usize = 32;
 pub enum ValueKind {
     /// A random alphanumeric password.
     Password,
-    /// A random Ed25519 seed, base64-encoded.
-    Ed25519Seed,
+    /// A random Ed25519 private key, PKCS#8 PEM.
+    Ed25519Pkcs8Pem,
 }
 
 /// One value the operator generates: which Secret, which key, what kind.
@@ -71,8 +72,8 @@ pub fn generated_values(stack: &ValidStack<'_>) -> Vec<GeneratedValue> {
     if stack.is_enabled(Service::Auth) {
         values.push(GeneratedValue {
             secret: signing_key_secret_name(stack),
-            key: SIGNING_KEY_SEED_KEY,
-            kind: ValueKind::Ed25519Seed,
+            key: SIGNING_KEY_PEM_KEY,
+            kind: ValueKind::Ed25519Pkcs8Pem,
         });
     }
     for (service, _) in &stack.services {
@@ -147,11 +148,21 @@ impl SecretValues {
 pub fn generate(kind: ValueKind, rng: &mut impl Rng) -> String {
     match kind {
         ValueKind::Password => rng.sample_iter(&Alphanumeric).take(PASSWORD_LEN).map(char::from).collect(),
-        ValueKind::Ed25519Seed => {
-            let seed: [u8; 32] = rng.random();
-            base64::engine::general_purpose::STANDARD.encode(seed)
-        }
+        ValueKind::Ed25519Pkcs8Pem => ed25519_pkcs8_pem(&rng.random()),
     }
+}
+
+/// DER of an Ed25519 `OneAsymmetricKey` (RFC 8410, version 0, no public
+/// key) up to the 32 seed bytes that follow.
+const ED25519_PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+/// The Ed25519 private key of `seed` as PKCS#8 PEM.
+fn ed25519_pkcs8_pem(seed: &[u8; 32]) -> String {
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(seed);
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n")
 }
 
 /// The auth service's signing-key Secret.
@@ -192,12 +203,12 @@ pub fn build_secrets(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Ve
     let mut secrets = Vec::new();
     if stack.is_enabled(Service::Auth) {
         let name = signing_key_secret_name(stack);
-        let seed = values.get(&name, SIGNING_KEY_SEED_KEY)?;
+        let pem = values.get(&name, SIGNING_KEY_PEM_KEY)?;
         secrets.push(secret(
             stack,
             name,
             Component::Service(Service::Auth),
-            BTreeMap::from([(SIGNING_KEY_SEED_KEY.to_owned(), seed)]),
+            BTreeMap::from([(SIGNING_KEY_PEM_KEY.to_owned(), pem)]),
         ));
     }
     if let Infra::Managed(_) = stack.postgres {
@@ -237,8 +248,8 @@ mod tests {
             GeneratedValue { secret: "shop-db-order".into(), key: PASSWORD_KEY, kind: ValueKind::Password },
             GeneratedValue {
                 secret: "shop-auth-signing-key".into(),
-                key: SIGNING_KEY_SEED_KEY,
-                kind: ValueKind::Ed25519Seed,
+                key: SIGNING_KEY_PEM_KEY,
+                kind: ValueKind::Ed25519Pkcs8Pem,
             },
         ]
     }
@@ -252,9 +263,13 @@ mod tests {
         };
         let values = SecretValues::keep_or_generate(&wanted(), &[existing], &mut StdRng::seed_from_u64(7));
         assert_eq!(values.get("shop-db-order", PASSWORD_KEY).unwrap(), "kept");
-        let seed = values.get("shop-auth-signing-key", SIGNING_KEY_SEED_KEY).unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(seed).unwrap();
-        assert_eq!(bytes.len(), 32);
+        let pem = values.get("shop-auth-signing-key", SIGNING_KEY_PEM_KEY).unwrap();
+        let body = pem
+            .strip_prefix("-----BEGIN PRIVATE KEY-----\n")
+            .and_then(|rest| rest.strip_suffix("\n-----END PRIVATE KEY-----\n"))
+            .unwrap();
+        let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+        assert_eq!((der.len(), &der[..16]), (48, &ED25519_PKCS8_PREFIX[..]));
     }
 
     #[test]

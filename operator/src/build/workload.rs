@@ -325,6 +325,24 @@ fn pod_template(
             ..VolumeMount::default()
         });
     }
+    if service == Service::Auth {
+        volumes.push(Volume {
+            name: "signing-key".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(super::secrets::signing_key_secret_name(stack)),
+                // Readable by the pod's group (fsGroup) only.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "signing-key".into(),
+            mount_path: config::SIGNING_KEY_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     if service == Service::Payment
         && let Some(secret) = &spec.payment.credentials_secret
     {

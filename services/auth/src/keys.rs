@@ -239,6 +239,15 @@ async fn insert_successor(
     Ok(kid)
 }
 
+/// Reads the key file of file mode: a PKCS#8 PEM Ed25519 private key (what
+/// the operator's signing-key Secret holds). Touches no database.
+pub fn read_key_file(path: &Path) -> Result<SigningKey, Error> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|source| Error::ReadSigningKey { path: path.to_path_buf(), source })?;
+    SigningKey::from_pkcs8_pem(pem.trim())
+        .map_err(|error| Error::ParseSigningKey { path: path.to_path_buf(), reason: error.to_string() })
+}
+
 /// File mode: installs the key from `path` as the signing key of this
 /// process and returns its kid.
 pub async fn install_file_key(
@@ -246,10 +255,7 @@ pub async fn install_file_key(
     path: &Path,
     access_token_ttl: Duration,
 ) -> Result<String, Error> {
-    let pem = std::fs::read_to_string(path)
-        .map_err(|source| Error::ReadSigningKey { path: path.to_path_buf(), source })?;
-    let key = SigningKey::from_pkcs8_pem(pem.trim())
-        .map_err(|error| Error::ParseSigningKey { path: path.to_path_buf(), reason: error.to_string() })?;
+    let key = read_key_file(path)?;
     let (kid, pem, public) = encode(&key)?;
     let now = Utc::now();
     let mut tx =

@@ -61,6 +61,14 @@ pub struct HttpArgs {
     /// no CORS headers, browsers allow same-origin only.
     #[arg(long = "cors-origin", id = "cors-origin", env = "COMMERCE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Request headers a browser may send cross-origin besides the built-in
+    /// ones (Authorization, Content-Type, Idempotency-Key, X-Request-Id,
+    /// traceparent); repeatable or comma-separated.
+    #[arg(long = "cors-allowed-header", id = "cors-allowed-header", env = "COMMERCE_CORS_ALLOWED_HEADERS", value_delimiter = ',', value_parser = parse_header_name)]
+    pub cors_allowed_headers: Vec<String>,
+    /// How long a browser may cache a CORS preflight answer.
+    #[arg(long = "cors-max-age", id = "cors-max-age", env = "COMMERCE_CORS_MAX_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub cors_max_age: Duration,
     /// How many reverse proxies in front of the gateway append to
     /// `X-Forwarded-For`; the client address is the entry that many places
     /// from the right. 0 trusts no header and uses the TCP peer address
@@ -75,6 +83,13 @@ pub struct HttpArgs {
     /// How long in-flight requests may finish after shutdown begins.
     #[arg(long = "http-shutdown-grace", id = "http-shutdown-grace", env = "COMMERCE_HTTP_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// A valid HTTP header name, lower-cased.
+fn parse_header_name(text: &str) -> Result<String, String> {
+    axum::http::HeaderName::from_bytes(text.trim().as_bytes())
+        .map(|name| name.as_str().to_owned())
+        .map_err(|_| format!("{text:?} is not a valid HTTP header name"))
 }
 
 /// Local verification of access tokens.
@@ -186,5 +201,20 @@ mod tests {
             let env = arg.get_env().and_then(|env| env.to_str()).unwrap_or_default();
             assert!(env.starts_with("COMMERCE_"), "--{} has env {env:?}", arg.get_long().unwrap_or_default());
         }
+    }
+
+    #[test]
+    fn extra_cors_headers_are_lower_cased_and_an_invalid_name_is_refused() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "--cors-allowed-header=X-Api-Key,Accept-Language",
+            "--cors-max-age=90s",
+        ])
+        .expect("flags parse");
+        assert_eq!(cli.config.http.cors_allowed_headers, ["x-api-key", "accept-language"]);
+        assert_eq!(cli.config.http.cors_max_age, Duration::from_secs(90));
+        let error =
+            Cli::try_parse_from(["gateway", "--cors-allowed-header=Bad Header"]).expect_err("refused");
+        assert!(error.to_string().contains("--cors-allowed-header"), "{error}");
     }
 }

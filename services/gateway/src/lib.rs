@@ -151,7 +151,11 @@ impl Gateway {
                 middleware::reject_large_bodies,
             ))
             .layer(axum::middleware::from_fn_with_state(self.http.request_timeout, middleware::timeout))
-            .layer(middleware::cors(&self.http.cors_origins))
+            .layer(middleware::cors(
+                &self.http.cors_origins,
+                &self.http.cors_allowed_headers,
+                self.http.cors_max_age,
+            ))
             .layer(axum::middleware::from_fn(middleware::observe))
             .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
             .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(

@@ -91,24 +91,31 @@ pub async fn timeout(State(limit): State<Duration>, request: Request, next: Next
     }
 }
 
-/// CORS for the configured origins (`*` for any).
-pub fn cors(origins: &[String]) -> CorsLayer {
+/// CORS for the configured origins (`*` for any), allowing the API's own
+/// request headers plus `extra_headers`, with preflights cached `max_age`.
+pub fn cors(origins: &[String], extra_headers: &[String], max_age: Duration) -> CorsLayer {
+    let mut headers = vec![
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        header::HeaderName::from_static("idempotency-key"),
+        header::HeaderName::from_static("x-request-id"),
+        header::HeaderName::from_static("traceparent"),
+    ];
+    for name in extra_headers.iter().filter_map(|name| header::HeaderName::from_bytes(name.as_bytes()).ok()) {
+        if !headers.contains(&name) {
+            headers.push(name);
+        }
+    }
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("idempotency-key"),
-            header::HeaderName::from_static("x-request-id"),
-            header::HeaderName::from_static("traceparent"),
-        ])
+        .allow_headers(headers)
         .expose_headers([
             header::HeaderName::from_static("x-request-id"),
             header::HeaderName::from_static("ratelimit"),
             header::HeaderName::from_static("ratelimit-policy"),
             header::RETRY_AFTER,
         ])
-        .max_age(Duration::from_secs(600));
+        .max_age(max_age);
     if origins.is_empty() {
         return layer.allow_origin(AllowOrigin::list(Vec::<HeaderValue>::new()));
     }

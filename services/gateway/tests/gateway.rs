@@ -330,6 +330,8 @@ fn config(peers: &PeerArgs, redis_url: &str, prefix: &str, rules_file: Option<Pa
             body_limit: 1024,
             request_timeout: Duration::from_secs(5),
             cors_origins: vec!["https://shop.example".to_owned()],
+            cors_allowed_headers: Vec::new(),
+            cors_max_age: Duration::from_secs(600),
             trusted_proxy_hops: 0,
             shutdown_grace: Duration::from_secs(1),
         },

@@ -24,10 +24,35 @@ pub struct Config {
     /// configure the breaker around the payment provider.
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Which provider charges and refunds. Only `mock` is built in; any
+    /// other name is refused at start-up rather than silently mocked.
+    #[arg(
+        long = "payment-provider",
+        env = "COMMERCE_PAYMENT_PROVIDER",
+        default_value = "mock",
+        value_parser = parse_provider
+    )]
+    pub provider: ProviderKind,
     #[command(flatten)]
     pub worker: WorkerArgs,
     #[command(flatten)]
     pub mock: MockArgs,
+}
+
+/// The payment providers this build has an adapter for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// The deterministic in-process provider (see `provider`).
+    Mock,
+}
+
+fn parse_provider(name: &str) -> Result<ProviderKind, String> {
+    match name.trim() {
+        "mock" => Ok(ProviderKind::Mock),
+        other => Err(format!(
+            "payment provider {other:?} is not available in this build; the only provider is \"mock\""
+        )),
+    }
 }
 
 /// How the charge/refund worker paces itself.
@@ -91,6 +116,7 @@ impl std::fmt::Debug for Config {
             .field("common", &self.common)
             .field("database", &self.database)
             .field("client", &self.client)
+            .field("provider", &self.provider)
             .field("worker", &self.worker)
             .field("mock", &self.mock)
             .finish_non_exhaustive()
@@ -116,5 +142,22 @@ mod tests {
             let env = arg.get_env().and_then(|env| env.to_str()).unwrap_or_default();
             assert!(env.starts_with("COMMERCE_"), "--{} has env {env:?}", arg.get_long().unwrap_or_default());
         }
+    }
+
+    #[test]
+    fn the_mock_provider_is_the_default_and_an_unknown_provider_is_refused_by_name() {
+        let required = ["payment", "--database-url=postgres://a@b/c", "--kafka-brokers=k:9092"];
+        let cli = Cli::try_parse_from(required).expect("defaults parse");
+        assert_eq!(cli.config.provider, super::ProviderKind::Mock);
+        let cli = Cli::try_parse_from(required.into_iter().chain(["--payment-provider=mock"])).expect("mock");
+        assert_eq!(cli.config.provider, super::ProviderKind::Mock);
+        let error = Cli::try_parse_from(required.into_iter().chain(["--payment-provider=stripe"]))
+            .err()
+            .expect("stripe is refused")
+            .to_string();
+        assert!(
+            error.contains("--payment-provider") && error.contains("\"stripe\" is not available"),
+            "{error}"
+        );
     }
 }
