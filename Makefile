@@ -21,9 +21,10 @@ CARGO_FLAGS := --locked
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-up: infra ## run the shop on this machine
-	@echo "Infrastructure is up (make status shows where)."
-	@echo "The services and the gateway arrive with the shop; until then 'make up' starts the infrastructure only."
+# A debug build: it shares the artifacts `make build`/`make test` leave in
+# CARGO_TARGET_DIR, while a release build would compile everything again.
+up: infra ## run the shop on this machine (Ctrl-C stops it)
+	$(INFRA_ENV) && $(CARGO) run $(CARGO_FLAGS) -p commerce -- local up -f manifests/examples/local.yaml
 
 down: ## stop everything 'make up' or 'make test' started
 	bash e2e/scripts/infra.sh down
@@ -53,5 +54,8 @@ check-generated: generate ## fail if generated files differ from what is committ
 	@git diff --exit-code -- crds charts manifests || { echo "generated files are stale: run 'make generate' and commit" >&2; exit 1; }
 
 test: infra lint check-generated ## start missing infrastructure, then run every test
+	# The end-to-end tests start the `commerce` and `commerce-operator` binaries
+	# as processes; build them first so no test races a stale binary.
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(INFRA_ENV) && $(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
 	$(INFRA_ENV) && $(CARGO) test $(CARGO_FLAGS) --workspace --doc

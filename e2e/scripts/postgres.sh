@@ -19,6 +19,9 @@ PG_RUN="$PG_STATE/run"
 PG_LOG="$(log_file postgres)"
 # Our postmaster is the one whose command line names our data directory.
 PG_MARKER="-D $PG_DATA"
+# Each service keeps a pool of up to 10 connections; a whole shop uses ~70,
+# and tests run more than one shop at a time. The default of 100 is too few.
+PG_MAX_CONNECTIONS="${COMMERCE_POSTGRES_MAX_CONNECTIONS:-400}"
 
 # The newest installed server major version.
 pg_bin_dir() {
@@ -120,7 +123,7 @@ do_up() {
     # for the error message. The postmaster must not inherit the lock (fd 9).
     local out
     out="$(as_pg "$bin/pg_ctl" start -W -D "$PG_DATA" -l "$PG_LOG" \
-      -o "-c listen_addresses=127.0.0.1 -c port=$COMMERCE_POSTGRES_PORT -c unix_socket_directories=$PG_RUN" \
+      -o "-c listen_addresses=127.0.0.1 -c port=$COMMERCE_POSTGRES_PORT -c unix_socket_directories=$PG_RUN -c max_connections=$PG_MAX_CONNECTIONS" \
       2>&1 9>&-)" || die "pg_ctl start failed: $out; see $PG_LOG"
     # pg_ctl daemonises the postmaster; its pid appears in postmaster.pid.
     local i

@@ -823,6 +823,8 @@ pub struct Order {
     pub payment_id: String,
     pub shipment_id: String,
     pub idempotency_key: String,
+    /// True once a cancelled or failed order's captured payment was refunded.
+    pub refunded: bool,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
 }
@@ -854,6 +856,7 @@ impl From<order::v1::Order> for Order {
             payment_id: o.payment_id,
             shipment_id: o.shipment_id,
             idempotency_key: o.idempotency_key,
+            refunded: o.refunded,
             created_at: timestamp(o.created_at),
             updated_at: timestamp(o.updated_at),
         }

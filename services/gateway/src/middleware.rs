@@ -73,7 +73,11 @@ pub async fn reject_large_bodies(State(limit): State<usize>, request: Request, n
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return body_too_large().into_response();
+        // The unread body is still on the wire, so the server must close the
+        // connection; saying so keeps a pooled client from reusing it.
+        let mut response = body_too_large().into_response();
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return response;
     }
     next.run(request).await
 }

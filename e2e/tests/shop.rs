@@ -1,0 +1,677 @@
+//! The shop end to end: the `commerce` binary (`commerce serve all`) on the
+//! loopback infrastructure, driven only over REST through the gateway, as a
+//! customer, the bootstrap admin and the bootstrap courier would; outcomes
+//! checked through the API and, for what the API does not show (stock,
+//! payments, refunds, outboxes), with SQL on the services' own databases.
+//!
+//! Needs `source e2e/infra.env` (Postgres, Kafka and Redis up: `make infra`)
+//! and a built binary (`cargo build -p commerce`). One shop is started for
+//! the whole file ([`support::shop::shared`]); each test makes its own
+//! users and products, so the tests run in parallel and reruns never see
+//! each other. The reservation-expiry test starts a second shop of its own
+//! with a 3 s reservation TTL: a TTL that short in the shared shop would
+//! fail healthy orders of the other tests whenever the machine is slow.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use commerce_api::catalog::Service;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::api::{Api, Session, string, wait_for};
+use support::invariants::assert_invariants;
+use support::shop::{self, Shop, ShopOptions};
+use support::{stock, tokens};
+
+/// Card tokens of the mock payment provider (services/payment/src/provider.rs).
+const CARD_OK: &str = "tok_visa";
+const CARD_DECLINED: &str = "tok_decline";
+const CARD_UNAVAILABLE: &str = "tok_unavailable";
+
+/// The shared shop, its API, and a logged-in admin.
+async fn setup() -> (&'static Shop, Api, Session) {
+    let shop = shop::shared();
+    let api = Api::new(shop);
+    let admin = api.admin().await.expect("the bootstrap admin logs in");
+    (shop, api, admin)
+}
+
+/// Kinds of the customer's notifications.
+async fn notification_kinds(api: &Api, customer: &Session) -> anyhow::Result<Vec<String>> {
+    let page = api
+        .get("/api/notifications?page_size=100", Some(&customer.access_token))
+        .await?
+        .expect(StatusCode::OK)?;
+    Ok(page["notifications"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|n| n["kind"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default())
+}
+
+/// Waits until the customer has a notification of each of `kinds`.
+async fn wait_notifications(api: &Api, customer: &Session, kinds: &[&str]) -> Vec<String> {
+    wait_for(&format!("notifications {kinds:?}"), || async {
+        let have = notification_kinds(api, customer).await?;
+        Ok(kinds.iter().all(|kind| have.iter().any(|k| k == kind)).then_some(have))
+    })
+    .await
+    .expect("notifications arrive")
+}
+
+/// Waits until the product's `(available, reserved, sold)` is `expected`.
+async fn wait_stock(shop: &Shop, product: &str, expected: (i64, i64, i64)) {
+    let deadline = Instant::now() + support::api::ORDER_TIMEOUT;
+    loop {
+        let level = stock(&shop.databases, product).await.expect("reads the stock");
+        if level == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stock of {product} is (available, reserved, sold) = {level:?}, not {expected:?}, after {:?}",
+            support::api::ORDER_TIMEOUT
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The shipment of an order as its owner tracks it.
+async fn shipment_of(api: &Api, customer: &Session, order_id: &str) -> Value {
+    wait_for("the shipment", || async {
+        let answer =
+            api.get(&format!("/api/shipments?order_id={order_id}"), Some(&customer.access_token)).await?;
+        Ok((answer.status == StatusCode::OK).then(|| answer.body["shipments"][0].clone()))
+    })
+    .await
+    .expect("a shipment exists")
+}
+
+/// Product names of one page of a catalog query.
+fn names(page: &Value) -> Vec<String> {
+    page["products"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_customer_registers_browses_buys_and_the_courier_delivers() {
+    let started = Instant::now();
+    let (shop, api, admin) = setup().await;
+    eprintln!("shop cold start: {:.1} s ({})", shop.cold_start.as_secs_f64(), shop.gateway_url);
+
+    // The admin stocks three lamps in one category and a shade in another;
+    // a word unique to this run finds exactly them.
+    let word = format!("zq{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let lamps = api.create_category(&admin, "Lamps").await.expect("category");
+    let shades = api.create_category(&admin, "Shades").await.expect("category");
+    let mut products = BTreeMap::new();
+    for (name, category, price) in [
+        (format!("Amber lamp {word}"), &lamps, 2500),
+        (format!("Brass lamp {word}"), &lamps, 4000),
+        (format!("Cobalt lamp {word}"), &lamps, 9900),
+        (format!("Linen shade {word}"), &shades, 1500),
+    ] {
+        let id = api.create_product(&admin, category, &name, price, 10).await.expect("product");
+        products.insert(name, id);
+    }
+
+    // Register, then log in with the password.
+    let registered = api.register_customer("buyer").await.expect("registers");
+    let customer = api.login(&registered.email, "correct horse battery").await.expect("logs in");
+    assert_eq!(customer.user_id, registered.user_id);
+
+    // Search with pagination: 4 matches, 3 pages of at most 2... in name order.
+    let first = api
+        .get(&format!("/api/products?q={word}&page_size=3"), None)
+        .await
+        .expect("lists")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(first["total_size"], json!(4), "{first}");
+    assert_eq!(names(&first).len(), 3, "{first}");
+    let token = string(&first, "next_page_token").expect("token");
+    assert!(!token.is_empty(), "a second page is announced: {first}");
+    let second = api
+        .get(&format!("/api/products?q={word}&page_size=3&page_token={token}"), None)
+        .await
+        .expect("lists")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(names(&second).len(), 1, "{second}");
+    assert_eq!(second["next_page_token"], json!(""), "the last page: {second}");
+    let mut all = names(&first);
+    all.extend(names(&second));
+    all.sort();
+    assert_eq!(all, products.keys().cloned().collect::<Vec<_>>(), "every match exactly once");
+
+    // Filters: by category, by price range.
+    let in_shades = api
+        .get(&format!("/api/products?q={word}&category={shades}"), None)
+        .await
+        .expect("lists")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(names(&in_shades), [format!("Linen shade {word}")], "{in_shades}");
+    let mid_priced = api
+        .get(&format!("/api/products?q={word}&min_price=2000&max_price=5000&currency=EUR"), None)
+        .await
+        .expect("lists")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let mut mid = names(&mid_priced);
+    mid.sort();
+    assert_eq!(mid, [format!("Amber lamp {word}"), format!("Brass lamp {word}")], "{mid_priced}");
+
+    // Into the cart: two brass lamps and a shade.
+    let brass = products[&format!("Brass lamp {word}")].clone();
+    let shade = products[&format!("Linen shade {word}")].clone();
+    let product = api
+        .get(&format!("/api/products/{brass}"), None)
+        .await
+        .expect("reads")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(product["price"], json!({"currency": "EUR", "amount_minor": 4000}));
+    for (id, quantity) in [(&brass, 2), (&shade, 1)] {
+        api.post(
+            "/api/cart/items",
+            Some(&customer.access_token),
+            &json!({"product_id": id, "quantity": quantity}),
+        )
+        .await
+        .expect("adds")
+        .expect(StatusCode::OK)
+        .expect("200");
+    }
+    let cart = api
+        .get("/api/cart", Some(&customer.access_token))
+        .await
+        .expect("cart")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(cart["items"].as_array().map(Vec::len), Some(2), "{cart}");
+    assert_eq!(cart["subtotal"], json!({"currency": "EUR", "amount_minor": 9500}), "{cart}");
+
+    // Check out: the order is priced by the services and confirmed.
+    let checkout = api
+        .http
+        .post(format!("{}/api/cart/checkout", api.base))
+        .bearer_auth(&customer.access_token)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"shipping_address": support::api::address(), "payment_method_token": CARD_OK}));
+    let order = api.send(checkout).await.expect("checks out").expect(StatusCode::CREATED).expect("201");
+    let order_id = string(&order, "id").expect("order id");
+    assert_eq!(order["total"], json!({"currency": "EUR", "amount_minor": 9500}), "{order}");
+    let confirmed = api.wait_order(&customer, &order_id, "confirmed").await.expect("confirmed");
+    assert!(!confirmed["payment_id"].as_str().unwrap_or_default().is_empty(), "{confirmed}");
+    assert!(!confirmed["reservation_id"].as_str().unwrap_or_default().is_empty(), "{confirmed}");
+
+    // Stock committed, a shipment, the notifications.
+    wait_stock(shop, &brass, (8, 0, 2)).await;
+    wait_stock(shop, &shade, (9, 0, 1)).await;
+    let shipment = shipment_of(&api, &customer, &order_id).await;
+    let shipment_id = string(&shipment, "id").expect("shipment id");
+    assert_eq!(shipment["order_id"], json!(order_id));
+    wait_notifications(&api, &customer, &["order_placed", "order_confirmed", "shipment_created"]).await;
+
+    // The courier takes the parcel and delivers it.
+    let courier = api.courier().await.expect("the bootstrap courier logs in");
+    for status in ["assigned", "picked_up", "in_transit", "delivered"] {
+        let moved = api
+            .post(
+                &format!("/api/shipments/{shipment_id}/status"),
+                Some(&courier.access_token),
+                &json!({"status": status, "location": "Berlin"}),
+            )
+            .await
+            .expect("moves")
+            .expect(StatusCode::OK)
+            .unwrap_or_else(|error| panic!("moving the shipment to {status}: {error}"));
+        assert_eq!(moved["status"], json!(status));
+    }
+    api.wait_order(&customer, &order_id, "delivered").await.expect("delivered");
+    wait_notifications(&api, &customer, &["order_delivered"]).await;
+    // Stored once per event: no two notifications from one source event.
+    let notifications = shop.databases.pool(Service::Notification).await.expect("notification db");
+    let (stored, sources): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT source_event_id) FROM notifications WHERE user_id = $1 AND order_id = $2",
+    )
+    .bind(&customer.user_id)
+    .bind(&order_id)
+    .fetch_one(&notifications)
+    .await
+    .expect("reads the notifications");
+    assert!(stored >= 4 && stored == sources, "{stored} notifications from {sources} events");
+    let tracked = shipment_of(&api, &customer, &order_id).await;
+    assert_eq!(tracked["status"], json!("delivered"), "{tracked}");
+
+    assert_invariants(&shop.databases).await;
+    eprintln!("happy path took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test]
+async fn an_order_beyond_the_stock_is_rejected_and_leaves_the_stock_unchanged() {
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Scarce").await.expect("category");
+    let product = api.create_product(&admin, &category, "Last kettle", 3000, 1).await.expect("product");
+    let customer = api.register_customer("greedy").await.expect("registers");
+
+    let order_id = api.order(&customer, &[(&product, 2)], CARD_OK).await.expect("accepted for processing");
+    api.wait_order(&customer, &order_id, "rejected").await.expect("rejected");
+
+    wait_stock(shop, &product, (1, 0, 0)).await;
+    wait_notifications(&api, &customer, &["order_rejected"]).await;
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test]
+async fn a_declined_payment_fails_the_order_and_releases_its_stock() {
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Declined").await.expect("category");
+    let product = api.create_product(&admin, &category, "Teapot", 1800, 5).await.expect("product");
+    let customer = api.register_customer("declined").await.expect("registers");
+
+    let order_id = api.order(&customer, &[(&product, 3)], CARD_DECLINED).await.expect("accepted");
+    let failed = api.wait_order(&customer, &order_id, "failed").await.expect("failed");
+    assert!(!failed["failure_reason"].as_str().unwrap_or_default().is_empty(), "{failed}");
+
+    wait_stock(shop, &product, (5, 0, 0)).await;
+    let payment = shop.databases.pool(Service::Payment).await.expect("payment db");
+    let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+        .bind(&order_id)
+        .fetch_one(&payment)
+        .await
+        .expect("a payment row");
+    assert_eq!(status, "DECLINED");
+    wait_notifications(&api, &customer, &["order_failed"]).await;
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test]
+async fn an_unpaid_order_fails_when_its_reservation_expires_and_the_stock_returns() {
+    // A shop of its own whose reservations last 3 s; the provider is never
+    // available for this card, so only the expiry can end the order.
+    let shop =
+        Shop::start(ShopOptions::short_reservations("3s", "250ms")).await.expect("the short-TTL shop starts");
+    eprintln!("short-TTL shop cold start: {:.1} s", shop.cold_start.as_secs_f64());
+    let api = Api::new(&shop);
+    let admin = api.admin().await.expect("admin");
+    let category = api.create_category(&admin, "Expiring").await.expect("category");
+    let product = api.create_product(&admin, &category, "Hourglass", 1200, 4).await.expect("product");
+    let customer = api.register_customer("slowpay").await.expect("registers");
+
+    let order_id = api.order(&customer, &[(&product, 3)], CARD_UNAVAILABLE).await.expect("accepted");
+    let failed = api.wait_order(&customer, &order_id, "failed").await.expect("failed on expiry");
+    assert!(
+        failed["failure_reason"].as_str().unwrap_or_default().to_ascii_uppercase().contains("EXPIRED"),
+        "the reason names the expiry: {failed}"
+    );
+    wait_stock(&shop, &product, (4, 0, 0)).await;
+
+    let inventory = shop.databases.pool(Service::Inventory).await.expect("inventory db");
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT status, release_reason FROM reservations WHERE order_id = $1")
+            .bind(&order_id)
+            .fetch_one(&inventory)
+            .await
+            .expect("the reservation");
+    assert_eq!((status.as_str(), reason.as_deref()), ("RELEASED", Some("EXPIRED")));
+    // The payment is never charged once the order failed.
+    let payment = shop.databases.pool(Service::Payment).await.expect("payment db");
+    let status = wait_for("the payment to be cancelled", || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+            .bind(&order_id)
+            .fetch_one(&payment)
+            .await?;
+        Ok((status != "PENDING").then_some(status))
+    })
+    .await
+    .expect("the payment leaves PENDING");
+    assert_eq!(status, "CANCELLED");
+
+    assert_invariants(&shop.databases).await;
+    shop.stop().expect("the short-TTL shop stops");
+}
+
+#[tokio::test]
+async fn cancelling_a_paid_order_refunds_it_restores_the_stock_and_halts_the_shipment() {
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Regrets").await.expect("category");
+    let product = api.create_product(&admin, &category, "Rocking chair", 15000, 3).await.expect("product");
+    let customer = api.register_customer("regretful").await.expect("registers");
+
+    let order_id = api.order(&customer, &[(&product, 2)], CARD_OK).await.expect("accepted");
+    api.wait_order(&customer, &order_id, "confirmed").await.expect("confirmed");
+    wait_stock(shop, &product, (1, 0, 2)).await;
+    shipment_of(&api, &customer, &order_id).await;
+
+    let cancelled = api
+        .post(
+            &format!("/api/orders/{order_id}/cancel"),
+            Some(&customer.access_token),
+            &json!({"reason": "changed my mind"}),
+        )
+        .await
+        .expect("cancels")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(cancelled["status"], json!("cancelled"), "{cancelled}");
+
+    // Compensations: refund, restock, halt.
+    wait_stock(shop, &product, (3, 0, 0)).await;
+    let payment = shop.databases.pool(Service::Payment).await.expect("payment db");
+    wait_for("the refund", || async {
+        let row: (String, i64, i64, i64) = sqlx::query_as(
+            "SELECT p.status, p.amount_units, p.refunded_units, \
+                    (SELECT count(*) FROM refunds r WHERE r.payment_id = p.id AND r.status = 'COMPLETED') \
+             FROM payments p WHERE p.order_id = $1",
+        )
+        .bind(&order_id)
+        .fetch_one(&payment)
+        .await?;
+        Ok((row.0 == "REFUNDED").then_some(row))
+    })
+    .await
+    .map(|(_, amount, refunded, refunds)| {
+        assert_eq!((amount, refunded, refunds), (30000, 30000, 1), "the whole amount, once");
+    })
+    .expect("refunded");
+    let order_db = shop.databases.pool(Service::Order).await.expect("order db");
+    wait_for("the order to show the refund", || async {
+        let refunded: bool = sqlx::query_scalar("SELECT refunded FROM orders WHERE id = $1::uuid")
+            .bind(&order_id)
+            .fetch_one(&order_db)
+            .await?;
+        Ok(refunded.then_some(()))
+    })
+    .await
+    .expect("the order says refunded");
+    let halted = wait_for("the shipment to halt", || async {
+        let shipment = shipment_of(&api, &customer, &order_id).await;
+        Ok((shipment["status"] == json!("halted")).then_some(shipment))
+    })
+    .await
+    .expect("halted");
+    assert_eq!(halted["status"], json!("halted"));
+    api.wait_order(&customer, &order_id, "cancelled").await.expect("stays cancelled");
+    wait_notifications(&api, &customer, &["order_cancelled", "payment_refunded"]).await;
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_places_one_order() {
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Twice").await.expect("category");
+    let product = api.create_product(&admin, &category, "Echo speaker", 5000, 10).await.expect("product");
+    let customer = api.register_customer("double-clicker").await.expect("registers");
+    let key = uuid::Uuid::new_v4().to_string();
+
+    let first = api.place_order(&customer, &key, &[(&product, 1)], CARD_OK).await.expect("first");
+    let first = first.expect(StatusCode::CREATED).expect("201");
+    let second = api.place_order(&customer, &key, &[(&product, 1)], CARD_OK).await.expect("second");
+    assert!(
+        second.status.is_success(),
+        "a repeat is answered like the first: {} {}",
+        second.status,
+        second.body
+    );
+    assert_eq!(second.body["id"], first["id"], "the same order");
+    // The same key with other lines is a conflict, not a second order.
+    let different = api.place_order(&customer, &key, &[(&product, 2)], CARD_OK).await.expect("third");
+    different.assert_problem("the same key with other lines");
+
+    let order_id = string(&first, "id").expect("id");
+    api.wait_order(&customer, &order_id, "confirmed").await.expect("confirmed");
+    let orders = api
+        .get("/api/orders", Some(&customer.access_token))
+        .await
+        .expect("lists")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(orders["orders"].as_array().map(Vec::len), Some(1), "{orders}");
+    wait_stock(shop, &product, (9, 0, 1)).await;
+    let order_db = shop.databases.pool(Service::Order).await.expect("order db");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE user_id = $1")
+        .bind(&customer.user_id)
+        .fetch_one(&order_db)
+        .await
+        .expect("counts");
+    assert_eq!(count, 1);
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_buyers_of_the_last_ten_units_get_ten_confirmations_and_forty_rejections() {
+    const BUYERS: usize = 50;
+    const UNITS: i64 = 10;
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Rush").await.expect("category");
+    let product =
+        api.create_product(&admin, &category, "Limited sneaker", 20000, UNITS).await.expect("product");
+
+    // Accounts first (password hashing is slow by design), then the rush.
+    let mut buyers = Vec::new();
+    for chunk in (0..BUYERS).collect::<Vec<_>>().chunks(10) {
+        let registered = futures::future::join_all(chunk.iter().map(|i| {
+            let api = api.clone();
+            async move { api.register_customer(&format!("rush{i}")).await }
+        }))
+        .await;
+        buyers.extend(registered.into_iter().map(|buyer| buyer.expect("registers")));
+    }
+    let placed = futures::future::join_all(buyers.iter().map(|buyer| {
+        let api = api.clone();
+        let product = product.clone();
+        async move { api.order(buyer, &[(&product, 1)], CARD_OK).await }
+    }))
+    .await;
+    let order_ids: Vec<String> = placed.into_iter().map(|id| id.expect("every order is accepted")).collect();
+
+    let mut outcomes = BTreeMap::new();
+    for (buyer, id) in buyers.iter().zip(&order_ids) {
+        let order = api
+            .wait_order_until(buyer, id, "a settled order", |order| {
+                !["pending", "reserved"].contains(&order["status"].as_str().unwrap_or_default())
+            })
+            .await
+            .expect("settles");
+        *outcomes.entry(order["status"].as_str().unwrap_or_default().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([("confirmed".to_owned(), 10), ("rejected".to_owned(), 40)]),
+        "exactly the stock is sold"
+    );
+    wait_stock(shop, &product, (0, 0, UNITS)).await;
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test]
+async fn missing_expired_tampered_and_wrong_algorithm_tokens_are_refused_with_401() {
+    let (shop, api, _admin) = setup().await;
+    let customer = api.register_customer("token-tester").await.expect("registers");
+    // The genuine token works.
+    api.get("/api/orders", Some(&customer.access_token))
+        .await
+        .expect("lists")
+        .expect(StatusCode::OK)
+        .expect("200");
+
+    let expired =
+        tokens::expired_token(&shop.databases, &customer.user_id, &customer.email).await.expect("forges");
+    let cases = [
+        ("no token", None),
+        ("an expired token", Some(expired)),
+        ("a tampered token", Some(tokens::tampered_token(&customer.access_token).expect("tampers"))),
+        ("alg none", Some(tokens::wrong_algorithm_token(&customer.access_token, "none").expect("forges"))),
+        ("alg HS256", Some(tokens::wrong_algorithm_token(&customer.access_token, "HS256").expect("forges"))),
+        ("garbage", Some("not-a-jwt".to_owned())),
+    ];
+    for (what, token) in cases {
+        for path in ["/api/orders", "/api/cart", "/api/admin/orders"] {
+            let answer = api.get(path, token.as_deref()).await.expect("answers");
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{what} on {path}: {}", answer.body);
+            answer.assert_problem(what);
+        }
+    }
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test]
+async fn a_customer_on_an_admin_route_is_forbidden() {
+    let (shop, api, _admin) = setup().await;
+    let customer = api.register_customer("curious").await.expect("registers");
+    let token = Some(customer.access_token.as_str());
+    let body = json!({"name": "Mine", "slug": format!("mine-{}", uuid::Uuid::new_v4().simple())});
+    for answer in [
+        api.get("/api/admin/orders", token).await.expect("answers"),
+        api.post("/api/admin/categories", token, &body).await.expect("answers"),
+        api.post(
+            &format!("/api/admin/inventory/{}/restock", uuid::Uuid::new_v4()),
+            token,
+            &json!({"quantity": 5}),
+        )
+        .await
+        .expect("answers"),
+    ] {
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+        answer.assert_problem("a customer on an admin route");
+    }
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test]
+async fn malformed_negative_unknown_and_oversized_requests_get_problem_json_4xx_never_5xx() {
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Edge").await.expect("category");
+    let product = api.create_product(&admin, &category, "Edge case", 100, 5).await.expect("product");
+    let customer = api.register_customer("fuzzer").await.expect("registers");
+    let token = customer.access_token.as_str();
+    let unpooled = reqwest::Client::builder().pool_max_idle_per_host(0).no_proxy().build().expect("client");
+    let order = |lines: Value| json!({"lines": lines, "shipping_address": support::api::address(), "payment_method_token": CARD_OK});
+    let post_order = |body: reqwest::Body| {
+        api.http
+            .post(format!("{}/api/orders", api.base))
+            .bearer_auth(token)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    let mut answers =
+        vec![
+        ("malformed JSON", api.send(post_order("{\"lines\": [".into())).await.expect("answers")),
+        ("not an object", api.send(post_order("[1, 2]".into())).await.expect("answers")),
+        (
+            "a negative quantity",
+            api.send(post_order(order(json!([{"product_id": product, "quantity": -3}])).to_string().into()))
+                .await
+                .expect("answers"),
+        ),
+        (
+            "a zero quantity",
+            api.send(post_order(order(json!([{"product_id": product, "quantity": 0}])).to_string().into()))
+                .await
+                .expect("answers"),
+        ),
+        (
+            "an unknown product",
+            api.send(post_order(
+                order(json!([{"product_id": uuid::Uuid::new_v4(), "quantity": 1}])).to_string().into(),
+            ))
+            .await
+            .expect("answers"),
+        ),
+        (
+            "a product id that is no UUID",
+            api.send(post_order(order(json!([{"product_id": "lamp", "quantity": 1}])).to_string().into()))
+                .await
+                .expect("answers"),
+        ),
+        ("no lines", api.send(post_order(order(json!([])).to_string().into())).await.expect("answers")),
+        (
+            "an oversized body",
+            // On a connection of its own: the gateway answers 413 before
+            // reading the body, then closes the connection without saying
+            // `Connection: close`, so a pooled client may reuse it for the
+            // next request and find it closed (reported to the gateway).
+            api.send(
+                unpooled
+                    .post(format!("{}/api/orders", api.base))
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+                    .header("content-type", "application/json")
+                    .body(
+                        order(json!([{"product_id": product, "quantity": 1, "padding": "x".repeat(2 << 20)}]))
+                            .to_string(),
+                    ),
+            )
+            .await
+            .expect("answers"),
+        ),
+        (
+            "a negative cart quantity",
+            api.call(
+                Method::POST,
+                "/api/cart/items",
+                Some(token),
+                Some(&json!({"product_id": product, "quantity": -1})),
+            )
+            .await
+            .expect("answers"),
+        ),
+        (
+            "an unknown product in the cart",
+            api.call(
+                Method::POST,
+                "/api/cart/items",
+                Some(token),
+                Some(&json!({"product_id": uuid::Uuid::new_v4(), "quantity": 1})),
+            )
+            .await
+            .expect("answers"),
+        ),
+        (
+            "an unknown order",
+            api.get(&format!("/api/orders/{}", uuid::Uuid::new_v4()), Some(token)).await.expect("answers"),
+        ),
+        (
+            "an unknown product page",
+            api.get(&format!("/api/products/{}", uuid::Uuid::new_v4()), None).await.expect("answers"),
+        ),
+        ("a page size of 0", api.get("/api/products?page_size=0", None).await.expect("answers")),
+        (
+            "an order without Idempotency-Key",
+            api.post("/api/orders", Some(token), &order(json!([{"product_id": product, "quantity": 1}])))
+                .await
+                .expect("answers"),
+        ),
+    ];
+    answers.push((
+        "a wrong content type",
+        api.send(
+            api.http
+                .post(format!("{}/api/cart/items", api.base))
+                .bearer_auth(token)
+                .header("content-type", "text/plain")
+                .body(json!({"product_id": product, "quantity": 1}).to_string()),
+        )
+        .await
+        .expect("answers"),
+    ));
+    for (what, answer) in &answers {
+        answer.assert_problem(what);
+    }
+    let status = |what: &str| answers.iter().find(|(name, _)| *name == what).map(|(_, answer)| answer.status);
+    assert_eq!(status("an oversized body"), Some(StatusCode::PAYLOAD_TOO_LARGE));
+    assert_eq!(status("malformed JSON"), Some(StatusCode::BAD_REQUEST));
+    assert_eq!(status("a negative quantity"), Some(StatusCode::BAD_REQUEST));
+    assert_eq!(status("an unknown order"), Some(StatusCode::NOT_FOUND));
+
+    // Nothing of it touched the stock.
+    wait_stock(shop, &product, (5, 0, 0)).await;
+    assert_invariants(&shop.databases).await;
+}
