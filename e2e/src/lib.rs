@@ -112,6 +112,9 @@ pub async fn local_kube_client() -> Result<Client, E2eError> {
 /// Any [`E2eError`] but `Timeout`.
 pub async fn kube_client_from(path: impl Into<PathBuf>) -> Result<Client, E2eError> {
     let path = path.into();
+    // With two rustls providers compiled in (kube's ring, reqwest's
+    // aws-lc-rs) rustls cannot pick one and panics; the first call decides.
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = Kubeconfig::read_from(&path)
         .map_err(|source| E2eError::ReadKubeconfig { path: path.clone(), source })?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())

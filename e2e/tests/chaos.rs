@@ -1,0 +1,530 @@
+//! Fault tests of the whole shop (ARCHITECTURE sections 4, 5 and 8): crashed
+//! service processes, a restarted broker, an unavailable payment provider,
+//! rate limits shared by gateway replicas, and services started before their
+//! infrastructure exists. Orders are driven over REST through the gateway;
+//! the outcome is checked against the saga invariants in SQL.
+//!
+//! Isolation: each test runs its own shop (the `commerce` binary as child
+//! processes on a private port offset, databases `chaos_<run>_<service>`,
+//! topic prefix `chaos-<run>.`, Redis prefix `chaos:<run>:`). The shared
+//! Postgres and Redis are used, never restarted; a test that restarts Kafka
+//! starts its own broker through `e2e/scripts/kafka.sh` on other ports and
+//! state dir, and stops it the same way.
+//!
+//! Needs `bash e2e/scripts/infra.sh up` and `cargo build -p commerce`.
+
+mod chaos_support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use chaos_support::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, Api, PrivateKafka, SERIAL, Shop, check_invariants, infra, order_statuses,
+    seed_products, wait_for,
+};
+
+/// Services of the "rest of the shop" process, beside order and payment.
+const OTHERS: [&str; 7] = ["auth", "catalog", "inventory", "cart", "notification", "shipping", "gateway"];
+/// Broker and controller ports of the private Kafka: above the kernel's
+/// ephemeral range (32768-60999), so that no outgoing connection of another
+/// test can hold them when the broker binds them again after a restart.
+const KAFKA_PORTS: (u16, u16) = (61192, 61193);
+/// How long a freshly started shop may take to be ready.
+const READY: Duration = Duration::from_secs(120);
+/// How long the saga may take to settle after the last fault.
+const SETTLE: Duration = Duration::from_secs(180);
+
+/// Places `count` orders concurrently from `customers` over `products`, one
+/// in every `decline_every` paid with the mock's declined token.
+async fn place_orders(
+    customers: &[Api],
+    products: &[String],
+    count: usize,
+    seed: usize,
+) -> Result<Vec<String>> {
+    let mut handles = Vec::new();
+    for n in seed..seed + count {
+        let api = customers[n % customers.len()].clone();
+        let first = products[n % products.len()].clone();
+        let second = products[(n + 1) % products.len()].clone();
+        let token = if n % 7 == 3 { "tok_decline" } else { "tok_visa" };
+        handles.push(tokio::spawn(async move {
+            let lines: Vec<(&str, i64)> =
+                if n % 3 == 0 { vec![(&first, 1), (&second, 2)] } else { vec![(&first, 1 + (n % 2) as i64)] };
+            api.place_order(&lines, token).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for handle in handles {
+        ids.push(handle.await??);
+    }
+    Ok(ids)
+}
+
+/// A shop whose order and payment services run in processes of their own.
+async fn start_split_shop(kafka: String) -> Result<(Shop, usize, usize)> {
+    let mut shop = Shop::new(kafka, infra("COMMERCE_POSTGRES_ADMIN_URL"))?;
+    // One process after the other: concurrent `serve all` processes race in
+    // creating topics (see the report: ensure_topics fails with
+    // InvalidPartitions for a topic another process created meanwhile).
+    shop.serve("rest", &OTHERS, &[])?;
+    shop.wait_ready(&OTHERS, READY).await?;
+    let order = shop.serve("order", &["order"], &[])?;
+    shop.wait_ready(&["order"], READY).await?;
+    let payment = shop.serve("payment", &["payment"], &[])?;
+    shop.wait_ready(&["payment"], READY).await?;
+    Ok((shop, order, payment))
+}
+
+async fn customers(shop: &Shop, count: usize) -> Result<Vec<Api>> {
+    let mut apis = Vec::new();
+    for i in 0..count {
+        let email = format!("customer{i}-{}@example.test", shop.run);
+        apis.push(
+            Api::session(&shop.gateway_url(), &shop.http, &email, "correct-horse-battery", true).await?,
+        );
+    }
+    Ok(apis)
+}
+
+#[tokio::test]
+async fn orders_settle_consistently_when_order_and_payment_processes_are_killed_mid_saga() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (mut shop, order, payment) = start_split_shop(infra("COMMERCE_KAFKA_BROKERS")).await?;
+    let result = async {
+        let admin = Api::session(&shop.gateway_url(), &shop.http, ADMIN_EMAIL, ADMIN_PASSWORD, false).await?;
+        // The third product is scarce, so some orders are rejected.
+        let stock = [40, 40, 6];
+        let products = seed_products(&admin, &shop.run, &stock).await?;
+        let initial: HashMap<String, i64> = products.iter().cloned().zip(stock).collect();
+        let buyers = customers(&shop, 3).await?;
+        let started = Instant::now();
+
+        // Wave 1, then order and payment die (SIGKILL) with it in flight.
+        let mut ids = place_orders(&buyers, &products, 10, 0).await?;
+        shop.procs[order].kill();
+        shop.procs[payment].kill();
+        // Wave 2 is placed while order is down: the gateway answers 5xx and
+        // the client retries with the same Idempotency-Key until it is back.
+        let wave2 = tokio::spawn({
+            let buyers = buyers.clone();
+            let products = products.clone();
+            async move { place_orders(&buyers, &products, 8, 10).await }
+        });
+        shop.procs[order].restart()?;
+        shop.procs[payment].restart()?;
+        ids.extend(wave2.await??);
+        // Wave 3, and payment dies again while charging it.
+        let wave3 = tokio::spawn({
+            let buyers = buyers.clone();
+            let products = products.clone();
+            async move { place_orders(&buyers, &products, 8, 18).await }
+        });
+        let payment_db = shop.db("payment").await?;
+        let before = ids.clone();
+        wait_for("wave 2 is being charged", Duration::from_secs(60), || async {
+            let captured: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM payments WHERE order_id = ANY($1) AND status <> 'PENDING'",
+            )
+            .bind(&before)
+            .fetch_one(&payment_db)
+            .await?;
+            Ok(captured > 0)
+        })
+        .await?;
+        shop.procs[payment].kill();
+        shop.procs[payment].restart()?;
+        ids.extend(wave3.await??);
+        settle_and_cancel(&mut shop, &buyers, &ids, &initial, started).await
+    }
+    .await;
+    shop.teardown().await;
+    result
+}
+
+/// Waits for the saga to settle and checks the invariants; then cancels a
+/// few confirmed orders and checks again (refunds, restock).
+async fn settle_and_cancel(
+    shop: &mut Shop,
+    buyers: &[Api],
+    ids: &[String],
+    initial: &HashMap<String, i64>,
+    started: Instant,
+) -> Result<()> {
+    let violations = check_invariants(shop, ids, initial, SETTLE).await?;
+    ensure!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
+    let settled = started.elapsed();
+    let order_db = shop.db("order").await?;
+    let statuses = order_statuses(&order_db, ids).await?;
+    // Order n was placed by customer n % buyers (ids are in placing order).
+    let confirmed: Vec<(usize, &String)> =
+        ids.iter().enumerate().filter(|(_, id)| statuses[*id] == "CONFIRMED").take(3).collect();
+    ensure!(!confirmed.is_empty(), "no order was confirmed: {statuses:?}");
+    for (n, id) in &confirmed {
+        buyers[n % buyers.len()]
+            .retrying(
+                "POST",
+                &format!("/api/orders/{id}/cancel"),
+                Some(serde_json::json!({ "reason": "chaos" })),
+                None,
+                Duration::from_secs(30),
+            )
+            .await?;
+    }
+    let violations = check_invariants(shop, ids, initial, SETTLE).await?;
+    ensure!(violations.is_empty(), "invariants violated after cancellations:\n{}", violations.join("\n"));
+    let statuses = order_statuses(&order_db, ids).await?;
+    let mut by_status: HashMap<&str, usize> = HashMap::new();
+    for status in statuses.values() {
+        *by_status.entry(status.as_str()).or_default() += 1;
+    }
+    eprintln!("{} orders settled {settled:?} after the first was placed: {by_status:?}", ids.len());
+    ensure!(by_status.get("CANCELLED").copied().unwrap_or(0) >= confirmed.len(), "{by_status:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn orders_settle_consistently_when_kafka_restarts_mid_saga() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let kafka = PrivateKafka::new(KAFKA_PORTS.0, KAFKA_PORTS.1);
+    kafka.up()?;
+    let (mut shop, _, payment) = start_split_shop(kafka.brokers()).await?;
+    let result = async {
+        let admin = Api::session(&shop.gateway_url(), &shop.http, ADMIN_EMAIL, ADMIN_PASSWORD, false).await?;
+        let stock = [40, 40, 6];
+        let products = seed_products(&admin, &shop.run, &stock).await?;
+        let initial: HashMap<String, i64> = products.iter().cloned().zip(stock).collect();
+        let buyers = customers(&shop, 3).await?;
+        let started = Instant::now();
+        let mut ids = place_orders(&buyers, &products, 8, 0).await?;
+        // The broker goes away with wave 1 in flight; wave 2 is stored with
+        // its events in the outbox, published once Kafka is back. Payment
+        // also crashes while the broker is away.
+        kafka.down()?;
+        ids.extend(place_orders(&buyers, &products, 8, 8).await?);
+        shop.procs[payment].kill();
+        shop.procs[payment].restart()?;
+        kafka.up()?;
+        ids.extend(place_orders(&buyers, &products, 6, 16).await?);
+        settle_and_cancel(&mut shop, &buyers, &ids, &initial, started).await
+    }
+    .await;
+    shop.teardown().await;
+    drop(kafka);
+    result
+}
+
+/// The value of the metric `name` (without labels) in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.split_whitespace().next() == Some(name))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn orders_wait_while_the_payment_provider_is_down_and_complete_once_charged_when_it_returns()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut shop = Shop::new(infra("COMMERCE_KAFKA_BROKERS"), infra("COMMERCE_POSTGRES_ADMIN_URL"))?;
+    shop.serve("shop", &chaos_support::SERVICES, &[])?;
+    let result = async {
+        shop.wait_ready(&chaos_support::SERVICES, READY).await?;
+        let payment_admin = shop.admin_url("payment");
+        let admin = Api::session(&shop.gateway_url(), &shop.http, ADMIN_EMAIL, ADMIN_PASSWORD, false).await?;
+        let products = seed_products(&admin, &shop.run, &[50, 50]).await?;
+        let buyers = customers(&shop, 2).await?;
+
+        let switched = shop.http.post(format!("{payment_admin}/mock-provider/unavailable")).send().await?;
+        ensure!(switched.status().is_success(), "switching the provider off: {}", switched.status());
+        let count = 6;
+        let mut ids = Vec::new();
+        for n in 0..count {
+            ids.push(buyers[n % 2].place_order(&[(&products[n % 2], 1)], "tok_visa").await?);
+        }
+        let opened = wait_for("the provider circuit opens", Duration::from_secs(60), || async {
+            let (_, text) = shop.get(&format!("{payment_admin}/metrics")).await.map_err(anyhow::Error::msg)?;
+            Ok(metric(&text, "commerce_payment_provider_circuit_open") == Some(1.0))
+        })
+        .await?;
+        // While it is open, every order waits for its payment: none failed.
+        let order_db = shop.db("order").await?;
+        let payment_db = shop.db("payment").await?;
+        wait_for("every charge attempted and deferred", Duration::from_secs(60), || async {
+            let deferred: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM payments WHERE order_id = ANY($1) AND status = 'PENDING' AND attempts > 0",
+            )
+            .bind(&ids)
+            .fetch_one(&payment_db)
+            .await?;
+            Ok(deferred == count as i64)
+        })
+        .await?;
+        let waiting = order_statuses(&order_db, &ids).await?;
+        ensure!(
+            waiting.values().all(|status| status == "PENDING" || status == "RESERVED"),
+            "orders did not wait for the provider: {waiting:?}"
+        );
+        let (_, state) = shop.get(&format!("{payment_admin}/mock-provider")).await.map_err(anyhow::Error::msg)?;
+        let state: serde_json::Value = serde_json::from_str(&state)?;
+        ensure!(state["charges_taken"] == 0, "money taken while unavailable: {state}");
+
+        let switched = shop.http.post(format!("{payment_admin}/mock-provider/available")).send().await?;
+        ensure!(switched.status().is_success(), "switching the provider on: {}", switched.status());
+        let returned = Instant::now();
+        let settled = wait_for("every order confirmed", SETTLE, || async {
+            let statuses = order_statuses(&order_db, &ids).await?;
+            Ok(statuses.len() == count && statuses.values().all(|status| status == "CONFIRMED"))
+        })
+        .await
+        .with_context(|| shop.logs(20))?;
+        wait_for("the provider circuit closes", Duration::from_secs(60), || async {
+            let (_, text) = shop.get(&format!("{payment_admin}/metrics")).await.map_err(anyhow::Error::msg)?;
+            Ok(metric(&text, "commerce_payment_provider_circuit_open") == Some(0.0))
+        })
+        .await?;
+        let (_, state) = shop.get(&format!("{payment_admin}/mock-provider")).await.map_err(anyhow::Error::msg)?;
+        let state: serde_json::Value = serde_json::from_str(&state)?;
+        ensure!(state["charges_taken"] == count as u64, "charges != orders: {state}");
+        let captured: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payments WHERE order_id = ANY($1) AND status = 'CAPTURED'")
+                .bind(&ids)
+                .fetch_one(&payment_db)
+                .await?;
+        ensure!(captured == count as i64, "{captured} captured payments for {count} orders");
+        let initial: HashMap<String, i64> = products.iter().cloned().zip([50, 50]).collect();
+        let violations = check_invariants(&mut shop, &ids, &initial, SETTLE).await?;
+        ensure!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
+        eprintln!(
+            "circuit opened after {opened:?}; {count} orders confirmed {settled:?} after the provider returned \
+             ({:?} in all); provider state {state}",
+            returned.elapsed()
+        );
+        Ok(())
+    }
+    .await;
+    shop.teardown().await;
+    result
+}
+
+/// GET `path` on `gateway` `count` times; the replies' statuses and headers.
+async fn burst(http: &reqwest::Client, gateway: &str, count: usize) -> Result<Vec<reqwest::Response>> {
+    let mut replies = Vec::new();
+    for _ in 0..count {
+        replies.push(http.get(format!("{gateway}/api/products")).send().await?);
+    }
+    Ok(replies)
+}
+
+#[tokio::test]
+async fn a_burst_beyond_a_rule_is_refused_with_429_and_two_gateways_share_one_limit() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut shop = Shop::new(infra("COMMERCE_KAFKA_BROKERS"), infra("COMMERCE_POSTGRES_ADMIN_URL"))?;
+    // Rule default-ip: 6 per minute, burst 10, for every /api/ request.
+    let limits = [("COMMERCE_RATELIMIT_DEFAULT_PER_MINUTE", "6"), ("COMMERCE_RATELIMIT_DEFAULT_BURST", "10")];
+    // One after the other: concurrent `serve all` processes race in creating topics.
+    shop.serve("backend", &["auth", "catalog"], &[])?;
+    shop.wait_ready(&["auth", "catalog"], READY).await?;
+    shop.serve("gateway-a", &["gateway"], &limits)?;
+    let second_http = chaos_support::free_port();
+    let second_admin = chaos_support::free_port();
+    let mut args = vec![
+        "serve".to_owned(),
+        "gateway".to_owned(),
+        format!("--http-addr=127.0.0.1:{second_http}"),
+        format!("--admin-addr=127.0.0.1:{second_admin}"),
+        format!("--redis-url={}", shop.redis_url),
+        "--log-format=json".to_owned(),
+    ];
+    for service in ["auth", "catalog", "inventory", "cart", "order", "payment", "notification", "shipping"] {
+        args.push(format!("--peer={service}=http://127.0.0.1:{}", shop.grpc_port(service)));
+    }
+    shop.spawn("gateway-b", args, &limits)?;
+    let result = async {
+        shop.wait_ready(&["gateway"], READY).await?;
+        let gateway_b = format!("http://127.0.0.1:{second_http}");
+        wait_for("the second gateway is ready", READY, || async {
+            Ok(matches!(
+                shop.get(&format!("http://127.0.0.1:{second_admin}/readyz")).await,
+                Ok((reqwest::StatusCode::OK, _))
+            ))
+        })
+        .await
+        .with_context(|| shop.logs(20))?;
+
+        let first = burst(&shop.http, &shop.gateway_url(), 8).await?;
+        let second = burst(&shop.http, &gateway_b, 8).await?;
+        let admitted =
+            |replies: &[reqwest::Response]| replies.iter().filter(|r| r.status().is_success()).count();
+        let refused = |replies: &[reqwest::Response]| {
+            replies.iter().filter(|r| r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS).count()
+        };
+        let (a, b) = (admitted(&first), admitted(&second));
+        eprintln!("gateway A admitted {a}/8, gateway B admitted {b}/8 (burst 10, 6/min shared)");
+        ensure!(a == 8, "gateway A should admit its 8 requests within the burst of 10: {a}");
+        // One shared bucket: B gets what A left (2, plus at most one refill),
+        // not a fresh burst of its own.
+        ensure!(b <= 3 && refused(&second) == 8 - b, "gateway B admitted {b}: limits are not shared");
+        let limited = second
+            .iter()
+            .find(|r| r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS)
+            .context("no 429 from gateway B")?;
+        let retry_after: u64 = limited
+            .headers()
+            .get("retry-after")
+            .context("429 without Retry-After")?
+            .to_str()?
+            .parse()
+            .context("Retry-After is not a number of seconds")?;
+        ensure!(retry_after >= 1, "Retry-After {retry_after}");
+        let ratelimit = limited.headers().get("ratelimit").context("429 without RateLimit")?.to_str()?;
+        ensure!(ratelimit.contains("r=0"), "RateLimit should show nothing remaining: {ratelimit}");
+        ensure!(limited.headers().contains_key("ratelimit-policy"), "429 without RateLimit-Policy");
+        // And gateway A is refused as well now: the bucket is empty for both.
+        let again = burst(&shop.http, &shop.gateway_url(), 2).await?;
+        ensure!(refused(&again) >= 1, "gateway A admitted again after B emptied the shared bucket");
+        Ok(())
+    }
+    .await;
+    shop.teardown().await;
+    result
+}
+
+/// Creates what the operator creates in a cluster: every catalog topic and
+/// dead-letter topic under `prefix` (3 partitions, one replica).
+async fn create_topics(brokers: &str, prefix: &str) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let mut names: Vec<String> = ["orders", "inventory", "payments", "shipments", "users", "catalog"]
+        .iter()
+        .map(|aggregate| format!("{prefix}commerce.{aggregate}.v1"))
+        .collect();
+    names.extend(chaos_support::SERVICES.iter().map(|service| format!("{prefix}commerce.dlq.{service}.v1")));
+    let topics: Vec<NewTopic> =
+        names.iter().map(|name| NewTopic::new(name, 3, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_service_started_before_postgres_and_kafka_exist_becomes_ready_when_they_appear() -> Result<()>
+{
+    let _serial = SERIAL.lock().await;
+    let postgres = chaos_support::PrivatePostgres::init()?;
+    let kafka = PrivateKafka::new(KAFKA_PORTS.0 + 100, KAFKA_PORTS.1 + 100);
+    kafka.down()?;
+    let mut shop = Shop::new(kafka.brokers(), postgres.admin_url())?;
+    let prefix = format!("chaos-{}.", shop.run);
+    let peers = ["auth", "catalog", "inventory", "cart", "order", "payment", "notification", "shipping"]
+        .iter()
+        .map(|service| format!("{service}=http://127.0.0.1:{}", shop.grpc_port(service)))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Each service alone, as in a pod: configured by COMMERCE_* variables
+    // (a flag a service lacks would be an error; a variable is ignored).
+    for service in chaos_support::SERVICES {
+        let database = chaos_support::url_with_database(
+            &postgres.admin_url(),
+            &format!("{}{service}", shop.database_prefix()),
+        );
+        let admin_addr = shop.admin_url(service).trim_start_matches("http://").to_owned();
+        let grpc_addr = format!("127.0.0.1:{}", shop.grpc_port(service));
+        let http_addr = shop.gateway_url().trim_start_matches("http://").to_owned();
+        let env = [
+            ("COMMERCE_DATABASE_URL", database.as_str()),
+            ("COMMERCE_KAFKA_BROKERS", &kafka.brokers()),
+            ("COMMERCE_KAFKA_NAME_PREFIX", &prefix),
+            ("COMMERCE_REDIS_URL", &shop.redis_url.clone()),
+            ("COMMERCE_ADMIN_ADDR", &admin_addr),
+            ("COMMERCE_GRPC_ADDR", &grpc_addr),
+            ("COMMERCE_HTTP_ADDR", &http_addr),
+            ("COMMERCE_PEERS", &peers),
+        ];
+        shop.spawn(service, vec!["serve".to_owned(), service.to_owned()], &env)?;
+    }
+    let result = async {
+        // Everything with a database waits for it: up, answering, not ready.
+        let mut before = Vec::new();
+        for service in chaos_support::SERVICES {
+            let url = format!("{}/readyz", shop.admin_url(service));
+            let deadline = Instant::now() + READY;
+            let last = loop {
+                let last = shop.get(&url).await;
+                if last.is_ok() || Instant::now() > deadline {
+                    break last;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            ensure!(last.is_ok(), "{service} never answered /readyz: {last:?}\n{}", shop.logs(20));
+            let status = last.as_ref().map(|(status, _)| *status).unwrap_or_default();
+            before.push((service, status));
+            if chaos_support::DATABASE_SERVICES.contains(&service) {
+                ensure!(
+                    status == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                    "{service} is {status} without its database: {last:?}"
+                );
+            }
+        }
+        eprintln!("before Postgres and Kafka: {before:?}");
+
+        // The infrastructure appears, then what the operator would create.
+        let appeared = Instant::now();
+        postgres.start()?;
+        let admin =
+            sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&postgres.admin_url()).await?;
+        for service in chaos_support::DATABASE_SERVICES {
+            sqlx::query(&format!("CREATE DATABASE \"{}{service}\"", shop.database_prefix()))
+                .execute(&admin)
+                .await?;
+        }
+        admin.close().await;
+        kafka.up()?;
+        create_topics(&kafka.brokers(), &prefix).await?;
+        shop.wait_ready(&chaos_support::SERVICES, READY).await?;
+        eprintln!(
+            "every service ready {:?} after Postgres started (Kafka started and topics created in between)",
+            appeared.elapsed()
+        );
+
+        // Ready means working: one order through the whole saga.
+        let admin = Api::session(&shop.gateway_url(), &shop.http, ADMIN_EMAIL, ADMIN_PASSWORD, false).await?;
+        // The gateway reports ready before it holds auth's signing keys (it
+        // started long before auth could serve them) and refreshes them on an
+        // unknown key id at most every --jwt-key-refresh-min-interval (10 s):
+        // until then a valid token gets 401. See the report.
+        let accepted = wait_for("the gateway accepts a fresh token", Duration::from_secs(30), || async {
+            Ok(admin.call("GET", "/api/admin/orders", None, None).await?.status.is_success())
+        })
+        .await?;
+        eprintln!("the gateway accepted auth's tokens {accepted:?} after it reported ready");
+        let products = seed_products(&admin, &shop.run, &[5]).await?;
+        let buyer = customers(&shop, 1).await?.remove(0);
+        let id = buyer.place_order(&[(&products[0], 2)], "tok_visa").await?;
+        let order_db = shop.db("order").await?;
+        wait_for("the order is confirmed", SETTLE, || async {
+            Ok(order_statuses(&order_db, std::slice::from_ref(&id)).await?.get(&id).map(String::as_str)
+                == Some("CONFIRMED"))
+        })
+        .await
+        .with_context(|| shop.logs(20))?;
+        Ok(())
+    }
+    .await;
+    for proc in shop.procs.iter_mut().rev() {
+        proc.stop(Duration::from_secs(20));
+    }
+    drop(shop);
+    drop(kafka);
+    drop(postgres);
+    result
+}

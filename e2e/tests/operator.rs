@@ -1,0 +1,1167 @@
+//! The operator as a process against the real control plane (etcd,
+//! kube-apiserver, kube-controller-manager with its garbage collector,
+//! kube-scheduler, kwok), the real Kafka and the real Postgres on loopback.
+//!
+//! Each test starts the built `commerce-operator run` binary (build it first:
+//! `cargo build -p commerce-operator`), records its PID and stops it by that
+//! PID only; the operator watches only the test's own namespace, which the
+//! test deletes at the end together with the databases its stacks created.
+//! Stacks use external Kafka, Postgres and Redis pointing at 127.0.0.1: pods
+//! on the fake node never connect, but the operator process does.
+//!
+//! The CRDs are applied once per run (server-side apply of
+//! `crds/commerce-stack.yaml`, idempotent) and awaited until Established.
+//! Topic names are the catalog's, unprefixed, and shared by every stack on
+//! the same Kafka, so the one test that deletes topics (`deletionPolicy:
+//! Delete`) runs alone: every other test holds a shared lock on them. (A
+//! shop started by `make up` on the same Kafka uses the same names; do not
+//! run this file while one is running.)
+//!
+//! Figures for the issue are printed (`--nocapture` shows them, lines start
+//! with `FIGURE`): the time from applying the full example to all its
+//! objects existing, the API writes of converging and of a no-op reconcile
+//! (from the operator's `commerce_operator_api_requests_total`, checked
+//! against managed fields and Events in the cluster), and, in an ignored
+//! benchmark, the operator's RSS idle and with 100 stacks.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use commerce_e2e::{local_kube_client, local_kubeconfig_path, unique_name};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Namespace, Secret},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    discovery::pinned_kind,
+};
+use rdkafka::{
+    ClientConfig,
+    consumer::{BaseConsumer, Consumer as _},
+};
+use serde_json::{Value, json};
+use sqlx::{Connection as _, PgConnection, Row as _, postgres::PgConnectOptions};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::RwLock,
+};
+
+/// Field manager of what the tests write (the operator's is `commerce-operator`).
+const MANAGER: &str = "commerce-e2e";
+const GROUP: &str = "commerce-stack.dev";
+const VERSION: &str = "v1alpha1";
+/// CRDs are Established within seconds.
+const CRD_TIMEOUT: Duration = Duration::from_secs(60);
+/// A stack's objects, databases and topics on a loaded 2-core machine; the
+/// garbage collector may also need its ~30 s discovery of new kinds.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How often a condition is looked at again.
+const POLL: Duration = Duration::from_millis(250);
+/// The services of the catalog.
+const SERVICES: [&str; 9] =
+    ["auth", "catalog", "inventory", "cart", "order", "payment", "notification", "shipping", "gateway"];
+/// Topics are the catalog's, shared by every stack: the test that deletes
+/// them takes this for writing, every other test for reading.
+static TOPICS: RwLock<()> = RwLock::const_new(());
+
+// ---------------------------------------------------------------- the tests
+
+#[tokio::test]
+async fn crds_are_established_and_an_invalid_stack_is_refused_with_the_cel_message() -> Result<()> {
+    install_crds()?;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let outcome = async {
+        let mut both = minimal_stack("bad", &namespace.name);
+        both["spec"]["kafka"]["managed"] = json!({});
+        let refused = kubectl_apply(&both.to_string())?;
+        ensure!(!refused.status.success(), "a stack with both kafka.external and kafka.managed was accepted");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            stderr.contains(
+                "set exactly one of kafka.external (bootstrap servers of your brokers) and kafka.managed"
+            ),
+            "kubectl said: {stderr}"
+        );
+
+        let mut scaling = minimal_stack("bad", &namespace.name);
+        scaling["spec"]["services"] =
+            json!({ "order": { "autoscaling": { "minReplicas": 5, "maxReplicas": 2 } } });
+        let refused = kubectl_apply(&scaling.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
+            "kubectl said: {stderr}"
+        );
+
+        let fine = kubectl_apply(&minimal_stack("good", &namespace.name).to_string())?;
+        ensure!(
+            fine.status.success(),
+            "a valid stack was refused: {}",
+            String::from_utf8_lossy(&fine.stderr)
+        );
+        Ok(())
+    }
+    .await;
+    outcome.and(namespace.delete(&client).await)
+}
+
+#[tokio::test]
+async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_becomes_ready() -> Result<()> {
+    install_crds()?;
+    let _topics = TOPICS.read().await;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let (stack, policy) = full_example(&stack_name, &namespace.name)?;
+        let expected = render(&[&stack, &policy], &namespace.name)?;
+        ensure!(expected.len() > 40, "the full example renders only {} objects", expected.len());
+
+        let applied = Instant::now();
+        apply(&client, &policy).await?;
+        let stored = apply(&client, &stack).await?;
+        let uid = stored.uid().context("the stack has no uid")?;
+        let objects =
+            eventually("every rendered object to exist", || all_exist(&client, &namespace.name, &expected))
+                .await?;
+        let elapsed = applied.elapsed();
+        println!(
+            "FIGURE full example: {} objects created {:.1} s after the apply (polled every {POLL:?})",
+            expected.len(),
+            elapsed.as_secs_f64()
+        );
+        for object in &objects {
+            let owner = object.owner_references().iter().find(|o| o.controller == Some(true));
+            ensure!(
+                owner.is_some_and(|o| o.uid == uid && o.kind == "CommerceStack"),
+                "{} {} is not owned by the stack: {:?}",
+                object.types.as_ref().map(|t| t.kind.as_str()).unwrap_or_default(),
+                object.name_any(),
+                object.owner_references()
+            );
+        }
+
+        let ready = wait_ready(&client, &namespace.name, &stack_name).await?;
+        println!("FIGURE full example: Ready {:.1} s after the apply", applied.elapsed().as_secs_f64());
+        let status = &ready.data["status"];
+
+        let topics = status["topics"].as_array().context("status.topics")?;
+        ensure!(topics.len() >= 9, "status lists {} topics", topics.len());
+        let in_kafka = kafka_partitions()?;
+        for topic in topics {
+            let name = topic["name"].as_str().unwrap_or_default();
+            let partitions = topic["partitions"].as_i64().unwrap_or_default();
+            ensure!(
+                in_kafka.get(name).copied().unwrap_or(0) >= partitions && partitions > 0,
+                "topic {name}: status says {partitions} partitions, Kafka has {:?}",
+                in_kafka.get(name)
+            );
+        }
+        // order and inventory autoscale to 8: the topics they consume have
+        // at least 8 partitions.
+        ensure!(
+            topics.iter().filter_map(|t| t["partitions"].as_i64()).max() >= Some(8),
+            "no topic widened to the consumers' maxReplicas: {topics:?}"
+        );
+
+        let databases = status["databases"].as_array().context("status.databases")?;
+        ensure!(databases.len() >= 4, "status lists {} databases", databases.len());
+        for database in databases {
+            let secret = database["secretName"].as_str().context("secretName")?;
+            let logged_in = log_in_with_secret(&client, &namespace.name, secret).await?;
+            ensure!(
+                logged_in == database["name"].as_str().unwrap_or_default(),
+                "logged in to {logged_in}, expected {database}"
+            );
+        }
+        ensure!(
+            status["gatewayUrl"].as_str().is_some_and(|u| u.contains("shop.example.com")),
+            "gateway URL: {}",
+            status["gatewayUrl"]
+        );
+
+        let writes =
+            writes_of_a_forced_reconcile(&client, &operator, &namespace.name, &stack_name, &expected).await?;
+        println!("FIGURE no-op reconcile: {} API writes ({writes:?})", writes.len());
+        ensure!(writes.is_empty(), "a reconcile with nothing to do wrote {writes:?}");
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn replicas_disabled_services_and_a_rate_limit_policy_converge() -> Result<()> {
+    install_crds()?;
+    let _topics = TOPICS.read().await;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        apply(&client, &stack).await?;
+        wait_ready(&client, &namespace.name, &stack_name).await?;
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace.name);
+
+        stack["spec"]["services"] = json!({ "catalog": { "replicas": 3 } });
+        apply(&client, &stack).await?;
+        eventually("the catalog Deployment to have 3 replicas", || async {
+            let deployment = deployments.get(&format!("{stack_name}-catalog")).await?;
+            Ok(deployment.spec.and_then(|s| s.replicas).filter(|r| *r == 3))
+        })
+        .await?;
+
+        let notification = format!("{stack_name}-notification");
+        ensure!(
+            deployments.get_opt(&notification).await?.is_some(),
+            "no notification Deployment to start with"
+        );
+        stack["spec"]["services"]["notification"] = json!({ "enabled": false });
+        apply(&client, &stack).await?;
+        eventually("the notification service's objects to be pruned", || async {
+            let left = objects_of_component(&client, &namespace.name, &stack_name, "notification").await?;
+            Ok(left.is_empty().then_some(()))
+        })
+        .await?;
+        ensure!(
+            deployments.get_opt(&format!("{stack_name}-catalog")).await?.is_some(),
+            "catalog was pruned too"
+        );
+
+        let gateway = format!("{stack_name}-gateway");
+        let template_before = deployments.get(&gateway).await?.spec.map(|s| s.template);
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace.name);
+        let rules_name = format!("{stack_name}-gateway-rate-limits");
+        let rules_before = config_maps.get(&rules_name).await?.data;
+        apply(
+            &client,
+            &json!({
+                "apiVersion": format!("{GROUP}/{VERSION}"),
+                "kind": "RateLimitPolicy",
+                "metadata": { "name": "checkout", "namespace": namespace.name },
+                "spec": {
+                    "targetRef": { "name": stack_name },
+                    "rules": [{ "name": "place-order", "pathPrefix": "/api/orders", "methods": ["POST"],
+                                "key": "user", "requests": 30, "per": "minute" }],
+                },
+            }),
+        )
+        .await?;
+        let rules_after = eventually("the gateway's rate-limit rules to carry the policy", || async {
+            let data = config_maps.get(&rules_name).await?.data;
+            Ok((data != rules_before && format!("{data:?}").contains("place-order")).then_some(data))
+        })
+        .await?;
+        ensure!(format!("{rules_after:?}").contains("/api/orders"), "rules: {rules_after:?}");
+        let template_after = deployments.get(&gateway).await?.spec.map(|s| s.template);
+        ensure!(template_before == template_after, "adding a policy changed the gateway's pod template");
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn a_deleted_child_and_an_edited_child_are_restored() -> Result<()> {
+    install_crds()?;
+    let _topics = TOPICS.read().await;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        apply(&client, &minimal_stack(&stack_name, &namespace.name)).await?;
+        wait_ready(&client, &namespace.name, &stack_name).await?;
+
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace.name);
+        let name = format!("{stack_name}-catalog");
+        let old_uid = deployments.get(&name).await?.uid();
+        deployments.delete(&name, &DeleteParams::background()).await?;
+        eventually("the deleted Deployment to come back", || async {
+            let back = deployments.get_opt(&name).await?;
+            Ok(back.filter(|d| d.uid() != old_uid))
+        })
+        .await?;
+
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace.name);
+        let original = config_maps.get(&name).await?.data.context("the catalog ConfigMap has no data")?;
+        let (key, _) = original.iter().next().context("the catalog ConfigMap is empty")?;
+        // Another manager (a person with kubectl edit) overwrites a value.
+        config_maps
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "data": { key: "edited by hand" } })),
+            )
+            .await?;
+        eventually("the edited ConfigMap to be restored", || async {
+            let data = config_maps.get(&name).await?.data;
+            Ok((data.as_ref() == Some(&original)).then_some(()))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn an_operator_restarted_mid_reconcile_converges() -> Result<()> {
+    install_crds()?;
+    let _topics = TOPICS.read().await;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let stack = minimal_stack(&stack_name, &namespace.name);
+        let expected = render(&[&stack], &namespace.name)?;
+        apply(&client, &stack).await?;
+        // Stopped as soon as the first object exists: the reconcile that
+        // applies the rest is under way.
+        let selector = format!("commerce-stack.dev/stack={stack_name}");
+        let first = eventually("the first owned object", || async {
+            let secrets = Api::<Secret>::namespaced(client.clone(), &namespace.name)
+                .list(&ListParams::default().labels(&selector))
+                .await?;
+            let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace.name)
+                .list(&ListParams::default().labels(&selector))
+                .await?;
+            Ok((secrets.items.len() + config_maps.items.len() > 0).then_some(()))
+        });
+        first.await?;
+        operator.stop();
+        let present = count_existing(&client, &namespace.name, &expected).await?;
+        println!("restart: operator stopped with {present} of {} objects present", expected.len());
+        operator = Operator::start(&namespace.name)?;
+        eventually("every rendered object to exist", || all_exist(&client, &namespace.name, &expected))
+            .await?;
+        wait_ready(&client, &namespace.name, &stack_name).await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn deleting_a_retained_stack_collects_its_children_and_keeps_topics_and_databases() -> Result<()> {
+    install_crds()?;
+    let _topics = TOPICS.read().await;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        apply(&client, &minimal_stack(&stack_name, &namespace.name)).await?;
+        let ready = wait_ready(&client, &namespace.name, &stack_name).await?;
+        ensure!(ready.finalizers().is_empty(), "a retained stack has finalizers {:?}", ready.finalizers());
+        let databases = names_in(&ready.data["status"]["databases"]);
+        let topics = names_in(&ready.data["status"]["topics"]);
+
+        delete_stack(&client, &namespace.name, &stack_name).await?;
+        eventually("the garbage collector to delete the stack's children", || async {
+            Ok(owned_objects(&client, &namespace.name, &stack_name).await?.is_empty().then_some(()))
+        })
+        .await?;
+        let existing = existing_databases(&stack_name).await?;
+        ensure!(existing == databases, "databases after deletion: {existing:?}, before: {databases:?}");
+        let in_kafka = kafka_partitions()?;
+        ensure!(topics.iter().all(|t| in_kafka.contains_key(t)), "a retained topic is gone");
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn deleting_a_stack_with_deletion_policy_delete_drops_its_topics_and_databases() -> Result<()> {
+    install_crds()?;
+    // Alone: the catalog's topics go away.
+    let _topics = TOPICS.write().await;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        apply(&client, &stack).await?;
+        let ready = wait_ready(&client, &namespace.name, &stack_name).await?;
+        ensure!(
+            ready.finalizers().iter().any(|f| f == "commerce-stack.dev/external-state"),
+            "no cleanup finalizer: {:?}",
+            ready.finalizers()
+        );
+        let databases = names_in(&ready.data["status"]["databases"]);
+        ensure!(!databases.is_empty(), "no databases to drop");
+        ensure!(existing_databases(&stack_name).await? == databases, "databases were not created");
+        let topics = names_in(&ready.data["status"]["topics"]);
+
+        delete_stack(&client, &namespace.name, &stack_name).await?;
+        let left = existing_databases(&stack_name).await?;
+        ensure!(left.is_empty(), "databases left after deletion: {left:?}");
+        let roles = existing_roles(&stack_name).await?;
+        ensure!(roles.is_empty(), "roles left after deletion: {roles:?}");
+        eventually("Kafka to finish deleting the topics", || async {
+            let in_kafka = kafka_partitions()?;
+            Ok(topics.iter().all(|t| !in_kafka.contains_key(t)).then_some(()))
+        })
+        .await?;
+        eventually("the garbage collector to delete the stack's children", || async {
+            Ok(owned_objects(&client, &namespace.name, &stack_name).await?.is_empty().then_some(()))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+/// Prints the operator's resident memory idle and while it reconciles 100
+/// minimal stacks in one namespace. A benchmark, not a check: run it with
+/// `cargo test -p commerce-e2e --test operator -- --ignored --nocapture`.
+/// Postgres points at a closed port, so the stacks' Kubernetes objects are
+/// applied for real (topics are ensured in the real Kafka) but no 800
+/// databases are created; every reconcile then fails at the databases and
+/// retries with backoff, which keeps the operator busy.
+#[tokio::test]
+#[ignore = "benchmark: prints the operator's RSS idle and with 100 stacks"]
+async fn the_operator_rss_idle_and_while_reconciling_100_stacks_is_printed() -> Result<()> {
+    install_crds()?;
+    let _topics = TOPICS.read().await;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        eventually("the operator's first metrics", || async { Ok(operator.metrics().await.ok()) }).await?;
+        let idle = operator.rss_kib()?;
+        println!("FIGURE RSS idle: {idle} KiB");
+        let started = Instant::now();
+        let mut peak = idle;
+        for i in 0..100 {
+            let mut stack = minimal_stack(&format!("s{i:03}"), &namespace.name);
+            stack["spec"]["postgres"]["external"]["port"] = json!(1);
+            // No pods: 900 of them would load the shared control plane and
+            // say nothing about the operator.
+            stack["spec"]["services"] = SERVICES.iter().map(|s| (s.to_string(), json!({ "replicas": 0 }))).collect();
+            apply(&client, &stack).await?;
+            peak = peak.max(operator.rss_kib()?);
+        }
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace.name);
+        let peak_while_waiting = std::sync::atomic::AtomicU64::new(peak);
+        eventually("the Deployments of 100 stacks", || async {
+            let count = deployments.list_metadata(&ListParams::default()).await?.items.len();
+            peak_while_waiting.fetch_max(operator.rss_kib()?, std::sync::atomic::Ordering::Relaxed);
+            Ok((count >= 100 * 9).then_some(()))
+        })
+        .await?;
+        let peak = peak_while_waiting.into_inner();
+        println!(
+            "FIGURE RSS while reconciling 100 stacks: peak {peak} KiB, now {} KiB; all Deployments after {:.1} s",
+            operator.rss_kib()?,
+            started.elapsed().as_secs_f64()
+        );
+        println!("FIGURE 100 stacks: API writes so far {:?}", operator.api_writes().await?);
+        Ok(())
+    }
+    .await;
+    operator.stop();
+    outcome.and(namespace.delete(&client).await)
+}
+
+// ---------------------------------------------------------- the operator
+
+/// A `commerce-operator run` process watching one namespace.
+struct Operator {
+    child: Option<Child>,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(namespace: &str) -> Result<Self> {
+        let binary = operator_binary()?;
+        // A free port: bound, read, released; the operator binds it next.
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name(&format!("operator-{namespace}"))));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(&binary)
+            .args(["run", "--watch-namespace", namespace, "--leader-election", "false"])
+            .args(["--admin-addr", &admin.to_string(), "--log-format", "text", "--identity", namespace])
+            .env("KUBECONFIG", local_kubeconfig_path())
+            .env("COMMERCE_LOG_FILTER", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        eprintln!("operator pid {} for {namespace}, log {}", child.id(), log.display());
+        Ok(Operator { child: Some(child), admin, log })
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.child.as_ref().map(Child::id).context("the operator is stopped")
+    }
+
+    /// Kills the process by its PID (the `Child` handle) and reaps it.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(self.admin).await?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n").await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
+        ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+        Ok(body.to_owned())
+    }
+
+    /// Requests the operator sent to the Kubernetes API other than GET
+    /// (reads and watches), by method.
+    async fn api_writes(&self) -> Result<BTreeMap<String, u64>> {
+        let text = self.metrics().await?;
+        let mut writes = BTreeMap::new();
+        for line in
+            text.lines().filter_map(|l| l.strip_prefix("commerce_operator_api_requests_total{method=\""))
+        {
+            let Some((method, rest)) = line.split_once('"') else { continue };
+            let count = rest.rsplit(' ').next().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
+            if method != "GET" {
+                writes.insert(method.to_owned(), count);
+            }
+        }
+        ensure!(text.contains("commerce_operator_api_requests_total"), "the operator counts no API requests");
+        Ok(writes)
+    }
+
+    /// Reconciles finished so far (successes and errors).
+    async fn reconciles(&self) -> Result<u64> {
+        let text = self.metrics().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("commerce_operator_reconciles_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    }
+
+    fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
+    fn tail_of_log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The built operator: next to this test binary's target directory, else
+/// under `$CARGO_TARGET_DIR` (the Makefile's default:
+/// `$HOME/.cache/commerce-stack/target`).
+fn operator_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let beside = exe.parent().and_then(Path::parent).map(|dir| dir.join("commerce-operator"));
+    let from_env = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| PathBuf::from(dir).join("debug").join("commerce-operator"));
+    beside.into_iter().chain(from_env).find(|path| path.is_file()).context(
+        "commerce-operator is not built: run `cargo build -p commerce-operator` \
+         (with the same CARGO_TARGET_DIR) before these tests",
+    )
+}
+
+/// Stops the operator, drops the stacks' databases and roles, deletes the
+/// namespace; the test's outcome wins over a cleanup error.
+async fn finish(
+    outcome: Result<()>,
+    client: &Client,
+    operator: &mut Operator,
+    namespace: TestNamespace,
+    stacks: &[&str],
+) -> Result<()> {
+    if outcome.is_err() {
+        eprintln!("operator log (tail):\n{}", operator.tail_of_log());
+    }
+    operator.stop();
+    if outcome.is_ok() {
+        // Kept only when the test failed.
+        let _ = std::fs::remove_file(&operator.log);
+    }
+    let mut cleanup = namespace.delete(client).await;
+    for stack in stacks {
+        cleanup = cleanup.and(drop_databases(stack).await);
+    }
+    outcome.and(cleanup)
+}
+
+// ------------------------------------------------------------- Kubernetes
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Applies the CRDs once per test binary and waits for Established.
+fn install_crds() -> Result<()> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let crds = repo().join("crds/commerce-stack.yaml");
+            let apply = kubectl(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager",
+                MANAGER,
+                "-f",
+                &crds.to_string_lossy(),
+            ])?;
+            let wait = kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                &format!("--timeout={}s", CRD_TIMEOUT.as_secs()),
+                &format!("crd/commercestacks.{GROUP}"),
+                &format!("crd/ratelimitpolicies.{GROUP}"),
+            ])?;
+            println!("{apply}{wait}");
+            Ok(())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn kubectl(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", local_kubeconfig_path())
+        .output()
+        .map_err(|e| format!("kubectl (source e2e/infra.env to put it on PATH): {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+/// `kubectl apply -f -` (client-side, as a person would), for its message.
+fn kubectl_apply(manifest: &str) -> Result<std::process::Output> {
+    use std::io::Write as _;
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", local_kubeconfig_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("kubectl (source e2e/infra.env to put it on PATH)")?;
+    child.stdin.take().context("stdin")?.write_all(manifest.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    async fn create(client: &Client) -> Result<Self> {
+        let name = unique_name("e2e-op");
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "Namespace",
+                    "metadata": { "name": name, "labels": { "commerce-stack/e2e": "true" } },
+                })),
+            )
+            .await?;
+        Ok(TestNamespace { name })
+    }
+
+    /// Deletes the namespace and waits until it is gone.
+    async fn delete(self, client: &Client) -> Result<()> {
+        let api = Api::<Namespace>::all(client.clone());
+        api.delete(&self.name, &DeleteParams::background()).await?;
+        eventually(&format!("namespace {} to be deleted", self.name), || async {
+            Ok(api.get_opt(&self.name).await?.is_none().then_some(()))
+        })
+        .await
+    }
+}
+
+fn stack_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, VERSION, "CommerceStack"),
+        "commercestacks",
+    )
+}
+
+/// Server-side applies a CommerceStack or RateLimitPolicy.
+async fn apply(client: &Client, object: &Value) -> Result<DynamicObject> {
+    let kind = object["kind"].as_str().context("kind")?;
+    let plural = if kind == "CommerceStack" { "commercestacks" } else { "ratelimitpolicies" };
+    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural);
+    let namespace = object["metadata"]["namespace"].as_str().context("namespace")?;
+    let name = object["metadata"]["name"].as_str().context("name")?;
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+    Ok(api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await?)
+}
+
+/// Waits until the stack's Ready condition is True for its generation.
+async fn wait_ready(client: &Client, namespace: &str, name: &str) -> Result<DynamicObject> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &stack_resource());
+    eventually(&format!("stack {name} to be Ready"), || async {
+        let stack = api.get(name).await?;
+        let generation = stack.metadata.generation;
+        let ready = stack.data["status"]["conditions"].as_array().is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c["type"] == "Ready"
+                    && c["status"] == "True"
+                    && c["observedGeneration"].as_i64() == generation
+            })
+        });
+        Ok(ready.then_some(stack))
+    })
+    .await
+}
+
+async fn delete_stack(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &stack_resource());
+    api.delete(name, &DeleteParams::background()).await?;
+    eventually(&format!("stack {name} to be deleted"), || async {
+        Ok(api.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+/// (apiVersion, kind, name) of what `commerce-operator render` prints.
+type ObjectKey = (String, String, String);
+
+fn render(documents: &[&Value], namespace: &str) -> Result<Vec<ObjectKey>> {
+    use std::io::Write as _;
+    let input: Vec<String> = documents.iter().map(|d| d.to_string()).collect();
+    let mut child = Command::new(operator_binary()?)
+        .args(["render", "-f", "-", "-n", namespace])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(input.join("\n---\n").as_bytes())?;
+    let output = child.wait_with_output()?;
+    ensure!(output.status.success(), "render failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout)?;
+    let mut keys = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document)?;
+        if value.is_null() {
+            continue;
+        }
+        let field = |f: &str| value.pointer(f).and_then(Value::as_str).map(str::to_owned).unwrap_or_default();
+        keys.push((field("/apiVersion"), field("/kind"), field("/metadata/name")));
+    }
+    Ok(keys)
+}
+
+/// All `expected` objects in `namespace`, or None while any is missing.
+async fn all_exist(
+    client: &Client,
+    namespace: &str,
+    expected: &[ObjectKey],
+) -> Result<Option<Vec<DynamicObject>>> {
+    let mut kinds: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for (api_version, kind, name) in expected {
+        kinds.entry((api_version, kind)).or_default().push(name);
+    }
+    let mut found = Vec::new();
+    for ((api_version, kind), names) in kinds {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let resource = resource_of(client, group, version, kind).await?;
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+        let list = api.list(&ListParams::default()).await?;
+        for name in names {
+            match list.items.iter().find(|o| o.metadata.name.as_deref() == Some(name)) {
+                Some(object) => {
+                    let mut object = object.clone();
+                    object.types =
+                        Some(kube::core::TypeMeta { api_version: api_version.into(), kind: kind.into() });
+                    found.push(object);
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+    Ok(Some(found))
+}
+
+/// How many of `expected` exist in `namespace`.
+async fn count_existing(client: &Client, namespace: &str, expected: &[ObjectKey]) -> Result<usize> {
+    let mut count = 0;
+    for (api_version, kind, name) in expected {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let resource = resource_of(client, group, version, kind).await?;
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+        count += usize::from(api.get_metadata_opt(name).await?.is_some());
+    }
+    Ok(count)
+}
+
+async fn resource_of(client: &Client, group: &str, version: &str, kind: &str) -> Result<ApiResource> {
+    let (resource, _) = pinned_kind(client, &GroupVersionKind::gvk(group, version, kind)).await?;
+    Ok(resource)
+}
+
+/// Objects labelled with the stack in the namespace, of the kinds a stack
+/// owns most of.
+async fn owned_objects(client: &Client, namespace: &str, stack: &str) -> Result<Vec<String>> {
+    labelled_objects(client, namespace, &format!("commerce-stack.dev/stack={stack}")).await
+}
+
+async fn objects_of_component(
+    client: &Client,
+    namespace: &str,
+    stack: &str,
+    component: &str,
+) -> Result<Vec<String>> {
+    labelled_objects(
+        client,
+        namespace,
+        &format!("commerce-stack.dev/stack={stack},app.kubernetes.io/component={component}"),
+    )
+    .await
+}
+
+async fn labelled_objects(client: &Client, namespace: &str, selector: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for (group, version, kind) in [
+        ("apps", "v1", "Deployment"),
+        ("", "v1", "Service"),
+        ("", "v1", "ConfigMap"),
+        ("", "v1", "Secret"),
+        ("", "v1", "ServiceAccount"),
+        ("policy", "v1", "PodDisruptionBudget"),
+        ("networking.k8s.io", "v1", "NetworkPolicy"),
+        ("autoscaling", "v2", "HorizontalPodAutoscaler"),
+    ] {
+        let resource = resource_of(client, group, version, kind).await?;
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+        let list = api.list_metadata(&ListParams::default().labels(selector)).await?;
+        names.extend(list.items.iter().map(|o| format!("{kind}/{}", o.name_any())));
+    }
+    Ok(names)
+}
+
+// ----------------------------------------------------------- the stacks
+
+fn env(name: &str) -> Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is unset: `source e2e/infra.env` first"))
+}
+
+/// The minimal example, with Kafka, Postgres and Redis on loopback.
+fn minimal_stack(name: &str, namespace: &str) -> Value {
+    let mut stack = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "CommerceStack",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": { "version": "0.1.0" },
+    });
+    set_loopback_infrastructure(&mut stack);
+    stack
+}
+
+fn set_loopback_infrastructure(stack: &mut Value) {
+    let brokers: Vec<String> = std::env::var("COMMERCE_KAFKA_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:9092".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let port =
+        |name: &str, default: u16| std::env::var(name).ok().and_then(|p| p.parse().ok()).unwrap_or(default);
+    let spec = &mut stack["spec"];
+    spec["kafka"] = json!({ "external": { "bootstrapServers": brokers } });
+    spec["postgres"] = json!({ "external": {
+        "host": "127.0.0.1",
+        "port": port("COMMERCE_POSTGRES_PORT", 55432),
+        "adminSecret": { "name": "postgres-admin" },
+    } });
+    spec["redis"] = json!({ "external": { "host": "127.0.0.1", "port": port("COMMERCE_REDIS_PORT", 6379) } });
+}
+
+/// `manifests/examples/full.yaml`, renamed into the test's namespace, with
+/// loopback infrastructure and `Retain` (its topics are shared).
+fn full_example(name: &str, namespace: &str) -> Result<(Value, Value)> {
+    let text = std::fs::read_to_string(repo().join("manifests/examples/full.yaml"))?;
+    let mut documents = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document)?;
+        documents.push(value);
+    }
+    let [mut stack, mut policy]: [Value; 2] = documents
+        .try_into()
+        .map_err(|d: Vec<Value>| anyhow::anyhow!("{} documents in full.yaml", d.len()))?;
+    stack["metadata"] = json!({ "name": name, "namespace": namespace });
+    set_loopback_infrastructure(&mut stack);
+    stack["spec"]["deletionPolicy"] = json!("Retain");
+    policy["metadata"]["namespace"] = json!(namespace);
+    policy["spec"]["targetRef"]["name"] = json!(name);
+    Ok((stack, policy))
+}
+
+/// The admin Secret of the external Postgres, from `e2e/infra.env`.
+async fn create_admin_secret(client: &Client, namespace: &str) -> Result<()> {
+    let password = env("COMMERCE_POSTGRES_PASSWORD")?;
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            "postgres-admin",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": "postgres-admin" },
+                "stringData": { "username": "postgres", "password": password },
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+fn names_in(list: &Value) -> BTreeSet<String> {
+    list.as_array().into_iter().flatten().filter_map(|v| v["name"].as_str().map(str::to_owned)).collect()
+}
+
+// ------------------------------------------------------- Kafka, Postgres
+
+/// Partitions of every topic in the real Kafka.
+fn kafka_partitions() -> Result<BTreeMap<String, i64>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", env("COMMERCE_KAFKA_BROKERS")?).create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_owned(), i64::try_from(t.partitions().len()).unwrap_or(i64::MAX)))
+        .collect())
+}
+
+async fn admin_connection() -> Result<PgConnection> {
+    let url = env("COMMERCE_POSTGRES_ADMIN_URL")?;
+    Ok(PgConnection::connect(&url).await?)
+}
+
+/// Logs in with a database Secret's credentials; returns the database.
+async fn log_in_with_secret(client: &Client, namespace: &str, secret: &str) -> Result<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(secret).await?;
+    let data = secret.data.unwrap_or_default();
+    let read = |key: &str| {
+        data.get(key).map(|v| String::from_utf8_lossy(&v.0).into_owned()).with_context(|| {
+            format!("Secret {} has no {key}", secret.metadata.name.as_deref().unwrap_or_default())
+        })
+    };
+    let options = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(env("COMMERCE_POSTGRES_PORT")?.parse()?)
+        .username(&read("username")?)
+        .password(&read("password")?)
+        .database(&read("database")?);
+    let mut connection = PgConnection::connect_with(&options).await?;
+    let row = sqlx::query("SELECT current_database()").fetch_one(&mut connection).await?;
+    let database: String = row.try_get(0)?;
+    connection.close().await?;
+    Ok(database)
+}
+
+/// Databases named `<stack>_<service>`.
+async fn existing_databases(stack: &str) -> Result<BTreeSet<String>> {
+    let mut connection = admin_connection().await?;
+    let rows = sqlx::query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(format!("{}_", stack.replace('-', "_")))
+        .fetch_all(&mut connection)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+}
+
+async fn existing_roles(stack: &str) -> Result<BTreeSet<String>> {
+    let mut connection = admin_connection().await?;
+    let rows = sqlx::query("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname::text, $1)")
+        .bind(format!("{}_", stack.replace('-', "_")))
+        .fetch_all(&mut connection)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+}
+
+/// Drops what a test's stack left in Postgres (retained data).
+async fn drop_databases(stack: &str) -> Result<()> {
+    let mut connection = admin_connection().await?;
+    for database in existing_databases(stack).await? {
+        let statement: String =
+            sqlx::query("SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)")
+                .bind(&database)
+                .fetch_one(&mut connection)
+                .await?
+                .try_get(0)?;
+        sqlx::raw_sql(&statement).execute(&mut connection).await?;
+    }
+    for role in existing_roles(stack).await? {
+        let statement: String = sqlx::query("SELECT format('DROP ROLE IF EXISTS %I', $1::text)")
+            .bind(&role)
+            .fetch_one(&mut connection)
+            .await?
+            .try_get(0)?;
+        sqlx::raw_sql(&statement).execute(&mut connection).await?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------- figures
+
+/// Forces a reconcile (an annotation on the stack) of a converged stack and
+/// returns what it wrote, seen from both sides: the non-GET requests the
+/// operator counts on `/metrics` (`commerce_operator_api_requests_total`),
+/// and in the cluster every object whose `commerce-operator` managed fields
+/// changed, a changed status, and new Events.
+async fn writes_of_a_forced_reconcile(
+    client: &Client,
+    operator: &Operator,
+    namespace: &str,
+    stack: &str,
+    expected: &[ObjectKey],
+) -> Result<Vec<String>> {
+    let before = operator_fingerprints(client, namespace, expected).await?;
+    let events_before = operator_events(client, namespace).await?;
+    let reconciles = operator.reconciles().await?;
+    let requests_before = operator.api_writes().await?;
+    let converging: u64 = requests_before.values().sum();
+    println!("FIGURE full example: converging took {converging} API writes ({requests_before:?})");
+    ensure!(
+        converging > 0,
+        "the operator counted no writes while it created the stack: the counter is broken"
+    );
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &stack_resource());
+    let annotated = api
+        .patch(
+            stack,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { "e2e.commerce-stack.dev/resync": unique_name("r") } } })),
+        )
+        .await?;
+    eventually("the operator to reconcile the annotated stack", || async {
+        Ok((operator.reconciles().await? > reconciles).then_some(()))
+    })
+    .await?;
+    let requests_after = operator.api_writes().await?;
+    let after = operator_fingerprints(client, namespace, expected).await?;
+    let mut writes: Vec<String> = after
+        .iter()
+        .filter(|(key, print)| before.get(*key) != Some(*print))
+        .map(|(key, _)| key.clone())
+        .collect();
+    if api.get(stack).await?.resource_version() != annotated.resource_version() {
+        writes.push("CommerceStack status".into());
+    }
+    let events_after = operator_events(client, namespace).await?;
+    writes.extend(events_after.difference(&events_before).map(|e| format!("Event {e}")));
+    for (method, count) in &requests_after {
+        let sent = count - requests_before.get(method).copied().unwrap_or(0);
+        if sent > 0 {
+            writes.push(format!("{sent} {method} request(s) counted by the operator"));
+        }
+    }
+    Ok(writes)
+}
+
+/// kind/name -> the `commerce-operator` entries of its managedFields (time
+/// and fields): a write by the operator changes them, one by another
+/// controller (Deployment status) does not.
+async fn operator_fingerprints(
+    client: &Client,
+    namespace: &str,
+    expected: &[ObjectKey],
+) -> Result<BTreeMap<String, String>> {
+    let objects = all_exist(client, namespace, expected).await?.context("an object is missing")?;
+    Ok(objects
+        .iter()
+        .map(|object| {
+            let kind = object.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+            let mine: Vec<String> = object
+                .managed_fields()
+                .iter()
+                .filter(|f| f.manager.as_deref() == Some("commerce-operator"))
+                .map(|f| format!("{:?}{:?}{:?}", f.time, f.operation, f.fields_v1))
+                .collect();
+            (format!("{kind}/{}", object.name_any()), mine.join(";"))
+        })
+        .collect())
+}
+
+/// Events the operator reported in the namespace, with their counts.
+async fn operator_events(client: &Client, namespace: &str) -> Result<BTreeSet<String>> {
+    let resource = resource_of(client, "events.k8s.io", "v1", "Event").await?;
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|e| e.data["reportingController"] == "commerce-operator")
+        .map(|e| {
+            format!("{} {} {}", e.name_any(), e.resource_version().unwrap_or_default(), e.data["reason"])
+        })
+        .collect())
+}
+
+// --------------------------------------------------------------- waiting
+
+/// Looks at `check` until it yields a value, for at most CONVERGE_TIMEOUT.
+/// Errors of `check` are retried too (a server may be busy) and the last
+/// one is reported on timeout.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {CONVERGE_TIMEOUT:?} waiting for {what}; last error: {last_error:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,161 @@
+//! The operator's packaging against the real tools and the local control
+//! plane: the chart lints and renders objects the apiserver accepts
+//! (server-side dry run), the kustomize base builds and is accepted the same
+//! way, and the chart ships exactly the CRDs that `commerce-operator crd`
+//! prints.
+//!
+//! kubectl and helm come from `e2e/infra.env` (pinned versions on PATH);
+//! every kubectl call names the local kubeconfig explicitly. Dry runs that
+//! need a namespace get one of their own, deleted at the end.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use commerce_e2e::{local_kubeconfig_path, unique_name};
+
+/// The repository root (this crate lives in `e2e/`).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Runs `program args` in the repository root with the local kubeconfig and
+/// `stdin`; fails with its stderr unless it succeeds.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let output = run_unchecked(program, args, stdin)?;
+    ensure!(
+        output.status.success(),
+        "{program} {} failed ({}):\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+fn run_unchecked(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .env("KUBECONFIG", local_kubeconfig_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("starting {program}: is it on PATH? `source e2e/infra.env` puts it there")
+        })?;
+    let mut input = child.stdin.take().context("stdin of the child")?;
+    input.write_all(stdin.unwrap_or_default().as_bytes())?;
+    drop(input);
+    Ok(child.wait_with_output()?)
+}
+
+/// The built operator binary, next to this test's own target directory.
+fn operator_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // <target>/debug/deps/packaging-<hash> -> <target>/debug/commerce-operator
+    let beside = exe.parent().and_then(Path::parent).map(|dir| dir.join("commerce-operator"));
+    let from_env = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| PathBuf::from(dir).join("debug").join("commerce-operator"));
+    beside.into_iter().chain(from_env).find(|path| path.is_file()).context(
+        "commerce-operator is not built: run `cargo build -p commerce-operator` \
+         (with the same CARGO_TARGET_DIR) before these tests",
+    )
+}
+
+/// A namespace of its own, deleted when dropped.
+struct Namespace(String);
+
+impl Namespace {
+    fn create() -> Result<Self> {
+        let name = unique_name("e2e-pkg");
+        run("kubectl", &["create", "namespace", &name], None)?;
+        run("kubectl", &["label", "namespace", &name, "commerce-stack/e2e=true"], None)?;
+        Ok(Namespace(name))
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Err(error) =
+            run("kubectl", &["delete", "namespace", &self.0, "--wait=true", "--timeout=90s"], None)
+        {
+            eprintln!("cleanup of namespace {}: {error}", self.0);
+        }
+    }
+}
+
+#[test]
+fn the_chart_passes_helm_lint() -> Result<()> {
+    let out = run("helm", &["lint", "--strict", "charts/commerce-operator"], None)?;
+    ensure!(out.contains("0 chart(s) failed"), "helm lint said:\n{out}");
+    Ok(())
+}
+
+#[test]
+fn the_rendered_chart_is_accepted_by_the_apiserver_in_a_server_side_dry_run() -> Result<()> {
+    let namespace = Namespace::create()?;
+    let rendered = run(
+        "helm",
+        &["template", "commerce-operator", "charts/commerce-operator", "--namespace", &namespace.0],
+        None,
+    )?;
+    for kind in ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        ensure!(rendered.contains(&format!("kind: {kind}\n")), "the chart renders no {kind}:\n{rendered}");
+    }
+    let out = run(
+        "kubectl",
+        &["apply", "--dry-run=server", "--server-side", "--field-manager=commerce-e2e", "-f", "-"],
+        Some(&rendered),
+    )?;
+    ensure!(out.contains("deployment.apps/commerce-operator"), "dry run output:\n{out}");
+    println!("helm template, server-side dry run:\n{out}");
+    Ok(())
+}
+
+#[test]
+fn the_kustomize_base_builds_and_is_accepted_by_the_apiserver_in_a_server_side_dry_run() -> Result<()> {
+    let built = run("kubectl", &["kustomize", "manifests/base"], None)?;
+    ensure!(built.contains("kind: CustomResourceDefinition"), "the base ships no CRDs:\n{built}");
+    ensure!(built.contains("namespace: commerce-system"), "the base names no namespace:\n{built}");
+    // The base's own namespace is shared by everyone; the dry run goes to a
+    // namespace of this test's, as an overlay setting `namespace:` would.
+    let namespace = Namespace::create()?;
+    let retargeted: String = built
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("kind: Namespace\n"))
+        .map(|doc| doc.replace("commerce-system", &namespace.0))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let out = run(
+        "kubectl",
+        &["apply", "--dry-run=server", "--server-side", "--field-manager=commerce-e2e", "-f", "-"],
+        Some(&retargeted),
+    )?;
+    for expected in ["customresourcedefinition", "deployment.apps/", "clusterrole.rbac.authorization.k8s.io/"]
+    {
+        ensure!(out.contains(expected), "dry run applied no {expected}:\n{out}");
+    }
+    println!("kustomize base, server-side dry run:\n{out}");
+    Ok(())
+}
+
+#[test]
+fn the_chart_and_crds_directory_hold_exactly_what_commerce_operator_crd_prints() -> Result<()> {
+    let binary = operator_binary()?;
+    let output = Command::new(&binary).arg("crd").output()?;
+    if !output.status.success() {
+        bail!("{} crd failed: {}", binary.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    let printed = String::from_utf8(output.stdout)?;
+    for copy in ["crds/commerce-stack.yaml", "charts/commerce-operator/crds/commerce-stack.yaml"] {
+        let stored = std::fs::read_to_string(repo().join(copy)).with_context(|| format!("reading {copy}"))?;
+        ensure!(stored == printed, "{copy} differs from `commerce-operator crd`: run `make generate`");
+    }
+    Ok(())
+}
