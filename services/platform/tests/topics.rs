@@ -50,6 +50,42 @@ async fn ensure_topics_creates_the_catalog_topics_with_their_partitions_and_is_i
     Ok(())
 }
 
+/// Two processes starting at once (two replicas, or `serve all` next to a
+/// single service) both ensure the same new topics: one creates each topic,
+/// the other hears "already exists" and must wait to see it, not mistake it
+/// for a topic with no partitions and try to grow it.
+#[tokio::test]
+async fn two_concurrent_ensure_calls_for_the_same_new_topics_both_succeed() -> anyhow::Result<()> {
+    init_logging();
+    require_kafka().await?;
+    let names = TopicNames::new(unique_prefix());
+    let desired: Vec<DesiredTopic> = all_topics().iter().map(|spec| names.desired(spec)).collect();
+
+    let brokers = kafka_brokers();
+    let (first, second) =
+        tokio::join!(ensure_topics(&brokers, desired.clone()), ensure_topics(&brokers, desired.clone()));
+    let (first, second) = (first.context("first ensure")?, second.context("second ensure")?);
+    for topic in &desired {
+        let created = [&first, &second]
+            .iter()
+            .filter(|reports| {
+                reports.iter().any(|report| {
+                    report.name == topic.name
+                        && matches!(report.changes.as_slice(), [TopicChange::Created { .. }])
+                })
+            })
+            .count();
+        assert!(created <= 1, "{} was reported created twice", topic.name);
+        for reports in [&first, &second] {
+            let report = reports.iter().find(|report| report.name == topic.name).expect("a report per topic");
+            assert_eq!(report.partitions, topic.partitions, "{}", topic.name);
+        }
+    }
+
+    delete_topics(&desired.iter().map(|topic| topic.name.clone()).collect::<Vec<_>>()).await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn ensure_topics_grows_partitions_but_never_shrinks_them() -> anyhow::Result<()> {
     init_logging();
@@ -95,6 +131,19 @@ async fn ensure_topics_updates_a_different_retention_once() -> anyhow::Result<()
     for result in client.alter_configs(&[tuned], &AdminOptions::new()).await? {
         result.map_err(|(_, code)| anyhow::anyhow!("cannot tune the topic: {code}"))?;
     }
+    // The broker applies config changes asynchronously; start from the state
+    // the test means to set up, the hand-tuned value visible.
+    eventually("the hand-tuned setting is visible", || async {
+        let described =
+            client.describe_configs(&[ResourceSpecifier::Topic(&name)], &AdminOptions::new()).await?;
+        let resource = described
+            .into_iter()
+            .next()
+            .context("a description")?
+            .map_err(|code| anyhow::anyhow!("{code}"))?;
+        Ok(resource.get("max.message.bytes").and_then(|entry| entry.value.as_deref()) == Some("2000000"))
+    })
+    .await?;
 
     let updated = ensure_topics(&kafka_brokers(), [topic(7_200_000)]).await?;
     assert_eq!(

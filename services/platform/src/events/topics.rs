@@ -210,10 +210,13 @@ impl TopicAdmin {
     /// Like [`fetch_topics`](Self::fetch_topics), but waits (briefly) until
     /// every topic of `names` that exists has settled metadata, so that a
     /// topic created a moment ago is not mistaken for one without
-    /// partitions.
+    /// partitions. With `must_exist`, it also waits for topics that are not
+    /// in the metadata yet: one that another process has just created (our
+    /// create said "already exists") may not be visible to us for a moment.
     async fn fetch_settled_topics(
         &self,
         names: &[&str],
+        must_exist: bool,
     ) -> Result<HashMap<String, TopicState>, TopicAdminError> {
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         loop {
@@ -221,7 +224,7 @@ impl TopicAdmin {
             let unsettled: Vec<&str> = names
                 .iter()
                 .copied()
-                .filter(|name| topics.get(*name).is_some_and(|state| !state.settled))
+                .filter(|name| topics.get(*name).map_or(must_exist, |state| !state.settled))
                 .collect();
             if unsettled.is_empty() {
                 return Ok(topics);
@@ -290,7 +293,7 @@ impl TopicAdmin {
             }
         }
         let names: Vec<&str> = topics.iter().map(|topic| topic.name.as_str()).collect();
-        let existing = self.fetch_settled_topics(&names).await?;
+        let existing = self.fetch_settled_topics(&names, false).await?;
         let mut reports = Vec::with_capacity(topics.len());
         for topic in &topics {
             let report = match existing.get(&topic.name) {
@@ -298,7 +301,7 @@ impl TopicAdmin {
                     Some(report) => report,
                     // Created by someone else meanwhile: treat as existing.
                     None => {
-                        let current = self.fetch_settled_topics(&[topic.name.as_str()]).await?;
+                        let current = self.fetch_settled_topics(&[topic.name.as_str()], true).await?;
                         let partitions = current.get(&topic.name).map_or(0, |state| state.partitions);
                         self.update(topic, partitions).await?
                     }
