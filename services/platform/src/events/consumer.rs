@@ -496,9 +496,19 @@ impl<H: EventHandler> EventConsumer<H> {
                     error_backoff.reset();
                     record
                 }
+                Err(error) if is_transport_error(&error) => {
+                    // Broker away: librdkafka queues one such event per
+                    // failed connection attempt and reconnects by itself.
+                    // `recv` already waits for the next event, so a backoff
+                    // here would only delay consumption, once the broker is
+                    // back, by (queued events x backoff): minutes after an
+                    // outage of seconds (found by e2e/tests/chaos.rs).
+                    tracing::debug!(error = %error, "Kafka unreachable; librdkafka reconnects");
+                    continue;
+                }
                 Err(error) => {
-                    // Broker away, a topic not created yet, a rebalance in
-                    // trouble: librdkafka recovers by itself; keep polling.
+                    // A topic not created yet, a rebalance in trouble:
+                    // librdkafka recovers by itself; keep polling.
                     let delay = error_backoff.next_delay();
                     tracing::warn!(error = %error, retry_in = ?delay, "cannot receive from Kafka");
                     if sleep_or_cancelled(delay, &shutdown).await {
@@ -762,4 +772,12 @@ impl<H: EventHandler> EventConsumer<H> {
         }
         Ok(())
     }
+}
+
+/// Whether `error` only says that the brokers cannot be reached right now
+/// (an event librdkafka emits per failed connection attempt, recovering by
+/// itself), as opposed to a problem worth backing off from.
+fn is_transport_error(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
+    matches!(error.rdkafka_error_code(), Some(AllBrokersDown | BrokerTransportFailure))
 }
