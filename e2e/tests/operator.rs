@@ -11,11 +11,11 @@
 //!
 //! The CRDs are applied once per run (server-side apply of
 //! `crds/commerce-stack.yaml`, idempotent) and awaited until Established.
-//! Topic names are the catalog's, unprefixed, and shared by every stack on
-//! the same Kafka, so the one test that deletes topics (`deletionPolicy:
-//! Delete`) runs alone: every other test holds a shared lock on them. (A
-//! shop started by `make up` on the same Kafka uses the same names; do not
-//! run this file while one is running.)
+//! Every stack's topics, consumer groups and databases carry its namespace
+//! and name (`commerce_operator::build::names::external_names`, the
+//! operator's own naming, which these tests use for their expectations), so
+//! the tests run side by side on the shared Kafka and Postgres, and the one
+//! that deletes topics (`deletionPolicy: Delete`) touches only its own.
 //!
 //! Figures for the issue are printed (`--nocapture` shows them, lines start
 //! with `FIGURE`): the time from applying the full example to all its
@@ -35,7 +35,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use commerce_api::catalog::{self, Service};
 use commerce_e2e::{local_kube_client, local_kubeconfig_path, unique_name};
+use commerce_operator::build::names::{database_name, external_names};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Namespace, Secret},
@@ -51,10 +53,7 @@ use rdkafka::{
 };
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection, Row as _, postgres::PgConnectOptions};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    sync::RwLock,
-};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Field manager of what the tests write (the operator's is `commerce-operator`).
 const MANAGER: &str = "commerce-e2e";
@@ -70,9 +69,6 @@ const POLL: Duration = Duration::from_millis(250);
 /// The services of the catalog.
 const SERVICES: [&str; 9] =
     ["auth", "catalog", "inventory", "cart", "order", "payment", "notification", "shipping", "gateway"];
-/// Topics are the catalog's, shared by every stack: the test that deletes
-/// them takes this for writing, every other test for reading.
-static TOPICS: RwLock<()> = RwLock::const_new(());
 
 // ---------------------------------------------------------------- the tests
 
@@ -120,7 +116,6 @@ async fn crds_are_established_and_an_invalid_stack_is_refused_with_the_cel_messa
 #[tokio::test]
 async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_becomes_ready() -> Result<()> {
     install_crds()?;
-    let _topics = TOPICS.read().await;
     let client = local_kube_client().await?;
     let namespace = TestNamespace::create(&client).await?;
     let stack_name = unique_name("shop");
@@ -161,6 +156,12 @@ async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_be
 
         let topics = status["topics"].as_array().context("status.topics")?;
         ensure!(topics.len() >= 9, "status lists {} topics", topics.len());
+        // The stack's own: every catalog topic behind its prefix.
+        let names = external_names(&namespace.name, &stack_name);
+        let expected_topics: BTreeSet<String> =
+            catalog::all_topics().iter().map(|spec| names.topic(spec.name)).collect();
+        let listed = names_in(&status["topics"]);
+        ensure!(listed == expected_topics, "status lists topics {listed:?}, expected {expected_topics:?}");
         let in_kafka = kafka_partitions()?;
         for topic in topics {
             let name = topic["name"].as_str().unwrap_or_default();
@@ -207,7 +208,6 @@ async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_be
 #[tokio::test]
 async fn replicas_disabled_services_and_a_rate_limit_policy_converge() -> Result<()> {
     install_crds()?;
-    let _topics = TOPICS.read().await;
     let client = local_kube_client().await?;
     let namespace = TestNamespace::create(&client).await?;
     let stack_name = unique_name("shop");
@@ -280,7 +280,6 @@ async fn replicas_disabled_services_and_a_rate_limit_policy_converge() -> Result
 #[tokio::test]
 async fn a_deleted_child_and_an_edited_child_are_restored() -> Result<()> {
     install_crds()?;
-    let _topics = TOPICS.read().await;
     let client = local_kube_client().await?;
     let namespace = TestNamespace::create(&client).await?;
     let stack_name = unique_name("shop");
@@ -325,7 +324,6 @@ async fn a_deleted_child_and_an_edited_child_are_restored() -> Result<()> {
 #[tokio::test]
 async fn an_operator_restarted_mid_reconcile_converges() -> Result<()> {
     install_crds()?;
-    let _topics = TOPICS.read().await;
     let client = local_kube_client().await?;
     let namespace = TestNamespace::create(&client).await?;
     let stack_name = unique_name("shop");
@@ -364,7 +362,6 @@ async fn an_operator_restarted_mid_reconcile_converges() -> Result<()> {
 #[tokio::test]
 async fn deleting_a_retained_stack_collects_its_children_and_keeps_topics_and_databases() -> Result<()> {
     install_crds()?;
-    let _topics = TOPICS.read().await;
     let client = local_kube_client().await?;
     let namespace = TestNamespace::create(&client).await?;
     let stack_name = unique_name("shop");
@@ -382,7 +379,7 @@ async fn deleting_a_retained_stack_collects_its_children_and_keeps_topics_and_da
             Ok(owned_objects(&client, &namespace.name, &stack_name).await?.is_empty().then_some(()))
         })
         .await?;
-        let existing = existing_databases(&stack_name).await?;
+        let existing = existing_databases(&namespace.name, &stack_name).await?;
         ensure!(existing == databases, "databases after deletion: {existing:?}, before: {databases:?}");
         let in_kafka = kafka_partitions()?;
         ensure!(topics.iter().all(|t| in_kafka.contains_key(t)), "a retained topic is gone");
@@ -395,8 +392,6 @@ async fn deleting_a_retained_stack_collects_its_children_and_keeps_topics_and_da
 #[tokio::test]
 async fn deleting_a_stack_with_deletion_policy_delete_drops_its_topics_and_databases() -> Result<()> {
     install_crds()?;
-    // Alone: the catalog's topics go away.
-    let _topics = TOPICS.write().await;
     let client = local_kube_client().await?;
     let namespace = TestNamespace::create(&client).await?;
     let stack_name = unique_name("shop");
@@ -414,13 +409,16 @@ async fn deleting_a_stack_with_deletion_policy_delete_drops_its_topics_and_datab
         );
         let databases = names_in(&ready.data["status"]["databases"]);
         ensure!(!databases.is_empty(), "no databases to drop");
-        ensure!(existing_databases(&stack_name).await? == databases, "databases were not created");
+        ensure!(
+            existing_databases(&namespace.name, &stack_name).await? == databases,
+            "databases were not created"
+        );
         let topics = names_in(&ready.data["status"]["topics"]);
 
         delete_stack(&client, &namespace.name, &stack_name).await?;
-        let left = existing_databases(&stack_name).await?;
+        let left = existing_databases(&namespace.name, &stack_name).await?;
         ensure!(left.is_empty(), "databases left after deletion: {left:?}");
-        let roles = existing_roles(&stack_name).await?;
+        let roles = existing_roles(&namespace.name, &stack_name).await?;
         ensure!(roles.is_empty(), "roles left after deletion: {roles:?}");
         eventually("Kafka to finish deleting the topics", || async {
             let in_kafka = kafka_partitions()?;
@@ -448,7 +446,6 @@ async fn deleting_a_stack_with_deletion_policy_delete_drops_its_topics_and_datab
 #[ignore = "benchmark: prints the operator's RSS idle and with 100 stacks"]
 async fn the_operator_rss_idle_and_while_reconciling_100_stacks_is_printed() -> Result<()> {
     install_crds()?;
-    let _topics = TOPICS.read().await;
     let client = local_kube_client().await?;
     let namespace = TestNamespace::create(&client).await?;
     let mut operator = Operator::start(&namespace.name)?;
@@ -623,9 +620,10 @@ async fn finish(
         // Kept only when the test failed.
         let _ = std::fs::remove_file(&operator.log);
     }
+    let namespace_name = namespace.name.clone();
     let mut cleanup = namespace.delete(client).await;
     for stack in stacks {
-        cleanup = cleanup.and(drop_databases(stack).await);
+        cleanup = cleanup.and(drop_databases(&namespace_name, stack).await);
     }
     outcome.and(cleanup)
 }
@@ -1003,29 +1001,35 @@ async fn log_in_with_secret(client: &Client, namespace: &str, secret: &str) -> R
     Ok(database)
 }
 
-/// Databases named `<stack>_<service>`.
-async fn existing_databases(stack: &str) -> Result<BTreeSet<String>> {
+/// The database (and role) names the operator gives the stack's services.
+fn database_names(namespace: &str, stack: &str) -> Vec<String> {
+    Service::ALL.iter().map(|service| database_name(namespace, stack, *service)).collect()
+}
+
+/// The stack's databases that exist.
+async fn existing_databases(namespace: &str, stack: &str) -> Result<BTreeSet<String>> {
     let mut connection = admin_connection().await?;
-    let rows = sqlx::query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
-        .bind(format!("{}_", stack.replace('-', "_")))
+    let rows = sqlx::query("SELECT datname FROM pg_database WHERE datname = ANY($1)")
+        .bind(database_names(namespace, stack))
         .fetch_all(&mut connection)
         .await?;
     rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
 }
 
-async fn existing_roles(stack: &str) -> Result<BTreeSet<String>> {
+/// The stack's login roles that exist.
+async fn existing_roles(namespace: &str, stack: &str) -> Result<BTreeSet<String>> {
     let mut connection = admin_connection().await?;
-    let rows = sqlx::query("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname::text, $1)")
-        .bind(format!("{}_", stack.replace('-', "_")))
+    let rows = sqlx::query("SELECT rolname::text FROM pg_roles WHERE rolname::text = ANY($1)")
+        .bind(database_names(namespace, stack))
         .fetch_all(&mut connection)
         .await?;
     rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
 }
 
 /// Drops what a test's stack left in Postgres (retained data).
-async fn drop_databases(stack: &str) -> Result<()> {
+async fn drop_databases(namespace: &str, stack: &str) -> Result<()> {
     let mut connection = admin_connection().await?;
-    for database in existing_databases(stack).await? {
+    for database in existing_databases(namespace, stack).await? {
         let statement: String =
             sqlx::query("SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)")
                 .bind(&database)
@@ -1034,7 +1038,7 @@ async fn drop_databases(stack: &str) -> Result<()> {
                 .try_get(0)?;
         sqlx::raw_sql(&statement).execute(&mut connection).await?;
     }
-    for role in existing_roles(stack).await? {
+    for role in existing_roles(namespace, stack).await? {
         let statement: String = sqlx::query("SELECT format('DROP ROLE IF EXISTS %I', $1::text)")
             .bind(&role)
             .fetch_one(&mut connection)

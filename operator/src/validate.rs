@@ -76,6 +76,7 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
     let name = stack.metadata.name.as_deref().unwrap_or_default();
     let namespace = stack.metadata.namespace.as_deref().unwrap_or(namespace);
     check_name(name, &mut problems);
+    check_namespace(namespace, &mut problems);
     let spec = &stack.spec;
 
     for key in spec.services.keys() {
@@ -159,6 +160,21 @@ fn check_name(name: &str, problems: &mut Vec<String>) {
         problems.push(format!(
             "metadata.name {name:?}: at most {MAX_STACK_NAME_LEN} characters, so that \
              <name>-notification-headless is a valid Service name"
+        ));
+    }
+}
+
+/// Kubernetes namespaces are DNS labels; `render` takes one from the command
+/// line, so check it too: it is part of the stack's Kafka and Postgres names
+/// (`names::external_names`).
+fn check_namespace(namespace: &str, problems: &mut Vec<String>) {
+    let is_label = namespace.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && namespace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !namespace.ends_with('-')
+        && namespace.len() <= 63;
+    if !is_label {
+        problems.push(format!(
+            "namespace {namespace:?}: must be a DNS label (at most 63 lowercase letters, digits and '-')"
         ));
     }
 }

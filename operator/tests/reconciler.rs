@@ -408,8 +408,18 @@ async fn topics_and_databases_are_ensured_and_shown_in_the_status() {
     );
     let status = fake.stack().status.unwrap();
     assert_eq!(status.topics.len(), all_topics().len());
+    // The real names: the stack's (namespace `shop`, stack `shop`).
+    let names = commerce_operator::build::names::external_names("shop", "shop");
+    let listed: Vec<&str> = status.topics.iter().map(|t| t.name.as_str()).collect();
+    let expected: Vec<String> = all_topics().iter().map(|spec| names.topic(spec.name)).collect();
+    assert_eq!(listed, expected);
+    assert!(listed.iter().all(|t| t.starts_with("shop.shop.commerce.")), "{listed:?}");
     let order = status.databases.iter().find(|d| d.service == "order").unwrap();
-    assert_eq!((order.name.as_str(), order.secret_name.as_str()), ("shop_order", "shop-db-order"));
+    assert_eq!(
+        (order.name.as_str(), order.secret_name.as_str()),
+        (names.database(commerce_api::catalog::Service::Order).as_str(), "shop-db-order")
+    );
+    assert_eq!(order.name, "shop_shop_order");
 }
 
 #[tokio::test]

@@ -33,6 +33,10 @@ pub const ADMIN_ADDR: &str = "COMMERCE_ADMIN_ADDR";
 pub const HTTP_ADDR: &str = "COMMERCE_HTTP_ADDR";
 /// Kafka bootstrap brokers, comma-separated.
 pub const KAFKA_BROKERS: &str = "COMMERCE_KAFKA_BROKERS";
+/// Prefix of every topic, dead-letter topic and consumer group the service
+/// uses: the stack's own ([`names::ExternalNames::kafka_name_prefix`]), so
+/// that stacks sharing a Kafka cluster never see each other's events.
+pub const KAFKA_NAME_PREFIX: &str = "COMMERCE_KAFKA_NAME_PREFIX";
 /// Peers as `service=http://host:port`, comma-separated.
 pub const PEERS: &str = "COMMERCE_PEERS";
 /// Redis URL (with the password, when there is one, through `$(...)`).
@@ -115,6 +119,7 @@ pub fn service_config(
     }
     if !spec.produces.is_empty() || !spec.consumes.is_empty() {
         put(KAFKA_BROKERS, endpoints.kafka_brokers.clone());
+        put(KAFKA_NAME_PREFIX, names::ExternalNames::of(stack).kafka_name_prefix().to_owned());
     }
     let peers: Vec<String> = spec
         .calls

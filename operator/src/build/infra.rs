@@ -164,7 +164,7 @@ pub fn database_secrets(
         }
         let name = names::database_secret_name(stack, *service);
         let password = values.get(&name, secrets::PASSWORD_KEY)?;
-        let identifier = names::database_name(stack.name, *service);
+        let identifier = names::ExternalNames::of(stack).database(*service);
         let pg = &endpoints.postgres;
         let url = format!(
             "postgres://{identifier}:{password}@{}:{}/{identifier}?sslmode={}",

@@ -67,10 +67,12 @@ impl std::fmt::Debug for PostgresServer {
     }
 }
 
-/// Every topic of the catalog (domain and dead-letter). A topic has at least
-/// as many partitions as the most replicas any enabled consumer may run:
-/// consumers beyond the partition count would sit idle.
+/// Every topic of the catalog (domain and dead-letter), under the stack's
+/// prefix ([`names::external_names`]). A topic has at least as many
+/// partitions as the most replicas any enabled consumer may run: consumers
+/// beyond the partition count would sit idle.
 pub fn topics(stack: &ValidStack<'_>) -> Vec<TopicPlan> {
+    let names = names::ExternalNames::of(stack);
     catalog::all_topics()
         .into_iter()
         .map(|spec| {
@@ -87,7 +89,7 @@ pub fn topics(stack: &ValidStack<'_>) -> Vec<TopicPlan> {
                 .max()
                 .unwrap_or(0);
             TopicPlan {
-                name: spec.name.to_owned(),
+                name: names.topic(spec.name),
                 partitions: spec.partitions.max(widest_consumer),
                 retention_ms: spec.retention_ms,
             }
@@ -97,6 +99,7 @@ pub fn topics(stack: &ValidStack<'_>) -> Vec<TopicPlan> {
 
 /// The database of every enabled service that owns one.
 pub fn databases(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Vec<DatabasePlan>, Error> {
+    let names = names::ExternalNames::of(stack);
     stack
         .services
         .iter()
@@ -105,7 +108,7 @@ pub fn databases(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Vec<Da
             let secret = names::database_secret_name(stack, *service);
             Ok(DatabasePlan {
                 service: *service,
-                name: names::database_name(stack.name, *service),
+                name: names.database(*service),
                 password: values.get(&secret, secrets::PASSWORD_KEY)?,
             })
         })
@@ -142,13 +145,14 @@ mod tests {
         let valid = validate(&stack, "default").unwrap();
         let plans = topics(&valid);
         let partitions = |name: &str| plans.iter().find(|t| t.name == name).unwrap().partitions;
-        assert_eq!(partitions("commerce.orders.v1"), 12);
-        assert_eq!(partitions("commerce.users.v1"), 3, "no enabled consumer: the catalog's count");
+        assert_eq!(partitions("shop.shop.commerce.orders.v1"), 12);
+        assert_eq!(partitions("shop.shop.commerce.users.v1"), 3, "no enabled consumer: the catalog's count");
+        assert!(plans.iter().all(|t| t.name.starts_with("shop.shop.")), "{plans:?}");
         assert_eq!(plans.len(), catalog::all_topics().len());
     }
 
     #[test]
-    fn every_enabled_service_with_a_database_gets_one_named_after_the_stack() {
+    fn every_enabled_service_with_a_database_gets_one_named_after_the_namespace_and_stack() {
         let stack =
             crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
         let valid = validate(&stack, "default").unwrap();
@@ -157,13 +161,13 @@ mod tests {
         assert_eq!(
             names,
             [
-                "shop_auth",
-                "shop_catalog",
-                "shop_inventory",
-                "shop_order",
-                "shop_payment",
-                "shop_notification",
-                "shop_shipping"
+                "shop_shop_auth",
+                "shop_shop_catalog",
+                "shop_shop_inventory",
+                "shop_shop_order",
+                "shop_shop_payment",
+                "shop_shop_notification",
+                "shop_shop_shipping"
             ]
         );
     }

@@ -1,0 +1,99 @@
+//! Benchmark, not a test: a closed loop of checkouts through the gateway,
+//! printing orders per second and the RSS of `commerce serve all` idle and
+//! under that load. Figures on a noisy 2-core machine vary from run to run,
+//! so it asserts only that the orders it placed were confirmed and that the
+//! invariants hold; it is `#[ignore]`d and run explicitly:
+//!
+//! ```sh
+//! source e2e/infra.env
+//! cargo test -p commerce-e2e --test throughput -- --ignored --nocapture
+//! ```
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::api::{Api, Session};
+use support::invariants::assert_invariants;
+use support::shop::{Shop, ShopOptions};
+
+/// Concurrent customers, each placing an order and waiting for it to be
+/// confirmed before placing the next (a closed loop).
+const CUSTOMERS: usize = 8;
+/// How long the loop runs after warm-up.
+const MEASURE_FOR: Duration = Duration::from_secs(30);
+const CARD_OK: &str = "tok_visa";
+
+/// Resident set size of `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+async fn customer_loop(api: &Api, customer: &Session, product: &str, until: Instant) -> anyhow::Result<u64> {
+    let mut confirmed = 0;
+    while Instant::now() < until {
+        let id = api.order(customer, &[(product, 1)], CARD_OK).await?;
+        api.wait_order(customer, &id, "confirmed").await?;
+        confirmed += 1;
+    }
+    Ok(confirmed)
+}
+
+#[tokio::test]
+#[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
+async fn closed_loop_checkouts_per_second_and_memory_of_serve_all() -> anyhow::Result<()> {
+    let shop = Shop::start(ShopOptions::default()).await?;
+    let api = Api::new(&shop);
+    let admin = api.admin().await?;
+    let category = api.create_category(&admin, "Bench").await?;
+    let product = api.create_product(&admin, &category, "Bench widget", 1000, 10_000).await?;
+
+    let mut customers = Vec::with_capacity(CUSTOMERS);
+    for index in 0..CUSTOMERS {
+        customers.push(api.register_customer(&format!("bench{index}")).await?);
+    }
+    // Idle: everything started, nothing in flight.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_kib(shop.pid)?;
+
+    // Warm-up round: one order each, so connections and caches exist.
+    for customer in &customers {
+        let id = api.order(customer, &[(&product, 1)], CARD_OK).await?;
+        api.wait_order(customer, &id, "confirmed").await?;
+    }
+
+    let started = Instant::now();
+    let until = started + MEASURE_FOR;
+    let loops = customers.iter().map(|customer| customer_loop(&api, customer, &product, until));
+    let sampler = async {
+        let mut peak = 0;
+        while Instant::now() < until {
+            peak = peak.max(rss_kib(shop.pid).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        peak
+    };
+    let (results, peak_rss) = tokio::join!(futures::future::join_all(loops), sampler);
+    let elapsed = started.elapsed().as_secs_f64();
+    let confirmed: u64 = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?.iter().sum();
+
+    println!("FIGURE shop cold start: {:.1} s", shop.cold_start.as_secs_f64());
+    println!(
+        "FIGURE closed loop: {CUSTOMERS} customers, {confirmed} orders confirmed in {elapsed:.1} s = {:.1} orders/s",
+        confirmed as f64 / elapsed
+    );
+    println!(
+        "FIGURE commerce serve all RSS: idle {:.0} MiB, peak under load {:.0} MiB",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    assert!(confirmed > 0, "no order was confirmed in {MEASURE_FOR:?}");
+    assert_invariants(&shop.databases).await;
+    shop.stop()?;
+    Ok(())
+}
