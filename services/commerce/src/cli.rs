@@ -22,6 +22,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process and moved into the one branch that runs: the
+// size of a variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one service (`commerce serve order`, configured by its flags and
@@ -38,6 +41,7 @@ pub enum Command {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ServeTarget {
     #[command(flatten)]
@@ -53,7 +57,7 @@ pub enum ServeTarget {
 #[derive(Debug, clap::Args)]
 pub struct ServeAll {
     /// Services to run, comma separated; every built-in service when unset.
-    #[arg(long = "services", value_delimiter = ',')]
+    #[arg(long = "services", env = "COMMERCE_SERVICES", value_delimiter = ',')]
     pub services: Vec<Service>,
     #[command(flatten)]
     pub infra: InfraArgs,
@@ -77,22 +81,23 @@ pub struct LocalUp {
     /// manifests/examples/local.yaml). Its services, auth token lifetimes,
     /// payment provider and CORS origins apply; infrastructure comes from
     /// the flags below instead of the file.
-    #[arg(short = 'f', long = "file")]
+    #[arg(short = 'f', long = "file", env = "COMMERCE_LOCAL_STACK_FILE")]
     pub file: PathBuf,
+    /// How long every service may take to become ready.
+    #[arg(long = "ready-timeout", env = "COMMERCE_LOCAL_READY_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: Duration,
+    /// Units each demo product starts with (set only for a product that was
+    /// never stocked, so a restart keeps the shop's stock).
+    #[arg(long = "demo-stock", env = "COMMERCE_LOCAL_DEMO_STOCK", default_value_t = 100, value_parser = clap::value_parser!(i64).range(0..))]
+    pub demo_stock: i64,
+    /// Start with an empty catalog: no demo products, no stock, no demo
+    /// accounts.
+    #[arg(long = "no-demo", env = "COMMERCE_LOCAL_NO_DEMO")]
+    pub no_demo: bool,
     #[command(flatten)]
     pub infra: InfraArgs,
     #[command(flatten)]
     pub log: LogArgs,
-    /// How long every service may take to become ready.
-    #[arg(long = "ready-timeout", default_value = "120s", value_parser = humantime::parse_duration)]
-    pub ready_timeout: Duration,
-    /// Units each demo product starts with (set only for a product that was
-    /// never stocked, so a restart keeps the shop's stock).
-    #[arg(long = "demo-stock", default_value_t = 100)]
-    pub demo_stock: i64,
-    /// Start with an empty catalog: no demo products, no stock.
-    #[arg(long = "no-demo")]
-    pub no_demo: bool,
 }
 
 /// Parses the process arguments; exits with clap's usage message (status 2)
@@ -101,7 +106,9 @@ pub fn parse() -> Cli {
     let args = match expand_service_lists(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("error: {message}\n\nUsage: commerce serve <SERVICE>... [OPTIONS]\n\nFor more information, try 'commerce serve --help'.");
+            eprintln!(
+                "error: {message}\n\nUsage: commerce serve <SERVICE>... [OPTIONS]\n\nFor more information, try 'commerce serve --help'."
+            );
             std::process::exit(2);
         }
     };
@@ -110,7 +117,8 @@ pub fn parse() -> Cli {
 }
 
 /// The clap command, with each service subcommand described by its catalog
-/// summary, and `local up` logging as text (it talks to a person).
+/// summary, and `local up` logging text for a person: its own progress and
+/// every warning, without each service's info lines.
 pub fn command() -> clap::Command {
     Cli::command()
         .mut_subcommand("serve", |serve| {
@@ -121,7 +129,10 @@ pub fn command() -> clap::Command {
             })
         })
         .mut_subcommand("local", |local| {
-            local.mut_subcommand("up", |up| up.mut_arg("log-format", |arg| arg.default_value("text")))
+            local.mut_subcommand("up", |up| {
+                up.mut_arg("log-format", |arg| arg.default_value("text"))
+                    .mut_arg("log-filter", |arg| arg.default_value("warn,commerce::=info"))
+            })
         })
 }
 
@@ -132,14 +143,16 @@ pub fn expand_service_lists(args: Vec<OsString>) -> Result<Vec<OsString>, String
     if args.get(1).and_then(|arg| arg.to_str()) != Some("serve") {
         return Ok(args);
     }
-    let names: Vec<&str> = args[2..]
-        .iter()
-        .map_while(|arg| arg.to_str().filter(|arg| !arg.starts_with('-')))
-        .collect();
+    let names: Vec<&str> =
+        args[2..].iter().map_while(|arg| arg.to_str().filter(|arg| !arg.starts_with('-'))).collect();
     let built_in = services::built_in();
     let check = |name: &str| -> Result<Service, String> {
         let service = name.parse::<Service>().map_err(|error: UnknownService| {
-            format!("{error}; or `all` (built into this binary: {})", services::names(&built_in))
+            let mut message = format!("{error}; or all");
+            if built_in.len() < Service::ALL.len() {
+                message.push_str(&format!(" (built into this binary: {})", services::names(&built_in)));
+            }
+            message
         })?;
         if built_in.contains(&service) {
             Ok(service)
@@ -191,7 +204,9 @@ mod tests {
 
     #[test]
     fn one_service_all_and_other_commands_pass_unchanged() {
-        for line in ["commerce serve all --port-offset=3", "commerce local up -f x.yaml", "commerce serve --help"] {
+        for line in
+            ["commerce serve all --port-offset=3", "commerce local up -f x.yaml", "commerce serve --help"]
+        {
             assert_eq!(expand_service_lists(args(line)), Ok(args(line)));
         }
     }
@@ -200,14 +215,19 @@ mod tests {
     fn an_unknown_service_is_rejected_with_the_known_ones_listed() {
         for line in ["commerce serve basket", "commerce serve auth basket"] {
             let error = expand_service_lists(args(line)).expect_err(line);
-            assert!(error.contains("basket") && error.contains("inventory") && error.contains("all"), "{error}");
+            assert!(
+                error.contains("basket") && error.contains("inventory") && error.contains("all"),
+                "{error}"
+            );
         }
     }
 
     #[test]
     fn a_service_list_parses_into_serve_all() {
         let matches = command()
-            .try_get_matches_from(args("commerce serve all --services=order,payment --postgres-admin-url=postgres://u:p@h/db"))
+            .try_get_matches_from(args(
+                "commerce serve all --services=order,payment --postgres-admin-url=postgres://u:p@h/db",
+            ))
             .expect("parses");
         let cli = Cli::from_arg_matches(&matches).expect("builds");
         let Command::Serve { target: ServeTarget::All(all) } = cli.command else { panic!("{cli:?}") };

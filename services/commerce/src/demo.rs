@@ -32,7 +32,11 @@ pub fn demo_product_count() -> usize {
 /// `quantity` available units. Idempotent: a product with any stock history
 /// is left alone, so a restarted shop keeps its stock. Returns how many
 /// products were stocked by this call.
-pub async fn stock_demo_products(wiring: &LocalWiring, enabled: &[Service], quantity: i64) -> anyhow::Result<usize> {
+pub async fn stock_demo_products(
+    wiring: &LocalWiring,
+    enabled: &[Service],
+    quantity: i64,
+) -> anyhow::Result<usize> {
     if !enabled.contains(&Service::Catalog) || !enabled.contains(&Service::Inventory) {
         return Ok(0);
     }
@@ -53,7 +57,11 @@ pub async fn stock_demo_products(wiring: &LocalWiring, enabled: &[Service], quan
             continue;
         }
         inventory
-            .set_stock(SetStockRequest { product_id: product_id.clone(), available: quantity, note: STOCK_NOTE.to_owned() })
+            .set_stock(SetStockRequest {
+                product_id: product_id.clone(),
+                available: quantity,
+                note: STOCK_NOTE.to_owned(),
+            })
             .await
             .with_context(|| format!("cannot set the stock of {product_id}"))?;
         stocked += 1;
@@ -64,9 +72,12 @@ pub async fn stock_demo_products(wiring: &LocalWiring, enabled: &[Service], quan
 
 /// Requests that walk a customer through the shop with curl and jq:
 /// register, log in, list products, add to the cart, check out, and watch
-/// the order's status move through the saga.
+/// the order's status move through the saga (Ctrl-C ends the loop).
 pub fn example_requests(gateway: &str) -> String {
-    let product = demo_product_ids().into_iter().next().unwrap_or_else(|| "<product id from GET /api/products>".to_owned());
+    let product = demo_product_ids()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "<product id from GET /api/products>".to_owned());
     format!(
         r#"
 Try it (bash, with curl and jq):
@@ -84,7 +95,7 @@ Try it (bash, with curl and jq):
     -H "idempotency-key: $(date +%s%N)" -H 'content-type: application/json' \
     -d '{{"shipping_address":{{"recipient_name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country_code":"DE"}},"payment_method_token":"tok_visa"}}' \
     | jq -r .id)
-  watch -n1 "curl -s $GW/api/orders/$ORDER -H 'authorization: Bearer $TOKEN' | jq '{{status, total}}'"
+  while sleep 1; do curl -s $GW/api/orders/$ORDER -H "authorization: Bearer $TOKEN" | jq -c '{{status, total}}'; done
 "#
     )
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::LocalUp;
 use crate::infra::LocalWiring;
+use crate::ready::{Launched, OnTimeout};
 use crate::services::{self, ServiceConfig};
 use crate::{demo, ready, supervisor};
 
@@ -57,29 +58,33 @@ pub async fn up(args: LocalUp, shutdown: CancellationToken) -> anyhow::Result<()
         .map(|service| ServiceConfig::local(*service, &wiring, &stack_flags(*service, &stack, !args.no_demo)))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let mut running = tokio::spawn(supervisor::run(configs, shutdown.clone()));
-    let readiness = tokio::select! {
-        ready = ready::wait_until_ready(&wiring, &enabled, args.ready_timeout) => ready,
-        joined = &mut running => {
-            // Every service ended before all were ready: a signal, or one failed.
-            return joined.context("the service supervisor panicked")?.and_then(|()| {
-                anyhow::ensure!(shutdown.is_cancelled(), "the services stopped before they were ready");
-                Ok(())
+    let (launcher, running) = supervisor::start(shutdown.clone());
+    let launched =
+        ready::launch_in_waves(&launcher, configs, &wiring, args.ready_timeout, OnTimeout::Fail, &shutdown)
+            .await;
+    drop(launcher);
+    match launched {
+        Ok(Launched::All) => {}
+        // A signal, or a failed service: the supervisor's result says which.
+        Ok(Launched::ShutDown) => return running.await.context("the service supervisor panicked")?,
+        Err(error) => {
+            // Not ready in time: stop what runs, and report how that went too.
+            shutdown.cancel();
+            let stopped = running.await.context("the service supervisor panicked")?;
+            return Err(match stopped {
+                Ok(()) => error,
+                Err(stop_error) => error.context(format!("while stopping: {stop_error:#}")),
             });
         }
-    };
-    if let Err(error) = readiness {
-        shutdown.cancel();
-        let stopped = running.await.context("the service supervisor panicked")?;
-        return Err(match stopped {
-            Ok(()) => error,
-            Err(stop_error) => error.context(format!("while stopping: {stop_error:#}")),
-        });
     }
     let cold_start = started.elapsed();
 
-    let stocked = if args.no_demo { None } else { Some(demo::stock_demo_products(&wiring, &enabled, args.demo_stock).await) };
-    println!("{}", banner(&name, &wiring, &enabled, cold_start, stocked));
+    let stocked = if args.no_demo {
+        None
+    } else {
+        Some(demo::stock_demo_products(&wiring, &enabled, args.demo_stock).await)
+    };
+    println!("{}", banner(&name, &wiring, &enabled, cold_start, stocked, args.demo_stock));
 
     running.await.context("the service supervisor panicked")?
 }
@@ -137,8 +142,14 @@ fn stack_flags(service: Service, stack: &CommerceStack, demo: bool) -> Vec<Strin
 /// Says which parts of the stack a one-process shop cannot honour.
 fn note_ignored_settings(stack: &CommerceStack) {
     let spec = &stack.spec;
-    if spec.services.values().any(|s| s.replicas.is_some() || s.autoscaling.is_some() || s.resources.is_some()) {
-        tracing::info!("replicas, autoscaling and resources apply in a cluster only; locally each service runs once");
+    if spec
+        .services
+        .values()
+        .any(|s| s.replicas.is_some() || s.autoscaling.is_some() || s.resources.is_some())
+    {
+        tracing::info!(
+            "replicas, autoscaling and resources apply in a cluster only; locally each service runs once"
+        );
     }
     if spec.services.values().any(|s| !s.env.is_empty()) {
         tracing::warn!("services.*.env is not applied locally: the services share one process environment");
@@ -146,11 +157,20 @@ fn note_ignored_settings(stack: &CommerceStack) {
     if !spec.gateway.rate_limits.is_empty() {
         tracing::warn!("gateway.rateLimits are not applied locally; the gateway's default limits hold");
     }
-    tracing::info!("infrastructure comes from --postgres-admin-url/--kafka-brokers/--redis-url, not from the stack file");
+    tracing::info!(
+        "infrastructure comes from --postgres-admin-url/--kafka-brokers/--redis-url, not from the stack file"
+    );
 }
 
 /// What `local up` prints once the shop is ready.
-fn banner(name: &str, wiring: &LocalWiring, enabled: &[Service], cold_start: Duration, stocked: Option<anyhow::Result<usize>>) -> String {
+fn banner(
+    name: &str,
+    wiring: &LocalWiring,
+    enabled: &[Service],
+    cold_start: Duration,
+    stocked: Option<anyhow::Result<usize>>,
+    demo_stock: i64,
+) -> String {
     let gateway = wiring.gateway_url();
     let mut out = format!(
         "\nShop {name:?} is ready: {} services in {:.1} s.\n\n  gateway    {gateway}  (OpenAPI: {gateway}/api/openapi.json)\n",
@@ -168,8 +188,9 @@ fn banner(name: &str, wiring: &LocalWiring, enabled: &[Service], cold_start: Dur
     }
     match stocked {
         Some(Ok(count)) => out.push_str(&format!(
-            "\nDemo data: {} products, {count} stocked now; accounts {DEMO_ADMIN_EMAIL} and {DEMO_COURIER_EMAIL}, password {DEMO_PASSWORD}.\n",
-            demo::demo_product_count()
+            "\nDemo data: {} products ({count} never stocked before got {} units); accounts {DEMO_ADMIN_EMAIL} and {DEMO_COURIER_EMAIL}, password {DEMO_PASSWORD}.\n",
+            demo::demo_product_count(),
+            demo_stock
         )),
         Some(Err(error)) => out.push_str(&format!("\nDemo stock could not be set: {error:#}\n")),
         None => {}
@@ -206,7 +227,8 @@ mod tests {
         let gateway = stack_flags(Service::Gateway, &stack, true);
         assert_eq!(gateway, ["--cors-origin=https://shop.example.com"]);
         let auth = stack_flags(Service::Auth, &stack, false);
-        assert_eq!(auth, ["--access-token-ttl=15m", "--refresh-token-ttl=30days"]);
+        // full.yaml sets 10m and 168h.
+        assert_eq!(auth, ["--access-token-ttl=10m", "--refresh-token-ttl=7days"]);
     }
 
     #[test]

@@ -18,11 +18,17 @@ mod supervisor;
 
 use std::process::ExitCode;
 
+use commerce_api::catalog::Service;
 use commerce_platform::{shutdown, telemetry};
 
 use crate::cli::{Command, LocalCommand, ServeAll, ServeTarget};
 use crate::infra::LocalWiring;
+use crate::ready::OnTimeout;
 use crate::services::ServiceConfig;
+
+/// How long `serve all` waits for the services started so far before it
+/// starts their callers anyway.
+const WAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -55,7 +61,12 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
 /// `commerce serve all`: prepares databases and topics, then serves.
 async fn serve_all(all: ServeAll) -> anyhow::Result<()> {
     telemetry::init(&all.log, "all")?;
-    let services = if all.services.is_empty() { services::built_in() } else { all.services };
+    // Catalog order, each once: a service listed twice would fail to bind.
+    let services: Vec<Service> = if all.services.is_empty() {
+        services::built_in()
+    } else {
+        Service::ALL.into_iter().filter(|service| all.services.contains(service)).collect()
+    };
     let wiring = LocalWiring::new(&all.infra, &all.log)?;
     let configs = services
         .iter()
@@ -69,5 +80,19 @@ async fn serve_all(all: ServeAll) -> anyhow::Result<()> {
         } => prepared?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    supervisor::run(configs, shutdown).await
+    let (launcher, supervisor) = supervisor::start(shutdown.clone());
+    // Not ready in time is no reason to stop: services retry their
+    // dependencies and say what they wait for in /readyz. A failure is.
+    let launched =
+        ready::launch_in_waves(&launcher, configs, &wiring, WAVE_TIMEOUT, OnTimeout::Continue, &shutdown)
+            .await;
+    drop(launcher);
+    if let Err(error) = launched {
+        shutdown.cancel();
+        if let Err(stop_error) = supervisor.await? {
+            tracing::error!(error = format!("{stop_error:#}"), "while stopping");
+        }
+        return Err(error);
+    }
+    supervisor.await?
 }

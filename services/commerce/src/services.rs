@@ -54,6 +54,8 @@ macro_rules! services {
         }
 
         /// Services whose crates are built into this binary, in catalog order.
+        // One `push` per feature-gated crate; `vec![]` cannot hold `#[cfg]`.
+        #[allow(clippy::vec_init_then_push)]
         pub fn built_in() -> Vec<Service> {
             let mut services = Vec::new();
             $(
@@ -124,14 +126,29 @@ pub fn names(services: &[Service]) -> String {
 }
 
 /// Parses `C` from the synthesized local arguments of `service`.
-fn parse_local<C: Args + FromArgMatches>(service: Service, wiring: &LocalWiring, extra: &[String]) -> anyhow::Result<C> {
+fn parse_local<C: Args + FromArgMatches>(
+    service: Service,
+    wiring: &LocalWiring,
+    extra: &[String],
+) -> anyhow::Result<C> {
     let command = C::augment_args(clap::Command::new(service.name()).no_binary_name(true));
     let mut args = local_args(service, &command, wiring);
     args.extend(extra.iter().cloned());
     let matches = command
         .try_get_matches_from(&args)
-        .with_context(|| format!("cannot configure {service} for this machine from {args:?}"))?;
+        .with_context(|| format!("cannot configure {service} for this machine from {:?}", redacted(&args)))?;
     C::from_arg_matches(&matches).with_context(|| format!("cannot configure {service} for this machine"))
+}
+
+/// `args` with the passwords in URLs hidden, for messages.
+fn redacted(args: &[String]) -> Vec<String> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((flag @ "--database-url", url)) => format!("{flag}={}", commerce_platform::db::redact(url)),
+            Some((flag @ "--redis-url", url)) => format!("{flag}={}", commerce_platform::redis::redact(url)),
+            _ => arg.clone(),
+        })
+        .collect()
 }
 
 /// The wiring flags of `service`, limited to those its `command` accepts
@@ -186,6 +203,16 @@ mod tests {
     }
 
     #[test]
+    fn messages_never_show_a_password() {
+        let args = [
+            "--database-url=postgres://u:secret@h/db".to_owned(),
+            "--redis-url=redis://:secret@h:1".to_owned(),
+        ];
+        let shown = format!("{:?}", redacted(&args));
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
     fn local_arguments_name_each_services_own_database_and_every_peer() {
         let wiring = LocalWiring::for_tests();
         let command = clap::Command::new("x")
@@ -193,7 +220,10 @@ mod tests {
             .arg(clap::Arg::new("database-url").long("database-url"))
             .arg(clap::Arg::new("peer").long("peer").action(clap::ArgAction::Append));
         let args = local_args(Service::Order, &command, &wiring);
-        assert!(args.contains(&"--database-url=postgres://postgres:pw@127.0.0.1:55432/commerce_order".to_owned()), "{args:?}");
+        assert!(
+            args.contains(&"--database-url=postgres://postgres:pw@127.0.0.1:55432/commerce_order".to_owned()),
+            "{args:?}"
+        );
         assert!(args.contains(&"--peer=catalog=http://127.0.0.1:50052".to_owned()), "{args:?}");
         assert!(!args.iter().any(|arg| arg.starts_with("--redis-url")), "order has no Redis flag: {args:?}");
         assert!(!args.iter().any(|arg| arg.contains("gateway=")), "the gateway has no gRPC port: {args:?}");
