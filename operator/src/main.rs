@@ -54,6 +54,11 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Built together with the rest of the workspace, rustls has two crypto
+    // providers compiled in (kube's ring, reqwest's aws-lc-rs via other
+    // crates) and cannot pick one on its own: choose kube's, before any client
+    // exists. An error only means a provider was installed already.
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let output = match cli.command {
         Command::Run { args, log_format, log_filter } => {
