@@ -96,6 +96,45 @@ EOF
   chown "$owner" "$PG_DATA/pg_hba.conf"
 }
 
+# Prints the pid in postmaster.pid when it is a live process whose command
+# line names our data directory; returns 1 otherwise.
+postmaster_pid_from_file() {
+  local pid
+  [[ -s "$PG_DATA/postmaster.pid" ]] || return 1
+  pid="$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$PG_MARKER" || return 1
+  printf '%s\n' "$pid"
+}
+
+# A postmaster running on our data directory was started by this script even
+# when its pid was not recorded (a start interrupted before it wrote the pid
+# file); record it so that status and down see it.
+adopt_postmaster() {
+  local pid
+  running_pid postgres "$PG_MARKER" >/dev/null && return 0
+  if pid="$(postmaster_pid_from_file)"; then
+    log "found the postmaster for $PG_DATA (pid $pid) unrecorded; recording it"
+    mkdir -p "$PG_STATE"
+    printf '%s\n' "$pid" >"$(pid_file postgres)"
+  fi
+}
+
+remove_stale_postmaster_pid() {
+  [[ -e "$PG_DATA/postmaster.pid" ]] || return 0
+  if postmaster_pid_from_file >/dev/null; then
+    die "a postmaster ($(head -n 1 "$PG_DATA/postmaster.pid")) runs on $PG_DATA but does not listen on 127.0.0.1:$COMMERCE_POSTGRES_PORT; stop it first"
+  fi
+  log "removing a stale postmaster.pid (pid $(head -n 1 "$PG_DATA/postmaster.pid") is not running); the server will recover from its WAL"
+  rm -f "$PG_DATA/postmaster.pid"
+  # The socket's lock file names the same dead pid; postgres refuses to start
+  # while that pid exists at all (a zombie not yet reaped, or a recycled pid).
+  # The socket directory is private to this server.
+  rm -f "$PG_RUN/.s.PGSQL.$COMMERCE_POSTGRES_PORT" "$PG_RUN/.s.PGSQL.$COMMERCE_POSTGRES_PORT.lock"
+}
+
 pg_answers() {
   local bin="$1"
   "$bin/pg_isready" -q -h 127.0.0.1 -p "$COMMERCE_POSTGRES_PORT" -U postgres -d postgres -t 2
@@ -105,6 +144,7 @@ do_up() {
   do_install
   local bin pid
   bin="$(pg_bin_dir)"
+  adopt_postmaster
   if pid="$(running_pid postgres "$PG_MARKER")" && pg_answers "$bin"; then
     log "already up (pid $pid) on 127.0.0.1:$COMMERCE_POSTGRES_PORT"
     return 0
@@ -115,8 +155,12 @@ do_up() {
   else
     require_port_free "$COMMERCE_POSTGRES_PORT" postgres
     init_cluster "$bin"
-    # A crash can leave a stale postmaster.pid behind; postgres itself checks
-    # whether that pid still runs a postmaster, so it is safe to leave it.
+    # A crash (or a machine that stopped with the server running) leaves a
+    # stale postmaster.pid behind. Postgres would replace it, but the loop
+    # below reads that file right after pg_ctl returns, and would record the
+    # dead pid. Nothing of ours runs and the port is free, so remove it when
+    # its pid is not a live postmaster for this data directory.
+    remove_stale_postmaster_pid
     log "starting PostgreSQL $(pg_version) on 127.0.0.1:$COMMERCE_POSTGRES_PORT"
     printf '\n==== %s starting postgres\n' "$(date -u +%FT%TZ)" >>"$PG_LOG"
     # -l sends the server's output to the log; pg_ctl's own words are kept
@@ -126,13 +170,16 @@ do_up() {
       -o "-c listen_addresses=127.0.0.1 -c port=$COMMERCE_POSTGRES_PORT -c unix_socket_directories=$PG_RUN -c max_connections=$PG_MAX_CONNECTIONS" \
       2>&1 9>&-)" || die "pg_ctl start failed: $out; see $PG_LOG"
     # pg_ctl daemonises the postmaster; its pid appears in postmaster.pid.
+    # Record it only once that pid is a live process for our data directory.
     local i
     for ((i = 0; i < 100; i++)); do
-      [[ -s "$PG_DATA/postmaster.pid" ]] && break
+      if pid="$(postmaster_pid_from_file)"; then
+        break
+      fi
       sleep 0.1
     done
-    [[ -s "$PG_DATA/postmaster.pid" ]] || die "postgres wrote no postmaster.pid; see $PG_LOG"
-    head -n 1 "$PG_DATA/postmaster.pid" >"$(pid_file postgres)"
+    pid="$(postmaster_pid_from_file)" || die "postgres wrote no postmaster.pid naming a live postmaster; see $PG_LOG"
+    printf '%s\n' "$pid" >"$(pid_file postgres)"
   fi
   wait_ready postgres "$PG_MARKER" 60 "pg_isready on 127.0.0.1:$COMMERCE_POSTGRES_PORT" pg_answers "$bin"
   # The password and scram over TCP are what every client uses; prove them.
@@ -145,6 +192,7 @@ do_up() {
 }
 
 do_down() {
+  adopt_postmaster
   # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions and
   # disconnect clients instead of waiting for them.
   stop_recorded postgres "$PG_MARKER" 60 INT
