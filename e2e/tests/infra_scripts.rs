@@ -80,7 +80,9 @@ impl Drop for PrivatePostgres {
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.split_whitespace().next() != Some("Z")),
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.split_whitespace().next() != Some("Z"))
+        }
         Err(_) => false,
     }
 }
@@ -126,7 +128,10 @@ fn postgres_comes_back_up_after_its_processes_died_with_the_machine() -> Result<
     kill_abruptly(first)?;
     // The crash leaves postmaster.pid naming the dead postmaster.
     let stale = std::fs::read_to_string(pg.postmaster_pid_file())?;
-    ensure!(stale.lines().next() == Some(first.to_string().as_str()), "postmaster.pid after the kill: {stale:?}");
+    ensure!(
+        stale.lines().next() == Some(first.to_string().as_str()),
+        "postmaster.pid after the kill: {stale:?}"
+    );
     ensure!(pg.status()?.contains("down"), "status after the kill: {}", pg.status()?);
 
     let log = pg.up()?;
