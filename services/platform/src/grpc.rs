@@ -34,13 +34,17 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::admin::{GrpcMetricsLayer, Metrics};
-use crate::readiness::Readiness;
+use crate::readiness::{Check, Readiness};
 use crate::telemetry::ServerTraceLayer;
 
 /// How often readiness is mirrored into the health service. Readiness has no
 /// change notification; a read of a small map four times a second is free,
 /// and 250 ms is well inside any probe period (Kubernetes' minimum is 1 s).
 pub const HEALTH_SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Name of the readiness check that says the gRPC listener is bound and
+/// serving (see [`GrpcServer::ready_when_listening`]).
+pub const READINESS_CHECK: &str = "grpc";
 
 /// gRPC server flags every service accepts.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -110,6 +114,9 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     /// Encoded `FileDescriptorSet`s served by reflection.
     descriptor_sets: Vec<&'static [u8]>,
+    /// Marked ready once the listener is bound and serving, not ready again
+    /// when shutdown starts; `None` when the caller tracks that itself.
+    listening: Option<Check>,
 }
 
 impl GrpcServer {
@@ -123,7 +130,20 @@ impl GrpcServer {
             routes: Routes::default(),
             service_names: Vec::new(),
             descriptor_sets: Vec::new(),
+            listening: None,
         }
+    }
+
+    /// Reports through `check` whether this server accepts requests: ready
+    /// once its listener is bound, not ready from the moment shutdown starts.
+    ///
+    /// Register the check (usually [`READINESS_CHECK`]) before anything else
+    /// can become ready: otherwise `/readyz` may answer 200 while the gRPC
+    /// port still refuses connections, and Kubernetes would route traffic to
+    /// a pod that cannot take it.
+    pub fn ready_when_listening(mut self, check: Check) -> Self {
+        self.listening = Some(check);
+        self
     }
 
     /// Adds a generated tonic server (`XServiceServer::new(handler)`); its
@@ -167,7 +187,7 @@ impl GrpcServer {
         shutdown: CancellationToken,
     ) -> Result<(), GrpcServerError> {
         let local_addr = listener.local_addr().ok();
-        let GrpcServer { args, readiness, metrics, routes, service_names, descriptor_sets } = self;
+        let GrpcServer { args, readiness, metrics, routes, service_names, descriptor_sets, listening } = self;
 
         let mut reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -190,9 +210,12 @@ impl GrpcServer {
             tower::ServiceBuilder::new().layer(ServerTraceLayer).layer(GrpcMetricsLayer::new(&metrics));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let signal = {
-            let shutdown = shutdown.clone();
+            let (shutdown, listening) = (shutdown.clone(), listening.clone());
             async move {
                 shutdown.cancelled().await;
+                if let Some(check) = &listening {
+                    check.set_not_ready("shutting down");
+                }
                 // Health must say NOT_SERVING before the listener closes, so
                 // that a balancer watching it stops sending first.
                 if let Err(error) = watcher.await {
@@ -202,6 +225,13 @@ impl GrpcServer {
             }
         };
         tracing::info!(addr = ?local_addr, services = ?service_names, "gRPC server listening");
+        // The listener is bound (it was handed in bound) and the server is
+        // built: connections are accepted from here on.
+        if let Some(check) = &listening
+            && !shutdown.is_cancelled()
+        {
+            check.set_ready();
+        }
         let server = tonic::transport::Server::builder()
             .layer(layers)
             .add_routes(routes)

@@ -1,7 +1,9 @@
 //! The shared runtime every commerce service is built on.
 //!
-//! A service crate wires these pieces together in its `serve(config,
-//! shutdown)`; nothing here knows about any one service's domain.
+//! A service crate's `serve(config, shutdown)` hands its lifecycle to
+//! [`ServiceRuntime`] (admin server, readiness, database, events, background
+//! tasks, gRPC server, ordered shutdown) and wires only its own parts;
+//! nothing here knows about any one service's domain.
 
 pub mod admin;
 pub mod config;
@@ -12,6 +14,9 @@ pub mod grpc;
 pub mod readiness;
 pub mod redis;
 pub mod resilience;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;
+
+pub use runtime::{ServiceRuntime, error_chain};
