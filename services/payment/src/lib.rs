@@ -7,9 +7,10 @@
 //! PaymentCaptured/PaymentFailed with the outcome. Dead orders cancel pending
 //! payments or refund captured ones.
 //!
-//! [`serve`] wires the platform: admin server (plus the mock provider's
-//! controls), database, outbox relay, consumer with its dead-letter topic,
-//! the worker and the gRPC server; all stop on `shutdown`.
+//! [`serve`] hands the lifecycle to the platform's [`ServiceRuntime`] and
+//! wires the service's parts: the mock provider's controls on the admin
+//! port, database, outbox relay, consumer with its dead-letter topic, the
+//! worker and the gRPC server; all stop on `shutdown`.
 
 pub mod config;
 pub mod domain;
@@ -22,17 +23,13 @@ pub mod worker;
 use std::sync::Arc;
 
 use commerce_api::catalog::Service;
-use commerce_platform::admin::{self, Metrics};
-use commerce_platform::db::{self, DatabaseError};
-use commerce_platform::events::{
-    ConsumerError, EventConsumer, EventProducer, OutboxError, OutboxRelay, ProducerError, consumer, producer,
-};
-use commerce_platform::grpc::{GrpcServer, GrpcServerError};
-use commerce_platform::readiness::Readiness;
+use commerce_platform::events::{EventConsumer, OutboxError};
+use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use commerce_platform::error_chain;
 pub use config::Config;
 use provider::{MockProvider, PaymentProvider, ProviderBreaker, ProviderError};
 
@@ -42,28 +39,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// Everything that can fail in the payment service, named after the action.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to the payment database")]
-    ConnectDatabase(#[source] Box<DatabaseError>),
-    #[error("cannot migrate the payment database")]
-    MigrateDatabase(#[source] Box<DatabaseError>),
-    #[error("cannot create the Kafka producer")]
-    CreateProducer(#[source] Box<ProducerError>),
-    #[error("cannot create the event consumer")]
-    CreateConsumer(#[source] Box<ConsumerError>),
-    #[error("the event consumer failed")]
-    ConsumeEvents(#[source] Box<ConsumerError>),
-    #[error("the gRPC server failed")]
-    ServeGrpc(#[source] Box<GrpcServerError>),
-    #[error("cannot bind the admin server to {addr}")]
-    BindAdmin {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the admin server failed")]
-    ServeAdmin(#[source] Box<std::io::Error>),
-    #[error("a background task panicked or was aborted")]
-    JoinTask(#[source] tokio::task::JoinError),
+    /// A step of the service's lifecycle (database, Kafka, servers) failed.
+    #[error(transparent)]
+    Run(#[from] RuntimeError),
     #[error("{field}: {problem}")]
     InvalidRequest { field: &'static str, problem: &'static str },
     #[error("payment not found")]
@@ -103,33 +81,6 @@ impl Error {
     }
 }
 
-/// Runs the platform's and the service's migrations on a blocking thread.
-///
-/// `Migrator::run` borrows the pool through a higher-ranked `Acquire` bound
-/// that makes any future awaiting it fail the `Send` check, so awaiting it
-/// inside `serve` would make `tokio::spawn(serve(..))` fail to compile in
-/// every caller. `block_on` needs no `Send`. (Same workaround as the
-/// inventory service; the platform's `db::run_migrations` could avoid it.)
-async fn migrate(pool: sqlx::PgPool) -> Result<(), Error> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || runtime.block_on(db::run_migrations(&pool, &MIGRATOR)))
-        .await
-        .map_err(Error::JoinTask)?
-        .map_err(|error| Error::MigrateDatabase(Box::new(error)))
-}
-
-/// An error with its causes, `: `-separated, for logs and statuses.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Runs the payment service with the mock provider configured by
 /// `config.mock` until `shutdown`; the mock's controls are served on the
 /// admin port (see [`provider`]).
@@ -147,67 +98,34 @@ pub async fn serve_with_provider(
     admin_routes: Option<axum::Router>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let metrics = Metrics::new(Service::Payment.name());
-    let readiness = Readiness::new();
-    let database_check = readiness.register(db::READINESS_CHECK);
-    let producer_check = readiness.register(producer::READINESS_CHECK);
-    let consumer_check = readiness.register(consumer::READINESS_CHECK);
-    let tasks = shutdown.child_token();
-
-    let admin_addr = config.common.admin.addr;
-    let listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| Error::BindAdmin { addr: admin_addr, source })?;
-    let mut router = admin::router(readiness.clone(), metrics.clone());
+    let mut runtime = ServiceRuntime::new(Service::Payment, &config.common);
     if let Some(routes) = admin_routes {
-        router = router.merge(routes);
+        runtime = runtime.admin_routes(routes);
     }
-    let admin = tokio::spawn(
-        axum::serve(listener, router).with_graceful_shutdown(tasks.clone().cancelled_owned()).into_future(),
-    );
+    runtime
+        .serve(shutdown, |wiring| async move {
+            let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
+            let producer = wiring.start_producer(&config.kafka)?;
+            wiring.spawn_outbox_relay(&pool, &producer);
+            let consumer = EventConsumer::new(
+                Service::Payment,
+                &config.kafka,
+                pool.clone(),
+                producer,
+                events::PaymentEventHandler,
+                wiring.consumer_check(),
+            )
+            .map_err(|error| RuntimeError::CreateConsumer(Box::new(error)))?;
+            wiring.spawn_consumer(consumer);
 
-    let pool = db::connect_with_retry(&config.database, &database_check, &shutdown)
+            let breaker = ProviderBreaker::new(config.client.breaker_failures, config.client.breaker_open);
+            let worker = worker::Worker::new(pool.clone(), provider, breaker, config.worker.settings())
+                .with_metrics(wiring.metrics());
+            wiring.spawn_task("payment worker", worker.clone().run(wiring.stop_token()));
+
+            Ok(wiring
+                .grpc_server()
+                .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(pool, worker))))
+        })
         .await
-        .map_err(|error| Error::ConnectDatabase(Box::new(error)))?;
-    migrate(pool.clone()).await?;
-    let health = db::spawn_health_check(pool.clone(), database_check, tasks.clone());
-
-    let producer =
-        EventProducer::new(&config.kafka).map_err(|error| Error::CreateProducer(Box::new(error)))?;
-    let producer_watch = producer.watch_readiness(producer_check, tasks.clone());
-    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(tasks.clone()));
-    let consumer = EventConsumer::new(
-        Service::Payment,
-        &config.kafka,
-        pool.clone(),
-        producer.clone(),
-        events::PaymentEventHandler,
-        consumer_check,
-    )
-    .map_err(|error| Error::CreateConsumer(Box::new(error)))?;
-    let consumer = tokio::spawn(consumer.run(tasks.clone()));
-
-    let breaker = ProviderBreaker::new(config.client.breaker_failures, config.client.breaker_open);
-    let worker =
-        worker::Worker::new(pool.clone(), provider, breaker, config.worker.settings()).with_metrics(&metrics);
-    let worker_task = tokio::spawn(worker.clone().run(tasks.clone()));
-
-    let served = GrpcServer::new(&config.common.grpc, readiness, &metrics)
-        .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(pool.clone(), worker)))
-        .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
-        .serve(shutdown.clone())
-        .await
-        .map_err(|error| Error::ServeGrpc(Box::new(error)));
-    tasks.cancel();
-
-    let consumed =
-        consumer.await.map_err(Error::JoinTask)?.map_err(|error| Error::ConsumeEvents(Box::new(error)));
-    worker_task.await.map_err(Error::JoinTask)?;
-    relay.await.map_err(Error::JoinTask)?;
-    health.await.map_err(Error::JoinTask)?;
-    producer_watch.await.map_err(Error::JoinTask)?;
-    let admin_served =
-        admin.await.map_err(Error::JoinTask)?.map_err(|error| Error::ServeAdmin(Box::new(error)));
-    pool.close().await;
-    served.and(consumed).and(admin_served)
 }
