@@ -15,12 +15,8 @@
 use std::path::PathBuf;
 
 use commerce_api::catalog::Service;
-use commerce_platform::admin::{self, AdminError, Metrics};
-use commerce_platform::db::{self, DatabaseError};
-use commerce_platform::events::{EventProducer, OutboxError, OutboxRelay, ProducerError};
-use commerce_platform::grpc::{GrpcServer, GrpcServerError};
-use commerce_platform::readiness::Readiness;
-use commerce_platform::telemetry::{self, TelemetryError};
+use commerce_platform::events::OutboxError;
+use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::auth::v1::auth_service_server::AuthServiceServer;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -86,85 +82,51 @@ pub enum Error {
         "bootstrap account {email} is configured without a password (set its COMMERCE_BOOTSTRAP_*_PASSWORD)"
     )]
     BootstrapWithoutPassword { email: String },
-    #[error("cannot set up logging")]
-    InitTelemetry(#[source] TelemetryError),
-    #[error("cannot connect to the auth database")]
-    ConnectDatabase(#[source] DatabaseError),
-    #[error("cannot migrate the auth database")]
-    MigrateDatabase(#[source] DatabaseError),
-    #[error("the migration task failed")]
-    RunMigrations(#[source] tokio::task::JoinError),
-    #[error("cannot create the Kafka producer")]
-    CreateProducer(#[source] ProducerError),
-    #[error("the gRPC server failed")]
-    ServeGrpc(#[source] GrpcServerError),
-    #[error("the admin server failed")]
-    ServeAdmin(#[source] AdminError),
+    /// A step of the service's lifecycle (database, Kafka, servers) failed.
+    #[error(transparent)]
+    Run(#[from] RuntimeError),
 }
 
-/// Runs the auth service until `shutdown`: admin server first (so
-/// `/readyz` explains any wait), then the database (retried until it
-/// answers), migrations, signing keys, bootstrap accounts, the outbox relay
-/// and the gRPC server.
+/// Runs the auth service until `shutdown` on the platform's
+/// [`ServiceRuntime`]: admin server first (so `/readyz` explains any wait),
+/// then the database (retried until it answers), migrations, signing keys,
+/// bootstrap accounts, the outbox relay and the gRPC server. `/readyz`
+/// turns 200 only once the gRPC listener is bound.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    telemetry::init(&config.common.log, Service::Auth.name()).map_err(Error::InitTelemetry)?;
-    let readiness = Readiness::new();
-    let metrics = Metrics::new(Service::Auth.name());
-    let admin_task = {
-        let (args, readiness, metrics, shutdown) =
-            (config.common.admin.clone(), readiness.clone(), metrics.clone(), shutdown.clone());
-        tokio::spawn(async move { admin::serve(&args, readiness, metrics, shutdown).await })
-    };
+    ServiceRuntime::new(Service::Auth, &config.common)
+        .serve(shutdown, |wiring| async move {
+            let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
 
-    let database_check = readiness.register(db::READINESS_CHECK);
-    let pool = send(db::connect_with_retry(&config.database, &database_check, &shutdown))
+            let keys = KeyRing::new(&config.auth.issuer, &config.auth.audience);
+            prepare_keys(&pool, &keys, &config.auth).await?;
+            wiring.spawn_task(
+                "signing key maintenance",
+                maintain_keys(pool.clone(), keys.clone(), config.auth.clone(), wiring.stop_token()),
+            );
+
+            for (email, password, role) in [
+                (&config.auth.bootstrap_admin_email, &config.auth.bootstrap_admin_password, jwt::Role::Admin),
+                (
+                    &config.auth.bootstrap_courier_email,
+                    &config.auth.bootstrap_courier_password,
+                    jwt::Role::Courier,
+                ),
+            ] {
+                if let Some(email) = email {
+                    let password = password
+                        .as_ref()
+                        .ok_or_else(|| Error::BootstrapWithoutPassword { email: email.clone() })?;
+                    bootstrap_account(&pool, email, password, role).await?;
+                }
+            }
+
+            let producer = wiring.start_producer(&config.kafka)?;
+            wiring.spawn_outbox_relay(&pool, &producer);
+
+            let handler = AuthGrpc::new(pool, keys, config.auth.clone());
+            Ok(wiring.grpc_server().add_service(AuthServiceServer::new(handler)))
+        })
         .await
-        .map_err(Error::ConnectDatabase)?;
-    migrate(&pool).await?;
-    let health_task = db::spawn_health_check(pool.clone(), database_check, shutdown.clone());
-
-    let keys = KeyRing::new(&config.auth.issuer, &config.auth.audience);
-    prepare_keys(&pool, &keys, &config.auth).await?;
-    let key_task =
-        tokio::spawn(maintain_keys(pool.clone(), keys.clone(), config.auth.clone(), shutdown.clone()));
-
-    for (email, password, role) in [
-        (&config.auth.bootstrap_admin_email, &config.auth.bootstrap_admin_password, jwt::Role::Admin),
-        (&config.auth.bootstrap_courier_email, &config.auth.bootstrap_courier_password, jwt::Role::Courier),
-    ] {
-        if let Some(email) = email {
-            let password =
-                password.as_ref().ok_or_else(|| Error::BootstrapWithoutPassword { email: email.clone() })?;
-            bootstrap_account(&pool, email, password, role).await?;
-        }
-    }
-
-    let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
-    let producer_task = producer.watch_readiness(
-        readiness.register(commerce_platform::events::producer::READINESS_CHECK),
-        shutdown.clone(),
-    );
-    let relay_task = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(shutdown.clone()));
-
-    let handler = AuthGrpc::new(pool.clone(), keys, config.auth.clone());
-    let grpc_result = GrpcServer::new(&config.common.grpc, readiness.clone(), &metrics)
-        .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
-        .add_service(AuthServiceServer::new(handler))
-        .serve(shutdown.clone());
-    let grpc_result = send(grpc_result).await;
-    // Whatever ended the server ends the rest.
-    shutdown.cancel();
-    for task in [relay_task, key_task, health_task, producer_task] {
-        let _ = task.await;
-    }
-    producer.flush(std::time::Duration::from_secs(5)).await;
-    pool.close().await;
-    let admin_result = admin_task.await;
-    grpc_result.map_err(Error::ServeGrpc)?;
-    match admin_result {
-        Ok(result) => result.map_err(Error::ServeAdmin),
-        Err(_) => Ok(()),
-    }
 }
 
 /// Installs the key file's key (file mode) or makes sure a database key
@@ -248,31 +210,4 @@ pub async fn bootstrap_account(
         }
         Err(error) => Err(error),
     }
-}
-
-/// Runs the platform's and this service's migrations.
-///
-/// On a blocking thread of its own: sqlx's `Migrator::run` future cannot be
-/// proven `Send` (its `Acquire<'a>` bound is higher-ranked, the same
-/// rust-lang/rust#102211 false positive), so awaiting it inside `serve`
-/// would make `serve` itself unspawnable. `block_on` needs no `Send`.
-async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Handle::current().block_on(db::run_migrations(&pool, &MIGRATOR))
-    })
-    .await
-    .map_err(Error::RunMigrations)?
-    .map_err(Error::MigrateDatabase)
-}
-
-/// Boxes `future` as `Send` at this concrete call site. Awaiting the
-/// platform's reference-taking futures directly inside `serve` trips
-/// rustc's "implementation of `Send` is not general enough" false positive
-/// (rust-lang/rust#102211) when a caller spawns `serve`; checking `Send`
-/// here, where every lifetime is concrete, avoids it.
-fn send<'a, T>(
-    future: impl std::future::Future<Output = T> + Send + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
-    Box::pin(future)
 }

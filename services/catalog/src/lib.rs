@@ -8,12 +8,8 @@
 //!   fixed ids that other seeds may use).
 
 use commerce_api::catalog::Service;
-use commerce_platform::admin::{self, AdminError, Metrics};
-use commerce_platform::db::{self, DatabaseError};
-use commerce_platform::events::{EventProducer, OutboxError, OutboxRelay, ProducerError};
-use commerce_platform::grpc::{GrpcServer, GrpcServerError};
-use commerce_platform::readiness::Readiness;
-use commerce_platform::telemetry::{self, TelemetryError};
+use commerce_platform::events::OutboxError;
+use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -57,103 +53,34 @@ pub enum Error {
     },
     #[error("cannot write an event to the outbox")]
     EnqueueEvent(#[source] Box<OutboxError>),
-    #[error("cannot set up logging")]
-    InitTelemetry(#[source] TelemetryError),
-    #[error("cannot connect to the catalog database")]
-    ConnectDatabase(#[source] DatabaseError),
-    #[error("cannot migrate the catalog database")]
-    MigrateDatabase(#[source] DatabaseError),
-    #[error("the migration task failed")]
-    RunMigrations(#[source] tokio::task::JoinError),
-    #[error("cannot create the Kafka producer")]
-    CreateProducer(#[source] ProducerError),
-    #[error("the gRPC server failed")]
-    ServeGrpc(#[source] GrpcServerError),
-    #[error("the admin server failed")]
-    ServeAdmin(#[source] AdminError),
+    /// A step of the service's lifecycle (database, Kafka, servers) failed.
+    #[error(transparent)]
+    Run(#[from] RuntimeError),
 }
 
-/// Runs the catalog until `shutdown`: admin server first (so `/readyz`
-/// explains any wait), Redis in the background (optional), the database
-/// (retried until it answers), migrations, the optional demo seed, the
-/// outbox relay and the gRPC server. Readiness: database and Kafka
-/// producer only; Redis is a cache.
+/// Runs the catalog until `shutdown` on the platform's [`ServiceRuntime`]:
+/// admin server first (so `/readyz` explains any wait), Redis in the
+/// background (optional), the database (retried until it answers),
+/// migrations, the optional demo seed, the outbox relay and the gRPC
+/// server. Readiness: database, Kafka producer and the bound gRPC listener;
+/// Redis is a cache.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    telemetry::init(&config.common.log, Service::Catalog.name()).map_err(Error::InitTelemetry)?;
-    let readiness = Readiness::new();
-    let metrics = Metrics::new(Service::Catalog.name());
-    let admin_task = {
-        let (args, readiness, metrics, shutdown) =
-            (config.common.admin.clone(), readiness.clone(), metrics.clone(), shutdown.clone());
-        tokio::spawn(async move { admin::serve(&args, readiness, metrics, shutdown).await })
-    };
+    ServiceRuntime::new(Service::Catalog, &config.common)
+        .serve(shutdown, |wiring| async move {
+            let cache = Cache::new(wiring.metrics());
+            cache.connect_in_background(config.redis.clone(), wiring.stop_token());
 
-    let cache = Cache::new(&metrics);
-    cache.connect_in_background(config.redis.clone(), shutdown.clone());
+            let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
+            if config.seed_demo_catalog {
+                seed::seed(&pool).await?;
+                cache.invalidate(None).await;
+            }
 
-    let database_check = readiness.register(db::READINESS_CHECK);
-    let pool = send(db::connect_with_retry(&config.database, &database_check, &shutdown))
+            let producer = wiring.start_producer(&config.kafka)?;
+            wiring.spawn_outbox_relay(&pool, &producer);
+
+            let handler = CatalogGrpc::new(pool, cache);
+            Ok(wiring.grpc_server().add_service(CatalogServiceServer::new(handler)))
+        })
         .await
-        .map_err(Error::ConnectDatabase)?;
-    migrate(&pool).await?;
-    let health_task = db::spawn_health_check(pool.clone(), database_check, shutdown.clone());
-
-    if config.seed_demo_catalog {
-        seed::seed(&pool).await?;
-        cache.invalidate(None).await;
-    }
-
-    let producer = EventProducer::new(&config.kafka).map_err(Error::CreateProducer)?;
-    let producer_task = producer.watch_readiness(
-        readiness.register(commerce_platform::events::producer::READINESS_CHECK),
-        shutdown.clone(),
-    );
-    let relay_task = tokio::spawn(OutboxRelay::new(pool.clone(), producer.clone()).run(shutdown.clone()));
-
-    let handler = CatalogGrpc::new(pool.clone(), cache);
-    let grpc_result = GrpcServer::new(&config.common.grpc, readiness.clone(), &metrics)
-        .file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
-        .add_service(CatalogServiceServer::new(handler))
-        .serve(shutdown.clone());
-    let grpc_result = send(grpc_result).await;
-    // Whatever ended the server ends the rest.
-    shutdown.cancel();
-    for task in [relay_task, health_task, producer_task] {
-        let _ = task.await;
-    }
-    producer.flush(std::time::Duration::from_secs(5)).await;
-    pool.close().await;
-    let admin_result = admin_task.await;
-    grpc_result.map_err(Error::ServeGrpc)?;
-    match admin_result {
-        Ok(result) => result.map_err(Error::ServeAdmin),
-        Err(_) => Ok(()),
-    }
-}
-
-/// Runs the platform's and this service's migrations.
-///
-/// On a blocking thread of its own: sqlx's `Migrator::run` future cannot be
-/// proven `Send` (its `Acquire<'a>` bound is higher-ranked, the same
-/// rust-lang/rust#102211 false positive), so awaiting it inside `serve`
-/// would make `serve` itself unspawnable. `block_on` needs no `Send`.
-async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Handle::current().block_on(db::run_migrations(&pool, &MIGRATOR))
-    })
-    .await
-    .map_err(Error::RunMigrations)?
-    .map_err(Error::MigrateDatabase)
-}
-
-/// Boxes `future` as `Send` at this concrete call site. Awaiting the
-/// platform's reference-taking futures directly inside `serve` trips
-/// rustc's "implementation of `Send` is not general enough" false positive
-/// (rust-lang/rust#102211) when a caller spawns `serve`; checking `Send`
-/// here, where every lifetime is concrete, avoids it.
-fn send<'a, T>(
-    future: impl std::future::Future<Output = T> + Send + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
-    Box::pin(future)
 }
