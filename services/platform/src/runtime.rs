@@ -205,7 +205,11 @@ impl ServiceRuntime {
             Err(error) => Err(error),
         };
         if let Err(error) = &served {
-            tracing::error!(service = service.name(), error = %error_chain(error), "service stopping");
+            if shared.cancelled_wait() {
+                tracing::info!(service = service.name(), error = %error_chain(error), "stopped while waiting");
+            } else {
+                tracing::error!(service = service.name(), error = %error_chain(error), "service stopping");
+            }
         }
         stop.cancel();
 
