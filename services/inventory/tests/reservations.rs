@@ -18,7 +18,7 @@ use commerce_inventory::store::{
 use commerce_proto::inventory::v1 as pb;
 use commerce_proto::inventory::v1::inventory_service_server::InventoryService;
 use futures::future::join_all;
-use support::{TestDatabase, counters, outbox_counts};
+use support::{TestDatabase, counters, outbox_counts, test_database};
 use tonic::{Code, Request};
 
 fn grpc(database: &TestDatabase) -> InventoryGrpc {
@@ -60,7 +60,7 @@ fn reservation_of(response: pb::ReserveResponse) -> Option<pb::Reservation> {
 async fn fifty_concurrent_reservations_for_the_last_ten_units_let_exactly_ten_succeed() -> anyhow::Result<()>
 {
     support::init_logging();
-    let database = TestDatabase::create(20).await?;
+    let database = test_database(20).await?;
     let metrics = InventoryMetrics::default();
     let grpc = grpc(&database).with_metrics(metrics.clone());
     set_stock(&grpc, "last-ten", 10).await?;
@@ -99,7 +99,7 @@ async fn fifty_concurrent_reservations_for_the_last_ten_units_let_exactly_ten_su
 #[tokio::test]
 async fn a_reservation_with_one_short_line_holds_nothing() -> anyhow::Result<()> {
     support::init_logging();
-    let database = TestDatabase::create(5).await?;
+    let database = test_database(5).await?;
     let grpc = grpc(&database);
     set_stock(&grpc, "plenty", 5).await?;
     set_stock(&grpc, "scarce", 1).await?;
@@ -136,7 +136,7 @@ async fn a_reservation_with_one_short_line_holds_nothing() -> anyhow::Result<()>
 async fn commit_release_and_return_keep_initial_stock_equal_to_available_plus_reserved_plus_sold()
 -> anyhow::Result<()> {
     support::init_logging();
-    let database = TestDatabase::create(5).await?;
+    let database = test_database(5).await?;
     let grpc = grpc(&database);
     let product = "widget";
     set_stock(&grpc, product, 20).await?;
@@ -240,7 +240,7 @@ async fn commit_release_and_return_keep_initial_stock_equal_to_available_plus_re
 #[tokio::test]
 async fn reserving_the_same_order_twice_makes_one_reservation() -> anyhow::Result<()> {
     support::init_logging();
-    let database = TestDatabase::create(5).await?;
+    let database = test_database(5).await?;
     let mut tx = database.pool.begin().await?;
     store::adjust_stock(&mut tx, "p", Adjustment::Set(10), "").await?;
     tx.commit().await?;
@@ -272,7 +272,7 @@ async fn reserving_the_same_order_twice_makes_one_reservation() -> anyhow::Resul
 async fn invalid_requests_are_refused_with_invalid_argument_and_unknown_reservations_with_not_found()
 -> anyhow::Result<()> {
     support::init_logging();
-    let database = TestDatabase::create(5).await?;
+    let database = test_database(5).await?;
     let grpc = grpc(&database);
     let zero = grpc.reserve(reserve_request("o", &[("p", 0)])).await.expect_err("zero quantity");
     assert_eq!(zero.code(), Code::InvalidArgument);

@@ -21,8 +21,9 @@ use commerce_proto::events::v1::{
     OrderCancelled, OrderConfirmed, OrderFailed, OrderPlaced, ProductCreated, StockCommitted, StockReleased,
     StockReservationFailed, StockReserved, order_failed, order_placed, stock_released,
 };
+use commerce_testkit::{drop_kafka_namespace, kafka_namespace};
 use rdkafka::message::Message;
-use support::{TestDatabase, counters, events_of, eventually, kafka_args, produce, unique_prefix};
+use support::{counters, events_of, eventually, kafka_args, produce, test_database};
 use tokio_util::sync::CancellationToken;
 
 fn loopback() -> SocketAddr {
@@ -41,11 +42,10 @@ fn order_placed(order_id: &str, product_id: &str, quantity: u32) -> OrderPlaced 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step() -> anyhow::Result<()> {
     support::init_logging();
-    let prefix = unique_prefix();
+    let prefix = kafka_namespace().await?;
     let kafka = kafka_args(&prefix);
     let names = kafka.names();
-    support::create_topics(&names).await?;
-    let database = TestDatabase::create(5).await?;
+    let database = test_database(5).await?;
 
     let config = Config {
         common: CommonArgs {
@@ -199,6 +199,6 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), service).await???;
     database.drop_database().await?;
-    support::delete_topics(&names).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }

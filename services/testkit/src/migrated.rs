@@ -31,6 +31,16 @@ impl TestDatabase {
     /// Creates a database named after `prefix` and a unique suffix, and runs
     /// `migrator` and the platform's migrations on it.
     pub async fn create(prefix: &str, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<Self> {
+        Self::create_with_pool_size(prefix, migrator, 5).await
+    }
+
+    /// [`create`](Self::create) with a pool of `connections` (tests that
+    /// run many transactions at once).
+    pub async fn create_with_pool_size(
+        prefix: &str,
+        migrator: &sqlx::migrate::Migrator,
+        connections: u32,
+    ) -> anyhow::Result<Self> {
         let admin_url = postgres_admin_url();
         let admin_options: PgConnectOptions = admin_url.parse().context("COMMERCE_POSTGRES_ADMIN_URL")?;
         let mut admin = tokio::time::timeout(Duration::from_secs(10), admin_options.connect())
@@ -48,7 +58,7 @@ impl TestDatabase {
         admin.close().await?;
         let options = admin_options.database(&name);
         let url = options.to_url_lossy().to_string();
-        let pool = PgPoolOptions::new().max_connections(5).connect_with(options).await?;
+        let pool = PgPoolOptions::new().max_connections(connections).connect_with(options).await?;
         commerce_platform::db::run_migrations(&pool, migrator).await?;
         Ok(Self { name, url, pool })
     }

@@ -1,9 +1,11 @@
-//! Fixtures of the inventory tests: a migrated database of their own per
-//! test on the local Postgres, unique topic names on the local Kafka, and
-//! helpers to produce events as the order and catalog services would and to
-//! read what the inventory published.
+//! Fixtures of the inventory tests that only the inventory needs: its stock
+//! counters and outbox, Kafka flags with short retries, producing events as
+//! the order and catalog services would, and reading what the inventory
+//! published.
 //!
-//! Infrastructure comes from `bash e2e/scripts/infra.sh up` (addresses from
+//! The shared fixtures (a migrated database per test, topic namespaces,
+//! logging) come from `commerce-testkit`, re-exported here. Infrastructure
+//! comes from `bash e2e/scripts/infra.sh up` (addresses from
 //! `e2e/infra.env`, same defaults). A test whose infrastructure is
 //! unreachable fails saying how to start it; it never skips.
 
@@ -14,89 +16,26 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use commerce_platform::db;
 use commerce_platform::events::cloudevents::CloudEventAttributes;
 use commerce_platform::events::producer::OutgoingRecord;
-use commerce_platform::events::{EventPayload, EventProducer, KafkaArgs, TopicNames, ensure_topics};
+use commerce_platform::events::{EventPayload, EventProducer, KafkaArgs};
+pub use commerce_testkit::init_logging;
+use commerce_testkit::kafka_brokers;
+pub use commerce_testkit::migrated::TestDatabase;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
-const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres:commerce-dev@127.0.0.1:55432/postgres";
-const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:59092";
 /// How long a test waits for something it expects to happen.
 pub const EVENTUALLY: Duration = Duration::from_secs(60);
 
-pub fn postgres_admin_url() -> String {
-    std::env::var("COMMERCE_POSTGRES_ADMIN_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_owned())
-}
-
-pub fn kafka_brokers() -> String {
-    std::env::var("COMMERCE_KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_KAFKA_BROKERS.to_owned())
-}
-
-/// Logs of the code under test, shown for failing tests.
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,commerce_inventory=info")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// A migrated inventory database created for one test.
-#[derive(Debug)]
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
-    pub pool: PgPool,
-}
-
-impl TestDatabase {
-    /// Creates `inventory_test_<uuid>`, connects a pool of `connections` and
-    /// runs the platform's and the inventory's migrations.
-    pub async fn create(connections: u32) -> anyhow::Result<Self> {
-        let admin_url = postgres_admin_url();
-        let admin_options: PgConnectOptions = admin_url.parse().context("COMMERCE_POSTGRES_ADMIN_URL")?;
-        let mut admin = tokio::time::timeout(Duration::from_secs(10), admin_options.connect())
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|connected| connected.map_err(anyhow::Error::from))
-            .with_context(|| {
-                format!(
-                    "Postgres is unreachable at {}; start it with `bash e2e/scripts/infra.sh up postgres`",
-                    db::redact(&admin_url)
-                )
-            })?;
-        let name = format!("inventory_test_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
-        admin.close().await?;
-        let options = admin_options.database(&name);
-        let url = options.to_url_lossy().to_string();
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
-            .await?;
-        db::run_migrations(&pool, &commerce_inventory::MIGRATOR).await?;
-        Ok(Self { name, url, pool })
-    }
-
-    /// Closes the pool and drops the database.
-    pub async fn drop_database(self) -> anyhow::Result<()> {
-        self.pool.close().await;
-        let mut admin = postgres_admin_url().parse::<PgConnectOptions>()?.connect().await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .await?;
-        Ok(())
-    }
+/// A database of its own for one test, with the platform's and the
+/// inventory's migrations, and a pool of `connections`.
+pub async fn test_database(connections: u32) -> anyhow::Result<TestDatabase> {
+    TestDatabase::create_with_pool_size("inventory", &commerce_inventory::MIGRATOR, connections).await
 }
 
 /// Counters of one product: (available, reserved, sold).
@@ -119,11 +58,6 @@ pub async fn outbox_counts(pool: &PgPool) -> anyhow::Result<HashMap<String, i64>
     Ok(rows.into_iter().collect())
 }
 
-/// A unique prefix for topic and group names.
-pub fn unique_prefix() -> String {
-    format!("test-{}.", Uuid::new_v4().simple())
-}
-
 /// Kafka flags for a test: local brokers, the test's prefix, short retries.
 pub fn kafka_args(prefix: &str) -> KafkaArgs {
     KafkaArgs {
@@ -132,23 +66,6 @@ pub fn kafka_args(prefix: &str) -> KafkaArgs {
         handler_retry_backoff: Duration::from_millis(50),
         ..KafkaArgs::new(kafka_brokers())
     }
-}
-
-/// Creates every catalog topic (and dead-letter topic) under the test's
-/// prefix, with the platform's `ensure_topics`; fails clearly when Kafka is
-/// unreachable.
-pub async fn create_topics(names: &TopicNames) -> anyhow::Result<()> {
-    let desired: Vec<_> =
-        commerce_api::catalog::all_topics().iter().map(|spec| names.desired(spec)).collect();
-    tokio::time::timeout(Duration::from_secs(30), ensure_topics(&kafka_brokers(), desired))
-        .await
-        .with_context(|| {
-            format!(
-                "Kafka is unreachable at {}; start it with `bash e2e/scripts/infra.sh up kafka`",
-                kafka_brokers()
-            )
-        })??;
-    Ok(())
 }
 
 /// Publishes `event` on its catalog topic (under the producer's prefix) as a
@@ -262,19 +179,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Deletes the test's topics (best effort).
-pub async fn delete_topics(names: &TopicNames) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let Ok(admin): Result<AdminClient<DefaultClientContext>, _> =
-        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()
-    else {
-        return;
-    };
-    let topics: Vec<String> =
-        commerce_api::catalog::all_topics().iter().map(|spec| names.name(spec.name)).collect();
-    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = admin.delete_topics(&topics, &AdminOptions::new()).await;
 }
