@@ -149,7 +149,7 @@ impl fmt::Debug for AuthArgs {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
 
     use super::*;
 
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn the_command_is_well_formed_and_defaults_match_the_brief() {
-        Cli::command().debug_assert();
+        commerce_platform::config::assert_service_flags::<Config>();
         let cli = Cli::try_parse_from(["auth", "--database-url=postgres://a@b/c", "--kafka-brokers=k:9092"])
             .expect("parses");
         assert_eq!(cli.config.auth.access_token_ttl, Duration::from_secs(900));

@@ -74,7 +74,7 @@ impl CartSettings {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
 
     use super::*;
 
@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn the_command_is_well_formed_and_the_cart_lives_a_day_by_default() {
-        Cli::command().debug_assert();
+        commerce_platform::config::assert_service_flags::<Config>();
         let cli = Cli::try_parse_from(["cart", "--cart-max-line-quantity=10"]).expect("flags parse");
         assert_eq!(cli.config.cart.ttl, Duration::from_secs(86_400));
         assert_eq!(cli.config.cart.limits(), Limits { max_line_quantity: 10, max_lines: 100 });

@@ -25,18 +25,10 @@ pub struct Config {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
-
     use super::*;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
 
     #[test]
     fn the_command_is_well_formed() {
-        Cli::command().debug_assert();
+        commerce_platform::config::assert_service_flags::<Config>();
     }
 }

@@ -57,7 +57,7 @@ impl Default for ReservationSettings {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
 
     use super::*;
 
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn the_command_is_well_formed_and_reservation_ttls_default() {
-        Cli::command().debug_assert();
+        commerce_platform::config::assert_service_flags::<Config>();
         let cli = Cli::try_parse_from([
             "inventory",
             "--database-url=postgres://u:p@h/commerce_inventory",

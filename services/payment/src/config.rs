@@ -12,7 +12,9 @@ use crate::provider::MockSettings;
 use crate::worker::WorkerSettings;
 
 /// Everything `serve` needs; flattened into the `commerce` binary's CLI.
-#[derive(Clone, clap::Args)]
+/// `Debug` is derived: the secrets in it (the database URL, Kafka
+/// properties) are redacted by their platform groups' own `Debug`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -109,23 +111,9 @@ impl MockArgs {
     }
 }
 
-/// The database URL is a secret: `Debug` goes through `DatabaseArgs`' redacting one.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("common", &self.common)
-            .field("database", &self.database)
-            .field("client", &self.client)
-            .field("provider", &self.provider)
-            .field("worker", &self.worker)
-            .field("mock", &self.mock)
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
 
     /// The binary's view of this service's flags.
     #[derive(Parser)]
@@ -136,12 +124,7 @@ mod tests {
 
     #[test]
     fn the_flags_are_well_formed_and_each_has_a_commerce_environment_variable() {
-        let command = Cli::command();
-        command.clone().debug_assert();
-        for arg in command.get_arguments().filter(|arg| arg.get_long().is_some()) {
-            let env = arg.get_env().and_then(|env| env.to_str()).unwrap_or_default();
-            assert!(env.starts_with("COMMERCE_"), "--{} has env {env:?}", arg.get_long().unwrap_or_default());
-        }
+        commerce_platform::config::assert_service_flags::<super::Config>();
     }
 
     #[test]

@@ -41,6 +41,20 @@ pub struct CommonArgs {
     pub grpc: GrpcArgs,
 }
 
+/// Asserts what every service's `Config` must hold, for its unit tests:
+/// clap accepts the flattened command (no two flags or ids clash, which
+/// clap only reports at parse time otherwise) and every long flag has a
+/// `COMMERCE_*` environment variable, which is how the operator's
+/// Deployments configure the service. Panics naming the offending flag.
+pub fn assert_service_flags<C: clap::Args>() {
+    let command = C::augment_args(clap::Command::new("commerce"));
+    command.clone().debug_assert();
+    for arg in command.get_arguments().filter(|arg| arg.get_long().is_some()) {
+        let env = arg.get_env().and_then(|env| env.to_str()).unwrap_or_default();
+        assert!(env.starts_with("COMMERCE_"), "--{} has env {env:?}", arg.get_long().unwrap_or_default());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;

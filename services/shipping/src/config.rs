@@ -5,7 +5,9 @@ use commerce_platform::db::DatabaseArgs;
 use commerce_platform::events::KafkaArgs;
 
 /// Everything `serve` needs; flattened into the `commerce` binary's CLI.
-#[derive(Clone, clap::Args)]
+/// `Debug` is derived: the secrets in it (the database URL, Kafka
+/// properties) are redacted by their platform groups' own `Debug`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -20,35 +22,10 @@ pub struct Config {
     pub couriers: Vec<String>,
 }
 
-/// The database URL is a secret: `Debug` goes through `DatabaseArgs`' redacting one.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("common", &self.common)
-            .field("database", &self.database)
-            .field("couriers", &self.couriers)
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
-
-    /// The binary's view of this service's flags.
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: super::Config,
-    }
-
     #[test]
     fn the_flags_are_well_formed_and_each_has_a_commerce_environment_variable() {
-        let command = Cli::command();
-        command.clone().debug_assert();
-        for arg in command.get_arguments().filter(|arg| arg.get_long().is_some()) {
-            let env = arg.get_env().and_then(|env| env.to_str()).unwrap_or_default();
-            assert!(env.starts_with("COMMERCE_"), "--{} has env {env:?}", arg.get_long().unwrap_or_default());
-        }
+        commerce_platform::config::assert_service_flags::<super::Config>();
     }
 }
