@@ -21,9 +21,9 @@ use commerce_proto::events::v1::{
     OrderCancelled, OrderConfirmed, OrderFailed, OrderPlaced, ProductCreated, StockCommitted, StockReleased,
     StockReservationFailed, StockReserved, order_failed, order_placed, stock_released,
 };
-use commerce_testkit::{drop_kafka_namespace, kafka_namespace};
+use commerce_testkit::{drop_kafka_namespace, event_type, events_of, kafka_namespace, read_topic};
 use rdkafka::message::Message;
-use support::{counters, events_of, eventually, kafka_args, produce, test_database};
+use support::{counters, eventually, kafka_args, produce, test_database};
 use tokio_util::sync::CancellationToken;
 
 fn loopback() -> SocketAddr {
@@ -181,8 +181,8 @@ async fn the_consumer_reserves_commits_and_returns_stock_and_publishes_each_step
     produce(&producer, &OrderConfirmed { order_id: "o-unknown".to_owned(), ..Default::default() }).await?;
     let dead_letters = names.dead_letter_topic(Service::Inventory);
     eventually("the contradiction is dead-lettered", || async {
-        Ok(support::read_topic(&dead_letters).await?.iter().any(|record| {
-            support::event_type(record) == Some("commerce.events.v1.OrderConfirmed")
+        Ok(read_topic(&dead_letters).await?.iter().any(|record| {
+            event_type(record) == Some("commerce.events.v1.OrderConfirmed")
                 && record.key() == Some("o-unknown".as_bytes())
         }))
     })

@@ -3,7 +3,8 @@
 //! a test database of its own per test, created through
 //! `COMMERCE_POSTGRES_ADMIN_URL`; Kafka topics under a unique prefix; free
 //! loopback ports; publishing events as another service would; reading
-//! events back; and bounded waiting. Unreachable infrastructure fails the
+//! events back ([`read_topic`], [`events_of`], [`count_events`]); and
+//! bounded waiting. Unreachable infrastructure fails the
 //! test with a message saying how to start it, never skips it.
 //!
 //! [`migrated`] holds the fixtures of the tests that run against a migrated
@@ -13,16 +14,18 @@
 
 pub mod migrated;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use commerce_platform::events::producer::OutgoingRecord;
 use commerce_platform::events::{
-    CloudEventAttributes, EventPayload, EventProducer, KafkaArgs, TopicNames, ensure_topics,
+    CloudEventAttributes, EventPayload, EventProducer, KafkaArgs, TopicNames, cloudevents, ensure_topics,
 };
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
@@ -218,12 +221,42 @@ pub async fn connect(port: u16) -> anyhow::Result<tonic::transport::Channel> {
 /// How many records of type `E` with key `key` the topic `E::TOPIC` holds
 /// under `prefix`.
 pub async fn count_events<E: EventPayload>(prefix: &str, key: &str) -> anyhow::Result<usize> {
-    use rdkafka::message::{Headers, Message};
-    use rdkafka::{Offset, TopicPartitionList};
     let topic = TopicNames::new(prefix.to_owned()).topic(E::TOPIC);
+    let records = read_topic(&topic).await?;
+    Ok(records
+        .iter()
+        .filter(|record| event_type(record) == Some(E::TYPE) && record.key() == Some(key.as_bytes()))
+        .count())
+}
+
+/// Records of `topic` (a physical name) that are `E`s, decoded, in offset
+/// order per partition.
+pub async fn events_of<E: EventPayload>(topic: &str) -> anyhow::Result<Vec<E>> {
+    let mut events = Vec::new();
+    for record in read_topic(topic).await? {
+        if event_type(&record) == Some(E::TYPE) {
+            events.push(E::decode(record.payload().unwrap_or_default())?);
+        }
+    }
+    Ok(events)
+}
+
+/// The `ce_type` header of a record.
+pub fn event_type(record: &OwnedMessage) -> Option<&str> {
+    record
+        .headers()?
+        .iter()
+        .find(|header| header.key == cloudevents::TYPE)
+        .and_then(|header| header.value)
+        .and_then(|value| std::str::from_utf8(value).ok())
+}
+
+/// Every record of `topic` (a physical name) from the beginning up to the
+/// high watermarks it had when called; fails after 30 s of reading.
+pub async fn read_topic(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let topic = topic.to_owned();
     let brokers = kafka_brokers();
-    let key = key.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<OwnedMessage>> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("reader-{}", Uuid::new_v4()))
@@ -233,44 +266,43 @@ pub async fn count_events<E: EventPayload>(prefix: &str, key: &str) -> anyhow::R
         let partitions: Vec<i32> = metadata
             .topics()
             .first()
-            .context("no topic metadata")?
+            .context("no metadata for the topic")?
             .partitions()
             .iter()
             .map(|p| p.id())
             .collect();
         let mut assignment = TopicPartitionList::new();
-        let mut remaining = 0usize;
-        let mut ends = std::collections::HashMap::new();
+        let mut remaining: HashMap<i32, i64> = HashMap::new();
         for partition in partitions {
             let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
             if high > low {
                 assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
-                ends.insert(partition, high);
-                remaining += 1;
+                remaining.insert(partition, high);
             }
         }
-        if remaining == 0 {
-            return Ok(0);
+        let mut records = Vec::new();
+        if remaining.is_empty() {
+            return Ok(records);
         }
         consumer.assign(&assignment)?;
-        let mut count = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while remaining > 0 && std::time::Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-            let message = message?;
-            let is_type = message.headers().is_some_and(|headers| {
-                headers
-                    .iter()
-                    .any(|header| header.key == "ce_type" && header.value == Some(E::TYPE.as_bytes()))
-            });
-            if is_type && message.key() == Some(key.as_bytes()) {
-                count += 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !remaining.is_empty() {
+            if std::time::Instant::now() > deadline {
+                bail!("timed out reading {topic} up to its high watermarks");
             }
-            if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
-                remaining -= 1;
+            let Some(received) = consumer.poll(Duration::from_millis(500)) else { continue };
+            let message = received?;
+            let partition = message.partition();
+            if let Some(&high) = remaining.get(&partition) {
+                if message.offset() < high {
+                    records.push(message.detach());
+                }
+                if message.offset() + 1 >= high {
+                    remaining.remove(&partition);
+                }
             }
         }
-        Ok(count)
+        Ok(records)
     })
     .await?
 }

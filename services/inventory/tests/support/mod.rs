@@ -1,10 +1,9 @@
 //! Fixtures of the inventory tests that only the inventory needs: its stock
-//! counters and outbox, Kafka flags with short retries, producing events as
-//! the order and catalog services would, and reading what the inventory
-//! published.
+//! counters and outbox, Kafka flags with short retries, and producing events
+//! through the test's own producer as the order and catalog services would.
 //!
 //! The shared fixtures (a migrated database per test, topic namespaces,
-//! logging) come from `commerce-testkit`, re-exported here. Infrastructure
+//! reading topics back, logging) come from `commerce-testkit`. Infrastructure
 //! comes from `bash e2e/scripts/infra.sh up` (addresses from
 //! `e2e/infra.env`, same defaults). A test whose infrastructure is
 //! unreachable fails saying how to start it; it never skips.
@@ -22,10 +21,6 @@ use commerce_platform::events::{EventPayload, EventProducer, KafkaArgs};
 pub use commerce_testkit::init_logging;
 use commerce_testkit::kafka_brokers;
 pub use commerce_testkit::migrated::TestDatabase;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
@@ -85,82 +80,6 @@ pub async fn produce<E: EventPayload>(producer: &EventProducer, event: &E) -> an
         })
         .await?;
     Ok(attributes.id)
-}
-
-/// Every record of `topic` from the beginning up to its high watermarks.
-pub async fn read_topic(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
-    let topic = topic.to_owned();
-    let brokers = kafka_brokers();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<OwnedMessage>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", format!("reader-{}", Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .first()
-            .context("no metadata for the topic")?
-            .partitions()
-            .iter()
-            .map(|p| p.id())
-            .collect();
-        let mut assignment = TopicPartitionList::new();
-        let mut remaining: HashMap<i32, i64> = HashMap::new();
-        for partition in partitions {
-            let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
-            if high > low {
-                assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
-                remaining.insert(partition, high);
-            }
-        }
-        let mut records = Vec::new();
-        if remaining.is_empty() {
-            return Ok(records);
-        }
-        consumer.assign(&assignment)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !remaining.is_empty() {
-            if std::time::Instant::now() > deadline {
-                bail!("timed out reading {topic} up to its high watermarks");
-            }
-            let Some(received) = consumer.poll(Duration::from_millis(500)) else { continue };
-            let message = received?;
-            let partition = message.partition();
-            if let Some(&high) = remaining.get(&partition) {
-                if message.offset() < high {
-                    records.push(message.detach());
-                }
-                if message.offset() + 1 >= high {
-                    remaining.remove(&partition);
-                }
-            }
-        }
-        Ok(records)
-    })
-    .await?
-}
-
-/// The `ce_type` header of a record.
-pub fn event_type(record: &OwnedMessage) -> Option<&str> {
-    record
-        .headers()?
-        .iter()
-        .find(|header| header.key == "ce_type")
-        .and_then(|header| header.value)
-        .and_then(|value| std::str::from_utf8(value).ok())
-}
-
-/// Records of `topic` that are `E`s, decoded.
-pub async fn events_of<E: EventPayload>(topic: &str) -> anyhow::Result<Vec<E>> {
-    let mut events = Vec::new();
-    for record in read_topic(topic).await? {
-        if event_type(&record) == Some(E::TYPE) {
-            events.push(E::decode(record.payload().unwrap_or_default())?);
-        }
-    }
-    Ok(events)
 }
 
 /// Polls `condition` every 100 ms until it holds or [`EVENTUALLY`] passes.
