@@ -254,6 +254,27 @@ struct Backends {
     signing: SigningKey,
 }
 
+/// Serves one gRPC service on `listener` until `shutdown`.
+fn serve_grpc<S>(listener: TcpListener, service: S, shutdown: CancellationToken)
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()),
+    );
+}
+
 async fn start_grpc<S>(service: S, shutdown: CancellationToken) -> Result<SocketAddr>
 where
     S: tower::Service<
@@ -269,20 +290,30 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()),
-    );
+    serve_grpc(listener, service, shutdown);
     Ok(addr)
 }
 
+/// Every fake service started, auth serving key `k1`.
 async fn start_backends(shutdown: &CancellationToken) -> Result<Backends> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let backends = start_backends_but_auth(listener.local_addr()?, shutdown).await?;
+    backends
+        .auth
+        .keys
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .push(public_key("k1", &backends.signing));
+    serve_grpc(listener, AuthServiceServer::new(backends.auth.clone()), shutdown.clone());
+    Ok(backends)
+}
+
+/// The fake services except auth, which the peers expect at `auth_addr`
+/// (nothing listens there until the test serves it) and which holds no key.
+async fn start_backends_but_auth(auth_addr: SocketAddr, shutdown: &CancellationToken) -> Result<Backends> {
     let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let auth = FakeAuth::default();
-    auth.keys.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(public_key("k1", &signing));
     let catalog = FakeCatalog::default();
-    let auth_addr = start_grpc(AuthServiceServer::new(auth.clone()), shutdown.clone()).await?;
     let catalog_addr = start_grpc(CatalogServiceServer::new(catalog.clone()), shutdown.clone()).await?;
     let cart_addr = start_grpc(CartServiceServer::new(FakeCart), shutdown.clone()).await?;
     let peers = PeerArgs {
@@ -385,12 +416,20 @@ async fn wait_for_keys(gateway: &Running, token: &str) -> Result<()> {
     .await
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F) -> Result<()>
+async fn wait_until<F, Fut>(what: &str, condition: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    wait_until_within(what, WAIT, condition).await
+}
+
+async fn wait_until_within<F, Fut>(what: &str, wait: Duration, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
     let mut delay = Duration::from_millis(20);
     loop {
         if condition().await? {
@@ -1047,6 +1086,85 @@ async fn serve_runs_the_api_and_the_admin_endpoints_and_stops_on_shutdown() -> R
 
     server_shutdown.cancel();
     tokio::time::timeout(WAIT, server).await.context("serve stops after shutdown")???;
+    Ok(())
+}
+
+/// Until the gateway holds one of auth's keys it is not ready, and a request
+/// with a bearer token gets 503 (the token may be fine), never 401.
+#[tokio::test]
+async fn until_auth_publishes_a_key_the_gateway_is_unready_and_bearer_requests_get_503() -> Result<()> {
+    require_redis().await?;
+    let shutdown = CancellationToken::new();
+    let _cancel = shutdown.clone().drop_guard();
+    let auth_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let backends = start_backends_but_auth(auth_addr, &shutdown).await?;
+    let mut config = config(&backends.peers, &redis_url(), &prefix(), None);
+    config.http.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    config.admin.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    // The refused key fetches must not open auth's circuit breaker, which
+    // would hold the recovery back for longer than the test waits.
+    config.client.breaker_failures = 1000;
+    let (http_addr, admin_addr) = (config.http.addr, config.admin.addr);
+    tokio::spawn(commerce_gateway::serve(config, shutdown.clone()));
+    let client = reqwest::Client::new();
+    let readyz = format!("http://{admin_addr}/readyz");
+    let cart = format!("http://{http_addr}/api/cart");
+    let customer = token(&backends.signing, "k1", "EdDSA", "customer", 300);
+
+    // Auth not reachable: the HTTP listener is up, but the gateway is not ready.
+    wait_until("the HTTP listener", || async {
+        Ok(client.get(&cart).send().await.is_ok_and(|r| r.status() == StatusCode::UNAUTHORIZED))
+    })
+    .await?;
+    let response = client.get(&readyz).send().await?;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await?;
+    let keys_check = |body: &Value| {
+        body["checks"].as_array().and_then(|checks| checks.iter().find(|c| c["name"] == "auth-keys").cloned())
+    };
+    let check = keys_check(&body).context("an auth-keys check")?;
+    assert_eq!(check["ready"], false, "{body}");
+    assert!(check["reason"].as_str().is_some_and(|r| r.contains("signing keys")), "{body}");
+    let unavailable = |detail_part: &'static str| {
+        let (client, cart, customer) = (client.clone(), cart.clone(), customer.clone());
+        async move {
+            let (status, headers, body) =
+                problem(client.get(&cart).bearer_auth(&customer).send().await?).await?;
+            ensure!(status == StatusCode::SERVICE_UNAVAILABLE, "{status}: {body}");
+            ensure!(headers.contains_key("retry-after"), "no Retry-After: {headers:?}");
+            ensure!(!headers.contains_key("www-authenticate"), "a 503 must not challenge the token");
+            ensure!(
+                body["type"].as_str().is_some_and(|t| t.ends_with("/authentication-unavailable")),
+                "{body}"
+            );
+            Ok(body["detail"].as_str().is_some_and(|detail| detail.contains(detail_part)))
+        }
+    };
+    assert!(unavailable("signing keys").await?, "the detail names the missing keys");
+
+    // Auth answers but publishes no key yet: still the gateway's problem.
+    serve_grpc(
+        TcpListener::bind(auth_addr).await?,
+        AuthServiceServer::new(backends.auth.clone()),
+        shutdown.clone(),
+    );
+    wait_until("auth to answer with no keys", || unavailable("publishes no usable signing keys")).await?;
+    assert_eq!(client.get(&readyz).send().await?.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Auth publishes its key: the refresher alone makes the gateway ready
+    // (no request needed), within its longest retry delay (10 s).
+    backends
+        .auth
+        .keys
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .push(public_key("k1", &backends.signing));
+    wait_until_within("readiness once auth has a key", 2 * WAIT, || async {
+        Ok(client.get(&readyz).send().await?.status() == StatusCode::OK)
+    })
+    .await?;
+    let response = client.get(&cart).bearer_auth(&customer).send().await?;
+    assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await?);
     Ok(())
 }
 
