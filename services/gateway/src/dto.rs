@@ -1102,4 +1102,170 @@ mod tests {
     fn enum_names_lose_their_prefix() {
         assert_eq!(enum_name("SHIPMENT_STATUS_IN_TRANSIT", "SHIPMENT_STATUS_"), "in_transit");
     }
+
+    fn at(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos })
+    }
+
+    fn eur(units: i64) -> Option<common::v1::Money> {
+        Some(common::v1::Money { currency_code: "EUR".into(), units })
+    }
+
+    fn address() -> common::v1::Address {
+        common::v1::Address {
+            recipient_name: "Ada".into(),
+            line1: "Main St 1".into(),
+            line2: "Floor 2".into(),
+            city: "Berlin".into(),
+            region: "BE".into(),
+            postal_code: "10115".into(),
+            country_code: "DE".into(),
+            phone: "+4930123".into(),
+        }
+    }
+
+    fn json<T: Serialize>(value: T) -> String {
+        serde_json::to_string(&value).expect("serializes")
+    }
+
+    /// Every proto -> JSON conversion, with every field set, against the
+    /// exact bytes clients get: a refactoring of the conversions must not
+    /// change a name, an order, a format or a default.
+    #[test]
+    fn proto_messages_convert_to_exactly_the_documented_json() {
+        let cases = [
+            json(User::from(auth::v1::User {
+                id: "u1".into(),
+                email: "ada@example.com".into(),
+                display_name: "Ada".into(),
+                roles: vec![auth::v1::Role::Customer as i32, 0, auth::v1::Role::Admin as i32, 99],
+                created_at: at(1_700_000_000, 123_456_789),
+            })),
+            json(TokenPair::from(auth::v1::TokenPair {
+                access_token: "at".into(),
+                access_token_expires_at: at(1_700_000_900, 0),
+                refresh_token: "rt".into(),
+                refresh_token_expires_at: None,
+                token_type: String::new(),
+            })),
+            json(TokenPair::from(auth::v1::TokenPair { token_type: "DPoP".into(), ..Default::default() })),
+            json(Product::from(catalog::v1::Product {
+                id: "p1".into(),
+                sku: "MUG-1".into(),
+                name: "Mug".into(),
+                description: "A mug".into(),
+                category_id: "c1".into(),
+                price: eur(1299),
+                active: true,
+                created_at: at(1_700_000_000, 0),
+                updated_at: at(1_700_000_001, 5_000_000),
+            })),
+            json(Category::from(catalog::v1::Category {
+                id: "c1".into(),
+                name: "Mugs".into(),
+                slug: "mugs".into(),
+                parent_id: "c0".into(),
+                created_at: at(1_700_000_000, 0),
+            })),
+            json(StockLevel::from(inventory::v1::StockLevel {
+                product_id: "p1".into(),
+                available: 7,
+                reserved: 2,
+                sold: 40,
+                updated_at: at(1_700_000_000, 0),
+            })),
+            json(Cart::from(cart::v1::Cart {
+                user_id: "u1".into(),
+                items: vec![cart::v1::CartItem {
+                    product_id: "p1".into(),
+                    quantity: 2,
+                    name: "Mug".into(),
+                    unit_price: eur(1299),
+                    line_total: eur(2598),
+                    in_stock: true,
+                }],
+                subtotal: eur(2598),
+                updated_at: at(1_700_000_000, 0),
+                expires_at: None,
+            })),
+            json(Order::from(order::v1::Order {
+                id: "o1".into(),
+                user_id: "u1".into(),
+                status: order::v1::OrderStatus::Confirmed as i32,
+                lines: vec![order::v1::OrderLine {
+                    product_id: "p1".into(),
+                    sku: "MUG-1".into(),
+                    name: "Mug".into(),
+                    quantity: 2,
+                    unit_price: eur(1299),
+                    line_total: eur(2598),
+                }],
+                total: eur(2598),
+                shipping_address: Some(address()),
+                failure_reason: String::new(),
+                reservation_id: "r1".into(),
+                payment_id: "pay1".into(),
+                shipment_id: "s1".into(),
+                idempotency_key: "k".into(),
+                created_at: at(1_700_000_000, 0),
+                updated_at: at(1_700_000_002, 0),
+                refunded: false,
+            })),
+            json(Order::from(order::v1::Order { status: 42, ..Default::default() })),
+            json(Shipment::from(shipping::v1::Shipment {
+                id: "s1".into(),
+                order_id: "o1".into(),
+                user_id: "u1".into(),
+                courier_id: "c9".into(),
+                status: shipping::v1::ShipmentStatus::InTransit as i32,
+                address: Some(address()),
+                tracking_number: "TRK1".into(),
+                halt_reason: String::new(),
+                created_at: at(1_700_000_000, 0),
+                updated_at: at(1_700_000_003, 0),
+                delivered_at: None,
+            })),
+            json(TrackingEvent::from(shipping::v1::TrackingEvent {
+                status: shipping::v1::ShipmentStatus::PickedUp as i32,
+                description: "picked up".into(),
+                location: "depot".into(),
+                actor_id: "c9".into(),
+                occurred_at: at(1_700_000_004, 0),
+            })),
+            json(Notification::from(notification::v1::Notification {
+                id: "n1".into(),
+                user_id: "u1".into(),
+                kind: notification::v1::NotificationKind::OrderShipped as i32,
+                title: "Shipped".into(),
+                body: "Your order is on its way".into(),
+                order_id: "o1".into(),
+                created_at: at(1_700_000_000, 0),
+                read: true,
+                read_at: at(1_700_000_005, 0),
+                ..Default::default()
+            })),
+            json(Address::from(address())),
+            json(common::v1::Address::from(Address::from(address())) == address()),
+        ];
+        let expected = [
+            r#"{"id":"u1","email":"ada@example.com","display_name":"Ada","roles":["customer","admin"],"created_at":"2023-11-14T22:13:20.123Z"}"#,
+            r#"{"access_token":"at","access_token_expires_at":"2023-11-14T22:28:20.000Z","refresh_token":"rt","refresh_token_expires_at":null,"token_type":"Bearer"}"#,
+            r#"{"access_token":"","access_token_expires_at":null,"refresh_token":"","refresh_token_expires_at":null,"token_type":"DPoP"}"#,
+            r#"{"id":"p1","sku":"MUG-1","name":"Mug","description":"A mug","category_id":"c1","price":{"currency":"EUR","amount_minor":1299},"active":true,"created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:21.005Z"}"#,
+            r#"{"id":"c1","name":"Mugs","slug":"mugs","parent_id":"c0","created_at":"2023-11-14T22:13:20.000Z"}"#,
+            r#"{"product_id":"p1","available":7,"reserved":2,"sold":40,"updated_at":"2023-11-14T22:13:20.000Z"}"#,
+            r#"{"items":[{"product_id":"p1","quantity":2,"name":"Mug","unit_price":{"currency":"EUR","amount_minor":1299},"line_total":{"currency":"EUR","amount_minor":2598},"in_stock":true}],"subtotal":{"currency":"EUR","amount_minor":2598},"updated_at":"2023-11-14T22:13:20.000Z","expires_at":null}"#,
+            r#"{"id":"o1","user_id":"u1","status":"confirmed","lines":[{"product_id":"p1","sku":"MUG-1","name":"Mug","quantity":2,"unit_price":{"currency":"EUR","amount_minor":1299},"line_total":{"currency":"EUR","amount_minor":2598}}],"total":{"currency":"EUR","amount_minor":2598},"shipping_address":{"recipient_name":"Ada","line1":"Main St 1","line2":"Floor 2","city":"Berlin","region":"BE","postal_code":"10115","country_code":"DE","phone":"+4930123"},"failure_reason":"","reservation_id":"r1","payment_id":"pay1","shipment_id":"s1","idempotency_key":"k","refunded":false,"created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:22.000Z"}"#,
+            r#"{"id":"","user_id":"","status":"unspecified","lines":[],"total":null,"shipping_address":null,"failure_reason":"","reservation_id":"","payment_id":"","shipment_id":"","idempotency_key":"","refunded":false,"created_at":null,"updated_at":null}"#,
+            r#"{"id":"s1","order_id":"o1","user_id":"u1","courier_id":"c9","status":"in_transit","address":{"recipient_name":"Ada","line1":"Main St 1","line2":"Floor 2","city":"Berlin","region":"BE","postal_code":"10115","country_code":"DE","phone":"+4930123"},"tracking_number":"TRK1","halt_reason":"","created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:23.000Z","delivered_at":null}"#,
+            r#"{"status":"picked_up","description":"picked up","location":"depot","actor_id":"c9","occurred_at":"2023-11-14T22:13:24.000Z"}"#,
+            r#"{"id":"n1","kind":"order_shipped","title":"Shipped","body":"Your order is on its way","order_id":"o1","created_at":"2023-11-14T22:13:20.000Z","read":true,"read_at":"2023-11-14T22:13:25.000Z"}"#,
+            r#"{"recipient_name":"Ada","line1":"Main St 1","line2":"Floor 2","city":"Berlin","region":"BE","postal_code":"10115","country_code":"DE","phone":"+4930123"}"#,
+            r#"true"#,
+        ];
+        assert_eq!(cases.len(), expected.len());
+        for (index, (case, expected)) in cases.iter().zip(expected).enumerate() {
+            assert_eq!(case, expected, "case {index}");
+        }
+    }
 }
