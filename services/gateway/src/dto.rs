@@ -20,6 +20,61 @@ use uuid::Uuid;
 use crate::extract::Validate;
 use crate::problem::FieldError;
 
+/// `impl From<$from> for $to` field by field, for the conversions between
+/// the protos and the JSON shapes, which differ in types but not in names: a
+/// bare `name` moves the field as it is, `name: f` converts it with `f`, and
+/// `; name = value` sets a field the source has no counterpart for.
+/// `both A, B` writes both directions of a one-to-one shape.
+macro_rules! from_fields {
+    (both $a:ty, $b:ty { $($field:ident),* $(,)? }) => {
+        from_fields!($a => $b { $($field),* });
+        from_fields!($b => $a { $($field),* });
+    };
+    ($from:ty => $to:ty { $($field:ident $(: $convert:expr)?),* $(,)? } $(; $($extra:ident = $value:expr),* $(,)?)?) => {
+        impl From<$from> for $to {
+            fn from(from: $from) -> Self {
+                Self {
+                    $($field: from_fields!(@field from.$field $(, $convert)?),)*
+                    $($($extra: $value,)*)?
+                }
+            }
+        }
+    };
+    (@field $value:expr) => { $value };
+    (@field $value:expr, $convert:expr) => { ($convert)($value) };
+}
+
+/// `impl From<$from> for $to` for a JSON enum and its proto enum, whose
+/// variants have the same names (the proto's `UNSPECIFIED` has no JSON form).
+macro_rules! same_variants {
+    ($from:ident => $to:ty { $($variant:ident),* $(,)? }) => {
+        impl From<$from> for $to {
+            fn from(value: $from) -> Self {
+                match value {
+                    $($from::$variant => Self::$variant,)*
+                }
+            }
+        }
+    };
+}
+
+/// `impl Validate` for request shapes whose rules are one check over the
+/// value (`$this`) that pushes into `$errors`.
+macro_rules! validate_with {
+    ($($shape:ty),+ $(,)? => |$this:ident, $errors:ident| $check:expr) => {
+        $(
+            impl Validate for $shape {
+                fn validate(&self) -> Vec<FieldError> {
+                    let $this = self;
+                    let mut $errors = Vec::new();
+                    $check;
+                    $errors
+                }
+            }
+        )+
+    };
+}
+
 /// Most units of one product in one line or cart operation: far above any
 /// real basket, low enough that a typo (an extra zero or three) is caught.
 pub const MAX_QUANTITY: i64 = 10_000;
@@ -68,8 +123,14 @@ impl From<common::v1::Money> for Money {
     }
 }
 
-fn money(value: Option<common::v1::Money>) -> Option<Money> {
-    value.map(Money::from)
+/// The JSON shape of an optional message (unset stays `null`).
+fn optional<P, J: From<P>>(value: Option<P>) -> Option<J> {
+    value.map(J::from)
+}
+
+/// The JSON shapes of repeated messages, in order.
+fn each<P, J: From<P>>(values: Vec<P>) -> Vec<J> {
+    values.into_iter().map(J::from).collect()
 }
 
 /// A postal address.
@@ -112,35 +173,9 @@ impl Address {
     }
 }
 
-impl From<Address> for common::v1::Address {
-    fn from(a: Address) -> Self {
-        Self {
-            recipient_name: a.recipient_name,
-            line1: a.line1,
-            line2: a.line2,
-            city: a.city,
-            region: a.region,
-            postal_code: a.postal_code,
-            country_code: a.country_code,
-            phone: a.phone,
-        }
-    }
-}
-
-impl From<common::v1::Address> for Address {
-    fn from(a: common::v1::Address) -> Self {
-        Self {
-            recipient_name: a.recipient_name,
-            line1: a.line1,
-            line2: a.line2,
-            city: a.city,
-            region: a.region,
-            postal_code: a.postal_code,
-            country_code: a.country_code,
-            phone: a.phone,
-        }
-    }
-}
+from_fields!(both Address, common::v1::Address {
+    recipient_name, line1, line2, city, region, postal_code, country_code, phone,
+});
 
 /// RFC 3339 text of a protobuf timestamp; `None` when unset.
 pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
@@ -154,6 +189,12 @@ pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
 /// (`ORDER_STATUS_IN_TRANSIT` -> `in_transit`).
 fn enum_name(full: &str, prefix: &str) -> String {
     full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase()
+}
+
+/// [`enum_name`] of a proto enum field's number; a number this build does
+/// not know reads as the enum's first value, `UNSPECIFIED`.
+fn enum_label<E: TryFrom<i32> + Default>(value: i32, name: fn(&E) -> &'static str, prefix: &str) -> String {
+    enum_name(name(&E::try_from(value).unwrap_or_default()), prefix)
 }
 
 fn check_quantity(pointer: &str, quantity: i64, errors: &mut Vec<FieldError>) {
@@ -191,14 +232,6 @@ pub struct PageQuery {
     pub page_size: Option<i32>,
     /// `next_page_token` of the previous page.
     pub page_token: Option<String>,
-}
-
-impl Validate for PageQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 // ---------------------------------------------------------------- auth
@@ -246,13 +279,9 @@ pub struct RefreshTokenRequest {
     pub refresh_token: String,
 }
 
-impl Validate for RefreshTokenRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_not_empty("/refresh_token", &self.refresh_token, &mut errors);
-        errors
-    }
-}
+validate_with!(RefreshTokenRequest => |request, errors| {
+    check_not_empty("/refresh_token", &request.refresh_token, &mut errors)
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct User {
@@ -264,24 +293,20 @@ pub struct User {
     pub created_at: Option<String>,
 }
 
-impl From<auth::v1::User> for User {
-    fn from(user: auth::v1::User) -> Self {
-        let roles = user
-            .roles
-            .iter()
-            .filter_map(|role| auth::v1::Role::try_from(*role).ok())
-            .filter(|role| *role != auth::v1::Role::Unspecified)
-            .map(|role| enum_name(role.as_str_name(), "ROLE_"))
-            .collect();
-        Self {
-            id: user.id,
-            email: user.email,
-            display_name: user.display_name,
-            roles,
-            created_at: timestamp(user.created_at),
-        }
-    }
+/// The names of the known roles among `roles` (unknown numbers and
+/// `UNSPECIFIED` are left out).
+fn role_names(roles: Vec<i32>) -> Vec<String> {
+    roles
+        .into_iter()
+        .filter_map(|role| auth::v1::Role::try_from(role).ok())
+        .filter(|role| *role != auth::v1::Role::Unspecified)
+        .map(|role| enum_name(role.as_str_name(), "ROLE_"))
+        .collect()
 }
+
+from_fields!(auth::v1::User => User {
+    id, email, display_name, roles: role_names, created_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TokenPair {
@@ -293,17 +318,18 @@ pub struct TokenPair {
     pub token_type: String,
 }
 
-impl From<auth::v1::TokenPair> for TokenPair {
-    fn from(pair: auth::v1::TokenPair) -> Self {
-        Self {
-            access_token: pair.access_token,
-            access_token_expires_at: timestamp(pair.access_token_expires_at),
-            refresh_token: pair.refresh_token,
-            refresh_token_expires_at: timestamp(pair.refresh_token_expires_at),
-            token_type: if pair.token_type.is_empty() { "Bearer".to_owned() } else { pair.token_type },
-        }
-    }
+/// The token type, `Bearer` when auth left it empty.
+fn bearer_unless_named(token_type: String) -> String {
+    if token_type.is_empty() { "Bearer".to_owned() } else { token_type }
 }
+
+from_fields!(auth::v1::TokenPair => TokenPair {
+    access_token,
+    access_token_expires_at: timestamp,
+    refresh_token,
+    refresh_token_expires_at: timestamp,
+    token_type: bearer_unless_named,
+});
 
 /// Answer of register and login.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -327,21 +353,10 @@ pub struct Product {
     pub updated_at: Option<String>,
 }
 
-impl From<catalog::v1::Product> for Product {
-    fn from(p: catalog::v1::Product) -> Self {
-        Self {
-            id: p.id,
-            sku: p.sku,
-            name: p.name,
-            description: p.description,
-            category_id: p.category_id,
-            price: money(p.price),
-            active: p.active,
-            created_at: timestamp(p.created_at),
-            updated_at: timestamp(p.updated_at),
-        }
-    }
-}
+from_fields!(catalog::v1::Product => Product {
+    id, sku, name, description, category_id, price: optional, active,
+    created_at: timestamp, updated_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ProductPage {
@@ -406,17 +421,7 @@ pub struct Category {
     pub created_at: Option<String>,
 }
 
-impl From<catalog::v1::Category> for Category {
-    fn from(c: catalog::v1::Category) -> Self {
-        Self {
-            id: c.id,
-            name: c.name,
-            slug: c.slug,
-            parent_id: c.parent_id,
-            created_at: timestamp(c.created_at),
-        }
-    }
-}
+from_fields!(catalog::v1::Category => Category { id, name, slug, parent_id, created_at: timestamp });
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct CategoryList {
@@ -559,14 +564,6 @@ pub struct RestockRequest {
     pub note: String,
 }
 
-impl Validate for RestockRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_quantity("/quantity", self.quantity, &mut errors);
-        errors
-    }
-}
-
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct StockLevel {
     pub product_id: String,
@@ -576,17 +573,9 @@ pub struct StockLevel {
     pub updated_at: Option<String>,
 }
 
-impl From<inventory::v1::StockLevel> for StockLevel {
-    fn from(s: inventory::v1::StockLevel) -> Self {
-        Self {
-            product_id: s.product_id,
-            available: s.available,
-            reserved: s.reserved,
-            sold: s.sold,
-            updated_at: timestamp(s.updated_at),
-        }
-    }
-}
+from_fields!(inventory::v1::StockLevel => StockLevel {
+    product_id, available, reserved, sold, updated_at: timestamp,
+});
 
 // ---------------------------------------------------------------- cart
 
@@ -599,14 +588,6 @@ pub struct AddItemRequest {
     pub quantity: i64,
 }
 
-impl Validate for AddItemRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_quantity("/quantity", self.quantity, &mut errors);
-        errors
-    }
-}
-
 /// Body of `PATCH /api/cart/items/{product_id}`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -615,13 +596,9 @@ pub struct UpdateItemRequest {
     pub quantity: i64,
 }
 
-impl Validate for UpdateItemRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_quantity("/quantity", self.quantity, &mut errors);
-        errors
-    }
-}
+validate_with!(AddItemRequest, UpdateItemRequest, RestockRequest => |request, errors| {
+    check_quantity("/quantity", request.quantity, &mut errors)
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct CartItem {
@@ -641,27 +618,13 @@ pub struct Cart {
     pub expires_at: Option<String>,
 }
 
-impl From<cart::v1::Cart> for Cart {
-    fn from(c: cart::v1::Cart) -> Self {
-        Self {
-            items: c
-                .items
-                .into_iter()
-                .map(|i| CartItem {
-                    product_id: i.product_id,
-                    quantity: i.quantity,
-                    name: i.name,
-                    unit_price: money(i.unit_price),
-                    line_total: money(i.line_total),
-                    in_stock: i.in_stock,
-                })
-                .collect(),
-            subtotal: money(c.subtotal),
-            updated_at: timestamp(c.updated_at),
-            expires_at: timestamp(c.expires_at),
-        }
-    }
-}
+from_fields!(cart::v1::CartItem => CartItem {
+    product_id, quantity, name, unit_price: optional, line_total: optional, in_stock,
+});
+
+from_fields!(cart::v1::Cart => Cart {
+    items: each, subtotal: optional, updated_at: timestamp, expires_at: timestamp,
+});
 
 /// Body of `POST /api/cart/checkout`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -746,21 +709,9 @@ pub enum OrderStatus {
     Delivered,
 }
 
-impl From<OrderStatus> for order::v1::OrderStatus {
-    fn from(status: OrderStatus) -> Self {
-        use order::v1::OrderStatus as P;
-        match status {
-            OrderStatus::Pending => P::Pending,
-            OrderStatus::Reserved => P::Reserved,
-            OrderStatus::Confirmed => P::Confirmed,
-            OrderStatus::Rejected => P::Rejected,
-            OrderStatus::Failed => P::Failed,
-            OrderStatus::Cancelled => P::Cancelled,
-            OrderStatus::Shipped => P::Shipped,
-            OrderStatus::Delivered => P::Delivered,
-        }
-    }
-}
+same_variants!(OrderStatus => order::v1::OrderStatus {
+    Pending, Reserved, Confirmed, Rejected, Failed, Cancelled, Shipped, Delivered,
+});
 
 /// Filters of `GET /api/orders`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -769,14 +720,6 @@ pub struct OrderQuery {
     pub page_size: Option<i32>,
     pub page_token: Option<String>,
     pub status: Option<OrderStatus>,
-}
-
-impl Validate for OrderQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 /// Filters of `GET /api/admin/orders`.
@@ -788,14 +731,6 @@ pub struct AdminOrderQuery {
     pub status: Option<OrderStatus>,
     /// Only this user's orders.
     pub user_id: Option<Uuid>,
-}
-
-impl Validate for AdminOrderQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -829,39 +764,19 @@ pub struct Order {
     pub updated_at: Option<String>,
 }
 
-impl From<order::v1::Order> for Order {
-    fn from(o: order::v1::Order) -> Self {
-        let status =
-            order::v1::OrderStatus::try_from(o.status).unwrap_or(order::v1::OrderStatus::Unspecified);
-        Self {
-            id: o.id,
-            user_id: o.user_id,
-            status: enum_name(status.as_str_name(), "ORDER_STATUS_"),
-            lines: o
-                .lines
-                .into_iter()
-                .map(|l| OrderLine {
-                    product_id: l.product_id,
-                    sku: l.sku,
-                    name: l.name,
-                    quantity: l.quantity,
-                    unit_price: money(l.unit_price),
-                    line_total: money(l.line_total),
-                })
-                .collect(),
-            total: money(o.total),
-            shipping_address: o.shipping_address.map(Address::from),
-            failure_reason: o.failure_reason,
-            reservation_id: o.reservation_id,
-            payment_id: o.payment_id,
-            shipment_id: o.shipment_id,
-            idempotency_key: o.idempotency_key,
-            refunded: o.refunded,
-            created_at: timestamp(o.created_at),
-            updated_at: timestamp(o.updated_at),
-        }
-    }
+fn order_status_name(value: i32) -> String {
+    enum_label(value, order::v1::OrderStatus::as_str_name, "ORDER_STATUS_")
 }
+
+from_fields!(order::v1::OrderLine => OrderLine {
+    product_id, sku, name, quantity, unit_price: optional, line_total: optional,
+});
+
+from_fields!(order::v1::Order => Order {
+    id, user_id, status: order_status_name, lines: each, total: optional, shipping_address: optional,
+    failure_reason, reservation_id, payment_id, shipment_id, idempotency_key, refunded,
+    created_at: timestamp, updated_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct OrderPage {
@@ -883,19 +798,9 @@ pub enum ShipmentStatus {
     Halted,
 }
 
-impl From<ShipmentStatus> for shipping::v1::ShipmentStatus {
-    fn from(status: ShipmentStatus) -> Self {
-        use shipping::v1::ShipmentStatus as P;
-        match status {
-            ShipmentStatus::Pending => P::Pending,
-            ShipmentStatus::Assigned => P::Assigned,
-            ShipmentStatus::PickedUp => P::PickedUp,
-            ShipmentStatus::InTransit => P::InTransit,
-            ShipmentStatus::Delivered => P::Delivered,
-            ShipmentStatus::Halted => P::Halted,
-        }
-    }
-}
+same_variants!(ShipmentStatus => shipping::v1::ShipmentStatus {
+    Pending, Assigned, PickedUp, InTransit, Delivered, Halted,
+});
 
 /// Filters of `GET /api/shipments`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -906,14 +811,6 @@ pub struct ShipmentQuery {
     pub status: Option<ShipmentStatus>,
     pub page_size: Option<i32>,
     pub page_token: Option<String>,
-}
-
-impl Validate for ShipmentQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 /// Body of `POST /api/shipments/{id}/status`.
@@ -970,41 +867,18 @@ pub struct Shipment {
 }
 
 fn shipment_status_name(value: i32) -> String {
-    let status =
-        shipping::v1::ShipmentStatus::try_from(value).unwrap_or(shipping::v1::ShipmentStatus::Unspecified);
-    enum_name(status.as_str_name(), "SHIPMENT_STATUS_")
+    enum_label(value, shipping::v1::ShipmentStatus::as_str_name, "SHIPMENT_STATUS_")
 }
 
-impl From<shipping::v1::Shipment> for Shipment {
-    fn from(s: shipping::v1::Shipment) -> Self {
-        Self {
-            id: s.id,
-            order_id: s.order_id,
-            user_id: s.user_id,
-            courier_id: s.courier_id,
-            status: shipment_status_name(s.status),
-            address: s.address.map(Address::from),
-            tracking_number: s.tracking_number,
-            halt_reason: s.halt_reason,
-            created_at: timestamp(s.created_at),
-            updated_at: timestamp(s.updated_at),
-            delivered_at: timestamp(s.delivered_at),
-            events: Vec::new(),
-        }
-    }
-}
+// The tracking history is read with a second call, by the route that shows it.
+from_fields!(shipping::v1::Shipment => Shipment {
+    id, order_id, user_id, courier_id, status: shipment_status_name, address: optional, tracking_number,
+    halt_reason, created_at: timestamp, updated_at: timestamp, delivered_at: timestamp,
+}; events = Vec::new());
 
-impl From<shipping::v1::TrackingEvent> for TrackingEvent {
-    fn from(e: shipping::v1::TrackingEvent) -> Self {
-        Self {
-            status: shipment_status_name(e.status),
-            description: e.description,
-            location: e.location,
-            actor_id: e.actor_id,
-            occurred_at: timestamp(e.occurred_at),
-        }
-    }
-}
+from_fields!(shipping::v1::TrackingEvent => TrackingEvent {
+    status: shipment_status_name, description, location, actor_id, occurred_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ShipmentPage {
@@ -1025,13 +899,10 @@ pub struct NotificationQuery {
     pub unread_only: bool,
 }
 
-impl Validate for NotificationQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
-}
+validate_with!(
+    PageQuery, OrderQuery, AdminOrderQuery, ShipmentQuery, NotificationQuery
+    => |query, errors| check_page_size(query.page_size, &mut errors)
+);
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Notification {
@@ -1046,22 +917,13 @@ pub struct Notification {
     pub read_at: Option<String>,
 }
 
-impl From<notification::v1::Notification> for Notification {
-    fn from(n: notification::v1::Notification) -> Self {
-        let kind = notification::v1::NotificationKind::try_from(n.kind)
-            .unwrap_or(notification::v1::NotificationKind::Unspecified);
-        Self {
-            id: n.id,
-            kind: enum_name(kind.as_str_name(), "NOTIFICATION_KIND_"),
-            title: n.title,
-            body: n.body,
-            order_id: n.order_id,
-            created_at: timestamp(n.created_at),
-            read: n.read,
-            read_at: timestamp(n.read_at),
-        }
-    }
+fn notification_kind_name(value: i32) -> String {
+    enum_label(value, notification::v1::NotificationKind::as_str_name, "NOTIFICATION_KIND_")
 }
+
+from_fields!(notification::v1::Notification => Notification {
+    id, kind: notification_kind_name, title, body, order_id, created_at: timestamp, read, read_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct NotificationPage {
