@@ -79,7 +79,8 @@ pub enum Rejection {
     /// signing key and could not fetch auth's keys (503, retry shortly).
     #[error("cannot verify the token yet: {reason}; retry shortly")]
     KeysUnavailable {
-        /// Why the keys are missing, for the problem's `detail`.
+        /// Why the keys are missing, for the problem's `detail`: what a client
+        /// may read, never the fetch error (that goes to `/readyz` and logs).
         reason: String,
     },
 }
@@ -96,22 +97,31 @@ pub struct KeyStatus {
 }
 
 impl KeyStatus {
-    /// Why tokens cannot be checked, when they cannot: no keys at all, or
-    /// the last fetch failed (so a rotated key may be missing).
-    pub fn unavailable_reason(&self) -> Option<String> {
-        match (&self.last_error, self.keys, self.fetched) {
-            (Some(error), 0, _) => Some(format!(
-                "the gateway has no signing keys: the auth service's keys cannot be fetched ({error})"
-            )),
-            (Some(error), _, _) => Some(format!(
-                "the token's signing key is not among the gateway's keys and the auth service's keys cannot be fetched ({error})"
-            )),
-            (None, 0, false) => {
-                Some("the gateway has not loaded the auth service's signing keys yet".to_owned())
-            }
-            (None, 0, true) => Some("the auth service publishes no usable signing keys".to_owned()),
-            (None, _, _) => None,
+    /// Why a token naming a key the gateway lacks cannot be checked, for
+    /// the client (no internal detail); `None` when the lack is the token's
+    /// fault (keys are held and the last fetch succeeded).
+    pub fn unverifiable(&self) -> Option<&'static str> {
+        match (self.keys, self.last_error.is_some(), self.fetched) {
+            (0, false, true) => Some("the auth service publishes no usable signing keys"),
+            (0, _, _) => Some("the gateway has not loaded the auth service's signing keys yet"),
+            (_, true, _) => Some(
+                "the token's signing key is not among the gateway's keys, and the auth service's keys cannot be fetched now",
+            ),
+            (_, false, _) => None,
         }
+    }
+
+    /// Why the gateway is not ready, for `/readyz` and logs (with the fetch
+    /// error); `None` while it holds a key.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.keys > 0 {
+            return None;
+        }
+        let summary = self.unverifiable().unwrap_or_default();
+        Some(match &self.last_error {
+            Some(error) => format!("{summary}: {error}"),
+            None => summary.to_owned(),
+        })
     }
 }
 
@@ -201,8 +211,8 @@ impl<S: KeySource> Verifier<S> {
         };
         let claims = match claims {
             Err(TokenError::UnknownKey { kid }) => {
-                return Err(match self.status.borrow().unavailable_reason() {
-                    Some(reason) => Rejection::KeysUnavailable { reason },
+                return Err(match self.status.borrow().unverifiable() {
+                    Some(reason) => Rejection::KeysUnavailable { reason: reason.to_owned() },
                     None => Rejection::Token(TokenError::UnknownKey { kid }),
                 });
             }
@@ -414,8 +424,9 @@ mod tests {
 
         let rejection = verifier.verify(&token).await.expect_err("no keys");
         let Rejection::KeysUnavailable { reason } = rejection else { panic!("{rejection:?}") };
-        assert!(reason.contains("connection refused"), "{reason}");
-        assert_eq!(status.borrow().keys, 0);
+        assert!(reason.contains("signing keys") && !reason.contains("refused"), "{reason}");
+        let not_ready = status.borrow().not_ready_reason().expect("not ready");
+        assert!(not_ready.contains("connection refused"), "readiness shows the fetch error: {not_ready}");
 
         // Auth answers, but with no key yet: still not the token's fault.
         *keys.unreachable.lock().expect("lock") = None;
@@ -428,6 +439,7 @@ mod tests {
         keys.keys.lock().expect("lock").push(public_key(&signer));
         verifier.verify(&token).await.expect("verified once the key is published");
         assert_eq!(*status.borrow(), KeyStatus { keys: 1, fetched: true, last_error: None });
+        assert_eq!(status.borrow().not_ready_reason(), None);
     }
 
     #[tokio::test]
@@ -447,11 +459,13 @@ mod tests {
         *keys.unreachable.lock().expect("lock") = Some("deadline exceeded".to_owned());
         let rejection = verifier.verify(&foreign).await.expect_err("cannot check k9");
         assert!(
-            matches!(&rejection, Rejection::KeysUnavailable { reason } if reason.contains("deadline exceeded")),
+            matches!(&rejection, Rejection::KeysUnavailable { reason } if reason.contains("cannot be fetched now")),
             "{rejection:?}"
         );
         // The held key still verifies its tokens while auth is away.
         verifier.verify(&signer.sign(&claims(Role::Customer))).await.expect("cached key verifies");
-        assert_eq!(verifier.key_status().borrow().keys, 1);
+        let status = verifier.key_status().borrow().clone();
+        assert_eq!((status.keys, status.last_error.as_deref()), (1, Some("deadline exceeded")));
+        assert_eq!(status.not_ready_reason(), None, "held keys keep the gateway ready");
     }
 }

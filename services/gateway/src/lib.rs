@@ -214,11 +214,10 @@ async fn follow_key_status(
     shutdown: CancellationToken,
 ) {
     loop {
-        let current = status.borrow_and_update().clone();
-        if current.keys > 0 {
-            check.set_ready();
-        } else {
-            check.set_not_ready(current.unavailable_reason().unwrap_or_default());
+        let not_ready = status.borrow_and_update().not_ready_reason();
+        match not_ready {
+            None => check.set_ready(),
+            Some(reason) => check.set_not_ready(reason),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
