@@ -29,6 +29,8 @@ use support::{stock, tokens};
 const CARD_OK: &str = "tok_visa";
 const CARD_DECLINED: &str = "tok_decline";
 const CARD_UNAVAILABLE: &str = "tok_unavailable";
+/// The mock captures a charge on this card but loses every answer.
+const CARD_LOST_ANSWER: &str = "tok_lost_answer";
 
 /// The shared shop, its API, and a logged-in admin.
 async fn setup() -> (&'static Shop, Api, Session) {
@@ -304,6 +306,9 @@ async fn an_unpaid_order_fails_when_its_reservation_expires_and_the_stock_return
     let customer = api.register_customer("slowpay").await.expect("registers");
 
     let order_id = api.order(&customer, &[(&product, 3)], CARD_UNAVAILABLE).await.expect("accepted");
+    // For this card the mock takes the money but every answer is lost: the
+    // order expires too, and the capture nobody saw must be reversed.
+    let lost_order_id = api.order(&customer, &[(&product, 1)], CARD_LOST_ANSWER).await.expect("accepted");
     let failed = api.wait_order(&customer, &order_id, "failed").await.expect("failed on expiry");
     assert!(
         failed["failure_reason"].as_str().unwrap_or_default().to_ascii_uppercase().contains("EXPIRED"),
@@ -331,6 +336,23 @@ async fn an_unpaid_order_fails_when_its_reservation_expires_and_the_stock_return
     .await
     .expect("the payment leaves PENDING");
     assert_eq!(status, "CANCELLED");
+
+    api.wait_order(&customer, &lost_order_id, "failed").await.expect("the lost-answer order fails on expiry");
+    let (status, void_outcome) = wait_for("the lost-answer payment to be voided", || async {
+        let row: (String, String, bool) =
+            sqlx::query_as("SELECT status, void_outcome, void_pending FROM payments WHERE order_id = $1")
+                .bind(&lost_order_id)
+                .fetch_one(&payment)
+                .await?;
+        Ok((row.0 != "PENDING" && !row.2).then_some((row.0, row.1)))
+    })
+    .await
+    .expect("the payment is cancelled and voided");
+    assert_eq!(
+        (status.as_str(), void_outcome.as_str()),
+        ("CANCELLED", "reversed"),
+        "the provider's unseen capture is reversed"
+    );
 
     assert_invariants(&shop.databases).await;
     shop.stop().expect("the short-TTL shop stops");

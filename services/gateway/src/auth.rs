@@ -4,8 +4,10 @@
 //! The middleware never refuses a request itself: public routes ignore a bad
 //! token, and the rate limiter (which runs after it) keys by user when the
 //! token is good. A handler that needs a caller takes [`Caller`] (401 when
-//! the token is missing or invalid, with `WWW-Authenticate: Bearer`),
-//! [`AdminCaller`] or [`CourierCaller`] (403 for the wrong role).
+//! the token is missing or invalid, with `WWW-Authenticate: Bearer`; 503
+//! with `Retry-After` when the gateway cannot check it because it lacks the
+//! auth service's signing keys), [`AdminCaller`] or [`CourierCaller`] (403
+//! for the wrong role).
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::jwt::{self, Role, TokenError};
+use crate::jwt::{self, Rejection, Role};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -28,7 +30,8 @@ pub enum Authentication {
     /// No `Authorization` header.
     Anonymous,
     Verified(Caller),
-    Refused(TokenError),
+    /// A bearer token that was refused, or that could not be checked.
+    Refused(Rejection),
     /// An `Authorization` header that is not `Bearer <token>`.
     NotBearer,
 }
@@ -78,7 +81,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             Authentication::NotBearer => {
                 Err(Problem::unauthenticated("the Authorization header must be `Bearer <token>`"))
             }
-            Authentication::Refused(error) => Err(Problem::unauthenticated(error.to_string())),
+            Authentication::Refused(Rejection::Token(error)) => {
+                Err(Problem::unauthenticated(error.to_string()))
+            }
+            Authentication::Refused(unavailable @ Rejection::KeysUnavailable { .. }) => {
+                Err(Problem::authentication_unavailable(unavailable.to_string()))
+            }
         }
     }
 }

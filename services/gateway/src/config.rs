@@ -3,7 +3,10 @@
 //! gateway's own flags (HTTP address, limits, CORS, JWT keys, rate limits).
 //!
 //! Every flag has a `COMMERCE_*` environment variable, which is what the
-//! operator's Deployment sets.
+//! operator's Deployment sets. Argument ids are the field names (clap's
+//! default), unique across the flattened groups (the command test checks);
+//! only `--http-addr` names its id, since `addr` is also the admin server's
+//! field.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,39 +52,34 @@ pub struct HttpArgs {
     #[arg(long = "http-addr", id = "http-addr", env = "COMMERCE_HTTP_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_api::catalog::CLUSTER_HTTP_PORT)))]
     pub addr: SocketAddr,
     /// Largest accepted request body, in bytes; larger ones get 413.
-    #[arg(long = "http-body-limit", id = "http-body-limit", env = "COMMERCE_HTTP_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
+    #[arg(long = "http-body-limit", env = "COMMERCE_HTTP_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
     /// Longest a request may take end to end (all gRPC calls included);
     /// slower ones get 504. Kept above `--client-deadline` so a single slow
     /// peer call is reported as that peer's deadline, not as ours.
-    #[arg(long = "http-request-timeout", id = "http-request-timeout", env = "COMMERCE_HTTP_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long = "http-request-timeout", env = "COMMERCE_HTTP_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// Origins allowed by CORS (`https://shop.example`), repeatable or
     /// comma-separated; `*` allows any origin (without credentials). Empty:
     /// no CORS headers, browsers allow same-origin only.
-    #[arg(long = "cors-origin", id = "cors-origin", env = "COMMERCE_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(long = "cors-origin", env = "COMMERCE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     /// Request headers a browser may send cross-origin besides the built-in
     /// ones (Authorization, Content-Type, Idempotency-Key, X-Request-Id,
     /// traceparent); repeatable or comma-separated.
-    #[arg(long = "cors-allowed-header", id = "cors-allowed-header", env = "COMMERCE_CORS_ALLOWED_HEADERS", value_delimiter = ',', value_parser = parse_header_name)]
+    #[arg(long = "cors-allowed-header", env = "COMMERCE_CORS_ALLOWED_HEADERS", value_delimiter = ',', value_parser = parse_header_name)]
     pub cors_allowed_headers: Vec<String>,
     /// How long a browser may cache a CORS preflight answer.
-    #[arg(long = "cors-max-age", id = "cors-max-age", env = "COMMERCE_CORS_MAX_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long = "cors-max-age", env = "COMMERCE_CORS_MAX_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub cors_max_age: Duration,
     /// How many reverse proxies in front of the gateway append to
     /// `X-Forwarded-For`; the client address is the entry that many places
     /// from the right. 0 trusts no header and uses the TCP peer address
     /// (a client could otherwise pick its own rate-limit key).
-    #[arg(
-        long = "trusted-proxy-hops",
-        id = "trusted-proxy-hops",
-        env = "COMMERCE_TRUSTED_PROXY_HOPS",
-        default_value_t = 0
-    )]
+    #[arg(long = "trusted-proxy-hops", env = "COMMERCE_TRUSTED_PROXY_HOPS", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
     /// How long in-flight requests may finish after shutdown begins.
-    #[arg(long = "http-shutdown-grace", id = "http-shutdown-grace", env = "COMMERCE_HTTP_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long = "http-shutdown-grace", env = "COMMERCE_HTTP_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 }
 
@@ -99,26 +97,16 @@ pub struct JwtArgs {
     /// Shortest time between two key fetches triggered by tokens with an
     /// unknown `kid`: a client sending garbage key ids must not turn the
     /// gateway into a load generator against the auth service.
-    #[arg(long = "jwt-key-refresh-min-interval", id = "jwt-key-refresh-min-interval", env = "COMMERCE_JWT_KEY_REFRESH_MIN_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long = "jwt-key-refresh-min-interval", env = "COMMERCE_JWT_KEY_REFRESH_MIN_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub refresh_min_interval: Duration,
     /// Expected `iss` of access tokens (the auth service's `--auth-issuer`).
-    #[arg(
-        long = "jwt-issuer",
-        id = "jwt-issuer",
-        env = "COMMERCE_JWT_ISSUER",
-        default_value = "commerce-auth"
-    )]
+    #[arg(long = "jwt-issuer", env = "COMMERCE_JWT_ISSUER", default_value = "commerce-auth")]
     pub issuer: String,
     /// Expected `aud` of access tokens (the auth service's `--auth-audience`).
-    #[arg(
-        long = "jwt-audience",
-        id = "jwt-audience",
-        env = "COMMERCE_JWT_AUDIENCE",
-        default_value = "commerce"
-    )]
+    #[arg(long = "jwt-audience", env = "COMMERCE_JWT_AUDIENCE", default_value = "commerce")]
     pub audience: String,
     /// Clock skew tolerated on `exp` and `nbf`.
-    #[arg(long = "jwt-leeway", id = "jwt-leeway", env = "COMMERCE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long = "jwt-leeway", env = "COMMERCE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub leeway: Duration,
 }
 
@@ -130,52 +118,39 @@ pub struct RateLimitArgs {
     /// `default-ip` rule); 0 disables the rule.
     #[arg(
         long = "ratelimit-default-per-minute",
-        id = "ratelimit-default-per-minute",
         env = "COMMERCE_RATELIMIT_DEFAULT_PER_MINUTE",
         default_value_t = 600
     )]
     pub default_per_minute: u32,
     /// Burst of the built-in `default-ip` rule.
-    #[arg(
-        long = "ratelimit-default-burst",
-        id = "ratelimit-default-burst",
-        env = "COMMERCE_RATELIMIT_DEFAULT_BURST",
-        default_value_t = 100
-    )]
+    #[arg(long = "ratelimit-default-burst", env = "COMMERCE_RATELIMIT_DEFAULT_BURST", default_value_t = 100)]
     pub default_burst: u32,
     /// Requests per minute one client IP may make to login, register and
     /// refresh (the built-in `auth-ip` rule, against password guessing);
     /// 0 disables the rule.
     #[arg(
         long = "ratelimit-auth-per-minute",
-        id = "ratelimit-auth-per-minute",
         env = "COMMERCE_RATELIMIT_AUTH_PER_MINUTE",
         default_value_t = 20
     )]
     pub auth_per_minute: u32,
     /// Burst of the built-in `auth-ip` rule.
-    #[arg(
-        long = "ratelimit-auth-burst",
-        id = "ratelimit-auth-burst",
-        env = "COMMERCE_RATELIMIT_AUTH_BURST",
-        default_value_t = 10
-    )]
+    #[arg(long = "ratelimit-auth-burst", env = "COMMERCE_RATELIMIT_AUTH_BURST", default_value_t = 10)]
     pub auth_burst: u32,
     /// YAML (or JSON) rules file, typically a mounted ConfigMap; re-read when
     /// its content changes. Its rules replace built-in ones of the same name.
-    #[arg(long = "ratelimit-rules-file", id = "ratelimit-rules-file", env = "COMMERCE_RATELIMIT_RULES_FILE")]
+    #[arg(long = "ratelimit-rules-file", env = "COMMERCE_RATELIMIT_RULES_FILE")]
     pub rules_file: Option<PathBuf>,
     /// How often the rules file and the rules stored in Redis are checked
     /// for changes. A ConfigMap update reaches the pod's volume within about
     /// a minute anyway; polling also survives the kubelet's symlink swap,
     /// which file-event watchers easily miss.
-    #[arg(long = "ratelimit-reload-interval", id = "ratelimit-reload-interval", env = "COMMERCE_RATELIMIT_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long = "ratelimit-reload-interval", env = "COMMERCE_RATELIMIT_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
     /// Prefix of every Redis key the limiter uses (counters and stored
     /// rules); gateways that must share limits share the prefix.
     #[arg(
         long = "ratelimit-redis-prefix",
-        id = "ratelimit-redis-prefix",
         env = "COMMERCE_RATELIMIT_REDIS_PREFIX",
         default_value = "commerce:gateway:ratelimit"
     )]

@@ -20,6 +20,61 @@ use uuid::Uuid;
 use crate::extract::Validate;
 use crate::problem::FieldError;
 
+/// `impl From<$from> for $to` field by field, for the conversions between
+/// the protos and the JSON shapes, which differ in types but not in names: a
+/// bare `name` moves the field as it is, `name: f` converts it with `f`, and
+/// `; name = value` sets a field the source has no counterpart for.
+/// `both A, B` writes both directions of a one-to-one shape.
+macro_rules! from_fields {
+    (both $a:ty, $b:ty { $($field:ident),* $(,)? }) => {
+        from_fields!($a => $b { $($field),* });
+        from_fields!($b => $a { $($field),* });
+    };
+    ($from:ty => $to:ty { $($field:ident $(: $convert:expr)?),* $(,)? } $(; $($extra:ident = $value:expr),* $(,)?)?) => {
+        impl From<$from> for $to {
+            fn from(from: $from) -> Self {
+                Self {
+                    $($field: from_fields!(@field from.$field $(, $convert)?),)*
+                    $($($extra: $value,)*)?
+                }
+            }
+        }
+    };
+    (@field $value:expr) => { $value };
+    (@field $value:expr, $convert:expr) => { ($convert)($value) };
+}
+
+/// `impl From<$from> for $to` for a JSON enum and its proto enum, whose
+/// variants have the same names (the proto's `UNSPECIFIED` has no JSON form).
+macro_rules! same_variants {
+    ($from:ident => $to:ty { $($variant:ident),* $(,)? }) => {
+        impl From<$from> for $to {
+            fn from(value: $from) -> Self {
+                match value {
+                    $($from::$variant => Self::$variant,)*
+                }
+            }
+        }
+    };
+}
+
+/// `impl Validate` for request shapes whose rules are one check over the
+/// value (`$this`) that pushes into `$errors`.
+macro_rules! validate_with {
+    ($($shape:ty),+ $(,)? => |$this:ident, $errors:ident| $check:expr) => {
+        $(
+            impl Validate for $shape {
+                fn validate(&self) -> Vec<FieldError> {
+                    let $this = self;
+                    let mut $errors = Vec::new();
+                    $check;
+                    $errors
+                }
+            }
+        )+
+    };
+}
+
 /// Most units of one product in one line or cart operation: far above any
 /// real basket, low enough that a typo (an extra zero or three) is caught.
 pub const MAX_QUANTITY: i64 = 10_000;
@@ -68,8 +123,14 @@ impl From<common::v1::Money> for Money {
     }
 }
 
-fn money(value: Option<common::v1::Money>) -> Option<Money> {
-    value.map(Money::from)
+/// The JSON shape of an optional message (unset stays `null`).
+fn optional<P, J: From<P>>(value: Option<P>) -> Option<J> {
+    value.map(J::from)
+}
+
+/// The JSON shapes of repeated messages, in order.
+fn each<P, J: From<P>>(values: Vec<P>) -> Vec<J> {
+    values.into_iter().map(J::from).collect()
 }
 
 /// A postal address.
@@ -112,35 +173,9 @@ impl Address {
     }
 }
 
-impl From<Address> for common::v1::Address {
-    fn from(a: Address) -> Self {
-        Self {
-            recipient_name: a.recipient_name,
-            line1: a.line1,
-            line2: a.line2,
-            city: a.city,
-            region: a.region,
-            postal_code: a.postal_code,
-            country_code: a.country_code,
-            phone: a.phone,
-        }
-    }
-}
-
-impl From<common::v1::Address> for Address {
-    fn from(a: common::v1::Address) -> Self {
-        Self {
-            recipient_name: a.recipient_name,
-            line1: a.line1,
-            line2: a.line2,
-            city: a.city,
-            region: a.region,
-            postal_code: a.postal_code,
-            country_code: a.country_code,
-            phone: a.phone,
-        }
-    }
-}
+from_fields!(both Address, common::v1::Address {
+    recipient_name, line1, line2, city, region, postal_code, country_code, phone,
+});
 
 /// RFC 3339 text of a protobuf timestamp; `None` when unset.
 pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
@@ -154,6 +189,12 @@ pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
 /// (`ORDER_STATUS_IN_TRANSIT` -> `in_transit`).
 fn enum_name(full: &str, prefix: &str) -> String {
     full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase()
+}
+
+/// [`enum_name`] of a proto enum field's number; a number this build does
+/// not know reads as the enum's first value, `UNSPECIFIED`.
+fn enum_label<E: TryFrom<i32> + Default>(value: i32, name: fn(&E) -> &'static str, prefix: &str) -> String {
+    enum_name(name(&E::try_from(value).unwrap_or_default()), prefix)
 }
 
 fn check_quantity(pointer: &str, quantity: i64, errors: &mut Vec<FieldError>) {
@@ -191,14 +232,6 @@ pub struct PageQuery {
     pub page_size: Option<i32>,
     /// `next_page_token` of the previous page.
     pub page_token: Option<String>,
-}
-
-impl Validate for PageQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 // ---------------------------------------------------------------- auth
@@ -246,13 +279,9 @@ pub struct RefreshTokenRequest {
     pub refresh_token: String,
 }
 
-impl Validate for RefreshTokenRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_not_empty("/refresh_token", &self.refresh_token, &mut errors);
-        errors
-    }
-}
+validate_with!(RefreshTokenRequest => |request, errors| {
+    check_not_empty("/refresh_token", &request.refresh_token, &mut errors)
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct User {
@@ -264,24 +293,20 @@ pub struct User {
     pub created_at: Option<String>,
 }
 
-impl From<auth::v1::User> for User {
-    fn from(user: auth::v1::User) -> Self {
-        let roles = user
-            .roles
-            .iter()
-            .filter_map(|role| auth::v1::Role::try_from(*role).ok())
-            .filter(|role| *role != auth::v1::Role::Unspecified)
-            .map(|role| enum_name(role.as_str_name(), "ROLE_"))
-            .collect();
-        Self {
-            id: user.id,
-            email: user.email,
-            display_name: user.display_name,
-            roles,
-            created_at: timestamp(user.created_at),
-        }
-    }
+/// The names of the known roles among `roles` (unknown numbers and
+/// `UNSPECIFIED` are left out).
+fn role_names(roles: Vec<i32>) -> Vec<String> {
+    roles
+        .into_iter()
+        .filter_map(|role| auth::v1::Role::try_from(role).ok())
+        .filter(|role| *role != auth::v1::Role::Unspecified)
+        .map(|role| enum_name(role.as_str_name(), "ROLE_"))
+        .collect()
 }
+
+from_fields!(auth::v1::User => User {
+    id, email, display_name, roles: role_names, created_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TokenPair {
@@ -293,17 +318,18 @@ pub struct TokenPair {
     pub token_type: String,
 }
 
-impl From<auth::v1::TokenPair> for TokenPair {
-    fn from(pair: auth::v1::TokenPair) -> Self {
-        Self {
-            access_token: pair.access_token,
-            access_token_expires_at: timestamp(pair.access_token_expires_at),
-            refresh_token: pair.refresh_token,
-            refresh_token_expires_at: timestamp(pair.refresh_token_expires_at),
-            token_type: if pair.token_type.is_empty() { "Bearer".to_owned() } else { pair.token_type },
-        }
-    }
+/// The token type, `Bearer` when auth left it empty.
+fn bearer_unless_named(token_type: String) -> String {
+    if token_type.is_empty() { "Bearer".to_owned() } else { token_type }
 }
+
+from_fields!(auth::v1::TokenPair => TokenPair {
+    access_token,
+    access_token_expires_at: timestamp,
+    refresh_token,
+    refresh_token_expires_at: timestamp,
+    token_type: bearer_unless_named,
+});
 
 /// Answer of register and login.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -327,21 +353,10 @@ pub struct Product {
     pub updated_at: Option<String>,
 }
 
-impl From<catalog::v1::Product> for Product {
-    fn from(p: catalog::v1::Product) -> Self {
-        Self {
-            id: p.id,
-            sku: p.sku,
-            name: p.name,
-            description: p.description,
-            category_id: p.category_id,
-            price: money(p.price),
-            active: p.active,
-            created_at: timestamp(p.created_at),
-            updated_at: timestamp(p.updated_at),
-        }
-    }
-}
+from_fields!(catalog::v1::Product => Product {
+    id, sku, name, description, category_id, price: optional, active,
+    created_at: timestamp, updated_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ProductPage {
@@ -406,17 +421,7 @@ pub struct Category {
     pub created_at: Option<String>,
 }
 
-impl From<catalog::v1::Category> for Category {
-    fn from(c: catalog::v1::Category) -> Self {
-        Self {
-            id: c.id,
-            name: c.name,
-            slug: c.slug,
-            parent_id: c.parent_id,
-            created_at: timestamp(c.created_at),
-        }
-    }
-}
+from_fields!(catalog::v1::Category => Category { id, name, slug, parent_id, created_at: timestamp });
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct CategoryList {
@@ -559,14 +564,6 @@ pub struct RestockRequest {
     pub note: String,
 }
 
-impl Validate for RestockRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_quantity("/quantity", self.quantity, &mut errors);
-        errors
-    }
-}
-
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct StockLevel {
     pub product_id: String,
@@ -576,17 +573,9 @@ pub struct StockLevel {
     pub updated_at: Option<String>,
 }
 
-impl From<inventory::v1::StockLevel> for StockLevel {
-    fn from(s: inventory::v1::StockLevel) -> Self {
-        Self {
-            product_id: s.product_id,
-            available: s.available,
-            reserved: s.reserved,
-            sold: s.sold,
-            updated_at: timestamp(s.updated_at),
-        }
-    }
-}
+from_fields!(inventory::v1::StockLevel => StockLevel {
+    product_id, available, reserved, sold, updated_at: timestamp,
+});
 
 // ---------------------------------------------------------------- cart
 
@@ -599,14 +588,6 @@ pub struct AddItemRequest {
     pub quantity: i64,
 }
 
-impl Validate for AddItemRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_quantity("/quantity", self.quantity, &mut errors);
-        errors
-    }
-}
-
 /// Body of `PATCH /api/cart/items/{product_id}`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -615,13 +596,9 @@ pub struct UpdateItemRequest {
     pub quantity: i64,
 }
 
-impl Validate for UpdateItemRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_quantity("/quantity", self.quantity, &mut errors);
-        errors
-    }
-}
+validate_with!(AddItemRequest, UpdateItemRequest, RestockRequest => |request, errors| {
+    check_quantity("/quantity", request.quantity, &mut errors)
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct CartItem {
@@ -641,27 +618,13 @@ pub struct Cart {
     pub expires_at: Option<String>,
 }
 
-impl From<cart::v1::Cart> for Cart {
-    fn from(c: cart::v1::Cart) -> Self {
-        Self {
-            items: c
-                .items
-                .into_iter()
-                .map(|i| CartItem {
-                    product_id: i.product_id,
-                    quantity: i.quantity,
-                    name: i.name,
-                    unit_price: money(i.unit_price),
-                    line_total: money(i.line_total),
-                    in_stock: i.in_stock,
-                })
-                .collect(),
-            subtotal: money(c.subtotal),
-            updated_at: timestamp(c.updated_at),
-            expires_at: timestamp(c.expires_at),
-        }
-    }
-}
+from_fields!(cart::v1::CartItem => CartItem {
+    product_id, quantity, name, unit_price: optional, line_total: optional, in_stock,
+});
+
+from_fields!(cart::v1::Cart => Cart {
+    items: each, subtotal: optional, updated_at: timestamp, expires_at: timestamp,
+});
 
 /// Body of `POST /api/cart/checkout`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -746,21 +709,9 @@ pub enum OrderStatus {
     Delivered,
 }
 
-impl From<OrderStatus> for order::v1::OrderStatus {
-    fn from(status: OrderStatus) -> Self {
-        use order::v1::OrderStatus as P;
-        match status {
-            OrderStatus::Pending => P::Pending,
-            OrderStatus::Reserved => P::Reserved,
-            OrderStatus::Confirmed => P::Confirmed,
-            OrderStatus::Rejected => P::Rejected,
-            OrderStatus::Failed => P::Failed,
-            OrderStatus::Cancelled => P::Cancelled,
-            OrderStatus::Shipped => P::Shipped,
-            OrderStatus::Delivered => P::Delivered,
-        }
-    }
-}
+same_variants!(OrderStatus => order::v1::OrderStatus {
+    Pending, Reserved, Confirmed, Rejected, Failed, Cancelled, Shipped, Delivered,
+});
 
 /// Filters of `GET /api/orders`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -769,14 +720,6 @@ pub struct OrderQuery {
     pub page_size: Option<i32>,
     pub page_token: Option<String>,
     pub status: Option<OrderStatus>,
-}
-
-impl Validate for OrderQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 /// Filters of `GET /api/admin/orders`.
@@ -788,14 +731,6 @@ pub struct AdminOrderQuery {
     pub status: Option<OrderStatus>,
     /// Only this user's orders.
     pub user_id: Option<Uuid>,
-}
-
-impl Validate for AdminOrderQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -829,39 +764,19 @@ pub struct Order {
     pub updated_at: Option<String>,
 }
 
-impl From<order::v1::Order> for Order {
-    fn from(o: order::v1::Order) -> Self {
-        let status =
-            order::v1::OrderStatus::try_from(o.status).unwrap_or(order::v1::OrderStatus::Unspecified);
-        Self {
-            id: o.id,
-            user_id: o.user_id,
-            status: enum_name(status.as_str_name(), "ORDER_STATUS_"),
-            lines: o
-                .lines
-                .into_iter()
-                .map(|l| OrderLine {
-                    product_id: l.product_id,
-                    sku: l.sku,
-                    name: l.name,
-                    quantity: l.quantity,
-                    unit_price: money(l.unit_price),
-                    line_total: money(l.line_total),
-                })
-                .collect(),
-            total: money(o.total),
-            shipping_address: o.shipping_address.map(Address::from),
-            failure_reason: o.failure_reason,
-            reservation_id: o.reservation_id,
-            payment_id: o.payment_id,
-            shipment_id: o.shipment_id,
-            idempotency_key: o.idempotency_key,
-            refunded: o.refunded,
-            created_at: timestamp(o.created_at),
-            updated_at: timestamp(o.updated_at),
-        }
-    }
+fn order_status_name(value: i32) -> String {
+    enum_label(value, order::v1::OrderStatus::as_str_name, "ORDER_STATUS_")
 }
+
+from_fields!(order::v1::OrderLine => OrderLine {
+    product_id, sku, name, quantity, unit_price: optional, line_total: optional,
+});
+
+from_fields!(order::v1::Order => Order {
+    id, user_id, status: order_status_name, lines: each, total: optional, shipping_address: optional,
+    failure_reason, reservation_id, payment_id, shipment_id, idempotency_key, refunded,
+    created_at: timestamp, updated_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct OrderPage {
@@ -883,19 +798,9 @@ pub enum ShipmentStatus {
     Halted,
 }
 
-impl From<ShipmentStatus> for shipping::v1::ShipmentStatus {
-    fn from(status: ShipmentStatus) -> Self {
-        use shipping::v1::ShipmentStatus as P;
-        match status {
-            ShipmentStatus::Pending => P::Pending,
-            ShipmentStatus::Assigned => P::Assigned,
-            ShipmentStatus::PickedUp => P::PickedUp,
-            ShipmentStatus::InTransit => P::InTransit,
-            ShipmentStatus::Delivered => P::Delivered,
-            ShipmentStatus::Halted => P::Halted,
-        }
-    }
-}
+same_variants!(ShipmentStatus => shipping::v1::ShipmentStatus {
+    Pending, Assigned, PickedUp, InTransit, Delivered, Halted,
+});
 
 /// Filters of `GET /api/shipments`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -906,14 +811,6 @@ pub struct ShipmentQuery {
     pub status: Option<ShipmentStatus>,
     pub page_size: Option<i32>,
     pub page_token: Option<String>,
-}
-
-impl Validate for ShipmentQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
 }
 
 /// Body of `POST /api/shipments/{id}/status`.
@@ -970,41 +867,18 @@ pub struct Shipment {
 }
 
 fn shipment_status_name(value: i32) -> String {
-    let status =
-        shipping::v1::ShipmentStatus::try_from(value).unwrap_or(shipping::v1::ShipmentStatus::Unspecified);
-    enum_name(status.as_str_name(), "SHIPMENT_STATUS_")
+    enum_label(value, shipping::v1::ShipmentStatus::as_str_name, "SHIPMENT_STATUS_")
 }
 
-impl From<shipping::v1::Shipment> for Shipment {
-    fn from(s: shipping::v1::Shipment) -> Self {
-        Self {
-            id: s.id,
-            order_id: s.order_id,
-            user_id: s.user_id,
-            courier_id: s.courier_id,
-            status: shipment_status_name(s.status),
-            address: s.address.map(Address::from),
-            tracking_number: s.tracking_number,
-            halt_reason: s.halt_reason,
-            created_at: timestamp(s.created_at),
-            updated_at: timestamp(s.updated_at),
-            delivered_at: timestamp(s.delivered_at),
-            events: Vec::new(),
-        }
-    }
-}
+// The tracking history is read with a second call, by the route that shows it.
+from_fields!(shipping::v1::Shipment => Shipment {
+    id, order_id, user_id, courier_id, status: shipment_status_name, address: optional, tracking_number,
+    halt_reason, created_at: timestamp, updated_at: timestamp, delivered_at: timestamp,
+}; events = Vec::new());
 
-impl From<shipping::v1::TrackingEvent> for TrackingEvent {
-    fn from(e: shipping::v1::TrackingEvent) -> Self {
-        Self {
-            status: shipment_status_name(e.status),
-            description: e.description,
-            location: e.location,
-            actor_id: e.actor_id,
-            occurred_at: timestamp(e.occurred_at),
-        }
-    }
-}
+from_fields!(shipping::v1::TrackingEvent => TrackingEvent {
+    status: shipment_status_name, description, location, actor_id, occurred_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ShipmentPage {
@@ -1025,13 +899,10 @@ pub struct NotificationQuery {
     pub unread_only: bool,
 }
 
-impl Validate for NotificationQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        errors
-    }
-}
+validate_with!(
+    PageQuery, OrderQuery, AdminOrderQuery, ShipmentQuery, NotificationQuery
+    => |query, errors| check_page_size(query.page_size, &mut errors)
+);
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Notification {
@@ -1046,22 +917,13 @@ pub struct Notification {
     pub read_at: Option<String>,
 }
 
-impl From<notification::v1::Notification> for Notification {
-    fn from(n: notification::v1::Notification) -> Self {
-        let kind = notification::v1::NotificationKind::try_from(n.kind)
-            .unwrap_or(notification::v1::NotificationKind::Unspecified);
-        Self {
-            id: n.id,
-            kind: enum_name(kind.as_str_name(), "NOTIFICATION_KIND_"),
-            title: n.title,
-            body: n.body,
-            order_id: n.order_id,
-            created_at: timestamp(n.created_at),
-            read: n.read,
-            read_at: timestamp(n.read_at),
-        }
-    }
+fn notification_kind_name(value: i32) -> String {
+    enum_label(value, notification::v1::NotificationKind::as_str_name, "NOTIFICATION_KIND_")
 }
+
+from_fields!(notification::v1::Notification => Notification {
+    id, kind: notification_kind_name, title, body, order_id, created_at: timestamp, read, read_at: timestamp,
+});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct NotificationPage {
@@ -1101,5 +963,171 @@ mod tests {
     #[test]
     fn enum_names_lose_their_prefix() {
         assert_eq!(enum_name("SHIPMENT_STATUS_IN_TRANSIT", "SHIPMENT_STATUS_"), "in_transit");
+    }
+
+    fn at(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos })
+    }
+
+    fn eur(units: i64) -> Option<common::v1::Money> {
+        Some(common::v1::Money { currency_code: "EUR".into(), units })
+    }
+
+    fn address() -> common::v1::Address {
+        common::v1::Address {
+            recipient_name: "Ada".into(),
+            line1: "Main St 1".into(),
+            line2: "Floor 2".into(),
+            city: "Berlin".into(),
+            region: "BE".into(),
+            postal_code: "10115".into(),
+            country_code: "DE".into(),
+            phone: "+4930123".into(),
+        }
+    }
+
+    fn json<T: Serialize>(value: T) -> String {
+        serde_json::to_string(&value).expect("serializes")
+    }
+
+    /// Every proto -> JSON conversion, with every field set, against the
+    /// exact bytes clients get: a refactoring of the conversions must not
+    /// change a name, an order, a format or a default.
+    #[test]
+    fn proto_messages_convert_to_exactly_the_documented_json() {
+        let cases = [
+            json(User::from(auth::v1::User {
+                id: "u1".into(),
+                email: "ada@example.com".into(),
+                display_name: "Ada".into(),
+                roles: vec![auth::v1::Role::Customer as i32, 0, auth::v1::Role::Admin as i32, 99],
+                created_at: at(1_700_000_000, 123_456_789),
+            })),
+            json(TokenPair::from(auth::v1::TokenPair {
+                access_token: "at".into(),
+                access_token_expires_at: at(1_700_000_900, 0),
+                refresh_token: "rt".into(),
+                refresh_token_expires_at: None,
+                token_type: String::new(),
+            })),
+            json(TokenPair::from(auth::v1::TokenPair { token_type: "DPoP".into(), ..Default::default() })),
+            json(Product::from(catalog::v1::Product {
+                id: "p1".into(),
+                sku: "MUG-1".into(),
+                name: "Mug".into(),
+                description: "A mug".into(),
+                category_id: "c1".into(),
+                price: eur(1299),
+                active: true,
+                created_at: at(1_700_000_000, 0),
+                updated_at: at(1_700_000_001, 5_000_000),
+            })),
+            json(Category::from(catalog::v1::Category {
+                id: "c1".into(),
+                name: "Mugs".into(),
+                slug: "mugs".into(),
+                parent_id: "c0".into(),
+                created_at: at(1_700_000_000, 0),
+            })),
+            json(StockLevel::from(inventory::v1::StockLevel {
+                product_id: "p1".into(),
+                available: 7,
+                reserved: 2,
+                sold: 40,
+                updated_at: at(1_700_000_000, 0),
+            })),
+            json(Cart::from(cart::v1::Cart {
+                user_id: "u1".into(),
+                items: vec![cart::v1::CartItem {
+                    product_id: "p1".into(),
+                    quantity: 2,
+                    name: "Mug".into(),
+                    unit_price: eur(1299),
+                    line_total: eur(2598),
+                    in_stock: true,
+                }],
+                subtotal: eur(2598),
+                updated_at: at(1_700_000_000, 0),
+                expires_at: None,
+            })),
+            json(Order::from(order::v1::Order {
+                id: "o1".into(),
+                user_id: "u1".into(),
+                status: order::v1::OrderStatus::Confirmed as i32,
+                lines: vec![order::v1::OrderLine {
+                    product_id: "p1".into(),
+                    sku: "MUG-1".into(),
+                    name: "Mug".into(),
+                    quantity: 2,
+                    unit_price: eur(1299),
+                    line_total: eur(2598),
+                }],
+                total: eur(2598),
+                shipping_address: Some(address()),
+                failure_reason: String::new(),
+                reservation_id: "r1".into(),
+                payment_id: "pay1".into(),
+                shipment_id: "s1".into(),
+                idempotency_key: "k".into(),
+                created_at: at(1_700_000_000, 0),
+                updated_at: at(1_700_000_002, 0),
+                refunded: false,
+            })),
+            json(Order::from(order::v1::Order { status: 42, ..Default::default() })),
+            json(Shipment::from(shipping::v1::Shipment {
+                id: "s1".into(),
+                order_id: "o1".into(),
+                user_id: "u1".into(),
+                courier_id: "c9".into(),
+                status: shipping::v1::ShipmentStatus::InTransit as i32,
+                address: Some(address()),
+                tracking_number: "TRK1".into(),
+                halt_reason: String::new(),
+                created_at: at(1_700_000_000, 0),
+                updated_at: at(1_700_000_003, 0),
+                delivered_at: None,
+            })),
+            json(TrackingEvent::from(shipping::v1::TrackingEvent {
+                status: shipping::v1::ShipmentStatus::PickedUp as i32,
+                description: "picked up".into(),
+                location: "depot".into(),
+                actor_id: "c9".into(),
+                occurred_at: at(1_700_000_004, 0),
+            })),
+            json(Notification::from(notification::v1::Notification {
+                id: "n1".into(),
+                user_id: "u1".into(),
+                kind: notification::v1::NotificationKind::OrderShipped as i32,
+                title: "Shipped".into(),
+                body: "Your order is on its way".into(),
+                order_id: "o1".into(),
+                created_at: at(1_700_000_000, 0),
+                read: true,
+                read_at: at(1_700_000_005, 0),
+                ..Default::default()
+            })),
+            json(Address::from(address())),
+            json(common::v1::Address::from(Address::from(address())) == address()),
+        ];
+        let expected = [
+            r#"{"id":"u1","email":"ada@example.com","display_name":"Ada","roles":["customer","admin"],"created_at":"2023-11-14T22:13:20.123Z"}"#,
+            r#"{"access_token":"at","access_token_expires_at":"2023-11-14T22:28:20.000Z","refresh_token":"rt","refresh_token_expires_at":null,"token_type":"Bearer"}"#,
+            r#"{"access_token":"","access_token_expires_at":null,"refresh_token":"","refresh_token_expires_at":null,"token_type":"DPoP"}"#,
+            r#"{"id":"p1","sku":"MUG-1","name":"Mug","description":"A mug","category_id":"c1","price":{"currency":"EUR","amount_minor":1299},"active":true,"created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:21.005Z"}"#,
+            r#"{"id":"c1","name":"Mugs","slug":"mugs","parent_id":"c0","created_at":"2023-11-14T22:13:20.000Z"}"#,
+            r#"{"product_id":"p1","available":7,"reserved":2,"sold":40,"updated_at":"2023-11-14T22:13:20.000Z"}"#,
+            r#"{"items":[{"product_id":"p1","quantity":2,"name":"Mug","unit_price":{"currency":"EUR","amount_minor":1299},"line_total":{"currency":"EUR","amount_minor":2598},"in_stock":true}],"subtotal":{"currency":"EUR","amount_minor":2598},"updated_at":"2023-11-14T22:13:20.000Z","expires_at":null}"#,
+            r#"{"id":"o1","user_id":"u1","status":"confirmed","lines":[{"product_id":"p1","sku":"MUG-1","name":"Mug","quantity":2,"unit_price":{"currency":"EUR","amount_minor":1299},"line_total":{"currency":"EUR","amount_minor":2598}}],"total":{"currency":"EUR","amount_minor":2598},"shipping_address":{"recipient_name":"Ada","line1":"Main St 1","line2":"Floor 2","city":"Berlin","region":"BE","postal_code":"10115","country_code":"DE","phone":"+4930123"},"failure_reason":"","reservation_id":"r1","payment_id":"pay1","shipment_id":"s1","idempotency_key":"k","refunded":false,"created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:22.000Z"}"#,
+            r#"{"id":"","user_id":"","status":"unspecified","lines":[],"total":null,"shipping_address":null,"failure_reason":"","reservation_id":"","payment_id":"","shipment_id":"","idempotency_key":"","refunded":false,"created_at":null,"updated_at":null}"#,
+            r#"{"id":"s1","order_id":"o1","user_id":"u1","courier_id":"c9","status":"in_transit","address":{"recipient_name":"Ada","line1":"Main St 1","line2":"Floor 2","city":"Berlin","region":"BE","postal_code":"10115","country_code":"DE","phone":"+4930123"},"tracking_number":"TRK1","halt_reason":"","created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:23.000Z","delivered_at":null}"#,
+            r#"{"status":"picked_up","description":"picked up","location":"depot","actor_id":"c9","occurred_at":"2023-11-14T22:13:24.000Z"}"#,
+            r#"{"id":"n1","kind":"order_shipped","title":"Shipped","body":"Your order is on its way","order_id":"o1","created_at":"2023-11-14T22:13:20.000Z","read":true,"read_at":"2023-11-14T22:13:25.000Z"}"#,
+            r#"{"recipient_name":"Ada","line1":"Main St 1","line2":"Floor 2","city":"Berlin","region":"BE","postal_code":"10115","country_code":"DE","phone":"+4930123"}"#,
+            r#"true"#,
+        ];
+        assert_eq!(cases.len(), expected.len());
+        for (index, (case, expected)) in cases.iter().zip(expected).enumerate() {
+            assert_eq!(case, expected, "case {index}");
+        }
     }
 }

@@ -14,6 +14,19 @@
 //! is rate-limited (`--jwt-key-refresh-min-interval`), so tokens with
 //! invented key ids cannot make the gateway hammer auth. A refresh swaps in
 //! a new verifier atomically; requests in flight keep the one they hold.
+//!
+//! Not having keys is the gateway's problem, not the client's: a token whose
+//! key the gateway cannot check because it holds no keys (auth not reachable
+//! yet, or publishing none), or because the fetch that should have found a
+//! rotated key failed, is [`Rejection::KeysUnavailable`] (503, retry), never
+//! a 401 that would tell the client its token is bad. [`KeyStatus`] is
+//! published on a watch channel for the gateway's `auth-keys` readiness
+//! check: not ready until the first usable key is loaded. Once keys are
+//! held, failed refreshes do not make the gateway unready: the cached keys
+//! still verify every token auth signed with them, and pulling every replica
+//! out of the Service during an auth outage would also take down the public
+//! routes that need no token. Failed refreshes are logged and shown in the
+//! status's `last_error`.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -21,6 +34,7 @@ use std::time::Duration;
 
 pub use commerce_auth::jwt::{Role, VerifyError as TokenError};
 use commerce_proto::auth::v1::PublicKey;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +66,62 @@ impl Caller {
 
     pub fn is_admin(&self) -> bool {
         self.has(Role::Admin)
+    }
+}
+
+/// Why the gateway refuses a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The token itself is not acceptable (401).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The token may be fine, but the gateway cannot check it: it lacks the
+    /// signing key and could not fetch auth's keys (503, retry shortly).
+    #[error("cannot verify the token yet: {reason}; retry shortly")]
+    KeysUnavailable {
+        /// Why the keys are missing, for the problem's `detail`: what a client
+        /// may read, never the fetch error (that goes to `/readyz` and logs).
+        reason: String,
+    },
+}
+
+/// What the verifier holds, published for readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// Usable keys in the current verifier (0 until the first fetch).
+    pub keys: usize,
+    /// Whether any fetch has completed (successfully or not).
+    pub fetched: bool,
+    /// Why the last fetch failed; `None` after a successful one.
+    pub last_error: Option<String>,
+}
+
+impl KeyStatus {
+    /// Why a token naming a key the gateway lacks cannot be checked, for
+    /// the client (no internal detail); `None` when the lack is the token's
+    /// fault (keys are held and the last fetch succeeded).
+    pub fn unverifiable(&self) -> Option<&'static str> {
+        match (self.keys, self.last_error.is_some(), self.fetched) {
+            (0, false, true) => Some("the auth service publishes no usable signing keys"),
+            (0, _, _) => Some("the gateway has not loaded the auth service's signing keys yet"),
+            (_, true, _) => Some(
+                "the token's signing key is not among the gateway's keys, and the auth service's keys cannot be fetched now",
+            ),
+            (_, false, _) => None,
+        }
+    }
+
+    /// Why the gateway is not ready, for `/readyz` and logs (with the fetch
+    /// error); `None` while it holds a key.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.keys > 0 {
+            return None;
+        }
+        let summary = self.unverifiable().unwrap_or_default();
+        Some(match &self.last_error {
+            Some(error) => format!("{summary}: {error}"),
+            None => summary.to_owned(),
+        })
     }
 }
 
@@ -90,6 +160,9 @@ pub struct Verifier<S> {
     /// How long the last answer may be cached: the periodic refresher's
     /// interval.
     max_age: RwLock<Duration>,
+    /// Keys held and the last fetch's error, for readiness and for telling
+    /// a bad token from one the gateway cannot check.
+    status: watch::Sender<KeyStatus>,
 }
 
 impl<S> fmt::Debug for Verifier<S> {
@@ -115,18 +188,36 @@ impl<S: KeySource> Verifier<S> {
             current: RwLock::new(Arc::new(empty)),
             last_fetch: tokio::sync::Mutex::new(None),
             max_age: RwLock::new(DEFAULT_MAX_AGE),
+            status: watch::Sender::new(KeyStatus::default()),
         }
     }
 
-    /// Verifies `token` (without the `Bearer ` prefix).
-    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+    /// Follows what the verifier holds (the readiness check watches this).
+    pub fn key_status(&self) -> watch::Receiver<KeyStatus> {
+        self.status.subscribe()
+    }
+
+    /// Verifies `token` (without the `Bearer ` prefix). A token naming a key
+    /// the gateway lacks triggers one (rate-limited) refresh; if the key is
+    /// still missing because keys cannot be fetched, the answer is
+    /// [`Rejection::KeysUnavailable`], not a bad token.
+    pub async fn verify(&self, token: &str) -> Result<Caller, Rejection> {
         let claims = match self.verifier().verify(token) {
             Err(TokenError::UnknownKey { .. }) => {
                 self.refresh_for_unknown_key().await;
                 self.verifier().verify(token)
             }
             other => other,
-        }?;
+        };
+        let claims = match claims {
+            Err(TokenError::UnknownKey { kid }) => {
+                return Err(match self.status.borrow().unverifiable() {
+                    Some(reason) => Rejection::KeysUnavailable { reason: reason.to_owned() },
+                    None => Rejection::Token(TokenError::UnknownKey { kid }),
+                });
+            }
+            other => other?,
+        };
         Ok(Caller {
             user_id: claims.sub.to_string(),
             roles: vec![claims.role],
@@ -142,6 +233,22 @@ impl<S: KeySource> Verifier<S> {
 
     async fn fetch_locked(&self, last: &mut Option<Instant>) -> Result<usize, String> {
         *last = Some(Instant::now());
+        let fetched = self.fetch_verifier().await;
+        self.status.send_modify(|status| {
+            status.fetched = true;
+            match &fetched {
+                Ok(keys) => {
+                    status.keys = *keys;
+                    status.last_error = None;
+                }
+                Err(error) => status.last_error = Some(error.clone()),
+            }
+        });
+        fetched
+    }
+
+    /// One fetch: replaces the verifier and the max age on success.
+    async fn fetch_verifier(&self) -> Result<usize, String> {
         let set = self.source.fetch().await?;
         // One unusable key must not cost the usable ones.
         let usable: Vec<PublicKey> = set
@@ -183,11 +290,15 @@ impl<S: KeySource> Verifier<S> {
     }
 
     /// Keeps the keys fresh until `shutdown`: fetches at once (retrying
-    /// while auth is not reachable), then again each `max_age`.
+    /// while auth is not reachable or publishes no usable key, since the
+    /// gateway is not ready until it has one), then again each `max_age`.
     pub async fn run_refresher(self: Arc<Self>, shutdown: CancellationToken) {
         let mut retry = RETRY_BASE;
         loop {
-            let delay = match self.refresh().await {
+            let fetched = self.refresh().await.and_then(|keys| {
+                if keys == 0 { Err("the auth service published no usable key".to_owned()) } else { Ok(keys) }
+            });
+            let delay = match fetched {
                 Ok(_) => {
                     retry = RETRY_BASE;
                     *self.max_age.read().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -222,11 +333,16 @@ mod tests {
     struct Keys {
         keys: Mutex<Vec<PublicKey>>,
         fetches: AtomicUsize,
+        /// When set, fetches fail with this error (auth unreachable).
+        unreachable: Mutex<Option<String>>,
     }
 
     impl KeySource for Arc<Keys> {
         async fn fetch(&self) -> Result<KeySet, String> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
+            if let Some(error) = self.unreachable.lock().map_err(|e| e.to_string())?.clone() {
+                return Err(error);
+            }
             Ok(KeySet { keys: self.keys.lock().map_err(|e| e.to_string())?.clone(), max_age: None })
         }
     }
@@ -287,10 +403,69 @@ mod tests {
         verifier.verify(&old.sign(&claims(Role::Customer))).await.expect("first fetch on demand");
         keys.keys.lock().expect("lock").push(public_key(&new));
         let token = new.sign(&claims(Role::Customer));
-        assert!(matches!(verifier.verify(&token).await, Err(TokenError::UnknownKey { .. })));
+        assert!(matches!(
+            verifier.verify(&token).await,
+            Err(Rejection::Token(TokenError::UnknownKey { .. }))
+        ));
         assert_eq!(keys.fetches.load(Ordering::SeqCst), 1, "a refresh within the interval is skipped");
 
         let eager = self::verifier(&keys, Duration::ZERO);
         assert!(eager.verify(&token).await.is_ok(), "an allowed refresh finds the rotated key");
+    }
+
+    #[tokio::test]
+    async fn without_keys_a_token_is_unverifiable_not_bad_until_auth_publishes_its_key() {
+        let signer = TokenSigner::new("k1", SigningKey::from_bytes(&[5; 32]));
+        let keys = Arc::new(Keys::default());
+        *keys.unreachable.lock().expect("lock") = Some("connection refused".to_owned());
+        let verifier = verifier(&keys, Duration::ZERO);
+        let status = verifier.key_status();
+        let token = signer.sign(&claims(Role::Customer));
+
+        let rejection = verifier.verify(&token).await.expect_err("no keys");
+        let Rejection::KeysUnavailable { reason } = rejection else { panic!("{rejection:?}") };
+        assert!(reason.contains("signing keys") && !reason.contains("refused"), "{reason}");
+        let not_ready = status.borrow().not_ready_reason().expect("not ready");
+        assert!(not_ready.contains("connection refused"), "readiness shows the fetch error: {not_ready}");
+
+        // Auth answers, but with no key yet: still not the token's fault.
+        *keys.unreachable.lock().expect("lock") = None;
+        let rejection = verifier.verify(&token).await.expect_err("still no keys");
+        assert!(
+            matches!(&rejection, Rejection::KeysUnavailable { reason } if reason.contains("no usable signing keys")),
+            "{rejection:?}"
+        );
+
+        keys.keys.lock().expect("lock").push(public_key(&signer));
+        verifier.verify(&token).await.expect("verified once the key is published");
+        assert_eq!(*status.borrow(), KeyStatus { keys: 1, fetched: true, last_error: None });
+        assert_eq!(status.borrow().not_ready_reason(), None);
+    }
+
+    #[tokio::test]
+    async fn with_keys_held_an_invented_kid_is_a_bad_token_unless_the_refresh_failed() {
+        let signer = TokenSigner::new("k1", SigningKey::from_bytes(&[6; 32]));
+        let stranger = TokenSigner::new("k9", SigningKey::from_bytes(&[9; 32]));
+        let keys = Arc::new(Keys::default());
+        keys.keys.lock().expect("lock").push(public_key(&signer));
+        let verifier = verifier(&keys, Duration::ZERO);
+        assert_eq!(verifier.refresh().await, Ok(1));
+        let foreign = stranger.sign(&claims(Role::Customer));
+        assert!(matches!(
+            verifier.verify(&foreign).await,
+            Err(Rejection::Token(TokenError::UnknownKey { kid })) if kid == "k9"
+        ));
+
+        *keys.unreachable.lock().expect("lock") = Some("deadline exceeded".to_owned());
+        let rejection = verifier.verify(&foreign).await.expect_err("cannot check k9");
+        assert!(
+            matches!(&rejection, Rejection::KeysUnavailable { reason } if reason.contains("cannot be fetched now")),
+            "{rejection:?}"
+        );
+        // The held key still verifies its tokens while auth is away.
+        verifier.verify(&signer.sign(&claims(Role::Customer))).await.expect("cached key verifies");
+        let status = verifier.key_status().borrow().clone();
+        assert_eq!((status.keys, status.last_error.as_deref()), (1, Some("deadline exceeded")));
+        assert_eq!(status.not_ready_reason(), None, "held keys keep the gateway ready");
     }
 }

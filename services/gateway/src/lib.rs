@@ -13,7 +13,10 @@
 //! - [`openapi`]: the OpenAPI 3.1 document.
 //!
 //! `/metrics`, `/healthz` and `/readyz` are served on the admin port by the
-//! platform's admin server, like every other service.
+//! platform's admin server, like every other service. Readiness has two
+//! checks: `http` (the listener is up) and `auth-keys` (the gateway holds at
+//! least one of the auth service's signing keys, so it can verify tokens;
+//! see [`jwt`] for why failed refreshes after that do not make it unready).
 
 pub mod auth;
 pub mod config;
@@ -34,20 +37,25 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use commerce_platform::admin::{self, AdminError, Metrics};
 use commerce_platform::discovery::Peers;
-use commerce_platform::readiness::Readiness;
+use commerce_platform::readiness::{Check, Readiness};
 use commerce_platform::telemetry::{self, TelemetryError};
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
 use crate::config::HttpArgs;
-use crate::jwt::Verifier;
+use crate::jwt::{KeyStatus, Verifier};
 use crate::ratelimit::RateLimiter;
 use crate::state::AppState;
 
 /// Name of this process's readiness check: the HTTP listener is up.
 const HTTP_READINESS_CHECK: &str = "http";
+/// Name of the readiness check that holds the gateway back until it has the
+/// auth service's signing keys: before that every authenticated request
+/// would get 503, so no traffic should be routed to it.
+const KEYS_READINESS_CHECK: &str = "auth-keys";
 
 /// What can stop the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +206,26 @@ async fn connect_redis(
     }
 }
 
+/// Keeps the `auth-keys` readiness check in step with the verifier: ready
+/// while it holds a usable key, not ready (with the reason) while it holds none.
+async fn follow_key_status(
+    mut status: watch::Receiver<KeyStatus>,
+    check: Check,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let not_ready = status.borrow_and_update().not_ready_reason();
+        match not_ready {
+            None => check.set_ready(),
+            Some(reason) => check.set_not_ready(reason),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Runs the gateway until `shutdown`: logging, the admin server, and the
 /// HTTP server on `--http-addr`.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -229,6 +257,11 @@ pub async fn serve_on(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    tokio::spawn(follow_key_status(
+        gateway.state.verifier.key_status(),
+        readiness.register(KEYS_READINESS_CHECK),
+        shutdown.clone(),
+    ));
     let check = readiness.register(HTTP_READINESS_CHECK);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "gateway listening");

@@ -191,6 +191,17 @@ pub fn build() -> Value {
                 "content": {PROBLEM_JSON: {"schema": problem.clone()}}
             }),
         );
+        if op.access != Access::Public {
+            // Not 401: the token may be valid; the gateway cannot check it yet.
+            responses.insert(
+                "503".into(),
+                json!({
+                    "description": "The gateway cannot verify bearer tokens yet (it has not loaded the auth service's signing keys), or a service behind it is unavailable; retry after Retry-After",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    "content": {PROBLEM_JSON: {"schema": problem.clone()}}
+                }),
+            );
+        }
         responses.insert("4XX".into(), problem_response("Other client errors"));
         responses.insert("5XX".into(), problem_response("A service behind the gateway failed or timed out"));
         operation["responses"] = Value::Object(responses);
@@ -315,6 +326,16 @@ mod tests {
         expected.sort();
         documented.sort();
         assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn authenticated_operations_document_401_and_503_with_retry_after() {
+        let document = build();
+        let cart = &document["paths"]["/api/cart"]["get"]["responses"];
+        assert!(cart["401"].is_object(), "{cart}");
+        assert!(cart["503"]["headers"]["Retry-After"].is_object(), "{cart}");
+        let products = &document["paths"]["/api/products"]["get"]["responses"];
+        assert!(products["401"].is_null() && products["503"].is_null(), "public: {products}");
     }
 
     #[test]

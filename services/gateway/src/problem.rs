@@ -122,6 +122,15 @@ impl Problem {
             .with_header(header::WWW_AUTHENTICATE, value)
     }
 
+    /// 503 for a bearer token the gateway cannot check because it lacks the
+    /// auth service's signing keys. Never 401: the token may well be valid,
+    /// and a 401 would tell the client to throw it away. `Retry-After: 1`
+    /// because keys usually arrive within a second of auth answering.
+    pub fn authentication_unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "authentication-unavailable", detail)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// 403: authenticated, but the role does not allow it.
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", detail)

@@ -51,6 +51,25 @@ const WAIT: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------ fakes
 
+/// Implements a generated gRPC server trait for a fake, one line a method:
+/// `name(&self, request: RequestMessage) -> ResponseMessage { answer }`,
+/// where the answer is a `Result<ResponseMessage, Status>`. The generated
+/// signatures (`Request<..>`, `Response<..>`) are written once, here.
+macro_rules! fake_service {
+    ($service:ident for $fake:ident {
+        $(fn $method:ident(&$this:ident, $request:tt: $input:ty) -> $output:ty $answer:block)*
+    }) => {
+        #[tonic::async_trait]
+        impl $service for $fake {
+            $(
+                async fn $method(&$this, $request: Request<$input>) -> Result<Response<$output>, Status> {
+                    $answer.map(Response::new)
+                }
+            )*
+        }
+    };
+}
+
 /// Auth: serves the current key set and counts fetches.
 #[derive(Clone, Default)]
 struct FakeAuth {
@@ -58,57 +77,43 @@ struct FakeAuth {
     fetches: Arc<AtomicUsize>,
 }
 
-fn public_key(kid: &str, signing: &SigningKey) -> auth_pb::PublicKey {
-    auth_pb::PublicKey {
-        key_id: kid.to_owned(),
-        algorithm: "EdDSA".to_owned(),
-        curve: "Ed25519".to_owned(),
-        public_key: signing.verifying_key().to_bytes().to_vec(),
-        ..Default::default()
+impl FakeAuth {
+    /// Adds the public half of `signing` to the keys auth serves, as `kid`.
+    fn publish(&self, kid: &str, signing: &SigningKey) -> Result<()> {
+        let key = auth_pb::PublicKey {
+            key_id: kid.to_owned(),
+            algorithm: "EdDSA".to_owned(),
+            curve: "Ed25519".to_owned(),
+            public_key: signing.verifying_key().to_bytes().to_vec(),
+            ..Default::default()
+        };
+        self.keys.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(key);
+        Ok(())
     }
 }
 
-#[tonic::async_trait]
-impl AuthService for FakeAuth {
-    async fn register(
-        &self,
-        _: Request<auth_pb::RegisterRequest>,
-    ) -> Result<Response<auth_pb::RegisterResponse>, Status> {
+fake_service!(AuthService for FakeAuth {
+    fn register(&self, _: auth_pb::RegisterRequest) -> auth_pb::RegisterResponse {
         Err(Status::already_exists("email is taken"))
     }
-    async fn login(
-        &self,
-        _: Request<auth_pb::LoginRequest>,
-    ) -> Result<Response<auth_pb::LoginResponse>, Status> {
+    fn login(&self, _: auth_pb::LoginRequest) -> auth_pb::LoginResponse {
         Err(Status::unauthenticated("wrong email or password"))
     }
-    async fn refresh(
-        &self,
-        _: Request<auth_pb::RefreshRequest>,
-    ) -> Result<Response<auth_pb::RefreshResponse>, Status> {
+    fn refresh(&self, _: auth_pb::RefreshRequest) -> auth_pb::RefreshResponse {
         Err(Status::unauthenticated("refresh token revoked"))
     }
-    async fn logout(
-        &self,
-        _: Request<auth_pb::LogoutRequest>,
-    ) -> Result<Response<auth_pb::LogoutResponse>, Status> {
-        Ok(Response::new(auth_pb::LogoutResponse {}))
+    fn logout(&self, _: auth_pb::LogoutRequest) -> auth_pb::LogoutResponse {
+        Ok(auth_pb::LogoutResponse {})
     }
-    async fn validate_token(
-        &self,
-        _: Request<auth_pb::ValidateTokenRequest>,
-    ) -> Result<Response<auth_pb::ValidateTokenResponse>, Status> {
+    fn validate_token(&self, _: auth_pb::ValidateTokenRequest) -> auth_pb::ValidateTokenResponse {
         Err(Status::unimplemented("the gateway must verify locally"))
     }
-    async fn get_public_keys(
-        &self,
-        _: Request<auth_pb::GetPublicKeysRequest>,
-    ) -> Result<Response<auth_pb::GetPublicKeysResponse>, Status> {
+    fn get_public_keys(&self, _: auth_pb::GetPublicKeysRequest) -> auth_pb::GetPublicKeysResponse {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         let keys = self.keys.lock().map_err(|_| Status::internal("poisoned"))?.clone();
-        Ok(Response::new(auth_pb::GetPublicKeysResponse { keys, max_age: None }))
+        Ok(auth_pb::GetPublicKeysResponse { keys, max_age: None })
     }
-}
+});
 
 /// Catalog: knows one product; records the traceparent of the last call.
 #[derive(Clone, Default)]
@@ -127,23 +132,16 @@ fn product() -> catalog_pb::Product {
     }
 }
 
-#[tonic::async_trait]
-impl CatalogService for FakeCatalog {
-    async fn create_product(
-        &self,
-        _: Request<catalog_pb::CreateProductRequest>,
-    ) -> Result<Response<catalog_pb::CreateProductResponse>, Status> {
-        Ok(Response::new(catalog_pb::CreateProductResponse { product: Some(product()) }))
+fake_service!(CatalogService for FakeCatalog {
+    fn create_product(&self, _: catalog_pb::CreateProductRequest) -> catalog_pb::CreateProductResponse {
+        Ok(catalog_pb::CreateProductResponse { product: Some(product()) })
     }
-    async fn get_product(
-        &self,
-        request: Request<catalog_pb::GetProductRequest>,
-    ) -> Result<Response<catalog_pb::GetProductResponse>, Status> {
+    fn get_product(&self, request: catalog_pb::GetProductRequest) -> catalog_pb::GetProductResponse {
         let traceparent =
             request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
         *self.last_traceparent.lock().map_err(|_| Status::internal("poisoned"))? = traceparent;
         match request.into_inner().id.as_str() {
-            KNOWN_PRODUCT => Ok(Response::new(catalog_pb::GetProductResponse { product: Some(product()) })),
+            KNOWN_PRODUCT => Ok(catalog_pb::GetProductResponse { product: Some(product()) }),
             FLAKY_PRODUCT => Err(Status::unavailable("catalog is restarting")),
             SLOW_PRODUCT => {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -152,47 +150,31 @@ impl CatalogService for FakeCatalog {
             id => Err(Status::not_found(format!("product {id} does not exist"))),
         }
     }
-    async fn update_product(
-        &self,
-        _: Request<catalog_pb::UpdateProductRequest>,
-    ) -> Result<Response<catalog_pb::UpdateProductResponse>, Status> {
-        Ok(Response::new(catalog_pb::UpdateProductResponse { product: Some(product()) }))
+    fn update_product(&self, _: catalog_pb::UpdateProductRequest) -> catalog_pb::UpdateProductResponse {
+        Ok(catalog_pb::UpdateProductResponse { product: Some(product()) })
     }
-    async fn delete_product(
-        &self,
-        _: Request<catalog_pb::DeleteProductRequest>,
-    ) -> Result<Response<catalog_pb::DeleteProductResponse>, Status> {
-        Ok(Response::new(catalog_pb::DeleteProductResponse {}))
+    fn delete_product(&self, _: catalog_pb::DeleteProductRequest) -> catalog_pb::DeleteProductResponse {
+        Ok(catalog_pb::DeleteProductResponse {})
     }
-    async fn list_products(
-        &self,
-        _: Request<catalog_pb::ListProductsRequest>,
-    ) -> Result<Response<catalog_pb::ListProductsResponse>, Status> {
-        Ok(Response::new(catalog_pb::ListProductsResponse {
+    fn list_products(&self, _: catalog_pb::ListProductsRequest) -> catalog_pb::ListProductsResponse {
+        Ok(catalog_pb::ListProductsResponse {
             products: vec![product()],
             next_page_token: String::new(),
             total_size: 1,
-        }))
+        })
     }
-    async fn batch_get_products(
-        &self,
-        _: Request<catalog_pb::BatchGetProductsRequest>,
-    ) -> Result<Response<catalog_pb::BatchGetProductsResponse>, Status> {
+    fn batch_get_products(
+        &self, _: catalog_pb::BatchGetProductsRequest
+    ) -> catalog_pb::BatchGetProductsResponse {
         Err(Status::unimplemented("not needed"))
     }
-    async fn create_category(
-        &self,
-        _: Request<catalog_pb::CreateCategoryRequest>,
-    ) -> Result<Response<catalog_pb::CreateCategoryResponse>, Status> {
+    fn create_category(&self, _: catalog_pb::CreateCategoryRequest) -> catalog_pb::CreateCategoryResponse {
         Err(Status::already_exists("slug is taken"))
     }
-    async fn list_categories(
-        &self,
-        _: Request<catalog_pb::ListCategoriesRequest>,
-    ) -> Result<Response<catalog_pb::ListCategoriesResponse>, Status> {
-        Ok(Response::new(catalog_pb::ListCategoriesResponse { categories: Vec::new() }))
+    fn list_categories(&self, _: catalog_pb::ListCategoriesRequest) -> catalog_pb::ListCategoriesResponse {
+        Ok(catalog_pb::ListCategoriesResponse { categories: Vec::new() })
     }
-}
+});
 
 /// Cart: accepts the known product, refuses others as the real one does.
 #[derive(Clone, Default)]
@@ -202,49 +184,30 @@ fn cart(user_id: String) -> cart_pb::Cart {
     cart_pb::Cart { user_id, ..Default::default() }
 }
 
-#[tonic::async_trait]
-impl CartService for FakeCart {
-    async fn get_cart(
-        &self,
-        request: Request<cart_pb::GetCartRequest>,
-    ) -> Result<Response<cart_pb::GetCartResponse>, Status> {
-        Ok(Response::new(cart_pb::GetCartResponse { cart: Some(cart(request.into_inner().user_id)) }))
+fake_service!(CartService for FakeCart {
+    fn get_cart(&self, request: cart_pb::GetCartRequest) -> cart_pb::GetCartResponse {
+        Ok(cart_pb::GetCartResponse { cart: Some(cart(request.into_inner().user_id)) })
     }
-    async fn add_item(
-        &self,
-        request: Request<cart_pb::AddItemRequest>,
-    ) -> Result<Response<cart_pb::AddItemResponse>, Status> {
+    fn add_item(&self, request: cart_pb::AddItemRequest) -> cart_pb::AddItemResponse {
         let request = request.into_inner();
         if request.product_id != KNOWN_PRODUCT {
             return Err(Status::failed_precondition(format!("unknown product {}", request.product_id)));
         }
-        Ok(Response::new(cart_pb::AddItemResponse { cart: Some(cart(request.user_id)) }))
+        Ok(cart_pb::AddItemResponse { cart: Some(cart(request.user_id)) })
     }
-    async fn update_item(
-        &self,
-        request: Request<cart_pb::UpdateItemRequest>,
-    ) -> Result<Response<cart_pb::UpdateItemResponse>, Status> {
-        Ok(Response::new(cart_pb::UpdateItemResponse { cart: Some(cart(request.into_inner().user_id)) }))
+    fn update_item(&self, request: cart_pb::UpdateItemRequest) -> cart_pb::UpdateItemResponse {
+        Ok(cart_pb::UpdateItemResponse { cart: Some(cart(request.into_inner().user_id)) })
     }
-    async fn remove_item(
-        &self,
-        request: Request<cart_pb::RemoveItemRequest>,
-    ) -> Result<Response<cart_pb::RemoveItemResponse>, Status> {
-        Ok(Response::new(cart_pb::RemoveItemResponse { cart: Some(cart(request.into_inner().user_id)) }))
+    fn remove_item(&self, request: cart_pb::RemoveItemRequest) -> cart_pb::RemoveItemResponse {
+        Ok(cart_pb::RemoveItemResponse { cart: Some(cart(request.into_inner().user_id)) })
     }
-    async fn clear_cart(
-        &self,
-        request: Request<cart_pb::ClearCartRequest>,
-    ) -> Result<Response<cart_pb::ClearCartResponse>, Status> {
-        Ok(Response::new(cart_pb::ClearCartResponse { cart: Some(cart(request.into_inner().user_id)) }))
+    fn clear_cart(&self, request: cart_pb::ClearCartRequest) -> cart_pb::ClearCartResponse {
+        Ok(cart_pb::ClearCartResponse { cart: Some(cart(request.into_inner().user_id)) })
     }
-    async fn checkout(
-        &self,
-        _: Request<cart_pb::CheckoutRequest>,
-    ) -> Result<Response<cart_pb::CheckoutResponse>, Status> {
+    fn checkout(&self, _: cart_pb::CheckoutRequest) -> cart_pb::CheckoutResponse {
         Err(Status::failed_precondition("the cart is empty"))
     }
-}
+});
 
 /// The fake services on one loopback port each.
 struct Backends {
@@ -254,7 +217,9 @@ struct Backends {
     signing: SigningKey,
 }
 
-async fn start_grpc<S>(service: S, shutdown: CancellationToken) -> Result<SocketAddr>
+/// Serves one gRPC service on `listener` until `shutdown`; returns the
+/// address it listens on.
+fn serve_grpc<S>(listener: TcpListener, service: S, shutdown: CancellationToken) -> Result<SocketAddr>
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -267,7 +232,6 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -277,14 +241,29 @@ where
     Ok(addr)
 }
 
+async fn any_loopback_port() -> Result<TcpListener> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+/// Every fake service started, auth serving key `k1`.
 async fn start_backends(shutdown: &CancellationToken) -> Result<Backends> {
+    let listener = any_loopback_port().await?;
+    let backends = start_backends_but_auth(listener.local_addr()?, shutdown).await?;
+    backends.auth.publish("k1", &backends.signing)?;
+    serve_grpc(listener, AuthServiceServer::new(backends.auth.clone()), shutdown.clone())?;
+    Ok(backends)
+}
+
+/// The fake services except auth, which the peers expect at `auth_addr`
+/// (nothing listens there until the test serves it) and which holds no key.
+async fn start_backends_but_auth(auth_addr: SocketAddr, shutdown: &CancellationToken) -> Result<Backends> {
     let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let auth = FakeAuth::default();
-    auth.keys.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(public_key("k1", &signing));
     let catalog = FakeCatalog::default();
-    let auth_addr = start_grpc(AuthServiceServer::new(auth.clone()), shutdown.clone()).await?;
-    let catalog_addr = start_grpc(CatalogServiceServer::new(catalog.clone()), shutdown.clone()).await?;
-    let cart_addr = start_grpc(CartServiceServer::new(FakeCart), shutdown.clone()).await?;
+    let catalog_addr =
+        serve_grpc(any_loopback_port().await?, CatalogServiceServer::new(catalog.clone()), shutdown.clone())?;
+    let cart_addr =
+        serve_grpc(any_loopback_port().await?, CartServiceServer::new(FakeCart), shutdown.clone())?;
     let peers = PeerArgs {
         peers: vec![
             format!("auth=http://{auth_addr}").parse()?,
@@ -385,12 +364,20 @@ async fn wait_for_keys(gateway: &Running, token: &str) -> Result<()> {
     .await
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F) -> Result<()>
+async fn wait_until<F, Fut>(what: &str, condition: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    wait_until_within(what, WAIT, condition).await
+}
+
+async fn wait_until_within<F, Fut>(what: &str, wait: Duration, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
     let mut delay = Duration::from_millis(20);
     loop {
         if condition().await? {
@@ -425,8 +412,7 @@ fn prefix() -> String {
 async fn problem(response: reqwest::Response) -> Result<(StatusCode, reqwest::header::HeaderMap, Value)> {
     let status = response.status();
     let headers = response.headers().clone();
-    let content_type =
-        headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let content_type = header(&headers, "content-type").unwrap_or_default().to_owned();
     let body: Value = response.json().await.context("a JSON body")?;
     ensure!(content_type == "application/problem+json", "content type {content_type} for {status}: {body}");
     ensure!(body["status"] == status.as_u16(), "status member {} vs {status}", body["status"]);
@@ -441,36 +427,123 @@ fn pointers(body: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-struct Harness {
-    shutdown: CancellationToken,
-    backends: Backends,
-    gateway: Running,
-    customer: String,
+/// A header's value as text; `None` when absent or not visible ASCII.
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-impl Drop for Harness {
+/// Whether a response's `RateLimit-Policy` names the rule `name`.
+fn names_policy(headers: &reqwest::header::HeaderMap, name: &str) -> bool {
+    header(headers, "ratelimit-policy").unwrap_or_default().contains(name)
+}
+
+/// Sets the gateway's HTTP and admin listeners to free loopback ports (for
+/// `commerce_gateway::serve`, which binds them itself) and returns them.
+fn fixed_ports(config: &mut Config) -> Result<(SocketAddr, SocketAddr)> {
+    config.http.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    config.admin.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    Ok((config.http.addr, config.admin.addr))
+}
+
+impl Backends {
+    /// A valid access token for `role`, signed with auth's key `k1`.
+    fn token(&self, role: &str) -> String {
+        token(&self.signing, "k1", "EdDSA", role, 300)
+    }
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path))
+    }
+
+    /// The rate-limit rules and backend the admin API reports.
+    async fn rate_limit_rules(&self, admin: &str) -> Result<Value> {
+        Ok(self.get("/api/admin/ratelimits").bearer_auth(admin).send().await?.json().await?)
+    }
+}
+
+/// One test's fake backends; dropping it stops them and every gateway
+/// started on them.
+struct Fixture {
+    shutdown: CancellationToken,
+    backends: Backends,
+}
+
+impl Drop for Fixture {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
 }
 
+impl Fixture {
+    async fn start() -> Result<Self> {
+        let shutdown = CancellationToken::new();
+        let backends = start_backends(&shutdown).await?;
+        Ok(Self { shutdown, backends })
+    }
+
+    fn config(&self, redis_url: &str, prefix: &str, rules_file: Option<PathBuf>) -> Config {
+        config(&self.backends.peers, redis_url, prefix, rules_file)
+    }
+
+    async fn gateway(&self, config: Config) -> Result<Running> {
+        start_gateway(config, &self.shutdown).await
+    }
+
+    /// Two gateways on the real Redis with one key prefix (and rules file):
+    /// two replicas of one deployment.
+    async fn replicas(&self, rules_file: Option<PathBuf>) -> Result<(Running, Running)> {
+        let shared_prefix = prefix();
+        let first = self.gateway(self.config(&redis_url(), &shared_prefix, rules_file.clone())).await?;
+        let second = self.gateway(self.config(&redis_url(), &shared_prefix, rules_file)).await?;
+        Ok((first, second))
+    }
+}
+
+/// One gateway on the real Redis, with its keys loaded, and a customer token.
+struct Harness {
+    fixture: Fixture,
+    gateway: Running,
+    customer: String,
+}
+
 async fn harness(rules_file: Option<PathBuf>) -> Result<Harness> {
     require_redis().await?;
-    let shutdown = CancellationToken::new();
-    let backends = start_backends(&shutdown).await?;
-    let gateway =
-        start_gateway(config(&backends.peers, &redis_url(), &prefix(), rules_file), &shutdown).await?;
-    let customer = token(&backends.signing, "k1", "EdDSA", "customer", 300);
+    let fixture = Fixture::start().await?;
+    let gateway = fixture.gateway(fixture.config(&redis_url(), &prefix(), rules_file)).await?;
+    let customer = fixture.backends.token("customer");
     wait_for_keys(&gateway, &customer).await?;
-    Ok(Harness { shutdown, backends, gateway, customer })
+    Ok(Harness { fixture, gateway, customer })
 }
 
-fn write_rules(path: &PathBuf, rules: &str) -> Result<()> {
-    std::fs::write(path, rules).with_context(|| format!("write {}", path.display()))
+/// A rate-limit rules file, removed when dropped (also when a test fails).
+struct RulesFile(PathBuf);
+
+impl RulesFile {
+    fn new(rules: &str) -> Result<Self> {
+        let file = Self(std::env::temp_dir().join(format!("gateway-rules-{}.yaml", Uuid::new_v4())));
+        file.write(rules)?;
+        Ok(file)
+    }
+
+    fn write(&self, rules: &str) -> Result<()> {
+        std::fs::write(&self.0, rules).with_context(|| format!("write {}", self.0.display()))
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        Some(self.0.clone())
+    }
 }
 
-fn temp_rules_path() -> PathBuf {
-    std::env::temp_dir().join(format!("gateway-rules-{}.yaml", Uuid::new_v4()))
+impl Drop for RulesFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn products_rule(burst: u32) -> String {
@@ -484,7 +557,7 @@ fn products_rule(burst: u32) -> String {
 #[tokio::test]
 async fn malformed_json_unknown_fields_bad_quantities_and_wrong_content_types_are_problems() -> Result<()> {
     let h = harness(None).await?;
-    let url = format!("{}/api/cart/items", h.gateway.base);
+    let url = h.gateway.url("/api/cart/items");
     let post = |body: &'static str, content_type: &'static str| {
         h.gateway
             .http
@@ -530,24 +603,21 @@ async fn malformed_json_unknown_fields_bad_quantities_and_wrong_content_types_ar
     let response =
         h.gateway.http.get(format!("{}/api/products/{}", h.gateway.base, Uuid::new_v4())).send().await?;
     assert_eq!(problem(response).await?.0, StatusCode::NOT_FOUND);
-    let response = h.gateway.http.get(format!("{}/api/products/not-a-uuid", h.gateway.base)).send().await?;
+    let response = h.gateway.get("/api/products/not-a-uuid").send().await?;
     let (status, _, body) = problem(response).await?;
     assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["path:id".to_owned()]));
-    let response =
-        h.gateway.http.get(format!("{}/api/products?page_size=1000", h.gateway.base)).send().await?;
+    let response = h.gateway.get("/api/products?page_size=1000").send().await?;
     let (status, _, body) = problem(response).await?;
     assert_eq!((status, pointers(&body)), (StatusCode::BAD_REQUEST, vec!["query:page_size".to_owned()]));
 
     // An unavailable peer is a 503 with Retry-After, never a 500.
-    let response =
-        h.gateway.http.get(format!("{}/api/products/{FLAKY_PRODUCT}", h.gateway.base)).send().await?;
+    let response = h.gateway.get(&format!("/api/products/{FLAKY_PRODUCT}")).send().await?;
     let (status, headers, _) = problem(response).await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
 
     // A peer slower than the client deadline (2 s here) is a 504.
-    let response =
-        h.gateway.http.get(format!("{}/api/products/{SLOW_PRODUCT}", h.gateway.base)).send().await?;
+    let response = h.gateway.get(&format!("/api/products/{SLOW_PRODUCT}")).send().await?;
     let (status, _, body) = problem(response).await?;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     Ok(())
@@ -560,7 +630,7 @@ async fn oversized_bodies_get_413_whether_declared_or_streamed() -> Result<()> {
     let response = h
         .gateway
         .http
-        .post(format!("{}/api/cart/items", h.gateway.base))
+        .post(h.gateway.url("/api/cart/items"))
         .bearer_auth(&h.customer)
         .header("content-type", "application/json")
         .body(big.clone())
@@ -588,10 +658,10 @@ async fn oversized_bodies_get_413_whether_declared_or_streamed() -> Result<()> {
 async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_bearer_challenge() -> Result<()>
 {
     let h = harness(None).await?;
-    let url = format!("{}/api/cart", h.gateway.base);
-    let signing = &h.backends.signing;
+    let url = h.gateway.url("/api/cart");
+    let signing = &h.fixture.backends.signing;
     let expired = token(signing, "k1", "EdDSA", "customer", -600);
-    let mut tampered = token(signing, "k1", "EdDSA", "customer", 300);
+    let mut tampered = h.fixture.backends.token("customer");
     let admin_claims =
         URL_SAFE_NO_PAD.encode(json!({"iss": "commerce-auth", "aud": "commerce", "sub": Uuid::nil(), "email": "x@y.z", "role": "admin", "iat": 0, "nbf": 0, "exp": 9_999_999_999_i64, "jti": Uuid::nil()}).to_string());
     let parts: Vec<String> = tampered.split('.').map(str::to_owned).collect();
@@ -616,7 +686,7 @@ async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_be
         }
         let (status, headers, body) = problem(request.send().await?).await?;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {body}");
-        let challenge = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let challenge = header(&headers, "www-authenticate").unwrap_or_default();
         assert!(challenge.starts_with("Bearer"), "{case}: {challenge:?}");
     }
     let response = h.gateway.http.get(&url).header("authorization", "Basic dTpw").send().await?;
@@ -627,10 +697,9 @@ async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_be
 #[tokio::test]
 async fn roles_gate_admin_and_courier_routes() -> Result<()> {
     let h = harness(None).await?;
-    let signing = &h.backends.signing;
-    let admin = token(signing, "k1", "EdDSA", "admin", 300);
-    let courier = token(signing, "k1", "EdDSA", "courier", 300);
-    let url = format!("{}/api/admin/ratelimits", h.gateway.base);
+    let admin = h.fixture.backends.token("admin");
+    let courier = h.fixture.backends.token("courier");
+    let url = h.gateway.url("/api/admin/ratelimits");
 
     let (status, _, _) = problem(h.gateway.http.get(&url).bearer_auth(&h.customer).send().await?).await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -656,7 +725,7 @@ async fn roles_gate_admin_and_courier_routes() -> Result<()> {
     let response = h
         .gateway
         .http
-        .post(format!("{}/api/admin/categories", h.gateway.base))
+        .post(h.gateway.url("/api/admin/categories"))
         .bearer_auth(&admin)
         .json(&json!({"name": "Mugs", "slug": "mugs"}))
         .send()
@@ -669,40 +738,33 @@ async fn roles_gate_admin_and_courier_routes() -> Result<()> {
 async fn a_rotated_key_is_fetched_once_and_invented_key_ids_do_not_hammer_auth() -> Result<()> {
     let h = harness(None).await?;
     let rotated = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    h.backends.auth.keys.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(public_key("k2", &rotated));
+    h.fixture.backends.auth.publish("k2", &rotated)?;
     let new_token = token(&rotated, "k2", "EdDSA", "customer", 300);
-    let url = format!("{}/api/cart", h.gateway.base);
+    let url = h.gateway.url("/api/cart");
     // Within the minimum refresh interval of the first fetch the kid stays
     // unknown; after it, one refresh finds it.
     wait_until("the rotated key to be accepted", || async {
         Ok(h.gateway.http.get(&url).bearer_auth(&new_token).send().await?.status() == StatusCode::OK)
     })
     .await?;
-    let fetches = h.backends.auth.fetches.load(Ordering::SeqCst);
+    let fetches = h.fixture.backends.auth.fetches.load(Ordering::SeqCst);
     for _ in 0..5 {
         let invented = token(&rotated, &format!("bogus-{}", Uuid::new_v4()), "EdDSA", "customer", 300);
         let (status, _, _) = problem(h.gateway.http.get(&url).bearer_auth(&invented).send().await?).await?;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let after = h.backends.auth.fetches.load(Ordering::SeqCst);
+    let after = h.fixture.backends.auth.fetches.load(Ordering::SeqCst);
     assert!(after <= fetches + 1, "five invented kids caused {} fetches", after - fetches);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_burst_beyond_the_limit_gets_429_with_retry_after_and_ratelimit_headers() -> Result<()> {
-    let rules = temp_rules_path();
-    write_rules(&rules, &products_rule(3))?;
-    let h = harness(Some(rules.clone())).await?;
-    let url = format!("{}/api/products", h.gateway.base);
+    let rules = RulesFile::new(&products_rule(3))?;
+    let h = harness(rules.path()).await?;
+    let url = h.gateway.url("/api/products");
     wait_until("the rules file to load", || async {
-        let response = h.gateway.http.get(&url).send().await?;
-        Ok(response
-            .headers()
-            .get("ratelimit-policy")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .contains("products-tight"))
+        Ok(names_policy(h.gateway.http.get(&url).send().await?.headers(), "products-tight"))
     })
     .await?;
     // The wait above spent at least one request; spend the rest of the burst.
@@ -718,50 +780,30 @@ async fn a_burst_beyond_the_limit_gets_429_with_retry_after_and_ratelimit_header
         last_allowed = Some(response.headers().clone());
     }
     let allowed = last_allowed.context("at least one more request fits the burst")?;
-    let state = allowed.get("ratelimit").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let state = header(&allowed, "ratelimit").unwrap_or_default();
     assert!(state.contains("\"products-tight\";r=0;t="), "{state}");
     let (status, headers, body) = problem(refused.context("the burst ran out within five requests")?).await?;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .context("Retry-After")?;
+    let retry_after: u64 =
+        header(&headers, "retry-after").and_then(|v| v.parse().ok()).context("Retry-After")?;
     assert!((1..=60).contains(&retry_after), "{retry_after}");
-    let policy = headers.get("ratelimit-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let policy = header(&headers, "ratelimit-policy").unwrap_or_default();
     assert!(policy.contains("\"products-tight\";q=1;w=60"), "{policy}");
     assert!(body["detail"].as_str().unwrap_or_default().contains("products-tight"), "{body}");
-    let _ = std::fs::remove_file(rules);
     Ok(())
 }
 
 #[tokio::test]
 async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
     require_redis().await?;
-    let shutdown = CancellationToken::new();
-    let _cancel = shutdown.clone().drop_guard();
-    let backends = start_backends(&shutdown).await?;
-    let rules = temp_rules_path();
-    write_rules(&rules, &products_rule(4))?;
-    let shared_prefix = prefix();
-    let first =
-        start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown)
-            .await?;
-    let second =
-        start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, Some(rules.clone())), &shutdown)
-            .await?;
-    let admin = token(&backends.signing, "k1", "EdDSA", "admin", 300);
+    let fixture = Fixture::start().await?;
+    let rules = RulesFile::new(&products_rule(4))?;
+    let (first, second) = fixture.replicas(rules.path()).await?;
+    let admin = fixture.backends.token("admin");
     for gateway in [&first, &second] {
         wait_for_keys(gateway, &admin).await?;
         wait_until("Redis and the rules on both gateways", || async {
-            let body: Value = gateway
-                .http
-                .get(format!("{}/api/admin/ratelimits", gateway.base))
-                .bearer_auth(&admin)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let body = gateway.rate_limit_rules(&admin).await?;
             let loaded = body["rules"]
                 .as_array()
                 .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
@@ -769,7 +811,7 @@ async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
         })
         .await?;
     }
-    let get = |gateway: &Running| gateway.http.get(format!("{}/api/products", gateway.base)).send();
+    let get = |gateway: &Running| gateway.get("/api/products").send();
     let statuses = vec![
         get(&first).await?.status(),
         get(&second).await?.status(),
@@ -784,33 +826,20 @@ async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
             .map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)),
         "a burst of 4 holds across both gateways"
     );
-    let _ = std::fs::remove_file(rules);
     Ok(())
 }
 
 #[tokio::test]
 async fn with_redis_unreachable_the_local_limiter_still_limits_and_metrics_say_so() -> Result<()> {
-    let shutdown = CancellationToken::new();
-    let _cancel = shutdown.clone().drop_guard();
-    let backends = start_backends(&shutdown).await?;
-    let rules = temp_rules_path();
-    write_rules(&rules, &products_rule(2))?;
+    let fixture = Fixture::start().await?;
+    let rules = RulesFile::new(&products_rule(2))?;
     // Port 1 on loopback: connection refused at once.
-    let gateway = start_gateway(
-        config(&backends.peers, "redis://127.0.0.1:1", &prefix(), Some(rules.clone())),
-        &shutdown,
-    )
-    .await?;
-    let url = format!("{}/api/products", gateway.base);
+    let gateway = fixture.gateway(fixture.config("redis://127.0.0.1:1", &prefix(), rules.path())).await?;
+    let url = gateway.url("/api/products");
     wait_until("the rules file to load", || async {
         let response = gateway.http.get(&url).send().await?;
         Ok(response.status() == StatusCode::TOO_MANY_REQUESTS
-            || response
-                .headers()
-                .get("ratelimit-policy")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .contains("products-tight"))
+            || names_policy(response.headers(), "products-tight"))
     })
     .await?;
     let mut statuses = Vec::new();
@@ -821,97 +850,68 @@ async fn with_redis_unreachable_the_local_limiter_still_limits_and_metrics_say_s
     let metrics = gateway.metrics.encode()?;
     assert!(metrics.contains("commerce_gateway_ratelimit_fallback 1"), "{metrics}");
     assert!(metrics.contains("commerce_gateway_ratelimit_limited_total"), "{metrics}");
-    let _ = std::fs::remove_file(rules);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_changed_rules_file_applies_without_restart() -> Result<()> {
-    let rules = temp_rules_path();
-    write_rules(&rules, &products_rule(1000))?;
-    let h = harness(Some(rules.clone())).await?;
-    let admin = token(&h.backends.signing, "k1", "EdDSA", "admin", 300);
+    let rules = RulesFile::new(&products_rule(1000))?;
+    let h = harness(rules.path()).await?;
+    let admin = h.fixture.backends.token("admin");
     let burst_of = |name: &'static str| {
-        let (http, url, admin) =
-            (h.gateway.http.clone(), format!("{}/api/admin/ratelimits", h.gateway.base), admin.clone());
+        let (gateway, admin) = (&h.gateway, admin.clone());
         async move {
-            let body: Value = http.get(url).bearer_auth(admin).send().await?.json().await?;
+            let body = gateway.rate_limit_rules(&admin).await?;
             Ok::<_, anyhow::Error>(body["rules"].as_array().and_then(|rules| {
                 rules.iter().find(|rule| rule["name"] == name).and_then(|rule| rule["burst"].as_u64())
             }))
         }
     };
     wait_until("the first rules", || async { Ok(burst_of("products-tight").await? == Some(1000)) }).await?;
-    write_rules(&rules, &products_rule(1))?;
+    rules.write(&products_rule(1))?;
     wait_until("the changed rules", || async { Ok(burst_of("products-tight").await? == Some(1)) }).await?;
-    let url = format!("{}/api/products", h.gateway.base);
+    let url = h.gateway.url("/api/products");
     let statuses =
         [h.gateway.http.get(&url).send().await?.status(), h.gateway.http.get(&url).send().await?.status()];
     assert_eq!(statuses[1], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
 
     // A broken file keeps the last good rules.
-    write_rules(&rules, "rules: [ {name: oops")?;
+    rules.write("rules: [ {name: oops")?;
     tokio::task::yield_now().await;
     assert_eq!(burst_of("products-tight").await?, Some(1));
-    let _ = std::fs::remove_file(rules);
     Ok(())
 }
 
 #[tokio::test]
 async fn rules_stored_in_redis_reach_every_gateway() -> Result<()> {
     require_redis().await?;
-    let shutdown = CancellationToken::new();
-    let _cancel = shutdown.clone().drop_guard();
-    let backends = start_backends(&shutdown).await?;
-    let shared_prefix = prefix();
-    let first = start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, None), &shutdown).await?;
-    let second =
-        start_gateway(config(&backends.peers, &redis_url(), &shared_prefix, None), &shutdown).await?;
-    let admin = token(&backends.signing, "k1", "EdDSA", "admin", 300);
+    let fixture = Fixture::start().await?;
+    let (first, second) = fixture.replicas(None).await?;
+    let admin = fixture.backends.token("admin");
     wait_for_keys(&first, &admin).await?;
     wait_for_keys(&second, &admin).await?;
     let rule = json!({"name": "categories-by-user", "match": {"path": "/api/categories"}, "key": "user", "rate": 1, "period": "1h", "burst": 1});
+    let rule_url = first.url("/api/admin/ratelimits/categories-by-user");
     wait_until("Redis to connect", || async {
-        let response = first
-            .http
-            .put(format!("{}/api/admin/ratelimits/categories-by-user", first.base))
-            .bearer_auth(&admin)
-            .json(&rule)
-            .send()
-            .await?;
+        let response = first.http.put(&rule_url).bearer_auth(&admin).json(&rule).send().await?;
         Ok(response.status() == StatusCode::OK)
     })
     .await?;
     wait_until("the stored rule on the second gateway", || async {
-        let body: Value = second
-            .http
-            .get(format!("{}/api/admin/ratelimits", second.base))
-            .bearer_auth(&admin)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let body = second.rate_limit_rules(&admin).await?;
         Ok(body["rules"].as_array().is_some_and(|rules| {
             rules.iter().any(|r| r["name"] == "categories-by-user" && r["source"] == "redis")
         }))
     })
     .await?;
-    let customer = token(&backends.signing, "k1", "EdDSA", "customer", 300);
-    let url_second = format!("{}/api/categories", second.base);
-    assert_eq!(second.http.get(&url_second).bearer_auth(&customer).send().await?.status(), StatusCode::OK);
-    assert_eq!(
-        second.http.get(&url_second).bearer_auth(&customer).send().await?.status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    let customer = fixture.backends.token("customer");
+    let categories = |token: &str| second.get("/api/categories").bearer_auth(token).send();
+    assert_eq!(categories(&customer).await?.status(), StatusCode::OK);
+    assert_eq!(categories(&customer).await?.status(), StatusCode::TOO_MANY_REQUESTS);
     // Keyed by user: another user still has quota.
-    let other = token(&backends.signing, "k1", "EdDSA", "customer", 300);
-    assert_eq!(second.http.get(&url_second).bearer_auth(&other).send().await?.status(), StatusCode::OK);
-    let response = first
-        .http
-        .delete(format!("{}/api/admin/ratelimits/categories-by-user", first.base))
-        .bearer_auth(&admin)
-        .send()
-        .await?;
+    let other = fixture.backends.token("customer");
+    assert_eq!(categories(&other).await?.status(), StatusCode::OK);
+    let response = first.http.delete(&rule_url).bearer_auth(&admin).send().await?;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -919,8 +919,7 @@ async fn rules_stored_in_redis_reach_every_gateway() -> Result<()> {
 #[tokio::test]
 async fn the_openapi_document_parses_and_every_route_it_lists_is_served() -> Result<()> {
     let h = harness(None).await?;
-    let document: Value =
-        h.gateway.http.get(format!("{}/api/openapi.json", h.gateway.base)).send().await?.json().await?;
+    let document: Value = h.gateway.get("/api/openapi.json").send().await?.json().await?;
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().context("paths")?;
     assert_eq!(
@@ -947,7 +946,7 @@ async fn the_openapi_document_parses_and_every_route_it_lists_is_served() -> Res
         );
     }
     // And an unknown route is a problem too.
-    let response = h.gateway.http.get(format!("{}/api/nothing-here", h.gateway.base)).send().await?;
+    let response = h.gateway.get("/api/nothing-here").send().await?;
     assert_eq!(problem(response).await?.0, StatusCode::NOT_FOUND);
     Ok(())
 }
@@ -959,33 +958,26 @@ async fn request_ids_are_echoed_and_traceparent_reaches_the_grpc_service() -> Re
     let response = h
         .gateway
         .http
-        .get(format!("{}/api/products/{KNOWN_PRODUCT}", h.gateway.base))
+        .get(h.gateway.url(&format!("/api/products/{KNOWN_PRODUCT}")))
         .header("x-request-id", "req-123")
         .header("traceparent", traceparent)
         .header("origin", "https://shop.example")
         .send()
         .await?;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("req-123"));
-    assert_eq!(
-        response.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
-        Some("https://shop.example")
-    );
+    assert_eq!(header(response.headers(), "x-request-id"), Some("req-123"));
+    assert_eq!(header(response.headers(), "access-control-allow-origin"), Some("https://shop.example"));
     let product: Value = response.json().await?;
     assert_eq!(product["price"], json!({"currency": "EUR", "amount_minor": 1299}));
-    let seen = h.backends.catalog.last_traceparent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let seen =
+        h.fixture.backends.catalog.last_traceparent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let seen = seen.context("the catalog got a traceparent")?;
     assert!(seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{seen}");
     assert_ne!(seen, traceparent, "the gateway sends a child span");
 
     // A generated id is echoed and names the problem instance.
-    let response = h.gateway.http.get(format!("{}/api/cart", h.gateway.base)).send().await?;
-    let id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .context("generated id")?
-        .to_owned();
+    let response = h.gateway.get("/api/cart").send().await?;
+    let id = header(response.headers(), "x-request-id").context("generated id")?.to_owned();
     let (_, _, body) = problem(response).await?;
     assert_eq!(body["instance"], format!("urn:request:{id}"));
     Ok(())
@@ -998,13 +990,9 @@ fn free_port() -> Result<u16> {
 #[tokio::test]
 async fn serve_runs_the_api_and_the_admin_endpoints_and_stops_on_shutdown() -> Result<()> {
     require_redis().await?;
-    let shutdown = CancellationToken::new();
-    let _cancel = shutdown.clone().drop_guard();
-    let backends = start_backends(&shutdown).await?;
-    let mut config = config(&backends.peers, &redis_url(), &prefix(), None);
-    config.http.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    config.admin.addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let (http_addr, admin_addr) = (config.http.addr, config.admin.addr);
+    let fixture = Fixture::start().await?;
+    let mut config = fixture.config(&redis_url(), &prefix(), None);
+    let (http_addr, admin_addr) = fixed_ports(&mut config)?;
     let server_shutdown = CancellationToken::new();
     let server = tokio::spawn(commerce_gateway::serve(config, server_shutdown.clone()));
     let client = reqwest::Client::new();
@@ -1027,10 +1015,7 @@ async fn serve_runs_the_api_and_the_admin_endpoints_and_stops_on_shutdown() -> R
         .send()
         .await?;
     assert!(preflight.status().is_success(), "{}", preflight.status());
-    assert_eq!(
-        preflight.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
-        Some("https://shop.example")
-    );
+    assert_eq!(header(preflight.headers(), "access-control-allow-origin"), Some("https://shop.example"));
     let foreign = client
         .get(format!("http://{http_addr}/api/products"))
         .header("origin", "https://evil.example")
@@ -1047,6 +1032,80 @@ async fn serve_runs_the_api_and_the_admin_endpoints_and_stops_on_shutdown() -> R
 
     server_shutdown.cancel();
     tokio::time::timeout(WAIT, server).await.context("serve stops after shutdown")???;
+    Ok(())
+}
+
+/// Until the gateway holds one of auth's keys it is not ready, and a request
+/// with a bearer token gets 503 (the token may be fine), never 401.
+#[tokio::test]
+async fn until_auth_publishes_a_key_the_gateway_is_unready_and_bearer_requests_get_503() -> Result<()> {
+    require_redis().await?;
+    let shutdown = CancellationToken::new();
+    let _cancel = shutdown.clone().drop_guard();
+    let auth_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let backends = start_backends_but_auth(auth_addr, &shutdown).await?;
+    let mut config = config(&backends.peers, &redis_url(), &prefix(), None);
+    let (http_addr, admin_addr) = fixed_ports(&mut config)?;
+    // The refused key fetches must not open auth's circuit breaker, which
+    // would hold the recovery back for longer than the test waits.
+    config.client.breaker_failures = 1000;
+    tokio::spawn(commerce_gateway::serve(config, shutdown.clone()));
+    let client = reqwest::Client::new();
+    let readyz = format!("http://{admin_addr}/readyz");
+    let cart = format!("http://{http_addr}/api/cart");
+    let customer = backends.token("customer");
+
+    // Auth not reachable: the HTTP listener is up, but the gateway is not ready.
+    wait_until("the HTTP listener", || async {
+        Ok(client.get(&cart).send().await.is_ok_and(|r| r.status() == StatusCode::UNAUTHORIZED))
+    })
+    .await?;
+    let response = client.get(&readyz).send().await?;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await?;
+    let keys_check = |body: &Value| {
+        body["checks"].as_array().and_then(|checks| checks.iter().find(|c| c["name"] == "auth-keys").cloned())
+    };
+    let check = keys_check(&body).context("an auth-keys check")?;
+    assert_eq!(check["ready"], false, "{body}");
+    assert!(check["reason"].as_str().is_some_and(|r| r.contains("signing keys")), "{body}");
+    let unavailable = |detail_part: &'static str| {
+        let (client, cart, customer) = (client.clone(), cart.clone(), customer.clone());
+        async move {
+            let (status, headers, body) =
+                problem(client.get(&cart).bearer_auth(&customer).send().await?).await?;
+            ensure!(status == StatusCode::SERVICE_UNAVAILABLE, "{status}: {body}");
+            ensure!(headers.contains_key("retry-after"), "no Retry-After: {headers:?}");
+            ensure!(!headers.contains_key("www-authenticate"), "a 503 must not challenge the token");
+            ensure!(
+                body["type"].as_str().is_some_and(|t| t.ends_with("/authentication-unavailable")),
+                "{body}"
+            );
+            let detail = body["detail"].as_str().unwrap_or_default();
+            ensure!(!detail.contains("GetPublicKeys"), "the fetch error stays out of the detail: {detail}");
+            Ok(detail.contains(detail_part))
+        }
+    };
+    assert!(unavailable("signing keys").await?, "the detail names the missing keys");
+
+    // Auth answers but publishes no key yet: still the gateway's problem.
+    serve_grpc(
+        TcpListener::bind(auth_addr).await?,
+        AuthServiceServer::new(backends.auth.clone()),
+        shutdown.clone(),
+    )?;
+    wait_until("auth to answer with no keys", || unavailable("publishes no usable signing keys")).await?;
+    assert_eq!(client.get(&readyz).send().await?.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Auth publishes its key: the refresher alone makes the gateway ready
+    // (no request needed), within its longest retry delay (10 s).
+    backends.auth.publish("k1", &backends.signing)?;
+    wait_until_within("readiness once auth has a key", 2 * WAIT, || async {
+        Ok(client.get(&readyz).send().await?.status() == StatusCode::OK)
+    })
+    .await?;
+    let response = client.get(&cart).bearer_auth(&customer).send().await?;
+    assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await?);
     Ok(())
 }
 
@@ -1102,13 +1161,11 @@ impl RedisProxy {
 #[tokio::test]
 async fn losing_redis_mid_run_falls_back_and_recovers_when_it_returns() -> Result<()> {
     require_redis().await?;
-    let shutdown = CancellationToken::new();
-    let _cancel = shutdown.clone().drop_guard();
-    let backends = start_backends(&shutdown).await?;
+    let fixture = Fixture::start().await?;
     let target = redis_url().trim_start_matches("redis://").trim_end_matches('/').to_owned();
     let mut proxy = RedisProxy::start(target).await?;
     let url = format!("redis://127.0.0.1:{}", proxy.port);
-    let gateway = start_gateway(config(&backends.peers, &url, &prefix(), None), &shutdown).await?;
+    let gateway = fixture.gateway(fixture.config(&url, &prefix(), None)).await?;
     let fallback = |expected: &'static str| {
         let (http, base, metrics) = (gateway.http.clone(), gateway.base.clone(), gateway.metrics.clone());
         async move {

@@ -79,9 +79,12 @@ pub fn saga_refund_key(order_id: &str) -> String {
     format!("cancel:{order_id}")
 }
 
-/// Reacts to a dead order: a pending payment is cancelled (never charged), a
-/// captured one gets a pending refund for what is left, which the worker
-/// makes. Waits for a worker holding the row mid-charge.
+/// Reacts to a dead order: a pending payment is cancelled (never charged
+/// again; if it was already due, the worker also voids the key with the
+/// provider, which may have taken the money on a call whose answer was
+/// lost), a captured one gets a pending
+/// refund for what is left, which the worker makes. Waits for a worker
+/// holding the row mid-charge.
 pub async fn order_died(conn: &mut PgConnection, order_id: &str, reason: &str) -> Result<(), Error> {
     store::ensure_row(conn, order_id).await?;
     let payment = store::lock_by_order(conn, order_id).await?.ok_or(Error::PaymentNotFound)?;
@@ -89,7 +92,21 @@ pub async fn order_died(conn: &mut PgConnection, order_id: &str, reason: &str) -
         DeadOrderAction::Cancel => {
             store::set_status(conn, payment.id, PaymentStatus::Cancelled, &payment.provider, "", reason)
                 .await?;
-            tracing::info!(order_id, "pending payment cancelled: the order died first");
+            if payment.intent_received && payment.stock_reserved {
+                // The charge was due, so a worker may have called the
+                // provider: the call failed (attempts > 0), or the process
+                // died before it could record the answer (no trace here at
+                // all). Either way the provider may hold the money. The
+                // worker voids the key with the provider.
+                store::request_void(conn, payment.id).await?;
+                tracing::info!(
+                    order_id,
+                    attempts = payment.attempts,
+                    "pending payment cancelled; void requested"
+                );
+            } else {
+                tracing::info!(order_id, "pending payment cancelled: the order died first");
+            }
         }
         DeadOrderAction::Refund => {
             let committed = store::committed_refunds(conn, payment.id).await?;

@@ -16,6 +16,11 @@
 //!   `POST /mock-provider/available`, `GET /mock-provider` (JSON state:
 //!   availability, charges taken, calls). `--mock-start-unavailable` starts it
 //!   switched off;
+//! - payment token `tok_lost_answer` -> the charge is captured, but every
+//!   answer is lost: the caller sees "unavailable" (a timeout after the
+//!   provider acted), so only a void tells whether money was taken;
+//! - a voided charge key takes no money: a capture made under it is
+//!   reversed, and a later charge with it is declined ("charge voided");
 //! - `--mock-latency` delays every call, to widen race windows in tests;
 //! - idempotent on the key (the order id): a repeated key returns the first
 //!   outcome and takes no money again, exactly as real providers treat
@@ -35,6 +40,8 @@ use tokio::time::Instant;
 pub const DECLINE_TOKEN: &str = "tok_decline";
 /// Test token for which the mock is always unavailable.
 pub const UNAVAILABLE_TOKEN: &str = "tok_unavailable";
+/// Test token whose charge the mock captures while every answer is lost.
+pub const LOST_ANSWER_TOKEN: &str = "tok_lost_answer";
 
 /// A charge to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +73,29 @@ pub struct RefundRequest {
     pub currency: String,
 }
 
+/// What voiding a charge key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoidOutcome {
+    /// No money had been taken under the key; none will be.
+    NothingCharged,
+    /// A capture had been made under the key and was reversed in full;
+    /// `reference` is the provider's id of the reversal.
+    Reversed { reference: String },
+}
+
+impl VoidOutcome {
+    /// Stored in `payments.void_outcome` and used as a metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VoidOutcome::NothingCharged => "nothing_charged",
+            VoidOutcome::Reversed { .. } => "reversed",
+        }
+    }
+}
+
 /// The provider could not answer: safe to retry later with the same key.
+/// The call may still have been carried out (an answer lost on the way), so
+/// a caller that gives up on a charge must void its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
     #[error("payment provider unavailable: {0}")]
@@ -84,6 +113,12 @@ pub trait PaymentProvider: Send + Sync + 'static {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError>;
     /// Refunds once per idempotency key; returns the provider's refund id.
     async fn refund(&self, request: &RefundRequest) -> Result<String, ProviderError>;
+    /// Settles a charge key whose outcome is unknown (its last call failed)
+    /// and that will not be charged any more (the order died): reverses any
+    /// capture made under it and makes any later charge with it take no
+    /// money. Idempotent; a real provider cancels the payment intent (or
+    /// refunds it if already captured).
+    async fn void(&self, idempotency_key: &str) -> Result<VoidOutcome, ProviderError>;
 }
 
 /// The mock's settings (flags in `config`).
@@ -102,7 +137,8 @@ pub fn mock_decision(
     request: &ChargeRequest,
     settings: &MockSettings,
 ) -> Result<ChargeOutcome, ProviderError> {
-    if request.payment_method_token == UNAVAILABLE_TOKEN {
+    if request.payment_method_token == UNAVAILABLE_TOKEN || request.payment_method_token == LOST_ANSWER_TOKEN
+    {
         return Err(ProviderError::Unavailable(format!("token {UNAVAILABLE_TOKEN}")));
     }
     if request.payment_method_token == DECLINE_TOKEN {
@@ -130,6 +166,7 @@ pub struct MockProvider {
 struct MockLedger {
     charges: HashMap<String, ChargeOutcome>,
     refunds: HashMap<String, String>,
+    voids: HashMap<String, VoidOutcome>,
 }
 
 /// The mock's state, as `GET /mock-provider` shows it.
@@ -142,6 +179,8 @@ pub struct MockState {
     pub charges_taken: u64,
     /// Distinct refunds made.
     pub refunds_made: u64,
+    /// Voided charge keys whose capture was reversed.
+    pub captures_reversed: u64,
 }
 
 impl MockProvider {
@@ -163,19 +202,33 @@ impl MockProvider {
     }
 
     pub fn state(&self) -> MockState {
-        let refunds_made = self.lock().refunds.len() as u64;
+        let ledger = self.lock();
+        let refunds_made = ledger.refunds.len() as u64;
+        let captures_reversed =
+            ledger.voids.values().filter(|void| matches!(void, VoidOutcome::Reversed { .. })).count() as u64;
         MockState {
             available: self.available.load(Ordering::SeqCst),
             calls: self.calls.load(Ordering::SeqCst),
             charges_taken: self.charges_taken.load(Ordering::SeqCst),
             refunds_made,
+            captures_reversed,
         }
     }
 
     /// How many times money was taken for `key` (0 or 1 by construction;
-    /// tests assert it).
+    /// tests assert it). A reversed capture still counts: see
+    /// [`MockProvider::money_held_for`].
     pub fn charges_taken_for(&self, key: &str) -> usize {
         usize::from(matches!(self.lock().charges.get(key), Some(ChargeOutcome::Captured { .. })))
+    }
+
+    /// Whether the provider holds money for charge key `key`: captured and
+    /// not reversed by a void (refunds made through [`PaymentProvider::refund`]
+    /// are the payment service's own bookkeeping and not counted here).
+    pub fn money_held_for(&self, key: &str) -> bool {
+        let ledger = self.lock();
+        matches!(ledger.charges.get(key), Some(ChargeOutcome::Captured { .. }))
+            && !matches!(ledger.voids.get(key), Some(VoidOutcome::Reversed { .. }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MockLedger> {
@@ -204,14 +257,44 @@ impl PaymentProvider for MockProvider {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
         self.enter().await?;
         let mut ledger = self.lock();
+        if ledger.voids.contains_key(&request.idempotency_key) {
+            return Ok(ChargeOutcome::Declined { reason: "charge voided".to_owned() });
+        }
+        let lost_answer = request.payment_method_token == LOST_ANSWER_TOKEN;
         if let Some(outcome) = ledger.charges.get(&request.idempotency_key) {
+            if lost_answer {
+                return Err(ProviderError::Unavailable(format!("token {LOST_ANSWER_TOKEN}: answer lost")));
+            }
             return Ok(outcome.clone());
+        }
+        if lost_answer {
+            // Money is taken; the answer never reaches the caller.
+            let reference = format!("mock_ch_{}", request.idempotency_key);
+            ledger.charges.insert(request.idempotency_key.clone(), ChargeOutcome::Captured { reference });
+            self.charges_taken.fetch_add(1, Ordering::SeqCst);
+            return Err(ProviderError::Unavailable(format!("token {LOST_ANSWER_TOKEN}: answer lost")));
         }
         let outcome = mock_decision(request, &self.settings)?;
         if matches!(outcome, ChargeOutcome::Captured { .. }) {
             self.charges_taken.fetch_add(1, Ordering::SeqCst);
         }
         ledger.charges.insert(request.idempotency_key.clone(), outcome.clone());
+        Ok(outcome)
+    }
+
+    async fn void(&self, idempotency_key: &str) -> Result<VoidOutcome, ProviderError> {
+        self.enter().await?;
+        let mut ledger = self.lock();
+        if let Some(outcome) = ledger.voids.get(idempotency_key) {
+            return Ok(outcome.clone());
+        }
+        let outcome = match ledger.charges.get(idempotency_key) {
+            Some(ChargeOutcome::Captured { .. }) => {
+                VoidOutcome::Reversed { reference: format!("mock_void_{idempotency_key}") }
+            }
+            _ => VoidOutcome::NothingCharged,
+        };
+        ledger.voids.insert(idempotency_key.to_owned(), outcome.clone());
         Ok(outcome)
     }
 
@@ -365,6 +448,34 @@ mod tests {
         assert_eq!(mock.charges_taken_for("order-1"), 1);
         assert_eq!(mock.state().charges_taken, 1);
         assert_eq!(mock.state().calls, 2);
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_hides_a_capture_that_a_void_reverses() {
+        let mock = MockProvider::new(MockSettings::default());
+        let lost = request("order-lost", 700, LOST_ANSWER_TOKEN);
+        for _ in 0..2 {
+            assert!(matches!(mock.charge(&lost).await, Err(ProviderError::Unavailable(_))));
+        }
+        assert!(mock.money_held_for("order-lost"), "the money was taken despite the errors");
+        assert_eq!(mock.state().charges_taken, 1, "once");
+
+        let reversed = mock.void("order-lost").await.expect("voided");
+        assert_eq!(reversed, VoidOutcome::Reversed { reference: "mock_void_order-lost".to_owned() });
+        assert_eq!(mock.void("order-lost").await.expect("voided again"), reversed, "idempotent");
+        assert!(!mock.money_held_for("order-lost"));
+        assert_eq!(mock.state().captures_reversed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_voided_key_never_takes_money_later() {
+        let mock = MockProvider::new(MockSettings::default());
+        assert_eq!(mock.void("order-late").await, Ok(VoidOutcome::NothingCharged));
+        // A charge that was in flight when the order died arrives afterwards.
+        let late = mock.charge(&request("order-late", 700, "tok_ok")).await.expect("answered");
+        assert_eq!(late, ChargeOutcome::Declined { reason: "charge voided".to_owned() });
+        assert!(!mock.money_held_for("order-late"));
+        assert_eq!(mock.state().charges_taken, 0);
     }
 
     #[tokio::test]

@@ -26,6 +26,11 @@ pub struct Payment {
     pub provider_reference: String,
     pub failure_reason: String,
     pub refunded: i64,
+    /// The order died while the charge's outcome was unknown: the provider
+    /// must still be told to void the key.
+    pub void_pending: bool,
+    /// What the void found (`nothing_charged`, `reversed`); empty before.
+    pub void_outcome: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -46,12 +51,14 @@ struct PaymentRow {
     provider_reference: String,
     failure_reason: String,
     refunded_units: i64,
+    void_pending: bool,
+    void_outcome: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 const PAYMENT_COLUMNS: &str = "id, order_id, user_id, currency, amount_units, payment_method_token, intent_received, \
-     stock_reserved, status, attempts, provider, provider_reference, failure_reason, refunded_units, created_at, updated_at";
+     stock_reserved, status, attempts, provider, provider_reference, failure_reason, refunded_units, void_pending, void_outcome, created_at, updated_at";
 
 impl TryFrom<PaymentRow> for Payment {
     type Error = Error;
@@ -76,6 +83,8 @@ impl TryFrom<PaymentRow> for Payment {
             provider_reference: row.provider_reference,
             failure_reason: row.failure_reason,
             refunded: row.refunded_units,
+            void_pending: row.void_pending,
+            void_outcome: row.void_outcome,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -227,6 +236,72 @@ pub async fn set_status(
     .bind(provider)
     .bind(provider_reference)
     .bind(failure_reason)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// Marks a payment whose charge outcome is unknown for voiding, due now.
+pub async fn request_void(conn: &mut PgConnection, id: Uuid) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE payments SET void_pending = TRUE, next_attempt_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// The next due void nobody else is working on, locked.
+pub async fn lock_due_void(conn: &mut PgConnection) -> Result<Option<Payment>, Error> {
+    let row: Option<PaymentRow> = sqlx::query_as(&format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE void_pending AND next_attempt_at <= now() \
+         ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+    ))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(Error::LoadPayment)?;
+    row.map(Payment::try_from).transpose()
+}
+
+/// Records what the provider's void found; a reversal's reference replaces
+/// the (unknown) charge reference.
+pub async fn complete_void(
+    conn: &mut PgConnection,
+    id: Uuid,
+    outcome: &str,
+    reference: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE payments SET void_pending = FALSE, void_outcome = $2, \
+         provider_reference = CASE WHEN $3 = '' THEN provider_reference ELSE $3 END, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(outcome)
+    .bind(reference)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?;
+    Ok(())
+}
+
+/// Keeps the void pending and schedules the next attempt.
+pub async fn schedule_void_retry(
+    conn: &mut PgConnection,
+    id: Uuid,
+    next_attempt_at: DateTime<Utc>,
+    last_error: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $2, failure_reason = $3, \
+         updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(next_attempt_at)
+    .bind(last_error)
     .execute(&mut *conn)
     .await
     .map_err(Error::UpdatePayment)?;

@@ -9,6 +9,12 @@
 //! PENDING; the next attempt repeats the call with the same idempotency key
 //! (the order id) and the provider returns the first capture: nothing is
 //! charged twice.
+//!
+//! If the order dies while the payment is still PENDING but was due (a call
+//! may have failed, or its answer died with a crashed process), the payment
+//! is cancelled and the worker voids the key with the provider: a capture the provider made despite the failed call is reversed,
+//! and a charge still in flight can take no money afterwards. An order that
+//! died never leaves money with the provider.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +33,7 @@ use crate::Error;
 use crate::domain::{self, PaymentStatus};
 use crate::events::{payment_captured, payment_failed, payment_refunded};
 use crate::provider::{
-    ChargeOutcome, ChargeRequest, PaymentProvider, ProviderBreaker, ProviderError, RefundRequest,
+    ChargeOutcome, ChargeRequest, PaymentProvider, ProviderBreaker, ProviderError, RefundRequest, VoidOutcome,
 };
 use crate::store::{self, Payment, Refund};
 
@@ -66,6 +72,7 @@ struct OutcomeLabels {
 struct WorkerMetrics {
     charges: Family<OutcomeLabels, Counter>,
     refunds: Family<OutcomeLabels, Counter>,
+    voids: Family<OutcomeLabels, Counter>,
     breaker_open: Gauge,
 }
 
@@ -102,7 +109,8 @@ impl Worker {
     }
 
     /// Exports `commerce_payment_charge_attempts_total{outcome}`,
-    /// `commerce_payment_refund_attempts_total{outcome}` and
+    /// `commerce_payment_refund_attempts_total{outcome}`,
+    /// `commerce_payment_void_attempts_total{outcome}` and
     /// `commerce_payment_provider_circuit_open` in `metrics`.
     pub fn with_metrics(self, metrics: &Metrics) -> Self {
         metrics.register(
@@ -116,6 +124,11 @@ impl Worker {
             self.metrics.refunds.clone(),
         );
         metrics.register(
+            "commerce_payment_void_attempts",
+            "Voids of dead orders' charge keys by outcome: nothing_charged, reversed, deferred",
+            self.metrics.voids.clone(),
+        );
+        metrics.register(
             "commerce_payment_provider_circuit_open",
             "1 while the circuit breaker around the payment provider is open",
             self.metrics.breaker_open.clone(),
@@ -126,10 +139,11 @@ impl Worker {
     /// Charges and refunds until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let worked = match (self.charge_next().await, self.refund_next().await) {
-                (Ok(charged), Ok(refunded)) => charged || refunded,
-                (charged, refunded) => {
-                    for error in [charged.err(), refunded.err()].into_iter().flatten() {
+            let rounds = [self.charge_next().await, self.refund_next().await, self.void_next().await];
+            let worked = match rounds {
+                [Ok(charged), Ok(refunded), Ok(voided)] => charged || refunded || voided,
+                rounds => {
+                    for error in rounds.into_iter().filter_map(Result::err) {
                         tracing::warn!(error = %crate::error_chain(&error), "payment worker round failed");
                     }
                     false
@@ -204,6 +218,43 @@ impl Worker {
                 Ok(ChargeAttempt::Deferred(error))
             }
         }
+    }
+
+    /// Voids the next due charge key of a dead order; true if there was one.
+    pub async fn void_next(&self) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await.map_err(Error::UpdatePayment)?;
+        let Some(payment) = store::lock_due_void(&mut tx).await? else {
+            return Ok(false);
+        };
+        let outcome = self.breaker.call(self.provider.void(&payment.order_id)).await;
+        self.metrics.breaker_open.set(i64::from(self.breaker.is_open()));
+        match outcome {
+            Ok(void) => {
+                WorkerMetrics::count(&self.metrics.voids, void.as_str());
+                let reference = match &void {
+                    VoidOutcome::Reversed { reference } => {
+                        tracing::warn!(
+                            order_id = %payment.order_id,
+                            reference,
+                            "the provider had captured a dead order's charge despite the failed call; reversed"
+                        );
+                        reference.as_str()
+                    }
+                    VoidOutcome::NothingCharged => "",
+                };
+                store::complete_void(&mut tx, payment.id, void.as_str(), reference).await?;
+            }
+            Err(error) => {
+                WorkerMetrics::count(&self.metrics.voids, "deferred");
+                let delay =
+                    domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
+                let next =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                store::schedule_void_retry(&mut tx, payment.id, next, &error.to_string()).await?;
+            }
+        }
+        tx.commit().await.map_err(Error::UpdatePayment)?;
+        Ok(true)
     }
 
     /// Makes the next due refund; true if there was one.

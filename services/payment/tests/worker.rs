@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use commerce_payment::domain::PaymentStatus;
 use commerce_payment::provider::{
-    ChargeOutcome, ChargeRequest, MockProvider, MockSettings, PaymentProvider, ProviderBreaker,
-    ProviderError, RefundRequest,
+    ChargeOutcome, ChargeRequest, LOST_ANSWER_TOKEN, MockProvider, MockSettings, PaymentProvider,
+    ProviderBreaker, ProviderError, RefundRequest, VoidOutcome,
 };
 use commerce_payment::worker::{Worker, WorkerSettings};
 use commerce_payment::{events, store};
@@ -43,6 +43,10 @@ impl PaymentProvider for CrashAfterFirstCharge {
 
     async fn refund(&self, request: &RefundRequest) -> Result<String, ProviderError> {
         self.inner.refund(request).await
+    }
+
+    async fn void(&self, idempotency_key: &str) -> Result<VoidOutcome, ProviderError> {
+        self.inner.void(idempotency_key).await
     }
 }
 
@@ -144,6 +148,13 @@ async fn a_dead_orders_pending_payment_is_cancelled_and_never_charged() -> anyho
     assert!(!worker.charge_next().await?, "a cancelled payment is never due");
     assert_eq!(mock.state().charges_taken, 0);
     assert_eq!(outbox_count(&pool, "commerce.events.v1.PaymentCaptured").await?, 0);
+    // The charge was due, so its key is voided with the provider; it had
+    // taken nothing.
+    assert!(worker.void_next().await?, "the void ran");
+    let voided = payment(&pool, "order-dead").await?;
+    assert!(!voided.void_pending);
+    assert_eq!(voided.void_outcome, "nothing_charged");
+    assert!(!worker.void_next().await?, "voided once");
     pool.close().await;
     database.drop_database().await
 }
@@ -172,6 +183,89 @@ async fn a_dead_orders_captured_payment_is_refunded_once_even_if_told_twice() ->
     events::order_died(&mut tx, "order-refund", "order cancelled").await?;
     tx.commit().await?;
     assert!(!worker.refund_next().await?, "a refunded payment is not refunded again");
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_dead_orders_charge_whose_answer_was_lost_is_reversed_with_the_provider() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let worker = worker(&pool, mock.clone());
+    intent_and_stock(&pool, "order-lost", LOST_ANSWER_TOKEN).await?;
+    assert!(worker.charge_next().await?, "the attempt ran");
+    let pending = payment(&pool, "order-lost").await?;
+    assert_eq!((pending.status, pending.attempts), (PaymentStatus::Pending, 1), "the answer was lost");
+    assert!(mock.money_held_for("order-lost"), "but the provider took the money");
+
+    // The order dies (its reservation lapsed) before any retry got through.
+    let mut tx = pool.begin().await?;
+    events::order_died(&mut tx, "order-lost", "reservation expired").await?;
+    tx.commit().await?;
+    let cancelled = payment(&pool, "order-lost").await?;
+    assert_eq!(cancelled.status, PaymentStatus::Cancelled);
+    assert!(cancelled.void_pending, "a void is due");
+
+    assert!(worker.void_next().await?, "the void ran");
+    let voided = payment(&pool, "order-lost").await?;
+    assert!(!voided.void_pending);
+    assert_eq!(voided.void_outcome, "reversed");
+    assert_eq!(voided.provider_reference, "mock_void_order-lost");
+    assert!(!mock.money_held_for("order-lost"), "no money stays with the provider");
+    assert!(!worker.void_next().await?, "voided once");
+    assert!(!worker.charge_next().await?, "never charged again");
+    assert_eq!(outbox_count(&pool, "commerce.events.v1.PaymentCaptured").await?, 0);
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_charge_whose_process_died_before_recording_it_is_reversed_when_the_order_dies()
+-> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let worker = worker(&pool, mock.clone());
+    intent_and_stock(&pool, "order-crashed", "tok_ok").await?;
+
+    // The provider captures, then the process dies before its commit: no
+    // trace of the call is left in the database.
+    let mut tx = pool.begin().await?;
+    let due = store::lock_due_charge(&mut tx).await?.expect("a due charge");
+    worker.charge_locked(&mut tx, &due).await?;
+    drop(tx);
+    let pending = payment(&pool, "order-crashed").await?;
+    assert_eq!((pending.status, pending.attempts), (PaymentStatus::Pending, 0));
+    assert!(mock.money_held_for("order-crashed"));
+
+    let mut tx = pool.begin().await?;
+    events::order_died(&mut tx, "order-crashed", "order cancelled").await?;
+    tx.commit().await?;
+    assert!(worker.void_next().await?, "the void ran");
+    assert_eq!(payment(&pool, "order-crashed").await?.void_outcome, "reversed");
+    assert!(!mock.money_held_for("order-crashed"), "no money stays with the provider");
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_dead_orders_void_waits_out_an_unavailable_provider() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let worker = worker(&pool, mock.clone());
+    intent_and_stock(&pool, "order-away", LOST_ANSWER_TOKEN).await?;
+    worker.charge_next().await?;
+    let mut tx = pool.begin().await?;
+    events::order_died(&mut tx, "order-away", "reservation expired").await?;
+    tx.commit().await?;
+
+    mock.set_available(false);
+    assert!(worker.void_next().await?, "the void was attempted");
+    assert!(payment(&pool, "order-away").await?.void_pending, "and stays due");
+    assert!(mock.money_held_for("order-away"));
+    mock.set_available(true);
+    assert!(worker.void_next().await?, "the retry ran");
+    assert_eq!(payment(&pool, "order-away").await?.void_outcome, "reversed");
+    assert!(!mock.money_held_for("order-away"));
     pool.close().await;
     database.drop_database().await
 }

@@ -98,6 +98,13 @@ struct Harness {
 
 impl Harness {
     async fn start(max_attempts: u32) -> anyhow::Result<Self> {
+        let (database, prefix) = Self::prepare().await?;
+        Self::start_consumer(database, &prefix, max_attempts).await
+    }
+
+    /// A new database with the effects table, and the test's topics under a
+    /// new prefix.
+    async fn prepare() -> anyhow::Result<(TestDatabase, String)> {
         init_logging();
         require_kafka().await?;
         let database = TestDatabase::create().await?;
@@ -112,8 +119,13 @@ impl Harness {
             .find(|spec| spec.name == SERVICE.dead_letter_topic())
             .context("the catalog has the service's dead-letter topic")?;
         create_topics(&names, &[Topic::Orders.spec(), dead_letters]).await?;
+        Ok((database, prefix))
+    }
 
-        let args = kafka_args(&prefix);
+    /// Runs the service's consumer on `database` and the topics under `prefix`.
+    async fn start_consumer(database: TestDatabase, prefix: &str, max_attempts: u32) -> anyhow::Result<Self> {
+        let names = TopicNames::new(prefix);
+        let args = kafka_args(prefix);
         let producer = EventProducer::new(&args)?;
         let handler = CountingHandler::default();
         let (calls, hopeless_calls) = (handler.calls.clone(), handler.hopeless_calls.clone());
@@ -339,5 +351,105 @@ async fn a_handler_that_keeps_failing_goes_to_the_dead_letter_topic_after_the_co
             .fetch_one(&harness.database.pool)
             .await?;
     assert_eq!(processed, 0, "a dead-lettered event stays replayable");
+    harness.finish().await
+}
+
+/// Where the killed-consumer helper process finds the test's database.
+const KILLED_HELPER_DATABASE_URL: &str = "COMMERCE_TEST_KILLED_CONSUMER_DATABASE_URL";
+/// ... and the test's topic prefix (hence the consumer group).
+const KILLED_HELPER_PREFIX: &str = "COMMERCE_TEST_KILLED_CONSUMER_PREFIX";
+
+/// Helper process of
+/// [`a_killed_consumers_partitions_move_to_a_new_member_within_the_session_timeout`]:
+/// joins the group, handles `order-first`, then dies without leaving the
+/// group, as a process that is killed or loses its node does.
+#[tokio::test]
+#[ignore = "helper process, started by a_killed_consumers_partitions_move_to_a_new_member_within_the_session_timeout"]
+async fn killed_consumer_helper_handles_one_event_then_aborts() {
+    let url = std::env::var(KILLED_HELPER_DATABASE_URL).expect("run only by the failover test");
+    let prefix = std::env::var(KILLED_HELPER_PREFIX).expect("run only by the failover test");
+    init_logging();
+    let pool = PgPool::connect(&url).await.expect("the helper reaches the database");
+    let args = kafka_args(&prefix);
+    let producer = EventProducer::new(&args).expect("producer");
+    let consumer = EventConsumer::new(
+        SERVICE,
+        &args,
+        pool.clone(),
+        producer,
+        CountingHandler::default(),
+        Readiness::new().register("kafka-consumer"),
+    )
+    .expect("consumer");
+    let _running = tokio::spawn(consumer.run(CancellationToken::new()));
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        let handled: Option<i32> =
+            sqlx::query_scalar("SELECT count FROM effects WHERE order_id = 'order-first'")
+                .fetch_optional(&pool)
+                .await
+                .expect("query effects");
+        if handled.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "order-first was never handled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No shutdown, no LeaveGroup, no destructor: the coordinator only learns
+    // of the death when heartbeats stop.
+    std::process::abort();
+}
+
+/// A consumer that dies without leaving its group holds its partitions until
+/// the session timeout (`--kafka-session-timeout`, 10 s by default) expires;
+/// then a new member gets them. With librdkafka's default of 45 s this takes
+/// more than 45 s, so the bound below tells the two apart.
+#[tokio::test]
+async fn a_killed_consumers_partitions_move_to_a_new_member_within_the_session_timeout() -> anyhow::Result<()>
+{
+    use std::os::unix::process::ExitStatusExt as _;
+    let (database, prefix) = Harness::prepare().await?;
+    let helper = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "killed_consumer_helper_handles_one_event_then_aborts",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILLED_HELPER_DATABASE_URL, &database.url)
+        .env(KILLED_HELPER_PREFIX, &prefix)
+        .kill_on_drop(true)
+        .output();
+    let producer = EventProducer::new(&kafka_args(&prefix))?;
+    let topic = TopicNames::new(&prefix).topic(Topic::Orders);
+    let first = OrderPlaced { order_id: "order-first".to_owned(), ..OrderPlaced::default() }.encode_to_vec();
+    producer
+        .send(OutgoingRecord {
+            topic: &topic,
+            key: Some(KEY.as_bytes()),
+            payload: Some(&first),
+            headers: attributes_for("order-first").to_kafka_headers(),
+        })
+        .await?;
+    let output = tokio::time::timeout(EVENTUALLY, helper).await.context("the helper process hangs")??;
+    anyhow::ensure!(
+        output.status.signal() == Some(6),
+        "the helper must die by SIGABRT, got {:?}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A new member joins the same group and must get the partition once the
+    // dead one's session has expired.
+    let killed_at = std::time::Instant::now();
+    let harness = Harness::start_consumer(database, &prefix, 3).await?;
+    harness.produce_event(&attributes_for("order-second"), "order-second").await?;
+    harness.wait_for_effect("order-second").await?;
+    let took = killed_at.elapsed();
+    eprintln!("a new member handled the next event {took:?} after the old one was killed");
+    assert_eq!(harness.effect_count("order-first").await?, Some(1), "order-first was handled once");
+    let bound = Duration::from_secs(40);
+    anyhow::ensure!(took < bound, "the partition stood still for {took:?} (bound {bound:?})");
     harness.finish().await
 }

@@ -56,7 +56,7 @@ use uuid::Uuid;
 
 use super::EventPayload;
 use super::cloudevents::CloudEventAttributes;
-use super::kafka::{KafkaArgs, TracingContext, spawn_broker_watch};
+use super::kafka::{KafkaArgs, TracingContext, millis, spawn_broker_watch};
 use super::metrics::EventMetrics;
 use super::outbox::error_chain;
 use super::producer::{EventProducer, OutgoingRecord};
@@ -422,7 +422,9 @@ impl<H: EventHandler> EventConsumer<H> {
             .set("enable.auto.offset.store", "false")
             // A new group starts at the beginning: events published before
             // the service first ran still count.
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", millis(args.session_timeout))
+            .set("heartbeat.interval.ms", millis(args.session_timeout / 3));
         let consumer: StreamConsumer<TracingContext> = config
             .create_with_context(TracingContext)
             .map_err(|source| ConsumerError::CreateConsumer { group: group.clone(), source })?;

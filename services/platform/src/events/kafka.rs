@@ -63,6 +63,20 @@ pub struct KafkaArgs {
         value_parser = humantime::parse_duration
     )]
     pub handler_retry_backoff: Duration,
+    /// How long the group coordinator waits for a heartbeat before it takes
+    /// a consumer's partitions away (`session.timeout.ms`; heartbeats go at a
+    /// third of it). A consumer that stops cleanly leaves its group at once;
+    /// this bounds how long the partitions of one that was killed (or lost
+    /// its node) stand still. librdkafka's 45 s default held a killed order
+    /// service's events for about 90 s. The broker must allow it
+    /// (`group.min.session.timeout.ms`, 6 s by default).
+    #[arg(
+        long = "kafka-session-timeout",
+        env = "COMMERCE_KAFKA_SESSION_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub session_timeout: Duration,
     /// Extra librdkafka properties, `key=value`, comma separated: TLS or SASL
     /// settings of a managed cluster (`security.protocol=SASL_SSL,...`). They
     /// may carry secrets: give them through the environment.
@@ -85,6 +99,7 @@ impl KafkaArgs {
             delivery_timeout: Duration::from_secs(30),
             handler_attempts: 5,
             handler_retry_backoff: Duration::from_millis(200),
+            session_timeout: Duration::from_secs(10),
             properties: Vec::new(),
         }
     }
@@ -107,6 +122,11 @@ impl KafkaArgs {
     }
 }
 
+/// A duration as librdkafka's `*.ms` properties want it.
+pub(crate) fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
 /// Property values may be SASL passwords: show their keys only.
 impl fmt::Debug for KafkaArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,6 +137,7 @@ impl fmt::Debug for KafkaArgs {
             .field("delivery_timeout", &self.delivery_timeout)
             .field("handler_attempts", &self.handler_attempts)
             .field("handler_retry_backoff", &self.handler_retry_backoff)
+            .field("session_timeout", &self.session_timeout)
             .field("property_keys", &property_keys)
             .finish()
     }

@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::kafka::{KafkaArgs, TopicNames, TracingContext, spawn_broker_watch};
+use super::kafka::{KafkaArgs, TopicNames, TracingContext, millis, spawn_broker_watch};
 use crate::readiness::Check;
 
 /// Name of the readiness check of a service's producer.
@@ -168,8 +168,4 @@ impl PendingDelivery {
             }
         }
     }
-}
-
-fn millis(duration: Duration) -> String {
-    duration.as_millis().to_string()
 }
