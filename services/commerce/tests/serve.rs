@@ -192,11 +192,32 @@ impl Drop for Shop {
     }
 }
 
+/// The first of `first`, `first + 100`, ... `first + 900` at which every
+/// shifted local port (each service's gRPC, HTTP and admin port) is free now.
+/// The shifted ports lie in the kernel's ephemeral range, where outgoing
+/// connections (kube-apiserver's to etcd, say) take their local ports, so a
+/// fixed offset failed now and then with "address in use". Each test has
+/// its own range, so tests running side by side never pick the same ports.
+fn free_port_offset(first: u16) -> u16 {
+    (0..10u16)
+        .map(|step| first + step * 100)
+        .find(|offset| {
+            Service::ALL.iter().all(|service| {
+                let ports = service.local_ports();
+                [ports.grpc, ports.http, Some(ports.admin)]
+                    .into_iter()
+                    .flatten()
+                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
+            })
+        })
+        .unwrap_or_else(|| panic!("no port offset from {first} to {} has every local port free", first + 900))
+}
+
 #[tokio::test]
 async fn every_built_in_service_becomes_ready_in_one_process_and_stops_cleanly_on_sigterm() {
     let infra = Infra::from_env();
     infra.require_reachable();
-    let offset: u16 = 1000;
+    let offset = free_port_offset(1000);
     let services = built_in();
     let names: Vec<&str> = services.iter().map(|service| service.name()).collect();
     let args = vec![
@@ -235,7 +256,7 @@ async fn one_service_serves_from_its_own_flags_as_in_a_pod_and_stops_cleanly_on_
     infra.require_reachable();
     // The cart has no database, so no preparation is needed: as in a pod,
     // where the operator created everything beforehand.
-    let offset: u16 = 2000;
+    let offset = free_port_offset(2000);
     let ports = Service::Cart.local_ports();
     let grpc = ports.grpc.expect("the cart serves gRPC") + offset;
     let admin = ports.admin + offset;
@@ -265,7 +286,7 @@ async fn one_service_serves_from_its_own_flags_as_in_a_pod_and_stops_cleanly_on_
 async fn local_up_runs_the_example_stack_with_demo_products_and_stops_cleanly_on_sigterm() {
     let infra = Infra::from_env();
     infra.require_reachable();
-    let offset: u16 = 4000;
+    let offset = free_port_offset(4000);
     let stack = format!("{}/../../manifests/examples/local.yaml", env!("CARGO_MANIFEST_DIR"));
     let args = vec![
         "local".to_owned(),
