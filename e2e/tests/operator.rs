@@ -101,6 +101,31 @@ async fn crds_are_established_and_an_invalid_stack_is_refused_with_the_cel_messa
             "kubectl said: {stderr}"
         );
 
+        // The payment pods refuse every provider but mock at start; the
+        // apiserver refuses the stack first, naming the field.
+        let mut stripe = minimal_stack("bad", &namespace.name);
+        stripe["spec"]["payment"] = json!({ "provider": "stripe", "credentialsSecret": "stripe-keys" });
+        let refused = kubectl_apply(&stripe.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains(
+                    r#"spec.payment.provider: Unsupported value: "stripe": supported values: "mock""#
+                ),
+            "kubectl said: {stderr}"
+        );
+
+        let mut port = minimal_stack("bad", &namespace.name);
+        port["spec"]["kafka"]["external"]["bootstrapServers"] = json!(["127.0.0.1:70000"]);
+        let refused = kubectl_apply(&port.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains("spec.kafka.external.bootstrapServers")
+                && stderr.contains("host:port with a port from 1 to 65535"),
+            "kubectl said: {stderr}"
+        );
+
         let fine = kubectl_apply(&minimal_stack("good", &namespace.name).to_string())?;
         ensure!(
             fine.status.success(),

@@ -144,6 +144,20 @@ fn a_bootstrap_server_without_a_port_is_rejected() {
 }
 
 #[test]
+fn a_bootstrap_server_with_a_port_no_broker_can_listen_on_is_rejected() {
+    for server in ["kafka:0", "kafka:65536", "kafka:99999", "kafka:09092"] {
+        let violations =
+            stack_violations(|spec| spec["kafka"]["external"]["bootstrapServers"] = json!([server]));
+        assert_one_violation_mentioning(&violations, &["bootstrapServers", "1 to 65535"]);
+    }
+    for server in ["kafka:1", "kafka:9092", "kafka:59999", "kafka:65535"] {
+        let violations =
+            stack_violations(|spec| spec["kafka"]["external"]["bootstrapServers"] = json!([server]));
+        assert_eq!(violations, Vec::<String>::new(), "{server}");
+    }
+}
+
+#[test]
 fn an_ingress_for_a_disabled_gateway_is_rejected() {
     let violations = stack_violations(|spec| {
         spec["services"] = json!({"gateway": {"enabled": false}});
@@ -152,14 +166,32 @@ fn an_ingress_for_a_disabled_gateway_is_rejected() {
     assert_one_violation_mentioning(&violations, &["gateway.ingress", "services.gateway.enabled"]);
 }
 
+/// The schema node of `spec.<path>` (dot-separated property names).
+fn spec_field(path: &str) -> Value {
+    let schema = schema_of(&stack::crd());
+    let mut node = &schema["properties"]["spec"];
+    for name in path.split('.') {
+        node = &node["properties"][name];
+    }
+    node.clone()
+}
+
+/// The payment pods refuse any provider but `mock` at start; the schema's
+/// enum makes the apiserver refuse it first, as
+/// `spec.payment.provider: Unsupported value: "stripe": supported values: "mock"`
+/// (the e2e suite checks that message on the real apiserver).
 #[test]
-fn a_real_payment_provider_needs_a_credentials_secret() {
-    let violations = stack_violations(|spec| spec["payment"] = json!({"provider": "stripe"}));
-    assert_one_violation_mentioning(&violations, &["credentialsSecret"]);
-    let admitted = stack_violations(|spec| {
-        spec["payment"] = json!({"provider": "stripe", "credentialsSecret": "stripe-keys"});
+fn a_payment_provider_without_an_adapter_is_outside_the_schema_enum() {
+    let provider = spec_field("payment.provider");
+    assert_eq!(provider["enum"], json!(["mock"]), "{provider:#}");
+    assert_eq!(provider["type"], json!("string"));
+    let description = provider["description"].as_str().unwrap_or_default();
+    assert!(description.contains("mock") && description.contains("refused"), "{description}");
+    assert_eq!(stack_violations(|spec| spec["payment"] = json!({"provider": "mock"})), Vec::<String>::new());
+    let with_secret = stack_violations(|spec| {
+        spec["payment"] = json!({"provider": "mock", "credentialsSecret": "payment-keys"});
     });
-    assert_eq!(admitted, Vec::<String>::new());
+    assert_eq!(with_secret, Vec::<String>::new());
 }
 
 #[test]

@@ -305,8 +305,10 @@ pub struct KafkaSpec {
 pub struct ExternalKafka {
     /// Bootstrap servers as `host:port`, e.g. `kafka-0.kafka:9092`.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
-    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^:/ ]+:[0-9]{1,5}$'))")
-        .message("every kafka.external.bootstrapServers entry is host:port, e.g. kafka-0.kafka:9092"))]
+    // Ports from 1 to 65535 only: a port no broker can listen on would be
+    // admitted and then fail every reconcile and every service.
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^:/ ]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$'))")
+        .message("every kafka.external.bootstrapServers entry is host:port with a port from 1 to 65535, e.g. kafka-0.kafka:9092"))]
     pub bootstrap_servers: Vec<String>,
 }
 
@@ -607,35 +609,33 @@ fn default_refresh_token_ttl() -> Duration {
 }
 
 /// The payment service's provider.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(
-    crates(kube_core = "::kube_core"),
-    validation = Rule::new("self.provider == 'mock' || has(self.credentialsSecret)")
-        .message("payment.provider other than mock needs payment.credentialsSecret, the Secret with the provider's API credentials")
-        .reason(Reason::FieldValueRequired),
-)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentSpec {
-    /// `mock` (the default: deterministic, no money moves; card numbers
-    /// ending in 0002 are declined) or `stripe`.
+    /// `mock`, the only provider the payment service has an adapter for:
+    /// deterministic, no money moves; card numbers ending in 0002 are
+    /// declined. Any other value is refused at admission, because the
+    /// payment pods would refuse it at start and never become ready.
     #[serde(default)]
     pub provider: PaymentProvider,
     /// Name of a Secret with the provider's credentials, mounted read-only
-    /// into the payment service as files.
+    /// into the payment service as files (for provider adapters to come;
+    /// `mock` reads none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: Option<String>,
 }
 
-/// Payment providers the payment service has adapters for.
+/// Payment providers the payment service has adapters for. The schema's
+/// `enum` lists exactly these, so the apiserver refuses any other name with
+/// `spec.payment.provider: Unsupported value`; add a variant only together
+/// with the adapter in `services/payment`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PaymentProvider {
     // Deterministic, in-process; for development and tests.
     #[default]
     Mock,
-    // Stripe's API; credentials from `credentialsSecret`.
-    Stripe,
 }
 
 impl PaymentProvider {
@@ -643,7 +643,6 @@ impl PaymentProvider {
     pub const fn as_str(self) -> &'static str {
         match self {
             PaymentProvider::Mock => "mock",
-            PaymentProvider::Stripe => "stripe",
         }
     }
 }
