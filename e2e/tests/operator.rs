@@ -130,7 +130,22 @@ async fn crds_are_established_and_an_invalid_stack_is_refused_with_the_cel_messa
             "kubectl said: {stderr}"
         );
 
-        let fine = kubectl_apply(&minimal_stack("good", &namespace.name).to_string())?;
+        // A tag in the repository would make every pod InvalidImageName.
+        let mut tagged = minimal_stack("bad", &namespace.name);
+        tagged["spec"]["image"] = json!({ "repository": "ghcr.io/commerce-stack/commerce:0.1.0" });
+        let refused = kubectl_apply(&tagged.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains("spec.image.repository")
+                && stderr.contains("image.repository is a repository without a tag or digest"),
+            "kubectl said: {stderr}"
+        );
+
+        // An Ingress without a `services` map (which has no default) is fine.
+        let mut fine = minimal_stack("good", &namespace.name);
+        fine["spec"]["gateway"] = json!({ "ingress": { "host": "shop.example.com" } });
+        let fine = kubectl_apply(&fine.to_string())?;
         ensure!(
             fine.status.success(),
             "a valid stack was refused: {}",

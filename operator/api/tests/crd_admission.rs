@@ -194,6 +194,65 @@ fn a_payment_provider_without_an_adapter_is_outside_the_schema_enum() {
     assert_eq!(with_secret, Vec::<String>::new());
 }
 
+/// `services` has no default: the rule must not read it when it is absent
+/// (the apiserver refused such a stack with "no such key: services").
+#[test]
+fn an_ingress_without_a_services_map_is_admitted() {
+    let violations =
+        stack_violations(|spec| spec["gateway"] = json!({"ingress": {"host": "shop.example.com"}}));
+    assert_eq!(violations, Vec::<String>::new());
+}
+
+/// A change to a valid spec.
+type Edit = fn(&mut Value);
+
+#[test]
+fn a_secret_reference_no_secret_can_have_is_rejected_naming_the_field() {
+    let cases: [(&str, Edit); 5] = [
+        ("payment.credentialsSecret", |spec| spec["payment"] = json!({"credentialsSecret": "Stripe_Keys"})),
+        ("image.pullSecrets", |spec| spec["image"] = json!({"pullSecrets": ["ok", "Not OK"]})),
+        ("gateway.ingress.tlsSecretName", |spec| {
+            spec["gateway"] = json!({"ingress": {"host": "shop.example.com", "tlsSecretName": "-tls"}});
+        }),
+        ("postgres.external.adminSecret.name", |spec| {
+            spec["postgres"]["external"]["adminSecret"]["name"] = json!("pg_admin");
+        }),
+        ("name", |spec| {
+            spec["redis"]["external"]["passwordSecret"] = json!({"name": "Redis", "key": "password"});
+        }),
+    ];
+    for (field, edit) in cases {
+        let violations = stack_violations(edit);
+        assert_one_violation_mentioning(&violations, &[field, "must be a Secret name"]);
+    }
+    let admitted = stack_violations(|spec| {
+        spec["payment"] = json!({"credentialsSecret": "payment-keys.v2"});
+        spec["image"] = json!({"pullSecrets": ["registry-credentials"]});
+        spec["redis"]["external"]["passwordSecret"] = json!({"name": "redis", "key": "password"});
+    });
+    assert_eq!(admitted, Vec::<String>::new());
+}
+
+#[test]
+fn an_image_repository_with_a_tag_or_in_upper_case_is_rejected() {
+    for repository in
+        ["ghcr.io/commerce-stack/commerce:0.1.0", "ghcr.io/Commerce/commerce", "commerce@sha256:abc", "a//b"]
+    {
+        let violations = stack_violations(|spec| spec["image"] = json!({"repository": repository}));
+        assert_one_violation_mentioning(&violations, &["image.repository", "without a tag"]);
+    }
+    for repository in [
+        "commerce",
+        "ghcr.io/commerce-stack/commerce",
+        "localhost:5000/commerce",
+        "registry.example.com/commerce/commerce",
+        "Registry.Example.com:443/team_a/commerce__x",
+    ] {
+        let violations = stack_violations(|spec| spec["image"] = json!({"repository": repository}));
+        assert_eq!(violations, Vec::<String>::new(), "{repository}");
+    }
+}
+
 #[test]
 fn an_access_token_must_expire_before_its_refresh_token() {
     let violations =
