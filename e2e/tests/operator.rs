@@ -735,10 +735,16 @@ impl Drop for Operator {
     }
 }
 
-/// The built operator: next to this test binary's target directory, else
-/// under `$CARGO_TARGET_DIR` (the Makefile's default:
+/// The built operator: `$COMMERCE_OPERATOR_BIN` when set (to compare two
+/// builds, e.g. in the RSS benchmark), else next to this test binary's target
+/// directory, else under `$CARGO_TARGET_DIR` (the Makefile's default:
 /// `$HOME/.cache/commerce-stack/target`).
 fn operator_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("COMMERCE_OPERATOR_BIN") {
+        let path = PathBuf::from(path);
+        ensure!(path.is_file(), "COMMERCE_OPERATOR_BIN={} is not a file", path.display());
+        return Ok(path);
+    }
     let exe = std::env::current_exe()?;
     let beside = exe.parent().and_then(Path::parent).map(|dir| dir.join("commerce-operator"));
     let from_env = std::env::var_os("CARGO_TARGET_DIR")
