@@ -55,8 +55,15 @@ fn run_unchecked(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Ou
     Ok(child.wait_with_output()?)
 }
 
-/// The built operator binary, next to this test's own target directory.
+/// The built operator binary: `$COMMERCE_OPERATOR_BIN` when set (the target
+/// directory is shared, and other checkouts' builds replace the binary in
+/// it), else next to this test's own target directory.
 fn operator_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("COMMERCE_OPERATOR_BIN") {
+        let path = PathBuf::from(path);
+        ensure!(path.is_file(), "COMMERCE_OPERATOR_BIN={} is not a file", path.display());
+        return Ok(path);
+    }
     let exe = std::env::current_exe()?;
     // <target>/debug/deps/packaging-<hash> -> <target>/debug/commerce-operator
     let beside = exe.parent().and_then(Path::parent).map(|dir| dir.join("commerce-operator"));
