@@ -50,6 +50,8 @@ use kube::{
 };
 use rdkafka::{
     ClientConfig,
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer as _},
 };
 use serde_json::{Value, json};
@@ -617,7 +619,10 @@ async fn the_operator_rss_idle_and_while_reconciling_100_stacks_is_printed() -> 
     }
     .await;
     operator.stop();
-    outcome.and(namespace.delete(&client).await)
+    // The stacks retain their topics (deletionPolicy: Retain): ~800 per run
+    // that would otherwise stay in the shared Kafka.
+    let topics = delete_topics_with_prefix(&format!("{}.", namespace.name)).await;
+    outcome.and(topics).and(namespace.delete(&client).await)
 }
 
 // ---------------------------------------------------------- the operator
@@ -1124,6 +1129,34 @@ fn kafka_partitions() -> Result<BTreeMap<String, i64>> {
         .iter()
         .map(|t| (t.name().to_owned(), i64::try_from(t.partitions().len()).unwrap_or(i64::MAX)))
         .collect())
+}
+
+/// Deletes every topic whose name starts with `prefix` (a test namespace's
+/// stacks' topics start with `<namespace>.`), until none is left: creations
+/// the killed operator had in flight may still show up afterwards.
+async fn delete_topics_with_prefix(prefix: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", env("COMMERCE_KAFKA_BROKERS")?).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    eventually(&format!("the topics {prefix}* to be gone"), || async {
+        let names: Vec<String> =
+            kafka_partitions()?.into_keys().filter(|name| name.starts_with(prefix)).collect();
+        if names.is_empty() {
+            return Ok(Some(()));
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        for result in admin.delete_topics(&refs, &options).await? {
+            if let Err((topic, code)) = result {
+                // Already being deleted by an earlier round.
+                if code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+                    bail!("deleting topic {topic}: {code}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(None)
+    })
+    .await
 }
 
 async fn admin_connection() -> Result<PgConnection> {
