@@ -40,6 +40,7 @@ use commerce_e2e::{local_kube_client, local_kubeconfig_path, unique_name};
 use commerce_operator::build::names::{database_name, external_names};
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    coordination::v1::Lease,
     core::v1::{ConfigMap, Namespace, Secret},
 };
 use kube::{
@@ -49,6 +50,8 @@ use kube::{
 };
 use rdkafka::{
     ClientConfig,
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer as _},
 };
 use serde_json::{Value, json};
@@ -66,6 +69,9 @@ const CRD_TIMEOUT: Duration = Duration::from_secs(60);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How often a condition is looked at again.
 const POLL: Duration = Duration::from_millis(250);
+/// The Lease the candidates of the leader-election test compete for (in the
+/// test's namespace, deleted with it).
+const LEASE_NAME: &str = "commerce-operator";
 /// The services of the catalog.
 const SERVICES: [&str; 9] =
     ["auth", "catalog", "inventory", "cart", "order", "payment", "notification", "shipping", "gateway"];
@@ -101,7 +107,47 @@ async fn crds_are_established_and_an_invalid_stack_is_refused_with_the_cel_messa
             "kubectl said: {stderr}"
         );
 
-        let fine = kubectl_apply(&minimal_stack("good", &namespace.name).to_string())?;
+        // The payment pods refuse every provider but mock at start; the
+        // apiserver refuses the stack first, naming the field.
+        let mut stripe = minimal_stack("bad", &namespace.name);
+        stripe["spec"]["payment"] = json!({ "provider": "stripe", "credentialsSecret": "stripe-keys" });
+        let refused = kubectl_apply(&stripe.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains(
+                    r#"spec.payment.provider: Unsupported value: "stripe": supported values: "mock""#
+                ),
+            "kubectl said: {stderr}"
+        );
+
+        let mut port = minimal_stack("bad", &namespace.name);
+        port["spec"]["kafka"]["external"]["bootstrapServers"] = json!(["127.0.0.1:70000"]);
+        let refused = kubectl_apply(&port.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains("spec.kafka.external.bootstrapServers")
+                && stderr.contains("host:port with a port from 1 to 65535"),
+            "kubectl said: {stderr}"
+        );
+
+        // A tag in the repository would make every pod InvalidImageName.
+        let mut tagged = minimal_stack("bad", &namespace.name);
+        tagged["spec"]["image"] = json!({ "repository": "ghcr.io/commerce-stack/commerce:0.1.0" });
+        let refused = kubectl_apply(&tagged.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains("spec.image.repository")
+                && stderr.contains("image.repository is a repository without a tag or digest"),
+            "kubectl said: {stderr}"
+        );
+
+        // An Ingress without a `services` map (which has no default) is fine.
+        let mut fine = minimal_stack("good", &namespace.name);
+        fine["spec"]["gateway"] = json!({ "ingress": { "host": "shop.example.com" } });
+        let fine = kubectl_apply(&fine.to_string())?;
         ensure!(
             fine.status.success(),
             "a valid stack was refused: {}",
@@ -437,6 +483,95 @@ async fn deleting_a_stack_with_deletion_policy_delete_drops_its_topics_and_datab
 
 /// Prints the operator's resident memory idle and while it reconciles 100
 /// minimal stacks in one namespace. A benchmark, not a check: run it with
+/// Two replicas as the chart runs them: the one holding the Lease reconciles,
+/// the other only stands by (no reconcile, no server-side apply); killed by
+/// its PID, the leader stops renewing, and the other takes the Lease once it
+/// has expired and reconciles a change made after the kill.
+#[tokio::test]
+async fn of_two_operators_only_the_lease_holder_reconciles_and_the_other_takes_over_when_it_is_killed()
+-> Result<()> {
+    install_crds()?;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let identities = [format!("{}-a", namespace.name), format!("{}-b", namespace.name)];
+    let mut operators = [
+        Operator::start_candidate(&namespace.name, &identities[0])?,
+        Operator::start_candidate(&namespace.name, &identities[1])?,
+    ];
+    let leases = Api::<Lease>::namespaced(client.clone(), &namespace.name);
+    let holder = || lease_holder(&leases);
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let first_holder = eventually("a holder of the Lease", holder).await?;
+        let leader = identities.iter().position(|i| *i == first_holder).context("an unknown holder")?;
+        let follower = 1 - leader;
+        eventually("the follower's admin server", || async { Ok(operators[follower].metrics().await.ok()) })
+            .await?;
+
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        apply(&client, &stack).await?;
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace.name);
+        let order = format!("{stack_name}-order");
+        eventually("the leader to create the order Deployment", || async {
+            Ok(deployments.get_opt(&order).await?.map(|_| ()))
+        })
+        .await?;
+        wait_ready(&client, &namespace.name, &stack_name).await?;
+        let leader_reconciles = operators[leader].reconciles().await?;
+        ensure!(leader_reconciles > 0, "the leader counts no reconcile");
+        ensure!(
+            operators[follower].reconciles().await? == 0,
+            "the follower reconciled while the other held the Lease"
+        );
+        let follower_writes = operators[follower].api_writes().await?;
+        ensure!(
+            !follower_writes.contains_key("PATCH"),
+            "the follower applied objects while standing by: {follower_writes:?}"
+        );
+        ensure!(holder().await? == Some(first_holder.clone()), "the Lease changed hands without a kill");
+
+        let pid = operators[leader].pid()?;
+        operators[leader].stop();
+        let killed = Instant::now();
+        println!("leader election: killed the leader {first_holder} (pid {pid})");
+        let new_holder = eventually("the follower to take the Lease over", || async {
+            Ok(holder().await?.filter(|h| *h != first_holder))
+        })
+        .await?;
+        ensure!(new_holder == identities[follower], "the Lease went to {new_holder}");
+        println!(
+            "FIGURE leader election: the follower took the Lease {:.1} s after the kill",
+            killed.elapsed().as_secs_f64()
+        );
+        let transitions = leases.get(LEASE_NAME).await?.spec.and_then(|s| s.lease_transitions);
+        ensure!(transitions >= Some(1), "leaseTransitions is {transitions:?} after a takeover");
+
+        stack["spec"]["services"] = json!({ "order": { "replicas": 3 } });
+        apply(&client, &stack).await?;
+        eventually("the new leader to scale the order Deployment to 3", || async {
+            let deployment = deployments.get(&order).await?;
+            Ok(deployment.spec.and_then(|s| s.replicas).filter(|r| *r == 3))
+        })
+        .await?;
+        ensure!(operators[follower].reconciles().await? > 0, "the new leader counts no reconcile");
+        Ok(())
+    }
+    .await;
+    let [mut first, mut second] = operators;
+    if outcome.is_err() {
+        eprintln!("operator {} log (tail):\n{}", identities[1], second.tail_of_log());
+    }
+    second.stop();
+    finish(outcome, &client, &mut first, namespace, &[&stack_name]).await
+}
+
+/// Who holds the candidates' Lease, if it exists and names anyone.
+async fn lease_holder(leases: &Api<Lease>) -> Result<Option<String>> {
+    let lease = leases.get_opt(LEASE_NAME).await?;
+    Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity))
+}
+
 /// `cargo test -p commerce-e2e --test operator -- --ignored --nocapture`.
 /// Postgres points at a closed port, so the stacks' Kubernetes objects are
 /// applied for real (topics are ensured in the real Kafka) but no 800
@@ -484,7 +619,10 @@ async fn the_operator_rss_idle_and_while_reconciling_100_stacks_is_printed() -> 
     }
     .await;
     operator.stop();
-    outcome.and(namespace.delete(&client).await)
+    // The stacks retain their topics (deletionPolicy: Retain): ~800 per run
+    // that would otherwise stay in the shared Kafka.
+    let topics = delete_topics_with_prefix(&format!("{}.", namespace.name)).await;
+    outcome.and(topics).and(namespace.delete(&client).await)
 }
 
 // ---------------------------------------------------------- the operator
@@ -497,15 +635,28 @@ struct Operator {
 }
 
 impl Operator {
+    /// The operator alone (no leader election), watching `namespace`.
     fn start(namespace: &str) -> Result<Self> {
+        Self::spawn(namespace, namespace, false)
+    }
+
+    /// One of several replicas watching `namespace`: it reconciles only while
+    /// it holds the Lease [`LEASE_NAME`] in `namespace`.
+    fn start_candidate(namespace: &str, identity: &str) -> Result<Self> {
+        Self::spawn(namespace, identity, true)
+    }
+
+    fn spawn(namespace: &str, identity: &str, leader_election: bool) -> Result<Self> {
         let binary = operator_binary()?;
         // A free port: bound, read, released; the operator binds it next.
         let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let log = std::env::temp_dir().join(format!("{}.log", unique_name(&format!("operator-{namespace}"))));
         let log_file = std::fs::File::create(&log)?;
         let child = Command::new(&binary)
-            .args(["run", "--watch-namespace", namespace, "--leader-election", "false"])
-            .args(["--admin-addr", &admin.to_string(), "--log-format", "text", "--identity", namespace])
+            .args(["run", "--watch-namespace", namespace])
+            .args(["--leader-election", if leader_election { "true" } else { "false" }])
+            .args(["--lease-namespace", namespace, "--lease-name", LEASE_NAME])
+            .args(["--admin-addr", &admin.to_string(), "--log-format", "text", "--identity", identity])
             .env("KUBECONFIG", local_kubeconfig_path())
             .env("COMMERCE_LOG_FILTER", "info")
             .stdin(Stdio::null())
@@ -513,7 +664,7 @@ impl Operator {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        eprintln!("operator pid {} for {namespace}, log {}", child.id(), log.display());
+        eprintln!("operator pid {} ({identity}) for {namespace}, log {}", child.id(), log.display());
         Ok(Operator { child: Some(child), admin, log })
     }
 
@@ -589,10 +740,16 @@ impl Drop for Operator {
     }
 }
 
-/// The built operator: next to this test binary's target directory, else
-/// under `$CARGO_TARGET_DIR` (the Makefile's default:
+/// The built operator: `$COMMERCE_OPERATOR_BIN` when set (to compare two
+/// builds, e.g. in the RSS benchmark), else next to this test binary's target
+/// directory, else under `$CARGO_TARGET_DIR` (the Makefile's default:
 /// `$HOME/.cache/commerce-stack/target`).
 fn operator_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("COMMERCE_OPERATOR_BIN") {
+        let path = PathBuf::from(path);
+        ensure!(path.is_file(), "COMMERCE_OPERATOR_BIN={} is not a file", path.display());
+        return Ok(path);
+    }
     let exe = std::env::current_exe()?;
     let beside = exe.parent().and_then(Path::parent).map(|dir| dir.join("commerce-operator"));
     let from_env = std::env::var_os("CARGO_TARGET_DIR")
@@ -972,6 +1129,34 @@ fn kafka_partitions() -> Result<BTreeMap<String, i64>> {
         .iter()
         .map(|t| (t.name().to_owned(), i64::try_from(t.partitions().len()).unwrap_or(i64::MAX)))
         .collect())
+}
+
+/// Deletes every topic whose name starts with `prefix` (a test namespace's
+/// stacks' topics start with `<namespace>.`), until none is left: creations
+/// the killed operator had in flight may still show up afterwards.
+async fn delete_topics_with_prefix(prefix: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", env("COMMERCE_KAFKA_BROKERS")?).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    eventually(&format!("the topics {prefix}* to be gone"), || async {
+        let names: Vec<String> =
+            kafka_partitions()?.into_keys().filter(|name| name.starts_with(prefix)).collect();
+        if names.is_empty() {
+            return Ok(Some(()));
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        for result in admin.delete_topics(&refs, &options).await? {
+            if let Err((topic, code)) = result {
+                // Already being deleted by an earlier round.
+                if code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+                    bail!("deleting topic {topic}: {code}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(None)
+    })
+    .await
 }
 
 async fn admin_connection() -> Result<PgConnection> {

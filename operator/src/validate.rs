@@ -13,8 +13,7 @@ use commerce_api::RateLimitPolicy;
 use commerce_api::catalog::Service;
 use commerce_api::crd::rate_limit::RateLimitRule;
 use commerce_api::crd::stack::{
-    CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, PaymentProvider,
-    ServiceSettings,
+    CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, ServiceSettings,
 };
 
 use crate::Error;
@@ -105,6 +104,13 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
     {
         problems.push("kafka.external.bootstrapServers: name at least one host:port".into());
     }
+    for server in spec.kafka.external.iter().flat_map(|e| &e.bootstrap_servers) {
+        if !is_host_port(server) {
+            problems.push(format!(
+                "kafka.external.bootstrapServers: {server:?} is not host:port with a port from 1 to 65535"
+            ));
+        }
+    }
     let postgres =
         pick("postgres", spec.postgres.external.as_ref(), spec.postgres.managed.as_ref(), &mut problems);
     let redis = pick("redis", spec.redis.external.as_ref(), spec.redis.managed.as_ref(), &mut problems);
@@ -113,10 +119,6 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
     let gateway_enabled = spec.services.get(Service::Gateway.name()).is_none_or(|s| s.enabled);
     if spec.gateway.ingress.is_some() && !gateway_enabled {
         problems.push("gateway.ingress: the gateway is disabled (services.gateway.enabled: false)".into());
-    }
-    if spec.payment.provider != PaymentProvider::Mock && spec.payment.credentials_secret.is_none() {
-        problems
-            .push(format!("payment: provider {} needs credentialsSecret", spec.payment.provider.as_str()));
     }
     if spec.auth.access_token_ttl >= spec.auth.refresh_token_ttl {
         problems.push("auth: accessTokenTtl must be shorter than refreshTokenTtl".into());
@@ -177,6 +179,19 @@ fn check_namespace(namespace: &str, problems: &mut Vec<String>) {
             "namespace {namespace:?}: must be a DNS label (at most 63 lowercase letters, digits and '-')"
         ));
     }
+}
+
+/// `host:port` with a port a broker can listen on (the CRD's CEL rule on
+/// `kafka.external.bootstrapServers`).
+fn is_host_port(server: &str) -> bool {
+    server.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains([':', '/', ' '])
+            && port.len() <= 5
+            && !port.starts_with('0')
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
 }
 
 fn pick<'a, E>(
@@ -251,6 +266,35 @@ spec:
             panic!("the stack is invalid")
         };
         assert_eq!(problems.len(), 3, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_bootstrap_server_with_a_port_no_broker_can_listen_on_is_rejected() {
+        for server in
+            ["kafka:0", "kafka:09092", "kafka:65536", "kafka:99999", "kafka", "kafka:", ":9092", "a/b:9092"]
+        {
+            let mut stack = stack(MINIMAL);
+            stack.spec.kafka.external.as_mut().unwrap().bootstrap_servers = vec![server.into()];
+            let Err(Error::InvalidStack { problems, .. }) = validate(&stack, "default") else {
+                panic!("{server} was accepted")
+            };
+            assert!(problems[0].contains("bootstrapServers") && problems[0].contains(server), "{problems:?}");
+        }
+        for server in ["kafka:1", "kafka-0.kafka:9092", "127.0.0.1:65535"] {
+            let mut stack = stack(MINIMAL);
+            stack.spec.kafka.external.as_mut().unwrap().bootstrap_servers = vec![server.into()];
+            assert!(validate(&stack, "default").is_ok(), "{server} was refused");
+        }
+    }
+
+    /// `render` reads files no apiserver has seen: a provider without an
+    /// adapter must fail there too, naming the field.
+    #[test]
+    fn a_payment_provider_without_an_adapter_does_not_parse_and_the_error_names_the_field() {
+        let yaml = format!("{MINIMAL}  payment: {{provider: stripe}}\n");
+        let error = serde_yaml_ng::from_str::<CommerceStack>(&yaml).unwrap_err().to_string();
+        assert!(error.contains("spec.payment.provider") && error.contains("stripe"), "{error}");
+        assert!(error.contains("mock"), "{error}");
     }
 
     #[test]

@@ -144,6 +144,20 @@ fn a_bootstrap_server_without_a_port_is_rejected() {
 }
 
 #[test]
+fn a_bootstrap_server_with_a_port_no_broker_can_listen_on_is_rejected() {
+    for server in ["kafka:0", "kafka:65536", "kafka:99999", "kafka:09092"] {
+        let violations =
+            stack_violations(|spec| spec["kafka"]["external"]["bootstrapServers"] = json!([server]));
+        assert_one_violation_mentioning(&violations, &["bootstrapServers", "1 to 65535"]);
+    }
+    for server in ["kafka:1", "kafka:9092", "kafka:59999", "kafka:65535"] {
+        let violations =
+            stack_violations(|spec| spec["kafka"]["external"]["bootstrapServers"] = json!([server]));
+        assert_eq!(violations, Vec::<String>::new(), "{server}");
+    }
+}
+
+#[test]
 fn an_ingress_for_a_disabled_gateway_is_rejected() {
     let violations = stack_violations(|spec| {
         spec["services"] = json!({"gateway": {"enabled": false}});
@@ -152,14 +166,91 @@ fn an_ingress_for_a_disabled_gateway_is_rejected() {
     assert_one_violation_mentioning(&violations, &["gateway.ingress", "services.gateway.enabled"]);
 }
 
+/// The schema node of `spec.<path>` (dot-separated property names).
+fn spec_field(path: &str) -> Value {
+    let schema = schema_of(&stack::crd());
+    let mut node = &schema["properties"]["spec"];
+    for name in path.split('.') {
+        node = &node["properties"][name];
+    }
+    node.clone()
+}
+
+/// The payment pods refuse any provider but `mock` at start; the schema's
+/// enum makes the apiserver refuse it first, as
+/// `spec.payment.provider: Unsupported value: "stripe": supported values: "mock"`
+/// (the e2e suite checks that message on the real apiserver).
 #[test]
-fn a_real_payment_provider_needs_a_credentials_secret() {
-    let violations = stack_violations(|spec| spec["payment"] = json!({"provider": "stripe"}));
-    assert_one_violation_mentioning(&violations, &["credentialsSecret"]);
+fn a_payment_provider_without_an_adapter_is_outside_the_schema_enum() {
+    let provider = spec_field("payment.provider");
+    assert_eq!(provider["enum"], json!(["mock"]), "{provider:#}");
+    assert_eq!(provider["type"], json!("string"));
+    let description = provider["description"].as_str().unwrap_or_default();
+    assert!(description.contains("mock") && description.contains("refused"), "{description}");
+    assert_eq!(stack_violations(|spec| spec["payment"] = json!({"provider": "mock"})), Vec::<String>::new());
+    let with_secret = stack_violations(|spec| {
+        spec["payment"] = json!({"provider": "mock", "credentialsSecret": "payment-keys"});
+    });
+    assert_eq!(with_secret, Vec::<String>::new());
+}
+
+/// `services` has no default: the rule must not read it when it is absent
+/// (the apiserver refused such a stack with "no such key: services").
+#[test]
+fn an_ingress_without_a_services_map_is_admitted() {
+    let violations =
+        stack_violations(|spec| spec["gateway"] = json!({"ingress": {"host": "shop.example.com"}}));
+    assert_eq!(violations, Vec::<String>::new());
+}
+
+/// A change to a valid spec.
+type Edit = fn(&mut Value);
+
+#[test]
+fn a_secret_reference_no_secret_can_have_is_rejected_naming_the_field() {
+    let cases: [(&str, Edit); 5] = [
+        ("payment.credentialsSecret", |spec| spec["payment"] = json!({"credentialsSecret": "Stripe_Keys"})),
+        ("image.pullSecrets", |spec| spec["image"] = json!({"pullSecrets": ["ok", "Not OK"]})),
+        ("gateway.ingress.tlsSecretName", |spec| {
+            spec["gateway"] = json!({"ingress": {"host": "shop.example.com", "tlsSecretName": "-tls"}});
+        }),
+        ("postgres.external.adminSecret.name", |spec| {
+            spec["postgres"]["external"]["adminSecret"]["name"] = json!("pg_admin");
+        }),
+        ("name", |spec| {
+            spec["redis"]["external"]["passwordSecret"] = json!({"name": "Redis", "key": "password"});
+        }),
+    ];
+    for (field, edit) in cases {
+        let violations = stack_violations(edit);
+        assert_one_violation_mentioning(&violations, &[field, "must be a Secret name"]);
+    }
     let admitted = stack_violations(|spec| {
-        spec["payment"] = json!({"provider": "stripe", "credentialsSecret": "stripe-keys"});
+        spec["payment"] = json!({"credentialsSecret": "payment-keys.v2"});
+        spec["image"] = json!({"pullSecrets": ["registry-credentials"]});
+        spec["redis"]["external"]["passwordSecret"] = json!({"name": "redis", "key": "password"});
     });
     assert_eq!(admitted, Vec::<String>::new());
+}
+
+#[test]
+fn an_image_repository_with_a_tag_or_in_upper_case_is_rejected() {
+    for repository in
+        ["ghcr.io/commerce-stack/commerce:0.1.0", "ghcr.io/Commerce/commerce", "commerce@sha256:abc", "a//b"]
+    {
+        let violations = stack_violations(|spec| spec["image"] = json!({"repository": repository}));
+        assert_one_violation_mentioning(&violations, &["image.repository", "without a tag"]);
+    }
+    for repository in [
+        "commerce",
+        "ghcr.io/commerce-stack/commerce",
+        "localhost:5000/commerce",
+        "registry.example.com/commerce/commerce",
+        "Registry.Example.com:443/team_a/commerce__x",
+    ] {
+        let violations = stack_violations(|spec| spec["image"] = json!({"repository": repository}));
+        assert_eq!(violations, Vec::<String>::new(), "{repository}");
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The real [`ExternalState`]: topics through the platform's topic admin
-//! (`commerce_platform::events`), databases and roles through sqlx as the
-//! server's admin.
+//! (`commerce_platform::events`), one client per distinct bootstrap-servers
+//! value for the life of the process ([`AdminCache`]), databases and roles
+//! through sqlx as the server's admin.
 //!
 //! Every call reads before it writes: a topic that matches, a role and a
 //! database that exist, a password already set by this process are left
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commerce_api::crd::stack::TopicStatus;
-use commerce_platform::events::{DesiredTopic, ensure_topics};
+use commerce_platform::events::{DesiredTopic, TopicAdmin};
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{Connection, Row};
 
+use super::admin_cache::AdminCache;
 use super::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
 use crate::Error;
 
@@ -38,9 +40,28 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ClusterExternalState {
     /// `(server, role, sha256(password))` this process has set.
     passwords_set: Mutex<HashSet<(String, String, [u8; 32])>>,
+    /// Topic admin clients by bootstrap servers, shared by every reconcile.
+    topic_admins: AdminCache<TopicAdmin>,
 }
 
 impl ClusterExternalState {
+    /// The topic admin client for `brokers`, created on first use.
+    fn topic_admin(&self, brokers: &str) -> Result<TopicAdmin, Error> {
+        self.topic_admins
+            .get_or_create(brokers, |brokers| {
+                let mut config = ClientConfig::new();
+                config.set("bootstrap.servers", brokers);
+                TopicAdmin::new(&config)
+            })
+            .map_err(|source| Error::EnsureTopics { source })
+    }
+
+    /// How many topic admin clients the process holds (one per distinct
+    /// bootstrap-servers value reconciled so far).
+    pub fn topic_admin_clients(&self) -> usize {
+        self.topic_admins.len()
+    }
+
     fn password_known(&self, key: &(String, String, [u8; 32])) -> bool {
         self.passwords_set.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
     }
@@ -119,8 +140,11 @@ impl ExternalState for ClusterExternalState {
                 retention_ms: t.retention_ms,
             })
             .collect();
-        let reports =
-            ensure_topics(brokers, desired).await.map_err(|source| Error::EnsureTopics { source })?;
+        let reports = self
+            .topic_admin(brokers)?
+            .ensure(desired)
+            .await
+            .map_err(|source| Error::EnsureTopics { source })?;
         Ok(reports.into_iter().map(|r| TopicStatus { name: r.name, partitions: r.partitions }).collect())
     }
 
@@ -199,6 +223,9 @@ impl ExternalState for ClusterExternalState {
     }
 
     async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error> {
+        // A client of its own, dropped at the end: this runs once per deleted
+        // stack (deletionPolicy: Delete), not per reconcile, and the cached
+        // TopicAdmin does not expose its client for deletions.
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .create()
@@ -216,5 +243,23 @@ impl ExternalState for ClusterExternalState {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Creating a librdkafka client connects in the background only, so no
+    /// broker is needed to see that reconciles share one.
+    #[test]
+    fn reconciles_against_the_same_brokers_share_one_topic_admin_client() {
+        let state = ClusterExternalState::default();
+        for _ in 0..3 {
+            state.topic_admin("127.0.0.1:1").unwrap();
+        }
+        assert_eq!(state.topic_admin_clients(), 1);
+        state.topic_admin("127.0.0.1:2").unwrap();
+        assert_eq!(state.topic_admin_clients(), 2);
     }
 }

@@ -7,6 +7,7 @@
 //! Deployment rollout; its failure shows in the status and is retried with
 //! backoff. The trait is the seam the reconciler tests fake.
 
+pub mod admin_cache;
 pub mod cluster;
 pub mod plan;
 

@@ -31,11 +31,13 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 
 /// Keys a Secret's value by name: the shape every Secret reference in the
 /// specs shares.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, kube_derive::KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of a Secret in the stack's namespace.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = stack::secret_name_rule("name"))]
     pub name: String,
     /// Key inside the Secret whose value is used.
     #[schemars(length(min = 1, max = 253))]

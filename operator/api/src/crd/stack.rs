@@ -85,7 +85,7 @@ pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/commerce-stack/commerce";
 )]
 #[x_kube(
     crates(kube_core = "::kube_core"),
-    validation = Rule::new("!has(self.gateway.ingress) || !('gateway' in self.services) || self.services['gateway'].enabled")
+    validation = Rule::new("!has(self.gateway.ingress) || !has(self.services) || !('gateway' in self.services) || self.services['gateway'].enabled")
         .message("gateway.ingress routes to the gateway, but services.gateway.enabled is false: enable the gateway or remove gateway.ingress")
         .reason(Reason::FieldValueForbidden),
 )]
@@ -149,13 +149,54 @@ fn known_service_names_rule() -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
+/// A DNS-1123 subdomain: what Kubernetes requires of a Secret's name. `[.]`
+/// rather than an escaped dot, which CEL string literals would need twice.
+const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// The message of a Secret reference that no Secret can have: the pods
+/// (or the operator) would wait for it forever.
+fn secret_name_message(field: &str) -> Message {
+    Message::Message(format!(
+        "{field} must be a Secret name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+    ))
+}
+
+/// The CEL rule on a field holding one Secret name (`field` is its path in
+/// the message).
+pub(crate) fn secret_name_rule(field: &str) -> Rule {
+    Rule::new(format!("self.matches('{DNS_SUBDOMAIN}')"))
+        .message(secret_name_message(field))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// The CEL rule on a list of Secret names.
+fn secret_names_rule(field: &str) -> Rule {
+    Rule::new(format!("self.all(name, name.matches('{DNS_SUBDOMAIN}'))"))
+        .message(secret_name_message(field))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// An image repository as the container runtimes parse it (an optional
+/// registry host with port, then lowercase path components), without a tag
+/// or digest: the operator appends `:<spec.version>`, so `repo:tag` would
+/// make every pod fail with InvalidImageName.
+const IMAGE_REPOSITORY: &str = "^(([a-zA-Z0-9]|[a-zA-Z0-9][-a-zA-Z0-9]*[a-zA-Z0-9])([.]([a-zA-Z0-9]|[a-zA-Z0-9][-a-zA-Z0-9]*[a-zA-Z0-9]))*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*$";
+
+fn image_repository_rule() -> Rule {
+    Rule::new(format!("self.matches('{IMAGE_REPOSITORY}')"))
+        .message("image.repository is a repository without a tag or digest (spec.version is the tag), its path in lowercase, e.g. ghcr.io/commerce-stack/commerce")
+        .reason(Reason::FieldValueInvalid)
+}
+
 /// The `commerce` image.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ImageSpec {
     /// Image repository without a tag; the tag is `spec.version`.
     #[serde(default = "default_image_repository")]
     #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = image_repository_rule())]
     pub repository: String,
     /// When the kubelet pulls the image: `Always`, `IfNotPresent` or `Never`.
     /// Unset, Kubernetes decides (`IfNotPresent` for a version tag).
@@ -164,6 +205,7 @@ pub struct ImageSpec {
     /// Names of Secrets in the namespace that hold registry credentials.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = secret_names_rule("image.pullSecrets"))]
     pub pull_secrets: Vec<String>,
 }
 
@@ -305,8 +347,10 @@ pub struct KafkaSpec {
 pub struct ExternalKafka {
     /// Bootstrap servers as `host:port`, e.g. `kafka-0.kafka:9092`.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
-    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^:/ ]+:[0-9]{1,5}$'))")
-        .message("every kafka.external.bootstrapServers entry is host:port, e.g. kafka-0.kafka:9092"))]
+    // Ports from 1 to 65535 only: a port no broker can listen on would be
+    // admitted and then fail every reconcile and every service.
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^:/ ]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$'))")
+        .message("every kafka.external.bootstrapServers entry is host:port with a port from 1 to 65535, e.g. kafka-0.kafka:9092"))]
     pub bootstrap_servers: Vec<String>,
 }
 
@@ -362,11 +406,13 @@ fn default_admin_database() -> String {
 }
 
 /// A Secret holding a user name and a password.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct AdminSecret {
     /// Name of the Secret in the stack's namespace.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_name_rule("postgres.external.adminSecret.name"))]
     pub name: String,
     /// Key of the user name.
     #[serde(default = "default_username_key")]
@@ -519,7 +565,8 @@ pub struct GatewaySpec {
 }
 
 /// The gateway's Ingress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// Host name clients use, e.g. `shop.example.com`.
@@ -536,6 +583,7 @@ pub struct IngressSpec {
     /// the Ingress terminates TLS and the gateway URL is https.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_name_rule("gateway.ingress.tlsSecretName"))]
     pub tls_secret_name: Option<String>,
     /// Annotations for the Ingress controller (timeouts, body size, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -608,34 +656,34 @@ fn default_refresh_token_ttl() -> Duration {
 
 /// The payment service's provider.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(
-    crates(kube_core = "::kube_core"),
-    validation = Rule::new("self.provider == 'mock' || has(self.credentialsSecret)")
-        .message("payment.provider other than mock needs payment.credentialsSecret, the Secret with the provider's API credentials")
-        .reason(Reason::FieldValueRequired),
-)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentSpec {
-    /// `mock` (the default: deterministic, no money moves; card numbers
-    /// ending in 0002 are declined) or `stripe`.
+    /// `mock`, the only provider the payment service has an adapter for:
+    /// deterministic, no money moves; card numbers ending in 0002 are
+    /// declined. Any other value is refused at admission, because the
+    /// payment pods would refuse it at start and never become ready.
     #[serde(default)]
     pub provider: PaymentProvider,
     /// Name of a Secret with the provider's credentials, mounted read-only
-    /// into the payment service as files.
+    /// into the payment service as files (for provider adapters to come;
+    /// `mock` reads none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_name_rule("payment.credentialsSecret"))]
     pub credentials_secret: Option<String>,
 }
 
-/// Payment providers the payment service has adapters for.
+/// Payment providers the payment service has adapters for. The schema's
+/// `enum` lists exactly these, so the apiserver refuses any other name with
+/// `spec.payment.provider: Unsupported value`; add a variant only together
+/// with the adapter in `services/payment`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PaymentProvider {
     // Deterministic, in-process; for development and tests.
     #[default]
     Mock,
-    // Stripe's API; credentials from `credentialsSecret`.
-    Stripe,
 }
 
 impl PaymentProvider {
@@ -643,7 +691,6 @@ impl PaymentProvider {
     pub const fn as_str(self) -> &'static str {
         match self {
             PaymentProvider::Mock => "mock",
-            PaymentProvider::Stripe => "stripe",
         }
     }
 }
