@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod crd;
+pub mod gateway_rules;
 
 pub use crd::policy::{RateLimitPolicy, RateLimitPolicySpec, RateLimitPolicyStatus};
 pub use crd::rate_limit::{HttpMethod, RateLimitKey, RateLimitPeriod, RateLimitRule};

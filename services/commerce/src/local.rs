@@ -4,13 +4,14 @@
 //! does, waits until each is ready, seeds the demo catalog and stock, and
 //! prints the gateway's URL with requests that work against it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use commerce_api::CommerceStack;
 use commerce_api::catalog::Service;
 use commerce_api::crd::stack::PaymentProvider;
+use commerce_api::gateway_rules::RateLimitsFile;
+use commerce_api::{CommerceStack, RateLimitPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::LocalUp;
@@ -30,8 +31,13 @@ pub const DEMO_PASSWORD: &str = "commerce-local";
 /// Runs `commerce local up` until `shutdown` is cancelled.
 pub async fn up(args: LocalUp, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
-    let stack = read_stack(&args.file)?;
+    let yaml = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let stack = parse_stack(&yaml)
+        .with_context(|| format!("{} holds no valid CommerceStack", args.file.display()))?;
     let name = stack.metadata.name.clone().unwrap_or_else(|| "shop".to_owned());
+    let policies = parse_policies(&yaml, &name)
+        .with_context(|| format!("{} holds an invalid RateLimitPolicy", args.file.display()))?;
     let enabled: Vec<Service> = stack.spec.enabled_services().collect();
     let built_in = services::built_in();
     let missing: Vec<Service> = enabled.iter().copied().filter(|s| !built_in.contains(s)).collect();
@@ -53,9 +59,20 @@ pub async fn up(args: LocalUp, shutdown: CancellationToken) -> anyhow::Result<()
     let wiring = LocalWiring::new(&args.infra, &args.log)?;
     wiring.ensure_databases(&enabled).await?;
     wiring.ensure_topics().await?;
+    let rules = rate_limits(&stack, &policies);
+    let rules_file = match rules.rules.is_empty() {
+        true => None,
+        false => Some(write_rate_limits(&rules, &rules_path(&name, &wiring))?),
+    };
     let configs = enabled
         .iter()
-        .map(|service| ServiceConfig::local(*service, &wiring, &stack_flags(*service, &stack, !args.no_demo)))
+        .map(|service| {
+            let mut flags = stack_flags(*service, &stack, !args.no_demo);
+            if let (Service::Gateway, Some(path)) = (service, &rules_file) {
+                flags.push(format!("--ratelimit-rules-file={}", path.display()));
+            }
+            ServiceConfig::local(*service, &wiring, &flags)
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let (launcher, running) = supervisor::start(shutdown.clone());
@@ -89,12 +106,6 @@ pub async fn up(args: LocalUp, shutdown: CancellationToken) -> anyhow::Result<()
     running.await.context("the service supervisor panicked")?
 }
 
-/// Reads the first CommerceStack of a (possibly multi-document) YAML file.
-pub fn read_stack(path: &Path) -> anyhow::Result<CommerceStack> {
-    let yaml = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_stack(&yaml).with_context(|| format!("{} holds no valid CommerceStack", path.display()))
-}
-
 /// Parses the first document of kind CommerceStack in `yaml`.
 pub fn parse_stack(yaml: &str) -> anyhow::Result<CommerceStack> {
     for document in serde_yaml_ng::Deserializer::from_str(yaml) {
@@ -104,6 +115,52 @@ pub fn parse_stack(yaml: &str) -> anyhow::Result<CommerceStack> {
         }
     }
     anyhow::bail!("no document has kind: CommerceStack")
+}
+
+/// The RateLimitPolicies in `yaml` that target stack `stack_name`.
+pub fn parse_policies(yaml: &str, stack_name: &str) -> anyhow::Result<Vec<RateLimitPolicy>> {
+    let mut policies = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document)?;
+        if value.get("kind").and_then(serde_yaml_ng::Value::as_str) == Some("RateLimitPolicy") {
+            let policy: RateLimitPolicy = serde_yaml_ng::from_value(value)?;
+            if policy.spec.target_ref.name == stack_name {
+                policies.push(policy);
+            }
+        }
+    }
+    Ok(policies)
+}
+
+/// The gateway's rules: the stack's own, then its policies' by name, merged
+/// as the operator merges them into the gateway's ConfigMap.
+fn rate_limits(stack: &CommerceStack, policies: &[RateLimitPolicy]) -> RateLimitsFile {
+    let name = stack.metadata.name.as_deref().unwrap_or("shop");
+    let policies = policies
+        .iter()
+        .map(|policy| (policy.metadata.name.as_deref().unwrap_or_default(), policy.spec.rules.as_slice()));
+    RateLimitsFile::merge(name, &stack.spec.gateway.rate_limits, policies)
+}
+
+/// Where a local shop's gateway reads its rules: one file per shop (stack
+/// name, database prefix and port offset), rewritten at every start.
+fn rules_path(stack_name: &str, wiring: &LocalWiring) -> PathBuf {
+    std::env::temp_dir()
+        .join("commerce-local")
+        .join(format!("{}{stack_name}-{}-rate-limits.yaml", wiring.database_prefix, wiring.port_offset))
+}
+
+/// Writes `rules` to `path` for the gateway; returns the path.
+fn write_rate_limits(rules: &RateLimitsFile, path: &Path) -> anyhow::Result<PathBuf> {
+    let text = rules
+        .to_text("Rate-limit rules of the gateway, merged by commerce local up.")
+        .context("cannot write the rate-limit rules as YAML")?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), rules = rules.rules.len(), "gateway rate-limit rules written");
+    Ok(path.to_owned())
 }
 
 /// Flags a service gets from the stack on this machine.
@@ -153,9 +210,6 @@ fn note_ignored_settings(stack: &CommerceStack) {
     }
     if spec.services.values().any(|s| !s.env.is_empty()) {
         tracing::warn!("services.*.env is not applied locally: the services share one process environment");
-    }
-    if !spec.gateway.rate_limits.is_empty() {
-        tracing::warn!("gateway.rateLimits are not applied locally; the gateway's default limits hold");
     }
     tracing::info!(
         "infrastructure comes from --postgres-admin-url/--kafka-brokers/--redis-url, not from the stack file"
@@ -229,6 +283,35 @@ mod tests {
         let auth = stack_flags(Service::Auth, &stack, false);
         // full.yaml sets 10m and 168h.
         assert_eq!(auth, ["--access-token-ttl=10m", "--refresh-token-ttl=7days"]);
+    }
+
+    #[test]
+    fn the_full_examples_rules_and_policy_reach_the_gateway_in_its_own_format() {
+        let yaml = example("full.yaml");
+        let stack = parse_stack(&yaml).expect("full.yaml");
+        let name = stack.metadata.name.clone().expect("a name");
+        let policies = parse_policies(&yaml, &name).expect("policies");
+        assert_eq!(policies.len(), 1, "full.yaml has one RateLimitPolicy for its stack");
+        assert!(parse_policies(&yaml, "another-stack").expect("policies").is_empty());
+
+        let rules = rate_limits(&stack, &policies);
+        let own = stack.spec.gateway.rate_limits.len();
+        assert!(own > 0, "full.yaml has rules of its own");
+        assert_eq!(rules.rules.len(), own + policies[0].spec.rules.len());
+        let dir = std::env::temp_dir().join(format!("commerce-local-test-{}", uuid::Uuid::new_v4()));
+        let path = write_rate_limits(&rules, &dir.join("rules.yaml")).expect("written");
+        let text = std::fs::read_to_string(&path).expect("readable");
+        std::fs::remove_dir_all(&dir).expect("cleaned up");
+        // The gateway's own parser accepts the file, with every rule in it.
+        #[cfg(feature = "gateway")]
+        {
+            let parsed =
+                commerce_gateway::ratelimit::rules::parse_rules_file(&text).expect("the gateway parses it");
+            assert_eq!(parsed.len(), rules.rules.len(), "{text}");
+        }
+        for rule in &rules.rules {
+            assert!(text.contains(&format!("name: {}", rule.gateway_name())), "{} missing:\n{text}", rule.id);
+        }
     }
 
     #[test]
