@@ -74,7 +74,10 @@ const SCHEMA_LOCK_KEY: i64 = 0x6370_7363_6865_6d61;
 pub struct DatabaseArgs {
     /// Postgres URL of the service's own database, credentials included
     /// (`postgres://order:secret@postgres:5432/commerce_order`). Give it
-    /// through the environment: it carries a password.
+    /// through the environment: it carries a password. TLS follows libpq's
+    /// parameters: `sslmode` (`disable`, `prefer` (default), `require`,
+    /// `verify-ca`, `verify-full`) and `sslrootcert=<CA file>`; without the
+    /// latter, `verify-*` trusts the public web CAs.
     #[arg(long = "database-url", env = "COMMERCE_DATABASE_URL", hide_env_values = true)]
     pub url: String,
     /// Upper bound of the connection pool. Postgres' own `max_connections`
