@@ -77,9 +77,11 @@ pub struct KafkaArgs {
         value_parser = humantime::parse_duration
     )]
     pub session_timeout: Duration,
-    /// Extra librdkafka properties, `key=value`, comma separated: TLS or SASL
-    /// settings of a managed cluster (`security.protocol=SASL_SSL,...`). They
-    /// may carry secrets: give them through the environment.
+    /// Extra librdkafka properties, `key=value`, comma separated: SASL
+    /// settings of a cluster (`security.protocol=sasl_plaintext,
+    /// sasl.mechanism=PLAIN,...`). They may carry secrets: give them through
+    /// the environment. The bundled librdkafka is built without OpenSSL, so
+    /// `ssl`/`sasl_ssl` and SCRAM are refused when the client is created.
     #[arg(
         long = "kafka-property",
         env = "COMMERCE_KAFKA_PROPERTIES",
