@@ -337,6 +337,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_refused_when_the_client_is_created_not_at_the_first_connection() {
+        let mut args = KafkaArgs::new("127.0.0.1:1");
+        args.properties = vec![("security.protocol".to_owned(), "sasl_ssl".to_owned())];
+        let refused = args.client_config().create::<rdkafka::producer::BaseProducer>();
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("security.protocol"), "{error}");
+        args.properties = vec![
+            ("security.protocol".to_owned(), "sasl_plaintext".to_owned()),
+            ("sasl.mechanism".to_owned(), "PLAIN".to_owned()),
+            ("sasl.username".to_owned(), "shop".to_owned()),
+            ("sasl.password".to_owned(), "secret".to_owned()),
+        ];
+        let plain = args.client_config().create::<rdkafka::producer::BaseProducer>();
+        assert!(plain.is_ok(), "SASL PLAIN: {:?}", plain.err());
+    }
+
+    #[test]
     fn names_come_from_the_catalog_behind_the_prefix() {
         let plain = TopicNames::default();
         assert_eq!(plain.topic(Topic::Orders), "commerce.orders.v1");
