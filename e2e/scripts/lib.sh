@@ -74,10 +74,17 @@ log_file() { printf '%s/%s.log\n' "$LOG_DIR" "$1"; }
 # Prints the pid recorded for NAME when that process is alive and its command
 # line contains MARKER; returns 1 otherwise (no file, dead, or pid recycled).
 running_pid() {
-  local name="$1" marker="$2" file pid
+  local name="$1" marker="$2" file
   file="$(pid_file "$name")"
   [[ -s "$file" ]] || return 1
-  pid="$(<"$file")"
+  pid_in_file_runs "$file" "$marker"
+}
+
+# Prints the pid on the first line of FILE when that process is alive and its
+# command line contains MARKER; returns 1 otherwise.
+pid_in_file_runs() {
+  local file="$1" marker="$2" pid
+  pid="$(head -n 1 "$file" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   [[ -r "/proc/$pid/cmdline" ]] || return 1
   # A zombie (exited, not yet reaped) is not running.

@@ -99,14 +99,8 @@ EOF
 # Prints the pid in postmaster.pid when it is a live process whose command
 # line names our data directory; returns 1 otherwise.
 postmaster_pid_from_file() {
-  local pid
   [[ -s "$PG_DATA/postmaster.pid" ]] || return 1
-  pid="$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [[ -r "/proc/$pid/cmdline" ]] || return 1
-  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$PG_MARKER" || return 1
-  printf '%s\n' "$pid"
+  pid_in_file_runs "$PG_DATA/postmaster.pid" "$PG_MARKER"
 }
 
 # A postmaster running on our data directory was started by this script even

@@ -288,28 +288,10 @@ pub async fn complete_void(
     Ok(())
 }
 
-/// Keeps the void pending and schedules the next attempt.
-pub async fn schedule_void_retry(
-    conn: &mut PgConnection,
-    id: Uuid,
-    next_attempt_at: DateTime<Utc>,
-    last_error: &str,
-) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $2, failure_reason = $3, \
-         updated_at = now() WHERE id = $1",
-    )
-    .bind(id)
-    .bind(next_attempt_at)
-    .bind(last_error)
-    .execute(&mut *conn)
-    .await
-    .map_err(Error::UpdatePayment)?;
-    Ok(())
-}
-
-/// Keeps the payment PENDING and schedules the next attempt.
-pub async fn schedule_charge_retry(
+/// Schedules the next provider call of a payment whose last one found the
+/// provider unavailable: a charge (the payment stays PENDING) or a void
+/// (it stays `void_pending`).
+pub async fn schedule_retry(
     conn: &mut PgConnection,
     id: Uuid,
     next_attempt_at: DateTime<Utc>,

@@ -214,7 +214,7 @@ impl Worker {
                     domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
                 let next =
                     Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
-                store::schedule_charge_retry(conn, payment.id, next, &error.to_string()).await?;
+                store::schedule_retry(conn, payment.id, next, &error.to_string()).await?;
                 Ok(ChargeAttempt::Deferred(error))
             }
         }
@@ -250,7 +250,7 @@ impl Worker {
                     domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
                 let next =
                     Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
-                store::schedule_void_retry(&mut tx, payment.id, next, &error.to_string()).await?;
+                store::schedule_retry(&mut tx, payment.id, next, &error.to_string()).await?;
             }
         }
         tx.commit().await.map_err(Error::UpdatePayment)?;

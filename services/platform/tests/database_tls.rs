@@ -118,14 +118,7 @@ async fn connect(url: &str, within: Duration) -> Result<sqlx::PgPool, DatabaseEr
 
 /// The last connection error behind a cancelled connect, as text.
 fn last_error(error: &DatabaseError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    commerce_platform::error_chain(error)
 }
 
 #[tokio::test]
