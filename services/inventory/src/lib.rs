@@ -22,7 +22,7 @@ pub mod metrics;
 pub mod store;
 
 use commerce_api::catalog::Service;
-use commerce_platform::events::{EventConsumer, OutboxError};
+use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use sqlx::migrate::Migrator;
@@ -120,16 +120,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 
             let handler = events::InventoryEventHandler::from_settings(&config.reservations)
                 .with_metrics(inventory_metrics);
-            let consumer = EventConsumer::new(
-                service,
-                &config.kafka,
-                pool.clone(),
-                producer,
-                handler,
-                wiring.consumer_check(),
-            )
-            .map_err(|error| RuntimeError::CreateConsumer(Box::new(error)))?;
-            wiring.spawn_consumer(consumer);
+            wiring.start_consumer(service, &config.kafka, pool.clone(), producer, handler)?;
 
             let handler = grpc::InventoryGrpc::new(pool, config.reservations.clone());
             Ok(wiring.grpc_server().add_service(InventoryServiceServer::new(handler)))

@@ -14,7 +14,6 @@ pub mod grpc;
 pub mod store;
 
 use commerce_api::catalog::Service;
-use commerce_platform::events::EventConsumer;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -47,16 +46,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
             // No outbox relay: it publishes nothing. The producer is the
             // consumer's way to its dead-letter topic.
             let producer = wiring.start_producer(&config.kafka)?;
-            let consumer = EventConsumer::new(
+            wiring.start_consumer(
                 Service::Notification,
                 &config.kafka,
                 pool.clone(),
                 producer,
                 events::NotificationEventHandler,
-                wiring.consumer_check(),
-            )
-            .map_err(|error| RuntimeError::CreateConsumer(Box::new(error)))?;
-            wiring.spawn_consumer(consumer);
+            )?;
             Ok(wiring
                 .grpc_server()
                 .add_service(NotificationServiceServer::new(grpc::NotificationGrpc::new(pool))))

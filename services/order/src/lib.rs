@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use commerce_api::catalog::Service;
 use commerce_platform::discovery::{DiscoveryError, Peers};
-use commerce_platform::events::{EventConsumer, OutboxError};
+use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::order::v1::order_service_server::OrderServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -96,16 +96,13 @@ pub async fn serve_with_catalog(
             let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
             let producer = wiring.start_producer(&config.kafka)?;
             wiring.spawn_outbox_relay(&pool, &producer);
-            let consumer = EventConsumer::new(
+            wiring.start_consumer(
                 Service::Order,
                 &config.kafka,
                 pool.clone(),
                 producer,
                 events::OrderEventHandler,
-                wiring.consumer_check(),
-            )
-            .map_err(|error| RuntimeError::CreateConsumer(Box::new(error)))?;
-            wiring.spawn_consumer(consumer);
+            )?;
             wiring.spawn_task(
                 "reservation sweeper",
                 events::run_reservation_sweeper(

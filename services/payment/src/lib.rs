@@ -23,7 +23,7 @@ pub mod worker;
 use std::sync::Arc;
 
 use commerce_api::catalog::Service;
-use commerce_platform::events::{EventConsumer, OutboxError};
+use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -107,16 +107,13 @@ pub async fn serve_with_provider(
             let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
             let producer = wiring.start_producer(&config.kafka)?;
             wiring.spawn_outbox_relay(&pool, &producer);
-            let consumer = EventConsumer::new(
+            wiring.start_consumer(
                 Service::Payment,
                 &config.kafka,
                 pool.clone(),
                 producer,
                 events::PaymentEventHandler,
-                wiring.consumer_check(),
-            )
-            .map_err(|error| RuntimeError::CreateConsumer(Box::new(error)))?;
-            wiring.spawn_consumer(consumer);
+            )?;
 
             let breaker = ProviderBreaker::new(config.client.breaker_failures, config.client.breaker_open);
             let worker = worker::Worker::new(pool.clone(), provider, breaker, config.worker.settings())

@@ -353,6 +353,23 @@ impl Wiring {
         self.shared.lock().work.push(task);
     }
 
+    /// Creates the service's event consumer (group and topics from the
+    /// catalog) with its readiness check, and starts it as
+    /// [`spawn_consumer`](Self::spawn_consumer) does.
+    pub fn start_consumer<H: EventHandler>(
+        &self,
+        service: Service,
+        args: &KafkaArgs,
+        pool: PgPool,
+        producer: EventProducer,
+        handler: H,
+    ) -> Result<(), RuntimeError> {
+        let consumer = EventConsumer::new(service, args, pool, producer, handler, self.consumer_check())
+            .map_err(|error| RuntimeError::CreateConsumer(Box::new(error)))?;
+        self.spawn_consumer(consumer);
+        Ok(())
+    }
+
     /// Starts a background task of the service (a worker, a sweeper). It
     /// must end when [`stop_token`](Self::stop_token) is cancelled; shutdown
     /// waits for it. A panic stops the service.

@@ -13,7 +13,7 @@ pub mod grpc;
 pub mod store;
 
 use commerce_api::catalog::Service;
-use commerce_platform::events::{EventConsumer, OutboxError};
+use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::shipping::v1::shipping_service_server::ShippingServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -70,16 +70,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
             let producer = wiring.start_producer(&config.kafka)?;
             wiring.spawn_outbox_relay(&pool, &producer);
             let handler = events::ShippingEventHandler { couriers: couriers.clone() };
-            let consumer = EventConsumer::new(
-                Service::Shipping,
-                &config.kafka,
-                pool.clone(),
-                producer,
-                handler,
-                wiring.consumer_check(),
-            )
-            .map_err(|error| RuntimeError::CreateConsumer(Box::new(error)))?;
-            wiring.spawn_consumer(consumer);
+            wiring.start_consumer(Service::Shipping, &config.kafka, pool.clone(), producer, handler)?;
             Ok(wiring
                 .grpc_server()
                 .add_service(ShippingServiceServer::new(grpc::ShippingGrpc::new(pool, couriers))))

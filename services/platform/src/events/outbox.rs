@@ -449,14 +449,4 @@ async fn next_notification(listener: &mut Option<PgListener>) {
     }
 }
 
-/// An error and its causes on one line, for logs.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::runtime::error_chain;
