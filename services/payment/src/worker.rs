@@ -159,6 +159,12 @@ impl Worker {
         tracing::info!("payment worker stopped");
     }
 
+    /// When to call the provider again after `attempts` calls found it away.
+    fn next_attempt_at(&self, attempts: u32) -> chrono::DateTime<Utc> {
+        let delay = domain::retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap);
+        Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1))
+    }
+
     /// Attempts the next due charge; true if there was one.
     pub async fn charge_next(&self) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await.map_err(Error::UpdatePayment)?;
@@ -210,10 +216,7 @@ impl Worker {
                 Ok(ChargeAttempt::Declined)
             }
             Err(error) => {
-                let delay =
-                    domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
-                let next =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                let next = self.next_attempt_at(payment.attempts);
                 store::schedule_retry(conn, payment.id, next, &error.to_string()).await?;
                 Ok(ChargeAttempt::Deferred(error))
             }
@@ -246,10 +249,7 @@ impl Worker {
             }
             Err(error) => {
                 WorkerMetrics::count(&self.metrics.voids, "deferred");
-                let delay =
-                    domain::retry_delay(payment.attempts, self.settings.retry_base, self.settings.retry_cap);
-                let next =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                let next = self.next_attempt_at(payment.attempts);
                 store::schedule_retry(&mut tx, payment.id, next, &error.to_string()).await?;
             }
         }
@@ -303,10 +303,7 @@ impl Worker {
                 }))
             }
             Err(error) => {
-                let attempts = u32::try_from(refund.attempts).unwrap_or_default();
-                let delay = domain::retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap);
-                let next =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1));
+                let next = self.next_attempt_at(u32::try_from(refund.attempts).unwrap_or_default());
                 store::schedule_refund_retry(conn, refund.id, next).await?;
                 Ok(Err(error))
             }
