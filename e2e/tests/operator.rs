@@ -161,11 +161,7 @@ async fn crds_are_established_and_an_invalid_stack_is_refused_with_the_cel_messa
 
 #[tokio::test]
 async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_becomes_ready() -> Result<()> {
-    install_crds()?;
-    let client = local_kube_client().await?;
-    let namespace = TestNamespace::create(&client).await?;
-    let stack_name = unique_name("shop");
-    let mut operator = Operator::start(&namespace.name)?;
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
     let outcome = async {
         create_admin_secret(&client, &namespace.name).await?;
         let (stack, policy) = full_example(&stack_name, &namespace.name)?;
@@ -253,11 +249,7 @@ async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_be
 
 #[tokio::test]
 async fn replicas_disabled_services_and_a_rate_limit_policy_converge() -> Result<()> {
-    install_crds()?;
-    let client = local_kube_client().await?;
-    let namespace = TestNamespace::create(&client).await?;
-    let stack_name = unique_name("shop");
-    let mut operator = Operator::start(&namespace.name)?;
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
     let outcome = async {
         create_admin_secret(&client, &namespace.name).await?;
         let mut stack = minimal_stack(&stack_name, &namespace.name);
@@ -325,11 +317,7 @@ async fn replicas_disabled_services_and_a_rate_limit_policy_converge() -> Result
 
 #[tokio::test]
 async fn a_deleted_child_and_an_edited_child_are_restored() -> Result<()> {
-    install_crds()?;
-    let client = local_kube_client().await?;
-    let namespace = TestNamespace::create(&client).await?;
-    let stack_name = unique_name("shop");
-    let mut operator = Operator::start(&namespace.name)?;
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
     let outcome = async {
         create_admin_secret(&client, &namespace.name).await?;
         apply(&client, &minimal_stack(&stack_name, &namespace.name)).await?;
@@ -369,11 +357,7 @@ async fn a_deleted_child_and_an_edited_child_are_restored() -> Result<()> {
 
 #[tokio::test]
 async fn an_operator_restarted_mid_reconcile_converges() -> Result<()> {
-    install_crds()?;
-    let client = local_kube_client().await?;
-    let namespace = TestNamespace::create(&client).await?;
-    let stack_name = unique_name("shop");
-    let mut operator = Operator::start(&namespace.name)?;
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
     let outcome = async {
         create_admin_secret(&client, &namespace.name).await?;
         let stack = minimal_stack(&stack_name, &namespace.name);
@@ -407,11 +391,7 @@ async fn an_operator_restarted_mid_reconcile_converges() -> Result<()> {
 
 #[tokio::test]
 async fn deleting_a_retained_stack_collects_its_children_and_keeps_topics_and_databases() -> Result<()> {
-    install_crds()?;
-    let client = local_kube_client().await?;
-    let namespace = TestNamespace::create(&client).await?;
-    let stack_name = unique_name("shop");
-    let mut operator = Operator::start(&namespace.name)?;
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
     let outcome = async {
         create_admin_secret(&client, &namespace.name).await?;
         apply(&client, &minimal_stack(&stack_name, &namespace.name)).await?;
@@ -437,11 +417,7 @@ async fn deleting_a_retained_stack_collects_its_children_and_keeps_topics_and_da
 
 #[tokio::test]
 async fn deleting_a_stack_with_deletion_policy_delete_drops_its_topics_and_databases() -> Result<()> {
-    install_crds()?;
-    let client = local_kube_client().await?;
-    let namespace = TestNamespace::create(&client).await?;
-    let stack_name = unique_name("shop");
-    let mut operator = Operator::start(&namespace.name)?;
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
     let outcome = async {
         create_admin_secret(&client, &namespace.name).await?;
         let mut stack = minimal_stack(&stack_name, &namespace.name);
@@ -758,6 +734,18 @@ fn operator_binary() -> Result<PathBuf> {
         "commerce-operator is not built: run `cargo build -p commerce-operator` \
          (with the same CARGO_TARGET_DIR) before these tests",
     )
+}
+
+/// What most tests start from: the CRDs installed, a client, a namespace of
+/// the test's own, a unique stack name, and an operator process watching
+/// that namespace. [`finish`] undoes it.
+async fn start_with_operator() -> Result<(Client, TestNamespace, String, Operator)> {
+    install_crds()?;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let stack_name = unique_name("shop");
+    let operator = Operator::start(&namespace.name)?;
+    Ok((client, namespace, stack_name, operator))
 }
 
 /// Stops the operator, drops the stacks' databases and roles, deletes the

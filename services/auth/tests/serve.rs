@@ -11,12 +11,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use commerce_api::catalog::Topic;
 use commerce_auth::{AuthArgs, Config};
 use commerce_platform::admin::AdminArgs;
 use commerce_platform::config::CommonArgs;
 use commerce_platform::db::DatabaseArgs;
-use commerce_platform::events::{KafkaArgs, TopicNames, ensure_topics};
+use commerce_platform::events::KafkaArgs;
 use commerce_platform::grpc::GrpcArgs;
 use commerce_platform::telemetry::{LogArgs, LogFormat};
 use commerce_proto::auth::v1 as pb;
@@ -24,28 +23,19 @@ use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
 use common::TestDatabase;
 use tokio_util::sync::CancellationToken;
 
-const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:59092";
 const EVENTUALLY: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(SocketAddr::from(([127, 0, 0, 1], commerce_testkit::free_port())))
 }
 
 #[tokio::test]
 async fn serve_bootstraps_answers_grpc_relays_events_to_kafka_and_shuts_down() -> anyhow::Result<()> {
     let db = TestDatabase::create("auth", &commerce_auth::MIGRATOR).await?;
-    let brokers =
-        std::env::var("COMMERCE_KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_KAFKA_BROKERS.to_owned());
-    let prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
-    tokio::time::timeout(
-        EVENTUALLY,
-        ensure_topics(&brokers, [TopicNames::new(prefix.clone()).desired(&Topic::Users.spec())]),
-    )
-    .await
-    .with_context(|| {
-        format!("Kafka at {brokers} did not answer; start it with `bash e2e/scripts/infra.sh up kafka`")
-    })??;
+    // Fails clearly when Kafka is not up; creates the catalog's topics.
+    let prefix = commerce_testkit::kafka_namespace().await?;
+    let brokers = commerce_testkit::kafka_brokers();
 
     let grpc_addr = free_addr()?;
     let mut auth = AuthArgs::new();
