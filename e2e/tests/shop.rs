@@ -616,10 +616,9 @@ async fn malformed_negative_unknown_and_oversized_requests_get_problem_json_4xx_
         ("no lines", api.send(post_order(order(json!([])).to_string().into())).await.expect("answers")),
         (
             "an oversized body",
-            // On a connection of its own: the gateway answers 413 before
-            // reading the body, then closes the connection without saying
-            // `Connection: close`, so a pooled client may reuse it for the
-            // next request and find it closed (reported to the gateway).
+            // On a connection of its own: the gateway drains the body,
+            // answers 413 with `Connection: close` and closes the connection,
+            // which a pooled client must not reuse.
             api.send(
                 unpooled
                     .post(format!("{}/api/orders", api.base))

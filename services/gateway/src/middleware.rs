@@ -64,22 +64,42 @@ pub async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
-/// Refuses bodies declared larger than the limit before reading a byte
+/// Bodies up to this size are read and discarded before a 413 is sent.
+const DRAIN_MAX_BYTES: u64 = 8 << 20;
+/// ... for at most this long.
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
+/// Refuses bodies declared larger than the limit without passing a byte on
 /// (the body-limit layer catches undeclared ones while reading).
+///
+/// A body of up to [`DRAIN_MAX_BYTES`] is read and thrown away first (for
+/// at most [`DRAIN_MAX_TIME`]): closing a connection with unread data makes
+/// the kernel reset it, and the reset can destroy the 413 before the client
+/// read it, so the client saw "broken pipe" instead of an answer. Larger
+/// bodies are answered at once.
 pub async fn reject_large_bodies(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        // The unread body is still on the wire, so the server must close the
-        // connection; saying so keeps a pooled client from reusing it.
+    if let Some(length) = declared.filter(|length| *length > limit as u64) {
+        if length <= DRAIN_MAX_BYTES {
+            let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain(request.into_body())).await;
+        }
+        // Whatever was not drained is still on the wire, so the server must
+        // close the connection; saying so keeps a pooled client from reusing it.
         let mut response = body_too_large().into_response();
         response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         return response;
     }
     next.run(request).await
+}
+
+/// Reads `body` to its end (or its first error), keeping nothing.
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt as _;
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// Answers 504 when the whole request takes longer than allowed.
