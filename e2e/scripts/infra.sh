@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# All local infrastructure at once: Postgres, Redis, Kafka and the Kubernetes
-# control plane, each through its own script in this directory.
+# All local infrastructure at once: Postgres, Redis, Kafka, the Kubernetes
+# control plane and the real node, each through its own script in this
+# directory.
 #
-#   infra.sh install|up|down|status [postgres redis kafka k8s ...]
+#   infra.sh install|up|down|status [postgres redis kafka k8s node ...]
 #
-# With no components, acts on all four (down in reverse order). `up` starts
+# With no components, acts on all five (down in reverse order). `up` starts
 # only what is not already answering; `status` prints one line per component.
 set -euo pipefail
 
 SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ALL=(postgres redis kafka k8s)
+ALL=(postgres redis kafka k8s node)
 
 usage() {
   printf 'usage: %s install|up|down|status [%s ...]\n' "$(basename "$0")" "${ALL[*]}" >&2

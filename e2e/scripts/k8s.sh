@@ -24,7 +24,7 @@ ETCD_URL="http://127.0.0.1:$COMMERCE_ETCD_PORT"
 API_URL="$COMMERCE_KUBE_APISERVER_URL"
 NODE_NAME=kwok-node-0
 # Everything `tool` in go.mod builds, under the names we run them by.
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm)
 
 # Markers that identify our processes in /proc/<pid>/cmdline (see lib.sh).
 MARK_ETCD="--data-dir=$ETCD_DATA"
@@ -190,6 +190,16 @@ ensure_pki() {
   # kwok stands in for every kubelet: it updates Node and Pod status, leases
   # and events across the cluster.
   new_cert kwok ca "/O=system:masters/CN=kwok-controller" clientAuth
+  # The real node (node.sh): the API server's client identity towards the
+  # kubelet (logs, exec), the kubelet itself (Node authorizer), kube-proxy
+  # (bound to system:node-proxier by default), and one identity for the
+  # node's add-ons, CoreDNS and the Ingress controller (test infrastructure,
+  # so they share an admin certificate instead of RBAC of their own).
+  new_cert apiserver-kubelet-client ca "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+  new_cert kubelet ca "/O=system:nodes/CN=system:node:$COMMERCE_NODE_NAME" clientAuth
+  new_cert kubelet-serving ca "/CN=$COMMERCE_NODE_NAME" serverAuth "IP:$COMMERCE_NODE_IP,DNS:$COMMERCE_NODE_NAME"
+  new_cert kube-proxy ca "/CN=system:kube-proxy" clientAuth
+  new_cert node-addons ca "/O=system:masters/CN=commerce-node-addons" clientAuth
   if [[ ! -s "$PKI/sa.key" ]]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -200,6 +210,29 @@ ensure_pki() {
   write_kubeconfig "$K8S_STATE/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
   write_kubeconfig "$K8S_STATE/scheduler.kubeconfig" scheduler system:kube-scheduler
   write_kubeconfig "$K8S_STATE/kwok.kubeconfig" kwok kwok-controller
+  write_kubeconfig "$K8S_STATE/kubelet.kubeconfig" kubelet "system:node:$COMMERCE_NODE_NAME"
+  write_kubeconfig "$K8S_STATE/kube-proxy.kubeconfig" kube-proxy system:kube-proxy
+  write_kubeconfig "$K8S_STATE/node-addons.kubeconfig" node-addons commerce-node-addons
+  write_admission_config
+}
+
+# Two kinds of node share this control plane: kwok's fake node for the fast
+# API-level tests, and the real node of node.sh. PodNodeSelector keeps them
+# apart without touching any workload: a namespace without the annotation
+# scheduler.alpha.kubernetes.io/node-selector gets the cluster default, the
+# fake node; the real-pod tests annotate their namespaces with
+# commerce-stack.dev/node=real. (Taints would need tolerations in every pod
+# the operator renders.)
+write_admission_config() {
+  cat >"$K8S_STATE/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: PodNodeSelector
+    configuration:
+      podNodeSelectorPluginConfig:
+        clusterDefaultNodeSelector: commerce-stack.dev/node=kwok
+EOF
 }
 
 # --- processes --------------------------------------------------------------
@@ -261,6 +294,11 @@ start_apiserver() {
     --secure-port="$COMMERCE_KUBE_APISERVER_PORT" \
     --endpoint-reconciler-type=none \
     --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=PodNodeSelector \
+    --admission-control-config-file="$K8S_STATE/admission.yaml" \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --service-cluster-ip-range=10.96.0.0/16 \
     --allow-privileged=true \
     --client-ca-file="$PKI/ca.crt" \

@@ -79,9 +79,13 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,CONTROLLER://127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+# PODS is for the real node's pods: it binds loopback too, and advertises the
+# in-cluster Service that e2e/scripts/node.sh points (through a forwarder on
+# the node's bridge address) at this port. Host clients never see it: a
+# client is told the address of the listener it connected to.
+listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,CONTROLLER://127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT,PODS://127.0.0.1:$COMMERCE_KAFKA_POD_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,PODS://$COMMERCE_KAFKA_POD_ADVERTISED
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DATA

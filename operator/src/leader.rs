@@ -128,6 +128,32 @@ impl Elector {
         }
     }
 
+    /// Gives the Lease up on a clean shutdown, so that a standby takes over
+    /// at its next attempt (within [`RENEW_EVERY`]) instead of waiting for
+    /// the Lease to expire. A Lease held by another is left alone; failing
+    /// to release only costs the standby the rest of [`LEASE_DURATION`].
+    pub async fn release(&self) {
+        let mut lease = match self.api.get_opt(&self.name).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return,
+            Err(error) => {
+                warn!(lease = %self.name, %error, "cannot read the Lease to release it");
+                return;
+            }
+        };
+        let Some(spec) = lease.spec.as_mut() else { return };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        // The resourceVersion read above: a Lease renewed by a new holder in
+        // between is not released.
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => info!(lease = %self.name, identity = %self.identity, "released the Lease"),
+            Err(error) => warn!(lease = %self.name, %error, "releasing the Lease failed"),
+        }
+    }
+
     /// Renews the Lease until a renewal fails for longer than the Lease
     /// lasts; returns then (leadership is lost).
     pub async fn keep(&self) {

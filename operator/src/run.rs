@@ -80,7 +80,13 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
 
     let elector = Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &args.identity);
     if args.leader_election {
-        elector.acquire().await;
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => {
+                info!("stopped while standing by");
+                return Ok(());
+            }
+        }
     }
     let reporter = Reporter { controller: names::MANAGER.into(), instance: Some(args.identity.clone()) };
     let ctx = Arc::new(Context {
@@ -102,13 +108,36 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
         });
     if args.leader_election {
         tokio::select! {
-            () = controller => info!("controller stopped"),
+            () = controller => {
+                info!("controller stopped");
+                elector.release().await;
+            }
             () = elector.keep() => warn!("lost the Lease; exiting so that a new leader takes over"),
         }
     } else {
         controller.await;
     }
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT. In its container the operator is PID 1,
+/// for which SIGTERM has no default action: without a handler, a standby
+/// replica (which runs no controller, and so none of kube's handlers) would
+/// ignore the kubelet's stop and be killed only when the grace period ends.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// The controller: stacks, what they own (metadata only, by the managed-by

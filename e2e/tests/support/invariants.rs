@@ -26,7 +26,7 @@
 //!   the order says `refunded`), a reservation is RELEASED;
 //! - every outbox row of every service is published.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -44,7 +44,7 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Where a shop's databases are: one per service, `<prefix><service>` on
-/// the server of the admin URL.
+/// the server of the admin URL, or the names the operator gave a stack's.
 #[derive(Debug, Clone)]
 pub struct Databases {
     /// Postgres URL of a role that may read every database (and create and
@@ -52,11 +52,25 @@ pub struct Databases {
     pub admin_url: String,
     /// Prefix of every database name (`e2e_<run>_`).
     pub prefix: String,
+    /// Database names that do not follow `<prefix><service>`: those of a
+    /// stack run by the operator (tests/cluster.rs).
+    named: BTreeMap<Service, String>,
 }
 
 impl Databases {
     pub fn new(admin_url: &str, prefix: &str) -> Self {
-        Self { admin_url: admin_url.to_owned(), prefix: prefix.to_owned() }
+        Self { admin_url: admin_url.to_owned(), prefix: prefix.to_owned(), named: BTreeMap::new() }
+    }
+
+    /// The databases of `services`, named by `name` (the operator's naming).
+    pub fn named(admin_url: &str, services: &[Service], name: impl Fn(Service) -> String) -> Self {
+        let named = services.iter().map(|service| (*service, name(*service))).collect();
+        Self { admin_url: admin_url.to_owned(), prefix: String::new(), named }
+    }
+
+    /// The name of `service`'s database.
+    pub fn name(&self, service: Service) -> String {
+        self.named.get(&service).cloned().unwrap_or_else(|| format!("{}{}", self.prefix, service.name()))
     }
 
     /// The URL of `service`'s database.
@@ -66,7 +80,7 @@ impl Databases {
             None => (self.admin_url.as_str(), String::new()),
         };
         let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
-        format!("{server}/{}{}{query}", self.prefix, service.name())
+        format!("{server}/{}{query}", self.name(service))
     }
 
     /// A one-connection pool on `service`'s database (Postgres' connections
@@ -77,7 +91,7 @@ impl Databases {
             .acquire_timeout(Duration::from_secs(10))
             .connect(&self.url(service))
             .await
-            .with_context(|| format!("cannot connect to the {service} database {}{service}", self.prefix))
+            .with_context(|| format!("cannot connect to the {service} database {}", self.name(service)))
     }
 
     /// Fails with a clear message when Postgres is not there.

@@ -1,0 +1,606 @@
+//! Real pods: the operator installed by Helm from the image `make images`
+//! built, a `CommerceStack` becoming a shop of real containers on the node
+//! of `e2e/scripts/node.sh`, and a client on the host reaching it through
+//! the Ingress by host name.
+//!
+//! The cluster is set up once per test process by whichever test runs first
+//! ([`cluster`]): the previous run's stack is deleted, the chart is
+//! installed (or upgraded) into `commerce-system`, and a fresh stack is
+//! applied in [`STACK_NAMESPACE`] against the machine's Postgres, Redis and
+//! Kafka, which pods reach through the `commerce-infra` Services. The tests
+//! then take turns ([`TURN`]): they scale, kill and roll pods, which would
+//! disturb each other's figures. Both namespaces carry the node selector
+//! annotation that sends their pods to the real node (k8s.sh keeps every
+//! other namespace on kwok's fake node).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use commerce_api::catalog::Service;
+use commerce_e2e::local_kube_client;
+use commerce_operator::build::names::database_name;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api as KubeApi, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::api::{Api, Session};
+use support::invariants::{Databases, assert_invariants};
+use tokio::sync::{Mutex, OnceCell};
+
+/// Where the chart installs the operator.
+const OPERATOR_NAMESPACE: &str = "commerce-system";
+const RELEASE: &str = "commerce-operator";
+/// The Lease the operator's replicas compete for (its default name).
+const LEASE_NAME: &str = "commerce-operator";
+/// The stack under test; the operator watches this namespace only, so the
+/// host-process operators of tests/operator.rs and this one never meet.
+const STACK_NAMESPACE: &str = "cluster-e2e";
+const STACK: &str = "shop";
+/// The Ingress host; the client resolves it to Traefik's entrypoint on
+/// 127.0.0.1, as a DNS record would point it at a load balancer.
+const INGRESS_HOST: &str = "shop.commerce.test";
+/// The annotation (PodNodeSelector) that puts a namespace's pods on the
+/// real node.
+const NODE_SELECTOR_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/node-selector";
+const REAL_NODE: &str = "commerce-stack.dev/node=real";
+/// Images the node must hold (imported by `node.sh import`), never pulled.
+const IMAGES: [&str; 2] = ["ghcr.io/commerce-stack/commerce", "ghcr.io/commerce-stack/commerce-operator"];
+/// Bootstrap accounts of the stack's auth service (support::shop's names,
+/// so support::api's admin() and courier() log in to them).
+const BOOTSTRAP_SECRET: &str = "shop-bootstrap";
+
+/// From `helm install` to both operator pods Ready, and from applying the
+/// stack to `Ready`: image import and pod start take seconds, but nine
+/// services connecting to Kafka on two busy cores take longer.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// A deleted leader's Lease expires after 15 s; the standby takes it soon after.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(250);
+
+/// The tests take turns on the one cluster.
+static TURN: Mutex<()> = Mutex::const_new(());
+/// The set-up, done once per process; only plain data crosses test runtimes
+/// (a kube `Client` belongs to the runtime that made it).
+static CLUSTER: OnceCell<std::result::Result<Cluster, String>> = OnceCell::const_new();
+
+/// What the set-up measured.
+#[derive(Debug, Clone)]
+struct Cluster {
+    /// `helm upgrade --install --wait` until both operator pods were Ready.
+    operator_install: Duration,
+    /// Stack applied until its `Ready` condition was True.
+    stack_ready: Duration,
+    /// Stack applied until every service Deployment was available.
+    pods_ready: Duration,
+}
+
+async fn cluster() -> Result<Cluster> {
+    CLUSTER.get_or_init(|| async { set_up().await.map_err(|error| format!("{error:#}")) }).await.clone().map_err(
+        |error| anyhow::anyhow!("the cluster set-up failed (see the first test's output): {error}"),
+    )
+}
+
+async fn set_up() -> Result<Cluster> {
+    let client = local_kube_client().await?;
+    check_node(&client).await?;
+    remove_previous_stack(&client).await?;
+
+    ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    let started = Instant::now();
+    helm_install()?;
+    let operator_install = started.elapsed();
+    eprintln!("operator installed by helm, both pods Ready, in {operator_install:.1?}");
+
+    ensure_namespace(&client, STACK_NAMESPACE).await?;
+    create_secrets()?;
+    let started = Instant::now();
+    kubectl_apply(&stack_manifest())?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("commercestack/{STACK}"),
+        "-n",
+        STACK_NAMESPACE,
+        &format!("--timeout={}s", READY_TIMEOUT.as_secs()),
+    ])
+    .context("kubectl wait --for=condition=Ready on the stack")?;
+    let stack_ready = started.elapsed();
+    kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        "deployment",
+        "-l",
+        &format!("app.kubernetes.io/instance={STACK}"),
+        "-n",
+        STACK_NAMESPACE,
+        "--timeout=120s",
+    ])?;
+    let pods_ready = started.elapsed();
+    eprintln!("stack applied -> Ready in {stack_ready:.1?}; every Deployment available after {pods_ready:.1?}");
+    Ok(Cluster { operator_install, stack_ready, pods_ready })
+}
+
+/// The real node is Ready and holds the project's images.
+async fn check_node(client: &Client) -> Result<()> {
+    let name = std::env::var("COMMERCE_NODE_NAME").unwrap_or_else(|_| "commerce-node-0".into());
+    let node = KubeApi::<Node>::all(client.clone())
+        .get_opt(&name)
+        .await?
+        .with_context(|| format!("no node {name}: start it with `bash e2e/scripts/node.sh up`"))?;
+    let status = node.status.unwrap_or_default();
+    let ready = status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    ensure!(ready, "node {name} is not Ready: see `bash e2e/scripts/node.sh status`");
+    let version = env!("CARGO_PKG_VERSION");
+    let held: Vec<String> =
+        status.images.unwrap_or_default().into_iter().flat_map(|image| image.names.unwrap_or_default()).collect();
+    for image in IMAGES {
+        let reference = format!("{image}:{version}");
+        ensure!(
+            held.iter().any(|name| name == &reference),
+            "node {name} does not hold {reference}: run `make images` and `bash e2e/scripts/node.sh import`"
+        );
+    }
+    Ok(())
+}
+
+/// Deletes the stack of an earlier run and waits until it is gone (the
+/// operator drops its databases and topics: `deletionPolicy: Delete`), then
+/// its namespace.
+async fn remove_previous_stack(client: &Client) -> Result<()> {
+    let namespaces = KubeApi::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    if namespaces.get_opt(STACK_NAMESPACE).await?.is_none() {
+        return Ok(());
+    }
+    eprintln!("removing the previous run's namespace {STACK_NAMESPACE}");
+    let _ = kubectl(&["delete", "commercestack", STACK, "-n", STACK_NAMESPACE, "--ignore-not-found", "--timeout=120s"]);
+    if kubectl(&["get", "commercestack", STACK, "-n", STACK_NAMESPACE, "--ignore-not-found", "-o", "name"])?
+        .contains(STACK)
+    {
+        // No operator ran to finish it (the release was uninstalled).
+        kubectl(&[
+            "patch",
+            "commercestack",
+            STACK,
+            "-n",
+            STACK_NAMESPACE,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ])?;
+    }
+    namespaces.delete(STACK_NAMESPACE, &DeleteParams::default()).await.ok();
+    wait_until("the previous namespace to be gone", Duration::from_secs(180), || async {
+        Ok(namespaces.get_opt(STACK_NAMESPACE).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+/// Creates `name` with the real-node selector, or adds it to an existing one.
+async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
+    let manifest = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "annotations": { NODE_SELECTOR_ANNOTATION: REAL_NODE },
+            "labels": { "app.kubernetes.io/part-of": "commerce-stack-e2e" },
+        },
+    });
+    kubectl_apply(&manifest)?;
+    let namespaces = KubeApi::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let namespace = namespaces.get(name).await?;
+    ensure!(
+        namespace.annotations().get(NODE_SELECTOR_ANNOTATION).map(String::as_str) == Some(REAL_NODE),
+        "namespace {name} does not select the real node"
+    );
+    Ok(())
+}
+
+fn helm_install() -> Result<()> {
+    let chart = repo().join("charts/commerce-operator");
+    let output = Command::new("helm")
+        .args(["upgrade", "--install", RELEASE])
+        .arg(&chart)
+        .args(["--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout"])
+        .arg(format!("{}s", INSTALL_TIMEOUT.as_secs()))
+        // The image is imported into the node, never pulled.
+        .args(["--set", "image.pullPolicy=Never"])
+        .args(["--set", &format!("watchNamespace={STACK_NAMESPACE}")])
+        .env("KUBECONFIG", commerce_e2e::local_kubeconfig_path())
+        .output()
+        .context("running helm (built by e2e/scripts/k8s.sh; source e2e/infra.env to put it on PATH)")?;
+    ensure!(
+        output.status.success(),
+        "helm upgrade --install failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+fn create_secrets() -> Result<()> {
+    let password = std::env::var("COMMERCE_POSTGRES_PASSWORD").unwrap_or_else(|_| "commerce-dev".into());
+    kubectl_apply(&json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": "postgres-admin", "namespace": STACK_NAMESPACE },
+        "stringData": { "username": "postgres", "password": password },
+    }))?;
+    kubectl_apply(&json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": BOOTSTRAP_SECRET, "namespace": STACK_NAMESPACE },
+        "stringData": {
+            "admin-password": support::shop::ADMIN_PASSWORD,
+            "courier-password": support::shop::COURIER_PASSWORD,
+        },
+    }))?;
+    Ok(())
+}
+
+/// The stack under test: every service, the machine's infrastructure through
+/// the `commerce-infra` Services, the Ingress on Traefik, data dropped with
+/// the stack.
+fn stack_manifest() -> Value {
+    let port = |name: &str, default: u16| std::env::var(name).ok().and_then(|p| p.parse().ok()).unwrap_or(default);
+    let secret_env = |name: &str, key: &str| {
+        json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": BOOTSTRAP_SECRET, "key": key } } })
+    };
+    json!({
+        "apiVersion": "commerce-stack.dev/v1alpha1",
+        "kind": "CommerceStack",
+        "metadata": { "name": STACK, "namespace": STACK_NAMESPACE },
+        "spec": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "image": { "pullPolicy": "Never" },
+            "deletionPolicy": "Delete",
+            "kafka": { "external": { "bootstrapServers": [
+                format!("kafka.commerce-infra.svc.cluster.local:{}", port("COMMERCE_KAFKA_POD_PORT", 29094)),
+            ] } },
+            "postgres": { "external": {
+                "host": "postgres.commerce-infra.svc.cluster.local",
+                "port": port("COMMERCE_POSTGRES_PORT", 55432),
+                "adminSecret": { "name": "postgres-admin" },
+            } },
+            "redis": { "external": {
+                "host": "redis.commerce-infra.svc.cluster.local",
+                "port": port("COMMERCE_REDIS_PORT", 56379),
+            } },
+            "gateway": { "ingress": { "host": INGRESS_HOST, "className": "traefik" } },
+            "services": {
+                "auth": { "env": [
+                    { "name": "COMMERCE_BOOTSTRAP_ADMIN_EMAIL", "value": support::shop::ADMIN_EMAIL },
+                    secret_env("COMMERCE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password"),
+                    { "name": "COMMERCE_BOOTSTRAP_COURIER_EMAIL", "value": support::shop::COURIER_EMAIL },
+                    secret_env("COMMERCE_BOOTSTRAP_COURIER_PASSWORD", "courier-password"),
+                ] },
+            },
+        },
+    })
+}
+
+/// A client of the shop through the Ingress: `http://<INGRESS_HOST>:<port>`,
+/// the name resolved to Traefik's entrypoint on loopback.
+fn ingress_api() -> Result<Api> {
+    let port: u16 = std::env::var("COMMERCE_INGRESS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(28080);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .resolve(INGRESS_HOST, SocketAddr::from(([127, 0, 0, 1], port)))
+        .build()?;
+    Ok(Api { base: format!("http://{INGRESS_HOST}:{port}"), http })
+}
+
+/// The stack's databases, as the operator names them.
+fn stack_databases() -> Result<Databases> {
+    let admin_url = std::env::var("COMMERCE_POSTGRES_ADMIN_URL")
+        .context("COMMERCE_POSTGRES_ADMIN_URL is unset: source e2e/infra.env")?;
+    let services: Vec<Service> = Service::ALL.iter().copied().filter(|s| s.spec().database).collect();
+    Ok(Databases::named(&admin_url, &services, |service| database_name(STACK_NAMESPACE, STACK, service)))
+}
+
+#[tokio::test]
+async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader_pod_is_deleted() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let cluster = cluster().await?;
+    eprintln!("operator install took {:.1?}", cluster.operator_install);
+    let client = local_kube_client().await?;
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={RELEASE}"));
+    let running = pods.list(&selector).await?;
+    let ready: Vec<String> = running.items.iter().filter(|pod| pod_ready(pod)).map(ResourceExt::name_any).collect();
+    ensure!(ready.len() == 2, "expected 2 Ready operator pods, got {ready:?}");
+    for pod in &running.items {
+        let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).unwrap_or_default();
+        ensure!(node.starts_with("commerce-node"), "operator pod {} runs on {node}, not the real node", pod.name_any());
+    }
+
+    let leases = KubeApi::<Lease>::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let leader = wait_until("a Lease holder among the operator pods", HANDOVER_TIMEOUT, || async {
+        Ok(lease_holder(&leases).await?.filter(|holder| ready.contains(holder)))
+    })
+    .await?;
+    eprintln!("leader: {leader}; deleting its pod");
+    let deleted = Instant::now();
+    pods.delete(&leader, &DeleteParams::default()).await?;
+    let successor = wait_until("another pod to hold the Lease", HANDOVER_TIMEOUT, || async {
+        Ok(lease_holder(&leases).await?.filter(|holder| holder != &leader))
+    })
+    .await?;
+    let handover = deleted.elapsed();
+    // The leader stops on SIGTERM and releases the Lease; the standby takes
+    // it at its next attempt (every 5 s), not after the 15 s expiry.
+    wait_until("the old leader's pod to be gone", HANDOVER_TIMEOUT, || async {
+        Ok(pods.get_opt(&leader).await?.is_none().then_some(()))
+    })
+    .await?;
+    let gone = deleted.elapsed();
+    eprintln!("the Lease moved to {successor} {handover:.1?} after the leader pod was deleted; the pod was gone after {gone:.1?}");
+    ensure!(handover < Duration::from_secs(12), "the Lease took {handover:?} to move: was it released?");
+    ensure!(gone < Duration::from_secs(20), "the leader pod took {gone:?} to stop: SIGTERM ignored?");
+
+    // A change made now is applied by the new leader.
+    kubectl(&[
+        "patch",
+        "commercestack",
+        STACK,
+        "-n",
+        STACK_NAMESPACE,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"services":{"notification":{"replicas":2}}}}"#,
+    ])?;
+    let deployments = KubeApi::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), STACK_NAMESPACE);
+    let name = format!("{STACK}-notification");
+    wait_until("the new leader to scale notification to 2", HANDOVER_TIMEOUT, || async {
+        let deployment = deployments.get(&name).await?;
+        let available = deployment.status.and_then(|status| status.available_replicas).unwrap_or_default();
+        Ok((deployment.spec.and_then(|spec| spec.replicas) == Some(2) && available == 2).then_some(()))
+    })
+    .await?;
+    kubectl(&[
+        "patch",
+        "commercestack",
+        STACK,
+        "-n",
+        STACK_NAMESPACE,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/services/notification/replicas"}]"#,
+    ])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_commerce_stack_of_real_pods_becomes_ready_through_native_grpc_probes() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let cluster = cluster().await?;
+    eprintln!(
+        "stack Ready {:.1?} after apply, all Deployments available after {:.1?}",
+        cluster.stack_ready, cluster.pods_ready
+    );
+    let client = local_kube_client().await?;
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
+    let list = pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={STACK}"))).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    for pod in &list.items {
+        let Some(component) = pod.labels().get("app.kubernetes.io/component").cloned() else { continue };
+        if !pod_ready(pod) {
+            continue;
+        }
+        let spec = pod.spec.as_ref().context("pod without spec")?;
+        ensure!(
+            spec.node_name.as_deref().is_some_and(|node| node.starts_with("commerce-node")),
+            "{} is not on the real node",
+            pod.name_any()
+        );
+        let container = &spec.containers[0];
+        let status = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+        ensure!(
+            status.iter().all(|s| s.ready && s.image_id.starts_with("sha256:") || s.image_id.contains("@sha256:")),
+            "{}: a container is not ready or has no image id: {status:?}",
+            pod.name_any()
+        );
+        if component != "gateway" {
+            let readiness = container.readiness_probe.as_ref().context("no readiness probe")?;
+            ensure!(readiness.grpc.is_some(), "{component} is not probed over gRPC: {readiness:?}");
+        }
+        seen.insert(component);
+    }
+    let expected: std::collections::BTreeSet<String> =
+        Service::ALL.iter().map(|service| service.name().to_owned()).collect();
+    ensure!(seen == expected, "Ready pods per service: {seen:?}, expected {expected:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_customer_orders_through_the_ingress_by_host_name_and_the_saga_invariants_hold() -> Result<()> {
+    let _turn = TURN.lock().await;
+    cluster().await?;
+    let api = ingress_api()?;
+    // The Service may answer a moment after its pods are Ready.
+    wait_until("the gateway to answer through the Ingress", Duration::from_secs(60), || async {
+        Ok(api.get("/api/products?page_size=1", None).await.ok().filter(|a| a.status.is_success()))
+    })
+    .await?;
+
+    let admin: Session = api.admin().await?;
+    let category = api.create_category(&admin, "Cluster").await?;
+    let product = api.create_product(&admin, &category, "Real pod lamp", 2_500, 20).await?;
+    let customer = api.register_customer("cluster-buyer").await?;
+    let listed = api.get(&format!("/api/products/{product}"), Some(&customer.access_token)).await?;
+    ensure!(listed.status.is_success(), "product read through the Ingress: {} {}", listed.status, listed.body);
+    let cart = api
+        .post("/api/cart/items", Some(&customer.access_token), &json!({"product_id": product, "quantity": 2}))
+        .await?;
+    ensure!(cart.status.is_success(), "add to cart: {} {}", cart.status, cart.body);
+
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        let placed = Instant::now();
+        let order = api.order(&customer, &[(product.as_str(), 1)], "tok_visa").await?;
+        let confirmed = api.wait_order(&customer, &order, "confirmed").await?;
+        latencies.push(placed.elapsed());
+        ensure!(confirmed["total"]["amount_minor"] == json!(2_500), "priced by the catalog: {confirmed}");
+    }
+    latencies.sort();
+    eprintln!(
+        "order placed -> CONFIRMED through the Ingress: min {:.0?}, median {:.0?}, max {:.0?}",
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert_invariants(&stack_databases()?).await;
+    Ok(())
+}
+
+// --- helpers ------------------------------------------------------------------
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|status| status.conditions.as_ref())
+            .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn lease_holder(leases: &KubeApi<Lease>) -> Result<Option<String>> {
+    Ok(leases.get_opt(LEASE_NAME).await?.and_then(|lease| lease.spec).and_then(|spec| spec.holder_identity))
+}
+
+async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if Instant::now() > deadline {
+            match last_error {
+                Some(error) => bail!("timed out after {timeout:?} waiting for {what}; last error: {error:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs the pinned kubectl against the local control plane.
+fn kubectl(args: &[&str]) -> Result<String> {
+    let output = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", commerce_e2e::local_kubeconfig_path())
+        .output()
+        .context("running kubectl (source e2e/infra.env to put the pinned one on PATH)")?;
+    ensure!(
+        output.status.success(),
+        "kubectl {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn kubectl_apply(object: &Value) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("kubectl")
+        .args(["apply", "--server-side", "--field-manager=commerce-e2e", "--force-conflicts", "-f", "-"])
+        .env("KUBECONFIG", commerce_e2e::local_kubeconfig_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
+    child.stdin.take().context("kubectl stdin")?.write_all(object.to_string().as_bytes())?;
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// Places an order through the Ingress, retrying with the same
+/// Idempotency-Key while the gateway or the order service is unavailable
+/// (5xx or no answer), as a client must: the key makes the retry safe.
+async fn place_order_retrying(api: &Api, customer: &Session, product: &str) -> Result<String> {
+    let key = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match api.place_order(customer, &key, &[(product, 1)], "tok_visa").await {
+            Ok(answer) if answer.status.as_u16() == 201 || answer.status.as_u16() == 200 => {
+                return support::api::string(&answer.body, "id");
+            }
+            Ok(answer) if !answer.status.is_server_error() => {
+                bail!("order refused: {} {}", answer.status, answer.body)
+            }
+            Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+            Ok(answer) => bail!("order still failing after 120 s: {} {}", answer.status, answer.body),
+            Err(error) => return Err(error.context("order still failing after 120 s")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_none_twice() -> Result<()> {
+    let _turn = TURN.lock().await;
+    cluster().await?;
+    let client = local_kube_client().await?;
+    let api = ingress_api()?;
+    let admin = api.admin().await?;
+    let category = api.create_category(&admin, "Chaos").await?;
+    let product = api.create_product(&admin, &category, "Sturdy mug", 900, 1_000).await?;
+    let customer = api.register_customer("cluster-chaos").await?;
+
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
+    let mut orders = Vec::new();
+    let started = Instant::now();
+    for (round, victim) in ["order", "payment"].into_iter().enumerate() {
+        let placing = {
+            let api = api.clone();
+            let customer = customer.clone();
+            let product = product.clone();
+            tokio::spawn(async move {
+                let mut placed = Vec::new();
+                for _ in 0..15 {
+                    placed.push(place_order_retrying(&api, &customer, &product).await?);
+                }
+                anyhow::Ok(placed)
+            })
+        };
+        // Mid-run: once a few orders are in, the victim's pod is killed
+        // without grace (SIGKILL, no drain).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={victim}");
+        for pod in pods.list(&ListParams::default().labels(&selector)).await?.items {
+            eprintln!("round {round}: force-deleting {}", pod.name_any());
+            pods.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await?;
+        }
+        orders.extend(placing.await??);
+    }
+    for order in &orders {
+        api.wait_order(&customer, order, "confirmed").await?;
+    }
+    eprintln!("{} orders through two pod kills, all CONFIRMED after {:.1?}", orders.len(), started.elapsed());
+    assert_invariants(&stack_databases()?).await;
+    Ok(())
+}
