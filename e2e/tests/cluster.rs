@@ -211,6 +211,10 @@ fn helm_install() -> Result<()> {
         .arg(format!("{}s", INSTALL_TIMEOUT.as_secs()))
         // The image is imported into the node, never pulled.
         .args(["--set", "image.pullPolicy=Never"])
+        // Its tag stays the version while its content changes from build to
+        // build: an annotation with the archive's digest rolls the pods
+        // onto a rebuilt image.
+        .args(["--set-string", &format!("podAnnotations.commerce-stack\\.dev/image-archive={}", image_digest("commerce-operator")?)])
         .args(["--set", &format!("watchNamespace={STACK_NAMESPACE}")])
         .env("KUBECONFIG", commerce_e2e::local_kubeconfig_path())
         .output()
@@ -222,6 +226,16 @@ fn helm_install() -> Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
+}
+
+/// The sha256 of the archive `make images` wrote for `name`.
+fn image_digest(name: &str) -> Result<String> {
+    let cache = std::env::var("COMMERCE_CACHE_DIR").context("COMMERCE_CACHE_DIR is unset: source e2e/infra.env")?;
+    let archive = format!("{cache}/images/{name}-{}.tar", env!("CARGO_PKG_VERSION"));
+    let output = Command::new("sha256sum").arg(&archive).output().context("running sha256sum")?;
+    ensure!(output.status.success(), "cannot read {archive}: run `make images`");
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.split_whitespace().next().unwrap_or_default().to_owned())
 }
 
 fn create_secrets() -> Result<()> {
