@@ -81,9 +81,11 @@ struct Cluster {
 }
 
 async fn cluster() -> Result<Cluster> {
-    CLUSTER.get_or_init(|| async { set_up().await.map_err(|error| format!("{error:#}")) }).await.clone().map_err(
-        |error| anyhow::anyhow!("the cluster set-up failed (see the first test's output): {error}"),
-    )
+    CLUSTER
+        .get_or_init(|| async { set_up().await.map_err(|error| format!("{error:#}")) })
+        .await
+        .clone()
+        .map_err(|error| anyhow::anyhow!("the cluster set-up failed (see the first test's output): {error}"))
 }
 
 async fn set_up() -> Result<Cluster> {
@@ -122,7 +124,18 @@ async fn set_up() -> Result<Cluster> {
         "--timeout=120s",
     ])?;
     let pods_ready = started.elapsed();
-    eprintln!("stack applied -> Ready in {stack_ready:.1?}; every Deployment available after {pods_ready:.1?}");
+    // A Service may answer a moment after its pods are Ready, and the
+    // gateway's callers find a new peer at their next DNS resolution.
+    let api = ingress_api()?;
+    wait_until("the catalog to answer through the Ingress", Duration::from_secs(60), || async {
+        Ok(api.get("/api/products?page_size=1", None).await.ok().filter(|a| a.status.is_success()))
+    })
+    .await?;
+    let serving = started.elapsed();
+    eprintln!(
+        "stack applied -> Ready in {stack_ready:.1?}; every Deployment available after {pods_ready:.1?}; \
+         the catalog answered through the Ingress after {serving:.1?}"
+    );
     Ok(Cluster { operator_install, stack_ready, pods_ready })
 }
 
@@ -134,11 +147,16 @@ async fn check_node(client: &Client) -> Result<()> {
         .await?
         .with_context(|| format!("no node {name}: start it with `bash e2e/scripts/node.sh up`"))?;
     let status = node.status.unwrap_or_default();
-    let ready = status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready =
+        status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
     ensure!(ready, "node {name} is not Ready: see `bash e2e/scripts/node.sh status`");
     let version = env!("CARGO_PKG_VERSION");
-    let held: Vec<String> =
-        status.images.unwrap_or_default().into_iter().flat_map(|image| image.names.unwrap_or_default()).collect();
+    let held: Vec<String> = status
+        .images
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|image| image.names.unwrap_or_default())
+        .collect();
     for image in IMAGES {
         let reference = format!("{image}:{version}");
         ensure!(
@@ -158,7 +176,15 @@ async fn remove_previous_stack(client: &Client) -> Result<()> {
         return Ok(());
     }
     eprintln!("removing the previous run's namespace {STACK_NAMESPACE}");
-    let _ = kubectl(&["delete", "commercestack", STACK, "-n", STACK_NAMESPACE, "--ignore-not-found", "--timeout=120s"]);
+    let _ = kubectl(&[
+        "delete",
+        "commercestack",
+        STACK,
+        "-n",
+        STACK_NAMESPACE,
+        "--ignore-not-found",
+        "--timeout=120s",
+    ]);
     if kubectl(&["get", "commercestack", STACK, "-n", STACK_NAMESPACE, "--ignore-not-found", "-o", "name"])?
         .contains(STACK)
     {
@@ -214,7 +240,13 @@ fn helm_install() -> Result<()> {
         // Its tag stays the version while its content changes from build to
         // build: an annotation with the archive's digest rolls the pods
         // onto a rebuilt image.
-        .args(["--set-string", &format!("podAnnotations.commerce-stack\\.dev/image-archive={}", image_digest("commerce-operator")?)])
+        .args([
+            "--set-string",
+            &format!(
+                "podAnnotations.commerce-stack\\.dev/image-archive={}",
+                image_digest("commerce-operator")?
+            ),
+        ])
         .args(["--set", &format!("watchNamespace={STACK_NAMESPACE}")])
         .env("KUBECONFIG", commerce_e2e::local_kubeconfig_path())
         .output()
@@ -230,7 +262,8 @@ fn helm_install() -> Result<()> {
 
 /// The sha256 of the archive `make images` wrote for `name`.
 fn image_digest(name: &str) -> Result<String> {
-    let cache = std::env::var("COMMERCE_CACHE_DIR").context("COMMERCE_CACHE_DIR is unset: source e2e/infra.env")?;
+    let cache =
+        std::env::var("COMMERCE_CACHE_DIR").context("COMMERCE_CACHE_DIR is unset: source e2e/infra.env")?;
     let archive = format!("{cache}/images/{name}-{}.tar", env!("CARGO_PKG_VERSION"));
     let output = Command::new("sha256sum").arg(&archive).output().context("running sha256sum")?;
     ensure!(output.status.success(), "cannot read {archive}: run `make images`");
@@ -262,10 +295,9 @@ fn create_secrets() -> Result<()> {
 /// the `commerce-infra` Services, the Ingress on Traefik, data dropped with
 /// the stack.
 fn stack_manifest() -> Value {
-    let port = |name: &str, default: u16| std::env::var(name).ok().and_then(|p| p.parse().ok()).unwrap_or(default);
-    let secret_env = |name: &str, key: &str| {
-        json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": BOOTSTRAP_SECRET, "key": key } } })
-    };
+    let port =
+        |name: &str, default: u16| std::env::var(name).ok().and_then(|p| p.parse().ok()).unwrap_or(default);
+    let secret_env = |name: &str, key: &str| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": BOOTSTRAP_SECRET, "key": key } } });
     json!({
         "apiVersion": "commerce-stack.dev/v1alpha1",
         "kind": "CommerceStack",
@@ -320,7 +352,8 @@ fn stack_databases() -> Result<Databases> {
 }
 
 #[tokio::test]
-async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader_pod_is_deleted() -> Result<()> {
+async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader_pod_is_deleted() -> Result<()>
+{
     let _turn = TURN.lock().await;
     let cluster = cluster().await?;
     eprintln!("operator install took {:.1?}", cluster.operator_install);
@@ -328,11 +361,16 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
     let pods = KubeApi::<Pod>::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={RELEASE}"));
     let running = pods.list(&selector).await?;
-    let ready: Vec<String> = running.items.iter().filter(|pod| pod_ready(pod)).map(ResourceExt::name_any).collect();
+    let ready: Vec<String> =
+        running.items.iter().filter(|pod| pod_ready(pod)).map(ResourceExt::name_any).collect();
     ensure!(ready.len() == 2, "expected 2 Ready operator pods, got {ready:?}");
     for pod in &running.items {
         let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).unwrap_or_default();
-        ensure!(node.starts_with("commerce-node"), "operator pod {} runs on {node}, not the real node", pod.name_any());
+        ensure!(
+            node.starts_with("commerce-node"),
+            "operator pod {} runs on {node}, not the real node",
+            pod.name_any()
+        );
     }
 
     let leases = KubeApi::<Lease>::namespaced(client.clone(), OPERATOR_NAMESPACE);
@@ -355,7 +393,9 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
     })
     .await?;
     let gone = deleted.elapsed();
-    eprintln!("the Lease moved to {successor} {handover:.1?} after the leader pod was deleted; the pod was gone after {gone:.1?}");
+    eprintln!(
+        "the Lease moved to {successor} {handover:.1?} after the leader pod was deleted; the pod was gone after {gone:.1?}"
+    );
     ensure!(handover < Duration::from_secs(12), "the Lease took {handover:?} to move: was it released?");
     ensure!(gone < Duration::from_secs(20), "the leader pod took {gone:?} to stop: SIGTERM ignored?");
 
@@ -370,7 +410,8 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
         "-p",
         r#"{"spec":{"services":{"notification":{"replicas":2}}}}"#,
     ])?;
-    let deployments = KubeApi::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), STACK_NAMESPACE);
+    let deployments =
+        KubeApi::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), STACK_NAMESPACE);
     let name = format!("{STACK}-notification");
     wait_until("the new leader to scale notification to 2", HANDOVER_TIMEOUT, || async {
         let deployment = deployments.get(&name).await?;
@@ -401,7 +442,8 @@ async fn a_commerce_stack_of_real_pods_becomes_ready_through_native_grpc_probes(
     );
     let client = local_kube_client().await?;
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
-    let list = pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={STACK}"))).await?;
+    let list =
+        pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={STACK}"))).await?;
     let mut seen = std::collections::BTreeSet::new();
     for pod in &list.items {
         let Some(component) = pod.labels().get("app.kubernetes.io/component").cloned() else { continue };
@@ -417,7 +459,9 @@ async fn a_commerce_stack_of_real_pods_becomes_ready_through_native_grpc_probes(
         let container = &spec.containers[0];
         let status = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
         ensure!(
-            status.iter().all(|s| s.ready && s.image_id.starts_with("sha256:") || s.image_id.contains("@sha256:")),
+            status
+                .iter()
+                .all(|s| s.ready && s.image_id.starts_with("sha256:") || s.image_id.contains("@sha256:")),
             "{}: a container is not ready or has no image id: {status:?}",
             pod.name_any()
         );
@@ -438,18 +482,17 @@ async fn a_customer_orders_through_the_ingress_by_host_name_and_the_saga_invaria
     let _turn = TURN.lock().await;
     cluster().await?;
     let api = ingress_api()?;
-    // The Service may answer a moment after its pods are Ready.
-    wait_until("the gateway to answer through the Ingress", Duration::from_secs(60), || async {
-        Ok(api.get("/api/products?page_size=1", None).await.ok().filter(|a| a.status.is_success()))
-    })
-    .await?;
-
     let admin: Session = api.admin().await?;
     let category = api.create_category(&admin, "Cluster").await?;
     let product = api.create_product(&admin, &category, "Real pod lamp", 2_500, 20).await?;
     let customer = api.register_customer("cluster-buyer").await?;
     let listed = api.get(&format!("/api/products/{product}"), Some(&customer.access_token)).await?;
-    ensure!(listed.status.is_success(), "product read through the Ingress: {} {}", listed.status, listed.body);
+    ensure!(
+        listed.status.is_success(),
+        "product read through the Ingress: {} {}",
+        listed.status,
+        listed.body
+    );
     let cart = api
         .post("/api/cart/items", Some(&customer.access_token), &json!({"product_id": product, "quantity": 2}))
         .await?;
@@ -545,11 +588,7 @@ fn kubectl_apply(object: &Value) -> Result<()> {
         .context("running kubectl")?;
     child.stdin.take().context("kubectl stdin")?.write_all(object.to_string().as_bytes())?;
     let output = child.wait_with_output()?;
-    ensure!(
-        output.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ensure!(output.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&output.stderr));
     Ok(())
 }
 
@@ -567,7 +606,9 @@ async fn place_order_retrying(api: &Api, customer: &Session, product: &str) -> R
             Ok(answer) if !answer.status.is_server_error() => {
                 bail!("order refused: {} {}", answer.status, answer.body)
             }
-            Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
             Ok(answer) => bail!("order still failing after 120 s: {} {}", answer.status, answer.body),
             Err(error) => return Err(error.context("order still failing after 120 s")),
         }
@@ -617,4 +658,388 @@ async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_n
     eprintln!("{} orders through two pod kills, all CONFIRMED after {:.1?}", orders.len(), started.elapsed());
     assert_invariants(&stack_databases()?).await;
     Ok(())
+}
+
+/// Sets (or, with `None`, removes) `replicas` of one service in the stack.
+fn set_replicas(service: &str, replicas: Option<i32>) -> Result<()> {
+    let patch = json!({ "spec": { "services": { service: { "replicas": replicas } } } });
+    kubectl(&[
+        "patch",
+        "commercestack",
+        STACK,
+        "-n",
+        STACK_NAMESPACE,
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ])?;
+    Ok(())
+}
+
+/// The Ready pods of one service, by name, with their addresses.
+async fn ready_pods(client: &Client, service: &str) -> Result<Vec<(String, String)>> {
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
+    let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={service}");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter(|pod| pod_ready(pod))
+        .filter_map(|pod| Some((pod.name_any(), pod.status.as_ref()?.pod_ip.clone()?)))
+        .collect())
+}
+
+/// Waits until `service` has exactly `count` pods, all Ready, and no other
+/// (terminating ones included).
+async fn wait_pods(client: &Client, service: &str, count: usize) -> Result<Vec<(String, String)>> {
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
+    let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={service}");
+    wait_until(&format!("{count} Ready {service} pods and no other"), READY_TIMEOUT, || async {
+        let all = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        let ready = ready_pods(client, service).await?;
+        Ok((all.len() == count && ready.len() == count).then_some(ready))
+    })
+    .await
+}
+
+/// `commerce_grpc_server_handled_total` of one pod for one gRPC service,
+/// summed over methods and codes, read from the pod's admin port.
+async fn handled_calls(http: &reqwest::Client, pod_ip: &str, grpc_service: &str) -> Result<f64> {
+    let url = format!("http://{pod_ip}:{}/metrics", commerce_api::catalog::CLUSTER_ADMIN_PORT);
+    let text = http.get(&url).send().await?.error_for_status()?.text().await?;
+    let needle = format!("grpc_service=\"{grpc_service}\"");
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("commerce_grpc_server_handled_total{") && line.contains(&needle))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test]
+async fn calls_to_a_scaled_out_service_spread_over_every_pod_and_scaling_back_loses_none() -> Result<()> {
+    const INVENTORY: &str = "commerce.inventory.v1.InventoryService";
+    let _turn = TURN.lock().await;
+    cluster().await?;
+    let client = local_kube_client().await?;
+    let api = ingress_api()?;
+    let admin = api.admin().await?;
+    let category = api.create_category(&admin, "Discovery").await?;
+    let product = api.create_product(&admin, &category, "Spread lamp", 1_900, 100).await?;
+    let customer = api.register_customer("cluster-discovery").await?;
+    let added = api
+        .post("/api/cart/items", Some(&customer.access_token), &json!({"product_id": product, "quantity": 1}))
+        .await?;
+    ensure!(added.status.is_success(), "add to cart: {} {}", added.status, added.body);
+    // Every cart read asks inventory for the availability of its lines.
+    let read_cart = || async {
+        let answer = api.get("/api/cart", Some(&customer.access_token)).await?;
+        anyhow::Ok(answer.status.is_success())
+    };
+    ensure!(read_cart().await?, "the cart cannot be read");
+
+    set_replicas("inventory", Some(3))?;
+    let pods = wait_pods(&client, "inventory", 3).await?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).no_proxy().build()?;
+    // Callers re-resolve the headless Service every 5 s (CoreDNS' TTL is
+    // 5 s too): read the cart until every new pod has served a call.
+    wait_until("every inventory pod to serve calls", Duration::from_secs(60), || async {
+        for _ in 0..10 {
+            read_cart().await?;
+        }
+        let mut served = Vec::new();
+        for (_, ip) in &pods {
+            served.push(handled_calls(&http, ip, INVENTORY).await?);
+        }
+        Ok(served.iter().all(|count| *count > 0.0).then_some(()))
+    })
+    .await?;
+
+    let mut before = Vec::new();
+    for (_, ip) in &pods {
+        before.push(handled_calls(&http, ip, INVENTORY).await?);
+    }
+    const BURST: usize = 150;
+    let mut failed = 0;
+    for _ in 0..BURST {
+        if !read_cart().await.unwrap_or(false) {
+            failed += 1;
+        }
+    }
+    ensure!(failed == 0, "{failed} of {BURST} cart reads failed");
+    let mut spread = Vec::new();
+    for ((name, ip), before) in pods.iter().zip(&before) {
+        spread.push((name.clone(), handled_calls(&http, ip, INVENTORY).await? - before));
+    }
+    eprintln!("{BURST} cart reads -> inventory calls per pod: {spread:?}");
+    let total: f64 = spread.iter().map(|(_, calls)| calls).sum();
+    ensure!(total >= BURST as f64, "only {total} inventory calls for {BURST} cart reads");
+    for (name, calls) in &spread {
+        ensure!(
+            *calls >= total * 0.1,
+            "pod {name} served {calls} of {total} calls: the load does not spread"
+        );
+    }
+
+    // Back to one replica while the reads go on: none may fail.
+    let reading = {
+        let api = api.clone();
+        let token = customer.access_token.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut done, mut failures) = (0_u32, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match api.get("/api/cart", Some(&token)).await {
+                    Ok(answer) if answer.status.is_success() => {}
+                    Ok(answer) => failures.push(format!("{} {}", answer.status, answer.body)),
+                    Err(error) => failures.push(format!("{error:#}")),
+                }
+                done += 1;
+            }
+            (done, failures)
+        });
+        (stop, task)
+    };
+    set_replicas("inventory", None)?;
+    wait_pods(&client, "inventory", 1).await?;
+    // The callers' next re-resolution drops the removed pods.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    reading.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, failures) = reading.1.await?;
+    eprintln!("scaling inventory 3 -> 1 under {done} cart reads: {} failed", failures.len());
+    ensure!(
+        failures.is_empty(),
+        "{} of {done} cart reads failed while scaling in: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    Ok(())
+}
+
+/// What a stream of requests saw.
+#[derive(Debug, Default)]
+struct Traffic {
+    reads: u32,
+    orders: Vec<String>,
+    failures: Vec<String>,
+}
+
+/// Reads a product and, every tenth request, places an order, one request
+/// at a time per worker, until `stop`; each request is tried once.
+fn steady_traffic(
+    api: &Api,
+    customer: &Session,
+    product: &str,
+    workers: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Traffic>> {
+    (0..workers)
+        .map(|_| {
+            let (api, customer, product, stop) =
+                (api.clone(), customer.clone(), product.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let mut traffic = Traffic::default();
+                let mut n = 0_u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    if n % 10 == 0 {
+                        let key = uuid::Uuid::new_v4().to_string();
+                        match api.place_order(&customer, &key, &[(product.as_str(), 1)], "tok_visa").await {
+                            Ok(answer) if answer.status.as_u16() == 201 => {
+                                traffic
+                                    .orders
+                                    .push(answer.body["id"].as_str().unwrap_or_default().to_owned());
+                            }
+                            Ok(answer) => {
+                                traffic.failures.push(format!("order: {} {}", answer.status, answer.body))
+                            }
+                            Err(error) => traffic.failures.push(format!("order: {error:#}")),
+                        }
+                    } else {
+                        match api.get(&format!("/api/products/{product}"), Some(&customer.access_token)).await
+                        {
+                            Ok(answer) if answer.status.is_success() => traffic.reads += 1,
+                            Ok(answer) => {
+                                traffic.failures.push(format!("read: {} {}", answer.status, answer.body))
+                            }
+                            Err(error) => traffic.failures.push(format!("read: {error:#}")),
+                        }
+                    }
+                }
+                traffic
+            })
+        })
+        .collect()
+}
+
+async fn collect(workers: Vec<tokio::task::JoinHandle<Traffic>>) -> Result<Traffic> {
+    let mut all = Traffic::default();
+    for worker in workers {
+        let traffic = worker.await?;
+        all.reads += traffic.reads;
+        all.orders.extend(traffic.orders);
+        all.failures.extend(traffic.failures);
+    }
+    Ok(all)
+}
+
+/// Services on the request path of reads and orders; a rolling update of
+/// each must go unnoticed.
+const ROLLED: [&str; 5] = ["gateway", "catalog", "order", "inventory", "payment"];
+
+#[tokio::test]
+async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_loses_no_order() -> Result<()> {
+    let _turn = TURN.lock().await;
+    cluster().await?;
+    let client = local_kube_client().await?;
+    let api = ingress_api()?;
+    let admin = api.admin().await?;
+    let category = api.create_category(&admin, "Rollout").await?;
+    let product = api.create_product(&admin, &category, "Rolling pin", 1_200, 10_000).await?;
+    let customer = api.register_customer("cluster-rollout").await?;
+    let before: Vec<Vec<(String, String)>> = {
+        let mut all = Vec::new();
+        for service in ROLLED {
+            all.push(ready_pods(&client, service).await?);
+        }
+        all
+    };
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = steady_traffic(&api, &customer, &product, 4, &stop);
+    // Some traffic before the change, so the figures include steady state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let services: serde_json::Map<String, Value> = ROLLED
+        .iter()
+        .map(|service| {
+            (
+                (*service).to_owned(),
+                json!({ "env": [{ "name": "COMMERCE_ROLLOUT_MARKER", "value": marker }] }),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let patch = json!({ "spec": { "services": services } });
+    kubectl(&[
+        "patch",
+        "commercestack",
+        STACK,
+        "-n",
+        STACK_NAMESPACE,
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ])?;
+    // Rolled: every service runs one new pod and no old one remains.
+    for (service, old) in ROLLED.iter().zip(&before) {
+        let now = wait_pods(&client, service, old.len()).await?;
+        ensure!(
+            now.iter().all(|(name, _)| old.iter().all(|(old_name, _)| old_name != name)),
+            "{service} was not rolled: {now:?}"
+        );
+    }
+    let rolled = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let traffic = collect(workers).await?;
+    eprintln!(
+        "rolling update of {} services in {rolled:.1?} under {} reads and {} orders through the Ingress: {} failed",
+        ROLLED.len(),
+        traffic.reads,
+        traffic.orders.len(),
+        traffic.failures.len()
+    );
+    ensure!(
+        traffic.failures.is_empty(),
+        "{} requests failed during the rollout, e.g. {:?}",
+        traffic.failures.len(),
+        &traffic.failures[..traffic.failures.len().min(5)]
+    );
+    for order in &traffic.orders {
+        api.wait_order(&customer, order, "confirmed").await?;
+    }
+    assert_invariants(&stack_databases()?).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rate_limit_policy_applied_under_traffic_answers_429_through_the_ingress_without_a_restart()
+-> Result<()> {
+    let _turn = TURN.lock().await;
+    cluster().await?;
+    let client = local_kube_client().await?;
+    let api = ingress_api()?;
+    let gateway_pods: Vec<(String, i32)> = restarts(&client, "gateway").await?;
+    // Limited per user, so that no other test's requests meet the limit
+    // (the gateway drops the rule a while after the policy is deleted).
+    let customer = api.register_customer("cluster-limited").await?;
+    let path = "/api/products?page_size=1";
+    let answer = api.get(path, Some(&customer.access_token)).await?;
+    ensure!(answer.status.is_success(), "before the policy: {} {}", answer.status, answer.body);
+
+    let policy = format!("cluster-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    kubectl_apply(&json!({
+        "apiVersion": "commerce-stack.dev/v1alpha1",
+        "kind": "RateLimitPolicy",
+        "metadata": { "name": policy, "namespace": STACK_NAMESPACE },
+        "spec": {
+            "targetRef": { "name": STACK },
+            "rules": [{
+                "name": "products-per-client",
+                "pathPrefix": "/api/products",
+                "methods": ["GET"],
+                "key": "user",
+                "requests": 2,
+                "per": "minute",
+            }],
+        },
+    }))?;
+    let applied = Instant::now();
+    // Requests go on; the gateway picks the rules up from its mounted file.
+    let limited = wait_until("a 429 through the Ingress", Duration::from_secs(120), || async {
+        let response =
+            api.http.get(format!("{}{path}", api.base)).bearer_auth(&customer.access_token).send().await?;
+        if response.status().as_u16() != 429 {
+            return Ok(None);
+        }
+        let headers = response.headers().clone();
+        Ok(Some(headers))
+    })
+    .await?;
+    let took = applied.elapsed();
+    eprintln!("RateLimitPolicy applied -> first 429 through the Ingress after {took:.1?}");
+    ensure!(limited.contains_key("retry-after"), "429 without Retry-After: {limited:?}");
+    ensure!(
+        limited.keys().any(|name| name.as_str().starts_with("ratelimit")),
+        "429 without RateLimit headers: {limited:?}"
+    );
+    ensure!(
+        restarts(&client, "gateway").await? == gateway_pods,
+        "the gateway pods were restarted or replaced"
+    );
+    kubectl(&["delete", "ratelimitpolicy", &policy, "-n", STACK_NAMESPACE])?;
+    Ok(())
+}
+
+/// The pods of one service with their containers' restart counts.
+async fn restarts(client: &Client, service: &str) -> Result<Vec<(String, i32)>> {
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
+    let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={service}");
+    let mut found: Vec<(String, i32)> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .map(|pod| {
+            let restarts = pod
+                .status
+                .as_ref()
+                .and_then(|status| status.container_statuses.as_ref())
+                .map_or(0, |statuses| statuses.iter().map(|s| s.restart_count).sum());
+            (pod.name_any(), restarts)
+        })
+        .collect();
+    found.sort();
+    Ok(found)
 }

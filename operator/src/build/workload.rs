@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 
 use commerce_api::catalog::{CLUSTER_ADMIN_PORT, CLUSTER_GRPC_PORT, CLUSTER_HTTP_PORT, Service};
 use commerce_api::crd::stack::ServiceSettings;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, GRPCAction, HTTPGetAction, LocalObjectReference, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service as KubeService, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EmptyDirVolumeSource, EnvFromSource, GRPCAction, HTTPGetAction, Lifecycle, LifecycleHandler,
+    LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service as KubeService, ServiceAccount, ServicePort,
+    ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -118,6 +119,15 @@ pub fn service_objects(
             },
             revision_history_limit: Some(5),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            // A new pod is Ready before an old one stops: capacity never
+            // drops during a rollout, even at one replica.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
             template: pod_template(stack, service, settings, config),
             ..DeploymentSpec::default()
         }),
@@ -436,6 +446,13 @@ fn pod_template(
                 ports: Some(ports),
                 readiness_probe: Some(readiness),
                 liveness_probe: Some(liveness),
+                lifecycle: Some(Lifecycle {
+                    pre_stop: Some(LifecycleHandler {
+                        sleep: Some(SleepAction { seconds: DRAIN_DELAY_SECONDS }),
+                        ..LifecycleHandler::default()
+                    }),
+                    ..Lifecycle::default()
+                }),
                 resources: Some(settings.resources.clone().unwrap_or_else(default_resources)),
                 security_context: Some(container_security_context()),
                 volume_mounts: Some(mounts),
@@ -446,6 +463,14 @@ fn pod_template(
         }),
     }
 }
+
+/// How long a stopping pod keeps serving before it gets SIGTERM. Its
+/// endpoint is withdrawn the moment it starts terminating, but the Ingress
+/// controller, kube-proxy and above all the gRPC callers (which re-resolve
+/// the headless Service every 5 s, against DNS answers cached for 5 s) learn
+/// of it later; until they do, they still send it requests, which it must
+/// answer. The kubelet's own sleep action: the image has no shell.
+pub const DRAIN_DELAY_SECONDS: i64 = 10;
 
 fn container_port(name: &str, port: u16) -> ContainerPort {
     ContainerPort {

@@ -36,6 +36,8 @@ use crate::resilience::{ClientArgs, IdempotentMethods, ResilientChannel};
 /// Default re-resolution interval: CoreDNS serves cluster records with a 5 s
 /// TTL, so resolving more often would only see the same answer.
 pub const DEFAULT_RESOLVE_INTERVAL: &str = "5s";
+/// How soon a peer that resolved to nothing yet is looked up again.
+const EMPTY_RETRY: Duration = Duration::from_millis(500);
 /// How long a connection attempt to one endpoint may take: a pod on the
 /// cluster network answers in milliseconds or not at all.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -214,13 +216,16 @@ pub fn balanced_channel<R: Resolver>(
     let service = target.service;
     tokio::spawn(async move {
         let mut current: HashSet<SocketAddr> = HashSet::new();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut delay = Duration::ZERO;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
+                () = tokio::time::sleep(delay) => {}
             }
+            // While no endpoint is known, every call waits out its deadline:
+            // look again soon rather than a whole interval later (a peer
+            // started at the same time has no ready pod at first).
+            delay = if current.is_empty() { interval.min(EMPTY_RETRY) } else { interval };
             let resolved = tokio::select! {
                 () = shutdown.cancelled() => break,
                 resolved = resolver.resolve(&host, port) => resolved,
