@@ -16,14 +16,16 @@ INFRA_ENV := source e2e/infra.env
 CARGO := cargo
 CARGO_FLAGS := --locked
 
-.PHONY: help up down status infra test lint fmt generate check-generated build
+.PHONY: help up down status infra test lint fmt generate check-generated build images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 # A debug build: it shares the artifacts `make build`/`make test` leave in
 # CARGO_TARGET_DIR, while a release build would compile everything again.
-up: infra ## run the shop on this machine (Ctrl-C stops it)
+# Only what the local shop uses: no Kubernetes is built or started.
+up: ## run the shop on this machine (Ctrl-C stops it)
+	bash e2e/scripts/infra.sh up postgres redis kafka
 	$(INFRA_ENV) && $(CARGO) run $(CARGO_FLAGS) -p commerce -- local up -f manifests/examples/local.yaml
 
 down: ## stop everything 'make up' or 'make test' started
@@ -32,11 +34,17 @@ down: ## stop everything 'make up' or 'make test' started
 status: ## show the local infrastructure
 	bash e2e/scripts/infra.sh status
 
-infra: ## start Postgres, Redis, Kafka and the Kubernetes control plane if absent
+infra: ## start Postgres, Redis, Kafka, the Kubernetes control plane and a real node if absent
 	bash e2e/scripts/infra.sh up
 
 build: ## build every crate
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
+
+# Release binaries on a distroless-like Debian base, built with buildah from
+# the repository's Dockerfile; no registry and no Docker engine involved.
+# `bash e2e/scripts/images.sh list` prints each image and its archive.
+images: ## build the commerce, commerce-operator and pause images (docker-archive tars in the cache)
+	bash e2e/scripts/images.sh build
 
 fmt: ## format the code
 	$(CARGO) fmt --all
@@ -69,7 +77,10 @@ check-generated: generate ## fail if generated files differ from what is committ
 	  || { git status --short -- crds charts manifests >&2; \
 	       echo "generated files are stale: run 'make generate' and commit" >&2; exit 1; }
 
-test: infra lint check-generated ## start missing infrastructure, then run every test
+# The images are built after the infrastructure (their release build is the
+# longest step) and imported into the real node for tests/cluster.rs.
+test: infra lint check-generated images ## start missing infrastructure, then run every test
+	bash e2e/scripts/node.sh import
 	# The end-to-end tests start the `commerce` and `commerce-operator` binaries
 	# as processes; build them first so no test races a stale binary.
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins

@@ -297,7 +297,6 @@ fn create_secrets() -> Result<()> {
 fn stack_manifest() -> Value {
     let port =
         |name: &str, default: u16| std::env::var(name).ok().and_then(|p| p.parse().ok()).unwrap_or(default);
-    let secret_env = |name: &str, key: &str| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": BOOTSTRAP_SECRET, "key": key } } });
     json!({
         "apiVersion": "commerce-stack.dev/v1alpha1",
         "kind": "CommerceStack",
@@ -320,15 +319,32 @@ fn stack_manifest() -> Value {
             } },
             "gateway": { "ingress": { "host": INGRESS_HOST, "className": "traefik" } },
             "services": {
-                "auth": { "env": [
-                    { "name": "COMMERCE_BOOTSTRAP_ADMIN_EMAIL", "value": support::shop::ADMIN_EMAIL },
-                    secret_env("COMMERCE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password"),
-                    { "name": "COMMERCE_BOOTSTRAP_COURIER_EMAIL", "value": support::shop::COURIER_EMAIL },
-                    secret_env("COMMERCE_BOOTSTRAP_COURIER_PASSWORD", "courier-password"),
-                ] },
+                "auth": { "env": service_env("auth") },
+                "gateway": { "env": service_env("gateway") },
             },
         },
     })
+}
+
+/// The `env` the stack gives `service` (rollouts add to it).
+fn service_env(service: &str) -> Vec<Value> {
+    let secret_env = |name: &str, key: &str| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": BOOTSTRAP_SECRET, "key": key } } });
+    match service {
+        "auth" => vec![
+            json!({ "name": "COMMERCE_BOOTSTRAP_ADMIN_EMAIL", "value": support::shop::ADMIN_EMAIL }),
+            secret_env("COMMERCE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password"),
+            json!({ "name": "COMMERCE_BOOTSTRAP_COURIER_EMAIL", "value": support::shop::COURIER_EMAIL }),
+            secret_env("COMMERCE_BOOTSTRAP_COURIER_PASSWORD", "courier-password"),
+        ],
+        // Every client of these tests is this one machine, one address
+        // behind the Ingress: the built-in per-address limits would throttle
+        // the load itself, not a client. (Per-user limits stay.)
+        "gateway" => vec![
+            json!({ "name": "COMMERCE_RATELIMIT_DEFAULT_PER_MINUTE", "value": "0" }),
+            json!({ "name": "COMMERCE_RATELIMIT_AUTH_PER_MINUTE", "value": "0" }),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// A client of the shop through the Ingress: `http://<INGRESS_HOST>:<port>`,
@@ -615,6 +631,29 @@ async fn place_order_retrying(api: &Api, customer: &Session, product: &str) -> R
     }
 }
 
+/// Polls an order until it is `status`, treating a 5xx or no answer as
+/// "not yet": a killed pod makes reads fail until its callers drop it.
+async fn wait_status_retrying(api: &Api, customer: &Session, order: &str, status: &str) -> Result<()> {
+    wait_until(&format!("order {order} to be {status}"), Duration::from_secs(120), || async {
+        let answer = match api.get(&format!("/api/orders/{order}"), Some(&customer.access_token)).await {
+            Ok(answer) if answer.status.is_server_error() => return Ok(None),
+            Err(_) => return Ok(None),
+            Ok(answer) => answer,
+        };
+        ensure!(answer.status.is_success(), "reading order {order}: {} {}", answer.status, answer.body);
+        let current = answer.body["status"].as_str().unwrap_or_default().to_owned();
+        if current == status {
+            return Ok(Some(()));
+        }
+        ensure!(
+            !["rejected", "failed", "cancelled", "delivered"].contains(&current.as_str()),
+            "order {order} ended {current}, not {status}"
+        );
+        Ok(None)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_none_twice() -> Result<()> {
     let _turn = TURN.lock().await;
@@ -653,7 +692,7 @@ async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_n
         orders.extend(placing.await??);
     }
     for order in &orders {
-        api.wait_order(&customer, order, "confirmed").await?;
+        wait_status_retrying(&api, &customer, order, "confirmed").await?;
     }
     eprintln!("{} orders through two pod kills, all CONFIRMED after {:.1?}", orders.len(), started.elapsed());
     assert_invariants(&stack_databases()?).await;
@@ -843,7 +882,7 @@ fn steady_traffic(
                 let mut n = 0_u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         let key = uuid::Uuid::new_v4().to_string();
                         match api.place_order(&customer, &key, &[(product.as_str(), 1)], "tok_visa").await {
                             Ok(answer) if answer.status.as_u16() == 201 => {
@@ -914,10 +953,9 @@ async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_los
     let services: serde_json::Map<String, Value> = ROLLED
         .iter()
         .map(|service| {
-            (
-                (*service).to_owned(),
-                json!({ "env": [{ "name": "COMMERCE_ROLLOUT_MARKER", "value": marker }] }),
-            )
+            let mut env = service_env(service);
+            env.push(json!({ "name": "COMMERCE_ROLLOUT_MARKER", "value": marker }));
+            ((*service).to_owned(), json!({ "env": env }))
         })
         .collect();
     let started = Instant::now();
@@ -934,11 +972,12 @@ async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_los
     ])?;
     // Rolled: every service runs one new pod and no old one remains.
     for (service, old) in ROLLED.iter().zip(&before) {
-        let now = wait_pods(&client, service, old.len()).await?;
-        ensure!(
-            now.iter().all(|(name, _)| old.iter().all(|(old_name, _)| old_name != name)),
-            "{service} was not rolled: {now:?}"
-        );
+        let old_names: Vec<&String> = old.iter().map(|(name, _)| name).collect();
+        wait_until(&format!("{service} to run only new pods"), READY_TIMEOUT, || async {
+            let now = wait_pods(&client, service, old.len()).await?;
+            Ok(now.iter().all(|(name, _)| !old_names.contains(&name)).then_some(()))
+        })
+        .await?;
     }
     let rolled = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1018,7 +1057,21 @@ async fn a_rate_limit_policy_applied_under_traffic_answers_429_through_the_ingre
         restarts(&client, "gateway").await? == gateway_pods,
         "the gateway pods were restarted or replaced"
     );
+
+    // Deleting the policy lifts the limit the same way (the rule applies to
+    // every user: the other tests must not meet it).
     kubectl(&["delete", "ratelimitpolicy", &policy, "-n", STACK_NAMESPACE])?;
+    let deleted = Instant::now();
+    let other = api.register_customer("cluster-unlimited").await?;
+    wait_until("the limit to be lifted", Duration::from_secs(120), || async {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(api.get(path, Some(&other.access_token)).await?.status);
+        }
+        Ok(statuses.iter().all(|status| status.is_success()).then_some(()))
+    })
+    .await?;
+    eprintln!("RateLimitPolicy deleted -> limit lifted after {:.1?}", deleted.elapsed());
     Ok(())
 }
 

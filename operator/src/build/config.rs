@@ -61,6 +61,9 @@ pub const PAYMENT_PROVIDER: &str = "COMMERCE_PAYMENT_PROVIDER";
 pub const GATEWAY_RATE_LIMITS_FILE: &str = "COMMERCE_RATELIMIT_RULES_FILE";
 /// Allowed CORS origins, comma-separated.
 pub const GATEWAY_CORS_ALLOWED_ORIGINS: &str = "COMMERCE_CORS_ORIGINS";
+/// How many proxies in front of the gateway append to `X-Forwarded-For`:
+/// the Ingress controller, when the stack has an Ingress.
+pub const GATEWAY_TRUSTED_PROXY_HOPS: &str = "COMMERCE_TRUSTED_PROXY_HOPS";
 /// CORS request headers allowed besides the gateway's own, comma-separated.
 pub const GATEWAY_CORS_ALLOWED_HEADERS: &str = "COMMERCE_CORS_ALLOWED_HEADERS";
 /// How long a preflight may be cached (humantime).
@@ -172,6 +175,12 @@ pub fn service_config(
         }
         Service::Gateway => {
             put(GATEWAY_RATE_LIMITS_FILE, format!("{RATE_LIMITS_MOUNT}/{RATE_LIMITS_FILE}"));
+            // Behind the Ingress every request comes from the Ingress
+            // controller: without trusting its X-Forwarded-For entry, all
+            // clients would share one per-IP rate-limit bucket.
+            if stack_spec.gateway.ingress.is_some() {
+                put(GATEWAY_TRUSTED_PROXY_HOPS, "1".to_owned());
+            }
             if let Some(cors) = &stack_spec.gateway.cors {
                 put(GATEWAY_CORS_ALLOWED_ORIGINS, cors.allowed_origins.join(","));
                 if !cors.allowed_headers.is_empty() {
