@@ -152,6 +152,7 @@ do_up() {
   else
     require_port_free "$COMMERCE_KAFKA_PORT" "kafka broker"
     require_port_free "$COMMERCE_KAFKA_CONTROLLER_PORT" "kafka controller"
+    require_port_free "$COMMERCE_KAFKA_POD_PORT" "kafka listener for pods"
     mkdir -p "$KAFKA_STATE"
     write_config
     format_storage

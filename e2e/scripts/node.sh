@@ -5,12 +5,12 @@
 #   node.sh install|up|down|status|import
 #
 # install  apt-installs runc, the CNI plugins, iptables and friends, and
-#          builds containerd, crictl, CoreDNS and Traefik from the Go modules
-#          under e2e/node/ (kubelet and kube-proxy come from e2e/k8s/go.mod,
-#          built by k8s.sh). Each module's binaries are cached under
+#          builds containerd, crictl, CoreDNS, Traefik and kube-router from
+#          the Go modules under e2e/node/ (kubelet and kube-proxy come from
+#          e2e/k8s/go.mod, built by k8s.sh). Each module's binaries are cached under
 #          $COMMERCE_NODE_CACHE_DIR/<module>-<hash of its go.mod and go.sum>.
 # up       creates the pod bridge and the firewall rules, starts containerd,
-#          the kubelet, kube-proxy, CoreDNS, Traefik and the forwarders that
+#          the kubelet, kube-proxy, CoreDNS, Traefik, kube-router and the forwarders that
 #          let pods reach the loopback infrastructure, registers the in-cluster
 #          objects that point at it, imports the project's images and waits
 #          until the node is Ready.
@@ -29,6 +29,7 @@
 #     The servers themselves stay on loopback;
 #   - Traefik, the Ingress controller, is a host process too; its web
 #     entrypoint is 127.0.0.1:$COMMERCE_INGRESS_PORT;
+#   - kube-router's firewall (a host process) enforces NetworkPolicies;
 #   - nothing leaves the machine: the pod network has no masquerading,
 #     FORWARD drops everything between the pods and any other network,
 #     CoreDNS answers only cluster names, the kubelet reads no resolv.conf,
@@ -59,16 +60,17 @@ FW_FORWARD=COMMERCE-NODE-FORWARD
 FW_OUTPUT=COMMERCE-NODE-OUTPUT
 
 # The Go modules under e2e/node, and the binaries each one builds.
-MODULES=(containerd crictl coredns traefik)
+MODULES=(containerd crictl coredns traefik kube-router)
 declare -A MODULE_BINARIES=(
   [containerd]="containerd containerd-shim-runc-v2 ctr"
   [crictl]="crictl"
   [coredns]="coredns"
   [traefik]="traefik"
+  [kube-router]="kube-router"
 )
 # CoreDNS and containerd must be static: the shim is exec'd inside mount
 # namespaces, and nothing here needs cgo.
-declare -A MODULE_CGO=([containerd]=0 [crictl]=0 [coredns]=0 [traefik]=0)
+declare -A MODULE_CGO=([containerd]=0 [crictl]=0 [coredns]=0 [traefik]=0 [kube-router]=0)
 
 # Markers that identify our processes in /proc/<pid>/cmdline (see lib.sh).
 MARK_CTRD="--config=$CTRD_STATE/config.toml"
@@ -76,6 +78,7 @@ MARK_KUBELET="--config=$KUBELET_STATE/config.yaml"
 MARK_PROXY="--config=$NODE_STATE/kube-proxy.yaml"
 MARK_COREDNS="-conf=$NODE_STATE/Corefile"
 MARK_TRAEFIK="--entryPoints.web.address=127.0.0.1:$COMMERCE_INGRESS_PORT"
+MARK_ROUTER="--run-firewall=true"
 
 # Loopback servers the pods reach through a forwarder on the node address:
 # name, port on the node address, port on loopback.
@@ -108,6 +111,10 @@ module_ldflags() {
     crictl)
       v="$(module_version crictl sigs.k8s.io/cri-tools)"
       flags+=" -X sigs.k8s.io/cri-tools/pkg/version.Version=${v#v}"
+      ;;
+    kube-router)
+      v="$(module_version kube-router github.com/cloudnativelabs/kube-router/v2)"
+      flags+=" -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$v"
       ;;
     traefik)
       v="$(module_version traefik github.com/traefik/traefik/v3)"
@@ -197,7 +204,9 @@ setup_network() {
     log "creating bridge $BRIDGE ($NODE_IP on $POD_CIDR)"
     ip link add "$BRIDGE" type bridge
   fi
-  ip addr show dev "$BRIDGE" | grep -qF " $NODE_IP/" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+  local addresses
+  addresses="$(ip -o -4 addr show dev "$BRIDGE")"
+  grep -qF " $NODE_IP/" <<<"$addresses" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   # Pod-to-Service traffic between pods of one bridge must pass iptables
   # (kube-proxy's DNAT replies), and the node routes between pods and itself.
@@ -244,6 +253,16 @@ cleanup_iptables() {
       for chain in $chains; do drop_chain "$cmd" "$table" "$chain"; done
       for chain in $chains; do "$cmd" -t "$table" -X "$chain" 2>/dev/null || true; done
     done
+  done
+}
+
+# kube-router's ipsets (KUBE-SRC-*, KUBE-DST-*, ...), free once the chains
+# that used them are gone.
+cleanup_ipsets() {
+  command -v ipset >/dev/null || return 0
+  local set
+  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' || true); do
+    ipset destroy "$set" 2>/dev/null || log "could not destroy ipset $set"
   done
 }
 
@@ -438,28 +457,37 @@ cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
 EOF
 }
 
-# In-cluster objects that connect pods to what runs on the host: the
-# kubernetes Service's endpoints (the API server runs with
-# --endpoint-reconciler-type=none and binds loopback), the infrastructure
-# Services, and the Ingress class of Traefik.
-cluster_objects() {
+# An EndpointSlice that sends Service SERVICE of NAMESPACE to PORT on the
+# node address: host_endpoints NAME NAMESPACE SERVICE PORT_NAME PORT
+host_endpoints() {
   cat <<EOF
+---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: kubernetes
-  namespace: default
+  name: $1
+  namespace: $2
   labels:
-    kubernetes.io/service-name: kubernetes
+    kubernetes.io/service-name: $3
     endpointslice.kubernetes.io/managed-by: node.commerce-stack.dev
 addressType: IPv4
 endpoints:
   - addresses: ["$NODE_IP"]
     conditions: {ready: true}
 ports:
-  - name: https
-    port: $COMMERCE_KUBE_APISERVER_PORT
+  - name: $4
+    port: $5
     protocol: TCP
+EOF
+}
+
+# In-cluster objects that connect pods to what runs on the host: the
+# kubernetes Service's endpoints (the API server runs with
+# --endpoint-reconciler-type=none and binds loopback), the infrastructure
+# Services, and the Ingress class of Traefik.
+cluster_objects() {
+  host_endpoints kubernetes default kubernetes https "$COMMERCE_KUBE_APISERVER_PORT"
+  cat <<EOF
 ---
 apiVersion: v1
 kind: Namespace
@@ -467,6 +495,13 @@ metadata:
   name: commerce-infra
   labels:
     app.kubernetes.io/part-of: commerce-stack-e2e
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata:
+  name: traefik
+spec:
+  controller: traefik.io/ingress-controller
 EOF
   local entry name port
   for entry in "postgres $COMMERCE_POSTGRES_PORT" "redis $COMMERCE_REDIS_PORT" "kafka $COMMERCE_KAFKA_POD_PORT"; do
@@ -484,34 +519,9 @@ spec:
       port: $port
       targetPort: $port
       protocol: TCP
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: $name-host
-  namespace: commerce-infra
-  labels:
-    kubernetes.io/service-name: $name
-    endpointslice.kubernetes.io/managed-by: node.commerce-stack.dev
-addressType: IPv4
-endpoints:
-  - addresses: ["$NODE_IP"]
-    conditions: {ready: true}
-ports:
-  - name: tcp
-    port: $port
-    protocol: TCP
 EOF
+    host_endpoints "$name-host" commerce-infra "$name" tcp "$port"
   done
-  cat <<EOF
----
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata:
-  name: traefik
-spec:
-  controller: traefik.io/ingress-controller
-EOF
 }
 
 # --- processes ---------------------------------------------------------------
@@ -520,6 +530,9 @@ containerd_ready() { "$(module_bin containerd)/ctr" --address "$SOCK" version >/
 kubelet_healthy() { [[ "$(curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_KUBELET_HEALTHZ_PORT/healthz")" == ok ]]; }
 proxy_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_KUBE_PROXY_HEALTHZ_PORT/healthz" >/dev/null; }
 coredns_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_COREDNS_HEALTH_PORT/health" >/dev/null; }
+# kube-router has no loopback-only health listener (its port binds every
+# address, so it is off); its chain in FORWARD shows the firewall is on.
+router_ready() { iptables -S KUBE-ROUTER-FORWARD >/dev/null 2>&1; }
 traefik_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_TRAEFIK_PING_PORT/ping" >/dev/null; }
 node_ready() {
   [[ "$(kubectl_ get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
@@ -576,9 +589,19 @@ start_addons() {
     --providers.kubernetesingress.ingressendpoint.ip=127.0.0.1 \
     --global.checkNewVersion=false --global.sendAnonymousUsage=false \
     --log.level=INFO
+  # NetworkPolicy enforcement for the test cluster: kube-router with only its
+  # firewall (no routing, no service proxy, no CNI). v2.1.0 has reported
+  # security issues: test clusters only.
+  start_if_absent kube-router "$MARK_ROUTER" \
+    "$(module_bin kube-router)/kube-router" "$MARK_ROUTER" \
+    --run-router=false --run-service-proxy=false --enable-cni=false \
+    --health-port=0 --metrics-port=0 \
+    --kubeconfig="$K8S_STATE/node-addons.kubeconfig" \
+    --hostname-override="$NODE"
   wait_ready kube-proxy "$MARK_PROXY" 60 "/healthz on 127.0.0.1:$COMMERCE_KUBE_PROXY_HEALTHZ_PORT" proxy_healthy
   wait_ready coredns "$MARK_COREDNS" 60 "/health on 127.0.0.1:$COMMERCE_COREDNS_HEALTH_PORT" coredns_healthy
   wait_ready traefik "$MARK_TRAEFIK" 60 "/ping on 127.0.0.1:$COMMERCE_TRAEFIK_PING_PORT" traefik_healthy
+  wait_ready kube-router "$MARK_ROUTER" 60 "its KUBE-ROUTER-FORWARD chain" router_ready
 }
 
 # Whether containerd holds REF. (Not `ctr ... | grep -q`: grep stops at the
@@ -615,7 +638,8 @@ all_running() {
     && running_pid kubelet "$MARK_KUBELET" >/dev/null \
     && running_pid kube-proxy "$MARK_PROXY" >/dev/null \
     && running_pid coredns "$MARK_COREDNS" >/dev/null \
-    && running_pid traefik "$MARK_TRAEFIK" >/dev/null
+    && running_pid traefik "$MARK_TRAEFIK" >/dev/null \
+    && running_pid kube-router "$MARK_ROUTER" >/dev/null
 }
 
 do_up() {
@@ -665,6 +689,7 @@ do_down() {
   # Pods first: the kubelet would restart them, so it stops before the CRI
   # removes them (which also runs the CNI teardown and frees the netns).
   stop_recorded traefik "$MARK_TRAEFIK" 20
+  stop_recorded kube-router "$MARK_ROUTER" 20
   stop_recorded coredns "$MARK_COREDNS" 20
   stop_recorded kubelet "$MARK_KUBELET" 30
   if running_pid containerd "$MARK_CTRD" >/dev/null; then
@@ -686,6 +711,7 @@ do_down() {
   unmount_under "$CTRD_STATE"
   cleanup_cgroups
   cleanup_iptables
+  cleanup_ipsets
   if ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link del "$BRIDGE"
   fi
@@ -696,8 +722,8 @@ do_down() {
 
 do_status() {
   local up=() down=() state name marker i
-  local names=(containerd kubelet kube-proxy coredns traefik)
-  local markers=("$MARK_CTRD" "$MARK_KUBELET" "$MARK_PROXY" "$MARK_COREDNS" "$MARK_TRAEFIK")
+  local names=(containerd kubelet kube-proxy coredns traefik kube-router)
+  local markers=("$MARK_CTRD" "$MARK_KUBELET" "$MARK_PROXY" "$MARK_COREDNS" "$MARK_TRAEFIK" "$MARK_ROUTER")
   for i in "${!names[@]}"; do
     name="${names[$i]}"
     marker="${markers[$i]}"

@@ -359,6 +359,23 @@ fn ingress_api() -> Result<Api> {
     Ok(Api { base: format!("http://{INGRESS_HOST}:{port}"), http })
 }
 
+/// A new category with one product of `stock` units priced `price_minor`
+/// cents, created by the bootstrap admin, and a new customer: what most
+/// tests start from.
+async fn product_and_customer(
+    api: &Api,
+    category: &str,
+    product: &str,
+    price_minor: i64,
+    stock: i64,
+) -> Result<(String, Session)> {
+    let admin = api.admin().await?;
+    let category_id = api.create_category(&admin, category).await?;
+    let product = api.create_product(&admin, &category_id, product, price_minor, stock).await?;
+    let customer = api.register_customer(&format!("cluster-{}", category.to_lowercase())).await?;
+    Ok((product, customer))
+}
+
 /// The stack's databases, as the operator names them.
 fn stack_databases() -> Result<Databases> {
     let admin_url = std::env::var("COMMERCE_POSTGRES_ADMIN_URL")
@@ -498,10 +515,7 @@ async fn a_customer_orders_through_the_ingress_by_host_name_and_the_saga_invaria
     let _turn = TURN.lock().await;
     cluster().await?;
     let api = ingress_api()?;
-    let admin: Session = api.admin().await?;
-    let category = api.create_category(&admin, "Cluster").await?;
-    let product = api.create_product(&admin, &category, "Real pod lamp", 2_500, 20).await?;
-    let customer = api.register_customer("cluster-buyer").await?;
+    let (product, customer) = product_and_customer(&api, "Cluster", "Real pod lamp", 2_500, 20).await?;
     let listed = api.get(&format!("/api/products/{product}"), Some(&customer.access_token)).await?;
     ensure!(
         listed.status.is_success(),
@@ -660,10 +674,7 @@ async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_n
     cluster().await?;
     let client = local_kube_client().await?;
     let api = ingress_api()?;
-    let admin = api.admin().await?;
-    let category = api.create_category(&admin, "Chaos").await?;
-    let product = api.create_product(&admin, &category, "Sturdy mug", 900, 1_000).await?;
-    let customer = api.register_customer("cluster-chaos").await?;
+    let (product, customer) = product_and_customer(&api, "Chaos", "Sturdy mug", 900, 1_000).await?;
 
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
     let mut orders = Vec::new();
@@ -762,10 +773,7 @@ async fn calls_to_a_scaled_out_service_spread_over_every_pod_and_scaling_back_lo
     cluster().await?;
     let client = local_kube_client().await?;
     let api = ingress_api()?;
-    let admin = api.admin().await?;
-    let category = api.create_category(&admin, "Discovery").await?;
-    let product = api.create_product(&admin, &category, "Spread lamp", 1_900, 100).await?;
-    let customer = api.register_customer("cluster-discovery").await?;
+    let (product, customer) = product_and_customer(&api, "Discovery", "Spread lamp", 1_900, 100).await?;
     let added = api
         .post("/api/cart/items", Some(&customer.access_token), &json!({"product_id": product, "quantity": 1}))
         .await?;
@@ -933,10 +941,7 @@ async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_los
     cluster().await?;
     let client = local_kube_client().await?;
     let api = ingress_api()?;
-    let admin = api.admin().await?;
-    let category = api.create_category(&admin, "Rollout").await?;
-    let product = api.create_product(&admin, &category, "Rolling pin", 1_200, 10_000).await?;
-    let customer = api.register_customer("cluster-rollout").await?;
+    let (product, customer) = product_and_customer(&api, "Rollout", "Rolling pin", 1_200, 10_000).await?;
     let before: Vec<Vec<(String, String)>> = {
         let mut all = Vec::new();
         for service in ROLLED {
@@ -1095,4 +1100,95 @@ async fn restarts(client: &Client, service: &str) -> Result<Vec<(String, i32)>> 
         .collect();
     found.sort();
     Ok(found)
+}
+
+/// A namespace outside the stack whose pods run on the real node.
+const OUTSIDER_NAMESPACE: &str = "cluster-e2e-outsider";
+
+/// Runs `commerce check grpc ADDRESS` in a one-off pod of `namespace` with
+/// `labels` and returns whether it succeeded, with its output. The pod
+/// never turns Ready (its readiness probe asks a closed port), so no
+/// Service whose selector its labels match ever sends it traffic.
+async fn probe_from(
+    client: &Client,
+    namespace: &str,
+    labels: Value,
+    address: &str,
+) -> Result<(bool, String)> {
+    let name = format!("grpc-probe-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    kubectl_apply(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace, "labels": labels },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532 },
+            "containers": [{
+                "name": "probe",
+                "image": format!("{}:{}", IMAGES[0], env!("CARGO_PKG_VERSION")),
+                "imagePullPolicy": "Never",
+                "args": ["check", "grpc", address, "--timeout", "10s"],
+                "readinessProbe": { "tcpSocket": { "port": 1 }, "periodSeconds": 60 },
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": { "drop": ["ALL"] },
+                },
+            }],
+        },
+    }))?;
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), namespace);
+    let phase = wait_until(&format!("probe pod {name} to finish"), Duration::from_secs(60), || async {
+        let pod = pods.get(&name).await?;
+        let phase = pod.status.and_then(|status| status.phase).unwrap_or_default();
+        Ok(["Succeeded", "Failed"].contains(&phase.as_str()).then_some(phase))
+    })
+    .await?;
+    let output = kubectl(&["logs", &name, "-n", namespace]).unwrap_or_default();
+    pods.delete(&name, &DeleteParams::default().grace_period(0)).await?;
+    Ok((phase == "Succeeded", output.trim().to_owned()))
+}
+
+#[tokio::test]
+async fn network_policies_keep_an_outside_pod_off_a_grpc_port_that_the_catalog_flows_still_reach()
+-> Result<()> {
+    let _turn = TURN.lock().await;
+    cluster().await?;
+    let client = local_kube_client().await?;
+    ensure_namespace(&client, OUTSIDER_NAMESPACE).await?;
+    let inventory = format!("{STACK}-inventory.{STACK_NAMESPACE}.svc.cluster.local:50051");
+
+    // The catalog lets cart call inventory: a pod labelled as the stack's
+    // cart gets through.
+    let cart = json!({
+        "app.kubernetes.io/name": "commerce",
+        "app.kubernetes.io/instance": STACK,
+        "app.kubernetes.io/component": "cart",
+    });
+    let (allowed, output) = probe_from(&client, STACK_NAMESPACE, cart, &inventory).await?;
+    ensure!(allowed, "the stack's cart could not reach inventory: {output}");
+
+    // The same image and command from another namespace is dropped.
+    let (reached, output) =
+        probe_from(&client, OUTSIDER_NAMESPACE, json!({ "app": "outsider" }), &inventory).await?;
+    ensure!(!reached, "a pod outside the stack reached inventory's gRPC port: {output}");
+    ensure!(output.contains("was not SERVING"), "unexpected failure: {output}");
+    eprintln!("outside pod -> inventory: {output}");
+
+    // The stack's own flows are unharmed: it stays Ready and takes an order.
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("commercestack/{STACK}"),
+        "-n",
+        STACK_NAMESPACE,
+        "--timeout=30s",
+    ])?;
+    let api = ingress_api()?;
+    let (product, customer) = product_and_customer(&api, "Fenced", "Fence post", 700, 5).await?;
+    let order = api.order(&customer, &[(product.as_str(), 1)], "tok_visa").await?;
+    api.wait_order(&customer, &order, "confirmed").await?;
+    Ok(())
 }

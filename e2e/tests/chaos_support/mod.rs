@@ -224,6 +224,9 @@ impl PrivateKafka {
             .env("COMMERCE_STATE_DIR", format!("{STATE_DIR}/kafka-{}", self.port))
             .env("COMMERCE_KAFKA_PORT", self.port.to_string())
             .env("COMMERCE_KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            // Its listener for the real node's pods must not take the shared
+            // broker's port either.
+            .env("COMMERCE_KAFKA_POD_PORT", (self.controller_port + 1).to_string())
             .env("COMMERCE_KAFKA_BROKERS", self.brokers())
             .stdin(Stdio::null())
             .output()

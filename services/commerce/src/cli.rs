@@ -39,6 +39,32 @@ pub enum Command {
         #[command(subcommand)]
         command: LocalCommand,
     },
+    /// Check, from inside a pod, what the image has no tools for.
+    Check {
+        #[command(subcommand)]
+        command: CheckCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// Ask a gRPC server's health service (grpc.health.v1) whether it is
+    /// SERVING; exit 0 only if it is. Tells whether this pod can reach
+    /// another (DNS, Services, NetworkPolicies).
+    Grpc(CheckGrpc),
+}
+
+/// Flags of `commerce check grpc`.
+#[derive(Debug, clap::Args)]
+pub struct CheckGrpc {
+    /// host:port of the server, e.g. shop-inventory.shop.svc:50051.
+    pub address: String,
+    /// The service to ask about; empty asks about the server as a whole.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long connecting and answering may take together.
+    #[arg(long, default_value = crate::check::DEFAULT_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[allow(clippy::large_enum_variant)]

@@ -4,10 +4,13 @@
 //! - `commerce serve all` / `commerce serve auth catalog ...`: several or all
 //!   services in one process on this machine's infrastructure;
 //! - `commerce local up -f <stack.yaml>`: the whole shop from a CommerceStack
-//!   file, ready to use.
+//!   file, ready to use;
+//! - `commerce check grpc <host:port>`: a gRPC health check from inside a
+//!   pod, whose image has no other tools.
 //!
 //! `main` only parses and dispatches; the work is in the modules.
 
+mod check;
 mod cli;
 mod demo;
 mod infra;
@@ -21,7 +24,7 @@ use std::process::ExitCode;
 use commerce_api::catalog::Service;
 use commerce_platform::{shutdown, telemetry};
 
-use crate::cli::{Command, LocalCommand, ServeAll, ServeTarget};
+use crate::cli::{CheckCommand, Command, LocalCommand, ServeAll, ServeTarget};
 use crate::infra::LocalWiring;
 use crate::ready::OnTimeout;
 use crate::services::ServiceConfig;
@@ -55,6 +58,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             telemetry::init(&up.log, "local")?;
             local::up(up, shutdown::on_signal()).await
         }
+        Command::Check { command: CheckCommand::Grpc(args) } => check::grpc(&args).await,
     }
 }
 
