@@ -189,16 +189,7 @@ async fn remove_previous_stack(client: &Client) -> Result<()> {
         .contains(STACK)
     {
         // No operator ran to finish it (the release was uninstalled).
-        kubectl(&[
-            "patch",
-            "commercestack",
-            STACK,
-            "-n",
-            STACK_NAMESPACE,
-            "--type=merge",
-            "-p",
-            r#"{"metadata":{"finalizers":null}}"#,
-        ])?;
+        patch_stack(&json!({ "metadata": { "finalizers": null } }))?;
     }
     namespaces.delete(STACK_NAMESPACE, &DeleteParams::default()).await.ok();
     wait_until("the previous namespace to be gone", Duration::from_secs(180), || async {
@@ -433,16 +424,7 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
     ensure!(gone < Duration::from_secs(20), "the leader pod took {gone:?} to stop: SIGTERM ignored?");
 
     // A change made now is applied by the new leader.
-    kubectl(&[
-        "patch",
-        "commercestack",
-        STACK,
-        "-n",
-        STACK_NAMESPACE,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"services":{"notification":{"replicas":2}}}}"#,
-    ])?;
+    set_replicas("notification", Some(2))?;
     let deployments =
         KubeApi::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), STACK_NAMESPACE);
     let name = format!("{STACK}-notification");
@@ -452,16 +434,7 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
         Ok((deployment.spec.and_then(|spec| spec.replicas) == Some(2) && available == 2).then_some(()))
     })
     .await?;
-    kubectl(&[
-        "patch",
-        "commercestack",
-        STACK,
-        "-n",
-        STACK_NAMESPACE,
-        "--type=json",
-        "-p",
-        r#"[{"op":"remove","path":"/spec/services/notification/replicas"}]"#,
-    ])?;
+    set_replicas("notification", None)?;
     Ok(())
 }
 
@@ -710,20 +683,16 @@ async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_n
     Ok(())
 }
 
+/// Applies a JSON merge patch to the stack under test.
+fn patch_stack(patch: &Value) -> Result<()> {
+    let patch = patch.to_string();
+    kubectl(&["patch", "commercestack", STACK, "-n", STACK_NAMESPACE, "--type=merge", "-p", &patch])?;
+    Ok(())
+}
+
 /// Sets (or, with `None`, removes) `replicas` of one service in the stack.
 fn set_replicas(service: &str, replicas: Option<i32>) -> Result<()> {
-    let patch = json!({ "spec": { "services": { service: { "replicas": replicas } } } });
-    kubectl(&[
-        "patch",
-        "commercestack",
-        STACK,
-        "-n",
-        STACK_NAMESPACE,
-        "--type=merge",
-        "-p",
-        &patch.to_string(),
-    ])?;
-    Ok(())
+    patch_stack(&json!({ "spec": { "services": { service: { "replicas": replicas } } } }))
 }
 
 /// The Ready pods of one service, by name, with their addresses.
@@ -965,16 +934,7 @@ async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_los
         .collect();
     let started = Instant::now();
     let patch = json!({ "spec": { "services": services } });
-    kubectl(&[
-        "patch",
-        "commercestack",
-        STACK,
-        "-n",
-        STACK_NAMESPACE,
-        "--type=merge",
-        "-p",
-        &patch.to_string(),
-    ])?;
+    patch_stack(&patch)?;
     // Rolled: every service runs one new pod and no old one remains.
     for (service, old) in ROLLED.iter().zip(&before) {
         let old_names: Vec<&String> = old.iter().map(|(name, _)| name).collect();

@@ -97,6 +97,21 @@ impl Drop for Namespace {
     }
 }
 
+/// A server-side dry run of the rendered objects. The cluster-scoped ones
+/// (ClusterRole, ClusterRoleBinding) may already exist, owned by the Helm
+/// release that tests/cluster.rs installs: forcing the conflicts changes
+/// nothing in a dry run, and what is checked is that the API server accepts
+/// the objects.
+const DRY_RUN_APPLY: [&str; 7] = [
+    "apply",
+    "--dry-run=server",
+    "--server-side",
+    "--force-conflicts",
+    "--field-manager=commerce-e2e",
+    "-f",
+    "-",
+];
+
 #[test]
 fn the_chart_passes_helm_lint() -> Result<()> {
     let out = run("helm", &["lint", "--strict", "charts/commerce-operator"], None)?;
@@ -115,11 +130,7 @@ fn the_rendered_chart_is_accepted_by_the_apiserver_in_a_server_side_dry_run() ->
     for kind in ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
         ensure!(rendered.contains(&format!("kind: {kind}\n")), "the chart renders no {kind}:\n{rendered}");
     }
-    let out = run(
-        "kubectl",
-        &["apply", "--dry-run=server", "--server-side", "--field-manager=commerce-e2e", "-f", "-"],
-        Some(&rendered),
-    )?;
+    let out = run("kubectl", &DRY_RUN_APPLY, Some(&rendered))?;
     ensure!(out.contains("deployment.apps/commerce-operator"), "dry run output:\n{out}");
     println!("helm template, server-side dry run:\n{out}");
     Ok(())
@@ -139,11 +150,7 @@ fn the_kustomize_base_builds_and_is_accepted_by_the_apiserver_in_a_server_side_d
         .map(|doc| doc.replace("commerce-system", &namespace.0))
         .collect::<Vec<_>>()
         .join("\n---\n");
-    let out = run(
-        "kubectl",
-        &["apply", "--dry-run=server", "--server-side", "--field-manager=commerce-e2e", "-f", "-"],
-        Some(&retargeted),
-    )?;
+    let out = run("kubectl", &DRY_RUN_APPLY, Some(&retargeted))?;
     for expected in ["customresourcedefinition", "deployment.apps/", "clusterrole.rbac.authorization.k8s.io/"]
     {
         ensure!(out.contains(expected), "dry run applied no {expected}:\n{out}");
