@@ -234,8 +234,9 @@ drop_chain() {
   local cmd="$1" table="$2" chain="$3" rule
   "$cmd" -t "$table" -S "$chain" >/dev/null 2>&1 || return 0
   while read -r rule; do
-    # shellcheck disable=SC2086 # a rule is a list of words
-    "$cmd" -t "$table" ${rule/-A /-D } 2>/dev/null || true
+    # The rule as -S prints it, quoted for a shell (kube-router's comments
+    # hold spaces): eval splits it back into the words iptables wants.
+    eval "\"\$cmd\" -t \"\$table\" ${rule/-A /-D }" 2>/dev/null || true
   done < <("$cmd" -t "$table" -S | grep -E -- "^-A [A-Z-]+ .*-j $chain( |$)" || true)
   "$cmd" -t "$table" -F "$chain" 2>/dev/null || true
 }
