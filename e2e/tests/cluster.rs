@@ -80,6 +80,28 @@ struct Cluster {
     pods_ready: Duration,
 }
 
+/// A test's turn on the cluster: the lock (held until the value drops),
+/// what the set-up measured, and clients of the API and of the shop.
+struct Turn {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    cluster: Cluster,
+    client: Client,
+    api: Api,
+}
+
+/// Waits for the turn, sets the cluster up if no test has yet, and makes
+/// this test's clients.
+async fn take_turn() -> Result<Turn> {
+    let turn = TURN.lock().await;
+    let cluster = cluster().await?;
+    Ok(Turn { _turn: turn, cluster, client: local_kube_client().await?, api: ingress_api()? })
+}
+
+/// Selects the pods of one service of the stack under test.
+fn component_selector(service: &str) -> String {
+    format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={service}")
+}
+
 async fn cluster() -> Result<Cluster> {
     CLUSTER
         .get_or_init(|| async { set_up().await.map_err(|error| format!("{error:#}")) })
@@ -378,10 +400,8 @@ fn stack_databases() -> Result<Databases> {
 #[tokio::test]
 async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader_pod_is_deleted() -> Result<()>
 {
-    let _turn = TURN.lock().await;
-    let cluster = cluster().await?;
+    let Turn { cluster, client, .. } = take_turn().await?;
     eprintln!("operator install took {:.1?}", cluster.operator_install);
-    let client = local_kube_client().await?;
     let pods = KubeApi::<Pod>::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={RELEASE}"));
     let running = pods.list(&selector).await?;
@@ -440,13 +460,11 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
 
 #[tokio::test]
 async fn a_commerce_stack_of_real_pods_becomes_ready_through_native_grpc_probes() -> Result<()> {
-    let _turn = TURN.lock().await;
-    let cluster = cluster().await?;
+    let Turn { cluster, client, .. } = take_turn().await?;
     eprintln!(
         "stack Ready {:.1?} after apply, all Deployments available after {:.1?}",
         cluster.stack_ready, cluster.pods_ready
     );
-    let client = local_kube_client().await?;
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
     let list =
         pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={STACK}"))).await?;
@@ -485,9 +503,7 @@ async fn a_commerce_stack_of_real_pods_becomes_ready_through_native_grpc_probes(
 
 #[tokio::test]
 async fn a_customer_orders_through_the_ingress_by_host_name_and_the_saga_invariants_hold() -> Result<()> {
-    let _turn = TURN.lock().await;
-    cluster().await?;
-    let api = ingress_api()?;
+    let Turn { api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Cluster", "Real pod lamp", 2_500, 20).await?;
     let listed = api.get(&format!("/api/products/{product}"), Some(&customer.access_token)).await?;
     ensure!(
@@ -643,10 +659,7 @@ async fn wait_status_retrying(api: &Api, customer: &Session, order: &str, status
 
 #[tokio::test]
 async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_none_twice() -> Result<()> {
-    let _turn = TURN.lock().await;
-    cluster().await?;
-    let client = local_kube_client().await?;
-    let api = ingress_api()?;
+    let Turn { client, api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Chaos", "Sturdy mug", 900, 1_000).await?;
 
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
@@ -668,7 +681,7 @@ async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_n
         // Mid-run: once a few orders are in, the victim's pod is killed
         // without grace (SIGKILL, no drain).
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={victim}");
+        let selector = component_selector(victim);
         for pod in pods.list(&ListParams::default().labels(&selector)).await?.items {
             eprintln!("round {round}: force-deleting {}", pod.name_any());
             pods.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await?;
@@ -698,7 +711,7 @@ fn set_replicas(service: &str, replicas: Option<i32>) -> Result<()> {
 /// The Ready pods of one service, by name, with their addresses.
 async fn ready_pods(client: &Client, service: &str) -> Result<Vec<(String, String)>> {
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
-    let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={service}");
+    let selector = component_selector(service);
     Ok(pods
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -713,7 +726,7 @@ async fn ready_pods(client: &Client, service: &str) -> Result<Vec<(String, Strin
 /// (terminating ones included).
 async fn wait_pods(client: &Client, service: &str, count: usize) -> Result<Vec<(String, String)>> {
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
-    let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={service}");
+    let selector = component_selector(service);
     wait_until(&format!("{count} Ready {service} pods and no other"), READY_TIMEOUT, || async {
         let all = pods.list(&ListParams::default().labels(&selector)).await?.items;
         let ready = ready_pods(client, service).await?;
@@ -738,10 +751,7 @@ async fn handled_calls(http: &reqwest::Client, pod_ip: &str, grpc_service: &str)
 #[tokio::test]
 async fn calls_to_a_scaled_out_service_spread_over_every_pod_and_scaling_back_loses_none() -> Result<()> {
     const INVENTORY: &str = "commerce.inventory.v1.InventoryService";
-    let _turn = TURN.lock().await;
-    cluster().await?;
-    let client = local_kube_client().await?;
-    let api = ingress_api()?;
+    let Turn { client, api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Discovery", "Spread lamp", 1_900, 100).await?;
     let added = api
         .post("/api/cart/items", Some(&customer.access_token), &json!({"product_id": product, "quantity": 1}))
@@ -906,10 +916,7 @@ const ROLLED: [&str; 5] = ["gateway", "catalog", "order", "inventory", "payment"
 
 #[tokio::test]
 async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_loses_no_order() -> Result<()> {
-    let _turn = TURN.lock().await;
-    cluster().await?;
-    let client = local_kube_client().await?;
-    let api = ingress_api()?;
+    let Turn { client, api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Rollout", "Rolling pin", 1_200, 10_000).await?;
     let before: Vec<Vec<(String, String)>> = {
         let mut all = Vec::new();
@@ -970,10 +977,7 @@ async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_los
 #[tokio::test]
 async fn a_rate_limit_policy_applied_under_traffic_answers_429_through_the_ingress_without_a_restart()
 -> Result<()> {
-    let _turn = TURN.lock().await;
-    cluster().await?;
-    let client = local_kube_client().await?;
-    let api = ingress_api()?;
+    let Turn { client, api, .. } = take_turn().await?;
     let gateway_pods: Vec<(String, i32)> = restarts(&client, "gateway").await?;
     // Limited per user, so that no other test's requests meet the limit
     // (the gateway drops the rule a while after the policy is deleted).
@@ -1043,7 +1047,7 @@ async fn a_rate_limit_policy_applied_under_traffic_answers_429_through_the_ingre
 /// The pods of one service with their containers' restart counts.
 async fn restarts(client: &Client, service: &str) -> Result<Vec<(String, i32)>> {
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
-    let selector = format!("app.kubernetes.io/instance={STACK},app.kubernetes.io/component={service}");
+    let selector = component_selector(service);
     let mut found: Vec<(String, i32)> = pods
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -1114,9 +1118,7 @@ async fn probe_from(
 #[tokio::test]
 async fn network_policies_keep_an_outside_pod_off_a_grpc_port_that_the_catalog_flows_still_reach()
 -> Result<()> {
-    let _turn = TURN.lock().await;
-    cluster().await?;
-    let client = local_kube_client().await?;
+    let Turn { client, .. } = take_turn().await?;
     ensure_namespace(&client, OUTSIDER_NAMESPACE).await?;
     let inventory = format!("{STACK}-inventory.{STACK_NAMESPACE}.svc.cluster.local:50051");
 
