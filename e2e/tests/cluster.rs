@@ -80,8 +80,10 @@ struct Cluster {
     pods_ready: Duration,
 }
 
-/// A test's turn on the cluster: the lock (held until the value drops),
-/// what the set-up measured, and clients of the API and of the shop.
+/// A test's turn on the cluster: the lock, what the set-up measured, and
+/// clients of the API and of the shop. Destructure it with `_turn` bound
+/// (`let Turn { _turn, api, .. }`): fields left to `..` are dropped at once,
+/// and with them the lock.
 struct Turn {
     _turn: tokio::sync::MutexGuard<'static, ()>,
     cluster: Cluster,
@@ -400,7 +402,7 @@ fn stack_databases() -> Result<Databases> {
 #[tokio::test]
 async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader_pod_is_deleted() -> Result<()>
 {
-    let Turn { cluster, client, .. } = take_turn().await?;
+    let Turn { _turn, cluster, client, .. } = take_turn().await?;
     eprintln!("operator install took {:.1?}", cluster.operator_install);
     let pods = KubeApi::<Pod>::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={RELEASE}"));
@@ -460,7 +462,7 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
 
 #[tokio::test]
 async fn a_commerce_stack_of_real_pods_becomes_ready_through_native_grpc_probes() -> Result<()> {
-    let Turn { cluster, client, .. } = take_turn().await?;
+    let Turn { _turn, cluster, client, .. } = take_turn().await?;
     eprintln!(
         "stack Ready {:.1?} after apply, all Deployments available after {:.1?}",
         cluster.stack_ready, cluster.pods_ready
@@ -503,7 +505,7 @@ async fn a_commerce_stack_of_real_pods_becomes_ready_through_native_grpc_probes(
 
 #[tokio::test]
 async fn a_customer_orders_through_the_ingress_by_host_name_and_the_saga_invariants_hold() -> Result<()> {
-    let Turn { api, .. } = take_turn().await?;
+    let Turn { _turn, api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Cluster", "Real pod lamp", 2_500, 20).await?;
     let listed = api.get(&format!("/api/products/{product}"), Some(&customer.access_token)).await?;
     ensure!(
@@ -659,7 +661,7 @@ async fn wait_status_retrying(api: &Api, customer: &Session, order: &str, status
 
 #[tokio::test]
 async fn force_deleted_order_and_payment_pods_mid_run_lose_no_order_and_charge_none_twice() -> Result<()> {
-    let Turn { client, api, .. } = take_turn().await?;
+    let Turn { _turn, client, api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Chaos", "Sturdy mug", 900, 1_000).await?;
 
     let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
@@ -751,7 +753,7 @@ async fn handled_calls(http: &reqwest::Client, pod_ip: &str, grpc_service: &str)
 #[tokio::test]
 async fn calls_to_a_scaled_out_service_spread_over_every_pod_and_scaling_back_loses_none() -> Result<()> {
     const INVENTORY: &str = "commerce.inventory.v1.InventoryService";
-    let Turn { client, api, .. } = take_turn().await?;
+    let Turn { _turn, client, api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Discovery", "Spread lamp", 1_900, 100).await?;
     let added = api
         .post("/api/cart/items", Some(&customer.access_token), &json!({"product_id": product, "quantity": 1}))
@@ -916,7 +918,7 @@ const ROLLED: [&str; 5] = ["gateway", "catalog", "order", "inventory", "payment"
 
 #[tokio::test]
 async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_loses_no_order() -> Result<()> {
-    let Turn { client, api, .. } = take_turn().await?;
+    let Turn { _turn, client, api, .. } = take_turn().await?;
     let (product, customer) = product_and_customer(&api, "Rollout", "Rolling pin", 1_200, 10_000).await?;
     let before: Vec<Vec<(String, String)>> = {
         let mut all = Vec::new();
@@ -977,7 +979,7 @@ async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_los
 #[tokio::test]
 async fn a_rate_limit_policy_applied_under_traffic_answers_429_through_the_ingress_without_a_restart()
 -> Result<()> {
-    let Turn { client, api, .. } = take_turn().await?;
+    let Turn { _turn, client, api, .. } = take_turn().await?;
     let gateway_pods: Vec<(String, i32)> = restarts(&client, "gateway").await?;
     // Limited per user, so that no other test's requests meet the limit
     // (the gateway drops the rule a while after the policy is deleted).
@@ -1118,7 +1120,7 @@ async fn probe_from(
 #[tokio::test]
 async fn network_policies_keep_an_outside_pod_off_a_grpc_port_that_the_catalog_flows_still_reach()
 -> Result<()> {
-    let Turn { client, .. } = take_turn().await?;
+    let Turn { _turn, client, .. } = take_turn().await?;
     ensure_namespace(&client, OUTSIDER_NAMESPACE).await?;
     let inventory = format!("{STACK}-inventory.{STACK_NAMESPACE}.svc.cluster.local:50051");
 
