@@ -218,7 +218,16 @@ mod tests {
         let objects = built(&stack, &policies);
         let order = find(&objects, "Deployment", "shop-order").unwrap();
         assert!(order.object.data["spec"].get("replicas").is_none());
-        assert!(find(&objects, "HorizontalPodAutoscaler", "shop-order").is_some());
+        let order_hpa = find(&objects, "HorizontalPodAutoscaler", "shop-order").unwrap();
+        // Without a stabilisation window of its own, Kubernetes' default applies.
+        assert!(order_hpa.object.data["spec"].get("behavior").is_none());
+        let gateway_hpa = find(&objects, "HorizontalPodAutoscaler", "shop-gateway").unwrap();
+        assert_eq!(
+            gateway_hpa.object.data["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            120
+        );
+        assert!(gateway_hpa.object.data["spec"]["behavior"].get("scaleUp").is_none());
+        assert_eq!(gateway_hpa.object.data["spec"]["maxReplicas"], 6);
         let payment = find(&objects, "Deployment", "shop-payment").unwrap();
         assert_eq!(payment.object.data["spec"]["replicas"], 2);
         assert!(find(&objects, "HorizontalPodAutoscaler", "shop-payment").is_none());

@@ -9,8 +9,8 @@ use commerce_api::catalog::{CLUSTER_ADMIN_PORT, CLUSTER_GRPC_PORT, CLUSTER_HTTP_
 use commerce_api::crd::stack::ServiceSettings;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior,
+    HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
@@ -155,6 +155,15 @@ pub fn service_objects(
                 }),
                 ..MetricSpec::default()
             }]),
+            behavior: autoscaling.scale_down_stabilization_seconds.map(|seconds| {
+                HorizontalPodAutoscalerBehavior {
+                    scale_down: Some(HPAScalingRules {
+                        stabilization_window_seconds: Some(seconds),
+                        ..HPAScalingRules::default()
+                    }),
+                    scale_up: None,
+                }
+            }),
             ..HorizontalPodAutoscalerSpec::default()
         },
         ..HorizontalPodAutoscaler::default()

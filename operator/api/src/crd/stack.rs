@@ -309,6 +309,13 @@ pub struct Autoscaling {
     #[serde(default = "default_cpu_target")]
     #[schemars(range(min = 1, max = 1000))]
     pub target_cpu_utilization_percentage: i32,
+    /// Seconds the autoscaler looks back before removing pods: it scales in
+    /// only to the highest count it recommended over that window, so a
+    /// short lull does not shed pods that the next burst needs. Unset keeps
+    /// Kubernetes' default of 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: Option<i32>,
 }
 
 fn default_min_replicas() -> i32 {
