@@ -164,7 +164,6 @@ pub fn service_objects(
                     scale_up: None,
                 }
             }),
-            ..HorizontalPodAutoscalerSpec::default()
         },
         ..HorizontalPodAutoscaler::default()
     });
