@@ -46,9 +46,40 @@ pub struct RunArgs {
     /// Name of the Lease.
     #[arg(long, env = "COMMERCE_LEASE_NAME", default_value = "commerce-operator")]
     pub lease_name: String,
-    /// This replica's identity in the election and in Events: its pod name.
-    #[arg(long, env = "COMMERCE_POD_NAME", default_value = "commerce-operator")]
-    pub identity: String,
+    /// This replica's identity in the election and in Events: its pod name
+    /// (the chart sets it). Unset: the host name and a random suffix, unique
+    /// per process.
+    #[arg(long, env = "COMMERCE_POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// The identity of a replica started without one: the host name (`$HOSTNAME`,
+/// else the kernel's, as gethostname(2) returns it) and a random suffix. A
+/// fixed default would let two operators started with defaults both believe
+/// they hold the Lease; the suffix also tells apart two processes on one host
+/// and a restarted process from its predecessor.
+pub fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty());
+    identity_for(host.as_deref(), &random_suffix())
+}
+
+/// `<host>-<suffix>`, or `commerce-operator-<suffix>` without a host name.
+fn identity_for(host: Option<&str>, suffix: &str) -> String {
+    format!("{}-{suffix}", host.unwrap_or("commerce-operator"))
+}
+
+/// Six random lowercase letters and digits.
+fn random_suffix() -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(6)
+        .map(|byte| char::from(byte).to_ascii_lowercase())
+        .collect()
 }
 
 /// A client for `config` that counts every request it sends in `metrics`
@@ -78,17 +109,20 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
         }
     });
 
-    let elector = Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &args.identity);
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    info!(%identity, "operator identity");
+    let elector = Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity);
+    let mut leading_since = tokio::time::Instant::now();
     if args.leader_election {
         tokio::select! {
-            () = elector.acquire() => {}
+            since = elector.acquire() => leading_since = since,
             () = shutdown_signal() => {
                 info!("stopped while standing by");
                 return Ok(());
             }
         }
     }
-    let reporter = Reporter { controller: names::MANAGER.into(), instance: Some(args.identity.clone()) };
+    let reporter = Reporter { controller: names::MANAGER.into(), instance: Some(identity.clone()) };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -112,7 +146,9 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
                 info!("controller stopped");
                 elector.release().await;
             }
-            () = elector.keep() => warn!("lost the Lease; exiting so that a new leader takes over"),
+            // Dropping the controller stops reconciling at once, before
+            // the Lease can expire for the other candidates.
+            () = elector.keep(leading_since) => warn!("lost the Lease; exiting so that a new leader takes over"),
         }
     } else {
         controller.await;
@@ -168,4 +204,43 @@ where
     K::DynamicType: Default,
 {
     if namespace.is_empty() { Api::all(client.clone()) } else { Api::namespaced(client.clone(), namespace) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    #[test]
+    fn two_operators_started_with_defaults_have_different_identities() {
+        // No fixed default: run() picks default_identity() for each process.
+        let parsed = Cli::try_parse_from(["commerce-operator"]).unwrap();
+        if std::env::var_os("COMMERCE_POD_NAME").is_none() {
+            assert_eq!(parsed.args.identity, None);
+        }
+        let (first, second) = (default_identity(), default_identity());
+        assert_ne!(first, second);
+        let (first_host, first_suffix) = first.rsplit_once('-').unwrap();
+        assert_eq!(first_host, second.rsplit_once('-').unwrap().0, "both start with the host name");
+        assert_eq!(first_suffix.len(), 6);
+        assert!(first_suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{first}");
+    }
+
+    #[test]
+    fn the_default_identity_is_the_host_name_and_a_suffix() {
+        assert_eq!(identity_for(Some("node-1"), "x7k2q9"), "node-1-x7k2q9");
+        assert_eq!(identity_for(None, "x7k2q9"), "commerce-operator-x7k2q9");
+    }
+
+    #[test]
+    fn a_given_identity_is_used_as_is() {
+        let parsed = Cli::try_parse_from(["commerce-operator", "--identity", "pod-a"]).unwrap();
+        assert_eq!(parsed.args.identity.as_deref(), Some("pod-a"));
+    }
 }
