@@ -160,19 +160,6 @@ impl Objects {
     }
 }
 
-/// The objects as one multi-document YAML stream: what `render` prints and
-/// the snapshot tests compare.
-pub fn to_yaml(objects: &[DesiredObject]) -> Result<String, Error> {
-    let mut out = String::new();
-    for desired in objects {
-        let yaml = serde_yaml_ng::to_string(&desired.object)
-            .map_err(|source| Error::SerializeYaml { what: desired.display(), source })?;
-        out.push_str("---\n");
-        out.push_str(&yaml);
-    }
-    Ok(out)
-}
-
 /// Reads a CommerceStack from YAML (a file given to `render`, a test
 /// fixture).
 pub fn parse_stack(yaml: &str) -> Result<CommerceStack, Error> {
