@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use commerce_platform::telemetry;
 
 /// The commerce-stack operator.
 #[derive(Debug, Parser)]
@@ -35,22 +36,10 @@ enum Command {
     Run {
         #[command(flatten)]
         args: commerce_operator::run::RunArgs,
-        /// Log line format.
-        #[arg(long, env = "COMMERCE_LOG_FORMAT", default_value = "json")]
-        log_format: LogFormat,
-        /// Which events to log, in `tracing` filter syntax.
-        #[arg(long, env = "COMMERCE_LOG_FILTER", default_value = "info")]
-        log_filter: String,
+        /// `--log-format` and `--log-filter`, as every service takes them.
+        #[command(flatten)]
+        log: telemetry::LogArgs,
     },
-}
-
-/// How log lines look.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    /// One JSON object per line, for the cluster's log pipeline.
-    Json,
-    /// Human-readable lines, for a terminal.
-    Text,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,8 +50,10 @@ fn main() -> anyhow::Result<()> {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let output = match cli.command {
-        Command::Run { args, log_format, log_filter } => {
-            init_logging(log_format, &log_filter)?;
+        Command::Run { args, log } => {
+            // On standard error: standard output is for `render` and `crd`.
+            telemetry::init_to(&log, "commerce-operator", telemetry::LogStream::Stderr)
+                .context("setting up logging")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             return runtime.block_on(async {
                 let config =
@@ -85,15 +76,5 @@ fn main() -> anyhow::Result<()> {
         }
     };
     std::io::stdout().lock().write_all(output.as_bytes())?;
-    Ok(())
-}
-
-fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("parsing the log filter")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
     Ok(())
 }

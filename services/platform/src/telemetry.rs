@@ -26,6 +26,7 @@ use http::HeaderValue;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::trace_context::{self, TRACEPARENT, TraceContext};
 
@@ -72,26 +73,44 @@ pub enum TelemetryError {
     },
 }
 
-/// Installs the process-wide log subscriber.
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogStream {
+    /// Standard output: the services.
+    #[default]
+    Stdout,
+    /// Standard error: the operator, whose standard output is `render`'s
+    /// and `crd`'s YAML.
+    Stderr,
+}
+
+impl LogStream {
+    fn is_terminal(self) -> bool {
+        use std::io::IsTerminal as _;
+        match self {
+            LogStream::Stdout => std::io::stdout().is_terminal(),
+            LogStream::Stderr => std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// Installs the process-wide log subscriber, writing to standard output.
 ///
 /// Safe to call more than once (tests do, from many test functions): when a
 /// subscriber is already installed the first one stays and this returns
 /// `Ok`. Only an invalid filter is an error.
 pub fn init(args: &LogArgs, service_name: &str) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_new(&args.filter)
-        .map_err(|source| TelemetryError::ParseFilter { filter: args.filter.clone(), source })?;
-    let installed = match args.format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_target(true)
-            // The current span carries `trace_id` and the gRPC method; the
-            // full span list would repeat them on every line.
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
-            .try_init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_target(true).try_init(),
+    init_to(args, service_name, LogStream::Stdout)
+}
+
+/// [`init`], writing to `stream`. Text lines carry ANSI colours only when
+/// `stream` is a terminal (and `NO_COLOR` is unset): redirected to a file, a
+/// pipe or a container log they are plain text.
+pub fn init_to(args: &LogArgs, service_name: &str, stream: LogStream) -> Result<(), TelemetryError> {
+    let ansi = stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let installed = match stream {
+        LogStream::Stdout => subscriber(args, std::io::stdout, ansi)?.try_init(),
+        LogStream::Stderr => subscriber(args, std::io::stderr, ansi)?.try_init(),
     };
     match installed {
         Ok(()) => tracing::info!(
@@ -106,6 +125,44 @@ pub fn init(args: &LogArgs, service_name: &str) -> Result<(), TelemetryError> {
         }
     }
     Ok(())
+}
+
+/// The subscriber [`init_to`] installs, writing to `writer`; `ansi` says
+/// whether text lines may carry colour codes (JSON lines never do).
+fn subscriber<W>(
+    args: &LogArgs,
+    writer: W,
+    ansi: bool,
+) -> Result<Box<dyn tracing::Subscriber + Send + Sync>, TelemetryError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_new(&args.filter)
+        .map_err(|source| TelemetryError::ParseFilter { filter: args.filter.clone(), source })?;
+    Ok(match args.format {
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(false)
+                .with_target(true)
+                // The current span carries `trace_id` and the gRPC method; the
+                // full span list would repeat them on every line.
+                .with_current_span(true)
+                .with_span_list(false)
+                .flatten_event(true)
+                .finish(),
+        ),
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .with_target(true)
+                .finish(),
+        ),
+    })
 }
 
 /// The trace an incoming request belongs to: its `traceparent` header, or a
@@ -257,6 +314,43 @@ mod tests {
         headers.insert(TRACEPARENT, explicit.clone());
         trace_context::scope(root, async { inject(&mut headers) }).await;
         assert_eq!(headers.get(TRACEPARENT), Some(&explicit));
+    }
+
+    /// A writer that keeps what is written, as a file or pipe would.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What one warning looks like through the subscriber of `format`.
+    fn one_line(format: LogFormat, terminal: bool) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let args = LogArgs { format, filter: "info".to_owned() };
+        let subscriber = subscriber(&args, move || writer.clone(), terminal).unwrap();
+        tracing::subscriber::with_default(subscriber, || tracing::warn!(order = 7, "payment declined"));
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn text_logs_carry_colour_codes_only_on_a_terminal() {
+        let piped = one_line(LogFormat::Text, false);
+        assert!(piped.contains("payment declined") && piped.contains("order=7"), "{piped}");
+        assert!(!piped.contains('\x1b'), "ANSI codes in a redirected log: {piped:?}");
+        let terminal = one_line(LogFormat::Text, true);
+        assert!(terminal.contains('\x1b'), "no colours on a terminal: {terminal:?}");
+        let json = one_line(LogFormat::Json, true);
+        assert!(!json.contains('\x1b'), "{json:?}");
+        let line: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(line["message"], "payment declined");
     }
 
     #[test]
