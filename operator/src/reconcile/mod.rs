@@ -49,8 +49,9 @@ use status::Outcome;
 /// reconciles on every change of the stack and of what it owns; this is a
 /// safety net for missed events.
 pub const RESYNC: Duration = Duration::from_secs(600);
-/// Longest Event note the apiserver takes (1 kB), with room to spare.
-const MAX_EVENT_NOTE: usize = 900;
+/// Longest Event note the apiserver takes: 1024 bytes (events.k8s.io/v1
+/// `note`); [`shorten_note`] keeps notes within it, ellipsis included.
+const MAX_EVENT_NOTE: usize = 1024;
 /// How soon to look again while managed infrastructure starts.
 pub const INFRA_POLL: Duration = Duration::from_secs(15);
 /// Finalizer that guards the cleanup of topics and databases.
@@ -460,21 +461,38 @@ async fn publish(
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
     reason: &str,
-    mut note: String,
+    note: String,
 ) {
-    if note.len() > MAX_EVENT_NOTE {
-        let mut cut = MAX_EVENT_NOTE;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str(" ...");
-    }
+    let note = shorten_note(note, MAX_EVENT_NOTE);
     let event =
         Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(error) = ctx.recorder.publish(&event, reference).await {
         warn!(reason, error = %error, "could not publish an Event");
     }
+}
+
+/// `note` if it fits in `max` bytes; else cut at the last word boundary that
+/// leaves room for an ellipsis (never inside a word, an object name of the
+/// `applied A, B, ...` lists, or a UTF-8 character), separators before the
+/// cut dropped, and ` …` appended: at most `max` bytes in all. One word
+/// longer than `max` is cut at a character boundary.
+fn shorten_note(note: String, max: usize) -> String {
+    const ELLIPSIS: &str = " …";
+    if note.len() <= max {
+        return note;
+    }
+    let mut cut = max.saturating_sub(ELLIPSIS.len());
+    while !note.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = &note[..cut];
+    let at_word = if note[cut..].starts_with(char::is_whitespace) {
+        head
+    } else {
+        head.rfind(char::is_whitespace).map_or(head, |space| &head[..space])
+    };
+    let kept = at_word.trim_end_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'));
+    format!("{kept}{ELLIPSIS}")
 }
 
 /// An error with its causes, for status messages and Events.
@@ -497,4 +515,43 @@ fn now() -> Time {
         k8s_openapi::jiff::Timestamp::from_second(seconds)
             .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_applied_note_is_cut_after_a_whole_name_with_an_ellipsis_within_the_limit() {
+        let names: Vec<String> = (0..200).map(|i| format!("Deployment/shop-service-{i:03}")).collect();
+        let note = format!("applied {}", names.join(", "));
+        assert!(note.len() > MAX_EVENT_NOTE);
+        let short = shorten_note(note.clone(), MAX_EVENT_NOTE);
+        assert!(short.len() <= MAX_EVENT_NOTE, "{} bytes", short.len());
+        let kept = short.strip_suffix(" …").expect("an ellipsis");
+        assert!(note.starts_with(kept));
+        // It ends with a complete name, and the next one starts after it.
+        let last = kept.rsplit(", ").next().unwrap();
+        assert!(names.iter().any(|name| name == last), "cut mid-word: {last:?}");
+        assert!(note[kept.len()..].starts_with(", "), "{:?}", &note[kept.len()..][..10]);
+        // Nearly all the room is used.
+        assert!(short.len() > MAX_EVENT_NOTE - 40, "{} bytes", short.len());
+    }
+
+    #[test]
+    fn a_note_that_fits_is_unchanged_and_multibyte_text_is_cut_at_a_character() {
+        assert_eq!(shorten_note("applied ConfigMap/shop".into(), MAX_EVENT_NOTE), "applied ConfigMap/shop");
+        let exact = "x".repeat(MAX_EVENT_NOTE);
+        assert_eq!(shorten_note(exact.clone(), MAX_EVENT_NOTE), exact);
+        // One word of two-byte characters, no space to cut at.
+        let word = "é".repeat(MAX_EVENT_NOTE);
+        let short = shorten_note(word, MAX_EVENT_NOTE);
+        assert!(short.len() <= MAX_EVENT_NOTE && short.ends_with(" …"));
+        assert!(short.trim_end_matches(" …").chars().all(|c| c == 'é'));
+        // Words of multibyte text.
+        let words = "größe ".repeat(400);
+        let short = shorten_note(words, 100);
+        assert!(short.len() <= 100);
+        assert!(short.trim_end_matches(" …").split(' ').all(|w| w == "größe"), "{short}");
+    }
 }
