@@ -136,6 +136,28 @@ fn the_rendered_chart_is_accepted_by_the_apiserver_in_a_server_side_dry_run() ->
     Ok(())
 }
 
+/// `--set image.tag=1` hands the chart a number: the values schema takes it
+/// and the image carries it as written.
+#[test]
+fn a_number_as_image_tag_passes_the_values_schema_and_is_rendered_as_written() -> Result<()> {
+    for tag in ["1", "20240101"] {
+        let rendered = run(
+            "helm",
+            &[
+                "template",
+                "commerce-operator",
+                "charts/commerce-operator",
+                "--set",
+                &format!("image.tag={tag}"),
+            ],
+            None,
+        )?;
+        let image = format!("image: \"ghcr.io/commerce-stack/commerce-operator:{tag}\"\n");
+        ensure!(rendered.contains(&image), "no {image:?} in:\n{rendered}");
+    }
+    Ok(())
+}
+
 #[test]
 fn the_kustomize_base_builds_and_is_accepted_by_the_apiserver_in_a_server_side_dry_run() -> Result<()> {
     let built = run("kubectl", &["kustomize", "manifests/base"], None)?;
