@@ -52,7 +52,8 @@ pub struct RateLimitPolicySpec {
     /// these rules.
     pub target_ref: StackRef,
     /// The rules. Their names are unique within the policy; the gateway
-    /// reports them as `<policy>/<rule>`.
+    /// names them `<policy>_<rule>` (a `.` in the policy's name becomes `_`
+    /// too) in its `RateLimit` headers and logs.
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub rules: Vec<RateLimitRule>,

@@ -20,9 +20,9 @@ pub const MAX_RULES: u32 = 64;
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitRule {
     /// Name of the rule, unique within the stack or policy that declares it.
-    /// The gateway reports it in its metrics and in the `RateLimit-Policy`
-    /// header of a limited response (prefixed with the policy's name for
-    /// rules from a RateLimitPolicy).
+    /// The gateway names it in the `RateLimit-Policy` and `RateLimit` headers
+    /// of the responses it counts, as `<policy>_<rule>` for rules from a
+    /// RateLimitPolicy.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// Requests whose path starts with this prefix count against the rule,
