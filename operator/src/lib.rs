@@ -8,6 +8,7 @@ pub mod error;
 pub mod external;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
 pub mod reconcile;
 pub mod render;
 pub mod run;

@@ -4,10 +4,14 @@
 //! [`ValidStack`] whose facts no later step has to check again.
 //!
 //! Admission already rejects what it can; this step exists because `render`
-//! reads files no apiserver has seen, and because a CRD upgraded after a
-//! resource was stored does not re-check the stored resource.
+//! reads files no apiserver has seen, because a CRD upgraded after a
+//! resource was stored does not re-check the stored resource, and because
+//! some rules only hold in the objects built from the stack: a container's
+//! requests must not exceed its limits, which the apiserver checks in the
+//! Deployment, not in the CommerceStack (whose schema takes any string as a
+//! quantity).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use commerce_api::RateLimitPolicy;
 use commerce_api::catalog::Service;
@@ -15,8 +19,11 @@ use commerce_api::crd::rate_limit::RateLimitRule;
 use commerce_api::crd::stack::{
     CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, ServiceSettings,
 };
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as QuantityText;
 
 use crate::Error;
+use crate::quantity::{self, Quantity};
 
 /// Longest stack name (see the CRD's rule on `metadata.name`).
 pub const MAX_STACK_NAME_LEN: usize = commerce_api::crd::stack::MAX_NAME_LEN;
@@ -96,6 +103,16 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
                 autoscaling.min_replicas, autoscaling.max_replicas
             ));
         }
+        if let Some(resources) = &settings.resources {
+            check_resources(&format!("services.{key}.resources"), resources, &mut problems);
+        }
+    }
+    for (what, managed) in
+        [("kafka", &spec.kafka.managed), ("postgres", &spec.postgres.managed), ("redis", &spec.redis.managed)]
+    {
+        if let Some(resources) = managed.as_ref().and_then(|m| m.resources.as_ref()) {
+            check_resources(&format!("{what}.managed.resources"), resources, &mut problems);
+        }
     }
 
     let kafka = pick("kafka", spec.kafka.external.as_ref(), spec.kafka.managed.as_ref(), &mut problems);
@@ -146,6 +163,48 @@ pub fn policy_problems(policy: &RateLimitPolicy) -> Vec<String> {
     }
     check_rules("rules", &policy.spec.rules, &mut problems);
     problems
+}
+
+/// Every request and limit must be a non-negative quantity, and no request
+/// may exceed the limit of the same resource: the apiserver would refuse the
+/// workload built from it, after the rest of the stack was applied.
+fn check_resources(field: &str, resources: &ResourceRequirements, problems: &mut Vec<String>) {
+    let requests = valid_quantities(field, "requests", resources.requests.as_ref(), problems);
+    let limits = valid_quantities(field, "limits", resources.limits.as_ref(), problems);
+    for (name, (request, request_value)) in &requests {
+        if let Some((limit, limit_value)) = limits.get(name)
+            && request_value > limit_value
+        {
+            problems.push(format!("{field}: requests.{name} {request} exceeds limits.{name} {limit}"));
+        }
+    }
+}
+
+/// The well-formed, non-negative quantities of `requests` or `limits` (the
+/// `kind`), by resource name, with their text; the others are reported.
+fn valid_quantities<'a>(
+    field: &str,
+    kind: &str,
+    quantities: Option<&'a BTreeMap<String, QuantityText>>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<&'a str, (&'a str, Quantity)> {
+    let mut valid = BTreeMap::new();
+    for (name, text) in quantities.into_iter().flatten() {
+        let text = text.0.as_str();
+        match quantity::parse(text) {
+            None => problems.push(format!(
+                "{field}: {kind}.{name} {text:?} is not a quantity \
+                 (a number with an optional suffix, e.g. 500m, 0.5, 256Mi, 1G or 2e3)"
+            )),
+            Some(value) if value.is_negative() => {
+                problems.push(format!("{field}: {kind}.{name} {text} must not be negative"));
+            }
+            Some(value) => {
+                valid.insert(name.as_str(), (text, value));
+            }
+        }
+    }
+    valid
 }
 
 fn check_name(name: &str, problems: &mut Vec<String>) {
@@ -295,6 +354,88 @@ spec:
         let error = serde_yaml_ng::from_str::<CommerceStack>(&yaml).unwrap_err().to_string();
         assert!(error.contains("spec.payment.provider") && error.contains("stripe"), "{error}");
         assert!(error.contains("mock"), "{error}");
+    }
+
+    fn problems_with_resources(service: &str, resources: serde_json::Value) -> Vec<String> {
+        let mut stack = stack(MINIMAL);
+        let settings = serde_json::json!({ "resources": resources });
+        stack.spec.services.insert(service.into(), serde_json::from_value(settings).unwrap());
+        match validate(&stack, "default") {
+            Ok(_) => Vec::new(),
+            Err(Error::InvalidStack { problems, .. }) => problems,
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_request_above_its_limit_is_reported_naming_the_field_and_both_values() {
+        let problems = problems_with_resources(
+            "order",
+            serde_json::json!({"requests": {"cpu": "2", "memory": "1.1G"}, "limits": {"cpu": "500m", "memory": "1Gi"}}),
+        );
+        assert_eq!(
+            problems,
+            [
+                "services.order.resources: requests.cpu 2 exceeds limits.cpu 500m",
+                "services.order.resources: requests.memory 1.1G exceeds limits.memory 1Gi",
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_equal_to_their_limits_in_another_notation_are_accepted() {
+        for (request, limit) in [
+            ("500m", "0.5"),
+            ("1Gi", "1024Mi"),
+            ("2e-1", "200m"),
+            ("2k", "2000"),
+            ("1G", "1000Mi"),
+            ("0", "0"),
+        ] {
+            let resources = serde_json::json!({"requests": {"cpu": request}, "limits": {"cpu": limit}});
+            assert_eq!(
+                problems_with_resources("cart", resources),
+                Vec::<String>::new(),
+                "{request} <= {limit}"
+            );
+        }
+        let resources = serde_json::json!({"requests": {"cpu": "2e-3"}, "limits": {"cpu": "1m"}});
+        assert_eq!(
+            problems_with_resources("cart", resources),
+            ["services.cart.resources: requests.cpu 2e-3 exceeds limits.cpu 1m"]
+        );
+    }
+
+    #[test]
+    fn a_malformed_or_negative_quantity_is_reported_naming_the_field() {
+        let problems = problems_with_resources(
+            "gateway",
+            serde_json::json!({"requests": {"cpu": "2 cores", "memory": "-1Mi"}, "limits": {"memory": "1.5e3Mi"}}),
+        );
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems[0]
+                .starts_with(r#"services.gateway.resources: requests.cpu "2 cores" is not a quantity"#)
+        );
+        assert_eq!(problems[1], "services.gateway.resources: requests.memory -1Mi must not be negative");
+        assert!(
+            problems[2]
+                .starts_with(r#"services.gateway.resources: limits.memory "1.5e3Mi" is not a quantity"#)
+        );
+    }
+
+    #[test]
+    fn managed_infrastructure_resources_are_checked_too() {
+        let mut stack = stack(MINIMAL);
+        stack.spec.redis.external = None;
+        stack.spec.redis.managed = Some(
+            serde_json::from_value(serde_json::json!({"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}))
+                .unwrap(),
+        );
+        let Err(Error::InvalidStack { problems, .. }) = validate(&stack, "default") else {
+            panic!("the stack is invalid")
+        };
+        assert_eq!(problems, ["redis.managed.resources: requests.memory 2Gi exceeds limits.memory 1Gi"]);
     }
 
     #[test]
