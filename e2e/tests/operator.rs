@@ -355,6 +355,86 @@ async fn a_deleted_child_and_an_edited_child_are_restored() -> Result<()> {
     finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
 }
 
+/// An object the stack wants to create may already exist, made by someone
+/// else. A forced server-side apply would take it over, and the stack's
+/// ownerReference would have the garbage collector delete it with the
+/// stack; the operator refuses it instead, says so, and reconciles the rest.
+#[tokio::test]
+async fn a_config_map_the_stack_did_not_create_is_refused_reported_and_outlives_the_stack() -> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace.name);
+        let theirs = format!("{stack_name}-order");
+        config_maps
+            .patch(
+                &theirs,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": { "name": theirs },
+                    "data": { "owner": "the payments team" },
+                })),
+            )
+            .await?;
+        let before = config_maps.get(&theirs).await?;
+
+        let stack = minimal_stack(&stack_name, &namespace.name);
+        let others: Vec<ObjectKey> = render(&[&stack], &namespace.name)?
+            .into_iter()
+            .filter(|(_, kind, name)| !(kind == "ConfigMap" && *name == theirs))
+            .collect();
+        let uid = apply(&client, &stack).await?.uid().context("the stack has no uid")?;
+        let line = format!("ConfigMap/{theirs} exists and is not managed by this stack");
+        let stacks =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &stack_resource());
+        eventually("the Degraded condition to name the ConfigMap", || async {
+            let stored = stacks.get(&stack_name).await?;
+            let conditions = stored.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let named = conditions.iter().any(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && c["message"].as_str().is_some_and(|m| m.lines().any(|l| l == line))
+            });
+            Ok(named.then_some(()))
+        })
+        .await?;
+        let objects = eventually("every other rendered object to exist", || {
+            all_exist(&client, &namespace.name, &others)
+        })
+        .await?;
+        for object in &objects {
+            ensure!(
+                object.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true)),
+                "{} is not owned by the stack",
+                object.name_any()
+            );
+        }
+        let untouched = config_maps.get(&theirs).await?;
+        ensure!(
+            untouched.resource_version() == before.resource_version(),
+            "the operator wrote to the ConfigMap it did not create: {:?}",
+            untouched.metadata
+        );
+
+        delete_stack(&client, &namespace.name, &stack_name).await?;
+        eventually("the garbage collector to delete the stack's children", || async {
+            Ok(owned_objects(&client, &namespace.name, &stack_name).await?.is_empty().then_some(()))
+        })
+        .await?;
+        let after =
+            config_maps.get_opt(&theirs).await?.context("the ConfigMap was deleted with the stack")?;
+        ensure!(
+            after.uid() == before.uid() && after.data == before.data,
+            "the ConfigMap changed: {:?}",
+            after
+        );
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
 #[tokio::test]
 async fn an_operator_restarted_mid_reconcile_converges() -> Result<()> {
     let (client, namespace, stack_name, mut operator) = start_with_operator().await?;

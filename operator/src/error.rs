@@ -2,6 +2,8 @@
 //! action that failed; causes are kept as `#[source]` so that logs and Events
 //! show the whole chain.
 
+use crate::reconcile::apply::{Failure, ObjectProblem};
+
 /// Everything that can go wrong in the operator library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,21 +66,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// A server-side apply was refused or failed.
-    #[error("applying {object}")]
-    ApplyObject {
-        /// `Kind/name`.
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-    /// Deleting an object no longer desired failed.
-    #[error("deleting {object}")]
-    DeleteObject {
-        /// `Kind/name`.
-        object: String,
-        #[source]
-        source: kube::Error,
+    /// Some of the stack's objects were not applied (refused by the
+    /// apiserver, or not the stack's own to write) or, no longer desired,
+    /// not deleted; every other object was reconciled.
+    #[error("{} of the stack's objects were not reconciled: {}", problems.len(), join(problems))]
+    ReconcileObjects {
+        /// One per object, in apply order, then prune order.
+        problems: Vec<ObjectProblem>,
     },
     /// Writing a resource's status failed.
     #[error("writing the status of {object}")]
@@ -165,8 +159,16 @@ impl Error {
             Error::InvalidStack { .. } => "invalid_stack",
             Error::MissingGeneratedValue { .. } => "missing_generated_value",
             Error::ListObjects { .. } => "list",
-            Error::ApplyObject { .. } => "apply",
-            Error::DeleteObject { .. } => "delete",
+            Error::ReconcileObjects { problems } => {
+                let any = |wanted: fn(&Failure) -> bool| problems.iter().any(|p| wanted(&p.failure));
+                if any(|f| matches!(f, Failure::Apply(_))) {
+                    "apply"
+                } else if any(|f| matches!(f, Failure::NotOurs)) {
+                    "not_ours"
+                } else {
+                    "delete"
+                }
+            }
             Error::PatchStatus { .. } => "status",
             Error::ElectLeader { .. } => "leader_election",
             Error::EnsureTopics { .. } | Error::DeleteTopics { .. } => "kafka",
@@ -176,4 +178,9 @@ impl Error {
             Error::CleanUp { .. } => "cleanup",
         }
     }
+}
+
+/// The problems, one after the other, for a log line.
+fn join(problems: &[ObjectProblem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }

@@ -17,6 +17,7 @@ use commerce_operator::reconcile::{
     Context, FINALIZER, backoff::Backoffs, error_policy, reconcile, reconcile_stack,
 };
 use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::client::Body;
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
@@ -36,6 +37,8 @@ struct Seen {
     plural: String,
     /// Object name, if the request names one.
     name: Option<String>,
+    /// The JSON body, `null` when there is none.
+    body: Value,
 }
 
 impl Seen {
@@ -44,6 +47,9 @@ impl Seen {
     }
 }
 
+/// The Status the fake answers a refused apply with: code, reason, message.
+type Refusal = (u16, String, String);
+
 /// An in-memory apiserver, enough for the reconciler.
 #[derive(Default)]
 struct FakeApi {
@@ -51,7 +57,10 @@ struct FakeApi {
     objects: Mutex<BTreeMap<(String, String, String), Value>>,
     seen: Mutex<Vec<Seen>>,
     /// Requests (method, plural) that fail with a 500.
-    failing: Mutex<Option<(Method, String)>>,
+    failing: Mutex<Vec<(Method, String)>>,
+    /// Applies of one object (plural, name) that the apiserver refuses, with
+    /// the Status it answers.
+    rejected: Mutex<BTreeMap<(String, String), Refusal>>,
     resource_version: Mutex<u64>,
 }
 
@@ -118,9 +127,17 @@ impl FakeApi {
             uri: parts.uri.to_string(),
             plural: plural.clone(),
             name: name.clone(),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         });
-        if self.failing.lock().unwrap().as_ref() == Some(&(parts.method.clone(), plural.clone())) {
+        if self.failing.lock().unwrap().contains(&(parts.method.clone(), plural.clone())) {
             return status_response(500, "InternalError", "injected failure");
+        }
+        if parts.method == Method::PATCH
+            && let Some(name) = &name
+            && let Some((code, reason, message)) =
+                self.rejected.lock().unwrap().get(&(plural.clone(), name.clone()))
+        {
+            return status_response(*code, reason, message);
         }
         let mut objects = self.objects.lock().unwrap();
         match (parts.method.clone(), name) {
@@ -186,10 +203,20 @@ impl FakeApi {
                 objects.insert(key, object.clone());
                 json_response(StatusCode::OK, &object)
             }
-            (Method::DELETE, Some(name)) => match objects.remove(&(plural, namespace, name)) {
-                Some(object) => json_response(StatusCode::OK, &object),
-                None => status_response(404, "NotFound", "not found"),
-            },
+            (Method::DELETE, Some(name)) => {
+                let key = (plural, namespace, name);
+                let Some(object) = objects.get(&key) else {
+                    return status_response(404, "NotFound", "not found");
+                };
+                let expected_uid = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .map(|body| body["preconditions"]["uid"].clone())
+                    .unwrap_or(Value::Null);
+                if !expected_uid.is_null() && expected_uid != object["metadata"]["uid"] {
+                    return status_response(409, "Conflict", "Precondition failed: UID in precondition");
+                }
+                json_response(StatusCode::OK, &objects.remove(&key).unwrap())
+            }
             (Method::POST, None) => {
                 let mut object: Value = serde_json::from_slice(&body).unwrap();
                 object["metadata"]["resourceVersion"] = json!(self.next_version());
@@ -232,11 +259,20 @@ impl FakeApi {
     }
 
     fn fail(&self, method: Method, plural: &str) {
-        *self.failing.lock().unwrap() = Some((method, plural.into()));
+        self.failing.lock().unwrap().push((method, plural.into()));
+    }
+
+    /// Makes every apply of one object fail with the given Status.
+    fn reject(&self, plural: &str, name: &str, code: u16, reason: &str, message: &str) {
+        self.rejected
+            .lock()
+            .unwrap()
+            .insert((plural.into(), name.into()), (code, reason.into(), message.into()));
     }
 
     fn heal(&self) {
-        *self.failing.lock().unwrap() = None;
+        self.failing.lock().unwrap().clear();
+        self.rejected.lock().unwrap().clear();
     }
 }
 
@@ -353,9 +389,56 @@ fn object_writes(seen: &[Seen]) -> Vec<&Seen> {
 }
 
 fn condition(stack: &CommerceStack, type_: &str) -> (String, String) {
+    let condition = full_condition(stack, type_).expect("the condition");
+    (condition.status, condition.reason)
+}
+
+fn full_condition(stack: &CommerceStack, type_: &str) -> Option<Condition> {
     let status = stack.status.as_ref().expect("a status");
-    let condition = status.conditions.iter().find(|c| c.type_ == type_).expect("the condition");
-    (condition.status.clone(), condition.reason.clone())
+    status.conditions.iter().find(|c| c.type_ == type_).cloned()
+}
+
+/// The notes of the Events with `reason` among the requests seen.
+fn event_notes(seen: &[Seen], reason: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.plural == "events" && s.method == Method::POST && s.body["reason"] == reason)
+        .map(|s| s.body["note"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Every object `build` wants for the stored stack.
+fn desired_objects(fake: &FakeApi) -> Vec<build::DesiredObject> {
+    let stack = fake.stack();
+    let valid = commerce_operator::validate::validate(&stack, "shop").unwrap();
+    build::build(&valid, &[], &build::secrets::SecretValues::placeholders()).unwrap()
+}
+
+/// `Kind/name` of the desired objects the fake does not hold.
+fn missing_objects(fake: &FakeApi) -> Vec<String> {
+    desired_objects(fake)
+        .iter()
+        .filter(|o| fake.get(&o.resource.plural, o.name()).is_none())
+        .map(build::DesiredObject::display)
+        .collect()
+}
+
+/// Marks every Deployment available, as kube-controller-manager would.
+fn make_deployments_available(fake: &FakeApi) {
+    let mut objects = fake.objects.lock().unwrap();
+    for ((plural, _, _), deployment) in objects.iter_mut() {
+        if plural == "deployments" {
+            deployment["status"] =
+                json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1});
+        }
+    }
+}
+
+/// Disables the notification service: a new generation of the stack.
+fn disable_notification(fake: &FakeApi) {
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["services"] = json!({"notification": {"enabled": false}});
+        stack["metadata"]["generation"] = json!(2);
+    });
 }
 
 #[tokio::test]
@@ -610,7 +693,7 @@ async fn a_failing_apply_backs_off_longer_each_time_and_shows_in_the_status() {
     let mut delays = Vec::new();
     for _ in 0..3 {
         let error = reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
-        assert!(matches!(error, Error::ApplyObject { .. }), "{error}");
+        assert!(matches!(error, Error::ReconcileObjects { .. }), "{error}");
         let guard = Arc::new(DeserializeGuard(Ok(fake.stack())));
         delays.push(error_policy(guard, &error, ctx.clone()));
     }
@@ -663,4 +746,233 @@ async fn a_malformed_stack_is_skipped_without_stopping_the_controller() {
     assert_eq!(action, Action::await_change());
     let seen = fake.take_seen();
     assert_eq!(writes(&seen), ["POST events/-"], "only a Warning event");
+}
+
+/// The apiserver's answer to a Deployment whose CPU request exceeds its
+/// limit, as kube-apiserver words it.
+const INVALID_DEPLOYMENT: &str = "Deployment.apps \"shop-order\" is invalid: \
+    spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": \
+    must be less than or equal to cpu limit of 500m";
+
+#[tokio::test]
+async fn a_rejected_object_does_not_stop_the_others_and_is_named_once_in_one_short_line() {
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    fake.reject("deployments", "shop-order", 422, "Invalid", INVALID_DEPLOYMENT);
+    reconcile_stack(&fake.stack(), &ctx).await.expect_err("a rejected object is retried with backoff");
+
+    assert_eq!(missing_objects(&fake), ["Deployment/shop-order"], "every other object was applied");
+    let line = format!("Deployment/shop-order: {INVALID_DEPLOYMENT}");
+    let degraded = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.message.as_str()), ("True", line.as_str()));
+    assert_eq!(event_notes(&fake.take_seen(), "ReconcileFailed"), [line]);
+    let ready = full_condition(&fake.stack(), CONDITION_READY).unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("Deployment/shop-order"), "{}", ready.message);
+}
+
+#[tokio::test]
+async fn many_failing_objects_give_one_line_each_up_to_a_bounded_length() {
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    fake.fail(Method::PATCH, "configmaps");
+    fake.fail(Method::PATCH, "deployments");
+    reconcile_stack(&fake.stack(), &ctx).await.expect_err("the failures are retried");
+
+    let failed: Vec<String> = desired_objects(&fake)
+        .iter()
+        .filter(|o| matches!(o.resource.kind.as_str(), "ConfigMap" | "Deployment"))
+        .map(build::DesiredObject::display)
+        .collect();
+    assert_eq!(missing_objects(&fake), failed, "only the failing kinds are missing");
+    let message = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap().message;
+    let lines: Vec<&str> = message.lines().collect();
+    assert!(failed.len() > lines.len(), "{} failures in {} lines", failed.len(), lines.len());
+    let (last, named) = lines.split_last().unwrap();
+    for (line, object) in named.iter().zip(&failed) {
+        assert_eq!(*line, format!("{object}: injected failure"));
+    }
+    assert_eq!(*last, format!("and {} more", failed.len() - named.len()));
+    assert!(message.len() <= 2048, "{} bytes", message.len());
+}
+
+#[tokio::test]
+async fn a_failed_apply_still_prunes_what_is_no_longer_desired_and_nothing_it_failed_to_apply() {
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    disable_notification(&fake);
+    // The gateway's peers change with notification gone; that apply fails.
+    fake.reject("configmaps", "shop-gateway", 500, "InternalError", "etcdserver: request timed out");
+    fake.take_seen();
+
+    reconcile_stack(&fake.stack(), &ctx).await.expect_err("the failed apply is retried");
+    let seen = fake.take_seen();
+    let deleted: Vec<String> = seen
+        .iter()
+        .filter(|s| s.method == Method::DELETE)
+        .map(|s| format!("{}/{}", s.plural, s.name.as_deref().unwrap()))
+        .collect();
+    assert!(deleted.contains(&"deployments/shop-notification".to_owned()), "{deleted:?}");
+    assert!(deleted.iter().all(|d| d.contains("notification")), "{deleted:?}");
+    assert!(fake.get("configmaps", "shop-gateway").is_some(), "a failed apply never deletes");
+    assert_eq!(missing_objects(&fake), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_object_the_stack_did_not_create_is_refused_reported_and_never_touched() {
+    let fake = cluster_with(|_| {});
+    // Someone's own ConfigMap, named as the stack wants one.
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "shop-order", "namespace": "shop", "uid": "their-uid", "resourceVersion": "1"},
+        "data": {"owner": "the payments team"},
+    });
+    fake.put("configmaps", theirs.clone());
+    // A Deployment applied from `render` output: the stack's labels, no owner.
+    let rendered = desired_objects(&fake)
+        .into_iter()
+        .find(|o| o.display() == "Deployment/shop-cart")
+        .map(|o| {
+            let mut object = serde_json::to_value(&o.object).unwrap();
+            object["metadata"]["ownerReferences"] = Value::Null;
+            object["metadata"]["namespace"] = json!("shop");
+            object["metadata"]["uid"] = json!("rendered-uid");
+            object
+        })
+        .unwrap();
+    fake.put("deployments", rendered.clone());
+    let ctx = context(&fake);
+
+    reconcile_stack(&fake.stack(), &ctx).await.expect_err("the conflict is retried");
+    let seen = fake.take_seen();
+    let touched: Vec<String> = writes(&seen)
+        .into_iter()
+        .filter(|w| w.ends_with("configmaps/shop-order") || w.ends_with("deployments/shop-cart"))
+        .collect();
+    assert_eq!(touched, Vec::<String>::new());
+    assert_eq!(fake.get("configmaps", "shop-order").unwrap(), theirs);
+    assert_eq!(fake.get("deployments", "shop-cart").unwrap(), rendered);
+    // The order service's pods would read their ConfigMap: someone else's.
+    assert!(
+        fake.get("deployments", "shop-order").is_none(),
+        "a workload reading a foreign ConfigMap is held back"
+    );
+    assert!(fake.get("services", "shop-order").is_some(), "the rest is reconciled");
+    assert!(fake.get("configmaps", "shop-cart").is_some(), "the rest is reconciled");
+    assert!(fake.get("deployments", "shop-payment").is_some(), "the rest is reconciled");
+    let message = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap().message;
+    assert_eq!(
+        message.lines().collect::<Vec<_>>(),
+        [
+            "ConfigMap/shop-order exists and is not managed by this stack",
+            "Deployment/shop-cart exists and is not managed by this stack",
+            "Deployment/shop-order: not applied: its pods would read ConfigMap/shop-order, which is not managed by this stack",
+        ]
+    );
+
+    // Neither is deleted when the stack stops wanting them.
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["services"] = json!({"order": {"enabled": false}, "cart": {"enabled": false}});
+        stack["metadata"]["generation"] = json!(2);
+    });
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let seen = fake.take_seen();
+    assert!(seen.iter().any(|s| s.method == Method::DELETE), "the stack's own objects are pruned");
+    assert_eq!(fake.get("configmaps", "shop-order").unwrap(), theirs);
+    assert_eq!(fake.get("deployments", "shop-cart").unwrap(), rendered);
+    assert!(fake.get("deployments", "shop-order").is_none());
+    assert_eq!(condition(&fake.stack(), CONDITION_DEGRADED).0, "False");
+}
+
+#[tokio::test]
+async fn a_database_secret_the_stack_may_not_write_keeps_generated_passwords_away_from_postgres() {
+    let fake = cluster_with(|_| {});
+    fake.put(
+        "secrets",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "shop-db-order", "namespace": "shop", "uid": "their-uid"},
+            "data": {"password": "dGhlaXJz"},
+        }),
+    );
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.expect_err("the conflict is retried");
+    assert_eq!(
+        external.take_calls(),
+        [format!("ensure {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len())],
+        "a password that no Secret keeps must not become a role's password"
+    );
+    assert_eq!(fake.get("secrets", "shop-db-order").unwrap()["data"]["password"], "dGhlaXJz");
+    let message = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap().message;
+    assert!(message.starts_with("Secret/shop-db-order exists and is not managed by this stack"), "{message}");
+}
+
+#[tokio::test]
+async fn pruning_deletes_only_the_very_object_it_listed() {
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let listed_uid = fake.get("deployments", "shop-notification").unwrap()["metadata"]["uid"].clone();
+    disable_notification(&fake);
+    fake.take_seen();
+
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let seen = fake.take_seen();
+    let delete = seen
+        .iter()
+        .find(|s| s.method == Method::DELETE && s.uri.contains("/deployments/shop-notification"))
+        .expect("the Deployment is pruned");
+    assert_eq!(delete.body["preconditions"]["uid"], listed_uid, "{}", delete.body);
+}
+
+#[tokio::test]
+async fn a_cpu_request_above_its_limit_is_an_invalid_spec_and_nothing_is_applied() {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["services"] =
+            json!({"order": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}})
+    });
+    let ctx = context(&fake);
+    let action = reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let degraded = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.reason.as_str(), degraded.message.as_str()),
+        ("InvalidSpec", "services.order.resources: requests.cpu 2 exceeds limits.cpu 500m")
+    );
+    assert!(object_writes(&fake.take_seen()).is_empty(), "nothing is applied for an invalid spec");
+}
+
+#[tokio::test]
+async fn a_paused_stack_is_not_reported_ready_or_observed_and_resumes_when_unpaused() {
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    make_deployments_available(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(condition(&fake.stack(), CONDITION_READY).0, "True");
+
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["paused"] = json!(true);
+        stack["metadata"]["generation"] = json!(2);
+    });
+    fake.objects.lock().unwrap().remove(&("deployments".into(), "shop".into(), "shop-cart".into()));
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let stack = fake.stack();
+    assert_eq!(condition(&stack, CONDITION_READY), ("Unknown".into(), "Paused".into()));
+    assert_eq!(condition(&stack, "Paused"), ("True".into(), "Paused".into()));
+    assert_eq!(stack.status.as_ref().unwrap().observed_generation, Some(1), "generation 2 was not observed");
+    assert!(fake.get("deployments", "shop-cart").is_none(), "a paused stack is not changed");
+
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["paused"] = json!(false);
+        stack["metadata"]["generation"] = json!(3);
+    });
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let stack = fake.stack();
+    assert!(fake.get("deployments", "shop-cart").is_some(), "the deleted Deployment is back");
+    assert_eq!(stack.status.as_ref().unwrap().observed_generation, Some(3));
+    assert!(full_condition(&stack, "Paused").is_none());
+    assert_eq!(condition(&stack, CONDITION_READY), ("False".into(), "ServicesUnavailable".into()));
 }

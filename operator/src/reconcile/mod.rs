@@ -5,8 +5,9 @@
 //! sent, topics and databases that exist are left alone, and the status is
 //! written only when it changed, so a reconcile with nothing to do sends
 //! reads only. `spec.paused` stops every write but the one status update that
-//! says so. Errors go to [`error_policy`], which retries each stack on its
-//! own growing delay.
+//! says so (`Paused` True, `Ready` Unknown, `observedGeneration` kept).
+//! Errors go to [`error_policy`], which retries each stack on its own
+//! growing delay.
 //!
 //! A finalizer exists only under `deletionPolicy: Delete`, to drop the
 //! stack's topics and databases on external servers; if that keeps failing
@@ -155,6 +156,8 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     }
 
     if stack.spec.paused {
+        // Not observed either: Ready becomes Unknown and observedGeneration
+        // stays where the last reconcile left it.
         write_status(ctx, stack, status::paused(stack, now)).await?;
         return Ok(Action::await_change());
     }
@@ -188,13 +191,17 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     let desired = build::build(&valid, &policies, &values)?;
 
     let mut outcome = Outcome { gateway_url: gateway::gateway_url(&valid), ..Outcome::default() };
-    let mut result = apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
-    if result.is_ok() {
-        result = ensure_external(ctx, &valid, &values, &current, &mut outcome).await;
-    }
-    if let Err(error) = &result {
+    apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
+    let external = ensure_external(ctx, &valid, &values, &current, &mut outcome).await;
+    if let Err(error) = &external {
         outcome.error = Some(error_chain(error));
     }
+    // Object problems first: they are the ones a person has to resolve.
+    let result = if outcome.problems.is_empty() {
+        external
+    } else {
+        Err(Error::ReconcileObjects { problems: outcome.problems.clone() })
+    };
 
     let deployments: Vec<Deployment> = current.typed("Deployment");
     let new_status = status::reconciled(stack, &valid, &deployments, &outcome, now.clone());
@@ -212,8 +219,9 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
         let note = format!("deleted {}", outcome.pruned.join(", "));
         publish(ctx, &stack.object_ref(&()), EventType::Normal, "Pruned", note).await;
     }
-    if let Err(error) = &result {
-        publish(ctx, &stack.object_ref(&()), EventType::Warning, "ReconcileFailed", error_chain(error)).await;
+    if result.is_err() {
+        let note = status::failure_message(&outcome.problems, outcome.error.as_deref());
+        publish(ctx, &stack.object_ref(&()), EventType::Warning, "ReconcileFailed", note).await;
     }
     result?;
     status_written?;
@@ -225,6 +233,11 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
 
 /// Ensures the stack's topics and databases. Managed infrastructure that is
 /// not ready yet is waited for (recorded in the outcome), not an error.
+///
+/// Databases wait while a desired Secret was not written (refused as not
+/// ours, or its apply failed): their roles get the passwords generated for
+/// those Secrets, and a password no Secret keeps would lock the services
+/// out, and be replaced by another on the next reconcile.
 async fn ensure_external(
     ctx: &Context,
     valid: &ValidStack<'_>,
@@ -249,9 +262,10 @@ async fn ensure_external(
         outcome.topics =
             Some(ctx.external.ensure_topics(&endpoints.kafka_brokers, &plan::topics(valid)).await?);
     }
+    let unwritten_secret = outcome.problems.iter().any(|p| p.kind == "Secret" && p.is_unapplied());
     if valid.postgres.is_managed() && !ready(Component::Postgres) {
         outcome.waiting_for.push("Postgres".into());
-    } else {
+    } else if !unwritten_secret {
         let server = postgres_admin(ctx, valid, values, &endpoints).await?;
         let databases = plan::databases(valid, values)?;
         ctx.external.ensure_databases(&server, &databases).await?;
@@ -376,7 +390,10 @@ async fn cleanup(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Resul
     Ok(())
 }
 
-/// Applies what differs, then deletes what is no longer desired.
+/// Applies what differs, then deletes what is no longer desired. Every
+/// object is tried: a failure, or an object that is not the stack's, is
+/// recorded in the outcome and the rest go on. Prune takes the whole desired
+/// set as its keep-list, so an object whose apply failed is never deleted.
 async fn apply_and_prune(
     ctx: &Context,
     stack: &CommerceStack,
@@ -384,22 +401,49 @@ async fn apply_and_prune(
     desired: &[build::DesiredObject],
     current: &apply::Current,
     outcome: &mut Outcome,
-) -> Result<(), Error> {
-    for object in desired {
-        if apply::needs_apply(object, current.get(&object.resource.kind, object.name())) {
-            apply::apply(&ctx.client, namespace, object).await?;
-            outcome.applied.push(object.display());
-        }
-    }
+) {
     // Without a uid nothing is provably ours; a stored stack always has one.
-    if let Some(uid) = stack.metadata.uid.as_deref() {
-        for (resource, object) in apply::prune_candidates(current, desired, uid) {
-            let name = object.metadata.name.clone().unwrap_or_default();
-            apply::delete(&ctx.client, namespace, resource, &name).await?;
-            outcome.pruned.push(format!("{}/{name}", resource.kind));
+    let uid = stack.metadata.uid.as_deref().unwrap_or_default();
+    // Refused ConfigMaps and Secrets: a workload whose pods would read one is
+    // held back too (build orders them before the workloads).
+    let mut foreign: std::collections::BTreeSet<(&'static str, String)> = Default::default();
+    for object in desired {
+        if let Some(reference) =
+            apply::pod_references(object).into_iter().find(|reference| foreign.contains(reference))
+        {
+            outcome.problems.push(apply::held_back(object, &reference));
+            continue;
+        }
+        let existing = match apply::claim(&ctx.client, namespace, object, current, uid).await {
+            Ok(apply::Claim::Listed(existing)) => Some(existing),
+            Ok(apply::Claim::Unlisted) => None,
+            Ok(apply::Claim::Foreign) => {
+                outcome.problems.push(apply::refused(object));
+                match object.resource.kind.as_str() {
+                    "ConfigMap" => foreign.insert(("ConfigMap", object.name().to_owned())),
+                    "Secret" => foreign.insert(("Secret", object.name().to_owned())),
+                    _ => false,
+                };
+                continue;
+            }
+            Err(problem) => {
+                outcome.problems.push(problem);
+                continue;
+            }
+        };
+        if apply::needs_apply(object, existing) {
+            match apply::apply(&ctx.client, namespace, object).await {
+                Ok(()) => outcome.applied.push(object.display()),
+                Err(problem) => outcome.problems.push(problem),
+            }
         }
     }
-    Ok(())
+    for (resource, object) in apply::prune_candidates(current, desired, uid) {
+        match apply::delete(&ctx.client, namespace, resource, object).await {
+            Ok(()) => outcome.pruned.push(format!("{}/{}", resource.kind, object.name_any())),
+            Err(problem) => outcome.problems.push(problem),
+        }
+    }
 }
 
 /// The policies of the namespace; malformed ones are skipped (they target
@@ -495,16 +539,34 @@ fn shorten_note(note: String, max: usize) -> String {
     format!("{kept}{ELLIPSIS}")
 }
 
-/// An error with its causes, for status messages and Events.
+/// An error with its causes, for status messages and Events. A refusal by
+/// the apiserver ends the chain with its message, once: kube's own text for
+/// it repeats the message and the whole Status.
 pub fn error_chain(error: &Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(": ");
+        if let Some(api_error @ kube::Error::Api(_)) = cause.downcast_ref::<kube::Error>() {
+            text.push_str(&api_message(api_error));
+            break;
+        }
         text.push_str(&cause.to_string());
         source = cause.source();
     }
     text
+}
+
+/// What the apiserver said, once: the message of the Status it answered
+/// (its reason, or the HTTP code, when it has none); other errors as they
+/// describe themselves.
+pub fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        kube::Error::Api(status) if !status.reason.is_empty() => status.reason.clone(),
+        kube::Error::Api(status) => format!("HTTP {}", status.code),
+        other => other.to_string(),
+    }
 }
 
 /// Now, to the second: the apiserver stores condition times in seconds, and

@@ -7,13 +7,14 @@
 use commerce_api::catalog::Service;
 use commerce_api::crd::policy::CONDITION_ACCEPTED;
 use commerce_api::crd::stack::{
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack, CommerceStackStatus,
-    DatabaseStatus, ServiceStatus, TopicStatus,
+    CONDITION_DEGRADED, CONDITION_PAUSED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack,
+    CommerceStackStatus, DatabaseStatus, ServiceStatus, TopicStatus,
 };
 use commerce_api::{RateLimitPolicy, RateLimitPolicyStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::apply::ObjectProblem;
 use crate::build::names::{self, Component};
 use crate::validate::{ValidStack, policy_problems};
 
@@ -21,6 +22,16 @@ use crate::validate::{ValidStack, policy_problems};
 pub const REASON_PAUSED: &str = "Paused";
 /// Reason of the conditions of a stack that breaks its rules.
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// Most lines of a failure message that name an object; a last line counts
+/// the rest. Enough for the usual culprits (one service's objects) while
+/// `kubectl describe` stays readable.
+const MAX_FAILURE_LINES: usize = 7;
+/// Longest line of a failure message in bytes: an object's name and an
+/// apiserver message of a few field errors. With [`MAX_FAILURE_LINES`] a
+/// message stays under 2 KiB.
+const MAX_FAILURE_LINE_LEN: usize = 256;
+/// Most objects `Ready` names when some were not applied.
+const MAX_NAMED_OBJECTS: usize = 5;
 
 /// What one reconcile did, for the status.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +40,9 @@ pub struct Outcome {
     pub applied: Vec<String>,
     /// Objects deleted (`Kind/name`).
     pub pruned: Vec<String>,
-    /// The error that ended the reconcile early, if one did.
+    /// Objects not applied, refused as not the stack's, or not deleted.
+    pub problems: Vec<ObjectProblem>,
+    /// The error that ended the external-state step early, if one did.
     pub error: Option<String>,
     /// Where clients reach the gateway.
     pub gateway_url: Option<String>,
@@ -51,6 +64,11 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: O
         observed_generation: generation,
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     }
+}
+
+/// `condition` with status `Unknown`: the operator does not know.
+fn unknown(type_: &str, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    Condition { status: "Unknown".to_owned(), ..condition(type_, false, reason, message, generation) }
 }
 
 /// Keeps the stored `lastTransitionTime` of conditions whose status did not
@@ -93,7 +111,17 @@ pub fn reconciled(
         services.push(status);
     }
     let ready_count = services.len() - waiting.len();
-    let ready = if !waiting.is_empty() {
+    let unapplied: Vec<String> =
+        outcome.problems.iter().filter(|p| p.is_unapplied()).map(ObjectProblem::object).collect();
+    let ready = if !unapplied.is_empty() {
+        condition(
+            CONDITION_READY,
+            false,
+            "ObjectsNotApplied",
+            format!("not applied: {} (Degraded says why)", name_some(&unapplied, MAX_NAMED_OBJECTS)),
+            generation,
+        )
+    } else if !waiting.is_empty() {
         condition(
             CONDITION_READY,
             false,
@@ -148,9 +176,11 @@ pub fn reconciled(
     } else {
         condition(CONDITION_PROGRESSING, false, "UpToDate", "the cluster matches the spec".into(), generation)
     };
-    let degraded = match &outcome.error {
-        Some(error) => condition(CONDITION_DEGRADED, true, "ReconcileFailed", error.clone(), generation),
-        None => condition(CONDITION_DEGRADED, false, "AsExpected", "no errors".into(), generation),
+    let degraded = if outcome.problems.is_empty() && outcome.error.is_none() {
+        condition(CONDITION_DEGRADED, false, "AsExpected", "no errors".into(), generation)
+    } else {
+        let message = failure_message(&outcome.problems, outcome.error.as_deref());
+        condition(CONDITION_DEGRADED, true, "ReconcileFailed", message, generation)
     };
     let old = stack.status.clone().unwrap_or_default();
     CommerceStackStatus {
@@ -163,6 +193,46 @@ pub fn reconciled(
         databases: outcome.databases.clone().unwrap_or(old.databases),
         gateway_url: outcome.gateway_url.clone(),
     }
+}
+
+/// What went wrong in a reconcile, for the Degraded condition and the
+/// Warning Event: one line per object (`Kind/name: what the apiserver
+/// said`), then the error of the external-state step. At most
+/// [`MAX_FAILURE_LINES`] lines of at most [`MAX_FAILURE_LINE_LEN`] bytes,
+/// and a last line that counts the lines left out.
+pub fn failure_message(problems: &[ObjectProblem], error: Option<&str>) -> String {
+    let lines: Vec<String> =
+        problems.iter().map(ToString::to_string).chain(error.map(str::to_owned)).collect();
+    let mut shown: Vec<String> =
+        lines.iter().take(MAX_FAILURE_LINES).map(|line| one_line(line, MAX_FAILURE_LINE_LEN)).collect();
+    if lines.len() > shown.len() {
+        shown.push(format!("and {} more", lines.len() - shown.len()));
+    }
+    shown.join("\n")
+}
+
+/// `text` on one line (line breaks become spaces), cut to `max` bytes at a
+/// character boundary with an ellipsis.
+fn one_line(text: &str, max: usize) -> String {
+    const ELLIPSIS: &str = "…";
+    let line = text.replace(['\r', '\n'], " ");
+    if line.len() <= max {
+        return line;
+    }
+    let mut cut = max - ELLIPSIS.len();
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{ELLIPSIS}", &line[..cut])
+}
+
+/// The first `max` of `names`, and how many more there are.
+fn name_some(names: &[String], max: usize) -> String {
+    let mut text = names.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > max {
+        text.push_str(&format!(" and {} more", names.len() - max));
+    }
+    text
 }
 
 /// A service's replicas, and whether it is available and fully updated.
@@ -204,29 +274,32 @@ pub fn invalid(stack: &CommerceStack, problems: &[String], now: Time) -> Commerc
     }
 }
 
-/// The status of a paused stack: the rest of the status stays as last
-/// observed; `Progressing` says that nothing will change.
+/// The status of a paused stack. The operator neither changes nor observes
+/// the stack, so the status says so instead of vouching for a state it no
+/// longer watches: `Ready` is Unknown (a `kubectl wait --for=condition=Ready`
+/// does not take a paused stack for a ready one), `Progressing` is False and
+/// `Paused` is True, all with reason `Paused`; `observedGeneration` and the
+/// rest stay as last reconciled.
 pub fn paused(stack: &CommerceStack, now: Time) -> CommerceStackStatus {
+    const MESSAGE: &str =
+        "spec.paused is true: the operator neither changes nor observes the stack until it is false";
     let generation = stack.metadata.generation;
     let mut status = stack.status.clone().unwrap_or_default();
-    let paused = condition(
-        CONDITION_PROGRESSING,
-        false,
-        REASON_PAUSED,
-        "spec.paused is true: the operator changes nothing until it is false".into(),
-        generation,
-    );
+    let new = vec![
+        unknown(CONDITION_READY, REASON_PAUSED, MESSAGE.into(), generation),
+        condition(CONDITION_PROGRESSING, false, REASON_PAUSED, MESSAGE.into(), generation),
+        condition(CONDITION_PAUSED, true, REASON_PAUSED, MESSAGE.into(), generation),
+    ];
     let mut conditions: Vec<Condition> =
-        status.conditions.iter().filter(|c| c.type_ != CONDITION_PROGRESSING).cloned().collect();
-    conditions.extend(with_transition_times(vec![paused], &status.conditions, now));
+        status.conditions.iter().filter(|c| !new.iter().any(|n| n.type_ == c.type_)).cloned().collect();
+    conditions.extend(with_transition_times(new, &status.conditions, now));
     conditions.sort_by_key(|c| condition_order(&c.type_));
     status.conditions = conditions;
-    status.observed_generation = generation;
     status
 }
 
 fn condition_order(type_: &str) -> usize {
-    [CONDITION_READY, CONDITION_PROGRESSING, CONDITION_DEGRADED]
+    [CONDITION_READY, CONDITION_PROGRESSING, CONDITION_DEGRADED, CONDITION_PAUSED]
         .iter()
         .position(|t| *t == type_)
         .unwrap_or(usize::MAX)
@@ -346,13 +419,32 @@ mod tests {
     }
 
     #[test]
-    fn pausing_changes_only_the_progressing_condition() {
+    fn a_paused_stack_is_ready_unknown_paused_and_keeps_its_observed_generation() {
         let mut stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        stack.status = Some(reconciled(&stack, &valid, &[], &Outcome::default(), time(10)));
+        let deployments: Vec<Deployment> =
+            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let outcome = Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() };
+        let observed = reconciled(&stack, &valid, &deployments, &outcome, time(10));
+        assert_eq!(find(&observed, CONDITION_READY).status, "True");
+        stack.status = Some(observed.clone());
+        stack.spec.paused = true;
+        stack.metadata.generation = Some(4);
+
         let status = paused(&stack, time(20));
+        let ready = find(&status, CONDITION_READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("Unknown", REASON_PAUSED));
+        assert_eq!(ready.last_transition_time, time(20));
+        let paused_condition = find(&status, "Paused");
+        assert_eq!(
+            (paused_condition.status.as_str(), paused_condition.reason.as_str()),
+            ("True", REASON_PAUSED)
+        );
         assert_eq!(find(&status, CONDITION_PROGRESSING).reason, REASON_PAUSED);
-        assert_eq!(find(&status, CONDITION_READY), find(stack.status.as_ref().unwrap(), CONDITION_READY));
-        assert_eq!(status.conditions.len(), 3);
+        assert_eq!(status.observed_generation, Some(3), "a paused stack's generation is not observed");
+        assert_eq!(find(&status, CONDITION_DEGRADED), find(&observed, CONDITION_DEGRADED));
+
+        stack.status = Some(status.clone());
+        assert_eq!(paused(&stack, time(30)), status, "a second paused reconcile changes nothing");
     }
 }

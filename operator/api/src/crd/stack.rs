@@ -30,6 +30,10 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 /// Condition type: something keeps the stack from its desired state (an
 /// invalid spec, an unreachable broker or database, an apply error).
 pub const CONDITION_DEGRADED: &str = "Degraded";
+/// Condition type: `spec.paused` is true, so the operator neither changes
+/// nor observes the stack; meanwhile `Ready` is `Unknown` and
+/// `observedGeneration` stays at the last generation reconciled.
+pub const CONDITION_PAUSED: &str = "Paused";
 
 /// Longest name of a CommerceStack: the longest object name derived from it,
 /// `<stack>-notification-headless`, must remain a 63-character DNS label.
@@ -133,7 +137,9 @@ pub struct CommerceStackSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
     /// Stops every write of the operator to this stack's objects, topics and
-    /// databases (for maintenance or a manual fix); the status says so.
+    /// databases (for maintenance or a manual fix). The status says so: a
+    /// `Paused` condition is True, `Ready` is Unknown and `observedGeneration`
+    /// stays at the last generation reconciled, since nothing is observed.
     /// Setting it back to false resumes reconciliation and corrects drift.
     #[serde(default)]
     pub paused: bool,
@@ -722,7 +728,7 @@ pub struct CommerceStackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing` and `Degraded`, each with a reason and a
-    /// message.
+    /// message; `Paused` while `spec.paused` is true.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
