@@ -193,11 +193,14 @@ ensure_pki() {
   # The real node (node.sh): the API server's client identity towards the
   # kubelet (logs, exec), the kubelet itself (Node authorizer), kube-proxy
   # (bound to system:node-proxier by default), and one identity for the
-  # node's add-ons, CoreDNS and the Ingress controller (test infrastructure,
-  # so they share an admin certificate instead of RBAC of their own).
+  # node's add-ons, CoreDNS, the Ingress controller, kube-router and
+  # metrics-server (test infrastructure, so they share an admin certificate
+  # instead of RBAC of their own). metrics-server's serving certificate is
+  # what the aggregator checks against the APIService's caBundle (this CA).
   new_cert apiserver-kubelet-client ca "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   new_cert kubelet ca "/O=system:nodes/CN=system:node:$COMMERCE_NODE_NAME" clientAuth
   new_cert kubelet-serving ca "/CN=$COMMERCE_NODE_NAME" serverAuth "IP:$COMMERCE_NODE_IP,DNS:$COMMERCE_NODE_NAME"
+  new_cert metrics-server ca "/CN=metrics-server" serverAuth "DNS:metrics-server.kube-system.svc,IP:$COMMERCE_NODE_IP"
   new_cert kube-proxy ca "/CN=system:kube-proxy" clientAuth
   new_cert node-addons ca "/O=system:masters/CN=commerce-node-addons" clientAuth
   if [[ ! -s "$PKI/sa.key" ]]; then
@@ -313,6 +316,7 @@ start_apiserver() {
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
     --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    --enable-aggregator-routing=true \
     --profiling=false
   wait_ready kube-apiserver "$MARK_APISERVER" 120 "/readyz on $API_URL" apiserver_ready
 }

@@ -5,12 +5,14 @@
 #   node.sh install|up|down|status|import
 #
 # install  apt-installs runc, the CNI plugins, iptables and friends, and
-#          builds containerd, crictl, CoreDNS, Traefik and kube-router from
+#          builds containerd, crictl, CoreDNS, Traefik, kube-router and
+#          metrics-server from
 #          the Go modules under e2e/node/ (kubelet and kube-proxy come from
 #          e2e/k8s/go.mod, built by k8s.sh). Each module's binaries are cached under
 #          $COMMERCE_NODE_CACHE_DIR/<module>-<hash of its go.mod and go.sum>.
 # up       creates the pod bridge and the firewall rules, starts containerd,
-#          the kubelet, kube-proxy, CoreDNS, Traefik, kube-router and the forwarders that
+#          the kubelet, kube-proxy, CoreDNS, Traefik, kube-router,
+#          metrics-server and the forwarders that
 #          let pods reach the loopback infrastructure, registers the in-cluster
 #          objects that point at it, imports the project's images and waits
 #          until the node is Ready.
@@ -30,6 +32,10 @@
 #   - Traefik, the Ingress controller, is a host process too; its web
 #     entrypoint is 127.0.0.1:$COMMERCE_INGRESS_PORT;
 #   - kube-router's firewall (a host process) enforces NetworkPolicies;
+#   - metrics-server (a host process on $COMMERCE_NODE_IP) serves
+#     metrics.k8s.io to the HorizontalPodAutoscalers, through the API
+#     server's aggregator; it scrapes only this node's kubelet (the kwok
+#     nodes' addresses are fake and must never be dialled);
 #   - nothing leaves the machine: the pod network has no masquerading,
 #     FORWARD drops everything between the pods and any other network,
 #     CoreDNS answers only cluster names, the kubelet reads no resolv.conf,
@@ -60,17 +66,18 @@ FW_FORWARD=COMMERCE-NODE-FORWARD
 FW_OUTPUT=COMMERCE-NODE-OUTPUT
 
 # The Go modules under e2e/node, and the binaries each one builds.
-MODULES=(containerd crictl coredns traefik kube-router)
+MODULES=(containerd crictl coredns traefik kube-router metrics-server)
 declare -A MODULE_BINARIES=(
   [containerd]="containerd containerd-shim-runc-v2 ctr"
   [crictl]="crictl"
   [coredns]="coredns"
   [traefik]="traefik"
   [kube-router]="kube-router"
+  [metrics-server]="metrics-server"
 )
 # CoreDNS and containerd must be static: the shim is exec'd inside mount
 # namespaces, and nothing here needs cgo.
-declare -A MODULE_CGO=([containerd]=0 [crictl]=0 [coredns]=0 [traefik]=0 [kube-router]=0)
+declare -A MODULE_CGO=([containerd]=0 [crictl]=0 [coredns]=0 [traefik]=0 [kube-router]=0 [metrics-server]=0)
 
 # Markers that identify our processes in /proc/<pid>/cmdline (see lib.sh).
 MARK_CTRD="--config=$CTRD_STATE/config.toml"
@@ -79,6 +86,7 @@ MARK_PROXY="--config=$NODE_STATE/kube-proxy.yaml"
 MARK_COREDNS="-conf=$NODE_STATE/Corefile"
 MARK_TRAEFIK="--entryPoints.web.address=127.0.0.1:$COMMERCE_INGRESS_PORT"
 MARK_ROUTER="--run-firewall=true"
+MARK_METRICS="--secure-port=$COMMERCE_METRICS_SERVER_PORT"
 
 # Loopback servers the pods reach through a forwarder on the node address:
 # name, port on the node address, port on loopback.
@@ -119,6 +127,11 @@ module_ldflags() {
     traefik)
       v="$(module_version traefik github.com/traefik/traefik/v3)"
       flags+=" -X github.com/traefik/traefik/v3/pkg/version.Version=$v -X github.com/traefik/traefik/v3/pkg/version.Codename=release"
+      ;;
+    metrics-server)
+      # Its release build stamps client-go's version package.
+      v="$(module_version metrics-server sigs.k8s.io/metrics-server)"
+      flags+=" -X k8s.io/client-go/pkg/version.gitVersion=$v"
       ;;
   esac
   printf '%s\n' "$flags"
@@ -504,6 +517,7 @@ metadata:
 spec:
   controller: traefik.io/ingress-controller
 EOF
+  metrics_api_objects
   local entry name port
   for entry in "postgres $COMMERCE_POSTGRES_PORT" "redis $COMMERCE_REDIS_PORT" "kafka $COMMERCE_KAFKA_POD_PORT"; do
     read -r name port <<<"$entry"
@@ -525,6 +539,45 @@ EOF
   done
 }
 
+# metrics.k8s.io, served by the metrics-server host process: an APIService
+# whose Service has one endpoint, the node address. The API server dials
+# that endpoint itself (--enable-aggregator-routing) and checks the serving
+# certificate against the cluster CA that k8s.sh signed it with.
+metrics_api_objects() {
+  cat <<EOF
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: metrics-server
+  namespace: kube-system
+spec:
+  ports:
+    - name: https
+      port: 443
+      targetPort: $COMMERCE_METRICS_SERVER_PORT
+      protocol: TCP
+EOF
+  host_endpoints metrics-server-host kube-system metrics-server https "$COMMERCE_METRICS_SERVER_PORT"
+  cat <<EOF
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta1.metrics.k8s.io
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  service:
+    name: metrics-server
+    namespace: kube-system
+    port: 443
+  caBundle: $(base64 -w0 "$PKI/ca.crt")
+EOF
+}
+
 # --- processes ---------------------------------------------------------------
 
 containerd_ready() { "$(module_bin containerd)/ctr" --address "$SOCK" version >/dev/null 2>&1; }
@@ -535,6 +588,11 @@ coredns_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_COREDNS_H
 # address, so it is off); its chain in FORWARD shows the firewall is on.
 router_ready() { iptables -S KUBE-ROUTER-FORWARD >/dev/null 2>&1; }
 traefik_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_TRAEFIK_PING_PORT/ping" >/dev/null; }
+# Ready once it has scraped the kubelet (its /readyz waits for that).
+metrics_ready() {
+  curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --resolve "metrics-server.kube-system.svc:$COMMERCE_METRICS_SERVER_PORT:$NODE_IP" \
+    "https://metrics-server.kube-system.svc:$COMMERCE_METRICS_SERVER_PORT/readyz" >/dev/null 2>&1
+}
 node_ready() {
   [[ "$(kubectl_ get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
 }
@@ -605,6 +663,27 @@ start_addons() {
   wait_ready kube-router "$MARK_ROUTER" 60 "its KUBE-ROUTER-FORWARD chain" router_ready
 }
 
+# metrics-server for the HorizontalPodAutoscalers. It scrapes the kubelet
+# every 15 s (the kubelet's serving certificate is checked against the
+# cluster CA), and only the real node: kwok's nodes carry addresses that
+# would route off the machine.
+start_metrics_server() {
+  start_if_absent metrics-server "$MARK_METRICS" \
+    "$(module_bin metrics-server)/metrics-server" "$MARK_METRICS" \
+    --bind-address="$NODE_IP" \
+    --tls-cert-file="$PKI/metrics-server.crt" --tls-private-key-file="$PKI/metrics-server.key" \
+    --kubeconfig="$K8S_STATE/node-addons.kubeconfig" \
+    --authentication-kubeconfig="$K8S_STATE/node-addons.kubeconfig" \
+    --authorization-kubeconfig="$K8S_STATE/node-addons.kubeconfig" \
+    --node-selector=commerce-stack.dev/node=real \
+    --kubelet-preferred-address-types=InternalIP \
+    --kubelet-certificate-authority="$PKI/ca.crt" \
+    --metric-resolution=15s \
+    --profiling=false
+  # Its first scrape comes one resolution after the start.
+  wait_ready metrics-server "$MARK_METRICS" 90 "/readyz on $NODE_IP:$COMMERCE_METRICS_SERVER_PORT" metrics_ready
+}
+
 # Whether containerd holds REF. (Not `ctr ... | grep -q`: grep stops at the
 # first match, ctr dies of SIGPIPE, and pipefail fails the test.)
 image_present() {
@@ -640,7 +719,8 @@ all_running() {
     && running_pid kube-proxy "$MARK_PROXY" >/dev/null \
     && running_pid coredns "$MARK_COREDNS" >/dev/null \
     && running_pid traefik "$MARK_TRAEFIK" >/dev/null \
-    && running_pid kube-router "$MARK_ROUTER" >/dev/null
+    && running_pid kube-router "$MARK_ROUTER" >/dev/null \
+    && running_pid metrics-server "$MARK_METRICS" >/dev/null
 }
 
 do_up() {
@@ -665,6 +745,8 @@ do_up() {
     || die "could not apply the node's cluster objects; see $(log_file node)"
   start_addons
   wait_ready kubelet "$MARK_KUBELET" 120 "node $NODE Ready" node_ready
+  # It scrapes a Ready node's kubelet.
+  start_metrics_server
   log "up in $((SECONDS - start))s: node $NODE on $NODE_IP, Ingress on 127.0.0.1:$COMMERCE_INGRESS_PORT"
 }
 
@@ -690,6 +772,7 @@ do_down() {
   # Pods first: the kubelet would restart them, so it stops before the CRI
   # removes them (which also runs the CNI teardown and frees the netns).
   stop_recorded traefik "$MARK_TRAEFIK" 20
+  stop_recorded metrics-server "$MARK_METRICS" 20
   stop_recorded kube-router "$MARK_ROUTER" 20
   stop_recorded coredns "$MARK_COREDNS" 20
   stop_recorded kubelet "$MARK_KUBELET" 30
@@ -723,8 +806,8 @@ do_down() {
 
 do_status() {
   local up=() down=() state name marker i
-  local names=(containerd kubelet kube-proxy coredns traefik kube-router)
-  local markers=("$MARK_CTRD" "$MARK_KUBELET" "$MARK_PROXY" "$MARK_COREDNS" "$MARK_TRAEFIK" "$MARK_ROUTER")
+  local names=(containerd kubelet kube-proxy coredns traefik kube-router metrics-server)
+  local markers=("$MARK_CTRD" "$MARK_KUBELET" "$MARK_PROXY" "$MARK_COREDNS" "$MARK_TRAEFIK" "$MARK_ROUTER" "$MARK_METRICS")
   for i in "${!names[@]}"; do
     name="${names[$i]}"
     marker="${markers[$i]}"

@@ -23,6 +23,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use commerce_api::catalog::Service;
 use commerce_e2e::local_kube_client;
 use commerce_operator::build::names::database_name;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api as KubeApi, DeleteParams, ListParams};
@@ -245,6 +246,11 @@ async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
 
 fn helm_install() -> Result<()> {
     let chart = repo().join("charts/commerce-operator");
+    // Helm installs a chart's crds/ on the first install only and never
+    // upgrades them: applied first, as the README's upgrade path says, or a
+    // field added since would be pruned from every stack by the old schema.
+    let crds = chart.join("crds");
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &crds.to_string_lossy()])?;
     let output = Command::new("helm")
         .args(["upgrade", "--install", RELEASE])
         .arg(&chart)
@@ -853,13 +859,15 @@ struct Traffic {
     failures: Vec<String>,
 }
 
-/// Reads a product and, every tenth request, places an order, one request
-/// at a time per worker, until `stop`; each request is tried once.
+/// Reads a product and, every `order_every`-th request (never with 0),
+/// places an order, one request at a time per worker, until `stop`; each
+/// request is tried once.
 fn steady_traffic(
     api: &Api,
     customer: &Session,
     product: &str,
     workers: usize,
+    order_every: u32,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Traffic>> {
     (0..workers)
@@ -871,7 +879,7 @@ fn steady_traffic(
                 let mut n = 0_u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
-                    if n.is_multiple_of(10) {
+                    if order_every > 0 && n.is_multiple_of(order_every) {
                         let key = uuid::Uuid::new_v4().to_string();
                         match api.place_order(&customer, &key, &[(product.as_str(), 1)], "tok_visa").await {
                             Ok(answer) if answer.status.as_u16() == 201 => {
@@ -929,7 +937,7 @@ async fn a_rolling_update_under_steady_reads_and_orders_fails_no_request_and_los
     };
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let workers = steady_traffic(&api, &customer, &product, 4, &stop);
+    let workers = steady_traffic(&api, &customer, &product, 4, 10, &stop);
     // Some traffic before the change, so the figures include steady state.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let marker = uuid::Uuid::new_v4().simple().to_string();
@@ -989,6 +997,26 @@ async fn a_rate_limit_policy_applied_under_traffic_answers_429_through_the_ingre
     ensure!(answer.status.is_success(), "before the policy: {} {}", answer.status, answer.body);
 
     let policy = format!("cluster-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let limited = limit_and_lift(&client, &api, &customer, path, &policy, &gateway_pods).await;
+    // A policy left behind would throttle every later test's user: it goes
+    // even when a check above failed.
+    if limited.is_err() {
+        let _ = kubectl(&["delete", "ratelimitpolicy", &policy, "-n", STACK_NAMESPACE, "--ignore-not-found"]);
+    }
+    limited
+}
+
+/// Applies a RateLimitPolicy of 2 reads a minute per user, waits for the
+/// 429 through the Ingress, deletes the policy and waits for the limit to
+/// be lifted.
+async fn limit_and_lift(
+    client: &Client,
+    api: &Api,
+    customer: &Session,
+    path: &str,
+    policy: &str,
+    gateway_pods: &[(String, i32)],
+) -> Result<()> {
     kubectl_apply(&json!({
         "apiVersion": "commerce-stack.dev/v1alpha1",
         "kind": "RateLimitPolicy",
@@ -1025,13 +1053,13 @@ async fn a_rate_limit_policy_applied_under_traffic_answers_429_through_the_ingre
         "429 without RateLimit headers: {limited:?}"
     );
     ensure!(
-        restarts(&client, "gateway").await? == gateway_pods,
+        restarts(client, "gateway").await? == gateway_pods,
         "the gateway pods were restarted or replaced"
     );
 
     // Deleting the policy lifts the limit the same way (the rule applies to
     // every user: the other tests must not meet it).
-    kubectl(&["delete", "ratelimitpolicy", &policy, "-n", STACK_NAMESPACE])?;
+    kubectl(&["delete", "ratelimitpolicy", policy, "-n", STACK_NAMESPACE])?;
     let deleted = Instant::now();
     let other = api.register_customer("cluster-unlimited").await?;
     wait_until("the limit to be lifted", Duration::from_secs(120), || async {
@@ -1155,4 +1183,129 @@ async fn network_policies_keep_an_outside_pod_off_a_grpc_port_that_the_catalog_f
     let order = api.order(&customer, &[(product.as_str(), 1)], "tok_visa").await?;
     api.wait_order(&customer, &order, "confirmed").await?;
     Ok(())
+}
+
+// --- autoscaling ----------------------------------------------------------------
+
+/// The autoscaler the operator renders for the gateway (`<stack>-<service>`).
+const GATEWAY_AUTOSCALER: &str = "shop-gateway";
+
+#[tokio::test]
+async fn the_gateway_autoscaler_adds_pods_under_load_and_removes_them_after_it() -> Result<()> {
+    let Turn { _turn, client, api, .. } = take_turn().await?;
+    let outcome = autoscale_gateway(&client, &api).await;
+    // Whatever happened, the later tests get the gateway back at one fixed
+    // replica, and the operator deletes the autoscaler it no longer renders.
+    let restored = async {
+        patch_stack(
+            &json!({ "spec": { "services": { "gateway": { "autoscaling": null, "replicas": null } } } }),
+        )?;
+        let autoscalers = KubeApi::<HorizontalPodAutoscaler>::namespaced(client.clone(), STACK_NAMESPACE);
+        wait_until("the operator to delete the gateway's autoscaler", READY_TIMEOUT, || async {
+            Ok(autoscalers.get_opt(GATEWAY_AUTOSCALER).await?.is_none().then_some(()))
+        })
+        .await?;
+        wait_pods(&client, "gateway", 1).await.map(drop)
+    }
+    .await;
+    outcome.and(restored)
+}
+
+/// Puts the gateway under an autoscaler (1 to 3 pods, 50 % of its CPU
+/// request, 15 s scale-down window), drives reads through the Ingress until
+/// the autoscaler, fed by metrics-server, runs at least two Ready gateway
+/// pods, stops, and waits until it is back at one. No read may fail.
+async fn autoscale_gateway(client: &Client, api: &Api) -> Result<()> {
+    let (product, customer) = product_and_customer(api, "Autoscale", "Scaling ladder", 2_500, 10).await?;
+    let metrics_listed = Instant::now();
+    // The metrics pipeline first: metrics.k8s.io (the API server's
+    // aggregator -> metrics-server -> the kubelet) reports the gateway's pod.
+    wait_until("metrics.k8s.io to report the gateway's CPU", Duration::from_secs(120), || async {
+        let raw = kubectl(&[
+            "get",
+            "--raw",
+            &format!(
+                "/apis/metrics.k8s.io/v1beta1/namespaces/{STACK_NAMESPACE}/pods?labelSelector={}",
+                component_selector("gateway").replace('=', "%3D").replace(',', "%2C")
+            ),
+        ])?;
+        let list: Value = serde_json::from_str(&raw)?;
+        let reported = list["items"].as_array().is_some_and(|pods| {
+            !pods.is_empty() && pods.iter().all(|pod| pod["containers"][0]["usage"]["cpu"].is_string())
+        });
+        Ok(reported.then_some(()))
+    })
+    .await?;
+    eprintln!("metrics.k8s.io reported the gateway's pods after {:.1?}", metrics_listed.elapsed());
+
+    patch_stack(&json!({ "spec": { "services": { "gateway": {
+        "replicas": null,
+        "autoscaling": {
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "targetCpuUtilizationPercentage": 50,
+            "scaleDownStabilizationSeconds": 15,
+        },
+    } } } }))?;
+    let autoscalers = KubeApi::<HorizontalPodAutoscaler>::namespaced(client.clone(), STACK_NAMESPACE);
+    // The autoscaler exists and has read the gateway's utilisation at rest.
+    let (idle, window) =
+        wait_until("the gateway's autoscaler to read its CPU", Duration::from_secs(120), || async {
+            let Some(autoscaler) = autoscalers.get_opt(GATEWAY_AUTOSCALER).await? else { return Ok(None) };
+            let window = autoscaler
+                .spec
+                .behavior
+                .as_ref()
+                .and_then(|behavior| behavior.scale_down.as_ref()?.stabilization_window_seconds);
+            Ok(cpu_utilisation(&autoscaler).map(|idle| (idle, window)))
+        })
+        .await?;
+    ensure!(window == Some(15), "the autoscaler's scale-down window is {window:?}, not the stack's 15 s");
+    ensure!(wait_pods(client, "gateway", 1).await?.len() == 1, "the gateway left one pod before the load");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load_started = Instant::now();
+    let workers = steady_traffic(api, &customer, &product, 8, 0, &stop);
+    let scaled_out =
+        wait_until("a second Ready gateway pod under load", Duration::from_secs(240), || async {
+            let ready = ready_pods(client, "gateway").await?;
+            Ok((ready.len() >= 2).then_some(ready.len()))
+        })
+        .await;
+    let out_after = load_started.elapsed();
+    let peak = autoscalers.get(GATEWAY_AUTOSCALER).await.ok().as_ref().and_then(cpu_utilisation);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let traffic = collect(workers).await?;
+    let scaled_out = scaled_out?;
+    eprintln!(
+        "autoscaler: gateway at {idle}% of its CPU request at rest; under {} reads through the Ingress it \
+         reached {peak:?}% and {scaled_out} Ready pods after {out_after:.1?}; {} reads failed",
+        traffic.reads,
+        traffic.failures.len()
+    );
+    ensure!(
+        traffic.failures.is_empty(),
+        "{} reads failed while the gateway scaled out, e.g. {:?}",
+        traffic.failures.len(),
+        &traffic.failures[..traffic.failures.len().min(5)]
+    );
+
+    let load_stopped = Instant::now();
+    wait_pods(client, "gateway", 1).await?;
+    eprintln!("autoscaler: back to 1 gateway pod {:.1?} after the load stopped", load_stopped.elapsed());
+    let answer = api.get(&format!("/api/products/{product}"), Some(&customer.access_token)).await?;
+    ensure!(answer.status.is_success(), "a read after the scale-in: {} {}", answer.status, answer.body);
+    Ok(())
+}
+
+/// The average CPU utilisation the autoscaler last read, in percent of the
+/// pods' request.
+fn cpu_utilisation(autoscaler: &HorizontalPodAutoscaler) -> Option<i32> {
+    autoscaler
+        .status
+        .as_ref()?
+        .current_metrics
+        .as_ref()?
+        .iter()
+        .find_map(|metric| metric.resource.as_ref()?.current.average_utilization)
 }
