@@ -14,8 +14,8 @@
 //! Every stack's topics, consumer groups and databases carry its namespace
 //! and name (`commerce_operator::build::names::external_names`, the
 //! operator's own naming, which these tests use for their expectations), so
-//! the tests run side by side on the shared Kafka and Postgres, and the one
-//! that deletes topics (`deletionPolicy: Delete`) touches only its own.
+//! the tests run side by side on the shared Kafka and Postgres, and those
+//! that delete topics (`deletionPolicy: Delete`) touch only their own.
 //!
 //! Figures for the issue are printed (`--nocapture` shows them, lines start
 //! with `FIGURE`): the time from applying the full example to all its
@@ -38,10 +38,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 use commerce_api::catalog::{self, Service};
 use commerce_e2e::{local_kube_client, local_kubeconfig_path, unique_name};
 use commerce_operator::build::names::{database_name, external_names};
+use commerce_operator::reconcile::admin_secret::{HOLD_PREFIX, hold_finalizer};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     coordination::v1::Lease,
     core::v1::{ConfigMap, Namespace, Secret},
+    storage::v1::StorageClass,
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -67,6 +69,11 @@ const CRD_TIMEOUT: Duration = Duration::from_secs(60);
 /// A stack's objects, databases and topics on a loaded 2-core machine; the
 /// garbage collector may also need its ~30 s discovery of new kinds.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long deleting the namespace of a stack with `deletionPolicy: Delete`
+/// may take, its cleanup included, while Kafka and Postgres are reachable
+/// (project issue 11): until everything is gone, databases, roles and
+/// topics too.
+const NAMESPACE_DELETION_LIMIT: Duration = Duration::from_secs(60);
 /// How often a condition is looked at again.
 const POLL: Duration = Duration::from_millis(250);
 /// The Lease the candidates of the leader-election test compete for (in the
@@ -380,12 +387,17 @@ async fn a_config_map_the_stack_did_not_create_is_refused_reported_and_outlives_
         let before = config_maps.get(&theirs).await?;
 
         let stack = minimal_stack(&stack_name, &namespace.name);
+        // The order service's Deployment is held back too: its pods would
+        // read that ConfigMap.
         let others: Vec<ObjectKey> = render(&[&stack], &namespace.name)?
             .into_iter()
-            .filter(|(_, kind, name)| !(kind == "ConfigMap" && *name == theirs))
+            .filter(|(_, kind, name)| !((kind == "ConfigMap" || kind == "Deployment") && *name == theirs))
             .collect();
         let uid = apply(&client, &stack).await?.uid().context("the stack has no uid")?;
         let line = format!("ConfigMap/{theirs} exists and is not managed by this stack");
+        let held = format!(
+            "Deployment/{theirs}: not applied: its pods would read ConfigMap/{theirs}, which is not managed by this stack"
+        );
         let stacks =
             Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &stack_resource());
         eventually("the Degraded condition to name the ConfigMap", || async {
@@ -394,7 +406,9 @@ async fn a_config_map_the_stack_did_not_create_is_refused_reported_and_outlives_
             let named = conditions.iter().any(|c| {
                 c["type"] == "Degraded"
                     && c["status"] == "True"
-                    && c["message"].as_str().is_some_and(|m| m.lines().any(|l| l == line))
+                    && c["message"].as_str().is_some_and(|m| {
+                        m.lines().any(|l| l == line) && m.lines().any(|l| l == held)
+                    })
             });
             Ok(named.then_some(()))
         })
@@ -410,6 +424,8 @@ async fn a_config_map_the_stack_did_not_create_is_refused_reported_and_outlives_
                 object.name_any()
             );
         }
+        let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &namespace.name);
+        ensure!(deployments.get_opt(&theirs).await?.is_none(), "the Deployment reading their ConfigMap was applied");
         let untouched = config_maps.get(&theirs).await?;
         ensure!(
             untouched.resource_version() == before.resource_version(),
@@ -534,6 +550,381 @@ async fn deleting_a_stack_with_deletion_policy_delete_drops_its_topics_and_datab
         Ok(())
     }
     .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn deleting_the_namespace_of_a_delete_stack_drops_its_databases_roles_and_topics_within_60_s()
+-> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let namespace_name = namespace.name.clone();
+    let outcome = async {
+        create_admin_secret(&client, &namespace_name).await?;
+        let mut stack = minimal_stack(&stack_name, &namespace_name);
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        apply(&client, &stack).await?;
+        let ready = wait_ready(&client, &namespace_name, &stack_name).await?;
+        let secrets = Api::<Secret>::namespaced(client.clone(), &namespace_name);
+        let admin = secrets.get("postgres-admin").await?;
+        ensure!(
+            admin.finalizers().contains(&hold_finalizer(&stack_name)),
+            "the operator does not hold the admin Secret: {:?}",
+            admin.finalizers()
+        );
+        let databases = names_in(&ready.data["status"]["databases"]);
+        ensure!(!databases.is_empty(), "no databases to drop");
+        ensure!(
+            existing_databases(&namespace_name, &stack_name).await? == databases,
+            "databases were not created"
+        );
+        let topics = names_in(&ready.data["status"]["topics"]);
+        let in_kafka = kafka_partitions()?;
+        ensure!(topics.iter().all(|t| in_kafka.contains_key(t)), "topics were not created");
+
+        // The namespace controller deletes the admin Secret, the stack and
+        // everything else at once.
+        let namespaces = Api::<Namespace>::all(client.clone());
+        let started = Instant::now();
+        namespaces.delete(&namespace_name, &DeleteParams::background()).await?;
+        eventually_within(
+            NAMESPACE_DELETION_LIMIT,
+            &format!("namespace {namespace_name} to be gone"),
+            || async { Ok(namespaces.get_opt(&namespace_name).await?.is_none().then_some(())) },
+        )
+        .await?;
+        println!(
+            "FIGURE namespace deletion with a deletionPolicy: Delete stack: gone after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let left = existing_databases(&namespace_name, &stack_name).await?;
+        ensure!(left.is_empty(), "databases left after the namespace deletion: {left:?}");
+        let roles = existing_roles(&namespace_name, &stack_name).await?;
+        ensure!(roles.is_empty(), "roles left after the namespace deletion: {roles:?}");
+        let remaining = NAMESPACE_DELETION_LIMIT.saturating_sub(started.elapsed());
+        eventually_within(remaining, "Kafka to finish deleting the topics", || async {
+            let in_kafka = kafka_partitions()?;
+            Ok(topics.iter().all(|t| !in_kafka.contains_key(t)).then_some(()))
+        })
+        .await?;
+        println!(
+            "FIGURE namespace deletion with a deletionPolicy: Delete stack: nothing left after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn without_the_admin_secret_a_deleted_stack_still_deletes_its_topics() -> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        apply(&client, &stack).await?;
+        let ready = wait_ready(&client, &namespace.name, &stack_name).await?;
+        let databases = names_in(&ready.data["status"]["databases"]);
+        ensure!(!databases.is_empty(), "no databases to drop");
+        let topics = names_in(&ready.data["status"]["topics"]);
+        ensure!(!topics.is_empty(), "no topics to delete");
+
+        // The Secret goes in spite of the hold: deleted, then its finalizers
+        // removed by hand (a Secret being deleted takes no new finalizer, so
+        // the operator cannot hold it again meanwhile).
+        let secrets = Api::<Secret>::namespaced(client.clone(), &namespace.name);
+        secrets.delete("postgres-admin", &DeleteParams::background()).await?;
+        secrets
+            .patch(
+                "postgres-admin",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+            )
+            .await?;
+        eventually("the admin Secret to be gone", || async {
+            Ok(secrets.get_opt("postgres-admin").await?.is_none().then_some(()))
+        })
+        .await?;
+
+        let stacks =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &stack_resource());
+        stacks.delete(&stack_name, &DeleteParams::background()).await?;
+        eventually("the topics to be deleted while Postgres cannot be reached", || async {
+            let in_kafka = kafka_partitions()?;
+            Ok(topics.iter().all(|t| !in_kafka.contains_key(t)).then_some(()))
+        })
+        .await?;
+        // The stack waits for its databases and says which kind is done.
+        let waiting = eventually("the status to report each kind of cleanup", || async {
+            let stack = stacks.get(&stack_name).await?;
+            let conditions = stack.data["status"]["conditions"].clone();
+            let status_of = |type_: &str| {
+                conditions.as_array().into_iter().flatten().find(|c| c["type"] == type_).cloned()
+            };
+            Ok(status_of("TopicsCleanedUp")
+                .zip(status_of("DatabasesCleanedUp"))
+                .filter(|(topics, databases)| topics["status"] == "True" && databases["status"] == "False"))
+        })
+        .await?;
+        let message = waiting.1["message"].as_str().unwrap_or_default();
+        ensure!(message.contains("postgres-admin"), "DatabasesCleanedUp does not name the Secret: {message}");
+        ensure!(
+            existing_databases(&namespace.name, &stack_name).await? == databases,
+            "the databases went without the admin's credentials?"
+        );
+
+        // The Secret is back: a retry drops the databases and lets the stack go.
+        create_admin_secret(&client, &namespace.name).await?;
+        eventually(&format!("stack {stack_name} to be deleted"), || async {
+            Ok(stacks.get_opt(&stack_name).await?.is_none().then_some(()))
+        })
+        .await?;
+        let left = existing_databases(&namespace.name, &stack_name).await?;
+        ensure!(left.is_empty(), "databases left after deletion: {left:?}");
+        let roles = existing_roles(&namespace.name, &stack_name).await?;
+        ensure!(roles.is_empty(), "roles left after deletion: {roles:?}");
+        let admin = secrets.get("postgres-admin").await?;
+        ensure!(admin.finalizers().is_empty(), "a hold outlived the stack: {:?}", admin.finalizers());
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn a_disabled_services_database_is_dropped_when_its_delete_stack_is_deleted() -> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        apply(&client, &stack).await?;
+        wait_ready(&client, &namespace.name, &stack_name).await?;
+        let notification = database_name(&namespace.name, &stack_name, Service::Notification);
+        ensure!(
+            existing_databases(&namespace.name, &stack_name).await?.contains(&notification),
+            "no notification database to start with"
+        );
+
+        stack["spec"]["services"] = json!({ "notification": { "enabled": false } });
+        apply(&client, &stack).await?;
+        let stacks =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &stack_resource());
+        eventually("the status to list the enabled services' databases only", || async {
+            let stored = stacks.get(&stack_name).await?;
+            let listed = names_in(&stored.data["status"]["databases"]);
+            Ok((!listed.is_empty() && !listed.contains(&notification)).then_some(()))
+        })
+        .await?;
+        ensure!(
+            existing_databases(&namespace.name, &stack_name).await?.contains(&notification),
+            "disabling a service dropped its database while the stack lives"
+        );
+
+        delete_stack(&client, &namespace.name, &stack_name).await?;
+        let left = existing_databases(&namespace.name, &stack_name).await?;
+        ensure!(left.is_empty(), "databases left after deletion: {left:?}");
+        let roles = existing_roles(&namespace.name, &stack_name).await?;
+        ensure!(roles.is_empty(), "roles left after deletion: {roles:?}");
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn an_env_var_name_no_container_accepts_and_a_stack_with_every_service_disabled_are_refused()
+-> Result<()> {
+    install_crds()?;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let outcome = async {
+        let mut env = minimal_stack("bad", &namespace.name);
+        env["spec"]["services"] = json!({ "order": { "env": [{ "name": "1BAD NAME", "value": "x" }] } });
+        let refused = kubectl_apply(&env.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success() && stderr.contains("spec.services.order.env[0].name"),
+            "an env var named \"1BAD NAME\" was not refused naming the field: {stderr}"
+        );
+
+        let mut empty = minimal_stack("bad", &namespace.name);
+        empty["spec"]["services"] =
+            Value::Object(SERVICES.iter().map(|s| ((*s).to_owned(), json!({ "enabled": false }))).collect());
+        let refused = kubectl_apply(&empty.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains("every service is disabled")
+                && SERVICES.iter().all(|s| stderr.contains(s)),
+            "a stack with every service disabled was not refused naming them: {stderr}"
+        );
+
+        // Both are fine with one service enabled and a name a shell takes.
+        let mut fine = minimal_stack("good", &namespace.name);
+        let mut services: serde_json::Map<String, Value> =
+            SERVICES.iter().map(|s| ((*s).to_owned(), json!({ "enabled": false }))).collect();
+        services.insert("catalog".into(), json!({ "env": [{ "name": "RUST_LOG", "value": "debug" }] }));
+        fine["spec"]["services"] = Value::Object(services);
+        let admitted = kubectl_apply(&fine.to_string())?;
+        ensure!(
+            admitted.status.success(),
+            "a valid stack was refused: {}",
+            String::from_utf8_lossy(&admitted.stderr)
+        );
+        Ok(())
+    }
+    .await;
+    outcome.and(namespace.delete(&client).await)
+}
+
+#[tokio::test]
+async fn a_policy_is_target_not_found_until_its_stack_exists_and_again_once_it_is_deleted() -> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let outcome = async {
+        apply(&client, &rate_limit_policy("checkout", &namespace.name, &stack_name, 1)).await?;
+        let (_, message) =
+            wait_accepted(&client, &namespace.name, "checkout", "False", "TargetNotFound").await?;
+        ensure!(message.contains(&stack_name), "the message does not name the stack: {message}");
+        eventually("a TargetNotFound Event on the policy", || async {
+            Ok(policy_event_reasons(&client, &namespace.name, "checkout")
+                .await?
+                .contains("TargetNotFound")
+                .then_some(()))
+        })
+        .await?;
+
+        create_admin_secret(&client, &namespace.name).await?;
+        apply(&client, &minimal_stack(&stack_name, &namespace.name)).await?;
+        wait_accepted(&client, &namespace.name, "checkout", "True", "Accepted").await?;
+        wait_ready(&client, &namespace.name, &stack_name).await?;
+
+        delete_stack(&client, &namespace.name, &stack_name).await?;
+        wait_accepted(&client, &namespace.name, "checkout", "False", "TargetNotFound").await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn eighty_large_policies_leave_the_stack_ready_and_those_beyond_the_rules_budget_are_refused_oldest_first()
+-> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        apply(&client, &minimal_stack(&stack_name, &namespace.name)).await?;
+        wait_ready(&client, &namespace.name, &stack_name).await?;
+
+        // 80 policies of 64 rules each, about 13 KiB each in the rules
+        // file: about 1 MiB together. The youngest are named first, so that
+        // name order and age order disagree.
+        let names: Vec<String> = (0..80).map(|i| format!("team-{:02}", 79 - i)).collect();
+        for name in &names {
+            apply(&client, &rate_limit_policy(name, &namespace.name, &stack_name, 64)).await?;
+        }
+        let policies =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &policy_resource());
+        let judged = eventually("every policy to have an Accepted condition", || async {
+            let list = policies.list(&ListParams::default()).await?;
+            let mut judged = Vec::new();
+            for policy in list.items {
+                let Some(accepted) = accepted_condition(&policy) else { return Ok(None) };
+                let created = policy.metadata.creation_timestamp.clone().context("creationTimestamp")?;
+                judged.push((
+                    created.0,
+                    policy.name_any(),
+                    accepted["status"].clone(),
+                    accepted["reason"].clone(),
+                ));
+            }
+            Ok((judged.len() == names.len()).then_some(judged))
+        })
+        .await?;
+        let mut judged = judged;
+        judged.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let taken = judged.iter().take_while(|j| j.2 == "True" && j.3 == "Accepted").count();
+        println!("FIGURE rules budget: {taken} of 80 policies of 64 rules accepted");
+        ensure!((10..80).contains(&taken), "{taken} policies accepted: {judged:?}");
+        ensure!(
+            judged[taken..].iter().all(|j| j.2 == "False" && j.3 == "RulesBudgetExceeded"),
+            "not the oldest accepted and every younger one refused: {judged:?}"
+        );
+
+        let stack = wait_ready(&client, &namespace.name, &stack_name).await?;
+        let degraded = stack.data["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+            .context("a Degraded condition")?;
+        ensure!(degraded["status"] == "False", "the stack is degraded: {degraded}");
+        let rules = Api::<ConfigMap>::namespaced(client.clone(), &namespace.name)
+            .get(&format!("{stack_name}-gateway-rate-limits"))
+            .await?;
+        let text = rules.data.unwrap_or_default().into_values().next().unwrap_or_default();
+        ensure!(text.len() <= 256 * 1024, "the rules file has {} bytes", text.len());
+        for (index, (_, name, _, _)) in judged.iter().enumerate() {
+            let in_file = text.contains(&format!("# {name}_rule-0:"));
+            ensure!(in_file == (index < taken), "policy {name} in the rules file: {in_file}");
+        }
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
+#[tokio::test]
+async fn a_managed_postgres_whose_storage_class_does_not_exist_is_degraded_naming_it() -> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let class = unique_name("e2e-missing-class");
+    let classes = Api::<StorageClass>::all(client.clone());
+    let outcome = async {
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        stack["spec"]["postgres"] = json!({ "managed": { "storage": { "storageClassName": class } } });
+        apply(&client, &stack).await?;
+        let stacks =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &stack_resource());
+        let degraded_reason = |stack: DynamicObject| {
+            let conditions = stack.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            conditions.into_iter().find(|c| c["type"] == "Degraded")
+        };
+        let degraded = eventually("Degraded to name the missing StorageClass", || async {
+            let degraded = degraded_reason(stacks.get(&stack_name).await?);
+            Ok(degraded.filter(|d| d["status"] == "True" && d["reason"] == "StorageClassNotFound"))
+        })
+        .await?;
+        let message = degraded["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.contains(&format!("StorageClass {class} does not exist"))
+                && message.contains("postgres.managed.storage.storageClassName"),
+            "{message}"
+        );
+
+        // Once the class exists, the stack waits for Postgres without being
+        // degraded (looked at again within the operator's 15 s poll).
+        classes
+            .patch(
+                &class,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                    "metadata": { "name": class }, "provisioner": "commerce-stack.dev/e2e-none",
+                })),
+            )
+            .await?;
+        eventually("Degraded to become False once the StorageClass exists", || async {
+            let degraded = degraded_reason(stacks.get(&stack_name).await?);
+            Ok(degraded.filter(|d| d["status"] == "False"))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    let outcome = match classes.delete(&class, &DeleteParams::background()).await {
+        Ok(_) => outcome,
+        Err(kube::Error::Api(status)) if status.code == 404 => outcome,
+        Err(error) => outcome.and(Err(error.into())),
+    };
     finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
 }
 
@@ -764,12 +1155,14 @@ impl Operator {
         Ok(writes)
     }
 
-    /// Reconciles finished so far (successes and errors).
+    /// Stack reconciles finished so far (successes and errors).
     async fn reconciles(&self) -> Result<u64> {
         let text = self.metrics().await?;
         Ok(text
             .lines()
-            .filter(|l| l.starts_with("commerce_operator_reconciles_total{"))
+            // Stacks only: a change of a stack also wakes the policy
+            // controller, whose reconcile may finish first.
+            .filter(|l| l.starts_with(r#"commerce_operator_reconciles_total{kind="CommerceStack","#))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum())
     }
@@ -829,7 +1222,10 @@ async fn start_with_operator() -> Result<(Client, TestNamespace, String, Operato
 }
 
 /// Stops the operator, drops the stacks' databases and roles, deletes the
-/// namespace; the test's outcome wins over a cleanup error.
+/// namespace (if a test did not already); the test's outcome wins over a
+/// cleanup error. With the operator stopped, the finalizers it left (a
+/// failed test's stack under `deletionPolicy: Delete`, its hold on the
+/// admin Secret) are removed first, or the namespace would never go.
 async fn finish(
     outcome: Result<()>,
     client: &Client,
@@ -846,7 +1242,8 @@ async fn finish(
         let _ = std::fs::remove_file(&operator.log);
     }
     let namespace_name = namespace.name.clone();
-    let mut cleanup = namespace.delete(client).await;
+    let mut cleanup = remove_operator_finalizers(client, &namespace_name).await;
+    cleanup = cleanup.and(namespace.delete(client).await);
     for stack in stacks {
         cleanup = cleanup.and(drop_databases(&namespace_name, stack).await);
     }
@@ -854,6 +1251,29 @@ async fn finish(
 }
 
 // ------------------------------------------------------------- Kubernetes
+
+/// Removes the operator's finalizers from the CommerceStacks and Secrets of
+/// `namespace` (for a test's cleanup, once the operator is stopped).
+async fn remove_operator_finalizers(client: &Client, namespace: &str) -> Result<()> {
+    let stacks = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &stack_resource());
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let is_ours = |f: &String| f == "commerce-stack.dev/external-state" || f.starts_with(HOLD_PREFIX);
+    for stack in stacks.list_metadata(&ListParams::default()).await?.items {
+        if stack.finalizers().iter().any(is_ours) {
+            let kept: Vec<&String> = stack.finalizers().iter().filter(|f| !is_ours(f)).collect();
+            let patch = json!({ "metadata": { "finalizers": kept } });
+            stacks.patch(&stack.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+    }
+    for secret in secrets.list_metadata(&ListParams::default()).await?.items {
+        if secret.finalizers().iter().any(is_ours) {
+            let kept: Vec<&String> = secret.finalizers().iter().filter(|f| !is_ours(f)).collect();
+            let patch = json!({ "metadata": { "finalizers": kept } });
+            secrets.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+    }
+    Ok(())
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -936,10 +1356,15 @@ impl TestNamespace {
         Ok(TestNamespace { name })
     }
 
-    /// Deletes the namespace and waits until it is gone.
+    /// Deletes the namespace (gone already is fine: a test may delete it)
+    /// and waits until it is gone.
     async fn delete(self, client: &Client) -> Result<()> {
         let api = Api::<Namespace>::all(client.clone());
-        api.delete(&self.name, &DeleteParams::background()).await?;
+        match api.delete(&self.name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(error) => return Err(error.into()),
+        }
         eventually(&format!("namespace {} to be deleted", self.name), || async {
             Ok(api.get_opt(&self.name).await?.is_none().then_some(()))
         })
@@ -981,6 +1406,72 @@ async fn wait_ready(client: &Client, namespace: &str, name: &str) -> Result<Dyna
         Ok(ready.then_some(stack))
     })
     .await
+}
+
+fn policy_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, VERSION, "RateLimitPolicy"),
+        "ratelimitpolicies",
+    )
+}
+
+/// A RateLimitPolicy `name` targeting `stack`, with `rules` rules of usual
+/// size (`rule-<i>` on `/api/orders/<i>/items`).
+fn rate_limit_policy(name: &str, namespace: &str, stack: &str, rules: usize) -> Value {
+    let rules: Vec<Value> = (0..rules)
+        .map(|i| {
+            json!({ "name": format!("rule-{i}"), "pathPrefix": format!("/api/orders/{i}/items"),
+                    "methods": ["POST", "PUT"], "key": "user", "requests": 100, "per": "minute", "burst": 10 })
+        })
+        .collect();
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "RateLimitPolicy",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": { "targetRef": { "name": stack }, "rules": rules },
+    })
+}
+
+/// The policy's `Accepted` condition, if it has one for its generation.
+fn accepted_condition(policy: &DynamicObject) -> Option<Value> {
+    let generation = policy.metadata.generation;
+    let conditions = policy.data["status"]["conditions"].as_array()?;
+    conditions
+        .iter()
+        .find(|c| c["type"] == "Accepted" && c["observedGeneration"].as_i64() == generation)
+        .cloned()
+}
+
+/// Waits until the policy's `Accepted` condition has `status` and
+/// `reason`; returns them with the message.
+async fn wait_accepted(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> Result<(String, String)> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &policy_resource());
+    eventually(&format!("policy {name} to be Accepted={status} ({reason})"), || async {
+        let Some(accepted) = accepted_condition(&api.get(name).await?) else { return Ok(None) };
+        let message = accepted["message"].as_str().unwrap_or_default().to_owned();
+        Ok((accepted["status"] == status && accepted["reason"] == reason)
+            .then(|| (reason.to_owned(), message)))
+    })
+    .await
+}
+
+/// The reasons of the operator's Events about the policy `name`.
+async fn policy_event_reasons(client: &Client, namespace: &str, name: &str) -> Result<BTreeSet<String>> {
+    let resource = resource_of(client, "events.k8s.io", "v1", "Event").await?;
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|e| e.data["regarding"]["kind"] == "RateLimitPolicy" && e.data["regarding"]["name"] == name)
+        .filter_map(|e| e.data["reason"].as_str().map(str::to_owned))
+        .collect())
 }
 
 async fn delete_stack(client: &Client, namespace: &str, name: &str) -> Result<()> {
@@ -1403,12 +1894,21 @@ async fn operator_events(client: &Client, namespace: &str) -> Result<BTreeSet<St
 /// Looks at `check` until it yields a value, for at most CONVERGE_TIMEOUT.
 /// Errors of `check` are retried too (a server may be busy) and the last
 /// one is reported on timeout.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+async fn eventually<T, F, Fut>(what: &str, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    eventually_within(CONVERGE_TIMEOUT, what, check).await
+}
+
+/// [`eventually`] for at most `timeout` (looked at once at least).
+async fn eventually_within<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
     let mut last_error = None;
     loop {
         match check().await {
@@ -1417,7 +1917,7 @@ where
             Err(error) => last_error = Some(error),
         }
         if Instant::now() >= deadline {
-            bail!("timed out after {CONVERGE_TIMEOUT:?} waiting for {what}; last error: {last_error:?}");
+            bail!("timed out after {timeout:?} waiting for {what}; last error: {last_error:?}");
         }
         tokio::time::sleep(POLL).await;
     }

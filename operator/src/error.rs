@@ -133,7 +133,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Adding or removing the stack's finalizer failed.
+    /// Reading an object from the apiserver failed (a RateLimitPolicy's
+    /// target stack).
+    #[error("reading {object}")]
+    GetObject {
+        /// `Kind/name`.
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Adding or removing a finalizer of the operator failed: the stack's
+    /// own, or its hold on the Postgres admin Secret.
     #[error("updating the finalizers of {object}")]
     PatchFinalizers {
         /// `Kind/name`.
@@ -159,6 +169,7 @@ impl Error {
             Error::InvalidStack { .. } => "invalid_stack",
             Error::MissingGeneratedValue { .. } => "missing_generated_value",
             Error::ListObjects { .. } => "list",
+            Error::GetObject { .. } => "get",
             Error::ReconcileObjects { problems } => {
                 let any = |wanted: fn(&Failure) -> bool| problems.iter().any(|p| wanted(&p.failure));
                 if any(|f| matches!(f, Failure::Apply(_))) {

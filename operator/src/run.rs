@@ -1,7 +1,9 @@
-//! The `run` subcommand: the controller in a cluster. It serves the admin
+//! The `run` subcommand: the controllers in a cluster. It serves the admin
 //! endpoints at once, waits to lead (Lease), then watches CommerceStacks,
 //! everything they own and the RateLimitPolicies that target them, and
-//! reconciles until SIGTERM or until it loses the Lease.
+//! reconciles until SIGTERM or until it loses the Lease. A second, small
+//! controller reports RateLimitPolicies whose stack does not exist, which
+//! the stacks' controller never sees.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use commerce_api::{CommerceStack, RateLimitPolicy};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::error_boundary::DeserializeGuard;
@@ -24,6 +26,7 @@ use crate::build::{names, owned_kinds};
 use crate::external::cluster::ClusterExternalState;
 use crate::leader::Elector;
 use crate::metrics::Metrics;
+use crate::reconcile::policy::{policies_targeting, policy_error_policy, reconcile_policy};
 use crate::reconcile::{Context, backoff::Backoffs, error_policy, reconcile};
 
 /// Settings of `run`.
@@ -130,9 +133,9 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
         metrics,
         external: Arc::new(ClusterExternalState::default()),
     });
-    let controller = controller(&client, &args.watch_namespace)
+    let stacks = controller(&client, &args.watch_namespace)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 // Reconcile errors are logged by error_policy; these are
@@ -140,6 +143,15 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
                 warn!(error = %error, "controller event");
             }
         });
+    let policies = policy_controller(&client, &args.watch_namespace)
+        .shutdown_on_signal()
+        .run(reconcile_policy, policy_error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(error = %error, "policy controller event");
+            }
+        });
+    let controller = futures::future::join(stacks, policies).map(|_| ());
     if args.leader_election {
         tokio::select! {
             () = controller => {
@@ -195,6 +207,25 @@ fn controller(client: &Client, namespace: &str) -> Controller<DeserializeGuard<C
         let policy = guard.0.ok()?;
         let namespace = policy.namespace()?;
         Some(ObjectRef::new(&policy.spec.target_ref.name).within(&namespace))
+    })
+}
+
+/// The policy controller: RateLimitPolicies, looked at again whenever a
+/// stack they target appears, changes or goes.
+fn policy_controller(client: &Client, namespace: &str) -> Controller<DeserializeGuard<RateLimitPolicy>> {
+    let policies: Api<DeserializeGuard<RateLimitPolicy>> = scoped(client, namespace);
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let stacks: Api<DeserializeGuard<CommerceStack>> = scoped(client, namespace);
+    controller.watches(stacks, watcher::Config::default().any_semantic(), move |guard| {
+        let metadata = match &guard.0 {
+            Ok(stack) => &stack.metadata,
+            Err(invalid) => &invalid.metadata,
+        };
+        let (Some(namespace), Some(name)) = (metadata.namespace.as_deref(), metadata.name.as_deref()) else {
+            return Vec::new();
+        };
+        policies_targeting(&store.state(), namespace, name)
     })
 }
 

@@ -15,9 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use commerce_api::RateLimitPolicy;
 use commerce_api::catalog::Service;
-use commerce_api::crd::rate_limit::RateLimitRule;
+use commerce_api::crd::rate_limit::{MAX_RULES, RateLimitRule};
 use commerce_api::crd::stack::{
     CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, ServiceSettings,
+    is_env_var_name,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as QuantityText;
@@ -106,6 +107,23 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
         if let Some(resources) = &settings.resources {
             check_resources(&format!("services.{key}.resources"), resources, &mut problems);
         }
+        for (index, var) in settings.env.iter().enumerate() {
+            if !is_env_var_name(&var.name) {
+                problems.push(format!(
+                    "services.{key}.env[{index}].name {:?}: not an environment variable name \
+                     (letters, digits, '-', '.' and '_', not starting with a digit)",
+                    var.name
+                ));
+            }
+        }
+    }
+    if spec.enabled_services().next().is_none() {
+        let names: Vec<&str> = Service::names().collect();
+        problems.push(format!(
+            "services: every service is disabled (services.<name>.enabled is false for {}): \
+             enable at least one, or delete the stack",
+            names.join(", ")
+        ));
     }
     for (what, managed) in
         [("kafka", &spec.kafka.managed), ("postgres", &spec.postgres.managed), ("redis", &spec.redis.managed)]
@@ -160,6 +178,9 @@ pub fn policy_problems(policy: &RateLimitPolicy) -> Vec<String> {
     let mut problems = Vec::new();
     if policy.spec.rules.is_empty() {
         problems.push("rules: name at least one rule".into());
+    }
+    if policy.spec.rules.len() > MAX_RULES as usize {
+        problems.push(format!("rules: at most {MAX_RULES} rules, not {}", policy.spec.rules.len()));
     }
     check_rules("rules", &policy.spec.rules, &mut problems);
     problems
@@ -436,6 +457,42 @@ spec:
             panic!("the stack is invalid")
         };
         assert_eq!(problems, ["redis.managed.resources: requests.memory 2Gi exceeds limits.memory 1Gi"]);
+    }
+
+    #[test]
+    fn an_env_var_name_no_container_accepts_is_reported_naming_the_field() {
+        let mut stack = stack(MINIMAL);
+        let settings = serde_json::json!({"env": [
+            {"name": "RUST_LOG", "value": "debug"},
+            {"name": "1BAD NAME", "value": "x"},
+        ]});
+        stack.spec.services.insert("order".into(), serde_json::from_value(settings).unwrap());
+        let Err(Error::InvalidStack { problems, .. }) = validate(&stack, "default") else {
+            panic!("the stack is invalid")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with(r#"services.order.env[1].name "1BAD NAME": not an environment variable name"#)
+        );
+    }
+
+    #[test]
+    fn a_stack_with_every_service_disabled_is_refused_naming_them() {
+        let mut stack = stack(MINIMAL);
+        for service in Service::ALL {
+            let settings = ServiceSettings { enabled: false, ..ServiceSettings::default() };
+            stack.spec.services.insert(service.name().into(), settings);
+        }
+        let Err(Error::InvalidStack { problems, .. }) = validate(&stack, "default") else {
+            panic!("a stack without services was accepted")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("services: every service is disabled"), "{}", problems[0]);
+        assert!(Service::ALL.iter().all(|s| problems[0].contains(s.name())), "{}", problems[0]);
+
+        stack.spec.services.remove("cart");
+        assert!(validate(&stack, "default").is_ok(), "a service left out runs");
     }
 
     #[test]

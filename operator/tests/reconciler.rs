@@ -6,13 +6,23 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use commerce_api::CommerceStack;
 use commerce_api::catalog::all_topics;
-use commerce_api::crd::stack::{CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, TopicStatus};
+use commerce_api::crd::policy::{
+    CONDITION_ACCEPTED, REASON_ACCEPTED, REASON_GATEWAY_DISABLED, REASON_RULES_BUDGET_EXCEEDED,
+    REASON_STACK_INVALID, REASON_STACK_PAUSED, REASON_TARGET_NOT_FOUND,
+};
+use commerce_api::crd::stack::{
+    CONDITION_DATABASES_CLEANED_UP, CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
+    CONDITION_TOPICS_CLEANED_UP, TopicStatus,
+};
+use commerce_api::gateway_rules::MAX_RULES_FILE_BYTES;
+use commerce_api::{CommerceStack, RateLimitPolicy};
 use commerce_operator::Error;
 use commerce_operator::build::{self, names};
 use commerce_operator::external::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
 use commerce_operator::metrics::Metrics;
+use commerce_operator::reconcile::admin_secret::hold_finalizer;
+use commerce_operator::reconcile::policy::reconcile_policy;
 use commerce_operator::reconcile::{
     Context, FINALIZER, backoff::Backoffs, error_policy, reconcile, reconcile_stack,
 };
@@ -64,12 +74,19 @@ struct FakeApi {
     resource_version: Mutex<u64>,
 }
 
-/// `(namespace, plural, name, subresource)` of a request path.
+/// `(namespace, plural, name, subresource)` of a request path; the
+/// namespace is empty for a cluster-scoped kind (a StorageClass).
 fn parse_path(path: &str) -> (String, String, Option<String>, Option<String>) {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let at = parts.iter().position(|p| *p == "namespaces").expect("namespaced request");
-    let get = |i: usize| parts.get(at + i).map(|s| (*s).to_owned());
-    (get(1).unwrap(), get(2).unwrap(), get(3), get(4))
+    let get = |i: usize| parts.get(i).map(|s| (*s).to_owned());
+    match parts.iter().position(|p| *p == "namespaces") {
+        Some(at) => (get(at + 1).unwrap(), get(at + 2).unwrap(), get(at + 3), get(at + 4)),
+        // `/api/v1/<plural>/...` or `/apis/<group>/<version>/<plural>/...`.
+        None => {
+            let at = if parts[0] == "api" { 2 } else { 3 };
+            (String::new(), get(at).unwrap(), get(at + 1), get(at + 2))
+        }
+    }
 }
 
 fn query_param(uri: &http::Uri, key: &str) -> Option<String> {
@@ -173,6 +190,22 @@ impl FakeApi {
                     if !expected.is_null() && *expected != object["metadata"]["resourceVersion"] {
                         return status_response(409, "Conflict", "the object has been modified");
                     }
+                    // As the apiserver: an object being deleted takes no new
+                    // finalizers.
+                    let being_deleted = !object["metadata"]["deletionTimestamp"].is_null();
+                    let had = object["metadata"]["finalizers"].clone();
+                    let added = patch["metadata"]["finalizers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|f| !had.as_array().is_some_and(|had| had.contains(f)));
+                    if being_deleted && added {
+                        return status_response(
+                            422,
+                            "Invalid",
+                            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted",
+                        );
+                    }
                     merge(object, &patch);
                     object["metadata"]["resourceVersion"] = json!(version);
                     let object = object.clone();
@@ -192,6 +225,21 @@ impl FakeApi {
                     object["status"] = patch["status"].clone();
                     object["metadata"]["resourceVersion"] = json!(version);
                     return json_response(StatusCode::OK, object);
+                }
+                // As the apiserver: a ConfigMap holds at most 1 MiB of data.
+                let data_len = |data: &Value| {
+                    data.as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                        .sum::<usize>()
+                };
+                if key.0 == "configmaps" && data_len(&patch["data"]) > 1024 * 1024 {
+                    let message = format!(
+                        "ConfigMap {:?} is invalid: []: Too long: may not be more than 1048576 bytes",
+                        key.2
+                    );
+                    return status_response(422, "Invalid", &message);
                 }
                 let mut object = patch;
                 let uid = objects
@@ -281,13 +329,20 @@ impl FakeApi {
 #[derive(Default)]
 struct FakeExternal {
     calls: Mutex<Vec<String>>,
+    /// Every call fails.
     failing: Mutex<bool>,
+    /// Topic deletions fail (an unreachable Kafka), the rest works.
+    failing_topic_deletions: Mutex<bool>,
+    /// The names given to `drop_databases`, call after call.
+    dropped: Mutex<Vec<String>>,
 }
 
 impl FakeExternal {
     fn record(&self, call: String) -> Result<(), Error> {
+        let topic_deletion = call.starts_with("delete ");
         self.calls.lock().unwrap().push(call);
-        if *self.failing.lock().unwrap() {
+        if *self.failing.lock().unwrap() || (topic_deletion && *self.failing_topic_deletions.lock().unwrap())
+        {
             return Err(Error::EnsureTopics {
                 source: commerce_platform::events::TopicAdminError::FetchMetadata(
                     rdkafka::error::KafkaError::Canceled,
@@ -317,8 +372,10 @@ impl ExternalState for FakeExternal {
         self.record(format!("ensure {} databases at {} as {}", databases.len(), server.host, server.user))
     }
 
-    async fn drop_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error> {
-        self.record(format!("drop {} databases at {}", databases.len(), server.host))
+    async fn drop_databases(&self, server: &PostgresServer, databases: &[String]) -> Result<(), Error> {
+        self.record(format!("drop {} databases at {} as {}", databases.len(), server.host, server.user))?;
+        self.dropped.lock().unwrap().extend(databases.iter().cloned());
+        Ok(())
     }
 
     async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error> {
@@ -404,6 +461,42 @@ fn event_notes(seen: &[Seen], reason: &str) -> Vec<String> {
         .filter(|s| s.plural == "events" && s.method == Method::POST && s.body["reason"] == reason)
         .map(|s| s.body["note"].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+/// The finalizers of an object in the fake.
+fn finalizers(fake: &FakeApi, plural: &str, name: &str) -> Vec<String> {
+    let object = fake.get(plural, name).expect("the object");
+    serde_json::from_value(object["metadata"]["finalizers"].clone()).unwrap_or_default()
+}
+
+/// Marks an object deleted now, as `kubectl delete` does to an object with
+/// finalizers.
+fn mark_deleted(fake: &FakeApi, plural: &str, name: &str) {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    fake.edit(plural, name, |object| object["metadata"]["deletionTimestamp"] = json!(now));
+}
+
+/// Marks the stack deleted long ago, beyond the cleanup grace period.
+fn mark_deleted_long_ago(fake: &FakeApi) {
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z")
+    });
+}
+
+/// The minimal stack under `deletionPolicy: Delete`, reconciled once.
+async fn reconciled_delete_stack(
+    edit: impl FnOnce(&mut Value),
+) -> (Arc<FakeApi>, Arc<FakeExternal>, Arc<Context>) {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        edit(stack);
+    });
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    external.take_calls();
+    fake.take_seen();
+    (fake, external, ctx)
 }
 
 /// Every object `build` wants for the stored stack.
@@ -534,11 +627,14 @@ async fn a_delete_policy_adds_a_finalizer_that_cleans_up_and_lets_the_stack_go()
     fake.take_seen();
     // Deleted long ago: still, a cleanup that works is done, not skipped.
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    // Both kinds, each on its own (in either order).
+    let mut calls = external.take_calls();
+    calls.sort();
     assert_eq!(
-        external.take_calls(),
+        calls,
         [
-            "drop 7 databases at postgres.infra.svc".to_owned(),
             format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len()),
+            "drop 7 databases at postgres.infra.svc as commerce_admin".to_owned(),
         ]
     );
     assert!(fake.get("commercestacks", "shop").is_none(), "the finalizer was removed and the stack is gone");
@@ -975,4 +1071,396 @@ async fn a_paused_stack_is_not_reported_ready_or_observed_and_resumes_when_unpau
     assert_eq!(stack.status.as_ref().unwrap().observed_generation, Some(3));
     assert!(full_condition(&stack, "Paused").is_none());
     assert_eq!(condition(&stack, CONDITION_READY), ("False".into(), "ServicesUnavailable".into()));
+}
+
+#[tokio::test]
+async fn a_namespace_deletion_cannot_take_the_admin_secret_before_the_cleanup_has_used_it() {
+    let (fake, external, ctx) = reconciled_delete_stack(|_| {}).await;
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), [hold_finalizer("shop")]);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let writes = writes(&fake.take_seen());
+    assert!(!writes.iter().any(|w| w.contains("secrets/postgres-admin")), "held once: {writes:?}");
+    external.take_calls();
+
+    // `kubectl delete namespace shop`: everything is deleted at once, and no
+    // Event can be created in a namespace being deleted.
+    mark_deleted(&fake, "secrets", "postgres-admin");
+    mark_deleted(&fake, "commercestacks", "shop");
+    fake.fail(Method::POST, "events");
+    fake.fail(Method::PATCH, "events");
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let mut calls = external.take_calls();
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len()),
+            "drop 7 databases at postgres.infra.svc as commerce_admin".to_owned(),
+        ],
+        "the cleanup logged in with the held Secret's credentials"
+    );
+    assert!(fake.get("commercestacks", "shop").is_none(), "the stack's finalizer is gone");
+    assert!(fake.get("secrets", "postgres-admin").is_none(), "the hold was released, so the Secret went too");
+}
+
+#[tokio::test]
+async fn the_hold_follows_the_admin_secret_reference_and_goes_when_the_policy_becomes_retain() {
+    let other_hold = hold_finalizer("other-shop");
+    let (fake, _external, ctx) = reconciled_delete_stack(|_| {}).await;
+    fake.put(
+        "secrets",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "postgres-admin-2", "namespace": "shop", "resourceVersion": "7",
+                         "finalizers": [other_hold]},
+            "data": {"username": "Y29tbWVyY2VfYWRtaW4=", "password": "c2VjcmV0"},
+        }),
+    );
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["postgres"]["external"]["adminSecret"]["name"] = json!("postgres-admin-2");
+        stack["metadata"]["generation"] = json!(2);
+    });
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(
+        finalizers(&fake, "secrets", "postgres-admin-2"),
+        [other_hold.clone(), hold_finalizer("shop")]
+    );
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), Vec::<String>::new(), "released");
+
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["deletionPolicy"] = json!("Retain");
+        stack["metadata"]["generation"] = json!(3);
+    });
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin-2"), [other_hold], "another stack's hold stays");
+    assert!(fake.stack().metadata.finalizers.is_none_or(|f| f.is_empty()));
+}
+
+#[tokio::test]
+async fn with_the_admin_secret_missing_the_topics_are_still_deleted_and_the_databases_named_as_left() {
+    let (fake, external, ctx) = reconciled_delete_stack(|_| {}).await;
+    // Gone regardless of the hold (its finalizer removed by hand).
+    fake.objects.lock().unwrap().remove(&("secrets".into(), "shop".into(), "postgres-admin".into()));
+    mark_deleted(&fake, "commercestacks", "shop");
+
+    let error = reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
+    assert!(matches!(error, Error::CleanUp { .. }), "{error}");
+    assert_eq!(
+        external.take_calls(),
+        [format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len())],
+        "the topics do not wait for Postgres"
+    );
+    let stack = fake.stack();
+    let topics = full_condition(&stack, CONDITION_TOPICS_CLEANED_UP).unwrap();
+    assert_eq!((topics.status.as_str(), topics.reason.as_str()), ("True", "Deleted"));
+    let databases = full_condition(&stack, CONDITION_DATABASES_CLEANED_UP).unwrap();
+    assert_eq!(databases.status, "False");
+    assert!(databases.message.contains("shop_shop_order"), "{}", databases.message);
+    assert!(databases.message.contains("Secret postgres-admin does not exist"), "{}", databases.message);
+    let notes = event_notes(&fake.take_seen(), "CleanupFailed");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+
+    // A retry works on the databases only, and reports nothing new.
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
+    assert_eq!(external.take_calls(), Vec::<String>::new(), "the deleted topics are not deleted again");
+    assert!(event_notes(&fake.take_seen(), "CleanupFailed").is_empty());
+
+    mark_deleted_long_ago(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert!(fake.get("commercestacks", "shop").is_none(), "after the grace period the finalizer goes");
+    let notes = event_notes(&fake.take_seen(), "CleanupAbandoned");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("shop_shop_order") && !notes[0].contains("topics"), "{}", notes[0]);
+}
+
+#[tokio::test]
+async fn the_databases_are_dropped_even_when_kafka_is_unreachable_and_not_again_once_it_is_back() {
+    let (fake, external, ctx) = reconciled_delete_stack(|_| {}).await;
+    *external.failing_topic_deletions.lock().unwrap() = true;
+    mark_deleted(&fake, "commercestacks", "shop");
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
+    assert!(
+        external
+            .take_calls()
+            .contains(&"drop 7 databases at postgres.infra.svc as commerce_admin".to_owned())
+    );
+    let stack = fake.stack();
+    assert_eq!(condition(&stack, CONDITION_DATABASES_CLEANED_UP), ("True".into(), "Dropped".into()));
+    assert_eq!(condition(&stack, CONDITION_TOPICS_CLEANED_UP).0, "False");
+    assert_eq!(
+        finalizers(&fake, "secrets", "postgres-admin"),
+        [hold_finalizer("shop")],
+        "held until the end"
+    );
+
+    *external.failing_topic_deletions.lock().unwrap() = false;
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(
+        external.take_calls(),
+        [format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len())]
+    );
+    assert!(fake.get("commercestacks", "shop").is_none());
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), Vec::<String>::new());
+    let notes = event_notes(&fake.take_seen(), "CleanedUp");
+    assert!(
+        notes.len() == 1 && notes[0].contains("dropped databases") && notes[0].contains("deleted the"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_services_database_is_dropped_with_the_stack() {
+    let (fake, external, ctx) = reconciled_delete_stack(|stack| {
+        stack["spec"]["services"] = json!({"notification": {"enabled": false}})
+    })
+    .await;
+    let ensured: Vec<String> = fake.stack().status.unwrap().databases.into_iter().map(|d| d.name).collect();
+    assert!(!ensured.contains(&"shop_shop_notification".to_owned()), "{ensured:?}");
+
+    mark_deleted(&fake, "commercestacks", "shop");
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let dropped = external.dropped.lock().unwrap().clone();
+    assert!(dropped.contains(&"shop_shop_notification".to_owned()), "enabled once, maybe: {dropped:?}");
+    assert!(ensured.iter().all(|name| dropped.contains(name)), "{ensured:?} not all in {dropped:?}");
+    assert!(fake.get("commercestacks", "shop").is_none());
+}
+
+#[tokio::test]
+async fn a_stack_set_to_retain_before_its_cleanup_ran_keeps_its_data_and_lets_go() {
+    let (fake, external, ctx) = reconciled_delete_stack(|_| {}).await;
+    fake.edit("commercestacks", "shop", |stack| stack["spec"]["deletionPolicy"] = json!("Retain"));
+    mark_deleted(&fake, "commercestacks", "shop");
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(external.take_calls(), Vec::<String>::new(), "nothing dropped or deleted");
+    assert!(fake.get("commercestacks", "shop").is_none());
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), Vec::<String>::new());
+    assert_eq!(event_notes(&fake.take_seen(), "Retained").len(), 1);
+}
+
+#[tokio::test]
+async fn an_admin_secret_being_deleted_is_not_used_to_create_databases_it_could_not_drop() {
+    let fake = cluster_with(|stack| stack["spec"]["deletionPolicy"] = json!("Delete"));
+    fake.edit("secrets", "postgres-admin", |secret| {
+        secret["metadata"]["finalizers"] = json!(["example.com/backup"]);
+    });
+    mark_deleted(&fake, "secrets", "postgres-admin");
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    let error = reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
+    assert!(matches!(error, Error::ReadAdminSecret { .. }), "{error}");
+    assert!(!external.take_calls().iter().any(|c| c.starts_with("ensure 7 databases")));
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), ["example.com/backup"]);
+    let message = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap().message;
+    assert!(message.contains("Secret postgres-admin is being deleted"), "{message}");
+}
+
+// ------------------------------------------------------- RateLimitPolicies
+
+/// Stores a RateLimitPolicy `name` targeting `target`, with `rules` rules of
+/// usual size (about 200 bytes each in the rules file), created `created`
+/// seconds into 2026.
+fn put_policy(fake: &FakeApi, name: &str, target: &str, rules: usize, created: i64) {
+    let rules: Vec<Value> = (0..rules)
+        .map(|i| {
+            json!({"name": format!("orders-create-{i}"), "pathPrefix": format!("/api/orders/{i}/items"),
+                   "methods": ["POST", "PUT"], "key": "user", "requests": 100, "per": "minute", "burst": 10})
+        })
+        .collect();
+    let created = k8s_openapi::jiff::Timestamp::from_second(1_767_225_600 + created).unwrap().to_string();
+    fake.put(
+        "ratelimitpolicies",
+        json!({
+            "apiVersion": "commerce-stack.dev/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"), "generation": 1,
+                         "resourceVersion": "1", "creationTimestamp": created},
+            "spec": {"targetRef": {"name": target}, "rules": rules},
+        }),
+    );
+}
+
+fn stored_policy(fake: &FakeApi, name: &str) -> RateLimitPolicy {
+    serde_json::from_value(fake.get("ratelimitpolicies", name).expect("the policy")).unwrap()
+}
+
+/// The policy's `Accepted` condition: status, reason, message.
+fn accepted(fake: &FakeApi, name: &str) -> Option<(String, String, String)> {
+    let policy = stored_policy(fake, name);
+    let condition = policy.status?.conditions.into_iter().find(|c| c.type_ == CONDITION_ACCEPTED)?;
+    Some((condition.status, condition.reason, condition.message))
+}
+
+fn accepted_reason(fake: &FakeApi, name: &str) -> (String, String) {
+    let (status, reason, _) = accepted(fake, name).expect("an Accepted condition");
+    (status, reason)
+}
+
+/// The policy controller's reconcile of the stored policy `name`.
+async fn reconcile_stored_policy(fake: &FakeApi, ctx: &Arc<Context>, name: &str) -> Action {
+    let guard = Arc::new(DeserializeGuard(Ok(stored_policy(fake, name))));
+    reconcile_policy(guard, ctx.clone()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_policy_whose_stack_does_not_exist_says_so_until_the_stack_appears_and_again_once_it_is_gone() {
+    let fake = Arc::new(FakeApi::default());
+    let ctx = context(&fake);
+    put_policy(&fake, "checkout", "shop", 1, 0);
+    reconcile_stored_policy(&fake, &ctx, "checkout").await;
+    let (status, reason, message) =
+        accepted(&fake, "checkout").expect("a status for a policy without a stack");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", REASON_TARGET_NOT_FOUND));
+    assert!(message.contains("no CommerceStack shop in namespace shop"), "{message}");
+    let notes = event_notes(&fake.take_seen(), REASON_TARGET_NOT_FOUND);
+    assert_eq!(notes.len(), 1, "one Warning Event");
+    reconcile_stored_policy(&fake, &ctx, "checkout").await;
+    assert_eq!(writes(&fake.take_seen()), Vec::<String>::new(), "said once");
+
+    // The stack appears: its reconcile takes the policy; the policy
+    // controller, woken by the stack, leaves the status to it.
+    fake.put("commercestacks", stored_stack(|_| {}));
+    fake.put(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "postgres-admin", "namespace": "shop"},
+               "data": {"username": "Y29tbWVyY2VfYWRtaW4=", "password": "c2VjcmV0"}}),
+    );
+    reconcile_stored_policy(&fake, &ctx, "checkout").await;
+    assert_eq!(writes(&fake.take_seen()), Vec::<String>::new());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(accepted_reason(&fake, "checkout"), ("True".into(), REASON_ACCEPTED.into()));
+    let rules = fake.get("configmaps", "shop-gateway-rate-limits").unwrap();
+    assert!(rules["data"].to_string().contains("checkout_orders-create-0"), "{}", rules["data"]);
+    assert_eq!(event_notes(&fake.take_seen(), REASON_ACCEPTED).len(), 1, "a Normal Event on the policy");
+
+    // The stack goes: the policy is no longer accepted.
+    fake.objects.lock().unwrap().remove(&("commercestacks".into(), "shop".into(), "shop".into()));
+    reconcile_stored_policy(&fake, &ctx, "checkout").await;
+    assert_eq!(accepted_reason(&fake, "checkout"), ("False".into(), REASON_TARGET_NOT_FOUND.into()));
+}
+
+#[tokio::test]
+async fn policies_beyond_the_rules_budget_are_refused_oldest_first_and_the_stack_stays_ready() {
+    let fake = cluster_with(|_| {});
+    // 80 policies of 64 rules, about 1 MiB together; the youngest named first.
+    for i in 0..80 {
+        put_policy(&fake, &format!("team-{:02}", 79 - i), "shop", 64, i);
+    }
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.expect("the stack reconciles");
+    make_deployments_available(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+
+    let stack = fake.stack();
+    assert_eq!(condition(&stack, CONDITION_READY), ("True".into(), "AllServicesAvailable".into()));
+    assert_eq!(condition(&stack, CONDITION_DEGRADED).0, "False");
+    let rules = fake.get("configmaps", "shop-gateway-rate-limits").expect("the rules ConfigMap");
+    let text = rules["data"]["rules.yaml"].as_str().expect("the rules file");
+    assert!(text.len() <= MAX_RULES_FILE_BYTES, "{} bytes", text.len());
+
+    let verdicts: Vec<(String, String)> =
+        (0..80).map(|i| accepted_reason(&fake, &format!("team-{:02}", 79 - i))).collect();
+    let taken = verdicts.iter().take_while(|v| v.0 == "True").count();
+    assert!((10..80).contains(&taken), "{verdicts:?}");
+    assert!(
+        verdicts[taken..].iter().all(|v| *v == ("False".to_owned(), REASON_RULES_BUDGET_EXCEEDED.to_owned())),
+        "the oldest are accepted, every younger one refused: {verdicts:?}"
+    );
+    for i in 0..80 {
+        let name = format!("team-{:02}", 79 - i);
+        let in_file = text.contains(&format!("# {name}_orders-create-0:"));
+        assert_eq!(in_file, i < taken as i64, "{name}");
+    }
+    let (_, _, message) = accepted(&fake, &format!("team-{:02}", 79 - taken)).unwrap();
+    assert!(message.contains("created earlier"), "{message}");
+    let seen = fake.take_seen();
+    assert_eq!(event_notes(&seen, REASON_RULES_BUDGET_EXCEEDED).len(), 80 - taken);
+
+    // Nothing changed: nothing is written again.
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(writes(&fake.take_seen()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_policies_of_a_stack_without_a_gateway_are_not_accepted() {
+    let fake = cluster_with(|stack| stack["spec"]["services"] = json!({"gateway": {"enabled": false}}));
+    put_policy(&fake, "checkout", "shop", 1, 0);
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let (status, reason, message) = accepted(&fake, "checkout").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", REASON_GATEWAY_DISABLED));
+    assert!(message.contains("services.gateway.enabled is false"), "{message}");
+}
+
+#[tokio::test]
+async fn a_paused_stack_refuses_a_new_policy_and_keeps_the_accepted_one() {
+    let fake = cluster_with(|_| {});
+    put_policy(&fake, "checkout", "shop", 1, 0);
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(accepted_reason(&fake, "checkout").0, "True");
+
+    // Paused, the stack's reconcile reads nothing; the policy controller,
+    // woken by the stack and by the new policy, answers for it.
+    fake.edit("commercestacks", "shop", |stack| stack["spec"]["paused"] = json!(true));
+    put_policy(&fake, "search", "shop", 1, 1);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    reconcile_stored_policy(&fake, &ctx, "checkout").await;
+    reconcile_stored_policy(&fake, &ctx, "search").await;
+    assert_eq!(accepted_reason(&fake, "checkout"), ("True".into(), REASON_ACCEPTED.into()));
+    assert_eq!(accepted_reason(&fake, "search"), ("False".into(), REASON_STACK_PAUSED.into()));
+    let rules = fake.get("configmaps", "shop-gateway-rate-limits").unwrap();
+    assert!(!rules["data"].to_string().contains("search_"), "nothing is applied while paused");
+
+    fake.edit("commercestacks", "shop", |stack| stack["spec"]["paused"] = json!(false));
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(accepted_reason(&fake, "search"), ("True".into(), REASON_ACCEPTED.into()));
+}
+
+#[tokio::test]
+async fn a_policy_of_a_stack_with_an_invalid_spec_is_refused_as_stack_invalid() {
+    let fake = cluster_with(|stack| stack["spec"]["kafka"]["managed"] = json!({}));
+    put_policy(&fake, "checkout", "shop", 1, 0);
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(accepted(&fake, "checkout"), None, "the stack's reconcile leaves it to the policy controller");
+    reconcile_stored_policy(&fake, &ctx, "checkout").await;
+    let (status, reason, message) = accepted(&fake, "checkout").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", REASON_STACK_INVALID));
+    assert!(message.contains("CommerceStack/shop has an invalid spec"), "{message}");
+}
+
+// ------------------------------------------------------------ StorageClasses
+
+#[tokio::test]
+async fn a_storage_class_that_managed_postgres_names_and_the_cluster_lacks_is_reported_as_degraded() {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["postgres"] = json!({"managed": {"storage": {"storageClassName": "fast-ssd"}}});
+    });
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let stack = fake.stack();
+    let degraded = full_condition(&stack, CONDITION_DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "StorageClassNotFound"));
+    assert!(
+        degraded.message.contains("StorageClass fast-ssd does not exist")
+            && degraded.message.contains("postgres.managed.storage.storageClassName"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(condition(&stack, CONDITION_READY).0, "False");
+    assert!(fake.get("statefulsets", "shop-postgres").is_some(), "applied regardless");
+    assert_eq!(event_notes(&fake.take_seen(), "StorageClassNotFound").len(), 1);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert!(event_notes(&fake.take_seen(), "StorageClassNotFound").is_empty(), "reported once");
+
+    // The class is created: still waiting for Postgres, no longer degraded.
+    fake.objects.lock().unwrap().insert(
+        ("storageclasses".into(), String::new(), "fast-ssd".into()),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "fast-ssd"}, "provisioner": "example.com/ssd"}),
+    );
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let stack = fake.stack();
+    assert_eq!(condition(&stack, CONDITION_DEGRADED), ("False".into(), "AsExpected".into()));
+    assert_eq!(condition(&stack, CONDITION_READY).0, "False", "Postgres is still starting");
 }

@@ -414,7 +414,7 @@ fn a_dotted_policy_name_and_a_root_prefix_still_make_rules_the_gateway_accepts()
     rule.burst = 0;
     policies.push(policy);
     let valid = validate(&stack, "default").unwrap();
-    let merged = build::gateway::merged_rules(&valid, &policies);
+    let merged = build::gateway::merged_rules(&valid, &policies).unwrap();
     let text = build::gateway::rules_file_text(&merged).unwrap();
     let rules = commerce_gateway::ratelimit::rules::parse_rules_file(&text)
         .unwrap_or_else(|e| panic!("the gateway refuses the rules: {e}\n{text}"));

@@ -13,6 +13,20 @@ use serde::Serialize;
 
 use crate::crd::rate_limit::{HttpMethod, RateLimitKey, RateLimitPeriod, RateLimitRule};
 
+/// The most bytes one RateLimitPolicy's rules may take in a stack's rules
+/// file (their comment lines and YAML). 64 rules of typical names and
+/// paths take about 13 KiB; the bound keeps one policy from taking more
+/// than a sixteenth of [`MAX_RULES_FILE_BYTES`].
+pub const MAX_POLICY_RULES_BYTES: usize = 16 * 1024;
+/// The most bytes a stack's rules file may have. The operator keeps it in a
+/// ConfigMap, which the apiserver refuses beyond 1 MiB; a quarter of that
+/// leaves room for the object's metadata and keeps the gateway's reload
+/// cheap. A stack's own rules (at most 64, under 90 KiB whatever their
+/// names) always fit; policies fill the rest, oldest first.
+pub const MAX_RULES_FILE_BYTES: usize = 256 * 1024;
+/// The key every rules file starts its rules with (after the comments).
+const RULES_KEY: &str = "rules:\n";
+
 /// Every rule that applies to one stack, in a fixed order (the stack's own,
 /// then policies by name).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,6 +57,21 @@ impl MergedRule {
     pub fn gateway_name(&self) -> String {
         self.id.replace(['/', '.'], "_")
     }
+
+    /// The rule's comment line in [`RateLimitsFile::to_text`].
+    fn comment_line(&self) -> String {
+        format!("# {}: {}\n", self.gateway_name(), self.source)
+    }
+
+    /// The bytes this rule adds to [`RateLimitsFile::to_text`]: its comment
+    /// line and its YAML item. A file's text is
+    /// [`RateLimitsFile::preamble_len`] plus the sum of its rules' lengths
+    /// (block-style YAML items do not depend on each other), so a budget
+    /// can be checked rule by rule without rendering the file again.
+    pub fn text_len(&self) -> Result<usize, serde_yaml_ng::Error> {
+        let item = serde_yaml_ng::to_string(&GatewayRulesFile { rules: vec![gateway_rule(self)] })?;
+        Ok(self.comment_line().len() + item.len() - RULES_KEY.len())
+    }
 }
 
 impl RateLimitsFile {
@@ -64,13 +93,27 @@ impl RateLimitsFile {
         let mut policies: Vec<(&str, &[RateLimitRule])> = policies.into_iter().collect();
         policies.sort_by_key(|(name, _)| *name);
         for (policy_name, policy_rules) in policies {
-            rules.extend(policy_rules.iter().map(|rule| MergedRule {
+            rules.extend(Self::policy_rules(policy_name, policy_rules));
+        }
+        Self { rules }
+    }
+
+    /// The rules of policy `policy_name` as they appear in a merged file.
+    pub fn policy_rules(policy_name: &str, rules: &[RateLimitRule]) -> Vec<MergedRule> {
+        rules
+            .iter()
+            .map(|rule| MergedRule {
                 id: format!("{policy_name}/{}", rule.name),
                 source: format!("RateLimitPolicy/{policy_name}"),
                 rule: rule.clone(),
-            }));
-        }
-        Self { rules }
+            })
+            .collect()
+    }
+
+    /// The bytes [`to_text`](Self::to_text) writes with `header` before the
+    /// first rule: the header line and the `rules:` key.
+    pub fn preamble_len(header: &str) -> usize {
+        "# ".len() + header.len() + "\n".len() + RULES_KEY.len()
     }
 
     /// The file's text: `header` and a comment naming where each rule came
@@ -80,7 +123,7 @@ impl RateLimitsFile {
         let yaml = serde_yaml_ng::to_string(&gateway)?;
         let mut text = format!("# {header}\n");
         for rule in &self.rules {
-            text.push_str(&format!("# {}: {}\n", rule.gateway_name(), rule.source));
+            text.push_str(&rule.comment_line());
         }
         text.push_str(&yaml);
         Ok(text)
@@ -146,5 +189,41 @@ pub fn gateway_rule(rule: &MergedRule) -> GatewayRule {
             RateLimitPeriod::Hour => "1h",
         },
         burst: u32::try_from(spec.burst).unwrap_or(0).saturating_add(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::rate_limit::{HttpMethod, RateLimitKey, RateLimitPeriod};
+
+    fn rule(name: &str, path: &str, methods: Vec<HttpMethod>) -> RateLimitRule {
+        RateLimitRule {
+            name: name.into(),
+            path_prefix: path.into(),
+            methods,
+            key: RateLimitKey::User,
+            requests: 30,
+            per: RateLimitPeriod::Minute,
+            burst: 5,
+        }
+    }
+
+    #[test]
+    fn a_files_length_is_its_preamble_and_the_sum_of_its_rules_lengths() {
+        let own = [rule("api", "/", vec![]), rule("login", "/api/auth/login", vec![HttpMethod::Post])];
+        let checkout = [
+            rule("place-order", "/api/orders", vec![HttpMethod::Post, HttpMethod::Put]),
+            // A path YAML has to quote.
+            rule("odd", "/api/: #x", vec![]),
+        ];
+        let search = [rule("search", "/api/products/**", vec![HttpMethod::Get])];
+        let file =
+            RateLimitsFile::merge("shop", &own, [("team.checkout", &checkout[..]), ("search", &search[..])]);
+        let header = "Rate-limit rules of the gateway.";
+        let text = file.to_text(header).unwrap();
+        let sum: usize = file.rules.iter().map(|r| r.text_len().unwrap()).sum();
+        assert_eq!(text.len(), RateLimitsFile::preamble_len(header) + sum, "{text}");
+        assert_eq!(RateLimitsFile::policy_rules("search", &search), file.rules[2..3]);
     }
 }

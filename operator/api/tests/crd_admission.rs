@@ -166,6 +166,53 @@ fn an_ingress_for_a_disabled_gateway_is_rejected() {
     assert_one_violation_mentioning(&violations, &["gateway.ingress", "services.gateway.enabled"]);
 }
 
+#[test]
+fn a_stack_with_every_service_disabled_is_rejected_naming_the_services() {
+    let violations = stack_violations(|spec| {
+        spec["services"] = Value::Object(
+            Service::names().map(|name| (name.to_owned(), json!({"enabled": false}))).collect(),
+        );
+    });
+    let mut words: Vec<&str> = Service::names().collect();
+    words.extend(["every service is disabled", "enable at least one"]);
+    assert_one_violation_mentioning(&violations, &words);
+
+    // One enabled service, or one left out of the map (enabled by default), is enough.
+    let one_enabled = stack_violations(|spec| {
+        spec["services"] = Value::Object(
+            Service::names().map(|name| (name.to_owned(), json!({"enabled": name == "catalog"}))).collect(),
+        );
+    });
+    assert_eq!(one_enabled, Vec::<String>::new());
+    let one_left_out = stack_violations(|spec| {
+        spec["services"] = Value::Object(
+            Service::names()
+                .filter(|name| *name != "order")
+                .map(|name| (name.to_owned(), json!({"enabled": false})))
+                .collect(),
+        );
+    });
+    assert_eq!(one_left_out, Vec::<String>::new());
+}
+
+/// `EnvVar` is Kubernetes' own type; the CRD adds the pattern to its name
+/// (the real apiserver enforces it: the e2e suite checks the refusal).
+#[test]
+fn an_env_var_name_carries_the_kubernetes_pattern_and_says_so() {
+    let schema = schema_of(&stack::crd());
+    let name = &schema["properties"]["spec"]["properties"]["services"]["additionalProperties"]["properties"]
+        ["env"]["items"]["properties"]["name"];
+    assert_eq!(name["pattern"], json!(stack::ENV_VAR_NAME_PATTERN), "{name:#}");
+    let description = name["description"].as_str().unwrap_or_default();
+    assert!(description.contains("not starting with a digit"), "{description}");
+    for good in ["RUST_LOG", "_x", "a.b-c", "-x", ".x"] {
+        assert!(stack::is_env_var_name(good), "{good}");
+    }
+    for bad in ["1BAD NAME", "1BAD", "BAD NAME", "A=B", "", "ÄRGER"] {
+        assert!(!stack::is_env_var_name(bad), "{bad}");
+    }
+}
+
 /// The schema node of `spec.<path>` (dot-separated property names).
 fn spec_field(path: &str) -> Value {
     let schema = schema_of(&stack::crd());

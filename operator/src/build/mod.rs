@@ -320,7 +320,7 @@ mod tests {
         policies.extend([elsewhere, broken]);
         let valid = validate(&stack, "default").unwrap();
         let ids: Vec<String> =
-            gateway::merged_rules(&valid, &policies).rules.into_iter().map(|r| r.id).collect();
+            gateway::merged_rules(&valid, &policies).unwrap().rules.into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["api", "login", "checkout/place-order"]);
     }
 

@@ -204,22 +204,33 @@ impl ExternalState for ClusterExternalState {
         Ok(())
     }
 
-    async fn drop_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error> {
+    async fn drop_databases(&self, server: &PostgresServer, databases: &[String]) -> Result<(), Error> {
         let mut connection = connect(server).await?;
-        for database in databases {
-            let name = database.name.as_str();
+        // One database that cannot be dropped (a role still owning objects
+        // elsewhere) does not keep the others: each is tried.
+        let mut first_failure = None;
+        for name in databases {
             // FORCE ends the sessions of pods that are still shutting down.
-            execute_formatted(
+            let dropped = match execute_formatted(
                 &mut connection,
                 "DROP DATABASE IF EXISTS %I WITH (FORCE)",
-                vec![name.to_owned()],
+                vec![name.clone()],
                 name,
             )
-            .await?;
-            execute_formatted(&mut connection, "DROP ROLE IF EXISTS %I", vec![name.to_owned()], name).await?;
+            .await
+            {
+                Ok(()) => {
+                    execute_formatted(&mut connection, "DROP ROLE IF EXISTS %I", vec![name.clone()], name)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = dropped {
+                first_failure.get_or_insert(error);
+            }
         }
         let _ = connection.close().await;
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 
     async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error> {

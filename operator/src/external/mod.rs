@@ -32,9 +32,12 @@ pub trait ExternalState: Send + Sync {
         databases: &[DatabasePlan],
     ) -> Result<(), Error>;
 
-    /// Drops the databases and their roles (`deletionPolicy: Delete`).
-    async fn drop_databases(&self, server: &PostgresServer, databases: &[DatabasePlan]) -> Result<(), Error>;
+    /// Drops the databases and the login roles of these names
+    /// (`deletionPolicy: Delete`); one that does not exist is no error.
+    /// Every name is tried; the first failure is returned after the rest.
+    async fn drop_databases(&self, server: &PostgresServer, databases: &[String]) -> Result<(), Error>;
 
-    /// Deletes the topics (`deletionPolicy: Delete`).
+    /// Deletes the topics (`deletionPolicy: Delete`); one that does not
+    /// exist is no error.
     async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error>;
 }

@@ -115,6 +115,38 @@ pub fn databases(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Vec<Da
         .collect()
 }
 
+/// The database and role names the cleanup of a deleted stack drops: those
+/// of every service of the catalog that owns a database, enabled now or not.
+///
+/// Why this set, and not the enabled services ([`databases`]) or a search of
+/// the server:
+/// - It cannot miss one. The operator names a database and its role only
+///   through [`names::ExternalNames::database`], a pure function of the
+///   namespace, the stack's name (both immutable) and the service; so every
+///   database the stack ever created is the name of some service of the
+///   catalog, whether that service is enabled now, was enabled once, or was
+///   disabled before the stack was deleted (the spec's history is kept
+///   nowhere, and need not be).
+/// - It cannot drop what is not the stack's. Each name is exactly one that
+///   this stack would create, and no other stack's (the naming keeps stacks
+///   of every namespace apart, see the tests of [`names`]). A search by the
+///   prefix `<namespace>_<stack>_` instead would also match a database a
+///   person made by hand (`shop_shop_reports`), and names recorded in the
+///   status cannot be trusted with a DROP: whoever may write the status
+///   subresource could name any database on the server.
+/// - A name that was never created costs nothing: the drops are
+///   `IF EXISTS`.
+///
+/// What it relies on: a service stays in the catalog once it had a database.
+pub fn databases_to_drop(stack: &ValidStack<'_>) -> Vec<String> {
+    let names = names::ExternalNames::of(stack);
+    Service::ALL
+        .into_iter()
+        .filter(|service| service.spec().database)
+        .map(|service| names.database(service))
+        .collect()
+}
+
 /// The admin connection, given the admin's credentials (read from the
 /// admin Secret the endpoints name).
 pub fn postgres_server(endpoints: &Endpoints, user: String, password: String) -> PostgresServer {
@@ -149,6 +181,35 @@ mod tests {
         assert_eq!(partitions("shop.shop.commerce.users.v1"), 3, "no enabled consumer: the catalog's count");
         assert!(plans.iter().all(|t| t.name.starts_with("shop.shop.")), "{plans:?}");
         assert_eq!(plans.len(), catalog::all_topics().len());
+    }
+
+    #[test]
+    fn a_deleted_stack_drops_the_database_of_every_catalog_service_enabled_or_not() {
+        let mut stack =
+            crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
+        stack.spec.services = serde_json::from_value(serde_json::json!({
+            "notification": {"enabled": false},
+            "order": {"enabled": false},
+        }))
+        .unwrap();
+        let valid = validate(&stack, "default").unwrap();
+        let enabled: Vec<String> =
+            databases(&valid, &SecretValues::placeholders()).unwrap().into_iter().map(|d| d.name).collect();
+        assert!(!enabled.contains(&"shop_shop_notification".to_owned()), "{enabled:?}");
+        let dropped = databases_to_drop(&valid);
+        let owning_one: Vec<Service> = Service::ALL.into_iter().filter(|s| s.spec().database).collect();
+        assert_eq!(dropped.len(), owning_one.len());
+        for service in owning_one {
+            assert!(
+                dropped.contains(&names::database_name("shop", "shop", service)),
+                "{service:?}: {dropped:?}"
+            );
+        }
+        assert!(enabled.iter().all(|name| dropped.contains(name)), "{enabled:?} not all in {dropped:?}");
+        // Only this stack's names: another stack in the namespace is untouched.
+        let other: Vec<String> =
+            Service::ALL.iter().map(|s| names::database_name("shop", "shop2", *s)).collect();
+        assert!(dropped.iter().all(|name| !other.contains(name)), "{dropped:?}");
     }
 
     #[test]

@@ -10,24 +10,37 @@
 //! growing delay.
 //!
 //! A finalizer exists only under `deletionPolicy: Delete`, to drop the
-//! stack's topics and databases on external servers; if that keeps failing
-//! for [`CLEANUP_GRACE`], the finalizer is removed anyway (with a Warning
-//! Event naming what was left), so deletion never blocks forever.
+//! stack's topics and databases on external servers ([`cleanup`]); if that
+//! keeps failing for [`CLEANUP_GRACE`], the finalizer is removed anyway (with
+//! a Warning Event naming what was left), so deletion never blocks forever.
+//! Meanwhile the stack holds the Postgres admin Secret that the cleanup needs
+//! ([`admin_secret`]).
+//!
+//! The reconcile also writes the status of every RateLimitPolicy that
+//! targets the stack ([`policy`]): whether its rules joined the gateway's,
+//! and if not, why. While the stack is paused or invalid, or does not
+//! exist, the policy controller writes them instead.
 
+pub mod admin_secret;
 pub mod apply;
 pub mod backoff;
+pub mod cleanup;
 pub mod diff;
+pub mod policy;
 pub mod status;
+pub mod storage_class;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use commerce_api::catalog::Service;
 use commerce_api::crd::API_VERSION;
-use commerce_api::crd::stack::{DatabaseStatus, DeletionPolicy};
+use commerce_api::crd::policy::{REASON_GATEWAY_DISABLED, REASON_RULES_NOT_APPLIED};
+use commerce_api::crd::stack::{CONDITION_DEGRADED, DatabaseStatus, DeletionPolicy};
 use commerce_api::{CommerceStack, CommerceStackStatus, RateLimitPolicy};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -59,7 +72,8 @@ pub const INFRA_POLL: Duration = Duration::from_secs(15);
 pub const FINALIZER: &str = "commerce-stack.dev/external-state";
 /// How long a deleted stack's cleanup may keep failing before the finalizer
 /// is removed regardless: long enough to ride out a restarting database,
-/// short enough that a namespace deletion does not hang.
+/// short enough that a namespace deletion does not hang. Each kind of state
+/// (databases, topics) is cleaned on its own within it.
 pub const CLEANUP_GRACE: Duration = Duration::from_secs(600);
 
 /// What every reconcile shares.
@@ -150,7 +164,7 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
         // Owned objects go with the stack through garbage collection; only
         // external state needs the operator.
         if has_finalizer(stack) {
-            finalize(ctx, stack, &namespace).await?;
+            cleanup::finalize(ctx, stack, &namespace).await?;
         }
         return Ok(Action::await_change());
     }
@@ -158,20 +172,25 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     if stack.spec.paused {
         // Not observed either: Ready becomes Unknown and observedGeneration
         // stays where the last reconcile left it.
+        // Its policies' statuses are the policy controller's meanwhile.
         write_status(ctx, stack, status::paused(stack, now)).await?;
         return Ok(Action::await_change());
     }
 
     let wants_finalizer = stack.spec.deletion_policy == DeletionPolicy::Delete;
     if wants_finalizer != has_finalizer(stack) {
-        set_finalizer(ctx, stack, wants_finalizer).await?;
+        if !wants_finalizer {
+            // A stack holds admin Secrets only while it carries its finalizer.
+            admin_secret::release(&ctx.client, &namespace, &name, None).await?;
+        }
+        set_finalizer(ctx, stack, wants_finalizer, None).await?;
     }
 
     let valid = match validate(stack, &namespace) {
         Ok(valid) => valid,
         Err(Error::InvalidStack { problems, .. }) => {
             let changed = write_status(ctx, stack, status::invalid(stack, &problems, now)).await?;
-            if changed {
+            if changed.is_some() {
                 publish(ctx, &stack.object_ref(&()), EventType::Warning, "InvalidSpec", problems.join("; "))
                     .await;
             }
@@ -192,6 +211,8 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
 
     let mut outcome = Outcome { gateway_url: gateway::gateway_url(&valid), ..Outcome::default() };
     apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
+    outcome.missing_storage_classes =
+        storage_class::missing(&ctx.client, &valid, &current.typed::<StatefulSet>("StatefulSet")).await;
     let external = ensure_external(ctx, &valid, &values, &current, &mut outcome).await;
     if let Err(error) = &external {
         outcome.error = Some(error_chain(error));
@@ -205,9 +226,20 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
 
     let deployments: Vec<Deployment> = current.typed("Deployment");
     let new_status = status::reconciled(stack, &valid, &deployments, &outcome, now.clone());
+    let degraded_changed = condition_of(stack.status.as_ref(), CONDITION_DEGRADED)
+        != condition_of(Some(&new_status), CONDITION_DEGRADED);
     let status_written = write_status(ctx, stack, new_status).await;
-    for policy in policies.iter().filter(|p| p.spec.target_ref.name == name) {
-        write_policy_status(ctx, policy, status::policy(policy, false, now.clone())).await?;
+    write_policy_statuses(ctx, &valid, &policies, &outcome, now.clone()).await?;
+    if degraded_changed && !outcome.missing_storage_classes.is_empty() {
+        let note = outcome.missing_storage_classes.join("; ");
+        publish(
+            ctx,
+            &stack.object_ref(&()),
+            EventType::Warning,
+            status::REASON_STORAGE_CLASS_NOT_FOUND,
+            note,
+        )
+        .await;
     }
     if !outcome.applied.is_empty() {
         info!(stack = %name, objects = ?outcome.applied, "applied");
@@ -234,6 +266,10 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
 /// Ensures the stack's topics and databases. Managed infrastructure that is
 /// not ready yet is waited for (recorded in the outcome), not an error.
 ///
+/// Under `deletionPolicy: Delete` with an external Postgres, the admin
+/// Secret is held ([`admin_secret`]) before any database is ensured with its
+/// credentials, and a hold of the stack on any other Secret is released.
+///
 /// Databases wait while a desired Secret was not written (refused as not
 /// ours, or its apply failed): their roles get the passwords generated for
 /// those Secrets, and a password no Secret keeps would lock the services
@@ -246,6 +282,16 @@ async fn ensure_external(
     outcome: &mut Outcome,
 ) -> Result<(), Error> {
     let endpoints = infra::endpoints(valid);
+    let holds = valid.stack.spec.deletion_policy == DeletionPolicy::Delete;
+    if holds {
+        // First, so that a broker or database that is down does not keep a
+        // hold the stack no longer needs.
+        let keep = (!valid.postgres.is_managed()).then_some(endpoints.postgres.admin_password.name.as_str());
+        let released = admin_secret::release(&ctx.client, valid.namespace, valid.name, keep).await?;
+        if !released.is_empty() {
+            info!(stack = %valid.name, secrets = ?released, "released the hold on a Secret no longer referenced");
+        }
+    }
     let stateful_sets: Vec<StatefulSet> = current.typed("StatefulSet");
     let ready = |component: Component| {
         let name = names::component_name(valid, component);
@@ -266,7 +312,7 @@ async fn ensure_external(
     if valid.postgres.is_managed() && !ready(Component::Postgres) {
         outcome.waiting_for.push("Postgres".into());
     } else if !unwritten_secret {
-        let server = postgres_admin(ctx, valid, values, &endpoints).await?;
+        let server = postgres_admin(ctx, valid, values, &endpoints, holds.then_some(valid.name)).await?;
         let databases = plan::databases(valid, values)?;
         ctx.external.ensure_databases(&server, &databases).await?;
         outcome.databases = Some(
@@ -285,12 +331,14 @@ async fn ensure_external(
 
 /// How the operator logs in to the stack's Postgres as its admin: the
 /// generated Secret's password for managed Postgres, the named Secret's keys
-/// for an external server.
+/// for an external server. With `hold` (a stack's name), the named Secret is
+/// held for that stack first ([`admin_secret::hold`]).
 async fn postgres_admin(
     ctx: &Context,
     valid: &ValidStack<'_>,
     values: &SecretValues,
     endpoints: &infra::Endpoints,
+    hold: Option<&str>,
 ) -> Result<PostgresServer, Error> {
     let admin = &endpoints.postgres;
     if valid.postgres.is_managed() {
@@ -304,6 +352,10 @@ async fn postgres_admin(
         .await
         .map_err(|source| Error::GetSecret { name: name.clone(), source })?
         .ok_or_else(|| Error::ReadAdminSecret { reason: format!("Secret {name} does not exist") })?;
+    let secret = match hold {
+        Some(stack) => admin_secret::hold(&ctx.client, valid.namespace, secret, stack).await?,
+        None => secret,
+    };
     let read = |key: &str| {
         secret
             .data
@@ -322,71 +374,26 @@ fn has_finalizer(stack: &CommerceStack) -> bool {
 }
 
 /// Adds or removes the finalizer. The merge patch carries the
-/// resourceVersion, so a concurrent change of the finalizers (by another
-/// controller) fails it instead of being overwritten.
-async fn set_finalizer(ctx: &Context, stack: &CommerceStack, present: bool) -> Result<(), Error> {
+/// resourceVersion (`resource_version`, else the stack's as read), so a
+/// concurrent change of the finalizers (by another controller) fails it
+/// instead of being overwritten.
+async fn set_finalizer(
+    ctx: &Context,
+    stack: &CommerceStack,
+    present: bool,
+    resource_version: Option<String>,
+) -> Result<(), Error> {
     let mut finalizers: Vec<String> =
         stack.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     if present {
         finalizers.push(FINALIZER.to_owned());
     }
     let api: Api<CommerceStack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": stack.resource_version()}});
+    let resource_version = resource_version.or_else(|| stack.resource_version());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}});
     api.patch(&stack.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|source| {
         Error::PatchFinalizers { object: format!("CommerceStack/{}", stack.name_any()), source }
     })?;
-    Ok(())
-}
-
-/// Cleans up the external state of a deleted stack, then lets it go.
-async fn finalize(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Result<(), Error> {
-    let reference = stack.object_ref(&());
-    let outcome = if stack.spec.paused {
-        Err("the stack was paused, so the operator changed nothing".to_owned())
-    } else {
-        cleanup(ctx, stack, namespace).await.map_err(|error| error_chain(&error))
-    };
-    match outcome {
-        Ok(()) => {
-            publish(
-                ctx,
-                &reference,
-                EventType::Normal,
-                "CleanedUp",
-                "dropped the stack's topics and databases".into(),
-            )
-            .await;
-        }
-        Err(reason) => {
-            let deleted = stack.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or(now().0);
-            let waited = now().0.duration_since(deleted).unsigned_abs();
-            if !stack.spec.paused && waited < CLEANUP_GRACE {
-                return Err(Error::CleanUp { reason });
-            }
-            let note = format!(
-                "gave up cleaning up after {}s; topics and databases may remain: {reason}",
-                waited.as_secs()
-            );
-            publish(ctx, &reference, EventType::Warning, "CleanupAbandoned", note).await;
-        }
-    }
-    set_finalizer(ctx, stack, false).await
-}
-
-/// Drops the databases and topics that live on external servers (managed
-/// ones go with their volumes).
-async fn cleanup(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Result<(), Error> {
-    let valid = validate(stack, namespace)?;
-    let endpoints = infra::endpoints(&valid);
-    if !valid.postgres.is_managed() {
-        let server = postgres_admin(ctx, &valid, &secrets::SecretValues::placeholders(), &endpoints).await?;
-        // Passwords do not matter for dropping.
-        let databases = plan::databases(&valid, &secrets::SecretValues::placeholders())?;
-        ctx.external.drop_databases(&server, &databases).await?;
-    }
-    if !valid.kafka.is_managed() {
-        ctx.external.delete_topics(&endpoints.kafka_brokers, &plan::topics(&valid)).await?;
-    }
     Ok(())
 }
 
@@ -459,44 +466,73 @@ async fn list_policies(client: &Client, namespace: &str) -> Result<Vec<RateLimit
 }
 
 /// Writes the stack's status if it differs from the stored one; returns
-/// whether it wrote.
+/// the stack's resourceVersion after the write, `None` when it did not
+/// write.
 async fn write_status(
     ctx: &Context,
     stack: &CommerceStack,
     status: CommerceStackStatus,
-) -> Result<bool, Error> {
+) -> Result<Option<String>, Error> {
     if stack.status.as_ref() == Some(&status) {
-        return Ok(false);
+        return Ok(None);
     }
     let api: Api<CommerceStack> = Api::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
     let patch = json!({"apiVersion": API_VERSION, "kind": "CommerceStack", "status": status});
-    api.patch_status(&stack.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&stack.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(|source| Error::PatchStatus {
             object: format!("CommerceStack/{}", stack.name_any()),
             source,
         })?;
-    Ok(true)
+    Ok(Some(written.resource_version().unwrap_or_default()))
 }
 
-async fn write_policy_status(
+/// Writes the `Accepted` condition of each policy that targets the
+/// reconciled stack: the verdict of [`gateway::judge_policies`], unless the
+/// stack runs no gateway, or its rules ConfigMap was not applied (then the
+/// gateway may still enforce an earlier version of the rules: Unknown).
+async fn write_policy_statuses(
     ctx: &Context,
-    policy: &RateLimitPolicy,
-    status: commerce_api::RateLimitPolicyStatus,
+    valid: &ValidStack<'_>,
+    policies: &[RateLimitPolicy],
+    outcome: &Outcome,
+    now: Time,
 ) -> Result<(), Error> {
-    if policy.status.as_ref() == Some(&status) {
-        return Ok(());
+    let rules_name = gateway::rate_limits_config_map_name(valid);
+    let rules_unapplied =
+        outcome.problems.iter().any(|p| p.kind == "ConfigMap" && p.name == rules_name && p.is_unapplied());
+    for decision in gateway::judge_policies(valid, policies)? {
+        let acceptance = if !valid.is_enabled(Service::Gateway) {
+            policy::Acceptance::refused(
+                REASON_GATEWAY_DISABLED,
+                format!(
+                    "CommerceStack/{} runs no gateway (services.gateway.enabled is false): nothing enforces \
+                     rate limits",
+                    valid.name
+                ),
+            )
+        } else if rules_unapplied && matches!(decision.verdict, gateway::PolicyVerdict::Accepted { .. }) {
+            policy::Acceptance {
+                status: "Unknown",
+                reason: REASON_RULES_NOT_APPLIED,
+                message: format!(
+                    "the rules were accepted, but ConfigMap/{rules_name} was not applied (the Degraded \
+                     condition of CommerceStack/{} says why); the gateway enforces the rules it had before",
+                    valid.name
+                ),
+            }
+        } else {
+            policy::Acceptance::from_verdict(valid.name, &decision.verdict)
+        };
+        policy::write_status(ctx, decision.policy, acceptance, now.clone()).await?;
     }
-    let api: Api<RateLimitPolicy> =
-        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": API_VERSION, "kind": "RateLimitPolicy", "status": status});
-    api.patch_status(&policy.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::PatchStatus {
-            object: format!("RateLimitPolicy/{}", policy.name_any()),
-            source,
-        })?;
     Ok(())
+}
+
+/// The condition `type_` of a status, if it has one.
+fn condition_of<'s>(status: Option<&'s CommerceStackStatus>, type_: &str) -> Option<&'s Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// Publishes an Event; a failure is logged, never fails the reconcile.

@@ -7,8 +7,9 @@
 use commerce_api::catalog::Service;
 use commerce_api::crd::policy::CONDITION_ACCEPTED;
 use commerce_api::crd::stack::{
-    CONDITION_DEGRADED, CONDITION_PAUSED, CONDITION_PROGRESSING, CONDITION_READY, CommerceStack,
-    CommerceStackStatus, DatabaseStatus, ServiceStatus, TopicStatus,
+    CONDITION_DATABASES_CLEANED_UP, CONDITION_DEGRADED, CONDITION_PAUSED, CONDITION_PROGRESSING,
+    CONDITION_READY, CONDITION_TOPICS_CLEANED_UP, CommerceStack, CommerceStackStatus, DatabaseStatus,
+    ServiceStatus, TopicStatus,
 };
 use commerce_api::{RateLimitPolicy, RateLimitPolicyStatus};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::apply::ObjectProblem;
 use crate::build::names::{self, Component};
-use crate::validate::{ValidStack, policy_problems};
+use crate::validate::ValidStack;
 
 /// Reason of every condition while `spec.paused` is true.
 pub const REASON_PAUSED: &str = "Paused";
@@ -32,6 +33,66 @@ const MAX_FAILURE_LINES: usize = 7;
 const MAX_FAILURE_LINE_LEN: usize = 256;
 /// Most objects `Ready` names when some were not applied.
 const MAX_NAMED_OBJECTS: usize = 5;
+/// Reason of `Degraded` when managed infrastructure names a StorageClass
+/// the cluster does not have: its volume can never be provisioned.
+pub const REASON_STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";
+/// Reason of a cleanup condition whose kind of state lives on managed
+/// infrastructure: it goes with the volume, nothing to drop.
+pub const REASON_NOT_NEEDED: &str = "NotNeeded";
+
+/// How one kind of a deleted stack's external state (its databases, or its
+/// topics) fared in a cleanup attempt; each kind is cleaned on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupStep {
+    /// Gone: dropped or deleted now, or in an earlier attempt. Says what.
+    Done(String),
+    /// Nothing to clean on an external server: managed infrastructure's
+    /// data goes with its volume. Says why.
+    NotNeeded(String),
+    /// This attempt failed, and is retried until the grace period ends.
+    /// Says what is left, and why.
+    Failed(String),
+}
+
+impl CleanupStep {
+    /// Whether this kind still needs work.
+    pub fn failed(&self) -> bool {
+        matches!(self, CleanupStep::Failed(_))
+    }
+
+    /// What happened, for messages and Events.
+    pub fn message(&self) -> &str {
+        match self {
+            CleanupStep::Done(message) | CleanupStep::NotNeeded(message) | CleanupStep::Failed(message) => {
+                message
+            }
+        }
+    }
+
+    /// What an earlier attempt recorded in the condition `type_`, if it
+    /// finished this kind: a True condition is not worked on again, so that
+    /// a retry does not need what the finished kind needed (the admin
+    /// Secret, once released).
+    pub fn finished_before(stack: &CommerceStack, type_: &str) -> Option<CleanupStep> {
+        let condition = stack.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+        (condition.status == "True").then(|| {
+            if condition.reason == REASON_NOT_NEEDED {
+                CleanupStep::NotNeeded(condition.message.clone())
+            } else {
+                CleanupStep::Done(condition.message.clone())
+            }
+        })
+    }
+
+    fn condition(&self, type_: &str, done_reason: &str, generation: Option<i64>) -> Condition {
+        let message = self.message().to_owned();
+        match self {
+            CleanupStep::Done(_) => condition(type_, true, done_reason, message, generation),
+            CleanupStep::NotNeeded(_) => condition(type_, true, REASON_NOT_NEEDED, message, generation),
+            CleanupStep::Failed(_) => condition(type_, false, "CleanupFailed", message, generation),
+        }
+    }
+}
 
 /// What one reconcile did, for the status.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +113,9 @@ pub struct Outcome {
     pub databases: Option<Vec<DatabaseStatus>>,
     /// Managed infrastructure the external-state step waits for.
     pub waiting_for: Vec<String>,
+    /// Why some of that wait may never end: one line per StorageClass that
+    /// managed infrastructure names and the cluster lacks.
+    pub missing_storage_classes: Vec<String>,
 }
 
 /// A condition as this reconcile sees it, before timestamps.
@@ -176,11 +240,19 @@ pub fn reconciled(
     } else {
         condition(CONDITION_PROGRESSING, false, "UpToDate", "the cluster matches the spec".into(), generation)
     };
-    let degraded = if outcome.problems.is_empty() && outcome.error.is_none() {
-        condition(CONDITION_DEGRADED, false, "AsExpected", "no errors".into(), generation)
-    } else {
-        let message = failure_message(&outcome.problems, outcome.error.as_deref());
+    let failed = !outcome.problems.is_empty() || outcome.error.is_some();
+    let degraded = if failed {
+        let mut message = failure_message(&outcome.problems, outcome.error.as_deref());
+        for missing in &outcome.missing_storage_classes {
+            message.push('\n');
+            message.push_str(&one_line(missing, MAX_FAILURE_LINE_LEN));
+        }
         condition(CONDITION_DEGRADED, true, "ReconcileFailed", message, generation)
+    } else if !outcome.missing_storage_classes.is_empty() {
+        let message = outcome.missing_storage_classes.join("\n");
+        condition(CONDITION_DEGRADED, true, REASON_STORAGE_CLASS_NOT_FOUND, message, generation)
+    } else {
+        condition(CONDITION_DEGRADED, false, "AsExpected", "no errors".into(), generation)
     };
     let old = stack.status.clone().unwrap_or_default();
     CommerceStackStatus {
@@ -298,29 +370,58 @@ pub fn paused(stack: &CommerceStack, now: Time) -> CommerceStackStatus {
     status
 }
 
-fn condition_order(type_: &str) -> usize {
-    [CONDITION_READY, CONDITION_PROGRESSING, CONDITION_DEGRADED, CONDITION_PAUSED]
-        .iter()
-        .position(|t| *t == type_)
-        .unwrap_or(usize::MAX)
+/// The status of a deleted stack whose external state is being cleaned up:
+/// as last reconciled, with `DatabasesCleanedUp` and `TopicsCleanedUp` saying
+/// how each kind fared. Written before the finalizer goes, so that a retry
+/// skips what is done.
+pub fn cleaning_up(
+    stack: &CommerceStack,
+    databases: &CleanupStep,
+    topics: &CleanupStep,
+    now: Time,
+) -> CommerceStackStatus {
+    let generation = stack.metadata.generation;
+    let mut status = stack.status.clone().unwrap_or_default();
+    let new = vec![
+        databases.condition(CONDITION_DATABASES_CLEANED_UP, "Dropped", generation),
+        topics.condition(CONDITION_TOPICS_CLEANED_UP, "Deleted", generation),
+    ];
+    let mut conditions: Vec<Condition> =
+        status.conditions.iter().filter(|c| !new.iter().any(|n| n.type_ == c.type_)).cloned().collect();
+    conditions.extend(with_transition_times(new, &status.conditions, now));
+    conditions.sort_by_key(|c| condition_order(&c.type_));
+    status.conditions = conditions;
+    status
 }
 
-/// The status of a policy that targets a reconciled stack.
-pub fn policy(policy: &RateLimitPolicy, stack_paused: bool, now: Time) -> RateLimitPolicyStatus {
+fn condition_order(type_: &str) -> usize {
+    [
+        CONDITION_READY,
+        CONDITION_PROGRESSING,
+        CONDITION_DEGRADED,
+        CONDITION_PAUSED,
+        CONDITION_DATABASES_CLEANED_UP,
+        CONDITION_TOPICS_CLEANED_UP,
+    ]
+    .iter()
+    .position(|t| *t == type_)
+    .unwrap_or(usize::MAX)
+}
+
+/// The status of a policy whose `Accepted` condition has `status` (`True`,
+/// `False` or `Unknown`), `reason` and `message`
+/// ([`super::policy::Acceptance`]).
+pub fn policy(
+    policy: &RateLimitPolicy,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Time,
+) -> RateLimitPolicyStatus {
     let generation = policy.metadata.generation;
-    let problems = policy_problems(policy);
-    let accepted = if !problems.is_empty() {
-        condition(CONDITION_ACCEPTED, false, "InvalidRules", problems.join("; "), generation)
-    } else if stack_paused {
-        condition(
-            CONDITION_ACCEPTED,
-            false,
-            "StackPaused",
-            "the stack is paused; the rules apply once it resumes".into(),
-            generation,
-        )
-    } else {
-        condition(CONDITION_ACCEPTED, true, "Accepted", "the gateway enforces the rules".into(), generation)
+    let accepted = Condition {
+        status: status.to_owned(),
+        ..condition(CONDITION_ACCEPTED, false, reason, message, generation)
     };
     let old = policy.status.clone().unwrap_or_default();
     RateLimitPolicyStatus {
@@ -416,6 +517,33 @@ mod tests {
         let valid = validate(&stack, "default").unwrap();
         let second = reconciled(&stack, &valid, &[], &Outcome::default(), time(20));
         assert_eq!(first, second, "a second identical reconcile must not change the status");
+    }
+
+    #[test]
+    fn each_kind_of_cleanup_has_its_own_condition_and_a_finished_one_is_not_redone() {
+        let mut stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        stack.status = Some(reconciled(&stack, &valid, &[], &Outcome::default(), time(10)));
+        let databases = CleanupStep::Failed("dropping databases shop_shop_auth: no admin Secret".into());
+        let topics = CleanupStep::Done("deleted the 11 topics shop.shop.*".into());
+        let status = cleaning_up(&stack, &databases, &topics, time(20));
+        let dropped = find(&status, CONDITION_DATABASES_CLEANED_UP);
+        assert_eq!((dropped.status.as_str(), dropped.message.as_str()), ("False", databases.message()));
+        let deleted = find(&status, CONDITION_TOPICS_CLEANED_UP);
+        assert_eq!((deleted.status.as_str(), deleted.reason.as_str()), ("True", "Deleted"));
+        assert_eq!(find(&status, CONDITION_READY), find(stack.status.as_ref().unwrap(), CONDITION_READY));
+
+        stack.status = Some(status.clone());
+        assert_eq!(CleanupStep::finished_before(&stack, CONDITION_TOPICS_CLEANED_UP), Some(topics.clone()));
+        assert_eq!(CleanupStep::finished_before(&stack, CONDITION_DATABASES_CLEANED_UP), None);
+        assert_eq!(
+            cleaning_up(&stack, &databases, &topics, time(30)),
+            status,
+            "the same outcome writes nothing"
+        );
+        let managed = CleanupStep::NotNeeded("Postgres is managed".into());
+        stack.status = Some(cleaning_up(&stack, &managed, &topics, time(40)));
+        assert_eq!(CleanupStep::finished_before(&stack, CONDITION_DATABASES_CLEANED_UP), Some(managed));
     }
 
     #[test]

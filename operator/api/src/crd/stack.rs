@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, ValidationRule,
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool, ValidationRule,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -34,6 +34,18 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
 /// nor observes the stack; meanwhile `Ready` is `Unknown` and
 /// `observedGeneration` stays at the last generation reconciled.
 pub const CONDITION_PAUSED: &str = "Paused";
+
+/// Condition type, only on a deleted stack under `deletionPolicy: Delete`:
+/// its databases and login roles on the external Postgres were dropped
+/// (True; reason `NotNeeded` for managed Postgres, whose data goes with its
+/// volume), or the last attempt failed (False, with the reason in the
+/// message). Cleaned up on its own, whatever becomes of the topics.
+pub const CONDITION_DATABASES_CLEANED_UP: &str = "DatabasesCleanedUp";
+/// Condition type, only on a deleted stack under `deletionPolicy: Delete`:
+/// its topics on the external Kafka were deleted (True; reason `NotNeeded`
+/// for managed Kafka), or the last attempt failed (False). Cleaned up on
+/// its own, whatever becomes of the databases.
+pub const CONDITION_TOPICS_CLEANED_UP: &str = "TopicsCleanedUp";
 
 /// Longest name of a CommerceStack: the longest object name derived from it,
 /// `<stack>-notification-headless`, must remain a 63-character DNS label.
@@ -110,6 +122,7 @@ pub struct CommerceStackSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = Service::ALL.len()))]
     #[x_kube(validation = known_service_names_rule())]
+    #[x_kube(validation = some_service_enabled_rule())]
     pub services: BTreeMap<String, ServiceSettings>,
     /// The Kafka cluster that carries the domain events: `external` (your
     /// brokers) or `managed` (the operator runs one in the namespace).
@@ -153,6 +166,36 @@ fn known_service_names_rule() -> Rule {
     Rule::new(format!("self.all(name, name in [{list}])"))
         .message(Message::Message(format!("services only takes names of the catalog: {}", names.join(", "))))
         .reason(Reason::FieldValueInvalid)
+}
+
+/// The CEL rule that refuses a stack whose every service is disabled: it
+/// would consist of nothing but its topics and databases. A service missing
+/// from `services` runs (with the defaults), and `enabled` defaults to true.
+fn some_service_enabled_rule() -> Rule {
+    let names: Vec<&str> = Service::names().collect();
+    let list = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+    Rule::new(format!("[{list}].exists(name, !(name in self) || self[name].enabled)"))
+        .message(Message::Message(format!(
+            "every service is disabled (services.<name>.enabled is false for {}): enable at least one, or delete the stack",
+            names.join(", ")
+        )))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// What Kubernetes has long required of an environment variable's name
+/// (`IsEnvVarName`): letters, digits, `-`, `.` and `_`, not starting with a
+/// digit. Since Kubernetes 1.34 a Pod may carry any printable ASCII name
+/// without `=`, but shells and most programs cannot read such a variable,
+/// and older apiservers refuse the Deployment after the rest of the stack
+/// was applied; the schema refuses it at admission instead.
+pub const ENV_VAR_NAME_PATTERN: &str = "^[-._a-zA-Z][-._a-zA-Z0-9]*$";
+
+/// Whether `name` matches [`ENV_VAR_NAME_PATTERN`] (for the operator's own
+/// check, which has no regex engine).
+pub fn is_env_var_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    name.chars().next().is_some_and(|first| allowed(first) && !first.is_ascii_digit())
+        && name.chars().all(allowed)
 }
 
 /// A DNS-1123 subdomain: what Kubernetes requires of a Secret's name. `[.]`
@@ -275,7 +318,8 @@ pub struct ServiceSettings {
     pub autoscaling: Option<Autoscaling>,
     /// Extra environment variables, applied after the operator's own so that
     /// they override them (for example `RUST_LOG`). `valueFrom` may read a
-    /// Secret or ConfigMap.
+    /// Secret or ConfigMap. Names hold letters, digits, `-`, `.` and `_`
+    /// and do not start with a digit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -728,7 +772,9 @@ pub struct CommerceStackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing` and `Degraded`, each with a reason and a
-    /// message; `Paused` while `spec.paused` is true.
+    /// message; `Paused` while `spec.paused` is true; once the stack is
+    /// deleted under `deletionPolicy: Delete`, `DatabasesCleanedUp` and
+    /// `TopicsCleanedUp` say how its cleanup goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -791,7 +837,9 @@ pub struct DatabaseStatus {
 }
 
 /// The CommerceStack CRD: the derived one, plus the rules on
-/// `metadata.name` that a derive cannot attach to the root.
+/// `metadata.name` that a derive cannot attach to the root, and the pattern
+/// of `services.<name>.env[].name`, a field of Kubernetes' own `EnvVar`
+/// type that the derive takes as it is.
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = <CommerceStack as kube_core::CustomResourceExt>::crd();
     let rules = [
@@ -815,9 +863,33 @@ pub fn crd() -> CustomResourceDefinition {
                     ..ValidationRule::default()
                 });
             }
+            if let Some(name) = env_var_name_schema(schema) {
+                name.pattern = Some(ENV_VAR_NAME_PATTERN.to_owned());
+                name.description = Some(
+                    "Name of the environment variable: letters, digits, '-', '.' and '_', not starting with a digit."
+                        .to_owned(),
+                );
+            }
         }
     }
     crd
+}
+
+/// The schema of `spec.services.<name>.env[].name` in the CRD's schema.
+fn env_var_name_schema(root: &mut JSONSchemaProps) -> Option<&mut JSONSchemaProps> {
+    fn property<'a>(schema: &'a mut JSONSchemaProps, name: &str) -> Option<&'a mut JSONSchemaProps> {
+        schema.properties.as_mut()?.get_mut(name)
+    }
+    let spec = property(root, "spec")?;
+    let services = property(spec, "services")?;
+    let Some(JSONSchemaPropsOrBool::Schema(settings)) = services.additional_properties.as_mut() else {
+        return None;
+    };
+    let env = property(settings, "env")?;
+    let Some(JSONSchemaPropsOrArray::Schema(item)) = env.items.as_mut() else {
+        return None;
+    };
+    property(item, "name")
 }
 
 impl CommerceStackSpec {

@@ -1,0 +1,167 @@
+//! The finalizer's work: the cleanup of a deleted stack's external state
+//! under `deletionPolicy: Delete` (databases and roles on an external
+//! Postgres, topics on an external Kafka).
+//!
+//! Each kind is cleaned on its own and at the same time: the topics never
+//! wait for Postgres, nor the databases for Kafka. Each kind's outcome is
+//! written to the status (`DatabasesCleanedUp`, `TopicsCleanedUp`) before
+//! anything is let go, and a kind that is done is not worked on again, so a
+//! retry needs only what the unfinished kind needs. A failed kind is retried
+//! with backoff for [`CLEANUP_GRACE`] after the deletion; then the finalizer
+//! goes anyway, with a Warning Event that names what was left. Events are
+//! best effort: in a namespace being deleted none can be created, and the
+//! cleanup goes on regardless.
+//!
+//! What is dropped is everything the stack may ever have created, not only
+//! what its spec enables now: [`plan::databases_to_drop`] and
+//! [`plan::topics`] (every topic of the catalog) say why the sets can
+//! neither miss anything nor reach another stack's state.
+//!
+//! Letting go releases the stack's hold on the admin Secret
+//! ([`admin_secret`]) first, then removes the stack's finalizer, so that no
+//! hold outlives the stack.
+
+use commerce_api::CommerceStack;
+use commerce_api::crd::stack::{CONDITION_DATABASES_CLEANED_UP, CONDITION_TOPICS_CLEANED_UP, DeletionPolicy};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::info;
+
+use super::status::{self, CleanupStep};
+use super::{
+    CLEANUP_GRACE, Context, admin_secret, error_chain, now, postgres_admin, publish, set_finalizer,
+    write_status,
+};
+use crate::Error;
+use crate::build::infra;
+use crate::build::names::ExternalNames;
+use crate::build::secrets::SecretValues;
+use crate::external::plan;
+use crate::validate::{ValidStack, validate};
+
+/// Cleans up the external state of a deleted stack, then lets it go; an
+/// error (within the grace period) has it retried with backoff.
+pub(super) async fn finalize(ctx: &Context, stack: &CommerceStack, namespace: &str) -> Result<(), Error> {
+    let reference = stack.object_ref(&());
+    if stack.spec.paused {
+        let note = "the stack was paused, so the operator changed nothing: its topics and databases remain";
+        publish(ctx, &reference, EventType::Warning, "CleanupAbandoned", note.into()).await;
+        return let_go(ctx, stack, namespace, None).await;
+    }
+    if stack.spec.deletion_policy == DeletionPolicy::Retain {
+        // Set to Retain after the finalizer was added (and before a
+        // reconcile removed it): the spec says keep the data.
+        let note = "deletionPolicy is Retain: the topics and databases were kept";
+        publish(ctx, &reference, EventType::Normal, "Retained", note.into()).await;
+        return let_go(ctx, stack, namespace, None).await;
+    }
+
+    let (databases, topics) = match validate(stack, namespace) {
+        Ok(valid) => {
+            futures::join!(
+                async {
+                    match CleanupStep::finished_before(stack, CONDITION_DATABASES_CLEANED_UP) {
+                        Some(done) => done,
+                        None => drop_databases(ctx, &valid).await,
+                    }
+                },
+                async {
+                    match CleanupStep::finished_before(stack, CONDITION_TOPICS_CLEANED_UP) {
+                        Some(done) => done,
+                        None => delete_topics(ctx, &valid).await,
+                    }
+                },
+            )
+        }
+        Err(error) => {
+            let reason = error_chain(&error);
+            (CleanupStep::Failed(reason.clone()), CleanupStep::Failed(reason))
+        }
+    };
+    let summary = format!("{}; {}", databases.message(), topics.message());
+
+    if !databases.failed() && !topics.failed() {
+        // Recorded before the hold on the admin Secret goes: should removing
+        // the finalizer fail, the retry finds the databases done and does
+        // not need the Secret any more.
+        let written =
+            write_status(ctx, stack, status::cleaning_up(stack, &databases, &topics, now())).await?;
+        info!(stack = %stack.name_any(), %summary, "cleaned up");
+        publish(ctx, &reference, EventType::Normal, "CleanedUp", summary).await;
+        return let_go(ctx, stack, namespace, written).await;
+    }
+
+    let deleted = stack.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or(now().0);
+    let waited = now().0.duration_since(deleted).unsigned_abs();
+    let failures: Vec<&str> =
+        [&databases, &topics].into_iter().filter(|step| step.failed()).map(CleanupStep::message).collect();
+    if waited < CLEANUP_GRACE {
+        let written =
+            write_status(ctx, stack, status::cleaning_up(stack, &databases, &topics, now())).await?;
+        if written.is_some() {
+            publish(ctx, &reference, EventType::Warning, "CleanupFailed", summary).await;
+        }
+        return Err(Error::CleanUp { reason: failures.join("; ") });
+    }
+    let note =
+        format!("gave up cleaning up after {}s; left behind: {}", waited.as_secs(), failures.join("; "));
+    publish(ctx, &reference, EventType::Warning, "CleanupAbandoned", note).await;
+    let_go(ctx, stack, namespace, None).await
+}
+
+/// Releases the stack's holds on admin Secrets, then removes its finalizer
+/// (with `resource_version`, the stack's after a status write, if one was
+/// made).
+async fn let_go(
+    ctx: &Context,
+    stack: &CommerceStack,
+    namespace: &str,
+    resource_version: Option<String>,
+) -> Result<(), Error> {
+    let released = admin_secret::release(&ctx.client, namespace, &stack.name_any(), None).await?;
+    if !released.is_empty() {
+        info!(stack = %stack.name_any(), secrets = ?released, "released the hold on the admin Secret");
+    }
+    set_finalizer(ctx, stack, false, resource_version).await
+}
+
+/// Drops the databases and roles of every service of the catalog on the
+/// external Postgres (managed Postgres goes with its volume).
+async fn drop_databases(ctx: &Context, valid: &ValidStack<'_>) -> CleanupStep {
+    if valid.postgres.is_managed() {
+        return CleanupStep::NotNeeded("Postgres is managed: the databases go with its volume".into());
+    }
+    let names = plan::databases_to_drop(valid).join(", ");
+    let endpoints = infra::endpoints(valid);
+    let dropped = async {
+        // Passwords do not matter for dropping.
+        let server = postgres_admin(ctx, valid, &SecretValues::placeholders(), &endpoints, None).await?;
+        ctx.external.drop_databases(&server, &plan::databases_to_drop(valid)).await
+    }
+    .await;
+    let at = format!("{}:{}", endpoints.postgres.host, endpoints.postgres.port);
+    match dropped {
+        Ok(()) => CleanupStep::Done(format!("dropped databases and roles {names} at {at}")),
+        Err(error) => CleanupStep::Failed(format!(
+            "databases and roles {names} at {at} not dropped: {}",
+            error_chain(&error)
+        )),
+    }
+}
+
+/// Deletes every topic of the catalog under the stack's prefix on the
+/// external Kafka (managed Kafka goes with its volume).
+async fn delete_topics(ctx: &Context, valid: &ValidStack<'_>) -> CleanupStep {
+    if valid.kafka.is_managed() {
+        return CleanupStep::NotNeeded("Kafka is managed: the topics go with its volume".into());
+    }
+    let topics = plan::topics(valid);
+    let names = format!("{} topics {}*", topics.len(), ExternalNames::of(valid).kafka_name_prefix());
+    let brokers = infra::endpoints(valid).kafka_brokers;
+    match ctx.external.delete_topics(&brokers, &topics).await {
+        Ok(()) => CleanupStep::Done(format!("deleted the {names} at {brokers}")),
+        Err(error) => {
+            CleanupStep::Failed(format!("the {names} at {brokers} not deleted: {}", error_chain(&error)))
+        }
+    }
+}
