@@ -808,6 +808,103 @@ async fn a_policy_is_target_not_found_until_its_stack_exists_and_again_once_it_i
     finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
 }
 
+/// Argo CD's verdict on `object` by the health script in
+/// `manifests/argocd/` (Lua 5.1, the language of Argo CD's gopher-lua):
+/// `(status, message)`.
+fn argocd_health(script: &str, object: &Value) -> Result<(String, String)> {
+    use mlua::serde::LuaSerdeExt as _;
+    let lua = mlua::Lua::new();
+    // Argo CD hands the script the object as a table without nulls.
+    let options =
+        mlua::serde::SerializeOptions::new().serialize_none_to_null(false).serialize_unit_to_null(false);
+    let run = || -> mlua::Result<(String, String)> {
+        lua.globals().set("obj", lua.to_value_with(object, options)?)?;
+        let code = std::fs::read_to_string(repo().join("manifests/argocd").join(script))
+            .map_err(mlua::Error::external)?;
+        let verdict: mlua::Table = lua.load(&code).set_name(script).eval()?;
+        Ok((verdict.get("status")?, verdict.get("message")?))
+    };
+    run().map_err(|error| anyhow::anyhow!("{script}: {error}"))
+}
+
+/// Argo CD's health of the stored stack or policy `name`.
+async fn health_of(
+    client: &Client,
+    namespace: &str,
+    resource: &ApiResource,
+    name: &str,
+) -> Result<(String, String)> {
+    let object = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource).get(name).await?;
+    let script = if resource.kind == "CommerceStack" {
+        "commercestack-health.lua"
+    } else {
+        "ratelimitpolicy-health.lua"
+    };
+    argocd_health(script, &serde_json::to_value(&object)?)
+}
+
+#[tokio::test]
+async fn the_argocd_health_checks_read_the_status_documents_the_operator_writes() -> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let outcome = async {
+        let ns = namespace.name.as_str();
+        let stacks = stack_resource();
+        let policies = policy_resource();
+        // Before the operator has written anything.
+        let fresh = minimal_stack(&stack_name, ns);
+        let (status, _) = argocd_health("commercestack-health.lua", &fresh)?;
+        ensure!(status == "Progressing", "a stack without status is {status}");
+
+        // A policy whose stack does not exist yet: Degraded, naming why.
+        apply(&client, &rate_limit_policy("checkout", ns, &stack_name, 1)).await?;
+        wait_accepted(&client, ns, "checkout", "False", "TargetNotFound").await?;
+        let (status, message) = health_of(&client, ns, &policies, "checkout").await?;
+        ensure!(status == "Degraded" && message.starts_with("TargetNotFound"), "policy: {status} {message}");
+
+        create_admin_secret(&client, ns).await?;
+        apply(&client, &fresh).await?;
+        wait_ready(&client, ns, &stack_name).await?;
+        let (status, message) = health_of(&client, ns, &stacks, &stack_name).await?;
+        ensure!(status == "Healthy", "a Ready stack is {status}: {message}");
+        wait_accepted(&client, ns, "checkout", "True", "Accepted").await?;
+        let (status, message) = health_of(&client, ns, &policies, "checkout").await?;
+        ensure!(status == "Healthy", "an accepted policy is {status}: {message}");
+
+        // An invalid spec the API server admits (a request above its limit).
+        let mut invalid = fresh.clone();
+        invalid["spec"]["services"] = json!({ "order": { "resources": {
+            "requests": { "cpu": "2" }, "limits": { "cpu": "500m" },
+        } } });
+        apply(&client, &invalid).await?;
+        let (status, message) = eventually("the invalid stack to be Degraded for Argo CD", || async {
+            let verdict = health_of(&client, ns, &stacks, &stack_name).await?;
+            Ok((verdict.0 == "Degraded").then_some(verdict))
+        })
+        .await?;
+        ensure!(message.contains("requests.cpu 2 exceeds limits.cpu 500m"), "{status}: {message}");
+
+        // Paused: Suspended, although the last observed state was Degraded.
+        let mut paused = invalid.clone();
+        paused["spec"]["paused"] = json!(true);
+        apply(&client, &paused).await?;
+        let (status, message) = eventually("the paused stack to be Suspended for Argo CD", || async {
+            let verdict = health_of(&client, ns, &stacks, &stack_name).await?;
+            Ok((verdict.0 == "Suspended").then_some(verdict))
+        })
+        .await?;
+        ensure!(message.starts_with("Paused"), "{status}: {message}");
+
+        // Fixed and resumed: Healthy again.
+        apply(&client, &fresh).await?;
+        wait_ready(&client, ns, &stack_name).await?;
+        let (status, message) = health_of(&client, ns, &stacks, &stack_name).await?;
+        ensure!(status == "Healthy", "the resumed stack is {status}: {message}");
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
 #[tokio::test]
 async fn eighty_large_policies_leave_the_stack_ready_and_those_beyond_the_rules_budget_are_refused_oldest_first()
 -> Result<()> {
