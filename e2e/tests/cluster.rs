@@ -26,6 +26,7 @@ use commerce_operator::build::names::database_name;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api as KubeApi, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -245,15 +246,23 @@ async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
 }
 
 fn helm_install() -> Result<()> {
-    let chart = repo().join("charts/commerce-operator");
-    // Helm installs a chart's crds/ on the first install only and never
-    // upgrades them: applied first, as the README's upgrade path says, or a
-    // field added since would be pruned from every stack by the old schema.
-    let crds = chart.join("crds");
-    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &crds.to_string_lossy()])?;
-    let output = Command::new("helm")
+    // No `kubectl apply` of the chart's crds/ first: Helm installs them on
+    // the first install only, and the operator (crds.manage, on by default)
+    // brings them to its version when it starts leading.
+    helm_upgrade(
+        &repo().join("charts/commerce-operator"),
+        &[&format!("watchNamespaces={{{STACK_NAMESPACE}}}")],
+    )
+}
+
+/// `helm upgrade --install` of `chart` (a directory or a packaged .tgz)
+/// with the local image, waiting for the operator's pods; `values` are
+/// `--set` pairs of the chart's version.
+fn helm_upgrade(chart: &std::path::Path, values: &[&str]) -> Result<()> {
+    let mut command = Command::new("helm");
+    command
         .args(["upgrade", "--install", RELEASE])
-        .arg(&chart)
+        .arg(chart)
         .args(["--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout"])
         .arg(format!("{}s", INSTALL_TIMEOUT.as_secs()))
         // The image is imported into the node, never pulled.
@@ -267,14 +276,18 @@ fn helm_install() -> Result<()> {
                 "podAnnotations.commerce-stack\\.dev/image-archive={}",
                 image_digest("commerce-operator")?
             ),
-        ])
-        .args(["--set", &format!("watchNamespace={STACK_NAMESPACE}")])
+        ]);
+    for value in values {
+        command.args(["--set", value]);
+    }
+    let output = command
         .env("KUBECONFIG", commerce_e2e::local_kubeconfig_path())
         .output()
         .context("running helm (built by e2e/scripts/k8s.sh; source e2e/infra.env to put it on PATH)")?;
     ensure!(
         output.status.success(),
-        "helm upgrade --install failed: {}{}",
+        "helm upgrade --install {} failed: {}{}",
+        chart.display(),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -464,6 +477,163 @@ async fn the_operator_runs_as_two_ready_pods_and_the_lease_moves_when_the_leader
     .await?;
     set_replicas("notification", None)?;
     Ok(())
+}
+
+/// The chart as first released (version 0.1.0: `helm package` of the chart
+/// at commit 0a66009): CRDs without the version annotations, a ClusterRole,
+/// one `watchNamespace`, and an operator that never writes CRDs.
+const PREVIOUS_CHART: &str = "e2e/fixtures/commerce-operator-0.1.0.tgz";
+
+/// The project's CRDs by name.
+const CRD_NAMES: [&str; 2] = ["commercestacks.commerce-stack.dev", "ratelimitpolicies.commerce-stack.dev"];
+
+#[tokio::test]
+async fn upgrading_from_the_previous_chart_brings_the_crds_to_the_new_version_and_restarts_no_stack_pod()
+-> Result<()> {
+    let Turn { _turn, client, .. } = take_turn().await?;
+    let crds = KubeApi::<CustomResourceDefinition>::all(client.clone());
+
+    // The cluster as the previous chart left it: its CRDs (replaced whole,
+    // as a fresh install of it would have made them) and its operator.
+    let previous = repo().join(PREVIOUS_CHART);
+    let output = Command::new("tar")
+        .arg("-xzOf")
+        .arg(&previous)
+        .arg("commerce-operator/crds/commerce-stack.yaml")
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "reading the CRDs of {PREVIOUS_CHART}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout)?;
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document)?;
+        if value.is_null() {
+            continue;
+        }
+        let mut old: CustomResourceDefinition = serde_json::from_value(value)?;
+        let name = old.name_any();
+        old.metadata.resource_version = crds.get(&name).await?.metadata.resource_version;
+        crds.replace(&name, &kube::api::PostParams::default(), &old).await?;
+    }
+    helm_upgrade(&previous, &[&format!("watchNamespace={STACK_NAMESPACE}")])?;
+    for name in CRD_NAMES {
+        let crd = crds.get(name).await?;
+        ensure!(
+            !crd.annotations().contains_key(commerce_operator::crd::VERSION_ANNOTATION),
+            "{name} already carries a version annotation under the previous chart"
+        );
+    }
+    wait_stack_ready(&client).await?;
+    let pods_before = stack_pods(&client).await?;
+    let rows_before = row_counts().await?;
+    ensure!(rows_before.iter().all(|(_, rows)| *rows > 0), "no data to keep: {rows_before:?}");
+
+    // The upgrade, as a user runs it: no CRD step of their own.
+    let started = Instant::now();
+    helm_install()?;
+    let upgraded = started.elapsed();
+    let expected = commerce_operator::crd::crds()?;
+    let annotations = |crd: &CustomResourceDefinition| {
+        [commerce_operator::crd::VERSION_ANNOTATION, commerce_operator::crd::DIGEST_ANNOTATION]
+            .map(|key| crd.annotations().get(key).cloned())
+    };
+    wait_until("the operator to bring both CRDs to its version", Duration::from_secs(60), || async {
+        for want in &expected {
+            let have = crds.get(&want.name_any()).await?;
+            if annotations(&have) != annotations(want) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    let crds_current = started.elapsed();
+    for want in &expected {
+        let have = crds.get(&want.name_any()).await?;
+        ensure!(
+            serde_json::to_value(&have.spec.versions)? == serde_json::to_value(&want.spec.versions)?,
+            "{}: the served versions and schemas differ from this operator's",
+            want.name_any()
+        );
+    }
+    // Namespace-scoped now: a Role in the stack's namespace, no ClusterRole
+    // with the namespaced rules.
+    let roles = KubeApi::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), STACK_NAMESPACE);
+    ensure!(roles.get_opt(RELEASE).await?.is_some(), "no Role {RELEASE} in {STACK_NAMESPACE}");
+    let cluster_roles = KubeApi::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone());
+    ensure!(cluster_roles.get_opt(RELEASE).await?.is_none(), "ClusterRole {RELEASE} is still there");
+
+    wait_stack_ready(&client).await?;
+    let pods_after = stack_pods(&client).await?;
+    let rows_after = row_counts().await?;
+    eprintln!(
+        "FIGURE upgrade 0.1.0 -> {}: operator pods Ready after {upgraded:.1?}, CRDs current after \
+         {crds_current:.1?}; {} stack pods kept, rows {rows_after:?}",
+        env!("CARGO_PKG_VERSION"),
+        pods_after.len()
+    );
+    ensure!(pods_after == pods_before, "stack pods changed:\nbefore {pods_before:?}\nafter  {pods_after:?}");
+    ensure!(rows_after == rows_before, "data changed: before {rows_before:?}, after {rows_after:?}");
+    Ok(())
+}
+
+/// Waits until the stack says Ready for its current generation.
+async fn wait_stack_ready(client: &Client) -> Result<()> {
+    let stacks = KubeApi::<commerce_api::CommerceStack>::namespaced(client.clone(), STACK_NAMESPACE);
+    wait_until("the stack to be Ready for its generation", READY_TIMEOUT, || async {
+        let stack = stacks.get(STACK).await?;
+        let status = stack.status.as_ref();
+        let observed = status.and_then(|s| s.observed_generation) == stack.metadata.generation;
+        let ready = status
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        Ok((observed && ready).then_some(()))
+    })
+    .await
+}
+
+/// The stack's pods: name, uid and restarts, sorted.
+async fn stack_pods(client: &Client) -> Result<Vec<(String, String, i32)>> {
+    pods_and_restarts(client, &format!("app.kubernetes.io/instance={STACK}")).await
+}
+
+/// The pods of the stack's namespace that `selector` selects: name, uid and
+/// restarts (of all containers), sorted.
+async fn pods_and_restarts(client: &Client, selector: &str) -> Result<Vec<(String, String, i32)>> {
+    let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
+    let mut found: Vec<(String, String, i32)> = pods
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .iter()
+        .map(|pod| {
+            let restarts = pod
+                .status
+                .as_ref()
+                .and_then(|status| status.container_statuses.as_ref())
+                .map_or(0, |statuses| statuses.iter().map(|s| s.restart_count).sum());
+            (pod.name_any(), pod.uid().unwrap_or_default(), restarts)
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Rows of the tables a customer's data lives in.
+async fn row_counts() -> Result<Vec<(&'static str, i64)>> {
+    let databases = stack_databases()?;
+    let mut counts = Vec::new();
+    for (service, table) in
+        [(Service::Auth, "users"), (Service::Order, "orders"), (Service::Catalog, "products")]
+    {
+        let pool = databases.pool(service).await?;
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&pool).await?;
+        pool.close().await;
+        counts.push((table, rows));
+    }
+    Ok(counts)
 }
 
 #[tokio::test]
@@ -1083,24 +1253,8 @@ async fn limit_and_lift(
 
 /// The pods of one service with their containers' restart counts.
 async fn restarts(client: &Client, service: &str) -> Result<Vec<(String, i32)>> {
-    let pods = KubeApi::<Pod>::namespaced(client.clone(), STACK_NAMESPACE);
-    let selector = component_selector(service);
-    let mut found: Vec<(String, i32)> = pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .iter()
-        .map(|pod| {
-            let restarts = pod
-                .status
-                .as_ref()
-                .and_then(|status| status.container_statuses.as_ref())
-                .map_or(0, |statuses| statuses.iter().map(|s| s.restart_count).sum());
-            (pod.name_any(), restarts)
-        })
-        .collect();
-    found.sort();
-    Ok(found)
+    let pods = pods_and_restarts(client, &component_selector(service)).await?;
+    Ok(pods.into_iter().map(|(name, _, restarts)| (name, restarts)).collect())
 }
 
 /// A namespace outside the stack whose pods run on the real node.

@@ -136,6 +136,96 @@ fn the_rendered_chart_is_accepted_by_the_apiserver_in_a_server_side_dry_run() ->
     Ok(())
 }
 
+/// Installed for a list of namespaces, the chart grants the namespaced
+/// rules as a Role in each listed namespace only, and cluster-wide nothing
+/// but reading StorageClasses and (crds.manage) its own two CRDs by name;
+/// the operator is told the list. The API server accepts every object.
+#[test]
+fn a_namespace_scoped_install_grants_roles_in_the_listed_namespaces_only() -> Result<()> {
+    let (first, second) = (Namespace::create()?, Namespace::create()?);
+    let release = Namespace::create()?;
+    let list = format!("watchNamespaces={{{},{}}}", first.0, second.0);
+    for manage in [true, false] {
+        let rendered = run(
+            "helm",
+            &[
+                "template",
+                "commerce-operator",
+                "charts/commerce-operator",
+                "--namespace",
+                &release.0,
+                "--set",
+                &list,
+                "--set",
+                &format!("crds.manage={manage}"),
+            ],
+            None,
+        )?;
+        let documents: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&rendered)
+            .map(|document| serde::Deserialize::deserialize(document).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<serde_json::Value>>>()?
+            .into_iter()
+            .filter(|document| !document.is_null())
+            .collect();
+        let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+            documents.iter().filter(|d| d["kind"] == kind).collect()
+        };
+        let namespaces_of = |kind: &str| -> Vec<String> {
+            let mut found: Vec<String> = of_kind(kind)
+                .iter()
+                .filter(|d| d["metadata"]["name"] == "commerce-operator")
+                .map(|d| d["metadata"]["namespace"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            found.sort();
+            found
+        };
+        let mut expected = vec![first.0.clone(), second.0.clone()];
+        expected.sort();
+        ensure!(namespaces_of("Role") == expected, "Roles in {:?}", namespaces_of("Role"));
+        ensure!(
+            namespaces_of("RoleBinding") == expected,
+            "RoleBindings in {:?}",
+            namespaces_of("RoleBinding")
+        );
+        let cluster_roles = of_kind("ClusterRole");
+        ensure!(cluster_roles.len() == 1, "expected one ClusterRole, got {}", cluster_roles.len());
+        let mut granted: Vec<String> = cluster_roles[0]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rule| {
+                let names = rule["resourceNames"].as_array().map_or(0, Vec::len);
+                let resources: Vec<String> = rule["resources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| format!("{}:{}:{names}", r.as_str().unwrap_or_default(), rule["verbs"]))
+                    .collect();
+                resources
+            })
+            .collect();
+        granted.sort();
+        let mut wanted = vec![r#"storageclasses:["get"]:0"#.to_owned()];
+        if manage {
+            wanted.push(r#"customresourcedefinitions:["create"]:0"#.into());
+            wanted.push(r#"customresourcedefinitions:["get","update"]:2"#.into());
+        }
+        wanted.sort();
+        ensure!(granted == wanted, "cluster-wide grants {granted:?}, expected {wanted:?}");
+        let env = &of_kind("Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+        let value = |name: &str| {
+            env.as_array().into_iter().flatten().find(|e| e["name"] == name).map(|e| e["value"].clone())
+        };
+        ensure!(
+            value("COMMERCE_WATCH_NAMESPACE") == Some(serde_json::json!(format!("{},{}", first.0, second.0)))
+        );
+        ensure!(value("COMMERCE_MANAGE_CRDS") == Some(serde_json::json!(manage.to_string())));
+        let out = run("kubectl", &DRY_RUN_APPLY, Some(&rendered))?;
+        ensure!(out.contains("role.rbac.authorization.k8s.io/commerce-operator"), "dry run output:\n{out}");
+    }
+    Ok(())
+}
+
 /// `--set image.tag=1` hands the chart a number: the values schema takes it
 /// and the image carries it as written.
 #[test]

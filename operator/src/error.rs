@@ -90,15 +90,38 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Bringing the Kafka topics in line failed.
-    #[error("ensuring the Kafka topics")]
-    EnsureTopics {
+    /// Creating or replacing one of the operator's own CRDs failed.
+    #[error("writing CustomResourceDefinition/{name}")]
+    WriteCrd {
+        /// The CRD's name.
+        name: String,
         #[source]
-        source: commerce_platform::events::TopicAdminError,
+        source: kube::Error,
+    },
+    /// A CRD the operator wrote was not served in time.
+    #[error("CustomResourceDefinition/{name} was not Established within {waited:?}")]
+    CrdNotEstablished {
+        /// The CRD's name.
+        name: String,
+        /// How long the operator waited.
+        waited: std::time::Duration,
+    },
+    /// Bringing the Kafka topics in line failed.
+    #[error("ensuring the topics on kafka {brokers}")]
+    EnsureTopics {
+        /// The bootstrap servers tried, so that a message names the
+        /// address that refused or did not answer.
+        brokers: String,
+        /// Boxed: with the address beside it, the platform's error would make
+        /// every `Result<_, Error>` of the crate large.
+        #[source]
+        source: Box<commerce_platform::events::TopicAdminError>,
     },
     /// Deleting the stack's topics failed.
-    #[error("deleting the Kafka topics")]
+    #[error("deleting the topics on kafka {brokers}")]
     DeleteTopics {
+        /// The bootstrap servers tried.
+        brokers: String,
         #[source]
         source: rdkafka::error::KafkaError,
     },
@@ -182,6 +205,7 @@ impl Error {
             }
             Error::PatchStatus { .. } => "status",
             Error::ElectLeader { .. } => "leader_election",
+            Error::WriteCrd { .. } | Error::CrdNotEstablished { .. } => "crd",
             Error::EnsureTopics { .. } | Error::DeleteTopics { .. } => "kafka",
             Error::ConnectPostgres { .. } | Error::ManageDatabase { .. } => "postgres",
             Error::ReadAdminSecret { .. } | Error::GetSecret { .. } => "admin_secret",

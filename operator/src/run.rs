@@ -4,15 +4,29 @@
 //! reconciles until SIGTERM or until it loses the Lease. A second, small
 //! controller reports RateLimitPolicies whose stack does not exist, which
 //! the stacks' controller never sees.
+//!
+//! Watching a list of namespaces runs both controllers once per namespace:
+//! a reflector store is filled from one watch stream, and two streams
+//! (each with its own resource versions and relists) cannot safely feed one
+//! store. Every set shares one [`Context`], so the reconciles of all
+//! namespaces together stay within `--max-concurrent-reconciles`.
+//!
+//! Memory: the children are watched as metadata only and kept in no store
+//! (kube's `owns_with` uses a metadata watcher that only triggers the
+//! owner); what grows with the number of stacks is the work of reconciles in
+//! flight, each holding its stack's listed children and desired objects.
+//! Hence the bound on concurrent reconciles.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use commerce_api::{CommerceStack, RateLimitPolicy};
-use futures::{FutureExt as _, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt};
 use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::error_boundary::DeserializeGuard;
@@ -20,6 +34,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
+use tokio::sync::{Semaphore, broadcast};
 use tracing::{info, warn};
 
 use crate::build::{names, owned_kinds};
@@ -32,10 +47,16 @@ use crate::reconcile::{Context, backoff::Backoffs, error_policy, reconcile};
 /// Settings of `run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Watch only this namespace; empty watches all (what the chart's
-    /// ClusterRole allows).
+    /// Watch only these namespaces, comma-separated (`a,b`); empty watches
+    /// all (what the chart's ClusterRole allows).
     #[arg(long, env = "COMMERCE_WATCH_NAMESPACE", default_value = "")]
-    pub watch_namespace: String,
+    pub watch_namespace: WatchNamespaces,
+    /// How many stacks are reconciled at once, in all watched namespaces
+    /// together. The operator's memory grows with this number, not with the
+    /// number of stacks: each reconcile in flight holds its stack's children
+    /// as listed and as desired. See [`DEFAULT_MAX_CONCURRENT_RECONCILES`].
+    #[arg(long, env = "COMMERCE_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Address of the admin server: `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, env = "COMMERCE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
@@ -49,11 +70,110 @@ pub struct RunArgs {
     /// Name of the Lease.
     #[arg(long, env = "COMMERCE_LEASE_NAME", default_value = "commerce-operator")]
     pub lease_name: String,
+    /// Once leading, create or upgrade the project's CRDs to this
+    /// operator's version before reconciling (never downgrading CRDs a newer
+    /// operator wrote). The chart turns it on: Helm never upgrades a chart's
+    /// `crds/`. Needs get, create and update on the two CRDs.
+    #[arg(long, env = "COMMERCE_MANAGE_CRDS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub manage_crds: bool,
     /// This replica's identity in the election and in Events: its pod name
     /// (the chart sets it). Unset: the host name and a random suffix, unique
     /// per process.
     #[arg(long, env = "COMMERCE_POD_NAME")]
     pub identity: Option<String>,
+}
+
+/// Reconciles in flight by default. Measured with the release build against
+/// the e2e control plane (the RSS benchmark in `e2e/tests/operator.rs`, 100
+/// stacks, a loaded 2-core machine): unbounded, all stacks were reconciled
+/// at once and the operator peaked at 187-241 MiB RSS, about 2 MiB per
+/// reconcile in flight (its stack's children as listed, with managed fields,
+/// and as desired); 16 in flight passed 77 MiB, 8 peaked at 62-68 MiB, over
+/// the 60 MiB budget of project issue 11; 4 stayed near 36 MiB through 75
+/// stacks. Fewer in flight cost throughput: a reconcile mostly waits for the
+/// API server.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 4;
+
+/// The namespaces `run` watches: all of them, or a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WatchNamespaces {
+    /// Every namespace (an empty `--watch-namespace`).
+    #[default]
+    All,
+    /// These namespaces, each once, in the order given.
+    Only(Vec<String>),
+}
+
+impl WatchNamespaces {
+    /// One scope per controller set: `None` for all namespaces, else each
+    /// namespace.
+    pub fn scopes(&self) -> Vec<Option<&str>> {
+        match self {
+            WatchNamespaces::All => vec![None],
+            WatchNamespaces::Only(namespaces) => namespaces.iter().map(|n| Some(n.as_str())).collect(),
+        }
+    }
+}
+
+/// Why a `--watch-namespace` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchNamespacesError {
+    /// `a,,b` or a trailing comma: probably a list templated from an empty
+    /// value, which must not widen the watch to every namespace.
+    #[error("an empty namespace in the list {0:?}; leave the whole value empty to watch all namespaces")]
+    EmptyEntry(String),
+    /// Not a DNS label (RFC 1123), so no namespace can have this name.
+    #[error(
+        "{0:?} is not a namespace name: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+    )]
+    InvalidName(String),
+}
+
+/// Parses `""` (all namespaces) or a comma-separated list of namespace names;
+/// blanks around names are ignored and a repeated name counts once (two
+/// controller sets on one namespace would reconcile each stack twice).
+impl FromStr for WatchNamespaces {
+    type Err = WatchNamespacesError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.trim().is_empty() {
+            return Ok(WatchNamespaces::All);
+        }
+        let mut namespaces: Vec<String> = Vec::new();
+        for entry in value.split(',').map(str::trim) {
+            if entry.is_empty() {
+                return Err(WatchNamespacesError::EmptyEntry(value.to_owned()));
+            }
+            if !is_dns_label(entry) {
+                return Err(WatchNamespacesError::InvalidName(entry.to_owned()));
+            }
+            if !namespaces.iter().any(|n| n == entry) {
+                namespaces.push(entry.to_owned());
+            }
+        }
+        Ok(WatchNamespaces::Only(namespaces))
+    }
+}
+
+/// As given on the command line: empty for all, else `a,b`.
+impl fmt::Display for WatchNamespaces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WatchNamespaces::All => Ok(()),
+            WatchNamespaces::Only(namespaces) => f.write_str(&namespaces.join(",")),
+        }
+    }
+}
+
+/// A namespace name: an RFC 1123 label.
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let alphanumeric = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&bytes.len())
+        && bytes.iter().all(allowed)
+        && bytes.first().is_some_and(alphanumeric)
+        && bytes.last().is_some_and(alphanumeric)
 }
 
 /// The identity of a replica started without one: the host name (`$HOSTNAME`,
@@ -125,33 +245,40 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
             }
         }
     }
+    if args.manage_crds {
+        // Before the first watch: a watch of the old schema would decode
+        // (and a reconcile would write) stacks without the new fields.
+        if let Err(error) = crate::crd::install(&client).await {
+            warn!(error = %crate::reconcile::error_chain(&error), "cannot bring the CRDs to this operator's version");
+            elector.release().await;
+            return Err(std::io::Error::other(error));
+        }
+    }
     let reporter = Reporter { controller: names::MANAGER.into(), instance: Some(identity.clone()) };
+    let external = Arc::new(ClusterExternalState::default());
+    let topic_drift = external.check_topics_every(crate::external::topic_watch::TOPIC_CHECK_INTERVAL);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         backoffs: Backoffs::default(),
         metrics,
-        external: Arc::new(ClusterExternalState::default()),
+        external: external.clone(),
     });
-    let stacks = controller(&client, &args.watch_namespace)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                // Reconcile errors are logged by error_policy; these are
-                // watch and queue errors.
-                warn!(error = %error, "controller event");
-            }
-        });
-    let policies = policy_controller(&client, &args.watch_namespace)
-        .shutdown_on_signal()
-        .run(reconcile_policy, policy_error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(error = %error, "policy controller event");
-            }
-        });
-    let controller = futures::future::join(stacks, policies).map(|_| ());
+    let permits = Arc::new(Semaphore::new(usize::from(args.max_concurrent_reconciles)));
+    info!(
+        namespaces = %args.watch_namespace,
+        max_concurrent_reconciles = args.max_concurrent_reconciles,
+        "watching (no namespaces listed: all)"
+    );
+    let scopes = args.watch_namespace.scopes();
+    let sets: Vec<_> = scopes
+        .iter()
+        .zip(fan_out(topic_drift, scopes.len()))
+        .map(|(scope, topic_drift)| {
+            controller_set(&client, *scope, topic_drift, ctx.clone(), permits.clone())
+        })
+        .collect();
+    let controller = futures::future::join_all(sets).map(|_| ());
     if args.leader_election {
         tokio::select! {
             () = controller => {
@@ -166,6 +293,86 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
         controller.await;
     }
     Ok(())
+}
+
+/// The stacks' and the policies' controllers for one scope (a namespace, or
+/// all of them with `None`), run until SIGTERM/SIGINT. A stack's reconcile
+/// starts only with one of `permits`, shared by every scope's controller.
+fn controller_set(
+    client: &Client,
+    scope: Option<&str>,
+    topic_drift: impl Stream<Item = ()> + Send + 'static,
+    ctx: Arc<Context>,
+    permits: Arc<Semaphore>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let bounded_reconcile = move |stack: Arc<DeserializeGuard<CommerceStack>>, ctx: Arc<Context>| {
+        let permits = permits.clone();
+        async move {
+            // The semaphore is never closed; were it, reconciling unbounded
+            // beats not reconciling.
+            let _permit = permits.acquire_owned().await.ok();
+            // Boxed once running: a reconcile waiting for a permit keeps
+            // only this small future, not the pipeline's whole state.
+            Box::pin(reconcile(stack, ctx)).await
+        }
+    };
+    let stacks = controller(client, scope)
+        // A topic deleted out of band wakes every stack's reconcile
+        // (reads only for the stacks it does not concern).
+        .reconcile_all_on(topic_drift)
+        .shutdown_on_signal()
+        .run(bounded_reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                // Reconcile errors are logged by error_policy; these are
+                // watch and queue errors.
+                warn!(error = %error, "controller event");
+            }
+        });
+    // Policy reconciles are not bounded: each reads the policies of one
+    // namespace and writes small statuses.
+    let policies = policy_controller(client, scope)
+        .shutdown_on_signal()
+        .run(reconcile_policy, policy_error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(error = %error, "policy controller event");
+            }
+        });
+    futures::future::join(stacks, policies).map(|_| ())
+}
+
+/// Copies every item of `trigger` to `count` streams, one per controller set
+/// (a stream has one consumer). An item means "look at everything again", so
+/// a set that has not taken the last one yet needs no second: capacity 1,
+/// and a lagging receiver's `Lagged` counts as an item.
+fn fan_out(
+    trigger: impl Stream<Item = ()> + Send + 'static,
+    count: usize,
+) -> Vec<impl Stream<Item = ()> + Send + 'static> {
+    let (sender, _) = broadcast::channel::<()>(1);
+    let receivers: Vec<_> = (0..count).map(|_| sender.subscribe()).collect();
+    tokio::spawn(async move {
+        let mut trigger = std::pin::pin!(trigger);
+        // Ends (dropping `trigger`, which stops its producer) once every
+        // set is gone or `trigger` ends.
+        while trigger.next().await.is_some() {
+            if sender.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    receivers
+        .into_iter()
+        .map(|receiver| {
+            futures::stream::unfold(receiver, |mut receiver| async move {
+                match receiver.recv().await {
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), receiver)),
+                    Err(broadcast::error::RecvError::Closed) => None,
+                }
+            })
+        })
+        .collect()
 }
 
 /// Resolves on SIGTERM or SIGINT. In its container the operator is PID 1,
@@ -190,15 +397,14 @@ async fn shutdown_signal() {
 
 /// The controller: stacks, what they own (metadata only, by the managed-by
 /// label), and the policies that target them.
-fn controller(client: &Client, namespace: &str) -> Controller<DeserializeGuard<CommerceStack>> {
+fn controller(client: &Client, namespace: Option<&str>) -> Controller<DeserializeGuard<CommerceStack>> {
     let stacks: Api<DeserializeGuard<CommerceStack>> = scoped(client, namespace);
     let owned = watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGER));
     let mut controller = Controller::new(stacks, watcher::Config::default().any_semantic());
     for resource in owned_kinds() {
-        let api: Api<DynamicObject> = if namespace.is_empty() {
-            Api::all_with(client.clone(), &resource)
-        } else {
-            Api::namespaced_with(client.clone(), namespace, &resource)
+        let api: Api<DynamicObject> = match namespace {
+            None => Api::all_with(client.clone(), &resource),
+            Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
         };
         controller = controller.owns_with(api, resource, owned.clone());
     }
@@ -212,7 +418,10 @@ fn controller(client: &Client, namespace: &str) -> Controller<DeserializeGuard<C
 
 /// The policy controller: RateLimitPolicies, looked at again whenever a
 /// stack they target appears, changes or goes.
-fn policy_controller(client: &Client, namespace: &str) -> Controller<DeserializeGuard<RateLimitPolicy>> {
+fn policy_controller(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Controller<DeserializeGuard<RateLimitPolicy>> {
     let policies: Api<DeserializeGuard<RateLimitPolicy>> = scoped(client, namespace);
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let store = controller.store();
@@ -229,12 +438,16 @@ fn policy_controller(client: &Client, namespace: &str) -> Controller<Deserialize
     })
 }
 
-fn scoped<K>(client: &Client, namespace: &str) -> Api<K>
+/// An Api over `namespace`, or over all namespaces with `None`.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
     K::DynamicType: Default,
 {
-    if namespace.is_empty() { Api::all(client.clone()) } else { Api::namespaced(client.clone(), namespace) }
+    match namespace {
+        None => Api::all(client.clone()),
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+    }
 }
 
 #[cfg(test)]
@@ -273,5 +486,82 @@ mod tests {
     fn a_given_identity_is_used_as_is() {
         let parsed = Cli::try_parse_from(["commerce-operator", "--identity", "pod-a"]).unwrap();
         assert_eq!(parsed.args.identity.as_deref(), Some("pod-a"));
+    }
+
+    fn only(namespaces: &[&str]) -> WatchNamespaces {
+        WatchNamespaces::Only(namespaces.iter().map(|n| n.to_string()).collect())
+    }
+
+    #[test]
+    fn an_empty_watch_namespace_watches_all_and_one_name_watches_that_namespace() {
+        assert_eq!("".parse(), Ok(WatchNamespaces::All));
+        assert_eq!("  ".parse(), Ok(WatchNamespaces::All));
+        assert_eq!(WatchNamespaces::All.scopes(), vec![None]);
+        assert_eq!("shop".parse(), Ok(only(&["shop"])));
+        assert_eq!(only(&["shop"]).scopes(), vec![Some("shop")]);
+    }
+
+    #[test]
+    fn a_comma_separated_watch_namespace_is_a_list_without_blanks_or_repeats() {
+        assert_eq!("a,b".parse(), Ok(only(&["a", "b"])));
+        assert_eq!(" team-a , b2 ,team-a".parse(), Ok(only(&["team-a", "b2"])));
+        assert_eq!(only(&["a", "b"]).scopes(), vec![Some("a"), Some("b")]);
+        assert_eq!(only(&["a", "b"]).to_string(), "a,b");
+    }
+
+    #[test]
+    fn an_empty_entry_or_an_impossible_namespace_name_is_refused() {
+        for value in ["a,,b", "a,", ",a", ","] {
+            assert_eq!(
+                value.parse::<WatchNamespaces>(),
+                Err(WatchNamespacesError::EmptyEntry(value.into())),
+                "{value:?}"
+            );
+        }
+        let too_long = "n".repeat(64);
+        for name in ["Shop", "-a", "a-", "a_b", "a.b", too_long.as_str()] {
+            let value = format!("ok,{name}");
+            assert_eq!(
+                value.parse::<WatchNamespaces>(),
+                Err(WatchNamespacesError::InvalidName(name.into())),
+                "{value:?}"
+            );
+        }
+        assert!("n".repeat(63).parse::<WatchNamespaces>().is_ok());
+    }
+
+    #[test]
+    fn the_flag_and_its_environment_variable_take_the_list() {
+        let parsed = Cli::try_parse_from(["commerce-operator", "--watch-namespace", "a,b"]).unwrap();
+        assert_eq!(parsed.args.watch_namespace, only(&["a", "b"]));
+        let error = Cli::try_parse_from(["commerce-operator", "--watch-namespace", "a,B"]).unwrap_err();
+        assert!(error.to_string().contains("\"B\" is not a namespace name"), "{error}");
+        if std::env::var_os("COMMERCE_WATCH_NAMESPACE").is_none() {
+            let parsed = Cli::try_parse_from(["commerce-operator"]).unwrap();
+            assert_eq!(parsed.args.watch_namespace, WatchNamespaces::All);
+        }
+        if std::env::var_os("COMMERCE_MAX_CONCURRENT_RECONCILES").is_none() {
+            let parsed = Cli::try_parse_from(["commerce-operator"]).unwrap();
+            assert_eq!(parsed.args.max_concurrent_reconciles, DEFAULT_MAX_CONCURRENT_RECONCILES);
+        }
+        assert!(Cli::try_parse_from(["commerce-operator", "--max-concurrent-reconciles", "0"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn every_controller_set_gets_each_topic_drift() {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<()>(4);
+        let trigger =
+            futures::stream::unfold(receiver, |mut r| async move { r.recv().await.map(|()| ((), r)) });
+        let mut sets: Vec<_> = fan_out(trigger, 2).into_iter().map(Box::pin).collect();
+        sender.send(()).await.unwrap();
+        for set in &mut sets {
+            let item = tokio::time::timeout(std::time::Duration::from_secs(5), set.next()).await.unwrap();
+            assert_eq!(item, Some(()));
+        }
+        drop(sender);
+        for set in &mut sets {
+            let end = tokio::time::timeout(std::time::Duration::from_secs(5), set.next()).await.unwrap();
+            assert_eq!(end, None, "the copies end with the trigger");
+        }
     }
 }

@@ -131,6 +131,18 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
         if let Some(resources) = managed.as_ref().and_then(|m| m.resources.as_ref()) {
             check_resources(&format!("{what}.managed.resources"), resources, &mut problems);
         }
+        if let Some(managed) = managed {
+            check_storage_size(
+                &format!("{what}.managed.storage.size"),
+                &managed.storage.size.0,
+                &mut problems,
+            );
+            if let Some(image) = &managed.image
+                && (image.is_empty() || image.contains(char::is_whitespace))
+            {
+                problems.push(format!("{what}.managed.image {image:?}: an image reference has no spaces"));
+            }
+        }
     }
 
     let kafka = pick("kafka", spec.kafka.external.as_ref(), spec.kafka.managed.as_ref(), &mut problems);
@@ -226,6 +238,22 @@ fn valid_quantities<'a>(
         }
     }
     valid
+}
+
+/// A volume's size must be a quantity above zero: the schema takes any
+/// string (Kubernetes' quantity type), and the apiserver would refuse the
+/// StatefulSet built from it, naming the StatefulSet rather than the
+/// stack's field.
+fn check_storage_size(field: &str, text: &str, problems: &mut Vec<String>) {
+    match quantity::parse(text) {
+        None => problems.push(format!(
+            "{field} {text:?} is not a quantity (a number with an optional suffix, e.g. 10Gi or 500M)"
+        )),
+        Some(size) if size <= quantity::parse("0").unwrap_or(size) => {
+            problems.push(format!("{field} {text} must be greater than zero"));
+        }
+        Some(_) => {}
+    }
 }
 
 fn check_name(name: &str, problems: &mut Vec<String>) {
@@ -493,6 +521,36 @@ spec:
 
         stack.spec.services.remove("cart");
         assert!(validate(&stack, "default").is_ok(), "a service left out runs");
+    }
+
+    #[test]
+    fn a_managed_storage_size_that_is_no_quantity_or_not_above_zero_is_reported_naming_the_field() {
+        for (size, expected) in [
+            ("ten gigs", r#"kafka.managed.storage.size "ten gigs" is not a quantity"#),
+            ("0", "kafka.managed.storage.size 0 must be greater than zero"),
+            ("-1Gi", "kafka.managed.storage.size -1Gi must be greater than zero"),
+        ] {
+            let mut stack = stack(MINIMAL);
+            stack.spec.kafka.external = None;
+            stack.spec.kafka.managed =
+                Some(serde_json::from_value(serde_json::json!({"storage": {"size": size}})).unwrap());
+            let Err(Error::InvalidStack { problems, .. }) = validate(&stack, "default") else {
+                panic!("{size} was accepted")
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with(expected), "{problems:?}");
+        }
+        let mut stack = stack(MINIMAL);
+        stack.spec.kafka.external = None;
+        stack.spec.kafka.managed = Some(
+            serde_json::from_value(
+                serde_json::json!({"storage": {"size": "1Gi"}, "image": "apache/kafka:4.1.0"}),
+            )
+            .unwrap(),
+        );
+        assert!(validate(&stack, "default").is_ok());
+        stack.spec.kafka.managed.as_mut().unwrap().image = Some("apache/kafka 4".into());
+        assert!(validate(&stack, "default").is_err(), "an image with a space");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use commerce_api::crd::policy::{
 };
 use commerce_api::crd::stack::{
     CONDITION_DATABASES_CLEANED_UP, CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
-    CONDITION_TOPICS_CLEANED_UP, TopicStatus,
+    CONDITION_RECONCILING, CONDITION_STALLED, CONDITION_TOPICS_CLEANED_UP, TopicStatus,
 };
 use commerce_api::gateway_rules::MAX_RULES_FILE_BYTES;
 use commerce_api::{CommerceStack, RateLimitPolicy};
@@ -21,7 +21,7 @@ use commerce_operator::Error;
 use commerce_operator::build::{self, names};
 use commerce_operator::external::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
 use commerce_operator::metrics::Metrics;
-use commerce_operator::reconcile::admin_secret::hold_finalizer;
+use commerce_operator::reconcile::admin_secret::{hold_finalizer, hold_label};
 use commerce_operator::reconcile::policy::reconcile_policy;
 use commerce_operator::reconcile::{
     Context, FINALIZER, backoff::Backoffs, error_policy, reconcile, reconcile_stack,
@@ -344,9 +344,10 @@ impl FakeExternal {
         if *self.failing.lock().unwrap() || (topic_deletion && *self.failing_topic_deletions.lock().unwrap())
         {
             return Err(Error::EnsureTopics {
-                source: commerce_platform::events::TopicAdminError::FetchMetadata(
+                brokers: "127.0.0.1:1".into(),
+                source: Box::new(commerce_platform::events::TopicAdminError::FetchMetadata(
                     rdkafka::error::KafkaError::Canceled,
-                ),
+                )),
             });
         }
         Ok(())
@@ -1126,6 +1127,8 @@ async fn the_hold_follows_the_admin_secret_reference_and_goes_when_the_policy_be
         [other_hold.clone(), hold_finalizer("shop")]
     );
     assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), Vec::<String>::new(), "released");
+    assert_eq!(hold_label_of(&fake, "postgres-admin-2"), Some("held".into()), "the hold is labelled");
+    assert_eq!(hold_label_of(&fake, "postgres-admin"), None, "the release removes the label too");
 
     fake.edit("commercestacks", "shop", |stack| {
         stack["spec"]["deletionPolicy"] = json!("Retain");
@@ -1133,7 +1136,45 @@ async fn the_hold_follows_the_admin_secret_reference_and_goes_when_the_policy_be
     });
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();
     assert_eq!(finalizers(&fake, "secrets", "postgres-admin-2"), [other_hold], "another stack's hold stays");
+    assert_eq!(hold_label_of(&fake, "postgres-admin-2"), None);
     assert!(fake.stack().metadata.finalizers.is_none_or(|f| f.is_empty()));
+}
+
+/// The value of the stack `shop`'s hold label on a Secret.
+fn hold_label_of(fake: &FakeApi, secret: &str) -> Option<String> {
+    let object = fake.get("secrets", secret).expect("the Secret");
+    object["metadata"]["labels"][hold_label("shop")].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn held_secrets_are_found_by_their_label_and_a_hold_taken_without_one_gets_it() {
+    let (fake, _external, ctx) = reconciled_delete_stack(|_| {}).await;
+    assert_eq!(hold_label_of(&fake, "postgres-admin"), Some("held".into()));
+    // A hold taken by an operator that did not label (chart 0.1.0).
+    fake.edit("secrets", "postgres-admin", |secret| {
+        secret["metadata"]["labels"].as_object_mut().unwrap().remove(&hold_label("shop"));
+    });
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(hold_label_of(&fake, "postgres-admin"), Some("held".into()), "labelled at the next reconcile");
+    fake.take_seen();
+
+    // Releasing lists Secrets by the hold label only, never all of them.
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["deletionPolicy"] = json!("Retain");
+        stack["metadata"]["generation"] = json!(2);
+    });
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), Vec::<String>::new());
+    let secret_lists: Vec<String> = fake
+        .take_seen()
+        .into_iter()
+        .filter(|seen| seen.method == Method::GET && seen.plural == "secrets" && seen.name.is_none())
+        .map(|seen| seen.uri)
+        .collect();
+    assert!(!secret_lists.is_empty(), "the release looked for held Secrets");
+    for path in &secret_lists {
+        assert!(path.contains("labelSelector="), "a Secret list without a label selector: {path}");
+    }
 }
 
 #[tokio::test]
@@ -1463,4 +1504,168 @@ async fn a_storage_class_that_managed_postgres_names_and_the_cluster_lacks_is_re
     let stack = fake.stack();
     assert_eq!(condition(&stack, CONDITION_DEGRADED), ("False".into(), "AsExpected".into()));
     assert_eq!(condition(&stack, CONDITION_READY).0, "False", "Postgres is still starting");
+}
+
+// ------------------------------------------------------------------ kstatus
+
+/// `(Reconciling, Stalled)` statuses of the stored stack.
+fn kstatus(fake: &FakeApi) -> (String, String) {
+    let stack = fake.stack();
+    (condition(&stack, CONDITION_RECONCILING).0, condition(&stack, CONDITION_STALLED).0)
+}
+
+#[tokio::test]
+async fn kstatus_sees_a_new_stack_reconciling_then_current_and_the_steady_state_writes_nothing() {
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(kstatus(&fake), ("True".into(), "False".into()), "objects were just applied");
+    make_deployments_available(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(condition(&fake.stack(), CONDITION_READY).0, "True");
+    assert_eq!(kstatus(&fake), ("False".into(), "False".into()), "a Ready stack is Current");
+    let reconciling = full_condition(&fake.stack(), CONDITION_RECONCILING).unwrap();
+    assert_eq!(reconciling.observed_generation, Some(1));
+    fake.take_seen();
+
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(writes(&fake.take_seen()), Vec::<String>::new(), "a no-op reconcile writes nothing");
+}
+
+#[tokio::test]
+async fn kstatus_sees_an_invalid_spec_and_a_refused_object_as_stalled_and_a_broken_broker_as_reconciling() {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["services"] =
+            json!({"order": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}})
+    });
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(kstatus(&fake), ("False".into(), "True".into()));
+    let stalled = full_condition(&fake.stack(), CONDITION_STALLED).unwrap();
+    assert_eq!(
+        (stalled.reason.as_str(), stalled.message.as_str()),
+        ("InvalidSpec", "services.order.resources: requests.cpu 2 exceeds limits.cpu 500m")
+    );
+
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    fake.reject("deployments", "shop-order", 422, "Invalid", INVALID_DEPLOYMENT);
+    reconcile_stack(&fake.stack(), &ctx).await.expect_err("a rejected object is retried with backoff");
+    assert_eq!(kstatus(&fake), ("False".into(), "True".into()));
+    let stalled = full_condition(&fake.stack(), CONDITION_STALLED).unwrap();
+    assert_eq!(stalled.reason, "ObjectsRefused");
+    assert!(stalled.message.starts_with("Deployment/shop-order: "), "{}", stalled.message);
+
+    let external = Arc::new(FakeExternal::default());
+    *external.failing.lock().unwrap() = true;
+    let fake = cluster_with(|_| {});
+    let ctx = context_with(&fake, external);
+    reconcile_stack(&fake.stack(), &ctx).await.expect_err("a broken broker is retried with backoff");
+    assert_eq!(kstatus(&fake), ("True".into(), "False".into()), "retried: not stalled");
+    let reconciling = full_condition(&fake.stack(), CONDITION_RECONCILING).unwrap();
+    assert_eq!(reconciling.reason, "RetryingExternalState");
+}
+
+/// A value of the stack's signing-key Secret, decoded.
+fn signing_key_data(fake: &FakeApi, key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let secret = fake.get("secrets", "shop-auth-signing-key").expect("the signing-key Secret");
+    let encoded = secret["data"][key].as_str()?.to_owned();
+    Some(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap())
+}
+
+fn signing_key_annotation(fake: &FakeApi, key: &str) -> Option<String> {
+    let secret = fake.get("secrets", "shop-auth-signing-key").expect("the signing-key Secret");
+    secret["metadata"]["annotations"][key].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_requested_key_rotation_prepublishes_the_next_key_then_promotes_it_across_operator_restarts() {
+    use commerce_operator::build::secrets::{
+        NEXT_SIGNING_KEY_ACTIVATION_KEY, NEXT_SIGNING_KEY_PEM_KEY, SIGNING_KEY_PEM_KEY,
+    };
+    use commerce_operator::reconcile::signing_key::{
+        ACTIVATED_AT_ANNOTATION, HANDLED_REQUEST_ANNOTATION, REASON_ROTATION_FINISHED,
+        REASON_ROTATION_STARTED, RETIRES_AT_ANNOTATION,
+    };
+    let fake = cluster_with(|_| {});
+    let ctx = context(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let old_key = signing_key_data(&fake, SIGNING_KEY_PEM_KEY).expect("a generated key");
+    assert_eq!(signing_key_data(&fake, NEXT_SIGNING_KEY_PEM_KEY), None);
+    assert!(signing_key_annotation(&fake, ACTIVATED_AT_ANNOTATION).is_some());
+    let auth_deployment = fake.get("deployments", "shop-auth").unwrap();
+    fake.take_seen();
+
+    // Request a rotation, as `kubectl annotate` would.
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["metadata"]["annotations"] =
+            json!({"commerce-stack.dev/rotate-signing-key": "2026-12-03T20:00:00Z"});
+    });
+    let before = k8s_openapi::jiff::Timestamp::now();
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let seen = fake.take_seen();
+    let next_key = signing_key_data(&fake, NEXT_SIGNING_KEY_PEM_KEY).expect("the next key is in the Secret");
+    assert_ne!(next_key, old_key);
+    assert!(next_key.starts_with("-----BEGIN PRIVATE KEY-----"), "{next_key}");
+    assert_eq!(signing_key_data(&fake, SIGNING_KEY_PEM_KEY).unwrap(), old_key, "the old key still signs");
+    let activates_at: k8s_openapi::jiff::Timestamp =
+        signing_key_data(&fake, NEXT_SIGNING_KEY_ACTIVATION_KEY).unwrap().parse().unwrap();
+    let prepublished = before.duration_until(activates_at).as_secs();
+    assert!((299..=301).contains(&prepublished), "activates {prepublished}s ahead, not the default 5 min");
+    let retires_at: k8s_openapi::jiff::Timestamp =
+        signing_key_annotation(&fake, RETIRES_AT_ANNOTATION).unwrap().parse().unwrap();
+    assert_eq!(activates_at.duration_until(retires_at).as_secs(), 15 * 60 + 120, "token lifetime + slack");
+    assert_eq!(
+        signing_key_annotation(&fake, HANDLED_REQUEST_ANNOTATION).as_deref(),
+        Some("2026-12-03T20:00:00Z")
+    );
+    let notes = event_notes(&seen, REASON_ROTATION_STARTED);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("2026-12-03T20:00:00Z") && notes[0].contains(&activates_at.to_string()),
+        "{}",
+        notes[0]
+    );
+    // The pods are not rolled: they re-read the mounted files.
+    let object_writes: Vec<String> = writes(&seen).into_iter().filter(|w| !w.contains("events")).collect();
+    assert!(object_writes.contains(&"PATCH secrets/shop-auth-signing-key".to_owned()), "{object_writes:?}");
+    assert!(!object_writes.iter().any(|w| w.contains("deployments/")), "{object_writes:?}");
+    assert_eq!(fake.get("deployments", "shop-auth").unwrap(), auth_deployment);
+
+    // A restarted operator (a new context, nothing in memory) keeps the
+    // rotation as it is while the old key's tokens live.
+    let restarted = context(&fake);
+    reconcile_stack(&fake.stack(), &restarted).await.unwrap();
+    let seen = fake.take_seen();
+    assert!(!writes(&seen).iter().any(|w| w.contains("secrets/")), "{:?}", writes(&seen));
+    assert_eq!(signing_key_data(&fake, NEXT_SIGNING_KEY_PEM_KEY).unwrap(), next_key);
+    assert!(event_notes(&seen, REASON_ROTATION_STARTED).is_empty());
+
+    // Time passes: the stored activation and retirement lie in the past.
+    fake.edit("secrets", "shop-auth-signing-key", |secret| {
+        use base64::Engine as _;
+        let past = base64::engine::general_purpose::STANDARD.encode("2020-01-01T00:05:00Z");
+        secret["data"][NEXT_SIGNING_KEY_ACTIVATION_KEY] = json!(past);
+        secret["metadata"]["annotations"][RETIRES_AT_ANNOTATION] = json!("2020-01-01T00:22:00Z");
+    });
+    let restarted = context(&fake);
+    reconcile_stack(&fake.stack(), &restarted).await.unwrap();
+    let seen = fake.take_seen();
+    assert_eq!(signing_key_data(&fake, SIGNING_KEY_PEM_KEY).unwrap(), next_key, "promoted");
+    assert_eq!(signing_key_data(&fake, NEXT_SIGNING_KEY_PEM_KEY), None, "the old key is gone");
+    assert_eq!(signing_key_data(&fake, NEXT_SIGNING_KEY_ACTIVATION_KEY), None);
+    assert_eq!(signing_key_annotation(&fake, RETIRES_AT_ANNOTATION), None);
+    assert_eq!(
+        signing_key_annotation(&fake, ACTIVATED_AT_ANNOTATION).as_deref(),
+        Some("2020-01-01T00:05:00Z")
+    );
+    assert_eq!(event_notes(&seen, REASON_ROTATION_FINISHED).len(), 1);
+    assert!(!writes(&seen).iter().any(|w| w.contains("deployments/")), "{:?}", writes(&seen));
+
+    // The same request value asks for nothing more.
+    reconcile_stack(&fake.stack(), &restarted).await.unwrap();
+    let seen = fake.take_seen();
+    assert!(!writes(&seen).iter().any(|w| w.contains("secrets/")), "{:?}", writes(&seen));
+    assert_eq!(signing_key_data(&fake, SIGNING_KEY_PEM_KEY).unwrap(), next_key);
 }

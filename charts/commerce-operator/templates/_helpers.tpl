@@ -40,3 +40,57 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $tag -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The namespaces the operator watches, as a list: watchNamespaces, plus
+     watchNamespace (the 0.1 setting, still honoured); empty means all. */}}
+{{- define "commerce-operator.watchNamespaces" -}}
+{{- $namespaces := .Values.watchNamespaces | default list -}}
+{{- if .Values.watchNamespace -}}
+{{- $namespaces = append $namespaces .Values.watchNamespace -}}
+{{- end -}}
+{{- $namespaces | uniq | toJson -}}
+{{- end -}}
+
+{{/* What the operator does in the namespaces it watches (a ClusterRole's
+     rules when it watches all, a Role's in each namespace otherwise):
+     - reads its custom resources, writes their status and (for
+       deletionPolicy: Delete) their finalizers;
+     - creates with server-side apply, watches and deletes the kinds a stack
+       owns (watches are metadata-only, by label);
+     - reads Secrets (generated values, the Postgres admin Secret) and, for
+       deletionPolicy: Delete, patches the finalizers and one label of the
+       admin Secret it references (held until the stack's cleanup has used
+       it). The operator's own code lists Secrets only by label (its own
+       Secrets, and the ones it holds) and reads others by the name a stack
+       gives; RBAC cannot say "by label", so list and watch are granted on
+       Secrets of these namespaces;
+     - publishes Events. */}}
+{{- define "commerce-operator.namespacedRules" -}}
+- apiGroups: ["commerce-stack.dev"]
+  resources: ["commercestacks", "ratelimitpolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["commerce-stack.dev"]
+  resources: ["commercestacks"]
+  verbs: ["patch"]
+- apiGroups: ["commerce-stack.dev"]
+  resources: ["commercestacks/status", "ratelimitpolicies/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["configmaps", "secrets", "services", "serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies", "ingresses"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

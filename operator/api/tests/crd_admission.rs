@@ -433,3 +433,14 @@ fn both_kinds_share_the_group_version_and_category() {
         );
     }
 }
+
+#[test]
+fn a_signing_key_rotation_interval_under_an_hour_is_rejected_and_an_hour_is_admitted() {
+    let violations = stack_violations(|spec| spec["auth"] = json!({"signingKeyRotationInterval": "30m"}));
+    assert_one_violation_mentioning(&violations, &["signingKeyRotationInterval", "at least 1h"]);
+    for admitted in ["1h", "720h", "1.5h"] {
+        let violations =
+            stack_violations(|spec| spec["auth"] = json!({"signingKeyRotationInterval": admitted}));
+        assert_eq!(violations, Vec::<String>::new(), "{admitted}");
+    }
+}

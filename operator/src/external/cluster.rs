@@ -1,7 +1,11 @@
 //! The real [`ExternalState`]: topics through the platform's topic admin
 //! (`commerce_platform::events`), one client per distinct bootstrap-servers
-//! value for the life of the process ([`AdminCache`]), databases and roles
-//! through sqlx as the server's admin.
+//! value while reconciles use it ([`AdminCache`]), databases and roles
+//! through sqlx as the server's admin; and the periodic check that notices
+//! a topic deleted out of band ([`TopicWatch`]).
+//!
+//! Every Kafka error names the bootstrap servers it tried (`kafka
+//! 127.0.0.1:1: ...`), so that a status message says which address refused.
 //!
 //! Every call reads before it writes: a topic that matches, a role and a
 //! database that exist, a password already set by this process are left
@@ -10,8 +14,8 @@
 //! after a restart it sets each once more.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use commerce_api::crd::stack::TopicStatus;
@@ -24,8 +28,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{Connection, Row};
+use tracing::{debug, info};
 
 use super::admin_cache::AdminCache;
+use super::topic_watch::TopicWatch;
 use super::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
 use crate::Error;
 
@@ -42,6 +48,8 @@ pub struct ClusterExternalState {
     passwords_set: Mutex<HashSet<(String, String, [u8; 32])>>,
     /// Topic admin clients by bootstrap servers, shared by every reconcile.
     topic_admins: AdminCache<TopicAdmin>,
+    /// The topics reconciles ensured, for the periodic check.
+    topic_watch: TopicWatch,
 }
 
 impl ClusterExternalState {
@@ -53,7 +61,63 @@ impl ClusterExternalState {
                 config.set("bootstrap.servers", brokers);
                 TopicAdmin::new(&config)
             })
-            .map_err(|source| Error::EnsureTopics { source })
+            .map_err(|source| Error::EnsureTopics { brokers: brokers.to_owned(), source: Box::new(source) })
+    }
+
+    /// Starts the periodic topic check ([`super::topic_watch`]): every
+    /// `interval`, evicts idle admin clients, then asks each bootstrap value
+    /// that reconciles ensured topics on for its topics (one metadata
+    /// request, with the cached client, which the check does not keep
+    /// alive) and yields an item when a topic is missing or has fewer
+    /// partitions than ensured. Feed the stream to the controller's
+    /// `reconcile_all_on`: the reconciles recreate what is missing. The
+    /// task ends when the stream is dropped or this state is.
+    pub fn check_topics_every(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> impl futures::Stream<Item = ()> + Send + 'static {
+        let (drift, woken) = tokio::sync::mpsc::channel::<()>(1);
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                let evicted = state.topic_admins.evict_idle();
+                if !evicted.is_empty() {
+                    info!(brokers = ?evicted, "evicted Kafka admin clients no reconcile used for a while");
+                }
+                if state.drifted_topics().await && drift.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        futures::stream::unfold(woken, |mut woken| async move { woken.recv().await.map(|()| ((), woken)) })
+    }
+
+    /// One round of the topic check: whether some topic drifted.
+    async fn drifted_topics(&self) -> bool {
+        let mut any = false;
+        for brokers in self.topic_watch.brokers(Instant::now()) {
+            // No client: none was used (or it was evicted); the next
+            // reconcile on these brokers creates one and ensures the topics.
+            let Some(admin) = self.topic_admins.peek(&brokers) else { continue };
+            match admin.partition_counts().await {
+                Ok(actual) => {
+                    let drifted = self.topic_watch.drifted(&brokers, &actual);
+                    if !drifted.is_empty() {
+                        info!(kafka = %brokers, topics = ?drifted, "topics deleted or shrunk out of band");
+                        any = true;
+                    }
+                }
+                // A reconcile reports an unreachable broker; the check does
+                // not repeat it every interval.
+                Err(error) => debug!(kafka = %brokers, %error, "topic check failed"),
+            }
+        }
+        any
     }
 
     /// How many topic admin clients the process holds (one per distinct
@@ -140,12 +204,13 @@ impl ExternalState for ClusterExternalState {
                 retention_ms: t.retention_ms,
             })
             .collect();
-        let reports = self
-            .topic_admin(brokers)?
-            .ensure(desired)
-            .await
-            .map_err(|source| Error::EnsureTopics { source })?;
-        Ok(reports.into_iter().map(|r| TopicStatus { name: r.name, partitions: r.partitions }).collect())
+        let reports = self.topic_admin(brokers)?.ensure(desired).await.map_err(|source| {
+            Error::EnsureTopics { brokers: brokers.to_owned(), source: Box::new(source) }
+        })?;
+        let topics: Vec<TopicStatus> =
+            reports.into_iter().map(|r| TopicStatus { name: r.name, partitions: r.partitions }).collect();
+        self.topic_watch.ensured(brokers, &topics, Instant::now());
+        Ok(topics)
     }
 
     async fn ensure_databases(
@@ -237,19 +302,19 @@ impl ExternalState for ClusterExternalState {
         // A client of its own, dropped at the end: this runs once per deleted
         // stack (deletionPolicy: Delete), not per reconcile, and the cached
         // TopicAdmin does not expose its client for deletions.
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .map_err(|source| Error::DeleteTopics { source })?;
+        let failed = |source| Error::DeleteTopics { brokers: brokers.to_owned(), source };
         let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+        // Before they go: the topic check must not take them for drift.
+        self.topic_watch.forget(brokers, &names);
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(failed)?;
         let options = AdminOptions::new().operation_timeout(Some(DELETE_TIMEOUT));
-        let results =
-            admin.delete_topics(&names, &options).await.map_err(|source| Error::DeleteTopics { source })?;
+        let results = admin.delete_topics(&names, &options).await.map_err(failed)?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
                 Err((_, code)) => {
-                    return Err(Error::DeleteTopics { source: rdkafka::error::KafkaError::AdminOp(code) });
+                    return Err(failed(rdkafka::error::KafkaError::AdminOp(code)));
                 }
             }
         }
@@ -272,5 +337,24 @@ mod tests {
         assert_eq!(state.topic_admin_clients(), 1);
         state.topic_admin("127.0.0.1:2").unwrap();
         assert_eq!(state.topic_admin_clients(), 2);
+    }
+
+    /// Nothing listens on port 1 of loopback: librdkafka's connection is
+    /// refused, and the status message must say which address refused.
+    #[tokio::test]
+    async fn a_kafka_error_names_the_bootstrap_servers_it_tried() {
+        let state = ClusterExternalState::default();
+        let topics = [TopicPlan { name: "shop.shop.orders".into(), partitions: 1, retention_ms: 3_600_000 }];
+        let error = state.ensure_topics("127.0.0.1:1", &topics).await.unwrap_err();
+        let message = crate::reconcile::error_chain(&error);
+        assert!(message.starts_with("ensuring the topics on kafka 127.0.0.1:1: "), "{message}");
+        // A deletion waits for librdkafka's request timeout (a minute)
+        // before it fails; its message is built the same way.
+        let error = Error::DeleteTopics {
+            brokers: "127.0.0.1:1".into(),
+            source: rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::BrokerTransportFailure),
+        };
+        let message = crate::reconcile::error_chain(&error);
+        assert!(message.starts_with("deleting the topics on kafka 127.0.0.1:1: "), "{message}");
     }
 }

@@ -10,6 +10,7 @@
 pub mod admin_cache;
 pub mod cluster;
 pub mod plan;
+pub mod topic_watch;
 
 use async_trait::async_trait;
 use commerce_api::crd::stack::TopicStatus;

@@ -22,10 +22,13 @@
 //! - the hold is taken before any database is created with the Secret's
 //!   credentials, so whatever the stack creates can be dropped;
 //! - every reconcile of a stack under `Delete` releases its holds on any
-//!   other Secret (the reference changed, or Postgres became managed),
-//!   found by listing the namespace's Secrets (metadata only): a list cannot
-//!   miss a Secret the way a remembered name could after a crash between
-//!   taking a hold and recording it.
+//!   other Secret (the reference changed, or Postgres became managed). The
+//!   hold is a finalizer and a label ([`hold_label`]) set by one patch, so
+//!   the held Secrets are found by a label selector: a list cannot miss a
+//!   Secret the way a remembered name could after a crash between taking a
+//!   hold and recording it, and the operator never lists the namespace's
+//!   other Secrets. (A hold taken by an operator before the label existed
+//!   gets it at the next reconcile.)
 //!
 //! A Secret that someone deletes while it is held stays, terminating, until
 //! the stack no longer needs it. A hold left behind by a person who removed
@@ -49,6 +52,16 @@ pub fn hold_finalizer(stack: &str) -> String {
     format!("{HOLD_PREFIX}{stack}")
 }
 
+/// The label that marks a Secret held by the stack `stack` (its value is
+/// `held`): the same qualified name as [`hold_finalizer`], whose name part
+/// (the stack's name, a DNS label of at most 42 characters) fits a label's 63.
+pub fn hold_label(stack: &str) -> String {
+    hold_finalizer(stack)
+}
+
+/// Value of [`hold_label`].
+const HELD: &str = "held";
+
 /// Makes sure `secret` carries the hold of `stack`, adding it if missing,
 /// and returns the Secret as stored afterwards.
 ///
@@ -58,7 +71,9 @@ pub fn hold_finalizer(stack: &str) -> String {
 /// with them.
 pub async fn hold(client: &Client, namespace: &str, secret: Secret, stack: &str) -> Result<Secret, Error> {
     let finalizer = hold_finalizer(stack);
-    if secret.finalizers().contains(&finalizer) {
+    let label = hold_label(stack);
+    let labelled = secret.labels().get(&label).map(String::as_str) == Some(HELD);
+    if secret.finalizers().contains(&finalizer) && labelled {
         return Ok(secret);
     }
     let name = secret.name_any();
@@ -71,8 +86,11 @@ pub async fn hold(client: &Client, namespace: &str, secret: Secret, stack: &str)
         });
     }
     let mut finalizers = secret.finalizers().to_vec();
-    finalizers.push(finalizer);
-    patch_finalizers(client, namespace, &name, finalizers, secret.resource_version())
+    if !finalizers.contains(&finalizer) {
+        finalizers.push(finalizer);
+    }
+    let labels = json!({ label: HELD });
+    patch_hold(client, namespace, &name, finalizers, labels, secret.resource_version())
         .await
         .map_err(|source| Error::PatchFinalizers { object: format!("Secret/{name}"), source })
 }
@@ -87,8 +105,10 @@ pub async fn release(
     keep: Option<&str>,
 ) -> Result<Vec<String>, Error> {
     let finalizer = hold_finalizer(stack);
+    let label = hold_label(stack);
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let list = api.list_metadata(&ListParams::default()).await.map_err(|source| Error::ListObjects {
+    let held = ListParams::default().labels(&format!("{label}={HELD}"));
+    let list = api.list_metadata(&held).await.map_err(|source| Error::ListObjects {
         kind: "Secret".into(),
         namespace: namespace.to_owned(),
         source,
@@ -96,12 +116,13 @@ pub async fn release(
     let mut released = Vec::new();
     for secret in list.items {
         let name = secret.name_any();
-        if Some(name.as_str()) == keep || !secret.finalizers().contains(&finalizer) {
+        if Some(name.as_str()) == keep {
             continue;
         }
         let finalizers: Vec<String> =
             secret.finalizers().iter().filter(|f| **f != finalizer).cloned().collect();
-        match patch_finalizers(client, namespace, &name, finalizers, secret.resource_version()).await {
+        let labels = json!({ label.as_str(): null });
+        match patch_hold(client, namespace, &name, finalizers, labels, secret.resource_version()).await {
             Ok(_) => released.push(name),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(source) => return Err(Error::PatchFinalizers { object: format!("Secret/{name}"), source }),
@@ -110,18 +131,22 @@ pub async fn release(
     Ok(released)
 }
 
-/// Sets a Secret's finalizers with a merge patch that carries the
-/// resourceVersion it was computed from: a concurrent change (another
-/// stack's hold, another controller's finalizer) fails it with a conflict,
-/// retried on the next reconcile, instead of being overwritten.
-async fn patch_finalizers(
+/// Sets a Secret's finalizers and merges `labels` (a null removes one) with
+/// a merge patch that carries the resourceVersion it was computed from: a
+/// concurrent change (another stack's hold, another controller's finalizer)
+/// fails it with a conflict, retried on the next reconcile, instead of being
+/// overwritten.
+async fn patch_hold(
     client: &Client,
     namespace: &str,
     name: &str,
     finalizers: Vec<String>,
+    labels: serde_json::Value,
     resource_version: Option<String>,
 ) -> Result<Secret, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}});
+    let patch = json!({"metadata": {
+        "finalizers": finalizers, "labels": labels, "resourceVersion": resource_version,
+    }});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await
 }

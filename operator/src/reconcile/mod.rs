@@ -27,6 +27,7 @@ pub mod backoff;
 pub mod cleanup;
 pub mod diff;
 pub mod policy;
+pub mod signing_key;
 pub mod status;
 pub mod storage_class;
 
@@ -202,15 +203,17 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
 
     let policies = list_policies(&ctx.client, &namespace).await?;
     let current = apply::list_owned(&ctx.client, &namespace, &name).await?;
-    let values = secrets::SecretValues::keep_or_generate(
+    let mut values = secrets::SecretValues::keep_or_generate(
         &secrets::generated_values(&valid),
         &current.secrets(),
         &mut rand::rng(),
     );
+    let rotation = signing_key::decide_for(&valid, &current.secrets(), &mut values, &now)?;
     let desired = build::build(&valid, &policies, &values)?;
 
     let mut outcome = Outcome { gateway_url: gateway::gateway_url(&valid), ..Outcome::default() };
     apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
+    rotation.announce(ctx, stack, &outcome).await;
     outcome.missing_storage_classes =
         storage_class::missing(&ctx.client, &valid, &current.typed::<StatefulSet>("StatefulSet")).await;
     let external = ensure_external(ctx, &valid, &values, &current, &mut outcome).await;
@@ -258,9 +261,9 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     result?;
     status_written?;
     if !outcome.waiting_for.is_empty() {
-        return Ok(Action::requeue(INFRA_POLL));
+        return Ok(Action::requeue(rotation.requeue_within(INFRA_POLL)));
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(rotation.requeue_within(RESYNC)))
 }
 
 /// Ensures the stack's topics and databases. Managed infrastructure that is

@@ -3,13 +3,22 @@
 //! only when it differs from the stored one, so that a reconcile with nothing
 //! to do writes nothing. A condition keeps its `lastTransitionTime` while its
 //! status stays the same.
+//!
+//! Besides `Ready`, `Progressing` and `Degraded`, every status carries the
+//! two conditions kstatus reads (Flux's health checks, kpt, cli-utils), in
+//! its abnormal-true polarity: `Reconciling` True while the operator works
+//! towards the spec and retrying will get there, `Stalled` True when it
+//! cannot without a change of the spec or outside action; both False when
+//! the stack matches its spec. kstatus takes `Reconciling` True for
+//! `InProgress`, `Stalled` True for `Failed`, and an observedGeneration
+//! behind the generation for `InProgress`; with neither True, `Current`.
 
 use commerce_api::catalog::Service;
 use commerce_api::crd::policy::CONDITION_ACCEPTED;
 use commerce_api::crd::stack::{
     CONDITION_DATABASES_CLEANED_UP, CONDITION_DEGRADED, CONDITION_PAUSED, CONDITION_PROGRESSING,
-    CONDITION_READY, CONDITION_TOPICS_CLEANED_UP, CommerceStack, CommerceStackStatus, DatabaseStatus,
-    ServiceStatus, TopicStatus,
+    CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, CONDITION_TOPICS_CLEANED_UP, CommerceStack,
+    CommerceStackStatus, DatabaseStatus, ServiceStatus, TopicStatus,
 };
 use commerce_api::{RateLimitPolicy, RateLimitPolicyStatus};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -36,6 +45,12 @@ const MAX_NAMED_OBJECTS: usize = 5;
 /// Reason of `Degraded` when managed infrastructure names a StorageClass
 /// the cluster does not have: its volume can never be provisioned.
 pub const REASON_STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";
+/// Reason of `Stalled` True when the apiserver refused objects of the stack,
+/// or objects of their names exist that the stack did not create.
+pub const REASON_OBJECTS_REFUSED: &str = "ObjectsRefused";
+/// Reason of `Reconciling` False when the stack is stalled: the operator
+/// waits for a change of the spec or for outside action.
+pub const REASON_STALLED: &str = "Stalled";
 /// Reason of a cleanup condition whose kind of state lives on managed
 /// infrastructure: it goes with the volume, nothing to drop.
 pub const REASON_NOT_NEEDED: &str = "NotNeeded";
@@ -240,6 +255,7 @@ pub fn reconciled(
     } else {
         condition(CONDITION_PROGRESSING, false, "UpToDate", "the cluster matches the spec".into(), generation)
     };
+    let (reconciling, stalled) = kstatus(outcome, &ready, changed, rolling, generation);
     let failed = !outcome.problems.is_empty() || outcome.error.is_some();
     let degraded = if failed {
         let mut message = failure_message(&outcome.problems, outcome.error.as_deref());
@@ -257,7 +273,11 @@ pub fn reconciled(
     let old = stack.status.clone().unwrap_or_default();
     CommerceStackStatus {
         observed_generation: generation,
-        conditions: with_transition_times(vec![ready, progressing, degraded], &old.conditions, now),
+        conditions: with_transition_times(
+            vec![ready, progressing, degraded, reconciling, stalled],
+            &old.conditions,
+            now,
+        ),
         ready_services: Some(format!("{ready_count}/{}", services.len())),
         services,
         // Kept as last ensured while the external-state step did not run.
@@ -265,6 +285,77 @@ pub fn reconciled(
         databases: outcome.databases.clone().unwrap_or(old.databases),
         gateway_url: outcome.gateway_url.clone(),
     }
+}
+
+/// `Reconciling` and `Stalled` of a reconciled stack (see the module's
+/// comment), from the outcome and the `Ready` condition already computed.
+///
+/// Stalled: an object the apiserver refused (its answer rarely changes on
+/// a retry: a request above its limit, a field it rejects), an object of
+/// the stack's name that the stack did not create (someone must remove or
+/// rename it), a StorageClass that managed infrastructure names and the
+/// cluster lacks. Not stalled: a Kafka or Postgres error (a broker that
+/// restarts comes back; it is retried with backoff, and `Reconciling`
+/// says so with the error), an object that could not be deleted (retried).
+fn kstatus(
+    outcome: &Outcome,
+    ready: &Condition,
+    changed: bool,
+    rolling: bool,
+    generation: Option<i64>,
+) -> (Condition, Condition) {
+    let refused: Vec<ObjectProblem> = outcome.problems.iter().filter(|p| p.is_unapplied()).cloned().collect();
+    let stalled = if !refused.is_empty() {
+        let mut message = failure_message(&refused, None);
+        for missing in &outcome.missing_storage_classes {
+            message.push('\n');
+            message.push_str(&one_line(missing, MAX_FAILURE_LINE_LEN));
+        }
+        Some(condition(CONDITION_STALLED, true, REASON_OBJECTS_REFUSED, message, generation))
+    } else if !outcome.missing_storage_classes.is_empty() {
+        let message = outcome.missing_storage_classes.join("\n");
+        Some(condition(CONDITION_STALLED, true, REASON_STORAGE_CLASS_NOT_FOUND, message, generation))
+    } else {
+        None
+    };
+    if let Some(stalled) = stalled {
+        let reconciling = condition(
+            CONDITION_RECONCILING,
+            false,
+            REASON_STALLED,
+            "progress needs a change of the spec or outside action: Stalled says what".into(),
+            generation,
+        );
+        return (reconciling, stalled);
+    }
+    let not_stalled = condition(
+        CONDITION_STALLED,
+        false,
+        "AsExpected",
+        "nothing the operator cannot fix by itself keeps the stack from its spec".into(),
+        generation,
+    );
+    let reconciling = if let Some(error) = &outcome.error {
+        let message = format!("retrying with backoff: {}", one_line(error, MAX_FAILURE_LINE_LEN));
+        condition(CONDITION_RECONCILING, true, "RetryingExternalState", message, generation)
+    } else if !outcome.problems.is_empty() {
+        // Only objects that could not be deleted are left: retried.
+        let message = format!("retrying with backoff: {}", failure_message(&outcome.problems, None));
+        condition(CONDITION_RECONCILING, true, "RetryingDeletes", message, generation)
+    } else if changed {
+        let message =
+            format!("applied {} and deleted {} objects", outcome.applied.len(), outcome.pruned.len());
+        condition(CONDITION_RECONCILING, true, "Applied", message, generation)
+    } else if rolling {
+        condition(CONDITION_RECONCILING, true, "RollingOut", "Deployments are rolling out".into(), generation)
+    } else if ready.status != "True" {
+        // Ready's reason and message say what the operator waits for.
+        let message = ready.message.clone();
+        condition(CONDITION_RECONCILING, true, &ready.reason, message, generation)
+    } else {
+        condition(CONDITION_RECONCILING, false, "UpToDate", "the stack matches its spec".into(), generation)
+    };
+    (reconciling, not_stalled)
 }
 
 /// What went wrong in a reconcile, for the Degraded condition and the
@@ -337,7 +428,15 @@ pub fn invalid(stack: &CommerceStack, problems: &[String], now: Time) -> Commerc
             vec![
                 condition(CONDITION_READY, false, REASON_INVALID_SPEC, message.clone(), generation),
                 condition(CONDITION_PROGRESSING, false, REASON_INVALID_SPEC, message.clone(), generation),
-                condition(CONDITION_DEGRADED, true, REASON_INVALID_SPEC, message, generation),
+                condition(CONDITION_DEGRADED, true, REASON_INVALID_SPEC, message.clone(), generation),
+                condition(
+                    CONDITION_RECONCILING,
+                    false,
+                    REASON_STALLED,
+                    "the spec is invalid: Stalled says what to change".into(),
+                    generation,
+                ),
+                condition(CONDITION_STALLED, true, REASON_INVALID_SPEC, message, generation),
             ],
             &old.conditions,
             now,
@@ -361,6 +460,8 @@ pub fn paused(stack: &CommerceStack, now: Time) -> CommerceStackStatus {
         unknown(CONDITION_READY, REASON_PAUSED, MESSAGE.into(), generation),
         condition(CONDITION_PROGRESSING, false, REASON_PAUSED, MESSAGE.into(), generation),
         condition(CONDITION_PAUSED, true, REASON_PAUSED, MESSAGE.into(), generation),
+        condition(CONDITION_RECONCILING, false, REASON_PAUSED, MESSAGE.into(), generation),
+        condition(CONDITION_STALLED, false, REASON_PAUSED, MESSAGE.into(), generation),
     ];
     let mut conditions: Vec<Condition> =
         status.conditions.iter().filter(|c| !new.iter().any(|n| n.type_ == c.type_)).cloned().collect();
@@ -399,6 +500,8 @@ fn condition_order(type_: &str) -> usize {
         CONDITION_READY,
         CONDITION_PROGRESSING,
         CONDITION_DEGRADED,
+        CONDITION_RECONCILING,
+        CONDITION_STALLED,
         CONDITION_PAUSED,
         CONDITION_DATABASES_CLEANED_UP,
         CONDITION_TOPICS_CLEANED_UP,
@@ -544,6 +647,101 @@ mod tests {
         let managed = CleanupStep::NotNeeded("Postgres is managed".into());
         stack.status = Some(cleaning_up(&stack, &managed, &topics, time(40)));
         assert_eq!(CleanupStep::finished_before(&stack, CONDITION_DATABASES_CLEANED_UP), Some(managed));
+    }
+
+    fn kstatus_of(status: &CommerceStackStatus) -> (&str, &str) {
+        (find(status, CONDITION_RECONCILING).status.as_str(), find(status, CONDITION_STALLED).status.as_str())
+    }
+
+    #[test]
+    fn a_ready_stack_is_neither_reconciling_nor_stalled_for_kstatus() {
+        let stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        let deployments: Vec<Deployment> =
+            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let outcome = Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() };
+        let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
+        assert_eq!(kstatus_of(&status), ("False", "False"));
+        assert_eq!(find(&status, CONDITION_RECONCILING).observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_stack_waiting_for_its_services_or_retrying_kafka_is_reconciling_not_stalled() {
+        let stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        let waiting = reconciled(&stack, &valid, &[], &Outcome::default(), time(10));
+        assert_eq!(kstatus_of(&waiting), ("True", "False"));
+        // No Deployment yet: the rollout has not begun.
+        assert_eq!(find(&waiting, CONDITION_RECONCILING).reason, "RollingOut");
+        let mut unavailable: Vec<Deployment> =
+            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        unavailable[0].status.as_mut().unwrap().available_replicas = Some(0);
+        let starting = reconciled(&stack, &valid, &unavailable, &Outcome::default(), time(10));
+        assert_eq!(kstatus_of(&starting), ("True", "False"));
+        let reconciling = find(&starting, CONDITION_RECONCILING);
+        assert_eq!(
+            (reconciling.reason.as_str(), reconciling.message.as_str()),
+            ("ServicesUnavailable", "waiting for auth")
+        );
+
+        let deployments: Vec<Deployment> =
+            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let outcome =
+            Outcome { error: Some("ensuring the topics on kafka 127.0.0.1:1".into()), ..Outcome::default() };
+        let retrying = reconciled(&stack, &valid, &deployments, &outcome, time(10));
+        assert_eq!(kstatus_of(&retrying), ("True", "False"));
+        let reconciling = find(&retrying, CONDITION_RECONCILING);
+        assert_eq!(reconciling.reason, "RetryingExternalState");
+        assert!(reconciling.message.contains("kafka 127.0.0.1:1"), "{}", reconciling.message);
+    }
+
+    #[test]
+    fn a_refused_object_or_a_missing_storage_class_stalls_the_stack_naming_it() {
+        use super::super::apply::Failure;
+        let stack = stack();
+        let valid = validate(&stack, "default").unwrap();
+        let refused = Outcome {
+            problems: vec![ObjectProblem {
+                kind: "ConfigMap".into(),
+                name: "shop-order".into(),
+                failure: Failure::NotOurs,
+            }],
+            ..Outcome::default()
+        };
+        let status = reconciled(&stack, &valid, &[], &refused, time(10));
+        assert_eq!(kstatus_of(&status), ("False", "True"));
+        let stalled = find(&status, CONDITION_STALLED);
+        assert_eq!(stalled.reason, REASON_OBJECTS_REFUSED);
+        assert!(stalled.message.contains("ConfigMap/shop-order"), "{}", stalled.message);
+
+        let missing = Outcome {
+            missing_storage_classes: vec!["StorageClass fast does not exist".into()],
+            waiting_for: vec!["Postgres".into()],
+            ..Outcome::default()
+        };
+        let status = reconciled(&stack, &valid, &[], &missing, time(10));
+        assert_eq!(kstatus_of(&status), ("False", "True"));
+        assert_eq!(find(&status, CONDITION_STALLED).reason, REASON_STORAGE_CLASS_NOT_FOUND);
+    }
+
+    #[test]
+    fn an_invalid_stack_is_stalled_and_a_paused_one_neither_reconciling_nor_stalled() {
+        let mut stack = stack();
+        let problems = vec!["services.order.resources: requests.cpu 2 exceeds limits.cpu 500m".to_owned()];
+        let status = invalid(&stack, &problems, time(10));
+        assert_eq!(kstatus_of(&status), ("False", "True"));
+        let stalled = find(&status, CONDITION_STALLED);
+        assert_eq!(
+            (stalled.reason.as_str(), stalled.message.as_str()),
+            (REASON_INVALID_SPEC, problems[0].as_str())
+        );
+        stack.status = Some(status.clone());
+        assert_eq!(invalid(&stack, &problems, time(20)), status, "the same problems write nothing");
+
+        stack.spec.paused = true;
+        let status = paused(&stack, time(30));
+        assert_eq!(kstatus_of(&status), ("False", "False"));
+        assert_eq!(find(&status, CONDITION_STALLED).reason, REASON_PAUSED);
     }
 
     #[test]

@@ -57,10 +57,30 @@ pub struct AuthArgs {
     pub refresh_token_ttl: Duration,
     /// PKCS#8 PEM file with the Ed25519 key to sign with (a mounted Secret
     /// the operator generates). When set, this key is the active key of this
-    /// process and timed rotation is off: rotate by replacing the Secret.
-    /// When unset, keys are generated and kept in the database.
+    /// process and timed rotation is off: the operator rotates through
+    /// `--next-signing-key-file`. Re-read every 30 s. When unset, keys are
+    /// generated and kept in the database.
     #[arg(long = "signing-key-file", id = "signing-key-file", env = "COMMERCE_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// PKCS#8 PEM file with the key that replaces the key file's key: while
+    /// the file exists it is published at once and signs from the time in
+    /// `--next-signing-key-activation-file`. A missing file means no
+    /// rotation is under way. Only with `--signing-key-file`.
+    #[arg(
+        long = "next-signing-key-file",
+        id = "next-signing-key-file",
+        env = "COMMERCE_NEXT_SIGNING_KEY_FILE",
+        requires = "signing-key-file"
+    )]
+    pub next_signing_key_file: Option<PathBuf>,
+    /// File with the RFC 3339 time from which the next key signs.
+    #[arg(
+        long = "next-signing-key-activation-file",
+        id = "next-signing-key-activation-file",
+        env = "COMMERCE_NEXT_SIGNING_KEY_ACTIVATION_FILE",
+        requires = "next-signing-key-file"
+    )]
+    pub next_signing_key_activation_file: Option<PathBuf>,
     /// How long a database-generated signing key signs before a new one
     /// replaces it; `0s` disables rotation.
     #[arg(
@@ -113,12 +133,25 @@ impl AuthArgs {
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
             signing_key_file: None,
+            next_signing_key_file: None,
+            next_signing_key_activation_file: None,
             key_rotation: Duration::from_secs(30 * 24 * 3600),
             bootstrap_admin_email: None,
             bootstrap_admin_password: None,
             bootstrap_courier_email: None,
             bootstrap_courier_password: None,
         }
+    }
+}
+
+impl AuthArgs {
+    /// The key files of file mode, when `--signing-key-file` is set.
+    pub fn key_file_paths(&self) -> Option<crate::keys::FilePaths<'_>> {
+        Some(crate::keys::FilePaths {
+            current: self.signing_key_file.as_deref()?,
+            next: self.next_signing_key_file.as_deref(),
+            next_activation: self.next_signing_key_activation_file.as_deref(),
+        })
     }
 }
 
@@ -138,6 +171,8 @@ impl fmt::Debug for AuthArgs {
             .field("access_token_ttl", &self.access_token_ttl)
             .field("refresh_token_ttl", &self.refresh_token_ttl)
             .field("signing_key_file", &self.signing_key_file)
+            .field("next_signing_key_file", &self.next_signing_key_file)
+            .field("next_signing_key_activation_file", &self.next_signing_key_activation_file)
             .field("key_rotation", &self.key_rotation)
             .field("bootstrap_admin_email", &self.bootstrap_admin_email)
             .field("bootstrap_admin_password", &hidden(&self.bootstrap_admin_password))

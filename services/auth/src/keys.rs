@@ -8,12 +8,27 @@
 //! the successor's activation + one access-token lifetime (+ slack), so every
 //! token it signed still verifies; after that it is no longer published.
 //!
-//! With `--signing-key-file` the file's key signs in this process whatever
-//! the database holds, and other keys are retired (kept published for two
-//! access-token lifetimes, which covers a rolling update of the pods).
+//! File mode (`--signing-key-file`, the operator's mounted Secret): the
+//! file's key signs in this process whatever the database holds, and other
+//! keys are retired (kept published for two access-token lifetimes, which
+//! covers a rolling update of the pods). The operator rotates by adding a
+//! *next* key with its activation time to the Secret
+//! (`--next-signing-key-file`, `--next-signing-key-activation-file`): every
+//! replica re-reads the files each [`RELOAD_INTERVAL`], publishes the next
+//! key at once, signs with it from its activation on, and sets the current
+//! key's expiry to that activation plus one access-token lifetime (+ slack).
+//! Later the operator promotes the next key to the key file and drops the
+//! old one; the old key's expiry is already set, so it still verifies every
+//! token it signed and then disappears.
+//!
+//! Replicas whose kubelet has not refreshed the mounted files yet may, for
+//! a round, write the expiries of the previous view; the replicas that see
+//! the new files write them back the next round. Every expiry either view
+//! writes lies past the last token it concerns, so nothing valid stops
+//! verifying meanwhile.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -56,14 +71,34 @@ struct KeySet {
     verifier: Verifier,
 }
 
+/// Which keys sign in file mode, whatever the database says is newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileKids {
+    /// The key file's key: signs until `next` activates.
+    pub current: String,
+    /// The next key file's key and when it starts signing.
+    pub next: Option<(String, DateTime<Utc>)>,
+}
+
+impl FileKids {
+    /// The kid that signs at `now`.
+    pub fn signing_at(&self, now: DateTime<Utc>) -> &str {
+        match &self.next {
+            Some((next, activates_at)) if *activates_at <= now => next,
+            _ => &self.current,
+        }
+    }
+}
+
 /// The keys of this replica: which key signs now, and a verifier for every
 /// published key. Reloaded from the database periodically.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     issuer: String,
     audience: String,
-    /// The kid that signs regardless of activation (file mode).
-    pinned: Arc<OnceLock<String>>,
+    /// The keys that sign regardless of the database's activations (file
+    /// mode); replaced each time the key files are read.
+    pinned: Arc<RwLock<Option<FileKids>>>,
     set: Arc<RwLock<Arc<KeySet>>>,
 }
 
@@ -74,7 +109,7 @@ impl KeyRing {
         Self {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            pinned: Arc::new(OnceLock::new()),
+            pinned: Arc::new(RwLock::new(None)),
             set: Arc::new(RwLock::new(Arc::new(KeySet {
                 signers: Vec::new(),
                 published: Vec::new(),
@@ -87,12 +122,15 @@ impl KeyRing {
         self.set.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// The key that signs at `now`: the pinned one, else the newest key
-    /// whose activation has passed.
+    /// The key that signs at `now`: the pinned one (file mode: the next
+    /// key once it has activated, else the current one), else the newest
+    /// key whose activation has passed.
     pub fn signer(&self, now: DateTime<Utc>) -> Result<TokenSigner, Error> {
         let set = self.current();
-        if let Some(pinned) = self.pinned.get()
-            && let Some((signer, _)) = set.signers.iter().find(|(signer, _)| signer.kid() == pinned)
+        let pinned = self.pinned.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(pinned) = pinned
+            && let Some((signer, _)) =
+                set.signers.iter().find(|(signer, _)| signer.kid() == pinned.signing_at(now))
         {
             return Ok(signer.clone());
         }
@@ -113,15 +151,22 @@ impl KeyRing {
         self.current().published.clone()
     }
 
-    /// Makes `kid` the key this process signs with, whatever the database
-    /// says is newest (file mode). Takes effect at the next reload.
-    pub fn pin(&self, kid: String) {
-        let _ = self.pinned.set(kid);
+    /// Makes `kids` the keys this process signs with, whatever the
+    /// database says is newest (file mode). Signs with them once they are
+    /// loaded (at the next reload).
+    pub fn pin(&self, kids: FileKids) {
+        *self.pinned.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(kids);
     }
 
-    /// Reloads the keys from the database.
+    /// Reloads the keys published now from the database.
     pub async fn reload(&self, pool: &PgPool) -> Result<(), Error> {
-        let rows = store::published_keys(pool).await?;
+        self.reload_at(pool, Utc::now()).await
+    }
+
+    /// Reloads the keys published at `now` from the database (tests look
+    /// ahead in time with it).
+    pub async fn reload_at(&self, pool: &PgPool, now: DateTime<Utc>) -> Result<(), Error> {
+        let rows = store::published_keys(pool, now).await?;
         let mut signers = Vec::new();
         let mut published = Vec::new();
         for row in &rows {
@@ -234,7 +279,7 @@ async fn insert_successor(
 ) -> Result<String, Error> {
     let (kid, pem, public) = encode(&generate_key())?;
     store::upsert_key(conn, &kid, &pem, &public, activates_at).await?;
-    store::expire_keys_except(conn, &kid, domain::key_expiry(activates_at, access_token_ttl)).await?;
+    store::expire_keys_except(conn, &[&kid], domain::key_expiry(activates_at, access_token_ttl)).await?;
     tracing::info!(%kid, %activates_at, "rotated the signing key");
     Ok(kid)
 }
@@ -248,24 +293,128 @@ pub fn read_key_file(path: &Path) -> Result<SigningKey, Error> {
         .map_err(|error| Error::ParseSigningKey { path: path.to_path_buf(), reason: error.to_string() })
 }
 
-/// File mode: installs the key from `path` as the signing key of this
-/// process and returns its kid.
-pub async fn install_file_key(
+/// The next key of file mode: the key the operator pre-publishes, and when
+/// it starts signing.
+#[derive(Debug, Clone)]
+pub struct NextKey {
+    pub key: SigningKey,
+    pub activates_at: DateTime<Utc>,
+}
+
+/// The key files of file mode as read at one moment.
+#[derive(Debug, Clone)]
+pub struct KeyFiles {
+    /// The key that signs now.
+    pub current: SigningKey,
+    /// The key that signs from its activation on, while a rotation is under
+    /// way.
+    pub next: Option<NextKey>,
+}
+
+/// Reads the key file and, when both paths are given and the next key file
+/// exists, the next key with its activation (an RFC 3339 time). A missing
+/// next key file means no rotation is under way; a next key without a
+/// readable activation is an error rather than a key that never signs.
+pub fn read_key_files(
+    current: &Path,
+    next: Option<&Path>,
+    next_activation: Option<&Path>,
+) -> Result<KeyFiles, Error> {
+    let current = read_key_file(current)?;
+    let (Some(next), Some(activation)) = (next, next_activation) else {
+        return Ok(KeyFiles { current, next: None });
+    };
+    if !next.exists() {
+        return Ok(KeyFiles { current, next: None });
+    }
+    let key = read_key_file(next)?;
+    let text = std::fs::read_to_string(activation)
+        .map_err(|source| Error::ReadSigningKey { path: activation.to_path_buf(), source })?;
+    let activates_at = DateTime::parse_from_rfc3339(text.trim())
+        .map_err(|error| Error::ParseSigningKey {
+            path: activation.to_path_buf(),
+            reason: format!("the activation time is not RFC 3339: {error}"),
+        })?
+        .with_timezone(&Utc);
+    Ok(KeyFiles { current, next: Some(NextKey { key, activates_at }) })
+}
+
+/// File mode: stores the key files' keys and the expiries they imply, and
+/// returns the kids to pin. The current key is stored (activating `now`
+/// when first seen); a next key is stored with its activation, so it is
+/// published at once, and the current key then expires one access-token
+/// lifetime (+ slack) after that activation. Any other key still without
+/// an expiry is retired, kept published for two token lifetimes.
+pub async fn sync_file_keys(
     pool: &PgPool,
-    path: &Path,
+    files: &KeyFiles,
     access_token_ttl: Duration,
-) -> Result<String, Error> {
-    let key = read_key_file(path)?;
-    let (kid, pem, public) = encode(&key)?;
-    let now = Utc::now();
+    now: DateTime<Utc>,
+) -> Result<FileKids, Error> {
+    let (kid, pem, public) = encode(&files.current)?;
+    let next = match &files.next {
+        Some(next) => {
+            let (next_kid, next_pem, next_public) = encode(&next.key)?;
+            // The same key twice is no rotation.
+            (next_kid != kid).then_some((next_kid, next_pem, next_public, next.activates_at))
+        }
+        None => None,
+    };
     let mut tx =
         pool.begin().await.map_err(|source| Error::Database { action: "begin key install", source })?;
     store::lock_keys(&mut tx).await?;
     store::upsert_key(&mut tx, &kid, &pem, &public, now).await?;
-    store::expire_keys_except(&mut tx, &kid, domain::key_expiry(now, access_token_ttl * 2)).await?;
+    let retire_others = domain::key_expiry(now, access_token_ttl * 2);
+    match &next {
+        Some((next_kid, next_pem, next_public, activates_at)) => {
+            store::upsert_key_activating(&mut tx, next_kid, next_pem, next_public, *activates_at).await?;
+            store::expire_keys_except(&mut tx, &[&kid, next_kid], retire_others).await?;
+            store::set_key_expiry(&mut tx, &kid, domain::key_expiry(*activates_at, access_token_ttl)).await?;
+        }
+        None => store::expire_keys_except(&mut tx, &[&kid], retire_others).await?,
+    }
     tx.commit().await.map_err(|source| Error::Database { action: "commit key install", source })?;
-    tracing::info!(%kid, path = %path.display(), "signing with the key from the key file");
-    Ok(kid)
+    Ok(FileKids { current: kid, next: next.map(|(next_kid, _, _, activates_at)| (next_kid, activates_at)) })
+}
+
+/// File mode: reads the key files, stores their keys ([`sync_file_keys`])
+/// and pins them in `ring`; logs when the pinned keys change. The caller
+/// reloads the ring.
+pub async fn install_file_keys(
+    pool: &PgPool,
+    ring: &KeyRing,
+    paths: FilePaths<'_>,
+    access_token_ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<FileKids, Error> {
+    let files = read_key_files(paths.current, paths.next, paths.next_activation)?;
+    let kids = sync_file_keys(pool, &files, access_token_ttl, now).await?;
+    let before = ring.pinned.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    if before.as_ref() != Some(&kids) {
+        match &kids.next {
+            Some((next, activates_at)) => tracing::info!(
+                kid = %kids.current,
+                %next,
+                %activates_at,
+                "signing with the key file's key; the next key is published"
+            ),
+            None => tracing::info!(
+                kid = %kids.current,
+                path = %paths.current.display(),
+                "signing with the key from the key file"
+            ),
+        }
+    }
+    ring.pin(kids.clone());
+    Ok(kids)
+}
+
+/// Where file mode's keys are read from.
+#[derive(Debug, Clone, Copy)]
+pub struct FilePaths<'a> {
+    pub current: &'a Path,
+    pub next: Option<&'a Path>,
+    pub next_activation: Option<&'a Path>,
 }
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {

@@ -129,13 +129,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         .await
 }
 
-/// Installs the key file's key (file mode) or makes sure a database key
+/// Installs the key files' keys (file mode) or makes sure a database key
 /// exists, then loads the ring.
 pub async fn prepare_keys(pool: &PgPool, keys: &KeyRing, args: &AuthArgs) -> Result<(), Error> {
-    match &args.signing_key_file {
-        Some(path) => {
-            let kid = keys::install_file_key(pool, path, args.access_token_ttl).await?;
-            keys.pin(kid);
+    match args.key_file_paths() {
+        Some(paths) => {
+            keys::install_file_keys(pool, keys, paths, args.access_token_ttl, chrono::Utc::now()).await?;
         }
         None => {
             keys::maintain(pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now()).await?;
@@ -150,9 +149,11 @@ const REFRESH_TOKEN_PURGE_INTERVAL: std::time::Duration = std::time::Duration::f
 /// audit trail ("why was I logged out?") without growing without bound.
 const REFRESH_TOKEN_RETENTION: std::time::Duration = std::time::Duration::from_secs(86_400);
 
-/// Reloads keys every [`keys::RELOAD_INTERVAL`] and, in database mode,
-/// rotates them when due; purges expired refresh tokens hourly. Failures
-/// are logged and retried next round.
+/// Reloads keys every [`keys::RELOAD_INTERVAL`]: in file mode re-reads the
+/// key files first (the kubelet refreshes a mounted Secret in place, so a
+/// next key the operator adds is published and then signs without a pod
+/// restart), in database mode rotates them when due; purges expired
+/// refresh tokens hourly. Failures are logged and retried next round.
 async fn maintain_keys(pool: PgPool, keys: KeyRing, args: AuthArgs, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(keys::RELOAD_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -171,10 +172,17 @@ async fn maintain_keys(pool: PgPool, keys: KeyRing, args: AuthArgs, shutdown: Ca
                 Err(error) => tracing::warn!(error = %error, "cannot purge expired refresh tokens"),
             }
         }
-        if args.signing_key_file.is_none()
-            && let Err(error) =
-                keys::maintain(&pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now()).await
-        {
+        let maintained = match args.key_file_paths() {
+            Some(paths) => {
+                keys::install_file_keys(&pool, &keys, paths, args.access_token_ttl, chrono::Utc::now())
+                    .await
+                    .map(drop)
+            }
+            None => keys::maintain(&pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now())
+                .await
+                .map(drop),
+        };
+        if let Err(error) = maintained {
             tracing::warn!(error = %error, "signing key maintenance failed; retrying next round");
         }
         if let Err(error) = keys.reload(&pool).await {

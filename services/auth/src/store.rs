@@ -236,12 +236,13 @@ pub struct SigningKeyRow {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// Every key that is not expired, newest activation first.
-pub async fn published_keys(pool: &PgPool) -> Result<Vec<SigningKeyRow>, Error> {
+/// Every key that is not expired at `now`, newest activation first.
+pub async fn published_keys(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<SigningKeyRow>, Error> {
     sqlx::query_as::<_, SigningKeyRow>(
         "SELECT kid, private_key_pem, public_key, created_at, activates_at, expires_at FROM signing_keys \
-         WHERE expires_at IS NULL OR expires_at > now() ORDER BY activates_at DESC, created_at DESC",
+         WHERE expires_at IS NULL OR expires_at > $1 ORDER BY activates_at DESC, created_at DESC",
     )
+    .bind(now)
     .fetch_all(pool)
     .await
     .map_err(database("read signing keys"))
@@ -290,13 +291,53 @@ pub async fn upsert_key(
     Ok(())
 }
 
-/// Sets an expiry on every unexpired key but `keep`.
-pub async fn expire_keys_except(
+/// Stores a pre-published key that signs from `activates_at` (file mode's
+/// next key), or un-expires it and moves its activation if it is already
+/// known: the activation written last (the operator's) wins.
+pub async fn upsert_key_activating(
     conn: &mut PgConnection,
-    keep: &str,
+    kid: &str,
+    private_key_pem: &str,
+    public_key: &[u8],
+    activates_at: DateTime<Utc>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, private_key_pem, public_key, activates_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (kid) DO UPDATE SET expires_at = NULL, activates_at = EXCLUDED.activates_at",
+    )
+    .bind(kid)
+    .bind(private_key_pem)
+    .bind(public_key)
+    .bind(activates_at)
+    .execute(conn)
+    .await
+    .map_err(database("store a pre-published signing key"))?;
+    Ok(())
+}
+
+/// Sets the expiry of one key, whatever it was: the key that signs until
+/// a pre-published successor activates retires at a known time.
+pub async fn set_key_expiry(
+    conn: &mut PgConnection,
+    kid: &str,
     expires_at: DateTime<Utc>,
 ) -> Result<(), Error> {
-    sqlx::query("UPDATE signing_keys SET expires_at = $2 WHERE kid <> $1 AND expires_at IS NULL")
+    sqlx::query("UPDATE signing_keys SET expires_at = $2 WHERE kid = $1")
+        .bind(kid)
+        .bind(expires_at)
+        .execute(conn)
+        .await
+        .map_err(database("set the expiry of a signing key"))?;
+    Ok(())
+}
+
+/// Sets an expiry on every unexpired key but those in `keep`.
+pub async fn expire_keys_except(
+    conn: &mut PgConnection,
+    keep: &[&str],
+    expires_at: DateTime<Utc>,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE signing_keys SET expires_at = $2 WHERE kid <> ALL($1) AND expires_at IS NULL")
         .bind(keep)
         .bind(expires_at)
         .execute(conn)

@@ -18,6 +18,24 @@ pub mod stack;
 /// API group of every commerce-stack resource.
 pub const GROUP: &str = "commerce-stack.dev";
 /// The one served and stored version. Alpha: fields may still change.
+///
+/// The move to `v1beta1`, planned so that no stored stack is lost and no
+/// client breaks (rehearsed step by step against the real API server by
+/// `e2e/tests/crd_versions.rs`):
+/// 1. One release serves both: `v1beta1` becomes the storage version and
+///    `v1alpha1` stays served, marked `deprecated` with a warning that names
+///    `v1beta1`. While the two schemas hold the same fields (v1beta1 may add
+///    optional ones, never rename or remove), conversion is `None`: the API
+///    server only rewrites `apiVersion`. A rename would need a conversion
+///    webhook served by the operator, which this plan avoids. The operator
+///    switches its watches to `v1beta1` in the same release.
+/// 2. The same operator, once leading, migrates storage: it rewrites every
+///    stack and policy with a no-op update (which re-encodes the object at
+///    the storage version), then trims the CRDs' `status.storedVersions` to
+///    `v1beta1`. The API server refuses to drop a version from a CRD while
+///    `storedVersions` still lists it, so step 3 cannot come too early.
+/// 3. The next release stops serving `v1alpha1`, then removes it. Clients
+///    (GitOps repositories, scripts) have had a release of warnings.
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` of every commerce-stack resource.
 pub const API_VERSION: &str = "commerce-stack.dev/v1alpha1";
@@ -41,5 +59,6 @@ pub struct SecretKeyRef {
     pub name: String,
     /// Key inside the Secret whose value is used.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = stack::secret_key_rule("key"))]
     pub key: String,
 }

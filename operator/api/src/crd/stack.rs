@@ -34,6 +34,20 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
 /// nor observes the stack; meanwhile `Ready` is `Unknown` and
 /// `observedGeneration` stays at the last generation reconciled.
 pub const CONDITION_PAUSED: &str = "Paused";
+/// Condition type for kstatus (Flux, kpt, cli-utils), abnormal-true: True
+/// while the operator works towards the spec (objects just applied, a
+/// rollout, services or managed infrastructure not available yet, a
+/// transient Kafka or Postgres error it retries); False once the stack
+/// matches its spec, or when it is [`CONDITION_STALLED`]. kstatus reads
+/// only `observedGeneration`, `Reconciling` and `Stalled` of a custom
+/// resource: True here is `InProgress`.
+pub const CONDITION_RECONCILING: &str = "Reconciling";
+/// Condition type for kstatus, abnormal-true: True when retrying cannot
+/// help and progress needs a change of the spec or outside action (an
+/// invalid spec, an object the apiserver refuses or that the stack did not
+/// create, a missing StorageClass); False otherwise. True here is kstatus'
+/// `Failed`.
+pub const CONDITION_STALLED: &str = "Stalled";
 
 /// Condition type, only on a deleted stack under `deletionPolicy: Delete`:
 /// its databases and login roles on the external Postgres were dropped
@@ -136,9 +150,9 @@ pub struct CommerceStackSpec {
     /// The REST gateway: its Ingress, CORS and rate limits.
     #[serde(default)]
     pub gateway: GatewaySpec,
-    /// Settings of the auth service's tokens.
+    /// Settings of the auth service's tokens and signing key.
     #[serde(default)]
-    #[schemars(extend("default" = {"accessTokenTtl": "15m", "refreshTokenTtl": "720h"}))]
+    #[schemars(extend("default" = {"accessTokenTtl": "15m", "refreshTokenTtl": "720h", "signingKeyPrepublish": "5m"}))]
     pub auth: AuthSpec,
     /// Settings of the payment service's provider.
     #[serde(default)]
@@ -234,6 +248,45 @@ const IMAGE_REPOSITORY: &str = "^(([a-zA-Z0-9]|[a-zA-Z0-9][-a-zA-Z0-9]*[a-zA-Z0-
 fn image_repository_rule() -> Rule {
     Rule::new(format!("self.matches('{IMAGE_REPOSITORY}')"))
         .message("image.repository is a repository without a tag or digest (spec.version is the tag), its path in lowercase, e.g. ghcr.io/commerce-stack/commerce")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// A whole image reference: [`IMAGE_REPOSITORY`], then an optional tag and
+/// an optional sha256 digest. The apiserver checks only that a container's
+/// image has no leading or trailing space, so `redis 7` would be admitted
+/// and every pod of the managed server would fail with InvalidImageName.
+fn image_reference_rule() -> Rule {
+    let repository = IMAGE_REPOSITORY.trim_end_matches('$');
+    Rule::new(format!("self.matches('{repository}(:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(@sha256:[a-f0-9]{{64}})?$')"))
+        .message("a managed server's image is an image reference (repository, optional :tag and @sha256:digest, no spaces), e.g. apache/kafka:4.1.0")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// A host name (DNS labels, `_` allowed as some resolvers do), an IPv4
+/// address, or an IPv6 address (it holds a `:`), without a port or a
+/// scheme: the operator connects to it, and the services get it in a URL.
+const HOST: &str = "^(([A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?)([.][A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?)*[.]?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$";
+
+/// The CEL rule on a host field (`field` is its path in the message).
+fn host_rule(field: &str) -> Rule {
+    Rule::new(format!("self.matches('{HOST}')"))
+        .message(Message::Message(format!(
+            "{field} is a host name or an IP address without a port or scheme, e.g. postgres.db.svc or 10.0.0.7"
+        )))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// What Kubernetes requires of a key of a Secret's data.
+const SECRET_KEY: &str = "^[-._a-zA-Z0-9]+$";
+
+/// The CEL rule on a field naming a key of a Secret: no Secret can have a
+/// key outside [`SECRET_KEY`], so the operator (or the pods) would wait for
+/// it forever.
+pub(crate) fn secret_key_rule(field: &str) -> Rule {
+    Rule::new(format!("self.matches('{SECRET_KEY}')"))
+        .message(Message::Message(format!(
+            "{field} must be a key a Secret can have: letters, digits, '-', '_' and '.'"
+        )))
         .reason(Reason::FieldValueInvalid)
 }
 
@@ -432,11 +485,13 @@ pub struct PostgresSpec {
 }
 
 /// A Postgres server the stack does not own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalPostgres {
     /// Host name or address of the server.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = host_rule("postgres.external.host"))]
     pub host: String,
     /// Port of the server.
     #[serde(default = "default_postgres_port")]
@@ -474,10 +529,12 @@ pub struct AdminSecret {
     /// Key of the user name.
     #[serde(default = "default_username_key")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_key_rule("postgres.external.adminSecret.usernameKey"))]
     pub username_key: String,
     /// Key of the password.
     #[serde(default = "default_password_key")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_key_rule("postgres.external.adminSecret.passwordKey"))]
     pub password_key: String,
 }
 
@@ -540,11 +597,13 @@ pub struct RedisSpec {
 }
 
 /// A Redis the stack does not own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRedis {
     /// Host name or address.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = host_rule("redis.external.host"))]
     pub host: String,
     /// Port.
     #[serde(default = "default_redis_port")]
@@ -560,7 +619,8 @@ fn default_redis_port() -> i32 {
 }
 
 /// A piece of infrastructure the operator runs for the stack.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedInfra {
     /// The volume that keeps the data across restarts.
@@ -573,6 +633,7 @@ pub struct ManagedInfra {
     /// Image (repository and tag) to run instead of the operator's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = image_reference_rule())]
     pub image: Option<String>,
 }
 
@@ -635,6 +696,9 @@ pub struct IngressSpec {
     /// IngressClass that serves the Ingress; unset, the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{DNS_SUBDOMAIN}')"))
+        .message("gateway.ingress.className must be an IngressClass name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
+        .reason(Reason::FieldValueInvalid))]
     pub class_name: Option<String>,
     /// A Secret of type kubernetes.io/tls with the host's certificate; set,
     /// the Ingress terminates TLS and the gateway URL is https.
@@ -661,6 +725,11 @@ pub struct CorsSpec {
     /// Request headers a browser may send besides the safelisted ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    // HTTP's token characters but ' and `, which no header name uses: a
+    // name with a space would make the gateway's CORS layer refuse to start.
+    #[x_kube(validation = Rule::new("self.all(h, h.matches('^[-!#$%&*+.^_|~0-9A-Za-z]+$'))")
+        .message("every gateway.cors.allowedHeaders entry is a header name (letters, digits and !#$%&*+-.^_|~, no spaces), e.g. X-Request-Id")
+        .reason(Reason::FieldValueInvalid))]
     pub allowed_headers: Vec<String>,
     /// How long a browser may cache a preflight answer, in seconds.
     #[serde(default = "default_cors_max_age")]
@@ -673,7 +742,23 @@ fn default_cors_max_age() -> i32 {
     600
 }
 
-/// Token lifetimes of the auth service.
+/// Annotation on a CommerceStack that requests one rotation of the auth
+/// service's signing key: any new value (say, the current time) starts a
+/// rotation, as `kubectl rollout restart` does with `restartedAt`. Setting
+/// the same value again does nothing; a request made during a rotation
+/// starts another once that one has finished.
+pub const ROTATE_SIGNING_KEY_ANNOTATION: &str = "commerce-stack.dev/rotate-signing-key";
+
+/// Shortest `auth.signingKeyRotationInterval`: a rotation takes the
+/// pre-publication plus one access-token lifetime, and rotating more often
+/// than hourly buys no security for the churn.
+pub const MIN_SIGNING_KEY_ROTATION_INTERVAL: &str = "1h";
+
+/// Token lifetimes and signing-key rotation of the auth service.
+///
+/// The operator rotates the signing key without invalidating any token: the
+/// new key is published `signingKeyPrepublish` before it signs, and the old
+/// one keeps verifying until the last token it signed has expired.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(
     crates(kube_core = "::kube_core"),
@@ -692,6 +777,27 @@ pub struct AuthSpec {
     #[serde(default = "default_refresh_token_ttl")]
     #[schemars(extend("default" = "720h"), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"), length(max = 32))]
     pub refresh_token_ttl: Duration,
+    /// Rotate the signing key this often, e.g. `720h`; at least `1h`. Unset:
+    /// only when requested with the `commerce-stack.dev/rotate-signing-key`
+    /// annotation (which works either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(
+        validation = Rule::new(format!("duration(self) >= duration('{MIN_SIGNING_KEY_ROTATION_INTERVAL}')"))
+            .message(Message::Message(format!(
+                "auth.signingKeyRotationInterval must be at least {MIN_SIGNING_KEY_ROTATION_INTERVAL}"
+            )))
+            .reason(Reason::FieldValueInvalid)
+    )]
+    pub signing_key_rotation_interval: Option<Duration>,
+    /// How long a new signing key is published before it signs. The
+    /// default, `5m`, covers the kubelet refreshing the mounted Secret
+    /// (about 1.5 min), the auth service re-reading it (30 s) and verifiers
+    /// caching the published keys (60 s), with margin; shorter risks tokens
+    /// that a gateway cannot verify for a moment.
+    #[serde(default = "default_signing_key_prepublish")]
+    #[schemars(extend("default" = "5m"), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"), length(max = 32))]
+    pub signing_key_prepublish: Duration,
 }
 
 impl Default for AuthSpec {
@@ -699,8 +805,14 @@ impl Default for AuthSpec {
         AuthSpec {
             access_token_ttl: default_access_token_ttl(),
             refresh_token_ttl: default_refresh_token_ttl(),
+            signing_key_rotation_interval: None,
+            signing_key_prepublish: default_signing_key_prepublish(),
         }
     }
+}
+
+fn default_signing_key_prepublish() -> Duration {
+    std::time::Duration::from_secs(5 * 60).into()
 }
 
 fn default_access_token_ttl() -> Duration {
@@ -772,7 +884,9 @@ pub struct CommerceStackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing` and `Degraded`, each with a reason and a
-    /// message; `Paused` while `spec.paused` is true; once the stack is
+    /// message; `Reconciling` and `Stalled` for kstatus (Flux), True only
+    /// while the operator works towards the spec, or cannot get there
+    /// without a change of the spec or outside action; `Paused` while `spec.paused` is true; once the stack is
     /// deleted under `deletionPolicy: Delete`, `DatabasesCleanedUp` and
     /// `TopicsCleanedUp` say how its cleanup goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
