@@ -52,8 +52,13 @@ pub const AUTH_ACCESS_TOKEN_TTL: &str = "COMMERCE_ACCESS_TOKEN_TTL";
 pub const AUTH_REFRESH_TOKEN_TTL: &str = "COMMERCE_REFRESH_TOKEN_TTL";
 /// The auth service's signing-key file: the generated Secret's PKCS#8 PEM,
 /// mounted at [`SIGNING_KEY_MOUNT`]. Set, it also turns the service's own
-/// key rotation off (rotate by replacing the Secret).
+/// key rotation off: the operator rotates through the next key.
 pub const AUTH_SIGNING_KEY_FILE: &str = "COMMERCE_SIGNING_KEY_FILE";
+/// The next signing key's file in the same mount; present only while the
+/// operator rotates the key.
+pub const AUTH_NEXT_SIGNING_KEY_FILE: &str = "COMMERCE_NEXT_SIGNING_KEY_FILE";
+/// The file with the next signing key's activation time, next to it.
+pub const AUTH_NEXT_SIGNING_KEY_ACTIVATION_FILE: &str = "COMMERCE_NEXT_SIGNING_KEY_ACTIVATION_FILE";
 /// The payment provider; the payment service refuses one it has no adapter
 /// for.
 pub const PAYMENT_PROVIDER: &str = "COMMERCE_PAYMENT_PROVIDER";
@@ -69,8 +74,10 @@ pub const GATEWAY_CORS_ALLOWED_HEADERS: &str = "COMMERCE_CORS_ALLOWED_HEADERS";
 /// How long a preflight may be cached (humantime).
 pub const GATEWAY_CORS_MAX_AGE: &str = "COMMERCE_CORS_MAX_AGE";
 
-/// Where the auth signing-key Secret is mounted (a directory mount, so a
-/// replaced key reaches the pod; the config hash rolls the pods to read it).
+/// Where the auth signing-key Secret is mounted: a directory mount (not
+/// `subPath`), so that the kubelet swaps in a rotation's next key and the
+/// promotion in place, all files at once, and the auth service, which
+/// re-reads them every 30 s, follows without a restart.
 pub const SIGNING_KEY_MOUNT: &str = "/etc/commerce/auth-signing-key";
 /// Where the payment credentials Secret is mounted, for a provider adapter
 /// that reads them (the built-in mock needs none).
@@ -165,10 +172,16 @@ pub fn service_config(
             put(AUTH_ACCESS_TOKEN_TTL, seconds(stack_spec.auth.access_token_ttl));
             put(AUTH_REFRESH_TOKEN_TTL, seconds(stack_spec.auth.refresh_token_ttl));
             put(AUTH_SIGNING_KEY_FILE, format!("{SIGNING_KEY_MOUNT}/{}", secrets::SIGNING_KEY_PEM_KEY));
-            // The file is read at start-up only: a new key must roll the pods.
-            let secret = secrets::signing_key_secret_name(stack);
-            secret_inputs
-                .insert(AUTH_SIGNING_KEY_FILE.to_owned(), values.get(&secret, secrets::SIGNING_KEY_PEM_KEY)?);
+            put(
+                AUTH_NEXT_SIGNING_KEY_FILE,
+                format!("{SIGNING_KEY_MOUNT}/{}", secrets::NEXT_SIGNING_KEY_PEM_KEY),
+            );
+            put(
+                AUTH_NEXT_SIGNING_KEY_ACTIVATION_FILE,
+                format!("{SIGNING_KEY_MOUNT}/{}", secrets::NEXT_SIGNING_KEY_ACTIVATION_KEY),
+            );
+            // Not a config-hash input: the service re-reads the key files,
+            // and a rotation must not roll the pods (twice) to take effect.
         }
         Service::Payment => {
             put(PAYMENT_PROVIDER, stack_spec.payment.provider.as_str().to_owned());

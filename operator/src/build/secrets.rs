@@ -10,6 +10,11 @@
 //! apply step recognises as unchanged. `render` and the snapshot tests pass
 //! [`SecretValues::placeholders`] instead, so that their output is stable and
 //! never carries a real secret.
+//!
+//! The signing-key Secret also carries the state of a key rotation (a next
+//! key, its activation, annotations saying when things happen): the
+//! reconciler decides it ([`crate::reconcile::signing_key`]) and hands it
+//! over as a [`SigningKeySecret`]; this module only renders it.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +34,13 @@ use crate::validate::{Infra, ValidStack};
 /// as PKCS#8 PEM (RFC 8410): the file `--signing-key-file` reads. Also the
 /// file's name where the Secret is mounted.
 pub const SIGNING_KEY_PEM_KEY: &str = "signing-key.pem";
+/// Key of the next signing key during a rotation, PKCS#8 PEM: the file
+/// `--next-signing-key-file` reads. The auth service publishes it at once
+/// and signs with it from [`NEXT_SIGNING_KEY_ACTIVATION_KEY`] on.
+pub const NEXT_SIGNING_KEY_PEM_KEY: &str = "next-signing-key.pem";
+/// Key of the RFC 3339 time from which the next signing key signs: the file
+/// `--next-signing-key-activation-file` reads.
+pub const NEXT_SIGNING_KEY_ACTIVATION_KEY: &str = "next-signing-key-activates-at";
 /// Key of a generated password.
 pub const PASSWORD_KEY: &str = "password";
 /// Key of a user name next to a generated password.
@@ -102,18 +114,32 @@ pub fn generated_values(stack: &ValidStack<'_>) -> Vec<GeneratedValue> {
     values
 }
 
+/// The signing-key Secret's content as the reconciler decided it: the
+/// current key, during a rotation the next key and its activation, and the
+/// annotations that keep the rotation's state across operator restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SigningKeySecret {
+    /// Data keys ([`SIGNING_KEY_PEM_KEY`], ...) and their values.
+    pub data: BTreeMap<String, String>,
+    /// Annotations of the Secret.
+    pub annotations: BTreeMap<String, String>,
+}
+
 /// The generated values a build may use, by Secret name and key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecretValues {
     values: BTreeMap<(String, String), String>,
     /// Stand in [`PLACEHOLDER`] for any value not known (render, tests).
     placeholders: bool,
+    /// The signing-key Secret, when the reconciler decided it; otherwise
+    /// the Secret holds only the generated [`SIGNING_KEY_PEM_KEY`].
+    signing_key: Option<SigningKeySecret>,
 }
 
 impl SecretValues {
     /// Every value is [`PLACEHOLDER`]: for `render` and snapshot tests.
     pub fn placeholders() -> Self {
-        SecretValues { values: BTreeMap::new(), placeholders: true }
+        SecretValues { values: BTreeMap::new(), placeholders: true, signing_key: None }
     }
 
     /// The values of `wanted` that the existing Secrets hold, and fresh ones
@@ -131,7 +157,13 @@ impl SecretValues {
             let value_text = current.unwrap_or_else(|| generate(value.kind, rng));
             values.insert((value.secret.clone(), value.key.to_owned()), value_text);
         }
-        SecretValues { values, placeholders: false }
+        SecretValues { values, placeholders: false, signing_key: None }
+    }
+
+    /// Renders the signing-key Secret as `secret` says (rotation state
+    /// included) instead of with the generated key alone.
+    pub fn set_signing_key(&mut self, secret: SigningKeySecret) {
+        self.signing_key = Some(secret);
     }
 
     /// The value of `key` in the Secret named `secret`.
@@ -203,13 +235,24 @@ pub fn build_secrets(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Ve
     let mut secrets = Vec::new();
     if stack.is_enabled(Service::Auth) {
         let name = signing_key_secret_name(stack);
-        let pem = values.get(&name, SIGNING_KEY_PEM_KEY)?;
-        secrets.push(secret(
-            stack,
-            name,
-            Component::Service(Service::Auth),
-            BTreeMap::from([(SIGNING_KEY_PEM_KEY.to_owned(), pem)]),
-        ));
+        match &values.signing_key {
+            Some(decided) => {
+                let mut built = secret(stack, name, Component::Service(Service::Auth), decided.data.clone());
+                if !decided.annotations.is_empty() {
+                    built.metadata.annotations = Some(decided.annotations.clone());
+                }
+                secrets.push(built);
+            }
+            None => {
+                let pem = values.get(&name, SIGNING_KEY_PEM_KEY)?;
+                secrets.push(secret(
+                    stack,
+                    name,
+                    Component::Service(Service::Auth),
+                    BTreeMap::from([(SIGNING_KEY_PEM_KEY.to_owned(), pem)]),
+                ));
+            }
+        }
     }
     if let Infra::Managed(_) = stack.postgres {
         let name = postgres_admin_secret_name(stack);
