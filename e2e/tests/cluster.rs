@@ -120,12 +120,13 @@ async fn set_up() -> Result<Cluster> {
     remove_previous_stack(&client).await?;
 
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    // Before the install: the chart puts the operator's Role there.
+    ensure_namespace(&client, STACK_NAMESPACE).await?;
     let started = Instant::now();
     helm_install()?;
     let operator_install = started.elapsed();
     eprintln!("operator installed by helm, both pods Ready, in {operator_install:.1?}");
 
-    ensure_namespace(&client, STACK_NAMESPACE).await?;
     create_secrets()?;
     let started = Instant::now();
     kubectl_apply(&stack_manifest())?;
