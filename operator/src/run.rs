@@ -13,9 +13,13 @@
 //!
 //! Memory: the children are watched as metadata only and kept in no store
 //! (kube's `owns_with` uses a metadata watcher that only triggers the
-//! owner); what grows with the number of stacks is the work of reconciles in
-//! flight, each holding its stack's listed children and desired objects.
-//! Hence the bound on concurrent reconciles.
+//! owner). The stacks and policies that are stored lose their managed
+//! fields and kubectl's last-applied copy before they reach the store
+//! ([`without_bookkeeping`]): no reconcile reads them, and on a stack with
+//! a status they were most of its size. What else grows with the number of
+//! stacks is the work of reconciles in flight, each holding its stack's
+//! listed children and desired objects. Hence the bound on concurrent
+//! reconciles.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,8 +35,8 @@ use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Semaphore, broadcast};
 use tracing::{info, warn};
@@ -400,7 +404,7 @@ async fn shutdown_signal() {
 fn controller(client: &Client, namespace: Option<&str>) -> Controller<DeserializeGuard<CommerceStack>> {
     let stacks: Api<DeserializeGuard<CommerceStack>> = scoped(client, namespace);
     let owned = watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGER));
-    let mut controller = Controller::new(stacks, watcher::Config::default().any_semantic());
+    let mut controller = stored(stacks);
     for resource in owned_kinds() {
         let api: Api<DynamicObject> = match namespace {
             None => Api::all_with(client.clone(), &resource),
@@ -423,7 +427,7 @@ fn policy_controller(
     namespace: Option<&str>,
 ) -> Controller<DeserializeGuard<RateLimitPolicy>> {
     let policies: Api<DeserializeGuard<RateLimitPolicy>> = scoped(client, namespace);
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let controller = stored(policies);
     let store = controller.store();
     let stacks: Api<DeserializeGuard<CommerceStack>> = scoped(client, namespace);
     controller.watches(stacks, watcher::Config::default().any_semantic(), move |guard| {
@@ -437,6 +441,44 @@ fn policy_controller(
         policies_targeting(&store.state(), namespace, name)
     })
 }
+
+/// A controller of the objects of `api`, stored without their bookkeeping
+/// ([`without_bookkeeping`]); otherwise what `Controller::new` builds.
+fn stored<K>(api: Api<DeserializeGuard<K>>) -> Controller<DeserializeGuard<K>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let objects = watcher(api, watcher::Config::default().any_semantic())
+        .modify(without_bookkeeping)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, store)
+}
+
+/// Drops what the API server and kubectl keep about an object's writers:
+/// its managed fields (one entry per field manager, each a tree of every
+/// field it set) and kubectl's last-applied copy of the whole object. The
+/// operator decides from spec, status and the rest of the metadata only.
+fn without_bookkeeping<K: kube::Resource>(guard: &mut DeserializeGuard<K>) {
+    let metadata = match &mut guard.0 {
+        Ok(object) => object.meta_mut(),
+        Err(invalid) => &mut invalid.metadata,
+    };
+    metadata.managed_fields = None;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation where client-side `kubectl apply` keeps the whole object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// An Api over `namespace`, or over all namespaces with `None`.
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>

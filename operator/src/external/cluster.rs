@@ -66,9 +66,9 @@ impl ClusterExternalState {
 
     /// Starts the periodic topic check ([`super::topic_watch`]): every
     /// `interval`, evicts idle admin clients, then asks each bootstrap value
-    /// that reconciles ensured topics on for its topics (one metadata
-    /// request, with the cached client, which the check does not keep
-    /// alive) and yields an item when a topic is missing or has fewer
+    /// that reconciles ensured topics on for those topics (one small
+    /// metadata request per topic, with the cached client, which the check
+    /// does not keep alive) and yields an item when a topic is missing or has fewer
     /// partitions than ensured. Feed the stream to the controller's
     /// `reconcile_all_on`: the reconciles recreate what is missing. The
     /// task ends when the stream is dropped or this state is.
@@ -100,11 +100,12 @@ impl ClusterExternalState {
     /// One round of the topic check: whether some topic drifted.
     async fn drifted_topics(&self) -> bool {
         let mut any = false;
-        for brokers in self.topic_watch.brokers(Instant::now()) {
+        for (brokers, names) in self.topic_watch.to_check(Instant::now()) {
             // No client: none was used (or it was evicted); the next
             // reconcile on these brokers creates one and ensures the topics.
             let Some(admin) = self.topic_admins.peek(&brokers) else { continue };
-            match admin.partition_counts().await {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            match admin.partition_counts(&names).await {
                 Ok(actual) => {
                     let drifted = self.topic_watch.drifted(&brokers, &actual);
                     if !drifted.is_empty() {

@@ -7,7 +7,7 @@
 //! [`TopicWatch`] remembers what reconciles ensured on each bootstrap value
 //! (topic and partitions), and the periodic check
 //! ([`ClusterExternalState::check_topics_every`](super::cluster::ClusterExternalState::check_topics_every))
-//! compares it with one metadata request per bootstrap value every
+//! compares it with the metadata of those topics (one request per topic) every
 //! [`TOPIC_CHECK_INTERVAL`]. A drift wakes the controller, whose reconciles
 //! recreate the topic; the check itself never writes to Kafka or to
 //! Kubernetes, so a paused or deleted stack is left alone and a steady state
@@ -29,7 +29,7 @@ use super::admin_cache::MAX_IDLE;
 
 /// How often the topics are compared with what reconciles ensured: a topic
 /// deleted out of band is back within about this long plus one reconcile,
-/// well inside a minute, for one metadata request per bootstrap value.
+/// well inside a minute, for one small metadata request per watched topic.
 pub const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A topic a reconcile ensured.
@@ -76,15 +76,30 @@ impl TopicWatch {
         }
     }
 
-    /// The bootstrap values with topics to check, after forgetting what no
-    /// reconcile ensured for [`MAX_IDLE`] before `now`.
-    pub fn brokers(&self, now: Instant) -> Vec<String> {
+    /// The topics to check, by bootstrap value (sorted), after forgetting
+    /// what no reconcile ensured for [`MAX_IDLE`] before `now`: those whose
+    /// drift has not been reported yet.
+    pub fn to_check(&self, now: Instant) -> Vec<(String, Vec<String>)> {
         let mut expected = self.lock();
         for watched in expected.values_mut() {
             watched.retain(|_, topic| now.saturating_duration_since(topic.ensured) <= MAX_IDLE);
         }
         expected.retain(|_, watched| !watched.is_empty());
-        expected.keys().cloned().collect()
+        let mut to_check: Vec<(String, Vec<String>)> = expected
+            .iter()
+            .map(|(brokers, watched)| {
+                let mut names: Vec<String> = watched
+                    .iter()
+                    .filter(|(_, topic)| !topic.reported)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                names.sort();
+                (brokers.clone(), names)
+            })
+            .filter(|(_, names)| !names.is_empty())
+            .collect();
+        to_check.sort();
+        to_check
     }
 
     /// The topics on `brokers` that are missing from `actual` (topic ->
@@ -149,9 +164,16 @@ mod tests {
         watch.ensured("old:9092", &topics(&[("x", 1)]), start);
         watch.forget("kafka:9092", &["a"]);
         assert_eq!(watch.drifted("kafka:9092", &actual(&[])), ["b"]);
-        watch.ensured("kafka:9092", &topics(&[("b", 1)]), start + MAX_IDLE);
-        assert_eq!(watch.brokers(start + MAX_IDLE + Duration::from_secs(1)), ["kafka:9092"]);
-        watch.forget("kafka:9092", &["b"]);
-        assert!(watch.brokers(start + MAX_IDLE).is_empty());
+        watch.ensured("kafka:9092", &topics(&[("b", 1), ("c", 1)]), start + MAX_IDLE);
+        let later = start + MAX_IDLE + Duration::from_secs(1);
+        assert_eq!(watch.to_check(later), [("kafka:9092".to_owned(), vec!["b".to_owned(), "c".to_owned()])]);
+        assert_eq!(watch.drifted("kafka:9092", &actual(&[("b", 1)])), ["c"]);
+        assert_eq!(
+            watch.to_check(later),
+            [("kafka:9092".to_owned(), vec!["b".to_owned()])],
+            "a reported topic is not looked up again until a reconcile ensures it"
+        );
+        watch.forget("kafka:9092", &["b", "c"]);
+        assert!(watch.to_check(start + MAX_IDLE).is_empty());
     }
 }
