@@ -157,6 +157,12 @@ do_up() {
     write_config
     format_storage
     log "starting Apache Kafka $COMMERCE_KAFKA_VERSION on $COMMERCE_KAFKA_BROKERS"
+    # Every partition keeps a few files open (log, indexes), and Kafka asks
+    # for 100,000 descriptors or more. Raise the soft limit as far as the
+    # hard one allows (where the hard limit itself may be raised, to 262,144).
+    # On machines whose hard limit is 20,000, about 5,000 topics of 1-3
+    # partitions stop the broker ("all log dirs have failed").
+    ulimit -n 262144 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     # shellcheck disable=SC2086 # KAFKA_HEAP is a list of JVM flags
     start_detached kafka java $KAFKA_HEAP -server \
       -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \

@@ -8,6 +8,9 @@
 //! source e2e/infra.env
 //! cargo test -p commerce-e2e --test throughput -- --ignored --nocapture
 //! ```
+//!
+//! `COMMERCE_BIN` points them at another `commerce` binary (a release
+//! build: the figures of issue 8 are a release build's).
 
 mod support;
 
@@ -94,6 +97,50 @@ async fn closed_loop_checkouts_per_second_and_memory_of_serve_all() -> anyhow::R
     );
     assert!(confirmed > 0, "no order was confirmed in {MEASURE_FOR:?}");
     assert_invariants(&shop.databases).await;
+    shop.stop()?;
+    Ok(())
+}
+
+/// Registrations in [`the_shop_rss_after_many_registrations_is_printed`],
+/// unless `COMMERCE_BENCH_REGISTRATIONS` says otherwise.
+const REGISTRATIONS: usize = 1000;
+
+/// Each registration hashes a password with argon2id, which works through
+/// 19 MiB; the process must not keep those work areas (it once held 1.4 GiB
+/// after 100 registrations).
+#[tokio::test]
+#[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
+async fn the_shop_rss_after_many_registrations_is_printed() -> anyhow::Result<()> {
+    let registrations = match std::env::var("COMMERCE_BENCH_REGISTRATIONS") {
+        Ok(count) => count.parse()?,
+        Err(_) => REGISTRATIONS,
+    };
+    let shop = Shop::start(ShopOptions::default()).await?;
+    let api = Api::new(&shop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_kib(shop.pid)?;
+    let started = Instant::now();
+    let mut peak = idle_rss;
+    // Four at a time, as a burst of sign-ups would arrive; the client
+    // itself lets two password calls through at once.
+    for batch in (0..registrations).collect::<Vec<_>>().chunks(4) {
+        let names: Vec<String> = batch.iter().map(|index| format!("rss{index}")).collect();
+        let sessions = names.iter().map(|name| api.register_customer(name));
+        for session in futures::future::join_all(sessions).await {
+            session?;
+        }
+        peak = peak.max(rss_kib(shop.pid)?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = rss_kib(shop.pid)?;
+    println!(
+        "FIGURE commerce serve all RSS: idle {:.1} MiB; after {registrations} registrations {:.1} MiB \
+         (peak sampled {:.1} MiB); {:.1} registrations/s",
+        idle_rss as f64 / 1024.0,
+        after as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        registrations as f64 / elapsed
+    );
     shop.stop()?;
     Ok(())
 }

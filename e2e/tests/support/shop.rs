@@ -124,10 +124,18 @@ pub fn shared() -> &'static Shop {
     }
 }
 
-/// Where the `commerce` binary is: `$CARGO_TARGET_DIR/debug/commerce`, the
-/// target directory defaulting to `~/.cache/commerce-stack/target` as in the
-/// Makefile.
+/// Where the `commerce` binary is: `$COMMERCE_BIN` if set (benchmarks
+/// point it at a release build), else `$CARGO_TARGET_DIR/debug/commerce`,
+/// the target directory defaulting to `~/.cache/commerce-stack/target` as in
+/// the Makefile.
 pub fn binary_path() -> anyhow::Result<PathBuf> {
+    if let Some(binary) = std::env::var_os("COMMERCE_BIN") {
+        let binary = PathBuf::from(binary);
+        if !binary.is_file() {
+            bail!("COMMERCE_BIN={} is not a file", binary.display());
+        }
+        return Ok(binary);
+    }
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {

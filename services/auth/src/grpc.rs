@@ -2,11 +2,9 @@
 //! register/login/refresh/logout flows, and the one mapping from [`Error`]
 //! to a gRPC status.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -20,6 +18,7 @@ use uuid::Uuid;
 use crate::config::AuthArgs;
 use crate::jwt::{Claims, Role};
 use crate::keys::{KeyRing, PUBLIC_KEYS_MAX_AGE};
+use crate::password::Hasher;
 use crate::store::{self, NewRefreshToken, NewUser, UserRow, timestamp};
 use crate::{Error, domain};
 
@@ -350,41 +349,27 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Hashes a password with argon2id (OWASP's parameters, the crate's
-/// defaults) on the blocking pool: it takes tens of milliseconds of CPU.
+/// Hashes a password with argon2id ([`crate::password`]: reused work
+/// areas, as many hashes at once as CPUs).
 pub async fn hash_password(password: String) -> Result<String, Error> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default().hash_password(password.as_bytes()).map(|hash| hash.to_string())
-    })
-    .await
-    .map_err(|error| Error::HashPassword(error.to_string()))?
-    .map_err(|error| Error::HashPassword(error.to_string()))
+    Hasher::shared().hash(password).await.map_err(Error::HashPassword)
 }
 
 /// Verifies `password` against `hash`; with no hash (unknown user) it
 /// verifies against a dummy hash anyway, so that response time does not
 /// tell whether an email is registered.
 async fn verify_password(password: String, hash: Option<String>) -> bool {
-    static DUMMY: OnceLock<String> = OnceLock::new();
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let hasher = Hasher::shared();
     let known = hash.is_some();
-    let result = tokio::task::spawn_blocking(move || {
-        let hash = hash.unwrap_or_else(|| {
-            DUMMY
-                .get_or_init(|| {
-                    Argon2::default()
-                        .hash_password(b"not a real password")
-                        .map(|hash| hash.to_string())
-                        .unwrap_or_default()
-                })
-                .clone()
-        });
-        match PasswordHash::new(&hash) {
-            Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await;
-    known && result.unwrap_or(false)
+    let hash = match hash {
+        Some(hash) => hash,
+        None => DUMMY
+            .get_or_init(|| async { hasher.hash("not a real password".to_owned()).await.unwrap_or_default() })
+            .await
+            .clone(),
+    };
+    hasher.verify(password, hash).await && known
 }
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {

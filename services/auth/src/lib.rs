@@ -28,6 +28,7 @@ pub mod domain;
 pub mod grpc;
 pub mod jwt;
 pub mod keys;
+pub mod password;
 pub mod store;
 
 pub use config::{AuthArgs, Config};

@@ -1,0 +1,206 @@
+//! Password hashing: argon2id with OWASP's parameters (the crate's
+//! defaults: 19 MiB, 2 passes, 1 lane), in bounded memory.
+//!
+//! Each hash works through 19 MiB. `Argon2::hash_password` allocates that
+//! work area and frees it after every hash, and glibc keeps what is freed:
+//! after the first one it raises its mmap threshold above 19 MiB, so the
+//! following areas come from the heap arenas of whichever blocking threads
+//! ran them, and stay there (1.4 GiB of RSS after 100 registrations).
+//! Here the work areas are allocated once and reused: at most one per CPU
+//! ([`Hasher::areas`]), and a hash waits for a free one. Memory stays at
+//! that many times 19 MiB whatever the load, and no more hashes run at once
+//! than there are CPUs to run them (a burst of registrations queues instead
+//! of slowing every hash down together).
+//!
+//! The PHC strings are the crate's own (`$argon2id$v=19$m=19456,t=2,p=1$…`):
+//! a hash made here verifies with `Argon2::verify_password`, and the other
+//! way round.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use tokio::sync::Semaphore;
+
+/// Length of the random salt, in bytes (the crate's recommendation).
+const SALT_LEN: usize = 16;
+
+/// Most work areas a process keeps, however many CPUs it sees: 4 × 19 MiB.
+const MAX_AREAS: usize = 4;
+
+/// Work areas for argon2, reused from hash to hash.
+#[derive(Debug)]
+pub struct Hasher {
+    /// One permit per work area.
+    permits: Arc<Semaphore>,
+    /// The areas not in use (fewer than the permits until each was needed).
+    idle: Mutex<Vec<Vec<Block>>>,
+    areas: usize,
+}
+
+impl Hasher {
+    /// A hasher with at most `areas` work areas (at least one).
+    pub fn new(areas: usize) -> Self {
+        let areas = areas.max(1);
+        Self { permits: Arc::new(Semaphore::new(areas)), idle: Mutex::new(Vec::new()), areas }
+    }
+
+    /// The process's hasher: one work area per CPU, at most [`MAX_AREAS`].
+    pub fn shared() -> &'static Self {
+        static SHARED: OnceLock<Hasher> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            Self::new(cpus.min(MAX_AREAS))
+        })
+    }
+
+    /// How many work areas this hasher may hold.
+    pub fn areas(&self) -> usize {
+        self.areas
+    }
+
+    /// Hashes `password` with a new random salt into a PHC string.
+    pub async fn hash(&'static self, password: String) -> Result<String, String> {
+        let salt: [u8; SALT_LEN] = rand::random();
+        self.with_area(move |area| hash_in(area, password.as_bytes(), &salt)).await?
+    }
+
+    /// Whether `password` matches the PHC string `hash`. A malformed hash
+    /// matches nothing.
+    pub async fn verify(&'static self, password: String, hash: String) -> bool {
+        self.with_area(move |area| verify_in(area, password.as_bytes(), &hash)).await.unwrap_or(false)
+    }
+
+    /// Runs `work` on the blocking pool with a work area of its own, once
+    /// one is free. The permit and the area go back when `work` ends, even
+    /// if the caller stopped waiting for it (a client that hung up): the
+    /// bound holds for the hashes still running, not only for those awaited.
+    async fn with_area<T: Send + 'static>(
+        &'static self,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| "the password hasher is closed".to_owned())?;
+        tokio::task::spawn_blocking(move || {
+            let mut area = self.lock().pop().unwrap_or_default();
+            let result = work(&mut area);
+            self.lock().push(area);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|error| format!("password hashing stopped: {error}"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<Block>>> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// argon2id with the default parameters over `password` and `salt`, in
+/// `area`, as a PHC string.
+fn hash_in(area: &mut Vec<Block>, password: &[u8], salt: &[u8]) -> Result<String, String> {
+    let params = Params::default();
+    let mut out = [0_u8; Params::DEFAULT_OUTPUT_LEN];
+    compute(area, Algorithm::Argon2id, Version::V0x13, &params, password, salt, &mut out)
+        .map_err(|error| error.to_string())?;
+    let phc = |error: argon2::password_hash::phc::Error| error.to_string();
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|error| error.to_string())?,
+        salt: Some(Salt::new(salt).map_err(phc)?),
+        hash: Some(Output::new(&out).map_err(phc)?),
+    };
+    Ok(hash.to_string())
+}
+
+/// Recomputes the hash that the PHC string `hash` describes (its algorithm,
+/// version, parameters and salt) over `password` in `area`, and compares
+/// the outputs in constant time.
+fn verify_in(area: &mut Vec<Block>, password: &[u8], hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else { return false };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(version) => version.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else { return false };
+    let mut out = vec![0_u8; expected.len()];
+    if compute(area, algorithm, version, &params, password, salt.as_ref(), &mut out).is_err() {
+        return false;
+    }
+    Output::new(&out).is_ok_and(|computed| computed == *expected)
+}
+
+/// Fills `out` with the argon2 hash of `password`, using `area` as the work
+/// area (grown to what `params` need, never shrunk: every stored hash has
+/// the same parameters unless they are raised).
+fn compute(
+    area: &mut Vec<Block>,
+    algorithm: Algorithm,
+    version: Version,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> argon2::Result<()> {
+    let blocks = params.block_count();
+    if area.len() < blocks {
+        area.resize(blocks, Block::new());
+    }
+    Argon2::new(algorithm, version, params.clone()).hash_password_into_with_memory(
+        password,
+        salt,
+        out,
+        &mut area[..blocks],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::{PasswordHasher as _, PasswordVerifier as _};
+
+    #[test]
+    fn a_hash_made_in_a_reused_area_is_the_one_the_crate_makes_and_each_verifies_the_other() {
+        let salt = [7_u8; SALT_LEN];
+        let mut area = Vec::new();
+        // A first hash leaves the area full of another password's blocks.
+        hash_in(&mut area, b"something else", &[1_u8; SALT_LEN]).unwrap();
+        let ours = hash_in(&mut area, b"correct horse", &salt).unwrap();
+        let theirs = Argon2::default().hash_password_with_salt(b"correct horse", &salt).unwrap().to_string();
+        assert_eq!(ours, theirs);
+        assert!(ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{ours}");
+        assert!(verify_in(&mut area, b"correct horse", &theirs));
+        assert!(Argon2::default().verify_password(b"correct horse", &PasswordHash::new(&ours).unwrap()).is_ok());
+        assert!(!verify_in(&mut area, b"wrong horse", &ours));
+    }
+
+    #[test]
+    fn a_malformed_or_truncated_hash_matches_nothing() {
+        let mut area = Vec::new();
+        let hash = hash_in(&mut area, b"pw", &[3_u8; SALT_LEN]).unwrap();
+        assert!(!verify_in(&mut area, b"pw", "not a phc string"));
+        assert!(!verify_in(&mut area, b"pw", &hash[..hash.rfind('$').unwrap()]), "no output");
+        assert!(!verify_in(&mut area, b"pw", &hash.replace("argon2id", "argon2x")), "unknown algorithm");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_work_areas_exist_than_the_hasher_allows_however_many_hash_at_once() {
+        let hasher: &'static Hasher = Box::leak(Box::new(Hasher::new(2)));
+        let running: Vec<_> = (0..6).map(|i| tokio::spawn(hasher.hash(format!("password {i}")))).collect();
+        let mut hashes = Vec::new();
+        for hash in running {
+            hashes.push(hash.await.unwrap().unwrap());
+        }
+        let areas = hasher.lock().len();
+        assert!((1..=2).contains(&areas), "{areas} work areas for 6 hashes, at most 2 allowed");
+        assert!(hasher.verify("password 4".to_owned(), hashes[4].clone()).await);
+        assert!(!hasher.verify("password 4".to_owned(), hashes[3].clone()).await);
+        assert!(hasher.lock().len() <= 2);
+    }
+}
