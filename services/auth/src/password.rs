@@ -176,7 +176,9 @@ mod tests {
         assert_eq!(ours, theirs);
         assert!(ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{ours}");
         assert!(verify_in(&mut area, b"correct horse", &theirs));
-        assert!(Argon2::default().verify_password(b"correct horse", &PasswordHash::new(&ours).unwrap()).is_ok());
+        assert!(
+            Argon2::default().verify_password(b"correct horse", &PasswordHash::new(&ours).unwrap()).is_ok()
+        );
         assert!(!verify_in(&mut area, b"wrong horse", &ours));
     }
 

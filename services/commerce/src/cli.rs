@@ -1,7 +1,8 @@
 //! The command line: `commerce serve <service>` (one service, configured by
 //! its own flags and `COMMERCE_*` variables, as in a pod), `commerce serve
 //! all` / `commerce serve auth catalog ...` (several services in one process
-//! on this machine's infrastructure) and `commerce local up -f <stack.yaml>`.
+//! on this machine's infrastructure), `commerce local up -f <stack.yaml>` and
+//! `commerce load` (load on a running shop, flags from crate commerce-load).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -44,6 +45,14 @@ pub enum Command {
         #[command(subcommand)]
         command: CheckCommand,
     },
+    /// Put load on a running shop through its gateway's REST API, as its
+    /// clients would: anonymous visitors browse, search and view products;
+    /// buyers sign up once, then fill carts, check out, follow their orders
+    /// and cancel some. Prints running metrics, goose's tables and a summary
+    /// whose failures are counted by kind of request; `--report-file
+    /// run.html` writes a report with percentiles and graphs over time.
+    /// Every goose option is accepted (goose's book: Runtime Options).
+    Load(commerce_load::LoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +169,7 @@ pub fn command() -> clap::Command {
                     .mut_arg("log-filter", |arg| arg.default_value("warn,commerce::=info"))
             })
         })
+        .mut_subcommand("load", commerce_load::describe_defaults)
 }
 
 /// Rewrites `commerce serve a b ...` (two or more service names) into
@@ -258,5 +268,35 @@ mod tests {
         let cli = Cli::from_arg_matches(&matches).expect("builds");
         let Command::Serve { target: ServeTarget::All(all) } = cli.command else { panic!("{cli:?}") };
         assert_eq!(all.services, [Service::Order, Service::Payment]);
+    }
+
+    #[test]
+    fn load_takes_the_shops_flags_and_passes_goose_options_through() {
+        let matches = command()
+            .try_get_matches_from(args(
+                "commerce load --host http://shop.example.com -u 4 -r 2 -t 5m --report-file run.html \
+                 --report-file run.json --cancel-every 3 --order-timeout 10s",
+            ))
+            .expect("parses");
+        let cli = Cli::from_arg_matches(&matches).expect("builds");
+        let Command::Load(load) = cli.command else { panic!("{cli:?}") };
+        assert_eq!(load.goose.host.as_deref(), Some("http://shop.example.com"));
+        assert_eq!(load.goose.users, Some(4));
+        assert_eq!(load.goose.increase_rate.as_deref(), Some("2"));
+        assert_eq!(load.goose.run_time.as_deref(), Some("5m"));
+        assert_eq!(load.goose.report_file, ["run.html", "run.json"]);
+        assert_eq!(load.card_token, "tok_visa");
+        assert_eq!((load.cancel_every, load.order_timeout), (3, Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn load_help_shows_the_shops_defaults_and_the_host_variable() {
+        let mut command = command();
+        let load = command.find_subcommand_mut("load").expect("a load subcommand");
+        let help = load.render_long_help().to_string();
+        for expected in ["COMMERCE_LOAD_HOST", "http://127.0.0.1:8080", "[default: 10]", "--report-file"] {
+            assert!(help.contains(expected), "{expected} missing from:\n{help}");
+        }
+        assert!(!help.contains("one per CPU"), "goose's own default of --users shows:\n{help}");
     }
 }

@@ -6,7 +6,9 @@
 //! - `commerce local up -f <stack.yaml>`: the whole shop from a CommerceStack
 //!   file, ready to use;
 //! - `commerce check grpc <host:port>`: a gRPC health check from inside a
-//!   pod, whose image has no other tools.
+//!   pod, whose image has no other tools;
+//! - `commerce load`: load on a running shop through its gateway (crate
+//!   commerce-load, on goose), with live metrics and an HTML report.
 //!
 //! `main` only parses and dispatches; the work is in the modules.
 
@@ -59,7 +61,17 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             local::up(up, shutdown::on_signal()).await
         }
         Command::Check { command: CheckCommand::Grpc(args) } => check::grpc(&args).await,
+        Command::Load(args) => load(args).await,
     }
+}
+
+/// `commerce load`: goose logs its progress and prints its tables; the
+/// summary, failures by kind of request included, closes the run.
+async fn load(args: commerce_load::LoadArgs) -> anyhow::Result<()> {
+    if let Some(summary) = commerce_load::run(args).await? {
+        println!("\n{summary}");
+    }
+    Ok(())
 }
 
 /// `commerce serve all`: prepares databases and topics, then serves.
