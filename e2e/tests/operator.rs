@@ -1373,7 +1373,13 @@ async fn a_topic_deleted_out_of_band_is_recreated_with_its_partitions_within_60_
             log.lines().any(|l| l.contains("topics deleted or shrunk out of band") && l.contains(&topic)),
             "the operator's topic check did not report the drift"
         );
-        ensure!(operator.reconciles().await? > reconciles_before, "no reconcile recreated the topic");
+        // The reconcile that recreated the topic is counted when it ends,
+        // after its other topics and objects.
+        eventually_within(Duration::from_secs(30), "the reconcile that recreated the topic to end", || async {
+            Ok((operator.reconciles().await? > reconciles_before).then_some(()))
+        })
+        .await
+        .context("no reconcile recreated the topic")?;
         // The recreation went through Kafka only: the stack's status and
         // objects were as they should be.
         let writes_after = operator.api_writes().await?;
