@@ -61,7 +61,10 @@ fn parse_provider(name: &str) -> Result<ProviderKind, String> {
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 #[command(next_help_heading = "Payment worker")]
 pub struct WorkerArgs {
-    /// Pause between scans for due charges and refunds when none was due.
+    /// Longest pause between scans for due charges and refunds when none
+    /// was due. Work made due by an event wakes the worker at once (Postgres
+    /// NOTIFY), so this only bounds how late a retry falling due, or a
+    /// notification lost while the listener reconnects, is noticed.
     #[arg(long = "payment-worker-poll-interval", env = "COMMERCE_PAYMENT_WORKER_POLL_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
     /// First delay before retrying a charge the provider could not take;

@@ -9,6 +9,21 @@ use uuid::Uuid;
 use crate::Error;
 use crate::domain::PaymentStatus;
 
+/// Channel of the `NOTIFY` that wakes the payment worker
+/// ([`crate::worker`]) when work becomes due: a payment became chargeable,
+/// a void was requested or a refund was queued. It is sent inside the
+/// transaction that makes the work due, so Postgres delivers it only on
+/// commit (never before the row is visible to the worker, never for a
+/// rolled-back change) and to every replica's worker; one that is lost
+/// (listener reconnecting) is covered by the worker's fallback poll.
+pub const WORK_DUE_CHANNEL: &str = "commerce_payment_work_due";
+
+/// Wakes the workers when the caller's transaction commits.
+async fn notify_work_due(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(WORK_DUE_CHANNEL).execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// A payment as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
@@ -110,7 +125,8 @@ pub struct Refund {
 const REFUND_COLUMNS: &str =
     "id, payment_id, amount_units, reason, idempotency_key, status, provider_reference, attempts, created_at";
 
-/// Records the charge intent of OrderPlaced (first arrival wins).
+/// Records the charge intent of OrderPlaced (first arrival wins); wakes the
+/// workers on commit if the payment became chargeable.
 pub async fn record_intent(
     conn: &mut PgConnection,
     order_id: &str,
@@ -119,13 +135,14 @@ pub async fn record_intent(
     amount: i64,
     token: &str,
 ) -> Result<(), Error> {
-    sqlx::query(
+    let chargeable: Option<bool> = sqlx::query_scalar(
         "INSERT INTO payments (id, order_id, user_id, currency, amount_units, payment_method_token, intent_received) \
          VALUES ($1, $2, $3, $4, $5, $6, TRUE) \
          ON CONFLICT (order_id) DO UPDATE SET user_id = EXCLUDED.user_id, currency = EXCLUDED.currency, \
          amount_units = EXCLUDED.amount_units, payment_method_token = EXCLUDED.payment_method_token, \
          intent_received = TRUE, next_attempt_at = now(), updated_at = now() \
-         WHERE NOT payments.intent_received",
+         WHERE NOT payments.intent_received \
+         RETURNING status = 'PENDING' AND intent_received AND stock_reserved",
     )
     .bind(Uuid::now_v7())
     .bind(order_id)
@@ -133,24 +150,36 @@ pub async fn record_intent(
     .bind(currency)
     .bind(amount)
     .bind(token)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(Error::UpdatePayment)?;
-    Ok(())
+    wake_if_chargeable(conn, chargeable).await
 }
 
-/// Records that the order's stock is held (StockReserved).
+/// Records that the order's stock is held (StockReserved); wakes the
+/// workers on commit if the payment became chargeable.
 pub async fn record_stock_reserved(conn: &mut PgConnection, order_id: &str) -> Result<(), Error> {
-    sqlx::query(
+    let chargeable: Option<bool> = sqlx::query_scalar(
         "INSERT INTO payments (id, order_id, stock_reserved) VALUES ($1, $2, TRUE) \
          ON CONFLICT (order_id) DO UPDATE SET stock_reserved = TRUE, next_attempt_at = now(), updated_at = now() \
-         WHERE NOT payments.stock_reserved",
+         WHERE NOT payments.stock_reserved \
+         RETURNING status = 'PENDING' AND intent_received AND stock_reserved",
     )
     .bind(Uuid::now_v7())
     .bind(order_id)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(Error::UpdatePayment)?;
+    wake_if_chargeable(conn, chargeable).await
+}
+
+/// Notifies the workers (on commit) if the row just written by
+/// [`record_intent`] or [`record_stock_reserved`] became chargeable; `None`
+/// means the write changed nothing (a redelivered half).
+async fn wake_if_chargeable(conn: &mut PgConnection, chargeable: Option<bool>) -> Result<(), Error> {
+    if chargeable == Some(true) {
+        notify_work_due(conn).await.map_err(Error::UpdatePayment)?;
+    }
     Ok(())
 }
 
@@ -242,7 +271,8 @@ pub async fn set_status(
     Ok(())
 }
 
-/// Marks a payment whose charge outcome is unknown for voiding, due now.
+/// Marks a payment whose charge outcome is unknown for voiding, due now,
+/// and wakes the workers on commit.
 pub async fn request_void(conn: &mut PgConnection, id: Uuid) -> Result<(), Error> {
     sqlx::query(
         "UPDATE payments SET void_pending = TRUE, next_attempt_at = now(), updated_at = now() WHERE id = $1",
@@ -251,6 +281,7 @@ pub async fn request_void(conn: &mut PgConnection, id: Uuid) -> Result<(), Error
     .execute(&mut *conn)
     .await
     .map_err(Error::UpdatePayment)?;
+    notify_work_due(conn).await.map_err(Error::UpdatePayment)?;
     Ok(())
 }
 
@@ -310,7 +341,8 @@ pub async fn schedule_retry(
     Ok(())
 }
 
-/// Creates a PENDING refund, or finds the one with the same key.
+/// Creates a PENDING refund (waking the workers on commit), or finds the
+/// one with the same key.
 pub async fn insert_refund(
     conn: &mut PgConnection,
     payment_id: Uuid,
@@ -318,7 +350,7 @@ pub async fn insert_refund(
     reason: &str,
     idempotency_key: &str,
 ) -> Result<Refund, Error> {
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO refunds (id, payment_id, amount_units, reason, idempotency_key) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (payment_id, idempotency_key) DO NOTHING",
     )
@@ -329,7 +361,13 @@ pub async fn insert_refund(
     .bind(idempotency_key)
     .execute(&mut *conn)
     .await
-    .map_err(Error::UpdateRefund)?;
+    .map_err(Error::UpdateRefund)?
+    .rows_affected();
+    if inserted > 0 {
+        // A refund made on the spot (the gRPC path) leaves a spurious
+        // wake-up: one empty round, cheaper than telling the paths apart.
+        notify_work_due(conn).await.map_err(Error::UpdateRefund)?;
+    }
     find_refund_by_key(conn, payment_id, idempotency_key).await?.ok_or(Error::RefundNotFound)
 }
 

@@ -15,6 +15,13 @@
 //! is cancelled and the worker voids the key with the provider: a capture the provider made despite the failed call is reversed,
 //! and a charge still in flight can take no money afterwards. An order that
 //! died never leaves money with the provider.
+//!
+//! Latency: whatever makes work due (the consumer recording the second half
+//! of a charge, a void or a refund) sends a `NOTIFY` on
+//! [`store::WORK_DUE_CHANNEL`] in its transaction, and the worker `LISTEN`s,
+//! so a charge starts within milliseconds of its commit on any replica. The
+//! poll interval is the fallback: it catches retries that fall due and
+//! notifications lost while the listener reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +33,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -40,7 +47,9 @@ use crate::store::{self, Payment, Refund};
 /// How the worker paces itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSettings {
-    /// Pause between scans when nothing was due.
+    /// Longest pause between scans when nothing was due; a notification on
+    /// [`store::WORK_DUE_CHANNEL`] ends it at once, so this only bounds how
+    /// late a retry falling due or a lost notification is noticed.
     pub poll_interval: Duration,
     /// First delay after the provider was unavailable; doubles per attempt.
     pub retry_base: Duration,
@@ -136,9 +145,28 @@ impl Worker {
         self
     }
 
-    /// Charges and refunds until `shutdown`.
+    /// Charges, refunds and voids until `shutdown`.
+    ///
+    /// After a round that found work it runs the next one at once (drains);
+    /// after an empty one it waits for a notification on
+    /// [`store::WORK_DUE_CHANNEL`] (sent on commit by whatever made work
+    /// due), the poll interval (retries that fall due, notifications lost
+    /// while the listener reconnects), or `shutdown`. The listener is set
+    /// up before the round, so a commit between the round's read and the
+    /// wait still wakes the worker. Without a listener (it could not
+    /// connect, or failed) the worker polls and tries to listen again
+    /// before each round; a failure never stops it.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = None;
         while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                // Connecting may wait out the pool's acquire timeout while
+                // the database is away; shutdown need not.
+                listener = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    listener = self.listen() => listener,
+                };
+            }
             let rounds = [self.charge_next().await, self.refund_next().await, self.void_next().await];
             let worked = match rounds {
                 [Ok(charged), Ok(refunded), Ok(voided)] => charged || refunded || voided,
@@ -153,10 +181,29 @@ impl Worker {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(self.settings.poll_interval) => {}
+                    () = next_notification(&mut listener) => {}
                 }
             }
         }
         tracing::info!("payment worker stopped");
+    }
+
+    /// A listener on [`store::WORK_DUE_CHANNEL`], or `None` (then polling
+    /// alone drives the worker until the next attempt). It holds one pooled
+    /// connection for as long as it lives.
+    async fn listen(&self) -> Option<PgListener> {
+        let attempt = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(store::WORK_DUE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match attempt.await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for due payment work; polling");
+                None
+            }
+        }
     }
 
     /// When to call the provider again after `attempts` calls found it away.
@@ -307,6 +354,25 @@ impl Worker {
                 store::schedule_refund_retry(conn, refund.id, next).await?;
                 Ok(Err(error))
             }
+        }
+    }
+}
+
+/// Completes when `listener` receives a notification. Without a listener,
+/// or after it failed (the error is logged and the listener dropped, to be
+/// set up again before the next round), it never completes, so the wait
+/// ends at the poll interval: a broken listener can never make the worker
+/// spin.
+async fn next_notification(listener: &mut Option<PgListener>) {
+    let Some(active) = listener else {
+        return std::future::pending().await;
+    };
+    match active.recv().await {
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(error = %error, "payment work notifications interrupted; polling");
+            *listener = None;
+            std::future::pending::<()>().await;
         }
     }
 }

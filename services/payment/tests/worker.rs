@@ -1,6 +1,7 @@
 //! The payment worker against a real Postgres: a crash between the provider's
 //! answer and the commit never charges twice, a dead order's pending payment
-//! is never charged, and a captured one is refunded once.
+//! is never charged, a captured one is refunded once, and a running worker
+//! is woken by the commit that makes work due rather than by its poll.
 
 mod support;
 
@@ -18,6 +19,7 @@ use commerce_payment::worker::{Worker, WorkerSettings};
 use commerce_payment::{events, store};
 use sqlx::postgres::PgPool;
 use support::TestDatabase;
+use tokio_util::sync::CancellationToken;
 
 /// Forwards to the mock, then "crashes" once after the provider took the
 /// money: the worker sees an error and its transaction rolls back, as if
@@ -266,6 +268,124 @@ async fn a_dead_orders_void_waits_out_an_unavailable_provider() -> anyhow::Resul
     assert!(worker.void_next().await?, "the retry ran");
     assert_eq!(payment(&pool, "order-away").await?.void_outcome, "reversed");
     assert!(!mock.money_held_for("order-away"));
+    pool.close().await;
+    database.drop_database().await
+}
+
+/// A fallback poll so long that only a wake-up can make a test pass.
+const LONG_POLL: Duration = Duration::from_secs(30);
+/// How long a woken worker may take; far below [`LONG_POLL`].
+const WAKE_UP_DEADLINE: Duration = Duration::from_secs(3);
+/// Time for a started worker to run its first (empty) round and go idle.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// A worker to `run`, polling every `poll_interval`; a provider call that
+/// fails is retried only after [`LONG_POLL`], so a test sees one attempt.
+fn running_worker(pool: &PgPool, provider: Arc<dyn PaymentProvider>, poll_interval: Duration) -> Worker {
+    let settings = WorkerSettings { poll_interval, retry_base: LONG_POLL, retry_cap: LONG_POLL };
+    Worker::new(pool.clone(), provider, ProviderBreaker::new(100, Duration::from_secs(1)), settings)
+}
+
+/// Waits until `done` holds for the order's payment, or fails after
+/// [`WAKE_UP_DEADLINE`].
+async fn await_payment(
+    pool: &PgPool,
+    order_id: &str,
+    done: impl Fn(&store::Payment) -> bool,
+) -> anyhow::Result<store::Payment> {
+    let deadline = tokio::time::Instant::now() + WAKE_UP_DEADLINE;
+    loop {
+        let current = payment(pool, order_id).await?;
+        if done(&current) {
+            return Ok(current);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "payment of {order_id} not handled within {WAKE_UP_DEADLINE:?}: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_worker_charges_a_payment_as_soon_as_it_becomes_chargeable() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(running_worker(&pool, mock.clone(), LONG_POLL).run(shutdown.child_token()));
+    tokio::time::sleep(SETTLE).await;
+
+    // Each half arrives in its own transaction, as from the consumer; only
+    // the second makes the payment chargeable.
+    let mut tx = pool.begin().await?;
+    store::record_intent(&mut tx, "order-wake", "user-1", "EUR", 1234, "tok_ok").await?;
+    tx.commit().await?;
+    let mut tx = pool.begin().await?;
+    store::record_stock_reserved(&mut tx, "order-wake").await?;
+    tx.commit().await?;
+
+    let captured = await_payment(&pool, "order-wake", |p| p.status == PaymentStatus::Captured).await?;
+    assert_eq!(captured.provider_reference, "mock_ch_order-wake");
+    assert_eq!(mock.state().charges_taken, 1, "charged once");
+    assert_eq!(outbox_count(&pool, "commerce.events.v1.PaymentCaptured").await?, 1);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAKE_UP_DEADLINE, running).await??;
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn an_idle_worker_voids_a_dead_orders_charge_as_soon_as_the_void_is_requested() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    // The charge's answer is lost: the payment stays pending, money held.
+    let idle = running_worker(&pool, mock.clone(), LONG_POLL);
+    intent_and_stock(&pool, "order-wake-void", LOST_ANSWER_TOKEN).await?;
+    assert!(idle.charge_next().await?, "the attempt ran");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(idle.run(shutdown.child_token()));
+    tokio::time::sleep(SETTLE).await;
+
+    let mut tx = pool.begin().await?;
+    events::order_died(&mut tx, "order-wake-void", "reservation expired").await?;
+    tx.commit().await?;
+
+    let voided = await_payment(&pool, "order-wake-void", |p| !p.void_pending).await?;
+    assert_eq!(voided.void_outcome, "reversed");
+    assert!(!mock.money_held_for("order-wake-void"), "no money stays with the provider");
+
+    shutdown.cancel();
+    tokio::time::timeout(WAKE_UP_DEADLINE, running).await??;
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_chargeable_payment_nobody_announced_is_still_charged_by_the_poll() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let mock = Arc::new(MockProvider::new(MockSettings::default()));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(
+        running_worker(&pool, mock.clone(), Duration::from_millis(50)).run(shutdown.child_token()),
+    );
+    tokio::time::sleep(SETTLE).await;
+
+    // Written behind the store's back: no notification, as if it was lost
+    // while the listener reconnected.
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, user_id, currency, amount_units, payment_method_token, \
+         intent_received, stock_reserved) VALUES ($1, 'order-quiet', 'user-1', 'EUR', 1234, 'tok_ok', TRUE, TRUE)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(&pool)
+    .await?;
+
+    await_payment(&pool, "order-quiet", |p| p.status == PaymentStatus::Captured).await?;
+    assert_eq!(mock.state().charges_taken, 1, "charged once");
+
+    shutdown.cancel();
+    tokio::time::timeout(WAKE_UP_DEADLINE, running).await??;
     pool.close().await;
     database.drop_database().await
 }
