@@ -144,3 +144,94 @@ async fn the_shop_rss_after_many_registrations_is_printed() -> anyhow::Result<()
     shop.stop()?;
     Ok(())
 }
+
+/// Orders per second in [`saga_latency_from_order_created_to_order_confirmed_is_printed`],
+/// unless `COMMERCE_BENCH_ORDER_RATE` says otherwise: about half of what
+/// the closed loop above sustains here.
+const ORDER_RATE: u32 = 20;
+/// How long orders arrive at that rate.
+const ARRIVALS_FOR: Duration = Duration::from_secs(30);
+
+/// The saga's latency as the order service sees it: from the order's
+/// creation to the commit of its `OrderConfirmed` (both timestamps taken
+/// by Postgres in the order database: `orders.created_at` and the outbox
+/// row's `created_at`), with orders arriving at a steady rate (an open
+/// loop, so a slow saga does not slow the arrivals down).
+#[tokio::test]
+#[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
+async fn saga_latency_from_order_created_to_order_confirmed_is_printed() -> anyhow::Result<()> {
+    let rate = match std::env::var("COMMERCE_BENCH_ORDER_RATE") {
+        Ok(rate) => rate.parse()?,
+        Err(_) => ORDER_RATE,
+    };
+    anyhow::ensure!(rate > 0, "COMMERCE_BENCH_ORDER_RATE must be at least 1");
+    let shop = Shop::start(ShopOptions::default()).await?;
+    let api = Api::new(&shop);
+    let admin = api.admin().await?;
+    let category = api.create_category(&admin, "Bench").await?;
+    let product = api.create_product(&admin, &category, "Bench widget", 1000, 10_000).await?;
+    let mut customers = Vec::with_capacity(CUSTOMERS);
+    for index in 0..CUSTOMERS {
+        customers.push(api.register_customer(&format!("latency{index}")).await?);
+    }
+    // Warm-up: connections, caches and consumer groups exist.
+    for customer in &customers {
+        let id = api.order(customer, &[(&product, 1)], CARD_OK).await?;
+        api.wait_order(customer, &id, "confirmed").await?;
+    }
+
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = Instant::now() + ARRIVALS_FOR;
+    let mut placing = Vec::new();
+    let mut index = 0;
+    while Instant::now() < until {
+        ticks.tick().await;
+        let customer = customers[index % customers.len()].clone();
+        let (api, product) = (api.clone(), product.clone());
+        placing.push(tokio::spawn(async move { api.order(&customer, &[(&product, 1)], CARD_OK).await }));
+        index += 1;
+    }
+    let mut placed = Vec::with_capacity(placing.len());
+    for order in placing {
+        placed.push(order.await??);
+    }
+    let pool = shop.databases.pool(commerce_api::catalog::Service::Order).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let latencies_ms: Vec<f64> = loop {
+        let rows: Vec<(f64,)> = sqlx::query_as(
+            "SELECT EXTRACT(EPOCH FROM (ob.created_at - o.created_at))::float8 * 1000 \
+             FROM orders o JOIN commerce_platform.outbox ob \
+               ON ob.key = o.id::text AND ob.event_type = 'commerce.events.v1.OrderConfirmed' \
+             WHERE o.id::text = ANY($1)",
+        )
+        .bind(&placed)
+        .fetch_all(&pool)
+        .await?;
+        if rows.len() >= placed.len() || Instant::now() > deadline {
+            break rows.into_iter().map(|(ms,)| ms).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    anyhow::ensure!(
+        latencies_ms.len() == placed.len(),
+        "{} of {} orders placed at {rate}/s were confirmed within 2 minutes",
+        latencies_ms.len(),
+        placed.len()
+    );
+    let mut sorted = latencies_ms;
+    sorted.sort_by(f64::total_cmp);
+    let percentile = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "FIGURE saga latency, order created -> OrderConfirmed, {} orders at {rate}/s: \
+         p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        sorted.len(),
+        percentile(0.50),
+        percentile(0.90),
+        percentile(0.99),
+        percentile(1.0)
+    );
+    assert_invariants(&shop.databases).await;
+    shop.stop()?;
+    Ok(())
+}
