@@ -47,28 +47,40 @@ async fn customer_loop(api: &Api, customer: &Session, product: &str, until: Inst
     Ok(confirmed)
 }
 
+/// A product with 10,000 in stock and [`CUSTOMERS`] registered customers
+/// named `<prefix><n>`.
+async fn product_and_customers(api: &Api, prefix: &str) -> anyhow::Result<(String, Vec<Session>)> {
+    let admin = api.admin().await?;
+    let category = api.create_category(&admin, "Bench").await?;
+    let product = api.create_product(&admin, &category, "Bench widget", 1000, 10_000).await?;
+    let mut customers = Vec::with_capacity(CUSTOMERS);
+    for index in 0..CUSTOMERS {
+        customers.push(api.register_customer(&format!("{prefix}{index}")).await?);
+    }
+    Ok((product, customers))
+}
+
+/// One confirmed order per customer, so connections, caches and consumer
+/// groups exist before anything is measured.
+async fn warm_up(api: &Api, customers: &[Session], product: &str) -> anyhow::Result<()> {
+    for customer in customers {
+        let id = api.order(customer, &[(product, 1)], CARD_OK).await?;
+        api.wait_order(customer, &id, "confirmed").await?;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
 async fn closed_loop_checkouts_per_second_and_memory_of_serve_all() -> anyhow::Result<()> {
     let shop = Shop::start(ShopOptions::default()).await?;
     let api = Api::new(&shop);
-    let admin = api.admin().await?;
-    let category = api.create_category(&admin, "Bench").await?;
-    let product = api.create_product(&admin, &category, "Bench widget", 1000, 10_000).await?;
-
-    let mut customers = Vec::with_capacity(CUSTOMERS);
-    for index in 0..CUSTOMERS {
-        customers.push(api.register_customer(&format!("bench{index}")).await?);
-    }
+    let (product, customers) = product_and_customers(&api, "bench").await?;
     // Idle: everything started, nothing in flight.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_kib(shop.pid)?;
 
-    // Warm-up round: one order each, so connections and caches exist.
-    for customer in &customers {
-        let id = api.order(customer, &[(&product, 1)], CARD_OK).await?;
-        api.wait_order(customer, &id, "confirmed").await?;
-    }
+    warm_up(&api, &customers, &product).await?;
 
     let started = Instant::now();
     let until = started + MEASURE_FOR;
@@ -167,18 +179,8 @@ async fn saga_latency_from_order_created_to_order_confirmed_is_printed() -> anyh
     anyhow::ensure!(rate > 0, "COMMERCE_BENCH_ORDER_RATE must be at least 1");
     let shop = Shop::start(ShopOptions::default()).await?;
     let api = Api::new(&shop);
-    let admin = api.admin().await?;
-    let category = api.create_category(&admin, "Bench").await?;
-    let product = api.create_product(&admin, &category, "Bench widget", 1000, 10_000).await?;
-    let mut customers = Vec::with_capacity(CUSTOMERS);
-    for index in 0..CUSTOMERS {
-        customers.push(api.register_customer(&format!("latency{index}")).await?);
-    }
-    // Warm-up: connections, caches and consumer groups exist.
-    for customer in &customers {
-        let id = api.order(customer, &[(&product, 1)], CARD_OK).await?;
-        api.wait_order(customer, &id, "confirmed").await?;
-    }
+    let (product, customers) = product_and_customers(&api, "latency").await?;
+    warm_up(&api, &customers, &product).await?;
 
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

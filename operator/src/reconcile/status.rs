@@ -566,6 +566,16 @@ mod tests {
         }
     }
 
+    /// Every service's Deployment, available.
+    fn all_available() -> Vec<Deployment> {
+        Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect()
+    }
+
+    /// A reconcile that ensured the (no) topics and databases it had.
+    fn all_ensured() -> Outcome {
+        Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() }
+    }
+
     fn find<'a>(status: &'a CommerceStackStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
@@ -574,9 +584,8 @@ mod tests {
     fn a_stack_is_ready_when_every_service_is_available() {
         let stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        let deployments: Vec<Deployment> =
-            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
-        let outcome = Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() };
+        let deployments = all_available();
+        let outcome = all_ensured();
         let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(find(&status, CONDITION_READY).status, "True");
         assert_eq!(find(&status, CONDITION_PROGRESSING).reason, "UpToDate");
@@ -588,8 +597,7 @@ mod tests {
     fn available_services_are_not_ready_until_topics_and_databases_exist() {
         let stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        let deployments: Vec<Deployment> =
-            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let deployments = all_available();
         let outcome = Outcome { error: Some("connecting to Postgres".into()), ..Outcome::default() };
         let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(find(&status, CONDITION_READY).reason, "ExternalStateNotReady");
@@ -657,9 +665,8 @@ mod tests {
     fn a_ready_stack_is_neither_reconciling_nor_stalled_for_kstatus() {
         let stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        let deployments: Vec<Deployment> =
-            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
-        let outcome = Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() };
+        let deployments = all_available();
+        let outcome = all_ensured();
         let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(kstatus_of(&status), ("False", "False"));
         assert_eq!(find(&status, CONDITION_RECONCILING).observed_generation, Some(3));
@@ -684,8 +691,7 @@ mod tests {
             ("ServicesUnavailable", "waiting for auth")
         );
 
-        let deployments: Vec<Deployment> =
-            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
+        let deployments = all_available();
         let outcome =
             Outcome { error: Some("ensuring the topics on kafka 127.0.0.1:1".into()), ..Outcome::default() };
         let retrying = reconciled(&stack, &valid, &deployments, &outcome, time(10));
@@ -748,9 +754,8 @@ mod tests {
     fn a_paused_stack_is_ready_unknown_paused_and_keeps_its_observed_generation() {
         let mut stack = stack();
         let valid = validate(&stack, "default").unwrap();
-        let deployments: Vec<Deployment> =
-            Service::ALL.iter().map(|s| available(&format!("shop-{s}"))).collect();
-        let outcome = Outcome { topics: Some(Vec::new()), databases: Some(Vec::new()), ..Outcome::default() };
+        let deployments = all_available();
+        let outcome = all_ensured();
         let observed = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(find(&observed, CONDITION_READY).status, "True");
         stack.status = Some(observed.clone());
