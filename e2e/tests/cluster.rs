@@ -575,7 +575,15 @@ async fn upgrading_from_the_previous_chart_brings_the_crds_to_the_new_version_an
         env!("CARGO_PKG_VERSION"),
         pods_after.len()
     );
-    ensure!(pods_after == pods_before, "stack pods changed:\nbefore {pods_before:?}\nafter  {pods_after:?}");
+    // No pod replaced or restarted: every pod now was there before, with
+    // the same uid and restarts. One may be gone without a restart: the
+    // stack's autoscalers scale on CPU, and on this busy machine one had
+    // added a notification pod just before and removed it meanwhile.
+    let replaced: Vec<_> = pods_after.iter().filter(|pod| !pods_before.contains(pod)).collect();
+    ensure!(
+        replaced.is_empty() && pods_after.len() >= Service::ALL.len(),
+        "stack pods changed:\nbefore {pods_before:?}\nafter  {pods_after:?}"
+    );
     ensure!(rows_after == rows_before, "data changed: before {rows_before:?}, after {rows_after:?}");
     Ok(())
 }
