@@ -17,9 +17,8 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent};
+use commerce_platform::events::{HandlerError, IncomingEvent};
 use commerce_proto::events::v1::{
     self as ev, OrderCancelled, OrderConfirmed, OrderFailed, OrderPlaced, OrderRejected, ProductCreated,
     stock_released, stock_reservation_failed, stock_restocked,
@@ -184,58 +183,91 @@ impl InventoryEventHandler {
         Self { reservation_ttl, metrics: InventoryMetrics::default() }
     }
 
-    async fn apply(
+    async fn order_placed(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        event: &IncomingEvent,
+        placed: OrderPlaced,
+        _: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        let conn = &mut **tx;
-        if event.is::<OrderPlaced>() {
-            let placed: OrderPlaced = event.decode()?;
-            let request = ReserveRequest {
-                order_id: placed.order_id,
-                lines: placed
-                    .lines
-                    .into_iter()
-                    .map(|line| Line::new(line.product_id, line.quantity))
-                    .collect(),
-                ttl: self.reservation_ttl,
-            };
-            let outcome = store::reserve(conn, request).await.map_err(handler_error)?;
-            // Counted before the consumer commits: a rare failed commit
-            // counts its retry twice, which a rate does not notice.
-            self.metrics.record(&outcome);
-        } else if event.is::<OrderConfirmed>() {
-            let confirmed: OrderConfirmed = event.decode()?;
-            let outcome =
-                store::transition(conn, ReservationKey::Order(&confirmed.order_id), Transition::Commit)
-                    .await
-                    .map_err(handler_error)?;
-            if outcome.is_none() {
-                // Orders are confirmed only after StockReserved, and the
-                // reservation precedes it: a confirmation without one is a
-                // contradiction for a person to look at.
-                return Err(HandlerError::permanent(Error::ReservationNotFound {
-                    reservation: format!("order {}", confirmed.order_id),
-                }));
-            }
-        } else if event.is::<OrderFailed>() {
-            let failed: OrderFailed = event.decode()?;
-            let reason = release_reason_of_failure(failed.reason);
-            release(conn, &failed.order_id, Transition::Release(reason)).await?;
-        } else if event.is::<OrderRejected>() {
-            let rejected: OrderRejected = event.decode()?;
-            release(conn, &rejected.order_id, Transition::Release(ReleaseReason::Cancelled)).await?;
-        } else if event.is::<OrderCancelled>() {
-            let cancelled: OrderCancelled = event.decode()?;
-            release(conn, &cancelled.order_id, Transition::Cancel).await?;
-        } else if event.is::<ProductCreated>() {
-            let created: ProductCreated = event.decode()?;
-            store::ensure_product(conn, &created.product_id).await.map_err(handler_error)?;
+        let request = ReserveRequest {
+            order_id: placed.order_id,
+            lines: placed.lines.into_iter().map(|line| Line::new(line.product_id, line.quantity)).collect(),
+            ttl: self.reservation_ttl,
+        };
+        let outcome = store::reserve(tx, request).await.map_err(handler_error)?;
+        // Counted before the consumer commits: a rare failed commit counts
+        // its retry twice, which a rate does not notice.
+        self.metrics.record(&outcome);
+        Ok(())
+    }
+
+    async fn order_confirmed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        confirmed: OrderConfirmed,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let outcome = store::transition(tx, ReservationKey::Order(&confirmed.order_id), Transition::Commit)
+            .await
+            .map_err(handler_error)?;
+        if outcome.is_none() {
+            // Orders are confirmed only after StockReserved, and the
+            // reservation precedes it: a confirmation without one is a
+            // contradiction for a person to look at.
+            return Err(HandlerError::permanent(Error::ReservationNotFound {
+                reservation: format!("order {}", confirmed.order_id),
+            }));
         }
         Ok(())
     }
+
+    async fn order_failed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        failed: OrderFailed,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let reason = release_reason_of_failure(failed.reason);
+        release(tx, &failed.order_id, Transition::Release(reason)).await
+    }
+
+    async fn order_rejected(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        rejected: OrderRejected,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        release(tx, &rejected.order_id, Transition::Release(ReleaseReason::Cancelled)).await
+    }
+
+    async fn order_cancelled(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        cancelled: OrderCancelled,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        release(tx, &cancelled.order_id, Transition::Cancel).await
+    }
+
+    async fn product_created(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        created: ProductCreated,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store::ensure_product(tx, &created.product_id).await.map_err(handler_error)?;
+        Ok(())
+    }
 }
+
+commerce_platform::event_handler!(InventoryEventHandler {
+    OrderPlaced => order_placed,
+    OrderConfirmed => order_confirmed,
+    OrderFailed => order_failed,
+    OrderRejected => order_rejected,
+    OrderCancelled => order_cancelled,
+    ProductCreated => product_created,
+});
 
 /// Releases (or returns) what an order holds; an order without a
 /// reservation holds nothing, which is fine.
@@ -256,17 +288,6 @@ async fn release(
 /// once. Everything else (the database) may.
 fn handler_error(error: Error) -> HandlerError {
     if error.is_permanent() { HandlerError::permanent(error) } else { HandlerError::retryable(error) }
-}
-
-#[async_trait]
-impl EventHandler for InventoryEventHandler {
-    async fn handle(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        self.apply(tx, event).await
-    }
 }
 
 #[cfg(test)]

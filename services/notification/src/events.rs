@@ -3,8 +3,7 @@
 //! redelivered event ids; the unique (user, source event id) makes a
 //! notification exist once even if that record were lost.
 
-use async_trait::async_trait;
-use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent};
+use commerce_platform::events::{HandlerError, IncomingEvent};
 use commerce_proto::events::v1 as ev;
 use commerce_proto::notification::v1::Channel;
 use sqlx::{Postgres, Transaction};
@@ -16,49 +15,124 @@ use crate::store;
 #[derive(Debug, Clone, Default)]
 pub struct NotificationEventHandler;
 
+commerce_platform::event_handler!(NotificationEventHandler {
+    ev::OrderPlaced => order_placed,
+    ev::OrderConfirmed => order_confirmed,
+    ev::OrderRejected => order_rejected,
+    ev::OrderFailed => order_failed,
+    ev::OrderCancelled => order_cancelled,
+    ev::PaymentRefunded => payment_refunded,
+    ev::ShipmentCreated => shipment_created,
+    ev::ShipmentStatusChanged => shipment_status_changed,
+    ev::ShipmentDelivered => shipment_delivered,
+    ev::ShipmentHalted => shipment_halted,
+});
+
+/// Each event drafts its notification (or none) in the domain.
 impl NotificationEventHandler {
-    /// The notification an event makes, if any.
-    fn draft(event: &IncomingEvent) -> Result<Option<Draft>, HandlerError> {
-        Ok(if event.is::<ev::OrderPlaced>() {
-            domain::order_placed(&event.decode()?)
-        } else if event.is::<ev::OrderConfirmed>() {
-            domain::order_confirmed(&event.decode()?)
-        } else if event.is::<ev::OrderRejected>() {
-            domain::order_rejected(&event.decode()?)
-        } else if event.is::<ev::OrderFailed>() {
-            domain::order_failed(&event.decode()?)
-        } else if event.is::<ev::OrderCancelled>() {
-            domain::order_cancelled(&event.decode()?)
-        } else if event.is::<ev::PaymentRefunded>() {
-            domain::payment_refunded(&event.decode()?)
-        } else if event.is::<ev::ShipmentCreated>() {
-            domain::shipment_created(&event.decode()?)
-        } else if event.is::<ev::ShipmentStatusChanged>() {
-            domain::shipment_status_changed(&event.decode()?)
-        } else if event.is::<ev::ShipmentDelivered>() {
-            domain::shipment_delivered(&event.decode()?)
-        } else if event.is::<ev::ShipmentHalted>() {
-            domain::shipment_halted(&event.decode()?)
-        } else {
-            None
-        })
+    async fn order_placed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderPlaced,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::order_placed(&e), event).await
+    }
+
+    async fn order_confirmed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderConfirmed,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::order_confirmed(&e), event).await
+    }
+
+    async fn order_rejected(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderRejected,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::order_rejected(&e), event).await
+    }
+
+    async fn order_failed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderFailed,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::order_failed(&e), event).await
+    }
+
+    async fn order_cancelled(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderCancelled,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::order_cancelled(&e), event).await
+    }
+
+    async fn payment_refunded(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::PaymentRefunded,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::payment_refunded(&e), event).await
+    }
+
+    async fn shipment_created(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentCreated,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::shipment_created(&e), event).await
+    }
+
+    async fn shipment_status_changed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentStatusChanged,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::shipment_status_changed(&e), event).await
+    }
+
+    async fn shipment_delivered(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentDelivered,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::shipment_delivered(&e), event).await
+    }
+
+    async fn shipment_halted(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentHalted,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store_draft(tx, domain::shipment_halted(&e), event).await
     }
 }
 
-#[async_trait]
-impl EventHandler for NotificationEventHandler {
-    async fn handle(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        let Some(draft) = Self::draft(event)? else {
-            return Ok(());
-        };
-        let stored = store::insert(tx, &draft, Channel::InApp as i32, event.id())
-            .await
-            .map_err(HandlerError::retryable)?;
-        tracing::debug!(event_id = %event.id(), user_id = %draft.user_id, stored, "notification from event");
-        Ok(())
-    }
+/// Stores the notification `draft` made of `event`, once per event.
+async fn store_draft(
+    tx: &mut Transaction<'_, Postgres>,
+    draft: Option<Draft>,
+    event: &IncomingEvent,
+) -> Result<(), HandlerError> {
+    let Some(draft) = draft else {
+        return Ok(());
+    };
+    let stored = store::insert(tx, &draft, Channel::InApp as i32, event.id())
+        .await
+        .map_err(HandlerError::retryable)?;
+    tracing::debug!(event_id = %event.id(), user_id = %draft.user_id, stored, "notification from event");
+    Ok(())
 }

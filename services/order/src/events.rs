@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent, enqueue};
+use commerce_platform::events::{HandlerError, IncomingEvent, enqueue};
 use commerce_proto::common::v1::Money;
 use commerce_proto::events::v1 as ev;
 use prost_types::Timestamp;
@@ -162,82 +161,123 @@ fn parse_order_id(raw: &str) -> Result<Uuid, HandlerError> {
         .map_err(|error| HandlerError::permanent(format!("order id {raw:?} is not a UUID: {error}")))
 }
 
+commerce_platform::event_handler!(OrderEventHandler {
+    ev::StockReserved => stock_reserved,
+    ev::StockReservationFailed => stock_reservation_failed,
+    ev::PaymentCaptured => payment_captured,
+    ev::PaymentFailed => payment_failed,
+    ev::PaymentRefunded => payment_refunded,
+    ev::ShipmentCreated => shipment_created,
+    ev::ShipmentStatusChanged => shipment_status_changed,
+    ev::ShipmentDelivered => shipment_delivered,
+});
+
+/// Each event becomes a saga input of its order.
 impl OrderEventHandler {
-    /// Translates an event into a saga input for an order, or `None` for
-    /// events the order does not care about.
-    fn input(event: &IncomingEvent) -> Result<Option<(String, SagaInput)>, HandlerError> {
-        let decoded = match () {
-            _ if event.is::<ev::StockReserved>() => {
-                let e: ev::StockReserved = event.decode()?;
-                let expires_at = from_timestamp(e.expires_at.as_ref())
-                    .ok_or_else(|| HandlerError::permanent("StockReserved without expires_at"))?;
-                (e.order_id, SagaInput::StockReserved { reservation_id: e.reservation_id, expires_at })
+    async fn stock_reserved(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::StockReserved,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let expires_at = from_timestamp(e.expires_at.as_ref())
+            .ok_or_else(|| HandlerError::permanent("StockReserved without expires_at"))?;
+        let input = SagaInput::StockReserved { reservation_id: e.reservation_id, expires_at };
+        advance(tx, &e.order_id, input, event).await
+    }
+
+    async fn stock_reservation_failed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::StockReservationFailed,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let ids = e.shortfalls.into_iter().map(|shortfall| shortfall.product_id).collect();
+        advance(tx, &e.order_id, SagaInput::StockReservationFailed { unavailable_product_ids: ids }, event)
+            .await
+    }
+
+    async fn payment_captured(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::PaymentCaptured,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        advance(tx, &e.order_id, SagaInput::PaymentCaptured { payment_id: e.payment_id }, event).await
+    }
+
+    async fn payment_failed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::PaymentFailed,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let declined = e.reason() != ev::payment_failed::Reason::ProviderUnavailable;
+        advance(tx, &e.order_id, SagaInput::PaymentFailed { declined, detail: e.detail }, event).await
+    }
+
+    async fn payment_refunded(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::PaymentRefunded,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        advance(tx, &e.order_id, SagaInput::PaymentRefunded, event).await
+    }
+
+    async fn shipment_created(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentCreated,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        advance(tx, &e.order_id, SagaInput::ShipmentCreated { shipment_id: e.shipment_id }, event).await
+    }
+
+    async fn shipment_status_changed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentStatusChanged,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let input = match e.status() {
+            ev::ShipmentStatus::PickedUp | ev::ShipmentStatus::InTransit => {
+                SagaInput::ShipmentMoving { shipment_id: e.shipment_id }
             }
-            _ if event.is::<ev::StockReservationFailed>() => {
-                let e: ev::StockReservationFailed = event.decode()?;
-                let ids = e.shortfalls.into_iter().map(|shortfall| shortfall.product_id).collect();
-                (e.order_id, SagaInput::StockReservationFailed { unavailable_product_ids: ids })
-            }
-            _ if event.is::<ev::PaymentCaptured>() => {
-                let e: ev::PaymentCaptured = event.decode()?;
-                (e.order_id, SagaInput::PaymentCaptured { payment_id: e.payment_id })
-            }
-            _ if event.is::<ev::PaymentFailed>() => {
-                let e: ev::PaymentFailed = event.decode()?;
-                let declined = e.reason() != ev::payment_failed::Reason::ProviderUnavailable;
-                (e.order_id, SagaInput::PaymentFailed { declined, detail: e.detail })
-            }
-            _ if event.is::<ev::PaymentRefunded>() => {
-                let e: ev::PaymentRefunded = event.decode()?;
-                (e.order_id, SagaInput::PaymentRefunded)
-            }
-            _ if event.is::<ev::ShipmentCreated>() => {
-                let e: ev::ShipmentCreated = event.decode()?;
-                (e.order_id, SagaInput::ShipmentCreated { shipment_id: e.shipment_id })
-            }
-            _ if event.is::<ev::ShipmentStatusChanged>() => {
-                let e: ev::ShipmentStatusChanged = event.decode()?;
-                let input = match e.status() {
-                    ev::ShipmentStatus::PickedUp | ev::ShipmentStatus::InTransit => {
-                        SagaInput::ShipmentMoving { shipment_id: e.shipment_id }
-                    }
-                    _ => SagaInput::ShipmentCreated { shipment_id: e.shipment_id },
-                };
-                (e.order_id, input)
-            }
-            _ if event.is::<ev::ShipmentDelivered>() => {
-                let e: ev::ShipmentDelivered = event.decode()?;
-                (e.order_id, SagaInput::ShipmentDelivered { shipment_id: e.shipment_id })
-            }
-            _ => return Ok(None),
+            _ => SagaInput::ShipmentCreated { shipment_id: e.shipment_id },
         };
-        Ok(Some(decoded))
+        advance(tx, &e.order_id, input, event).await
+    }
+
+    async fn shipment_delivered(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentDelivered,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        advance(tx, &e.order_id, SagaInput::ShipmentDelivered { shipment_id: e.shipment_id }, event).await
     }
 }
 
-#[async_trait]
-impl EventHandler for OrderEventHandler {
-    async fn handle(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        let Some((order_id, input)) = Self::input(event)? else {
-            return Ok(());
-        };
-        let id = parse_order_id(&order_id)?;
-        match apply_input(tx, id, input).await? {
-            Some(order) => {
-                tracing::debug!(order_id = %id, status = %order.saga.status, event_type = event.event_type(), "order saga advanced")
-            }
-            // Another stack's order, or a payment made by the Charge RPC
-            // without an order: nothing of ours to change.
-            None => {
-                tracing::warn!(order_id = %id, event_type = event.event_type(), "event about an unknown order ignored")
-            }
+/// Feeds `input` to the saga of order `order_id`.
+async fn advance(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: &str,
+    input: SagaInput,
+    event: &IncomingEvent,
+) -> Result<(), HandlerError> {
+    let id = parse_order_id(order_id)?;
+    match apply_input(tx, id, input).await? {
+        Some(order) => {
+            tracing::debug!(order_id = %id, status = %order.saga.status, event_type = event.event_type(), "order saga advanced")
         }
-        Ok(())
+        // Another stack's order, or a payment made by the Charge RPC
+        // without an order: nothing of ours to change.
+        None => {
+            tracing::warn!(order_id = %id, event_type = event.event_type(), "event about an unknown order ignored")
+        }
     }
+    Ok(())
 }
 
 impl From<Error> for HandlerError {

@@ -4,9 +4,8 @@
 //! order's death (OrderFailed, OrderRejected, OrderCancelled), which cancels a
 //! pending payment or queues the refund of a captured one.
 
-use async_trait::async_trait;
 use chrono::Utc;
-use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent};
+use commerce_platform::events::{HandlerError, IncomingEvent};
 use commerce_proto::common::v1::Money;
 use commerce_proto::events::v1 as ev;
 use prost_types::Timestamp;
@@ -128,39 +127,69 @@ pub async fn order_died(conn: &mut PgConnection, order_id: &str, reason: &str) -
 #[derive(Debug, Clone, Default)]
 pub struct PaymentEventHandler;
 
-#[async_trait]
-impl EventHandler for PaymentEventHandler {
-    async fn handle(
+commerce_platform::event_handler!(PaymentEventHandler {
+    ev::OrderPlaced => order_placed,
+    ev::StockReserved => stock_reserved,
+    ev::OrderFailed => order_failed,
+    ev::OrderRejected => order_rejected,
+    ev::OrderCancelled => order_cancelled,
+});
+
+impl PaymentEventHandler {
+    async fn order_placed(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        event: &IncomingEvent,
+        placed: ev::OrderPlaced,
+        _: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        if event.is::<ev::OrderPlaced>() {
-            let placed: ev::OrderPlaced = event.decode()?;
-            let total = placed.total.unwrap_or_default();
-            store::record_intent(
-                tx,
-                &placed.order_id,
-                &placed.user_id,
-                &total.currency_code,
-                total.units,
-                &placed.payment_method_token,
-            )
-            .await?;
-        } else if event.is::<ev::StockReserved>() {
-            let reserved: ev::StockReserved = event.decode()?;
-            store::record_stock_reserved(tx, &reserved.order_id).await?;
-        } else if event.is::<ev::OrderFailed>() {
-            let failed: ev::OrderFailed = event.decode()?;
-            order_died(tx, &failed.order_id, "order failed").await?;
-        } else if event.is::<ev::OrderRejected>() {
-            let rejected: ev::OrderRejected = event.decode()?;
-            order_died(tx, &rejected.order_id, "order rejected").await?;
-        } else if event.is::<ev::OrderCancelled>() {
-            let cancelled: ev::OrderCancelled = event.decode()?;
-            order_died(tx, &cancelled.order_id, "order cancelled").await?;
-        }
+        let total = placed.total.unwrap_or_default();
+        store::record_intent(
+            tx,
+            &placed.order_id,
+            &placed.user_id,
+            &total.currency_code,
+            total.units,
+            &placed.payment_method_token,
+        )
+        .await?;
         Ok(())
+    }
+
+    async fn stock_reserved(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        reserved: ev::StockReserved,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store::record_stock_reserved(tx, &reserved.order_id).await?;
+        Ok(())
+    }
+
+    async fn order_failed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        failed: ev::OrderFailed,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        Ok(order_died(tx, &failed.order_id, "order failed").await?)
+    }
+
+    async fn order_rejected(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        rejected: ev::OrderRejected,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        Ok(order_died(tx, &rejected.order_id, "order rejected").await?)
+    }
+
+    async fn order_cancelled(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        cancelled: ev::OrderCancelled,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        Ok(order_died(tx, &cancelled.order_id, "order cancelled").await?)
     }
 }
 

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use commerce_api::catalog::{Service, Topic, all_topics};
 use commerce_platform::admin::Metrics;
 use commerce_platform::db;
@@ -26,11 +25,11 @@ use commerce_platform::events::consumer::{
 };
 use commerce_platform::events::producer::OutgoingRecord;
 use commerce_platform::events::{
-    EventConsumer, EventHandler, EventMetrics, EventProducer, HandlerError, IncomingEvent, TopicNames,
+    EventConsumer, EventMetrics, EventProducer, HandlerError, IncomingEvent, KafkaArgs, TopicNames,
 };
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context;
-use commerce_proto::events::v1::OrderPlaced;
+use commerce_proto::events::v1::{OrderCancelled, OrderPlaced};
 use events_support::*;
 use prost::Message as _;
 use rdkafka::config::ClientConfig;
@@ -55,11 +54,15 @@ struct CountingHandler {
     hopeless_calls: Arc<AtomicU32>,
 }
 
-#[async_trait]
-impl EventHandler for CountingHandler {
-    async fn handle(
+commerce_platform::event_handler!(CountingHandler {
+    OrderPlaced => order_placed,
+});
+
+impl CountingHandler {
+    async fn order_placed(
         &self,
         tx: &mut Transaction<'_, Postgres>,
+        order: OrderPlaced,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -68,7 +71,6 @@ impl EventHandler for CountingHandler {
             Some(event.trace_context().trace_id),
             "the handler runs inside the event's trace"
         );
-        let order = event.decode::<OrderPlaced>()?;
         if order.order_id == HOPELESS {
             self.hopeless_calls.fetch_add(1, Ordering::SeqCst);
             return Err(HandlerError::retryable("the warehouse system is down"));
@@ -358,19 +360,27 @@ async fn a_handler_that_keeps_failing_goes_to_the_dead_letter_topic_after_the_co
 const KILLED_HELPER_DATABASE_URL: &str = "COMMERCE_TEST_KILLED_CONSUMER_DATABASE_URL";
 /// ... and the test's topic prefix (hence the consumer group).
 const KILLED_HELPER_PREFIX: &str = "COMMERCE_TEST_KILLED_CONSUMER_PREFIX";
+/// ... the orders it handles before it dies, comma separated.
+const KILLED_HELPER_ORDERS: &str = "COMMERCE_TEST_KILLED_CONSUMER_ORDERS";
+/// ... and its offset commit interval in seconds.
+const KILLED_HELPER_COMMIT_SECONDS: &str = "COMMERCE_TEST_KILLED_CONSUMER_COMMIT_SECONDS";
 
-/// Helper process of
-/// [`a_killed_consumers_partitions_move_to_a_new_member_within_the_session_timeout`]:
-/// joins the group, handles `order-first`, then dies without leaving the
-/// group, as a process that is killed or loses its node does.
+/// Helper process of the tests that kill a consumer: joins the group,
+/// handles the orders it is told, then dies without leaving the group or
+/// committing, as a process that is killed or loses its node does.
 #[tokio::test]
-#[ignore = "helper process, started by a_killed_consumers_partitions_move_to_a_new_member_within_the_session_timeout"]
-async fn killed_consumer_helper_handles_one_event_then_aborts() {
-    let url = std::env::var(KILLED_HELPER_DATABASE_URL).expect("run only by the failover test");
-    let prefix = std::env::var(KILLED_HELPER_PREFIX).expect("run only by the failover test");
+#[ignore = "helper process, started by the tests that kill a consumer (run_killed_consumer)"]
+async fn killed_consumer_helper_handles_its_orders_then_aborts() {
+    let url = std::env::var(KILLED_HELPER_DATABASE_URL).expect("run only by a killing test");
+    let prefix = std::env::var(KILLED_HELPER_PREFIX).expect("run only by a killing test");
+    let orders = std::env::var(KILLED_HELPER_ORDERS).expect("run only by a killing test");
+    let commit_seconds: u64 = std::env::var(KILLED_HELPER_COMMIT_SECONDS)
+        .expect("run only by a killing test")
+        .parse()
+        .expect("seconds");
     init_logging();
     let pool = PgPool::connect(&url).await.expect("the helper reaches the database");
-    let args = kafka_args(&prefix);
+    let args = KafkaArgs { commit_interval: Duration::from_secs(commit_seconds), ..kafka_args(&prefix) };
     let producer = EventProducer::new(&args).expect("producer");
     let consumer = EventConsumer::new(
         SERVICE,
@@ -382,22 +392,75 @@ async fn killed_consumer_helper_handles_one_event_then_aborts() {
     )
     .expect("consumer");
     let _running = tokio::spawn(consumer.run(CancellationToken::new()));
+    let orders: Vec<String> = orders.split(',').map(str::to_owned).collect();
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
     loop {
-        let handled: Option<i32> =
-            sqlx::query_scalar("SELECT count FROM effects WHERE order_id = 'order-first'")
-                .fetch_optional(&pool)
-                .await
-                .expect("query effects");
-        if handled.is_some() {
+        let handled: i64 = sqlx::query_scalar("SELECT count(*) FROM effects WHERE order_id = ANY($1)")
+            .bind(&orders)
+            .fetch_one(&pool)
+            .await
+            .expect("query effects");
+        if handled == orders.len() as i64 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "order-first was never handled");
+        assert!(tokio::time::Instant::now() < deadline, "the helper handled {handled} of {orders:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // No shutdown, no LeaveGroup, no destructor: the coordinator only learns
-    // of the death when heartbeats stop.
+    // No shutdown, no commit, no LeaveGroup, no destructor: the coordinator
+    // only learns of the death when heartbeats stop.
     std::process::abort();
+}
+
+/// Runs the helper on `database` and the topics under `prefix` until it has
+/// handled `orders` and died by SIGABRT; it commits offsets every
+/// `commit_interval`.
+async fn run_killed_consumer(
+    database: &TestDatabase,
+    prefix: &str,
+    orders: &[String],
+    commit_interval: Duration,
+    produce: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let helper = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "killed_consumer_helper_handles_its_orders_then_aborts",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILLED_HELPER_DATABASE_URL, &database.url)
+        .env(KILLED_HELPER_PREFIX, prefix)
+        .env(KILLED_HELPER_ORDERS, orders.join(","))
+        .env(KILLED_HELPER_COMMIT_SECONDS, commit_interval.as_secs().to_string())
+        .kill_on_drop(true)
+        .output();
+    let (output, produced) = tokio::join!(tokio::time::timeout(EVENTUALLY, helper), produce);
+    produced?;
+    let output = output.context("the helper process hangs")??;
+    anyhow::ensure!(
+        output.status.signal() == Some(6),
+        "the helper must die by SIGABRT, got {:?}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// Sends an `OrderPlaced` for `order_id` keyed by the order, so that orders
+/// spread over the topic's partitions.
+async fn produce_keyed(producer: &EventProducer, topic: &str, order_id: &str) -> anyhow::Result<()> {
+    let payload = OrderPlaced { order_id: order_id.to_owned(), ..OrderPlaced::default() }.encode_to_vec();
+    producer
+        .send(OutgoingRecord {
+            topic,
+            key: Some(order_id.as_bytes()),
+            payload: Some(&payload),
+            headers: attributes_for(order_id).to_kafka_headers(),
+        })
+        .await?;
+    Ok(())
 }
 
 /// A consumer that dies without leaving its group holds its partitions until
@@ -407,38 +470,24 @@ async fn killed_consumer_helper_handles_one_event_then_aborts() {
 #[tokio::test]
 async fn a_killed_consumers_partitions_move_to_a_new_member_within_the_session_timeout() -> anyhow::Result<()>
 {
-    use std::os::unix::process::ExitStatusExt as _;
     let (database, prefix) = Harness::prepare().await?;
-    let helper = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "killed_consumer_helper_handles_one_event_then_aborts",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(KILLED_HELPER_DATABASE_URL, &database.url)
-        .env(KILLED_HELPER_PREFIX, &prefix)
-        .kill_on_drop(true)
-        .output();
     let producer = EventProducer::new(&kafka_args(&prefix))?;
     let topic = TopicNames::new(&prefix).topic(Topic::Orders);
-    let first = OrderPlaced { order_id: "order-first".to_owned(), ..OrderPlaced::default() }.encode_to_vec();
-    producer
-        .send(OutgoingRecord {
-            topic: &topic,
-            key: Some(KEY.as_bytes()),
-            payload: Some(&first),
-            headers: attributes_for("order-first").to_kafka_headers(),
-        })
-        .await?;
-    let output = tokio::time::timeout(EVENTUALLY, helper).await.context("the helper process hangs")??;
-    anyhow::ensure!(
-        output.status.signal() == Some(6),
-        "the helper must die by SIGABRT, got {:?}; stderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let first = ["order-first".to_owned()];
+    run_killed_consumer(&database, &prefix, &first, Duration::from_secs(1), async {
+        let payload =
+            OrderPlaced { order_id: "order-first".to_owned(), ..OrderPlaced::default() }.encode_to_vec();
+        producer
+            .send(OutgoingRecord {
+                topic: &topic,
+                key: Some(KEY.as_bytes()),
+                payload: Some(&payload),
+                headers: attributes_for("order-first").to_kafka_headers(),
+            })
+            .await?;
+        Ok(())
+    })
+    .await?;
 
     // A new member joins the same group and must get the partition once the
     // dead one's session has expired.
@@ -451,5 +500,89 @@ async fn a_killed_consumers_partitions_move_to_a_new_member_within_the_session_t
     assert_eq!(harness.effect_count("order-first").await?, Some(1), "order-first was handled once");
     let bound = Duration::from_secs(40);
     anyhow::ensure!(took < bound, "the partition stood still for {took:?} (bound {bound:?})");
+    harness.finish().await
+}
+
+#[tokio::test]
+async fn an_event_type_the_handler_does_not_act_on_is_skipped_without_a_transaction() -> anyhow::Result<()> {
+    let mut harness = Harness::start(3).await?;
+    let cancelled = OrderCancelled { order_id: "order-cancelled".to_owned(), ..OrderCancelled::default() };
+    let ignored = CloudEventAttributes::for_event(&cancelled);
+    harness.produce(ignored.to_kafka_headers(), &cancelled.encode_to_vec()).await?;
+    harness.produce_event(&attributes_for("order-after"), "order-after").await?;
+
+    harness.wait_for_effect("order-after").await?;
+    assert_eq!(harness.calls.load(Ordering::SeqCst), 1, "only the OrderPlaced reached the handler");
+    let processed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commerce_platform.processed_events WHERE event_id = $1")
+            .bind(ignored.id)
+            .fetch_one(&harness.database.pool)
+            .await?;
+    assert_eq!(processed, 0, "no transaction recorded the ignored event");
+    eventually("the metrics count one ignored and one handled event", || async {
+        let exposition = harness.metrics.encode()?;
+        Ok([
+            r#"commerce_events_consumed_total{service="shipping",outcome="handled"} 1"#,
+            r#"commerce_events_consumed_total{service="shipping",outcome="ignored"} 1"#,
+        ]
+        .iter()
+        .all(|line| exposition.contains(line)))
+    })
+    .await?;
+    harness.stop().await?;
+    let (group, topic) = (harness.names.consumer_group(SERVICE), harness.orders_topic());
+    let committed = tokio::task::spawn_blocking(move || committed_offsets(&group, &topic)).await??;
+    assert_eq!(committed, vec![2], "the ignored record's offset is committed with the next one");
+    harness.finish().await
+}
+
+/// Offsets are committed periodically, not per record: a consumer killed
+/// between two commits has handled records whose offsets the group never
+/// saw. The next member gets them all again, and the processed-events table
+/// turns every one into a skipped duplicate: nothing lost, nothing applied
+/// twice, across partitions handled at once.
+#[tokio::test]
+async fn a_consumer_killed_before_its_periodic_commit_is_redelivered_and_nothing_is_applied_twice()
+-> anyhow::Result<()> {
+    const ORDERS: usize = 24;
+    let (database, prefix) = Harness::prepare().await?;
+    let producer = EventProducer::new(&kafka_args(&prefix))?;
+    let names = TopicNames::new(&prefix);
+    let topic = names.topic(Topic::Orders);
+    let orders: Vec<String> = (0..ORDERS).map(|index| format!("order-batch-{index}")).collect();
+    // The helper commits once an hour: it dies with nothing committed.
+    run_killed_consumer(&database, &prefix, &orders, Duration::from_secs(3600), async {
+        for order in &orders {
+            produce_keyed(&producer, &topic, order).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    let (group, orders_topic) = (names.consumer_group(SERVICE), topic.clone());
+    let committed = tokio::task::spawn_blocking(move || committed_offsets(&group, &orders_topic)).await??;
+    assert_eq!(committed, Vec::<i64>::new(), "the killed consumer committed nothing");
+    let partitions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT kafka_partition) FROM commerce_platform.processed_events")
+            .fetch_one(&database.pool)
+            .await?;
+    assert!(partitions > 1, "the orders spread over several partitions ({partitions})");
+
+    let mut harness = Harness::start_consumer(database, &prefix, 3).await?;
+    let expected =
+        format!(r#"commerce_events_consumed_total{{service="shipping",outcome="duplicate"}} {ORDERS}"#);
+    eventually("the new member skips every redelivered event as a duplicate", || async {
+        Ok(harness.metrics.encode()?.contains(&expected))
+    })
+    .await?;
+    assert_eq!(harness.calls.load(Ordering::SeqCst), 0, "no redelivered event reached the handler");
+    let counts: Vec<i32> = sqlx::query_scalar("SELECT count FROM effects ORDER BY order_id")
+        .fetch_all(&harness.database.pool)
+        .await?;
+    assert_eq!(counts, vec![1; ORDERS], "every order has exactly one effect");
+    harness.stop().await?;
+    let (group, topic) = (harness.names.consumer_group(SERVICE), harness.orders_topic());
+    let committed: i64 =
+        tokio::task::spawn_blocking(move || committed_offsets(&group, &topic)).await??.iter().sum();
+    assert_eq!(committed, ORDERS as i64, "the new member committed past every record");
     harness.finish().await
 }

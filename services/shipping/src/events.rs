@@ -3,9 +3,8 @@
 //! (OrderConfirmed creates the shipment, OrderCancelled halts it), plus the
 //! two operations both the consumer and the gRPC server use.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent, enqueue};
+use commerce_platform::events::{HandlerError, IncomingEvent, enqueue};
 use commerce_proto::common::v1::Address;
 use commerce_proto::events::v1 as ev;
 use prost_types::Timestamp;
@@ -194,41 +193,49 @@ pub struct ShippingEventHandler {
     pub couriers: Vec<String>,
 }
 
-#[async_trait]
-impl EventHandler for ShippingEventHandler {
-    async fn handle(
+commerce_platform::event_handler!(ShippingEventHandler {
+    ev::OrderConfirmed => order_confirmed,
+    ev::OrderCancelled => order_cancelled,
+});
+
+impl ShippingEventHandler {
+    async fn order_confirmed(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        event: &IncomingEvent,
+        confirmed: ev::OrderConfirmed,
+        _: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        if event.is::<ev::OrderConfirmed>() {
-            let confirmed: ev::OrderConfirmed = event.decode()?;
-            let address = confirmed.shipping_address.unwrap_or_default();
-            create_shipment(tx, &confirmed.order_id, &confirmed.user_id, address, None, &self.couriers)
-                .await?;
-        } else if event.is::<ev::OrderCancelled>() {
-            let cancelled: ev::OrderCancelled = event.decode()?;
-            let Some(shipment) = store::find(tx, None, Some(&cancelled.order_id), true).await? else {
-                return Ok(());
-            };
-            if shipment.status.is_terminal() {
-                tracing::info!(order_id = %cancelled.order_id, status = %shipment.status, "cancelled order's shipment already final");
-                return Ok(());
-            }
-            let reason = if cancelled.reason.is_empty() {
-                "order cancelled".to_owned()
-            } else {
-                format!("order cancelled: {}", cancelled.reason)
-            };
-            let change = StatusChange {
-                to: ShipmentStatus::Halted,
-                courier_id: String::new(),
-                note: reason,
-                location: String::new(),
-                actor_id: SYSTEM_ACTOR.to_owned(),
-            };
-            change_status(tx, shipment, change).await?;
+        let address = confirmed.shipping_address.unwrap_or_default();
+        create_shipment(tx, &confirmed.order_id, &confirmed.user_id, address, None, &self.couriers).await?;
+        Ok(())
+    }
+
+    async fn order_cancelled(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        cancelled: ev::OrderCancelled,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let Some(shipment) = store::find(tx, None, Some(&cancelled.order_id), true).await? else {
+            return Ok(());
+        };
+        if shipment.status.is_terminal() {
+            tracing::info!(order_id = %cancelled.order_id, status = %shipment.status, "cancelled order's shipment already final");
+            return Ok(());
         }
+        let reason = if cancelled.reason.is_empty() {
+            "order cancelled".to_owned()
+        } else {
+            format!("order cancelled: {}", cancelled.reason)
+        };
+        let change = StatusChange {
+            to: ShipmentStatus::Halted,
+            courier_id: String::new(),
+            note: reason,
+            location: String::new(),
+            actor_id: SYSTEM_ACTOR.to_owned(),
+        };
+        change_status(tx, shipment, change).await?;
         Ok(())
     }
 }

@@ -13,7 +13,14 @@
 //!    rebalance, or a duplicate publish) has no effect;
 //! 3. the handler runs in that transaction, inside the event's trace
 //!    ([`trace_context::scope`]), and the transaction commits;
-//! 4. only then is the record's offset committed.
+//! 4. only then is the record's offset stored, to be committed with the
+//!    others every `--kafka-commit-interval` (and on a rebalance and on
+//!    shutdown). A crash redelivers what was handled since the last commit;
+//!    step 2 skips it.
+//!
+//! Event types the handler does not act on ([`EventHandler::handles`]) are
+//! skipped before any transaction: they have no effect, so there is nothing
+//! to record.
 //!
 //! A retryable handler error is retried with backoff up to
 //! [`KafkaArgs::handler_attempts`] times; after the last attempt, or at once
@@ -31,12 +38,15 @@
 //! offsets synchronously and leaves the group, so the partitions move to
 //! another replica at once instead of after a session timeout.
 //!
-//! Processing is sequential per consumer: simple, ordered per partition,
-//! and enough for the saga's volumes; scale out with replicas (up to the
-//! topics' partition counts, which the operator keeps at least at the
+//! Records are handled in lanes (`--kafka-consumer-concurrency`): each
+//! partition belongs to one lane, which handles its records one after
+//! another, so events about one aggregate (one key, one partition) keep
+//! their order while different partitions progress at once. A lane queues
+//! a few records; when one is full (its handler retrying, say) the consumer
+//! stops reading until it drains. Scale further out with replicas (up to
+//! the topics' partition counts, which the operator keeps at least at the
 //! replica maximum).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,9 +56,12 @@ use commerce_api::catalog::{DEAD_LETTER_RETENTION_MS, Service};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -92,6 +105,8 @@ const INFRA_BACKOFF_BASE: Duration = Duration::from_millis(500);
 const INFRA_BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Ceiling of the delay between two handler attempts.
 const HANDLER_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Records a lane holds before the consumer waits for it to catch up.
+const LANE_QUEUE: usize = 32;
 /// How often processed event ids past any possible redelivery are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// How long processed ids are kept: longer than any topic keeps its
@@ -189,8 +204,21 @@ pub enum DecodeError {
 }
 
 /// A service's reaction to the events it consumes.
+///
+/// Services implement it with [`event_handler!`](crate::event_handler): one
+/// table names the event types and the methods that apply them, and gives
+/// both [`handles`](Self::handles) and the dispatch, so the two cannot drift
+/// apart (a type left out of `handles` would be skipped: lost).
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
+    /// Whether the handler acts on events of `event_type`; the consumer
+    /// skips the others before opening a transaction. The default acts on
+    /// every type.
+    fn handles(&self, event_type: &str) -> bool {
+        let _ = event_type;
+        true
+    }
+
     /// Applies `event` within `tx`, the transaction that also records the
     /// event as processed: commit is the consumer's job, and either both the
     /// effect and the record persist, or neither. Runs inside the event's
@@ -199,11 +227,55 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Dispatch on [`IncomingEvent::event_type`] (or [`IncomingEvent::is`])
     /// and [`decode`](IncomingEvent::decode) the payload; ignore (return
     /// `Ok`) event types the service does not care about.
+    ///
+    /// Only called for types [`handles`](Self::handles) accepts.
     async fn handle(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError>;
+}
+
+/// Implements [`EventHandler`] for a type from one table of event types and
+/// the methods that apply them:
+///
+/// ```ignore
+/// commerce_platform::event_handler!(PaymentEventHandler {
+///     ev::OrderPlaced => order_placed,
+///     ev::OrderCancelled => order_cancelled,
+/// });
+/// ```
+///
+/// Each method is `async fn(&self, tx: &mut Transaction<'_, Postgres>,
+/// event: E, incoming: &IncomingEvent) -> Result<(), HandlerError>`, given
+/// the decoded payload (an undecodable one is a permanent error). The table
+/// is both [`EventHandler::handles`], which lets the consumer skip other
+/// types before opening a transaction, and the dispatch: a type cannot be
+/// handled without being declared, nor declared without being handled.
+#[macro_export]
+macro_rules! event_handler {
+    ($handler:ty { $($event:ty => $method:ident),+ $(,)? }) => {
+        #[$crate::events::__private::async_trait]
+        impl $crate::events::EventHandler for $handler {
+            fn handles(&self, event_type: &str) -> bool {
+                $(event_type == <$event as $crate::events::EventPayload>::TYPE)||+
+            }
+
+            async fn handle(
+                &self,
+                tx: &mut $crate::events::__private::Transaction<'_>,
+                event: &$crate::events::IncomingEvent,
+            ) -> ::std::result::Result<(), $crate::events::HandlerError> {
+                $(
+                    if event.is::<$event>() {
+                        return self.$method(tx, event.decode::<$event>()?, event).await;
+                    }
+                )+
+                // Another type: the consumer never hands one over.
+                Ok(())
+            }
+        }
+    };
 }
 
 /// One consumed event: its CloudEvents attributes, where it came from and
@@ -324,6 +396,8 @@ impl ConsumerSettings {
 enum Outcome {
     Handled,
     Duplicate,
+    /// A type the handler does not act on: no transaction, nothing recorded.
+    Ignored,
     DeadLettered,
     /// Shutdown came while waiting to retry: the offset stays, the record
     /// comes again.
@@ -336,6 +410,7 @@ impl Outcome {
         match self {
             Self::Handled => Some("handled"),
             Self::Duplicate => Some("duplicate"),
+            Self::Ignored => Some("ignored"),
             Self::DeadLettered => Some("dead_lettered"),
             Self::Interrupted => None,
         }
@@ -379,6 +454,8 @@ pub struct EventConsumer<H> {
     producer: EventProducer,
     handler: H,
     settings: ConsumerSettings,
+    /// Partitions handled at once (see the module docs).
+    lanes: usize,
     check: Check,
     /// Where to count outcomes; none by default.
     metrics: Option<EventMetrics>,
@@ -417,8 +494,11 @@ impl<H: EventHandler> EventConsumer<H> {
         config
             .set("group.id", &group)
             .set("client.id", format!("{}-consumer", service.name()))
-            // Offsets are committed by hand, after the transaction commits.
-            .set("enable.auto.commit", "false")
+            // A record's offset is stored by hand once its transaction has
+            // committed; librdkafka commits the stored offsets periodically,
+            // when partitions are revoked and when the consumer closes.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", millis(args.commit_interval))
             .set("enable.auto.offset.store", "false")
             // A new group starts at the beginning: events published before
             // the service first ran still count.
@@ -438,6 +518,7 @@ impl<H: EventHandler> EventConsumer<H> {
             producer,
             handler,
             settings: ConsumerSettings::from_args(args),
+            lanes: usize::from(args.consumer_concurrency.max(1)),
             check,
             metrics: None,
         })
@@ -460,13 +541,20 @@ impl<H: EventHandler> EventConsumer<H> {
         &self.group
     }
 
+    /// Handles the records of up to `lanes` partitions at once (at least
+    /// 1); see the module docs.
+    pub fn with_concurrency(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
+    }
+
     /// Consumes until `shutdown`, then commits and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.consumer
             .subscribe(&topics)
             .map_err(|source| ConsumerError::Subscribe { group: self.group.clone(), source })?;
-        tracing::info!(group = %self.group, topics = ?self.topics, "consumer subscribed");
+        tracing::info!(group = %self.group, topics = ?self.topics, lanes = self.lanes, "consumer subscribed");
         let watch_stop = shutdown.child_token();
         let watch = spawn_broker_watch(
             self.consumer.clone(),
@@ -476,14 +564,50 @@ impl<H: EventHandler> EventConsumer<H> {
             watch_stop.clone(),
         );
 
-        // Next offset to commit per partition, for the final synchronous
-        // commit.
-        let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+        let this = Arc::new(self);
+        let (senders, lanes): (Vec<_>, Vec<_>) = (0..this.lanes)
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(LANE_QUEUE);
+                (sender, this.clone().spawn_lane(receiver, shutdown.clone()))
+            })
+            .unzip();
+        this.receive(&senders, &shutdown).await;
+
+        // Leave cleanly: let every lane finish the record in hand, stop the
+        // probe (it holds the consumer), commit what was handled, and leave
+        // the group (closing the consumer does).
+        drop(senders);
+        for lane in lanes {
+            if let Err(error) = lane.await {
+                tracing::error!(error = %error, "a consumer lane panicked");
+            }
+        }
+        watch_stop.cancel();
+        let _ = watch.await;
+        match this.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing handled since the last commit.
+            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+            // The partitions may have moved on in a rebalance; their new
+            // owner skips what we handled through processed_events.
+            Err(error) => tracing::warn!(error = %error, "cannot commit the final offsets"),
+        }
+        this.consumer.unsubscribe();
+        let group = this.group.clone();
+        drop(this);
+        tracing::info!(group = %group, "consumer stopped and left the group");
+        Ok(())
+    }
+
+    /// Reads records and hands each to its partition's lane until
+    /// `shutdown` (or until a lane has stopped); purges old processed ids on
+    /// the side.
+    async fn receive(&self, lanes: &[mpsc::Sender<OwnedMessage>], shutdown: &CancellationToken) {
         let mut error_backoff = Backoff::new(INFRA_BACKOFF_BASE, INFRA_BACKOFF_CAP);
         let mut next_purge = Instant::now();
         loop {
             let received = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(next_purge) => {
                     if let Err(error) = self.purge_processed().await {
                         tracing::warn!(error = %error_chain(&error), "cannot purge processed event ids");
@@ -513,51 +637,62 @@ impl<H: EventHandler> EventConsumer<H> {
                     // librdkafka recovers by itself; keep polling.
                     let delay = error_backoff.next_delay();
                     tracing::warn!(error = %error, retry_in = ?delay, "cannot receive from Kafka");
-                    if sleep_or_cancelled(delay, &shutdown).await {
-                        break;
+                    if sleep_or_cancelled(delay, shutdown).await {
+                        return;
                     }
                     continue;
                 }
             };
-            let outcome = self.process(&record, &shutdown).await;
-            if let (Some(metrics), Some(label)) = (&self.metrics, outcome.label()) {
-                metrics.consumed(self.service, label);
+            let lane = &lanes[lane_of(record.topic(), record.partition(), lanes.len())];
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                sent = lane.send(record) => if sent.is_err() {
+                    return;
+                }
             }
-            if outcome == Outcome::Interrupted {
-                break;
-            }
-            let next = record.offset() + 1;
-            self.commit(record.topic(), record.partition(), next, CommitMode::Async);
-            positions.insert((record.topic().to_owned(), record.partition()), next);
         }
-
-        // Leave cleanly: stop the probe (it holds the consumer), commit what
-        // was processed, and leave the group (closing the consumer does).
-        watch_stop.cancel();
-        let _ = watch.await;
-        let mut final_offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &positions {
-            let _ = final_offsets.add_partition_offset(topic, *partition, Offset::Offset(*next));
-        }
-        if final_offsets.count() > 0
-            && let Err(error) = self.consumer.commit(&final_offsets, CommitMode::Sync)
-        {
-            // The partitions may have moved on in a rebalance; their new
-            // owner skips what we processed through processed_events.
-            tracing::warn!(error = %error, "cannot commit the final offsets");
-        }
-        self.consumer.unsubscribe();
-        drop(self.consumer);
-        tracing::info!(group = %self.group, "consumer stopped and left the group");
-        Ok(())
     }
 
-    fn commit(&self, topic: &str, partition: i32, next: i64, mode: CommitMode) {
+    /// A task handling the records `receiver` gets, in order, until the
+    /// queue closes or `shutdown` (after the record in hand).
+    fn spawn_lane(
+        self: Arc<Self>,
+        mut receiver: mpsc::Receiver<OwnedMessage>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let lane = async move {
+            loop {
+                let record = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    record = receiver.recv() => match record {
+                        Some(record) => record,
+                        None => return,
+                    },
+                };
+                let outcome = self.process(&record, &shutdown).await;
+                if let (Some(metrics), Some(label)) = (&self.metrics, outcome.label()) {
+                    metrics.consumed(self.service, label);
+                }
+                if outcome == Outcome::Interrupted {
+                    return;
+                }
+                self.store_offset(record.topic(), record.partition(), record.offset() + 1);
+            }
+        };
+        tokio::spawn(lane.in_current_span())
+    }
+
+    /// Marks everything before `next` on the partition as handled, for the
+    /// next commit.
+    fn store_offset(&self, topic: &str, partition: i32, next: i64) {
         let mut offsets = TopicPartitionList::new();
         if offsets.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok()
-            && let Err(error) = self.consumer.commit(&offsets, mode)
+            && let Err(error) = self.consumer.store_offsets(&offsets)
         {
-            tracing::warn!(error = %error, topic, partition, "cannot commit the offset");
+            // The partition was revoked while its record was handled: its
+            // new owner starts from the last commit and skips what we did.
+            tracing::debug!(error = %error, topic, partition, "cannot store the offset");
         }
     }
 
@@ -579,6 +714,10 @@ impl<H: EventHandler> EventConsumer<H> {
                     .await;
             }
         };
+        if !self.handler.handles(&attributes.event_type) {
+            tracing::trace!(event_id = %attributes.id, event_type = %attributes.event_type, "event type not handled; skipped");
+            return Outcome::Ignored;
+        }
         let trace = attributes.trace.unwrap_or_else(TraceContext::new_root);
         let span = tracing::info_span!(
             "event",
@@ -774,6 +913,16 @@ impl<H: EventHandler> EventConsumer<H> {
         }
         Ok(())
     }
+}
+
+/// The lane of a partition: the same for all its records, spread evenly
+/// over the partitions of one topic.
+fn lane_of(topic: &str, partition: i32, lanes: usize) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut hasher);
+    let spread = hasher.finish().wrapping_add(u64::from(partition.unsigned_abs()));
+    (spread % lanes as u64) as usize
 }
 
 /// Whether `error` only says that the brokers cannot be reached right now

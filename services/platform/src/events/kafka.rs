@@ -77,6 +77,27 @@ pub struct KafkaArgs {
         value_parser = humantime::parse_duration
     )]
     pub session_timeout: Duration,
+    /// How many of a consumer's partitions are handled at once. Records of
+    /// one partition (hence of one key, one aggregate) are still handled
+    /// one after another, in order; 1 handles everything in sequence.
+    #[arg(
+        long = "kafka-consumer-concurrency",
+        env = "COMMERCE_KAFKA_CONSUMER_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pub consumer_concurrency: u16,
+    /// How often a consumer commits the offsets of the records it handled
+    /// (`auto.commit.interval.ms`; also on a rebalance and on shutdown). A
+    /// crash redelivers at most this much, which the processed-events table
+    /// turns into skipped duplicates.
+    #[arg(
+        long = "kafka-commit-interval",
+        env = "COMMERCE_KAFKA_COMMIT_INTERVAL",
+        default_value = "1s",
+        value_parser = humantime::parse_duration
+    )]
+    pub commit_interval: Duration,
     /// Extra librdkafka properties, `key=value`, comma separated: SASL
     /// settings of a cluster (`security.protocol=sasl_plaintext,
     /// sasl.mechanism=PLAIN,...`). They may carry secrets: give them through
@@ -102,6 +123,8 @@ impl KafkaArgs {
             handler_attempts: 5,
             handler_retry_backoff: Duration::from_millis(200),
             session_timeout: Duration::from_secs(10),
+            consumer_concurrency: 4,
+            commit_interval: Duration::from_secs(1),
             properties: Vec::new(),
         }
     }
@@ -140,6 +163,8 @@ impl fmt::Debug for KafkaArgs {
             .field("handler_attempts", &self.handler_attempts)
             .field("handler_retry_backoff", &self.handler_retry_backoff)
             .field("session_timeout", &self.session_timeout)
+            .field("consumer_concurrency", &self.consumer_concurrency)
+            .field("commit_interval", &self.commit_interval)
             .field("property_keys", &property_keys)
             .finish()
     }
@@ -325,6 +350,14 @@ mod tests {
         .expect("flags parse");
         assert_eq!(cli.kafka.handler_attempts, 5);
         assert_eq!(cli.kafka.delivery_timeout, Duration::from_secs(30));
+        assert_eq!(
+            cli.kafka,
+            KafkaArgs { properties: cli.kafka.properties.clone(), ..KafkaArgs::new("127.0.0.1:59092") }
+        );
+        assert!(
+            Cli::try_parse_from(["test", "--kafka-brokers=x", "--kafka-consumer-concurrency=0"]).is_err(),
+            "a consumer handles at least one partition at a time"
+        );
         assert_eq!(
             cli.kafka.properties,
             vec![

@@ -31,6 +31,14 @@ pub mod topics;
 /// message of `commerce.events.v1`.
 pub use commerce_proto::events::EventPayload;
 
+/// What [`event_handler!`](crate::event_handler) expands to needs, so that
+/// services using it need not depend on these crates themselves.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+    pub type Transaction<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
+}
+
 pub use cloudevents::{CloudEventAttributes, CloudEventError};
 pub use consumer::{ConsumerError, DecodeError, EventConsumer, EventHandler, HandlerError, IncomingEvent};
 pub use kafka::{KafkaArgs, TopicNames};
