@@ -96,6 +96,12 @@ async fn a_load_run_reports_every_kind_of_request_and_no_failure() -> anyhow::Re
         assert!(page.contains(part), "no {part} in the HTML report {}", run.html.display());
     }
     assert!(!page.contains("<h2>Errors</h2>"), "the HTML report {} lists errors", run.html.display());
+    assert!(
+        !page.contains("<script src="),
+        "the HTML report {} loads a script from elsewhere; its graphs would be blank offline",
+        run.html.display()
+    );
+    assert!(page.contains("echarts.init"), "the HTML report {} draws no graph", run.html.display());
 
     // What the run left behind is consistent: cancelled orders refunded,
     // stock balanced, every order terminal.

@@ -7,7 +7,8 @@
 //! library: goose runs the weighted scenarios ([`scenarios`]), starts users
 //! at a given rate, prints running metrics while the run goes, and writes
 //! the reports (`--report-file run.html`: per-request counts, failures,
-//! response-time percentiles and graphs over time; `.json` and `.md` too).
+//! response-time percentiles and graphs over time, made self-contained by
+//! [`report`]; `.json` and `.md` too).
 //! Every goose option passes through ([`options`]); this crate adds the
 //! shop's scenarios, a few shop flags and defaults, a read of the catalog
 //! before the run ([`catalog`]), and the closing summary ([`summary`]).
@@ -21,6 +22,7 @@
 
 pub mod catalog;
 pub mod options;
+pub mod report;
 pub mod scenarios;
 pub mod summary;
 
@@ -62,6 +64,8 @@ pub enum Error {
     Prepare(#[source] GooseError),
     #[error("the load test failed")]
     Run(#[source] GooseError),
+    #[error("cannot make the HTML report self-contained")]
+    InlineCharts(#[source] std::io::Error),
 }
 
 /// Runs the load `args` describe and returns its summary, or `None` when
@@ -74,6 +78,7 @@ pub async fn run(args: LoadArgs) -> Result<Option<Summary>, Error> {
     let host = config.host.clone().unwrap_or_else(local_gateway);
     let base = Url::parse(&host).map_err(|source| Error::ParseHost { host: host.clone(), source })?;
     let runs = options::runs_load(&config);
+    let report_files = config.report_file.clone();
     let catalog =
         if runs { Catalog::read(&base, config.accept_invalid_certs).await? } else { Catalog::default() };
     let plan = Arc::new(Plan {
@@ -90,5 +95,6 @@ pub async fn run(args: LoadArgs) -> Result<Option<Summary>, Error> {
         .execute()
         .await
         .map_err(Error::Run)?;
+    report::inline_charts_in_files(&report_files).map_err(Error::InlineCharts)?;
     Ok(runs.then(|| Summary::new(&host, &metrics)))
 }
