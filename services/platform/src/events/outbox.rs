@@ -73,8 +73,6 @@ pub enum OutboxError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("cannot notify the outbox relay")]
-    NotifyRelay(#[source] sqlx::Error),
     #[error("cannot connect the outbox relay to the database")]
     ConnectRelay(#[source] sqlx::Error),
     #[error("cannot try the outbox relay's leader lock")]
@@ -104,9 +102,14 @@ pub enum OutboxError {
 pub async fn enqueue<E: EventPayload>(conn: &mut PgConnection, event: &E) -> Result<Uuid, OutboxError> {
     let attributes = CloudEventAttributes::for_event(event);
     let headers: Vec<(&str, String)> = attributes.to_header_pairs();
+    // The NOTIFY is delivered at commit and dropped on rollback: exactly
+    // the wake-up we want. It rides on the insert's statement, one round
+    // trip for both.
     sqlx::query(
-        "INSERT INTO commerce_platform.outbox (id, topic, key, event_type, payload, headers) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "WITH inserted AS ( \
+           INSERT INTO commerce_platform.outbox (id, topic, key, event_type, payload, headers) \
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id) \
+         SELECT pg_notify($7, '') FROM inserted",
     )
     .bind(attributes.id)
     .bind(E::TOPIC.name())
@@ -114,15 +117,10 @@ pub async fn enqueue<E: EventPayload>(conn: &mut PgConnection, event: &E) -> Res
     .bind(E::TYPE)
     .bind(event.encode_to_vec())
     .bind(Json(&headers))
+    .bind(NOTIFY_CHANNEL)
     .execute(&mut *conn)
     .await
     .map_err(|source| OutboxError::InsertEvent { event_type: E::TYPE, source })?;
-    // Delivered at commit, dropped on rollback: exactly the wake-up we want.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *conn)
-        .await
-        .map_err(OutboxError::NotifyRelay)?;
     tracing::debug!(event_id = %attributes.id, event_type = E::TYPE, "event enqueued in the outbox");
     Ok(attributes.id)
 }
@@ -278,8 +276,13 @@ impl OutboxRelay {
                         // More may be waiting: no need to wait for a wake-up.
                         continue;
                     }
+                    // A batch short of the limit took every row unpublished
+                    // when it was read, and all went out: the backlog was
+                    // empty then, without a count (a query per round).
+                    self.record(|metrics, service| metrics.unpublished(service, 0));
                 }
                 Err(error @ OutboxError::PublishRow { .. }) => {
+                    self.count_backlog(conn).await?;
                     let delay = publish_backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "cannot publish outbox rows; retrying");
                     if sleep_or_cancelled(delay, shutdown).await {
@@ -288,15 +291,6 @@ impl OutboxRelay {
                     continue;
                 }
                 Err(error) => return Err(error),
-            }
-            if self.metrics.is_some() {
-                let backlog: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM commerce_platform.outbox WHERE published_at IS NULL",
-                )
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(OutboxError::ReadUnpublished)?;
-                self.record(|metrics, service| metrics.unpublished(service, backlog));
             }
             if Instant::now() >= next_purge {
                 self.purge_published(conn).await?;
@@ -308,6 +302,21 @@ impl OutboxRelay {
                 () = next_notification(&mut listener) => {}
             }
         }
+    }
+
+    /// Counts the unpublished rows into the backlog gauge (when there are
+    /// metrics): while the brokers refuse rows, the backlog grows.
+    async fn count_backlog(&self, conn: &mut PgConnection) -> Result<(), OutboxError> {
+        if self.metrics.is_none() {
+            return Ok(());
+        }
+        let backlog: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM commerce_platform.outbox WHERE published_at IS NULL")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(OutboxError::ReadUnpublished)?;
+        self.record(|metrics, service| metrics.unpublished(service, backlog));
+        Ok(())
     }
 
     /// A listener on [`NOTIFY_CHANNEL`], or `None` (then polling alone
