@@ -12,11 +12,17 @@
 //! than there are CPUs to run them (a burst of registrations queues instead
 //! of slowing every hash down together).
 //!
+//! An area unused for [`RELEASE_AFTER`] is freed, so a shop that signed
+//! many users up an hour ago does not still hold their hashing memory
+//! (the `commerce` binary's allocator gives freed memory back to the
+//! system).
+//!
 //! The PHC strings are the crate's own (`$argon2id$v=19$m=19456,t=2,p=1$…`):
 //! a hash made here verifies with `Argon2::verify_password`, and the other
 //! way round.
 
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -28,21 +34,46 @@ const SALT_LEN: usize = 16;
 /// Most work areas a process keeps, however many CPUs it sees: 4 × 19 MiB.
 const MAX_AREAS: usize = 4;
 
+/// How long a work area may sit unused before it is freed.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(30);
+
 /// Work areas for argon2, reused from hash to hash.
 #[derive(Debug)]
 pub struct Hasher {
     /// One permit per work area.
     permits: Arc<Semaphore>,
-    /// The areas not in use (fewer than the permits until each was needed).
-    idle: Mutex<Vec<Vec<Block>>>,
+    /// The areas not in use (fewer than the permits until each was
+    /// needed), with when each was last put back.
+    idle: Mutex<Vec<(Vec<Block>, Instant)>>,
     areas: usize,
+    /// Unused areas live this long.
+    release_after: Duration,
+    /// Whether the task that frees unused areas runs.
+    releasing: OnceLock<()>,
 }
 
 impl Hasher {
     /// A hasher with at most `areas` work areas (at least one).
     pub fn new(areas: usize) -> Self {
+        Self::with_release_after(areas, RELEASE_AFTER)
+    }
+
+    /// A hasher with at most `areas` work areas, each freed after
+    /// `release_after` unused.
+    pub fn with_release_after(areas: usize, release_after: Duration) -> Self {
         let areas = areas.max(1);
-        Self { permits: Arc::new(Semaphore::new(areas)), idle: Mutex::new(Vec::new()), areas }
+        Self {
+            permits: Arc::new(Semaphore::new(areas)),
+            idle: Mutex::new(Vec::new()),
+            areas,
+            release_after,
+            releasing: OnceLock::new(),
+        }
+    }
+
+    /// How many work areas are allocated and not in use.
+    pub fn idle_areas(&self) -> usize {
+        self.lock().len()
     }
 
     /// The process's hasher: one work area per CPU, at most [`MAX_AREAS`].
@@ -79,14 +110,17 @@ impl Hasher {
         &'static self,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, String> {
+        self.releasing.get_or_init(|| {
+            tokio::spawn(self.release_unused());
+        });
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(|_| "the password hasher is closed".to_owned())?;
         tokio::task::spawn_blocking(move || {
-            let mut area = self.lock().pop().unwrap_or_default();
+            let mut area = self.lock().pop().map(|(area, _)| area).unwrap_or_default();
             let result = work(&mut area);
-            self.lock().push(area);
+            self.lock().push((area, Instant::now()));
             drop(permit);
             result
         })
@@ -94,7 +128,28 @@ impl Hasher {
         .map_err(|error| format!("password hashing stopped: {error}"))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<Block>>> {
+    /// Frees the areas unused for `release_after`, checking a few times
+    /// per period, for the life of the process.
+    async fn release_unused(&'static self) {
+        let mut ticks = tokio::time::interval(self.release_after / 4);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            // Dropped outside the lock: freeing 19 MiB is not instant.
+            let released: Vec<_> = {
+                let mut idle = self.lock();
+                let (stale, fresh) =
+                    idle.drain(..).partition(|(_, since)| since.elapsed() >= self.release_after);
+                *idle = fresh;
+                stale
+            };
+            if !released.is_empty() {
+                tracing::debug!(areas = released.len(), "unused password hashing memory freed");
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Vec<Block>, Instant)>> {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -189,6 +244,21 @@ mod tests {
         assert!(!verify_in(&mut area, b"pw", "not a phc string"));
         assert!(!verify_in(&mut area, b"pw", &hash[..hash.rfind('$').unwrap()]), "no output");
         assert!(!verify_in(&mut area, b"pw", &hash.replace("argon2id", "argon2x")), "unknown algorithm");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_work_area_unused_for_the_release_period_is_freed_and_a_later_hash_still_works() {
+        let hasher: &'static Hasher =
+            Box::leak(Box::new(Hasher::with_release_after(2, Duration::from_millis(200))));
+        let hash = hasher.hash("first".to_owned()).await.expect("hash");
+        assert_eq!(hasher.idle_areas(), 1, "the area is kept for the next hash");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hasher.idle_areas() > 0 {
+            assert!(Instant::now() < deadline, "the unused area was never freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(hasher.verify("first".to_owned(), hash).await, "a new area verifies the old hash");
+        assert_eq!(hasher.idle_areas(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
