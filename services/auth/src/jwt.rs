@@ -272,6 +272,34 @@ impl Verifier {
 
     /// Verifies `token` as of `now`.
     pub fn verify_at(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, VerifyError> {
+        self.check(token, now).map(|(claims, _)| claims)
+    }
+
+    /// [`verify_at`](Self::verify_at), and the first instant from which
+    /// these keys refuse the token however often it is presented: its `exp`
+    /// or its key's expiry, each plus the leeway, whichever comes first.
+    /// Until then the answer cannot change except by a change of keys, so a
+    /// caller may remember it (the gateway's token cache does).
+    pub fn verify_until(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Claims, DateTime<Utc>), VerifyError> {
+        let (claims, key_expires_at) = self.check(token, now)?;
+        // Refused once `now - leeway >= exp` in whole seconds, i.e. from the
+        // instant `exp + leeway` on.
+        let expired_from = DateTime::from_timestamp(claims.exp, 0).map_or(DateTime::<Utc>::MIN_UTC, |exp| {
+            exp + chrono::Duration::seconds(self.leeway.num_seconds())
+        });
+        // Refused once `now > key expiry + leeway`: from the next instant on.
+        let key_refused_from = key_expires_at.map(|at| at + self.leeway + chrono::Duration::nanoseconds(1));
+        let until = key_refused_from.map_or(expired_from, |key| key.min(expired_from));
+        Ok((claims, until))
+    }
+
+    /// The checks of [`verify_at`](Self::verify_at); also returns the
+    /// signing key's expiry.
+    fn check(&self, token: &str, now: DateTime<Utc>) -> Result<(Claims, Option<DateTime<Utc>>), VerifyError> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -314,7 +342,7 @@ impl Verifier {
         if now - leeway >= claims.exp {
             return Err(VerifyError::Expired);
         }
-        Ok(claims)
+        Ok((claims, *key_expires_at))
     }
 }
 
@@ -490,6 +518,32 @@ mod tests {
         assert_eq!(verifier.verify_at(&token, long_after), Err(VerifyError::Expired));
         let long_before = now - chrono::Duration::seconds(31);
         assert_eq!(verifier.verify_at(&token, long_before), Err(VerifyError::NotYetValid));
+    }
+
+    #[test]
+    fn verify_until_names_the_first_instant_the_token_is_refused() {
+        let now = Utc::now();
+        let signer = signer(1);
+        let token = signer.sign(&claims(now));
+        let verifier = verifier(&[&signer]);
+        let (_, until) = verifier.verify_until(&token, now).expect("valid");
+        let exp = DateTime::from_timestamp(now.timestamp() + 900, 0).expect("in range");
+        assert_eq!(until, exp + chrono::Duration::seconds(30), "exp plus the leeway");
+        let just_before = until - chrono::Duration::nanoseconds(1);
+        assert!(verifier.verify_at(&token, just_before).is_ok());
+        assert_eq!(verifier.verify_at(&token, until), Err(VerifyError::Expired));
+
+        // A retiring key that runs out before the token does ends it earlier.
+        let key_expires_at = now + chrono::Duration::seconds(100);
+        let retiring = Verifier::new(
+            [PublicJwk { expires_at: Some(key_expires_at), ..jwk(&signer) }],
+            "commerce-auth",
+            "commerce",
+        )
+        .expect("keys");
+        let (_, until) = retiring.verify_until(&token, now).expect("valid");
+        assert!(retiring.verify_at(&token, until - chrono::Duration::nanoseconds(1)).is_ok());
+        assert!(matches!(retiring.verify_at(&token, until), Err(VerifyError::UnknownKey { .. })));
     }
 
     #[test]

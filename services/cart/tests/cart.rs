@@ -126,6 +126,13 @@ impl CatalogService for FakeCatalog {
     ) -> Result<Response<catalog::ListCategoriesResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn get_catalog_version(
+        &self,
+        _: Request<catalog::GetCatalogVersionRequest>,
+    ) -> Result<Response<catalog::GetCatalogVersionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Inventory: available units by product, editable by the test.

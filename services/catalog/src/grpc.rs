@@ -329,6 +329,16 @@ impl CatalogService for CatalogGrpc {
         Ok(Response::new(pb::CreateCategoryResponse { category: Some(category) }))
     }
 
+    async fn get_catalog_version(
+        &self,
+        _request: Request<pb::GetCatalogVersionRequest>,
+    ) -> Result<Response<pb::GetCatalogVersionResponse>, Status> {
+        // From Postgres on every call, never from memory or Redis: the
+        // answer must count writes made through every replica.
+        let version = store::catalog_version(&self.inner.pool).await?;
+        Ok(Response::new(pb::GetCatalogVersionResponse { version }))
+    }
+
     async fn list_categories(
         &self,
         request: Request<pb::ListCategoriesRequest>,

@@ -118,6 +118,15 @@ pub async fn list_categories(pool: &PgPool, parent_id: Option<Uuid>) -> Result<V
     .map_err(database("list categories"))
 }
 
+/// The catalog's version: moved by every committed change to products
+/// (a trigger; see migrations/0002_catalog_version.sql).
+pub async fn catalog_version(pool: &PgPool) -> Result<i64, Error> {
+    sqlx::query_scalar::<_, i64>("SELECT version FROM catalog_version")
+        .fetch_one(pool)
+        .await
+        .map_err(database("read the catalog version"))
+}
+
 /// Inserts a product and enqueues `ProductCreated` on `conn` (inside the
 /// caller's transaction).
 pub async fn insert_product(conn: &mut PgConnection, draft: &ProductDraft) -> Result<ProductRow, Error> {

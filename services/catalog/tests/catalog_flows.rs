@@ -165,6 +165,53 @@ async fn a_product_is_created_read_updated_by_mask_and_deleted_with_its_events()
     db.drop_database().await
 }
 
+async fn version(grpc: &CatalogGrpc) -> anyhow::Result<i64> {
+    let answer =
+        CatalogService::get_catalog_version(grpc, Request::new(pb::GetCatalogVersionRequest {})).await?;
+    Ok(answer.into_inner().version)
+}
+
+#[tokio::test]
+async fn the_catalog_version_moves_with_each_committed_product_change_only() -> anyhow::Result<()> {
+    let (db, grpc) = fixture().await?;
+    let kitchen = category(&grpc, "pantry").await?;
+    let start = version(&grpc).await?;
+
+    let created = create(&grpc, product_request("PT-1", "Pot", &kitchen, 900)).await?;
+    let after_create = version(&grpc).await?;
+    assert!(after_create > start, "a new product moves the version ({start} -> {after_create})");
+
+    CatalogService::get_product(&grpc, Request::new(pb::GetProductRequest { id: created.id.clone() }))
+        .await?;
+    list(&grpc, pb::ListProductsRequest { page_size: 10, ..Default::default() }).await?;
+    category(&grpc, "larder").await?;
+    assert_eq!(version(&grpc).await?, after_create, "reads and categories leave it");
+
+    // A write that fails rolls back, and its bump with it.
+    let unknown_category = uuid::Uuid::new_v4().to_string();
+    let refused = create(&grpc, product_request("PT-2", "Pan", &unknown_category, 900)).await;
+    assert_eq!(refused.expect_err("no such category").code(), Code::NotFound);
+    let taken = create(&grpc, product_request("PT-1", "Pot again", &kitchen, 900)).await;
+    assert_eq!(taken.expect_err("SKU taken").code(), Code::AlreadyExists);
+    assert_eq!(version(&grpc).await?, after_create, "failed writes leave it");
+
+    let mut patch = created.clone();
+    patch.price = eur(950);
+    CatalogService::update_product(
+        &grpc,
+        Request::new(pb::UpdateProductRequest {
+            product: Some(patch),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["price".to_owned()] }),
+        }),
+    )
+    .await?;
+    let after_update = version(&grpc).await?;
+    assert!(after_update > after_create, "an update moves it");
+    CatalogService::delete_product(&grpc, Request::new(pb::DeleteProductRequest { id: created.id })).await?;
+    assert!(version(&grpc).await? > after_update, "a deletion moves it");
+    db.drop_database().await
+}
+
 #[tokio::test]
 async fn listing_pages_through_every_match_once_with_filters_and_capped_sizes() -> anyhow::Result<()> {
     let (db, grpc) = fixture().await?;

@@ -38,14 +38,17 @@ const WAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::parse();
-    match run(cli).await {
+    let code = match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "commerce failed");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Log lines to a file or pipe are buffered for a few milliseconds.
+    telemetry::flush();
+    code
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {

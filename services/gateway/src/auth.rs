@@ -36,8 +36,13 @@ pub enum Authentication {
     NotBearer,
 }
 
-/// Verifies the bearer token, if any, and records the outcome.
+/// Verifies the bearer token, if any, and records the outcome; an outcome
+/// already recorded (by [`remembered_caller`] in `middleware::observe`)
+/// stands.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if request.extensions().get::<Arc<Authentication>>().is_some() {
+        return next.run(request).await;
+    }
     let outcome = match request.headers().get(header::AUTHORIZATION) {
         None => Authentication::Anonymous,
         Some(value) => match value.to_str().ok().and_then(bearer_token) {
@@ -53,6 +58,14 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     };
     request.extensions_mut().insert(Arc::new(outcome));
     next.run(request).await
+}
+
+/// The caller behind the request's bearer token when the verifier
+/// remembers the token as accepted (nearly always: a client sends the same
+/// token again and again), without verifying anything.
+pub fn remembered_caller(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Caller> {
+    let token = headers.get(header::AUTHORIZATION)?.to_str().ok().and_then(bearer_token)?;
+    state.verifier.remembered(token)
 }
 
 fn bearer_token(value: &str) -> Option<&str> {

@@ -1,6 +1,7 @@
 //! The gateway's configuration: the platform's argument groups (logging,
 //! admin server, peers, client resilience, Redis) flattened beside the
-//! gateway's own flags (HTTP address, limits, CORS, JWT keys, rate limits).
+//! gateway's own flags (HTTP address, limits, CORS, JWT keys, rate limits,
+//! the catalog read cache).
 //!
 //! Every flag has a `COMMERCE_*` environment variable, which is what the
 //! operator's Deployment sets. Argument ids are the field names (clap's
@@ -42,6 +43,8 @@ pub struct Config {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub rate_limit: RateLimitArgs,
+    #[command(flatten)]
+    pub catalog_cache: CatalogCacheArgs,
 }
 
 /// The public HTTP listener and what every request is held to.
@@ -155,6 +158,28 @@ pub struct RateLimitArgs {
         default_value = "commerce:gateway:ratelimit"
     )]
     pub redis_prefix: String,
+}
+
+/// The read cache of public catalog answers (see `catalog_cache`).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Catalog read cache")]
+pub struct CatalogCacheArgs {
+    /// Bytes of rendered product and listing answers kept in memory; 0
+    /// turns the cache off (every read goes to the catalog service).
+    /// 32 MiB holds tens of thousands of products and thousands of pages.
+    #[arg(long = "catalog-cache-size", env = "COMMERCE_CATALOG_CACHE_SIZE", default_value_t = 32 << 20)]
+    pub cache_size: u64,
+    /// How often the catalog's version is checked: a write through another
+    /// gateway replica (or none) reaches this replica's readers within about
+    /// this long.
+    #[arg(long = "catalog-cache-poll-interval", env = "COMMERCE_CATALOG_CACHE_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// The most a cached answer may lag behind the catalog, whatever
+    /// happens: while the version has not been confirmed for this long
+    /// (catalog unreachable, checks slow), the cache is bypassed. Keep it a
+    /// few poll intervals long, so one slow check does not bypass it.
+    #[arg(long = "catalog-cache-max-staleness", env = "COMMERCE_CATALOG_CACHE_MAX_STALENESS", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub max_staleness: Duration,
 }
 
 #[cfg(test)]

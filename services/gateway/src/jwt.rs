@@ -27,11 +27,23 @@
 //! out of the Service during an auth outage would also take down the public
 //! routes that need no token. Failed refreshes are logged and shown in the
 //! status's `last_error`.
+//!
+//! Verifying an Ed25519 signature costs tens of microseconds, the largest
+//! single cost of an authenticated read, and a client sends the same token
+//! with every request for its whole lifetime. So accepted tokens are
+//! remembered (keyed by the token itself, bounded in number) until the
+//! instant the same keys would start refusing them: the token's `exp`, or
+//! its key's expiry, plus the leeway. A change of the key set forgets them
+//! all, so a withdrawn key stops verifying at once. Refusals are never
+//! remembered: some depend on time (`nbf`) or on keys still to be fetched,
+//! and a bad token costs its sender the verification each time.
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 pub use commerce_auth::jwt::{Role, VerifyError as TokenError};
 use commerce_proto::auth::v1::PublicKey;
 use tokio::sync::watch;
@@ -47,6 +59,11 @@ const MAX_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Retry delays of a failed periodic fetch (auth not up yet).
 const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_CAP: Duration = Duration::from_secs(10);
+/// Accepted tokens remembered at most (about 1 KiB each: the token and its
+/// caller). Far more than the clients one replica serves within a token's
+/// 15-minute lifetime; past it the least used are forgotten and verified
+/// again when they come back.
+const TOKEN_CACHE_CAPACITY: usize = 16_384;
 
 /// The verified identity behind a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,11 +166,35 @@ pub struct Expectations {
     pub refresh_min_interval: Duration,
 }
 
+/// A token accepted by the keys of one key-set epoch.
+#[derive(Debug)]
+struct Accepted {
+    caller: Caller,
+    /// From this instant on the token is refused (see
+    /// [`commerce_auth::jwt::Verifier::verify_until`]).
+    refused_from: DateTime<Utc>,
+    /// The [`Verifier::keys_epoch`] it was verified under; an entry of an
+    /// older epoch is never used.
+    keys_epoch: u64,
+}
+
+/// What identifies a key set: each key's id, bytes and expiry, sorted.
+type KeyFingerprint = Vec<(String, Vec<u8>, Option<(i64, i32)>)>;
+
 /// Verifies tokens against a cache of keys.
 pub struct Verifier<S> {
     source: S,
     expectations: Expectations,
     current: RwLock<Arc<commerce_auth::jwt::Verifier>>,
+    /// Accepted tokens, by the token string (see the module docs).
+    accepted: quick_cache::sync::Cache<String, Arc<Accepted>>,
+    /// Bumped (after the swap of `current`) whenever the key set changes,
+    /// so that a token accepted by the old keys is verified again, even one
+    /// inserted by a verification that raced the swap.
+    keys_epoch: AtomicU64,
+    /// The key set `current` was built from, to tell a change from a
+    /// periodic refresh that found the same keys.
+    key_fingerprint: Mutex<Option<KeyFingerprint>>,
     /// Serializes fetches and remembers the last one, for the rate limit on
     /// unknown-kid refreshes.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
@@ -186,6 +227,9 @@ impl<S: KeySource> Verifier<S> {
             source,
             expectations,
             current: RwLock::new(Arc::new(empty)),
+            accepted: quick_cache::sync::Cache::new(TOKEN_CACHE_CAPACITY),
+            keys_epoch: AtomicU64::new(0),
+            key_fingerprint: Mutex::new(None),
             last_fetch: tokio::sync::Mutex::new(None),
             max_age: RwLock::new(DEFAULT_MAX_AGE),
             status: watch::Sender::new(KeyStatus::default()),
@@ -202,14 +246,29 @@ impl<S: KeySource> Verifier<S> {
     /// still missing because keys cannot be fetched, the answer is
     /// [`Rejection::KeysUnavailable`], not a bad token.
     pub async fn verify(&self, token: &str) -> Result<Caller, Rejection> {
-        let claims = match self.verifier().verify(token) {
+        self.verify_at(token, Utc::now()).await
+    }
+
+    /// [`verify`](Self::verify) as of `now`.
+    async fn verify_at(&self, token: &str, now: DateTime<Utc>) -> Result<Caller, Rejection> {
+        // The epoch is read before the verifier: a swap between the two
+        // leaves the entry tagged with the old epoch, which is then ignored.
+        let mut keys_epoch = self.keys_epoch.load(Ordering::Acquire);
+        if let Some(accepted) = self.accepted.get(token)
+            && accepted.keys_epoch == keys_epoch
+            && now < accepted.refused_from
+        {
+            return Ok(accepted.caller.clone());
+        }
+        let verified = match self.verifier().verify_until(token, now) {
             Err(TokenError::UnknownKey { .. }) => {
                 self.refresh_for_unknown_key().await;
-                self.verifier().verify(token)
+                keys_epoch = self.keys_epoch.load(Ordering::Acquire);
+                self.verifier().verify_until(token, now)
             }
             other => other,
         };
-        let claims = match claims {
+        let (claims, refused_from) = match verified {
             Err(TokenError::UnknownKey { kid }) => {
                 return Err(match self.status.borrow().unverifiable() {
                     Some(reason) => Rejection::KeysUnavailable { reason: reason.to_owned() },
@@ -218,11 +277,31 @@ impl<S: KeySource> Verifier<S> {
             }
             other => other?,
         };
-        Ok(Caller {
+        let caller = Caller {
             user_id: claims.sub.to_string(),
             roles: vec![claims.role],
             token_id: claims.jti.to_string(),
-        })
+        };
+        self.accepted.insert(
+            token.to_owned(),
+            Arc::new(Accepted { caller: caller.clone(), refused_from, keys_epoch }),
+        );
+        Ok(caller)
+    }
+
+    /// The caller of `token` if it is remembered as accepted and still
+    /// valid: no verification, no refresh (the access log's span takes the
+    /// user id from here; see `middleware::observe`).
+    pub fn remembered(&self, token: &str) -> Option<Caller> {
+        let keys_epoch = self.keys_epoch.load(Ordering::Acquire);
+        let accepted = self.accepted.get(token)?;
+        (accepted.keys_epoch == keys_epoch && Utc::now() < accepted.refused_from)
+            .then(|| accepted.caller.clone())
+    }
+
+    /// How many accepted tokens are remembered (for tests and debugging).
+    pub fn remembered_tokens(&self) -> usize {
+        self.accepted.len()
     }
 
     /// Fetches keys now, replacing the verifier on success.
@@ -269,7 +348,24 @@ impl<S: KeySource> Verifier<S> {
         )
         .map_err(|error| error.to_string())?
         .with_leeway(self.expectations.leeway);
+        let mut fingerprint: KeyFingerprint = usable
+            .iter()
+            .map(|key| {
+                let expiry = key.expires_at.as_ref().map(|at| (at.seconds, at.nanos));
+                (key.key_id.clone(), key.public_key.clone(), expiry)
+            })
+            .collect();
+        fingerprint.sort();
         *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(verifier);
+        let mut held = self.key_fingerprint.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.as_ref() != Some(&fingerprint) {
+            // After the swap: a verification that read the new epoch also
+            // reads the new keys.
+            self.keys_epoch.fetch_add(1, Ordering::AcqRel);
+            self.accepted.clear();
+            *held = Some(fingerprint);
+        }
+        drop(held);
         let max_age = set.max_age.unwrap_or(DEFAULT_MAX_AGE).clamp(MIN_MAX_AGE, MAX_MAX_AGE);
         *self.max_age.write().unwrap_or_else(std::sync::PoisonError::into_inner) = max_age;
         tracing::info!(keys = usable.len(), ?max_age, "access-token keys loaded");
@@ -391,6 +487,62 @@ mod tests {
         let caller = verifier.verify(&signer.sign(&claims)).await.expect("valid");
         assert_eq!(caller.user_id, claims.sub.to_string());
         assert!(caller.is_admin());
+    }
+
+    #[tokio::test]
+    async fn an_accepted_token_is_remembered_until_it_expires_and_refusals_are_not() {
+        let signer = TokenSigner::new("k1", SigningKey::from_bytes(&[3; 32]));
+        let keys = Arc::new(Keys::default());
+        keys.keys.lock().expect("lock").push(public_key(&signer));
+        let verifier = verifier(&keys, Duration::from_secs(60));
+        let now = chrono::Utc::now();
+        let claims = claims(Role::Customer);
+        let token = signer.sign(&claims);
+        let caller = verifier.verify_at(&token, now).await.expect("valid");
+        assert_eq!(verifier.remembered_tokens(), 1);
+        assert_eq!(verifier.remembered(&token), Some(caller.clone()), "known without verifying");
+
+        // A remembered token is not verified again: with the keys gone from
+        // the verifier (but no change of key set seen), it is still accepted.
+        let empty = commerce_auth::jwt::Verifier::empty("commerce-auth", "commerce");
+        *verifier.current.write().expect("lock") = Arc::new(empty);
+        assert_eq!(verifier.verify_at(&token, now).await, Ok(caller));
+        // ... but not from its expiry on (leeway zero here).
+        assert_eq!(verifier.refresh().await, Ok(1), "the keys are back");
+        let expiry = chrono::DateTime::from_timestamp(claims.exp, 0).expect("in range");
+        assert_eq!(verifier.verify_at(&token, expiry).await, Err(Rejection::Token(TokenError::Expired)));
+
+        // A token refused for being early is accepted once its time comes.
+        let fresh = Verifier::new(keys.clone(), verifier.expectations.clone());
+        let early = signer.sign(&Claims { nbf: claims.nbf + 30, ..self::claims(Role::Customer) });
+        let refused = fresh.verify_at(&early, now).await;
+        assert_eq!(refused, Err(Rejection::Token(TokenError::NotYetValid)));
+        assert_eq!(fresh.remembered_tokens(), 0, "refusals are not remembered");
+        assert_eq!(fresh.remembered(&early), None);
+        let later = now + chrono::Duration::seconds(31);
+        assert!(fresh.verify_at(&early, later).await.is_ok(), "accepted once valid");
+    }
+
+    #[tokio::test]
+    async fn a_changed_key_set_forgets_accepted_tokens_and_an_unchanged_one_keeps_them() {
+        let old = TokenSigner::new("old", SigningKey::from_bytes(&[11; 32]));
+        let new = TokenSigner::new("new", SigningKey::from_bytes(&[12; 32]));
+        let keys = Arc::new(Keys::default());
+        keys.keys.lock().expect("lock").push(public_key(&old));
+        let verifier = verifier(&keys, Duration::from_secs(3600));
+        let token = old.sign(&claims(Role::Customer));
+        verifier.verify(&token).await.expect("valid");
+        assert_eq!(verifier.refresh().await, Ok(1));
+        assert_eq!(verifier.remembered_tokens(), 1, "the same keys again keep what was accepted");
+
+        // Auth withdraws the old key: its tokens stop verifying at once.
+        *keys.keys.lock().expect("lock") = vec![public_key(&new)];
+        assert_eq!(verifier.refresh().await, Ok(1));
+        assert_eq!(verifier.remembered_tokens(), 0);
+        assert!(matches!(
+            verifier.verify(&token).await,
+            Err(Rejection::Token(TokenError::UnknownKey { kid })) if kid == "old"
+        ));
     }
 
     #[tokio::test]

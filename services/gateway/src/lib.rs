@@ -8,6 +8,8 @@
 //! - [`jwt`] and [`auth`]: local EdDSA token verification, roles;
 //! - [`ratelimit`]: rules from defaults, a watched file and Redis; GCRA
 //!   counters in Redis with an in-process fallback;
+//! - [`catalog_cache`]: the public catalog reads' answers, kept while the
+//!   catalog's version confirms them;
 //! - [`middleware`]: request ids, trace context, access log, timeout,
 //!   body limit, metrics;
 //! - [`openapi`]: the OpenAPI 3.1 document.
@@ -19,6 +21,7 @@
 //! see [`jwt`] for why failed refreshes after that do not make it unready).
 
 pub mod auth;
+pub mod catalog_cache;
 pub mod config;
 pub mod dto;
 pub mod extract;
@@ -44,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog_cache::CatalogCache;
 pub use crate::config::Config;
 use crate::config::HttpArgs;
 use crate::jwt::{KeyStatus, Verifier};
@@ -85,8 +89,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the state and starts the background tasks, which stop with
-    /// `shutdown`. Never waits for a peer or for Redis: the gateway serves
+    /// Builds the state and starts the background tasks (key refreshes,
+    /// Redis connection, rule reloads, catalog version checks), which stop
+    /// with `shutdown`. Never waits for a peer or for Redis: the gateway serves
     /// (with the local limiter, and 503 from absent peers) while they come.
     pub fn new(config: &Config, metrics: &Metrics, shutdown: &CancellationToken) -> Self {
         let peers = Arc::new(
@@ -133,7 +138,16 @@ impl Gateway {
         tokio::spawn(connect_redis(config.redis.clone(), redis, rate_limiter.clone(), shutdown.clone()));
         tokio::spawn(rate_limiter.clone().run_reloader(config.rate_limit.reload_interval, shutdown.clone()));
 
-        let state = AppState { peers, verifier, rate_limiter };
+        let catalog_cache = Arc::new(CatalogCache::new(&config.catalog_cache, metrics));
+        // The version checks' own channel and breaker (see `run_poller`),
+        // without retries: the next check comes a poll interval later.
+        let version_peers = Arc::new(Peers::new(
+            &config.peers.clone().or_local_defaults_if_empty(),
+            &commerce_platform::resilience::ClientArgs { max_retries: 0, ..config.client.clone() },
+            shutdown.clone(),
+        ));
+        tokio::spawn(catalog_cache.clone().run_poller(version_peers, shutdown.clone()));
+        let state = AppState::new(state::Parts { peers, verifier, rate_limiter, catalog_cache });
         Self { state, http: config.http.clone() }
     }
 
@@ -164,7 +178,7 @@ impl Gateway {
                 &self.http.cors_allowed_headers,
                 self.http.cors_max_age,
             ))
-            .layer(axum::middleware::from_fn(middleware::observe))
+            .layer(axum::middleware::from_fn_with_state(self.state.clone(), middleware::observe))
             .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
             .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
                 tower_http::request_id::MakeRequestUuid,

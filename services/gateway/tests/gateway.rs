@@ -9,14 +9,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use commerce_gateway::config::{HttpArgs, JwtArgs, RateLimitArgs};
+use commerce_gateway::config::{CatalogCacheArgs, HttpArgs, JwtArgs, RateLimitArgs};
 use commerce_gateway::{Config, Gateway};
 use commerce_platform::admin::{AdminArgs, Metrics};
 use commerce_platform::discovery::PeerArgs;
@@ -115,10 +115,15 @@ fake_service!(AuthService for FakeAuth {
     }
 });
 
-/// Catalog: knows one product; records the traceparent of the last call.
+/// Catalog: knows one product; records the traceparent of the last call;
+/// counts product reads; answers version checks with `version` (which an
+/// update moves) unless `version_unavailable`.
 #[derive(Clone, Default)]
 struct FakeCatalog {
     last_traceparent: Arc<Mutex<Option<String>>>,
+    product_reads: Arc<AtomicUsize>,
+    version: Arc<AtomicI64>,
+    version_unavailable: Arc<AtomicBool>,
 }
 
 fn product() -> catalog_pb::Product {
@@ -140,6 +145,7 @@ fake_service!(CatalogService for FakeCatalog {
         let traceparent =
             request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
         *self.last_traceparent.lock().map_err(|_| Status::internal("poisoned"))? = traceparent;
+        self.product_reads.fetch_add(1, Ordering::SeqCst);
         match request.into_inner().id.as_str() {
             KNOWN_PRODUCT => Ok(catalog_pb::GetProductResponse { product: Some(product()) }),
             FLAKY_PRODUCT => Err(Status::unavailable("catalog is restarting")),
@@ -151,6 +157,8 @@ fake_service!(CatalogService for FakeCatalog {
         }
     }
     fn update_product(&self, _: catalog_pb::UpdateProductRequest) -> catalog_pb::UpdateProductResponse {
+        // As the real catalog's trigger does.
+        self.version.fetch_add(1, Ordering::SeqCst);
         Ok(catalog_pb::UpdateProductResponse { product: Some(product()) })
     }
     fn delete_product(&self, _: catalog_pb::DeleteProductRequest) -> catalog_pb::DeleteProductResponse {
@@ -173,6 +181,14 @@ fake_service!(CatalogService for FakeCatalog {
     }
     fn list_categories(&self, _: catalog_pb::ListCategoriesRequest) -> catalog_pb::ListCategoriesResponse {
         Ok(catalog_pb::ListCategoriesResponse { categories: Vec::new() })
+    }
+    fn get_catalog_version(
+        &self, _: catalog_pb::GetCatalogVersionRequest
+    ) -> catalog_pb::GetCatalogVersionResponse {
+        if self.version_unavailable.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("catalog database down"));
+        }
+        Ok(catalog_pb::GetCatalogVersionResponse { version: self.version.load(Ordering::SeqCst) })
     }
 });
 
@@ -328,6 +344,11 @@ fn config(peers: &PeerArgs, redis_url: &str, prefix: &str, rules_file: Option<Pa
             rules_file,
             reload_interval: Duration::from_millis(100),
             redis_prefix: prefix.to_owned(),
+        },
+        catalog_cache: CatalogCacheArgs {
+            cache_size: 1 << 20,
+            poll_interval: Duration::from_millis(50),
+            max_staleness: Duration::from_millis(500),
         },
     }
 }
@@ -694,6 +715,71 @@ async fn missing_expired_tampered_and_foreign_algorithm_tokens_get_401_with_a_be
     Ok(())
 }
 
+#[test]
+fn the_read_cache_settles_longer_than_the_catalog_takes_to_invalidate_its_own_cache() {
+    assert!(commerce_gateway::catalog_cache::SETTLE_AFTER_CHANGE > commerce_catalog::cache::OP_TIMEOUT);
+}
+
+#[tokio::test]
+async fn product_reads_are_cached_until_the_catalog_version_moves_or_this_gateway_writes() -> Result<()> {
+    let h = harness(None).await?;
+    let catalog = &h.fixture.backends.catalog;
+    let reads = || catalog.product_reads.load(Ordering::SeqCst);
+    let path = format!("/api/products/{KNOWN_PRODUCT}");
+    let read = || async {
+        let response = h.gateway.get(&path).send().await?;
+        ensure!(response.status() == StatusCode::OK, "GET {path}: {}", response.status());
+        ensure!(header(response.headers(), "content-type") == Some("application/json"));
+        Ok(response.json::<Value>().await?)
+    };
+    // Reads that reach the catalog, out of two in a row.
+    let reaching = || async {
+        let before = reads();
+        read().await?;
+        read().await?;
+        Ok::<usize, anyhow::Error>(reads() - before)
+    };
+    let uncached = read().await?;
+    // Once the first version check has answered.
+    wait_until("reads come from the cache", || async { Ok(reaching().await? == 0) }).await?;
+    assert_eq!(read().await?, uncached, "a cached answer is the catalog's answer");
+
+    // A write through any catalog replica moves the version: reads reach the
+    // catalog again within a poll interval, then are cached anew.
+    catalog.version.fetch_add(1, Ordering::SeqCst);
+    wait_until("a read after the version moved reaches the catalog", || async { Ok(reaching().await? > 0) })
+        .await?;
+    wait_until("cached anew", || async { Ok(reaching().await? == 0) }).await?;
+
+    // A write through this gateway: its writer's next read is not served
+    // from the cache, whether or not a version check has seen the write.
+    let admin = h.fixture.backends.token("admin");
+    let response = h
+        .gateway
+        .http
+        .patch(h.gateway.url(&path.replace("/api/products", "/api/admin/products")))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Big mug"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let before = reads();
+    read().await?;
+    assert_eq!(reads(), before + 1, "the read after a write reaches the catalog");
+
+    // No version check succeeds any more: past the staleness bound (500 ms
+    // here) every read reaches the catalog.
+    wait_until("cached again after the write", || async { Ok(reaching().await? == 0) }).await?;
+    catalog.version_unavailable.store(true, Ordering::SeqCst);
+    wait_until("reads bypass the cache", || async { Ok(reaching().await? == 2) }).await?;
+    let metrics = h.gateway.metrics.encode()?;
+    for outcome in ["hit", "miss", "bypass"] {
+        let line = format!("commerce_gateway_catalog_cache_lookups_total{{outcome=\"{outcome}\"}}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn roles_gate_admin_and_courier_routes() -> Result<()> {
     let h = harness(None).await?;
@@ -826,6 +912,43 @@ async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
             .map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)),
         "a burst of 4 holds across both gateways"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_requests_to_two_gateways_get_exactly_the_burst_through() -> Result<()> {
+    require_redis().await?;
+    let fixture = Fixture::start().await?;
+    let burst = 10;
+    let rules = RulesFile::new(&products_rule(burst))?;
+    let (first, second) = fixture.replicas(rules.path()).await?;
+    let admin = fixture.backends.token("admin");
+    for gateway in [&first, &second] {
+        wait_for_keys(gateway, &admin).await?;
+        wait_until("Redis and the rules on both gateways", || async {
+            let body = gateway.rate_limit_rules(&admin).await?;
+            let loaded = body["rules"]
+                .as_array()
+                .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
+            Ok(loaded && body["backend"] == "redis")
+        })
+        .await?;
+    }
+    // Sixty at once, thirty per gateway: they reach Redis in batches, and
+    // the batches must decide as sixty single checks would.
+    let mut requests = tokio::task::JoinSet::new();
+    for index in 0..60 {
+        let gateway = if index % 2 == 0 { &first } else { &second };
+        let request = gateway.get("/api/products");
+        requests.spawn(async move { request.send().await.map(|response| response.status()) });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = requests.join_next().await {
+        statuses.push(status??);
+    }
+    let allowed = statuses.iter().filter(|status| **status == StatusCode::OK).count();
+    let refused = statuses.iter().filter(|status| **status == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((allowed, refused), (burst as usize, 60 - burst as usize), "{statuses:?}");
     Ok(())
 }
 

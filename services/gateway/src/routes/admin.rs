@@ -1,6 +1,8 @@
 //! `/api/admin/*`: catalog and stock management, every order, and the
 //! rate-limit rules. Every handler takes [`AdminCaller`]: 401 without a
-//! token, 403 for any other role.
+//! token, 403 for any other role. Product writes tell the
+//! [`catalog_cache`](crate::catalog_cache), so that the writer's next read
+//! through this gateway sees the write.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -36,7 +38,9 @@ pub async fn create_product(
         price: Some(body.price.into()),
         active: body.active,
     };
-    let response = state.catalog()?.create_product(request).await.map_err(grpc("catalog"))?.into_inner();
+    let answer = state.catalog()?.create_product(request).await;
+    state.catalog_cache.written();
+    let response = answer.map_err(grpc("catalog"))?.into_inner();
     let product = response.product.ok_or_else(|| missing("catalog", "product"))?;
     Ok((StatusCode::CREATED, Json(Product::from(product))))
 }
@@ -50,7 +54,9 @@ pub async fn update_product(
     let id = path_uuid("id", &id)?;
     // Setting fields to given values is idempotent.
     let request = idempotent(body.into_proto(id));
-    let response = state.catalog()?.update_product(request).await.map_err(grpc("catalog"))?.into_inner();
+    let answer = state.catalog()?.update_product(request).await;
+    state.catalog_cache.written();
+    let response = answer.map_err(grpc("catalog"))?.into_inner();
     let product = response.product.ok_or_else(|| missing("catalog", "product"))?;
     Ok(Json(Product::from(product)))
 }
@@ -62,7 +68,9 @@ pub async fn delete_product(
 ) -> Result<StatusCode, Problem> {
     let id = path_uuid("id", &id)?;
     let request = idempotent(catalog_pb::DeleteProductRequest { id: id.to_string() });
-    state.catalog()?.delete_product(request).await.map_err(grpc("catalog"))?;
+    let answer = state.catalog()?.delete_product(request).await;
+    state.catalog_cache.written();
+    answer.map_err(grpc("catalog"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,12 +1,16 @@
-//! `/api/products` and `/api/categories`: public catalog reads.
+//! `/api/products` and `/api/categories`: public catalog reads. Products
+//! and their pages are answered from the [`catalog_cache`](crate::catalog_cache)
+//! when it holds a current answer.
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::Response;
 use commerce_platform::resilience::idempotent;
 use commerce_proto::catalog::v1 as pb;
 use commerce_proto::common::v1::Money;
 
 use super::{grpc, missing, page_size};
+use crate::catalog_cache::{Key, Lookup, PageKey, json_response, render};
 use crate::dto::{Category, CategoryList, Product, ProductPage, ProductQuery};
 use crate::extract::{ApiQuery, path_uuid};
 use crate::problem::Problem;
@@ -15,7 +19,7 @@ use crate::state::AppState;
 pub async fn list_products(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ProductQuery>,
-) -> Result<Json<ProductPage>, Problem> {
+) -> Result<Response, Problem> {
     let currency = query.currency.clone().unwrap_or_default();
     let price = |units: Option<i64>| units.map(|units| Money { currency_code: currency.clone(), units });
     let request = pb::ListProductsRequest {
@@ -27,25 +31,42 @@ pub async fn list_products(
         max_price: price(query.max_price),
         include_inactive: false,
     };
+    let key = Key::Page(PageKey::of(&request));
+    let version = match state.catalog_cache.lookup(&key) {
+        Lookup::Hit(body) => return Ok(json_response(body)),
+        Lookup::Miss(version) => Some(version),
+        Lookup::Bypass => None,
+    };
     let response =
         state.catalog()?.list_products(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
-    Ok(Json(ProductPage {
+    let body = render(&ProductPage {
         products: response.products.into_iter().map(Product::from).collect(),
         next_page_token: response.next_page_token,
         total_size: response.total_size,
-    }))
+    })?;
+    if let Some(version) = version {
+        state.catalog_cache.store(key, version, body.clone());
+    }
+    Ok(json_response(body))
 }
 
-pub async fn get_product(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Product>, Problem> {
+pub async fn get_product(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = path_uuid("id", &id)?;
+    let key = Key::Product(id);
+    let version = match state.catalog_cache.lookup(&key) {
+        Lookup::Hit(body) => return Ok(json_response(body)),
+        Lookup::Miss(version) => Some(version),
+        Lookup::Bypass => None,
+    };
     let request = pb::GetProductRequest { id: id.to_string() };
     let response =
         state.catalog()?.get_product(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
     let product = response.product.ok_or_else(|| missing("catalog", "product"))?;
-    Ok(Json(Product::from(product)))
+    let body = render(&Product::from(product))?;
+    if let Some(version) = version {
+        state.catalog_cache.store(key, version, body.clone());
+    }
+    Ok(json_response(body))
 }
 
 pub async fn list_categories(State(state): State<AppState>) -> Result<Json<CategoryList>, Problem> {

@@ -90,6 +90,13 @@ impl CatalogService for FakeCatalog {
     ) -> Result<Response<pb::ListCategoriesResponse>, Status> {
         Err(Status::unimplemented("fake catalog"))
     }
+
+    async fn get_catalog_version(
+        &self,
+        _: Request<pb::GetCatalogVersionRequest>,
+    ) -> Result<Response<pb::GetCatalogVersionResponse>, Status> {
+        Err(Status::unimplemented("fake catalog"))
+    }
 }
 
 /// Serves `products` on a loopback port until `shutdown`; returns the port.
