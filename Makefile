@@ -16,7 +16,7 @@ INFRA_ENV := source e2e/infra.env
 CARGO := cargo
 CARGO_FLAGS := --locked
 
-.PHONY: help up down status infra test lint fmt generate check-generated build images
+.PHONY: help up down status infra test lint fmt generate check-generated build images bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,11 @@ build: ## build every crate
 # `bash e2e/scripts/images.sh list` prints each image and its archive.
 images: ## build the commerce, commerce-operator and pause images (docker-archive tars in the cache)
 	bash e2e/scripts/images.sh build
+
+# Figures, not tests: each row of the speed table beside its target, as
+# min/median/max over COMMERCE_BENCH_RUNS runs (3) of a release build.
+bench: ## print the speed and memory figures against their targets (release build, ~20 min)
+	bash e2e/scripts/bench.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -16,13 +16,20 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use support::api::{Api, Session};
-use support::invariants::assert_invariants;
+use support::bench::{Target, report};
+use support::invariants::{Databases, assert_invariants};
 use support::shop::{Shop, ShopOptions};
 
 /// Concurrent customers, each placing an order and waiting for it to be
-/// confirmed before placing the next (a closed loop).
+/// confirmed before placing the next (a closed loop), unless
+/// `COMMERCE_BENCH_CUSTOMERS` says otherwise.
 const CUSTOMERS: usize = 8;
+/// pgbench's connections when it measures the Postgres commit ceiling.
+const PGBENCH_CLIENTS: usize = 8;
+/// How long pgbench runs.
+const PGBENCH_SECONDS: u32 = 10;
 /// How long the loop runs after warm-up.
 const MEASURE_FOR: Duration = Duration::from_secs(30);
 const CARD_OK: &str = "tok_visa";
@@ -37,6 +44,73 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
+/// A count from the environment variable `name`, or `default`.
+fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(count) => count.parse().with_context(|| format!("{name}={count} is not a count")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Commits in the shop's databases so far (every transaction, reads
+/// included), from Postgres' statistics.
+async fn commits(databases: &Databases) -> anyhow::Result<i64> {
+    let pool = sqlx::PgPool::connect(&databases.admin_url).await?;
+    let commits = sqlx::query_scalar(
+        "SELECT coalesce(sum(xact_commit), 0)::bigint FROM pg_stat_database WHERE starts_with(datname, $1)",
+    )
+    .bind(&databases.prefix)
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    Ok(commits)
+}
+
+/// Commits per second of pgbench inserting one row per transaction from
+/// [`PGBENCH_CLIENTS`] connections into the same Postgres: the ceiling the
+/// shop's commits are compared with. Uses a database of its own, dropped
+/// afterwards.
+async fn pgbench_single_insert_commits_per_second(admin_url: &str) -> anyhow::Result<f64> {
+    const DATABASE: &str = "commerce_bench_pgbench";
+    let admin = sqlx::PgPool::connect(admin_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).execute(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {DATABASE}")).execute(&admin).await?;
+    let (server, _) = admin_url.rsplit_once('/').context("the admin URL names a database")?;
+    let url = format!("{server}/{DATABASE}");
+    let bench = sqlx::PgPool::connect(&url).await?;
+    sqlx::query(
+        "CREATE TABLE inserts (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&bench)
+    .await?;
+    bench.close().await;
+    let script = std::env::temp_dir().join(format!("commerce-pgbench-{}.sql", std::process::id()));
+    std::fs::write(&script, "INSERT INTO inserts DEFAULT VALUES;\n")?;
+    let output = tokio::process::Command::new("pgbench")
+        .args(["--no-vacuum", "--client", &PGBENCH_CLIENTS.to_string(), "--jobs", "2"])
+        .args(["--time", &PGBENCH_SECONDS.to_string(), "--file"])
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .await
+        .context("cannot run pgbench (Debian package postgresql-client)")?;
+    let _ = std::fs::remove_file(&script);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).execute(&admin).await?;
+    admin.close().await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+}
+
 async fn customer_loop(api: &Api, customer: &Session, product: &str, until: Instant) -> anyhow::Result<u64> {
     let mut confirmed = 0;
     while Instant::now() < until {
@@ -47,14 +121,18 @@ async fn customer_loop(api: &Api, customer: &Session, product: &str, until: Inst
     Ok(confirmed)
 }
 
-/// A product with 10,000 in stock and [`CUSTOMERS`] registered customers
-/// named `<prefix><n>`.
-async fn product_and_customers(api: &Api, prefix: &str) -> anyhow::Result<(String, Vec<Session>)> {
+/// A product with 10,000 in stock and `count` registered customers named
+/// `<prefix><n>`.
+async fn product_and_customers(
+    api: &Api,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<(String, Vec<Session>)> {
     let admin = api.admin().await?;
     let category = api.create_category(&admin, "Bench").await?;
     let product = api.create_product(&admin, &category, "Bench widget", 1000, 10_000).await?;
-    let mut customers = Vec::with_capacity(CUSTOMERS);
-    for index in 0..CUSTOMERS {
+    let mut customers = Vec::with_capacity(count);
+    for index in 0..count {
         customers.push(api.register_customer(&format!("{prefix}{index}")).await?);
     }
     Ok((product, customers))
@@ -73,14 +151,18 @@ async fn warm_up(api: &Api, customers: &[Session], product: &str) -> anyhow::Res
 #[tokio::test]
 #[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
 async fn closed_loop_checkouts_per_second_and_memory_of_serve_all() -> anyhow::Result<()> {
+    let customers = env_count("COMMERCE_BENCH_CUSTOMERS", CUSTOMERS)?;
     let shop = Shop::start(ShopOptions::default()).await?;
     let api = Api::new(&shop);
-    let (product, customers) = product_and_customers(&api, "bench").await?;
+    let (product, customers) = product_and_customers(&api, "bench", customers).await?;
     // Idle: everything started, nothing in flight.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_kib(shop.pid)?;
 
     warm_up(&api, &customers, &product).await?;
+    // Statistics reach pg_stat_database within a second of a commit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commits_before = commits(&shop.databases).await?;
 
     let started = Instant::now();
     let until = started + MEASURE_FOR;
@@ -96,17 +178,34 @@ async fn closed_loop_checkouts_per_second_and_memory_of_serve_all() -> anyhow::R
     let (results, peak_rss) = tokio::join!(futures::future::join_all(loops), sampler);
     let elapsed = started.elapsed().as_secs_f64();
     let confirmed: u64 = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?.iter().sum();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commits_per_order =
+        (commits(&shop.databases).await? - commits_before) as f64 / confirmed.max(1) as f64;
+    let orders_per_second = confirmed as f64 / elapsed;
+    // The shop is idle now: pgbench has the machine to itself.
+    let pgbench = pgbench_single_insert_commits_per_second(&shop.databases.admin_url).await?;
 
     println!("FIGURE shop cold start: {:.1} s", shop.cold_start.as_secs_f64());
     println!(
-        "FIGURE closed loop: {CUSTOMERS} customers, {confirmed} orders confirmed in {elapsed:.1} s = {:.1} orders/s",
-        confirmed as f64 / elapsed
+        "FIGURE closed loop: {} customers, {confirmed} orders confirmed in {elapsed:.1} s = {orders_per_second:.1} orders/s",
+        customers.len()
     );
     println!(
         "FIGURE commerce serve all RSS: idle {:.0} MiB, peak under load {:.0} MiB",
         idle_rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0
     );
+    report(
+        "orders_per_second_vs_postgres",
+        orders_per_second / (pgbench / commits_per_order),
+        Target::AtLeast(0.50),
+        &format!(
+            "{orders_per_second:.1} confirmed orders/s ({} customers in a closed loop) / \
+             (pgbench {pgbench:.0} single-INSERT commits/s / {commits_per_order:.1} Postgres commits per order)",
+            customers.len()
+        ),
+    );
+    println!("BENCH_ORDERS_PER_SECOND\t{orders_per_second}");
     assert!(confirmed > 0, "no order was confirmed in {MEASURE_FOR:?}");
     assert_invariants(&shop.databases).await;
     shop.stop()?;
@@ -153,6 +252,26 @@ async fn the_shop_rss_after_many_registrations_is_printed() -> anyhow::Result<()
         peak as f64 / 1024.0,
         registrations as f64 / elapsed
     );
+    // Unused hashing memory is freed 30 s after its last use (checked
+    // every 7.5 s): what the shop holds once the burst is over.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let settled = rss_kib(shop.pid)?;
+    report(
+        "rss_after_registrations_mib",
+        after as f64 / 1024.0,
+        Target::AtMost(96.0),
+        &format!("RSS of `commerce serve all` after {registrations} registrations (argon2id each)"),
+    );
+    report(
+        "idle_rss_mib",
+        settled as f64 / 1024.0,
+        Target::AtMost(64.0),
+        &format!(
+            "RSS of `commerce serve all` idle: 40 s after its last request, {registrations} users signed up \
+             ({:.1} MiB 2 s after start)",
+            idle_rss as f64 / 1024.0
+        ),
+    );
     shop.stop()?;
     Ok(())
 }
@@ -179,7 +298,7 @@ async fn saga_latency_from_order_created_to_order_confirmed_is_printed() -> anyh
     anyhow::ensure!(rate > 0, "COMMERCE_BENCH_ORDER_RATE must be at least 1");
     let shop = Shop::start(ShopOptions::default()).await?;
     let api = Api::new(&shop);
-    let (product, customers) = product_and_customers(&api, "latency").await?;
+    let (product, customers) = product_and_customers(&api, "latency", CUSTOMERS).await?;
     warm_up(&api, &customers, &product).await?;
 
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -232,6 +351,16 @@ async fn saga_latency_from_order_created_to_order_confirmed_is_printed() -> anyh
         percentile(0.90),
         percentile(0.99),
         percentile(1.0)
+    );
+    report(
+        "saga_p99_ms",
+        percentile(0.99),
+        Target::AtMost(50.0),
+        &format!(
+            "saga latency p99, order created -> OrderConfirmed, {} orders arriving at {rate}/s (p50 {:.0} ms)",
+            sorted.len(),
+            percentile(0.50)
+        ),
     );
     assert_invariants(&shop.databases).await;
     shop.stop()?;

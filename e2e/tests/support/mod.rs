@@ -6,12 +6,14 @@
 //! - [`api`]: a REST client of the gateway;
 //! - [`invariants`]: [`invariants::assert_invariants`], the SQL checks of
 //!   ARCHITECTURE section 4 every test runs at its end;
-//! - [`tokens`]: access tokens forged for the authentication tests.
+//! - [`tokens`]: access tokens forged for the authentication tests;
+//! - [`bench`]: how benchmarks print their figures for `make bench`.
 
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
 pub mod api;
+pub mod bench;
 pub mod invariants;
 pub mod shop;
 pub mod tokens;
