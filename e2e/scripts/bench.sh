@@ -78,13 +78,14 @@ for path in sys.argv[1:]:
         _, key, value, op, target, how = line.rstrip("\n").split("\t")
         row = rows.setdefault(key, {"values": [], "op": op, "target": float(target), "how": how})
         row["values"].append(float(value))
+        row["how"] = how
 print()
-print(f"{'figure':34} {'min':>9} {'median':>9} {'max':>9}  target     met (median)")
+print(f"{'figure':40} {'min':>9} {'median':>9} {'max':>9}  target     met (median)")
 for key, row in rows.items():
     values = sorted(row["values"])
     median = statistics.median(values)
     met = median >= row["target"] if row["op"] == ">=" else median <= row["target"]
-    print(f"{key:34} {values[0]:9.3f} {median:9.3f} {values[-1]:9.3f}  {row['op']} {row['target']:<7g} {'yes' if met else 'NO'}")
+    print(f"{key:40} {values[0]:9.3f} {median:9.3f} {values[-1]:9.3f}  {row['op']} {row['target']:<7g} {'yes' if met else 'NO'}")
 print()
 for key, row in rows.items():
     print(f"{key}: {row['how']} (last run)")
