@@ -89,7 +89,12 @@ pid_in_file_runs() {
   [[ -r "/proc/$pid/cmdline" ]] || return 1
   # A zombie (exited, not yet reaped) is not running.
   [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker" || return 1
+  # No pipe into `grep -q`: under pipefail, grep leaving at the first match
+  # can fail the pipeline with the writer's SIGPIPE, a live process then
+  # reading as dead.
+  local cmdline
+  cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"$marker"* ]] || return 1
   printf '%s\n' "$pid"
 }
 
