@@ -58,6 +58,7 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
                 "BatchGetProducts",
                 "CreateCategory",
                 "ListCategories",
+                "GetCatalogVersion",
             ],
         ),
         (
