@@ -238,6 +238,21 @@ async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_be
                 "logged in to {logged_in}, expected {database}"
             );
         }
+        // One service's credentials open no other database: not another
+        // service's of this stack, nor (the same roles and grants) any
+        // other stack's on a shared server.
+        let first = databases.first().context("no database")?;
+        let other = databases.last().context("no database")?;
+        let secret = first["secretName"].as_str().context("secretName")?;
+        let target = other["name"].as_str().context("name")?;
+        ensure!(first != other, "the stack has one database");
+        match log_in_with_secret_to(&client, &namespace.name, secret, Some(target)).await {
+            Ok(database) => bail!("{secret}'s credentials opened {database}"),
+            Err(error) => ensure!(
+                format!("{error:#}").contains("permission denied for database"),
+                "{secret} to {target}: refused for another reason: {error:#}"
+            ),
+        }
         ensure!(
             status["gatewayUrl"].as_str().is_some_and(|u| u.contains("shop.example.com")),
             "gateway URL: {}",
@@ -2437,6 +2452,17 @@ async fn admin_connection() -> Result<PgConnection> {
 
 /// Logs in with a database Secret's credentials; returns the database.
 async fn log_in_with_secret(client: &Client, namespace: &str, secret: &str) -> Result<String> {
+    log_in_with_secret_to(client, namespace, secret, None).await
+}
+
+/// Logs in with a database Secret's credentials to `database` (the Secret's
+/// own when `None`); returns the database.
+async fn log_in_with_secret_to(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+    database: Option<&str>,
+) -> Result<String> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(secret).await?;
     let data = secret.data.unwrap_or_default();
     let read = |key: &str| {
@@ -2449,7 +2475,10 @@ async fn log_in_with_secret(client: &Client, namespace: &str, secret: &str) -> R
         .port(env("COMMERCE_POSTGRES_PORT")?.parse()?)
         .username(&read("username")?)
         .password(&read("password")?)
-        .database(&read("database")?);
+        .database(&match database {
+            Some(database) => database.to_owned(),
+            None => read("database")?,
+        });
     let mut connection = PgConnection::connect_with(&options).await?;
     let row = sqlx::query("SELECT current_database()").fetch_one(&mut connection).await?;
     let database: String = row.try_get(0)?;

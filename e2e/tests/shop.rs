@@ -696,3 +696,296 @@ async fn malformed_negative_unknown_and_oversized_requests_get_problem_json_4xx_
     wait_stock(shop, &product, (5, 0, 0)).await;
     assert_invariants(&shop.databases).await;
 }
+
+/// The secrets a run handled, each at least this long: shorter pieces could
+/// occur in a log line by chance.
+const SHORTEST_SECRET: usize = 8;
+
+#[tokio::test]
+async fn no_password_token_or_key_of_a_whole_run_reaches_the_logs() {
+    // A shop of its own, stopped before its log is read: every line of the
+    // run is flushed and nothing of other tests' runs is in it.
+    let shop = Shop::start(ShopOptions::default()).await.expect("the shop starts");
+    let api = Api::new(&shop);
+    let mut secrets: Vec<(String, String)> = vec![
+        ("the admin's password".into(), shop::ADMIN_PASSWORD.into()),
+        ("the courier's password".into(), shop::COURIER_PASSWORD.into()),
+    ];
+    let admin_url = std::env::var("COMMERCE_POSTGRES_ADMIN_URL").expect("source e2e/infra.env");
+    let user_info =
+        admin_url.split_once("://").and_then(|(_, rest)| rest.rsplit_once('@')).map(|(info, _)| info);
+    if let Some((_, password)) = user_info.and_then(|info| info.split_once(':')) {
+        secrets.push(("the Postgres password".into(), password.to_owned()));
+    }
+
+    // Sign-up, a wrong password, sign-in, refresh, reuse of the old refresh
+    // token, sign-out.
+    let email = format!("secretive-{}@e2e.commerce.test", uuid::Uuid::new_v4().simple());
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
+    secrets.push(("the customer's password".into(), password.clone()));
+    secrets.push(("a mistyped password".into(), wrong.clone()));
+    let registered = api
+        .post("/api/auth/register", None, &json!({"email": email, "password": password, "display_name": "S"}))
+        .await
+        .expect("registers")
+        .expect(StatusCode::CREATED)
+        .expect("201");
+    let refused = api
+        .post("/api/auth/login", None, &json!({"email": email, "password": wrong}))
+        .await
+        .expect("answers");
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    let login = api
+        .post("/api/auth/login", None, &json!({"email": email, "password": password}))
+        .await
+        .expect("logs in")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let refresh = string(&login["tokens"], "refresh_token").expect("refresh token");
+    let renewed = api
+        .post("/api/auth/refresh", None, &json!({"refresh_token": refresh}))
+        .await
+        .expect("refreshes")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let reused =
+        api.post("/api/auth/refresh", None, &json!({"refresh_token": refresh})).await.expect("answers");
+    assert!(reused.status.is_client_error(), "a spent refresh token was accepted: {}", reused.body);
+    for (what, answer) in [("registration", &registered), ("login", &login), ("refresh", &renewed)] {
+        for kind in ["access_token", "refresh_token"] {
+            secrets.push((format!("the {what}'s {kind}"), string(&answer["tokens"], kind).expect("token")));
+        }
+    }
+    let customer = Session {
+        user_id: string(&login["user"], "id").expect("user id"),
+        email: email.clone(),
+        access_token: string(&renewed["tokens"], "access_token").expect("access token"),
+    };
+
+    // A purchase through the saga, with the admin's session.
+    let admin = api.admin().await.expect("admin");
+    secrets.push(("the admin's access token".into(), admin.access_token.clone()));
+    let category = api.create_category(&admin, "Secrets").await.expect("category");
+    let product = api.create_product(&admin, &category, "Safe", 5000, 3).await.expect("product");
+    let order_id = api.order(&customer, &[(&product, 1)], CARD_OK).await.expect("accepted");
+    api.wait_order(&customer, &order_id, "confirmed").await.expect("confirmed");
+    let logout = api
+        .post(
+            "/api/auth/logout",
+            Some(&customer.access_token),
+            &json!({"refresh_token": string(&renewed["tokens"], "refresh_token").expect("token")}),
+        )
+        .await
+        .expect("logs out");
+    assert!(logout.status.is_success(), "{} {}", logout.status, logout.body);
+
+    // The auth service's signing keys: the PEM body lines are the secret.
+    let auth = shop.databases.pool(Service::Auth).await.expect("auth db");
+    let pems: Vec<String> =
+        sqlx::query_scalar("SELECT private_key_pem FROM signing_keys").fetch_all(&auth).await.expect("keys");
+    assert!(!pems.is_empty(), "the auth service holds no signing key");
+    for (index, pem) in pems.iter().enumerate() {
+        for line in pem.lines().filter(|line| !line.starts_with("-----")) {
+            secrets.push((format!("signing key {index}"), line.to_owned()));
+        }
+    }
+    drop(auth);
+    shop.stop().expect("the shop stops");
+
+    let log = std::fs::read_to_string(&shop.log_path).expect("the shop's log");
+    // The log did record this run: the check below could see a leak.
+    assert!(log.contains(&customer.user_id), "the log never names the customer");
+    assert!(log.contains(&order_id), "the log never names the order");
+    let lines = log.lines().count();
+    let mut leaks = Vec::new();
+    for (what, secret) in &secrets {
+        assert!(secret.len() >= SHORTEST_SECRET, "{what} is too short to look for");
+        // A JWT is also looked for by its signature alone.
+        let mut needles = vec![secret.as_str()];
+        if let Some(signature) = secret.rsplit('.').next().filter(|part| part.len() >= 40 && *part != secret)
+        {
+            needles.push(signature);
+        }
+        for needle in needles {
+            if let Some(line) = log.lines().find(|line| line.contains(needle)) {
+                leaks.push(format!("{what} in: {line}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "secrets in the log:\n{}", leaks.join("\n"));
+    eprintln!("{} secrets looked for in {lines} log lines: none found", secrets.len());
+}
+
+#[tokio::test]
+async fn guessing_one_accounts_password_pauses_that_account_only() {
+    let (_, api, _) = setup().await;
+    let victim = api.register_customer("victim").await.expect("registers");
+    let bystander = api.register_customer("bystander").await.expect("registers");
+    for attempt in 1..=5 {
+        let refused = api
+            .post(
+                "/api/auth/login",
+                None,
+                &json!({"email": victim.email, "password": format!("guess {attempt}")}),
+            )
+            .await
+            .expect("answers");
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "attempt {attempt}: {}", refused.body);
+    }
+    // Now even the right password waits, told how long; more attempts (which
+    // auth answers without a password check) do not cut anybody else off.
+    for _ in 0..8 {
+        let request = api
+            .http
+            .post(format!("{}/api/auth/login", api.base))
+            .json(&json!({"email": victim.email, "password": "correct horse battery"}));
+        let response = request.send().await.expect("answers");
+        let retry_after: u64 = response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .expect("a Retry-After in seconds");
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        assert!(content_type.starts_with("application/problem+json"), "{content_type}");
+    }
+    api.login(&bystander.email, "correct horse battery").await.expect("another account signs in as usual");
+}
+
+#[tokio::test]
+async fn another_customers_order_shipment_and_notifications_stay_out_of_reach() {
+    // OWASP API1 (object-level authorisation): knowing an id is not enough.
+    let (_, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Private").await.expect("category");
+    let product = api.create_product(&admin, &category, "Diary", 1900, 5).await.expect("product");
+    let owner = api.register_customer("owner").await.expect("registers");
+    let snoop = api.register_customer("snoop").await.expect("registers");
+    let order_id = api.order(&owner, &[(&product, 1)], CARD_OK).await.expect("accepted");
+    api.wait_order(&owner, &order_id, "confirmed").await.expect("confirmed");
+    let shipment = shipment_of(&api, &owner, &order_id).await;
+    let shipment_id = string(&shipment, "id").expect("shipment id");
+    let token = Some(snoop.access_token.as_str());
+
+    for (what, answer) in [
+        ("read the order", api.get(&format!("/api/orders/{order_id}"), token).await.expect("answers")),
+        (
+            "cancel the order",
+            api.post(&format!("/api/orders/{order_id}/cancel"), token, &json!({})).await.expect("answers"),
+        ),
+        (
+            "read the shipment",
+            api.get(&format!("/api/shipments/{shipment_id}"), token).await.expect("answers"),
+        ),
+    ] {
+        // 404, not 403: the answer does not even confirm the id exists.
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{what}: {} {}", answer.status, answer.body);
+        answer.assert_problem(what);
+    }
+    let by_order = api.get(&format!("/api/shipments?order_id={order_id}"), token).await.expect("answers");
+    assert!(
+        by_order.status == StatusCode::NOT_FOUND
+            || by_order.body["shipments"].as_array().is_some_and(Vec::is_empty),
+        "the snoop found the owner's shipment by order id: {} {}",
+        by_order.status,
+        by_order.body
+    );
+    let orders = api.get("/api/orders", token).await.expect("lists").expect(StatusCode::OK).expect("200");
+    assert!(!orders.to_string().contains(&order_id), "the snoop lists the owner's order: {orders}");
+    let notifications =
+        api.get("/api/notifications", token).await.expect("lists").expect(StatusCode::OK).expect("200");
+    assert!(
+        !notifications.to_string().contains(&order_id),
+        "the snoop reads the owner's mail: {notifications}"
+    );
+    // The refused cancel changed nothing.
+    let still = api.get_order(&owner, &order_id).await.expect("the owner reads it");
+    assert_eq!(still["status"], json!("confirmed"), "{still}");
+}
+
+#[tokio::test]
+async fn fields_a_customer_may_not_set_and_unbounded_pages_are_refused() {
+    // OWASP API3 (mass assignment) and API4 (unrestricted consumption).
+    let (_, api, _) = setup().await;
+    let email = format!("climber-{}@e2e.commerce.test", uuid::Uuid::new_v4().simple());
+    let register =
+        json!({"email": email, "password": "correct horse battery", "display_name": "C", "role": "admin"});
+    let answer = api.post("/api/auth/register", None, &register).await.expect("answers");
+    assert_eq!(
+        answer.status,
+        StatusCode::BAD_REQUEST,
+        "a role in the sign-up was not refused: {}",
+        answer.body
+    );
+    answer.assert_problem("a sign-up that names its role");
+    assert!(answer.body.to_string().contains("role"), "the refusal names the field: {}", answer.body);
+
+    let customer = api.register_customer("modest").await.expect("registers");
+    let token = Some(customer.access_token.as_str());
+    let order = json!({
+        "lines": [{"product_id": uuid::Uuid::new_v4(), "quantity": 1}],
+        "shipping_address": support::api::address(),
+        "payment_method_token": CARD_OK,
+        "status": "confirmed",
+        "total": {"currency": "EUR", "amount_minor": 1},
+    });
+    let request = api
+        .http
+        .post(format!("{}/api/orders", api.base))
+        .bearer_auth(&customer.access_token)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&order);
+    let answer = api.send(request).await.expect("answers");
+    assert_eq!(
+        answer.status,
+        StatusCode::BAD_REQUEST,
+        "an order with its own status and total: {}",
+        answer.body
+    );
+    answer.assert_problem("an order that sets its own status and total");
+
+    for path in
+        ["/api/products?page_size=1000000", "/api/orders?page_size=101", "/api/notifications?page_size=5000"]
+    {
+        let answer = api.get(path, token).await.expect("answers");
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}: {} {}", answer.status, answer.body);
+        answer.assert_problem(path);
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_refresh_token_revokes_every_token_of_its_sign_in() {
+    // OWASP API2 (broken authentication): a stolen refresh token used after
+    // its owner (or the other way round) ends the whole session family.
+    let (_, api, _) = setup().await;
+    let customer = api.register_customer("replayed").await.expect("registers");
+    let login = api
+        .post("/api/auth/login", None, &json!({"email": customer.email, "password": "correct horse battery"}))
+        .await
+        .expect("logs in")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let first = string(&login["tokens"], "refresh_token").expect("refresh token");
+    let rotated = api
+        .post("/api/auth/refresh", None, &json!({"refresh_token": first}))
+        .await
+        .expect("refreshes")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let second = string(&rotated["tokens"], "refresh_token").expect("refresh token");
+    let replay =
+        api.post("/api/auth/refresh", None, &json!({"refresh_token": first})).await.expect("answers");
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.body);
+    replay.assert_problem("a replayed refresh token");
+    let after =
+        api.post("/api/auth/refresh", None, &json!({"refresh_token": second})).await.expect("answers");
+    assert_eq!(
+        after.status,
+        StatusCode::UNAUTHORIZED,
+        "the family's newest token still works: {}",
+        after.body
+    );
+}

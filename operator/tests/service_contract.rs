@@ -323,6 +323,13 @@ fn the_database_and_redis_urls_the_services_receive_are_well_formed() {
             }
             if let Some(url) = container.get("COMMERCE_REDIS_URL") {
                 assert!(url.starts_with("redis://") && !url.contains("$("), "{file}: {url}");
+                // Stacks sharing one Redis keep apart by the key prefix.
+                let prefix = container.get("COMMERCE_REDIS_KEY_PREFIX");
+                assert!(
+                    prefix.is_some_and(|prefix| prefix.starts_with("default.")),
+                    "{file} {}: a Redis user without the stack's key prefix ({prefix:?})",
+                    container.deployment
+                );
             }
         }
     }

@@ -304,7 +304,7 @@ impl Shop {
     }
 
     pub fn redis_prefix(&self) -> String {
-        format!("chaos:{}:", self.run)
+        format!("chaos.{}", self.run)
     }
 
     fn index(service: &str) -> u16 {
@@ -332,7 +332,7 @@ impl Shop {
         vec![
             ("COMMERCE_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
             ("COMMERCE_BOOTSTRAP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
-            ("COMMERCE_RATELIMIT_REDIS_PREFIX".into(), self.redis_prefix()),
+            ("COMMERCE_REDIS_KEY_PREFIX".into(), self.redis_prefix()),
             // The saga tests place orders fast from one IP.
             ("COMMERCE_RATELIMIT_DEFAULT_PER_MINUTE".into(), "0".into()),
             ("COMMERCE_RATELIMIT_AUTH_PER_MINUTE".into(), "0".into()),

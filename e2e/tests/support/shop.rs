@@ -175,7 +175,9 @@ impl Shop {
         collect_stale_runs(&databases, &kafka_brokers).await;
         let started = Instant::now();
         let kafka_prefix = format!("e2e-{run_id}.");
-        let redis_prefix = format!("commerce:e2e:{run_id}:ratelimit");
+        // Every Redis key of this shop (carts, catalog cache, rate limits):
+        // shops of concurrent tests share one Redis and nothing in it.
+        let redis_prefix = format!("e2e.{run_id}");
         let log_dir = std::env::temp_dir().join("commerce-e2e");
         std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
         let log_path = log_dir.join(format!("shop-{run_id}.log"));
@@ -194,7 +196,7 @@ impl Shop {
                     ("COMMERCE_REDIS_URL", redis_url.as_str()),
                     ("COMMERCE_DATABASE_PREFIX", databases.prefix.as_str()),
                     ("COMMERCE_KAFKA_NAME_PREFIX", kafka_prefix.as_str()),
-                    ("COMMERCE_RATELIMIT_REDIS_PREFIX", redis_prefix.as_str()),
+                    ("COMMERCE_REDIS_KEY_PREFIX", redis_prefix.as_str()),
                 ],
             )?;
             let (mut child, stdin, pid) = spawned;

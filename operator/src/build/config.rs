@@ -41,6 +41,10 @@ pub const KAFKA_NAME_PREFIX: &str = "COMMERCE_KAFKA_NAME_PREFIX";
 pub const PEERS: &str = "COMMERCE_PEERS";
 /// Redis URL (with the password, when there is one, through `$(...)`).
 pub const REDIS_URL: &str = "COMMERCE_REDIS_URL";
+/// Start of every Redis key the service writes: the stack's own
+/// ([`names::ExternalNames::redis_key_prefix`]), so that stacks sharing a
+/// Redis never read each other's carts, cached pages or rate limits.
+pub const REDIS_KEY_PREFIX: &str = "COMMERCE_REDIS_KEY_PREFIX";
 /// Redis password from a Secret; referenced by [`REDIS_URL`] through
 /// Kubernetes' `$(...)` expansion. No service reads it itself.
 pub const REDIS_PASSWORD: &str = "COMMERCE_REDIS_PASSWORD";
@@ -145,6 +149,7 @@ pub fn service_config(
     }
     if spec.redis {
         let redis = &endpoints.redis;
+        put(REDIS_KEY_PREFIX, names::ExternalNames::of(stack).redis_key_prefix().to_owned());
         match &redis.password {
             None => put(REDIS_URL, format!("redis://{}:{}", redis.host, redis.port)),
             Some(password) => {

@@ -175,6 +175,14 @@ impl ExternalNames {
         self.topics.prefix()
     }
 
+    /// `COMMERCE_REDIS_KEY_PREFIX` of the stack's services:
+    /// `<namespace>.<stack>`, the Kafka prefix without its trailing dot, so
+    /// that stacks sharing one Redis share no key (carts, catalog cache,
+    /// rate-limit counters and rules). Unambiguous for the same reason.
+    pub fn redis_key_prefix(&self) -> &str {
+        self.topics.prefix().trim_end_matches('.')
+    }
+
     /// The platform's naming of topics and consumer groups under the
     /// stack's prefix: what the services compute from the same prefix.
     pub fn topics(&self) -> &TopicNames {
@@ -293,6 +301,11 @@ mod tests {
     fn names_are_the_prefixed_catalog_names_and_namespace_stack_service() {
         let names = external_names("default", "shop");
         assert_eq!(names.kafka_name_prefix(), "default.shop.");
+        assert_eq!(names.redis_key_prefix(), "default.shop");
+        assert_ne!(
+            external_names("team-a", "shop").redis_key_prefix(),
+            external_names("team-b", "shop").redis_key_prefix()
+        );
         assert_eq!(names.topic("commerce.orders.v1"), "default.shop.commerce.orders.v1");
         assert_eq!(names.topics().topic(catalog::Topic::ALL[0]), names.topic(catalog::Topic::ALL[0].name()));
         assert_eq!(names.database(Service::Order), "default_shop_order");

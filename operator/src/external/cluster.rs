@@ -179,6 +179,12 @@ fn execute_formatted<'a>(
     })
 }
 
+/// A row when PUBLIC holds any privilege on the database `$1` (a NULL ACL
+/// stands for the defaults, which grant PUBLIC CONNECT and TEMPORARY).
+const PUBLIC_MAY_CONNECT: &str = "SELECT 1 FROM pg_database d, \
+     aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) AS acl \
+     WHERE d.datname = $1 AND acl.grantee = 0 LIMIT 1";
+
 fn exists<'a>(
     connection: &'a mut PgConnection,
     sql: &'static str,
@@ -261,6 +267,19 @@ impl ExternalState for ClusterExternalState {
                     &mut connection,
                     "CREATE DATABASE %I OWNER %I",
                     vec![name.to_owned(), name.to_owned()],
+                    name,
+                )
+                .await?;
+            }
+            // A new database lets PUBLIC (every role on the server, so every
+            // other stack's and service's) connect and create temporary
+            // tables. Only the owner may: also mended on databases made
+            // before this rule, or where someone granted it back.
+            if exists(&mut connection, PUBLIC_MAY_CONNECT, name).await? {
+                execute_formatted(
+                    &mut connection,
+                    "REVOKE ALL ON DATABASE %I FROM PUBLIC",
+                    vec![name.to_owned()],
                     name,
                 )
                 .await?;

@@ -114,6 +114,56 @@ pub fn decide_refresh(state: RefreshTokenState, now: DateTime<Utc>) -> RefreshDe
     }
 }
 
+/// Wrong passwords in a row an account takes before sign-ins to it pause.
+pub const FREE_LOGIN_FAILURES: u32 = 5;
+/// The first pause; each further failure doubles it.
+pub const FIRST_LOGIN_PAUSE: Duration = Duration::from_secs(30);
+/// The longest pause: a guesser gets at most four tries an hour, and the
+/// owner, who knows the password, waits at most this long.
+pub const MAX_LOGIN_PAUSE: Duration = Duration::from_secs(15 * 60);
+
+/// An account's sign-in throttle as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginThrottle {
+    /// Sign-in attempts in a row that did not succeed (an attempt counts
+    /// before its password is checked, and a success resets it).
+    pub failures: u32,
+    /// Until when sign-ins are refused unheard.
+    pub paused_until: Option<DateTime<Utc>>,
+}
+
+/// What a sign-in attempt may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAttempt {
+    /// Check the password, with the throttle stored as `counted` first: the
+    /// attempt is counted as a failure (and the pause it would earn already
+    /// set) before the slow password check, so that attempts racing in
+    /// parallel cannot all slip through before the first one is counted.
+    /// A success then resets the throttle.
+    Check { counted: LoginThrottle },
+    /// Refuse without checking the password; retry after `retry_after`.
+    Paused { retry_after: Duration },
+}
+
+/// The pause an account earns after `failures` failures in a row.
+pub fn login_pause(failures: u32) -> Option<Duration> {
+    let beyond = failures.checked_sub(FREE_LOGIN_FAILURES)?;
+    let factor = 2u32.checked_pow(beyond).unwrap_or(u32::MAX);
+    Some(FIRST_LOGIN_PAUSE.checked_mul(factor).unwrap_or(MAX_LOGIN_PAUSE).min(MAX_LOGIN_PAUSE))
+}
+
+/// Decides a sign-in attempt to an account whose throttle is `stored`.
+pub fn decide_login(stored: LoginThrottle, now: DateTime<Utc>) -> LoginAttempt {
+    if let Some(until) = stored.paused_until.filter(|until| *until > now) {
+        let retry_after = (until - now).to_std().unwrap_or_default();
+        return LoginAttempt::Paused { retry_after };
+    }
+    let failures = stored.failures.saturating_add(1);
+    let paused_until =
+        login_pause(failures).map(|pause| now + chrono::Duration::from_std(pause).unwrap_or_default());
+    LoginAttempt::Check { counted: LoginThrottle { failures, paused_until } }
+}
+
 /// Clock skew allowed between a key's retirement and the last token it
 /// signed expiring, so that no valid token ever loses its key.
 pub const KEY_RETIREMENT_SLACK: Duration = Duration::from_secs(120);
@@ -133,6 +183,37 @@ pub fn key_expiry(retired_at: DateTime<Utc>, access_token_ttl: Duration) -> Date
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn five_failures_are_free_then_pauses_double_up_to_fifteen_minutes() {
+        assert_eq!((1..=4).map(login_pause).collect::<Vec<_>>(), [None; 4]);
+        let pauses: Vec<u64> = (5..=12).map(|n| login_pause(n).unwrap().as_secs()).collect();
+        assert_eq!(pauses, [30, 60, 120, 240, 480, 900, 900, 900]);
+        assert_eq!(login_pause(u32::MAX), Some(MAX_LOGIN_PAUSE));
+    }
+
+    #[test]
+    fn an_attempt_is_counted_before_the_check_and_a_paused_account_is_refused_unheard() {
+        let now = Utc::now();
+        let mut stored = LoginThrottle { failures: 0, paused_until: None };
+        for expected in 1..=4 {
+            let LoginAttempt::Check { counted } = decide_login(stored, now) else { panic!("paused early") };
+            assert_eq!(counted, LoginThrottle { failures: expected, paused_until: None });
+            stored = counted;
+        }
+        // The fifth attempt is still heard, but already earns the pause.
+        let LoginAttempt::Check { counted } = decide_login(stored, now) else { panic!("fifth refused") };
+        assert_eq!(counted.paused_until, Some(now + chrono::Duration::seconds(30)));
+        assert_eq!(
+            decide_login(counted, now + chrono::Duration::seconds(10)),
+            LoginAttempt::Paused { retry_after: Duration::from_secs(20) }
+        );
+        // After the pause one attempt is heard again, earning twice the pause.
+        let later = now + chrono::Duration::seconds(30);
+        let LoginAttempt::Check { counted } = decide_login(counted, later) else { panic!("still paused") };
+        assert_eq!(counted.failures, 6);
+        assert_eq!(counted.paused_until, Some(later + chrono::Duration::seconds(60)));
+    }
 
     #[test]
     fn emails_are_trimmed_and_lowercased_so_case_variants_are_one_account() {

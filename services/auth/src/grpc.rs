@@ -27,6 +27,12 @@ impl From<Error> for Status {
         match &error {
             Error::InvalidInput(invalid) => Status::invalid_argument(invalid.0.clone()),
             Error::EmailTaken { .. } => Status::already_exists(error.to_string()),
+            Error::LoginPaused { user_id, retry_after } => commerce_platform::quota::exceeded(
+                error.to_string(),
+                &format!("account:{user_id}"),
+                "failed sign-ins in a row",
+                *retry_after,
+            ),
             Error::Authenticate
             | Error::RefreshRejected { .. }
             | Error::VerifyToken(_)
@@ -137,12 +143,25 @@ impl AuthGrpc {
             Ok(email) => store::find_user_by_email(&self.inner.pool, &email).await?,
             Err(_) => None,
         };
+        // A known account's attempt is counted before the slow check; a
+        // paused account is refused unheard (see `domain::decide_login`).
+        if let Some(user) = &user
+            && let Some(domain::LoginAttempt::Paused { retry_after }) =
+                store::count_login_attempt(&self.inner.pool, user.id).await?
+        {
+            tracing::info!(user_id = %user.id, ?retry_after, "sign-in refused: the account is paused after failed attempts");
+            // Whole seconds, rounded up: Retry-After has no fractions.
+            let retry_after =
+                Duration::from_secs(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0));
+            return Err(Error::LoginPaused { user_id: user.id, retry_after });
+        }
         let verified =
             verify_password(request.password, user.as_ref().map(|user| user.password_hash.clone())).await;
         let user = match user {
             Some(user) if verified && user.active => user,
             _ => return Err(Error::Authenticate),
         };
+        store::reset_login_throttle(&self.inner.pool, user.id).await?;
         let mut conn = self.connection().await?;
         let tokens = self.issue(&user, Uuid::now_v7(), &mut conn).await?;
         Ok(pb::LoginResponse { user: Some(user_to_proto(&user)), tokens: Some(tokens) })

@@ -49,6 +49,10 @@ pub enum Error {
     /// Unknown email or wrong password, deliberately indistinguishable.
     #[error("wrong email or password")]
     Authenticate,
+    /// Too many failed sign-ins to one account in a row
+    /// ([`domain::decide_login`]); refused without checking the password.
+    #[error("too many failed sign-ins to this account; try again in {} s", retry_after.as_secs())]
+    LoginPaused { user_id: Uuid, retry_after: std::time::Duration },
     #[error("refresh token rejected: {reason}")]
     RefreshRejected { reason: &'static str },
     #[error("access token rejected")]

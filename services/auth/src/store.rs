@@ -8,8 +8,8 @@ use commerce_proto::events::v1 as events;
 use sqlx::postgres::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::Error;
 use crate::jwt::Role;
+use crate::{Error, domain};
 
 /// Postgres' code for a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -116,6 +116,48 @@ pub async fn find_user_by_email(pool: &PgPool, email: &str) -> Result<Option<Use
         .fetch_optional(pool)
         .await
         .map_err(database("find a user by email"))
+}
+
+/// Counts a sign-in attempt to user `id` before its password is checked
+/// (see [`domain::decide_login`]): under the row's lock, so that parallel
+/// attempts are counted one after another. `None` when the user is gone.
+pub async fn count_login_attempt(pool: &PgPool, id: Uuid) -> Result<Option<domain::LoginAttempt>, Error> {
+    let mut tx = pool.begin().await.map_err(database("begin counting a sign-in"))?;
+    let row: Option<(i32, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT login_failures, login_paused_until, now() FROM users WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(database("read the sign-in throttle"))?;
+    let Some((failures, paused_until, now)) = row else {
+        return Ok(None);
+    };
+    let stored = domain::LoginThrottle { failures: u32::try_from(failures).unwrap_or(0), paused_until };
+    let attempt = domain::decide_login(stored, now);
+    if let domain::LoginAttempt::Check { counted } = attempt {
+        sqlx::query("UPDATE users SET login_failures = $2, login_paused_until = $3 WHERE id = $1")
+            .bind(id)
+            .bind(i32::try_from(counted.failures).unwrap_or(i32::MAX))
+            .bind(counted.paused_until)
+            .execute(&mut *tx)
+            .await
+            .map_err(database("count a sign-in attempt"))?;
+    }
+    tx.commit().await.map_err(database("commit a sign-in attempt"))?;
+    Ok(Some(attempt))
+}
+
+/// Clears user `id`'s sign-in throttle after a correct password.
+pub async fn reset_login_throttle(pool: &PgPool, id: Uuid) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE users SET login_failures = 0, login_paused_until = NULL WHERE id = $1 AND login_failures > 0",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map_err(database("reset the sign-in throttle"))?;
+    Ok(())
 }
 
 /// The user with this id, if any.

@@ -342,3 +342,61 @@ async fn long_expired_refresh_tokens_are_purged_and_live_ones_kept() -> anyhow::
     refresh(&f.grpc, &fresh.refresh_token).await?;
     f.db.drop_database().await
 }
+
+#[tokio::test]
+async fn five_wrong_passwords_pause_the_account_even_for_the_right_one_and_a_success_resets()
+-> anyhow::Result<()> {
+    let f = fixture().await?;
+    register(&f.grpc, "paused@example.com", "right password").await?;
+    // Four failures, then the owner signs in: the count starts again.
+    for _ in 0..4 {
+        assert_eq!(
+            login(&f.grpc, "paused@example.com", "wrong guess").await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+    login(&f.grpc, "paused@example.com", "right password").await?;
+    for attempt in 1..=5 {
+        let refused = login(&f.grpc, "paused@example.com", "wrong guess").await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "attempt {attempt} is still heard");
+    }
+    // Paused: even the right password is refused unheard, saying when to retry.
+    let paused = login(&f.grpc, "PAUSED@example.com", "right password").await.unwrap_err();
+    assert_eq!(paused.code(), Code::ResourceExhausted, "{paused:?}");
+    assert!(paused.message().contains("too many failed sign-ins"), "{}", paused.message());
+    assert!(commerce_platform::quota::is_subject_quota(&paused));
+    let retry = commerce_platform::quota::retry_after(&paused).expect("retry info");
+    assert!((Duration::from_secs(25)..=Duration::from_secs(30)).contains(&retry), "{retry:?}");
+
+    // Once the pause is over the owner gets in, and that resets the count.
+    sqlx::query("UPDATE users SET login_paused_until = now() - interval '1 second'")
+        .execute(&f.db.pool)
+        .await?;
+    login(&f.grpc, "paused@example.com", "right password").await?;
+    let (failures, paused_until): (i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT login_failures, login_paused_until FROM users").fetch_one(&f.db.pool).await?;
+    assert_eq!((failures, paused_until), (0, None));
+    f.db.drop_database().await
+}
+
+#[tokio::test]
+async fn parallel_guesses_get_no_more_than_five_password_checks_and_unknown_emails_are_never_paused()
+-> anyhow::Result<()> {
+    let f = fixture().await?;
+    register(&f.grpc, "target@example.com", "right password").await?;
+    let guesses = (0..20).map(|n| {
+        let grpc = f.grpc.clone();
+        async move { login(&grpc, "target@example.com", &format!("guess {n}")).await.unwrap_err().code() }
+    });
+    let codes = futures::future::join_all(guesses).await;
+    let heard = codes.iter().filter(|code| **code == Code::Unauthenticated).count();
+    let paused = codes.iter().filter(|code| **code == Code::ResourceExhausted).count();
+    assert_eq!((heard, paused), (5, 15), "{codes:?}");
+
+    // No account, no pause (and no hint that there is none).
+    for _ in 0..8 {
+        let refused = login(&f.grpc, "nobody@example.com", "guess").await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
+    f.db.drop_database().await
+}

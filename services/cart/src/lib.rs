@@ -83,7 +83,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
                 Peers::new(&config.peers.clone().or_local_defaults(), &config.client, wiring.stop_token())
                     .with_metrics(wiring.metrics());
             let clients = peer_clients(&peers)?;
-            let cart = CartGrpc::new(CartStore::new(redis, config.cart.ttl), clients, config.cart.limits());
+            let cart = CartGrpc::new(
+                CartStore::new(redis, &config.redis.key_prefix, config.cart.ttl),
+                clients,
+                config.cart.limits(),
+            );
             Ok(wiring.grpc_server().add_service(CartServiceServer::new(cart)))
         })
         .await

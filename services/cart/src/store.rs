@@ -1,4 +1,4 @@
-//! Carts in Redis: one hash per user (`commerce:cart:{user}`), a field per
+//! Carts in Redis: one hash per user (`<prefix>:cart:{user}`, the prefix from `--redis-key-prefix`), a field per
 //! product (`p:<product_id>` = `quantity:added_at_ms`) plus `updated` (ms),
 //! forgotten after the configured TTL (24 h) unless written again: every
 //! write refreshes the expiry.
@@ -8,10 +8,11 @@
 //! placed for) is atomic however many cart replicas serve one user.
 //!
 //! Checkout results are kept next to the carts
-//! (`commerce:cart-checkout:{user}:<idempotency key>`, the encoded order) for
+//! (`<prefix>:cart-checkout:{user}:<idempotency key>`, the encoded order) for
 //! the same TTL, so that a retried checkout whose cart was already emptied
 //! returns the order it placed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -108,6 +109,8 @@ pub enum AddOutcome {
 #[derive(Clone)]
 pub struct CartStore {
     redis: ConnectionManager,
+    /// `<redis key prefix>:` (see `--redis-key-prefix`).
+    prefix: Arc<str>,
     ttl: Duration,
     add: Script,
     set: Script,
@@ -120,16 +123,6 @@ impl std::fmt::Debug for CartStore {
     }
 }
 
-fn cart_key(user_id: &str) -> String {
-    // The braces make the user id a Redis Cluster hash tag: a user's cart
-    // and checkout records live in one slot.
-    format!("commerce:cart:{{{user_id}}}")
-}
-
-fn checkout_key(user_id: &str, idempotency_key: &str) -> String {
-    format!("commerce:cart-checkout:{{{user_id}}}:{idempotency_key}")
-}
-
 fn line_field(product_id: &str) -> String {
     format!("{LINE_FIELD_PREFIX}{product_id}")
 }
@@ -139,15 +132,27 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl CartStore {
-    /// Carts forgotten `ttl` after their last write.
-    pub fn new(redis: ConnectionManager, ttl: Duration) -> Self {
+    /// Carts forgotten `ttl` after their last write, under keys that start
+    /// with `key_prefix` (the stack's, from `--redis-key-prefix`).
+    pub fn new(redis: ConnectionManager, key_prefix: &str, ttl: Duration) -> Self {
         Self {
             redis,
+            prefix: format!("{key_prefix}:").into(),
             ttl,
             add: Script::new(ADD_SCRIPT),
             set: Script::new(SET_SCRIPT),
             remove_if_unchanged: Script::new(REMOVE_IF_UNCHANGED_SCRIPT),
         }
+    }
+
+    fn cart_key(&self, user_id: &str) -> String {
+        // The braces make the user id a Redis Cluster hash tag: a user's cart
+        // and checkout records live in one slot.
+        format!("{}cart:{{{user_id}}}", self.prefix)
+    }
+
+    fn checkout_key(&self, user_id: &str, idempotency_key: &str) -> String {
+        format!("{}cart-checkout:{{{user_id}}}:{idempotency_key}", self.prefix)
     }
 
     /// How long a cart lives after a write.
@@ -158,7 +163,7 @@ impl CartStore {
     /// The user's cart; empty if they have none.
     pub async fn read(&self, user_id: &str) -> Result<StoredCart, Error> {
         let mut redis = self.redis.clone();
-        let key = cart_key(user_id);
+        let key = self.cart_key(user_id);
         let (fields, pttl): (Vec<(String, String)>, i64) =
             redis::pipe().hgetall(&key).pttl(&key).query_async(&mut redis).await.map_err(Error::ReadCart)?;
         let mut cart =
@@ -182,7 +187,7 @@ impl CartStore {
     pub async fn quantity(&self, user_id: &str, product_id: &str) -> Result<u32, Error> {
         let mut redis = self.redis.clone();
         let value: Option<String> =
-            redis.hget(cart_key(user_id), line_field(product_id)).await.map_err(Error::ReadCart)?;
+            redis.hget(self.cart_key(user_id), line_field(product_id)).await.map_err(Error::ReadCart)?;
         Ok(value
             .and_then(|value| domain::decode_line_value(product_id, &value))
             .map_or(0, |line| line.quantity))
@@ -200,7 +205,7 @@ impl CartStore {
         let mut redis = self.redis.clone();
         let (code, value): (i64, i64) = self
             .add
-            .key(cart_key(user_id))
+            .key(self.cart_key(user_id))
             .arg(line_field(product_id))
             .arg(added)
             .arg(limits.max_line_quantity)
@@ -229,7 +234,7 @@ impl CartStore {
         let mut redis = self.redis.clone();
         let found: i64 = self
             .set
-            .key(cart_key(user_id))
+            .key(self.cart_key(user_id))
             .arg(line_field(product_id))
             .arg(quantity)
             .arg(now_ms)
@@ -248,7 +253,7 @@ impl CartStore {
     /// Forgets the whole cart; idempotent.
     pub async fn clear(&self, user_id: &str) -> Result<(), Error> {
         let mut redis = self.redis.clone();
-        let _: i64 = redis.del(cart_key(user_id)).await.map_err(Error::WriteCart)?;
+        let _: i64 = redis.del(self.cart_key(user_id)).await.map_err(Error::WriteCart)?;
         Ok(())
     }
 
@@ -262,7 +267,7 @@ impl CartStore {
         now_ms: i64,
     ) -> Result<usize, Error> {
         let mut redis = self.redis.clone();
-        let mut invocation = self.remove_if_unchanged.key(cart_key(user_id));
+        let mut invocation = self.remove_if_unchanged.key(self.cart_key(user_id));
         invocation.arg(now_ms).arg(millis(self.ttl));
         for (field, value) in &ordered.raw {
             invocation.arg(field).arg(value);
@@ -278,7 +283,7 @@ impl CartStore {
         idempotency_key: &str,
     ) -> Result<Option<Vec<u8>>, Error> {
         let mut redis = self.redis.clone();
-        redis.get(checkout_key(user_id, idempotency_key)).await.map_err(Error::ReadCart)
+        redis.get(self.checkout_key(user_id, idempotency_key)).await.map_err(Error::ReadCart)
     }
 
     /// Remembers the encoded order a checkout placed, for its retries.
@@ -290,7 +295,7 @@ impl CartStore {
     ) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let _: () = redis
-            .pset_ex(checkout_key(user_id, idempotency_key), order, millis(self.ttl))
+            .pset_ex(self.checkout_key(user_id, idempotency_key), order, millis(self.ttl))
             .await
             .map_err(Error::WriteCart)?;
         Ok(())

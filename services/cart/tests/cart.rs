@@ -15,7 +15,7 @@ use anyhow::Context;
 use commerce_cart::{CartGrpc, CartSettings, CartStore, peer_clients};
 use commerce_platform::discovery::{PeerArgs, Peers};
 use commerce_platform::readiness::Readiness;
-use commerce_platform::redis::RedisArgs;
+use commerce_platform::redis::{DEFAULT_KEY_PREFIX, RedisArgs};
 use commerce_platform::resilience::ClientArgs;
 use commerce_proto::cart::v1 as cart;
 use commerce_proto::cart::v1::cart_service_server::CartService;
@@ -297,7 +297,7 @@ impl Fixture {
         let redis = tokio::time::timeout(
             Duration::from_secs(10),
             commerce_platform::redis::connect(
-                &RedisArgs { url: redis_url.clone() },
+                &RedisArgs::new(redis_url.clone()),
                 &Readiness::new(),
                 &shutdown,
             ),
@@ -329,7 +329,11 @@ impl Fixture {
         };
         let clients = peer_clients(&Peers::new(&peers, &ClientArgs::default(), shutdown.clone()))?;
         let settings = CartSettings::default();
-        let cart = CartGrpc::new(CartStore::new(redis.clone(), settings.ttl), clients, settings.limits());
+        let cart = CartGrpc::new(
+            CartStore::new(redis.clone(), DEFAULT_KEY_PREFIX, settings.ttl),
+            clients,
+            settings.limits(),
+        );
         Ok(Self {
             cart,
             catalog,
@@ -587,7 +591,7 @@ async fn checkout_forwards_the_idempotency_key_and_empties_the_cart_only_once_th
 #[tokio::test]
 async fn checkout_removes_only_the_lines_it_ordered_not_those_changed_meanwhile() -> anyhow::Result<()> {
     let fixture = Fixture::start().await?;
-    let store = CartStore::new(fixture.redis.clone(), DAY);
+    let store = CartStore::new(fixture.redis.clone(), DEFAULT_KEY_PREFIX, DAY);
     let limits = CartSettings::default().limits();
     let now = chrono::Utc::now().timestamp_millis();
     for product in ["kept-as-is", "changed", "ordered"] {
@@ -614,6 +618,29 @@ async fn checkout_removes_only_the_lines_it_ordered_not_those_changed_meanwhile(
 }
 
 #[tokio::test]
+async fn two_stacks_sharing_one_redis_never_see_each_others_carts() -> anyhow::Result<()> {
+    let fixture = Fixture::start().await?;
+    let limits = CartSettings::default().limits();
+    let now = chrono::Utc::now().timestamp_millis();
+    let tenant = format!("cart-test-{}", uuid::Uuid::new_v4().simple());
+    let shop_a = CartStore::new(fixture.redis.clone(), &format!("{tenant}.a"), DAY);
+    let shop_b = CartStore::new(fixture.redis.clone(), &format!("{tenant}.b"), DAY);
+    // The same user id in both shops (ids are per stack; nothing stops two
+    // stacks from issuing the same one).
+    shop_a.add(&fixture.user, "only-in-a", 2, limits, now).await?;
+
+    assert!(shop_b.read(&fixture.user).await?.lines.is_empty(), "shop b sees shop a's cart");
+    shop_b.add(&fixture.user, "only-in-b", 1, limits, now).await?;
+    let in_a: Vec<(String, u32)> =
+        shop_a.read(&fixture.user).await?.lines.into_iter().map(|l| (l.product_id, l.quantity)).collect();
+    assert_eq!(in_a, [("only-in-a".to_owned(), 2)], "shop b's write reached shop a's cart");
+    let mut redis = fixture.redis.clone();
+    let keys: Vec<String> = redis.keys(format!("{tenant}.*")).await?;
+    assert_eq!(keys.len(), 2, "each cart under its own stack's prefix: {keys:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_unreachable_catalog_makes_reads_unavailable_not_wrong() -> anyhow::Result<()> {
     let fixture = Fixture::start().await?;
     fixture.catalog.put("p", 100, true);
@@ -631,7 +658,11 @@ async fn an_unreachable_catalog_makes_reads_unavailable_not_wrong() -> anyhow::R
     };
     let clients = peer_clients(&Peers::new(&peers, &ClientArgs::default(), fixture.shutdown.clone()))?;
     let settings = CartSettings::default();
-    let cart = CartGrpc::new(CartStore::new(fixture.redis.clone(), settings.ttl), clients, settings.limits());
+    let cart = CartGrpc::new(
+        CartStore::new(fixture.redis.clone(), DEFAULT_KEY_PREFIX, settings.ttl),
+        clients,
+        settings.limits(),
+    );
     let status = cart
         .get_cart(Request::new(cart::GetCartRequest { user_id: fixture.user.clone() }))
         .await

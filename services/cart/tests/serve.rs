@@ -39,7 +39,7 @@ async fn the_served_cart_answers_over_grpc_and_stops_on_shutdown() -> anyhow::Re
             admin: AdminArgs { addr: free_port()? },
             grpc: GrpcArgs { addr: grpc_addr, shutdown_grace: Duration::from_secs(5) },
         },
-        redis: RedisArgs { url: redis_url.clone() },
+        redis: RedisArgs::new(redis_url.clone()),
         client: ClientArgs::default(),
         peers: PeerArgs::default(),
         cart: CartSettings::default(),

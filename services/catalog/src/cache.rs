@@ -1,6 +1,7 @@
 //! Cache-aside in Redis for product reads and listing pages.
 //!
-//! Keys (all under [`KEY_PREFIX`], `catalog:v1:`):
+//! Keys (all under `<redis key prefix>:`[`KEY_PREFIX`], e.g.
+//! `default.shop:catalog:v1:`):
 //! - `gen`: the list generation, a counter bumped by every write;
 //! - `product:{id}`: one encoded `Product`;
 //! - `list:{gen}:{fingerprint}`: one encoded `ListProductsResponse`, keyed by
@@ -48,8 +49,8 @@ pub const PRODUCT_TTL: Duration = Duration::from_secs(10 * 60);
 /// this only reclaims their memory.
 pub const LIST_TTL: Duration = Duration::from_secs(2 * 60);
 
-/// Prefix of every key: the service and a format version, so that other
-/// users of the same Redis (cart, gateway) never collide with the catalog,
+/// Prefix of every key after the stack's: the service and a format version,
+/// so that other users of the same Redis (cart, gateway) never collide with the catalog,
 /// and a change of the cached encoding can start afresh under `v2`.
 pub const KEY_PREFIX: &str = "catalog:v1";
 
@@ -121,13 +122,15 @@ impl fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// A cache with no Redis yet: every read misses until [`set_connection`](Self::set_connection).
-    pub fn new(metrics: &Metrics) -> Self {
-        Self::with_prefix(metrics, KEY_PREFIX)
+    /// A cache with no Redis yet (every read misses until
+    /// [`set_connection`](Self::set_connection)) whose keys start with
+    /// `<stack_prefix>:`[`KEY_PREFIX`]; the stack prefix comes from
+    /// `--redis-key-prefix`, so stacks sharing one Redis share no entry.
+    pub fn new(metrics: &Metrics, stack_prefix: &str) -> Self {
+        Self::with_prefix(metrics, &format!("{stack_prefix}:{KEY_PREFIX}"))
     }
 
-    /// A cache whose keys start with `prefix` instead of [`KEY_PREFIX`]
-    /// (tests sharing one Redis).
+    /// A cache whose keys start with exactly `prefix` (tests sharing one Redis).
     pub fn with_prefix(metrics: &Metrics, prefix: &str) -> Self {
         let requests = Family::<CacheLabels, Counter>::default();
         metrics.register(

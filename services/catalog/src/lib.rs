@@ -67,7 +67,7 @@ pub enum Error {
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     ServiceRuntime::new(Service::Catalog, &config.common)
         .serve(shutdown, |wiring| async move {
-            let cache = Cache::new(wiring.metrics());
+            let cache = Cache::new(wiring.metrics(), &config.redis.key_prefix);
             cache.connect_in_background(config.redis.clone(), wiring.stop_token());
 
             let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;

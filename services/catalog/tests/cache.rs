@@ -42,7 +42,7 @@ fn redis_url() -> String {
 }
 
 async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let args = RedisArgs { url: url.to_owned() };
+    let args = RedisArgs::new(url.to_owned());
     tokio::time::timeout(
         Duration::from_secs(10),
         commerce_platform::redis::connect(&args, &Readiness::new(), &CancellationToken::new()),
@@ -68,10 +68,27 @@ struct Fixture {
 }
 
 async fn fixture(manager: Option<ConnectionManager>) -> anyhow::Result<Fixture> {
+    fixture_of_stack(manager, None).await
+}
+
+/// A fixture whose cache is built as `serve` builds it for the stack
+/// prefix `stack` (`--redis-key-prefix`), or under a prefix of its own.
+async fn fixture_of_stack(
+    manager: Option<ConnectionManager>,
+    stack: Option<&str>,
+) -> anyhow::Result<Fixture> {
     let db = TestDatabase::create("catalog", &commerce_catalog::MIGRATOR).await?;
     let metrics = Metrics::new("catalog");
-    let prefix = format!("catalog-test-{}", Uuid::new_v4().simple());
-    let cache = Cache::with_prefix(&metrics, &prefix);
+    let (prefix, cache) = match stack {
+        Some(stack) => {
+            (format!("{stack}:{}", commerce_catalog::cache::KEY_PREFIX), Cache::new(&metrics, stack))
+        }
+        None => {
+            let prefix = format!("catalog-test-{}", Uuid::new_v4().simple());
+            let cache = Cache::with_prefix(&metrics, &prefix);
+            (prefix, cache)
+        }
+    };
     if let Some(manager) = manager {
         cache.set_connection(manager);
     }
@@ -160,6 +177,27 @@ impl Fixture {
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0))
     }
+}
+
+#[tokio::test]
+async fn two_stacks_sharing_one_redis_never_serve_each_others_cached_pages() -> anyhow::Result<()> {
+    let tenant = format!("catalog-tenants-{}", Uuid::new_v4().simple());
+    let shop_a = fixture_of_stack(Some(connect(&redis_url()).await?), Some(&format!("{tenant}.a"))).await?;
+    let shop_b = fixture_of_stack(Some(connect(&redis_url()).await?), Some(&format!("{tenant}.b"))).await?;
+    shop_a.create("A-1", "Only in shop a", 1500).await?;
+    assert_eq!(shop_a.list_names().await?, ["Only in shop a"]);
+    assert_eq!(shop_a.list_names().await?, ["Only in shop a"], "second read");
+    assert!(shop_a.count("list", "hit")? >= 1, "shop a's page is cached");
+
+    // The same request in the other shop: its own (empty) catalog, never
+    // shop a's cached page, before and after it cached a page of its own.
+    assert!(shop_b.list_names().await?.is_empty(), "shop b was served shop a's page");
+    assert!(shop_b.list_names().await?.is_empty(), "shop b was served shop a's page");
+    assert_eq!(shop_b.count("list", "hit")?, 1, "shop b's second read hits its own page");
+    assert_eq!(shop_a.list_names().await?, ["Only in shop a"]);
+    assert!(shop_a.prefix.starts_with(&format!("{tenant}.a:")), "{}", shop_a.prefix);
+    shop_a.db.drop_database().await?;
+    shop_b.db.drop_database().await
 }
 
 #[tokio::test]

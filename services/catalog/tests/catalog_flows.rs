@@ -19,7 +19,10 @@ use tonic::{Code, Request};
 async fn fixture() -> anyhow::Result<(TestDatabase, CatalogGrpc)> {
     let db = TestDatabase::create("catalog", &commerce_catalog::MIGRATOR).await?;
     // No Redis connection: every read goes to Postgres.
-    let grpc = CatalogGrpc::new(db.pool.clone(), Cache::new(&Metrics::new("catalog")));
+    let grpc = CatalogGrpc::new(
+        db.pool.clone(),
+        Cache::new(&Metrics::new("catalog"), commerce_platform::redis::DEFAULT_KEY_PREFIX),
+    );
     Ok((db, grpc))
 }
 

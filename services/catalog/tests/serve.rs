@@ -50,7 +50,7 @@ async fn serve_seeds_answers_without_redis_relays_events_to_kafka_and_shuts_down
         database: DatabaseArgs::new(db.url.clone()),
         kafka: KafkaArgs { name_prefix: prefix, ..KafkaArgs::new(brokers) },
         // Nothing listens on port 1: Redis is "down" for the whole test.
-        redis: RedisArgs { url: "redis://127.0.0.1:1".to_owned() },
+        redis: RedisArgs::new("redis://127.0.0.1:1".to_owned()),
         seed_demo_catalog: true,
     };
     let shutdown = CancellationToken::new();

@@ -65,9 +65,9 @@ pub struct InfraArgs {
 impl fmt::Debug for InfraArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InfraArgs")
-            .field("postgres_admin_url", &commerce_platform::db::redact(&self.postgres_admin_url))
+            .field("postgres_admin_url", &commerce_platform::url::redact(&self.postgres_admin_url))
             .field("kafka_brokers", &self.kafka_brokers)
-            .field("redis_url", &commerce_platform::redis::redact(&self.redis_url))
+            .field("redis_url", &commerce_platform::url::redact(&self.redis_url))
             .field("kafka_name_prefix", &self.kafka_name_prefix)
             .field("database_prefix", &self.database_prefix)
             .field("port_offset", &self.port_offset)
@@ -93,10 +93,10 @@ impl fmt::Debug for LocalWiring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalWiring")
             .field("log", &self.log)
-            .field("postgres_admin_url", &commerce_platform::db::redact(self.postgres_admin_url.as_str()))
+            .field("postgres_admin_url", &commerce_platform::url::redact(self.postgres_admin_url.as_str()))
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka_name_prefix", &self.kafka_name_prefix)
-            .field("redis_url", &commerce_platform::redis::redact(&self.redis_url))
+            .field("redis_url", &commerce_platform::url::redact(&self.redis_url))
             .field("database_prefix", &self.database_prefix)
             .field("port_offset", &self.port_offset)
             .finish()
@@ -109,7 +109,7 @@ impl LocalWiring {
         let postgres_admin_url = url::Url::parse(&infra.postgres_admin_url).with_context(|| {
             format!(
                 "--postgres-admin-url {} is not a URL",
-                commerce_platform::db::redact(&infra.postgres_admin_url)
+                commerce_platform::url::redact(&infra.postgres_admin_url)
             )
         })?;
         anyhow::ensure!(
@@ -155,7 +155,7 @@ impl LocalWiring {
     /// Creates the database of every service in `services` that has one and
     /// lacks it. Idempotent, and safe against a concurrent creator.
     pub async fn ensure_databases(&self, services: &[Service]) -> anyhow::Result<()> {
-        let redacted = commerce_platform::db::redact(self.postgres_admin_url.as_str());
+        let redacted = commerce_platform::url::redact(self.postgres_admin_url.as_str());
         let mut admin =
             tokio::time::timeout(PREPARE_TIMEOUT, PgConnection::connect(self.postgres_admin_url.as_str()))
                 .await

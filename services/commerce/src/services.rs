@@ -144,8 +144,9 @@ fn parse_local<C: Args + FromArgMatches>(
 fn redacted(args: &[String]) -> Vec<String> {
     args.iter()
         .map(|arg| match arg.split_once('=') {
-            Some((flag @ "--database-url", url)) => format!("{flag}={}", commerce_platform::db::redact(url)),
-            Some((flag @ "--redis-url", url)) => format!("{flag}={}", commerce_platform::redis::redact(url)),
+            Some((flag @ ("--database-url" | "--redis-url"), url)) => {
+                format!("{flag}={}", commerce_platform::url::redact(url))
+            }
             _ => arg.clone(),
         })
         .collect()

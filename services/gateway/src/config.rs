@@ -150,14 +150,6 @@ pub struct RateLimitArgs {
     /// which file-event watchers easily miss.
     #[arg(long = "ratelimit-reload-interval", env = "COMMERCE_RATELIMIT_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
-    /// Prefix of every Redis key the limiter uses (counters and stored
-    /// rules); gateways that must share limits share the prefix.
-    #[arg(
-        long = "ratelimit-redis-prefix",
-        env = "COMMERCE_RATELIMIT_REDIS_PREFIX",
-        default_value = "commerce:gateway:ratelimit"
-    )]
-    pub redis_prefix: String,
 }
 
 /// The read cache of public catalog answers (see `catalog_cache`).

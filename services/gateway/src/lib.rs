@@ -54,6 +54,9 @@ use crate::jwt::{KeyStatus, Verifier};
 use crate::ratelimit::RateLimiter;
 use crate::state::AppState;
 
+/// The rate limiter's keys (counters and stored rules) after the stack's
+/// `--redis-key-prefix`: `<stack>:gateway:ratelimit:rules`, ...
+const RATE_LIMIT_KEYS: &str = "gateway:ratelimit";
 /// Name of this process's readiness check: the HTTP listener is up.
 const HTTP_READINESS_CHECK: &str = "http";
 /// Name of the readiness check that holds the gateway back until it has the
@@ -130,7 +133,8 @@ impl Gateway {
         let rate_limiter = Arc::new(RateLimiter::new(
             ratelimit::rules::default_rules(&config.rate_limit),
             config.rate_limit.rules_file.clone(),
-            config.rate_limit.redis_prefix.clone(),
+            // Gateways that share limits share the stack's key prefix.
+            config.redis.key(RATE_LIMIT_KEYS),
             config.http.trusted_proxy_hops,
             redis.clone(),
             limiter_metrics,

@@ -186,7 +186,11 @@ pub fn build() -> Value {
         responses.insert(
             "429".into(),
             json!({
-                "description": "Rate limited; see Retry-After, RateLimit and RateLimit-Policy",
+                "description": if op.path == "/api/auth/login" {
+                    "Rate limited, or sign-ins to this account are paused after 5 wrong passwords in a row (30 s, doubling up to 15 min); see Retry-After"
+                } else {
+                    "Rate limited; see Retry-After, RateLimit and RateLimit-Policy"
+                },
                 "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                 "content": {PROBLEM_JSON: {"schema": problem.clone()}}
             }),

@@ -236,6 +236,12 @@ pub fn problem_from_status(peer: &str, status: &tonic::Status) -> Problem {
         // Unavailable is transient by definition; tell clients when to retry.
         return problem.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if let Some(retry_after) = commerce_platform::quota::retry_after(status) {
+        // The peer said when (a paused account's sign-in): whole seconds,
+        // at least one.
+        let seconds = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+        return problem.with_header(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     problem
 }
 
@@ -275,6 +281,22 @@ mod tests {
         assert_eq!(problem_from_status("order", &status).status, 422);
         let status = tonic::Status::failed_precondition("order is already delivered");
         assert_eq!(problem_from_status("order", &status).status, 409);
+    }
+
+    #[test]
+    fn a_paused_accounts_sign_in_is_429_with_the_peers_retry_after() {
+        let status = commerce_platform::quota::exceeded(
+            "too many failed sign-ins to this account; try again in 30 s",
+            "account:1",
+            "failed sign-ins in a row",
+            std::time::Duration::from_millis(29_200),
+        );
+        let problem = problem_from_status("auth", &status);
+        assert_eq!(problem.status, 429);
+        assert!(problem.detail.contains("try again in 30 s"), "{}", problem.detail);
+        let retry =
+            problem.headers.iter().find(|(name, _)| name == header::RETRY_AFTER).map(|(_, v)| v.clone());
+        assert_eq!(retry, Some(HeaderValue::from_static("30")));
     }
 
     #[test]

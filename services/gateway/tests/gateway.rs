@@ -319,7 +319,7 @@ fn config(peers: &PeerArgs, redis_url: &str, prefix: &str, rules_file: Option<Pa
         admin: AdminArgs { addr: SocketAddr::from(([127, 0, 0, 1], 0)) },
         peers: peers.clone(),
         client: ClientArgs { deadline: Duration::from_secs(2), max_retries: 0, ..ClientArgs::default() },
-        redis: RedisArgs { url: redis_url.to_owned() },
+        redis: RedisArgs { url: redis_url.to_owned(), key_prefix: prefix.to_owned() },
         http: HttpArgs {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             body_limit: 1024,
@@ -343,7 +343,6 @@ fn config(peers: &PeerArgs, redis_url: &str, prefix: &str, rules_file: Option<Pa
             auth_burst: 100,
             rules_file,
             reload_interval: Duration::from_millis(100),
-            redis_prefix: prefix.to_owned(),
         },
         catalog_cache: CatalogCacheArgs {
             cache_size: 1 << 20,
@@ -1308,5 +1307,32 @@ async fn losing_redis_mid_run_falls_back_and_recovers_when_it_returns() -> Resul
         !metrics.contains("commerce_gateway_ratelimit_redis_errors_total 0"),
         "errors were counted: {metrics}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn password_guessing_from_one_ip_is_limited_by_the_auth_ip_rule() -> Result<()> {
+    require_redis().await?;
+    let fixture = Fixture::start().await?;
+    let mut config = fixture.config(&redis_url(), &prefix(), None);
+    config.rate_limit.auth_per_minute = 6;
+    config.rate_limit.auth_burst = 3;
+    let gateway = fixture.gateway(config).await?;
+    let guess = json!({"email": "victim@example.com", "password": "guess"});
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let response = gateway.http.post(gateway.url("/api/auth/login")).json(&guess).send().await?;
+        statuses.push(response.status().as_u16());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let policy = header(response.headers(), "ratelimit-policy").unwrap_or_default().to_owned();
+            assert!(policy.contains("\"auth-ip\""), "{policy}");
+            assert!(response.headers().contains_key("retry-after"));
+        }
+    }
+    // The burst of three reaches auth (which refuses the password); the rest
+    // never leave the gateway.
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429]);
+    // Other routes from the same IP are not held back by the login rule.
+    assert_eq!(gateway.get("/api/products").send().await?.status(), StatusCode::OK);
     Ok(())
 }

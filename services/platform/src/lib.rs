@@ -11,6 +11,7 @@ pub mod db;
 pub mod discovery;
 pub mod events;
 pub mod grpc;
+pub mod quota;
 pub mod readiness;
 pub mod redis;
 pub mod resilience;
@@ -18,5 +19,6 @@ pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;
+pub mod url;
 
 pub use runtime::{ServiceRuntime, error_chain};

@@ -14,6 +14,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::readiness::{Check, Readiness};
+use crate::url::redact;
 
 /// Name of the readiness check.
 pub const READINESS_CHECK: &str = "redis";
@@ -42,11 +43,55 @@ pub struct RedisArgs {
         hide_env_values = true
     )]
     pub url: String,
+    /// Start of every key this process writes (carts, the catalog cache,
+    /// rate-limit counters and rules): stacks that share one Redis keep
+    /// apart by it. The operator sets it to `<namespace>.<stack>`.
+    #[arg(
+        long = "redis-key-prefix",
+        id = "redis-key-prefix",
+        env = "COMMERCE_REDIS_KEY_PREFIX",
+        default_value = DEFAULT_KEY_PREFIX,
+        value_parser = parse_key_prefix
+    )]
+    pub key_prefix: String,
+}
+
+/// The key prefix of a local run.
+pub const DEFAULT_KEY_PREFIX: &str = "commerce";
+
+impl RedisArgs {
+    /// Flags for `url` with the default key prefix.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), key_prefix: DEFAULT_KEY_PREFIX.to_owned() }
+    }
+
+    /// The key `<prefix>:<rest>`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.key_prefix)
+    }
+}
+
+/// A key prefix is non-empty printable ASCII without spaces and without
+/// braces: a brace would start a Redis Cluster hash tag and move keys that
+/// belong together (a cart and its checkout records) to different slots.
+fn parse_key_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("the Redis key prefix is empty".to_owned());
+    }
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic() || *c == '{' || *c == '}') {
+        return Err(format!(
+            "the Redis key prefix {value:?} holds {bad:?}; use printable ASCII without spaces or braces"
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 impl fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisArgs").field("url", &redact(&self.url)).finish()
+        f.debug_struct("RedisArgs")
+            .field("url", &redact(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
     }
 }
 
@@ -70,16 +115,6 @@ pub enum RedisError {
         #[source]
         source: Option<::redis::RedisError>,
     },
-}
-
-/// The URL with its password (if any) replaced, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Connects to Redis, retrying with backoff until it answers a PING or
@@ -163,10 +198,29 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("redis://:s3cret@redis:6379/0"), "redis://***@redis:6379/0");
-        assert_eq!(redact("redis://user:s3cret@redis:6379"), "redis://***@redis:6379");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        let args = RedisArgs { url: "redis://:s3cret@redis:6379".to_owned() };
+        let args = RedisArgs::new("redis://:s3cret@redis:6379");
         assert!(!format!("{args:?}").contains("s3cret"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        redis: RedisArgs,
+    }
+
+    #[test]
+    fn keys_carry_the_prefix_and_a_prefix_with_a_brace_or_space_is_refused() {
+        use clap::Parser;
+        let flags = Flags::try_parse_from(["x", "--redis-key-prefix=team-a.shop"]).expect("valid prefix");
+        assert_eq!(flags.redis.key("cart:{u1}"), "team-a.shop:cart:{u1}");
+        let default = Flags::try_parse_from(["x"]).expect("defaults");
+        assert_eq!(default.redis.key("gen"), "commerce:gen");
+        for bad in ["", "a{b", "a}b", "a b"] {
+            let error = match Flags::try_parse_from(["x", &format!("--redis-key-prefix={bad}")]) {
+                Ok(_) => panic!("{bad:?} was accepted"),
+                Err(error) => error.to_string(),
+            };
+            assert!(error.contains("Redis key prefix"), "{bad:?}: {error}");
+        }
     }
 }

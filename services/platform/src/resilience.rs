@@ -39,7 +39,8 @@
 //!   outlast the deadline.
 //! - **Circuit breaker** per peer, counting consecutive failures that mean
 //!   the peer itself is unwell: transport errors, `Unavailable`,
-//!   `DeadlineExceeded`, `ResourceExhausted`. Application errors prove the
+//!   `DeadlineExceeded`, `ResourceExhausted` (unless it is one subject's
+//!   quota, see [`crate::quota`]). Application errors prove the
 //!   peer is up and reset the count. Once open, calls fail at once with
 //!   `Unavailable("circuit open ...")` without touching the network, which
 //!   both spares the peer and returns an answer to our caller inside its own
@@ -412,9 +413,15 @@ impl Drop for Permit {
     }
 }
 
-/// Codes that mean the peer could not serve, as opposed to an answer.
-fn is_peer_failure(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
+/// Whether `status` means the peer could not serve, as opposed to an
+/// answer. A quota one subject spent (see [`crate::quota`]) is an answer:
+/// counting it would let one client open the breaker for every client.
+fn is_peer_failure(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        Code::ResourceExhausted => !crate::quota::is_subject_quota(status),
+        _ => false,
+    }
 }
 
 /// Codes an idempotent call is retried on (see the module docs).
@@ -711,7 +718,7 @@ where
                 permit.settle(false);
                 return outcome.map_err(|status| Box::new(status) as BoxError);
             };
-            permit.settle(is_peer_failure(failure.code()));
+            permit.settle(is_peer_failure(&failure));
 
             let backoff = full_jitter(self.policy.backoff_base, self.policy.backoff_cap, retries);
             let retry = self.idempotent

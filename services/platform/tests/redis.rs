@@ -39,7 +39,7 @@ async fn connecting_to_a_running_redis_marks_it_ready_and_commands_work() {
     let shutdown = CancellationToken::new();
 
     let mut manager =
-        tokio::time::timeout(PATIENCE, redis::connect(&RedisArgs { url }, &readiness, &shutdown))
+        tokio::time::timeout(PATIENCE, redis::connect(&RedisArgs::new(url), &readiness, &shutdown))
             .await
             .expect("connects in time")
             .expect("connects");
@@ -69,7 +69,7 @@ async fn an_unreachable_redis_is_shown_in_readiness_until_shutdown() {
     drop(listener);
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
-    let args = RedisArgs { url: format!("redis://{addr}") };
+    let args = RedisArgs::new(format!("redis://{addr}"));
 
     let connecting = {
         let (readiness, shutdown) = (readiness.clone(), shutdown.clone());

@@ -101,6 +101,35 @@ async fn application_errors_do_not_count_towards_opening() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn one_subjects_spent_quota_never_opens_the_breaker_but_an_overloaded_peer_does() {
+    // Someone guessing one account's password gets its sign-ins refused:
+    // that must not cut every other user off the peer.
+    let (probe, calls) = scripted(|_| {
+        Err(commerce_platform::quota::exceeded(
+            "paused",
+            "account:1",
+            "failed sign-ins",
+            Duration::from_secs(30),
+        ))
+    });
+    let channel = ResilientChannel::new("probe", probe, &args());
+    for _ in 0..10 {
+        let status = call(channel.clone(), plain()).await.expect_err("refused");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(commerce_platform::quota::retry_after(&status), Some(Duration::from_secs(30)));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10, "every call reached the peer");
+    assert_eq!(channel.breaker().state(), BreakerState::Closed);
+
+    let (probe, _) = scripted(|_| Err(Status::resource_exhausted("overloaded")));
+    let channel = ResilientChannel::new("probe", probe, &args());
+    for _ in 0..3 {
+        call(channel.clone(), plain()).await.expect_err("overloaded");
+    }
+    assert_eq!(channel.breaker().state(), BreakerState::Open, "an overloaded peer still counts");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_open_breaker_fails_fast_without_calling_the_peer() {
     let (probe, calls) = scripted(|_| Err(unavailable()));
     let metrics = Metrics::new("test");

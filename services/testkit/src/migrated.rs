@@ -50,7 +50,7 @@ impl TestDatabase {
             .with_context(|| {
                 format!(
                     "Postgres is unreachable at {}; start it with `bash e2e/scripts/infra.sh up postgres`",
-                    commerce_platform::db::redact(&admin_url)
+                    commerce_platform::url::redact(&admin_url)
                 )
             })?;
         let name = format!("{prefix}_test_{}", Uuid::new_v4().simple());

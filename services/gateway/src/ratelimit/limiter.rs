@@ -46,8 +46,12 @@ use super::rules::Rule;
 /// limiter sits in front of every request, so a slow Redis must not become
 /// a slow API.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
-/// Local buckets kept before idle ones are pruned.
-const LOCAL_PRUNE_THRESHOLD: usize = 100_000;
+/// How often the in-process buckets drop the ones that are full again (µs).
+/// Pruning on a clock, not on a size, keeps a flood of distinct clients
+/// (while Redis is down) from making every request scan the whole table
+/// under its lock: the scan runs at most once a second, and the table holds
+/// only buckets touched within their own window plus that second.
+const LOCAL_PRUNE_INTERVAL_US: u64 = 1_000_000;
 /// Most requests decided by one script call. A batch holds what arrived
 /// while the previous call was out (tens under heavy load); the cap only
 /// keeps one script run, which blocks Redis, short (about 1 µs per check).
@@ -172,13 +176,23 @@ pub struct LimiterMetrics {
     pub redis_errors: Counter,
 }
 
+/// The fallback's buckets: theoretical arrival time per key (µs since the
+/// limiter's origin), pruned every [`LOCAL_PRUNE_INTERVAL_US`].
+#[derive(Debug, Default)]
+struct LocalBuckets {
+    tats: HashMap<String, u64>,
+    next_prune_us: u64,
+    /// Scans made so far (tests read it).
+    prunes: u64,
+}
+
 /// Redis-backed limiter with the in-process fallback.
 pub struct Limiter {
     redis: Arc<RwLock<Option<ConnectionManager>>>,
     /// Feeds [`run_batches`], started on the first check that finds Redis
     /// connected; it ends when the limiter is dropped.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
-    local: Mutex<HashMap<String, u64>>,
+    local: Mutex<LocalBuckets>,
     origin: Instant,
     in_fallback: AtomicBool,
     /// Whether the first decision was logged (so the initial state is
@@ -200,7 +214,7 @@ impl Limiter {
         Self {
             redis,
             queue: OnceLock::new(),
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(LocalBuckets::default()),
             origin: Instant::now(),
             in_fallback: AtomicBool::new(true),
             announced: AtomicBool::new(false),
@@ -279,10 +293,15 @@ impl Limiter {
 
     fn check_locally(&self, checks: &[Check]) -> Vec<Decision> {
         let now = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut buckets = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() > LOCAL_PRUNE_THRESHOLD {
-            buckets.retain(|_, tat| *tat > now);
+        let mut local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now >= local.next_prune_us {
+            // A bucket whose arrival time has passed is full: forgetting it
+            // changes no decision.
+            local.tats.retain(|_, tat| *tat > now);
+            local.next_prune_us = now + LOCAL_PRUNE_INTERVAL_US;
+            local.prunes += 1;
         }
+        let buckets = &mut local.tats;
         let verdicts: Vec<(Decision, Option<u64>)> = checks
             .iter()
             .map(|check| gcra(buckets.get(&check.key).copied(), now, check.interval_us, check.tolerance_us))
@@ -406,5 +425,34 @@ mod tests {
         assert!(alone[0].allowed, "the refused request did not spend the loose rule's quota");
         assert!(limiter.in_fallback());
         assert_eq!(limiter.metrics().fallback.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_distinct_clients_does_not_make_every_request_scan_the_local_table() {
+        let limiter = Limiter::new(Arc::new(RwLock::new(None)), LimiterMetrics::default());
+        // 150,000 clients, each with a bucket that stays partly spent for
+        // an hour: none can be pruned.
+        let hour = 3_600_000_000;
+        let check =
+            |client: usize| Check { key: format!("ip:{client}"), interval_us: hour, tolerance_us: hour };
+        let started = std::time::Instant::now();
+        for client in 0..150_000 {
+            assert!(limiter.check(&[check(client)]).await[0].allowed);
+        }
+        // One scan per started second (the first check scans the empty
+        // table); before, every request past 100,000 keys scanned them all.
+        let most = started.elapsed().as_secs() + 2;
+        let scans = limiter.local.lock().unwrap().prunes;
+        assert!(scans <= most, "{scans} scans of the table for 150,000 requests in {:?}", started.elapsed());
+        assert_eq!(limiter.local.lock().unwrap().tats.len(), 150_000, "an active bucket was dropped");
+
+        // Once a bucket's window has passed, the next scan drops it.
+        let short = Check { key: "short".into(), interval_us: 1, tolerance_us: 1 };
+        assert!(limiter.check(std::slice::from_ref(&short)).await[0].allowed);
+        limiter.local.lock().unwrap().next_prune_us = 0;
+        assert!(!limiter.check(&[check(0)]).await[0].allowed, "client 0's bucket is spent");
+        let local = limiter.local.lock().unwrap();
+        assert!(!local.tats.contains_key("short"), "a full bucket survived the scan");
+        assert!(local.tats.contains_key("ip:1"), "an active bucket was pruned");
     }
 }

@@ -10,7 +10,8 @@
 //!   `t` seconds until the quota is fully restored;
 //! - refused requests get 429 problem+json with `Retry-After` (seconds).
 //!
-//! Rules stored in Redis live in one hash, `<prefix>:rules` (field = rule
+//! Rules stored in Redis live in one hash, `<prefix>:rules` (the prefix is
+//! `<stack prefix>:gateway:ratelimit`, see `--redis-key-prefix`; field = rule
 //! name, value = the rule as JSON); an operator may `HSET` it directly or use
 //! `PUT /api/admin/ratelimits/{name}`. The reload loop polls that hash and
 //! the rules file every `--ratelimit-reload-interval`; a change swaps the

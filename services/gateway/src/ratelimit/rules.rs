@@ -267,7 +267,6 @@ mod tests {
             auth_burst: 10,
             rules_file: None,
             reload_interval: Duration::from_secs(5),
-            redis_prefix: "x".into(),
         };
         let merged = merge(&default_rules(&args), &file, &[]);
         let default_ip = merged.iter().find(|rule| rule.rule.name == "default-ip").expect("present");

@@ -15,7 +15,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use commerce_platform::db;
 use commerce_platform::events::{DesiredTopic, KafkaArgs, TopicNames, ensure_topics};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -75,7 +74,7 @@ impl TestDatabase {
             .with_context(|| {
                 format!(
                     "Postgres is unreachable at {}; start it with `bash e2e/scripts/infra.sh up postgres`",
-                    db::redact(&admin_url)
+                    commerce_platform::url::redact(&admin_url)
                 )
             })?;
         let name = format!("platform_test_{}", Uuid::new_v4().simple());
