@@ -752,15 +752,19 @@ async fn no_password_token_or_key_of_a_whole_run_reaches_the_logs() {
     let reused =
         api.post("/api/auth/refresh", None, &json!({"refresh_token": refresh})).await.expect("answers");
     assert!(reused.status.is_client_error(), "a spent refresh token was accepted: {}", reused.body);
-    for (what, answer) in [("registration", &registered), ("login", &login), ("refresh", &renewed)] {
+    // Register and login answer a session (`tokens` inside); refresh
+    // answers the token pair itself.
+    for (what, pair) in
+        [("registration", &registered["tokens"]), ("login", &login["tokens"]), ("refresh", &renewed)]
+    {
         for kind in ["access_token", "refresh_token"] {
-            secrets.push((format!("the {what}'s {kind}"), string(&answer["tokens"], kind).expect("token")));
+            secrets.push((format!("the {what}'s {kind}"), string(pair, kind).expect("token")));
         }
     }
     let customer = Session {
         user_id: string(&login["user"], "id").expect("user id"),
         email: email.clone(),
-        access_token: string(&renewed["tokens"], "access_token").expect("access token"),
+        access_token: string(&renewed, "access_token").expect("access token"),
     };
 
     // A purchase through the saga, with the admin's session.
@@ -774,7 +778,7 @@ async fn no_password_token_or_key_of_a_whole_run_reaches_the_logs() {
         .post(
             "/api/auth/logout",
             Some(&customer.access_token),
-            &json!({"refresh_token": string(&renewed["tokens"], "refresh_token").expect("token")}),
+            &json!({"refresh_token": string(&renewed, "refresh_token").expect("token")}),
         )
         .await
         .expect("logs out");
@@ -975,7 +979,7 @@ async fn a_replayed_refresh_token_revokes_every_token_of_its_sign_in() {
         .expect("refreshes")
         .expect(StatusCode::OK)
         .expect("200");
-    let second = string(&rotated["tokens"], "refresh_token").expect("refresh token");
+    let second = string(&rotated, "refresh_token").expect("refresh token");
     let replay =
         api.post("/api/auth/refresh", None, &json!({"refresh_token": first})).await.expect("answers");
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.body);
