@@ -316,6 +316,10 @@ fn every_deployments_variables_parse_as_its_services_flags() {
 fn the_database_and_redis_urls_the_services_receive_are_well_formed() {
     for file in EXAMPLES {
         let objects = built(file);
+        let (stack, _) = example(file);
+        // `<namespace>.<stack>`, as validate() resolves the namespace.
+        let namespace = stack.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let expected_prefix = format!("{namespace}.{}", stack.metadata.name.clone().unwrap_or_default());
         for container in containers(&objects) {
             if let Some(url) = container.get("COMMERCE_DATABASE_URL") {
                 sqlx::postgres::PgConnectOptions::from_str(url)
@@ -325,9 +329,10 @@ fn the_database_and_redis_urls_the_services_receive_are_well_formed() {
                 assert!(url.starts_with("redis://") && !url.contains("$("), "{file}: {url}");
                 // Stacks sharing one Redis keep apart by the key prefix.
                 let prefix = container.get("COMMERCE_REDIS_KEY_PREFIX");
-                assert!(
-                    prefix.is_some_and(|prefix| prefix.starts_with("default.")),
-                    "{file} {}: a Redis user without the stack's key prefix ({prefix:?})",
+                assert_eq!(
+                    prefix,
+                    Some(expected_prefix.as_str()),
+                    "{file} {}: a Redis user without the stack's key prefix",
                     container.deployment
                 );
             }

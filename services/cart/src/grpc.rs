@@ -354,6 +354,12 @@ impl CartService for CartGrpc {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
+            // The shop's cart limits are configuration the gateway's API
+            // document cannot state: a request within the document that
+            // breaks them conflicts with the cart (409), it is not malformed.
+            Error::Validate(
+                rule @ (domain::RuleError::LineQuantity { .. } | domain::RuleError::TooManyLines { .. }),
+            ) => Status::failed_precondition(rule.to_string()),
             Error::Validate(rule) => Status::invalid_argument(rule.to_string()),
             error @ (Error::ProductUnavailable { .. }
             | Error::InsufficientStock { .. }

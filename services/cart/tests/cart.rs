@@ -453,7 +453,7 @@ async fn adding_what_cannot_be_bought_is_refused_naming_the_product() -> anyhow:
     assert_eq!(status.code(), Code::InvalidArgument);
     fixture.inventory.put("scarce", 1000);
     let status = fixture.add("scarce", 98).await.expect_err("over the line maximum of 99");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.code(), Code::FailedPrecondition, "a configured cart limit conflicts, {status:?}");
     assert_eq!(lines(&fixture.get().await?), [("scarce".to_owned(), 2, true)], "refusals changed nothing");
     Ok(())
 }

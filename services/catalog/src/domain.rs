@@ -220,8 +220,9 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
-    /// Builds and checks the filter: the price bounds share one currency,
-    /// and the minimum is not above the maximum.
+    /// Builds and checks the filter: the price bounds share one currency
+    /// (an empty code: the amount in each product's own currency). A minimum
+    /// above the maximum is a range that matches nothing, not an error.
     pub fn new(
         category_id: Option<Uuid>,
         query: &str,
@@ -233,18 +234,17 @@ impl ListFilter {
             return Err(invalid(format!("query must be at most {MAX_QUERY_CHARS} characters")));
         }
         for bound in [&min_price, &max_price].into_iter().flatten() {
-            check_currency(&bound.currency)?;
+            if !bound.currency.is_empty() {
+                check_currency(&bound.currency)?;
+            }
             if bound.units < 0 {
                 return Err(invalid("price bounds must not be negative"));
             }
         }
-        if let (Some(min), Some(max)) = (&min_price, &max_price) {
-            if min.currency != max.currency {
-                return Err(invalid("min_price and max_price must be in the same currency"));
-            }
-            if min.units > max.units {
-                return Err(invalid("min_price must not be above max_price"));
-            }
+        if let (Some(min), Some(max)) = (&min_price, &max_price)
+            && min.currency != max.currency
+        {
+            return Err(invalid("min_price and max_price must be in the same currency"));
         }
         let words = query.split_whitespace().map(str::to_lowercase).collect();
         Ok(Self { category_id, words, min_price, max_price, include_inactive })
@@ -262,9 +262,13 @@ impl ListFilter {
             .collect()
     }
 
-    /// The currency the price bounds are in, if any.
+    /// The currency the price bounds are in, if they name one.
     pub fn price_currency(&self) -> Option<&str> {
-        self.min_price.as_ref().or(self.max_price.as_ref()).map(|money| money.currency.as_str())
+        self.min_price
+            .as_ref()
+            .or(self.max_price.as_ref())
+            .map(|money| money.currency.as_str())
+            .filter(|currency| !currency.is_empty())
     }
 
     /// A short, stable fingerprint of the filter, carried in page tokens so
@@ -414,13 +418,18 @@ mod tests {
     }
 
     #[test]
-    fn price_bounds_must_agree() {
+    fn price_bounds_must_agree_and_may_leave_the_currency_open() {
         let eur = |units| Some(Money { currency: "EUR".to_owned(), units });
-        assert!(ListFilter::new(None, "", eur(100), eur(50), false).is_err());
         let usd = Some(Money { currency: "USD".to_owned(), units: 10 });
         assert!(ListFilter::new(None, "", eur(1), usd, false).is_err());
         let filter = ListFilter::new(None, "", eur(1), None, false).expect("valid");
         assert_eq!(filter.price_currency(), Some("EUR"));
+        // An empty range is valid and matches nothing (the query says so).
+        assert!(ListFilter::new(None, "", eur(100), eur(50), false).is_ok());
+        let any = |units| Some(Money { currency: String::new(), units });
+        let filter = ListFilter::new(None, "", any(1), any(9), false).expect("valid");
+        assert_eq!(filter.price_currency(), None);
+        assert!(ListFilter::new(None, "", any(1), eur(9), false).is_err());
     }
 
     #[test]

@@ -129,15 +129,15 @@ pub struct RateLimitArgs {
     #[arg(long = "ratelimit-default-burst", env = "COMMERCE_RATELIMIT_DEFAULT_BURST", default_value_t = 100)]
     pub default_burst: u32,
     /// Requests per minute one client IP may make to login, register and
-    /// refresh (the built-in `auth-ip` rule, against password guessing);
-    /// 0 disables the rule.
+    /// refresh (the built-in `auth-login-ip`, `auth-register-ip` and
+    /// `auth-refresh-ip` rules, against password guessing); 0 disables them.
     #[arg(
         long = "ratelimit-auth-per-minute",
         env = "COMMERCE_RATELIMIT_AUTH_PER_MINUTE",
         default_value_t = 20
     )]
     pub auth_per_minute: u32,
-    /// Burst of the built-in `auth-ip` rule.
+    /// Burst of the built-in `auth-*-ip` rules.
     #[arg(long = "ratelimit-auth-burst", env = "COMMERCE_RATELIMIT_AUTH_BURST", default_value_t = 10)]
     pub auth_burst: u32,
     /// YAML (or JSON) rules file, typically a mounted ConfigMap; re-read when

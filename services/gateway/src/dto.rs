@@ -9,7 +9,10 @@
 //! - ids are UUID strings; timestamps RFC 3339 strings in UTC;
 //! - enums are lower-case strings (`"pending"`, `"in_transit"`);
 //! - request bodies reject unknown fields, so a misspelt optional field is an
-//!   error instead of being silently ignored.
+//!   error instead of being silently ignored;
+//! - every rule a request must meet is a `#[schemars(...)]` attribute here:
+//!   the OpenAPI document shows it and the extractors enforce it from the
+//!   same derived schema (see [`crate::contract`]).
 
 use chrono::{DateTime, Utc};
 use commerce_proto::{auth, cart, catalog, common, inventory, notification, order, shipping};
@@ -17,8 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::extract::Validate;
-use crate::problem::FieldError;
+use crate::contract::{COUNTRY, CURRENCY, EMAIL, NON_BLANK, SLUG};
 
 /// `impl From<$from> for $to` field by field, for the conversions between
 /// the protos and the JSON shapes, which differ in types but not in names: a
@@ -58,23 +60,6 @@ macro_rules! same_variants {
     };
 }
 
-/// `impl Validate` for request shapes whose rules are one check over the
-/// value (`$this`) that pushes into `$errors`.
-macro_rules! validate_with {
-    ($($shape:ty),+ $(,)? => |$this:ident, $errors:ident| $check:expr) => {
-        $(
-            impl Validate for $shape {
-                fn validate(&self) -> Vec<FieldError> {
-                    let $this = self;
-                    let mut $errors = Vec::new();
-                    $check;
-                    $errors
-                }
-            }
-        )+
-    };
-}
-
 /// Most units of one product in one line or cart operation: far above any
 /// real basket, low enough that a typo (an extra zero or three) is caught.
 pub const MAX_QUANTITY: i64 = 10_000;
@@ -82,6 +67,8 @@ pub const MAX_QUANTITY: i64 = 10_000;
 pub const MAX_ORDER_LINES: usize = 500;
 /// Largest page a client may ask for; the services cap at the same value.
 pub const MAX_PAGE_SIZE: i32 = 100;
+/// Longest free-text field of an address, a note or a token.
+pub const MAX_TEXT: u32 = 200;
 
 // ---------------------------------------------------------------- shared
 
@@ -90,25 +77,11 @@ pub const MAX_PAGE_SIZE: i32 = 100;
 #[serde(deny_unknown_fields)]
 pub struct Money {
     /// ISO 4217 alphabetic code, upper case ("EUR").
+    #[schemars(pattern(CURRENCY))]
     pub currency: String,
     /// The amount in the currency's minor units (1999 EUR is 19.99 EUR).
+    #[schemars(range(min = 0))]
     pub amount_minor: i64,
-}
-
-impl Money {
-    fn check(&self, pointer: &str, errors: &mut Vec<FieldError>) {
-        if !is_currency(&self.currency) {
-            errors
-                .push(FieldError::new(format!("{pointer}/currency"), "must be an ISO 4217 code such as EUR"));
-        }
-        if self.amount_minor < 0 {
-            errors.push(FieldError::new(format!("{pointer}/amount_minor"), "must not be negative"));
-        }
-    }
-}
-
-fn is_currency(code: &str) -> bool {
-    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 impl From<Money> for common::v1::Money {
@@ -137,40 +110,27 @@ fn each<P, J: From<P>>(values: Vec<P>) -> Vec<J> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
+    #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
     pub recipient_name: String,
+    #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
     pub line1: String,
     #[serde(default)]
+    #[schemars(length(max = MAX_TEXT))]
     pub line2: String,
+    #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
     pub city: String,
     #[serde(default)]
+    #[schemars(length(max = MAX_TEXT))]
     pub region: String,
+    #[schemars(pattern(NON_BLANK), length(max = 20))]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2, upper case ("DE").
+    #[schemars(pattern(COUNTRY))]
     pub country_code: String,
     /// E.164 phone number the courier may call; optional.
     #[serde(default)]
+    #[schemars(length(max = 20))]
     pub phone: String,
-}
-
-impl Address {
-    fn check(&self, pointer: &str, errors: &mut Vec<FieldError>) {
-        for (name, value) in [
-            ("recipient_name", &self.recipient_name),
-            ("line1", &self.line1),
-            ("city", &self.city),
-            ("postal_code", &self.postal_code),
-        ] {
-            if value.trim().is_empty() {
-                errors.push(FieldError::new(format!("{pointer}/{name}"), "must not be empty"));
-            }
-        }
-        if !(self.country_code.len() == 2 && self.country_code.bytes().all(|b| b.is_ascii_uppercase())) {
-            errors.push(FieldError::new(
-                format!("{pointer}/country_code"),
-                "must be an ISO 3166-1 alpha-2 code such as DE",
-            ));
-        }
-    }
 }
 
 from_fields!(both Address, common::v1::Address {
@@ -197,40 +157,20 @@ fn enum_label<E: TryFrom<i32> + Default>(value: i32, name: fn(&E) -> &'static st
     enum_name(name(&E::try_from(value).unwrap_or_default()), prefix)
 }
 
-fn check_quantity(pointer: &str, quantity: i64, errors: &mut Vec<FieldError>) {
-    if quantity <= 0 {
-        errors.push(FieldError::new(pointer, "must be greater than 0"));
-    } else if quantity > MAX_QUANTITY {
-        errors.push(FieldError::new(pointer, format!("must be at most {MAX_QUANTITY}")));
-    }
-}
-
-fn check_not_empty(pointer: &str, value: &str, errors: &mut Vec<FieldError>) {
-    if value.trim().is_empty() {
-        errors.push(FieldError::new(pointer, "must not be empty"));
-    }
-}
-
-fn check_page_size(page_size: Option<i32>, errors: &mut Vec<FieldError>) {
-    if let Some(size) = page_size
-        && !(1..=MAX_PAGE_SIZE).contains(&size)
-    {
-        errors.push(FieldError::new("query:page_size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
-    }
-}
-
 /// A quantity within [`MAX_QUANTITY`], for the proto's `uint32`.
 pub fn quantity_u32(quantity: i64) -> u32 {
     u32::try_from(quantity.clamp(0, MAX_QUANTITY)).unwrap_or(0)
 }
 
 /// Pagination of list queries.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// 1 to 100; the service's default (20) when absent.
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
     pub page_size: Option<i32>,
     /// `next_page_token` of the previous page.
+    #[schemars(length(max = 1024))]
     pub page_token: Option<String>,
 }
 
@@ -239,49 +179,33 @@ pub struct PageQuery {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schemars(pattern(EMAIL), length(max = 254))]
     pub email: String,
+    /// 8 to 128 characters, not only white space.
+    #[schemars(pattern(NON_BLANK), length(min = 8, max = 128))]
     pub password: String,
+    /// Shown to the customer; the email's local part when empty.
     #[serde(default)]
+    #[schemars(length(max = 100))]
     pub display_name: String,
-}
-
-impl Validate for RegisterRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        if !self.email.contains('@') {
-            errors.push(FieldError::new("/email", "must be an email address"));
-        }
-        check_not_empty("/password", &self.password, &mut errors);
-        errors
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schemars(pattern(EMAIL), length(max = 254))]
     pub email: String,
+    #[schemars(pattern(NON_BLANK), length(max = 128))]
     pub password: String,
-}
-
-impl Validate for LoginRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_not_empty("/email", &self.email, &mut errors);
-        check_not_empty("/password", &self.password, &mut errors);
-        errors
-    }
 }
 
 /// Body of refresh and logout.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshTokenRequest {
+    #[schemars(pattern(NON_BLANK), length(max = 1024))]
     pub refresh_token: String,
 }
-
-validate_with!(RefreshTokenRequest => |request, errors| {
-    check_not_empty("/refresh_token", &request.refresh_token, &mut errors)
-});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct User {
@@ -367,48 +291,29 @@ pub struct ProductPage {
 }
 
 /// Filters of `GET /api/products`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductQuery {
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
     pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
     pub page_token: Option<String>,
     /// Category id.
     pub category: Option<Uuid>,
     /// Words the name or description must contain.
+    #[schemars(length(max = 200))]
     pub q: Option<String>,
-    /// Lowest price, in minor units of `currency`.
+    /// Lowest price, in minor units (of `currency` when given). Above
+    /// `max_price` matches nothing.
+    #[schemars(range(min = 0))]
     pub min_price: Option<i64>,
-    /// Highest price, in minor units of `currency`.
+    /// Highest price, in minor units (of `currency` when given).
+    #[schemars(range(min = 0))]
     pub max_price: Option<i64>,
-    /// Currency of `min_price`/`max_price`; required with either.
+    /// Only products priced in this currency. Without it, `min_price` and
+    /// `max_price` compare the amount of each product in its own currency.
+    #[schemars(pattern(CURRENCY))]
     pub currency: Option<String>,
-}
-
-impl Validate for ProductQuery {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_page_size(self.page_size, &mut errors);
-        for (name, value) in [("min_price", self.min_price), ("max_price", self.max_price)] {
-            if value.is_some_and(|v| v < 0) {
-                errors.push(FieldError::new(format!("query:{name}"), "must not be negative"));
-            }
-        }
-        if let (Some(min), Some(max)) = (self.min_price, self.max_price)
-            && min > max
-        {
-            errors.push(FieldError::new("query:min_price", "must not exceed max_price"));
-        }
-        match &self.currency {
-            None if self.min_price.is_some() || self.max_price.is_some() => {
-                errors.push(FieldError::new("query:currency", "required with min_price or max_price"));
-            }
-            Some(code) if !is_currency(code) => {
-                errors.push(FieldError::new("query:currency", "must be an ISO 4217 code such as EUR"));
-            }
-            _ => {}
-        }
-        errors
-    }
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -432,9 +337,12 @@ pub struct CategoryList {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
+    #[schemars(pattern(NON_BLANK), length(max = 64))]
     pub sku: String,
+    #[schemars(pattern(NON_BLANK), length(max = 200))]
     pub name: String,
     #[serde(default)]
+    #[schemars(length(max = 10_000))]
     pub description: String,
     pub category_id: Uuid,
     pub price: Money,
@@ -447,51 +355,20 @@ fn default_true() -> bool {
     true
 }
 
-impl Validate for CreateProductRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_not_empty("/sku", &self.sku, &mut errors);
-        check_not_empty("/name", &self.name, &mut errors);
-        self.price.check("/price", &mut errors);
-        errors
-    }
-}
-
 /// Body of `PATCH /api/admin/products/{id}`: the fields present change.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1))]
 pub struct UpdateProductRequest {
+    #[schemars(pattern(NON_BLANK), length(max = 64))]
     pub sku: Option<String>,
+    #[schemars(pattern(NON_BLANK), length(max = 200))]
     pub name: Option<String>,
+    #[schemars(length(max = 10_000))]
     pub description: Option<String>,
     pub category_id: Option<Uuid>,
     pub price: Option<Money>,
     pub active: Option<bool>,
-}
-
-impl Validate for UpdateProductRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        if let Some(sku) = &self.sku {
-            check_not_empty("/sku", sku, &mut errors);
-        }
-        if let Some(name) = &self.name {
-            check_not_empty("/name", name, &mut errors);
-        }
-        if let Some(price) = &self.price {
-            price.check("/price", &mut errors);
-        }
-        let nothing = self.sku.is_none()
-            && self.name.is_none()
-            && self.description.is_none()
-            && self.category_id.is_none()
-            && self.price.is_none()
-            && self.active.is_none();
-        if nothing {
-            errors.push(FieldError::new("/", "name at least one field to change"));
-        }
-        errors
-    }
 }
 
 impl UpdateProductRequest {
@@ -534,22 +411,12 @@ impl UpdateProductRequest {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCategoryRequest {
+    #[schemars(pattern(NON_BLANK), length(max = 200))]
     pub name: String,
+    /// Lower-case letters, digits and dashes; unique.
+    #[schemars(pattern(SLUG), length(max = 64))]
     pub slug: String,
     pub parent_id: Option<Uuid>,
-}
-
-impl Validate for CreateCategoryRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_not_empty("/name", &self.name, &mut errors);
-        if self.slug.is_empty()
-            || !self.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            errors.push(FieldError::new("/slug", "must be lower-case letters, digits and dashes"));
-        }
-        errors
-    }
 }
 
 // ---------------------------------------------------------------- inventory
@@ -559,8 +426,10 @@ impl Validate for CreateCategoryRequest {
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
     /// Units received; positive.
+    #[schemars(range(min = 1, max = MAX_QUANTITY))]
     pub quantity: i64,
     #[serde(default)]
+    #[schemars(length(max = MAX_TEXT))]
     pub note: String,
 }
 
@@ -585,6 +454,7 @@ from_fields!(inventory::v1::StockLevel => StockLevel {
 pub struct AddItemRequest {
     pub product_id: Uuid,
     /// Units to add; positive.
+    #[schemars(range(min = 1, max = MAX_QUANTITY))]
     pub quantity: i64,
 }
 
@@ -593,12 +463,9 @@ pub struct AddItemRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateItemRequest {
     /// The line's new quantity; positive (remove a line with DELETE).
+    #[schemars(range(min = 1, max = MAX_QUANTITY))]
     pub quantity: i64,
 }
-
-validate_with!(AddItemRequest, UpdateItemRequest, RestockRequest => |request, errors| {
-    check_quantity("/quantity", request.quantity, &mut errors)
-});
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct CartItem {
@@ -632,16 +499,8 @@ from_fields!(cart::v1::Cart => Cart {
 pub struct CheckoutRequest {
     pub shipping_address: Address,
     /// Opaque token from the payment provider's client SDK.
+    #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
     pub payment_method_token: String,
-}
-
-impl Validate for CheckoutRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        self.shipping_address.check("/shipping_address", &mut errors);
-        check_not_empty("/payment_method_token", &self.payment_method_token, &mut errors);
-        errors
-    }
 }
 
 // ---------------------------------------------------------------- orders
@@ -651,6 +510,7 @@ impl Validate for CheckoutRequest {
 pub struct OrderLineRequest {
     pub product_id: Uuid,
     /// Units; positive.
+    #[schemars(range(min = 1, max = MAX_QUANTITY))]
     pub quantity: i64,
 }
 
@@ -659,27 +519,11 @@ pub struct OrderLineRequest {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
+    #[schemars(length(min = 1, max = MAX_ORDER_LINES))]
     pub lines: Vec<OrderLineRequest>,
     pub shipping_address: Address,
+    #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
     pub payment_method_token: String,
-}
-
-impl Validate for PlaceOrderRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        if self.lines.is_empty() {
-            errors.push(FieldError::new("/lines", "must contain at least one line"));
-        }
-        if self.lines.len() > MAX_ORDER_LINES {
-            errors.push(FieldError::new("/lines", format!("must contain at most {MAX_ORDER_LINES} lines")));
-        }
-        for (index, line) in self.lines.iter().enumerate() {
-            check_quantity(&format!("/lines/{index}/quantity"), line.quantity, &mut errors);
-        }
-        self.shipping_address.check("/shipping_address", &mut errors);
-        check_not_empty("/payment_method_token", &self.payment_method_token, &mut errors);
-        errors
-    }
 }
 
 /// Optional body of `POST /api/orders/{id}/cancel`.
@@ -687,16 +531,11 @@ impl Validate for PlaceOrderRequest {
 #[serde(deny_unknown_fields)]
 pub struct CancelOrderRequest {
     #[serde(default)]
+    #[schemars(length(max = MAX_TEXT))]
     pub reason: String,
 }
 
-impl Validate for CancelOrderRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        Vec::new()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
@@ -714,19 +553,23 @@ same_variants!(OrderStatus => order::v1::OrderStatus {
 });
 
 /// Filters of `GET /api/orders`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderQuery {
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
     pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
     pub page_token: Option<String>,
     pub status: Option<OrderStatus>,
 }
 
 /// Filters of `GET /api/admin/orders`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminOrderQuery {
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
     pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
     pub page_token: Option<String>,
     pub status: Option<OrderStatus>,
     /// Only this user's orders.
@@ -787,7 +630,7 @@ pub struct OrderPage {
 
 // ---------------------------------------------------------------- shipping
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ShipmentStatus {
     Pending,
@@ -803,39 +646,50 @@ same_variants!(ShipmentStatus => shipping::v1::ShipmentStatus {
 });
 
 /// Filters of `GET /api/shipments`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentQuery {
     /// The order whose shipment to track (customers must give it).
     pub order_id: Option<Uuid>,
     pub status: Option<ShipmentStatus>,
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
     pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
     pub page_token: Option<String>,
 }
 
-/// Body of `POST /api/shipments/{id}/status`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ShipmentStatusRequest {
-    pub status: ShipmentStatus,
-    /// What happened; required for `halted`.
-    #[serde(default)]
-    pub note: String,
-    #[serde(default)]
-    pub location: String,
+/// A status a courier may move a shipment to (never back to `pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShipmentMove {
+    Assigned,
+    PickedUp,
+    InTransit,
+    Delivered,
+    Halted,
 }
 
-impl Validate for ShipmentStatusRequest {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        if self.status == ShipmentStatus::Halted {
-            check_not_empty("/note", &self.note, &mut errors);
-        }
-        if self.status == ShipmentStatus::Pending {
-            errors.push(FieldError::new("/status", "a shipment cannot move back to pending"));
-        }
-        errors
-    }
+same_variants!(ShipmentMove => shipping::v1::ShipmentStatus {
+    Assigned, PickedUp, InTransit, Delivered, Halted,
+});
+
+/// Body of `POST /api/shipments/{id}/status`. Whether the shipment may
+/// move to `status` now is the shipping service's answer (409 if not).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "if" = {"properties": {"status": {"const": "halted"}}, "required": ["status"]},
+    "then" = {"required": ["note"]}
+))]
+pub struct ShipmentStatusRequest {
+    pub status: ShipmentMove,
+    /// What happened; required (not blank) for `halted`.
+    #[serde(default)]
+    #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
+    pub note: String,
+    #[serde(default)]
+    #[schemars(length(max = MAX_TEXT))]
+    pub location: String,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -862,7 +716,7 @@ pub struct Shipment {
     pub updated_at: Option<String>,
     pub delivered_at: Option<String>,
     /// Tracking history, oldest first (only when tracked by order).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<TrackingEvent>,
 }
 
@@ -890,19 +744,16 @@ pub struct ShipmentPage {
 // ---------------------------------------------------------------- notifications
 
 /// Filters of `GET /api/notifications`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationQuery {
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
     pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
     pub page_token: Option<String>,
     #[serde(default)]
     pub unread_only: bool,
 }
-
-validate_with!(
-    PageQuery, OrderQuery, AdminOrderQuery, ShipmentQuery, NotificationQuery
-    => |query, errors| check_page_size(query.page_size, &mut errors)
-);
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Notification {
@@ -942,22 +793,6 @@ mod tests {
         let proto = common::v1::Money::from(money.clone());
         assert_eq!(proto.units, 1999);
         assert_eq!(Money::from(proto), money);
-    }
-
-    #[test]
-    fn an_order_with_a_negative_and_a_zero_quantity_names_both_lines() {
-        let body = serde_json::json!({
-            "lines": [
-                {"product_id": Uuid::nil(), "quantity": -1},
-                {"product_id": Uuid::nil(), "quantity": 0},
-                {"product_id": Uuid::nil(), "quantity": 2}
-            ],
-            "shipping_address": {"recipient_name": "A", "line1": "B 1", "city": "C", "postal_code": "1", "country_code": "DE"},
-            "payment_method_token": "tok"
-        });
-        let request: PlaceOrderRequest = serde_json::from_value(body).expect("parses");
-        let pointers: Vec<String> = request.validate().into_iter().map(|error| error.pointer).collect();
-        assert_eq!(pointers, ["/lines/0/quantity", "/lines/1/quantity"]);
     }
 
     #[test]

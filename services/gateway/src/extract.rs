@@ -4,24 +4,23 @@
 //! (400), and malformed query strings, path ids and headers.
 //!
 //! axum's own `Json`/`Query` rejections are plain text and only say the
-//! first failure in prose; these use `serde_path_to_error` to report where
-//! the failure is as a JSON pointer, then [`Validate`] for the rules serde
-//! cannot express (positive quantities, non-empty names).
+//! first failure in prose. These check the value against the request type's
+//! JSON Schema first ([`contract::check`]: every violation, each named by a
+//! JSON pointer or `query:` parameter), the very schema the OpenAPI document
+//! publishes, then read it with serde (`serde_path_to_error` names the field
+//! should serde still refuse it).
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::problem::{FieldError, Problem};
-
-/// Rules a request DTO checks after it parsed.
-pub trait Validate {
-    /// Every rule the value breaks, as field errors (empty when valid).
-    fn validate(&self) -> Vec<FieldError>;
-}
+use crate::contract::{self, Part};
+use crate::problem::Problem;
 
 /// A JSON body of type `T`, parsed strictly and validated.
 #[derive(Debug, Clone)]
@@ -29,7 +28,7 @@ pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
-    T: DeserializeOwned + Validate,
+    T: DeserializeOwned + JsonSchema + 'static,
     S: Send + Sync,
 {
     type Rejection = Problem;
@@ -43,12 +42,7 @@ where
                 Problem::new(StatusCode::BAD_REQUEST, "unreadable-body", rejection.body_text())
             }
         })?;
-        let value = parse_json::<T>(&body)?;
-        let errors = value.validate();
-        if !errors.is_empty() {
-            return Err(Problem::validation(errors));
-        }
-        Ok(Self(value))
+        parse_json::<T>(&body).map(Self)
     }
 }
 
@@ -59,7 +53,7 @@ pub struct OptionalJson<T>(pub Option<T>);
 
 impl<T, S> FromRequest<S> for OptionalJson<T>
 where
-    T: DeserializeOwned + Validate,
+    T: DeserializeOwned + JsonSchema + 'static,
     S: Send + Sync,
 {
     type Rejection = Problem;
@@ -109,22 +103,44 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     ))
 }
 
-/// Parses `body` as `T`, naming the failing field on error.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+/// Parses `body` as JSON, checks it against `T`'s schema and reads it as
+/// `T`, naming every failing field on error.
+pub fn parse_json<T: DeserializeOwned + JsonSchema + 'static>(body: &[u8]) -> Result<T, Problem> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    contract::check::<T>(&value, Part::Body)?;
+    serde_path_to_error::deserialize(integral_floats_as_integers(value)).map_err(|error| {
         let pointer = json_pointer(error.path());
-        let inner = error.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                format!("the body is not valid JSON: {inner}"),
-            )
-        } else {
-            Problem::invalid_field(pointer, strip_position(&inner.to_string()))
-        }
+        Problem::invalid_field(pointer, strip_position(&error.into_inner().to_string()))
     })
+}
+
+/// JSON Schema counts `2.0` as an integer (a number with no fraction); serde
+/// reads it into no integer type. So integral numbers become integers before
+/// serde reads the value (no request field is a float).
+fn integral_floats_as_integers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+            let integral = number.as_f64().filter(|float| float.fract() == 0.0);
+            // In range of i64: the float converts exactly.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            let integer = integral
+                .filter(|float| (i64::MIN as f64..i64::MAX as f64).contains(float))
+                .map(|float| float as i64);
+            integer.map_or(Value::Number(number), Value::from)
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(integral_floats_as_integers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter().map(|(key, value)| (key, integral_floats_as_integers(value))).collect(),
+        ),
+        other => other,
+    }
 }
 
 /// A query string of type `T`, parsed strictly and validated.
@@ -133,7 +149,7 @@ pub struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
 where
-    T: DeserializeOwned + Validate,
+    T: DeserializeOwned + Serialize + JsonSchema + 'static,
     S: Send + Sync,
 {
     type Rejection = Problem;
@@ -148,10 +164,12 @@ where
                 if path == "." || path.is_empty() { "query".to_owned() } else { format!("query:{path}") };
             Problem::invalid_field(pointer, detail)
         })?;
-        let errors = value.validate();
-        if !errors.is_empty() {
-            return Err(Problem::validation(errors));
-        }
+        // The parameters as their typed JSON values, checked against the
+        // schema the document shows for them.
+        let json = serde_json::to_value(&value).map_err(|error| {
+            Problem::new(StatusCode::BAD_REQUEST, "validation", format!("unreadable query: {error}"))
+        })?;
+        contract::check::<T>(&json, Part::Query)?;
         Ok(Self(value))
     }
 }
@@ -272,20 +290,20 @@ pub fn path_uuid(name: &str, value: &str) -> Result<Uuid, Problem> {
 }
 
 /// The `Idempotency-Key` header (draft-ietf-httpapi-idempotency-key-header),
-/// required where a retried request must not act twice.
+/// required where a retried request must not act twice: 1 to 255 visible
+/// ASCII characters ([`contract::IDEMPOTENCY_KEY`], as documented).
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
-    const MAX_LEN: usize = 255;
+    static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+        let schema = serde_json::json!({"type": "string", "pattern": contract::IDEMPOTENCY_KEY});
+        contract::compile(&schema).unwrap_or_else(|error| panic!("idempotency key schema: {error}"))
+    });
     let pointer = "header:Idempotency-Key";
     let value = headers.get("idempotency-key").ok_or_else(|| {
         Problem::invalid_field(pointer, "required: a unique client-chosen key per operation")
     })?;
-    let key = value.to_str().map_err(|_| Problem::invalid_field(pointer, "must be visible ASCII"))?.trim();
-    // Structured-field strings may be sent quoted.
-    let key = key.trim_matches('"');
-    if key.is_empty() || key.len() > MAX_LEN {
-        return Err(Problem::invalid_field(pointer, format!("must be 1 to {MAX_LEN} characters")));
-    }
-    Ok(key.to_owned())
+    let key = value.to_str().ok().filter(|key| SCHEMA.is_valid(&serde_json::Value::from(*key)));
+    key.map(str::to_owned)
+        .ok_or_else(|| Problem::invalid_field(pointer, "must be 1 to 255 visible ASCII characters"))
 }
 
 /// `serde_path_to_error` paths (`lines[0].quantity`) as JSON pointers
@@ -320,14 +338,14 @@ mod tests {
 
     use super::*;
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     struct Line {
         #[allow(dead_code)]
         quantity: u32,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     struct Body {
         #[allow(dead_code)]
@@ -349,7 +367,7 @@ mod tests {
         assert!(problem.kind.ends_with("malformed-json"));
         let problem = parse_json::<Body>(br#"{"lines":[],"price":1}"#).expect_err("unknown field");
         assert!(problem.kind.ends_with("validation"));
-        assert!(problem.errors[0].detail.contains("unknown field `price`"), "{:?}", problem.errors);
+        assert!(problem.errors[0].detail.contains("'price' was unexpected"), "{:?}", problem.errors);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod catalog_cache;
 pub mod config;
+pub mod contract;
 pub mod dto;
 pub mod extract;
 pub mod jwt;

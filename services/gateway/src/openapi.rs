@@ -8,14 +8,15 @@
 use std::sync::OnceLock;
 
 use axum::Json;
-use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::generate::SchemaGenerator;
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
+use crate::contract;
 use crate::dto;
 use crate::problem::{PROBLEM_JSON, ProblemDetails};
 use crate::ratelimit::rules::Rule;
-use crate::routes::admin::RateLimitRules;
+use crate::routes::admin::{RateLimitRules, RuleBody, rule_name_schema};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,7 @@ fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
 }
 
 fn query<T: JsonSchema>() -> Schema {
-    SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<T>()
+    contract::settings().into_generator().into_root_schema_for::<T>()
 }
 
 macro_rules! op {
@@ -127,7 +128,7 @@ fn operations() -> Vec<Operation> {
         op!("GET" "/api/admin/ratelimits", "admin", "The effective rate-limit rules and backend", Admin,
             query: None, body: None, response: 200 Some(schema::<RateLimitRules>)),
         op!("PUT" "/api/admin/ratelimits/{name}", "admin", "Store a rate-limit rule in Redis (applies to every replica)", Admin,
-            query: None, body: Some(schema::<Rule>), response: 200 Some(schema::<Rule>)),
+            query: None, body: Some(schema::<RuleBody>), response: 200 Some(schema::<Rule>)),
         op!("DELETE" "/api/admin/ratelimits/{name}", "admin", "Remove a rate-limit rule stored in Redis", Admin,
             query: None, body: None, response: 204 None),
         op!("GET" "/api/openapi.json", "meta", "This document", Public,
@@ -137,7 +138,7 @@ fn operations() -> Vec<Operation> {
 
 /// Builds the document.
 pub fn build() -> Value {
-    let mut generator = SchemaSettings::draft2020_12()
+    let mut generator = contract::settings()
         .with(|settings| settings.definitions_path = "/components/schemas".into())
         .into_generator();
     let problem = generator.subschema_for::<ProblemDetails>();
@@ -151,7 +152,7 @@ pub fn build() -> Value {
             parameters.push(json!({
                 "name": "Idempotency-Key", "in": "header", "required": true,
                 "description": "Client-chosen unique key; a retry with the same key returns the same order.",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255}
+                "schema": {"type": "string", "pattern": contract::IDEMPOTENCY_KEY}
             }));
         }
         let mut operation = json!({
@@ -221,7 +222,7 @@ pub fn build() -> Value {
         "info": {
             "title": "commerce-stack API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "REST/JSON edge of commerce-stack. Money is {currency, amount_minor}: an ISO 4217 code and integer minor units. Errors are RFC 9457 problem details. Rate-limit headers follow draft-ietf-httpapi-ratelimit-headers-09."
+            "description": "REST/JSON edge of commerce-stack. Money is {currency, amount_minor}: an ISO 4217 code and integer minor units. No string may contain NUL (U+0000). Errors are RFC 9457 problem details. Rate-limit headers follow draft-ietf-httpapi-ratelimit-headers-09."
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
@@ -245,11 +246,8 @@ fn path_parameters(path: &str) -> Vec<Value> {
     path.split('/')
         .filter_map(|segment| segment.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')))
         .map(|name| {
-            let schema = if name == "name" {
-                json!({"type": "string"})
-            } else {
-                json!({"type": "string", "format": "uuid"})
-            };
+            let schema =
+                if name == "name" { rule_name_schema() } else { json!({"type": "string", "format": "uuid"}) };
             json!({"name": name, "in": "path", "required": true, "schema": schema})
         })
         .collect()

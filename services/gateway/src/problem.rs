@@ -68,10 +68,10 @@ pub struct ProblemDetails {
     /// What went wrong with this request.
     pub detail: String,
     /// This occurrence: `urn:request:<x-request-id>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
     /// Each invalid field of the request, for validation problems.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
     #[serde(skip)]
@@ -205,7 +205,8 @@ pub fn problem_from_status(peer: &str, status: &tonic::Status) -> Problem {
     // product named in it) is unprocessable content, not a state conflict.
     if code == Code::FailedPrecondition {
         let message = status.message().to_ascii_lowercase();
-        if ["unknown", "inactive", "not found", "does not exist"].iter().any(|word| message.contains(word)) {
+        let about_the_request = ["unknown", "inactive", "not found", "does not exist", "not for sale", "priced in"];
+        if about_the_request.iter().any(|word| message.contains(word)) {
             http = StatusCode::UNPROCESSABLE_ENTITY;
         }
     }

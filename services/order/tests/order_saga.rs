@@ -117,7 +117,7 @@ async fn placing_an_order_prices_it_from_the_catalog_and_is_idempotent() -> anyh
             .place_order(place_request("u1", &format!("key-{product_id}"), &[(product_id, 1)], "tok_ok"))
             .await
             .expect_err("bad product");
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(status.message().contains(needle), "{}", status.message());
     }
     let status = env

@@ -190,11 +190,13 @@ impl ShippingService for ShippingGrpc {
             size => size.min(MAX_PAGE_SIZE),
         };
         let after = decode_page_token(&request.page_token)?;
-        let courier = (!request.courier_id.is_empty()).then_some(request.courier_id.as_str());
+        let filter = store::ListFilter {
+            courier_id: (!request.courier_id.is_empty()).then_some(request.courier_id.as_str()),
+            user_id: (!request.user_id.is_empty()).then_some(request.user_id.as_str()),
+            status: status_from_proto(request.status()),
+        };
         let mut conn = self.pool.acquire().await.map_err(Error::LoadShipment)?;
-        let (shipments, total) =
-            store::list(&mut conn, courier, status_from_proto(request.status()), page_size + 1, after)
-                .await?;
+        let (shipments, total) = store::list(&mut conn, filter, page_size + 1, after).await?;
         let more = shipments.len() > usize::try_from(page_size).unwrap_or(usize::MAX);
         let page: Vec<&Shipment> =
             shipments.iter().take(usize::try_from(page_size).unwrap_or(usize::MAX)).collect();

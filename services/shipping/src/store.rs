@@ -175,29 +175,40 @@ pub async fn history(conn: &mut PgConnection, shipment_id: Uuid) -> Result<Vec<T
     .map_err(Error::LoadShipment)
 }
 
+/// Which shipments a listing shows; `None` does not filter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    pub courier_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub status: Option<ShipmentStatus>,
+}
+
 /// A page of shipments, oldest first, after the keyset cursor.
 pub async fn list(
     conn: &mut PgConnection,
-    courier_id: Option<&str>,
-    status: Option<ShipmentStatus>,
+    filter: ListFilter<'_>,
     page_size: i64,
     after: Option<(DateTime<Utc>, Uuid)>,
 ) -> Result<(Vec<Shipment>, i64), Error> {
+    let ListFilter { courier_id, user_id, status } = filter;
     let status = status.map(ShipmentStatus::as_str);
-    let filter = "($1::text IS NULL OR courier_id = $1) AND ($2::text IS NULL OR status = $2)";
+    let filter = "($1::text IS NULL OR courier_id = $1) AND ($2::text IS NULL OR status = $2) \
+                  AND ($3::text IS NULL OR user_id = $3)";
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM shipments WHERE {filter}"))
         .bind(courier_id)
         .bind(status)
+        .bind(user_id)
         .fetch_one(&mut *conn)
         .await
         .map_err(Error::LoadShipment)?;
     let (after_time, after_id) = after.map_or((None, None), |(time, id)| (Some(time), Some(id)));
     let rows: Vec<ShipmentRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM shipments WHERE {filter} \
-         AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4)) ORDER BY created_at, id LIMIT $5"
+         AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5)) ORDER BY created_at, id LIMIT $6"
     ))
     .bind(courier_id)
     .bind(status)
+    .bind(user_id)
     .bind(after_time)
     .bind(after_id)
     .bind(page_size)

@@ -11,18 +11,19 @@ use commerce_platform::resilience::idempotent;
 use commerce_proto::catalog::v1 as catalog_pb;
 use commerce_proto::inventory::v1 as inventory_pb;
 use commerce_proto::order::v1 as order_pb;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{grpc, missing, page_size};
 use crate::auth::AdminCaller;
+use crate::contract;
 use crate::dto::{
     AdminOrderQuery, Category, CreateCategoryRequest, CreateProductRequest, OrderPage, Product,
     RestockRequest, StockLevel, UpdateProductRequest, quantity_u32,
 };
-use crate::extract::{ApiJson, ApiQuery, Validate, path_uuid};
-use crate::problem::{FieldError, Problem};
+use crate::extract::{ApiJson, ApiQuery, path_uuid};
+use crate::problem::Problem;
 use crate::ratelimit::RulesError;
-use crate::ratelimit::rules::{EffectiveRule, Rule};
+use crate::ratelimit::rules::{EffectiveRule, KeyKind, Rule, RuleMatch};
 use crate::state::AppState;
 
 pub async fn create_product(
@@ -135,12 +136,84 @@ pub async fn list_rate_limits(State(state): State<AppState>, _admin: AdminCaller
     Json(RateLimitRules { backend: backend.to_owned(), rules: limiter.effective().as_ref().clone() })
 }
 
-impl Validate for Rule {
-    fn validate(&self) -> Vec<FieldError> {
-        match Rule::validate(self) {
-            Ok(()) => Vec::new(),
-            Err(error) => vec![FieldError::new("/", error)],
-        }
+/// Body of `PUT /api/admin/ratelimits/{name}`: a rule, named by the path.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    #[serde(rename = "match")]
+    pub matcher: RuleBodyMatch,
+    pub key: KeyKind,
+    /// Header carrying the API key, for `key: api_key` (default `x-api-key`).
+    #[serde(default)]
+    #[schemars(regex(pattern = HEADER_NAME))]
+    pub header: Option<String>,
+    /// Requests allowed per `period`, sustained.
+    #[schemars(range(min = 1))]
+    pub rate: u32,
+    /// The period of `rate`: a number and one unit (`ms`, `s`, `m`, `h`,
+    /// `d`), from 1ms to 7 days.
+    #[schemars(regex(pattern = PERIOD))]
+    pub period: String,
+    /// Requests that may arrive at once.
+    #[schemars(range(min = 1))]
+    pub burst: u32,
+    /// Switches off a rule of the same name from the rules file.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// What requests a stored rule counts.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBodyMatch {
+    /// Path pattern from the root: `*` is one segment, a trailing `/**`
+    /// any rest.
+    #[schemars(regex(pattern = contract::RULE_PATH), length(max = 512))]
+    pub path: String,
+    /// Upper-case HTTP methods; empty or absent means all.
+    #[serde(default)]
+    #[schemars(inner(regex(pattern = "^[A-Z]+$")), length(max = 16))]
+    pub methods: Vec<String>,
+}
+
+/// 1 ms to 7 days, in one unit: every value the pattern admits is in range.
+const PERIOD: &str =
+    "^([1-9][0-9]{0,5}ms|[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|([1-9][0-9]?|1[0-5][0-9]|16[0-8])h|[1-7]d)$";
+/// An HTTP header field name (RFC 9110 token).
+const HEADER_NAME: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
+/// The schema of the `{name}` path parameter of the rate-limit routes.
+pub fn rule_name_schema() -> serde_json::Value {
+    serde_json::json!({"type": "string", "pattern": contract::RULE_NAME, "maxLength": 64})
+}
+
+/// The rule named `name` in the path, checked against [`rule_name_schema`].
+fn rule_name(name: &str) -> Result<(), Problem> {
+    static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+        contract::compile(&rule_name_schema()).unwrap_or_else(|error| panic!("rule name schema: {error}"))
+    });
+    let errors = contract::violations(&SCHEMA, &serde_json::Value::from(name), contract::Part::Body);
+    match errors.first() {
+        None => Ok(()),
+        Some(error) => Err(Problem::invalid_field("path:name", error.detail.clone())),
+    }
+}
+
+impl RuleBody {
+    /// The rule this body stores under `name`.
+    fn into_rule(self, name: String) -> Result<Rule, Problem> {
+        let period = humantime::parse_duration(&self.period)
+            .map_err(|error| Problem::invalid_field("/period", error.to_string()))?;
+        Ok(Rule {
+            name,
+            matcher: RuleMatch { path: self.matcher.path, methods: self.matcher.methods },
+            key: self.key,
+            header: self.header,
+            rate: self.rate,
+            period,
+            burst: self.burst,
+            disabled: self.disabled,
+        })
     }
 }
 
@@ -159,11 +232,10 @@ pub async fn put_rate_limit(
     State(state): State<AppState>,
     _admin: AdminCaller,
     Path(name): Path<String>,
-    ApiJson(rule): ApiJson<Rule>,
+    ApiJson(body): ApiJson<RuleBody>,
 ) -> Result<Json<Rule>, Problem> {
-    if rule.name != name {
-        return Err(Problem::invalid_field("/name", format!("must equal the name in the path ({name})")));
-    }
+    rule_name(&name)?;
+    let rule = body.into_rule(name)?;
     state.rate_limiter.store_rule(&rule).await.map_err(rules_problem)?;
     Ok(Json(rule))
 }
@@ -173,6 +245,7 @@ pub async fn delete_rate_limit(
     _admin: AdminCaller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    rule_name(&name)?;
     if state.rate_limiter.delete_rule(&name).await.map_err(rules_problem)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
