@@ -44,14 +44,18 @@ pub const IDEMPOTENCY_KEY: &str = "^[!-~]{1,255}$";
 pub const CURRENCY: &str = "^[A-Z]{3}$";
 /// An ISO 3166-1 alpha-2 country code.
 pub const COUNTRY: &str = "^[A-Z]{2}$";
-/// A category slug.
-pub const SLUG: &str = "^[a-z0-9-]+$";
+/// A category slug: lower-case letters and digits in words joined by
+/// single dashes (`kitchen-knives`).
+pub const SLUG: &str = "^[a-z0-9]+(-[a-z0-9]+)*$";
+/// A product's stock-keeping unit.
+pub const SKU: &str = "^[A-Za-z0-9._-]+$";
 /// A rate-limit rule name.
 pub const RULE_NAME: &str = "^[A-Za-z0-9_-]+$";
 /// An email address as the auth service accepts one: no white space, one
 /// `@`, and a dotted domain that neither starts nor ends with a dot.
 /// Control characters are refused too.
-pub const EMAIL: &str = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]+(\.[^@\s.\x00-\x1f\x7f-\x9f]+)+$";
+pub const EMAIL: &str =
+    r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]+(\.[^@\s.\x00-\x1f\x7f-\x9f]+)+$";
 
 /// Where the checked value came from, for the pointers of the errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +93,8 @@ impl Transform for NoNul {
             Some(Value::Array(kinds)) => kinds.iter().any(|kind| kind == "string"),
             _ => false,
         };
-        let narrower = ["pattern", "format", "enum", "const"].into_iter().any(|key| schema.get(key).is_some());
+        let narrower =
+            ["pattern", "format", "enum", "const"].into_iter().any(|key| schema.get(key).is_some());
         if is_string && !narrower {
             schema.insert("pattern".to_owned(), NO_NUL.into());
         }

@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::contract::{COUNTRY, CURRENCY, EMAIL, NON_BLANK, SLUG};
+use crate::contract::{COUNTRY, CURRENCY, EMAIL, NON_BLANK, SKU, SLUG};
 
 /// `impl From<$from> for $to` field by field, for the conversions between
 /// the protos and the JSON shapes, which differ in types but not in names: a
@@ -80,7 +80,7 @@ pub struct Money {
     #[schemars(pattern(CURRENCY))]
     pub currency: String,
     /// The amount in the currency's minor units (1999 EUR is 19.99 EUR).
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = i64::MAX))]
     pub amount_minor: i64,
 }
 
@@ -305,10 +305,10 @@ pub struct ProductQuery {
     pub q: Option<String>,
     /// Lowest price, in minor units (of `currency` when given). Above
     /// `max_price` matches nothing.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = i64::MAX))]
     pub min_price: Option<i64>,
     /// Highest price, in minor units (of `currency` when given).
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = i64::MAX))]
     pub max_price: Option<i64>,
     /// Only products priced in this currency. Without it, `min_price` and
     /// `max_price` compare the amount of each product in its own currency.
@@ -337,7 +337,8 @@ pub struct CategoryList {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
-    #[schemars(pattern(NON_BLANK), length(max = 64))]
+    /// Letters, digits, `.`, `_` and `-`.
+    #[schemars(pattern(SKU), length(max = 64))]
     pub sku: String,
     #[schemars(pattern(NON_BLANK), length(max = 200))]
     pub name: String,
@@ -355,19 +356,29 @@ fn default_true() -> bool {
     true
 }
 
-/// Body of `PATCH /api/admin/products/{id}`: the fields present change.
+/// Body of `PATCH /api/admin/products/{id}`: the fields present change
+/// (at least one; `null` is not a value of any of them).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(extend("minProperties" = 1))]
 pub struct UpdateProductRequest {
-    #[schemars(pattern(NON_BLANK), length(max = 64))]
+    #[serde(default)]
+    #[schemars(with = "String", pattern(SKU), length(max = 64))]
     pub sku: Option<String>,
-    #[schemars(pattern(NON_BLANK), length(max = 200))]
+    #[serde(default)]
+    #[schemars(with = "String", pattern(NON_BLANK), length(max = 200))]
     pub name: Option<String>,
-    #[schemars(length(max = 10_000))]
+    #[serde(default)]
+    #[schemars(with = "String", length(max = 10_000))]
     pub description: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Uuid")]
     pub category_id: Option<Uuid>,
+    #[serde(default)]
+    #[schemars(with = "Money")]
     pub price: Option<Money>,
+    #[serde(default)]
+    #[schemars(with = "bool")]
     pub active: Option<bool>,
 }
 

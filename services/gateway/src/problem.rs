@@ -30,8 +30,20 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { pointer: pointer.into(), detail: detail.into() }
+        Self { pointer: printable(pointer.into()), detail: printable(detail.into()) }
     }
+}
+
+/// `text` with control characters escaped (`\u{0}`, `\n`): a problem may
+/// quote what the client sent (an unknown field's name), and neither the
+/// answer nor a log line should carry a NUL or a forged line break.
+pub fn printable(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// An RFC 9457 problem detail, boxed so that `Result<_, Problem>` stays one
@@ -86,7 +98,7 @@ impl Problem {
             kind: format!("{TYPE_BASE}{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
-            detail: detail.into(),
+            detail: printable(detail.into()),
             instance: None,
             errors: Vec::new(),
             headers: Vec::new(),
@@ -205,7 +217,8 @@ pub fn problem_from_status(peer: &str, status: &tonic::Status) -> Problem {
     // product named in it) is unprocessable content, not a state conflict.
     if code == Code::FailedPrecondition {
         let message = status.message().to_ascii_lowercase();
-        let about_the_request = ["unknown", "inactive", "not found", "does not exist", "not for sale", "priced in"];
+        let about_the_request =
+            ["unknown", "inactive", "not found", "does not exist", "not for sale", "priced in"];
         if about_the_request.iter().any(|word| message.contains(word)) {
             http = StatusCode::UNPROCESSABLE_ENTITY;
         }

@@ -148,14 +148,14 @@ pub struct RuleBody {
     #[schemars(regex(pattern = HEADER_NAME))]
     pub header: Option<String>,
     /// Requests allowed per `period`, sustained.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub rate: u32,
     /// The period of `rate`: a number and one unit (`ms`, `s`, `m`, `h`,
     /// `d`), from 1ms to 7 days.
     #[schemars(regex(pattern = PERIOD))]
     pub period: String,
     /// Requests that may arrive at once.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub burst: u32,
     /// Switches off a rule of the same name from the rules file.
     #[serde(default)]
