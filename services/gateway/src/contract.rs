@@ -133,19 +133,31 @@ pub fn check<T: JsonSchema + 'static>(value: &Value, part: Part) -> Result<(), P
 /// Every violation of `validator` by `value`, located and worded for the
 /// client. Values are never echoed back (a password is a string too).
 pub fn violations(validator: &Validator, value: &Value, part: Part) -> Vec<FieldError> {
-    let mut errors: Vec<FieldError> = validator
-        .iter_errors(value)
-        .map(|error| {
-            let path = error.instance_path().as_str().to_owned();
-            let pointer = match part {
-                Part::Body if path.is_empty() => "/".to_owned(),
-                Part::Body => path,
-                Part::Query if path.is_empty() => "query".to_owned(),
-                Part::Query => format!("query:{}", path.trim_start_matches('/')),
-            };
-            FieldError::new(pointer, message(&error))
-        })
-        .collect();
+    let locate = |path: &str| match part {
+        Part::Body if path.is_empty() => "/".to_owned(),
+        Part::Body => path.to_owned(),
+        Part::Query if path.is_empty() => "query".to_owned(),
+        Part::Query => format!("query:{}", path.trim_start_matches('/')),
+    };
+    // A member of the object at `path`, named as a JSON pointer segment.
+    let member = |path: &str, name: &str| format!("{path}/{}", name.replace('~', "~0").replace('/', "~1"));
+    let mut errors = Vec::new();
+    for error in validator.iter_errors(value) {
+        let path = error.instance_path().as_str();
+        // Unknown and missing members are named where they are (or belong),
+        // not at the object that holds them.
+        match error.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                for name in unexpected {
+                    errors.push(FieldError::new(locate(&member(path, name)), "unknown field"));
+                }
+            }
+            ValidationErrorKind::Required { property: Value::String(name) } => {
+                errors.push(FieldError::new(locate(&member(path, name)), "is required"));
+            }
+            _ => errors.push(FieldError::new(locate(path), message(&error))),
+        }
+    }
     errors.dedup();
     errors
 }
@@ -211,10 +223,10 @@ mod tests {
         let found: Vec<(&str, &str)> =
             problem.errors.iter().map(|error| (error.pointer.as_str(), error.detail.as_str())).collect();
         assert!(found.contains(&("/password", "must not be blank (nor hold NUL)")), "{found:?}");
-        assert!(
-            found.iter().any(|(pointer, detail)| *pointer == "/" && detail.contains("nickname")),
-            "{found:?}"
-        );
+        assert!(found.contains(&("/nickname", "unknown field")), "{found:?}");
+        let missing = check::<RegisterRequest>(&json!({"password": "long enough"}), Part::Body);
+        let missing = missing.expect_err("no email").errors.clone();
+        assert_eq!(missing, [FieldError::new("/email", "is required")]);
         assert!(!problem.detail.contains("        "), "the value is not echoed: {}", problem.detail);
         let query = json!({"page_size": 0, "currency": "eur"});
         assert_eq!(pointers::<ProductQuery>(query, Part::Query), ["query:currency", "query:page_size"]);

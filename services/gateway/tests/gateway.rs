@@ -1012,7 +1012,8 @@ async fn rules_stored_in_redis_reach_every_gateway() -> Result<()> {
     let admin = fixture.backends.token("admin");
     wait_for_keys(&first, &admin).await?;
     wait_for_keys(&second, &admin).await?;
-    let rule = json!({"name": "categories-by-user", "match": {"path": "/api/categories"}, "key": "user", "rate": 1, "period": "1h", "burst": 1});
+    let rule =
+        json!({"match": {"path": "/api/categories"}, "key": "user", "rate": 1, "period": "1h", "burst": 1});
     let rule_url = first.url("/api/admin/ratelimits/categories-by-user");
     wait_until("Redis to connect", || async {
         let response = first.http.put(&rule_url).bearer_auth(&admin).json(&rule).send().await?;
@@ -1318,6 +1319,18 @@ async fn password_guessing_from_one_ip_is_limited_by_the_auth_ip_rule() -> Resul
     config.rate_limit.auth_per_minute = 6;
     config.rate_limit.auth_burst = 3;
     let gateway = fixture.gateway(config).await?;
+    // The limiter starts on its in-process fallback (gauge 1) until its
+    // first Redis answer; a guess counted there and the rest in Redis would
+    // get one guess too many through.
+    wait_until("limits shared through Redis", || {
+        let (http, base, metrics) = (gateway.http.clone(), gateway.base.clone(), gateway.metrics.clone());
+        async move {
+            let status = http.get(format!("{base}/api/categories")).send().await?.status();
+            ensure!(status == StatusCode::OK, "{status}");
+            Ok(metrics.encode()?.contains("commerce_gateway_ratelimit_fallback 0"))
+        }
+    })
+    .await?;
     let guess = json!({"email": "victim@example.com", "password": "guess"});
     let mut statuses = Vec::new();
     for _ in 0..6 {
