@@ -130,6 +130,11 @@ impl Gateway {
             "Rate-limit checks that Redis failed to answer",
             limiter_metrics.redis_errors.clone(),
         );
+        metrics.register(
+            "commerce_gateway_ratelimit_rules_file_errors",
+            "Versions of the rate-limit rules file that did not parse (the last good rules stay)",
+            limiter_metrics.rules_file_errors.clone(),
+        );
         let redis: Arc<RwLock<Option<ConnectionManager>>> = Arc::new(RwLock::new(None));
         let rate_limiter = Arc::new(RateLimiter::new(
             ratelimit::rules::default_rules(&config.rate_limit),

@@ -174,6 +174,9 @@ pub struct LimiterMetrics {
     pub limited: Counter,
     /// Redis checks that failed (each falls back).
     pub redis_errors: Counter,
+    /// Versions of the rules file that did not parse (each keeps the last
+    /// good rules): worth an alert, since the change did not apply.
+    pub rules_file_errors: Counter,
 }
 
 /// The fallback's buckets: theoretical arrival time per key (µs since the

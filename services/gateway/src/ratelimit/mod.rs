@@ -150,7 +150,8 @@ impl RateLimiter {
                             sources.file = parsed;
                         }
                         Err(error) => {
-                            tracing::error!(%error, "the rate-limit rules file is invalid; keeping the last good rules")
+                            self.limiter.metrics().rules_file_errors.inc();
+                            tracing::error!(%error, "the rate-limit rules file is invalid; keeping the last good rules");
                         }
                     }
                 }
