@@ -405,10 +405,27 @@ async fn product_and_customer(
     stock: i64,
 ) -> Result<(String, Session)> {
     let admin = api.admin().await?;
+    warm_inventory(api, &admin).await?;
     let category_id = api.create_category(&admin, category).await?;
     let product = api.create_product(&admin, &category_id, product, price_minor, stock).await?;
     let customer = api.register_customer(&format!("cluster-{}", category.to_lowercase())).await?;
     Ok((product, customer))
+}
+
+/// Waits until the inventory service answers a restock within the gateway's
+/// deadline. A freshly rolled-out inventory pod's first answer (its first
+/// connections, under the whole node's start-up load) once took longer and
+/// came back 504; restock adds stock, so neither the gateway nor
+/// `create_product` may retry it. The probe restocks a throwaway product id
+/// that nothing else uses (its one unit keeps the stock invariant).
+async fn warm_inventory(api: &Api, admin: &Session) -> Result<()> {
+    let probe = format!("/api/admin/inventory/{}/restock", uuid::Uuid::new_v4());
+    support::api::wait_for("the inventory service to answer a restock", || async {
+        let answer = api.post(&probe, Some(&admin.access_token), &json!({"quantity": 1})).await?;
+        ensure!(!answer.status.is_client_error(), "restock refused: {} {}", answer.status, answer.body);
+        Ok(answer.status.is_success().then_some(()))
+    })
+    .await
 }
 
 /// The stack's databases, as the operator names them.

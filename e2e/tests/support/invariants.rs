@@ -23,7 +23,8 @@
 //!   CAPTURED, and a COMMITTED stock reservation;
 //! - every failed, rejected or cancelled order holds no money and no stock:
 //!   a payment that was captured is REFUNDED with a completed refund (and
-//!   the order says `refunded`), a reservation is RELEASED;
+//!   the order says `refunded`), no payment is still chargeable or waiting
+//!   for its void to be confirmed, a reservation is RELEASED;
 //! - every outbox row of every service is published.
 
 use std::collections::{BTreeMap, HashMap};
@@ -293,6 +294,20 @@ impl Pools {
                 row.get("refunds"),
             ));
         }
+        // order id -> (payment status, still chargeable, void not confirmed)
+        let mut open_payments: HashMap<String, (String, bool, bool)> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT order_id, status, (status = 'PENDING' AND intent_received AND stock_reserved) AS chargeable, \
+                    void_pending FROM payments WHERE order_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.payment)
+        .await
+        .context("cannot read the payments' charge and void state")?
+        {
+            open_payments
+                .insert(row.get("order_id"), (row.get("status"), row.get("chargeable"), row.get("void_pending")));
+        }
         let mut reservations: HashMap<String, Vec<String>> = HashMap::new();
         for row in sqlx::query("SELECT order_id, status FROM reservations WHERE order_id = ANY($1)")
             .bind(&ids)
@@ -328,6 +343,23 @@ impl Pools {
                     }
                 }
                 "FAILED" | "REJECTED" | "CANCELLED" => {
+                    // A dead order's payment must not be chargeable any more
+                    // (the worker would take money for it), and a void of an
+                    // unknown charge must be confirmed by the provider.
+                    if let Some((status, chargeable, void_pending)) = open_payments.get(&id) {
+                        if *chargeable {
+                            violations.push(format!(
+                                "order {id} is {} but its payment is {status} and still chargeable",
+                                order.status
+                            ));
+                        }
+                        if *void_pending {
+                            violations.push(format!(
+                                "order {id} is {}: the void of its payment ({status}) is still pending",
+                                order.status
+                            ));
+                        }
+                    }
                     for (status, amount, refunded, refunds) in payments {
                         if status == "CAPTURED" || status == "PARTIALLY_REFUNDED" {
                             violations.push(format!(

@@ -44,7 +44,8 @@ impl Env {
         response.into_inner().order.ok_or_else(|| anyhow::anyhow!("no order"))
     }
 
-    async fn reserve(&self, order_id: &str, expires_in_seconds: i64) -> anyhow::Result<()> {
+    /// Publishes StockReserved for the order; returns the event's id.
+    async fn reserve(&self, order_id: &str, expires_in_seconds: i64) -> anyhow::Result<uuid::Uuid> {
         publish(
             &self.prefix,
             &ev::StockReserved {
@@ -55,11 +56,11 @@ impl Env {
                 occurred_at: Some(timestamp_in(0)),
             },
         )
-        .await?;
-        Ok(())
+        .await
     }
 
-    async fn capture(&self, order_id: &str) -> anyhow::Result<()> {
+    /// Publishes PaymentCaptured for the order; returns the event's id.
+    async fn capture(&self, order_id: &str) -> anyhow::Result<uuid::Uuid> {
         publish(
             &self.prefix,
             &ev::PaymentCaptured {
@@ -69,8 +70,40 @@ impl Env {
                 ..Default::default()
             },
         )
+        .await
+    }
+
+    /// Waits until the order service has recorded event `id` as processed:
+    /// whatever it did about it is committed (in the same transaction).
+    async fn wait_processed(&self, id: uuid::Uuid) -> anyhow::Result<()> {
+        let pool = self.order.database.pool().await?;
+        eventually(&format!("event {id} recorded as processed"), || {
+            let pool = pool.clone();
+            async move {
+                let found: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM commerce_platform.processed_events WHERE event_id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&pool)
+                .await?;
+                Ok(found.map(|_| ()))
+            }
+        })
+        .await
+    }
+
+    /// How many events of type `E` about `key` the order service has written
+    /// to its outbox, published or not.
+    async fn written<E: commerce_proto::events::EventPayload>(&self, key: &str) -> anyhow::Result<i64> {
+        let pool = self.order.database.pool().await?;
+        let count = sqlx::query_scalar(
+            "SELECT count(*) FROM commerce_platform.outbox WHERE event_type = $1 AND key = $2",
+        )
+        .bind(E::TYPE)
+        .bind(key)
+        .fetch_one(&pool)
         .await?;
-        Ok(())
+        Ok(count)
     }
 
     /// Waits until exactly `expected` events of type `E` about `key` are on
@@ -144,7 +177,7 @@ async fn an_order_confirms_once_whichever_of_payment_and_reservation_comes_first
     env.capture(&reserved_first.id).await?;
 
     env.capture(&paid_first.id).await?;
-    env.capture(&paid_first.id).await?; // a second delivery with a new id
+    let second_capture = env.capture(&paid_first.id).await?; // a second delivery with a new id
     env.reserve(&paid_first.id, 900).await?;
 
     for order in [&reserved_first, &paid_first] {
@@ -152,8 +185,14 @@ async fn an_order_confirms_once_whichever_of_payment_and_reservation_comes_first
         assert_eq!(confirmed.reservation_id, format!("res-{}", order.id));
         assert_eq!(confirmed.payment_id, format!("pay-{}", order.id));
     }
-    env.reserve(&paid_first.id, 900).await?; // late duplicate
+    let late_reservation = env.reserve(&paid_first.id, 900).await?; // late duplicate
+    // Only once both duplicates are recorded as processed is "one
+    // confirmation" a finding: before that, a second one could still come.
+    for duplicate in [second_capture, late_reservation] {
+        env.wait_processed(duplicate).await?;
+    }
     for order in [&reserved_first, &paid_first] {
+        assert_eq!(env.written::<ev::OrderConfirmed>(&order.id).await?, 1, "{}", order.id);
         env.wait_for_events::<ev::OrderConfirmed>(&order.id, 1).await?;
     }
     env.stop().await
