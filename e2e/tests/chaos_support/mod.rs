@@ -709,7 +709,20 @@ pub async fn check_invariants(
     }
     wait_for("every order settled", timeout, || async {
         let statuses = order_statuses(&order_db, ids).await?;
-        Ok(statuses.len() == ids.len() && statuses.values().all(|s| SETTLED.contains(&s.as_str())))
+        let unsettled: Vec<_> = ids
+            .iter()
+            .filter(|id| !statuses.get(*id).is_some_and(|s| SETTLED.contains(&s.as_str())))
+            .map(|id| format!("{id}: {}", statuses.get(id).map_or("missing", String::as_str)))
+            .collect();
+        if unsettled.is_empty() {
+            return Ok(true);
+        }
+        // Said in the failure: which orders hang where, and what is unsent.
+        let mut unsent = Vec::new();
+        for (service, db) in &all_dbs {
+            unsent.push(format!("{service}: {}", unpublished(db).await?));
+        }
+        bail!("unsettled {unsettled:?}; unpublished outbox rows {unsent:?}")
     })
     .await
     .with_context(|| shop.logs(20))?;
