@@ -1104,11 +1104,17 @@ async fn of_two_operators_only_the_lease_holder_reconciles_and_the_other_takes_o
             "FIGURE leader election: the follower took the Lease {:.1} s after the kill",
             killed.elapsed().as_secs_f64()
         );
-        let transitions = leases.get(LEASE_NAME).await?.spec.and_then(|s| s.lease_transitions);
+        // Each API call below retries: the test failed once in CI within
+        // milliseconds of the takeover (FIGURE printed, the new leader's log
+        // silent), which only a single-shot call erring could explain.
+        let transitions = eventually("the Lease after the takeover", || async {
+            Ok(Some(leases.get(LEASE_NAME).await?.spec.and_then(|s| s.lease_transitions)))
+        })
+        .await?;
         ensure!(transitions >= Some(1), "leaseTransitions is {transitions:?} after a takeover");
 
         stack["spec"]["services"] = json!({ "order": { "replicas": 3 } });
-        apply(&client, &stack).await?;
+        eventually("the scaled stack applied", || async { Ok(Some(apply(&client, &stack).await?)) }).await?;
         eventually("the new leader to scale the order Deployment to 3", || async {
             let deployment = deployments.get(&order).await?;
             Ok(deployment.spec.and_then(|s| s.replicas).filter(|r| *r == 3))
@@ -2663,7 +2669,14 @@ where
         match check().await {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => {}
-            Err(error) => last_error = Some(error),
+            Err(error) => {
+                // Shown with a failing test's output: errors that passed too.
+                let text = format!("{error:#}");
+                if last_error.as_ref().is_none_or(|last: &anyhow::Error| format!("{last:#}") != text) {
+                    eprintln!("while waiting for {what}: {text}");
+                }
+                last_error = Some(error);
+            }
         }
         if Instant::now() >= deadline {
             bail!("timed out after {timeout:?} waiting for {what}; last error: {last_error:?}");
