@@ -10,6 +10,14 @@
 #          broker serves metadata for our cluster id
 # smoke    creates a topic, produces and consumes a record, deletes the topic
 #
+# With COMMERCE_KAFKA_SSL_PORT and COMMERCE_KAFKA_SASL_SSL_PORT set (tests of
+# a private broker do), two more listeners: SSL (TLS only) and SASL_SSL (TLS
+# and SCRAM-SHA-512, user "commerce"). The first start makes a CA and the
+# broker's certificate (for 127.0.0.1 and localhost) with openssl, and the
+# SCRAM user's password, under $COMMERCE_STATE_DIR/kafka/tls: ca.pem and
+# scram-password are what clients need. e2e/infra.env sets both ports for the
+# shared broker; the chaos tests' private brokers clear them.
+#
 # Config: $COMMERCE_STATE_DIR/kafka/server.properties (rewritten on every start)
 # Data:   $COMMERCE_STATE_DIR/kafka/data (kept across down/up)
 # Log:    $COMMERCE_STATE_DIR/logs/kafka.log
@@ -26,6 +34,10 @@ TOOLS_PROPS="$KAFKA_STATE/tools.properties"
 KAFKA_LOG="$(log_file kafka)"
 # Our broker's JVM is the one started with our server.properties.
 KAFKA_MARKER="$KAFKA_PROPS"
+SSL_PORT="${COMMERCE_KAFKA_SSL_PORT:-}"
+SASL_SSL_PORT="${COMMERCE_KAFKA_SASL_SSL_PORT:-}"
+TLS_DIR="$KAFKA_STATE/tls"
+SCRAM_USER=commerce
 # Small enough to share 24 GB with everything else; plenty for tests.
 KAFKA_HEAP="${COMMERCE_KAFKA_HEAP:--Xmx768m -Xms256m}"
 
@@ -71,8 +83,48 @@ kafka_tool() {
     -cp "$LIBS/*" "$@"
 }
 
+secure() { [[ -n "$SSL_PORT" && -n "$SASL_SSL_PORT" ]]; }
+
+# The CA, the broker's key and certificate (P-256, 30 days) and the SCRAM
+# password, made once per state directory. Kafka reads PEM directly: the
+# keystore file holds the PKCS#8 key followed by the certificate chain.
+ensure_tls() {
+  [[ -s "$TLS_DIR/keystore.pem" && -s "$TLS_DIR/scram-password" ]] && return 0
+  command -v openssl >/dev/null || apt_install openssl
+  rm -rf "$TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  local ssl_log
+  ssl_log="$(log_file kafka-tls)"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -subj "/CN=commerce-stack test Kafka CA" -keyout ca.key -out ca.pem \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=127.0.0.1" -keyout broker.key -out broker.csr
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" \
+      "keyUsage=critical,digitalSignature" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile broker.ext -out broker.pem
+    openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.p8
+    cat broker.p8 broker.pem ca.pem >keystore.pem
+    openssl rand -hex 24 >scram-password
+    chmod 600 ./*.key broker.p8 keystore.pem scram-password
+  ) >>"$ssl_log" 2>&1 || die "making the test broker's TLS material failed; see $ssl_log"
+}
+
 write_config() {
   mkdir -p "$KAFKA_DATA"
+  local listeners advertised protocols
+  listeners="PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,CONTROLLER://127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT,PODS://127.0.0.1:$COMMERCE_KAFKA_POD_PORT"
+  advertised="PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,PODS://$COMMERCE_KAFKA_POD_ADVERTISED"
+  protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT"
+  if secure; then
+    listeners+=",SSL://127.0.0.1:$SSL_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT"
+    advertised+=",SSL://127.0.0.1:$SSL_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT"
+    protocols+=",SSL:SSL,SASL_SSL:SASL_SSL"
+  fi
   cat >"$KAFKA_PROPS" <<EOF
 # Written by e2e/scripts/kafka.sh on every start; edit the script, not this.
 # One KRaft node, broker and controller in one JVM, loopback only.
@@ -83,9 +135,9 @@ controller.quorum.voters=1@127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT
 # in-cluster Service that e2e/scripts/node.sh points (through a forwarder on
 # the node's bridge address) at this port. Host clients never see it: a
 # client is told the address of the listener it connected to.
-listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,CONTROLLER://127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT,PODS://127.0.0.1:$COMMERCE_KAFKA_POD_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,PODS://$COMMERCE_KAFKA_POD_ADVERTISED
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protocols
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DATA
@@ -109,6 +161,19 @@ auto.create.topics.enable=false
 num.partitions=1
 log.retention.hours=24
 EOF
+  if secure; then
+    cat >>"$KAFKA_PROPS" <<EOF
+
+# TLS on the SSL and SASL_SSL listeners; no client certificates asked for.
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/keystore.pem
+ssl.enabled.protocols=TLSv1.3,TLSv1.2
+# SCRAM-SHA-512 on SASL_SSL; kafka.sh up sets the user's credential.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+  fi
   cat >"$TOOLS_PROPS" <<EOF
 # Client settings for the tools kafka.sh runs: fail fast, the script retries.
 request.timeout.ms=5000
@@ -140,9 +205,25 @@ kafka_answers() {
   [[ "$id" == "Cluster ID: $(cat "$KAFKA_STATE/cluster-id" 2>/dev/null)" ]]
 }
 
+# Sets the SCRAM user's credential (again: idempotent) through the plaintext
+# listener. The password is on the tool's command line for a moment; it is a
+# test broker's, and the file holding it is readable by its owner only.
+ensure_scram_user() {
+  kafka_tool kafka.admin.ConfigCommand --bootstrap-server "$COMMERCE_KAFKA_BROKERS" \
+    --command-config "$TOOLS_PROPS" --alter --entity-type users --entity-name "$SCRAM_USER" \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$(<"$TLS_DIR/scram-password")]" >>"$KAFKA_LOG" 2>&1 \
+    || die "setting the SCRAM credential of $SCRAM_USER failed; see $KAFKA_LOG"
+}
+
 do_up() {
   do_install
   local pid
+  # A broker started before the secure listeners were configured is
+  # restarted with them.
+  if secure && pid="$(running_pid kafka "$KAFKA_MARKER")" && ! port_open "$SSL_PORT"; then
+    log "restarting pid $pid to add the SSL and SASL_SSL listeners"
+    do_down
+  fi
   if pid="$(running_pid kafka "$KAFKA_MARKER")"; then
     if kafka_answers; then
       log "already up (pid $pid) on $COMMERCE_KAFKA_BROKERS"
@@ -153,7 +234,12 @@ do_up() {
     require_port_free "$COMMERCE_KAFKA_PORT" "kafka broker"
     require_port_free "$COMMERCE_KAFKA_CONTROLLER_PORT" "kafka controller"
     require_port_free "$COMMERCE_KAFKA_POD_PORT" "kafka listener for pods"
+    if secure; then
+      require_port_free "$SSL_PORT" "kafka TLS listener"
+      require_port_free "$SASL_SSL_PORT" "kafka SASL_SSL listener"
+    fi
     mkdir -p "$KAFKA_STATE"
+    if secure; then ensure_tls; fi
     write_config
     format_storage
     log "starting Apache Kafka $COMMERCE_KAFKA_VERSION on $COMMERCE_KAFKA_BROKERS"
@@ -172,6 +258,10 @@ do_up() {
       -cp "$LIBS/*" kafka.Kafka "$KAFKA_PROPS"
   fi
   wait_ready kafka "$KAFKA_MARKER" 120 "metadata from $COMMERCE_KAFKA_BROKERS" kafka_answers
+  if secure; then
+    ensure_scram_user
+    log "TLS on 127.0.0.1:$SSL_PORT, TLS and SCRAM-SHA-512 (user $SCRAM_USER) on 127.0.0.1:$SASL_SSL_PORT; CA $TLS_DIR/ca.pem"
+  fi
   log "up: $COMMERCE_KAFKA_BROKERS (cluster $(<"$KAFKA_STATE/cluster-id"))"
 }
 

@@ -227,6 +227,9 @@ impl PrivateKafka {
             // Its listener for the real node's pods must not take the shared
             // broker's port either.
             .env("COMMERCE_KAFKA_POD_PORT", (self.controller_port + 1).to_string())
+            // Nor the shared broker's TLS listeners: a private one has none.
+            .env("COMMERCE_KAFKA_SSL_PORT", "")
+            .env("COMMERCE_KAFKA_SASL_SSL_PORT", "")
             .env("COMMERCE_KAFKA_BROKERS", self.brokers())
             .stdin(Stdio::null())
             .output()

@@ -98,11 +98,14 @@ pub struct KafkaArgs {
         value_parser = humantime::parse_duration
     )]
     pub commit_interval: Duration,
-    /// Extra librdkafka properties, `key=value`, comma separated: SASL
-    /// settings of a cluster (`security.protocol=sasl_plaintext,
-    /// sasl.mechanism=PLAIN,...`). They may carry secrets: give them through
-    /// the environment. The bundled librdkafka is built without OpenSSL, so
-    /// `ssl`/`sasl_ssl` and SCRAM are refused when the client is created.
+    /// Extra librdkafka properties, `key=value`, comma separated: the TLS
+    /// and SASL settings of a cluster (`security.protocol=sasl_ssl,
+    /// ssl.ca.location=/etc/kafka/ca.pem,sasl.mechanism=SCRAM-SHA-512,
+    /// sasl.username=...,sasl.password=...`). They may carry secrets: give
+    /// them through the environment. librdkafka is built with OpenSSL
+    /// (static), so `ssl`, `sasl_ssl`, PLAIN and SCRAM work; the broker's
+    /// certificate and host name are verified unless a property says
+    /// otherwise.
     #[arg(
         long = "kafka-property",
         env = "COMMERCE_KAFKA_PROPERTIES",
@@ -142,6 +145,20 @@ impl KafkaArgs {
         config.set_log_level(RDKafkaLogLevel::Info);
         for (key, value) in &self.properties {
             config.set(key, value);
+        }
+        // OpenSSL is linked statically, so its built-in CA path is not the
+        // system's: without a CA of its own, a TLS client looks for the
+        // system's bundle (Debian's /etc/ssl/certs, also in the images)
+        // the way librdkafka's `probe` does, so that a managed Kafka with a
+        // publicly trusted certificate verifies.
+        let tls = config
+            .get("security.protocol")
+            .is_some_and(|p| p.eq_ignore_ascii_case("ssl") || p.eq_ignore_ascii_case("sasl_ssl"));
+        let own_ca = ["ssl.ca.location", "ssl.ca.pem", "ssl.ca.certificate.stores"]
+            .iter()
+            .any(|key| config.get(key).is_some());
+        if tls && !own_ca {
+            config.set("ssl.ca.location", "probe");
         }
         config
     }
@@ -370,20 +387,27 @@ mod tests {
     }
 
     #[test]
-    fn tls_settings_are_refused_when_the_client_is_created_not_at_the_first_connection() {
-        let mut args = KafkaArgs::new("127.0.0.1:1");
-        args.properties = vec![("security.protocol".to_owned(), "sasl_ssl".to_owned())];
-        let refused = args.client_config().create::<rdkafka::producer::BaseProducer>();
-        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(error.contains("security.protocol"), "{error}");
-        args.properties = vec![
-            ("security.protocol".to_owned(), "sasl_plaintext".to_owned()),
-            ("sasl.mechanism".to_owned(), "PLAIN".to_owned()),
-            ("sasl.username".to_owned(), "shop".to_owned()),
-            ("sasl.password".to_owned(), "secret".to_owned()),
-        ];
-        let plain = args.client_config().create::<rdkafka::producer::BaseProducer>();
-        assert!(plain.is_ok(), "SASL PLAIN: {:?}", plain.err());
+    fn tls_and_scram_clients_are_created_and_trust_the_systems_cas_unless_given_their_own() {
+        let with = |properties: &[(&str, &str)]| {
+            let mut args = KafkaArgs::new("127.0.0.1:1");
+            args.properties = properties.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            args.client_config()
+        };
+        let scram = with(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "shop"),
+            ("sasl.password", "secret"),
+        ]);
+        assert_eq!(scram.get("ssl.ca.location"), Some("probe"));
+        let created = scram.create::<rdkafka::producer::BaseProducer>();
+        assert!(created.is_ok(), "SASL_SSL with SCRAM: {:?}", created.err());
+        let own_ca = with(&[("security.protocol", "ssl"), ("ssl.ca.location", "/etc/kafka/ca.pem")]);
+        assert_eq!(own_ca.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+        let inline_ca = with(&[("security.protocol", "ssl"), ("ssl.ca.pem", "-----BEGIN CERTIFICATE-----")]);
+        assert_eq!(inline_ca.get("ssl.ca.location"), None);
+        let plaintext = with(&[("security.protocol", "sasl_plaintext"), ("sasl.mechanism", "PLAIN")]);
+        assert_eq!(plaintext.get("ssl.ca.location"), None, "no CA for a plaintext client");
     }
 
     #[test]
