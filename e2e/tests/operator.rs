@@ -1585,6 +1585,12 @@ fn invalid_resources(namespace: &str, target: &str) -> Vec<(&'static str, &'stat
         ("no bootstrap servers", "bootstrapServers", |s| {
             s["kafka"]["external"]["bootstrapServers"] = json!([])
         }),
+        ("SASL PLAIN without TLS", "PLAIN", |s| {
+            s["kafka"]["external"]["sasl"] = json!({ "mechanism": "PLAIN", "secretName": "kafka-user" })
+        }),
+        ("Kafka CA Secret with a bad key", "kafka.external.tls.caSecret", |s| {
+            s["kafka"]["external"]["tls"] = json!({ "caSecret": { "name": "kafka-ca", "key": "ca/crt" } })
+        }),
         ("image repository with a tag", "image.repository", |s| {
             s["image"] = json!({ "repository": "ghcr.io/commerce-stack/commerce:0.1.0" })
         }),
@@ -1953,6 +1959,88 @@ fn operator_binary() -> Result<PathBuf> {
 /// What most tests start from: the CRDs installed, a client, a namespace of
 /// the test's own, a unique stack name, and an operator process watching
 /// that namespace. [`finish`] undoes it.
+/// A Kafka that requires TLS and SCRAM (the test broker's SASL_SSL
+/// listener, e2e/scripts/kafka.sh): the operator verifies the brokers'
+/// certificate against the stack's CA Secret and logs in as the user in the
+/// stack's Secret. A wrong password is reported in the status while the
+/// stack's Deployments stay applied; mended, the topics are created and the
+/// stack becomes Ready; deleted under `Delete`, its topics go, over the same
+/// secured connection.
+#[tokio::test]
+async fn topics_are_made_over_tls_and_scram_with_the_stacks_secrets_and_a_refused_login_is_reported()
+-> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        let tls_dir = std::path::PathBuf::from(env("COMMERCE_KAFKA_TLS_DIR")?);
+        let ca = std::fs::read_to_string(tls_dir.join("ca.pem"))?;
+        let password = std::fs::read_to_string(tls_dir.join("scram-password"))?.trim().to_owned();
+        let secrets = Api::<Secret>::namespaced(client.clone(), &namespace.name);
+        let put_secret = |name: &'static str, data: Value| {
+            let secrets = secrets.clone();
+            async move {
+                let secret = json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data,
+                });
+                secrets.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(secret)).await
+            }
+        };
+        put_secret("kafka-ca", json!({ "ca.crt": ca })).await?;
+        put_secret("kafka-user", json!({ "username": "commerce", "password": "not-the-password" })).await?;
+        let brokers = format!("127.0.0.1:{}", env("COMMERCE_KAFKA_SASL_SSL_PORT")?);
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        stack["spec"]["kafka"] = json!({ "external": {
+            "bootstrapServers": [brokers],
+            "tls": { "caSecret": { "name": "kafka-ca", "key": "ca.crt" } },
+            "sasl": { "mechanism": "SCRAM-SHA-512", "secretName": "kafka-user" },
+        } });
+        apply(&client, &stack).await?;
+
+        let stacks =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &stack_resource());
+        let refused = eventually("the refused Kafka login in the stack's status", || async {
+            let status = stacks.get(&stack_name).await?.data["status"].clone();
+            // Degraded, with the error naming the brokers that refused.
+            let degraded = status["conditions"].as_array().into_iter().flatten().find(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && c["message"].as_str().is_some_and(|m| m.contains(&brokers))
+            });
+            Ok(degraded.cloned())
+        })
+        .await?;
+        println!("stack status with a wrong Kafka password: {}", refused["message"]);
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace.name);
+        ensure!(
+            deployments.get_opt(&format!("{stack_name}-order")).await?.is_some(),
+            "the Deployments were held back by the refused Kafka login"
+        );
+        ensure!(
+            !refused.to_string().contains("not-the-password"),
+            "the status shows the password: {refused}"
+        );
+
+        put_secret("kafka-user", json!({ "username": "commerce", "password": password })).await?;
+        let ready = wait_ready(&client, &namespace.name, &stack_name).await?;
+        let topics = names_in(&ready.data["status"]["topics"]);
+        ensure!(topics.len() >= 6, "topics in the status: {topics:?}");
+        let in_kafka = kafka_partitions()?;
+        let missing: Vec<&String> = topics.iter().filter(|t| !in_kafka.contains_key(*t)).collect();
+        ensure!(missing.is_empty(), "topics the status lists but Kafka does not have: {missing:?}");
+
+        delete_stack(&client, &namespace.name, &stack_name).await?;
+        eventually("Kafka to finish deleting the topics", || async {
+            let in_kafka = kafka_partitions()?;
+            Ok(topics.iter().all(|t| !in_kafka.contains_key(t)).then_some(()))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
+}
+
 async fn start_with_operator() -> Result<(Client, TestNamespace, String, Operator)> {
     install_crds()?;
     let client = local_kube_client().await?;

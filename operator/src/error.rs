@@ -148,6 +148,13 @@ pub enum Error {
         /// What is missing, and where.
         reason: String,
     },
+    /// A Secret the stack names for its Kafka (CA, SASL credentials) is
+    /// missing or lacks a key.
+    #[error("reading the Kafka TLS/SASL settings: {reason}")]
+    ReadKafkaSecret {
+        /// What is missing, and where.
+        reason: String,
+    },
     /// Reading a Secret from the apiserver failed.
     #[error("reading Secret {name}")]
     GetSecret {
@@ -206,7 +213,9 @@ impl Error {
             Error::PatchStatus { .. } => "status",
             Error::ElectLeader { .. } => "leader_election",
             Error::WriteCrd { .. } | Error::CrdNotEstablished { .. } => "crd",
-            Error::EnsureTopics { .. } | Error::DeleteTopics { .. } => "kafka",
+            Error::EnsureTopics { .. } | Error::DeleteTopics { .. } | Error::ReadKafkaSecret { .. } => {
+                "kafka"
+            }
             Error::ConnectPostgres { .. } | Error::ManageDatabase { .. } => "postgres",
             Error::ReadAdminSecret { .. } | Error::GetSecret { .. } => "admin_secret",
             Error::PatchFinalizers { .. } => "finalizer",

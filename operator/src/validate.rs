@@ -17,8 +17,8 @@ use commerce_api::RateLimitPolicy;
 use commerce_api::catalog::Service;
 use commerce_api::crd::rate_limit::{MAX_RULES, RateLimitRule};
 use commerce_api::crd::stack::{
-    CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, ServiceSettings,
-    is_env_var_name,
+    CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, SaslMechanism,
+    ServiceSettings, is_env_var_name,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as QuantityText;
@@ -157,6 +157,15 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
                 "kafka.external.bootstrapServers: {server:?} is not host:port with a port from 1 to 65535"
             ));
         }
+    }
+    if let Some(external) = &spec.kafka.external
+        && external.sasl.as_ref().is_some_and(|sasl| sasl.mechanism == SaslMechanism::Plain)
+        && external.tls.is_none()
+    {
+        problems.push(
+            "kafka.external.sasl.mechanism PLAIN sends the password itself: set kafka.external.tls too, or use SCRAM-SHA-512"
+                .into(),
+        );
     }
     let postgres =
         pick("postgres", spec.postgres.external.as_ref(), spec.postgres.managed.as_ref(), &mut problems);

@@ -19,7 +19,7 @@ use commerce_api::gateway_rules::MAX_RULES_FILE_BYTES;
 use commerce_api::{CommerceStack, RateLimitPolicy};
 use commerce_operator::Error;
 use commerce_operator::build::{self, names};
-use commerce_operator::external::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
+use commerce_operator::external::{DatabasePlan, ExternalState, KafkaCluster, PostgresServer, TopicPlan};
 use commerce_operator::metrics::Metrics;
 use commerce_operator::reconcile::admin_secret::{hold_finalizer, hold_label};
 use commerce_operator::reconcile::policy::reconcile_policy;
@@ -360,8 +360,12 @@ impl FakeExternal {
 
 #[async_trait::async_trait]
 impl ExternalState for FakeExternal {
-    async fn ensure_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<Vec<TopicStatus>, Error> {
-        self.record(format!("ensure {} topics at {brokers}", topics.len()))?;
+    async fn ensure_topics(
+        &self,
+        kafka: &KafkaCluster,
+        topics: &[TopicPlan],
+    ) -> Result<Vec<TopicStatus>, Error> {
+        self.record(format!("ensure {} topics at {}", topics.len(), kafka.brokers))?;
         Ok(topics.iter().map(|t| TopicStatus { name: t.name.clone(), partitions: t.partitions }).collect())
     }
 
@@ -379,8 +383,8 @@ impl ExternalState for FakeExternal {
         Ok(())
     }
 
-    async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error> {
-        self.record(format!("delete {} topics at {brokers}", topics.len()))
+    async fn delete_topics(&self, kafka: &KafkaCluster, topics: &[TopicPlan]) -> Result<(), Error> {
+        self.record(format!("delete {} topics at {}", topics.len(), kafka.brokers))
     }
 }
 

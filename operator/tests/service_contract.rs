@@ -62,7 +62,7 @@ fn built(file: &str) -> Vec<DesiredObject> {
     build::build(&valid, &policies, &values).expect("the example builds")
 }
 
-const EXAMPLES: [&str; 2] = ["full.yaml", "minimal.yaml"];
+const EXAMPLES: [&str; 3] = ["full.yaml", "minimal.yaml", "secure-kafka.yaml"];
 
 fn objects_of<'a>(objects: &'a [DesiredObject], kind: &'a str) -> impl Iterator<Item = &'a DesiredObject> {
     objects.iter().filter(move |o| o.resource.kind == kind)
@@ -435,4 +435,64 @@ fn a_dotted_policy_name_and_a_root_prefix_still_make_rules_the_gateway_accepts()
     assert!(added.matches("POST", "/anything/at/all"));
     assert_eq!(added.key, commerce_gateway::ratelimit::rules::KeyKind::ApiKey);
     assert_eq!((added.period, added.burst), (Duration::from_secs(3600), 1));
+}
+
+#[test]
+fn a_stack_on_kafka_with_tls_and_scram_gives_its_services_the_protocol_the_mounted_ca_and_the_users_secret() {
+    let objects = built("secure-kafka.yaml");
+    let mut kafka_users = 0;
+    for container in containers(&objects) {
+        let Some(properties) = container.get("COMMERCE_KAFKA_PROPERTIES") else {
+            assert!(container.get("COMMERCE_KAFKA_BROKERS").is_none(), "{}", container.deployment);
+            continue;
+        };
+        kafka_users += 1;
+        let ca_mount =
+            container.mount_of("secret", "secretName", "kafka-ca").expect("the CA Secret is mounted");
+        assert_eq!(
+            properties,
+            format!(
+                "security.protocol=sasl_ssl,ssl.ca.location={ca_mount}/ca.crt,sasl.mechanism=SCRAM-SHA-512"
+            ),
+            "{}",
+            container.deployment
+        );
+        // The user's credentials come from its Secret, through flags of their own.
+        let env = &container.pod["containers"][0]["env"];
+        for (name, key) in
+            [("COMMERCE_KAFKA_SASL_USERNAME", "username"), ("COMMERCE_KAFKA_SASL_PASSWORD", "password")]
+        {
+            let var = env.as_array().unwrap().iter().find(|v| v["name"] == name).expect(name);
+            assert_eq!(var["valueFrom"]["secretKeyRef"]["name"], "kafka-user", "{name}");
+            assert_eq!(var["valueFrom"]["secretKeyRef"]["key"], key, "{name}");
+        }
+        let kafka_flags: Vec<String> =
+            argv(&container).into_iter().filter(|flag| flag.starts_with("--kafka-")).collect();
+        let kafka: commerce_platform::events::KafkaArgs =
+            parse(&kafka_flags).unwrap_or_else(|e| panic!("{}: {e}", container.deployment));
+        let config = kafka.client_config();
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.username"), Some("Pa55wordFromAUserSecret"));
+        assert_eq!(config.get("ssl.ca.location"), Some(format!("{ca_mount}/ca.crt").as_str()));
+    }
+    assert!(kafka_users >= 6, "only {kafka_users} services use Kafka");
+}
+
+#[test]
+fn a_stack_with_a_postgres_ca_gives_its_services_a_verifying_url_naming_the_mounted_bundle() {
+    let objects = built("secure-kafka.yaml");
+    let mut with_database = 0;
+    for container in containers(&objects) {
+        let Some(url) = container.get("COMMERCE_DATABASE_URL") else { continue };
+        with_database += 1;
+        let ca_mount = container
+            .mount_of("secret", "secretName", "postgres-ca")
+            .expect("the Postgres CA Secret is mounted");
+        assert!(
+            url.ends_with(&format!("?sslmode=verify-full&sslrootcert={ca_mount}/ca.crt")),
+            "{}: {url}",
+            container.deployment
+        );
+    }
+    assert!(with_database >= 6, "only {with_database} services have a database");
 }

@@ -37,6 +37,20 @@ pub const KAFKA_BROKERS: &str = "COMMERCE_KAFKA_BROKERS";
 /// uses: the stack's own ([`names::ExternalNames::kafka_name_prefix`]), so
 /// that stacks sharing a Kafka cluster never see each other's events.
 pub const KAFKA_NAME_PREFIX: &str = "COMMERCE_KAFKA_NAME_PREFIX";
+/// librdkafka properties of an external Kafka's TLS and SASL (protocol,
+/// CA file, mechanism): nothing secret, so in the ConfigMap.
+pub const KAFKA_PROPERTIES: &str = "COMMERCE_KAFKA_PROPERTIES";
+/// The SASL user name, from the stack's Secret.
+pub const KAFKA_SASL_USERNAME: &str = "COMMERCE_KAFKA_SASL_USERNAME";
+/// The SASL password, from the stack's Secret.
+pub const KAFKA_SASL_PASSWORD: &str = "COMMERCE_KAFKA_SASL_PASSWORD";
+/// Where the Kafka CA bundle (`kafka.external.tls.caSecret`) is mounted.
+pub const KAFKA_CA_MOUNT: &str = "/etc/commerce/kafka-ca";
+/// Where the Postgres CA bundle (`postgres.external.caSecret`) is mounted;
+/// the database URLs name it as `sslrootcert`.
+pub const POSTGRES_CA_MOUNT: &str = "/etc/commerce/postgres-ca";
+/// File name of a CA bundle inside [`KAFKA_CA_MOUNT`] and [`POSTGRES_CA_MOUNT`].
+pub const CA_FILE: &str = "ca.crt";
 /// Peers as `service=http://host:port`, comma-separated.
 pub const PEERS: &str = "COMMERCE_PEERS";
 /// Redis URL (with the password, when there is one, through `$(...)`).
@@ -105,6 +119,30 @@ pub struct ServiceConfig {
     pub hash: String,
 }
 
+/// The librdkafka properties the services get for TLS and SASL towards
+/// the stack's Kafka (`None` for plaintext without SASL): the protocol, the
+/// CA file mounted at [`KAFKA_CA_MOUNT`] when the stack names one (else the
+/// system's CAs), the mechanism. The credentials go separately, from their
+/// Secret ([`KAFKA_SASL_USERNAME`], [`KAFKA_SASL_PASSWORD`]).
+pub fn kafka_properties(endpoints: &Endpoints) -> Option<String> {
+    let tls = endpoints.kafka_tls.as_ref();
+    let sasl = endpoints.kafka_sasl.as_ref();
+    let protocol = match (tls.is_some(), sasl.is_some()) {
+        (false, false) => return None,
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    let mut properties = vec![format!("security.protocol={protocol}")];
+    if tls.is_some_and(|tls| tls.ca_secret.is_some()) {
+        properties.push(format!("ssl.ca.location={KAFKA_CA_MOUNT}/{CA_FILE}"));
+    }
+    if let Some(sasl) = sasl {
+        properties.push(format!("sasl.mechanism={}", sasl.mechanism.as_str()));
+    }
+    Some(properties.join(","))
+}
+
 /// The configuration of `service`.
 pub fn service_config(
     stack: &ValidStack<'_>,
@@ -134,6 +172,13 @@ pub fn service_config(
     if !spec.produces.is_empty() || !spec.consumes.is_empty() {
         put(KAFKA_BROKERS, endpoints.kafka_brokers.clone());
         put(KAFKA_NAME_PREFIX, names::ExternalNames::of(stack).kafka_name_prefix().to_owned());
+        if let Some(properties) = kafka_properties(endpoints) {
+            put(KAFKA_PROPERTIES, properties);
+        }
+        if let Some(sasl) = &endpoints.kafka_sasl {
+            env.push(secret_env(KAFKA_SASL_USERNAME, &sasl.secret_name, &sasl.username_key));
+            env.push(secret_env(KAFKA_SASL_PASSWORD, &sasl.secret_name, &sasl.password_key));
+        }
     }
     let peers: Vec<String> = spec
         .calls
@@ -287,6 +332,44 @@ mod tests {
         assert_ne!(
             base,
             config_hash(&HashInput { config_map: &data, env: &env, secrets: &rotated }).unwrap()
+        );
+    }
+
+    #[test]
+    fn kafka_properties_follow_tls_and_sasl_and_name_the_mounted_ca_only_when_there_is_one() {
+        use commerce_api::crd::SecretKeyRef;
+        use commerce_api::crd::stack::{KafkaSasl, KafkaTls, SaslMechanism};
+        let stack =
+            crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
+        let valid = crate::validate::validate(&stack, "shop").unwrap();
+        let mut endpoints = super::super::infra::endpoints(&valid);
+        assert_eq!(kafka_properties(&endpoints), None, "plaintext without SASL needs no property");
+        endpoints.kafka_tls = Some(KafkaTls::default());
+        assert_eq!(kafka_properties(&endpoints).as_deref(), Some("security.protocol=ssl"));
+        endpoints.kafka_tls = Some(KafkaTls {
+            ca_secret: Some(SecretKeyRef { name: "kafka-ca".into(), key: "ca.pem".into() }),
+        });
+        assert_eq!(
+            kafka_properties(&endpoints).as_deref(),
+            Some("security.protocol=ssl,ssl.ca.location=/etc/commerce/kafka-ca/ca.crt")
+        );
+        let sasl = KafkaSasl {
+            mechanism: SaslMechanism::ScramSha256,
+            secret_name: "kafka-user".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        };
+        endpoints.kafka_sasl = Some(sasl);
+        assert_eq!(
+            kafka_properties(&endpoints).as_deref(),
+            Some(
+                "security.protocol=sasl_ssl,ssl.ca.location=/etc/commerce/kafka-ca/ca.crt,sasl.mechanism=SCRAM-SHA-256"
+            )
+        );
+        endpoints.kafka_tls = None;
+        assert_eq!(
+            kafka_properties(&endpoints).as_deref(),
+            Some("security.protocol=sasl_plaintext,sasl.mechanism=SCRAM-SHA-256")
         );
     }
 }

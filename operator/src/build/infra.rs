@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use commerce_api::catalog::Service;
 use commerce_api::crd::SecretKeyRef;
-use commerce_api::crd::stack::{DeletionPolicy, ManagedInfra, SslMode};
+use commerce_api::crd::stack::{DeletionPolicy, KafkaSasl, KafkaTls, ManagedInfra, SslMode};
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
@@ -55,6 +55,10 @@ pub const REDIS_PORT: i32 = 6379;
 pub struct Endpoints {
     /// Kafka bootstrap servers, comma-separated.
     pub kafka_brokers: String,
+    /// TLS towards an external Kafka; `None`: plaintext (always for managed).
+    pub kafka_tls: Option<KafkaTls>,
+    /// SASL towards an external Kafka; `None`: none.
+    pub kafka_sasl: Option<KafkaSasl>,
     /// The Postgres server.
     pub postgres: PostgresEndpoint,
     /// Redis.
@@ -70,6 +74,8 @@ pub struct PostgresEndpoint {
     pub port: i32,
     /// libpq `sslmode` of every connection.
     pub ssl_mode: SslMode,
+    /// The Secret key with the CA bundle for `verify-*` (`sslrootcert`).
+    pub ca: Option<SecretKeyRef>,
     /// The Secret key with the admin's user name.
     pub admin_username: SecretKeyRef,
     /// The Secret key with the admin's password.
@@ -93,6 +99,10 @@ pub struct RedisEndpoint {
 
 /// Where everything is, for this stack.
 pub fn endpoints(stack: &ValidStack<'_>) -> Endpoints {
+    let (kafka_tls, kafka_sasl) = match stack.kafka {
+        Infra::External(external) => (external.tls.clone(), external.sasl.clone()),
+        Infra::Managed(_) => (None, None),
+    };
     let kafka_brokers = match stack.kafka {
         Infra::External(external) => external.bootstrap_servers.join(","),
         Infra::Managed(_) => {
@@ -105,6 +115,7 @@ pub fn endpoints(stack: &ValidStack<'_>) -> Endpoints {
             host: external.host.clone(),
             port: external.port,
             ssl_mode: external.ssl_mode,
+            ca: external.ca_secret.clone(),
             admin_username: SecretKeyRef {
                 name: external.admin_secret.name.clone(),
                 key: external.admin_secret.username_key.clone(),
@@ -123,6 +134,7 @@ pub fn endpoints(stack: &ValidStack<'_>) -> Endpoints {
                 // Inside the namespace, behind a NetworkPolicy, without a
                 // certificate to check.
                 ssl_mode: SslMode::Disable,
+                ca: None,
                 admin_username: SecretKeyRef { name: admin.clone(), key: secrets::USERNAME_KEY.into() },
                 admin_password: SecretKeyRef { name: admin, key: secrets::PASSWORD_KEY.into() },
                 admin_database: "postgres".into(),
@@ -146,7 +158,7 @@ pub fn endpoints(stack: &ValidStack<'_>) -> Endpoints {
             }
         }
     };
-    Endpoints { kafka_brokers, postgres, redis }
+    Endpoints { kafka_brokers, kafka_tls, kafka_sasl, postgres, redis }
 }
 
 /// The database Secret of every enabled service that owns a database: the
@@ -166,12 +178,20 @@ pub fn database_secrets(
         let password = values.get(&name, secrets::PASSWORD_KEY)?;
         let identifier = names::ExternalNames::of(stack).database(*service);
         let pg = &endpoints.postgres;
-        let url = format!(
+        let mut url = format!(
             "postgres://{identifier}:{password}@{}:{}/{identifier}?sslmode={}",
             pg.host,
             pg.port,
             pg.ssl_mode.as_str()
         );
+        if pg.ca.is_some() {
+            // The bundle as the pods mount it (build::workload).
+            url.push_str(&format!(
+                "&sslrootcert={}/{}",
+                super::config::POSTGRES_CA_MOUNT,
+                super::config::CA_FILE
+            ));
+        }
         let data = BTreeMap::from([
             (secrets::USERNAME_KEY.to_owned(), identifier.clone()),
             (secrets::PASSWORD_KEY.to_owned(), password),

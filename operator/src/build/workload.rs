@@ -14,7 +14,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, GRPCAction, HTTPGetAction, Lifecycle, LifecycleHandler,
+    EmptyDirVolumeSource, EnvFromSource, GRPCAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
     LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SeccompProfile, SecretVolumeSource, SecurityContext, Service as KubeService, ServiceAccount, ServicePort,
     ServiceSpec, SleepAction, Volume, VolumeMount,
@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{self, ServiceConfig};
 use super::names::{self, Component};
-use crate::validate::ValidStack;
+use crate::validate::{Infra, ValidStack};
 
 /// The uid and gid of distroless' `nonroot` user, which the `commerce`
 /// image runs as.
@@ -357,6 +357,41 @@ fn pod_template(
         mounts.push(VolumeMount {
             name: "signing-key".into(),
             mount_path: config::SIGNING_KEY_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let uses_kafka = !service.spec().produces.is_empty() || !service.spec().consumes.is_empty();
+    let kafka_ca = match stack.kafka {
+        Infra::External(external) => external.tls.as_ref().and_then(|tls| tls.ca_secret.as_ref()),
+        Infra::Managed(_) => None,
+    };
+    let postgres_ca = match stack.postgres {
+        Infra::External(external) => external.ca_secret.as_ref(),
+        Infra::Managed(_) => None,
+    };
+    let cas = [
+        (uses_kafka, kafka_ca, "kafka-ca", config::KAFKA_CA_MOUNT),
+        (service.spec().database, postgres_ca, "postgres-ca", config::POSTGRES_CA_MOUNT),
+    ];
+    for (used, ca, volume, mount) in cas {
+        let (true, Some(ca)) = (used, ca) else { continue };
+        volumes.push(Volume {
+            name: volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: config::CA_FILE.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume.into(),
+            mount_path: mount.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         });

@@ -23,7 +23,6 @@ use commerce_platform::events::{DesiredTopic, TopicAdmin};
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
@@ -32,7 +31,7 @@ use tracing::{debug, info};
 
 use super::admin_cache::AdminCache;
 use super::topic_watch::TopicWatch;
-use super::{DatabasePlan, ExternalState, PostgresServer, TopicPlan};
+use super::{DatabasePlan, ExternalState, KafkaCluster, PostgresServer, TopicPlan};
 use crate::Error;
 
 /// How long connecting to Postgres may take: a reconcile must not hang on a
@@ -53,15 +52,11 @@ pub struct ClusterExternalState {
 }
 
 impl ClusterExternalState {
-    /// The topic admin client for `brokers`, created on first use.
-    fn topic_admin(&self, brokers: &str) -> Result<TopicAdmin, Error> {
-        self.topic_admins
-            .get_or_create(brokers, |brokers| {
-                let mut config = ClientConfig::new();
-                config.set("bootstrap.servers", brokers);
-                TopicAdmin::new(&config)
-            })
-            .map_err(|source| Error::EnsureTopics { brokers: brokers.to_owned(), source: Box::new(source) })
+    /// The topic admin client for `kafka`, created on first use.
+    fn topic_admin(&self, kafka: &KafkaCluster) -> Result<TopicAdmin, Error> {
+        self.topic_admins.get_or_create(&kafka.key(), |_| TopicAdmin::new(&kafka.client_config())).map_err(
+            |source| Error::EnsureTopics { brokers: kafka.brokers.clone(), source: Box::new(source) },
+        )
     }
 
     /// Starts the periodic topic check ([`super::topic_watch`]): every
@@ -138,13 +133,16 @@ impl ClusterExternalState {
 
 async fn connect(server: &PostgresServer) -> Result<PgConnection, Error> {
     let ssl_mode: PgSslMode = server.ssl_mode.parse().unwrap_or(PgSslMode::Prefer);
-    let options = PgConnectOptions::new()
+    let mut options = PgConnectOptions::new()
         .host(&server.host)
         .port(server.port)
         .username(&server.user)
         .password(&server.password)
         .database(&server.database)
         .ssl_mode(ssl_mode);
+    if let Some(pem) = &server.ca_pem {
+        options = options.ssl_root_cert_from_pem(pem.as_bytes().to_vec());
+    }
     let target = format!("{}:{}", server.host, server.port);
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
         Ok(Ok(connection)) => Ok(connection),
@@ -202,7 +200,11 @@ fn exists<'a>(
 
 #[async_trait]
 impl ExternalState for ClusterExternalState {
-    async fn ensure_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<Vec<TopicStatus>, Error> {
+    async fn ensure_topics(
+        &self,
+        kafka: &KafkaCluster,
+        topics: &[TopicPlan],
+    ) -> Result<Vec<TopicStatus>, Error> {
         let desired: Vec<DesiredTopic> = topics
             .iter()
             .map(|t| DesiredTopic {
@@ -211,12 +213,12 @@ impl ExternalState for ClusterExternalState {
                 retention_ms: t.retention_ms,
             })
             .collect();
-        let reports = self.topic_admin(brokers)?.ensure(desired).await.map_err(|source| {
-            Error::EnsureTopics { brokers: brokers.to_owned(), source: Box::new(source) }
+        let reports = self.topic_admin(kafka)?.ensure(desired).await.map_err(|source| {
+            Error::EnsureTopics { brokers: kafka.brokers.clone(), source: Box::new(source) }
         })?;
         let topics: Vec<TopicStatus> =
             reports.into_iter().map(|r| TopicStatus { name: r.name, partitions: r.partitions }).collect();
-        self.topic_watch.ensured(brokers, &topics, Instant::now());
+        self.topic_watch.ensured(&kafka.key(), &topics, Instant::now());
         Ok(topics)
     }
 
@@ -318,16 +320,15 @@ impl ExternalState for ClusterExternalState {
         first_failure.map_or(Ok(()), Err)
     }
 
-    async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error> {
+    async fn delete_topics(&self, kafka: &KafkaCluster, topics: &[TopicPlan]) -> Result<(), Error> {
         // A client of its own, dropped at the end: this runs once per deleted
         // stack (deletionPolicy: Delete), not per reconcile, and the cached
         // TopicAdmin does not expose its client for deletions.
-        let failed = |source| Error::DeleteTopics { brokers: brokers.to_owned(), source };
+        let failed = |source| Error::DeleteTopics { brokers: kafka.brokers.clone(), source };
         let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
         // Before they go: the topic check must not take them for drift.
-        self.topic_watch.forget(brokers, &names);
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(failed)?;
+        self.topic_watch.forget(&kafka.key(), &names);
+        let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().map_err(failed)?;
         let options = AdminOptions::new().operation_timeout(Some(DELETE_TIMEOUT));
         let results = admin.delete_topics(&names, &options).await.map_err(failed)?;
         for result in results {
@@ -352,11 +353,26 @@ mod tests {
     fn reconciles_against_the_same_brokers_share_one_topic_admin_client() {
         let state = ClusterExternalState::default();
         for _ in 0..3 {
-            state.topic_admin("127.0.0.1:1").unwrap();
+            state.topic_admin(&KafkaCluster::plaintext("127.0.0.1:1")).unwrap();
         }
         assert_eq!(state.topic_admin_clients(), 1);
-        state.topic_admin("127.0.0.1:2").unwrap();
+        state.topic_admin(&KafkaCluster::plaintext("127.0.0.1:2")).unwrap();
         assert_eq!(state.topic_admin_clients(), 2);
+        // Same brokers, other credentials: a client of its own.
+        let scram = |password: &str| KafkaCluster {
+            brokers: "127.0.0.1:1".into(),
+            settings: vec![
+                ("security.protocol".into(), "sasl_plaintext".into()),
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("sasl.username".into(), "shop".into()),
+                ("sasl.password".into(), password.into()),
+            ],
+        };
+        state.topic_admin(&scram("one")).unwrap();
+        state.topic_admin(&scram("two")).unwrap();
+        state.topic_admin(&scram("two")).unwrap();
+        assert_eq!(state.topic_admin_clients(), 4);
+        assert!(!scram("two").key().contains("two") && !format!("{:?}", scram("two")).contains("two"));
     }
 
     /// Nothing listens on port 1 of loopback: librdkafka's connection is
@@ -365,7 +381,7 @@ mod tests {
     async fn a_kafka_error_names_the_bootstrap_servers_it_tried() {
         let state = ClusterExternalState::default();
         let topics = [TopicPlan { name: "shop.shop.orders".into(), partitions: 1, retention_ms: 3_600_000 }];
-        let error = state.ensure_topics("127.0.0.1:1", &topics).await.unwrap_err();
+        let error = state.ensure_topics(&KafkaCluster::plaintext("127.0.0.1:1"), &topics).await.unwrap_err();
         let message = crate::reconcile::error_chain(&error);
         assert!(message.starts_with("ensuring the topics on kafka 127.0.0.1:1: "), "{message}");
         // A deletion waits for librdkafka's request timeout (a minute)

@@ -16,14 +16,18 @@ use async_trait::async_trait;
 use commerce_api::crd::stack::TopicStatus;
 
 use crate::Error;
-pub use plan::{DatabasePlan, PostgresServer, TopicPlan};
+pub use plan::{DatabasePlan, KafkaCluster, PostgresServer, TopicPlan};
 
 /// Brings topics and databases to what a plan says.
 #[async_trait]
 pub trait ExternalState: Send + Sync {
     /// Creates missing topics, adds partitions, sets retention; never
     /// shrinks. Returns every topic with its partition count.
-    async fn ensure_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<Vec<TopicStatus>, Error>;
+    async fn ensure_topics(
+        &self,
+        kafka: &KafkaCluster,
+        topics: &[TopicPlan],
+    ) -> Result<Vec<TopicStatus>, Error>;
 
     /// Creates each missing login role and database (owned by the role)
     /// and sets the role's password to the one in its Secret.
@@ -40,5 +44,5 @@ pub trait ExternalState: Send + Sync {
 
     /// Deletes the topics (`deletionPolicy: Delete`); one that does not
     /// exist is no error.
-    async fn delete_topics(&self, brokers: &str, topics: &[TopicPlan]) -> Result<(), Error>;
+    async fn delete_topics(&self, kafka: &KafkaCluster, topics: &[TopicPlan]) -> Result<(), Error>;
 }

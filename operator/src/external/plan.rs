@@ -40,6 +40,64 @@ impl std::fmt::Debug for DatabasePlan {
     }
 }
 
+/// How the operator reaches a stack's Kafka: the bootstrap servers and the
+/// librdkafka settings that TLS and SASL add, credentials included (read
+/// from the stack's Secrets).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaCluster {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// librdkafka properties (`security.protocol`, `ssl.ca.pem`, `sasl.*`);
+    /// may hold a password.
+    pub settings: Vec<(String, String)>,
+}
+
+impl KafkaCluster {
+    /// Plaintext brokers without SASL.
+    pub fn plaintext(brokers: impl Into<String>) -> Self {
+        KafkaCluster { brokers: brokers.into(), settings: Vec::new() }
+    }
+
+    /// What admin clients are cached and topic checks grouped by: the
+    /// brokers, followed by a digest of the settings when there are any, so
+    /// that stacks with other credentials on the same brokers get clients
+    /// of their own (and no password shows in a key that is logged).
+    pub fn key(&self) -> String {
+        if self.settings.is_empty() {
+            return self.brokers.clone();
+        }
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for (key, value) in &self.settings {
+            digest.update(key.as_bytes());
+            digest.update([0]);
+            digest.update(value.as_bytes());
+            digest.update([0]);
+        }
+        let digest = digest.finalize();
+        let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("{} ({short})", self.brokers)
+    }
+
+    /// A librdkafka configuration with the brokers and the settings.
+    pub fn client_config(&self) -> rdkafka::config::ClientConfig {
+        let mut config = rdkafka::config::ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// The settings' keys only: values may be passwords.
+impl std::fmt::Debug for KafkaCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.settings.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("KafkaCluster").field("brokers", &self.brokers).field("settings", &keys).finish()
+    }
+}
+
 /// How the operator reaches a Postgres server as its admin.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresServer {
@@ -55,6 +113,9 @@ pub struct PostgresServer {
     pub password: String,
     /// Database the admin connects to.
     pub database: String,
+    /// PEM bundle of the CAs the server's certificate is checked against
+    /// (`verify-*`); `None`: the system's.
+    pub ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresServer {
@@ -158,6 +219,7 @@ pub fn postgres_server(endpoints: &Endpoints, user: String, password: String) ->
         user,
         password,
         database: pg.admin_database.clone(),
+        ca_pem: None,
     }
 }
 

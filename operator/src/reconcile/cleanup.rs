@@ -157,8 +157,18 @@ async fn delete_topics(ctx: &Context, valid: &ValidStack<'_>) -> CleanupStep {
     }
     let topics = plan::topics(valid);
     let names = format!("{} topics {}*", topics.len(), ExternalNames::of(valid).kafka_name_prefix());
-    let brokers = infra::endpoints(valid).kafka_brokers;
-    match ctx.external.delete_topics(&brokers, &topics).await {
+    let endpoints = infra::endpoints(valid);
+    let brokers = endpoints.kafka_brokers.clone();
+    let kafka = match super::kafka_cluster(&ctx.client, valid.namespace, &endpoints).await {
+        Ok(kafka) => kafka,
+        Err(error) => {
+            return CleanupStep::Failed(format!(
+                "the {names} at {brokers} not deleted: {}",
+                error_chain(&error)
+            ));
+        }
+    };
+    match ctx.external.delete_topics(&kafka, &topics).await {
         Ok(()) => CleanupStep::Done(format!("deleted the {names} at {brokers}")),
         Err(error) => {
             CleanupStep::Failed(format!("the {names} at {brokers} not deleted: {}", error_chain(&error)))

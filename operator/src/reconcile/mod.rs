@@ -53,8 +53,8 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::build::names::Component;
 use crate::build::secrets::SecretValues;
-use crate::build::{self, gateway, infra, names, secrets};
-use crate::external::{ExternalState, PostgresServer, plan};
+use crate::build::{self, config, gateway, infra, names, secrets};
+use crate::external::{ExternalState, KafkaCluster, PostgresServer, plan};
 use crate::metrics::Metrics;
 use crate::validate::{ValidStack, validate};
 use backoff::Backoffs;
@@ -308,8 +308,8 @@ async fn ensure_external(
     if valid.kafka.is_managed() && !ready(Component::Kafka) {
         outcome.waiting_for.push("Kafka".into());
     } else {
-        outcome.topics =
-            Some(ctx.external.ensure_topics(&endpoints.kafka_brokers, &plan::topics(valid)).await?);
+        let kafka = kafka_cluster(&ctx.client, valid.namespace, &endpoints).await?;
+        outcome.topics = Some(ctx.external.ensure_topics(&kafka, &plan::topics(valid)).await?);
     }
     let unwritten_secret = outcome.problems.iter().any(|p| p.kind == "Secret" && p.is_unapplied());
     if valid.postgres.is_managed() && !ready(Component::Postgres) {
@@ -330,6 +330,67 @@ async fn ensure_external(
         );
     }
     Ok(())
+}
+
+/// How the operator reaches the stack's Kafka: the services' TLS and SASL
+/// settings ([`config::kafka_properties`]), with the CA bundle and the SASL
+/// credentials read from the stack's Secrets instead of the pods' files and
+/// variables. Without a CA of its own, TLS trusts the system's CAs.
+pub(crate) async fn kafka_cluster(
+    client: &Client,
+    namespace: &str,
+    endpoints: &infra::Endpoints,
+) -> Result<KafkaCluster, Error> {
+    let mut kafka = KafkaCluster::plaintext(endpoints.kafka_brokers.clone());
+    let Some(properties) = config::kafka_properties(endpoints) else { return Ok(kafka) };
+    for (key, value) in properties.split(',').filter_map(|p| p.split_once('=')) {
+        // A path in the pods' file system; the operator reads the Secret.
+        if key != "ssl.ca.location" {
+            kafka.settings.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if let Some(tls) = &endpoints.kafka_tls {
+        match &tls.ca_secret {
+            Some(ca) => {
+                kafka.settings.push(("ssl.ca.pem".into(), kafka_secret_value(&api, &ca.name, &ca.key).await?))
+            }
+            None => kafka.settings.push(("ssl.ca.location".into(), "probe".into())),
+        }
+    }
+    if let Some(sasl) = &endpoints.kafka_sasl {
+        let username = kafka_secret_value(&api, &sasl.secret_name, &sasl.username_key).await?;
+        let password = kafka_secret_value(&api, &sasl.secret_name, &sasl.password_key).await?;
+        kafka.settings.push(("sasl.username".into(), username));
+        kafka.settings.push(("sasl.password".into(), password));
+    }
+    Ok(kafka)
+}
+
+/// The value under `key` of the Secret `name`, as UTF-8; `missing` makes
+/// the error when the Secret or the key is not there.
+async fn secret_value(
+    api: &Api<Secret>,
+    name: &str,
+    key: &str,
+    missing: impl Fn(String) -> Error,
+) -> Result<String, Error> {
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::GetSecret { name: name.to_owned(), source })?
+        .ok_or_else(|| missing(format!("Secret {name} does not exist")))?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .and_then(|value| String::from_utf8(value.0.clone()).ok())
+        .ok_or_else(|| missing(format!("Secret {name} has no UTF-8 key {key:?}")))
+}
+
+/// [`secret_value`] of a Secret the stack names for its Kafka.
+async fn kafka_secret_value(api: &Api<Secret>, name: &str, key: &str) -> Result<String, Error> {
+    secret_value(api, name, key, |reason| Error::ReadKafkaSecret { reason }).await
 }
 
 /// How the operator logs in to the stack's Postgres as its admin: the
@@ -369,7 +430,12 @@ async fn postgres_admin(
     };
     let user = read(&admin.admin_username.key)?;
     let password = read(&admin.admin_password.key)?;
-    Ok(plan::postgres_server(endpoints, user, password))
+    let mut server = plan::postgres_server(endpoints, user, password);
+    if let Some(ca) = &admin.ca {
+        server.ca_pem =
+            Some(secret_value(&api, &ca.name, &ca.key, |reason| Error::ReadAdminSecret { reason }).await?);
+    }
+    Ok(server)
 }
 
 fn has_finalizer(stack: &CommerceStack) -> bool {

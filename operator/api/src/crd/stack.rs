@@ -452,7 +452,12 @@ pub struct KafkaSpec {
 
 /// Brokers of a Kafka cluster the stack does not own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(crates(kube_core = "::kube_core"))]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("!has(self.sasl) || !has(self.sasl.mechanism) || self.sasl.mechanism != 'PLAIN' || has(self.tls)")
+        .message("kafka.external.sasl.mechanism PLAIN sends the password itself: set kafka.external.tls too, or use SCRAM-SHA-512")
+        .reason(Reason::FieldValueInvalid),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalKafka {
     /// Bootstrap servers as `host:port`, e.g. `kafka-0.kafka:9092`.
@@ -462,6 +467,76 @@ pub struct ExternalKafka {
     #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^:/ ]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$'))")
         .message("every kafka.external.bootstrapServers entry is host:port with a port from 1 to 65535, e.g. kafka-0.kafka:9092"))]
     pub bootstrap_servers: Vec<String>,
+    /// TLS towards the brokers, whose certificates and host names are
+    /// verified. Unset: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication of the services and the operator. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
+}
+
+/// TLS towards a Kafka cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTls {
+    /// The Secret key holding the PEM bundle of the CAs that signed the
+    /// brokers' certificates. Unset: the system's CAs (the images carry
+    /// Debian's bundle), as for a managed Kafka with a public certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+}
+
+/// SASL towards a Kafka cluster: a mechanism and a user's credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSasl {
+    /// The SASL mechanism.
+    #[serde(default)]
+    pub mechanism: SaslMechanism,
+    /// Name of the Secret, in the stack's namespace, with the user's name
+    /// and password.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_name_rule("kafka.external.sasl.secretName"))]
+    pub secret_name: String,
+    /// Key of the user name.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_key_rule("kafka.external.sasl.usernameKey"))]
+    pub username_key: String,
+    /// Key of the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_key_rule("kafka.external.sasl.passwordKey"))]
+    pub password_key: String,
+}
+
+/// A SASL mechanism librdkafka speaks with the brokers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum SaslMechanism {
+    /// SCRAM with SHA-512 (RFC 7677's scheme with SHA-512).
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// SCRAM with SHA-256 (RFC 7677).
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// The password itself, sent to the broker: only over TLS.
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    /// The name librdkafka's `sasl.mechanism` takes.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
 }
 
 /// The Postgres server: exactly one of `external` and `managed`.
@@ -503,6 +578,12 @@ pub struct ExternalPostgres {
     /// TLS towards the server, as libpq's `sslmode`.
     #[serde(default)]
     pub ssl_mode: SslMode,
+    /// The Secret key holding the PEM bundle of the CAs that signed the
+    /// server's certificate, which `verify-ca` and `verify-full` check
+    /// (libpq's `sslrootcert`). Unset: the public web CAs built into the
+    /// services and the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
     /// The database the admin connects to.
     #[serde(default = "default_admin_database")]
     #[schemars(length(min = 1, max = 63))]

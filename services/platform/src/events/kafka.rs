@@ -114,6 +114,15 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub properties: Vec<(String, String)>,
+    /// SASL user name (`sasl.username`), for a mechanism set through
+    /// `--kafka-property` (`sasl.mechanism=SCRAM-SHA-512`). A flag of its
+    /// own, so that a Secret's value goes in whole (a property list is
+    /// split at commas).
+    #[arg(long = "kafka-sasl-username", env = "COMMERCE_KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+    /// SASL password (`sasl.password`); never printed.
+    #[arg(long = "kafka-sasl-password", env = "COMMERCE_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
 }
 
 impl KafkaArgs {
@@ -129,6 +138,8 @@ impl KafkaArgs {
             consumer_concurrency: 4,
             commit_interval: Duration::from_secs(1),
             properties: Vec::new(),
+            sasl_username: None,
+            sasl_password: None,
         }
     }
 
@@ -145,6 +156,12 @@ impl KafkaArgs {
         config.set_log_level(RDKafkaLogLevel::Info);
         for (key, value) in &self.properties {
             config.set(key, value);
+        }
+        if let Some(username) = &self.sasl_username {
+            config.set("sasl.username", username);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password);
         }
         // OpenSSL is linked statically, so its built-in CA path is not the
         // system's: without a CA of its own, a TLS client looks for the
@@ -183,6 +200,8 @@ impl fmt::Debug for KafkaArgs {
             .field("consumer_concurrency", &self.consumer_concurrency)
             .field("commit_interval", &self.commit_interval)
             .field("property_keys", &property_keys)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<hidden>"))
             .finish()
     }
 }
