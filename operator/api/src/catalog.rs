@@ -97,6 +97,13 @@ pub struct ServiceSpec {
     pub calls: &'static [Service],
 }
 
+impl ServiceSpec {
+    /// Whether the service talks to Kafka (produces or consumes a topic).
+    pub const fn uses_kafka(&self) -> bool {
+        !self.produces.is_empty() || !self.consumes.is_empty()
+    }
+}
+
 /// Dead-letter topics keep failed events for two weeks: long enough for a
 /// team to notice, fix and replay them after a holiday.
 pub const DEAD_LETTER_RETENTION_MS: i64 = 14 * 24 * 60 * 60 * 1000;

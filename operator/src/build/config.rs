@@ -125,22 +125,30 @@ pub struct ServiceConfig {
 /// system's CAs), the mechanism. The credentials go separately, from their
 /// Secret ([`KAFKA_SASL_USERNAME`], [`KAFKA_SASL_PASSWORD`]).
 pub fn kafka_properties(endpoints: &Endpoints) -> Option<String> {
+    let settings = kafka_settings(endpoints);
+    let properties: Vec<String> = settings.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    (!properties.is_empty()).then(|| properties.join(","))
+}
+
+/// [`kafka_properties`] as key-value pairs (empty for plaintext without
+/// SASL); the operator's own client starts from them too.
+pub fn kafka_settings(endpoints: &Endpoints) -> Vec<(&'static str, String)> {
     let tls = endpoints.kafka_tls.as_ref();
     let sasl = endpoints.kafka_sasl.as_ref();
     let protocol = match (tls.is_some(), sasl.is_some()) {
-        (false, false) => return None,
+        (false, false) => return Vec::new(),
         (true, false) => "ssl",
         (false, true) => "sasl_plaintext",
         (true, true) => "sasl_ssl",
     };
-    let mut properties = vec![format!("security.protocol={protocol}")];
+    let mut settings = vec![("security.protocol", protocol.to_owned())];
     if tls.is_some_and(|tls| tls.ca_secret.is_some()) {
-        properties.push(format!("ssl.ca.location={KAFKA_CA_MOUNT}/{CA_FILE}"));
+        settings.push(("ssl.ca.location", format!("{KAFKA_CA_MOUNT}/{CA_FILE}")));
     }
     if let Some(sasl) = sasl {
-        properties.push(format!("sasl.mechanism={}", sasl.mechanism.as_str()));
+        settings.push(("sasl.mechanism", sasl.mechanism.as_str().to_owned()));
     }
-    Some(properties.join(","))
+    settings
 }
 
 /// The configuration of `service`.
@@ -169,7 +177,7 @@ pub fn service_config(
     } else {
         put(GRPC_ADDR, format!("0.0.0.0:{CLUSTER_GRPC_PORT}"));
     }
-    if !spec.produces.is_empty() || !spec.consumes.is_empty() {
+    if spec.uses_kafka() {
         put(KAFKA_BROKERS, endpoints.kafka_brokers.clone());
         put(KAFKA_NAME_PREFIX, names::ExternalNames::of(stack).kafka_name_prefix().to_owned());
         if let Some(properties) = kafka_properties(endpoints) {

@@ -223,7 +223,7 @@ pub fn managed(stack: &ValidStack<'_>) -> ManagedObjects {
         ManagedObjects { services: Vec::new(), stateful_sets: Vec::new(), network_policies: Vec::new() };
     if let Infra::Managed(settings) = stack.kafka {
         push_managed(&mut out, stack, Component::Kafka, KAFKA_PORT, kafka(stack, settings), |s| {
-            !s.produces.is_empty() || !s.consumes.is_empty()
+            s.uses_kafka()
         });
     }
     if let Infra::Managed(settings) = stack.postgres {

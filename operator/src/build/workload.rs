@@ -361,7 +361,7 @@ fn pod_template(
             ..VolumeMount::default()
         });
     }
-    let uses_kafka = !service.spec().produces.is_empty() || !service.spec().consumes.is_empty();
+    let uses_kafka = service.spec().uses_kafka();
     let kafka_ca = match stack.kafka {
         Infra::External(external) => external.tls.as_ref().and_then(|tls| tls.ca_secret.as_ref()),
         Infra::Managed(_) => None,

@@ -342,11 +342,10 @@ pub(crate) async fn kafka_cluster(
     endpoints: &infra::Endpoints,
 ) -> Result<KafkaCluster, Error> {
     let mut kafka = KafkaCluster::plaintext(endpoints.kafka_brokers.clone());
-    let Some(properties) = config::kafka_properties(endpoints) else { return Ok(kafka) };
-    for (key, value) in properties.split(',').filter_map(|p| p.split_once('=')) {
+    for (key, value) in config::kafka_settings(endpoints) {
         // A path in the pods' file system; the operator reads the Secret.
         if key != "ssl.ca.location" {
-            kafka.settings.push((key.to_owned(), value.to_owned()));
+            kafka.settings.push((key.to_owned(), value));
         }
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
