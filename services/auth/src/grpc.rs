@@ -74,7 +74,7 @@ impl AuthGrpc {
         family_id: Uuid,
         conn: &mut sqlx::PgConnection,
     ) -> Result<pb::TokenPair, Error> {
-        let now = Utc::now();
+        let now = store::now(&mut *conn).await?;
         let refresh = new_refresh_token();
         let refresh_expires_at = now + chrono_duration(self.inner.settings.refresh_token_ttl);
         store::insert_refresh_token(
@@ -169,13 +169,13 @@ impl AuthGrpc {
 
     async fn refresh(&self, request: pb::RefreshRequest) -> Result<pb::RefreshResponse, Error> {
         let hash = hash_refresh_token(&request.refresh_token);
-        let now = Utc::now();
         let mut tx = self
             .inner
             .pool
             .begin()
             .await
             .map_err(|source| Error::Database { action: "begin refresh", source })?;
+        let now = store::now(&mut *tx).await?;
         let Some(token) = store::lock_refresh_token(&mut tx, &hash).await? else {
             return Err(Error::RefreshRejected { reason: "unknown refresh token" });
         };
@@ -320,12 +320,14 @@ impl AuthService for AuthGrpc {
                 expires_at: key.expires_at.map(timestamp),
             })
             .collect();
+        let clock = store::now(&self.inner.pool).await?;
         Ok(Response::new(pb::GetPublicKeysResponse {
             keys,
             max_age: Some(prost_types::Duration {
                 seconds: i64::try_from(PUBLIC_KEYS_MAX_AGE.as_secs()).unwrap_or(60),
                 nanos: 0,
             }),
+            clock: Some(timestamp(clock)),
         }))
     }
 }

@@ -158,9 +158,10 @@ impl KeyRing {
         *self.pinned.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(kids);
     }
 
-    /// Reloads the keys published now from the database.
+    /// Reloads the keys published now (by the database's clock) from the
+    /// database.
     pub async fn reload(&self, pool: &PgPool) -> Result<(), Error> {
-        self.reload_at(pool, Utc::now()).await
+        self.reload_at(pool, store::now(pool).await?).await
     }
 
     /// Reloads the keys published at `now` from the database (tests look
@@ -267,7 +268,8 @@ pub async fn rotate_now(
     let mut tx =
         pool.begin().await.map_err(|source| Error::Database { action: "begin key rotation", source })?;
     store::lock_keys(&mut tx).await?;
-    let kid = insert_successor(&mut tx, Utc::now() + chrono_duration(prepublish), access_token_ttl).await?;
+    let now = store::now(&mut *tx).await?;
+    let kid = insert_successor(&mut tx, now + chrono_duration(prepublish), access_token_ttl).await?;
     tx.commit().await.map_err(|source| Error::Database { action: "commit key rotation", source })?;
     Ok(kid)
 }

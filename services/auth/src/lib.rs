@@ -137,12 +137,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 /// Installs the key files' keys (file mode) or makes sure a database key
 /// exists, then loads the ring.
 pub async fn prepare_keys(pool: &PgPool, keys: &KeyRing, args: &AuthArgs) -> Result<(), Error> {
+    let now = store::now(pool).await?;
     match args.key_file_paths() {
         Some(paths) => {
-            keys::install_file_keys(pool, keys, paths, args.access_token_ttl, chrono::Utc::now()).await?;
+            keys::install_file_keys(pool, keys, paths, args.access_token_ttl, now).await?;
         }
         None => {
-            keys::maintain(pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now()).await?;
+            keys::maintain(pool, args.key_rotation, args.access_token_ttl, now).await?;
         }
     }
     keys.reload(pool).await
@@ -177,15 +178,14 @@ async fn maintain_keys(pool: PgPool, keys: KeyRing, args: AuthArgs, shutdown: Ca
                 Err(error) => tracing::warn!(error = %error, "cannot purge expired refresh tokens"),
             }
         }
-        let maintained = match args.key_file_paths() {
-            Some(paths) => {
-                keys::install_file_keys(&pool, &keys, paths, args.access_token_ttl, chrono::Utc::now())
-                    .await
-                    .map(drop)
+        let maintained = match (store::now(&pool).await, args.key_file_paths()) {
+            (Err(error), _) => Err(error),
+            (Ok(now), Some(paths)) => {
+                keys::install_file_keys(&pool, &keys, paths, args.access_token_ttl, now).await.map(drop)
             }
-            None => keys::maintain(&pool, args.key_rotation, args.access_token_ttl, chrono::Utc::now())
-                .await
-                .map(drop),
+            (Ok(now), None) => {
+                keys::maintain(&pool, args.key_rotation, args.access_token_ttl, now).await.map(drop)
+            }
         };
         if let Err(error) = maintained {
             tracing::warn!(error = %error, "signing key maintenance failed; retrying next round");

@@ -254,13 +254,21 @@ pub async fn revoke_by_hash(pool: &PgPool, hash: &[u8]) -> Result<bool, Error> {
     Ok(done.rows_affected() > 0)
 }
 
+/// The database's clock, by which auth stamps and judges every time it
+/// stores or signs (token lifetimes, key activation), so that an auth
+/// process whose own clock is off issues tokens the gateways accept and
+/// expires them on time (see `commerce_platform::db::database_now`).
+pub async fn now<'c, E: sqlx::PgExecutor<'c>>(executor: E) -> Result<DateTime<Utc>, Error> {
+    commerce_platform::db::database_now(executor).await.map_err(database("read the database's clock"))
+}
+
 /// Deletes refresh tokens that expired more than `grace` ago (they are
 /// refused anyway; the grace keeps recent ones for audits); returns how
 /// many.
 pub async fn purge_expired_refresh_tokens(pool: &PgPool, grace: std::time::Duration) -> Result<u64, Error> {
-    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
-    let done = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
-        .bind(cutoff)
+    let grace = chrono::Duration::from_std(grace).unwrap_or_default();
+    let done = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < now() - $1")
+        .bind(grace)
         .execute(pool)
         .await
         .map_err(database("purge expired refresh tokens"))?;

@@ -157,7 +157,12 @@ impl jwt::KeySource for AuthKeySource {
             let seconds = u64::try_from(age.seconds).ok()?;
             Some(std::time::Duration::from_secs(seconds))
         });
-        Ok(jwt::KeySet { keys: response.keys, max_age })
+        // Compared with this process's clock on arrival: off by at most the
+        // call's latency, far inside the leeway.
+        let clock = response.clock.and_then(|at| {
+            chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
+        });
+        Ok(jwt::KeySet { keys: response.keys, max_age, clock })
     }
 }
 

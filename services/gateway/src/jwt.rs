@@ -28,6 +28,13 @@
 //! routes that need no token. Failed refreshes are logged and shown in the
 //! status's `last_error`.
 //!
+//! Time is the shop's clock, not this process's: auth stamps `nbf` and
+//! `exp` by its database's clock and says that clock's reading with every
+//! key set ([`KeySet::clock`]); the gateway judges tokens by its own clock
+//! offset by the difference it saw. A gateway whose host clock runs minutes
+//! off (a node without NTP) still accepts a fresh token and refuses an
+//! expired one on time.
+//!
 //! Verifying an Ed25519 signature costs tens of microseconds, the largest
 //! single cost of an authenticated read, and a client sends the same token
 //! with every request for its whole lifetime. So accepted tokens are
@@ -39,7 +46,7 @@
 //! and a bad token costs its sender the verification each time.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -148,6 +155,9 @@ pub struct KeySet {
     pub keys: Vec<PublicKey>,
     /// How long the answer may be cached.
     pub max_age: Option<Duration>,
+    /// The shop's clock when the answer was made (auth's database's),
+    /// `None` from a source that does not say.
+    pub clock: Option<DateTime<Utc>>,
 }
 
 /// Where keys come from (auth's `GetPublicKeys`; tests may hand in sets).
@@ -204,6 +214,9 @@ pub struct Verifier<S> {
     /// Keys held and the last fetch's error, for readiness and for telling
     /// a bad token from one the gateway cannot check.
     status: watch::Sender<KeyStatus>,
+    /// The shop's clock minus this process's, in milliseconds, as of the
+    /// last key set that said its clock (0 until then).
+    clock_offset_ms: AtomicI64,
 }
 
 impl<S> fmt::Debug for Verifier<S> {
@@ -233,6 +246,7 @@ impl<S: KeySource> Verifier<S> {
             last_fetch: tokio::sync::Mutex::new(None),
             max_age: RwLock::new(DEFAULT_MAX_AGE),
             status: watch::Sender::new(KeyStatus::default()),
+            clock_offset_ms: AtomicI64::new(0),
         }
     }
 
@@ -246,7 +260,13 @@ impl<S: KeySource> Verifier<S> {
     /// still missing because keys cannot be fetched, the answer is
     /// [`Rejection::KeysUnavailable`], not a bad token.
     pub async fn verify(&self, token: &str) -> Result<Caller, Rejection> {
-        self.verify_at(token, Utc::now()).await
+        self.verify_at(token, self.shop_now()).await
+    }
+
+    /// Now by the shop's clock: this process's clock plus the offset the
+    /// last key set showed.
+    pub fn shop_now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.clock_offset_ms.load(Ordering::Relaxed))
     }
 
     /// [`verify`](Self::verify) as of `now`.
@@ -295,7 +315,7 @@ impl<S: KeySource> Verifier<S> {
     pub fn remembered(&self, token: &str) -> Option<Caller> {
         let keys_epoch = self.keys_epoch.load(Ordering::Acquire);
         let accepted = self.accepted.get(token)?;
-        (accepted.keys_epoch == keys_epoch && Utc::now() < accepted.refused_from)
+        (accepted.keys_epoch == keys_epoch && self.shop_now() < accepted.refused_from)
             .then(|| accepted.caller.clone())
     }
 
@@ -329,6 +349,16 @@ impl<S: KeySource> Verifier<S> {
     /// One fetch: replaces the verifier and the max age on success.
     async fn fetch_verifier(&self) -> Result<usize, String> {
         let set = self.source.fetch().await?;
+        if let Some(clock) = set.clock {
+            let offset = (clock - Utc::now()).num_milliseconds();
+            let before = self.clock_offset_ms.swap(offset, Ordering::Relaxed);
+            if (offset - before).abs() > 1_000 && offset.abs() > 1_000 {
+                tracing::warn!(
+                    offset_ms = offset,
+                    "this host's clock is off the shop's (auth's database's); tokens are judged by the shop's"
+                );
+            }
+        }
         // One unusable key must not cost the usable ones.
         let usable: Vec<PublicKey> = set
             .keys
@@ -431,6 +461,8 @@ mod tests {
         fetches: AtomicUsize,
         /// When set, fetches fail with this error (auth unreachable).
         unreachable: Mutex<Option<String>>,
+        /// The clock the answers say (auth's database's).
+        clock: Mutex<Option<DateTime<Utc>>>,
     }
 
     impl KeySource for Arc<Keys> {
@@ -439,7 +471,11 @@ mod tests {
             if let Some(error) = self.unreachable.lock().map_err(|e| e.to_string())?.clone() {
                 return Err(error);
             }
-            Ok(KeySet { keys: self.keys.lock().map_err(|e| e.to_string())?.clone(), max_age: None })
+            Ok(KeySet {
+                keys: self.keys.lock().map_err(|e| e.to_string())?.clone(),
+                max_age: None,
+                clock: *self.clock.lock().map_err(|e| e.to_string())?,
+            })
         }
     }
 
@@ -475,6 +511,35 @@ mod tests {
             refresh_min_interval,
         };
         Verifier::new(keys.clone(), expectations)
+    }
+
+    #[tokio::test]
+    async fn tokens_are_judged_by_the_clock_auth_states_not_this_hosts() {
+        // Auth's clock (its database's) runs twenty minutes behind this
+        // host's: a token it just issued for fifteen minutes has expired by
+        // this host's clock, and is valid by the shop's.
+        let signer = TokenSigner::new("k1", SigningKey::from_bytes(&[9; 32]));
+        let keys = Arc::new(Keys::default());
+        keys.keys.lock().expect("lock").push(public_key(&signer));
+        let shop = Utc::now() - chrono::Duration::minutes(20);
+        *keys.clock.lock().expect("lock") = Some(shop);
+        let issued =
+            |nbf: i64, exp: i64| signer.sign(&Claims { iat: nbf, nbf, exp, ..claims(Role::Customer) });
+        let fresh = issued(shop.timestamp(), shop.timestamp() + 900);
+        let expired = issued(shop.timestamp() - 960, shop.timestamp() - 60);
+
+        let verifier = verifier(&keys, Duration::from_secs(60));
+        assert_eq!(verifier.refresh().await, Ok(1));
+        assert!(verifier.verify(&fresh).await.is_ok(), "a fresh token of the shop's clock is accepted");
+        assert_eq!(verifier.verify(&expired).await, Err(Rejection::Token(TokenError::Expired)));
+        assert!(verifier.remembered(&fresh).is_some());
+
+        // Without auth's clock the host's own is used: the fresh token is
+        // expired by it.
+        *keys.clock.lock().expect("lock") = None;
+        let own_clock = self::verifier(&keys, Duration::from_secs(60));
+        assert_eq!(own_clock.refresh().await, Ok(1));
+        assert_eq!(own_clock.verify(&fresh).await, Err(Rejection::Token(TokenError::Expired)));
     }
 
     #[tokio::test]

@@ -111,7 +111,7 @@ fake_service!(AuthService for FakeAuth {
     fn get_public_keys(&self, _: auth_pb::GetPublicKeysRequest) -> auth_pb::GetPublicKeysResponse {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         let keys = self.keys.lock().map_err(|_| Status::internal("poisoned"))?.clone();
-        Ok(auth_pb::GetPublicKeysResponse { keys, max_age: None })
+        Ok(auth_pb::GetPublicKeysResponse { keys, max_age: None, clock: None })
     }
 });
 

@@ -293,9 +293,17 @@ const SWEEP_BATCH: i64 = 100;
 /// `shutdown`. Each order is failed in its own transaction under its row
 /// lock, through the same state machine as events, so a payment captured at
 /// the same moment either confirms first or finds the order failed.
+///
+/// "Now" is the database's clock, not this process's: inventory stamps a
+/// reservation's expiry with its database's clock, and an order process
+/// whose clock ran minutes ahead would otherwise fail every open order.
 pub async fn run_reservation_sweeper(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
     loop {
-        if let Err(error) = sweep_once(&pool, Utc::now()).await {
+        let swept = match commerce_platform::db::database_now(&pool).await {
+            Ok(now) => sweep_once(&pool, now).await,
+            Err(error) => Err(Error::LoadOrder(error)),
+        };
+        if let Err(error) = swept {
             tracing::warn!(error = %crate::error_chain(&error), "reservation sweep failed; retrying next round");
         }
         tokio::select! {

@@ -320,20 +320,20 @@ pub async fn complete_void(
 }
 
 /// Schedules the next provider call of a payment whose last one found the
-/// provider unavailable: a charge (the payment stays PENDING) or a void
-/// (it stays `void_pending`).
+/// provider unavailable, `delay` after the database's now: a charge (the
+/// payment stays PENDING) or a void (it stays `void_pending`).
 pub async fn schedule_retry(
     conn: &mut PgConnection,
     id: Uuid,
-    next_attempt_at: DateTime<Utc>,
+    delay: std::time::Duration,
     last_error: &str,
 ) -> Result<(), Error> {
     sqlx::query(
-        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $2, failure_reason = $3, updated_at = now() \
-         WHERE id = $1",
+        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = now() + $2, failure_reason = $3, \
+         updated_at = now() WHERE id = $1",
     )
     .bind(id)
-    .bind(next_attempt_at)
+    .bind(chrono_delay(delay))
     .bind(last_error)
     .execute(&mut *conn)
     .await
@@ -453,17 +453,24 @@ pub async fn complete_refund(
     Ok(())
 }
 
-/// Keeps a refund PENDING and schedules its next attempt.
+/// Keeps a refund PENDING and schedules its next attempt `delay` after the
+/// database's now.
 pub async fn schedule_refund_retry(
     conn: &mut PgConnection,
     id: Uuid,
-    next_attempt_at: DateTime<Utc>,
+    delay: std::time::Duration,
 ) -> Result<(), Error> {
-    sqlx::query("UPDATE refunds SET attempts = attempts + 1, next_attempt_at = $2 WHERE id = $1")
+    sqlx::query("UPDATE refunds SET attempts = attempts + 1, next_attempt_at = now() + $2 WHERE id = $1")
         .bind(id)
-        .bind(next_attempt_at)
+        .bind(chrono_delay(delay))
         .execute(&mut *conn)
         .await
         .map_err(Error::UpdateRefund)?;
     Ok(())
+}
+
+/// `delay` as an interval parameter (a retry delay is seconds, never near
+/// chrono's bound).
+fn chrono_delay(delay: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1))
 }

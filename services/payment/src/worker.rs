@@ -26,7 +26,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use commerce_platform::admin::Metrics;
 use commerce_platform::events::enqueue;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -206,10 +205,12 @@ impl Worker {
         }
     }
 
-    /// When to call the provider again after `attempts` calls found it away.
-    fn next_attempt_at(&self, attempts: u32) -> chrono::DateTime<Utc> {
-        let delay = domain::retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap);
-        Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1))
+    /// How long to wait before calling the provider again after `attempts`
+    /// calls found it away. The next attempt's time is the database's clock
+    /// plus this (it is compared with the database's clock): a payment
+    /// process whose own clock is off by minutes still retries on time.
+    fn retry_delay(&self, attempts: u32) -> std::time::Duration {
+        domain::retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap)
     }
 
     /// Attempts the next due charge; true if there was one.
@@ -263,8 +264,8 @@ impl Worker {
                 Ok(ChargeAttempt::Declined)
             }
             Err(error) => {
-                let next = self.next_attempt_at(payment.attempts);
-                store::schedule_retry(conn, payment.id, next, &error.to_string()).await?;
+                let delay = self.retry_delay(payment.attempts);
+                store::schedule_retry(conn, payment.id, delay, &error.to_string()).await?;
                 Ok(ChargeAttempt::Deferred(error))
             }
         }
@@ -296,8 +297,8 @@ impl Worker {
             }
             Err(error) => {
                 WorkerMetrics::count(&self.metrics.voids, "deferred");
-                let next = self.next_attempt_at(payment.attempts);
-                store::schedule_retry(&mut tx, payment.id, next, &error.to_string()).await?;
+                let delay = self.retry_delay(payment.attempts);
+                store::schedule_retry(&mut tx, payment.id, delay, &error.to_string()).await?;
             }
         }
         tx.commit().await.map_err(Error::UpdatePayment)?;
@@ -350,8 +351,8 @@ impl Worker {
                 }))
             }
             Err(error) => {
-                let next = self.next_attempt_at(u32::try_from(refund.attempts).unwrap_or_default());
-                store::schedule_refund_retry(conn, refund.id, next).await?;
+                let delay = self.retry_delay(u32::try_from(refund.attempts).unwrap_or_default());
+                store::schedule_refund_retry(conn, refund.id, delay).await?;
                 Ok(Err(error))
             }
         }

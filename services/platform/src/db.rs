@@ -149,6 +149,20 @@ pub enum DatabaseError {
     MigrateServiceTables(#[source] MigrateError),
 }
 
+/// The database's clock: `now()`, the start of the current transaction
+/// (or of this statement outside one).
+///
+/// The shop's processes compare times that other processes stamped
+/// (reservation expiry, token lifetimes, retry schedules): they stamp and
+/// compare them by the database's clock, one clock per shop, so that a
+/// process whose own clock is off by minutes still decides correctly.
+pub async fn database_now<'c, E>(executor: E) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    sqlx::query_scalar("SELECT now()").fetch_one(executor).await
+}
+
 /// How long a pooled connection may sit idle before a checkout pings it.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
