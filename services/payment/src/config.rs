@@ -102,6 +102,12 @@ pub struct MockArgs {
     /// `POST /mock-provider/available` on the admin port).
     #[arg(long = "mock-start-unavailable", env = "COMMERCE_MOCK_START_UNAVAILABLE", default_value_t = false)]
     pub start_unavailable: bool,
+    /// Journal the mock's ledger (charges, voids, refunds) to this file and
+    /// replay it at start, so that the mock remembers across a crash of the
+    /// payment process which keys took money, as a real provider does; fault
+    /// tests read it. Unset: the ledger lives in memory only.
+    #[arg(long = "mock-ledger-file", env = "COMMERCE_MOCK_LEDGER_FILE")]
+    pub ledger_file: Option<std::path::PathBuf>,
 }
 
 impl MockArgs {

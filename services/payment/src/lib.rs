@@ -16,6 +16,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod journal;
 pub mod provider;
 pub mod store;
 pub mod worker;
@@ -62,6 +63,8 @@ pub enum Error {
     UpdateRefund(#[source] sqlx::Error),
     #[error("cannot enqueue the payment's event")]
     EnqueueEvent(#[source] Box<OutboxError>),
+    #[error("cannot open the mock provider's ledger {}", path.display())]
+    OpenMockLedger { path: std::path::PathBuf, source: std::io::Error },
     #[error("stored payment {id} is unreadable: {problem}")]
     DecodeStoredPayment { id: Uuid, problem: String },
 }
@@ -85,7 +88,12 @@ impl Error {
 /// `config.mock` until `shutdown`; the mock's controls are served on the
 /// admin port (see [`provider`]).
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let mock = Arc::new(MockProvider::new(config.mock.settings()));
+    let mock = match &config.mock.ledger_file {
+        Some(path) => MockProvider::with_journal(config.mock.settings(), path)
+            .map_err(|source| Error::OpenMockLedger { path: path.clone(), source })?,
+        None => MockProvider::new(config.mock.settings()),
+    };
+    let mock = Arc::new(mock);
     let controls = provider::mock_routes(mock.clone());
     serve_with_provider(config, mock, Some(controls), shutdown).await
 }

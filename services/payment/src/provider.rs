@@ -24,17 +24,23 @@
 //! - `--mock-latency` delays every call, to widen race windows in tests;
 //! - idempotent on the key (the order id): a repeated key returns the first
 //!   outcome and takes no money again, exactly as real providers treat
-//!   idempotency keys. The ledger lives in process memory: a restarted
-//!   payment process forgets it (the payments table's unique order id still
-//!   prevents a second captured payment per order).
+//!   idempotency keys;
+//! - the ledger (charges, voids, refunds) is kept in memory and, with
+//!   `--mock-ledger-file`, journaled to that file before each answer
+//!   ([`crate::journal`]): a restarted payment process replays it and
+//!   remembers what money it took, as a real provider would, and fault tests
+//!   read it to check the money. Without the file a restart forgets it.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
+
+use crate::journal::{Journal, JournalEntry};
 
 /// Test token that the mock always declines.
 pub const DECLINE_TOKEN: &str = "tok_decline";
@@ -54,7 +60,8 @@ pub struct ChargeRequest {
 }
 
 /// The provider's answer to a charge.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChargeOutcome {
     /// Money taken; `reference` is the provider's id of the charge.
     Captured { reference: String },
@@ -74,7 +81,8 @@ pub struct RefundRequest {
 }
 
 /// What voiding a charge key found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VoidOutcome {
     /// No money had been taken under the key; none will be.
     NothingCharged,
@@ -167,6 +175,38 @@ struct MockLedger {
     charges: HashMap<String, ChargeOutcome>,
     refunds: HashMap<String, String>,
     voids: HashMap<String, VoidOutcome>,
+    /// Where each change is written before it is made and answered.
+    journal: Option<Journal>,
+}
+
+impl MockLedger {
+    /// Applies `entry` to the maps (a replay, or after journaling it).
+    fn apply(&mut self, entry: JournalEntry) {
+        match entry {
+            JournalEntry::Charge { key, outcome, .. } => {
+                self.charges.insert(key, outcome);
+            }
+            JournalEntry::Void { key, outcome } => {
+                self.voids.insert(key, outcome);
+            }
+            JournalEntry::Refund { key, reference, .. } => {
+                self.refunds.insert(key, reference);
+            }
+        }
+    }
+
+    /// Journals `entry`, then applies it. A journal that cannot be written
+    /// makes the provider unavailable for this call: it did nothing.
+    fn record(&mut self, entry: JournalEntry) -> Result<(), ProviderError> {
+        if let Some(journal) = &mut self.journal {
+            journal.append(&entry).map_err(|error| {
+                tracing::error!(%error, "mock payment provider: cannot journal its ledger");
+                ProviderError::Unavailable(format!("mock ledger not written: {error}"))
+            })?;
+        }
+        self.apply(entry);
+        Ok(())
+    }
 }
 
 /// The mock's state, as `GET /mock-provider` shows it.
@@ -193,6 +233,26 @@ impl MockProvider {
             charges_taken: AtomicU64::new(0),
             ledger: Mutex::new(MockLedger::default()),
         }
+    }
+
+    /// A mock whose ledger is journaled to `path`, replaying what the file
+    /// already holds (a restarted payment process remembers its charges).
+    pub fn with_journal(settings: MockSettings, path: &Path) -> std::io::Result<Self> {
+        let (journal, entries) = Journal::open(path)?;
+        let mock = Self::new(settings);
+        {
+            let mut ledger = mock.lock();
+            let replayed = entries.len();
+            for entry in entries {
+                if matches!(entry, JournalEntry::Charge { outcome: ChargeOutcome::Captured { .. }, .. }) {
+                    mock.charges_taken.fetch_add(1, Ordering::SeqCst);
+                }
+                ledger.apply(entry);
+            }
+            ledger.journal = Some(journal);
+            tracing::info!(path = %path.display(), replayed, "mock payment provider: ledger journal opened");
+        }
+        Ok(mock)
     }
 
     /// Switches the whole provider on or off (fault tests).
@@ -267,18 +327,24 @@ impl PaymentProvider for MockProvider {
             }
             return Ok(outcome.clone());
         }
-        if lost_answer {
+        let outcome = if lost_answer {
             // Money is taken; the answer never reaches the caller.
-            let reference = format!("mock_ch_{}", request.idempotency_key);
-            ledger.charges.insert(request.idempotency_key.clone(), ChargeOutcome::Captured { reference });
-            self.charges_taken.fetch_add(1, Ordering::SeqCst);
-            return Err(ProviderError::Unavailable(format!("token {LOST_ANSWER_TOKEN}: answer lost")));
-        }
-        let outcome = mock_decision(request, &self.settings)?;
+            ChargeOutcome::Captured { reference: format!("mock_ch_{}", request.idempotency_key) }
+        } else {
+            mock_decision(request, &self.settings)?
+        };
+        ledger.record(JournalEntry::Charge {
+            key: request.idempotency_key.clone(),
+            amount: request.amount,
+            currency: request.currency.clone(),
+            outcome: outcome.clone(),
+        })?;
         if matches!(outcome, ChargeOutcome::Captured { .. }) {
             self.charges_taken.fetch_add(1, Ordering::SeqCst);
         }
-        ledger.charges.insert(request.idempotency_key.clone(), outcome.clone());
+        if lost_answer {
+            return Err(ProviderError::Unavailable(format!("token {LOST_ANSWER_TOKEN}: answer lost")));
+        }
         Ok(outcome)
     }
 
@@ -294,18 +360,24 @@ impl PaymentProvider for MockProvider {
             }
             _ => VoidOutcome::NothingCharged,
         };
-        ledger.voids.insert(idempotency_key.to_owned(), outcome.clone());
+        ledger.record(JournalEntry::Void { key: idempotency_key.to_owned(), outcome: outcome.clone() })?;
         Ok(outcome)
     }
 
     async fn refund(&self, request: &RefundRequest) -> Result<String, ProviderError> {
         self.enter().await?;
         let mut ledger = self.lock();
-        let reference = ledger
-            .refunds
-            .entry(request.idempotency_key.clone())
-            .or_insert_with(|| format!("mock_re_{}", request.idempotency_key));
-        Ok(reference.clone())
+        if let Some(reference) = ledger.refunds.get(&request.idempotency_key) {
+            return Ok(reference.clone());
+        }
+        let reference = format!("mock_re_{}", request.idempotency_key);
+        ledger.record(JournalEntry::Refund {
+            key: request.idempotency_key.clone(),
+            charge_reference: request.charge_reference.clone(),
+            amount: request.amount,
+            reference: reference.clone(),
+        })?;
+        Ok(reference)
     }
 }
 
@@ -476,6 +548,39 @@ mod tests {
         assert_eq!(late, ChargeOutcome::Declined { reason: "charge voided".to_owned() });
         assert!(!mock.money_held_for("order-late"));
         assert_eq!(mock.state().charges_taken, 0);
+    }
+
+    #[tokio::test]
+    async fn a_mock_with_a_journal_remembers_its_charges_voids_and_refunds_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("commerce-mock-ledger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let path = dir.join("ledger.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let refund = RefundRequest {
+            idempotency_key: "refund-1".to_owned(),
+            charge_reference: "mock_ch_order-kept".to_owned(),
+            amount: 500,
+            currency: "EUR".to_owned(),
+        };
+        {
+            let mock = MockProvider::with_journal(MockSettings::default(), &path).expect("opened");
+            mock.charge(&request("order-kept", 500, "tok_ok")).await.expect("charged");
+            assert!(mock.charge(&request("order-lost", 700, LOST_ANSWER_TOKEN)).await.is_err());
+            mock.void("order-lost").await.expect("voided");
+            mock.refund(&refund).await.expect("refunded");
+        } // the process dies: the memory is gone
+        let mock = MockProvider::with_journal(MockSettings::default(), &path).expect("reopened");
+        assert_eq!(mock.state().charges_taken, 2, "both captures remembered");
+        let again = mock.charge(&request("order-kept", 500, "tok_ok")).await.expect("answered");
+        assert_eq!(again, ChargeOutcome::Captured { reference: "mock_ch_order-kept".to_owned() });
+        let late = mock.charge(&request("order-lost", 700, "tok_ok")).await.expect("answered");
+        assert_eq!(late, ChargeOutcome::Declined { reason: "charge voided".to_owned() }, "still voided");
+        assert_eq!(mock.refund(&refund).await.expect("answered"), "mock_re_refund-1");
+        assert_eq!(mock.state().charges_taken, 2, "no money taken again");
+        let money = crate::journal::money_by_charge_key(&crate::journal::read(&path).expect("read"));
+        assert_eq!(money.len(), 2, "{money:?}");
+        assert_eq!((money["order-kept"].captures, money["order-kept"].net()), (1, 0), "captured, refunded");
+        assert_eq!((money["order-lost"].captures, money["order-lost"].net()), (1, 0), "captured, reversed");
     }
 
     #[tokio::test]
