@@ -2,13 +2,15 @@
 # Apache Kafka (from Maven Central) on 127.0.0.1: one KRaft node that is both
 # broker ($COMMERCE_KAFKA_BROKERS) and controller (:$COMMERCE_KAFKA_CONTROLLER_PORT).
 #
-#   kafka.sh install|up|down|status|smoke
+#   kafka.sh install|up|down|status|smoke|kill
 #
 # install  copies kafka_2.13 and its runtime class path (see e2e/kafka/pom.xml)
 #          to $COMMERCE_CACHE_DIR/kafka-$COMMERCE_KAFKA_VERSION/libs
 # up       formats the storage once, starts kafka.Kafka and waits until the
 #          broker serves metadata for our cluster id
 # smoke    creates a topic, produces and consumes a record, deletes the topic
+# kill     SIGKILL to the broker by its recorded PID (a crash: no controlled
+#          shutdown; the fault tests' private brokers)
 #
 # With COMMERCE_KAFKA_SSL_PORT and COMMERCE_KAFKA_SASL_SSL_PORT set (tests of
 # a private broker do), two more listeners: SSL (TLS only) and SASL_SSL (TLS
@@ -17,6 +19,13 @@
 # SCRAM user's password, under $COMMERCE_STATE_DIR/kafka/tls: ca.pem and
 # scram-password are what clients need. e2e/infra.env sets both ports for the
 # shared broker; the chaos tests' private brokers clear them.
+#
+# A private test cluster of two nodes (the fault tests' partition-leadership
+# case): node 1 as above; node 2 started with COMMERCE_KAFKA_NODE_ID=2 is a
+# broker only, joining the controller quorum COMMERCE_KAFKA_QUORUM
+# ("1@127.0.0.1:<node 1's controller port>") in cluster COMMERCE_KAFKA_CLUSTER_ID.
+# COMMERCE_KAFKA_REPLICAS (default 1) is the replication factor of new topics
+# and of Kafka's internal ones.
 #
 # Config: $COMMERCE_STATE_DIR/kafka/server.properties (rewritten on every start)
 # Data:   $COMMERCE_STATE_DIR/kafka/data (kept across down/up)
@@ -38,6 +47,11 @@ SSL_PORT="${COMMERCE_KAFKA_SSL_PORT:-}"
 SASL_SSL_PORT="${COMMERCE_KAFKA_SASL_SSL_PORT:-}"
 TLS_DIR="$KAFKA_STATE/tls"
 SCRAM_USER=commerce
+NODE_ID="${COMMERCE_KAFKA_NODE_ID:-1}"
+QUORUM="${COMMERCE_KAFKA_QUORUM:-1@127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT}"
+REPLICAS="${COMMERCE_KAFKA_REPLICAS:-1}"
+# Node 1 is broker and controller; any other node is a broker only.
+controller() { [[ "$NODE_ID" == 1 ]]; }
 # Small enough to share 24 GB with everything else; plenty for tests.
 KAFKA_HEAP="${COMMERCE_KAFKA_HEAP:--Xmx768m -Xms256m}"
 
@@ -117,7 +131,12 @@ ensure_tls() {
 write_config() {
   mkdir -p "$KAFKA_DATA"
   local listeners advertised protocols
-  listeners="PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,CONTROLLER://127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT,PODS://127.0.0.1:$COMMERCE_KAFKA_POD_PORT"
+  local roles=broker
+  listeners="PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,PODS://127.0.0.1:$COMMERCE_KAFKA_POD_PORT"
+  if controller; then
+    roles=broker,controller
+    listeners+=",CONTROLLER://127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT"
+  fi
   advertised="PLAINTEXT://127.0.0.1:$COMMERCE_KAFKA_PORT,PODS://$COMMERCE_KAFKA_POD_ADVERTISED"
   protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT"
   if secure; then
@@ -127,10 +146,11 @@ write_config() {
   fi
   cat >"$KAFKA_PROPS" <<EOF
 # Written by e2e/scripts/kafka.sh on every start; edit the script, not this.
-# One KRaft node, broker and controller in one JVM, loopback only.
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$COMMERCE_KAFKA_CONTROLLER_PORT
+# KRaft on loopback: node 1 is broker and controller in one JVM; a second
+# node of a private test cluster is a broker only.
+process.roles=$roles
+node.id=$NODE_ID
+controller.quorum.voters=$QUORUM
 # PODS is for the real node's pods: it binds loopback too, and advertises the
 # in-cluster Service that e2e/scripts/node.sh points (through a forwarder on
 # the node's bridge address) at this port. Host clients never see it: a
@@ -142,13 +162,15 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DATA
 
-# A single replica of everything, including the internal topics.
-default.replication.factor=1
+# $REPLICAS replica(s) of everything, including the internal topics; one
+# in sync is enough to write, so a cluster of two loses nothing to a broker's
+# death and keeps taking writes.
+default.replication.factor=$REPLICAS
 min.insync.replicas=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
+offsets.topic.replication.factor=$REPLICAS
+transaction.state.log.replication.factor=$REPLICAS
 transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.replication.factor=$REPLICAS
 share.coordinator.state.topic.min.isr=1
 # Fewer internal partitions: created on first use, and 50 cost seconds.
 offsets.topic.num.partitions=5
@@ -185,7 +207,9 @@ EOF
 format_storage() {
   [[ -s "$KAFKA_DATA/meta.properties" ]] && return 0
   local id
-  if [[ ! -s "$KAFKA_STATE/cluster-id" ]]; then
+  if [[ -n "${COMMERCE_KAFKA_CLUSTER_ID:-}" ]]; then
+    printf '%s\n' "$COMMERCE_KAFKA_CLUSTER_ID" >"$KAFKA_STATE/cluster-id"
+  elif [[ ! -s "$KAFKA_STATE/cluster-id" ]]; then
     kafka_tool kafka.tools.StorageTool random-uuid >"$KAFKA_STATE/cluster-id" 2>>"$KAFKA_LOG" \
       || die "could not generate a cluster id; see $KAFKA_LOG"
   fi
@@ -232,7 +256,7 @@ do_up() {
     log "pid $pid is starting; waiting for it"
   else
     require_port_free "$COMMERCE_KAFKA_PORT" "kafka broker"
-    require_port_free "$COMMERCE_KAFKA_CONTROLLER_PORT" "kafka controller"
+    if controller; then require_port_free "$COMMERCE_KAFKA_CONTROLLER_PORT" "kafka controller"; fi
     require_port_free "$COMMERCE_KAFKA_POD_PORT" "kafka listener for pods"
     if secure; then
       require_port_free "$SSL_PORT" "kafka TLS listener"
@@ -300,6 +324,9 @@ do_smoke() {
 
 if [[ "${1:-}" == smoke ]]; then
   do_smoke
+elif [[ "${1:-}" == kill ]]; then
+  with_lock "$COMPONENT" stop_recorded kafka "$KAFKA_MARKER" 10 KILL
+  log "killed"
 else
   main_dispatch "$@"
 fi

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use chaos_support::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, Api, PrivateKafka, SERIAL, Shop, check_invariants, infra, order_statuses,
-    seed_products, wait_for,
+    ADMIN_EMAIL, ADMIN_PASSWORD, Api, PrivateKafka, SERIAL, SETTLE, Shop, check_invariants, customers, infra,
+    order_statuses, place_orders, seed_products, settle_and_cancel, spawn_wave, wait_for, wait_in_flight,
 };
 
 /// Services of the "rest of the shop" process, beside order and payment.
@@ -32,36 +32,6 @@ const OTHERS: [&str; 7] = ["auth", "catalog", "inventory", "cart", "notification
 const KAFKA_PORTS: (u16, u16) = (61192, 61193);
 /// How long a freshly started shop may take to be ready.
 const READY: Duration = Duration::from_secs(120);
-/// How long the saga may take to settle after the last fault.
-const SETTLE: Duration = Duration::from_secs(180);
-
-/// Places orders number `seed..seed + count` concurrently (order n by
-/// customer n % customers, one or two lines over `products`); every 7th is
-/// paid with the mock's declined token, so some orders fail and release.
-async fn place_orders(
-    customers: &[Api],
-    products: &[String],
-    count: usize,
-    seed: usize,
-) -> Result<Vec<String>> {
-    let mut handles = Vec::new();
-    for n in seed..seed + count {
-        let api = customers[n % customers.len()].clone();
-        let first = products[n % products.len()].clone();
-        let second = products[(n + 1) % products.len()].clone();
-        let token = if n % 7 == 3 { "tok_decline" } else { "tok_visa" };
-        handles.push(tokio::spawn(async move {
-            let lines: Vec<(&str, i64)> =
-                if n % 3 == 0 { vec![(&first, 1), (&second, 2)] } else { vec![(&first, 1 + (n % 2) as i64)] };
-            api.place_order(&lines, token).await
-        }));
-    }
-    let mut ids = Vec::new();
-    for handle in handles {
-        ids.push(handle.await??);
-    }
-    Ok(ids)
-}
 
 /// A shop whose order and payment services run in processes of their own.
 async fn start_split_shop(kafka: String) -> Result<(Shop, usize, usize)> {
@@ -78,18 +48,6 @@ async fn start_split_shop(kafka: String) -> Result<(Shop, usize, usize)> {
     Ok((shop, order, payment))
 }
 
-/// `count` freshly registered customers of `shop`.
-async fn customers(shop: &Shop, count: usize) -> Result<Vec<Api>> {
-    let mut apis = Vec::new();
-    for i in 0..count {
-        let email = format!("customer{i}-{}@example.test", shop.run);
-        apis.push(
-            Api::session(&shop.gateway_url(), &shop.http, &email, "correct-horse-battery", true).await?,
-        );
-    }
-    Ok(apis)
-}
-
 #[tokio::test]
 async fn orders_settle_consistently_when_order_and_payment_processes_are_killed_mid_saga() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -103,107 +61,36 @@ async fn orders_settle_consistently_when_order_and_payment_processes_are_killed_
         let buyers = customers(&shop, 3).await?;
         let started = Instant::now();
 
-        // Wave 1, then order and payment die (SIGKILL) with it in flight.
-        let mut ids = place_orders(&buyers, &products, 10, 0).await?;
+        // Wave 1, and order and payment die (SIGKILL) with it in flight.
+        let order_db = shop.db("order").await?;
+        let payment_db = shop.db("payment").await?;
+        let wave1 = spawn_wave(&buyers, &products, 10, 0);
+        let seen =
+            wait_in_flight("killing order and payment", &order_db, &payment_db, |seen| seen.open_orders > 0)
+                .await?;
         shop.procs[order].kill();
         shop.procs[payment].kill();
+        eprintln!("killed order and payment with {seen:?}");
         // Wave 2 is placed while order is down: the gateway answers 5xx and
         // the client retries with the same Idempotency-Key until it is back.
-        let wave2 = tokio::spawn({
-            let buyers = buyers.clone();
-            let products = products.clone();
-            async move { place_orders(&buyers, &products, 8, 10).await }
-        });
+        let wave2 = spawn_wave(&buyers, &products, 8, 10);
         shop.procs[order].restart()?;
         shop.procs[payment].restart()?;
+        let mut ids = wave1.await??;
         ids.extend(wave2.await??);
-        // Wave 3, and payment dies again while charging it.
-        let wave3 = tokio::spawn({
-            let buyers = buyers.clone();
-            let products = products.clone();
-            async move { place_orders(&buyers, &products, 8, 18).await }
-        });
-        let payment_db = shop.db("payment").await?;
-        let before = ids.clone();
-        wait_for("wave 2 is being charged", Duration::from_secs(60), || async {
-            let captured: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM payments WHERE order_id = ANY($1) AND status <> 'PENDING'",
-            )
-            .bind(&before)
-            .fetch_one(&payment_db)
-            .await?;
-            Ok(captured > 0)
-        })
-        .await?;
+        // Wave 3, and payment dies again with charges due.
+        let wave3 = spawn_wave(&buyers, &products, 8, 18);
+        let seen =
+            wait_in_flight("killing payment", &order_db, &payment_db, |seen| seen.payments_due > 0).await?;
         shop.procs[payment].kill();
+        eprintln!("killed payment with {seen:?}");
         shop.procs[payment].restart()?;
         ids.extend(wave3.await??);
-        settle_and_cancel(&mut shop, &buyers, &ids, &initial, started).await
+        settle_and_cancel(&mut shop, &buyers, &ids, &initial, started).await.map(drop)
     }
     .await;
     shop.teardown().await;
     result
-}
-
-/// Waits for the saga to settle and checks the invariants; then cancels a
-/// few confirmed orders and checks again (refunds, restock).
-async fn settle_and_cancel(
-    shop: &mut Shop,
-    buyers: &[Api],
-    ids: &[String],
-    initial: &HashMap<String, i64>,
-    started: Instant,
-) -> Result<()> {
-    let violations = check_invariants(shop, ids, initial, SETTLE).await?;
-    ensure!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
-    let settled = started.elapsed();
-    let order_db = shop.db("order").await?;
-    let statuses = order_statuses(&order_db, ids).await?;
-    // Order n was placed by customer n % buyers (ids are in placing order).
-    let confirmed: Vec<(usize, &String)> =
-        ids.iter().enumerate().filter(|(_, id)| statuses[*id] == "CONFIRMED").take(3).collect();
-    ensure!(!confirmed.is_empty(), "no order was confirmed: {statuses:?}");
-    for (n, id) in &confirmed {
-        buyers[n % buyers.len()]
-            .retrying(
-                "POST",
-                &format!("/api/orders/{id}/cancel"),
-                Some(serde_json::json!({ "reason": "chaos" })),
-                None,
-                Duration::from_secs(30),
-            )
-            .await?;
-    }
-    // Compensations are asynchronous: wait until each cancelled order shows
-    // its refund and inventory has taken its committed stock back.
-    let cancelled: Vec<String> = confirmed.iter().map(|(_, id)| (*id).clone()).collect();
-    let inventory_db = shop.db("inventory").await?;
-    wait_for("cancelled orders refunded and restocked", SETTLE, || async {
-        let refunded: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM orders WHERE id::text = ANY($1) AND refunded")
-                .bind(&cancelled)
-                .fetch_one(&order_db)
-                .await?;
-        let restocked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM reservations WHERE order_id = ANY($1) AND status = 'RELEASED'",
-        )
-        .bind(&cancelled)
-        .fetch_one(&inventory_db)
-        .await?;
-        Ok(refunded == cancelled.len() as i64 && restocked == cancelled.len() as i64)
-    })
-    .await
-    .with_context(|| shop.logs(20))?;
-    let violations = check_invariants(shop, ids, initial, SETTLE).await?;
-    ensure!(violations.is_empty(), "invariants violated after cancellations:\n{}", violations.join("\n"));
-    let statuses = order_statuses(&order_db, ids).await?;
-    let mut by_status: HashMap<&str, usize> = HashMap::new();
-    for status in statuses.values() {
-        *by_status.entry(status.as_str()).or_default() += 1;
-    }
-    eprintln!("{} orders settled {settled:?} after the first was placed: {by_status:?}", ids.len());
-    ensure!(by_status.get("CANCELLED").copied().unwrap_or(0) >= confirmed.len(), "{by_status:?}");
-    Ok(())
 }
 
 #[tokio::test]
@@ -219,17 +106,23 @@ async fn orders_settle_consistently_when_kafka_restarts_mid_saga() -> Result<()>
         let initial: HashMap<String, i64> = products.iter().cloned().zip(stock).collect();
         let buyers = customers(&shop, 3).await?;
         let started = Instant::now();
-        let mut ids = place_orders(&buyers, &products, 8, 0).await?;
         // The broker goes away with wave 1 in flight; wave 2 is stored with
         // its events in the outbox, published once Kafka is back. Payment
         // also crashes while the broker is away.
+        let order_db = shop.db("order").await?;
+        let payment_db = shop.db("payment").await?;
+        let wave1 = spawn_wave(&buyers, &products, 8, 0);
+        let seen =
+            wait_in_flight("stopping Kafka", &order_db, &payment_db, |seen| seen.open_orders > 0).await?;
         kafka.down()?;
+        eprintln!("stopped Kafka with {seen:?}");
+        let mut ids = wave1.await??;
         ids.extend(place_orders(&buyers, &products, 8, 8).await?);
         shop.procs[payment].kill();
         shop.procs[payment].restart()?;
         kafka.up()?;
         ids.extend(place_orders(&buyers, &products, 6, 16).await?);
-        settle_and_cancel(&mut shop, &buyers, &ids, &initial, started).await
+        settle_and_cancel(&mut shop, &buyers, &ids, &initial, started).await.map(drop)
     }
     .await;
     shop.teardown().await;

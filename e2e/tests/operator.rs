@@ -39,6 +39,7 @@ use commerce_api::catalog::{self, Service};
 use commerce_e2e::{local_kube_client, local_kubeconfig_path, unique_name};
 use commerce_operator::build::names::{database_name, external_names};
 use commerce_operator::reconcile::admin_secret::{HOLD_PREFIX, hold_finalizer};
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     coordination::v1::Lease,
@@ -473,23 +474,33 @@ async fn an_operator_restarted_mid_reconcile_converges() -> Result<()> {
         create_admin_secret(&client, &namespace.name).await?;
         let stack = minimal_stack(&stack_name, &namespace.name);
         let expected = render(&[&stack], &namespace.name)?;
-        apply(&client, &stack).await?;
-        // Stopped as soon as the first object exists: the reconcile that
-        // applies the rest is under way.
+        // Killed (SIGKILL) the moment the first of the stack's ConfigMaps is
+        // created, told by a watch opened before the stack exists: the
+        // reconcile applies ConfigMaps before the workloads that read them,
+        // so it is under way with most objects still to apply.
         let selector = format!("commerce-stack.dev/stack={stack_name}");
-        let first = eventually("the first owned object", || async {
-            let secrets = Api::<Secret>::namespaced(client.clone(), &namespace.name)
-                .list(&ListParams::default().labels(&selector))
-                .await?;
-            let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace.name)
-                .list(&ListParams::default().labels(&selector))
-                .await?;
-            Ok((secrets.items.len() + config_maps.items.len() > 0).then_some(()))
-        });
-        first.await?;
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace.name);
+        let mut created =
+            config_maps.watch(&kube::api::WatchParams::default().labels(&selector), "0").await?.boxed();
+        apply(&client, &stack).await?;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(event) = created.try_next().await? {
+                if matches!(event, kube::api::WatchEvent::Added(_)) {
+                    return Ok(());
+                }
+            }
+            bail!("the watch of the stack's ConfigMaps ended before one was created")
+        })
+        .await
+        .context("no ConfigMap of the stack within 60 s")??;
         operator.stop();
         let present = count_existing(&client, &namespace.name, &expected).await?;
-        println!("restart: operator stopped with {present} of {} objects present", expected.len());
+        println!("restart: operator killed with {present} of {} objects present", expected.len());
+        ensure!(
+            present > 0 && present < expected.len(),
+            "the kill did not land mid-apply: {present} of {} objects present",
+            expected.len()
+        );
         operator = Operator::start(&namespace.name)?;
         eventually("every rendered object to exist", || all_exist(&client, &namespace.name, &expected))
             .await?;

@@ -1,4 +1,4 @@
-//! What the fault tests (`tests/chaos.rs`) share: the `commerce` binary run
+//! What the fault tests (`tests/chaos.rs`, `tests/chaos_scale.rs`) share: the `commerce` binary run
 //! as separate, PID-recorded child processes on a private port offset with
 //! private databases, topic and Redis-key prefixes (so the shared Postgres,
 //! Kafka and Redis of other tests are used but never disturbed); a private
@@ -8,14 +8,17 @@
 //! Every process started here is a child of the test, stopped by its PID
 //! (SIGTERM, then SIGKILL) when its handle drops; nothing is signalled by name.
 
-use std::collections::HashMap;
+// Each fault-test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Row as _;
@@ -37,6 +40,8 @@ pub const SETTLED: [&str; 6] = ["CONFIRMED", "REJECTED", "FAILED", "CANCELLED", 
 /// The bootstrap admin every shop here creates (environment only).
 pub const ADMIN_EMAIL: &str = "chaos-admin@example.test";
 pub const ADMIN_PASSWORD: &str = "chaos-admin-password-1";
+/// How long the saga may take to settle after the last fault.
+pub const SETTLE: Duration = Duration::from_secs(180);
 /// Where logs and the private Kafka's state live; never the shared state dir.
 pub const STATE_DIR: &str = "/var/tmp/commerce-stack-chaos";
 
@@ -84,7 +89,7 @@ pub fn run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e has a parent").to_path_buf()
 }
 
@@ -205,12 +210,41 @@ impl Drop for Proc {
 pub struct PrivateKafka {
     pub port: u16,
     controller_port: u16,
+    /// Node id, replicas, and how to join node 1 (a second node's settings).
+    node_env: Vec<(String, String)>,
 }
 
 impl PrivateKafka {
     /// The broker on 127.0.0.1:`port`; not started yet.
     pub fn new(port: u16, controller_port: u16) -> Self {
-        Self { port, controller_port }
+        Self { port, controller_port, node_env: Vec::new() }
+    }
+
+    /// A cluster of two nodes, started: node 1 (broker and controller) on
+    /// `ports[0]` with its controller on `ports[1]`, node 2 (a broker) on
+    /// `ports[2]` (`ports[3]` for its listener for pods); every topic, the
+    /// internal ones too, has a replica on each.
+    pub fn cluster_of_two(ports: [u16; 4]) -> Result<(Self, Self)> {
+        let replicas = ("COMMERCE_KAFKA_REPLICAS".to_owned(), "2".to_owned());
+        let first = Self { node_env: vec![replicas.clone()], ..Self::new(ports[0], ports[1]) };
+        first.up()?;
+        let cluster_id =
+            std::fs::read_to_string(format!("{STATE_DIR}/kafka-{}/kafka/cluster-id", first.port))
+                .context("node 1 has no cluster id")?;
+        let second = Self {
+            port: ports[2],
+            // Node 2 joins node 1's controller; its own listener for pods
+            // takes the next port.
+            controller_port: ports[3] - 1,
+            node_env: vec![
+                replicas,
+                ("COMMERCE_KAFKA_NODE_ID".to_owned(), "2".to_owned()),
+                ("COMMERCE_KAFKA_QUORUM".to_owned(), format!("1@127.0.0.1:{}", ports[1])),
+                ("COMMERCE_KAFKA_CLUSTER_ID".to_owned(), cluster_id.trim().to_owned()),
+            ],
+        };
+        second.up()?;
+        Ok((first, second))
     }
 
     pub fn brokers(&self) -> String {
@@ -231,6 +265,7 @@ impl PrivateKafka {
             .env("COMMERCE_KAFKA_SSL_PORT", "")
             .env("COMMERCE_KAFKA_SASL_SSL_PORT", "")
             .env("COMMERCE_KAFKA_BROKERS", self.brokers())
+            .envs(self.node_env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .output()
             .context("cannot run e2e/scripts/kafka.sh")?;
@@ -253,6 +288,11 @@ impl PrivateKafka {
     /// Stops the broker (SIGTERM, controlled shutdown, by recorded PID).
     pub fn down(&self) -> Result<()> {
         self.script("down")
+    }
+
+    /// Kills the broker (SIGKILL by recorded PID: no controlled shutdown).
+    pub fn kill(&self) -> Result<()> {
+        self.script("kill")
     }
 }
 
@@ -283,6 +323,7 @@ impl Shop {
     /// A shop on a free port offset whose services use `kafka_brokers` and
     /// `postgres_admin_url` (the shared Redis always).
     pub fn new(kafka_brokers: String, postgres_admin_url: String) -> Result<Self> {
+        std::fs::create_dir_all(PathBuf::from(STATE_DIR).join("ledgers"))?;
         let offset = (0..40)
             .map(|_| PORT_OFFSET_BASE + 20 * (NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % 40))
             .find(|offset| {
@@ -330,9 +371,17 @@ impl Shop {
         PathBuf::from(STATE_DIR).join("logs").join(format!("{}-{name}.log", self.run))
     }
 
+    /// The mock payment provider's journal (`--mock-ledger-file`): what
+    /// money it took, voided and refunded, kept across the payment
+    /// process's crashes and read by [`check_invariants`].
+    pub fn ledger_path(&self) -> PathBuf {
+        PathBuf::from(STATE_DIR).join("ledgers").join(format!("{}.jsonl", self.run))
+    }
+
     /// The environment every process of this shop gets.
     fn base_env(&self) -> Vec<(String, String)> {
         vec![
+            ("COMMERCE_MOCK_LEDGER_FILE".into(), self.ledger_path().display().to_string()),
             ("COMMERCE_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
             ("COMMERCE_BOOTSTRAP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
             ("COMMERCE_REDIS_KEY_PREFIX".into(), self.redis_prefix()),
@@ -449,6 +498,7 @@ impl Shop {
             }
             admin.close().await;
         }
+        let _ = std::fs::remove_file(self.ledger_path());
     }
 }
 
@@ -860,6 +910,40 @@ pub async fn check_invariants(
     if orders.len() != ids.len() {
         violations.push(format!("{} of {} orders stored", orders.len(), ids.len()));
     }
+    violations.extend(money_violations(&shop.ledger_path(), &orders)?);
+    Ok(violations)
+}
+
+/// The provider's side of the money, from the mock's journal (which
+/// outlives the payment process): per order at most one capture; a
+/// confirmed order's capture kept whole; a dead order's money all given
+/// back (voided or refunded); never more refunded than captured.
+fn money_violations(ledger: &Path, orders: &[sqlx::postgres::PgRow]) -> Result<Vec<String>> {
+    use commerce_payment::journal;
+    let entries =
+        journal::read(ledger).with_context(|| format!("cannot read the mock ledger {}", ledger.display()))?;
+    let money = journal::money_by_charge_key(&entries);
+    let mut violations = Vec::new();
+    for row in orders {
+        let id: String = row.get("id");
+        let status: String = row.get("status");
+        let total: i64 = row.get("total_units");
+        let kept = money.get(&id).cloned().unwrap_or_default();
+        if kept.captures > 1 {
+            violations.push(format!("order {id}: the provider captured {} times", kept.captures));
+        }
+        if kept.refunded > kept.captured {
+            violations.push(format!("order {id}: {} refunded of {} captured", kept.refunded, kept.captured));
+        }
+        let expected =
+            if matches!(status.as_str(), "CONFIRMED" | "SHIPPED" | "DELIVERED") { total } else { 0 };
+        if kept.net() != expected {
+            violations.push(format!(
+                "{status} order {id} (total {total}): the provider holds {} ({kept:?})",
+                kept.net()
+            ));
+        }
+    }
     Ok(violations)
 }
 
@@ -872,6 +956,8 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Extra environment of the server's processes (a preloaded clock).
+    server_env: Vec<(String, String)>,
 }
 
 impl PrivatePostgres {
@@ -884,7 +970,7 @@ impl PrivatePostgres {
             .context("no initdb under /usr/lib/postgresql/*/bin")?;
         let dir = PathBuf::from(STATE_DIR).join(format!("postgres-{}", run_id()));
         std::fs::create_dir_all(&dir)?;
-        let postgres = Self { port: free_port(), dir, bin };
+        let postgres = Self { port: free_port(), dir, bin, server_env: Vec::new() };
         postgres.as_postgres(Command::new("chown").args(["postgres:postgres"]).arg(&postgres.dir), false)?;
         postgres.as_postgres(
             Command::new(postgres.bin.join("initdb"))
@@ -895,11 +981,29 @@ impl PrivatePostgres {
         Ok(postgres)
     }
 
+    /// Runs the server (from its next start) with its wall clock `offset`
+    /// from this machine's (libfaketime's `FAKETIME`, e.g. "-20m", preloaded
+    /// from `library`); timers keep real time.
+    pub fn with_clock_offset(mut self, library: &str, offset: &str) -> Self {
+        self.server_env = vec![
+            ("LD_PRELOAD".to_owned(), library.to_owned()),
+            ("FAKETIME".to_owned(), offset.to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+        ];
+        self
+    }
+
     fn as_postgres(&self, command: &mut Command, drop_privileges: bool) -> Result<()> {
         let output = if drop_privileges {
             let program = command.get_program().to_owned();
             let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(program).args(args).output()?
+            let env = self.server_env.iter().map(|(key, value)| format!("{key}={value}"));
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", "env"])
+                .args(env)
+                .arg(program)
+                .args(args)
+                .output()?
         } else {
             command.output()?
         };
@@ -916,7 +1020,13 @@ impl PrivatePostgres {
 
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) -> Result<()> {
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        // Room for a whole split shop's pools (seven services, several
+        // processes) and the test's own connections.
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+            self.port,
+            self.dir.display()
+        );
         self.as_postgres(
             Command::new(self.bin.join("pg_ctl"))
                 .args(["-w", "-t", "60", "-o", &options, "-l"])
@@ -924,6 +1034,24 @@ impl PrivatePostgres {
                 .arg("-D")
                 .arg(self.dir.join("data"))
                 .arg("start"),
+            true,
+        )
+    }
+}
+
+impl PrivatePostgres {
+    /// Crashes the server: `pg_ctl stop -m immediate`, which ends every
+    /// server process at once without a checkpoint, so the next start
+    /// recovers from the WAL, as after a crash. (A SIGKILL of the postmaster
+    /// alone would leave its backends running on the shared memory, and a
+    /// restart would wait for them: this is the crash Postgres can recover
+    /// from at once.)
+    pub fn crash(&self) -> Result<()> {
+        self.as_postgres(
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["-m", "immediate", "-w", "-D"])
+                .arg(self.dir.join("data"))
+                .arg("stop"),
             true,
         )
     }
@@ -939,5 +1067,181 @@ impl Drop for PrivatePostgres {
             true,
         );
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ------------------------------------------------------------ saga drivers
+
+/// `count` freshly registered customers of `shop`.
+pub async fn customers(shop: &Shop, count: usize) -> Result<Vec<Api>> {
+    let mut apis = Vec::new();
+    for i in 0..count {
+        let email = format!("customer{i}-{}@example.test", shop.run);
+        apis.push(
+            Api::session(&shop.gateway_url(), &shop.http, &email, "correct-horse-battery", true).await?,
+        );
+    }
+    Ok(apis)
+}
+
+/// Places orders number `seed..seed + count` concurrently (order n by
+/// customer n % customers; see [`place_order_number`]).
+pub async fn place_orders(
+    customers: &[Api],
+    products: &[String],
+    count: usize,
+    seed: usize,
+) -> Result<Vec<String>> {
+    let mut handles = Vec::new();
+    for n in seed..seed + count {
+        let api = customers[n % customers.len()].clone();
+        let products = products.to_vec();
+        handles.push(tokio::spawn(async move { place_order_number(&api, &products, n).await }));
+    }
+    let mut ids = Vec::new();
+    for handle in handles {
+        ids.push(handle.await??);
+    }
+    Ok(ids)
+}
+
+/// [`place_orders`] in a task of its own.
+pub fn spawn_wave(
+    buyers: &[Api],
+    products: &[String],
+    count: usize,
+    seed: usize,
+) -> tokio::task::JoinHandle<Result<Vec<String>>> {
+    let (buyers, products) = (buyers.to_vec(), products.to_vec());
+    tokio::spawn(async move { place_orders(&buyers, &products, count, seed).await })
+}
+
+/// Places order number `n` for `api`: one or two lines over `products`
+/// (chosen by `n`), every 7th paid with the mock's declined token, so some
+/// orders fail and release their stock. Returns its id.
+pub async fn place_order_number(api: &Api, products: &[String], n: usize) -> Result<String> {
+    let first = &products[n % products.len()];
+    let second = &products[(n + 1) % products.len()];
+    let token = if n % 7 == 3 { "tok_decline" } else { "tok_visa" };
+    let lines: Vec<(&str, i64)> =
+        if n.is_multiple_of(3) { vec![(first, 1), (second, 2)] } else { vec![(first, 1 + (n % 2) as i64)] };
+    api.place_order(&lines, token).await
+}
+
+/// Waits for the saga to settle and checks the invariants; then cancels a
+/// few confirmed orders and checks again (refunds, restock). Returns how
+/// long the first settling took from `started`, and the orders by status.
+pub async fn settle_and_cancel(
+    shop: &mut Shop,
+    buyers: &[Api],
+    ids: &[String],
+    initial: &HashMap<String, i64>,
+    started: Instant,
+) -> Result<Settled> {
+    let violations = check_invariants(shop, ids, initial, SETTLE).await?;
+    ensure!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
+    let settled = started.elapsed();
+    let order_db = shop.db("order").await?;
+    let statuses = order_statuses(&order_db, ids).await?;
+    // Order n was placed by customer n % buyers (ids are in placing order).
+    let confirmed: Vec<(usize, &String)> =
+        ids.iter().enumerate().filter(|(_, id)| statuses[*id] == "CONFIRMED").take(3).collect();
+    ensure!(!confirmed.is_empty(), "no order was confirmed: {statuses:?}");
+    for (n, id) in &confirmed {
+        buyers[n % buyers.len()]
+            .retrying(
+                "POST",
+                &format!("/api/orders/{id}/cancel"),
+                Some(serde_json::json!({ "reason": "chaos" })),
+                None,
+                Duration::from_secs(30),
+            )
+            .await?;
+    }
+    // Compensations are asynchronous: wait until each cancelled order shows
+    // its refund and inventory has taken its committed stock back.
+    let cancelled: Vec<String> = confirmed.iter().map(|(_, id)| (*id).clone()).collect();
+    let inventory_db = shop.db("inventory").await?;
+    wait_for("cancelled orders refunded and restocked", SETTLE, || async {
+        let refunded: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM orders WHERE id::text = ANY($1) AND refunded")
+                .bind(&cancelled)
+                .fetch_one(&order_db)
+                .await?;
+        let restocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM reservations WHERE order_id = ANY($1) AND status = 'RELEASED'",
+        )
+        .bind(&cancelled)
+        .fetch_one(&inventory_db)
+        .await?;
+        Ok(refunded == cancelled.len() as i64 && restocked == cancelled.len() as i64)
+    })
+    .await
+    .with_context(|| shop.logs(20))?;
+    let violations = check_invariants(shop, ids, initial, SETTLE).await?;
+    ensure!(violations.is_empty(), "invariants violated after cancellations:\n{}", violations.join("\n"));
+    let statuses = order_statuses(&order_db, ids).await?;
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for status in statuses.values() {
+        *by_status.entry(status.clone()).or_default() += 1;
+    }
+    eprintln!("{} orders settled {settled:?} after the clock started: {by_status:?}", ids.len());
+    ensure!(by_status.get("CANCELLED").copied().unwrap_or(0) >= confirmed.len(), "{by_status:?}");
+    Ok(Settled { after: settled, by_status, cancelled_after_payment: cancelled.len() })
+}
+
+/// What [`settle_and_cancel`] saw.
+#[derive(Debug)]
+pub struct Settled {
+    /// From the caller's start instant to every invariant holding.
+    pub after: Duration,
+    /// The orders by status at the end.
+    pub by_status: BTreeMap<String, usize>,
+    /// Confirmed orders cancelled afterwards (each refunded and restocked).
+    pub cancelled_after_payment: usize,
+}
+
+/// What the saga had in flight at a moment.
+#[derive(Debug, Clone, Copy)]
+pub struct InFlight {
+    /// Orders accepted and not yet settled (the saga is working on them).
+    pub open_orders: i64,
+    /// Payments due for their charge (intent and stock both recorded).
+    pub payments_due: i64,
+}
+
+/// Reads what is in flight now, from the order and payment databases.
+pub async fn in_flight(order_db: &PgPool, payment_db: &PgPool) -> Result<InFlight> {
+    let open_orders = sqlx::query_scalar("SELECT count(*) FROM orders WHERE NOT (status = ANY($1))")
+        .bind(SETTLED.map(str::to_owned).to_vec())
+        .fetch_one(order_db)
+        .await?;
+    let payments_due = sqlx::query_scalar(
+        "SELECT count(*) FROM payments WHERE status = 'PENDING' AND intent_received AND stock_reserved",
+    )
+    .fetch_one(payment_db)
+    .await?;
+    Ok(InFlight { open_orders, payments_due })
+}
+
+/// Waits (up to 20 s, polling every 20 ms) until `hit` says a kill now
+/// would hit work in flight, and returns what was; fails naming `what` if
+/// that never happens, so a fault test's kill that hits nothing cannot pass.
+pub async fn wait_in_flight(
+    what: &str,
+    order_db: &PgPool,
+    payment_db: &PgPool,
+    mut hit: impl FnMut(&InFlight) -> bool,
+) -> Result<InFlight> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = in_flight(order_db, payment_db).await?;
+        if hit(&seen) {
+            return Ok(seen);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: nothing in flight within 20 s ({seen:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -25,7 +25,11 @@
 //!   a payment that was captured is REFUNDED with a completed refund (and
 //!   the order says `refunded`), no payment is still chargeable or waiting
 //!   for its void to be confirmed, a reservation is RELEASED;
-//! - every outbox row of every service is published.
+//! - every outbox row of every service is published;
+//! - with the mock provider's journal ([`Databases::with_mock_ledger`]), the
+//!   provider's side of the money: per order at most one capture, a
+//!   confirmed order's capture kept whole, a dead order's money all given
+//!   back (voided or refunded), never more refunded than captured.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -56,17 +60,36 @@ pub struct Databases {
     /// Database names that do not follow `<prefix><service>`: those of a
     /// stack run by the operator (tests/cluster.rs).
     named: BTreeMap<Service, String>,
+    /// The mock payment provider's journal (`--mock-ledger-file`), when the
+    /// shop writes one.
+    mock_ledger: Option<std::path::PathBuf>,
 }
 
 impl Databases {
     pub fn new(admin_url: &str, prefix: &str) -> Self {
-        Self { admin_url: admin_url.to_owned(), prefix: prefix.to_owned(), named: BTreeMap::new() }
+        Self {
+            admin_url: admin_url.to_owned(),
+            prefix: prefix.to_owned(),
+            named: BTreeMap::new(),
+            mock_ledger: None,
+        }
+    }
+
+    /// Also check the money against the mock provider's journal at `path`.
+    pub fn with_mock_ledger(mut self, path: std::path::PathBuf) -> Self {
+        self.mock_ledger = Some(path);
+        self
+    }
+
+    /// The mock provider's journal, if the shop writes one.
+    pub fn mock_ledger(&self) -> Option<&std::path::Path> {
+        self.mock_ledger.as_deref()
     }
 
     /// The databases of `services`, named by `name` (the operator's naming).
     pub fn named(admin_url: &str, services: &[Service], name: impl Fn(Service) -> String) -> Self {
         let named = services.iter().map(|service| (*service, name(*service))).collect();
-        Self { admin_url: admin_url.to_owned(), prefix: String::new(), named }
+        Self { admin_url: admin_url.to_owned(), prefix: String::new(), named, mock_ledger: None }
     }
 
     /// The name of `service`'s database.
@@ -184,6 +207,8 @@ struct Pools {
     payment: PgPool,
     /// Every service with a database, for the outbox check.
     outboxes: Vec<(Service, PgPool)>,
+    /// The mock provider's journal, if any.
+    mock_ledger: Option<std::path::PathBuf>,
 }
 
 /// What existed when the check began.
@@ -198,6 +223,7 @@ struct OrderRow {
     id: uuid::Uuid,
     status: String,
     refunded: bool,
+    total_units: i64,
 }
 
 impl Pools {
@@ -218,6 +244,7 @@ impl Pools {
             inventory: find(Service::Inventory)?,
             payment: find(Service::Payment)?,
             outboxes,
+            mock_ledger: databases.mock_ledger.clone(),
         })
     }
 
@@ -262,18 +289,20 @@ impl Pools {
     }
 
     async fn order_violations(&self, snapshot: &Snapshot) -> anyhow::Result<Vec<String>> {
-        let orders: Vec<OrderRow> = sqlx::query("SELECT id, status, refunded FROM orders WHERE id = ANY($1)")
-            .bind(&snapshot.order_ids)
-            .fetch_all(&self.order)
-            .await
-            .context("cannot read the orders")?
-            .into_iter()
-            .map(|row| OrderRow {
-                id: row.get("id"),
-                status: row.get("status"),
-                refunded: row.get("refunded"),
-            })
-            .collect();
+        let orders: Vec<OrderRow> =
+            sqlx::query("SELECT id, status, refunded, total_units FROM orders WHERE id = ANY($1)")
+                .bind(&snapshot.order_ids)
+                .fetch_all(&self.order)
+                .await
+                .context("cannot read the orders")?
+                .into_iter()
+                .map(|row| OrderRow {
+                    id: row.get("id"),
+                    status: row.get("status"),
+                    refunded: row.get("refunded"),
+                    total_units: row.get("total_units"),
+                })
+                .collect();
         let ids: Vec<String> = orders.iter().map(|order| order.id.to_string()).collect();
         // order id -> [(payment status, amount, refunded units, completed refunds)]
         let mut payments: HashMap<String, Vec<(String, i64, i64, i64)>> = HashMap::new();
@@ -388,6 +417,40 @@ impl Pools {
                     }
                 }
                 other => violations.push(format!("order {id} is still {other}")),
+            }
+        }
+        violations.extend(self.money_violations(&orders)?);
+        Ok(violations)
+    }
+
+    /// The provider's side of each order's money, from the mock's journal
+    /// (which outlives the payment process).
+    fn money_violations(&self, orders: &[OrderRow]) -> anyhow::Result<Vec<String>> {
+        use commerce_payment::journal;
+        let Some(path) = &self.mock_ledger else { return Ok(Vec::new()) };
+        let entries =
+            journal::read(path).with_context(|| format!("cannot read the mock ledger {}", path.display()))?;
+        let money = journal::money_by_charge_key(&entries);
+        let mut violations = Vec::new();
+        for order in orders {
+            let id = order.id.to_string();
+            let kept = money.get(&id).cloned().unwrap_or_default();
+            if kept.captures > 1 {
+                violations.push(format!("order {id}: the provider captured {} times", kept.captures));
+            }
+            if kept.refunded > kept.captured {
+                violations
+                    .push(format!("order {id}: {} refunded of {} captured", kept.refunded, kept.captured));
+            }
+            let live = matches!(order.status.as_str(), "CONFIRMED" | "SHIPPED" | "DELIVERED");
+            let expected = if live { order.total_units } else { 0 };
+            if kept.net() != expected {
+                violations.push(format!(
+                    "{} order {id} (total {}): the provider holds {} ({kept:?})",
+                    order.status,
+                    order.total_units,
+                    kept.net()
+                ));
             }
         }
         Ok(violations)

@@ -181,6 +181,9 @@ impl Shop {
         let log_dir = std::env::temp_dir().join("commerce-e2e");
         std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
         let log_path = log_dir.join(format!("shop-{run_id}.log"));
+        let ledger_path = log_dir.join(format!("ledger-{run_id}.jsonl"));
+        let databases = databases.with_mock_ledger(ledger_path.clone());
+        let ledger = ledger_path.display().to_string();
 
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -197,6 +200,7 @@ impl Shop {
                     ("COMMERCE_DATABASE_PREFIX", databases.prefix.as_str()),
                     ("COMMERCE_KAFKA_NAME_PREFIX", kafka_prefix.as_str()),
                     ("COMMERCE_REDIS_KEY_PREFIX", redis_prefix.as_str()),
+                    ("COMMERCE_MOCK_LEDGER_FILE", ledger.as_str()),
                 ],
             )?;
             let (mut child, stdin, pid) = spawned;
