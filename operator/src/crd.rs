@@ -69,7 +69,7 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, Error> {
 fn spec_digest(crd: &CustomResourceDefinition) -> Result<String, Error> {
     let json = serde_json::to_vec(&crd.spec)
         .map_err(|source| Error::SerializeJson { what: format!("CRD {}", crd.name_any()), source })?;
-    Ok(Sha256::digest(&json).iter().map(|byte| format!("{byte:02x}")).collect())
+    Ok(hex::encode(Sha256::digest(&json)))
 }
 
 /// All CRDs as one YAML stream, in the order `commerce_api::crd::all` gives.

@@ -256,17 +256,6 @@ impl Service {
         self as usize
     }
 
-    /// Ports inside a cluster: the same for every service, since each runs in
-    /// its own pod.
-    pub fn cluster_ports(self) -> Ports {
-        let is_gateway = self == Service::Gateway;
-        Ports {
-            grpc: (!is_gateway).then_some(CLUSTER_GRPC_PORT),
-            http: is_gateway.then_some(CLUSTER_HTTP_PORT),
-            admin: CLUSTER_ADMIN_PORT,
-        }
-    }
-
     /// Ports on one machine, where every service shares 127.0.0.1.
     pub fn local_ports(self) -> Ports {
         let offset = u16::try_from(self.index()).expect("the catalog has fewer than 65536 services");

@@ -291,7 +291,7 @@ fn config_hash(input: &impl Serialize) -> Result<String, Error> {
     let json = serde_json::to_vec(input)
         .map_err(|source| Error::SerializeJson { what: "config hash input".into(), source })?;
     let digest = Sha256::digest(&json);
-    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(&digest[..16]))
 }
 
 /// An env var read from a Secret's key.

@@ -137,7 +137,7 @@ fn hash_object(object: &DynamicObject) -> Result<String, Error> {
     use sha2::{Digest, Sha256};
     let json = serde_json::to_vec(object)
         .map_err(|source| Error::SerializeJson { what: "an object to hash".into(), source })?;
-    Ok(Sha256::digest(&json)[..16].iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(&Sha256::digest(&json)[..16]))
 }
 
 /// Collects typed objects as dynamic ones.

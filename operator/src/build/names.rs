@@ -6,7 +6,6 @@
 //! finds what a stack owns.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use commerce_api::catalog::Service;
 use commerce_platform::events::TopicNames;
@@ -219,10 +218,7 @@ impl ExternalNames {
             return format!("{readable}_{service}");
         }
         let digest = Sha256::digest(format!("{}/{}", self.namespace, self.stack));
-        let mut hash = String::with_capacity(DATABASE_HASH_LEN);
-        for byte in &digest[..DATABASE_HASH_LEN / 2] {
-            let _ = write!(hash, "{byte:02x}");
-        }
+        let hash = hex::encode(&digest[..DATABASE_HASH_LEN / 2]);
         let room = MAX_POSTGRES_IDENTIFIER_LEN - (1 + DATABASE_HASH_LEN + 1 + service.len());
         // Cut at a char boundary (DNS labels are ASCII; be safe anyway).
         let mut end = 0;

@@ -75,7 +75,7 @@ impl KafkaCluster {
             digest.update([0]);
         }
         let digest = digest.finalize();
-        let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let short = hex::encode(&digest[..6]);
         format!("{} ({short})", self.brokers)
     }
 

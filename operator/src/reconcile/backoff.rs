@@ -25,8 +25,7 @@ impl Backoffs {
         let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = failures.entry(key.to_owned()).or_insert(0);
         *count = count.saturating_add(1);
-        let factor = 2u32.saturating_pow(count.saturating_sub(1).min(16));
-        BASE_DELAY.saturating_mul(factor).min(MAX_DELAY)
+        commerce_platform::backoff::step(BASE_DELAY, MAX_DELAY, count.saturating_sub(1))
     }
 
     /// Forgets the failures of `key` after a successful reconcile.

@@ -647,18 +647,10 @@ fn shorten_note(note: String, max: usize) -> String {
 /// the apiserver ends the chain with its message, once: kube's own text for
 /// it repeats the message and the whole Status.
 pub fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        if let Some(api_error @ kube::Error::Api(_)) = cause.downcast_ref::<kube::Error>() {
-            text.push_str(&api_message(api_error));
-            break;
-        }
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    commerce_platform::runtime::error_chain_with(error, |cause| match cause.downcast_ref::<kube::Error>() {
+        Some(api_error @ kube::Error::Api(_)) => Some(api_message(api_error)),
+        _ => None,
+    })
 }
 
 /// What the apiserver said, once: the message of the Status it answered

@@ -2,6 +2,7 @@
 //! register/login/refresh/logout flows, and the one mapping from [`Error`]
 //! to a gRPC status.
 
+use commerce_platform::time::timestamp;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::config::AuthArgs;
 use crate::jwt::{Claims, Role};
 use crate::keys::{KeyRing, PUBLIC_KEYS_MAX_AGE};
 use crate::password::Hasher;
-use crate::store::{self, NewRefreshToken, NewUser, UserRow, timestamp};
+use crate::store::{self, NewRefreshToken, NewUser, UserRow};
 use crate::{Error, domain};
 
 impl From<Error> for Status {

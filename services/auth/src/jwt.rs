@@ -176,10 +176,7 @@ impl From<&commerce_proto::auth::v1::PublicKey> for PublicJwk {
             key_id: key.key_id.clone(),
             algorithm: key.algorithm.clone(),
             public_key: key.public_key.clone(),
-            expires_at: key
-                .expires_at
-                .as_ref()
-                .and_then(|at| DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))),
+            expires_at: key.expires_at.as_ref().and_then(commerce_platform::time::from_timestamp),
         }
     }
 }
@@ -257,12 +254,6 @@ impl Verifier {
     pub fn with_leeway(mut self, leeway: Duration) -> Self {
         self.leeway = chrono::Duration::from_std(leeway).unwrap_or_default();
         self
-    }
-
-    /// Whether `kid` is among the trusted keys (a caller seeing an unknown
-    /// one refreshes its keys).
-    pub fn knows_key(&self, kid: &str) -> bool {
-        self.keys.contains_key(kid)
     }
 
     /// Verifies `token` now.

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use commerce_platform::events::enqueue;
+use commerce_platform::time::timestamp;
 use commerce_proto::events::v1 as events;
 use sqlx::postgres::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -96,14 +97,6 @@ fn event_role(role: Role) -> events::UserRole {
         Role::Customer => events::UserRole::Customer,
         Role::Admin => events::UserRole::Admin,
         Role::Courier => events::UserRole::Courier,
-    }
-}
-
-/// A protobuf timestamp for `at`.
-pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 

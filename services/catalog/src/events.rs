@@ -4,19 +4,15 @@
 //! moved) and `ProductDeleted`. The catalog consumes no events.
 
 use commerce_platform::events::enqueue;
+use commerce_platform::time::timestamp;
 use commerce_proto::common::v1::Money as ProtoMoney;
 use commerce_proto::events::v1 as pb;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::FieldMask;
 use sqlx::postgres::PgConnection;
 
 use crate::Error;
 use crate::domain::{Field, Money};
 use crate::store::ProductRow;
-
-/// A protobuf timestamp for `at`.
-pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Timestamp {
-    Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
-}
 
 /// The proto form of an amount.
 pub fn money(money: &Money) -> ProtoMoney {

@@ -5,6 +5,7 @@
 //! Role checks (admin-only writes, `include_inactive`) happen at the
 //! gateway; this service validates input only.
 
+use commerce_platform::time::timestamp;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use uuid::Uuid;
 use crate::Error;
 use crate::cache::Cache;
 use crate::domain::{self, Cursor, InvalidInput, ListFilter, Money, ProductDraft};
-use crate::events::{self, timestamp};
+use crate::events;
 use crate::store::{self, CategoryRow, ProductRow};
 
 impl From<Error> for Status {

@@ -14,7 +14,6 @@
 //!   the OpenAPI document shows it and the extractors enforce it from the
 //!   same derived schema (see [`crate::contract`]).
 
-use chrono::{DateTime, Utc};
 use commerce_proto::{auth, cart, catalog, common, inventory, notification, order, shipping};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -139,9 +138,7 @@ from_fields!(both Address, common::v1::Address {
 
 /// RFC 3339 text of a protobuf timestamp; `None` when unset.
 pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
-    let value = value?;
-    let nanos = u32::try_from(value.nanos).unwrap_or(0);
-    DateTime::<Utc>::from_timestamp(value.seconds, nanos)
+    commerce_platform::time::from_timestamp(&value?)
         .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 

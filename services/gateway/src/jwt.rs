@@ -419,20 +419,21 @@ impl<S: KeySource> Verifier<S> {
     /// while auth is not reachable or publishes no usable key, since the
     /// gateway is not ready until it has one), then again each `max_age`.
     pub async fn run_refresher(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut retry = RETRY_BASE;
+        // Jittered, so that replicas that lost auth together do not ask it
+        // again together.
+        let mut retry = commerce_platform::backoff::Backoff::new(RETRY_BASE, RETRY_CAP);
         loop {
             let fetched = self.refresh().await.and_then(|keys| {
                 if keys == 0 { Err("the auth service published no usable key".to_owned()) } else { Ok(keys) }
             });
             let delay = match fetched {
                 Ok(_) => {
-                    retry = RETRY_BASE;
+                    retry.reset();
                     *self.max_age.read().unwrap_or_else(std::sync::PoisonError::into_inner)
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?retry, "cannot fetch access-token keys; retrying");
-                    let delay = retry;
-                    retry = (retry * 2).min(RETRY_CAP);
+                    let delay = retry.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "cannot fetch access-token keys; retrying");
                     delay
                 }
             };

@@ -15,6 +15,7 @@
 //!   (`StockReleased` with `was_committed = true`);
 //! - `ProductCreated` -> a stock row with zero units.
 
+use commerce_platform::time::timestamp;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,18 +24,12 @@ use commerce_proto::events::v1::{
     self as ev, OrderCancelled, OrderConfirmed, OrderFailed, OrderPlaced, OrderRejected, ProductCreated,
     stock_released, stock_reservation_failed, stock_restocked,
 };
-use prost_types::Timestamp;
 use sqlx::{Postgres, Transaction};
 
 use crate::Error;
 use crate::domain::{Line, ReleaseReason, Shortfall};
 use crate::metrics::InventoryMetrics;
 use crate::store::{self, Reservation, ReservationKey, ReserveRequest, Transition};
-
-/// A protobuf timestamp for `time`.
-pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: time.timestamp(), nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0) }
-}
 
 fn event_lines(lines: &[Line]) -> Vec<ev::stock_reserved::Line> {
     lines
@@ -345,11 +340,5 @@ mod tests {
             release_reason_of_failure(ev::order_failed::Reason::PaymentDeclined as i32),
             ReleaseReason::PaymentFailed
         );
-    }
-
-    #[test]
-    fn timestamps_keep_seconds_and_nanos() {
-        let time = DateTime::from_timestamp(1_700_000_000, 123).expect("valid time");
-        assert_eq!(timestamp(time), Timestamp { seconds: 1_700_000_000, nanos: 123 });
     }
 }

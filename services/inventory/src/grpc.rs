@@ -3,6 +3,7 @@
 //! same operations the saga consumer uses) and the outcomes back into proto
 //! messages. Errors become statuses in one place, `From<Error> for Status`.
 
+use commerce_platform::time::timestamp;
 use std::time::Duration;
 
 use commerce_proto::inventory::v1 as pb;
@@ -12,7 +13,6 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{self, Line, ReleaseReason, RuleError, StockLevel};
-use crate::events::timestamp;
 use crate::metrics::InventoryMetrics;
 use crate::store::{
     self, Adjustment, Reservation, ReservationKey, ReserveOutcome, ReserveRequest, StockRow, Transition,

@@ -1,9 +1,9 @@
 //! The `NotificationService` gRPC server and the one `From<Error> for Status`.
 
 use chrono::{DateTime, Utc};
+use commerce_platform::time::timestamp;
 use commerce_proto::notification::v1 as pb;
 use commerce_proto::notification::v1::notification_service_server::NotificationService;
-use prost_types::Timestamp;
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -24,10 +24,6 @@ impl NotificationGrpc {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
-}
-
-fn timestamp(time: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: time.timestamp(), nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 fn to_proto(notification: &Notification) -> pb::Notification {

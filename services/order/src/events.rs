@@ -2,13 +2,13 @@
 //! of the change) and consumes (inventory, payment and shipment events), plus
 //! the reservation sweeper, which feeds the state machine the clock.
 
+use commerce_platform::time::{from_timestamp, timestamp};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use commerce_platform::events::{HandlerError, IncomingEvent, enqueue};
 use commerce_proto::common::v1::Money;
 use commerce_proto::events::v1 as ev;
-use prost_types::Timestamp;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -17,15 +17,6 @@ use uuid::Uuid;
 use crate::Error;
 use crate::domain::{self, Effect, FailureKind, SagaInput, Step};
 use crate::store::{self, Order};
-
-/// A protobuf timestamp for `time`.
-pub(crate) fn timestamp(time: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: time.timestamp(), nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0) }
-}
-
-fn from_timestamp(timestamp: Option<&Timestamp>) -> Option<DateTime<Utc>> {
-    timestamp.and_then(|ts| DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0)))
-}
 
 pub(crate) fn money(currency: &str, units: i64) -> Money {
     Money { currency_code: currency.to_owned(), units }
@@ -180,7 +171,10 @@ impl OrderEventHandler {
         e: ev::StockReserved,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        let expires_at = from_timestamp(e.expires_at.as_ref())
+        let expires_at = e
+            .expires_at
+            .as_ref()
+            .and_then(from_timestamp)
             .ok_or_else(|| HandlerError::permanent("StockReserved without expires_at"))?;
         let input = SagaInput::StockReserved { reservation_id: e.reservation_id, expires_at };
         advance(tx, &e.order_id, input, event).await

@@ -1,6 +1,7 @@
 //! The `OrderService` gRPC server: proto <-> domain, catalog pricing, and the
 //! one `From<Error> for Status` mapping.
 
+use commerce_platform::time::timestamp;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +18,7 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::{self, CatalogProduct, OrderStatus, PlacementError, RequestedLine, SagaState};
-use crate::events::{self, money, record_step, timestamp};
+use crate::events::{self, money, record_step};
 use crate::store::{self, Order};
 
 /// Page size when the request gives none.

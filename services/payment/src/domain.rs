@@ -137,7 +137,7 @@ pub const fn status_after_refund(captured: i64, refunded_total: i64) -> PaymentS
 /// orders wait calmly for a provider that is down for minutes and complete
 /// soon after it returns.
 pub fn retry_delay(attempts: u32, base: Duration, cap: Duration) -> Duration {
-    base.saturating_mul(1u32 << attempts.min(16)).min(cap)
+    commerce_platform::backoff::step(base, cap, attempts)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::store::{self, Payment, Refund};
 
 fn now() -> Timestamp {
     let now = Utc::now();
-    Timestamp { seconds: now.timestamp(), nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0) }
+    commerce_platform::time::timestamp(now)
 }
 
 fn money(currency: &str, units: i64) -> Money {

@@ -2,9 +2,9 @@
 //! and refunds through the same locked paths as the saga's worker, and the
 //! one `From<Error> for Status` mapping.
 
+use commerce_platform::time::timestamp;
 use commerce_proto::payment::v1 as pb;
 use commerce_proto::payment::v1::payment_service_server::PaymentService;
-use prost_types::Timestamp;
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -19,10 +19,6 @@ use crate::worker::{ChargeAttempt, Worker};
 pub struct PaymentGrpc {
     pool: PgPool,
     worker: Worker,
-}
-
-fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
-    Timestamp { seconds: time.timestamp(), nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 fn money(currency: &str, units: i64) -> commerce_proto::common::v1::Money {

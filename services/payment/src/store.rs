@@ -469,8 +469,8 @@ pub async fn schedule_refund_retry(
     Ok(())
 }
 
-/// `delay` as an interval parameter (a retry delay is seconds, never near
-/// chrono's bound).
+/// `delay` as an interval parameter, in whole microseconds (Postgres'
+/// precision; sqlx refuses finer ones, and a jittered delay has them).
 fn chrono_delay(delay: std::time::Duration) -> chrono::Duration {
-    chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(1))
+    chrono::Duration::microseconds(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
 }

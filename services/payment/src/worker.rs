@@ -206,11 +206,17 @@ impl Worker {
     }
 
     /// How long to wait before calling the provider again after `attempts`
-    /// calls found it away. The next attempt's time is the database's clock
-    /// plus this (it is compared with the database's clock): a payment
-    /// process whose own clock is off by minutes still retries on time.
+    /// calls found it away: the step of [`domain::retry_delay`] with equal
+    /// jitter, so that the payments of an outage do not all retry in the
+    /// same instant. The next attempt's time is the database's clock plus
+    /// this (it is compared with the database's clock): a payment process
+    /// whose own clock is off by minutes still retries on time.
     fn retry_delay(&self, attempts: u32) -> std::time::Duration {
-        domain::retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap)
+        commerce_platform::backoff::equal_jitter(domain::retry_delay(
+            attempts,
+            self.settings.retry_base,
+            self.settings.retry_cap,
+        ))
     }
 
     /// Attempts the next due charge; true if there was one.

@@ -29,13 +29,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rand::Rng;
 use sqlx::Connection;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::readiness::{Check, Readiness};
 use crate::url::redact;
 
@@ -370,62 +370,11 @@ pub(crate) async fn sleep_or_cancelled(delay: Duration, shutdown: &CancellationT
     }
 }
 
-/// Capped exponential backoff with "equal jitter": each delay is half the
-/// exponential step plus a random part of the other half, so replicas that
-/// failed together spread out, yet no retry comes sooner than half the step
-/// (which keeps a struggling dependency from being hammered). Shared with
-/// the event relay and consumer.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempts: u32,
-}
-
-impl Backoff {
-    pub(crate) const fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap, attempts: 0 }
-    }
-
-    /// The delay before the next retry; grows on every call.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        // 2^16 x any sane base is past any sane cap; stop doubling there.
-        let step = self.base.saturating_mul(1u32 << self.attempts.min(16)).min(self.cap);
-        self.attempts = self.attempts.saturating_add(1);
-        let half = step / 2;
-        half + rand::rng().random_range(Duration::ZERO..=half)
-    }
-
-    /// Failures so far.
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// Starts over after a success.
-    pub(crate) fn reset(&mut self) {
-        self.attempts = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
     use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_keeps_half_of_each_step() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let steps = [100, 200, 400, 800, 1000, 1000, 1000];
-        for step in steps {
-            let delay = backoff.next_delay();
-            let step = Duration::from_millis(step);
-            assert!(delay >= step / 2 && delay <= step, "{delay:?} outside [{:?}, {step:?}]", step / 2);
-        }
-        assert_eq!(backoff.attempts(), 7);
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn the_password_never_shows_in_debug_output() {

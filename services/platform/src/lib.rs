@@ -6,6 +6,7 @@
 //! nothing here knows about any one service's domain.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod discovery;
@@ -18,6 +19,7 @@ pub mod resilience;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 pub mod trace_context;
 pub mod url;
 

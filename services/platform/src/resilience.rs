@@ -67,12 +67,11 @@ use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message;
-use rand::Rng;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 use crate::admin::{Metrics, PeerLabels};
 
@@ -432,8 +431,7 @@ fn is_retryable(code: Code) -> bool {
 /// Backoff before retry number `retry` (0-based): uniform in
 /// `[0, min(cap, base * 2^retry)]`.
 fn full_jitter(base: Duration, cap: Duration, retry: u32) -> Duration {
-    let ceiling = base.saturating_mul(2u32.saturating_pow(retry)).min(cap);
-    rand::rng().random_range(Duration::ZERO..=ceiling)
+    crate::backoff::full_jitter(crate::backoff::step(base, cap, retry))
 }
 
 /// Encodes a `grpc-timeout` value: at most 8 digits and a unit.
@@ -550,53 +548,6 @@ impl<S> ResilientChannel<S> {
             retries: policy.retries.clone(),
             rejected: policy.rejected.clone(),
         }
-    }
-}
-
-/// The policy as a tower layer, for `ServiceBuilder` users. Every service it
-/// wraps shares one breaker: they are all ways to reach the same peer.
-#[derive(Debug, Clone)]
-pub struct ResilienceLayer {
-    args: ClientArgs,
-    breaker: CircuitBreaker,
-    idempotent_methods: IdempotentMethods,
-    metrics: Option<Metrics>,
-}
-
-impl ResilienceLayer {
-    /// A layer for calls to `peer`, configured from `--client-*`.
-    pub fn new(peer: impl Into<String>, args: &ClientArgs) -> Self {
-        Self {
-            args: args.clone(),
-            breaker: CircuitBreaker::new(peer, args),
-            idempotent_methods: IdempotentMethods::default(),
-            metrics: None,
-        }
-    }
-
-    /// Methods retried without a per-request [`idempotent`] marker.
-    pub fn with_idempotent_methods(mut self, methods: IdempotentMethods) -> Self {
-        self.idempotent_methods = methods;
-        self
-    }
-
-    /// Records retries, fast failures and the breaker state into `metrics`.
-    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
-        self.metrics = Some(metrics.clone());
-        self
-    }
-}
-
-impl<S> Layer<S> for ResilienceLayer {
-    type Service = ResilientChannel<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        let mut channel = ResilientChannel::with_breaker(inner, &self.args, self.breaker.clone())
-            .with_idempotent_methods(self.idempotent_methods.clone());
-        if let Some(metrics) = &self.metrics {
-            channel = channel.with_metrics(metrics);
-        }
-        channel
     }
 }
 

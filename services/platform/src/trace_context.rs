@@ -93,7 +93,7 @@ impl TraceContext {
 
     /// The trace id as 32 lowercase hex digits, as logged.
     pub fn trace_id_hex(&self) -> String {
-        encode_hex(&self.trace_id)
+        hex::encode(self.trace_id)
     }
 }
 
@@ -103,8 +103,8 @@ impl fmt::Display for TraceContext {
         write!(
             f,
             "00-{}-{}-{:02x}",
-            encode_hex(&self.trace_id),
-            encode_hex(&self.span_id),
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
             u8::from(self.sampled)
         )
     }
@@ -119,14 +119,6 @@ fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
         *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
     }
     Some(out)
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
 }
 
 #[cfg(test)]

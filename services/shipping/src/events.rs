@@ -3,11 +3,11 @@
 //! (OrderConfirmed creates the shipment, OrderCancelled halts it), plus the
 //! two operations both the consumer and the gRPC server use.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use commerce_platform::events::{HandlerError, IncomingEvent, enqueue};
+use commerce_platform::time::timestamp;
 use commerce_proto::common::v1::Address;
 use commerce_proto::events::v1 as ev;
-use prost_types::Timestamp;
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -18,10 +18,6 @@ use crate::store::{self, Shipment};
 
 /// Actor recorded for changes the saga makes.
 pub const SYSTEM_ACTOR: &str = "system";
-
-pub(crate) fn timestamp(time: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: time.timestamp(), nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0) }
-}
 
 fn event_status(status: ShipmentStatus) -> ev::ShipmentStatus {
     match status {

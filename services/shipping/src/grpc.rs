@@ -2,6 +2,7 @@
 //! `From<Error> for Status` mapping.
 
 use chrono::{DateTime, Utc};
+use commerce_platform::time::timestamp;
 use commerce_proto::shipping::v1 as pb;
 use commerce_proto::shipping::v1::shipping_service_server::ShippingService;
 use sqlx::postgres::PgPool;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::ShipmentStatus;
-use crate::events::{self, StatusChange, timestamp};
+use crate::events::{self, StatusChange};
 use crate::store::{self, Shipment, TrackingEvent};
 
 const DEFAULT_PAGE_SIZE: i64 = 20;

@@ -73,7 +73,8 @@ use super::kafka::{KafkaArgs, TracingContext, millis, spawn_broker_watch};
 use super::metrics::EventMetrics;
 use super::outbox::error_chain;
 use super::producer::{EventProducer, OutgoingRecord};
-use crate::db::{Backoff, sleep_or_cancelled};
+use crate::backoff::Backoff;
+use crate::db::sleep_or_cancelled;
 use crate::readiness::Check;
 use crate::trace_context::{self, TraceContext};
 

@@ -40,7 +40,8 @@ use super::EventPayload;
 use super::cloudevents::{CloudEventAttributes, headers_from_pairs};
 use super::metrics::EventMetrics;
 use super::producer::{EventProducer, OutgoingRecord, ProducerError};
-use crate::db::{Backoff, sleep_or_cancelled};
+use crate::backoff::Backoff;
+use crate::db::sleep_or_cancelled;
 
 /// Channel of the `NOTIFY` that wakes the relay after a commit.
 pub const NOTIFY_CHANNEL: &str = "commerce_platform_outbox";
