@@ -17,8 +17,10 @@
 # and SCRAM-SHA-512, user "commerce"). The first start makes a CA and the
 # broker's certificate (for 127.0.0.1 and localhost) with openssl, and the
 # SCRAM user's password, under $COMMERCE_STATE_DIR/kafka/tls: ca.pem and
-# scram-password are what clients need. e2e/infra.env sets both ports for the
-# shared broker; the chaos tests' private brokers clear them.
+# scram-password are what clients need. Such a broker also checks ACLs
+# (StandardAuthorizer); ANONYMOUS (plaintext) and "commerce" are super users.
+# e2e/infra.env sets both ports for the shared broker; the chaos tests'
+# private brokers clear them.
 #
 # A private test cluster of two nodes (the fault tests' partition-leadership
 # case): node 1 as above; node 2 started with COMMERCE_KAFKA_NODE_ID=2 is a
@@ -194,6 +196,16 @@ ssl.enabled.protocols=TLSv1.3,TLSv1.2
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+
+# ACLs, as on a shared production cluster: a principal may do only what an
+# ACL allows. The operator's per-stack users (kafka.external.sasl.serviceUser:
+# PerStack) are held to their stack's prefix that way. Super users may do
+# anything: ANONYMOUS (the plaintext listeners, so inter-broker and controller
+# traffic and every test that does not test ACLs) and the SCRAM user, which
+# tests use as the cluster's admin.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:$SCRAM_USER
+allow.everyone.if.no.acl.found=false
 EOF
   fi
   cat >"$TOOLS_PROPS" <<EOF
@@ -246,6 +258,11 @@ do_up() {
   # restarted with them.
   if secure && pid="$(running_pid kafka "$KAFKA_MARKER")" && ! port_open "$SSL_PORT"; then
     log "restarting pid $pid to add the SSL and SASL_SSL listeners"
+    do_down
+  fi
+  # Nor one started before ACLs were on (the file is what it was started with).
+  if secure && pid="$(running_pid kafka "$KAFKA_MARKER")" && ! grep -q '^authorizer.class.name=' "$KAFKA_PROPS"; then
+    log "restarting pid $pid to turn on ACLs"
     do_down
   fi
   if pid="$(running_pid kafka "$KAFKA_MARKER")"; then
