@@ -1599,6 +1599,14 @@ fn invalid_resources(namespace: &str, target: &str) -> Vec<(&'static str, &'stat
         ("SASL PLAIN without TLS", "PLAIN", |s| {
             s["kafka"]["external"]["sasl"] = json!({ "mechanism": "PLAIN", "secretName": "kafka-user" })
         }),
+        ("a per-stack Kafka user over SASL PLAIN", "serviceUser PerStack", |s| {
+            s["kafka"]["external"]["tls"] = json!({});
+            s["kafka"]["external"]["sasl"] =
+                json!({ "mechanism": "PLAIN", "secretName": "kafka-admin", "serviceUser": "PerStack" })
+        }),
+        ("Kafka service user Everyone", "serviceUser", |s| {
+            s["kafka"]["external"]["sasl"] = json!({ "secretName": "kafka-admin", "serviceUser": "Everyone" })
+        }),
         ("Kafka CA Secret with a bad key", "kafka.external.tls.caSecret", |s| {
             s["kafka"]["external"]["tls"] = json!({ "caSecret": { "name": "kafka-ca", "key": "ca/crt" } })
         }),
@@ -2312,6 +2320,213 @@ async fn policy_event_reasons(client: &Client, namespace: &str, name: &str) -> R
         .filter(|e| e.data["regarding"]["kind"] == "RateLimitPolicy" && e.data["regarding"]["name"] == name)
         .filter_map(|e| e.data["reason"].as_str().map(str::to_owned))
         .collect())
+}
+
+/// Two stacks on one Kafka cluster and one Postgres server, each with
+/// `kafka.external.sasl.serviceUser: PerStack`: the operator makes each a
+/// SCRAM user of its own (as the Kafka admin of the stacks' Secret) with
+/// ACLs on its prefix. With the credentials the operator generated, and the
+/// services' own client settings and producer, stack A writes and reads its
+/// topics in its consumer group, and is refused B's topics and B's group by
+/// the broker; A's database credentials do not open B's database. Deleting
+/// A (under `Delete`) deletes its user: its credentials stop working while
+/// B's go on.
+#[tokio::test]
+async fn two_stacks_on_one_kafka_and_one_postgres_cannot_reach_each_others_data_with_the_generated_credentials()
+-> Result<()> {
+    let (client, namespace, stack_a, mut operator) = start_with_operator().await?;
+    let stack_b = unique_name("shop");
+    let outcome = async {
+        let ns = namespace.name.as_str();
+        create_admin_secret(&client, ns).await?;
+        let tls_dir = PathBuf::from(env("COMMERCE_KAFKA_TLS_DIR")?);
+        let ca_file = tls_dir.join("ca.pem");
+        let admin_password = std::fs::read_to_string(tls_dir.join("scram-password"))?.trim().to_owned();
+        let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+        for (name, data) in [
+            ("kafka-ca", json!({ "ca.crt": std::fs::read_to_string(&ca_file)? })),
+            ("kafka-admin", json!({ "username": "commerce", "password": admin_password })),
+        ] {
+            let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data });
+            secrets.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(secret)).await?;
+        }
+        let brokers = format!("127.0.0.1:{}", env("COMMERCE_KAFKA_SASL_SSL_PORT")?);
+        for name in [&stack_a, &stack_b] {
+            let mut stack = minimal_stack(name, ns);
+            stack["spec"]["deletionPolicy"] = json!("Delete");
+            stack["spec"]["kafka"] = json!({ "external": {
+                "bootstrapServers": [brokers],
+                "tls": { "caSecret": { "name": "kafka-ca", "key": "ca.crt" } },
+                "sasl": { "secretName": "kafka-admin", "serviceUser": "PerStack" },
+            } });
+            apply(&client, &stack).await?;
+        }
+        wait_ready(&client, ns, &stack_a).await?;
+        wait_ready(&client, ns, &stack_b).await?;
+
+        let (names_a, names_b) = (external_names(ns, &stack_a), external_names(ns, &stack_b));
+        let user_a = secret_text(&secrets, &format!("{stack_a}-kafka-user")).await?;
+        let user_b = secret_text(&secrets, &format!("{stack_b}-kafka-user")).await?;
+        ensure!(user_a["username"] == format!("{ns}.{stack_a}"), "stack A's user: {}", user_a["username"]);
+        ensure!(user_a["password"] != user_b["password"], "the two stacks got one password");
+        let as_a = services_kafka_args(&brokers, &ca_file, &user_a["username"], &user_a["password"])?;
+        let as_b = services_kafka_args(&brokers, &ca_file, &user_b["username"], &user_b["password"])?;
+        let topic = catalog::all_topics()[0].name;
+        let (topic_a, topic_b) = (names_a.topic(topic), names_b.topic(topic));
+        let (group_a, group_b) =
+            (names_a.topics().consumer_group(Service::Order), names_b.topics().consumer_group(Service::Order));
+
+        // Its own: written and read back in its own group (ACLs reach the
+        // brokers a moment after the operator made them: Ready follows).
+        produce_as(&as_a, &topic_a).await.map_err(|code| anyhow::anyhow!("stack A producing to its own topic: {code:?}"))?;
+        let read = read_as(&as_a, &topic_a, &group_a).await.map_err(|code| anyhow::anyhow!("stack A reading its own topic: {code:?}"))?;
+        ensure!(read == b"isolation", "stack A read back {read:?}");
+        produce_as(&as_b, &topic_b).await.map_err(|code| anyhow::anyhow!("stack B producing to its own topic: {code:?}"))?;
+
+        // The other's: refused by the broker, each for its reason.
+        let refused_topic = Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed);
+        match produce_as(&as_a, &topic_b).await {
+            Ok(()) => bail!("stack A wrote to stack B's topic {topic_b}"),
+            Err(code) => ensure!(code == refused_topic, "stack A writing to {topic_b}: {code:?}"),
+        }
+        match read_as(&as_a, &topic_b, &group_a).await {
+            Ok(record) => bail!("stack A read stack B's topic {topic_b}: {record:?}"),
+            Err(code) => ensure!(code == refused_topic, "stack A reading {topic_b}: {code:?}"),
+        }
+        match read_as(&as_a, &topic_a, &group_b).await {
+            Ok(record) => bail!("stack A used stack B's group {group_b}: {record:?}"),
+            Err(code) => ensure!(
+                code == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed),
+                "stack A joining {group_b}: {code:?}"
+            ),
+        }
+        let listed: Vec<String> = {
+            let consumer: BaseConsumer = as_a.client_config().create()?;
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+            metadata.topics().iter().map(|t| t.name().to_owned()).collect()
+        };
+        ensure!(
+            listed.iter().all(|t| t.starts_with(names_a.kafka_name_prefix())),
+            "stack A's user sees topics beyond its prefix: {listed:?}"
+        );
+        ensure!(listed.contains(&topic_a), "stack A's user does not see its own topic: {listed:?}");
+
+        // Postgres: the same server, the other stack's database refused.
+        let order_db_b = database_name(ns, &stack_b, Service::Order);
+        match log_in_with_secret_to(&client, ns, &format!("{stack_a}-db-order"), Some(&order_db_b)).await {
+            Ok(database) => bail!("stack A's order credentials opened {database}"),
+            Err(error) => ensure!(
+                format!("{error:#}").contains("permission denied for database"),
+                "stack A's order credentials to {order_db_b}: refused for another reason: {error:#}"
+            ),
+        }
+
+        // Deleting A deletes its user; B goes on.
+        delete_stack(&client, ns, &stack_a).await?;
+        match produce_as(&as_a, &topic_b).await {
+            Ok(()) => bail!("a deleted stack's user still writes"),
+            Err(code) => ensure!(code != Some(rdkafka::types::RDKafkaErrorCode::NoError), "{code:?}"),
+        }
+        ensure!(
+            as_a.client_config()
+                .create::<BaseConsumer>()?
+                .fetch_metadata(None, Duration::from_secs(10))
+                .is_err(),
+            "the deleted stack's user still logs in"
+        );
+        produce_as(&as_b, &topic_b).await.map_err(|code| anyhow::anyhow!("stack B producing after A was deleted: {code:?}"))?;
+        delete_stack(&client, ns, &stack_b).await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[&stack_a, &stack_b]).await
+}
+
+/// A Secret's data as text, by key.
+async fn secret_text(secrets: &Api<Secret>, name: &str) -> Result<BTreeMap<String, String>> {
+    let secret = secrets.get(name).await.with_context(|| format!("Secret {name}"))?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, String::from_utf8_lossy(&value.0).into_owned()))
+        .collect())
+}
+
+/// The flags a stack's service gets for this Kafka: the brokers, the
+/// rendered TLS and SASL properties, and the user's credentials.
+fn services_kafka_args(
+    brokers: &str,
+    ca_file: &Path,
+    user: &str,
+    password: &str,
+) -> Result<commerce_platform::events::KafkaArgs> {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        kafka: commerce_platform::events::KafkaArgs,
+    }
+    let properties = format!(
+        "security.protocol=sasl_ssl,ssl.ca.location={},sasl.mechanism=SCRAM-SHA-512",
+        ca_file.display()
+    );
+    let argv = [
+        "service",
+        "--kafka-brokers",
+        brokers,
+        "--kafka-property",
+        &properties,
+        "--kafka-sasl-username",
+        user,
+        "--kafka-sasl-password",
+        password,
+        "--kafka-delivery-timeout",
+        "15s",
+    ];
+    Ok(<Flags as clap::Parser>::try_parse_from(argv)?.kafka)
+}
+
+/// Produces one record with the services' producer; the Kafka error code
+/// when it is refused.
+async fn produce_as(
+    args: &commerce_platform::events::KafkaArgs,
+    topic: &str,
+) -> Result<(), Option<rdkafka::types::RDKafkaErrorCode>> {
+    use commerce_platform::events::producer::{EventProducer, OutgoingRecord, ProducerError};
+    let producer = EventProducer::new(args).map_err(|_| None)?;
+    let record = OutgoingRecord {
+        topic,
+        key: Some(b"order-1"),
+        payload: Some(b"isolation"),
+        headers: rdkafka::message::OwnedHeaders::new(),
+    };
+    match producer.send(record).await {
+        Ok(_) => Ok(()),
+        Err(ProducerError::QueueRecord { source, .. } | ProducerError::DeliverRecord { source, .. }) => {
+            Err(source.rdkafka_error_code())
+        }
+        Err(ProducerError::CreateProducer(source)) => Err(source.rdkafka_error_code()),
+    }
+}
+
+/// The first record of `topic` read in `group` with the services' client
+/// settings; the Kafka error code when the broker refuses.
+async fn read_as(
+    args: &commerce_platform::events::KafkaArgs,
+    topic: &str,
+    group: &str,
+) -> Result<Vec<u8>, Option<rdkafka::types::RDKafkaErrorCode>> {
+    use rdkafka::consumer::StreamConsumer;
+    use rdkafka::message::Message as _;
+    let mut config = args.client_config();
+    config.set("group.id", group).set("auto.offset.reset", "earliest").set("session.timeout.ms", "6000");
+    let consumer: StreamConsumer = config.create().map_err(|e| e.rdkafka_error_code())?;
+    consumer.subscribe(&[topic]).map_err(|e| e.rdkafka_error_code())?;
+    match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+        Ok(Ok(message)) => Ok(message.payload().unwrap_or_default().to_vec()),
+        Ok(Err(error)) => Err(error.rdkafka_error_code()),
+        Err(_) => Err(None),
+    }
 }
 
 async fn delete_stack(client: &Client, namespace: &str, name: &str) -> Result<()> {

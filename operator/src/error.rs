@@ -125,6 +125,27 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// Making the stack's own Kafka user (its SCRAM credential or its
+    /// ACLs) failed.
+    #[error("ensuring the Kafka user {user} and its ACLs on kafka {brokers}")]
+    EnsureKafkaUser {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// The user.
+        user: String,
+        #[source]
+        source: Box<commerce_kafka_access::AccessError>,
+    },
+    /// Deleting the stack's own Kafka user failed.
+    #[error("deleting the Kafka user {user} and its ACLs on kafka {brokers}")]
+    DeleteKafkaUser {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// The user.
+        user: String,
+        #[source]
+        source: Box<commerce_kafka_access::AccessError>,
+    },
     /// Connecting to Postgres as its admin failed.
     #[error("connecting to Postgres at {server} as its admin")]
     ConnectPostgres {
@@ -213,9 +234,11 @@ impl Error {
             Error::PatchStatus { .. } => "status",
             Error::ElectLeader { .. } => "leader_election",
             Error::WriteCrd { .. } | Error::CrdNotEstablished { .. } => "crd",
-            Error::EnsureTopics { .. } | Error::DeleteTopics { .. } | Error::ReadKafkaSecret { .. } => {
-                "kafka"
-            }
+            Error::EnsureTopics { .. }
+            | Error::DeleteTopics { .. }
+            | Error::EnsureKafkaUser { .. }
+            | Error::DeleteKafkaUser { .. }
+            | Error::ReadKafkaSecret { .. } => "kafka",
             Error::ConnectPostgres { .. } | Error::ManageDatabase { .. } => "postgres",
             Error::ReadAdminSecret { .. } | Error::GetSecret { .. } => "admin_secret",
             Error::PatchFinalizers { .. } => "finalizer",

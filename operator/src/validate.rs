@@ -17,8 +17,8 @@ use commerce_api::RateLimitPolicy;
 use commerce_api::catalog::Service;
 use commerce_api::crd::rate_limit::{MAX_RULES, RateLimitRule};
 use commerce_api::crd::stack::{
-    CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, ManagedInfra, SaslMechanism,
-    ServiceSettings, is_env_var_name,
+    CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, KafkaSasl, KafkaServiceUser, ManagedInfra,
+    SaslMechanism, ServiceSettings, is_env_var_name,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as QuantityText;
@@ -73,6 +73,22 @@ impl ValidStack<'_> {
     /// The settings of an enabled service.
     pub fn settings(&self, service: Service) -> Option<&ServiceSettings> {
         self.services.iter().find(|(s, _)| *s == service).map(|(_, settings)| settings)
+    }
+
+    /// The SASL settings of an external Kafka whose services log in as a
+    /// user the operator makes for the stack (`serviceUser: PerStack`).
+    pub fn kafka_user_sasl(&self) -> Option<&KafkaSasl> {
+        match self.kafka {
+            Infra::External(external) => {
+                external.sasl.as_ref().filter(|sasl| sasl.service_user == KafkaServiceUser::PerStack)
+            }
+            Infra::Managed(_) => None,
+        }
+    }
+
+    /// Whether the operator makes a Kafka user for the stack.
+    pub fn has_kafka_user(&self) -> bool {
+        self.kafka_user_sasl().is_some()
     }
 }
 
@@ -164,6 +180,15 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
     {
         problems.push(
             "kafka.external.sasl.mechanism PLAIN sends the password itself: set kafka.external.tls too, or use SCRAM-SHA-512"
+                .into(),
+        );
+    }
+    if let Some(sasl) = spec.kafka.external.as_ref().and_then(|e| e.sasl.as_ref())
+        && sasl.service_user == KafkaServiceUser::PerStack
+        && sasl.mechanism == SaslMechanism::Plain
+    {
+        problems.push(
+            "kafka.external.sasl.serviceUser PerStack makes a SCRAM user: set kafka.external.sasl.mechanism to SCRAM-SHA-512 or SCRAM-SHA-256"
                 .into(),
         );
     }

@@ -3,7 +3,7 @@
 //! recorded, so that the tests can say exactly which writes a reconcile made
 //! (none, when there is nothing to do).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use commerce_api::catalog::all_topics;
@@ -19,7 +19,9 @@ use commerce_api::gateway_rules::MAX_RULES_FILE_BYTES;
 use commerce_api::{CommerceStack, RateLimitPolicy};
 use commerce_operator::Error;
 use commerce_operator::build::{self, names};
-use commerce_operator::external::{DatabasePlan, ExternalState, KafkaCluster, PostgresServer, TopicPlan};
+use commerce_operator::external::{
+    DatabasePlan, ExternalState, KafkaCluster, KafkaUserPlan, PostgresServer, TopicPlan,
+};
 use commerce_operator::metrics::Metrics;
 use commerce_operator::reconcile::admin_secret::{hold_finalizer, hold_label};
 use commerce_operator::reconcile::policy::reconcile_policy;
@@ -386,6 +388,30 @@ impl ExternalState for FakeExternal {
     async fn delete_topics(&self, kafka: &KafkaCluster, topics: &[TopicPlan]) -> Result<(), Error> {
         self.record(format!("delete {} topics at {}", topics.len(), kafka.brokers))
     }
+
+    async fn ensure_kafka_user(&self, kafka: &KafkaCluster, user: &KafkaUserPlan) -> Result<(), Error> {
+        let signed_in =
+            kafka.settings.iter().find(|(key, _)| key == "sasl.username").map(|(_, v)| v.as_str());
+        self.record(format!(
+            "ensure kafka user {} ({:?}, {} ACLs on {}) at {} as {}",
+            user.user,
+            user.mechanism,
+            user.acls.len(),
+            user.acls
+                .iter()
+                .map(|acl| acl.resource_name.as_str())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(","),
+            kafka.brokers,
+            signed_in.unwrap_or("nobody"),
+        ))
+    }
+
+    async fn delete_kafka_user(&self, kafka: &KafkaCluster, user: &str) -> Result<(), Error> {
+        self.record(format!("delete kafka user {user} at {}", kafka.brokers))
+    }
 }
 
 /// A context whose client talks to `fake`.
@@ -643,6 +669,82 @@ async fn a_delete_policy_adds_a_finalizer_that_cleans_up_and_lets_the_stack_go()
         ]
     );
     assert!(fake.get("commercestacks", "shop").is_none(), "the finalizer was removed and the stack is gone");
+}
+
+#[tokio::test]
+async fn a_per_stack_kafka_user_is_made_with_a_generated_secret_the_services_use_and_goes_with_the_stack() {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        stack["spec"]["kafka"]["external"]["sasl"] =
+            json!({"secretName": "kafka-admin", "serviceUser": "PerStack"});
+    });
+    fake.put(
+        "secrets",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "kafka-admin", "namespace": "shop"},
+            // admin / s3cret
+            "data": {"username": "YWRtaW4=", "password": "czNjcmV0"},
+        }),
+    );
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let brokers = "kafka-0.kafka.infra.svc:9092";
+    assert_eq!(
+        external.take_calls(),
+        [
+            format!("ensure {} topics at {brokers}", all_topics().len()),
+            // Made by the Secret's user, with ACLs on the stack's prefix only.
+            format!("ensure kafka user shop.shop (Sha512, 3 ACLs on shop.shop.) at {brokers} as admin"),
+            "ensure 7 databases at postgres.infra.svc as commerce_admin".to_owned(),
+        ]
+    );
+    use base64::Engine as _;
+    let decoded = |key: &str| {
+        let secret = fake.get("secrets", "shop-kafka-user").expect("the user's Secret");
+        let text = secret["data"][key].as_str().unwrap();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(text).unwrap()).unwrap()
+    };
+    assert_eq!(decoded("username"), "shop.shop");
+    let password = decoded("password");
+    assert!(password.len() >= 32 && password != "s3cret", "{password}");
+    // The services log in as the stack's user, not as the admin.
+    let deployment = fake.get("deployments", "shop-order").unwrap();
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    let from_secret = |name: &str| {
+        env.iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["secretKeyRef"].clone()).unwrap()
+    };
+    assert_eq!(
+        from_secret("COMMERCE_KAFKA_SASL_USERNAME"),
+        json!({"name": "shop-kafka-user", "key": "username"})
+    );
+    assert_eq!(
+        from_secret("COMMERCE_KAFKA_SASL_PASSWORD"),
+        json!({"name": "shop-kafka-user", "key": "password"})
+    );
+
+    // The password is kept: the next reconcile writes nothing and sets the
+    // same one (the real state skips it, having set it once).
+    fake.take_seen();
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert!(object_writes(&fake.take_seen()).is_empty());
+    assert_eq!(decoded("password"), password);
+    external.take_calls();
+
+    mark_deleted_long_ago(&fake);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let mut calls = external.take_calls();
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            format!("delete {} topics at {brokers}", all_topics().len()),
+            "delete kafka user shop.shop at kafka-0.kafka.infra.svc:9092".to_owned(),
+            "drop 7 databases at postgres.infra.svc as commerce_admin".to_owned(),
+        ]
+    );
+    assert!(fake.get("commercestacks", "shop").is_none());
 }
 
 #[tokio::test]

@@ -311,8 +311,9 @@ impl AclBinding {
     }
 }
 
-/// A client for SCRAM users and ACLs. Cheap to share: the calls take
-/// `&self` and run concurrently.
+/// A client for SCRAM users and ACLs. Cheap to clone (one client shared);
+/// the calls take `&self` and run concurrently.
+#[derive(Clone)]
 pub struct KafkaAccess {
     admin: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,

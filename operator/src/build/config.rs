@@ -183,7 +183,14 @@ pub fn service_config(
         if let Some(properties) = kafka_properties(endpoints) {
             put(KAFKA_PROPERTIES, properties);
         }
-        if let Some(sasl) = &endpoints.kafka_sasl {
+        if stack.has_kafka_user() {
+            // The stack's own user: its generated Secret, whose password is
+            // part of the hash (a regenerated one rolls the pods).
+            let secret = names::kafka_user_secret_name(stack);
+            env.push(secret_env(KAFKA_SASL_USERNAME, &secret, secrets::USERNAME_KEY));
+            env.push(secret_env(KAFKA_SASL_PASSWORD, &secret, secrets::PASSWORD_KEY));
+            secret_inputs.insert(KAFKA_SASL_PASSWORD.to_owned(), values.get(&secret, secrets::PASSWORD_KEY)?);
+        } else if let Some(sasl) = &endpoints.kafka_sasl {
             env.push(secret_env(KAFKA_SASL_USERNAME, &sasl.secret_name, &sasl.username_key));
             env.push(secret_env(KAFKA_SASL_PASSWORD, &sasl.secret_name, &sasl.password_key));
         }
@@ -346,7 +353,7 @@ mod tests {
     #[test]
     fn kafka_properties_follow_tls_and_sasl_and_name_the_mounted_ca_only_when_there_is_one() {
         use commerce_api::crd::SecretKeyRef;
-        use commerce_api::crd::stack::{KafkaSasl, KafkaTls, SaslMechanism};
+        use commerce_api::crd::stack::{KafkaSasl, KafkaServiceUser, KafkaTls, SaslMechanism};
         let stack =
             crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
         let valid = crate::validate::validate(&stack, "shop").unwrap();
@@ -366,6 +373,7 @@ mod tests {
             secret_name: "kafka-user".into(),
             username_key: "username".into(),
             password_key: "password".into(),
+            service_user: KafkaServiceUser::Shared,
         };
         endpoints.kafka_sasl = Some(sasl);
         assert_eq!(

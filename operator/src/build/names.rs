@@ -182,6 +182,14 @@ impl ExternalNames {
         self.topics.prefix().trim_end_matches('.')
     }
 
+    /// The stack's own Kafka user (`kafka.external.sasl.serviceUser:
+    /// PerStack`): `<namespace>.<stack>`, its topics' prefix without the
+    /// trailing dot. Its ACLs are on that prefix with the dot, so it never
+    /// reaches a stack whose name merely starts with this one's.
+    pub fn kafka_user(&self) -> &str {
+        self.redis_key_prefix()
+    }
+
     /// The platform's naming of topics and consumer groups under the
     /// stack's prefix: what the services compute from the same prefix.
     pub fn topics(&self) -> &TopicNames {
@@ -231,6 +239,12 @@ impl ExternalNames {
         let cut = readable[..end].trim_end_matches('_');
         format!("{cut}_{service}_{hash}")
     }
+}
+
+/// The Secret holding the stack's own Kafka user and its generated password
+/// (`kafka.external.sasl.serviceUser: PerStack`).
+pub fn kafka_user_secret_name(stack: &ValidStack<'_>) -> String {
+    object_name(stack, "kafka-user")
 }
 
 /// The database and role name of `service` in the stack `stack_name` of

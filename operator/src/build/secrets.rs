@@ -1,6 +1,6 @@
 //! Secrets whose values the operator generates: the JWT signing key, each
-//! service's database password, the managed Postgres' admin password and the
-//! managed Redis' password.
+//! service's database password, the stack's own Kafka user's password, the
+//! managed Postgres' admin password and the managed Redis' password.
 //!
 //! `build` is pure, so it cannot roll dice. The values come in as
 //! [`SecretValues`]: the reconciler reads them back from the Secrets that
@@ -100,6 +100,13 @@ pub fn generated_values(stack: &ValidStack<'_>) -> Vec<GeneratedValue> {
     if stack.postgres.is_managed() {
         values.push(GeneratedValue {
             secret: postgres_admin_secret_name(stack),
+            key: PASSWORD_KEY,
+            kind: ValueKind::Password,
+        });
+    }
+    if stack.has_kafka_user() {
+        values.push(GeneratedValue {
+            secret: names::kafka_user_secret_name(stack),
             key: PASSWORD_KEY,
             kind: ValueKind::Password,
         });
@@ -265,6 +272,17 @@ pub fn build_secrets(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Ve
                 (USERNAME_KEY.to_owned(), POSTGRES_ADMIN_USER.to_owned()),
                 (PASSWORD_KEY.to_owned(), password),
             ]),
+        ));
+    }
+    if stack.has_kafka_user() {
+        let name = names::kafka_user_secret_name(stack);
+        let password = values.get(&name, PASSWORD_KEY)?;
+        let user = names::ExternalNames::of(stack).kafka_user().to_owned();
+        secrets.push(secret(
+            stack,
+            name,
+            Component::Kafka,
+            BTreeMap::from([(USERNAME_KEY.to_owned(), user), (PASSWORD_KEY.to_owned(), password)]),
         ));
     }
     if let Infra::Managed(_) = stack.redis {

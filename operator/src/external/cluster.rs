@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use commerce_api::crd::stack::TopicStatus;
+use commerce_kafka_access::{AccessError, AclBinding, KafkaAccess, ScramMechanism};
 use commerce_platform::events::{DesiredTopic, TopicAdmin};
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -30,8 +31,9 @@ use sqlx::{Connection, Row};
 use tracing::{debug, info};
 
 use super::admin_cache::AdminCache;
+use super::plan;
 use super::topic_watch::TopicWatch;
-use super::{DatabasePlan, ExternalState, KafkaCluster, PostgresServer, TopicPlan};
+use super::{DatabasePlan, ExternalState, KafkaCluster, KafkaUserPlan, PostgresServer, TopicPlan};
 use crate::Error;
 
 /// How long connecting to Postgres may take: a reconcile must not hang on a
@@ -39,6 +41,9 @@ use crate::Error;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a topic deletion may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// PBKDF2 iterations of the stack users' SCRAM credentials: above Kafka's
+/// minimum (4096), as its documentation advises, below its maximum (16384).
+const SCRAM_ITERATIONS: i32 = 8192;
 
 /// Topics and databases of real servers.
 #[derive(Debug, Default)]
@@ -47,6 +52,8 @@ pub struct ClusterExternalState {
     passwords_set: Mutex<HashSet<(String, String, [u8; 32])>>,
     /// Topic admin clients by bootstrap servers, shared by every reconcile.
     topic_admins: AdminCache<TopicAdmin>,
+    /// Clients for Kafka users and ACLs, kept like the topic admins.
+    kafka_access: AdminCache<KafkaAccess>,
     /// The topics reconciles ensured, for the periodic check.
     topic_watch: TopicWatch,
 }
@@ -57,6 +64,11 @@ impl ClusterExternalState {
         self.topic_admins.get_or_create(&kafka.key(), |_| TopicAdmin::new(&kafka.client_config())).map_err(
             |source| Error::EnsureTopics { brokers: kafka.brokers.clone(), source: Box::new(source) },
         )
+    }
+
+    /// The users-and-ACLs client for `kafka`, created on first use.
+    fn kafka_access(&self, kafka: &KafkaCluster) -> Result<KafkaAccess, AccessError> {
+        self.kafka_access.get_or_create(&kafka.key(), |_| KafkaAccess::new(&kafka.client_config()))
     }
 
     /// Starts the periodic topic check ([`super::topic_watch`]): every
@@ -80,7 +92,8 @@ impl ClusterExternalState {
             loop {
                 ticks.tick().await;
                 let Some(state) = state.upgrade() else { return };
-                let evicted = state.topic_admins.evict_idle();
+                let mut evicted = state.topic_admins.evict_idle();
+                evicted.extend(state.kafka_access.evict_idle());
                 if !evicted.is_empty() {
                     info!(brokers = ?evicted, "evicted Kafka admin clients no reconcile used for a while");
                 }
@@ -339,6 +352,57 @@ impl ExternalState for ClusterExternalState {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn ensure_kafka_user(&self, kafka: &KafkaCluster, user: &KafkaUserPlan) -> Result<(), Error> {
+        let failed = |source| Error::EnsureKafkaUser {
+            brokers: kafka.brokers.clone(),
+            user: user.user.clone(),
+            source: Box::new(source),
+        };
+        let access = self.kafka_access(kafka).map_err(failed)?;
+        // Credentials cannot be read back: set once per process, as role
+        // passwords are (the mechanism is part of what was set).
+        let mut secret = Sha256::new();
+        secret.update(format!("{:?}", user.mechanism));
+        secret.update([0]);
+        secret.update(&user.password);
+        let password_key = (format!("kafka {}", kafka.key()), user.user.clone(), secret.finalize().into());
+        if !self.password_known(&password_key) {
+            access
+                .upsert_scram_credential(&user.user, user.mechanism, &user.password, SCRAM_ITERATIONS)
+                .await
+                .map_err(failed)?;
+            info!(kafka = %kafka.brokers, user = %user.user, "set the Kafka user's SCRAM credential");
+            self.remember_password(password_key);
+        }
+        let present: HashSet<AclBinding> =
+            access.acls_of(&user.principal()).await.map_err(failed)?.into_iter().collect();
+        let missing: Vec<AclBinding> =
+            user.acls.iter().filter(|acl| !present.contains(acl)).cloned().collect();
+        if !missing.is_empty() {
+            access.create_acls(&missing).await.map_err(failed)?;
+            info!(kafka = %kafka.brokers, user = %user.user, created = missing.len(), "created the Kafka user's ACLs");
+        }
+        Ok(())
+    }
+
+    async fn delete_kafka_user(&self, kafka: &KafkaCluster, user: &str) -> Result<(), Error> {
+        let failed = |source| Error::DeleteKafkaUser {
+            brokers: kafka.brokers.clone(),
+            user: user.to_owned(),
+            source: Box::new(source),
+        };
+        let access = self.kafka_access(kafka).map_err(failed)?;
+        // ACLs first: a credential without ACLs can do nothing, ACLs
+        // without a credential would wait for whoever makes the user next.
+        access.delete_acls_of(&plan::principal(user)).await.map_err(failed)?;
+        // Both mechanisms: the stack may have switched between them.
+        for mechanism in [ScramMechanism::Sha512, ScramMechanism::Sha256] {
+            access.delete_scram_credential(user, mechanism).await.map_err(failed)?;
+        }
+        self.passwords_set.lock().unwrap_or_else(|p| p.into_inner()).retain(|(_, name, _)| name != user);
         Ok(())
     }
 }

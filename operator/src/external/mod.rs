@@ -1,5 +1,6 @@
 //! External state: what a stack needs outside Kubernetes, the Kafka topics
-//! of the catalog and a database with a login role per service.
+//! of the catalog (and, with `serviceUser: PerStack`, the stack's own Kafka
+//! user and its ACLs) and a database with a login role per service.
 //!
 //! [`plan`] says what should exist (pure, from the stack); an
 //! [`ExternalState`] makes it so. The reconciler runs this step after apply
@@ -16,7 +17,7 @@ use async_trait::async_trait;
 use commerce_api::crd::stack::TopicStatus;
 
 use crate::Error;
-pub use plan::{DatabasePlan, KafkaCluster, PostgresServer, TopicPlan};
+pub use plan::{DatabasePlan, KafkaCluster, KafkaUserPlan, PostgresServer, TopicPlan};
 
 /// Brings topics and databases to what a plan says.
 #[async_trait]
@@ -45,4 +46,13 @@ pub trait ExternalState: Send + Sync {
     /// Deletes the topics (`deletionPolicy: Delete`); one that does not
     /// exist is no error.
     async fn delete_topics(&self, kafka: &KafkaCluster, topics: &[TopicPlan]) -> Result<(), Error>;
+
+    /// Sets the user's SCRAM credential to its password (creating the
+    /// user) and creates the ACLs it lacks; ACLs it has beyond the plan are
+    /// left alone.
+    async fn ensure_kafka_user(&self, kafka: &KafkaCluster, user: &KafkaUserPlan) -> Result<(), Error>;
+
+    /// Deletes every ACL of the user and its SCRAM credentials
+    /// (`deletionPolicy: Delete`); a user that does not exist is no error.
+    async fn delete_kafka_user(&self, kafka: &KafkaCluster, user: &str) -> Result<(), Error>;
 }

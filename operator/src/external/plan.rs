@@ -2,6 +2,8 @@
 //! its generated values, tested without a broker or a database.
 
 use commerce_api::catalog::{self, Service};
+use commerce_api::crd::stack::SaslMechanism;
+use commerce_kafka_access::{AclBinding, Operation, ResourceType, ScramMechanism};
 
 use crate::Error;
 use crate::build::infra::Endpoints;
@@ -96,6 +98,69 @@ impl std::fmt::Debug for KafkaCluster {
         let keys: Vec<&str> = self.settings.iter().map(|(key, _)| key.as_str()).collect();
         f.debug_struct("KafkaCluster").field("brokers", &self.brokers).field("settings", &keys).finish()
     }
+}
+
+/// The stack's own Kafka user (`kafka.external.sasl.serviceUser:
+/// PerStack`) and the ACLs it needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaUserPlan {
+    /// SCRAM user name: [`names::ExternalNames::kafka_user`].
+    pub user: String,
+    /// The mechanism the services log in with.
+    pub mechanism: ScramMechanism,
+    /// The password, as in the user's Secret.
+    pub password: String,
+    /// Every ACL it needs; all on the stack's prefix.
+    pub acls: Vec<AclBinding>,
+}
+
+impl KafkaUserPlan {
+    /// `User:<user>`.
+    pub fn principal(&self) -> String {
+        principal(&self.user)
+    }
+}
+
+impl std::fmt::Debug for KafkaUserPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaUserPlan")
+            .field("user", &self.user)
+            .field("mechanism", &self.mechanism)
+            .field("acls", &self.acls.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The principal Kafka's authorizer knows a SCRAM user by.
+pub fn principal(user: &str) -> String {
+    format!("User:{user}")
+}
+
+/// The stack's own Kafka user, when it has one: a SCRAM user that may read
+/// and write the topics of the stack's prefix and use its consumer groups
+/// (reading implies describing), and nothing else. The services create no
+/// topics (the operator does), so the user needs no CREATE; a producer's
+/// idempotence needs WRITE on a topic, which it has (KIP-679).
+pub fn kafka_user(stack: &ValidStack<'_>, values: &SecretValues) -> Result<Option<KafkaUserPlan>, Error> {
+    let Some(sasl) = stack.kafka_user_sasl() else { return Ok(None) };
+    let mechanism = match sasl.mechanism {
+        SaslMechanism::ScramSha512 => ScramMechanism::Sha512,
+        SaslMechanism::ScramSha256 => ScramMechanism::Sha256,
+        // Refused by validation (and at admission): PLAIN users are the
+        // brokers' configuration, not Kafka's API.
+        SaslMechanism::Plain => return Ok(None),
+    };
+    let names = names::ExternalNames::of(stack);
+    let user = names.kafka_user().to_owned();
+    let principal = principal(&user);
+    let prefix = names.kafka_name_prefix();
+    let acls = vec![
+        AclBinding::allow_prefixed(ResourceType::Topic, prefix, &principal, Operation::Read),
+        AclBinding::allow_prefixed(ResourceType::Topic, prefix, &principal, Operation::Write),
+        AclBinding::allow_prefixed(ResourceType::Group, prefix, &principal, Operation::Read),
+    ];
+    let password = values.get(&names::kafka_user_secret_name(stack), secrets::PASSWORD_KEY)?;
+    Ok(Some(KafkaUserPlan { user, mechanism, password, acls }))
 }
 
 /// How the operator reaches a Postgres server as its admin.

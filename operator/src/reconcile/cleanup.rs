@@ -1,6 +1,7 @@
 //! The finalizer's work: the cleanup of a deleted stack's external state
 //! under `deletionPolicy: Delete` (databases and roles on an external
-//! Postgres, topics on an external Kafka).
+//! Postgres, topics and the stack's own user with its ACLs on an external
+//! Kafka).
 //!
 //! Each kind is cleaned on its own and at the same time: the topics never
 //! wait for Postgres, nor the databases for Kafka. Each kind's outcome is
@@ -168,10 +169,21 @@ async fn delete_topics(ctx: &Context, valid: &ValidStack<'_>) -> CleanupStep {
             ));
         }
     };
-    match ctx.external.delete_topics(&kafka, &topics).await {
-        Ok(()) => CleanupStep::Done(format!("deleted the {names} at {brokers}")),
-        Err(error) => {
-            CleanupStep::Failed(format!("the {names} at {brokers} not deleted: {}", error_chain(&error)))
-        }
+    if let Err(error) = ctx.external.delete_topics(&kafka, &topics).await {
+        return CleanupStep::Failed(format!("the {names} at {brokers} not deleted: {}", error_chain(&error)));
+    }
+    // The stack's own user goes with its topics: nothing is left for it.
+    if !valid.has_kafka_user() {
+        return CleanupStep::Done(format!("deleted the {names} at {brokers}"));
+    }
+    let user = ExternalNames::of(valid).kafka_user().to_owned();
+    match ctx.external.delete_kafka_user(&kafka, &user).await {
+        Ok(()) => CleanupStep::Done(format!(
+            "deleted the {names} and the Kafka user {user} with its ACLs at {brokers}"
+        )),
+        Err(error) => CleanupStep::Failed(format!(
+            "deleted the {names} at {brokers}; the Kafka user {user} not deleted: {}",
+            error_chain(&error)
+        )),
     }
 }

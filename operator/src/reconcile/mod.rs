@@ -266,17 +266,19 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     Ok(Action::requeue(rotation.requeue_within(RESYNC)))
 }
 
-/// Ensures the stack's topics and databases. Managed infrastructure that is
-/// not ready yet is waited for (recorded in the outcome), not an error.
+/// Ensures the stack's topics, its own Kafka user (`serviceUser: PerStack`)
+/// and its databases. Managed infrastructure that is not ready yet is
+/// waited for (recorded in the outcome), not an error.
 ///
 /// Under `deletionPolicy: Delete` with an external Postgres, the admin
 /// Secret is held ([`admin_secret`]) before any database is ensured with its
 /// credentials, and a hold of the stack on any other Secret is released.
 ///
-/// Databases wait while a desired Secret was not written (refused as not
-/// ours, or its apply failed): their roles get the passwords generated for
-/// those Secrets, and a password no Secret keeps would lock the services
-/// out, and be replaced by another on the next reconcile.
+/// Databases and the Kafka user wait while a desired Secret was not written
+/// (refused as not ours, or its apply failed): their roles get the
+/// passwords generated for those Secrets, and a password no Secret keeps
+/// would lock the services out, and be replaced by another on the next
+/// reconcile.
 async fn ensure_external(
     ctx: &Context,
     valid: &ValidStack<'_>,
@@ -305,13 +307,20 @@ async fn ensure_external(
             .unwrap_or(0)
             > 0
     };
+    let unwritten_secret = outcome.problems.iter().any(|p| p.kind == "Secret" && p.is_unapplied());
     if valid.kafka.is_managed() && !ready(Component::Kafka) {
         outcome.waiting_for.push("Kafka".into());
     } else {
         let kafka = kafka_cluster(&ctx.client, valid.namespace, &endpoints).await?;
         outcome.topics = Some(ctx.external.ensure_topics(&kafka, &plan::topics(valid)).await?);
+        // As for the databases: the user's password only once its Secret
+        // keeps it.
+        if let Some(user) = plan::kafka_user(valid, values)?
+            && !unwritten_secret
+        {
+            ctx.external.ensure_kafka_user(&kafka, &user).await?;
+        }
     }
-    let unwritten_secret = outcome.problems.iter().any(|p| p.kind == "Secret" && p.is_unapplied());
     if valid.postgres.is_managed() && !ready(Component::Postgres) {
         outcome.waiting_for.push("Postgres".into());
     } else if !unwritten_secret {

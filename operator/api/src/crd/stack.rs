@@ -490,7 +490,12 @@ pub struct KafkaTls {
 
 /// SASL towards a Kafka cluster: a mechanism and a user's credentials.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(crates(kube_core = "::kube_core"))]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("!has(self.serviceUser) || self.serviceUser != 'PerStack' || !has(self.mechanism) || self.mechanism != 'PLAIN'")
+        .message("kafka.external.sasl.serviceUser PerStack makes a SCRAM user: set kafka.external.sasl.mechanism to SCRAM-SHA-512 or SCRAM-SHA-256")
+        .reason(Reason::FieldValueInvalid),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSasl {
     /// The SASL mechanism.
@@ -511,6 +516,31 @@ pub struct KafkaSasl {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = secret_key_rule("kafka.external.sasl.passwordKey"))]
     pub password_key: String,
+    /// Whom the services log in as. `Shared` (the default): the Secret's
+    /// user, as the operator does. `PerStack`: a SCRAM user of the stack's
+    /// own, `<namespace>.<stack>`, that the operator makes as the Secret's
+    /// user (which must be allowed to alter SCRAM credentials and ACLs, as a
+    /// cluster admin is), with a generated password in the Secret
+    /// `<stack>-kafka-user` and ACLs that allow the stack's topics and
+    /// consumer groups (`<namespace>.<stack>.*`) and nothing else.
+    #[serde(default)]
+    pub service_user: KafkaServiceUser,
+}
+
+/// Whom a stack's services log in to Kafka as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum KafkaServiceUser {
+    /// The Secret's user, as the operator does.
+    #[default]
+    Shared,
+    /// A SCRAM user of the stack's own, `<namespace>.<stack>`, that the
+    /// operator makes as the Secret's user (which must be allowed to alter
+    /// SCRAM credentials and ACLs: ALTER on the cluster, as an admin has).
+    /// Its generated password is kept in the Secret `<stack>-kafka-user`;
+    /// its ACLs let it read and write the stack's topics and use the stack's
+    /// consumer groups (all named `<namespace>.<stack>.*`) and nothing else,
+    /// so stacks sharing a cluster cannot read each other's events.
+    PerStack,
 }
 
 /// A SASL mechanism librdkafka speaks with the brokers.
