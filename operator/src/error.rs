@@ -169,6 +169,17 @@ pub enum Error {
         /// What is missing, and where.
         reason: String,
     },
+    /// A Secret the stack's cleanup would log in with is being deleted, so
+    /// nothing is created with it.
+    #[error(
+        "Secret {name} is being deleted: the stack could not clean up with it once it is gone (name another Secret in {field})"
+    )]
+    SecretBeingDeleted {
+        /// The Secret.
+        name: String,
+        /// Where the spec names it.
+        field: String,
+    },
     /// A Secret the stack names for its Kafka (CA, SASL credentials) is
     /// missing or lacks a key.
     #[error("reading the Kafka TLS/SASL settings: {reason}")]
@@ -240,7 +251,9 @@ impl Error {
             | Error::DeleteKafkaUser { .. }
             | Error::ReadKafkaSecret { .. } => "kafka",
             Error::ConnectPostgres { .. } | Error::ManageDatabase { .. } => "postgres",
-            Error::ReadAdminSecret { .. } | Error::GetSecret { .. } => "admin_secret",
+            Error::ReadAdminSecret { .. } | Error::GetSecret { .. } | Error::SecretBeingDeleted { .. } => {
+                "admin_secret"
+            }
             Error::PatchFinalizers { .. } => "finalizer",
             Error::CleanUp { .. } => "cleanup",
         }

@@ -723,6 +723,10 @@ async fn a_per_stack_kafka_user_is_made_with_a_generated_secret_the_services_use
         from_secret("COMMERCE_KAFKA_SASL_PASSWORD"),
         json!({"name": "shop-kafka-user", "key": "password"})
     );
+    // The cleanup logs in as the Kafka admin: its Secret is held, beside
+    // the Postgres admin's, until the cleanup is done.
+    assert_eq!(finalizers(&fake, "secrets", "kafka-admin"), [hold_finalizer("shop")]);
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), [hold_finalizer("shop")]);
 
     // The password is kept: the next reconcile writes nothing and sets the
     // same one (the real state skips it, having set it once).
@@ -745,6 +749,45 @@ async fn a_per_stack_kafka_user_is_made_with_a_generated_secret_the_services_use
         ]
     );
     assert!(fake.get("commercestacks", "shop").is_none());
+    assert!(finalizers(&fake, "secrets", "kafka-admin").is_empty(), "the hold outlived the stack");
+}
+
+#[tokio::test]
+async fn a_namespace_deletion_cannot_take_the_kafka_secrets_before_the_cleanup_has_used_them() {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        stack["spec"]["kafka"]["external"]["tls"] =
+            json!({"caSecret": {"name": "kafka-ca", "key": "ca.crt"}});
+        stack["spec"]["kafka"]["external"]["sasl"] = json!({"secretName": "kafka-admin"});
+    });
+    for (name, data) in [
+        ("kafka-ca", json!({"ca.crt": "Y2E="})),
+        ("kafka-admin", json!({"username": "YQ==", "password": "cA=="})),
+    ] {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "shop"}, "data": data,
+        });
+        fake.put("secrets", secret);
+    }
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(finalizers(&fake, "secrets", "kafka-ca"), [hold_finalizer("shop")]);
+    assert_eq!(finalizers(&fake, "secrets", "kafka-admin"), [hold_finalizer("shop")]);
+    external.take_calls();
+
+    mark_deleted(&fake, "secrets", "kafka-ca");
+    mark_deleted(&fake, "secrets", "kafka-admin");
+    mark_deleted(&fake, "commercestacks", "shop");
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let calls = external.take_calls();
+    assert!(
+        calls.contains(&format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len())),
+        "{calls:?}"
+    );
+    assert!(fake.get("commercestacks", "shop").is_none());
+    assert!(fake.get("secrets", "kafka-admin").is_none(), "released, the deleted Secret went");
+    assert!(fake.get("secrets", "kafka-ca").is_none(), "released, the deleted Secret went");
 }
 
 #[tokio::test]
@@ -1394,7 +1437,7 @@ async fn an_admin_secret_being_deleted_is_not_used_to_create_databases_it_could_
     let external = Arc::new(FakeExternal::default());
     let ctx = context_with(&fake, external.clone());
     let error = reconcile_stack(&fake.stack(), &ctx).await.unwrap_err();
-    assert!(matches!(error, Error::ReadAdminSecret { .. }), "{error}");
+    assert!(matches!(error, Error::SecretBeingDeleted { .. }), "{error}");
     assert!(!external.take_calls().iter().any(|c| c.starts_with("ensure 7 databases")));
     assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), ["example.com/backup"]);
     let message = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap().message;

@@ -1,12 +1,14 @@
-//! The operator's hold on the Postgres admin Secret of a stack with
-//! `deletionPolicy: Delete`: a finalizer of its own on the Secret the spec
-//! names (`spec.postgres.external.adminSecret`), so that the Secret outlives
-//! the stack's cleanup.
+//! The operator's hold on the Secrets a stack with `deletionPolicy: Delete`
+//! logs in to its infrastructure with: a finalizer of its own on each
+//! Secret the spec names for an external Postgres (`adminSecret`,
+//! `caSecret`) and an external Kafka (`tls.caSecret`, `sasl.secretName`),
+//! so that they outlive the stack's cleanup.
 //!
 //! Why: on `kubectl delete namespace`, the namespace controller deletes
-//! every object at once. The stack waits on its finalizer, but the admin
-//! Secret, which the cleanup needs to log in and drop the databases, went
-//! at once, and the cleanup could only give up. Kubernetes' own answer to
+//! every object at once. The stack waits on its finalizer, but the Secrets,
+//! which the cleanup needs to log in and drop the databases, delete the
+//! topics and the stack's Kafka user, went at once, and the cleanup could
+//! only give up. Kubernetes' own answer to
 //! "this object is still in use" is a finalizer on it (as
 //! `kubernetes.io/pvc-protection` keeps a PVC while a pod uses it); copying
 //! the credentials somewhere the operator owns instead would keep a second
@@ -19,15 +21,16 @@
 //!   ([`super::FINALIZER`]); before that finalizer is removed (the policy
 //!   became `Retain`, or the stack's cleanup ended), every hold of the stack
 //!   is released, so a stack that is gone holds nothing;
-//! - the hold is taken before any database is created with the Secret's
-//!   credentials, so whatever the stack creates can be dropped;
+//! - the hold is taken before anything is created with the Secret's
+//!   credentials (a database, a topic, a Kafka user), so whatever the stack
+//!   creates can be cleaned up;
 //! - every reconcile of a stack under `Delete` releases its holds on any
-//!   other Secret (the reference changed, or Postgres became managed). The
-//!   hold is a finalizer and a label ([`hold_label`]) set by one patch, so
-//!   the held Secrets are found by a label selector: a list cannot miss a
-//!   Secret the way a remembered name could after a crash between taking a
-//!   hold and recording it, and the operator never lists the namespace's
-//!   other Secrets. (A hold taken by an operator before the label existed
+//!   other Secret (a reference changed, or the infrastructure became
+//!   managed). The hold is a finalizer and a label ([`hold_label`]) set by
+//!   one patch, so the held Secrets are found by a label selector: a list
+//!   cannot miss a Secret the way a remembered name could after a crash
+//!   between taking a hold and recording it, and the operator never lists
+//!   the namespace's other Secrets. (A hold taken by an operator before the label existed
 //!   gets it at the next reconcile.)
 //!
 //! A Secret that someone deletes while it is held stays, terminating, until
@@ -63,13 +66,20 @@ pub fn hold_label(stack: &str) -> String {
 const HELD: &str = "held";
 
 /// Makes sure `secret` carries the hold of `stack`, adding it if missing,
-/// and returns the Secret as stored afterwards.
+/// and returns the Secret as stored afterwards. `field` is where the spec
+/// names the Secret, for the error.
 ///
 /// A Secret already being deleted cannot take a new finalizer (the
 /// apiserver refuses), and credentials that are about to disappear could
-/// not drop what they create: that is an error, and no database is ensured
+/// not clean up what they create: that is an error, and nothing is created
 /// with them.
-pub async fn hold(client: &Client, namespace: &str, secret: Secret, stack: &str) -> Result<Secret, Error> {
+pub async fn hold(
+    client: &Client,
+    namespace: &str,
+    secret: Secret,
+    stack: &str,
+    field: &str,
+) -> Result<Secret, Error> {
     let finalizer = hold_finalizer(stack);
     let label = hold_label(stack);
     let labelled = secret.labels().get(&label).map(String::as_str) == Some(HELD);
@@ -78,12 +88,7 @@ pub async fn hold(client: &Client, namespace: &str, secret: Secret, stack: &str)
     }
     let name = secret.name_any();
     if secret.metadata.deletion_timestamp.is_some() {
-        return Err(Error::ReadAdminSecret {
-            reason: format!(
-                "Secret {name} is being deleted: the stack could not drop its databases once it is gone \
-                 (name another Secret in spec.postgres.external.adminSecret)"
-            ),
-        });
+        return Err(Error::SecretBeingDeleted { name, field: field.to_owned() });
     }
     let mut finalizers = secret.finalizers().to_vec();
     if !finalizers.contains(&finalizer) {
@@ -95,14 +100,14 @@ pub async fn hold(client: &Client, namespace: &str, secret: Secret, stack: &str)
         .map_err(|source| Error::PatchFinalizers { object: format!("Secret/{name}"), source })
 }
 
-/// Removes the hold of `stack` from every Secret of `namespace` but `keep`;
-/// returns the names of the Secrets it released. A Secret that is gone
-/// meanwhile needs no release.
+/// Removes the hold of `stack` from every Secret of `namespace` but those
+/// in `keep`; returns the names of the Secrets it released. A Secret that
+/// is gone meanwhile needs no release.
 pub async fn release(
     client: &Client,
     namespace: &str,
     stack: &str,
-    keep: Option<&str>,
+    keep: &[&str],
 ) -> Result<Vec<String>, Error> {
     let finalizer = hold_finalizer(stack);
     let label = hold_label(stack);
@@ -116,7 +121,7 @@ pub async fn release(
     let mut released = Vec::new();
     for secret in list.items {
         let name = secret.name_any();
-        if Some(name.as_str()) == keep {
+        if keep.contains(&name.as_str()) {
             continue;
         }
         let finalizers: Vec<String> =

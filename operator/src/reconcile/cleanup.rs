@@ -119,7 +119,7 @@ async fn let_go(
     namespace: &str,
     resource_version: Option<String>,
 ) -> Result<(), Error> {
-    let released = admin_secret::release(&ctx.client, namespace, &stack.name_any(), None).await?;
+    let released = admin_secret::release(&ctx.client, namespace, &stack.name_any(), &[]).await?;
     if !released.is_empty() {
         info!(stack = %stack.name_any(), secrets = ?released, "released the hold on the admin Secret");
     }
@@ -160,7 +160,7 @@ async fn delete_topics(ctx: &Context, valid: &ValidStack<'_>) -> CleanupStep {
     let names = format!("{} topics {}*", topics.len(), ExternalNames::of(valid).kafka_name_prefix());
     let endpoints = infra::endpoints(valid);
     let brokers = endpoints.kafka_brokers.clone();
-    let kafka = match super::kafka_cluster(&ctx.client, valid.namespace, &endpoints).await {
+    let kafka = match super::kafka_cluster(&ctx.client, valid.namespace, &endpoints, None).await {
         Ok(kafka) => kafka,
         Err(error) => {
             return CleanupStep::Failed(format!(

@@ -182,7 +182,7 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     if wants_finalizer != has_finalizer(stack) {
         if !wants_finalizer {
             // A stack holds admin Secrets only while it carries its finalizer.
-            admin_secret::release(&ctx.client, &namespace, &name, None).await?;
+            admin_secret::release(&ctx.client, &namespace, &name, &[]).await?;
         }
         set_finalizer(ctx, stack, wants_finalizer, None).await?;
     }
@@ -291,8 +291,8 @@ async fn ensure_external(
     if holds {
         // First, so that a broker or database that is down does not keep a
         // hold the stack no longer needs.
-        let keep = (!valid.postgres.is_managed()).then_some(endpoints.postgres.admin_password.name.as_str());
-        let released = admin_secret::release(&ctx.client, valid.namespace, valid.name, keep).await?;
+        let keep = cleanup_secret_names(valid, &endpoints);
+        let released = admin_secret::release(&ctx.client, valid.namespace, valid.name, &keep).await?;
         if !released.is_empty() {
             info!(stack = %valid.name, secrets = ?released, "released the hold on a Secret no longer referenced");
         }
@@ -311,7 +311,8 @@ async fn ensure_external(
     if valid.kafka.is_managed() && !ready(Component::Kafka) {
         outcome.waiting_for.push("Kafka".into());
     } else {
-        let kafka = kafka_cluster(&ctx.client, valid.namespace, &endpoints).await?;
+        let kafka =
+            kafka_cluster(&ctx.client, valid.namespace, &endpoints, holds.then_some(valid.name)).await?;
         outcome.topics = Some(ctx.external.ensure_topics(&kafka, &plan::topics(valid)).await?);
         // As for the databases: the user's password only once its Secret
         // keeps it.
@@ -344,11 +345,14 @@ async fn ensure_external(
 /// How the operator reaches the stack's Kafka: the services' TLS and SASL
 /// settings ([`config::kafka_properties`]), with the CA bundle and the SASL
 /// credentials read from the stack's Secrets instead of the pods' files and
-/// variables. Without a CA of its own, TLS trusts the system's CAs.
+/// variables. Without a CA of its own, TLS trusts the system's CAs. With
+/// `hold` (a stack's name), each Secret read is held for that stack first
+/// ([`admin_secret::hold`]): the cleanup logs in with them too.
 pub(crate) async fn kafka_cluster(
     client: &Client,
     namespace: &str,
     endpoints: &infra::Endpoints,
+    hold: Option<&str>,
 ) -> Result<KafkaCluster, Error> {
     let mut kafka = KafkaCluster::plaintext(endpoints.kafka_brokers.clone());
     for (key, value) in config::kafka_settings(endpoints) {
@@ -357,54 +361,82 @@ pub(crate) async fn kafka_cluster(
             kafka.settings.push((key.to_owned(), value));
         }
     }
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let missing = |reason| Error::ReadKafkaSecret { reason };
     if let Some(tls) = &endpoints.kafka_tls {
         match &tls.ca_secret {
             Some(ca) => {
-                kafka.settings.push(("ssl.ca.pem".into(), kafka_secret_value(&api, &ca.name, &ca.key).await?))
+                let field = "spec.kafka.external.tls.caSecret";
+                let secret = cleanup_secret(client, namespace, &ca.name, hold, field, missing).await?;
+                kafka.settings.push(("ssl.ca.pem".into(), secret_key(&secret, &ca.key, missing)?));
             }
             None => kafka.settings.push(("ssl.ca.location".into(), "probe".into())),
         }
     }
     if let Some(sasl) = &endpoints.kafka_sasl {
-        let username = kafka_secret_value(&api, &sasl.secret_name, &sasl.username_key).await?;
-        let password = kafka_secret_value(&api, &sasl.secret_name, &sasl.password_key).await?;
-        kafka.settings.push(("sasl.username".into(), username));
-        kafka.settings.push(("sasl.password".into(), password));
+        let field = "spec.kafka.external.sasl.secretName";
+        let secret = cleanup_secret(client, namespace, &sasl.secret_name, hold, field, missing).await?;
+        kafka.settings.push(("sasl.username".into(), secret_key(&secret, &sasl.username_key, missing)?));
+        kafka.settings.push(("sasl.password".into(), secret_key(&secret, &sasl.password_key, missing)?));
     }
     Ok(kafka)
 }
 
-/// The value under `key` of the Secret `name`, as UTF-8; `missing` makes
-/// the error when the Secret or the key is not there.
-async fn secret_value(
-    api: &Api<Secret>,
+/// The names of the Secrets the stack's cleanup logs in with, which a stack
+/// under `Delete` holds: the external Postgres' admin Secret and CA, the
+/// external Kafka's CA and SASL Secrets.
+fn cleanup_secret_names<'e>(valid: &ValidStack<'_>, endpoints: &'e infra::Endpoints) -> Vec<&'e str> {
+    let mut names = Vec::new();
+    if !valid.postgres.is_managed() {
+        names.push(endpoints.postgres.admin_password.name.as_str());
+        names.extend(endpoints.postgres.ca.as_ref().map(|ca| ca.name.as_str()));
+    }
+    if !valid.kafka.is_managed() {
+        names.extend(
+            endpoints.kafka_tls.as_ref().and_then(|tls| tls.ca_secret.as_ref()).map(|ca| ca.name.as_str()),
+        );
+        names.extend(endpoints.kafka_sasl.as_ref().map(|sasl| sasl.secret_name.as_str()));
+    }
+    names
+}
+
+/// The Secret `name` the stack names (at `field`) for logging in to its
+/// infrastructure, held for `hold` first when given; `missing` makes the
+/// error when it does not exist.
+async fn cleanup_secret(
+    client: &Client,
+    namespace: &str,
     name: &str,
-    key: &str,
+    hold: Option<&str>,
+    field: &str,
     missing: impl Fn(String) -> Error,
-) -> Result<String, Error> {
+) -> Result<Secret, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = api
         .get_opt(name)
         .await
         .map_err(|source| Error::GetSecret { name: name.to_owned(), source })?
         .ok_or_else(|| missing(format!("Secret {name} does not exist")))?;
+    match hold {
+        Some(stack) => admin_secret::hold(client, namespace, secret, stack, field).await,
+        None => Ok(secret),
+    }
+}
+
+/// The value under `key` of `secret`, as UTF-8; `missing` makes the error
+/// when it is not there.
+fn secret_key(secret: &Secret, key: &str, missing: impl Fn(String) -> Error) -> Result<String, Error> {
     secret
         .data
         .as_ref()
         .and_then(|data| data.get(key))
         .and_then(|value| String::from_utf8(value.0.clone()).ok())
-        .ok_or_else(|| missing(format!("Secret {name} has no UTF-8 key {key:?}")))
-}
-
-/// [`secret_value`] of a Secret the stack names for its Kafka.
-async fn kafka_secret_value(api: &Api<Secret>, name: &str, key: &str) -> Result<String, Error> {
-    secret_value(api, name, key, |reason| Error::ReadKafkaSecret { reason }).await
+        .ok_or_else(|| missing(format!("Secret {} has no UTF-8 key {key:?}", secret.name_any())))
 }
 
 /// How the operator logs in to the stack's Postgres as its admin: the
-/// generated Secret's password for managed Postgres, the named Secret's keys
-/// for an external server. With `hold` (a stack's name), the named Secret is
-/// held for that stack first ([`admin_secret::hold`]).
+/// generated Secret's password for managed Postgres, the named Secrets'
+/// keys (admin, CA) for an external server. With `hold` (a stack's name),
+/// the named Secrets are held for that stack first ([`admin_secret::hold`]).
 async fn postgres_admin(
     ctx: &Context,
     valid: &ValidStack<'_>,
@@ -417,31 +449,17 @@ async fn postgres_admin(
         let password = values.get(&admin.admin_password.name, &admin.admin_password.key)?;
         return Ok(plan::postgres_server(endpoints, secrets::POSTGRES_ADMIN_USER.into(), password));
     }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), valid.namespace);
-    let name = &admin.admin_password.name;
-    let secret = api
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::GetSecret { name: name.clone(), source })?
-        .ok_or_else(|| Error::ReadAdminSecret { reason: format!("Secret {name} does not exist") })?;
-    let secret = match hold {
-        Some(stack) => admin_secret::hold(&ctx.client, valid.namespace, secret, stack).await?,
-        None => secret,
-    };
-    let read = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(key))
-            .and_then(|value| String::from_utf8(value.0.clone()).ok())
-            .ok_or_else(|| Error::ReadAdminSecret { reason: format!("Secret {name} has no key {key:?}") })
-    };
-    let user = read(&admin.admin_username.key)?;
-    let password = read(&admin.admin_password.key)?;
+    let missing = |reason| Error::ReadAdminSecret { reason };
+    let (client, namespace) = (&ctx.client, valid.namespace);
+    let field = "spec.postgres.external.adminSecret";
+    let secret = cleanup_secret(client, namespace, &admin.admin_password.name, hold, field, missing).await?;
+    let user = secret_key(&secret, &admin.admin_username.key, missing)?;
+    let password = secret_key(&secret, &admin.admin_password.key, missing)?;
     let mut server = plan::postgres_server(endpoints, user, password);
     if let Some(ca) = &admin.ca {
-        server.ca_pem =
-            Some(secret_value(&api, &ca.name, &ca.key, |reason| Error::ReadAdminSecret { reason }).await?);
+        let field = "spec.postgres.external.caSecret";
+        let secret = cleanup_secret(client, namespace, &ca.name, hold, field, missing).await?;
+        server.ca_pem = Some(secret_key(&secret, &ca.key, missing)?);
     }
     Ok(server)
 }
