@@ -31,7 +31,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::admin::Metrics;
-use crate::resilience::{ClientArgs, IdempotentMethods, ResilientChannel};
+use crate::resilience::{ClientArgs, ResilientChannel};
 
 /// Default re-resolution interval: CoreDNS serves cluster records with a 5 s
 /// TTL, so resolving more often would only see the same answer.
@@ -300,7 +300,6 @@ pub struct Peers<R: Resolver = DnsResolver> {
     client: ClientArgs,
     resolver: Arc<R>,
     metrics: Option<Metrics>,
-    idempotent_methods: IdempotentMethods,
     shutdown: CancellationToken,
     channels: Mutex<BTreeMap<Service, ResilientChannel>>,
 }
@@ -331,7 +330,6 @@ impl<R: Resolver> Peers<R> {
             client: client.clone(),
             resolver: Arc::new(resolver),
             metrics: None,
-            idempotent_methods: IdempotentMethods::default(),
             shutdown,
             channels: Mutex::new(BTreeMap::new()),
         }
@@ -340,12 +338,6 @@ impl<R: Resolver> Peers<R> {
     /// Records client metrics (retries, breaker state) per peer.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.metrics = Some(metrics.clone());
-        self
-    }
-
-    /// Methods retried without a per-request marker, for every peer.
-    pub fn with_idempotent_methods(mut self, methods: IdempotentMethods) -> Self {
-        self.idempotent_methods = methods;
         self
     }
 
@@ -364,8 +356,7 @@ impl<R: Resolver> Peers<R> {
             self.args.resolve_interval,
             self.shutdown.clone(),
         )?;
-        let mut resilient = ResilientChannel::new(service.name(), channel, &self.client)
-            .with_idempotent_methods(self.idempotent_methods.clone());
+        let mut resilient = ResilientChannel::new(service.name(), channel, &self.client);
         if let Some(metrics) = &self.metrics {
             resilient = resilient.with_metrics(metrics);
         }

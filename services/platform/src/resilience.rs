@@ -66,7 +66,6 @@ use http::HeaderValue;
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prost::Message;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -145,14 +144,6 @@ impl Default for ClientArgs {
     }
 }
 
-/// What can go wrong setting up resilient clients.
-#[derive(Debug, thiserror::Error)]
-pub enum ResilienceError {
-    /// The bytes given as a `FileDescriptorSet` are not one.
-    #[error("cannot decode the file descriptor set")]
-    DecodeDescriptorSet(#[source] prost::DecodeError),
-}
-
 /// Request extension marking a call as safe to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Idempotent;
@@ -182,33 +173,6 @@ impl IdempotentMethods {
         P: Into<String>,
     {
         Self { paths: paths.into_iter().map(Into::into).collect() }
-    }
-
-    /// Every method declared `option idempotency_level = NO_SIDE_EFFECTS` or
-    /// `IDEMPOTENT` in an encoded `FileDescriptorSet`, so the contract says
-    /// what may be retried, once, next to the method.
-    pub fn from_file_descriptor_set(encoded: &[u8]) -> Result<Self, ResilienceError> {
-        use prost_types::method_options::IdempotencyLevel;
-        let set =
-            prost_types::FileDescriptorSet::decode(encoded).map_err(ResilienceError::DecodeDescriptorSet)?;
-        let mut paths = HashSet::new();
-        for file in &set.file {
-            let package = file.package();
-            for service in &file.service {
-                let service_name = if package.is_empty() {
-                    service.name().to_owned()
-                } else {
-                    format!("{package}.{}", service.name())
-                };
-                for method in &service.method {
-                    let level = method.options.as_ref().map(|options| options.idempotency_level());
-                    if matches!(level, Some(IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent)) {
-                        paths.insert(format!("/{service_name}/{}", method.name()));
-                    }
-                }
-            }
-        }
-        Ok(Self { paths })
     }
 
     /// Whether calls to `path` may be retried.
@@ -774,36 +738,5 @@ mod tests {
         assert_eq!(args.deadline, Duration::from_secs(2));
         assert_eq!(args.backoff_base, Duration::from_millis(50));
         assert_eq!(args.breaker_open, Duration::from_secs(10));
-    }
-
-    #[test]
-    fn idempotent_methods_come_from_the_descriptor_options() {
-        use prost_types::method_options::IdempotencyLevel;
-        use prost_types::{FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, MethodOptions};
-        let method = |name: &str, level: Option<IdempotencyLevel>| MethodDescriptorProto {
-            name: Some(name.to_owned()),
-            options: level
-                .map(|level| MethodOptions { idempotency_level: Some(level as i32), ..Default::default() }),
-            ..Default::default()
-        };
-        let set = FileDescriptorSet {
-            file: vec![FileDescriptorProto {
-                package: Some("commerce.catalog.v1".to_owned()),
-                service: vec![prost_types::ServiceDescriptorProto {
-                    name: Some("CatalogService".to_owned()),
-                    method: vec![
-                        method("GetProduct", Some(IdempotencyLevel::NoSideEffects)),
-                        method("DeleteProduct", Some(IdempotencyLevel::Idempotent)),
-                        method("CreateProduct", None),
-                    ],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let methods = IdempotentMethods::from_file_descriptor_set(&set.encode_to_vec()).expect("decodes");
-        assert!(methods.contains("/commerce.catalog.v1.CatalogService/GetProduct"));
-        assert!(methods.contains("/commerce.catalog.v1.CatalogService/DeleteProduct"));
-        assert!(!methods.contains("/commerce.catalog.v1.CatalogService/CreateProduct"));
     }
 }
