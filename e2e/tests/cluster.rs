@@ -20,9 +20,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use commerce_api::catalog::Service;
 use commerce_e2e::local_kube_client;
 use commerce_operator::build::names::database_name;
+use commerce_topology::Service;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -949,7 +949,7 @@ async fn wait_pods(client: &Client, service: &str, count: usize) -> Result<Vec<(
 /// `commerce_grpc_server_handled_total` of one pod for one gRPC service,
 /// summed over methods and codes, read from the pod's admin port.
 async fn handled_calls(http: &reqwest::Client, pod_ip: &str, grpc_service: &str) -> Result<f64> {
-    let url = format!("http://{pod_ip}:{}/metrics", commerce_api::catalog::CLUSTER_ADMIN_PORT);
+    let url = format!("http://{pod_ip}:{}/metrics", commerce_topology::CLUSTER_ADMIN_PORT);
     let text = http.get(&url).send().await?.error_for_status()?.text().await?;
     let needle = format!("grpc_service=\"{grpc_service}\"");
     Ok(text

@@ -35,10 +35,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use commerce_api::catalog::{self, Service};
 use commerce_e2e::{local_kube_client, local_kubeconfig_path, unique_name};
 use commerce_operator::build::names::{database_name, external_names};
 use commerce_operator::reconcile::admin_secret::{HOLD_PREFIX, hold_finalizer};
+use commerce_topology::{self as catalog, Service};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::{
     apps::v1::Deployment,

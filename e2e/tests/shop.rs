@@ -17,7 +17,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::api::{Api, Session, string, wait_for};

@@ -317,7 +317,7 @@ async fn saga_latency_from_order_created_to_order_confirmed_is_printed() -> anyh
     for order in placing {
         placed.push(order.await??);
     }
-    let pool = shop.databases.pool(commerce_api::catalog::Service::Order).await?;
+    let pool = shop.databases.pool(commerce_topology::Service::Order).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let latencies_ms: Vec<f64> = loop {
         let rows: Vec<(f64,)> = sqlx::query_as(

@@ -14,12 +14,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use commerce_api::RateLimitPolicy;
-use commerce_api::catalog::Service;
 use commerce_api::crd::rate_limit::{MAX_RULES, RateLimitRule};
 use commerce_api::crd::stack::{
     CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, KafkaSasl, KafkaServiceUser, ManagedInfra,
     SaslMechanism, ServiceSettings, is_env_var_name,
 };
+use commerce_topology::Service;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as QuantityText;
 

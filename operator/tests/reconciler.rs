@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use commerce_api::catalog::all_topics;
 use commerce_api::crd::policy::{
     CONDITION_ACCEPTED, REASON_ACCEPTED, REASON_GATEWAY_DISABLED, REASON_RULES_BUDGET_EXCEEDED,
     REASON_STACK_INVALID, REASON_STACK_PAUSED, REASON_TARGET_NOT_FOUND,
@@ -28,6 +27,7 @@ use commerce_operator::reconcile::policy::reconcile_policy;
 use commerce_operator::reconcile::{
     Context, FINALIZER, backoff::Backoffs, error_policy, reconcile, reconcile_stack,
 };
+use commerce_topology::all_topics;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
@@ -624,7 +624,7 @@ async fn topics_and_databases_are_ensured_and_shown_in_the_status() {
     let order = status.databases.iter().find(|d| d.service == "order").unwrap();
     assert_eq!(
         (order.name.as_str(), order.secret_name.as_str()),
-        (names.database(commerce_api::catalog::Service::Order).as_str(), "shop-db-order")
+        (names.database(commerce_topology::Service::Order).as_str(), "shop-db-order")
     );
     assert_eq!(order.name, "shop_shop_order");
 }

@@ -5,7 +5,7 @@
 //! [`EventPayload`]; the crate's tests check that against the descriptor set,
 //! so a new event cannot be published without a type and a key.
 
-use commerce_api::catalog::Topic;
+use commerce_topology::Topic;
 use prost_types::Timestamp;
 
 /// Generated from proto package `commerce.events.v1`. Clippy is silenced in

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use commerce_api::catalog::Topic;
 use commerce_proto::FILE_DESCRIPTOR_SET;
 use commerce_proto::common::v1::{Address, Money};
 use commerce_proto::events::{EVENT_TOPICS, EVENT_TYPES, EventPayload, v1 as events};
@@ -17,6 +16,7 @@ use commerce_proto::notification::v1::notification_service_server::{
 use commerce_proto::notification::v1::{
     ListNotificationsRequest, ListNotificationsResponse, MarkReadRequest, MarkReadResponse, Notification,
 };
+use commerce_topology::Topic;
 use prost::Message;
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet, Timestamp};

@@ -30,7 +30,7 @@ pub const SERVICES: [&str; 9] =
 /// Services with a database of their own.
 pub const DATABASE_SERVICES: [&str; 7] =
     ["auth", "catalog", "inventory", "order", "payment", "notification", "shipping"];
-/// `commerce_api::catalog::LOCAL_GRPC_BASE`, `LOCAL_ADMIN_BASE`, `LOCAL_HTTP_PORT`.
+/// `commerce_topology::LOCAL_GRPC_BASE`, `LOCAL_ADMIN_BASE`, `LOCAL_HTTP_PORT`.
 const GRPC_BASE: u16 = 50051;
 const ADMIN_BASE: u16 = 9101;
 const HTTP_PORT: u16 = 8080;

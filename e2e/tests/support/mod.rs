@@ -18,7 +18,7 @@ pub mod invariants;
 pub mod shop;
 pub mod tokens;
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 
 /// `(available, reserved, sold)` of a product, read from the inventory's
 /// database (the REST API has no stock read).

@@ -25,7 +25,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use commerce_api::catalog::{LOCAL_ADMIN_BASE, LOCAL_GRPC_BASE, LOCAL_HTTP_PORT, Service};
+use commerce_topology::{LOCAL_ADMIN_BASE, LOCAL_GRPC_BASE, LOCAL_HTTP_PORT, Service};
 
 use super::invariants::Databases;
 

@@ -5,8 +5,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use commerce_api::catalog::Service;
 use commerce_auth::jwt::{Claims, Role, TokenSigner};
+use commerce_topology::Service;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
 use serde_json::Value;

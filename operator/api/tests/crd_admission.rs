@@ -3,8 +3,8 @@
 //! applied first), without a cluster. The real apiserver repeats a few of
 //! these in the e2e suite.
 
-use commerce_api::catalog::Service;
 use commerce_api::crd::{self, policy::RateLimitPolicy, stack};
+use commerce_topology::Service;
 use kube_core::CustomResourceExt;
 use kube_core::cel::{CompiledSchema, Validator, compile_schema, estimate_rule_cost};
 use serde_json::{Value, json};

@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use commerce_api::catalog::{CLUSTER_ADMIN_PORT, CLUSTER_GRPC_PORT, CLUSTER_HTTP_PORT, Service};
 use commerce_api::crd::stack::ServiceSettings;
+use commerce_topology::{CLUSTER_ADMIN_PORT, CLUSTER_GRPC_PORT, CLUSTER_HTTP_PORT, Service};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
 use serde::Serialize;
 use sha2::{Digest, Sha256};

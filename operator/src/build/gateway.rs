@@ -17,11 +17,11 @@
 use std::collections::BTreeMap;
 
 use commerce_api::RateLimitPolicy;
-use commerce_api::catalog::{CLUSTER_HTTP_PORT, Service};
 use commerce_api::crd::policy::{
     REASON_INVALID_RULES, REASON_POLICY_TOO_LARGE, REASON_RULES_BUDGET_EXCEEDED,
 };
 use commerce_api::gateway_rules::{MAX_POLICY_RULES_BYTES, MAX_RULES_FILE_BYTES};
+use commerce_topology::{CLUSTER_HTTP_PORT, Service};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend,

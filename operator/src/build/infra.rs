@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use commerce_api::catalog::Service;
 use commerce_api::crd::SecretKeyRef;
 use commerce_api::crd::stack::{DeletionPolicy, KafkaSasl, KafkaTls, ManagedInfra, SslMode};
+use commerce_topology::Service;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
@@ -243,7 +243,7 @@ fn push_managed(
     component: Component,
     port: i32,
     stateful_set: StatefulSet,
-    uses: impl Fn(&commerce_api::catalog::ServiceSpec) -> bool,
+    uses: impl Fn(&commerce_topology::ServiceSpec) -> bool,
 ) {
     let name = names::component_name(stack, component);
     out.services.push(KubeService {

@@ -14,8 +14,8 @@ pub mod names;
 pub mod secrets;
 pub mod workload;
 
-use commerce_api::catalog::Service;
 use commerce_api::{CommerceStack, RateLimitPolicy};
+use commerce_topology::Service;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service as KubeService, ServiceAccount};

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use commerce_api::catalog::Service;
 use commerce_platform::events::TopicNames;
+use commerce_topology::Service;
 use sha2::{Digest, Sha256};
 
 use crate::validate::ValidStack;
@@ -262,7 +262,7 @@ pub fn database_secret_name(stack: &ValidStack<'_>, service: Service) -> String 
 mod tests {
     use std::collections::BTreeSet;
 
-    use commerce_api::catalog;
+    use commerce_topology as catalog;
 
     use super::*;
 

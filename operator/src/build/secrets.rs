@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -1,9 +1,9 @@
 //! What external state a stack should have: pure functions of the stack and
 //! its generated values, tested without a broker or a database.
 
-use commerce_api::catalog::{self, Service};
 use commerce_api::crd::stack::SaslMechanism;
 use commerce_kafka_access::{AclBinding, Operation, ResourceType, ScramMechanism};
+use commerce_topology::{self as catalog, Service};
 
 use crate::Error;
 use crate::build::infra::Endpoints;

@@ -34,11 +34,11 @@ pub mod storage_class;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use commerce_api::catalog::Service;
 use commerce_api::crd::API_VERSION;
 use commerce_api::crd::policy::{REASON_GATEWAY_DISABLED, REASON_RULES_NOT_APPLIED};
 use commerce_api::crd::stack::{CONDITION_DEGRADED, DatabaseStatus, DeletionPolicy};
 use commerce_api::{CommerceStack, CommerceStackStatus, RateLimitPolicy};
+use commerce_topology::Service;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use commerce_api::CommerceStack;
-use commerce_api::catalog::Service;
 use commerce_api::crd::stack::ROTATE_SIGNING_KEY_ANNOTATION;
+use commerce_topology::Service;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};

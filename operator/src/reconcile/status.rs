@@ -13,7 +13,6 @@
 //! `InProgress`, `Stalled` True for `Failed`, and an observedGeneration
 //! behind the generation for `InProgress`; with neither True, `Current`.
 
-use commerce_api::catalog::Service;
 use commerce_api::crd::policy::CONDITION_ACCEPTED;
 use commerce_api::crd::stack::{
     CONDITION_DATABASES_CLEANED_UP, CONDITION_DEGRADED, CONDITION_PAUSED, CONDITION_PROGRESSING,
@@ -21,6 +20,7 @@ use commerce_api::crd::stack::{
     CommerceStackStatus, DatabaseStatus, ServiceStatus, TopicStatus,
 };
 use commerce_api::{RateLimitPolicy, RateLimitPolicyStatus};
+use commerce_topology::Service;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 

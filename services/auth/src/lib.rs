@@ -14,10 +14,10 @@
 
 use std::path::PathBuf;
 
-use commerce_api::catalog::Service;
 use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::auth::v1::auth_service_server::AuthServiceServer;
+use commerce_topology::Service;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;

@@ -28,7 +28,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::Error;
 use crate::domain::{self, CartLine, Limits, Money, PricedCart, ProductInfo};
 use crate::store::{AddOutcome, CartStore, StoredCart};
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 
 /// gRPC clients of the cart's peers.
 #[derive(Debug, Clone)]

@@ -16,13 +16,13 @@ pub mod domain;
 pub mod grpc;
 pub mod store;
 
-use commerce_api::catalog::Service;
 use commerce_platform::discovery::{DiscoveryError, Peers};
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::cart::v1::cart_service_server::CartServiceServer;
 use commerce_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
+use commerce_topology::Service;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use commerce_platform::error_chain;

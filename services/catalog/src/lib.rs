@@ -7,10 +7,10 @@
 //! - [`seed::seed`] inserts the demo catalog ([`seed::DEMO_PRODUCTS`] has
 //!   fixed ids that other seeds may use).
 
-use commerce_api::catalog::Service;
 use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+use commerce_topology::Service;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use commerce_api::catalog::{Service, UnknownService};
 use commerce_platform::telemetry::LogArgs;
+use commerce_topology::{Service, UnknownService};
 
 use crate::infra::InfraArgs;
 use crate::services::{self, Single};

@@ -3,9 +3,9 @@
 //! requests `commerce local up` prints.
 
 use anyhow::Context as _;
-use commerce_api::catalog::Service;
 use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use commerce_proto::inventory::v1::{GetStockRequest, SetStockRequest};
+use commerce_topology::Service;
 
 use crate::infra::LocalWiring;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ValueEnum as _;
-use commerce_api::catalog::{self, Ports, Service};
 use commerce_platform::events::{KafkaArgs, ensure_topics};
 use commerce_platform::telemetry::LogArgs;
+use commerce_topology::{self as catalog, Ports, Service};
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 

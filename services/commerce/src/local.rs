@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use commerce_api::catalog::Service;
 use commerce_api::crd::stack::PaymentProvider;
 use commerce_api::gateway_rules::RateLimitsFile;
 use commerce_api::{CommerceStack, RateLimitPolicy};
+use commerce_topology::Service;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::LocalUp;

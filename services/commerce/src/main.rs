@@ -23,8 +23,8 @@ mod supervisor;
 
 use std::process::ExitCode;
 
-use commerce_api::catalog::Service;
 use commerce_platform::{shutdown, telemetry};
+use commerce_topology::Service;
 
 use crate::cli::{CheckCommand, Command, LocalCommand, ServeAll, ServeTarget};
 use crate::infra::LocalWiring;

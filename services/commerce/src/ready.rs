@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 
 use crate::infra::LocalWiring;
 use crate::services::ServiceConfig;

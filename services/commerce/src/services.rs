@@ -13,7 +13,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, FromArgMatches};
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 use tokio_util::sync::CancellationToken;
 
 use crate::infra::LocalWiring;

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;

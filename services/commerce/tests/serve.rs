@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 
 /// How long a whole shop may take to become ready: the first run creates
 /// and migrates every database.

@@ -147,7 +147,7 @@ impl jwt::KeySource for AuthKeySource {
         use commerce_proto::auth::v1::GetPublicKeysRequest;
         use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
         let channel =
-            self.peers.channel(commerce_api::catalog::Service::Auth).map_err(|error| error.to_string())?;
+            self.peers.channel(commerce_topology::Service::Auth).map_err(|error| error.to_string())?;
         let response = AuthServiceClient::new(channel)
             .get_public_keys(commerce_platform::resilience::idempotent(GetPublicKeysRequest {}))
             .await

@@ -52,7 +52,7 @@ pub struct Config {
 #[command(next_help_heading = "HTTP")]
 pub struct HttpArgs {
     /// Address of the REST/JSON listener.
-    #[arg(long = "http-addr", id = "http-addr", env = "COMMERCE_HTTP_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_api::catalog::CLUSTER_HTTP_PORT)))]
+    #[arg(long = "http-addr", id = "http-addr", env = "COMMERCE_HTTP_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_topology::CLUSTER_HTTP_PORT)))]
     pub addr: SocketAddr,
     /// Largest accepted request body, in bytes; larger ones get 413.
     #[arg(long = "http-body-limit", env = "COMMERCE_HTTP_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use commerce_api::catalog::Service;
 use commerce_platform::discovery::Peers;
 use commerce_platform::resilience::ResilientChannel;
 use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -15,6 +14,7 @@ use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceCli
 use commerce_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
+use commerce_topology::Service;
 
 use crate::auth::AuthKeySource;
 use crate::catalog_cache::CatalogCache;

@@ -21,10 +21,10 @@ pub mod grpc;
 pub mod metrics;
 pub mod store;
 
-use commerce_api::catalog::Service;
 use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use commerce_topology::Service;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,6 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use commerce_api::catalog::{Service, Topic};
 use commerce_inventory::store::{self, Adjustment};
 use commerce_inventory::{Config, ReservationSettings};
 use commerce_platform::admin::AdminArgs;
@@ -22,6 +21,7 @@ use commerce_proto::events::v1::{
     StockReservationFailed, StockReserved, order_failed, order_placed, stock_released,
 };
 use commerce_testkit::{drop_kafka_namespace, event_type, events_of, kafka_namespace, read_topic};
+use commerce_topology::{Service, Topic};
 use rdkafka::message::Message;
 use support::{counters, eventually, kafka_args, produce, test_database};
 use tokio_util::sync::CancellationToken;

@@ -61,7 +61,7 @@ pub struct LoadArgs {
 /// The gateway of the local shop (`make up`, `commerce local up`), the
 /// default target.
 pub fn local_gateway() -> String {
-    format!("http://127.0.0.1:{}", commerce_api::catalog::LOCAL_HTTP_PORT)
+    format!("http://127.0.0.1:{}", commerce_topology::LOCAL_HTTP_PORT)
 }
 
 /// Tells goose's flags inside `commerce load` about this command: `--host`

@@ -13,9 +13,9 @@ pub mod events;
 pub mod grpc;
 pub mod store;
 
-use commerce_api::catalog::Service;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::notification::v1::notification_service_server::NotificationServiceServer;
+use commerce_topology::Service;
 use tokio_util::sync::CancellationToken;
 
 pub use commerce_platform::error_chain;

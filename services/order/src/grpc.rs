@@ -5,13 +5,13 @@ use commerce_platform::time::timestamp;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use commerce_api::catalog::Service;
 use commerce_platform::discovery::Peers;
 use commerce_platform::resilience::idempotent;
 use commerce_proto::catalog::v1::BatchGetProductsRequest;
 use commerce_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_server::OrderService;
+use commerce_topology::Service;
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;

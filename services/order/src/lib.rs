@@ -15,11 +15,11 @@ pub mod store;
 
 use std::sync::Arc;
 
-use commerce_api::catalog::Service;
 use commerce_platform::discovery::{DiscoveryError, Peers};
 use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::order::v1::order_service_server::OrderServiceServer;
+use commerce_topology::Service;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

@@ -23,10 +23,10 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use commerce_api::catalog::Service;
 use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::payment::v1::payment_service_server::PaymentServiceServer;
+use commerce_topology::Service;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

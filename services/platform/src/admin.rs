@@ -56,7 +56,7 @@ pub struct AdminArgs {
     #[arg(
         long = "admin-addr", id = "admin-addr",
         env = "COMMERCE_ADMIN_ADDR",
-        default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_api::catalog::CLUSTER_ADMIN_PORT))
+        default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_topology::CLUSTER_ADMIN_PORT))
     )]
     pub addr: SocketAddr,
 }

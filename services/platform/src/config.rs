@@ -61,7 +61,7 @@ mod tests {
     use std::time::Duration;
 
     use clap::{CommandFactory, Parser};
-    use commerce_api::catalog::Service;
+    use commerce_topology::Service;
 
     use super::*;
     use crate::discovery::PeerArgs;

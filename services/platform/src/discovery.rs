@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 use http::Uri;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::channel::Change;

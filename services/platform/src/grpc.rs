@@ -54,7 +54,7 @@ pub struct GrpcArgs {
     #[arg(
         long = "grpc-addr", id = "grpc-addr",
         env = "COMMERCE_GRPC_ADDR",
-        default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_api::catalog::CLUSTER_GRPC_PORT))
+        default_value_t = SocketAddr::from(([0, 0, 0, 0], commerce_topology::CLUSTER_GRPC_PORT))
     )]
     pub addr: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM. 20 s

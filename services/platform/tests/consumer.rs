@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use commerce_api::catalog::{Service, Topic, all_topics};
 use commerce_platform::admin::Metrics;
 use commerce_platform::db;
 use commerce_platform::events::cloudevents::{self, CloudEventAttributes};
@@ -30,6 +29,7 @@ use commerce_platform::events::{
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context;
 use commerce_proto::events::v1::{OrderCancelled, OrderPlaced};
+use commerce_topology::{Service, Topic, all_topics};
 use events_support::*;
 use prost::Message as _;
 use rdkafka::config::ClientConfig;

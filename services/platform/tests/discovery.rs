@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use commerce_api::catalog::Service;
 use commerce_platform::admin::Metrics;
 use commerce_platform::discovery::{PeerArgs, Peers, Resolver};
 use commerce_platform::readiness::Readiness;
 use commerce_platform::resilience::{ClientArgs, ResilientChannel};
+use commerce_topology::Service;
 use common::{Probe, TestServer, call, start_server, wait_for};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;

@@ -9,7 +9,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use commerce_api::catalog::{Service, Topic};
 use commerce_platform::admin::Metrics;
 use commerce_platform::db::{self, DatabaseArgs};
 use commerce_platform::events::cloudevents::{self, CloudEventAttributes};
@@ -20,6 +19,7 @@ use commerce_platform::events::{
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context::{self, TRACEPARENT, TraceContext};
 use commerce_proto::events::v1::OrderPlaced;
+use commerce_topology::{Service, Topic};
 use events_support::*;
 use prost::Message as _;
 use rdkafka::message::Message as _;

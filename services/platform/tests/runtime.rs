@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use commerce_api::catalog::Service;
 use commerce_platform::config::CommonArgs;
 use commerce_platform::db::DatabaseArgs;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
+use commerce_topology::Service;
 use common::{Probe, call, wait_for};
 use sqlx::migrate::Migrator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,8 +5,8 @@
 mod events_support;
 
 use anyhow::Context;
-use commerce_api::catalog::all_topics;
 use commerce_platform::events::{DesiredTopic, TopicAdmin, TopicChange, TopicNames, ensure_topics};
+use commerce_topology::all_topics;
 use events_support::*;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;

@@ -12,10 +12,10 @@ pub mod events;
 pub mod grpc;
 pub mod store;
 
-use commerce_api::catalog::Service;
 use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::shipping::v1::shipping_service_server::ShippingServiceServer;
+use commerce_topology::Service;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

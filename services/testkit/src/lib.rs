@@ -126,8 +126,7 @@ pub async fn kafka_namespace() -> anyhow::Result<String> {
     require_kafka().await?;
     let prefix = format!("test-{}.", Uuid::new_v4().simple());
     let names = TopicNames::new(prefix.clone());
-    let desired: Vec<_> =
-        commerce_api::catalog::all_topics().iter().map(|spec| names.desired(spec)).collect();
+    let desired: Vec<_> = commerce_topology::all_topics().iter().map(|spec| names.desired(spec)).collect();
     ensure_topics(&kafka_brokers(), &desired).await?;
     Ok(prefix)
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SecretKeyRef;
 use super::rate_limit::{MAX_RULES, RateLimitRule};
-use crate::catalog::Service;
+use commerce_topology::Service;
 
 /// Condition type: every enabled service has all its replicas available and
 /// the stack's topics and databases exist.

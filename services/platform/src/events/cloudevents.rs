@@ -185,8 +185,8 @@ pub fn headers_from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)
 
 #[cfg(test)]
 mod tests {
-    use commerce_api::catalog::Topic;
     use commerce_proto::events::v1::OrderPlaced;
+    use commerce_topology::Topic;
     use prost_types::Timestamp;
 
     use super::*;

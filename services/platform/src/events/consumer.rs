@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use commerce_api::catalog::{DEAD_LETTER_RETENTION_MS, Service};
+use commerce_topology::{DEAD_LETTER_RETENTION_MS, Service};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};

@@ -7,7 +7,7 @@
 //! of each component registering a family of its own (which would produce
 //! duplicate families in one exposition).
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

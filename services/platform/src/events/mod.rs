@@ -14,7 +14,7 @@
 //! - [`topics`]: [`ensure_topics`], shared with the operator;
 //! - [`metrics`]: the relays' and consumers' Prometheus families.
 //!
-//! Topic names and consumer groups come from `commerce_api::catalog` only;
+//! Topic names and consumer groups come from `commerce_topology` only;
 //! event types and keys from [`EventPayload`], implemented by the proto crate
 //! for every event message.
 

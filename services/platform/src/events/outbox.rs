@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use commerce_api::catalog::Service;
+use commerce_topology::Service;
 
 use super::EventPayload;
 use super::cloudevents::{CloudEventAttributes, headers_from_pairs};

@@ -131,10 +131,7 @@ pub async fn require_kafka() -> anyhow::Result<()> {
 }
 
 /// Creates the test's topics (catalog layouts under `names`).
-pub async fn create_topics(
-    names: &TopicNames,
-    specs: &[commerce_api::catalog::TopicSpec],
-) -> anyhow::Result<()> {
+pub async fn create_topics(names: &TopicNames, specs: &[commerce_topology::TopicSpec]) -> anyhow::Result<()> {
     let desired: Vec<DesiredTopic> = specs.iter().map(|spec| names.desired(spec)).collect();
     ensure_topics(&kafka_brokers(), &desired).await?;
     Ok(())
