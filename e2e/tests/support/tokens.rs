@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use commerce_auth::jwt::{Claims, Role, TokenSigner};
+use commerce_token::{Claims, Role, TokenSigner};
 use commerce_topology::Service;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;

@@ -2,7 +2,7 @@
 //! register/login/refresh/logout flows, and the one mapping from [`Error`]
 //! to a gRPC status.
 
-use commerce_platform::time::timestamp;
+use commerce_proto::time::timestamp;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +17,11 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::config::AuthArgs;
-use crate::jwt::{Claims, Role};
 use crate::keys::{KeyRing, PUBLIC_KEYS_MAX_AGE};
 use crate::password::Hasher;
 use crate::store::{self, NewRefreshToken, NewUser, UserRow};
 use crate::{Error, domain};
+use commerce_token::{Claims, Role};
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -229,7 +229,7 @@ impl AuthGrpc {
         let verify = |keys: &KeyRing| keys.verifier().verify(&request.access_token);
         let claims = match verify(&self.inner.keys) {
             // A key rotated by another replica: reload once and retry.
-            Err(crate::jwt::VerifyError::UnknownKey { .. }) => {
+            Err(commerce_token::VerifyError::UnknownKey { .. }) => {
                 self.inner.keys.reload(&self.inner.pool).await?;
                 verify(&self.inner.keys)
             }
@@ -313,8 +313,8 @@ impl AuthService for AuthGrpc {
             .into_iter()
             .map(|key| pb::PublicKey {
                 key_id: key.kid,
-                algorithm: crate::jwt::ALGORITHM.to_owned(),
-                curve: crate::jwt::CURVE.to_owned(),
+                algorithm: commerce_token::ALGORITHM.to_owned(),
+                curve: commerce_token::CURVE.to_owned(),
                 public_key: key.public_key.to_vec(),
                 public_key_pem: key.public_key_pem,
                 not_before: Some(timestamp(key.activates_at)),

@@ -39,8 +39,8 @@ use sqlx::PgPool;
 
 use crate::Error;
 use crate::domain;
-use crate::jwt::{self, PublicJwk, TokenSigner, Verifier};
 use crate::store::{self, SigningKeyRow};
+use commerce_token::{self as jwt, PublicJwk, TokenSigner, Verifier};
 
 /// How far ahead of its first signature a rotated key is published:
 /// several GetPublicKeys cache periods ([`PUBLIC_KEYS_MAX_AGE`]) plus a

@@ -4,8 +4,9 @@
 //! it publishes for offline verification.
 //!
 //! - [`serve`] runs the service with [`Config`];
-//! - [`jwt`] is the pure token format and the [`jwt::Verifier`] the gateway
-//!   uses to check access tokens without calling this service;
+//! - the token format, the signer and the verifier the gateway uses to
+//!   check access tokens without calling this service are `commerce_token`
+//!   (here `jwt`);
 //! - [`bootstrap_account`] creates the admin and courier accounts of local
 //!   and demo stacks (`--bootstrap-admin-email` with
 //!   `COMMERCE_BOOTSTRAP_ADMIN_PASSWORD`, `--bootstrap-courier-email` with
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use commerce_platform::events::OutboxError;
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
 use commerce_proto::auth::v1::auth_service_server::AuthServiceServer;
+use commerce_token as jwt;
 use commerce_topology::Service;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -26,7 +28,6 @@ use uuid::Uuid;
 pub mod config;
 pub mod domain;
 pub mod grpc;
-pub mod jwt;
 pub mod keys;
 pub mod password;
 pub mod store;

@@ -4,13 +4,13 @@
 
 use chrono::{DateTime, Utc};
 use commerce_platform::events::enqueue;
-use commerce_platform::time::timestamp;
 use commerce_proto::events::v1 as events;
+use commerce_proto::time::timestamp;
 use sqlx::postgres::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::jwt::Role;
 use crate::{Error, domain};
+use commerce_token::Role;
 
 /// Postgres' code for a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";

@@ -7,10 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use commerce_auth::jwt::{self, Role, Verifier, VerifyError};
 use commerce_auth::{AuthArgs, AuthGrpc, KeyRing, keys};
 use commerce_proto::auth::v1 as pb;
 use commerce_proto::auth::v1::auth_service_server::AuthService;
+use commerce_token::{self as jwt, Role, Verifier, VerifyError};
 use common::TestDatabase;
 use tonic::{Code, Request};
 

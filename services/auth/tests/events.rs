@@ -3,10 +3,10 @@
 
 mod common;
 
-use commerce_auth::jwt::Role;
 use commerce_auth::store::{self, NewUser};
 use commerce_proto::events::EventPayload;
 use commerce_proto::events::v1::{UserRegistered, UserRole};
+use commerce_token::Role;
 use common::{TestDatabase, outbox};
 use prost::Message;
 

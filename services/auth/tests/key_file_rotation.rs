@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use commerce_auth::jwt::{self, Verifier, VerifyError};
 use commerce_auth::keys::{self, FileKids};
 use commerce_auth::{AuthArgs, AuthGrpc, KeyRing};
 use commerce_proto::auth::v1 as pb;
 use commerce_proto::auth::v1::auth_service_server::AuthService;
+use commerce_token::{self as jwt, Verifier, VerifyError};
 use common::TestDatabase;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;

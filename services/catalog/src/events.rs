@@ -4,9 +4,9 @@
 //! moved) and `ProductDeleted`. The catalog consumes no events.
 
 use commerce_platform::events::enqueue;
-use commerce_platform::time::timestamp;
 use commerce_proto::common::v1::Money as ProtoMoney;
 use commerce_proto::events::v1 as pb;
+use commerce_proto::time::timestamp;
 use prost_types::FieldMask;
 use sqlx::postgres::PgConnection;
 

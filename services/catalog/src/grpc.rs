@@ -5,7 +5,7 @@
 //! Role checks (admin-only writes, `include_inactive`) happen at the
 //! gateway; this service validates input only.
 
-use commerce_platform::time::timestamp;
+use commerce_proto::time::timestamp;
 use std::collections::HashSet;
 use std::sync::Arc;
 

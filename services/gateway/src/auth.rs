@@ -159,7 +159,7 @@ impl jwt::KeySource for AuthKeySource {
         });
         // Compared with this process's clock on arrival: off by at most the
         // call's latency, far inside the leeway.
-        let clock = response.clock.as_ref().and_then(commerce_platform::time::from_timestamp);
+        let clock = response.clock.as_ref().and_then(commerce_proto::time::from_timestamp);
         Ok(jwt::KeySet { keys: response.keys, max_age, clock })
     }
 }

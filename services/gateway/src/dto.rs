@@ -138,7 +138,7 @@ from_fields!(both Address, common::v1::Address {
 
 /// RFC 3339 text of a protobuf timestamp; `None` when unset.
 pub fn timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
-    commerce_platform::time::from_timestamp(&value?)
+    commerce_proto::time::from_timestamp(&value?)
         .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 

@@ -1,7 +1,7 @@
 //! Local verification of access tokens, without a call to auth per request.
 //!
 //! The token format and its checks are the auth service's own pure verifier,
-//! [`commerce_auth::jwt::Verifier`] (compact JWS, `alg: EdDSA` only, so
+//! [`commerce_token::Verifier`] (compact JWS, `alg: EdDSA` only, so
 //! `none`, HMAC-with-the-public-key and RSA tokens are refused before any
 //! key is looked at; strict Ed25519 signature; `iss`, `aud`, `nbf`, `exp`),
 //! so the edge accepts exactly what auth signs. This module owns what a
@@ -51,8 +51,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-pub use commerce_auth::jwt::{Role, VerifyError as TokenError};
 use commerce_proto::auth::v1::PublicKey;
+pub use commerce_token::{Role, VerifyError as TokenError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -181,7 +181,7 @@ pub struct Expectations {
 struct Accepted {
     caller: Caller,
     /// From this instant on the token is refused (see
-    /// [`commerce_auth::jwt::Verifier::verify_until`]).
+    /// [`commerce_token::Verifier::verify_until`]).
     refused_from: DateTime<Utc>,
     /// The [`Verifier::keys_epoch`] it was verified under; an entry of an
     /// older epoch is never used.
@@ -195,7 +195,7 @@ type KeyFingerprint = Vec<(String, Vec<u8>, Option<(i64, i32)>)>;
 pub struct Verifier<S> {
     source: S,
     expectations: Expectations,
-    current: RwLock<Arc<commerce_auth::jwt::Verifier>>,
+    current: RwLock<Arc<commerce_token::Verifier>>,
     /// Accepted tokens, by the token string (see the module docs).
     accepted: quick_cache::sync::Cache<String, Arc<Accepted>>,
     /// Bumped (after the swap of `current`) whenever the key set changes,
@@ -226,7 +226,7 @@ impl<S> fmt::Debug for Verifier<S> {
 }
 
 impl<S> Verifier<S> {
-    fn verifier(&self) -> Arc<commerce_auth::jwt::Verifier> {
+    fn verifier(&self) -> Arc<commerce_token::Verifier> {
         self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
@@ -234,7 +234,7 @@ impl<S> Verifier<S> {
 impl<S: KeySource> Verifier<S> {
     /// A verifier that knows no key until the first fetch.
     pub fn new(source: S, expectations: Expectations) -> Self {
-        let empty = commerce_auth::jwt::Verifier::empty(&expectations.issuer, &expectations.audience)
+        let empty = commerce_token::Verifier::empty(&expectations.issuer, &expectations.audience)
             .with_leeway(expectations.leeway);
         Self {
             source,
@@ -364,14 +364,14 @@ impl<S: KeySource> Verifier<S> {
             .keys
             .into_iter()
             .filter(|key| {
-                let ok = key.algorithm == commerce_auth::jwt::ALGORITHM && key.public_key.len() == 32;
+                let ok = key.algorithm == commerce_token::ALGORITHM && key.public_key.len() == 32;
                 if !ok {
                     tracing::warn!(kid = %key.key_id, algorithm = %key.algorithm, "ignoring an unusable access-token key");
                 }
                 ok
             })
             .collect();
-        let verifier = commerce_auth::jwt::Verifier::from_public_keys(
+        let verifier = commerce_token::Verifier::from_public_keys(
             &usable,
             &self.expectations.issuer,
             &self.expectations.audience,
@@ -450,7 +450,7 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use commerce_auth::jwt::{Claims, TokenSigner};
+    use commerce_token::{Claims, TokenSigner};
     use ed25519_dalek::SigningKey;
     use uuid::Uuid;
 
@@ -570,7 +570,7 @@ mod tests {
 
         // A remembered token is not verified again: with the keys gone from
         // the verifier (but no change of key set seen), it is still accepted.
-        let empty = commerce_auth::jwt::Verifier::empty("commerce-auth", "commerce");
+        let empty = commerce_token::Verifier::empty("commerce-auth", "commerce");
         *verifier.current.write().expect("lock") = Arc::new(empty);
         assert_eq!(verifier.verify_at(&token, now).await, Ok(caller));
         // ... but not from its expiry on (leeway zero here).

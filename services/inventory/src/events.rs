@@ -15,7 +15,7 @@
 //!   (`StockReleased` with `was_committed = true`);
 //! - `ProductCreated` -> a stock row with zero units.
 
-use commerce_platform::time::timestamp;
+use commerce_proto::time::timestamp;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

@@ -3,7 +3,7 @@
 //! same operations the saga consumer uses) and the outcomes back into proto
 //! messages. Errors become statuses in one place, `From<Error> for Status`.
 
-use commerce_platform::time::timestamp;
+use commerce_proto::time::timestamp;
 use std::time::Duration;
 
 use commerce_proto::inventory::v1 as pb;

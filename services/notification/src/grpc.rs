@@ -1,9 +1,9 @@
 //! The `NotificationService` gRPC server and the one `From<Error> for Status`.
 
 use chrono::{DateTime, Utc};
-use commerce_platform::time::timestamp;
 use commerce_proto::notification::v1 as pb;
 use commerce_proto::notification::v1::notification_service_server::NotificationService;
+use commerce_proto::time::timestamp;
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;

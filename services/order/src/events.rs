@@ -2,7 +2,7 @@
 //! of the change) and consumes (inventory, payment and shipment events), plus
 //! the reservation sweeper, which feeds the state machine the clock.
 
-use commerce_platform::time::{from_timestamp, timestamp};
+use commerce_proto::time::{from_timestamp, timestamp};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

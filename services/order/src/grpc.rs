@@ -1,7 +1,7 @@
 //! The `OrderService` gRPC server: proto <-> domain, catalog pricing, and the
 //! one `From<Error> for Status` mapping.
 
-use commerce_platform::time::timestamp;
+use commerce_proto::time::timestamp;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};

@@ -18,7 +18,7 @@ use crate::store::{self, Payment, Refund};
 
 fn now() -> Timestamp {
     let now = Utc::now();
-    commerce_platform::time::timestamp(now)
+    commerce_proto::time::timestamp(now)
 }
 
 fn money(currency: &str, units: i64) -> Money {

@@ -2,9 +2,9 @@
 //! and refunds through the same locked paths as the saga's worker, and the
 //! one `From<Error> for Status` mapping.
 
-use commerce_platform::time::timestamp;
 use commerce_proto::payment::v1 as pb;
 use commerce_proto::payment::v1::payment_service_server::PaymentService;
+use commerce_proto::time::timestamp;
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;

@@ -19,7 +19,6 @@ pub mod resilience;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
-pub mod time;
 pub mod trace_context;
 pub mod url;
 

@@ -5,9 +5,9 @@
 
 use chrono::Utc;
 use commerce_platform::events::{HandlerError, IncomingEvent, enqueue};
-use commerce_platform::time::timestamp;
 use commerce_proto::common::v1::Address;
 use commerce_proto::events::v1 as ev;
+use commerce_proto::time::timestamp;
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;

@@ -2,9 +2,9 @@
 //! `From<Error> for Status` mapping.
 
 use chrono::{DateTime, Utc};
-use commerce_platform::time::timestamp;
 use commerce_proto::shipping::v1 as pb;
 use commerce_proto::shipping::v1::shipping_service_server::ShippingService;
+use commerce_proto::time::timestamp;
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;

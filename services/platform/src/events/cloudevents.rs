@@ -78,7 +78,8 @@ impl CloudEventAttributes {
     /// its topic), the time it says it happened (or now), the key as
     /// subject, and a child of the current trace.
     pub fn for_event<E: EventPayload>(event: &E) -> Self {
-        let time = event.occurred_at().and_then(crate::time::from_timestamp).unwrap_or_else(Utc::now);
+        let time =
+            event.occurred_at().and_then(commerce_proto::time::from_timestamp).unwrap_or_else(Utc::now);
         Self {
             id: Uuid::now_v7(),
             event_type: E::TYPE.to_owned(),

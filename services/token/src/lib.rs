@@ -117,6 +117,11 @@ impl Claims {
     }
 }
 
+/// The media type tokens carry in `typ` (RFC 7519 section 5.1), and the one
+/// accepted: a JWS of another type signed with the same keys is not an
+/// access token (RFC 8725 section 3.11).
+pub const TOKEN_TYPE: &str = "JWT";
+
 /// The JOSE header we write and accept.
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -124,6 +129,10 @@ struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     typ: Option<String>,
     kid: String,
+    /// Extensions the recipient must understand (RFC 7515 section 4.1.11);
+    /// this verifier understands none, so a token naming any is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
 }
 
 /// Why a token was not accepted. [`UnknownKey`](Self::UnknownKey) tells a
@@ -134,6 +143,10 @@ pub enum VerifyError {
     Malformed(&'static str),
     #[error("the token's algorithm {0:?} is not accepted (only EdDSA)")]
     UnsupportedAlgorithm(String),
+    #[error("the token's type {0:?} is not JWT")]
+    WrongType(Option<String>),
+    #[error("the token's header names critical extensions, which are not understood")]
+    CriticalExtensions,
     #[error("the token was signed by unknown key {kid:?}")]
     UnknownKey { kid: String },
     #[error("the token's signature does not verify")]
@@ -176,7 +189,7 @@ impl From<&commerce_proto::auth::v1::PublicKey> for PublicJwk {
             key_id: key.key_id.clone(),
             algorithm: key.algorithm.clone(),
             public_key: key.public_key.clone(),
-            expires_at: key.expires_at.as_ref().and_then(commerce_platform::time::from_timestamp),
+            expires_at: key.expires_at.as_ref().and_then(commerce_proto::time::from_timestamp),
         }
     }
 }
@@ -301,6 +314,13 @@ impl Verifier {
         if header.alg != ALGORITHM {
             return Err(VerifyError::UnsupportedAlgorithm(header.alg));
         }
+        if header.crit.is_some() {
+            return Err(VerifyError::CriticalExtensions);
+        }
+        // Media types compare case-insensitively (RFC 7515 section 4.1.9).
+        if !header.typ.as_deref().is_some_and(|typ| typ.eq_ignore_ascii_case(TOKEN_TYPE)) {
+            return Err(VerifyError::WrongType(header.typ));
+        }
         let Some((key, key_expires_at)) = self.keys.get(&header.kid) else {
             return Err(VerifyError::UnknownKey { kid: header.kid });
         };
@@ -385,7 +405,12 @@ impl TokenSigner {
 
     /// Encodes and signs `claims` as a compact JWS.
     pub fn sign(&self, claims: &Claims) -> String {
-        let header = Header { alg: ALGORITHM.to_owned(), typ: Some("JWT".to_owned()), kid: self.kid.clone() };
+        let header = Header {
+            alg: ALGORITHM.to_owned(),
+            typ: Some(TOKEN_TYPE.to_owned()),
+            kid: self.kid.clone(),
+            crit: None,
+        };
         // Serializing these plain structs cannot fail.
         let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
@@ -476,6 +501,47 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
         assert_eq!(verifier(&[&signer]).verify_at(&tampered, now), Err(VerifyError::BadSignature));
+    }
+
+    /// A token with `header` (JSON), validly signed by `signer`.
+    fn signed_with_header(signer: &TokenSigner, header: &str, claims: &Claims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(header.as_bytes());
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("json"));
+        let signing_input = format!("{header}.{payload}");
+        let signature = signer.key.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+    }
+
+    #[test]
+    fn a_token_naming_critical_extensions_is_refused_however_well_signed() {
+        let now = Utc::now();
+        let signer = signer(1);
+        let kid = signer.kid().to_owned();
+        let header = format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{kid}","crit":["exp"]}}"#);
+        let token = signed_with_header(&signer, &header, &claims(now));
+        assert_eq!(verifier(&[&signer]).verify_at(&token, now), Err(VerifyError::CriticalExtensions));
+    }
+
+    #[test]
+    fn only_a_token_typed_jwt_is_accepted() {
+        let now = Utc::now();
+        let signer = signer(1);
+        let kid = signer.kid().to_owned();
+        let verifier = verifier(&[&signer]);
+        for (typ, accepted) in
+            [(Some("JWT"), true), (Some("jwt"), true), (Some("JOSE"), false), (None, false)]
+        {
+            let header = match typ {
+                Some(typ) => format!(r#"{{"alg":"EdDSA","typ":"{typ}","kid":"{kid}"}}"#),
+                None => format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#),
+            };
+            let verdict = verifier.verify_at(&signed_with_header(&signer, &header, &claims(now)), now);
+            if accepted {
+                assert_eq!(verdict, Ok(claims(now)), "typ {typ:?}");
+            } else {
+                assert_eq!(verdict, Err(VerifyError::WrongType(typ.map(str::to_owned))), "typ {typ:?}");
+            }
+        }
     }
 
     #[test]
