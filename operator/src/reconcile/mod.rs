@@ -674,7 +674,7 @@ fn shorten_note(note: String, max: usize) -> String {
 /// the apiserver ends the chain with its message, once: kube's own text for
 /// it repeats the message and the whole Status.
 pub fn error_chain(error: &Error) -> String {
-    commerce_platform::runtime::error_chain_with(error, |cause| match cause.downcast_ref::<kube::Error>() {
+    commerce_platform::errors::error_chain_with(error, |cause| match cause.downcast_ref::<kube::Error>() {
         Some(api_error @ kube::Error::Api(_)) => Some(api_message(api_error)),
         _ => None,
     })

@@ -4,6 +4,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -319,6 +320,40 @@ impl Cursor {
             ));
         }
         Ok(cursor)
+    }
+}
+
+/// A product as stored (a row of `products`; the store reads it, events
+/// and gRPC answers are made from it).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ProductRow {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category_id: Uuid,
+    pub price_units: i64,
+    pub currency: String,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ProductRow {
+    /// The writable fields, for updates.
+    pub fn draft(&self) -> ProductDraft {
+        ProductDraft {
+            sku: self.sku.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            category_id: self.category_id,
+            price: self.price(),
+            active: self.active,
+        }
+    }
+
+    pub fn price(&self) -> Money {
+        Money { currency: self.currency.clone(), units: self.price_units }
     }
 }
 

@@ -11,8 +11,7 @@ use prost_types::FieldMask;
 use sqlx::postgres::PgConnection;
 
 use crate::Error;
-use crate::domain::{Field, Money};
-use crate::store::ProductRow;
+use crate::domain::{Field, Money, ProductRow};
 
 /// The proto form of an amount.
 pub fn money(money: &Money) -> ProtoMoney {

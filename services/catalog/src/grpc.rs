@@ -18,9 +18,10 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::cache::Cache;
+use crate::domain::ProductRow;
 use crate::domain::{self, Cursor, InvalidInput, ListFilter, Money, ProductDraft};
 use crate::events;
-use crate::store::{self, CategoryRow, ProductRow};
+use crate::store::{self, CategoryRow};
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {

@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Error;
+use crate::domain::ProductRow;
 use crate::events;
-use crate::store::ProductRow;
 
 /// Currency of every demo price.
 pub const DEMO_CURRENCY: &str = "EUR";

@@ -16,7 +16,7 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::domain::{Cursor, ListFilter, Money, ProductDraft};
+use crate::domain::{Cursor, ListFilter, ProductDraft, ProductRow};
 use crate::events;
 
 /// Postgres' code for a unique violation.
@@ -43,39 +43,6 @@ pub struct CategoryRow {
     pub slug: String,
     pub parent_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
-}
-
-/// A product as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ProductRow {
-    pub id: Uuid,
-    pub sku: String,
-    pub name: String,
-    pub description: String,
-    pub category_id: Uuid,
-    pub price_units: i64,
-    pub currency: String,
-    pub active: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl ProductRow {
-    /// The writable fields, for updates.
-    pub fn draft(&self) -> ProductDraft {
-        ProductDraft {
-            sku: self.sku.clone(),
-            name: self.name.clone(),
-            description: self.description.clone(),
-            category_id: self.category_id,
-            price: self.price(),
-            active: self.active,
-        }
-    }
-
-    pub fn price(&self) -> Money {
-        Money { currency: self.currency.clone(), units: self.price_units }
-    }
 }
 
 const PRODUCT_COLUMNS: &str =

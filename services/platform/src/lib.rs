@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod discovery;
+pub mod errors;
 pub mod events;
 pub mod grpc;
 pub mod quota;
@@ -22,4 +23,5 @@ pub mod telemetry;
 pub mod trace_context;
 pub mod url;
 
-pub use runtime::{ServiceRuntime, error_chain};
+pub use errors::error_chain;
+pub use runtime::ServiceRuntime;

@@ -71,10 +71,10 @@ use super::EventPayload;
 use super::cloudevents::CloudEventAttributes;
 use super::kafka::{KafkaArgs, TracingContext, millis, spawn_broker_watch};
 use super::metrics::EventMetrics;
-use super::outbox::error_chain;
 use super::producer::{EventProducer, OutgoingRecord};
 use crate::backoff::Backoff;
 use crate::db::sleep_or_cancelled;
+use crate::errors::error_chain;
 use crate::readiness::Check;
 use crate::trace_context::{self, TraceContext};
 

@@ -42,6 +42,7 @@ use super::metrics::EventMetrics;
 use super::producer::{EventProducer, OutgoingRecord, ProducerError};
 use crate::backoff::Backoff;
 use crate::db::sleep_or_cancelled;
+use crate::errors::error_chain;
 
 /// Channel of the `NOTIFY` that wakes the relay after a commit.
 pub const NOTIFY_CHANNEL: &str = "commerce_platform_outbox";
@@ -458,5 +459,3 @@ async fn next_notification(listener: &mut Option<PgListener>) {
         *listener = None;
     }
 }
-
-pub(crate) use crate::runtime::error_chain;
