@@ -18,10 +18,22 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::cli::CheckGrpc;
-
 /// The default of `--timeout`.
 pub const DEFAULT_TIMEOUT: &str = "5s";
+
+/// Flags of `commerce check grpc`.
+#[derive(Debug, clap::Args)]
+pub struct CheckGrpc {
+    /// host:port of the server, e.g. shop-inventory.shop.svc:50051.
+    pub address: String,
+    /// The service to ask about; empty asks about the server as a whole.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long connecting and answering may take together.
+    #[arg(long, default_value = DEFAULT_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
 /// How long one attempt may take to connect: a pod on the cluster network
 /// answers in milliseconds, so a second only passes when packets are
 /// dropped, and then the next attempt may fare better.

@@ -12,6 +12,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use commerce_platform::telemetry::LogArgs;
 use commerce_topology::{Service, UnknownService};
 
+use crate::check::CheckGrpc;
 use crate::infra::InfraArgs;
 use crate::services::{self, Single};
 
@@ -61,19 +62,6 @@ pub enum CheckCommand {
     /// SERVING; exit 0 only if it is. Tells whether this pod can reach
     /// another (DNS, Services, NetworkPolicies).
     Grpc(CheckGrpc),
-}
-
-/// Flags of `commerce check grpc`.
-#[derive(Debug, clap::Args)]
-pub struct CheckGrpc {
-    /// host:port of the server, e.g. shop-inventory.shop.svc:50051.
-    pub address: String,
-    /// The service to ask about; empty asks about the server as a whole.
-    #[arg(long, default_value = "")]
-    pub service: String,
-    /// How long connecting and answering may take together.
-    #[arg(long, default_value = crate::check::DEFAULT_TIMEOUT, value_parser = humantime::parse_duration)]
-    pub timeout: std::time::Duration,
 }
 
 #[allow(clippy::large_enum_variant)]

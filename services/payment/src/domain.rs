@@ -140,6 +140,37 @@ pub fn retry_delay(attempts: u32, base: Duration, cap: Duration) -> Duration {
     commerce_platform::backoff::step(base, cap, attempts)
 }
 
+/// The provider's answer to a charge.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChargeOutcome {
+    /// Money taken; `reference` is the provider's id of the charge.
+    Captured { reference: String },
+    /// The payment method was refused; retrying will not help.
+    Declined { reason: String },
+}
+
+/// What voiding a charge key found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VoidOutcome {
+    /// No money had been taken under the key; none will be.
+    NothingCharged,
+    /// A capture had been made under the key and was reversed in full;
+    /// `reference` is the provider's id of the reversal.
+    Reversed { reference: String },
+}
+
+impl VoidOutcome {
+    /// Stored in `payments.void_outcome` and used as a metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VoidOutcome::NothingCharged => "nothing_charged",
+            VoidOutcome::Reversed { .. } => "reversed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

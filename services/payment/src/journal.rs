@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::provider::{ChargeOutcome, VoidOutcome};
+use crate::domain::{ChargeOutcome, VoidOutcome};
 
 /// One change of the mock's ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+// The provider's answers are the payment domain's words (the journal
+// records them too).
+pub use crate::domain::{ChargeOutcome, VoidOutcome};
 use crate::journal::{Journal, JournalEntry};
 
 /// Test token that the mock always declines.
@@ -59,16 +62,6 @@ pub struct ChargeRequest {
     pub payment_method_token: String,
 }
 
-/// The provider's answer to a charge.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ChargeOutcome {
-    /// Money taken; `reference` is the provider's id of the charge.
-    Captured { reference: String },
-    /// The payment method was refused; retrying will not help.
-    Declined { reason: String },
-}
-
 /// A refund to make against a captured charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundRequest {
@@ -78,27 +71,6 @@ pub struct RefundRequest {
     pub charge_reference: String,
     pub amount: i64,
     pub currency: String,
-}
-
-/// What voiding a charge key found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum VoidOutcome {
-    /// No money had been taken under the key; none will be.
-    NothingCharged,
-    /// A capture had been made under the key and was reversed in full;
-    /// `reference` is the provider's id of the reversal.
-    Reversed { reference: String },
-}
-
-impl VoidOutcome {
-    /// Stored in `payments.void_outcome` and used as a metric label.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            VoidOutcome::NothingCharged => "nothing_charged",
-            VoidOutcome::Reversed { .. } => "reversed",
-        }
-    }
 }
 
 /// The provider could not answer: safe to retry later with the same key.
