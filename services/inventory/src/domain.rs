@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
 /// Most units one line may ask for: far above any real order, far below
 /// where `i64` arithmetic on the counters could overflow.
 pub const MAX_LINE_QUANTITY: u32 = 1_000_000;
@@ -314,6 +317,51 @@ pub fn reservation_ttl(requested: Option<Duration>, default: Duration, max: Dura
     match requested {
         Some(ttl) if !ttl.is_zero() => ttl.min(max),
         _ => default.min(max),
+    }
+}
+
+/// A reservation with its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: Uuid,
+    pub order_id: String,
+    pub status: ReservationStatus,
+    pub release_reason: Option<ReleaseReason>,
+    /// Its stock had been sold and was returned after a cancellation.
+    pub was_committed: bool,
+    /// Sorted by product id.
+    pub lines: Vec<Line>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The answer to a reserve attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Every line is now held (StockReserved was enqueued).
+    Reserved(Reservation),
+    /// The order already had a reservation; nothing changed.
+    AlreadyReserved(Reservation),
+    /// Nothing was held (StockReservationFailed was enqueued).
+    Rejected(Vec<Shortfall>),
+    /// The order was rejected before; nothing changed, same answer.
+    AlreadyRejected(Vec<Shortfall>),
+}
+
+/// How an admin changed a product's stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestockKind {
+    Restock,
+    Set,
+}
+
+impl RestockKind {
+    /// Text of `stock_adjustments.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restock => "RESTOCK",
+            Self::Set => "SET",
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod metrics;
+pub mod published;
 pub mod store;
 
 use commerce_platform::events::OutboxError;

@@ -26,9 +26,12 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::{
-    self, Decision, Line, Movement, ReleaseReason, ReservationStatus, RuleError, Shortfall, StockLevel,
+    self, Decision, Line, Movement, ReleaseReason, ReservationStatus, RestockKind, RuleError, Shortfall,
+    StockLevel,
 };
-use crate::events;
+use crate::published;
+
+pub use crate::domain::{Reservation, ReserveOutcome};
 
 /// First key of the advisory locks taken per order id (ASCII "invr"); the
 /// second is the order id's hash. Per database, so it only has to differ
@@ -41,34 +44,6 @@ pub struct StockRow {
     pub product_id: String,
     pub level: StockLevel,
     pub updated_at: DateTime<Utc>,
-}
-
-/// A reservation with its lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub id: Uuid,
-    pub order_id: String,
-    pub status: ReservationStatus,
-    pub release_reason: Option<ReleaseReason>,
-    /// Its stock had been sold and was returned after a cancellation.
-    pub was_committed: bool,
-    /// Sorted by product id.
-    pub lines: Vec<Line>,
-    pub expires_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-}
-
-/// The answer to a reserve attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    /// Every line is now held (StockReserved was enqueued).
-    Reserved(Reservation),
-    /// The order already had a reservation; nothing changed.
-    AlreadyReserved(Reservation),
-    /// Nothing was held (StockReservationFailed was enqueued).
-    Rejected(Vec<Shortfall>),
-    /// The order was rejected before; nothing changed, same answer.
-    AlreadyRejected(Vec<Shortfall>),
 }
 
 /// A request to reserve stock for one order.
@@ -255,7 +230,7 @@ pub async fn reserve(conn: &mut PgConnection, request: ReserveRequest) -> Result
                 .map_err(Error::WriteReservation)?;
             outbox::enqueue(
                 conn,
-                &events::stock_reservation_failed(&request.order_id, &shortfalls, Utc::now()),
+                &published::stock_reservation_failed(&request.order_id, &shortfalls, Utc::now()),
             )
             .await
             .map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
@@ -296,7 +271,7 @@ pub async fn reserve(conn: &mut PgConnection, request: ReserveRequest) -> Result
                 expires_at,
                 created_at,
             };
-            outbox::enqueue(conn, &events::stock_reserved(&reservation, created_at))
+            outbox::enqueue(conn, &published::stock_reserved(&reservation, created_at))
                 .await
                 .map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
             tracing::info!(order_id = %reservation.order_id, reservation_id = %id, "stock reserved");
@@ -425,9 +400,9 @@ pub async fn transition(
     let now = Utc::now();
     let enqueued = match status {
         ReservationStatus::Committed => {
-            outbox::enqueue(conn, &events::stock_committed(&reservation, now)).await
+            outbox::enqueue(conn, &published::stock_committed(&reservation, now)).await
         }
-        _ => outbox::enqueue(conn, &events::stock_released(&reservation, now)).await,
+        _ => outbox::enqueue(conn, &published::stock_released(&reservation, now)).await,
     };
     enqueued.map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
     tracing::info!(
@@ -483,8 +458,8 @@ pub async fn adjust_stock(
                 quantity: 0,
             }));
         }
-        Adjustment::Restock(quantity) => (before.restock(product_id, quantity), events::RestockKind::Restock),
-        Adjustment::Set(available) => (before.set_available(available), events::RestockKind::Set),
+        Adjustment::Restock(quantity) => (before.restock(product_id, quantity), RestockKind::Restock),
+        Adjustment::Set(available) => (before.set_available(available), RestockKind::Set),
     };
     let after = after.map_err(Error::Validate)?;
     write_stock(conn, &[(product_id.to_owned(), after)]).await?;
@@ -502,7 +477,7 @@ pub async fn adjust_stock(
     .await
     .map_err(Error::UpdateStock)?;
     let now = Utc::now();
-    outbox::enqueue(conn, &events::stock_restocked(product_id, kind, delta, after.available, note, now))
+    outbox::enqueue(conn, &published::stock_restocked(product_id, kind, delta, after.available, note, now))
         .await
         .map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
     tracing::info!(product_id, kind = kind.as_str(), delta, available = after.available, "stock adjusted");
