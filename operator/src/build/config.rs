@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::infra::Endpoints;
+use super::endpoints::Endpoints;
 use super::names;
 use super::secrets::{self, SecretValues};
 use crate::Error;
@@ -357,7 +357,7 @@ mod tests {
         let stack =
             crate::build::parse_stack(include_str!("../../../manifests/examples/minimal.yaml")).unwrap();
         let valid = crate::validate::validate(&stack, "shop").unwrap();
-        let mut endpoints = super::super::infra::endpoints(&valid);
+        let mut endpoints = super::super::endpoints::endpoints(&valid);
         assert_eq!(kafka_properties(&endpoints), None, "plaintext without SASL needs no property");
         endpoints.kafka_tls = Some(KafkaTls::default());
         assert_eq!(kafka_properties(&endpoints).as_deref(), Some("security.protocol=ssl"));

@@ -8,6 +8,7 @@
 //! that read them, autoscalers and the Ingress after what they point at.
 
 pub mod config;
+pub mod endpoints;
 pub mod gateway;
 pub mod infra;
 pub mod names;
@@ -73,7 +74,7 @@ pub fn build(
     values: &SecretValues,
 ) -> Result<Vec<DesiredObject>, Error> {
     let mut objects = Objects::default();
-    let endpoints = infra::endpoints(stack);
+    let endpoints = endpoints::endpoints(stack);
 
     for secret in secrets::build_secrets(stack, values)? {
         objects.push(&secret)?;

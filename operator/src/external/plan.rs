@@ -6,7 +6,7 @@ use commerce_kafka_access::{AclBinding, Operation, ResourceType, ScramMechanism}
 use commerce_topology::{self as catalog, Service};
 
 use crate::Error;
-use crate::build::infra::Endpoints;
+use crate::build::endpoints::Endpoints;
 use crate::build::names;
 use crate::build::secrets::{self, SecretValues};
 use crate::validate::ValidStack;

@@ -34,7 +34,7 @@ use super::{
     write_status,
 };
 use crate::Error;
-use crate::build::infra;
+use crate::build::endpoints;
 use crate::build::names::ExternalNames;
 use crate::build::secrets::SecretValues;
 use crate::external::plan;
@@ -133,7 +133,7 @@ async fn drop_databases(ctx: &Context, valid: &ValidStack<'_>) -> CleanupStep {
         return CleanupStep::NotNeeded("Postgres is managed: the databases go with its volume".into());
     }
     let names = plan::databases_to_drop(valid).join(", ");
-    let endpoints = infra::endpoints(valid);
+    let endpoints = endpoints::endpoints(valid);
     let dropped = async {
         // Passwords do not matter for dropping.
         let server = postgres_admin(ctx, valid, &SecretValues::placeholders(), &endpoints, None).await?;
@@ -158,7 +158,7 @@ async fn delete_topics(ctx: &Context, valid: &ValidStack<'_>) -> CleanupStep {
     }
     let topics = plan::topics(valid);
     let names = format!("{} topics {}*", topics.len(), ExternalNames::of(valid).kafka_name_prefix());
-    let endpoints = infra::endpoints(valid);
+    let endpoints = endpoints::endpoints(valid);
     let brokers = endpoints.kafka_brokers.clone();
     let kafka = match super::kafka_cluster(&ctx.client, valid.namespace, &endpoints, None).await {
         Ok(kafka) => kafka,

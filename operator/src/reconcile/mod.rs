@@ -53,7 +53,7 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::build::names::Component;
 use crate::build::secrets::SecretValues;
-use crate::build::{self, config, gateway, infra, names, secrets};
+use crate::build::{self, config, endpoints, gateway, names, secrets};
 use crate::external::{ExternalState, KafkaCluster, PostgresServer, plan};
 use crate::metrics::Metrics;
 use crate::validate::{ValidStack, validate};
@@ -286,7 +286,7 @@ async fn ensure_external(
     current: &apply::Current,
     outcome: &mut Outcome,
 ) -> Result<(), Error> {
-    let endpoints = infra::endpoints(valid);
+    let endpoints = endpoints::endpoints(valid);
     let holds = valid.stack.spec.deletion_policy == DeletionPolicy::Delete;
     if holds {
         // First, so that a broker or database that is down does not keep a
@@ -351,7 +351,7 @@ async fn ensure_external(
 pub(crate) async fn kafka_cluster(
     client: &Client,
     namespace: &str,
-    endpoints: &infra::Endpoints,
+    endpoints: &endpoints::Endpoints,
     hold: Option<&str>,
 ) -> Result<KafkaCluster, Error> {
     let mut kafka = KafkaCluster::plaintext(endpoints.kafka_brokers.clone());
@@ -384,7 +384,7 @@ pub(crate) async fn kafka_cluster(
 /// The names of the Secrets the stack's cleanup logs in with, which a stack
 /// under `Delete` holds: the external Postgres' admin Secret and CA, the
 /// external Kafka's CA and SASL Secrets.
-fn cleanup_secret_names<'e>(valid: &ValidStack<'_>, endpoints: &'e infra::Endpoints) -> Vec<&'e str> {
+fn cleanup_secret_names<'e>(valid: &ValidStack<'_>, endpoints: &'e endpoints::Endpoints) -> Vec<&'e str> {
     let mut names = Vec::new();
     if !valid.postgres.is_managed() {
         names.push(endpoints.postgres.admin_password.name.as_str());
@@ -441,7 +441,7 @@ async fn postgres_admin(
     ctx: &Context,
     valid: &ValidStack<'_>,
     values: &SecretValues,
-    endpoints: &infra::Endpoints,
+    endpoints: &endpoints::Endpoints,
     hold: Option<&str>,
 ) -> Result<PostgresServer, Error> {
     let admin = &endpoints.postgres;
