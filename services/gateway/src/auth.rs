@@ -17,9 +17,8 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::jwt::{self, Rejection, Role};
+use crate::jwt::{self, Rejection, Role, Verifier};
 use crate::problem::Problem;
-use crate::state::AppState;
 
 pub use crate::jwt::Caller;
 
@@ -39,7 +38,12 @@ pub enum Authentication {
 /// Verifies the bearer token, if any, and records the outcome; an outcome
 /// already recorded (by [`remembered_caller`] in `middleware::observe`)
 /// stands.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// `S` is the app's state ([`AppState`](crate::state::AppState)), which
+/// lends the verifier: this module does not depend on what else it holds.
+pub async fn authenticate<S>(State(state): State<S>, mut request: Request, next: Next) -> Response
+where
+    S: AsRef<Verifier<AuthKeySource>>,
+{
     if request.extensions().get::<Arc<Authentication>>().is_some() {
         return next.run(request).await;
     }
@@ -47,7 +51,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         None => Authentication::Anonymous,
         Some(value) => match value.to_str().ok().and_then(bearer_token) {
             None => Authentication::NotBearer,
-            Some(token) => match state.verifier.verify(token).await {
+            Some(token) => match state.as_ref().verify(token).await {
                 Ok(caller) => {
                     tracing::Span::current().record("user_id", caller.user_id.as_str());
                     Authentication::Verified(caller)
@@ -63,9 +67,12 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
 /// The caller behind the request's bearer token when the verifier
 /// remembers the token as accepted (nearly always: a client sends the same
 /// token again and again), without verifying anything.
-pub fn remembered_caller(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Caller> {
+pub fn remembered_caller(
+    verifier: &Verifier<AuthKeySource>,
+    headers: &axum::http::HeaderMap,
+) -> Option<Caller> {
     let token = headers.get(header::AUTHORIZATION)?.to_str().ok().and_then(bearer_token)?;
-    state.verifier.remembered(token)
+    verifier.remembered(token)
 }
 
 fn bearer_token(value: &str) -> Option<&str> {

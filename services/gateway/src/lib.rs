@@ -31,6 +31,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod problem;
 pub mod ratelimit;
+pub mod request_id;
 pub mod routes;
 pub mod state;
 
@@ -172,11 +173,12 @@ impl Gateway {
         let http_metrics = middleware::HttpMetrics::register(metrics);
         // Layers run outside-in in the reverse order they are added.
         routes::api()
+            .route("/api/openapi.json", axum::routing::get(openapi::document))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics, middleware::record_metrics))
             .fallback(middleware::no_route)
             .method_not_allowed_fallback(middleware::method_not_allowed)
-            .layer(axum::middleware::from_fn_with_state(self.state.clone(), ratelimit::enforce))
-            .layer(axum::middleware::from_fn_with_state(self.state.clone(), auth::authenticate))
+            .layer(axum::middleware::from_fn_with_state(self.state.clone(), ratelimit::enforce::<AppState>))
+            .layer(axum::middleware::from_fn_with_state(self.state.clone(), auth::authenticate::<AppState>))
             .layer(DefaultBodyLimit::max(self.http.body_limit))
             .layer(axum::middleware::from_fn_with_state(
                 self.http.body_limit,

@@ -23,17 +23,8 @@ use tracing::Instrument;
 use crate::auth::Authentication;
 use crate::extract::body_too_large;
 use crate::problem::Problem;
+use crate::request_id::REQUEST_ID;
 use crate::state::AppState;
-
-tokio::task_local! {
-    /// The id of the request the current task serves, for problem `instance`s.
-    static REQUEST_ID: String;
-}
-
-/// The current request's id, if inside [`observe`].
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
 
 /// Runs the request inside its trace (incoming `traceparent`, or a new root;
 /// gRPC calls made while handling it carry a child) and a span with the
@@ -47,7 +38,7 @@ pub fn current_request_id() -> Option<String> {
 /// which was 5% of an authenticated read.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let remembered = crate::auth::remembered_caller(&state, request.headers());
+    let remembered = crate::auth::remembered_caller(&state.verifier, request.headers());
     let request_id = request
         .headers()
         .get("x-request-id")

@@ -167,7 +167,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(mut self) -> Response {
         if self.instance.is_none() {
-            self.instance = crate::middleware::current_request_id()
+            self.instance = crate::request_id::current_request_id()
                 .filter(|id| !id.is_empty())
                 .map(|id| format!("urn:request:{id}"));
         }

@@ -44,6 +44,20 @@ impl AppState {
     }
 }
 
+/// What the authentication middleware needs ([`crate::auth::authenticate`]).
+impl AsRef<Verifier<AuthKeySource>> for AppState {
+    fn as_ref(&self) -> &Verifier<AuthKeySource> {
+        &self.verifier
+    }
+}
+
+/// What the rate-limit middleware needs ([`crate::ratelimit::enforce`]).
+impl AsRef<RateLimiter> for AppState {
+    fn as_ref(&self) -> &RateLimiter {
+        &self.rate_limiter
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = Parts;
 

@@ -39,7 +39,6 @@ use self::limiter::{Check, Decision, Limiter};
 use self::rules::{EffectiveRule, KeyKind, Rule};
 use crate::auth::Authentication;
 use crate::problem::Problem;
-use crate::state::AppState;
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -270,8 +269,14 @@ fn digest_hex(value: &str) -> String {
 
 /// The middleware: applies every matching rule, refuses with 429, and adds
 /// the headers to every response it let through.
-pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limiter = &state.rate_limiter;
+///
+/// `S` is the app's state ([`AppState`](crate::state::AppState)), which
+/// lends the limiter.
+pub async fn enforce<S>(State(state): State<S>, request: Request, next: Next) -> Response
+where
+    S: AsRef<RateLimiter>,
+{
+    let limiter: &RateLimiter = state.as_ref();
     let effective = limiter.effective();
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();

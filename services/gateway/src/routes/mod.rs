@@ -55,7 +55,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/openapi.json"),
 ];
 
-/// The API routes (without middleware).
+/// The API routes (without middleware), but for `/api/openapi.json`: the
+/// document describes these routes, so the router (`crate::Gateway`) adds
+/// it beside them.
 pub fn api() -> Router<AppState> {
     Router::new()
         .route("/api/auth/register", post(auth::register))
@@ -83,7 +85,6 @@ pub fn api() -> Router<AppState> {
         .route("/api/admin/orders", get(admin::list_orders))
         .route("/api/admin/ratelimits", get(admin::list_rate_limits))
         .route("/api/admin/ratelimits/{name}", put(admin::put_rate_limit).delete(admin::delete_rate_limit))
-        .route("/api/openapi.json", get(crate::openapi::document))
 }
 
 /// Maps a gRPC error from `peer` (see [`problem_from_status`]).
