@@ -54,9 +54,10 @@ bench: ## print the speed and memory figures against their targets (release buil
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy (warnings are errors) and no import cycle between modules
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+	python3 e2e/scripts/module-cycles.py .
 
 # The kustomize base is the chart rendered with its default values, so the
 # two cannot drift apart. The pinned helm of e2e/infra.env renders it (never
