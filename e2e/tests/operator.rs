@@ -1076,6 +1076,15 @@ async fn of_two_operators_only_the_lease_holder_reconciles_and_the_other_takes_o
         let follower = 1 - leader;
         eventually("the follower's admin server", || async { Ok(operators[follower].metrics().await.ok()) })
             .await?;
+        // Both are ready: the leader once it has listed what it watches, the
+        // follower standing by (a rollout must not wait for the Lease).
+        for operator in &operators {
+            let body = eventually("/readyz to answer 200", || async {
+                Ok(operator.readyz().await.ok().filter(|(ok, _)| *ok).map(|(_, body)| body))
+            })
+            .await?;
+            ensure!(body.contains(r#""name":"reconciling","ready":true"#), "{body}");
+        }
 
         let mut stack = minimal_stack(&stack_name, &namespace.name);
         apply(&client, &stack).await?;
@@ -1149,6 +1158,47 @@ async fn of_two_operators_only_the_lease_holder_reconciles_and_the_other_takes_o
 }
 
 /// Who holds the candidates' Lease, if it exists and names anyone.
+/// `/readyz` says something true: an operator whose apiserver does not
+/// answer is not ready and says why; one against the local control plane is
+/// ready once its watches have listed what they watch.
+#[tokio::test]
+async fn the_operators_readyz_names_an_apiserver_it_cannot_reach_and_turns_ready_once_it_has_listed()
+-> Result<()> {
+    install_crds()?;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let nowhere = std::env::temp_dir().join(format!("{}.kubeconfig", unique_name("nowhere")));
+    std::fs::write(
+        &nowhere,
+        "apiVersion: v1\nkind: Config\ncurrent-context: nowhere\n\
+         clusters: [{name: nowhere, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\n\
+         users: [{name: nowhere, user: {token: none}}]\n\
+         contexts: [{name: nowhere, context: {cluster: nowhere, user: nowhere}}]\n",
+    )?;
+    let mut lost = Operator::start_with_kubeconfig(&namespace.name, &nowhere)?;
+    let mut operator = Operator::start(&namespace.name)?;
+    let outcome = async {
+        let body = eventually("the lost operator's /readyz to name the apiserver", || async {
+            Ok(lost.readyz().await.ok().filter(|(ok, body)| !ok && body.contains("does not answer")))
+        })
+        .await?
+        .1;
+        ensure!(body.contains(r#""name":"apiserver","ready":false"#), "{body}");
+        ensure!(body.contains(r#""name":"reconciling","ready":false"#), "{body}");
+        let (_, body) = eventually("the operator's /readyz to answer 200", || async {
+            Ok(operator.readyz().await.ok().filter(|(ok, _)| *ok))
+        })
+        .await?;
+        ensure!(body.contains(r#""name":"apiserver","ready":true"#), "{body}");
+        ensure!(body.contains(r#""name":"reconciling","ready":true"#), "{body}");
+        Ok(())
+    }
+    .await;
+    lost.stop();
+    let _ = std::fs::remove_file(&nowhere);
+    finish(outcome, &client, &mut operator, namespace, &[]).await
+}
+
 async fn lease_holder(leases: &Api<Lease>) -> Result<Option<String>> {
     let lease = leases.get_opt(LEASE_NAME).await?;
     Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity))
@@ -1266,7 +1316,8 @@ async fn an_operator_watching_two_namespaces_reconciles_both_and_ignores_a_third
     let ignored = TestNamespace::create(&client).await?;
     let stack_name = unique_name("shop");
     let list = format!("{},{}", watched[0].name, watched[1].name);
-    let mut operator = Operator::spawn(&list, &format!("{}-list", watched[0].name), false)?;
+    let mut operator =
+        Operator::spawn(&list, &format!("{}-list", watched[0].name), false, &local_kubeconfig_path())?;
     let outcome = async {
         for namespace in watched.iter().chain([&ignored]) {
             create_admin_secret(&client, &namespace.name).await?;
@@ -1846,18 +1897,24 @@ struct Operator {
 impl Operator {
     /// The operator alone (no leader election), watching `namespace`.
     fn start(namespace: &str) -> Result<Self> {
-        Self::spawn(namespace, namespace, false)
+        Self::spawn(namespace, namespace, false, &local_kubeconfig_path())
+    }
+
+    /// The operator alone, given `kubeconfig` instead of the local control
+    /// plane's.
+    fn start_with_kubeconfig(namespace: &str, kubeconfig: &Path) -> Result<Self> {
+        Self::spawn(namespace, namespace, false, kubeconfig)
     }
 
     /// One of several replicas watching `namespace`: it reconciles only while
     /// it holds the Lease [`LEASE_NAME`] in `namespace`.
     fn start_candidate(namespace: &str, identity: &str) -> Result<Self> {
-        Self::spawn(namespace, identity, true)
+        Self::spawn(namespace, identity, true, &local_kubeconfig_path())
     }
 
     /// `namespace` may be a comma-separated list (`--watch-namespace a,b`);
     /// the Lease is then in the first.
-    fn spawn(namespace: &str, identity: &str, leader_election: bool) -> Result<Self> {
+    fn spawn(namespace: &str, identity: &str, leader_election: bool, kubeconfig: &Path) -> Result<Self> {
         let binary = operator_binary()?;
         let lease_namespace = namespace.split(',').next().unwrap_or(namespace);
         // A free port: bound, read, released; the operator binds it next.
@@ -1870,7 +1927,7 @@ impl Operator {
             .args(["--leader-election", if leader_election { "true" } else { "false" }])
             .args(["--lease-namespace", lease_namespace, "--lease-name", LEASE_NAME])
             .args(["--admin-addr", &admin.to_string(), "--log-format", "text", "--identity", identity])
-            .env("KUBECONFIG", local_kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("COMMERCE_LOG_FILTER", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -1891,6 +1948,18 @@ impl Operator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `/readyz`: whether it answered 200, and the body (the checks).
+    async fn readyz(&self) -> Result<(bool, String)> {
+        let mut stream = tokio::net::TcpStream::connect(self.admin).await?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: operator\r\n\r\n").await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
+        let ok = head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200");
+        ensure!(ok || head.contains(" 503 "), "/readyz answered {head}");
+        Ok((ok, body.to_owned()))
     }
 
     async fn metrics(&self) -> Result<String> {

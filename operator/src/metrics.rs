@@ -9,7 +9,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 
 /// Labels of a reconcile: the resource kind and how it ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,38 +48,56 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 13))
 }
 
-/// Every metric of the operator and the registry that encodes them.
+/// Every metric of the operator, registered in the platform's registry
+/// (`commerce_platform::admin::Metrics`, which adds `commerce_build_info`
+/// and the `process_*` metrics) that the admin server renders.
 #[derive(Debug)]
 pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabels, Histogram, fn() -> Histogram>,
     api_requests: Family<RequestLabels, Counter>,
-    registry: Registry,
+    registry: commerce_platform::admin::Metrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(commerce_platform::admin::Metrics::new("operator"))
+    }
+}
+
+impl Metrics {
+    /// The operator's families, registered in `registry`.
+    pub fn new(registry: commerce_platform::admin::Metrics) -> Self {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let durations = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
         );
         let api_requests = Family::<RequestLabels, Counter>::default();
-        let mut registry = Registry::with_prefix("commerce_operator");
-        registry.register("reconciles", "Reconciles by resource kind and result", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciles by resource kind and error", errors.clone());
-        registry.register("reconcile_duration_seconds", "Time one reconcile took", durations.clone());
         registry.register(
-            "api_requests",
+            "commerce_operator_reconciles",
+            "Reconciles by resource kind and result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "commerce_operator_reconcile_errors",
+            "Failed reconciles by resource kind and error",
+            errors.clone(),
+        );
+        registry.register(
+            "commerce_operator_reconcile_duration_seconds",
+            "Time one reconcile took",
+            durations.clone(),
+        );
+        registry.register(
+            "commerce_operator_api_requests",
             "Requests sent to the Kubernetes API by HTTP method (watches included)",
             api_requests.clone(),
         );
         Metrics { reconciles, errors, durations, api_requests, registry }
     }
-}
 
-impl Metrics {
     /// Records one reconcile of `kind` that took `elapsed`; `error` is the
     /// [`crate::Error::metric_kind`] of a failure.
     pub fn observe(&self, kind: &str, elapsed: Duration, error: Option<&str>) {
@@ -97,12 +114,15 @@ impl Metrics {
         self.api_requests.get_or_create(&RequestLabels { method: method.into() }).inc();
     }
 
+    /// The registry the admin server renders.
+    pub fn registry(&self) -> &commerce_platform::admin::Metrics {
+        &self.registry
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.registry.encode().unwrap_or_default()
     }
 }
 

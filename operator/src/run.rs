@@ -26,10 +26,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
 use commerce_api::{CommerceStack, RateLimitPolicy};
+use commerce_platform::admin;
+use commerce_platform::readiness::{Check, Readiness};
 use futures::{FutureExt as _, Stream, StreamExt};
 use kube::api::Api;
 use kube::core::DynamicObject;
@@ -39,6 +38,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::build::{names, owned_kinds};
@@ -61,7 +61,9 @@ pub struct RunArgs {
     /// as listed and as desired. See [`DEFAULT_MAX_CONCURRENT_RECONCILES`].
     #[arg(long, env = "COMMERCE_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
-    /// Address of the admin server: `/metrics`, `/healthz`, `/readyz`.
+    /// Address of the admin server: `/metrics`, `/healthz`, and `/readyz`
+    /// (200 while the Kubernetes API answers and, on the leader, once every
+    /// watch has listed what it watches; a standby replica is ready).
     #[arg(long, env = "COMMERCE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
     /// Elect a leader through a Lease before reconciling; turn off only when
@@ -224,23 +226,32 @@ pub fn counting_client(config: kube::Config, metrics: Arc<Metrics>) -> Result<Cl
 /// [`counting_client`] counts into).
 pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(args.admin_addr).await?;
-    info!(addr = %args.admin_addr, "admin server listening");
-    let admin = Router::new()
-        .route("/metrics", get(|State(metrics): State<Arc<Metrics>>| async move { metrics.encode() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
-        .with_state(metrics.clone());
+    // The platform's admin server, as every service has it: /metrics,
+    // /healthz, and a /readyz that is 200 only while every check holds.
+    let readiness = Readiness::new();
+    let apiserver = readiness.register(READY_APISERVER);
+    let reconciling = readiness.register(READY_RECONCILING);
+    apiserver.set_not_ready("not asked yet");
+    reconciling.set_not_ready("starting");
+    let admin_stopped = CancellationToken::new();
+    let _stop_admin = admin_stopped.clone().drop_guard();
+    let registry = metrics.registry().clone();
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, admin).await {
-            warn!(%error, "the admin server stopped");
+        if let Err(error) = admin::serve_on(listener, readiness, registry, admin_stopped).await {
+            warn!(error = %commerce_platform::error_chain(&error), "the admin server stopped");
         }
     });
+    tokio::spawn(watch_apiserver(client.clone(), apiserver));
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, "operator identity");
     let elector = Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity);
     let mut leading_since = tokio::time::Instant::now();
     if args.leader_election {
+        // A standby replica is ready: it is what it should be, and a
+        // rollout of the operator's Deployment must not wait for a Lease
+        // that the old leader holds.
+        reconciling.set_ready();
         tokio::select! {
             since = elector.acquire() => leading_since = since,
             () = shutdown_signal() => {
@@ -275,13 +286,22 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
         "watching (no namespaces listed: all)"
     );
     let scopes = args.watch_namespace.scopes();
-    let sets: Vec<_> = scopes
+    reconciling.set_not_ready("listing the stacks and policies");
+    let (sets, listed): (Vec<_>, Vec<_>) = scopes
         .iter()
         .zip(fan_out(topic_drift, scopes.len()))
         .map(|(scope, topic_drift)| {
             controller_set(&client, *scope, topic_drift, ctx.clone(), permits.clone())
         })
-        .collect();
+        .unzip();
+    tokio::spawn(async move {
+        // Ready once every watch has listed what it watches: before that,
+        // a reconcile could miss a stack or a policy.
+        if futures::future::join_all(listed).await.into_iter().all(|listed| listed) {
+            info!("every stack and policy listed; reconciling");
+            reconciling.set_ready();
+        }
+    });
     let controller = futures::future::join_all(sets).map(|_| ());
     if args.leader_election {
         tokio::select! {
@@ -299,16 +319,58 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
     Ok(())
 }
 
+/// Name of the readiness check that the apiserver answers.
+const READY_APISERVER: &str = "apiserver";
+/// Name of the readiness check that the controllers have listed what they
+/// watch (or that this replica stands by for the Lease).
+const READY_RECONCILING: &str = "reconciling";
+/// How often the apiserver is asked for its version, for `/readyz`.
+const APISERVER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps `check` saying whether the apiserver answers (`GET /version`).
+async fn watch_apiserver(client: Client, check: Check) {
+    let mut ticks = tokio::time::interval(APISERVER_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match client.apiserver_version().await {
+            Ok(_) => check.set_ready(),
+            Err(error) => check.set_not_ready(format!("the Kubernetes API does not answer: {error}")),
+        }
+    }
+}
+
+/// Whether `store` was filled by its watch's first list (false: its writer
+/// went first). Asked again every half second: kube's `wait_until_ready`
+/// wakes only the last of several waiters, and the controller waits on the
+/// same store.
+async fn listed<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) = tokio::time::timeout(LISTED_POLL, store.wait_until_ready()).await {
+            return ready.is_ok();
+        }
+    }
+}
+
+/// How often [`listed`] asks again.
+const LISTED_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The stacks' and the policies' controllers for one scope (a namespace, or
-/// all of them with `None`), run until SIGTERM/SIGINT. A stack's reconcile
-/// starts only with one of `permits`, shared by every scope's controller.
+/// all of them with `None`), run until SIGTERM/SIGINT, and a future that
+/// says whether both listed what they watch (false: they stopped first). A
+/// stack's reconcile starts only with one of `permits`, shared by every
+/// scope's controller.
 fn controller_set(
     client: &Client,
     scope: Option<&str>,
     topic_drift: impl Stream<Item = ()> + Send + 'static,
     ctx: Arc<Context>,
     permits: Arc<Semaphore>,
-) -> impl Future<Output = ()> + Send + 'static {
+) -> (impl Future<Output = ()> + Send + 'static, impl Future<Output = bool> + Send + 'static) {
     let bounded_reconcile = move |stack: Arc<DeserializeGuard<CommerceStack>>, ctx: Arc<Context>| {
         let permits = permits.clone();
         async move {
@@ -320,7 +382,9 @@ fn controller_set(
             Box::pin(reconcile(stack, ctx)).await
         }
     };
-    let stacks = controller(client, scope)
+    let stacks = controller(client, scope);
+    let stacks_store = stacks.store();
+    let stacks = stacks
         // A topic deleted out of band wakes every stack's reconcile
         // (reads only for the stacks it does not concern).
         .reconcile_all_on(topic_drift)
@@ -335,15 +399,20 @@ fn controller_set(
         });
     // Policy reconciles are not bounded: each reads the policies of one
     // namespace and writes small statuses.
-    let policies = policy_controller(client, scope)
-        .shutdown_on_signal()
-        .run(reconcile_policy, policy_error_policy, ctx)
-        .for_each(|result| async move {
+    let policies = policy_controller(client, scope);
+    let policies_store = policies.store();
+    let listed = async move {
+        let (stacks, policies) = futures::future::join(listed(&stacks_store), listed(&policies_store)).await;
+        stacks && policies
+    };
+    let policies = policies.shutdown_on_signal().run(reconcile_policy, policy_error_policy, ctx).for_each(
+        |result| async move {
             if let Err(error) = result {
                 warn!(error = %error, "policy controller event");
             }
-        });
-    futures::future::join(stacks, policies).map(|_| ())
+        },
+    );
+    (futures::future::join(stacks, policies).map(|_| ()), listed)
 }
 
 /// Copies every item of `trigger` to `count` streams, one per controller set
