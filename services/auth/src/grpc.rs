@@ -304,8 +304,10 @@ impl AuthService for AuthGrpc {
         _request: Request<pb::GetPublicKeysRequest>,
     ) -> Result<Response<pb::GetPublicKeysResponse>, Status> {
         // Straight from the database, so a key another replica just
-        // created is published at once.
-        self.inner.keys.reload(&self.inner.pool).await?;
+        // created is published at once; the database's clock, read once,
+        // judges the keys and is published with them.
+        let clock = store::now(&self.inner.pool).await?;
+        self.inner.keys.reload_at(&self.inner.pool, clock).await?;
         let keys = self
             .inner
             .keys
@@ -321,7 +323,6 @@ impl AuthService for AuthGrpc {
                 expires_at: key.expires_at.map(timestamp),
             })
             .collect();
-        let clock = store::now(&self.inner.pool).await?;
         Ok(Response::new(pb::GetPublicKeysResponse {
             keys,
             max_age: Some(prost_types::Duration {
