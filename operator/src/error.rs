@@ -3,6 +3,7 @@
 //! show the whole chain.
 
 use crate::reconcile::apply::{Failure, ObjectProblem};
+use crate::reconcile::observe::SecretProblem;
 
 /// Everything that can go wrong in the operator library.
 #[derive(Debug, thiserror::Error)]
@@ -162,12 +163,13 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
-    /// The Secret with the Postgres admin's credentials is missing or lacks
-    /// a key.
-    #[error("reading the Postgres admin credentials: {reason}")]
+    /// The Secret with the Postgres admin's credentials (or its CA) is
+    /// missing or lacks a key.
+    #[error("reading the Postgres admin credentials")]
     ReadAdminSecret {
         /// What is missing, and where.
-        reason: String,
+        #[source]
+        source: SecretProblem,
     },
     /// A Secret the stack's cleanup would log in with is being deleted, so
     /// nothing is created with it.
@@ -182,10 +184,11 @@ pub enum Error {
     },
     /// A Secret the stack names for its Kafka (CA, SASL credentials) is
     /// missing or lacks a key.
-    #[error("reading the Kafka TLS/SASL settings: {reason}")]
+    #[error("reading the Kafka TLS/SASL settings")]
     ReadKafkaSecret {
         /// What is missing, and where.
-        reason: String,
+        #[source]
+        source: SecretProblem,
     },
     /// Reading a Secret from the apiserver failed.
     #[error("reading Secret {name}")]
@@ -213,12 +216,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Dropping a deleted stack's topics and databases failed; retried
-    /// until the cleanup grace period ends.
-    #[error("cleaning up the external state of a deleted stack: {reason}")]
+    /// Dropping a deleted stack's databases or deleting its topics failed;
+    /// retried until the cleanup grace period ends. When both failed, this
+    /// is the databases' failure (the status and the Warning Event name
+    /// both).
+    #[error("cleaning up the external state of a deleted stack: {left}")]
     CleanUp {
-        /// What failed.
-        reason: String,
+        /// What is left, and where.
+        left: String,
+        /// Why (shared with the status, which says it too).
+        #[source]
+        source: std::sync::Arc<Error>,
     },
 }
 
@@ -255,7 +263,8 @@ impl Error {
                 "admin_secret"
             }
             Error::PatchFinalizers { .. } => "finalizer",
-            Error::CleanUp { .. } => "cleanup",
+            // What kept the cleanup from finishing: "postgres", "kafka", ...
+            Error::CleanUp { source, .. } => source.metric_kind(),
         }
     }
 }

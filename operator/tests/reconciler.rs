@@ -791,6 +791,53 @@ async fn a_namespace_deletion_cannot_take_the_kafka_secrets_before_the_cleanup_h
 }
 
 #[tokio::test]
+async fn a_reconcile_reads_the_policies_and_the_login_secrets_before_it_writes_anything() {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["deletionPolicy"] = json!("Delete");
+        stack["spec"]["kafka"]["external"]["tls"] =
+            json!({"caSecret": {"name": "kafka-ca", "key": "ca.crt"}});
+        stack["spec"]["kafka"]["external"]["sasl"] = json!({"secretName": "kafka-admin"});
+    });
+    for (name, data) in [
+        ("kafka-ca", json!({"ca.crt": "Y2E="})),
+        ("kafka-admin", json!({"username": "YQ==", "password": "cA=="})),
+    ] {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "shop"}, "data": data,
+        });
+        fake.put("secrets", secret);
+    }
+    let external = Arc::new(FakeExternal::default());
+    let ctx = context_with(&fake, external.clone());
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let seen = fake.take_seen();
+    // The stack's own finalizer comes first of all, before anything exists
+    // that it guards; the first write of anything else counts.
+    let first_write = seen
+        .iter()
+        .position(|request| request.is_write() && request.plural != "commercestacks")
+        .expect("a new stack's objects are written");
+    let login = ["kafka-ca", "kafka-admin", "postgres-admin"];
+    let reads: Vec<usize> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, request)| {
+            !request.is_write()
+                && ((request.plural == "secrets"
+                    && login.contains(&request.name.as_deref().unwrap_or_default()))
+                    || request.plural == "ratelimitpolicies")
+        })
+        .map(|(at, _)| at)
+        .collect();
+    // The three Secrets and the policies, each read once, all before the
+    // first write (the holds on the Secrets come later, in the external step).
+    assert_eq!(reads.len(), 4, "{seen:#?}");
+    assert!(reads.iter().all(|at| *at < first_write), "reads at {reads:?}, first write at {first_write}");
+    assert_eq!(finalizers(&fake, "secrets", "kafka-ca"), [hold_finalizer("shop")]);
+    assert_eq!(finalizers(&fake, "secrets", "postgres-admin"), [hold_finalizer("shop")]);
+}
+
+#[tokio::test]
 async fn a_cleanup_that_keeps_failing_blocks_deletion_only_for_the_grace_period() {
     let fake = cluster_with(|stack| stack["spec"]["deletionPolicy"] = json!("Delete"));
     let external = Arc::new(FakeExternal::default());

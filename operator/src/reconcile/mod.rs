@@ -1,5 +1,10 @@
 //! The reconciler of `CommerceStack`: one pass of the pipeline
-//! `validate -> build -> apply -> prune -> external state -> status`.
+//! `validate -> observe -> build -> apply -> prune -> external state -> status`.
+//!
+//! Every read is made in [`observe`], before anything is built or written
+//! (the stack's objects, its namespace's policies, the Secrets it logs in to
+//! its infrastructure with); `build` is a pure function of the stack and of
+//! what was observed.
 //!
 //! Every step that writes first compares: objects that already match are not
 //! sent, topics and databases that exist are left alone, and the status is
@@ -26,6 +31,7 @@ pub mod apply;
 pub mod backoff;
 pub mod cleanup;
 pub mod diff;
+pub mod observe;
 pub mod policy;
 pub mod signing_key;
 pub mod status;
@@ -40,9 +46,8 @@ use commerce_api::crd::stack::{CONDITION_DEGRADED, DatabaseStatus, DeletionPolic
 use commerce_api::{CommerceStack, CommerceStackStatus, RateLimitPolicy};
 use commerce_topology::Service;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -53,11 +58,12 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::build::names::Component;
 use crate::build::secrets::SecretValues;
-use crate::build::{self, config, endpoints, gateway, names, secrets};
-use crate::external::{ExternalState, KafkaCluster, PostgresServer, plan};
+use crate::build::{self, endpoints, gateway, names, secrets};
+use crate::external::{ExternalState, plan};
 use crate::metrics::Metrics;
 use crate::validate::{ValidStack, validate};
 use backoff::Backoffs;
+use observe::{Infra, LoginSecrets, Observed};
 use status::Outcome;
 
 /// How often a stack is reconciled without any change: watches trigger
@@ -201,8 +207,9 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
         Err(other) => return Err(other),
     };
 
-    let policies = list_policies(&ctx.client, &namespace).await?;
-    let current = apply::list_owned(&ctx.client, &namespace, &name).await?;
+    // Every read first; from here to the apply, nothing but computation.
+    let Observed { policies, current, secrets: login, missing_storage_classes } =
+        observe::observe(&ctx.client, &valid).await?;
     let mut values = secrets::SecretValues::keep_or_generate(
         &secrets::generated_values(&valid),
         &current.secrets(),
@@ -211,12 +218,11 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     let rotation = signing_key::decide_for(&valid, &current.secrets(), &mut values, &now)?;
     let desired = build::build(&valid, &policies, &values)?;
 
-    let mut outcome = Outcome { gateway_url: gateway::gateway_url(&valid), ..Outcome::default() };
+    let mut outcome =
+        Outcome { gateway_url: gateway::gateway_url(&valid), missing_storage_classes, ..Outcome::default() };
     apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
     rotation.announce(ctx, stack, &outcome).await;
-    outcome.missing_storage_classes =
-        storage_class::missing(&ctx.client, &valid, &current.typed::<StatefulSet>("StatefulSet")).await;
-    let external = ensure_external(ctx, &valid, &values, &current, &mut outcome).await;
+    let external = ensure_external(ctx, &valid, &values, &current, &login, &mut outcome).await;
     if let Err(error) = &external {
         outcome.error = Some(error_chain(error));
     }
@@ -284,6 +290,7 @@ async fn ensure_external(
     valid: &ValidStack<'_>,
     values: &SecretValues,
     current: &apply::Current,
+    login: &LoginSecrets,
     outcome: &mut Outcome,
 ) -> Result<(), Error> {
     let endpoints = endpoints::endpoints(valid);
@@ -291,7 +298,7 @@ async fn ensure_external(
     if holds {
         // First, so that a broker or database that is down does not keep a
         // hold the stack no longer needs.
-        let keep = cleanup_secret_names(valid, &endpoints);
+        let keep = login.names();
         let released = admin_secret::release(&ctx.client, valid.namespace, valid.name, &keep).await?;
         if !released.is_empty() {
             info!(stack = %valid.name, secrets = ?released, "released the hold on a Secret no longer referenced");
@@ -311,8 +318,10 @@ async fn ensure_external(
     if valid.kafka.is_managed() && !ready(Component::Kafka) {
         outcome.waiting_for.push("Kafka".into());
     } else {
-        let kafka =
-            kafka_cluster(&ctx.client, valid.namespace, &endpoints, holds.then_some(valid.name)).await?;
+        let kafka = login.kafka(&endpoints)?;
+        if holds {
+            login.hold(&ctx.client, valid.namespace, valid.name, Infra::Kafka).await?;
+        }
         outcome.topics = Some(ctx.external.ensure_topics(&kafka, &plan::topics(valid)).await?);
         // As for the databases: the user's password only once its Secret
         // keeps it.
@@ -325,7 +334,10 @@ async fn ensure_external(
     if valid.postgres.is_managed() && !ready(Component::Postgres) {
         outcome.waiting_for.push("Postgres".into());
     } else if !unwritten_secret {
-        let server = postgres_admin(ctx, valid, values, &endpoints, holds.then_some(valid.name)).await?;
+        let server = login.postgres(valid, values, &endpoints)?;
+        if holds {
+            login.hold(&ctx.client, valid.namespace, valid.name, Infra::Postgres).await?;
+        }
         let databases = plan::databases(valid, values)?;
         ctx.external.ensure_databases(&server, &databases).await?;
         outcome.databases = Some(
@@ -340,128 +352,6 @@ async fn ensure_external(
         );
     }
     Ok(())
-}
-
-/// How the operator reaches the stack's Kafka: the services' TLS and SASL
-/// settings ([`config::kafka_properties`]), with the CA bundle and the SASL
-/// credentials read from the stack's Secrets instead of the pods' files and
-/// variables. Without a CA of its own, TLS trusts the system's CAs. With
-/// `hold` (a stack's name), each Secret read is held for that stack first
-/// ([`admin_secret::hold`]): the cleanup logs in with them too.
-pub(crate) async fn kafka_cluster(
-    client: &Client,
-    namespace: &str,
-    endpoints: &endpoints::Endpoints,
-    hold: Option<&str>,
-) -> Result<KafkaCluster, Error> {
-    let mut kafka = KafkaCluster::plaintext(endpoints.kafka_brokers.clone());
-    for (key, value) in config::kafka_settings(endpoints) {
-        // A path in the pods' file system; the operator reads the Secret.
-        if key != "ssl.ca.location" {
-            kafka.settings.push((key.to_owned(), value));
-        }
-    }
-    let missing = |reason| Error::ReadKafkaSecret { reason };
-    if let Some(tls) = &endpoints.kafka_tls {
-        match &tls.ca_secret {
-            Some(ca) => {
-                let field = "spec.kafka.external.tls.caSecret";
-                let secret = cleanup_secret(client, namespace, &ca.name, hold, field, missing).await?;
-                kafka.settings.push(("ssl.ca.pem".into(), secret_key(&secret, &ca.key, missing)?));
-            }
-            None => kafka.settings.push(("ssl.ca.location".into(), "probe".into())),
-        }
-    }
-    if let Some(sasl) = &endpoints.kafka_sasl {
-        let field = "spec.kafka.external.sasl.secretName";
-        let secret = cleanup_secret(client, namespace, &sasl.secret_name, hold, field, missing).await?;
-        kafka.settings.push(("sasl.username".into(), secret_key(&secret, &sasl.username_key, missing)?));
-        kafka.settings.push(("sasl.password".into(), secret_key(&secret, &sasl.password_key, missing)?));
-    }
-    Ok(kafka)
-}
-
-/// The names of the Secrets the stack's cleanup logs in with, which a stack
-/// under `Delete` holds: the external Postgres' admin Secret and CA, the
-/// external Kafka's CA and SASL Secrets.
-fn cleanup_secret_names<'e>(valid: &ValidStack<'_>, endpoints: &'e endpoints::Endpoints) -> Vec<&'e str> {
-    let mut names = Vec::new();
-    if !valid.postgres.is_managed() {
-        names.push(endpoints.postgres.admin_password.name.as_str());
-        names.extend(endpoints.postgres.ca.as_ref().map(|ca| ca.name.as_str()));
-    }
-    if !valid.kafka.is_managed() {
-        names.extend(
-            endpoints.kafka_tls.as_ref().and_then(|tls| tls.ca_secret.as_ref()).map(|ca| ca.name.as_str()),
-        );
-        names.extend(endpoints.kafka_sasl.as_ref().map(|sasl| sasl.secret_name.as_str()));
-    }
-    names
-}
-
-/// The Secret `name` the stack names (at `field`) for logging in to its
-/// infrastructure, held for `hold` first when given; `missing` makes the
-/// error when it does not exist.
-async fn cleanup_secret(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    hold: Option<&str>,
-    field: &str,
-    missing: impl Fn(String) -> Error,
-) -> Result<Secret, Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = api
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::GetSecret { name: name.to_owned(), source })?
-        .ok_or_else(|| missing(format!("Secret {name} does not exist")))?;
-    match hold {
-        Some(stack) => admin_secret::hold(client, namespace, secret, stack, field).await,
-        None => Ok(secret),
-    }
-}
-
-/// The value under `key` of `secret`, as UTF-8; `missing` makes the error
-/// when it is not there.
-fn secret_key(secret: &Secret, key: &str, missing: impl Fn(String) -> Error) -> Result<String, Error> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(key))
-        .and_then(|value| String::from_utf8(value.0.clone()).ok())
-        .ok_or_else(|| missing(format!("Secret {} has no UTF-8 key {key:?}", secret.name_any())))
-}
-
-/// How the operator logs in to the stack's Postgres as its admin: the
-/// generated Secret's password for managed Postgres, the named Secrets'
-/// keys (admin, CA) for an external server. With `hold` (a stack's name),
-/// the named Secrets are held for that stack first ([`admin_secret::hold`]).
-async fn postgres_admin(
-    ctx: &Context,
-    valid: &ValidStack<'_>,
-    values: &SecretValues,
-    endpoints: &endpoints::Endpoints,
-    hold: Option<&str>,
-) -> Result<PostgresServer, Error> {
-    let admin = &endpoints.postgres;
-    if valid.postgres.is_managed() {
-        let password = values.get(&admin.admin_password.name, &admin.admin_password.key)?;
-        return Ok(plan::postgres_server(endpoints, secrets::POSTGRES_ADMIN_USER.into(), password));
-    }
-    let missing = |reason| Error::ReadAdminSecret { reason };
-    let (client, namespace) = (&ctx.client, valid.namespace);
-    let field = "spec.postgres.external.adminSecret";
-    let secret = cleanup_secret(client, namespace, &admin.admin_password.name, hold, field, missing).await?;
-    let user = secret_key(&secret, &admin.admin_username.key, missing)?;
-    let password = secret_key(&secret, &admin.admin_password.key, missing)?;
-    let mut server = plan::postgres_server(endpoints, user, password);
-    if let Some(ca) = &admin.ca {
-        let field = "spec.postgres.external.caSecret";
-        let secret = cleanup_secret(client, namespace, &ca.name, hold, field, missing).await?;
-        server.ca_pem = Some(secret_key(&secret, &ca.key, missing)?);
-    }
-    Ok(server)
 }
 
 fn has_finalizer(stack: &CommerceStack) -> bool {
@@ -550,16 +440,6 @@ async fn apply_and_prune(
 
 /// The policies of the namespace; malformed ones are skipped (they target
 /// nothing the operator can read).
-async fn list_policies(client: &Client, namespace: &str) -> Result<Vec<RateLimitPolicy>, Error> {
-    let api: Api<DeserializeGuard<RateLimitPolicy>> = Api::namespaced(client.clone(), namespace);
-    let list = api.list(&ListParams::default()).await.map_err(|source| Error::ListObjects {
-        kind: "RateLimitPolicy".into(),
-        namespace: namespace.into(),
-        source,
-    })?;
-    Ok(list.items.into_iter().filter_map(|guard| guard.0.ok()).collect())
-}
-
 /// Writes the stack's status if it differs from the stored one; returns
 /// the stack's resourceVersion after the write, `None` when it did not
 /// write.
