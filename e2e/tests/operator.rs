@@ -1694,6 +1694,8 @@ fn invalid_resources(namespace: &str, target: &str) -> Vec<(&'static str, &'stat
             s["gateway"] =
                 json!({ "ingress": { "host": "shop.example.com", "annotations": { "bad key": "x" } } })
         }),
+        ("monitoring interval 0s", "monitoring.interval", |s| s["monitoring"] = json!({ "interval": "0s" })),
+        ("monitoring by Scrapeconfig", "scrape", |s| s["monitoring"] = json!({ "scrape": "ScrapeConfig" })),
         ("ingress with the gateway disabled", "gateway.ingress", |s| {
             s["gateway"] = json!({ "ingress": { "host": "shop.example.com" } });
             s["services"] = json!({ "gateway": { "enabled": false } });

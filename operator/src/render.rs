@@ -12,6 +12,7 @@ use commerce_api::{CommerceStack, RateLimitPolicy};
 use serde::Deserialize;
 
 use crate::Error;
+use crate::build::monitoring::PodMonitorApi;
 use crate::build::{self, DesiredObject, secrets::SecretValues};
 use crate::validate::validate;
 
@@ -47,7 +48,8 @@ pub fn render(yaml: &str, namespace: &str) -> Result<String, Error> {
     let mut out = String::new();
     for stack in &stacks {
         let valid = validate(stack, namespace)?;
-        let objects = build::build(&valid, &policies, &SecretValues::placeholders())?;
+        // Offline: what the stack asks for (a PodMonitor, if it does).
+        let objects = build::build(&valid, &policies, &SecretValues::placeholders(), PodMonitorApi::Served)?;
         out.push_str(&to_yaml(&objects)?);
     }
     Ok(out)

@@ -17,6 +17,7 @@ use commerce_api::crd::stack::{
 use commerce_api::gateway_rules::MAX_RULES_FILE_BYTES;
 use commerce_api::{CommerceStack, RateLimitPolicy};
 use commerce_operator::Error;
+use commerce_operator::build::monitoring::PodMonitorApi;
 use commerce_operator::build::{self, names};
 use commerce_operator::external::{
     DatabasePlan, ExternalState, KafkaCluster, KafkaUserPlan, PostgresServer, TopicPlan,
@@ -74,6 +75,9 @@ struct FakeApi {
     /// the Status it answers.
     rejected: Mutex<BTreeMap<(String, String), Refusal>>,
     resource_version: Mutex<u64>,
+    /// Whether the fake serves the prometheus-operator's PodMonitor kind
+    /// (discovery of monitoring.coreos.com/v1 lists it; else 404).
+    serves_pod_monitors: std::sync::atomic::AtomicBool,
 }
 
 /// `(namespace, plural, name, subresource)` of a request path; the
@@ -140,6 +144,26 @@ impl FakeApi {
     async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let body = body.collect_bytes().await.unwrap();
+        if parts.uri.path() == "/apis/monitoring.coreos.com/v1" {
+            self.seen.lock().unwrap().push(Seen {
+                method: parts.method.clone(),
+                uri: parts.uri.to_string(),
+                plural: String::new(),
+                name: None,
+                body: Value::Null,
+            });
+            if !self.serves_pod_monitors.load(std::sync::atomic::Ordering::Relaxed) {
+                return status_response(404, "NotFound", "the server could not find the requested resource");
+            }
+            let resources = json!({
+                "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "monitoring.coreos.com/v1",
+                "resources": [{
+                    "name": "podmonitors", "singularName": "podmonitor", "namespaced": true, "kind": "PodMonitor",
+                    "verbs": ["delete", "get", "list", "patch", "create", "update", "watch"],
+                }],
+            });
+            return json_response(StatusCode::OK, &resources);
+        }
         let (namespace, plural, name, subresource) = parse_path(parts.uri.path());
         self.seen.lock().unwrap().push(Seen {
             method: parts.method.clone(),
@@ -534,7 +558,7 @@ async fn reconciled_delete_stack(
 fn desired_objects(fake: &FakeApi) -> Vec<build::DesiredObject> {
     let stack = fake.stack();
     let valid = commerce_operator::validate::validate(&stack, "shop").unwrap();
-    build::build(&valid, &[], &build::secrets::SecretValues::placeholders()).unwrap()
+    build::build(&valid, &[], &build::secrets::SecretValues::placeholders(), PodMonitorApi::Missing).unwrap()
 }
 
 /// `Kind/name` of the desired objects the fake does not hold.
@@ -576,7 +600,9 @@ async fn a_new_stack_gets_every_object_applied_owned_and_a_status() {
     let applied = object_writes(&seen);
     let stack = fake.stack();
     let valid = commerce_operator::validate::validate(&stack, "shop").unwrap();
-    let expected = build::build(&valid, &[], &build::secrets::SecretValues::placeholders()).unwrap();
+    let expected =
+        build::build(&valid, &[], &build::secrets::SecretValues::placeholders(), PodMonitorApi::Missing)
+            .unwrap();
     assert_eq!(applied.len(), expected.len(), "{:#?}", writes(&seen));
     for request in &applied {
         assert_eq!(request.method, Method::PATCH);
@@ -1664,6 +1690,67 @@ async fn a_policy_of_a_stack_with_an_invalid_spec_is_refused_as_stack_invalid() 
     let (status, reason, message) = accepted(&fake, "checkout").unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("False", REASON_STACK_INVALID));
     assert!(message.contains("CommerceStack/shop has an invalid spec"), "{message}");
+}
+
+// ------------------------------------------------------------ monitoring
+
+#[tokio::test]
+async fn a_pod_monitor_is_made_once_the_cluster_serves_the_kind_and_the_pods_are_annotated_until_then() {
+    let fake = cluster_with(|stack| {
+        stack["spec"]["monitoring"] =
+            json!({"scrape": "PodMonitor", "labels": {"release": "prometheus"}, "interval": "30s"});
+    });
+    let ctx = context(&fake);
+    let annotations = |fake: &FakeApi| {
+        let deployment = fake.get("deployments", "shop-order").unwrap();
+        deployment["spec"]["template"]["metadata"]["annotations"].clone()
+    };
+
+    // Without the prometheus-operator's CRDs: annotations, and the status
+    // says why there is no PodMonitor.
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert_eq!(annotations(&fake)["prometheus.io/scrape"], "true");
+    assert_eq!(annotations(&fake)["prometheus.io/port"], "9090");
+    assert!(fake.get("podmonitors", "shop").is_none());
+    let degraded = full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "PodMonitorNotServed"));
+    assert!(degraded.message.contains("install the prometheus-operator's CRDs"), "{}", degraded.message);
+
+    // The CRDs are installed: the next reconcile makes the PodMonitor and
+    // takes the annotations off (no Prometheus scrapes a pod twice).
+    fake.serves_pod_monitors.store(true, std::sync::atomic::Ordering::Relaxed);
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    let monitor = fake.get("podmonitors", "shop").expect("the stack's PodMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["metadata"]["labels"]["commerce-stack.dev/stack"], "shop");
+    assert_eq!(monitor["metadata"]["ownerReferences"][0]["uid"], UID);
+    let selector = &monitor["spec"]["selector"];
+    assert_eq!(selector["matchLabels"]["app.kubernetes.io/instance"], "shop");
+    let services: Vec<&str> = selector["matchExpressions"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(services.len(), 9, "{services:?}");
+    assert!(services.contains(&"order") && !services.contains(&"kafka"), "{services:?}");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(
+        (&endpoint["port"], &endpoint["path"], &endpoint["interval"]),
+        (&json!("admin"), &json!("/metrics"), &json!("30s"))
+    );
+    assert!(annotations(&fake).get("prometheus.io/scrape").is_none(), "{}", annotations(&fake));
+    assert_ne!(full_condition(&fake.stack(), CONDITION_DEGRADED).unwrap().reason, "PodMonitorNotServed");
+
+    // Back to annotations: the PodMonitor goes, the annotations come back.
+    fake.edit("commercestacks", "shop", |stack| {
+        stack["spec"]["monitoring"] = json!({});
+        stack["metadata"]["generation"] = json!(2);
+    });
+    reconcile_stack(&fake.stack(), &ctx).await.unwrap();
+    assert!(fake.get("podmonitors", "shop").is_none(), "pruned");
+    assert_eq!(annotations(&fake)["prometheus.io/scrape"], "true");
 }
 
 // ------------------------------------------------------------ StorageClasses

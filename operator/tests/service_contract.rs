@@ -17,6 +17,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::{Args, Command, FromArgMatches};
 use commerce_api::{CommerceStack, RateLimitPolicy};
+use commerce_operator::build::monitoring::PodMonitorApi;
 use commerce_operator::build::{self, DesiredObject, secrets};
 use commerce_operator::validate::validate;
 use rand::SeedableRng;
@@ -59,7 +60,7 @@ fn built(file: &str) -> Vec<DesiredObject> {
     let valid = validate(&stack, "default").expect("the example is valid");
     let wanted = secrets::generated_values(&valid);
     let values = secrets::SecretValues::keep_or_generate(&wanted, &[], &mut StdRng::seed_from_u64(42));
-    build::build(&valid, &policies, &values).expect("the example builds")
+    build::build(&valid, &policies, &values, PodMonitorApi::Served).expect("the example builds")
 }
 
 const EXAMPLES: [&str; 3] = ["full.yaml", "minimal.yaml", "secure-kafka.yaml"];

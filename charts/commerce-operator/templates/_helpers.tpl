@@ -64,6 +64,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
        Secrets, and the ones it holds) and reads others by the name a stack
        gives; RBAC cannot say "by label", so list and watch are granted on
        Secrets of these namespaces;
+     - makes the PodMonitor a stack asks for (spec.monitoring), where the
+       cluster serves the kind (not watched: the kind may not exist);
      - publishes Events. */}}
 {{- define "commerce-operator.namespacedRules" -}}
 - apiGroups: ["commerce-stack.dev"]
@@ -90,6 +92,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies", "ingresses"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod endpoints;
 pub mod gateway;
 pub mod infra;
+pub mod monitoring;
 pub mod names;
 pub mod secrets;
 pub mod workload;
@@ -28,6 +29,8 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::validate::ValidStack;
+use commerce_api::crd::stack::ScrapeMode;
+use monitoring::PodMonitorApi;
 use secrets::SecretValues;
 
 /// One object the stack should have, as the apply step sends it.
@@ -51,7 +54,9 @@ impl DesiredObject {
     }
 }
 
-/// Every kind a stack may own, in apply order. `prune` lists these.
+/// Every kind a stack may own, in apply order. `prune` lists these, and
+/// the PodMonitors ([`monitoring::pod_monitor_resource`], applied last)
+/// where the cluster serves them.
 pub fn owned_kinds() -> Vec<ApiResource> {
     vec![
         ApiResource::erase::<ServiceAccount>(&()),
@@ -72,8 +77,10 @@ pub fn build(
     stack: &ValidStack<'_>,
     policies: &[RateLimitPolicy],
     values: &SecretValues,
+    pod_monitors: PodMonitorApi,
 ) -> Result<Vec<DesiredObject>, Error> {
     let mut objects = Objects::default();
+    let scrape = monitoring::scrape(stack, pod_monitors);
     let endpoints = endpoints::endpoints(stack);
 
     for secret in secrets::build_secrets(stack, values)? {
@@ -94,7 +101,7 @@ pub fn build(
     }
     for (service, settings) in &stack.services {
         let config = config::service_config(stack, *service, settings, &endpoints, values)?;
-        let parts = workload::service_objects(stack, *service, settings, &config);
+        let parts = workload::service_objects(stack, *service, settings, &config, scrape);
         objects.push(&parts.service_account)?;
         objects.push(&parts.config_map)?;
         objects.push(&parts.cluster_ip)?;
@@ -114,6 +121,12 @@ pub fn build(
     }
 
     let mut objects = objects.0;
+    if scrape == ScrapeMode::PodMonitor {
+        objects.push(DesiredObject {
+            resource: monitoring::pod_monitor_resource(),
+            object: monitoring::pod_monitor(stack),
+        });
+    }
     let kinds = owned_kinds();
     // Stable: within a kind, catalog order stays.
     objects.sort_by_key(|o| kinds.iter().position(|k| k.kind == o.resource.kind).unwrap_or(usize::MAX));
@@ -185,7 +198,13 @@ mod tests {
     }
 
     fn built(stack: &CommerceStack, policies: &[RateLimitPolicy]) -> Vec<DesiredObject> {
-        build(&validate(stack, "default").unwrap(), policies, &SecretValues::placeholders()).unwrap()
+        build(
+            &validate(stack, "default").unwrap(),
+            policies,
+            &SecretValues::placeholders(),
+            PodMonitorApi::Served,
+        )
+        .unwrap()
     }
 
     fn find<'a>(objects: &'a [DesiredObject], kind: &str, name: &str) -> Option<&'a DesiredObject> {
@@ -331,7 +350,7 @@ mod tests {
         let valid = validate(&stack, "default").unwrap();
         let wanted = secrets::generated_values(&valid);
         let values = SecretValues::keep_or_generate(&wanted, &[], &mut StdRng::seed_from_u64(3));
-        let objects = build(&valid, &policies, &values).unwrap();
+        let objects = build(&valid, &policies, &values, PodMonitorApi::Served).unwrap();
         assert!(find(&objects, "Secret", "shop-postgres-admin").is_some());
         assert!(find(&objects, "Secret", "shop-redis").is_some());
     }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use commerce_api::crd::stack::ScrapeMode;
 use commerce_api::crd::stack::ServiceSettings;
 use commerce_topology::{CLUSTER_ADMIN_PORT, CLUSTER_GRPC_PORT, CLUSTER_HTTP_PORT, Service};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
@@ -28,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{self, ServiceConfig};
+use super::monitoring;
 use super::names::{self, Component};
 use crate::validate::{Infra, ValidStack};
 
@@ -63,6 +65,7 @@ pub fn service_objects(
     service: Service,
     settings: &ServiceSettings,
     config: &ServiceConfig,
+    scrape: ScrapeMode,
 ) -> ServiceObjects {
     let component = Component::Service(service);
     let name = names::component_name(stack, component);
@@ -128,7 +131,7 @@ pub fn service_objects(
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: pod_template(stack, service, settings, config),
+            template: pod_template(stack, service, settings, config, scrape),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
@@ -320,6 +323,7 @@ fn pod_template(
     service: Service,
     settings: &ServiceSettings,
     config: &ServiceConfig,
+    scrape: ScrapeMode,
 ) -> PodTemplateSpec {
     let spec = &stack.stack.spec;
     let component = Component::Service(service);
@@ -456,11 +460,10 @@ fn pod_template(
     };
 
     let labels = names::labels(stack, component);
-    let annotations = BTreeMap::from([
-        (names::CONFIG_HASH_ANNOTATION.to_owned(), config.hash.clone()),
-        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-        ("prometheus.io/port".to_owned(), CLUSTER_ADMIN_PORT.to_string()),
-    ]);
+    let mut annotations = BTreeMap::from([(names::CONFIG_HASH_ANNOTATION.to_owned(), config.hash.clone())]);
+    if scrape == ScrapeMode::Annotations {
+        annotations.extend(monitoring::scrape_annotations());
+    }
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),

@@ -25,6 +25,7 @@ use kube::core::{ApiResource, DynamicObject, ObjectMeta};
 
 use super::diff::is_subset;
 use crate::Error;
+use crate::build::monitoring::{self, PodMonitorApi};
 use crate::build::{DesiredObject, names, owned_kinds};
 
 /// Why one object is not as `build` wants it: a desired object that was not
@@ -113,10 +114,20 @@ impl Current {
 }
 
 /// Lists every object of `stack_name` in `namespace`, kind by kind.
-pub async fn list_owned(client: &Client, namespace: &str, stack_name: &str) -> Result<Current, Error> {
+/// The PodMonitors among them where the cluster serves the kind.
+pub async fn list_owned(
+    client: &Client,
+    namespace: &str,
+    stack_name: &str,
+    pod_monitors: PodMonitorApi,
+) -> Result<Current, Error> {
     let params = ListParams::default().labels(&names::owned_selector(stack_name));
     let mut current = Current::default();
-    for resource in owned_kinds() {
+    let mut kinds = owned_kinds();
+    if pod_monitors == PodMonitorApi::Served {
+        kinds.push(monitoring::pod_monitor_resource());
+    }
+    for resource in kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
         let list = api.list(&params).await.map_err(|source| Error::ListObjects {
             kind: resource.kind.clone(),

@@ -58,7 +58,7 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::build::names::Component;
 use crate::build::secrets::SecretValues;
-use crate::build::{self, endpoints, gateway, names, secrets};
+use crate::build::{self, endpoints, gateway, monitoring, names, secrets};
 use crate::external::{ExternalState, plan};
 use crate::metrics::Metrics;
 use crate::validate::{ValidStack, validate};
@@ -208,7 +208,7 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     };
 
     // Every read first; from here to the apply, nothing but computation.
-    let Observed { policies, current, secrets: login, missing_storage_classes } =
+    let Observed { policies, pod_monitors, current, secrets: login, missing_storage_classes } =
         observe::observe(&ctx.client, &valid).await?;
     let mut values = secrets::SecretValues::keep_or_generate(
         &secrets::generated_values(&valid),
@@ -216,10 +216,14 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
         &mut rand::rng(),
     );
     let rotation = signing_key::decide_for(&valid, &current.secrets(), &mut values, &now)?;
-    let desired = build::build(&valid, &policies, &values)?;
+    let desired = build::build(&valid, &policies, &values, pod_monitors)?;
 
-    let mut outcome =
-        Outcome { gateway_url: gateway::gateway_url(&valid), missing_storage_classes, ..Outcome::default() };
+    let mut outcome = Outcome {
+        gateway_url: gateway::gateway_url(&valid),
+        missing_storage_classes,
+        unserved_monitoring: monitoring::unserved(&valid, pod_monitors),
+        ..Outcome::default()
+    };
     apply_and_prune(ctx, stack, &namespace, &desired, &current, &mut outcome).await;
     rotation.announce(ctx, stack, &outcome).await;
     let external = ensure_external(ctx, &valid, &values, &current, &login, &mut outcome).await;

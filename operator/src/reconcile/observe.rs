@@ -1,6 +1,6 @@
 //! The reconcile's reads, all made before anything is built or written
 //! ([`observe`]): the namespace's RateLimitPolicies, the stack's own
-//! objects, the Secrets the stack names for logging in to its external
+//! objects, whether the cluster serves PodMonitors, the Secrets the stack names for logging in to its external
 //! infrastructure ([`LoginSecrets`]), and the StorageClasses that managed
 //! components wait for. From here to the apply the pipeline is pure; the
 //! external step holds the Secrets it logs in with and turns them into
@@ -20,6 +20,7 @@ use super::{admin_secret, apply, storage_class};
 use crate::Error;
 use crate::build::config;
 use crate::build::endpoints::{self, Endpoints};
+use crate::build::monitoring::{MONITORING_GROUP_VERSION, PodMonitorApi};
 use crate::build::secrets::{self, SecretValues};
 use crate::external::{KafkaCluster, PostgresServer, plan};
 use crate::validate::ValidStack;
@@ -30,6 +31,8 @@ pub struct Observed {
     /// The RateLimitPolicies of the stack's namespace (those that do not
     /// deserialize are left out; the policy controller reports them).
     pub policies: Vec<RateLimitPolicy>,
+    /// Whether the cluster serves PodMonitors.
+    pub pod_monitors: PodMonitorApi,
     /// The stack's own objects, as listed.
     pub current: apply::Current,
     /// The Secrets the stack names for logging in to its external
@@ -44,12 +47,31 @@ pub struct Observed {
 /// not answer a list or a read fails the reconcile before it writes.
 pub async fn observe(client: &Client, valid: &ValidStack<'_>) -> Result<Observed, Error> {
     let policies = list_policies(client, valid.namespace).await?;
-    let current = apply::list_owned(client, valid.namespace, valid.name).await?;
+    let pod_monitors = pod_monitor_api(client).await?;
+    let current = apply::list_owned(client, valid.namespace, valid.name, pod_monitors).await?;
     let endpoints = endpoints::endpoints(valid);
     let secrets = LoginSecrets::read(client, valid.namespace, &login_secrets(valid, &endpoints)).await?;
     let stateful_sets: Vec<StatefulSet> = current.typed("StatefulSet");
     let missing_storage_classes = storage_class::missing(client, valid, &stateful_sets).await;
-    Ok(Observed { policies, current, secrets, missing_storage_classes })
+    Ok(Observed { policies, pod_monitors, current, secrets, missing_storage_classes })
+}
+
+/// Whether the cluster serves the prometheus-operator's PodMonitor kind
+/// (asked each reconcile: installing or removing the CRDs needs no restart
+/// of the operator).
+pub async fn pod_monitor_api(client: &Client) -> Result<PodMonitorApi, Error> {
+    match client.list_api_group_resources(MONITORING_GROUP_VERSION).await {
+        Ok(list) if list.resources.iter().any(|resource| resource.name == "podmonitors") => {
+            Ok(PodMonitorApi::Served)
+        }
+        Ok(_) => Ok(PodMonitorApi::Missing),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(PodMonitorApi::Missing),
+        Err(source) => Err(Error::ListObjects {
+            kind: format!("the API resources of {MONITORING_GROUP_VERSION}"),
+            namespace: String::new(),
+            source,
+        }),
+    }
 }
 
 /// The RateLimitPolicies of `namespace`.

@@ -45,6 +45,9 @@ const MAX_NAMED_OBJECTS: usize = 5;
 /// Reason of `Degraded` when managed infrastructure names a StorageClass
 /// the cluster does not have: its volume can never be provisioned.
 pub const REASON_STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";
+/// Reason of `Degraded` when the stack asks for a PodMonitor and the
+/// cluster does not serve the kind: its pods are scraped by annotation.
+pub const REASON_MONITORING_NOT_SERVED: &str = "PodMonitorNotServed";
 /// Reason of `Stalled` True when the apiserver refused objects of the stack,
 /// or objects of their names exist that the stack did not create.
 pub const REASON_OBJECTS_REFUSED: &str = "ObjectsRefused";
@@ -131,6 +134,9 @@ pub struct Outcome {
     /// Why some of that wait may never end: one line per StorageClass that
     /// managed infrastructure names and the cluster lacks.
     pub missing_storage_classes: Vec<String>,
+    /// Why the stack's PodMonitor was not made (the cluster does not serve
+    /// the kind), if it asks for one.
+    pub unserved_monitoring: Option<String>,
 }
 
 /// A condition as this reconcile sees it, before timestamps.
@@ -267,6 +273,8 @@ pub fn reconciled(
     } else if !outcome.missing_storage_classes.is_empty() {
         let message = outcome.missing_storage_classes.join("\n");
         condition(CONDITION_DEGRADED, true, REASON_STORAGE_CLASS_NOT_FOUND, message, generation)
+    } else if let Some(message) = &outcome.unserved_monitoring {
+        condition(CONDITION_DEGRADED, true, REASON_MONITORING_NOT_SERVED, message.clone(), generation)
     } else {
         condition(CONDITION_DEGRADED, false, "AsExpected", "no errors".into(), generation)
     };

@@ -163,6 +163,10 @@ pub struct CommerceStackSpec {
     /// stack finds its data; `Delete` drops them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// How Prometheus finds the services' metrics (`/metrics` on each
+    /// service pod's `admin` port).
+    #[serde(default, skip_serializing_if = "MonitoringSpec::is_default")]
+    pub monitoring: MonitoringSpec,
     /// Stops every write of the operator to this stack's objects, topics and
     /// databases (for maintenance or a manual fix). The status says so: a
     /// `Paused` condition is True, `Ready` is Unknown and `observedGeneration`
@@ -932,6 +936,53 @@ fn default_access_token_ttl() -> Duration {
 
 fn default_refresh_token_ttl() -> Duration {
     std::time::Duration::from_secs(30 * 24 * 60 * 60).into()
+}
+
+/// How Prometheus finds the services' metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// `Annotations` (the default): `prometheus.io/scrape` and `port`
+    /// annotations on the service pods, for a Prometheus whose pod
+    /// discovery follows them (the path is the default, `/metrics`). `PodMonitor`: one prometheus-operator
+    /// PodMonitor for the stack's services instead, made while the cluster
+    /// serves the kind (`monitoring.coreos.com/v1`); until it does, the pods
+    /// keep their annotations and the stack's Degraded condition says why.
+    #[serde(default)]
+    pub scrape: ScrapeMode,
+    /// Labels of the PodMonitor, so that a Prometheus' `podMonitorSelector`
+    /// picks it (e.g. `release: kube-prometheus-stack`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub labels: BTreeMap<String, String>,
+    /// How often each pod is scraped, in whole seconds (e.g. `30s`);
+    /// Prometheus' own default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')")
+            .message("monitoring.interval must be between 1s and 1h")
+            .reason(Reason::FieldValueInvalid)
+    )]
+    pub interval: Option<Duration>,
+}
+
+impl MonitoringSpec {
+    /// Whether nothing is set (then the field is left out of a rendered
+    /// stack).
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// How Prometheus finds the metrics ([`MonitoringSpec::scrape`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum ScrapeMode {
+    /// `prometheus.io/*` annotations on the pods.
+    #[default]
+    Annotations,
+    /// A prometheus-operator PodMonitor.
+    PodMonitor,
 }
 
 /// The payment service's provider.
