@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use commerce_platform::admin::Metrics;
-use commerce_platform::db;
 use commerce_platform::events::cloudevents::{self, CloudEventAttributes};
 use commerce_platform::events::consumer::{
     ConsumerSettings, DLQ_ATTEMPTS, DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_TOPIC,
@@ -29,8 +28,13 @@ use commerce_platform::events::{
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context;
 use commerce_proto::events::v1::{OrderCancelled, OrderPlaced};
+use commerce_testkit::migrated::TestDatabase;
+use commerce_testkit::{
+    EVENTUALLY, create_topics, drop_kafka_namespace, eventually, header, init_logging, kafka_args,
+    kafka_brokers, read_topic, require_kafka, unique_prefix,
+};
 use commerce_topology::{Service, Topic, all_topics};
-use events_support::*;
+use events_support::service_migrator;
 use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -46,6 +50,8 @@ const SERVICE: Service = Service::Shipping;
 const KEY: &str = "one-partition";
 /// Orders whose handling always fails (retryably).
 const HOPELESS: &str = "order-hopeless";
+/// The consuming service's own table, created by its own migration.
+const EFFECTS_TABLE: &str = "CREATE TABLE effects (order_id text PRIMARY KEY, count integer NOT NULL)";
 
 /// Counts each order's effects in `effects`, and every call in `calls`.
 #[derive(Debug, Default)]
@@ -109,11 +115,7 @@ impl Harness {
     async fn prepare() -> anyhow::Result<(TestDatabase, String)> {
         init_logging();
         require_kafka().await?;
-        let database = TestDatabase::create().await?;
-        db::install_platform_tables(&database.pool).await?;
-        sqlx::query("CREATE TABLE effects (order_id text PRIMARY KEY, count integer NOT NULL)")
-            .execute(&database.pool)
-            .await?;
+        let database = TestDatabase::create("platform", &service_migrator(EFFECTS_TABLE).await?).await?;
         let prefix = unique_prefix();
         let names = TopicNames::new(&prefix);
         let dead_letters = all_topics()
@@ -187,12 +189,12 @@ impl Harness {
 
     async fn wait_for_effect(&self, order_id: &str) -> anyhow::Result<()> {
         let pool: &PgPool = &self.database.pool;
-        eventually(&format!("{order_id} has an effect"), || async move {
+        eventually(&format!("{order_id} to have an effect"), || async move {
             let count: Option<i32> = sqlx::query_scalar("SELECT count FROM effects WHERE order_id = $1")
                 .bind(order_id)
                 .fetch_optional(pool)
                 .await?;
-            Ok(count.is_some())
+            Ok(count.is_some().then_some(()))
         })
         .await
     }
@@ -211,9 +213,8 @@ impl Harness {
         if !self.consumer.is_finished() {
             self.stop().await?;
         }
-        let topics = vec![self.orders_topic(), self.dead_letter_topic()];
         self.database.drop_database().await?;
-        delete_topics(&topics).await;
+        drop_kafka_namespace(self.names.prefix()).await;
         Ok(())
     }
 }
@@ -264,14 +265,15 @@ async fn the_same_event_delivered_twice_has_one_effect() -> anyhow::Result<()> {
             .await?;
     assert_eq!(processed, 1);
     assert!(read_topic(&harness.dead_letter_topic()).await?.is_empty(), "nothing was dead-lettered");
-    eventually("the metrics count two handled events and one duplicate", || async {
+    eventually("the metrics to count two handled events and one duplicate", || async {
         let exposition = harness.metrics.encode()?;
         Ok([
             r#"commerce_events_consumed_total{service="shipping",outcome="handled"} 2"#,
             r#"commerce_events_consumed_total{service="shipping",outcome="duplicate"} 1"#,
         ]
         .iter()
-        .all(|line| exposition.contains(line)))
+        .all(|line| exposition.contains(line))
+        .then_some(()))
     })
     .await?;
 
@@ -519,14 +521,15 @@ async fn an_event_type_the_handler_does_not_act_on_is_skipped_without_a_transact
             .fetch_one(&harness.database.pool)
             .await?;
     assert_eq!(processed, 0, "no transaction recorded the ignored event");
-    eventually("the metrics count one ignored and one handled event", || async {
+    eventually("the metrics to count one ignored and one handled event", || async {
         let exposition = harness.metrics.encode()?;
         Ok([
             r#"commerce_events_consumed_total{service="shipping",outcome="handled"} 1"#,
             r#"commerce_events_consumed_total{service="shipping",outcome="ignored"} 1"#,
         ]
         .iter()
-        .all(|line| exposition.contains(line)))
+        .all(|line| exposition.contains(line))
+        .then_some(()))
     })
     .await?;
     harness.stop().await?;
@@ -570,8 +573,8 @@ async fn a_consumer_killed_before_its_periodic_commit_is_redelivered_and_nothing
     let mut harness = Harness::start_consumer(database, &prefix, 3).await?;
     let expected =
         format!(r#"commerce_events_consumed_total{{service="shipping",outcome="duplicate"}} {ORDERS}"#);
-    eventually("the new member skips every redelivered event as a duplicate", || async {
-        Ok(harness.metrics.encode()?.contains(&expected))
+    eventually("the new member to skip every redelivered event as a duplicate", || async {
+        Ok(harness.metrics.encode()?.contains(&expected).then_some(()))
     })
     .await?;
     assert_eq!(harness.calls.load(Ordering::SeqCst), 0, "no redelivered event reached the handler");

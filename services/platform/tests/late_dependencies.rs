@@ -8,7 +8,6 @@
 //! running as root) on a port where nothing listened before, and a loopback
 //! forwarder to the local Kafka broker opened late on another such port.
 
-mod events_support;
 mod private_postgres;
 
 use std::net::SocketAddr;
@@ -20,32 +19,13 @@ use commerce_platform::db::{self, DatabaseArgs};
 use commerce_platform::events::KafkaArgs;
 use commerce_platform::events::producer::{self, EventProducer};
 use commerce_platform::readiness::{CheckState, Readiness};
-use events_support::*;
+use commerce_testkit::{EVENTUALLY, eventually, free_port, http, init_logging, kafka_brokers, require_kafka};
 use private_postgres::PrivatePostgres;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// A port on 127.0.0.1 where nothing listens (at the time of the call).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Status and body of `GET path` on the admin server.
-async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response.split_whitespace().nth(1).context("a status line")?.parse()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Ok((status, body))
-}
-
 async fn readyz_status(addr: SocketAddr) -> anyhow::Result<u16> {
-    Ok(get(addr, "/readyz").await?.0)
+    Ok(http(addr.port(), "GET", "/readyz").await?.0)
 }
 
 /// Forwards every connection on `listener` to `target` until `shutdown`.
@@ -74,8 +54,8 @@ async fn a_service_started_before_postgres_and_kafka_becomes_ready_when_they_com
     init_logging();
     // The broker the late forwarder will lead to must exist.
     require_kafka().await?;
-    let postgres_port = free_port()?;
-    let kafka_port = free_port()?;
+    let postgres_port = free_port();
+    let kafka_port = free_port();
     let shutdown = CancellationToken::new();
 
     // The service's side: readiness served over HTTP, a database connect
@@ -104,15 +84,16 @@ async fn a_service_started_before_postgres_and_kafka_becomes_ready_when_they_com
         producer.watch_readiness(readiness.register(producer::READINESS_CHECK), shutdown.clone());
 
     // Both fail and say why; the process keeps running, not ready.
-    eventually("both dependencies reported a failure", || async {
+    eventually("both dependencies to report a failure", || async {
         Ok(readiness
             .snapshot()
             .iter()
-            .all(|(_, state)| matches!(state, CheckState::NotReady(reason) if reason != "starting")))
+            .all(|(_, state)| matches!(state, CheckState::NotReady(reason) if reason != "starting"))
+            .then_some(()))
     })
     .await?;
     assert!(!connect.is_finished(), "the connect loop keeps waiting instead of failing");
-    let (status, body) = get(admin_addr, "/readyz").await?;
+    let (status, body) = http(admin_addr.port(), "GET", "/readyz").await?;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("cannot connect to the database") && body.contains("cannot reach the Kafka brokers"),
@@ -130,7 +111,10 @@ async fn a_service_started_before_postgres_and_kafka_becomes_ready_when_they_com
     let broker = kafka_brokers().split(',').next().context("a broker")?.to_owned();
     let forwarder = tokio::spawn(forward(forwarder_listener, broker, shutdown.clone()));
 
-    eventually("/readyz answers 200", || async { Ok(readyz_status(admin_addr).await? == 200) }).await?;
+    eventually("/readyz to answer 200", || async {
+        Ok((readyz_status(admin_addr).await? == 200).then_some(()))
+    })
+    .await?;
     assert!(readiness.is_ready());
     let pool = tokio::time::timeout(EVENTUALLY, connect).await???;
     assert_eq!(postgres.url(), format!("postgres://postgres@127.0.0.1:{postgres_port}/postgres"));
@@ -141,14 +125,17 @@ async fn a_service_started_before_postgres_and_kafka_becomes_ready_when_they_com
     let health = db::spawn_health_check(pool.clone(), database_check.clone(), shutdown.clone());
     let cluster = postgres;
     let cluster = tokio::task::spawn_blocking(move || cluster.stop("fast").map(|()| cluster)).await??;
-    eventually("/readyz answers 503 without the database", || async {
-        Ok(readyz_status(admin_addr).await? == 503)
+    eventually("/readyz to answer 503 without the database", || async {
+        Ok((readyz_status(admin_addr).await? == 503).then_some(()))
     })
     .await?;
     let database_state = readiness.snapshot().into_iter().find(|(name, _)| name == db::READINESS_CHECK);
     assert!(matches!(database_state, Some((_, CheckState::NotReady(_)))), "{database_state:?}");
     let cluster = tokio::task::spawn_blocking(move || cluster.start().map(|()| cluster)).await??;
-    eventually("/readyz answers 200 again", || async { Ok(readyz_status(admin_addr).await? == 200) }).await?;
+    eventually("/readyz to answer 200 again", || async {
+        Ok((readyz_status(admin_addr).await? == 200).then_some(()))
+    })
+    .await?;
 
     shutdown.cancel();
     for task in [health, producer_watch, forwarder] {

@@ -19,12 +19,16 @@ use commerce_platform::events::{
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context::{self, TRACEPARENT, TraceContext};
 use commerce_proto::events::v1::OrderPlaced;
+use commerce_testkit::migrated::TestDatabase;
+use commerce_testkit::{
+    EVENTUALLY, create_topics, drop_kafka_namespace, eventually, header, init_logging, kafka_args,
+    read_topic, require_kafka, unique_prefix,
+};
 use commerce_topology::{Service, Topic};
-use events_support::*;
+use events_support::service_migrator;
 use prost::Message as _;
 use rdkafka::message::Message as _;
 use sqlx::PgPool;
-use sqlx::migrate::Migrator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -50,15 +54,7 @@ fn order_placed(order_id: &str) -> OrderPlaced {
 /// A database with the platform's tables and the test service's `orders`
 /// table, installed through [`db::run_migrations`].
 async fn service_database() -> anyhow::Result<TestDatabase> {
-    let database = TestDatabase::create().await?;
-    let dir = std::env::temp_dir().join(format!("commerce-test-migrations-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("0001_orders.sql"), SERVICE_MIGRATION)?;
-    let migrator = Migrator::new(dir.as_path()).await?;
-    let migrated = db::run_migrations(&database.pool, &migrator).await;
-    std::fs::remove_dir_all(&dir)?;
-    migrated?;
-    Ok(database)
+    TestDatabase::create("platform", &service_migrator(SERVICE_MIGRATION).await?).await
 }
 
 /// Stores an order and its event in one transaction, as a service does.
@@ -168,8 +164,13 @@ async fn an_event_committed_before_a_crash_is_published_by_a_later_relay() -> an
     let relay = start_relay(&database.pool, &prefix, &shutdown)?;
     let topic = names.topic(Topic::Orders);
     let event_id_text = event_id.to_string();
-    let record =
-        wait_for_record(&topic, |record| header(record, cloudevents::ID) == Some(&event_id_text)).await?;
+    let record = eventually(&format!("event {event_id} on {topic}"), || async {
+        Ok(read_topic(&topic)
+            .await?
+            .into_iter()
+            .find(|record| header(record, cloudevents::ID) == Some(&event_id_text)))
+    })
+    .await?;
 
     assert_eq!(record.key(), Some(order_id.as_bytes()), "keyed by the aggregate id");
     assert_eq!(header(&record, cloudevents::SPECVERSION), Some("1.0"));
@@ -187,7 +188,10 @@ async fn an_event_committed_before_a_crash_is_published_by_a_later_relay() -> an
     let payload = OrderPlaced::decode(record.payload().context("a payload")?)?;
     assert_eq!(payload, order_placed(&order_id));
 
-    eventually("the row is marked published", || published_at_is_set(&database.pool, event_id)).await?;
+    eventually("the row to be marked published", || async {
+        Ok(published_at_is_set(&database.pool, event_id).await?.then_some(()))
+    })
+    .await?;
     let copies = read_topic(&topic)
         .await?
         .iter()
@@ -198,7 +202,7 @@ async fn an_event_committed_before_a_crash_is_published_by_a_later_relay() -> an
     shutdown.cancel();
     tokio::time::timeout(EVENTUALLY, relay).await??;
     database.drop_database().await?;
-    delete_topics(&[topic]).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }
 
@@ -226,8 +230,11 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     let relay = OutboxRelay::new(database.pool.clone(), EventProducer::new(&kafka_args(&prefix))?)
         .with_metrics(EventMetrics::register(&metrics), Service::Order);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
-    eventually("the committed event is published", || published_at_is_set(&database.pool, committed)).await?;
-    eventually("the metrics show one published event and an empty backlog", || async {
+    eventually("the committed event to be published", || async {
+        Ok(published_at_is_set(&database.pool, committed).await?.then_some(()))
+    })
+    .await?;
+    eventually("the metrics to show one published event and an empty backlog", || async {
         let exposition = metrics.encode()?;
         Ok([
             r#"commerce_outbox_published_events_total{service="order"} 1"#,
@@ -235,7 +242,8 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
             r#"commerce_outbox_relay_leader{service="order"} 1"#,
         ]
         .iter()
-        .all(|line| exposition.contains(line)))
+        .all(|line| exposition.contains(line))
+        .then_some(()))
     })
     .await?;
 
@@ -253,7 +261,7 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     shutdown.cancel();
     tokio::time::timeout(EVENTUALLY, relay).await??;
     database.drop_database().await?;
-    delete_topics(&[topic]).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }
 
@@ -280,8 +288,10 @@ async fn only_one_relay_per_database_leads_and_a_standby_takes_over_in_order() -
 
     let first_shutdown = CancellationToken::new();
     let first = start_relay(&database.pool, &prefix, &first_shutdown)?;
-    eventually("the first relay leads", || async { Ok(relay_lock_holders(&database.pool).await? == 1) })
-        .await?;
+    eventually("the first relay to lead", || async {
+        Ok((relay_lock_holders(&database.pool).await? == 1).then_some(()))
+    })
+    .await?;
     let second_shutdown = CancellationToken::new();
     let second = start_relay(&database.pool, &prefix, &second_shutdown)?;
 
@@ -293,7 +303,10 @@ async fn only_one_relay_per_database_leads_and_a_standby_takes_over_in_order() -
         tx.commit().await?;
     }
     for id in &ids {
-        eventually("the events are published", || published_at_is_set(&database.pool, *id)).await?;
+        eventually("the events to be published", || async {
+            Ok(published_at_is_set(&database.pool, *id).await?.then_some(()))
+        })
+        .await?;
     }
     assert_eq!(relay_lock_holders(&database.pool).await?, 1, "the standby must not lead too");
 
@@ -306,7 +319,10 @@ async fn only_one_relay_per_database_leads_and_a_standby_takes_over_in_order() -
         tx.commit().await?;
     }
     for id in &ids[3..] {
-        eventually("the standby publishes", || published_at_is_set(&database.pool, *id)).await?;
+        eventually("the standby to publish", || async {
+            Ok(published_at_is_set(&database.pool, *id).await?.then_some(()))
+        })
+        .await?;
     }
     assert_eq!(relay_lock_holders(&database.pool).await?, 1);
 
@@ -325,7 +341,7 @@ async fn only_one_relay_per_database_leads_and_a_standby_takes_over_in_order() -
     second_shutdown.cancel();
     tokio::time::timeout(EVENTUALLY, second).await??;
     database.drop_database().await?;
-    delete_topics(&[topic]).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }
 
@@ -345,15 +361,11 @@ async fn service_and_platform_migrations_keep_separate_histories() -> anyhow::Re
     assert_eq!(service, vec![1]);
     assert_eq!(platform.first(), Some(&1));
     // Running everything again (a restart, a second replica) is a no-op.
-    let dir = std::env::temp_dir().join(format!("commerce-test-migrations-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("0001_orders.sql"), SERVICE_MIGRATION)?;
-    let migrator = Migrator::new(dir.as_path()).await?;
+    let migrator = service_migrator(SERVICE_MIGRATION).await?;
     let (again, twice) = tokio::join!(
         db::run_migrations(&database.pool, &migrator),
         db::run_migrations(&database.pool, &migrator)
     );
-    std::fs::remove_dir_all(&dir)?;
     again?;
     twice?;
     let tables: Vec<String> = sqlx::query_scalar(

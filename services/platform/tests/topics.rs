@@ -2,12 +2,12 @@
 //! layout, grow, never shrink, update retention, and change nothing the
 //! second time.
 
-mod events_support;
-
 use anyhow::Context;
 use commerce_platform::events::{DesiredTopic, TopicAdmin, TopicChange, TopicNames, ensure_topics};
+use commerce_testkit::{
+    drop_kafka_namespace, eventually, init_logging, kafka_brokers, require_kafka, unique_prefix,
+};
 use commerce_topology::all_topics;
-use events_support::*;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -23,7 +23,8 @@ async fn ensure_topics_creates_the_catalog_topics_with_their_partitions_and_is_i
 -> anyhow::Result<()> {
     init_logging();
     require_kafka().await?;
-    let names = TopicNames::new(unique_prefix());
+    let prefix = unique_prefix();
+    let names = TopicNames::new(&prefix);
     let desired: Vec<DesiredTopic> = all_topics().iter().map(|spec| names.desired(spec)).collect();
 
     let first = ensure_topics(&kafka_brokers(), &desired).await?;
@@ -36,14 +37,15 @@ async fn ensure_topics_creates_the_catalog_topics_with_their_partitions_and_is_i
         );
     }
     let admin = admin()?;
-    eventually("the cluster shows every topic with the catalog's partitions", || async {
+    eventually("the cluster to show every topic with the catalog's partitions", || async {
         let mut looked_up: Vec<&str> = desired.iter().map(|topic| topic.name.as_str()).collect();
         let missing = format!("{}-never-created", desired[0].name);
         looked_up.push(&missing);
         let counts = admin.partition_counts(&looked_up).await?;
         // Only the topics asked about, and not the one that does not exist.
-        Ok(desired.iter().all(|topic| counts.get(&topic.name) == Some(&topic.partitions))
-            && counts.len() == desired.len())
+        let shown = desired.iter().all(|topic| counts.get(&topic.name) == Some(&topic.partitions))
+            && counts.len() == desired.len();
+        Ok(shown.then_some(()))
     })
     .await?;
 
@@ -51,7 +53,7 @@ async fn ensure_topics_creates_the_catalog_topics_with_their_partitions_and_is_i
     let second = ensure_topics(&kafka_brokers(), &desired).await?;
     assert!(second.iter().all(|report| report.is_unchanged()), "{second:?}");
 
-    delete_topics(&desired.iter().map(|topic| topic.name.clone()).collect::<Vec<_>>()).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }
 
@@ -63,7 +65,8 @@ async fn ensure_topics_creates_the_catalog_topics_with_their_partitions_and_is_i
 async fn two_concurrent_ensure_calls_for_the_same_new_topics_both_succeed() -> anyhow::Result<()> {
     init_logging();
     require_kafka().await?;
-    let names = TopicNames::new(unique_prefix());
+    let prefix = unique_prefix();
+    let names = TopicNames::new(&prefix);
     let desired: Vec<DesiredTopic> = all_topics().iter().map(|spec| names.desired(spec)).collect();
 
     let brokers = kafka_brokers();
@@ -87,7 +90,7 @@ async fn two_concurrent_ensure_calls_for_the_same_new_topics_both_succeed() -> a
         }
     }
 
-    delete_topics(&desired.iter().map(|topic| topic.name.clone()).collect::<Vec<_>>()).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }
 
@@ -95,7 +98,8 @@ async fn two_concurrent_ensure_calls_for_the_same_new_topics_both_succeed() -> a
 async fn ensure_topics_grows_partitions_but_never_shrinks_them() -> anyhow::Result<()> {
     init_logging();
     require_kafka().await?;
-    let name = format!("{}grow", unique_prefix());
+    let prefix = unique_prefix();
+    let name = format!("{prefix}grow");
     let topic = |partitions| DesiredTopic { name: name.clone(), partitions, retention_ms: 3_600_000 };
 
     let created = ensure_topics(&kafka_brokers(), [topic(2)]).await?;
@@ -105,8 +109,8 @@ async fn ensure_topics_grows_partitions_but_never_shrinks_them() -> anyhow::Resu
     assert_eq!(grown[0].changes, vec![TopicChange::Grew { from: 2, to: 4 }]);
     assert_eq!(grown[0].partitions, 4);
     let admin = admin()?;
-    eventually("the cluster shows 4 partitions", || async {
-        Ok(admin.partition_counts(&[name.as_str()]).await?.get(&name) == Some(&4))
+    eventually("the cluster to show 4 partitions", || async {
+        Ok((admin.partition_counts(&[name.as_str()]).await?.get(&name) == Some(&4)).then_some(()))
     })
     .await?;
 
@@ -115,7 +119,7 @@ async fn ensure_topics_grows_partitions_but_never_shrinks_them() -> anyhow::Resu
     assert_eq!(fewer[0].partitions, 4, "the report shows the partitions kept");
     assert_eq!(admin.partition_counts(&[name.as_str()]).await?.get(&name), Some(&4), "never shrunk");
 
-    delete_topics(&[name]).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }
 
@@ -123,7 +127,8 @@ async fn ensure_topics_grows_partitions_but_never_shrinks_them() -> anyhow::Resu
 async fn ensure_topics_updates_a_different_retention_once() -> anyhow::Result<()> {
     init_logging();
     require_kafka().await?;
-    let name = format!("{}retention", unique_prefix());
+    let prefix = unique_prefix();
+    let name = format!("{prefix}retention");
     let topic = |retention_ms| DesiredTopic { name: name.clone(), partitions: 1, retention_ms };
 
     ensure_topics(&kafka_brokers(), [topic(3_600_000)]).await?;
@@ -138,7 +143,7 @@ async fn ensure_topics_updates_a_different_retention_once() -> anyhow::Result<()
     }
     // The broker applies config changes asynchronously; start from the state
     // the test means to set up, the hand-tuned value visible.
-    eventually("the hand-tuned setting is visible", || async {
+    eventually("the hand-tuned setting to be visible", || async {
         let described =
             client.describe_configs(&[ResourceSpecifier::Topic(&name)], &AdminOptions::new()).await?;
         let resource = described
@@ -146,7 +151,8 @@ async fn ensure_topics_updates_a_different_retention_once() -> anyhow::Result<()
             .next()
             .context("a description")?
             .map_err(|code| anyhow::anyhow!("{code}"))?;
-        Ok(resource.get("max.message.bytes").and_then(|entry| entry.value.as_deref()) == Some("2000000"))
+        Ok((resource.get("max.message.bytes").and_then(|entry| entry.value.as_deref()) == Some("2000000"))
+            .then_some(()))
     })
     .await?;
 
@@ -166,7 +172,7 @@ async fn ensure_topics_updates_a_different_retention_once() -> anyhow::Result<()
     assert_eq!(value("retention.ms").as_deref(), Some("7200000"));
     assert_eq!(value("max.message.bytes").as_deref(), Some("2000000"), "other overrides are kept");
 
-    delete_topics(&[name]).await;
+    drop_kafka_namespace(&prefix).await;
     Ok(())
 }
 

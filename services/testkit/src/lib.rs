@@ -1,14 +1,16 @@
 //! Test support shared by the service crates' integration tests, against
 //! the real local infrastructure (Postgres and Kafka from `e2e/infra.env`):
 //! a test database of its own per test, created through
-//! `COMMERCE_POSTGRES_ADMIN_URL`; Kafka topics under a unique prefix; free
-//! loopback ports; publishing events as another service would; reading
-//! events back ([`read_topic`], [`events_of`], [`count_events`]); and
-//! bounded waiting. Unreachable infrastructure fails the
-//! test with a message saying how to start it, never skips it.
+//! `COMMERCE_POSTGRES_ADMIN_URL`; Kafka topics under a unique prefix, and
+//! Kafka flags for it; free loopback ports; publishing events as another
+//! service would; reading events back ([`read_topic`], [`events_of`],
+//! [`count_events`], [`header`]); and bounded waiting ([`eventually`]).
+//! Unreachable infrastructure fails the test with a message saying how to
+//! start it, never skips it.
 //!
 //! [`migrated`] holds the fixtures of the tests that run against a migrated
-//! database and read the platform outbox (auth, catalog).
+//! database and read the platform outbox (auth, catalog, inventory, and the
+//! platform's own outbox and consumer tests).
 //!
 //! Dev-only: the service crates list it under `[dev-dependencies]`.
 
@@ -23,6 +25,7 @@ use commerce_platform::events::producer::OutgoingRecord;
 use commerce_platform::events::{
     CloudEventAttributes, EventPayload, EventProducer, KafkaArgs, TopicNames, cloudevents, ensure_topics,
 };
+use commerce_topology::TopicSpec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -120,15 +123,37 @@ pub async fn require_kafka() -> anyhow::Result<()> {
     }
 }
 
+/// A unique prefix for topic and consumer group names, so that tests never
+/// see each other's records (nothing is created under it).
+pub fn unique_prefix() -> String {
+    format!("test-{}.", Uuid::new_v4().simple())
+}
+
+/// Creates the topics of `specs` under `names`, with the catalog's layouts.
+pub async fn create_topics(names: &TopicNames, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    let desired: Vec<_> = specs.iter().map(|spec| names.desired(spec)).collect();
+    ensure_topics(&kafka_brokers(), &desired).await?;
+    Ok(())
+}
+
 /// A unique topic/group prefix, with every catalog topic (and dead-letter
 /// topic) created under it.
 pub async fn kafka_namespace() -> anyhow::Result<String> {
     require_kafka().await?;
-    let prefix = format!("test-{}.", Uuid::new_v4().simple());
-    let names = TopicNames::new(prefix.clone());
-    let desired: Vec<_> = commerce_topology::all_topics().iter().map(|spec| names.desired(spec)).collect();
-    ensure_topics(&kafka_brokers(), &desired).await?;
+    let prefix = unique_prefix();
+    create_topics(&TopicNames::new(prefix.clone()), &commerce_topology::all_topics()).await?;
     Ok(prefix)
+}
+
+/// Kafka flags for a test's own producers and consumers: the local brokers,
+/// names under `prefix`, and short timeouts and retries.
+pub fn kafka_args(prefix: &str) -> KafkaArgs {
+    KafkaArgs {
+        name_prefix: prefix.to_owned(),
+        delivery_timeout: Duration::from_secs(20),
+        handler_retry_backoff: Duration::from_millis(50),
+        ..KafkaArgs::new(kafka_brokers())
+    }
 }
 
 /// A loopback port free right now.
@@ -242,10 +267,15 @@ pub async fn events_of<E: EventPayload>(topic: &str) -> anyhow::Result<Vec<E>> {
 
 /// The `ce_type` header of a record.
 pub fn event_type(record: &OwnedMessage) -> Option<&str> {
+    header(record, cloudevents::TYPE)
+}
+
+/// The value of header `name` of a record, as text.
+pub fn header<'a>(record: &'a OwnedMessage, name: &str) -> Option<&'a str> {
     record
         .headers()?
         .iter()
-        .find(|header| header.key == cloudevents::TYPE)
+        .find(|header| header.key == name)
         .and_then(|header| header.value)
         .and_then(|value| std::str::from_utf8(value).ok())
 }
