@@ -1051,6 +1051,96 @@ async fn a_managed_postgres_whose_storage_class_does_not_exist_is_degraded_namin
     finish(outcome, &client, &mut operator, namespace, &[&stack_name]).await
 }
 
+/// `spec.monitoring.scrape: PodMonitor` against the prometheus-operator's
+/// own PodMonitor CRD (generated from its API types by
+/// e2e/scripts/monitoring-crds.sh): without the CRD the stack is Degraded
+/// and its pods keep their scrape annotations; once the CRD is installed the
+/// operator makes the PodMonitor within its 15 s poll, the real schema keeps
+/// every field the operator wrote (a structural schema would prune unknown
+/// ones), and the annotations go. The CRD is removed again at the end.
+#[tokio::test]
+async fn a_stack_asking_for_a_pod_monitor_gets_one_the_real_crd_accepts_once_the_cluster_serves_it()
+-> Result<()> {
+    let (client, namespace, stack_name, mut operator) = start_with_operator().await?;
+    let crd = "podmonitors.monitoring.coreos.com";
+    let outcome = async {
+        let output = Command::new("bash")
+            .arg(repo().join("e2e/scripts/monitoring-crds.sh"))
+            .arg("dir")
+            .output()
+            .context("running e2e/scripts/monitoring-crds.sh")?;
+        ensure!(output.status.success(), "monitoring-crds.sh: {}", String::from_utf8_lossy(&output.stderr));
+        let crd_file = Path::new(String::from_utf8_lossy(&output.stdout).trim())
+            .join("monitoring.coreos.com_podmonitors.yaml");
+        kubectl(&["delete", "crd", crd, "--ignore-not-found", "--wait"]).map_err(anyhow::Error::msg)?;
+
+        create_admin_secret(&client, &namespace.name).await?;
+        let mut stack = minimal_stack(&stack_name, &namespace.name);
+        stack["spec"]["monitoring"] =
+            json!({ "scrape": "PodMonitor", "labels": { "release": "prometheus" }, "interval": "30s" });
+        apply(&client, &stack).await?;
+        let stacks =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &stack_resource());
+        let degraded = |stack: DynamicObject| {
+            let conditions = stack.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            conditions.into_iter().find(|c| c["type"] == "Degraded")
+        };
+        eventually("Degraded to say the cluster serves no PodMonitor", || async {
+            let degraded = degraded(stacks.get(&stack_name).await?);
+            Ok(degraded.filter(|d| d["status"] == "True" && d["reason"] == "PodMonitorNotServed"))
+        })
+        .await?;
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace.name);
+        let scrape_annotation = |deployment: &Deployment| {
+            deployment
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.template.metadata.as_ref())
+                .and_then(|metadata| metadata.annotations.as_ref())
+                .and_then(|annotations| annotations.get("prometheus.io/scrape").cloned())
+        };
+        let order = format!("{stack_name}-order");
+        ensure!(scrape_annotation(&deployments.get(&order).await?).as_deref() == Some("true"));
+
+        kubectl(&["apply", "--server-side", "-f", &crd_file.to_string_lossy()])
+            .map_err(anyhow::Error::msg)?;
+        kubectl(&["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{crd}")])
+            .map_err(anyhow::Error::msg)?;
+        let monitors = Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            &namespace.name,
+            &resource_of(&client, "monitoring.coreos.com", "v1", "PodMonitor").await?,
+        );
+        let monitor =
+            eventually("the stack's PodMonitor", || async { Ok(monitors.get_opt(&stack_name).await?) })
+                .await?;
+        let endpoint = &monitor.data["spec"]["podMetricsEndpoints"][0];
+        ensure!(endpoint["port"] == "admin" && endpoint["path"] == "/metrics", "{endpoint}");
+        ensure!(endpoint["interval"] == "30s", "{endpoint}");
+        ensure!(
+            endpoint["relabelings"][0]["targetLabel"] == "service",
+            "the schema dropped the relabeling: {endpoint}"
+        );
+        let selector = &monitor.data["spec"]["selector"];
+        ensure!(selector["matchExpressions"][0]["values"].as_array().map_or(0, Vec::len) == 9, "{selector}");
+        ensure!(monitor.labels().get("release").map(String::as_str) == Some("prometheus"));
+        eventually("the pods' scrape annotations to go", || async {
+            Ok(scrape_annotation(&deployments.get(&order).await?).is_none().then_some(()))
+        })
+        .await?;
+        eventually("Degraded to stop naming the PodMonitor", || async {
+            let degraded = degraded(stacks.get(&stack_name).await?);
+            Ok(degraded.filter(|d| d["reason"] != "PodMonitorNotServed"))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    let removed =
+        kubectl(&["delete", "crd", crd, "--ignore-not-found", "--wait"]).map_err(anyhow::Error::msg);
+    finish(outcome.and(removed.map(drop)), &client, &mut operator, namespace, &[&stack_name]).await
+}
+
 /// Two replicas as the chart runs them: the one holding the Lease reconciles,
 /// the other only stands by (no reconcile, no server-side apply); killed by
 /// its PID, the leader stops renewing, and the other takes the Lease once it

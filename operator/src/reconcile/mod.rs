@@ -73,7 +73,8 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 /// Longest Event note the apiserver takes: 1024 bytes (events.k8s.io/v1
 /// `note`); [`shorten_note`] keeps notes within it, ellipsis included.
 const MAX_EVENT_NOTE: usize = 1024;
-/// How soon to look again while managed infrastructure starts.
+/// How soon to look again while managed infrastructure starts (and while a
+/// stack waits for the cluster to serve PodMonitors).
 pub const INFRA_POLL: Duration = Duration::from_secs(15);
 /// Finalizer that guards the cleanup of topics and databases.
 pub const FINALIZER: &str = "commerce-stack.dev/external-state";
@@ -270,7 +271,9 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     }
     result?;
     status_written?;
-    if !outcome.waiting_for.is_empty() {
+    // Managed infrastructure starting, or a PodMonitor waiting for its CRD
+    // (nothing the controller watches says when it is installed).
+    if !outcome.waiting_for.is_empty() || outcome.unserved_monitoring.is_some() {
         return Ok(Action::requeue(rotation.requeue_within(INFRA_POLL)));
     }
     Ok(Action::requeue(rotation.requeue_within(RESYNC)))
