@@ -264,6 +264,19 @@ async fn the_full_example_converges_to_owned_objects_topics_and_databases_and_be
             writes_of_a_forced_reconcile(&client, &operator, &namespace.name, &stack_name, &expected).await?;
         println!("FIGURE no-op reconcile: {} API writes ({writes:?})", writes.len());
         ensure!(writes.is_empty(), "a reconcile with nothing to do wrote {writes:?}");
+
+        // What an SRE's dashboard reads: this replica leads, the stack is
+        // Ready and consists of what was rendered.
+        let metrics = operator.metrics().await?;
+        let labels = format!("namespace=\"{}\",stack=\"{stack_name}\"", namespace.name);
+        let stack_objects = expected.len();
+        for line in [
+            "commerce_operator_leader 1".to_owned(),
+            format!("commerce_operator_stack_ready{{{labels}}} 1"),
+            format!("commerce_operator_managed_objects{{{labels}}} {stack_objects}"),
+        ] {
+            ensure!(metrics.lines().any(|l| l == line), "no `{line}` on /metrics:\n{metrics}");
+        }
         Ok(())
     }
     .await;
@@ -1200,6 +1213,12 @@ async fn of_two_operators_only_the_lease_holder_reconciles_and_the_other_takes_o
             "the follower applied objects while standing by: {follower_writes:?}"
         );
         ensure!(holder().await? == Some(first_holder.clone()), "the Lease changed hands without a kill");
+        // Each says on /metrics whether it leads.
+        for (operator, leads) in [(&operators[leader], 1), (&operators[follower], 0)] {
+            let metrics = operator.metrics().await?;
+            let line = format!("commerce_operator_leader {leads}");
+            ensure!(metrics.lines().any(|l| l == line), "no `{line}` on /metrics:\n{metrics}");
+        }
 
         let pid = operators[leader].pid()?;
         operators[leader].stop();
@@ -1236,6 +1255,11 @@ async fn of_two_operators_only_the_lease_holder_reconciles_and_the_other_takes_o
             Ok(Some(operators[follower].reconciles().await?).filter(|n| *n > 0))
         })
         .await?;
+        let metrics = operators[follower].metrics().await?;
+        ensure!(
+            metrics.lines().any(|l| l == "commerce_operator_leader 1"),
+            "the new leader says it does not lead"
+        );
         Ok(())
     }
     .await;

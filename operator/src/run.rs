@@ -247,13 +247,17 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
     info!(%identity, "operator identity");
     let elector = Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity);
     let mut leading_since = tokio::time::Instant::now();
+    metrics.set_leader(!args.leader_election);
     if args.leader_election {
         // A standby replica is ready: it is what it should be, and a
         // rollout of the operator's Deployment must not wait for a Lease
         // that the old leader holds.
         reconciling.set_ready();
         tokio::select! {
-            since = elector.acquire() => leading_since = since,
+            since = elector.acquire() => {
+                leading_since = since;
+                metrics.set_leader(true);
+            }
             () = shutdown_signal() => {
                 info!("stopped while standing by");
                 return Ok(());
@@ -287,13 +291,17 @@ pub async fn run(client: Client, args: RunArgs, metrics: Arc<Metrics>) -> Result
     );
     let scopes = args.watch_namespace.scopes();
     reconciling.set_not_ready("listing the stacks and policies");
-    let (sets, listed): (Vec<_>, Vec<_>) = scopes
-        .iter()
-        .zip(fan_out(topic_drift, scopes.len()))
-        .map(|(scope, topic_drift)| {
-            controller_set(&client, *scope, topic_drift, ctx.clone(), permits.clone())
-        })
-        .unzip();
+    let mut sets = Vec::new();
+    let mut listed = Vec::new();
+    let mut stores = Vec::new();
+    for (scope, topic_drift) in scopes.iter().zip(fan_out(topic_drift, scopes.len())) {
+        let (set, set_listed, store) =
+            controller_set(&client, *scope, topic_drift, ctx.clone(), permits.clone());
+        sets.push(set);
+        listed.push(set_listed);
+        stores.push(store);
+    }
+    ctx.metrics.watch_stacks(stores);
     tokio::spawn(async move {
         // Ready once every watch has listed what it watches: before that,
         // a reconcile could miss a stack or a policy.
@@ -360,8 +368,9 @@ where
 const LISTED_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The stacks' and the policies' controllers for one scope (a namespace, or
-/// all of them with `None`), run until SIGTERM/SIGINT, and a future that
-/// says whether both listed what they watch (false: they stopped first). A
+/// all of them with `None`), run until SIGTERM/SIGINT, a future that says
+/// whether both listed what they watch (false: they stopped first), and the
+/// stacks' store (for the per-stack metrics). A
 /// stack's reconcile starts only with one of `permits`, shared by every
 /// scope's controller.
 fn controller_set(
@@ -370,7 +379,11 @@ fn controller_set(
     topic_drift: impl Stream<Item = ()> + Send + 'static,
     ctx: Arc<Context>,
     permits: Arc<Semaphore>,
-) -> (impl Future<Output = ()> + Send + 'static, impl Future<Output = bool> + Send + 'static) {
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = bool> + Send + 'static,
+    reflector::Store<DeserializeGuard<CommerceStack>>,
+) {
     let bounded_reconcile = move |stack: Arc<DeserializeGuard<CommerceStack>>, ctx: Arc<Context>| {
         let permits = permits.clone();
         async move {
@@ -401,6 +414,7 @@ fn controller_set(
     // namespace and writes small statuses.
     let policies = policy_controller(client, scope);
     let policies_store = policies.store();
+    let stacks_for_metrics = stacks_store.clone();
     let listed = async move {
         let (stacks, policies) = futures::future::join(listed(&stacks_store), listed(&policies_store)).await;
         stacks && policies
@@ -412,7 +426,7 @@ fn controller_set(
             }
         },
     );
-    (futures::future::join(stacks, policies).map(|_| ()), listed)
+    (futures::future::join(stacks, policies).map(|_| ()), listed, stacks_for_metrics)
 }
 
 /// Copies every item of `trigger` to `count` streams, one per controller set

@@ -218,6 +218,7 @@ async fn pipeline(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error>
     );
     let rotation = signing_key::decide_for(&valid, &current.secrets(), &mut values, &now)?;
     let desired = build::build(&valid, &policies, &values, pod_monitors)?;
+    ctx.metrics.set_managed_objects(&namespace, &name, desired.len());
 
     let mut outcome = Outcome {
         gateway_url: gateway::gateway_url(&valid),
