@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::domain::{self, Effect, FailureKind, SagaInput, Step};
+use crate::domain::{self, Effect, FailureKind, OrderStatus, SagaInput, Step};
+use crate::metrics::SagaMetrics;
 use crate::store::{self, Order};
 
 pub(crate) fn money(currency: &str, units: i64) -> Money {
@@ -135,17 +136,27 @@ pub(crate) async fn apply_input(
     conn: &mut PgConnection,
     id: Uuid,
     input: SagaInput,
-) -> Result<Option<Order>, Error> {
+) -> Result<Option<(OrderStatus, Order)>, Error> {
     let Some(order) = store::lock(conn, id).await? else {
         return Ok(None);
     };
     let step = domain::apply(&order.saga, input);
-    record_step(conn, &order, step, "").await.map(Some)
+    let before = order.saga.status;
+    record_step(conn, &order, step, "").await.map(|order| Some((before, order)))
 }
 
 /// Consumes inventory, payment and shipment events into the saga.
 #[derive(Debug, Clone, Default)]
-pub struct OrderEventHandler;
+pub struct OrderEventHandler {
+    metrics: SagaMetrics,
+}
+
+impl OrderEventHandler {
+    /// A handler that counts the outcomes it stores in `metrics`.
+    pub fn new(metrics: SagaMetrics) -> Self {
+        Self { metrics }
+    }
+}
 
 fn parse_order_id(raw: &str) -> Result<Uuid, HandlerError> {
     Uuid::parse_str(raw)
@@ -177,7 +188,7 @@ impl OrderEventHandler {
             .and_then(from_timestamp)
             .ok_or_else(|| HandlerError::permanent("StockReserved without expires_at"))?;
         let input = SagaInput::StockReserved { reservation_id: e.reservation_id, expires_at };
-        advance(tx, &e.order_id, input, event).await
+        self.advance(tx, &e.order_id, input, event).await
     }
 
     async fn stock_reservation_failed(
@@ -187,8 +198,13 @@ impl OrderEventHandler {
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
         let ids = e.shortfalls.into_iter().map(|shortfall| shortfall.product_id).collect();
-        advance(tx, &e.order_id, SagaInput::StockReservationFailed { unavailable_product_ids: ids }, event)
-            .await
+        self.advance(
+            tx,
+            &e.order_id,
+            SagaInput::StockReservationFailed { unavailable_product_ids: ids },
+            event,
+        )
+        .await
     }
 
     async fn payment_captured(
@@ -197,7 +213,7 @@ impl OrderEventHandler {
         e: ev::PaymentCaptured,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        advance(tx, &e.order_id, SagaInput::PaymentCaptured { payment_id: e.payment_id }, event).await
+        self.advance(tx, &e.order_id, SagaInput::PaymentCaptured { payment_id: e.payment_id }, event).await
     }
 
     async fn payment_failed(
@@ -207,7 +223,7 @@ impl OrderEventHandler {
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
         let declined = e.reason() != ev::payment_failed::Reason::ProviderUnavailable;
-        advance(tx, &e.order_id, SagaInput::PaymentFailed { declined, detail: e.detail }, event).await
+        self.advance(tx, &e.order_id, SagaInput::PaymentFailed { declined, detail: e.detail }, event).await
     }
 
     async fn payment_refunded(
@@ -216,7 +232,7 @@ impl OrderEventHandler {
         e: ev::PaymentRefunded,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        advance(tx, &e.order_id, SagaInput::PaymentRefunded, event).await
+        self.advance(tx, &e.order_id, SagaInput::PaymentRefunded, event).await
     }
 
     async fn shipment_created(
@@ -225,7 +241,7 @@ impl OrderEventHandler {
         e: ev::ShipmentCreated,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        advance(tx, &e.order_id, SagaInput::ShipmentCreated { shipment_id: e.shipment_id }, event).await
+        self.advance(tx, &e.order_id, SagaInput::ShipmentCreated { shipment_id: e.shipment_id }, event).await
     }
 
     async fn shipment_status_changed(
@@ -240,7 +256,7 @@ impl OrderEventHandler {
             }
             _ => SagaInput::ShipmentCreated { shipment_id: e.shipment_id },
         };
-        advance(tx, &e.order_id, input, event).await
+        self.advance(tx, &e.order_id, input, event).await
     }
 
     async fn shipment_delivered(
@@ -249,29 +265,34 @@ impl OrderEventHandler {
         e: ev::ShipmentDelivered,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        advance(tx, &e.order_id, SagaInput::ShipmentDelivered { shipment_id: e.shipment_id }, event).await
+        self.advance(tx, &e.order_id, SagaInput::ShipmentDelivered { shipment_id: e.shipment_id }, event)
+            .await
     }
 }
 
-/// Feeds `input` to the saga of order `order_id`.
-async fn advance(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: &str,
-    input: SagaInput,
-    event: &IncomingEvent,
-) -> Result<(), HandlerError> {
-    let id = parse_order_id(order_id)?;
-    match apply_input(tx, id, input).await? {
-        Some(order) => {
-            tracing::debug!(order_id = %id, status = %order.saga.status, event_type = event.event_type(), "order saga advanced")
+impl OrderEventHandler {
+    /// Feeds `input` to the saga of order `order_id`.
+    async fn advance(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        order_id: &str,
+        input: SagaInput,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let id = parse_order_id(order_id)?;
+        match apply_input(tx, id, input).await? {
+            Some((before, order)) => {
+                self.metrics.observe(before, &order);
+                tracing::debug!(order_id = %id, status = %order.saga.status, event_type = event.event_type(), "order saga advanced")
+            }
+            // Another stack's order, or a payment made by the Charge RPC
+            // without an order: nothing of ours to change.
+            None => {
+                tracing::warn!(order_id = %id, event_type = event.event_type(), "event about an unknown order ignored")
+            }
         }
-        // Another stack's order, or a payment made by the Charge RPC
-        // without an order: nothing of ours to change.
-        None => {
-            tracing::warn!(order_id = %id, event_type = event.event_type(), "event about an unknown order ignored")
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 impl From<Error> for HandlerError {
@@ -291,10 +312,15 @@ const SWEEP_BATCH: i64 = 100;
 /// "Now" is the database's clock, not this process's: inventory stamps a
 /// reservation's expiry with its database's clock, and an order process
 /// whose clock ran minutes ahead would otherwise fail every open order.
-pub async fn run_reservation_sweeper(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+pub async fn run_reservation_sweeper(
+    pool: PgPool,
+    interval: Duration,
+    metrics: SagaMetrics,
+    shutdown: CancellationToken,
+) {
     loop {
         let swept = match commerce_platform::db::database_now(&pool).await {
-            Ok(now) => sweep_once(&pool, now).await,
+            Ok(now) => sweep_once(&pool, now, &metrics).await,
             Err(error) => Err(Error::LoadOrder(error)),
         };
         if let Err(error) = swept {
@@ -308,17 +334,21 @@ pub async fn run_reservation_sweeper(pool: PgPool, interval: Duration, shutdown:
     tracing::info!("reservation sweeper stopped");
 }
 
-/// One sweep at `now`; returns how many orders it failed.
-pub async fn sweep_once(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, Error> {
+/// One sweep at `now`; returns how many orders it failed (counted in
+/// `metrics` once committed).
+pub async fn sweep_once(pool: &PgPool, now: DateTime<Utc>, metrics: &SagaMetrics) -> Result<usize, Error> {
     let mut failed = 0;
     for id in store::lapsed_reservations(pool, now, SWEEP_BATCH).await? {
         let mut tx = pool.begin().await.map_err(Error::UpdateOrder)?;
-        let order = apply_input(&mut tx, id, SagaInput::ReservationClock { now }).await?;
-        if order.is_some_and(|order| order.saga.status == domain::OrderStatus::Failed) {
-            failed += 1;
-            tracing::info!(order_id = %id, "order failed: its reservation expired");
-        }
+        let stepped = apply_input(&mut tx, id, SagaInput::ReservationClock { now }).await?;
         tx.commit().await.map_err(Error::UpdateOrder)?;
+        if let Some((before, order)) = stepped {
+            metrics.observe(before, &order);
+            if order.saga.status == OrderStatus::Failed {
+                failed += 1;
+                tracing::info!(order_id = %id, "order failed: its reservation expired");
+            }
+        }
     }
     Ok(failed)
 }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::Error;
 use crate::domain::{self, CatalogProduct, OrderStatus, PlacementError, RequestedLine, SagaState};
 use crate::events::{self, money, record_step};
+use crate::metrics::SagaMetrics;
 use crate::store::{self, Order};
 
 /// Page size when the request gives none.
@@ -46,6 +47,7 @@ impl CatalogPeer for Peers {
 pub struct OrderGrpc {
     pool: PgPool,
     catalog: Arc<dyn CatalogPeer>,
+    metrics: SagaMetrics,
 }
 
 impl std::fmt::Debug for OrderGrpc {
@@ -56,7 +58,13 @@ impl std::fmt::Debug for OrderGrpc {
 
 impl OrderGrpc {
     pub fn new(pool: PgPool, catalog: Arc<dyn CatalogPeer>) -> Self {
-        Self { pool, catalog }
+        Self { pool, catalog, metrics: SagaMetrics::default() }
+    }
+
+    /// Counts the cancellations it stores in `metrics`.
+    pub fn with_metrics(mut self, metrics: SagaMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn place(&self, request: pb::PlaceOrderRequest) -> Result<Order, Error> {
@@ -163,8 +171,10 @@ impl OrderGrpc {
         }
         let step = domain::cancel(&order.saga, &request.reason).map_err(Error::RefuseCancel)?;
         let cancelled_by = if request.user_id.is_empty() { "admin" } else { request.user_id.as_str() };
+        let before = order.saga.status;
         let order = record_step(&mut tx, &order, step, cancelled_by).await?;
         tx.commit().await.map_err(Error::UpdateOrder)?;
+        self.metrics.observe(before, &order);
         Ok(order)
     }
 }

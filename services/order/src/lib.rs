@@ -4,13 +4,14 @@
 //!
 //! [`serve`] hands the lifecycle to the platform's [`ServiceRuntime`] and
 //! wires the service's parts: database, outbox relay, event consumer with
-//! its dead-letter topic, the reservation sweeper and the gRPC server; all
-//! stop on `shutdown`.
+//! its dead-letter topic, the reservation sweeper, the saga's metrics
+//! ([`metrics`]) and the gRPC server; all stop on `shutdown`.
 
 pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod metrics;
 pub mod store;
 
 use std::sync::Arc;
@@ -94,6 +95,7 @@ pub async fn serve_with_catalog(
     ServiceRuntime::new(Service::Order, &config.common)
         .serve(shutdown, |wiring| async move {
             let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
+            let saga_metrics = metrics::SagaMetrics::register(wiring.metrics());
             let producer = wiring.start_producer(&config.kafka)?;
             wiring.spawn_outbox_relay(&pool, &producer);
             wiring.start_consumer(
@@ -101,17 +103,23 @@ pub async fn serve_with_catalog(
                 &config.kafka,
                 pool.clone(),
                 producer,
-                events::OrderEventHandler,
+                events::OrderEventHandler::new(saga_metrics.clone()),
             )?;
             wiring.spawn_task(
                 "reservation sweeper",
                 events::run_reservation_sweeper(
                     pool.clone(),
                     config.reservation_sweep_interval,
+                    saga_metrics.clone(),
                     wiring.stop_token(),
                 ),
             );
-            Ok(wiring.grpc_server().add_service(OrderServiceServer::new(grpc::OrderGrpc::new(pool, catalog))))
+            wiring.spawn_task(
+                "open orders gauge",
+                saga_metrics.clone().run_open_orders(pool.clone(), wiring.stop_token()),
+            );
+            let grpc = grpc::OrderGrpc::new(pool, catalog).with_metrics(saga_metrics);
+            Ok(wiring.grpc_server().add_service(OrderServiceServer::new(grpc)))
         })
         .await
 }

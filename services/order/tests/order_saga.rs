@@ -171,6 +171,15 @@ async fn an_order_confirms_once_whichever_of_payment_and_reservation_comes_first
     let env = env().await?;
     let reserved_first = env.place("u2", "a", &[("apple", 1)]).await?;
     let paid_first = env.place("u2", "b", &[("pear", 1)]).await?;
+    // The open-orders gauges (counted every 15 s in the service; here once,
+    // on its database): two orders pending.
+    let gauges =
+        commerce_order::metrics::SagaMetrics::register(&commerce_platform::admin::Metrics::new("order"));
+    gauges.count_open(&env.order.database.pool().await?).await?;
+    let open = gauges.open("pending");
+    assert_eq!(open, 2, "open pending orders");
+    let age = gauges.oldest_open_age();
+    assert!(age > 0.0 && age < 60.0, "the oldest open order waited {age} s");
 
     env.reserve(&reserved_first.id, 900).await?;
     env.order.wait_for_status(&reserved_first.id, pb::OrderStatus::Reserved).await?;
@@ -195,6 +204,11 @@ async fn an_order_confirms_once_whichever_of_payment_and_reservation_comes_first
         assert_eq!(env.written::<ev::OrderConfirmed>(&order.id).await?, 1, "{}", order.id);
         env.wait_for_events::<ev::OrderConfirmed>(&order.id, 1).await?;
     }
+    // Two confirmations counted, whatever the duplicates; none open any more.
+    assert_eq!(env.order.metric("commerce_order_saga_outcomes_total{outcome=\"confirmed\"}").await?, 2.0);
+    gauges.count_open(&env.order.database.pool().await?).await?;
+    assert_eq!((gauges.open("pending"), gauges.open("reserved")), (0, 0));
+    assert_eq!(gauges.oldest_open_age(), 0.0);
     env.stop().await
 }
 
@@ -229,6 +243,14 @@ async fn no_stock_rejects_and_a_declined_payment_fails_the_order() -> anyhow::Re
     assert!(failed.failure_reason.contains("card declined"), "{}", failed.failure_reason);
     env.wait_for_events::<ev::OrderRejected>(&rejected.id, 1).await?;
     env.wait_for_events::<ev::OrderFailed>(&declined.id, 1).await?;
+    // Each outcome counted once, with its duration.
+    for outcome in ["rejected", "failed"] {
+        let series = format!("commerce_order_saga_outcomes_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(env.order.metric(&series).await?, 1.0, "{series}");
+        let series = format!("commerce_order_saga_duration_seconds_count{{outcome=\"{outcome}\"}}");
+        assert_eq!(env.order.metric(&series).await?, 1.0, "{series}");
+    }
+    assert_eq!(env.order.metric("commerce_order_saga_outcomes_total{outcome=\"confirmed\"}").await?, 0.0);
     env.stop().await
 }
 
@@ -248,6 +270,8 @@ async fn a_lapsed_reservation_fails_the_order_and_a_late_payment_changes_nothing
     assert_eq!(late.status(), pb::OrderStatus::Failed, "a late capture does not revive the order");
     env.wait_for_events::<ev::OrderFailed>(&order.id, 1).await?;
     assert_eq!(count_events::<ev::OrderConfirmed>(&env.prefix, &order.id).await?, 0);
+    // Failed by the sweeper, counted once: the late capture moved nothing.
+    assert_eq!(env.order.metric("commerce_order_saga_outcomes_total{outcome=\"failed\"}").await?, 1.0);
     env.stop().await
 }
 
@@ -282,6 +306,8 @@ async fn cancelling_is_allowed_until_shipment_and_orders_list_page_by_page() -> 
         assert_eq!(cancelled.status(), pb::OrderStatus::Cancelled, "cancelling twice is idempotent");
     }
     env.wait_for_events::<ev::OrderCancelled>(&pending.id, 1).await?;
+    // Cancelled twice, counted once.
+    assert_eq!(env.order.metric("commerce_order_saga_outcomes_total{outcome=\"cancelled\"}").await?, 1.0);
 
     env.reserve(&shipped.id, 900).await?;
     env.capture(&shipped.id).await?;

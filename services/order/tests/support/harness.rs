@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::{TestDatabase, connect, free_port, service_flags};
+use super::{TestDatabase, connect, free_port, http, service_flags};
 
 #[derive(Parser)]
 struct OrderCli {
@@ -30,6 +30,8 @@ struct PaymentCli {
 pub struct OrderService {
     pub database: TestDatabase,
     pub client: OrderServiceClient<Channel>,
+    /// The admin port: /metrics and /readyz.
+    pub admin_port: u16,
     pub shutdown: CancellationToken,
     task: JoinHandle<Result<(), commerce_order::Error>>,
 }
@@ -38,14 +40,26 @@ impl OrderService {
     pub async fn start(prefix: &str, catalog_port: u16) -> anyhow::Result<Self> {
         let database = TestDatabase::create("order").await?;
         let grpc_port = free_port();
-        let mut flags = service_flags(&database.url, prefix, grpc_port, free_port());
+        let admin_port = free_port();
+        let mut flags = service_flags(&database.url, prefix, grpc_port, admin_port);
         flags.push(format!("--peer=catalog=http://127.0.0.1:{catalog_port}"));
         flags.push("--order-reservation-sweep-interval=200ms".to_owned());
         let config = OrderCli::try_parse_from(flags)?.config;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(commerce_order::serve(config, shutdown.clone()));
         let client = OrderServiceClient::new(connect(grpc_port).await?);
-        Ok(Self { database, client, shutdown, task })
+        Ok(Self { database, client, admin_port, shutdown, task })
+    }
+
+    /// The value of the series `series` (name and labels, as on `/metrics`),
+    /// 0 when absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let (status, text) = http(self.admin_port, "GET", "/metrics").await?;
+        anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// Stops the service, checks it stopped cleanly, drops its database.
