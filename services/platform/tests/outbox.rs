@@ -14,7 +14,7 @@ use commerce_platform::db::{self, DatabaseArgs};
 use commerce_platform::events::cloudevents::{self, CloudEventAttributes};
 use commerce_platform::events::outbox::{RELAY_LOCK_KEY, RelaySettings};
 use commerce_platform::events::{
-    EventMetrics, EventPayload, EventProducer, OutboxRelay, TopicNames, enqueue,
+    EventMetrics, EventPayload, EventProducer, KafkaArgs, OutboxRelay, TopicNames, enqueue,
 };
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context::{self, TRACEPARENT, TraceContext};
@@ -239,6 +239,7 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
         Ok([
             r#"commerce_outbox_published_events_total{service="order"} 1"#,
             r#"commerce_outbox_unpublished_events{service="order"} 0"#,
+            r#"commerce_outbox_oldest_unpublished_age_seconds{service="order"} 0"#,
             r#"commerce_outbox_relay_leader{service="order"} 1"#,
         ]
         .iter()
@@ -263,6 +264,55 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     database.drop_database().await?;
     drop_kafka_namespace(&prefix).await;
     Ok(())
+}
+
+/// While the brokers take nothing, the relay's gauges say how many rows wait
+/// and for how long, so that "the outbox is not draining" can alert.
+#[tokio::test]
+async fn while_no_broker_answers_the_backlog_and_its_age_show_on_the_metrics() -> anyhow::Result<()> {
+    init_logging();
+    let database = service_database().await?;
+    place_order(&database.pool, "waiting").await?;
+    let unreachable = KafkaArgs {
+        // Nothing listens on port 1 of the loopback; a short delivery
+        // timeout makes each attempt fail quickly.
+        delivery_timeout: std::time::Duration::from_secs(1),
+        ..KafkaArgs::new("127.0.0.1:1".to_owned())
+    };
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new("outbox-test");
+    let relay = OutboxRelay::new(database.pool.clone(), EventProducer::new(&unreachable)?)
+        .with_metrics(EventMetrics::register(&metrics), Service::Order);
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    let age = |exposition: &str| {
+        exposition.lines().find_map(|line| {
+            line.strip_prefix(r#"commerce_outbox_oldest_unpublished_age_seconds{service="order"} "#)?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    let first = eventually("the backlog of one row to show, with its age", || async {
+        let exposition = metrics.encode()?;
+        let waiting = exposition.contains(r#"commerce_outbox_unpublished_events{service="order"} 1"#);
+        Ok(age(&exposition).filter(|age| waiting && *age > 0.0))
+    })
+    .await?;
+    eventually("the age to grow while the row waits", || async {
+        Ok(age(&metrics.encode()?).filter(|age| *age >= first + 1.0).map(|_| ()))
+    })
+    .await?;
+    assert!(!any_published(&database.pool).await?, "nothing was published");
+    shutdown.cancel();
+    tokio::time::timeout(EVENTUALLY, relay).await??;
+    database.drop_database().await?;
+    Ok(())
+}
+
+/// Whether any outbox row is marked published.
+async fn any_published(pool: &PgPool) -> anyhow::Result<bool> {
+    Ok(sqlx::query_scalar("SELECT count(*) > 0 FROM commerce_platform.outbox WHERE published_at IS NOT NULL")
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Sessions holding the relay's leader lock in the test database.

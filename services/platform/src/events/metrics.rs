@@ -11,6 +11,8 @@ use commerce_topology::Service;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::admin::Metrics;
@@ -35,6 +37,7 @@ pub struct EventMetrics {
     outbox_published: Family<ServiceLabels, Counter>,
     outbox_publish_failures: Family<ServiceLabels, Counter>,
     outbox_unpublished: Family<ServiceLabels, Gauge>,
+    outbox_oldest_age: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     outbox_leader: Family<ServiceLabels, Gauge>,
     consumed: Family<ConsumedLabels, Counter>,
 }
@@ -58,6 +61,11 @@ impl EventMetrics {
             "commerce_outbox_unpublished_events",
             "Outbox rows waiting to be published, as last seen by the leading relay",
             families.outbox_unpublished.clone(),
+        );
+        metrics.register(
+            "commerce_outbox_oldest_unpublished_age_seconds",
+            "How long the oldest unpublished outbox row has waited, as last seen by the leading relay (0: none waits)",
+            families.outbox_oldest_age.clone(),
         );
         metrics.register(
             "commerce_outbox_relay_leader",
@@ -86,6 +94,10 @@ impl EventMetrics {
 
     pub(crate) fn unpublished(&self, service: Service, count: i64) {
         self.outbox_unpublished.get_or_create(&Self::labels(service)).set(count);
+    }
+
+    pub(crate) fn oldest_unpublished_age(&self, service: Service, seconds: f64) {
+        self.outbox_oldest_age.get_or_create(&Self::labels(service)).set(seconds);
     }
 
     pub(crate) fn leading(&self, service: Service, leading: bool) {

@@ -281,7 +281,10 @@ impl OutboxRelay {
                     // A batch short of the limit took every row unpublished
                     // when it was read, and all went out: the backlog was
                     // empty then, without a count (a query per round).
-                    self.record(|metrics, service| metrics.unpublished(service, 0));
+                    self.record(|metrics, service| {
+                        metrics.unpublished(service, 0);
+                        metrics.oldest_unpublished_age(service, 0.0);
+                    });
                 }
                 Err(error @ OutboxError::PublishRow { .. }) => {
                     self.count_backlog(conn).await?;
@@ -312,12 +315,17 @@ impl OutboxRelay {
         if self.metrics.is_none() {
             return Ok(());
         }
-        let backlog: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM commerce_platform.outbox WHERE published_at IS NULL")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(OutboxError::ReadUnpublished)?;
-        self.record(|metrics, service| metrics.unpublished(service, backlog));
+        let (backlog, age): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 \
+             FROM commerce_platform.outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(OutboxError::ReadUnpublished)?;
+        self.record(|metrics, service| {
+            metrics.unpublished(service, backlog);
+            metrics.oldest_unpublished_age(service, age.unwrap_or(0.0));
+        });
         Ok(())
     }
 
@@ -343,18 +351,20 @@ impl OutboxRelay {
     /// how many were published; `PublishRow` if any failed (the others
     /// stay marked).
     async fn publish_batch(&self, conn: &mut PgConnection) -> Result<usize, OutboxError> {
-        type Row = (Uuid, String, String, Vec<u8>, Json<Vec<(String, String)>>);
+        type Row = (Uuid, String, String, Vec<u8>, Json<Vec<(String, String)>>, f64);
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, topic, key, payload, headers FROM commerce_platform.outbox \
-             WHERE published_at IS NULL ORDER BY position LIMIT $1",
+            "SELECT id, topic, key, payload, headers, EXTRACT(EPOCH FROM now() - created_at)::float8 \
+             FROM commerce_platform.outbox WHERE published_at IS NULL ORDER BY position LIMIT $1",
         )
         .bind(self.settings.batch_size)
         .fetch_all(&mut *conn)
         .await
         .map_err(OutboxError::ReadUnpublished)?;
-        if rows.is_empty() {
+        let Some((.., oldest)) = rows.first() else {
             return Ok(0);
-        }
+        };
+        // The first row is the oldest waiting (by the database's clock).
+        self.record(|metrics, service| metrics.oldest_unpublished_age(service, *oldest));
 
         // Queue the whole batch in order, then await the acknowledgements:
         // one broker round trip per batch instead of per row. The
@@ -365,7 +375,7 @@ impl OutboxRelay {
         let names = self.producer.names();
         let mut failure = None;
         let mut pending = Vec::with_capacity(rows.len());
-        for (id, topic, key, payload, Json(headers)) in &rows {
+        for (id, topic, key, payload, Json(headers), _) in &rows {
             let topic = names.name(topic);
             let record = OutgoingRecord {
                 topic: &topic,
