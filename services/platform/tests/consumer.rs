@@ -276,6 +276,16 @@ async fn the_same_event_delivered_twice_has_one_effect() -> anyhow::Result<()> {
         .then_some(()))
     })
     .await?;
+    // Once the offsets are committed (every second) and the statistics
+    // come (every 5 s), the records' partition shows no lag.
+    let lag_prefix =
+        format!(r#"commerce_events_consumer_lag{{service="shipping",topic="{}""#, harness.orders_topic());
+    eventually("the orders partition to show a lag of 0", || async {
+        let exposition = harness.metrics.encode()?;
+        let lags: Vec<&str> = exposition.lines().filter(|line| line.starts_with(&lag_prefix)).collect();
+        Ok((!lags.is_empty() && lags.iter().all(|line| line.ends_with(" 0"))).then_some(()))
+    })
+    .await?;
 
     // A clean stop commits the offsets of everything processed.
     let mut harness = harness;

@@ -69,7 +69,7 @@ use uuid::Uuid;
 
 use super::EventPayload;
 use super::cloudevents::CloudEventAttributes;
-use super::kafka::{KafkaArgs, TracingContext, millis, spawn_broker_watch};
+use super::kafka::{KafkaArgs, LAG_INTERVAL, LagContext, millis, spawn_broker_watch};
 use super::metrics::EventMetrics;
 use super::producer::{EventProducer, OutgoingRecord};
 use crate::backoff::Backoff;
@@ -450,7 +450,7 @@ pub struct EventConsumer<H> {
     group: String,
     topics: Vec<String>,
     dead_letter_topic: String,
-    consumer: Arc<StreamConsumer<TracingContext>>,
+    consumer: Arc<StreamConsumer<LagContext>>,
     pool: PgPool,
     producer: EventProducer,
     handler: H,
@@ -505,9 +505,11 @@ impl<H: EventHandler> EventConsumer<H> {
             // the service first ran still count.
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", millis(args.session_timeout))
-            .set("heartbeat.interval.ms", millis(args.session_timeout / 3));
-        let consumer: StreamConsumer<TracingContext> = config
-            .create_with_context(TracingContext)
+            .set("heartbeat.interval.ms", millis(args.session_timeout / 3))
+            // The partitions' lag, for the metrics (LagContext).
+            .set("statistics.interval.ms", millis(LAG_INTERVAL));
+        let consumer: StreamConsumer<LagContext> = config
+            .create_with_context(LagContext::default())
             .map_err(|source| ConsumerError::CreateConsumer { group: group.clone(), source })?;
         Ok(Self {
             service,
@@ -531,8 +533,10 @@ impl<H: EventHandler> EventConsumer<H> {
         self
     }
 
-    /// Counts each event's outcome into `metrics`.
+    /// Counts each event's outcome into `metrics`, and reports the lag of
+    /// its partitions there.
     pub fn with_metrics(mut self, metrics: EventMetrics) -> Self {
+        self.consumer.context().attach(metrics.clone(), self.service);
         self.metrics = Some(metrics);
         self
     }

@@ -12,9 +12,11 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::EventMetrics;
 use super::topics::DesiredTopic;
 use crate::db::sleep_or_cancelled;
 use crate::readiness::Check;
@@ -294,20 +296,70 @@ impl ClientContext for TracingContext {
 
 impl ConsumerContext for TracingContext {
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                let assigned: Vec<String> = partitions
-                    .elements()
-                    .iter()
-                    .map(|p| format!("{}/{}", p.topic(), p.partition()))
-                    .collect();
-                tracing::info!(partitions = ?assigned, "partitions assigned");
+        log_rebalance(rebalance);
+    }
+}
+
+/// How often librdkafka reports a consumer's statistics (and so its lag).
+pub(crate) const LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The consumers' context: [`TracingContext`]'s logging, and each assigned
+/// partition's lag (high watermark minus the group's committed offset) from
+/// librdkafka's statistics, every [`LAG_INTERVAL`], into
+/// `commerce_events_consumer_lag` once metrics are attached. The statistics
+/// come from the fetches the consumer makes anyway: no extra request.
+#[derive(Debug, Clone, Default)]
+pub struct LagContext {
+    metrics: Arc<std::sync::OnceLock<(EventMetrics, Service)>>,
+}
+
+impl LagContext {
+    /// Reports the lag of `service`'s partitions into `metrics` from now on.
+    pub(crate) fn attach(&self, metrics: EventMetrics, service: Service) {
+        let _ = self.metrics.set((metrics, service));
+    }
+}
+
+impl ClientContext for LagContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        TracingContext.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        TracingContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some((metrics, service)) = self.metrics.get() else { return };
+        for (topic, partitions) in &statistics.topics {
+            // Partition -1 is librdkafka's internal "unassigned" one.
+            for (partition, stats) in partitions.partitions.iter().filter(|(id, _)| **id >= 0) {
+                // -1: not assigned here (any more), or not known yet.
+                let lag = (stats.consumer_lag >= 0).then_some(stats.consumer_lag);
+                metrics.consumer_lag(*service, topic, *partition, lag);
             }
-            Rebalance::Revoke(partitions) => {
-                tracing::info!(count = partitions.count(), "partitions revoked");
-            }
-            Rebalance::Error(error) => tracing::warn!(error = %error, "rebalance failed"),
         }
+    }
+}
+
+impl ConsumerContext for LagContext {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        log_rebalance(rebalance);
+    }
+}
+
+/// Logs a consumer's partition assignment or revocation.
+fn log_rebalance(rebalance: &Rebalance<'_>) {
+    match rebalance {
+        Rebalance::Assign(partitions) => {
+            let assigned: Vec<String> =
+                partitions.elements().iter().map(|p| format!("{}/{}", p.topic(), p.partition())).collect();
+            tracing::info!(partitions = ?assigned, "partitions assigned");
+        }
+        Rebalance::Revoke(partitions) => {
+            tracing::info!(count = partitions.count(), "partitions revoked");
+        }
+        Rebalance::Error(error) => tracing::warn!(error = %error, "rebalance failed"),
     }
 }
 

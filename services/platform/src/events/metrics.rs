@@ -31,6 +31,15 @@ pub struct ConsumedLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a consumer's partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub service: String,
+    /// The topic's physical name.
+    pub topic: String,
+    pub partition: i32,
+}
+
 /// The event families; cheap to clone (clones share the series).
 #[derive(Debug, Clone, Default)]
 pub struct EventMetrics {
@@ -40,6 +49,7 @@ pub struct EventMetrics {
     outbox_oldest_age: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     outbox_leader: Family<ServiceLabels, Gauge>,
     consumed: Family<ConsumedLabels, Counter>,
+    consumer_lag: Family<PartitionLabels, Gauge>,
 }
 
 impl EventMetrics {
@@ -77,6 +87,11 @@ impl EventMetrics {
             "Events a consumer finished, by outcome",
             families.consumed.clone(),
         );
+        metrics.register(
+            "commerce_events_consumer_lag",
+            "Records of a partition the service's consumer group has not committed yet (high watermark - committed offset), every 5 s, for the partitions this process is assigned",
+            families.consumer_lag.clone(),
+        );
         families
     }
 
@@ -106,5 +121,20 @@ impl EventMetrics {
 
     pub(crate) fn consumed(&self, service: Service, outcome: &'static str) {
         self.consumed.get_or_create(&ConsumedLabels { service: service.name().to_owned(), outcome }).inc();
+    }
+
+    /// Sets the lag of a partition this process consumes, or removes its
+    /// series (`None`: not assigned here any more, or not known yet).
+    pub(crate) fn consumer_lag(&self, service: Service, topic: &str, partition: i32, lag: Option<i64>) {
+        let labels =
+            PartitionLabels { service: service.name().to_owned(), topic: topic.to_owned(), partition };
+        match lag {
+            Some(lag) => {
+                self.consumer_lag.get_or_create(&labels).set(lag);
+            }
+            None => {
+                self.consumer_lag.remove(&labels);
+            }
+        }
     }
 }
