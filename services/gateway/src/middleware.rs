@@ -11,7 +11,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use commerce_platform::admin::Metrics;
-use commerce_platform::{telemetry, trace_context};
+use commerce_platform::telemetry;
+use commerce_platform::trace_context::{self, TraceContext};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,13 +46,15 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let context = telemetry::extract(request.headers());
+    let (context, parent) = TraceContext::serving(telemetry::received(request.headers()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let span = tracing::info_span!(
         "http_request",
         request_id = %request_id,
         trace_id = %context.trace_id_hex(),
+        span_id = %context.span_id_hex(),
+        parent_span_id = %telemetry::parent_hex(parent),
         user_id = remembered.as_ref().map(|caller| caller.user_id.as_str()),
     );
     if let Some(caller) = remembered {

@@ -5,9 +5,11 @@
 //! text; `--log-format text` is for a developer's terminal.
 //!
 //! Tracing across services is deliberately small: no exporter, just the
-//! `traceparent` header. [`ServerTraceLayer`] puts each incoming gRPC request
-//! into [`trace_context::scope`] and a span carrying its `trace_id`, so every
-//! log line of the request shows the trace it belongs to;
+//! `traceparent` header. [`ServerTraceLayer`] makes each incoming gRPC request
+//! a span of its own (a child of the caller's) and runs it in
+//! [`trace_context::scope`] and a `tracing` span carrying `trace_id`,
+//! `span_id` and `parent_span_id`, so every log line of the request shows
+//! the trace and the span it belongs to;
 //! [`ClientTraceLayer`] (also built into
 //! [`ResilientChannel`](crate::resilience::ResilientChannel)) sends
 //! [`trace_context::outgoing`] with every call, so the next service's logs
@@ -295,11 +297,17 @@ where
 /// new root when it has none or a malformed one (a bad header must never fail
 /// the request).
 pub fn extract(headers: &http::HeaderMap) -> TraceContext {
-    headers
-        .get(TRACEPARENT)
-        .and_then(|value| value.to_str().ok())
-        .and_then(TraceContext::parse)
-        .unwrap_or_else(TraceContext::new_root)
+    received(headers).unwrap_or_else(TraceContext::new_root)
+}
+
+/// The valid `traceparent` of `headers`, if any.
+pub fn received(headers: &http::HeaderMap) -> Option<TraceContext> {
+    headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()).and_then(TraceContext::parse)
+}
+
+/// The hex of a parent span id for a log field (empty for a root).
+pub fn parent_hex(parent: Option<[u8; 8]>) -> String {
+    parent.map(hex::encode).unwrap_or_default()
 }
 
 /// Sets `traceparent` to [`trace_context::outgoing`] unless the caller already
@@ -327,8 +335,9 @@ pub fn traceparent_interceptor(mut request: tonic::Request<()>) -> Result<tonic:
     Ok(request)
 }
 
-/// Server-side layer: runs each request inside its trace's scope and a
-/// `grpc_request` span with `trace_id` and `method`.
+/// Server-side layer: runs each request as a child span of the caller's,
+/// inside its trace's scope and a `grpc_request` span with `trace_id`,
+/// `span_id`, `parent_span_id` and `method`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerTraceLayer;
 
@@ -361,10 +370,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let context = extract(request.headers());
+        // This request is a span of its own, a child of the caller's.
+        let (context, parent) = TraceContext::serving(received(request.headers()));
         let span = tracing::info_span!(
             "grpc_request",
             trace_id = %context.trace_id_hex(),
+            span_id = %context.span_id_hex(),
+            parent_span_id = %parent_hex(parent),
             method = %request.uri().path(),
         );
         // Take the service that was polled ready and leave a clone behind, so
@@ -477,6 +489,37 @@ mod tests {
         assert!(!json.contains('\x1b'), "{json:?}");
         let line: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
         assert_eq!(line["message"], "payment declined");
+    }
+
+    #[test]
+    fn a_log_line_inside_a_served_request_names_its_trace_its_span_and_the_callers_span() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let args = LogArgs { format: LogFormat::Json, filter: "info".to_owned() };
+        let subscriber = subscriber(&args, move || writer.clone(), false).unwrap();
+        let caller = TraceContext::new_root();
+        let mut request = http::Request::new(());
+        request.headers_mut().insert(TRACEPARENT, caller.to_string().parse().unwrap());
+        // The served work logs, and answers with the context it ran in.
+        let handler = tower::service_fn(|_request: http::Request<()>| async {
+            tracing::info!("reserving stock");
+            Ok::<_, std::convert::Infallible>(trace_context::current())
+        });
+        let mut service = ServerTraceLayer.layer(handler);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let seen = tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async { service.call(request).await }).unwrap()
+        })
+        .expect("the request ran in a trace scope");
+        assert_eq!(seen.trace_id, caller.trace_id);
+        assert_ne!(seen.span_id, caller.span_id, "the request is a span of its own");
+
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["message"], "reserving stock");
+        assert_eq!(line["span"]["trace_id"], caller.trace_id_hex(), "{line}");
+        assert_eq!(line["span"]["span_id"], seen.span_id_hex(), "{line}");
+        assert_eq!(line["span"]["parent_span_id"], caller.span_id_hex(), "{line}");
     }
 
     #[test]

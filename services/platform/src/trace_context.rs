@@ -95,6 +95,21 @@ impl TraceContext {
     pub fn trace_id_hex(&self) -> String {
         hex::encode(self.trace_id)
     }
+
+    /// The span id as 16 lowercase hex digits, as logged.
+    pub fn span_id_hex(&self) -> String {
+        hex::encode(self.span_id)
+    }
+
+    /// The span of work that `received` (the caller's context, if any came)
+    /// starts here: a child of the caller's span, or a new root. Returns it
+    /// with the caller's span id, its parent.
+    pub fn serving(received: Option<Self>) -> (Self, Option<[u8; 8]>) {
+        match received {
+            Some(caller) => (caller.child(), Some(caller.span_id)),
+            None => (Self::new_root(), None),
+        }
+    }
 }
 
 impl fmt::Display for TraceContext {

@@ -324,8 +324,8 @@ impl IncomingEvent {
         &self.attributes
     }
 
-    /// The trace the handler runs in: the event's `traceparent`, or a new
-    /// root when it had none.
+    /// The span the handler runs in: a child of the event's `traceparent`
+    /// (same trace id), or a new root when it had none.
     pub fn trace_context(&self) -> TraceContext {
         self.trace
     }
@@ -723,7 +723,9 @@ impl<H: EventHandler> EventConsumer<H> {
             tracing::trace!(event_id = %attributes.id, event_type = %attributes.event_type, "event type not handled; skipped");
             return Outcome::Ignored;
         }
-        let trace = attributes.trace.unwrap_or_else(TraceContext::new_root);
+        // Handling the event is a span of its own, a child of the span that
+        // published it.
+        let (trace, parent) = TraceContext::serving(attributes.trace);
         let span = tracing::info_span!(
             "event",
             event_id = %attributes.id,
@@ -732,6 +734,8 @@ impl<H: EventHandler> EventConsumer<H> {
             partition = record.partition(),
             offset = record.offset(),
             trace_id = %trace.trace_id_hex(),
+            span_id = %trace.span_id_hex(),
+            parent_span_id = %crate::telemetry::parent_hex(parent),
         );
         let mut event = IncomingEvent {
             attributes,
