@@ -4,16 +4,17 @@
 //! a broker of a two-node Kafka cluster killed, so that its partitions
 //! change leader.
 //! Outcomes are checked against the saga's invariants in SQL and the mock
-//! provider's journal (`chaos_support::check_invariants`).
+//! provider's journal (`support::invariants::check_expected`, through
+//! `support::fault::Shop::check_invariants`).
 //!
 //! Isolation as in tests/chaos.rs: each test runs its own shop as child
 //! processes; a test that kills, skews or doubles Kafka or Postgres runs
 //! its own (`kafka.sh` on other ports and state dirs; initdb in a temp dir).
 //!
-//! Needs `bash e2e/scripts/infra.sh up`, `bash e2e/scripts/faketime.sh
-//! install` and `cargo build -p commerce`.
+//! Needs `source e2e/infra.env`, `bash e2e/scripts/infra.sh up`, `bash
+//! e2e/scripts/faketime.sh install` and `cargo build -p commerce`.
 
-mod chaos_support;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,11 +22,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use chaos_support::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, Api, InFlight, PrivateKafka, PrivatePostgres, SERIAL, Shop, customers,
-    order_statuses, place_order_number, seed_products, settle_and_cancel, wait_for, wait_in_flight,
-};
+use commerce_topology::Service;
+use reqwest::Method;
 use sqlx::PgPool;
+use support::api::Client;
+use support::fault::{
+    CUSTOMER_PASSWORD, InFlight, SERIAL, Shop, admin, customer_email, customers, place_order_number,
+    place_orders, seed_products, settle_and_cancel, spawn_wave, wait_in_flight,
+};
+use support::invariants::{Expect, order_statuses};
+use support::procs::{PrivateKafka, PrivatePostgres, repo_root};
+use support::shop::infra_var;
+use support::wait_for;
 
 /// How long a freshly started (or restarted) part may take to be ready.
 const READY: Duration = Duration::from_secs(120);
@@ -80,7 +88,7 @@ async fn wait_for_work_in_flight(
 /// in `placed` and requests on their way in `requests`. Returns the ids in
 /// order number order.
 async fn place_all(
-    buyers: Vec<Api>,
+    buyers: Vec<Client>,
     products: Vec<String>,
     placed: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
@@ -123,27 +131,28 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
     let mut shop = Shop::new(kafka.brokers(), postgres.admin_url())?;
     let result = async {
         // One process per killed service; the rest share one.
-        let rest = ["auth", "catalog", "cart", "notification", "shipping"];
+        let rest = [Service::Auth, Service::Catalog, Service::Cart, Service::Notification, Service::Shipping];
         shop.serve("rest", &rest, &[])?;
         shop.wait_ready(&rest, READY).await?;
         let mut procs = HashMap::new();
-        for (part, service) in [(Part::Inventory, "inventory"), (Part::Order, "order"), (Part::Payment, "payment")]
+        for (part, service) in
+            [(Part::Inventory, Service::Inventory), (Part::Order, Service::Order), (Part::Payment, Service::Payment)]
         {
-            procs.insert(part, (shop.serve(service, &[service], &[])?, service));
+            procs.insert(part, (shop.serve(service.name(), &[service], &[])?, service));
             shop.wait_ready(&[service], READY).await?;
         }
-        procs.insert(Part::Gateway, (shop.serve("gateway", &["gateway"], &[])?, "gateway"));
-        shop.wait_ready(&["gateway"], READY).await?;
+        procs.insert(Part::Gateway, (shop.serve("gateway", &[Service::Gateway], &[])?, Service::Gateway));
+        shop.wait_ready(&[Service::Gateway], READY).await?;
 
-        let admin = Api::session(&shop.gateway_url(), &shop.http, ADMIN_EMAIL, ADMIN_PASSWORD, false).await?;
+        let admin = admin(&shop).await?;
         // Plenty of four products, and a scarce fifth: some orders are
         // rejected for want of stock.
         let stock = [700, 700, 700, 700, 30];
         let products = seed_products(&admin, &shop.run, &stock).await?;
         let initial: HashMap<String, i64> = products.iter().cloned().zip(stock).collect();
         let buyers = customers(&shop, 6).await?;
-        let order_db = shop.db("order").await?;
-        let payment_db = shop.db("payment").await?;
+        let order_db = shop.db(Service::Order).await?;
+        let payment_db = shop.db(Service::Payment).await?;
 
         let placed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -154,7 +163,7 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
             let due = (k + 1) * ORDERS / 8;
             wait_for(&format!("{due} orders placed before killing {part:?}"), Duration::from_secs(300), || {
                 let placed = placed.load(Ordering::SeqCst);
-                async move { Ok(placed >= due) }
+                async move { Ok((placed >= due).then_some(())) }
             })
             .await?;
             let (seen, sending) = wait_for_work_in_flight(part, &order_db, &payment_db, &requests).await?;
@@ -194,7 +203,9 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
         let ids = placing.await??;
         ensure!(ids.len() == ORDERS, "{} of {ORDERS} orders placed", ids.len());
         let placed_after = started.elapsed();
-        let settled = settle_and_cancel(&mut shop, &buyers, &ids, &initial, last_fault).await?;
+        let expect = Expect { orders: ids, initial_stock: initial };
+        let settled = settle_and_cancel(&mut shop, &buyers, &expect, last_fault).await?;
+        let ids = &expect.orders;
         let ledger = commerce_payment::journal::read(&shop.ledger_path())?;
         let money = commerce_payment::journal::money_by_charge_key(&ledger);
         let captures: u32 = money.values().map(|key| key.captures).sum();
@@ -212,7 +223,7 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
             settled.cancelled_after_payment,
         );
         ensure!(double == 0, "{double} charge keys captured twice");
-        let statuses = order_statuses(&order_db, &ids).await?;
+        let statuses = order_statuses(&order_db, ids).await?;
         ensure!(statuses.len() == ORDERS, "{} of {ORDERS} orders stored", statuses.len());
         Ok(())
     }
@@ -226,7 +237,7 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
 /// The preload library that runs a process's clock apart.
 fn faketime_library() -> Result<String> {
     let output = std::process::Command::new("bash")
-        .arg(chaos_support::repo_root().join("e2e/scripts/faketime.sh"))
+        .arg(repo_root().join("e2e/scripts/faketime.sh"))
         .arg("path")
         .output()
         .context("cannot run e2e/scripts/faketime.sh")?;
@@ -275,17 +286,17 @@ async fn with_every_service_clock_twenty_minutes_off_the_databases_tokens_expiry
     let library = faketime_library()?;
     let postgres = PrivatePostgres::init()?.with_clock_offset(&library, SKEW);
     postgres.start()?;
-    let mut shop = Shop::new(chaos_support::infra("COMMERCE_KAFKA_BROKERS"), postgres.admin_url())?;
+    let mut shop = Shop::new(infra_var("COMMERCE_KAFKA_BROKERS")?, postgres.admin_url())?;
     let ttl = format!("{TTL_SECONDS}s");
     let env = [
         ("COMMERCE_INVENTORY_RESERVATION_TTL", ttl.as_str()),
         ("COMMERCE_ORDER_RESERVATION_SWEEP_INTERVAL", "1s"),
     ];
     let result = async {
-        shop.serve("shop", &chaos_support::SERVICES, &env)?;
-        shop.wait_ready(&chaos_support::SERVICES, READY).await?;
+        shop.serve("shop", &Service::ALL, &env)?;
+        shop.wait_ready(&Service::ALL, READY).await?;
         // The skew is real: the database's clock is twenty minutes behind.
-        let order_db = shop.db("order").await?;
+        let order_db = shop.db(Service::Order).await?;
         let database_now: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
             .fetch_one(&order_db)
             .await?;
@@ -295,7 +306,7 @@ async fn with_every_service_clock_twenty_minutes_off_the_databases_tokens_expiry
         // Tokens: stamped by the database's clock, so expired by every
         // service's own; the gateway judges them by the clock auth states
         // and accepts them, and refresh works.
-        let admin = Api::session(&shop.gateway_url(), &shop.http, ADMIN_EMAIL, ADMIN_PASSWORD, false).await?;
+        let admin = admin(&shop).await?;
         let products = seed_products(&admin, &shop.run, &[50, 50]).await?;
         let buyers = customers(&shop, 2).await?;
         let (issued, expiry) = issued_and_expiry(&buyers[0].token)?;
@@ -304,22 +315,20 @@ async fn with_every_service_clock_twenty_minutes_off_the_databases_tokens_expiry
             expiry < unix_now(),
             "the token is not stamped by the database's clock (it is not yet expired by this machine's)"
         );
-        let orders = buyers[0].call("GET", "/api/orders", None, None).await?;
+        let orders = buyers[0].call(Method::GET, "/api/orders", None).await?;
         ensure!(orders.status.is_success(), "the gateway refused a fresh token: {} {}", orders.status, orders.body);
-        let email = format!("customer0-{}@example.test", shop.run);
-        let login = serde_json::json!({ "email": email, "password": "correct-horse-battery" });
-        let pair = buyers[0].retrying("POST", "/api/auth/login", Some(login), None, READY).await?;
+        let login = serde_json::json!({ "email": customer_email(&shop.run, 0), "password": CUSTOMER_PASSWORD });
+        let pair = buyers[0].retrying(Method::POST, "/api/auth/login", Some(&login), None, READY).await?;
         let refresh = pair.body["tokens"]["refresh_token"].as_str().context("no refresh token")?.to_owned();
-        let refreshed = buyers[0]
-            .call("POST", "/api/auth/refresh", Some(serde_json::json!({ "refresh_token": refresh })), None)
-            .await?;
+        let refresh = serde_json::json!({ "refresh_token": refresh });
+        let refreshed = buyers[0].call(Method::POST, "/api/auth/refresh", Some(&refresh)).await?;
         ensure!(refreshed.status.is_success(), "refresh refused: {} {}", refreshed.status, refreshed.body);
 
         // Reservation expiry: with the provider away, an order holds its
         // stock for the reservation's life, no less (an order service
         // judging the expiry by its own clock would fail it at once) and
         // not much more.
-        let payment_admin = shop.admin_url("payment");
+        let payment_admin = shop.admin_url(Service::Payment);
         let switched = shop.http.post(format!("{payment_admin}/mock-provider/unavailable")).send().await?;
         ensure!(switched.status().is_success(), "switching the provider off: {}", switched.status());
         let placed_at = Instant::now();
@@ -333,7 +342,7 @@ async fn with_every_service_clock_twenty_minutes_off_the_databases_tokens_expiry
         );
         wait_for("the unpaid order fails when its reservation lapses", Duration::from_secs(TTL_SECONDS + 20), || {
             let (order_db, lapsing) = (order_db.clone(), lapsing.clone());
-            async move { Ok(status_of(&order_db, &lapsing).await? == "FAILED") }
+            async move { Ok((status_of(&order_db, &lapsing).await? == "FAILED").then_some(())) }
         })
         .await?;
         let lapsed_after = placed_at.elapsed();
@@ -346,7 +355,7 @@ async fn with_every_service_clock_twenty_minutes_off_the_databases_tokens_expiry
         // within the retry cap (10 s) once it is back (a payment service
         // scheduling by its own clock would retry twenty minutes late).
         let deferred = buyers[1].place_order(&[(&products[1], 1)], "tok_visa").await?;
-        let payment_db = shop.db("payment").await?;
+        let payment_db = shop.db(Service::Payment).await?;
         wait_for("the charge is attempted and deferred", Duration::from_secs(20), || {
             let (payment_db, deferred) = (payment_db.clone(), deferred.clone());
             async move {
@@ -354,15 +363,15 @@ async fn with_every_service_clock_twenty_minutes_off_the_databases_tokens_expiry
                     .bind(&deferred)
                     .fetch_optional(&payment_db)
                     .await?;
-                Ok(attempts.is_some_and(|attempts| attempts > 0))
+                Ok(attempts.is_some_and(|attempts| attempts > 0).then_some(()))
             }
         })
         .await?;
         let switched = shop.http.post(format!("{payment_admin}/mock-provider/available")).send().await?;
         ensure!(switched.status().is_success(), "switching the provider on: {}", switched.status());
-        let confirmed_after = wait_for("the deferred order is confirmed", Duration::from_secs(20), || {
+        let (_, confirmed_after) = wait_for("the deferred order is confirmed", Duration::from_secs(20), || {
             let (order_db, deferred) = (order_db.clone(), deferred.clone());
-            async move { Ok(status_of(&order_db, &deferred).await? == "CONFIRMED") }
+            async move { Ok((status_of(&order_db, &deferred).await? == "CONFIRMED").then_some(())) }
         })
         .await?;
 
@@ -371,14 +380,13 @@ async fn with_every_service_clock_twenty_minutes_off_the_databases_tokens_expiry
             ids.push(place_order_number(&buyers[n % 2], &products, n).await?);
         }
         let initial: HashMap<String, i64> = products.iter().cloned().zip([50, 50]).collect();
-        let violations = chaos_support::check_invariants(&mut shop, &ids, &initial, chaos_support::SETTLE).await?;
-        ensure!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
+        let count = ids.len();
+        shop.check_invariants(&Expect { orders: ids, initial_stock: initial }).await?;
         eprintln!(
             "FIGURE clock skew: every service's clock {} s ahead of the database's; access tokens accepted and \
              refreshed; an unpaid {TTL_SECONDS} s reservation lapsed after {lapsed_after:.1?}; a deferred charge \
-             confirmed {confirmed_after:.1?} after the provider returned; {} orders settled",
+             confirmed {confirmed_after:.1?} after the provider returned; {count} orders settled",
             -skew,
-            ids.len()
         );
         Ok(())
     }
@@ -417,21 +425,21 @@ async fn when_a_broker_dies_its_partitions_change_leader_and_every_order_still_s
     let _serial = SERIAL.lock().await;
     let (first, second) = PrivateKafka::cluster_of_two(PAIR_PORTS)?;
     let brokers = format!("{},{}", first.brokers(), second.brokers());
-    let mut shop = Shop::new(brokers, chaos_support::infra("COMMERCE_POSTGRES_ADMIN_URL"))?;
+    let mut shop = Shop::new(brokers, infra_var("COMMERCE_POSTGRES_ADMIN_URL")?)?;
     let result = async {
-        shop.serve("shop", &chaos_support::SERVICES, &[])?;
-        shop.wait_ready(&chaos_support::SERVICES, READY).await?;
-        let admin = Api::session(&shop.gateway_url(), &shop.http, ADMIN_EMAIL, ADMIN_PASSWORD, false).await?;
+        shop.serve("shop", &Service::ALL, &[])?;
+        shop.wait_ready(&Service::ALL, READY).await?;
+        let admin = admin(&shop).await?;
         let stock = [60, 60, 8];
         let products = seed_products(&admin, &shop.run, &stock).await?;
         let initial: HashMap<String, i64> = products.iter().cloned().zip(stock).collect();
         let buyers = customers(&shop, 3).await?;
-        let order_db = shop.db("order").await?;
-        let payment_db = shop.db("payment").await?;
+        let order_db = shop.db(Service::Order).await?;
+        let payment_db = shop.db(Service::Payment).await?;
 
         // Every topic of the shop has a replica on each broker; broker 2
         // leads some of their partitions.
-        let prefix = format!("chaos-{}.", shop.run);
+        let prefix = shop.kafka_prefix();
         let leaders = partition_leaders(&first.brokers(), &prefix).await?;
         let led_by_second: Vec<(String, i32)> = leaders
             .iter()
@@ -442,16 +450,17 @@ async fn when_a_broker_dies_its_partitions_change_leader_and_every_order_still_s
 
         // Broker 2 dies (SIGKILL) with orders in flight; the controller
         // moves its partitions' leadership to broker 1.
-        let wave1 = chaos_support::spawn_wave(&buyers, &products, 12, 0);
+        let wave1 = spawn_wave(&buyers, &products, 12, 0);
         let seen =
             wait_in_flight("killing broker 2", &order_db, &payment_db, |seen| seen.open_orders > 0).await?;
         second.kill()?;
         let killed = Instant::now();
-        let moved = wait_for("broker 2's partitions led by broker 1", Duration::from_secs(90), || async {
-            let now = partition_leaders(&first.brokers(), &prefix).await?;
-            Ok(led_by_second.iter().all(|partition| now.get(partition) == Some(&1)))
-        })
-        .await?;
+        let (_, moved) =
+            wait_for("broker 2's partitions led by broker 1", Duration::from_secs(90), || async {
+                let now = partition_leaders(&first.brokers(), &prefix).await?;
+                Ok(led_by_second.iter().all(|partition| now.get(partition) == Some(&1)).then_some(()))
+            })
+            .await?;
         eprintln!(
             "killed broker 2 with {seen:?}; leadership of {} of the shop's {} partitions moved to broker 1 \
              after {moved:.1?}",
@@ -460,15 +469,17 @@ async fn when_a_broker_dies_its_partitions_change_leader_and_every_order_still_s
         );
         // Orders keep coming while broker 2 is away, and after it is back.
         let mut ids = wave1.await??;
-        ids.extend(chaos_support::place_orders(&buyers, &products, 12, 12).await?);
+        ids.extend(place_orders(&buyers, &products, 12, 12).await?);
         second.up()?;
-        ids.extend(chaos_support::place_orders(&buyers, &products, 8, 24).await?);
-        let settled = settle_and_cancel(&mut shop, &buyers, &ids, &initial, killed).await?;
+        ids.extend(place_orders(&buyers, &products, 8, 24).await?);
+        let count = ids.len();
+        let expect = Expect { orders: ids, initial_stock: initial };
+        let settled = settle_and_cancel(&mut shop, &buyers, &expect, killed).await?;
         eprintln!(
             "FIGURE partition leadership: {} partitions changed leader {moved:.1?} after broker 2's kill; {} \
              orders settled {:.1?} after it: {:?}",
             led_by_second.len(),
-            ids.len(),
+            count,
             settled.after,
             settled.by_status
         );

@@ -420,12 +420,13 @@ async fn product_and_customer(
 /// that nothing else uses (its one unit keeps the stock invariant).
 async fn warm_inventory(api: &Api, admin: &Session) -> Result<()> {
     let probe = format!("/api/admin/inventory/{}/restock", uuid::Uuid::new_v4());
-    support::api::wait_for("the inventory service to answer a restock", || async {
+    support::wait_for("the inventory service to answer a restock", support::api::ORDER_TIMEOUT, || async {
         let answer = api.post(&probe, Some(&admin.access_token), &json!({"quantity": 1})).await?;
         ensure!(!answer.status.is_client_error(), "restock refused: {} {}", answer.status, answer.body);
         Ok(answer.status.is_success().then_some(()))
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 /// The stack's databases, as the operator names them.

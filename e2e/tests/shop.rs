@@ -20,10 +20,10 @@ use std::time::Instant;
 use commerce_topology::Service;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::api::{Api, Session, string, wait_for};
+use support::api::{Api, ORDER_TIMEOUT, Session, string};
 use support::invariants::assert_invariants;
 use support::shop::{self, Shop, ShopOptions};
-use support::{stock, tokens};
+use support::{stock, tokens, wait_for};
 
 /// Card tokens of the mock payment provider (services/payment/src/provider.rs).
 const CARD_OK: &str = "tok_visa";
@@ -54,17 +54,18 @@ async fn notification_kinds(api: &Api, customer: &Session) -> anyhow::Result<Vec
 
 /// Waits until the customer has a notification of each of `kinds`.
 async fn wait_notifications(api: &Api, customer: &Session, kinds: &[&str]) -> Vec<String> {
-    wait_for(&format!("notifications {kinds:?}"), || async {
+    let (have, _) = wait_for(&format!("notifications {kinds:?}"), ORDER_TIMEOUT, || async {
         let have = notification_kinds(api, customer).await?;
         Ok(kinds.iter().all(|kind| have.iter().any(|k| k == kind)).then_some(have))
     })
     .await
-    .expect("notifications arrive")
+    .expect("notifications arrive");
+    have
 }
 
 /// Waits until the product's `(available, reserved, sold)` is `expected`.
 async fn wait_stock(shop: &Shop, product: &str, expected: (i64, i64, i64)) {
-    let deadline = Instant::now() + support::api::ORDER_TIMEOUT;
+    let deadline = Instant::now() + ORDER_TIMEOUT;
     loop {
         let level = stock(&shop.databases, product).await.expect("reads the stock");
         if level == expected {
@@ -73,7 +74,7 @@ async fn wait_stock(shop: &Shop, product: &str, expected: (i64, i64, i64)) {
         assert!(
             Instant::now() < deadline,
             "stock of {product} is (available, reserved, sold) = {level:?}, not {expected:?}, after {:?}",
-            support::api::ORDER_TIMEOUT
+            ORDER_TIMEOUT
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -81,13 +82,14 @@ async fn wait_stock(shop: &Shop, product: &str, expected: (i64, i64, i64)) {
 
 /// The shipment of an order as its owner tracks it.
 async fn shipment_of(api: &Api, customer: &Session, order_id: &str) -> Value {
-    wait_for("the shipment", || async {
+    let (shipment, _) = wait_for("the shipment", ORDER_TIMEOUT, || async {
         let answer =
             api.get(&format!("/api/shipments?order_id={order_id}"), Some(&customer.access_token)).await?;
         Ok((answer.status == StatusCode::OK).then(|| answer.body["shipments"][0].clone()))
     })
     .await
-    .expect("a shipment exists")
+    .expect("a shipment exists");
+    shipment
 }
 
 /// Product names of one page of a catalog query.
@@ -326,7 +328,7 @@ async fn an_unpaid_order_fails_when_its_reservation_expires_and_the_stock_return
     assert_eq!((status.as_str(), reason.as_deref()), ("RELEASED", Some("EXPIRED")));
     // The payment is never charged once the order failed.
     let payment = shop.databases.pool(Service::Payment).await.expect("payment db");
-    let status = wait_for("the payment to be cancelled", || async {
+    let (status, _) = wait_for("the payment to be cancelled", ORDER_TIMEOUT, || async {
         let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
             .bind(&order_id)
             .fetch_one(&payment)
@@ -338,16 +340,17 @@ async fn an_unpaid_order_fails_when_its_reservation_expires_and_the_stock_return
     assert_eq!(status, "CANCELLED");
 
     api.wait_order(&customer, &lost_order_id, "failed").await.expect("the lost-answer order fails on expiry");
-    let (status, void_outcome) = wait_for("the lost-answer payment to be voided", || async {
-        let row: (String, String, bool) =
-            sqlx::query_as("SELECT status, void_outcome, void_pending FROM payments WHERE order_id = $1")
-                .bind(&lost_order_id)
-                .fetch_one(&payment)
-                .await?;
-        Ok((row.0 != "PENDING" && !row.2).then_some((row.0, row.1)))
-    })
-    .await
-    .expect("the payment is cancelled and voided");
+    let ((status, void_outcome), _) =
+        wait_for("the lost-answer payment to be voided", ORDER_TIMEOUT, || async {
+            let row: (String, String, bool) =
+                sqlx::query_as("SELECT status, void_outcome, void_pending FROM payments WHERE order_id = $1")
+                    .bind(&lost_order_id)
+                    .fetch_one(&payment)
+                    .await?;
+            Ok((row.0 != "PENDING" && !row.2).then_some((row.0, row.1)))
+        })
+        .await
+        .expect("the payment is cancelled and voided");
     assert_eq!(
         (status.as_str(), void_outcome.as_str()),
         ("CANCELLED", "reversed"),
@@ -385,7 +388,7 @@ async fn cancelling_a_paid_order_refunds_it_restores_the_stock_and_halts_the_shi
     // Compensations: refund, restock, halt.
     wait_stock(shop, &product, (3, 0, 0)).await;
     let payment = shop.databases.pool(Service::Payment).await.expect("payment db");
-    wait_for("the refund", || async {
+    wait_for("the refund", ORDER_TIMEOUT, || async {
         let row: (String, i64, i64, i64) = sqlx::query_as(
             "SELECT p.status, p.amount_units, p.refunded_units, \
                     (SELECT count(*) FROM refunds r WHERE r.payment_id = p.id AND r.status = 'COMPLETED') \
@@ -397,12 +400,12 @@ async fn cancelling_a_paid_order_refunds_it_restores_the_stock_and_halts_the_shi
         Ok((row.0 == "REFUNDED").then_some(row))
     })
     .await
-    .map(|(_, amount, refunded, refunds)| {
+    .map(|((_, amount, refunded, refunds), _)| {
         assert_eq!((amount, refunded, refunds), (30000, 30000, 1), "the whole amount, once");
     })
     .expect("refunded");
     let order_db = shop.databases.pool(Service::Order).await.expect("order db");
-    wait_for("the order to show the refund", || async {
+    wait_for("the order to show the refund", ORDER_TIMEOUT, || async {
         let refunded: bool = sqlx::query_scalar("SELECT refunded FROM orders WHERE id = $1::uuid")
             .bind(&order_id)
             .fetch_one(&order_db)
@@ -411,7 +414,7 @@ async fn cancelling_a_paid_order_refunds_it_restores_the_stock_and_halts_the_shi
     })
     .await
     .expect("the order says refunded");
-    let halted = wait_for("the shipment to halt", || async {
+    let (halted, _) = wait_for("the shipment to halt", ORDER_TIMEOUT, || async {
         let shipment = shipment_of(&api, &customer, &order_id).await;
         Ok((shipment["status"] == json!("halted")).then_some(shipment))
     })

@@ -1,6 +1,8 @@
 //! A thin REST client of the gateway for tests: requests and the JSON
 //! shapes of `services/gateway/src/dto.rs`, accounts, products with known
-//! stock, orders, and bounded waits on an order's status.
+//! stock, orders, and bounded waits on an order's status ([`Api`]); and a
+//! logged-in [`Client`] whose requests ride out a shop under faults
+//! (repeated on 5xx or no answer, with one Idempotency-Key).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -11,12 +13,13 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::shop::{ADMIN_EMAIL, ADMIN_PASSWORD, COURIER_EMAIL, COURIER_PASSWORD, Shop};
+use super::wait_for;
 
 /// How long an order may take to reach the state a test waits for: the
 /// saga takes well under a second on an idle machine, but two busy cores
 /// and fifty buyers at once stretch it.
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between two polls of a condition.
+/// Pause between two polls of an order's status.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Registrations and logins in flight at once. Each costs the auth service
 /// an argon2id hash, which takes about half a second of CPU in a debug
@@ -88,6 +91,24 @@ impl Api {
         Self { base: shop.gateway_url.clone(), http }
     }
 
+    /// A request to `path`, not sent yet: `token` as bearer, `body` as JSON.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request
+    }
+
     /// Any request: `token` as bearer, `body` as JSON.
     pub async fn call(
         &self,
@@ -96,13 +117,7 @@ impl Api {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<Answer> {
-        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        let request = self.request(method.clone(), path, token, body);
         self.send(request).await.with_context(|| format!("{method} {path}"))
     }
 
@@ -231,21 +246,10 @@ impl Api {
         lines: &[(&str, i64)],
         payment_token: &str,
     ) -> anyhow::Result<Answer> {
-        let lines: Vec<Value> = lines
-            .iter()
-            .map(|(product, quantity)| json!({"product_id": product, "quantity": quantity}))
-            .collect();
-        let body = json!({
-            "lines": lines,
-            "shipping_address": address(),
-            "payment_method_token": payment_token,
-        });
+        let body = order_body(lines, payment_token);
         let request = self
-            .http
-            .post(format!("{}/api/orders", self.base))
-            .bearer_auth(&customer.access_token)
-            .header("Idempotency-Key", key)
-            .json(&body);
+            .request(Method::POST, "/api/orders", Some(&customer.access_token), Some(&body))
+            .header("Idempotency-Key", key);
         self.send(request).await.context("POST /api/orders")
     }
 
@@ -295,27 +299,144 @@ impl Api {
         what: &str,
         done: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        wait_for(what, || async { Ok(Some(self.get_order(customer, id).await?).filter(|order| done(order))) })
-            .await
+        let (order, _) = wait_for(what, ORDER_TIMEOUT, || async {
+            Ok(Some(self.get_order(customer, id).await?).filter(|order| done(order)))
+        })
+        .await?;
+        Ok(order)
     }
 }
 
-/// Polls `probe` until it yields a value, bounded by [`ORDER_TIMEOUT`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + ORDER_TIMEOUT;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {ORDER_TIMEOUT:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
+/// A logged-in user of a shop under faults: each request of [`retrying`]
+/// is repeated while the shop answers 5xx or not at all.
+///
+/// [`retrying`]: Client::retrying
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub api: Api,
+    /// The access token, sent as bearer (none when empty).
+    pub token: String,
+}
+
+impl Client {
+    /// Logs in (or registers, for a new customer) and keeps the access
+    /// token; each request is [retried](Self::retrying) for up to 30 s.
+    pub async fn session(api: &Api, email: &str, password: &str, register: bool) -> anyhow::Result<Self> {
+        let mut client = Self { api: api.clone(), token: String::new() };
+        let login = json!({ "email": email, "password": password });
+        let timeout = Duration::from_secs(30);
+        let path = if register { "/api/auth/register" } else { "/api/auth/login" };
+        let answer = if register {
+            let body = json!({ "email": email, "password": password, "display_name": "Chaos" });
+            match client.retrying(Method::POST, path, Some(&body), None, timeout).await {
+                Ok(answer) => answer,
+                // A retried registration whose first attempt went through
+                // (the answer was lost): the account exists, log in.
+                Err(error) if Refused::status(&error) == Some(StatusCode::CONFLICT) => {
+                    client.retrying(Method::POST, "/api/auth/login", Some(&login), None, timeout).await?
+                }
+                Err(error) => return Err(error),
+            }
+        } else {
+            client.retrying(Method::POST, path, Some(&login), None, timeout).await?
+        };
+        client.token = answer.body["tokens"]["access_token"]
+            .as_str()
+            .with_context(|| format!("no access token from {path}: {}", answer.body))?
+            .to_owned();
+        Ok(client)
     }
+
+    /// One request, sent once.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Answer> {
+        self.api.call(method, path, self.bearer(), body).await
+    }
+
+    /// A request repeated every 300 ms (same body, same idempotency key)
+    /// while the shop answers 5xx or not at all, until `timeout`; a 2xx is
+    /// the answer, any other status a [`Refused`] error.
+    pub async fn retrying(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<Answer> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut request = self.api.request(method.clone(), path, self.bearer(), body);
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let last = match self.api.send(request).await {
+                Ok(answer) if answer.status.is_success() => return Ok(answer),
+                Ok(answer) if !answer.status.is_server_error() => {
+                    return Err(Refused { request: format!("{method} {path}"), answer }.into());
+                }
+                Ok(answer) => format!("{}: {}", answer.status, answer.body),
+                Err(error) => format!("{error:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!("{method} {path} did not succeed within {timeout:?}; last: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// The access token, if there is one.
+    fn bearer(&self) -> Option<&str> {
+        Some(self.token.as_str()).filter(|token| !token.is_empty())
+    }
+
+    /// Places an order of `lines` (product id, quantity), retried with one
+    /// Idempotency-Key for up to 90 s; returns its id.
+    pub async fn place_order(&self, lines: &[(&str, i64)], payment_token: &str) -> anyhow::Result<String> {
+        let key = uuid::Uuid::new_v4().to_string();
+        let body = order_body(lines, payment_token);
+        let answer = self
+            .retrying(Method::POST, "/api/orders", Some(&body), Some(&key), Duration::from_secs(90))
+            .await?;
+        Ok(answer.body["id"].as_str().context("order without id")?.to_owned())
+    }
+}
+
+/// A request that [`Client::retrying`] does not repeat: answered, but
+/// neither 2xx nor 5xx.
+#[derive(Debug)]
+pub struct Refused {
+    /// Method and path.
+    pub request: String,
+    pub answer: Answer,
+}
+
+impl Refused {
+    /// The status of the refusal `error` is, if it is one.
+    pub fn status(error: &anyhow::Error) -> Option<StatusCode> {
+        error.downcast_ref::<Self>().map(|refused| refused.answer.status)
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}: {}", self.request, self.answer.status, self.answer.body)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The body of an order of `lines` (product id, quantity) to the valid
+/// [`address`], paid with `payment_token`.
+fn order_body(lines: &[(&str, i64)], payment_token: &str) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(product, quantity)| json!({"product_id": product, "quantity": quantity}))
+        .collect();
+    json!({
+        "lines": lines,
+        "shipping_address": address(),
+        "payment_method_token": payment_token,
+    })
 }
 
 /// A valid shipping address.

@@ -1,8 +1,9 @@
 //! The shop's invariants (ARCHITECTURE section 4), checked with SQL on the
-//! services' own databases, never from logs or the API's say-so.
+//! services' own databases, never from logs or the API's say-so. This is
+//! the one place they are written; every end-to-end test checks them here.
 //!
-//! [`assert_invariants`] is what every test calls at its end, and what fault
-//! tests (tests/chaos.rs) call after a crash or an outage:
+//! [`assert_invariants`] is what every test of a shared shop calls at its
+//! end:
 //!
 //! ```ignore
 //! let shop = support::shop::shared();
@@ -16,33 +17,52 @@
 //! - per product: initial stock (the sum of its stock adjustments) =
 //!   available + reserved + sold, and reserved = the units of its HELD
 //!   reservations;
-//! - every order is settled: terminal, or CONFIRMED/SHIPPED awaiting
-//!   delivery (never still PENDING/RESERVED);
-//! - no order has two captured payments;
+//! - every order is settled ([`SETTLED`]): terminal, or CONFIRMED/SHIPPED
+//!   awaiting delivery (never still PENDING/RESERVED);
+//! - no order has two payments (of any status), two captured payments or
+//!   two completed refunds;
 //! - every confirmed (or shipped, delivered) order has exactly one payment,
-//!   CAPTURED, and a COMMITTED stock reservation;
+//!   CAPTURED for the order's total, and a COMMITTED stock reservation;
 //! - every failed, rejected or cancelled order holds no money and no stock:
-//!   a payment that was captured is REFUNDED with a completed refund (and
-//!   the order says `refunded`), no payment is still chargeable or waiting
-//!   for its void to be confirmed, a reservation is RELEASED;
+//!   a payment that was captured is REFUNDED whole by exactly one completed
+//!   refund (and the order says `refunded`), no payment is still chargeable
+//!   or waiting for its void to be confirmed, a reservation is RELEASED;
 //! - every outbox row of every service is published;
 //! - with the mock provider's journal ([`Databases::with_mock_ledger`]), the
 //!   provider's side of the money: per order at most one capture, a
 //!   confirmed order's capture kept whole, a dead order's money all given
 //!   back (voided or refunded), never more refunded than captured.
+//!
+//! [`check_expected`] is what a fault test (tests/chaos.rs,
+//! tests/chaos_scale.rs) calls on its private shop after crashes and
+//! outages, with what it placed and stocked ([`Expect`]). It waits for each
+//! expected order to be stored and settled, then for the whole shop to be
+//! quiet, and checks all of the above and more:
+//! - each expected order is stored;
+//! - nothing is in flight anywhere in the shop: no HELD reservation, no
+//!   payment due for its charge, no PENDING refund, no unpublished outbox
+//!   row (every row, not only those present when the check began);
+//! - each expected product has a stock row, and available + reserved + sold
+//!   = the units the test gave it (which the stock adjustments' sum cannot
+//!   see when a restock was applied twice), with nothing reserved.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use commerce_topology::Service;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, Row as _};
 
+use super::wait_for;
+
 /// How long the saga may take to settle the orders present when the check
 /// starts (refunds and releases are asynchronous; a payment provider that
 /// was down retries with backoff up to 10 s).
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Order statuses the saga is done with: the final ones, and CONFIRMED and
+/// SHIPPED (stable until a courier moves the shipment).
+pub const SETTLED: [&str; 6] = ["CONFIRMED", "SHIPPED", "DELIVERED", "FAILED", "REJECTED", "CANCELLED"];
 /// One check at a time per test process: a check holds a connection to
 /// each of the shop's seven databases, and Postgres' 100 connections are
 /// shared with the shops (and other test runs) on the machine.
@@ -161,6 +181,16 @@ impl Databases {
     }
 }
 
+/// What a fault test knows its private shop must hold, beyond what the
+/// databases say of themselves (see [`check_expected`]).
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// Every order the test placed: the ids the gateway answered.
+    pub orders: Vec<String>,
+    /// Product id -> the units the test gave it.
+    pub initial_stock: HashMap<String, i64>,
+}
+
 /// Checks every invariant of the module documentation and panics naming
 /// each violation if they do not all hold within [`SETTLE_TIMEOUT`].
 pub async fn assert_invariants(databases: &Databases) {
@@ -172,32 +202,61 @@ pub async fn assert_invariants(databases: &Databases) {
 /// The orders and outbox rows present now, then polls until the
 /// invariants hold for them; `Err` lists what still failed at `timeout`.
 pub async fn check_invariants(databases: &Databases, timeout: Duration) -> anyhow::Result<()> {
+    check(databases, None, timeout).await
+}
+
+/// A whole private shop that must hold `expect`: waits (up to `timeout`)
+/// until each expected order is stored and settled, then (up to `timeout`
+/// again) until nothing is in flight and every invariant holds; `Err` lists
+/// every violation still found at the end.
+pub async fn check_expected(databases: &Databases, expect: &Expect, timeout: Duration) -> anyhow::Result<()> {
+    check(databases, Some(expect), timeout).await
+}
+
+async fn check(databases: &Databases, expect: Option<&Expect>, timeout: Duration) -> anyhow::Result<()> {
     let _turn = CHECKS.acquire().await?;
     let pools = Pools::connect(databases).await?;
-    let checked = settle(&pools, timeout).await;
+    let checked = settle(&pools, expect, timeout).await;
     for (_, pool) in &pools.outboxes {
         pool.close().await;
     }
     checked
 }
 
-async fn settle(pools: &Pools, timeout: Duration) -> anyhow::Result<()> {
-    let snapshot = Snapshot::take(pools).await?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let violations = pools.violations(&snapshot).await?;
-        if violations.is_empty() {
-            return Ok(());
+async fn settle(pools: &Pools, expect: Option<&Expect>, timeout: Duration) -> anyhow::Result<()> {
+    let scope = match expect {
+        None => Scope::present(pools).await?,
+        Some(expect) => {
+            // The orders first: until each has settled, everything else is
+            // still moving.
+            wait_for("every expected order to settle", timeout, || async {
+                none_of(pools.unsettled(expect).await?)
+            })
+            .await?;
+            Scope::whole_shop(expect)?
         }
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "{} violation(s) after waiting {timeout:?} for the saga to settle:\n  {}",
-                violations.len(),
-                violations.join("\n  ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    wait_for("the saga to settle", timeout, || async { none_of(pools.violations(&scope).await?) }).await?;
+    Ok(())
+}
+
+/// Order id -> status, for those of `ids` the order service stores.
+pub async fn order_statuses(order_db: &PgPool, ids: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    let rows = sqlx::query("SELECT id::text AS id, status FROM orders WHERE id::text = ANY($1)")
+        .bind(ids)
+        .fetch_all(order_db)
+        .await
+        .context("cannot read the orders")?;
+    Ok(rows.iter().map(|row| (row.get("id"), row.get("status"))).collect())
+}
+
+/// A look of [`wait_for`] that is done when it found no violation, and
+/// otherwise names each.
+fn none_of(violations: Vec<String>) -> anyhow::Result<Option<()>> {
+    if violations.is_empty() {
+        return Ok(Some(()));
     }
+    anyhow::bail!("{} violation(s):\n  {}", violations.len(), violations.join("\n  "))
 }
 
 /// One pool per database the checks read.
@@ -211,11 +270,15 @@ struct Pools {
     mock_ledger: Option<std::path::PathBuf>,
 }
 
-/// What existed when the check began.
-struct Snapshot {
+/// What a check covers.
+struct Scope<'a> {
+    /// The orders checked.
     order_ids: Vec<uuid::Uuid>,
-    /// The last outbox position per service.
-    outbox_positions: HashMap<Service, i64>,
+    /// Per service, the last outbox position that must be published;
+    /// `None`: every row, however late it was written.
+    outbox_positions: Option<HashMap<Service, i64>>,
+    /// A whole private shop's expected orders and stock.
+    expect: Option<&'a Expect>,
 }
 
 /// An order's state as the order service stores it.
@@ -248,16 +311,73 @@ impl Pools {
         })
     }
 
-    async fn violations(&self, snapshot: &Snapshot) -> anyhow::Result<Vec<String>> {
-        let mut violations = self.stock_violations().await?;
-        violations.extend(self.order_violations(snapshot).await?);
-        violations.extend(self.outbox_violations(snapshot).await?);
+    async fn violations(&self, scope: &Scope<'_>) -> anyhow::Result<Vec<String>> {
+        // What is in flight first: once nothing is, what follows reads a
+        // shop at rest.
+        let mut violations = match scope.expect {
+            Some(_) => self.in_flight_violations().await?,
+            None => Vec::new(),
+        };
+        violations.extend(self.stock_violations(scope.expect).await?);
+        violations.extend(self.order_violations(scope).await?);
+        violations.extend(self.outbox_violations(scope.outbox_positions.as_ref()).await?);
+        Ok(violations)
+    }
+
+    /// The expected orders that are not stored or not settled yet; while
+    /// there are any, also what each outbox has not sent (where the saga
+    /// hangs).
+    async fn unsettled(&self, expect: &Expect) -> anyhow::Result<Vec<String>> {
+        let statuses = order_statuses(&self.order, &expect.orders).await?;
+        let mut violations: Vec<String> = expect
+            .orders
+            .iter()
+            .filter_map(|id| match statuses.get(id) {
+                None => Some(format!("order {id} is not stored")),
+                Some(status) if !SETTLED.contains(&status.as_str()) => {
+                    Some(format!("order {id} is still {status}"))
+                }
+                Some(_) => None,
+            })
+            .collect();
+        if !violations.is_empty() {
+            violations.extend(self.outbox_violations(None).await?);
+        }
+        Ok(violations)
+    }
+
+    /// Work in flight anywhere in the shop: a HELD reservation, a payment
+    /// due for its charge, a PENDING refund.
+    async fn in_flight_violations(&self) -> anyhow::Result<Vec<String>> {
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations WHERE status = 'HELD'")
+            .fetch_one(&self.inventory)
+            .await
+            .context("cannot read the reservations")?;
+        let (due, refunds): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM payments WHERE status = 'PENDING' AND intent_received AND stock_reserved), \
+                    (SELECT count(*) FROM refunds WHERE status = 'PENDING')",
+        )
+        .fetch_one(&self.payment)
+        .await
+        .context("cannot read the payments")?;
+        let mut violations = Vec::new();
+        if held > 0 {
+            violations.push(format!("inventory: {held} reservation(s) still HELD"));
+        }
+        if due > 0 {
+            violations.push(format!("payment: {due} payment(s) due for their charge"));
+        }
+        if refunds > 0 {
+            violations.push(format!("payment: {refunds} refund(s) still PENDING"));
+        }
         Ok(violations)
     }
 
     /// Per product: initial = available + reserved + sold, and reserved is
     /// what the HELD reservations hold. One statement, so one snapshot.
-    async fn stock_violations(&self) -> anyhow::Result<Vec<String>> {
+    /// With `expect`, each expected product also has a stock row holding
+    /// exactly the units it was given, none of them reserved.
+    async fn stock_violations(&self, expect: Option<&Expect>) -> anyhow::Result<Vec<String>> {
         let rows = sqlx::query(
             "SELECT s.product_id, s.available, s.reserved, s.sold, \
                     COALESCE((SELECT sum(a.quantity_delta) FROM stock_adjustments a WHERE a.product_id = s.product_id), 0)::bigint AS initial, \
@@ -269,6 +389,7 @@ impl Pools {
         .await
         .context("cannot read the stock")?;
         let mut violations = Vec::new();
+        let mut stocked = Vec::new();
         for row in rows {
             let product: String = row.get("product_id");
             let (available, reserved, sold): (i64, i64, i64) =
@@ -284,14 +405,30 @@ impl Pools {
                     "product {product}: reserved {reserved} but HELD reservations hold {held}"
                 ));
             }
+            if let Some(given) = expect.and_then(|expect| expect.initial_stock.get(&product)) {
+                if available + reserved + sold != *given {
+                    violations.push(format!(
+                        "product {product}: {available} available + {reserved} reserved + {sold} sold != the {given} units it was given"
+                    ));
+                }
+                if reserved != 0 {
+                    violations.push(format!("product {product}: {reserved} still reserved"));
+                }
+                stocked.push(product);
+            }
+        }
+        for product in expect.iter().flat_map(|expect| expect.initial_stock.keys()) {
+            if !stocked.contains(product) {
+                violations.push(format!("product {product}: no stock row"));
+            }
         }
         Ok(violations)
     }
 
-    async fn order_violations(&self, snapshot: &Snapshot) -> anyhow::Result<Vec<String>> {
+    async fn order_violations(&self, scope: &Scope<'_>) -> anyhow::Result<Vec<String>> {
         let orders: Vec<OrderRow> =
             sqlx::query("SELECT id, status, refunded, total_units FROM orders WHERE id = ANY($1)")
-                .bind(&snapshot.order_ids)
+                .bind(&scope.order_ids)
                 .fetch_all(&self.order)
                 .await
                 .context("cannot read the orders")?
@@ -348,13 +485,25 @@ impl Pools {
         }
 
         let mut violations = Vec::new();
+        if let Some(expect) = scope.expect
+            && orders.len() != expect.orders.len()
+        {
+            violations.push(format!("{} of {} orders stored", orders.len(), expect.orders.len()));
+        }
         for order in &orders {
             let id = order.id.to_string();
             let payments = payments.get(&id).map(Vec::as_slice).unwrap_or_default();
             let reservations = reservations.get(&id).map(Vec::as_slice).unwrap_or_default();
+            if payments.len() > 1 {
+                violations.push(format!("order {id}: {} payments {payments:?}", payments.len()));
+            }
             let captured = payments.iter().filter(|(status, ..)| status == "CAPTURED").count();
             if captured > 1 {
                 violations.push(format!("order {id}: {captured} captured payments"));
+            }
+            let refunds: i64 = payments.iter().map(|(.., refunds)| refunds).sum();
+            if refunds > 1 {
+                violations.push(format!("order {id}: {refunds} completed refunds"));
             }
             match order.status.as_str() {
                 "CONFIRMED" | "SHIPPED" | "DELIVERED" => {
@@ -362,6 +511,12 @@ impl Pools {
                         violations.push(format!(
                             "order {id} is {}: expected one CAPTURED payment, found {payments:?}",
                             order.status
+                        ));
+                    }
+                    if payments.iter().any(|(_, amount, ..)| *amount != order.total_units) {
+                        violations.push(format!(
+                            "order {id} is {} (total {}): its payment is for another amount {payments:?}",
+                            order.status, order.total_units
                         ));
                     }
                     if reservations != ["COMMITTED"] {
@@ -397,7 +552,7 @@ impl Pools {
                             ));
                         }
                         if status == "REFUNDED" {
-                            if *refunds < 1 || refunded != amount {
+                            if *refunds != 1 || refunded != amount {
                                 violations.push(format!(
                                     "order {id}: payment REFUNDED but {refunded} of {amount} refunded in {refunds} completed refund(s)"
                                 ));
@@ -456,10 +611,15 @@ impl Pools {
         Ok(violations)
     }
 
-    async fn outbox_violations(&self, snapshot: &Snapshot) -> anyhow::Result<Vec<String>> {
+    /// Unpublished outbox rows of every service, up to `positions` (every
+    /// row when `None`).
+    async fn outbox_violations(
+        &self,
+        positions: Option<&HashMap<Service, i64>>,
+    ) -> anyhow::Result<Vec<String>> {
         let mut violations = Vec::new();
         for (service, pool) in &self.outboxes {
-            let last = snapshot.outbox_positions.get(service).copied().unwrap_or(0);
+            let last = positions.map_or(i64::MAX, |positions| positions.get(service).copied().unwrap_or(0));
             let unpublished: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM commerce_platform.outbox WHERE published_at IS NULL AND position <= $1",
             )
@@ -475,8 +635,10 @@ impl Pools {
     }
 }
 
-impl Snapshot {
-    async fn take(pools: &Pools) -> anyhow::Result<Self> {
+impl<'a> Scope<'a> {
+    /// The orders and outbox rows present now (in a shared shop, other
+    /// tests' later ones are theirs to check).
+    async fn present(pools: &Pools) -> anyhow::Result<Self> {
         let order_ids = sqlx::query_scalar("SELECT id FROM orders")
             .fetch_all(&pools.order)
             .await
@@ -489,6 +651,16 @@ impl Snapshot {
                 .with_context(|| format!("cannot read the {service} outbox"))?;
             outbox_positions.insert(*service, last.unwrap_or(0));
         }
-        Ok(Self { order_ids, outbox_positions })
+        Ok(Self { order_ids, outbox_positions: Some(outbox_positions), expect: None })
+    }
+
+    /// A whole private shop: the expected orders, every outbox row.
+    fn whole_shop(expect: &'a Expect) -> anyhow::Result<Self> {
+        let order_ids = expect
+            .orders
+            .iter()
+            .map(|id| id.parse().with_context(|| format!("order id {id:?} is not a UUID")))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { order_ids, outbox_positions: None, expect: Some(expect) })
     }
 }

@@ -17,6 +17,12 @@
 //! teardown hook in libtest, so this is what stops the shared shop
 //! ([`shared`]) after the last test. A shop started with [`Shop::start`] for
 //! one test is stopped by [`Shop::stop`] (or when dropped).
+//!
+//! Also what every shop under test needs, the split shops of the fault
+//! tests (`super::fault`) included: the binary ([`binary_path`]), the
+//! infrastructure's variables ([`infra_var`]), run ids ([`new_run_id`]),
+//! free ports ([`ports_free`]), log tails ([`log_tail`]) and dropping a
+//! shop's topics ([`drop_topics_matching`]).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -156,7 +162,7 @@ pub fn binary_path() -> anyhow::Result<PathBuf> {
 }
 
 /// A required infrastructure variable from `e2e/infra.env`.
-fn infra_var(name: &str) -> anyhow::Result<String> {
+pub fn infra_var(name: &str) -> anyhow::Result<String> {
     std::env::var(name).map_err(|_| {
         anyhow::anyhow!("{name} is not set: run the tests with `source e2e/infra.env` (or `make test`)")
     })
@@ -255,8 +261,8 @@ impl Drop for Shop {
 }
 
 /// `<unix seconds>x<8 hex digits>`: sortable by age, unique per start, and
-/// valid both in database names and topic names.
-fn new_run_id() -> String {
+/// valid in database names, topic names, Redis keys and email addresses.
+pub fn new_run_id() -> String {
     let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let random = uuid::Uuid::new_v4().simple().to_string();
     format!("{seconds}x{}", &random[..8])
@@ -274,17 +280,23 @@ fn free_port_offset() -> anyhow::Result<u16> {
     for attempt in 0..100u128 {
         let step = u64::try_from((seed + attempt) % 100).unwrap_or(0);
         let offset = u16::try_from(2000 + step * OFFSET_STEPS).unwrap_or(2000);
-        let ports = Service::ALL.iter().flat_map(|service| {
-            let ports = service.local_ports();
-            [ports.grpc, ports.http, Some(ports.admin)].into_iter().flatten().map(move |port| port + offset)
-        });
-        let mut ports: Vec<u16> = ports.collect();
-        ports.push(LOCAL_HTTP_PORT + offset);
-        if ports.iter().all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()) {
+        if ports_free(offset) {
             return Ok(offset);
         }
     }
     bail!("no free port offset found above {LOCAL_GRPC_BASE}/{LOCAL_ADMIN_BASE}/{LOCAL_HTTP_PORT}")
+}
+
+/// Whether every port of a shop on `offset` (gRPC, admin, HTTP of each
+/// service) can be bound on 127.0.0.1 right now.
+pub fn ports_free(offset: u16) -> bool {
+    let ports = Service::ALL.iter().flat_map(|service| {
+        let ports = service.local_ports();
+        [ports.grpc, ports.http, Some(ports.admin)].into_iter().flatten().map(move |port| port + offset)
+    });
+    let mut ports: Vec<u16> = ports.collect();
+    ports.push(LOCAL_HTTP_PORT + offset);
+    ports.iter().all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
 }
 
 /// The watchdog: runs `commerce serve all` in the background, prints its
@@ -364,7 +376,7 @@ async fn wait_until_ready(offset: u16, child: &mut Child, log_path: &std::path::
             bail!(
                 "the shop exited with {status} before it was ready; log {}:\n{}",
                 log_path.display(),
-                log_tail(log_path)
+                log_tail(log_path, 20)
             );
         }
         let mut still = Vec::new();
@@ -399,18 +411,18 @@ async fn wait_until_ready(offset: u16, child: &mut Child, log_path: &std::path::
             bail!(
                 "the shop was not ready within {READY_TIMEOUT:?} (last: {last}); log {}:\n{}",
                 log_path.display(),
-                log_tail(log_path)
+                log_tail(log_path, 20)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// The last lines of the shop's log, for error messages.
-pub fn log_tail(log_path: &std::path::Path) -> String {
+/// The last `lines` lines of a log, for error messages.
+pub fn log_tail(log_path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log_path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Waits for the watchdog (and so the shop) to exit, bounded.
@@ -453,13 +465,14 @@ fn run_of_database(name: &str) -> Option<&str> {
     name.strip_prefix("e2e_").and_then(|rest| rest.split('_').next())
 }
 
-/// Deletes every topic whose name satisfies `matches`.
-async fn drop_topics_matching(brokers: &str, matches: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+/// Deletes every topic whose name satisfies `matches`; fails naming a topic
+/// the broker did not delete.
+pub async fn drop_topics_matching(brokers: &str, matches: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        ClientConfig::new().set("bootstrap.servers", brokers).set("socket.timeout.ms", "10000").create()?;
     let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10))?;
     let names: Vec<String> =
         metadata.topics().iter().map(|topic| topic.name().to_owned()).filter(|name| matches(name)).collect();
@@ -467,8 +480,11 @@ async fn drop_topics_matching(brokers: &str, matches: impl Fn(&str) -> bool) -> 
         return Ok(());
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    admin
-        .delete_topics(&names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
-        .await?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.delete_topics(&names, &options).await? {
+        if let Err((topic, code)) = result {
+            bail!("cannot delete topic {topic}: {code}");
+        }
+    }
     Ok(())
 }
