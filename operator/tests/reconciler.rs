@@ -778,8 +778,9 @@ async fn a_per_stack_kafka_user_is_made_with_a_generated_secret_the_services_use
     assert!(finalizers(&fake, "secrets", "kafka-admin").is_empty(), "the hold outlived the stack");
 }
 
-#[tokio::test]
-async fn a_namespace_deletion_cannot_take_the_kafka_secrets_before_the_cleanup_has_used_them() {
+/// A `Delete` stack on an external Kafka with TLS (its own CA Secret) and
+/// SASL (an admin Secret), both Secrets present.
+fn cluster_with_kafka_secrets() -> Arc<FakeApi> {
     let fake = cluster_with(|stack| {
         stack["spec"]["deletionPolicy"] = json!("Delete");
         stack["spec"]["kafka"]["external"]["tls"] =
@@ -795,6 +796,12 @@ async fn a_namespace_deletion_cannot_take_the_kafka_secrets_before_the_cleanup_h
         });
         fake.put("secrets", secret);
     }
+    fake
+}
+
+#[tokio::test]
+async fn a_namespace_deletion_cannot_take_the_kafka_secrets_before_the_cleanup_has_used_them() {
+    let fake = cluster_with_kafka_secrets();
     let external = Arc::new(FakeExternal::default());
     let ctx = context_with(&fake, external.clone());
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();
@@ -818,21 +825,7 @@ async fn a_namespace_deletion_cannot_take_the_kafka_secrets_before_the_cleanup_h
 
 #[tokio::test]
 async fn a_reconcile_reads_the_policies_and_the_login_secrets_before_it_writes_anything() {
-    let fake = cluster_with(|stack| {
-        stack["spec"]["deletionPolicy"] = json!("Delete");
-        stack["spec"]["kafka"]["external"]["tls"] =
-            json!({"caSecret": {"name": "kafka-ca", "key": "ca.crt"}});
-        stack["spec"]["kafka"]["external"]["sasl"] = json!({"secretName": "kafka-admin"});
-    });
-    for (name, data) in [
-        ("kafka-ca", json!({"ca.crt": "Y2E="})),
-        ("kafka-admin", json!({"username": "YQ==", "password": "cA=="})),
-    ] {
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "shop"}, "data": data,
-        });
-        fake.put("secrets", secret);
-    }
+    let fake = cluster_with_kafka_secrets();
     let external = Arc::new(FakeExternal::default());
     let ctx = context_with(&fake, external.clone());
     reconcile_stack(&fake.stack(), &ctx).await.unwrap();

@@ -20,10 +20,11 @@ use commerce_proto::events::v1::{
     OrderCancelled, OrderConfirmed, OrderFailed, OrderPlaced, ProductCreated, StockCommitted, StockReleased,
     StockReservationFailed, StockReserved, order_failed, order_placed, stock_released,
 };
+use commerce_testkit::kafka_args;
 use commerce_testkit::{drop_kafka_namespace, event_type, events_of, kafka_namespace, read_topic};
 use commerce_topology::{Service, Topic};
 use rdkafka::message::Message;
-use support::{counters, eventually, kafka_args, produce, test_database};
+use support::{counters, eventually, produce, test_database};
 use tokio_util::sync::CancellationToken;
 
 fn loopback() -> SocketAddr {

@@ -17,9 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use commerce_platform::events::cloudevents::CloudEventAttributes;
 use commerce_platform::events::producer::OutgoingRecord;
-use commerce_platform::events::{EventPayload, EventProducer, KafkaArgs};
+use commerce_platform::events::{EventPayload, EventProducer};
 pub use commerce_testkit::init_logging;
-use commerce_testkit::kafka_brokers;
 pub use commerce_testkit::migrated::TestDatabase;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
@@ -51,16 +50,6 @@ pub async fn outbox_counts(pool: &PgPool) -> anyhow::Result<HashMap<String, i64>
             .fetch_all(pool)
             .await?;
     Ok(rows.into_iter().collect())
-}
-
-/// Kafka flags for a test: local brokers, the test's prefix, short retries.
-pub fn kafka_args(prefix: &str) -> KafkaArgs {
-    KafkaArgs {
-        name_prefix: prefix.to_owned(),
-        delivery_timeout: Duration::from_secs(20),
-        handler_retry_backoff: Duration::from_millis(50),
-        ..KafkaArgs::new(kafka_brokers())
-    }
 }
 
 /// Publishes `event` on its catalog topic (under the producer's prefix) as a
