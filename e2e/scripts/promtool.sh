@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # promtool, Prometheus' rule checker, for the tests of the chart's alerts
-# (e2e/tests/alerts.rs).
+# (e2e/tests/monitoring.rs).
 #
 #   promtool.sh path
 #

@@ -1,5 +1,6 @@
-//! The alerts the chart ships (`charts/commerce-operator/files/alerts.yaml`)
-//! checked by Prometheus' own tool: `promtool check rules` (valid PromQL and
+//! What the chart ships for monitoring, checked with Prometheus' own tool.
+//!
+//! The alerts (`charts/commerce-operator/files/alerts.yaml`): `promtool check rules` (valid PromQL and
 //! rule files) and `promtool test rules` against the series written for
 //! each alert (`files/alerts.test.yaml`). promtool is built from the Go
 //! module pinned in e2e/prometheus/go.mod by `e2e/scripts/promtool.sh`.
@@ -8,6 +9,11 @@
 //! fire and a runbook section; every metric a rule reads is one the code
 //! registers (a renamed metric would otherwise leave an alert that can
 //! never fire); and the chart's PrometheusRule carries exactly these groups.
+//!
+//! The Grafana dashboards (`files/dashboards/*.json`): every panel's query
+//! is valid PromQL (promtool checks each as a recording rule, with Grafana's
+//! variables replaced by values) and reads only registered metrics; the
+//! chart ships each as a ConfigMap for Grafana's dashboard sidecar.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -115,10 +121,11 @@ fn exposed(name: &str) -> [String; 5] {
     ["", "_total", "_bucket", "_sum", "_count"].map(|suffix| format!("{name}{suffix}"))
 }
 
-#[test]
-fn every_metric_a_rule_reads_is_registered_by_the_code() -> Result<()> {
-    // Every "commerce_..." string literal of the Rust sources: the names
-    // given to `register` and to collectors' descriptors.
+/// Every metric name the code registers, as Prometheus sees it: each
+/// "commerce_..." string literal of the Rust sources (the names given to
+/// `register` and to collectors' descriptors) with its exposition suffixes,
+/// and the standard `process_*` metrics.
+fn registered_metrics() -> Result<BTreeSet<String>> {
     let mut registered = BTreeSet::new();
     let mut pending = vec![repo().join("services"), repo().join("operator")];
     while let Some(dir) = pending.pop() {
@@ -129,33 +136,143 @@ fn every_metric_a_rule_reads_is_registered_by_the_code() -> Result<()> {
             } else if path.extension().is_some_and(|ext| ext == "rs") {
                 let text = std::fs::read_to_string(&path)?;
                 for literal in text.split('"').skip(1).step_by(2) {
-                    if literal.starts_with("commerce_")
-                        && literal.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    {
+                    let is_name = |prefix| {
+                        literal.starts_with(prefix)
+                            && literal.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    };
+                    if is_name("commerce_") || is_name("process_") {
                         registered.extend(exposed(literal));
                     }
                 }
             }
         }
     }
-    let rules = std::fs::read_to_string(chart_file("files/alerts.yaml"))?;
+    Ok(registered)
+}
+
+/// The metric names `text` (PromQL) reads.
+fn metrics_read(text: &str) -> BTreeSet<String> {
     let mut read = BTreeSet::new();
-    for (at, _) in rules.match_indices("commerce_") {
-        let name: String = rules[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-        read.insert(name);
+    for prefix in ["commerce_", "process_"] {
+        for (at, _) in text.match_indices(prefix) {
+            let name: String =
+                text[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            read.insert(name);
+        }
     }
+    read
+}
+
+#[test]
+fn every_metric_a_rule_reads_is_registered_by_the_code() -> Result<()> {
+    let registered = registered_metrics()?;
+    let read = metrics_read(&std::fs::read_to_string(chart_file("files/alerts.yaml"))?);
     ensure!(read.len() >= 8, "the rules read only {read:?}");
     let unknown: Vec<&String> = read.iter().filter(|name| !registered.contains(*name)).collect();
     ensure!(unknown.is_empty(), "the rules read metrics no code registers: {unknown:?}");
     Ok(())
 }
 
+/// Every query of the dashboard files: (file, panel title, PromQL).
+fn dashboard_queries() -> Result<Vec<(String, String, String)>> {
+    let mut queries = Vec::new();
+    let mut uids = BTreeSet::new();
+    for entry in std::fs::read_dir(chart_file("files/dashboards"))? {
+        let path = entry?.path();
+        let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{file} is not JSON"))?;
+        let uid = dashboard["uid"].as_str().unwrap_or_default().to_owned();
+        ensure!(!uid.is_empty() && uids.insert(uid.clone()), "{file}: uid {uid:?} missing or repeated");
+        ensure!(dashboard["schemaVersion"].as_u64().is_some(), "{file}: no schemaVersion");
+        for panel in dashboard["panels"].as_array().into_iter().flatten() {
+            if panel["type"] == "row" {
+                continue;
+            }
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            let targets = panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default();
+            ensure!(!targets.is_empty(), "{file}: panel {title:?} has no query");
+            for target in targets {
+                let expr = target["expr"].as_str().unwrap_or_default().to_owned();
+                ensure!(!expr.is_empty(), "{file}: panel {title:?} has an empty query");
+                queries.push((file.clone(), title.clone(), expr));
+            }
+        }
+    }
+    ensure!(uids.len() >= 2, "dashboards found: {uids:?}");
+    Ok(queries)
+}
+
 #[test]
-fn the_charts_prometheus_rule_carries_exactly_the_tested_groups() -> Result<()> {
-    let helm = PathBuf::from(std::env::var("COMMERCE_K8S_BIN_DIR").context(
+fn every_dashboard_query_is_valid_promql_on_registered_metrics() -> Result<()> {
+    let queries = dashboard_queries()?;
+    // As recording rules, with Grafana's variables given values, so that
+    // promtool parses each expression.
+    let rules: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(index, (_, _, expr))| {
+            let expr = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*");
+            serde_json::json!({ "record": format!("dashboard:query_{index}"), "expr": expr })
+        })
+        .collect();
+    let file = serde_json::json!({ "groups": [{ "name": "dashboards", "rules": rules }] });
+    let dir = std::env::temp_dir().join(format!("commerce-dashboards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("queries.yaml"), serde_yaml_ng::to_string(&file)?)?;
+    let checked = run(&promtool()?, &["check", "rules", "queries.yaml"], &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", checked?);
+
+    let registered = registered_metrics()?;
+    for (file, title, expr) in &queries {
+        let read = metrics_read(expr);
+        ensure!(!read.is_empty(), "{file}: panel {title:?} reads no metric of the project: {expr}");
+        let unknown: Vec<&String> = read.iter().filter(|name| !registered.contains(*name)).collect();
+        ensure!(unknown.is_empty(), "{file}: panel {title:?} reads unregistered {unknown:?}: {expr}");
+    }
+    println!("{} dashboard queries checked", queries.len());
+    Ok(())
+}
+
+#[test]
+fn the_chart_ships_each_dashboard_as_a_configmap_for_grafanas_sidecar() -> Result<()> {
+    let helm = helm()?;
+    let chart = chart_file("").to_string_lossy().into_owned();
+    let args = ["template", "commerce-operator", chart.as_str(), "--set", "metrics.dashboards.enabled=true"];
+    let rendered = run(&helm, &args, &repo())?;
+    let maps: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&rendered)
+        .map(Value::deserialize)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|document| document["kind"] == "ConfigMap")
+        .collect();
+    let files: Vec<String> = std::fs::read_dir(chart_file("files/dashboards"))?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    ensure!(maps.len() == files.len(), "{} ConfigMaps for {} dashboards", maps.len(), files.len());
+    for file in &files {
+        let shipped = maps
+            .iter()
+            .find_map(|map| map["data"][file.as_str()].as_str())
+            .with_context(|| format!("no ConfigMap carries {file}"))?;
+        let original = std::fs::read_to_string(chart_file("files/dashboards").join(file))?;
+        ensure!(shipped.trim_end() == original.trim_end(), "{file} is shipped changed");
+    }
+    ensure!(maps.iter().all(|map| map["metadata"]["labels"]["grafana_dashboard"] == "1"));
+    Ok(())
+}
+
+fn helm() -> Result<PathBuf> {
+    Ok(PathBuf::from(std::env::var("COMMERCE_K8S_BIN_DIR").context(
         "COMMERCE_K8S_BIN_DIR is not set: run the tests with `source e2e/infra.env` (or `make test`)",
     )?)
-    .join("helm");
+    .join("helm"))
+}
+
+#[test]
+fn the_charts_prometheus_rule_carries_exactly_the_tested_groups() -> Result<()> {
+    let helm = helm()?;
     let chart = chart_file("").to_string_lossy().into_owned();
     let args = [
         "template",
