@@ -3,7 +3,7 @@
 //! The alerts (`charts/commerce-operator/files/alerts.yaml`): `promtool check rules` (valid PromQL and
 //! rule files) and `promtool test rules` against the series written for
 //! each alert (`files/alerts.test.yaml`). promtool is built from the Go
-//! module pinned in e2e/prometheus/go.mod by `e2e/scripts/promtool.sh`.
+//! module pinned in e2e/prometheus/go.mod by `e2e/scripts/prometheus.sh`.
 //!
 //! Beyond what promtool can know: every alert has a test that expects it to
 //! fire and a runbook section; every metric a rule reads is one the code
@@ -14,6 +14,12 @@
 //! is valid PromQL (promtool checks each as a recording rule, with Grafana's
 //! variables replaced by values) and reads only registered metrics; the
 //! chart ships each as a ConfigMap for Grafana's dashboard sidecar.
+//!
+//! And one alert end to end: a real Prometheus scraping a local shop fires
+//! CommercePaymentProviderUnavailable once the mock provider is switched off
+//! and the payment worker's breaker has opened.
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -44,12 +50,26 @@ fn run(program: &Path, args: &[&str], dir: &Path) -> Result<String> {
     Ok(text)
 }
 
-fn promtool() -> Result<PathBuf> {
-    let script = repo().join("e2e/scripts/promtool.sh");
-    let path = run(Path::new("bash"), &[&script.to_string_lossy(), "path"], &repo())?;
-    let path = PathBuf::from(path.lines().last().unwrap_or_default().trim());
-    ensure!(path.is_file(), "promtool.sh printed {}", path.display());
+/// `tool` (`promtool` or `prometheus`), built by e2e/scripts/prometheus.sh
+/// if it is not cached yet.
+fn prometheus_tool(tool: &str) -> Result<PathBuf> {
+    let output = Command::new("bash")
+        .arg(repo().join("e2e/scripts/prometheus.sh"))
+        .args(["path", tool])
+        .output()
+        .context("running e2e/scripts/prometheus.sh")?;
+    ensure!(
+        output.status.success(),
+        "prometheus.sh path {tool}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    ensure!(path.is_file(), "prometheus.sh printed {}", path.display());
     Ok(path)
+}
+
+fn promtool() -> Result<PathBuf> {
+    prometheus_tool("promtool")
 }
 
 /// The alert names of a rule file.
@@ -299,4 +319,133 @@ fn the_charts_prometheus_rule_carries_exactly_the_tested_groups() -> Result<()> 
     let default = run(&helm, &args[..3], &repo())?;
     ensure!(!default.contains("kind: PrometheusRule"), "a PrometheusRule without being asked for");
     Ok(())
+}
+
+/// A Prometheus server on loopback, stopped by its PID when dropped.
+struct Prometheus {
+    url: String,
+    process: support::procs::Proc,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts a server scraping `targets` (job, `host:port`) every second,
+    /// evaluating `rules` every second.
+    fn start(targets: &[(&str, String)], rules: &Path) -> Result<Self> {
+        let binary = prometheus_tool("prometheus")?;
+        let dir = std::env::temp_dir().join(format!("commerce-prometheus-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("data"))?;
+        let scrape: Vec<serde_json::Value> = targets
+            .iter()
+            .map(|(job, target)| serde_json::json!({ "job_name": job, "static_configs": [{ "targets": [target] }] }))
+            .collect();
+        let config = serde_json::json!({
+            "global": { "scrape_interval": "1s", "evaluation_interval": "1s" },
+            "rule_files": [rules],
+            "scrape_configs": scrape,
+        });
+        std::fs::write(dir.join("prometheus.yml"), serde_yaml_ng::to_string(&config)?)?;
+        let port = support::procs::free_port();
+        let args = vec![
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ];
+        let process =
+            support::procs::Proc::spawn("prometheus", &binary, args, Vec::new(), dir.join("prometheus.log"))?;
+        Ok(Self { url: format!("http://127.0.0.1:{port}"), process, dir })
+    }
+
+    /// The state of alert `name` (`pending`, `firing`), if Prometheus has it.
+    async fn alert_state(&self, http: &reqwest::Client, name: &str) -> Result<Option<String>> {
+        let body: serde_json::Value =
+            http.get(format!("{}/api/v1/alerts", self.url)).send().await?.json().await?;
+        Ok(body["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|alert| alert["labels"]["alertname"] == name)
+            .and_then(|alert| alert["state"].as_str().map(str::to_owned)))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.process.stop(std::time::Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_fires_payment_provider_unavailable_when_the_provider_goes_away() -> Result<()> {
+    use std::time::{Duration, Instant};
+
+    use commerce_topology::Service;
+    use support::api::Api;
+    use support::shop::{Shop, ShopOptions};
+
+    let shop = Shop::start(ShopOptions::default()).await?;
+    let payment_admin = format!("127.0.0.1:{}", shop.admin_port(Service::Payment));
+    let prometheus =
+        Prometheus::start(&[("payment", payment_admin.clone())], &chart_file("files/alerts.yaml"))?;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+    let alert = "CommercePaymentProviderUnavailable";
+    support::wait_for("Prometheus to be ready", Duration::from_secs(60), || async {
+        let ready = http.get(format!("{}/-/ready", prometheus.url)).send().await?.status().is_success();
+        Ok(ready.then_some(()))
+    })
+    .await
+    .with_context(|| prometheus.process.log_tail(20))?;
+
+    // A healthy shop: the alert is not even pending.
+    let api = Api::new(&shop);
+    let admin = api.admin().await?;
+    let category = api.create_category(&admin, "Alerts").await?;
+    let product = api.create_product(&admin, &category, "Alarm clock", 1500, 50).await?;
+    let customer = api.register_customer("alerted").await?;
+    support::wait_for("a first scrape of the payment service", Duration::from_secs(60), || async {
+        let query = format!("{}/api/v1/query?query=up%7Bjob%3D%22payment%22%7D", prometheus.url);
+        let body: serde_json::Value = http.get(query).send().await?.json().await?;
+        Ok((body["data"]["result"][0]["value"][1] == "1").then_some(()))
+    })
+    .await?;
+    ensure!(prometheus.alert_state(&http, alert).await?.is_none(), "the alert is active on a healthy shop");
+
+    // The provider goes away; orders come; the breaker opens.
+    let switched = http.post(format!("http://{payment_admin}/mock-provider/unavailable")).send().await?;
+    ensure!(switched.status().is_success(), "switching the mock off: {}", switched.status());
+    for _ in 0..4 {
+        api.order(&customer, &[(product.as_str(), 1)], "tok_visa").await?;
+    }
+    let (_, opened) = support::wait_for("the breaker to open", Duration::from_secs(120), || async {
+        let text = http.get(format!("http://{payment_admin}/metrics")).send().await?.text().await?;
+        Ok(text.lines().any(|line| line == "commerce_payment_provider_circuit_open 1").then_some(()))
+    })
+    .await?;
+    let open_since = Instant::now();
+    println!("the breaker opened {opened:?} after the provider went away");
+    // `for: 2m`: pending first, firing two minutes later.
+    support::wait_for("the alert to be pending", Duration::from_secs(30), || async {
+        Ok(prometheus.alert_state(&http, alert).await?.filter(|state| state == "pending"))
+    })
+    .await?;
+    support::wait_for("the alert to fire", Duration::from_secs(240), || async {
+        Ok(prometheus.alert_state(&http, alert).await?.filter(|state| state == "firing"))
+    })
+    .await
+    .with_context(|| prometheus.process.log_tail(20))?;
+    println!(
+        "FIGURE alert end to end: {alert} fired {:.1} s after the breaker opened (for: 2m, scrape and evaluation every 1 s)",
+        open_since.elapsed().as_secs_f64()
+    );
+
+    // The provider returns: the charges go through and the alert resolves.
+    let switched = http.post(format!("http://{payment_admin}/mock-provider/available")).send().await?;
+    ensure!(switched.status().is_success(), "switching the mock on: {}", switched.status());
+    support::wait_for("the alert to resolve", Duration::from_secs(120), || async {
+        Ok(prometheus.alert_state(&http, alert).await?.is_none().then_some(()))
+    })
+    .await?;
+    drop(prometheus);
+    shop.stop()
 }
