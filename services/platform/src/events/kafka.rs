@@ -266,9 +266,9 @@ impl TopicNames {
     }
 }
 
-/// Client context of every Kafka client here: librdkafka's log lines and
-/// global errors go to `tracing` (so they are JSON lines with the rest), and
-/// a consumer's partition assignments are logged.
+/// Client context of the producers and admin clients: librdkafka's log
+/// lines and global errors go to `tracing` (so they are JSON lines with the
+/// rest). Consumers use [`LagContext`], which logs the same way.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingContext;
 
@@ -291,12 +291,6 @@ impl ClientContext for TracingContext {
         // Transient (a broker went away, librdkafka reconnects by itself);
         // readiness reports the lasting cases.
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
-    }
-}
-
-impl ConsumerContext for TracingContext {
-    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        log_rebalance(rebalance);
     }
 }
 
