@@ -51,17 +51,24 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let output = match cli.command {
         Command::Run { args, log } => {
-            // On standard error: standard output is for `render` and `crd`.
-            telemetry::init_to(&log, "commerce-operator", telemetry::LogStream::Stderr)
-                .context("setting up logging")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             return runtime.block_on(async {
-                let config =
-                    kube::Config::infer().await.context("reading the Kubernetes client configuration")?;
-                let metrics = std::sync::Arc::new(commerce_operator::metrics::Metrics::default());
-                let client = commerce_operator::run::counting_client(config, metrics.clone())
-                    .context("connecting to the Kubernetes API")?;
-                commerce_operator::run::run(client, args, metrics).await.context("running the controller")
+                // On standard error: standard output is for `render` and
+                // `crd`. Inside the runtime: the trace exporter lives there.
+                telemetry::init_to(&log, "commerce-operator", telemetry::LogStream::Stderr)
+                    .context("setting up logging")?;
+                let ran = async {
+                    let config =
+                        kube::Config::infer().await.context("reading the Kubernetes client configuration")?;
+                    let metrics = std::sync::Arc::new(commerce_operator::metrics::Metrics::default());
+                    let client = commerce_operator::run::counting_client(config, metrics.clone())
+                        .context("connecting to the Kubernetes API")?;
+                    commerce_operator::run::run(client, args, metrics).await.context("running the controller")
+                }
+                .await;
+                // The last spans are exported before the process exits.
+                telemetry::flush();
+                ran
             });
         }
         Command::Crd => commerce_operator::crd::crds_yaml()?,

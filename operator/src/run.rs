@@ -218,7 +218,62 @@ pub fn counting_client(config: kube::Config, metrics: Arc<Metrics>) -> Result<Cl
         metrics.observe_request(request.method().as_str());
         request
     });
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .with_layer(&RequestSpanLayer)
+        .build())
+}
+
+/// Makes each API request but a watch a `kube_request` span: a child of
+/// the reconcile it is made in, so that a reconcile's trace shows its reads
+/// and writes. Watches last minutes and belong to no reconcile.
+#[derive(Debug, Clone, Copy)]
+struct RequestSpanLayer;
+
+impl<S> tower::Layer<S> for RequestSpanLayer {
+    type Service = RequestSpan<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestSpan { inner }
+    }
+}
+
+/// The service [`RequestSpanLayer`] builds.
+#[derive(Debug, Clone)]
+struct RequestSpan<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RequestSpan<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use tracing::Instrument as _;
+        let watch =
+            request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair == "watch=true"));
+        let span = if watch {
+            tracing::Span::none()
+        } else {
+            let span =
+                tracing::info_span!("kube_request", otel.name = %request.method(), otel.kind = "client");
+            commerce_platform::trace_context::set_attribute(
+                &span,
+                opentelemetry::KeyValue::new("url.path", request.uri().path().to_owned()),
+            );
+            span
+        };
+        let future = self.inner.call(request);
+        future.instrument(span)
+    }
 }
 
 /// Runs the controller until SIGTERM/SIGINT or the loss of the Lease;

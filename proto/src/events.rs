@@ -68,6 +68,11 @@ macro_rules! event_payloads {
         /// `ce_type` and for tests that check nothing was left out.
         pub const EVENT_TYPES: &[&str] = &[$($(<v1::$event as EventPayload>::TYPE),+),+];
 
+        /// `(TYPE, KEY_FIELD)` of every event, for telemetry that names the
+        /// order an event is about.
+        pub const EVENT_KEY_FIELDS: &[(&str, &str)] =
+            &[$($((<v1::$event as EventPayload>::TYPE, <v1::$event as EventPayload>::KEY_FIELD)),+),+];
+
         /// `(TYPE, TOPIC)` of every event, for routing and for the check that
         /// each event's topic is the one its proto file names.
         pub const EVENT_TOPICS: &[(&str, Topic)] =

@@ -146,9 +146,25 @@ pub fn error_policy(guard: Arc<DeserializeGuard<CommerceStack>>, error: &Error, 
 }
 
 /// One reconcile of a stack, timed and counted.
+///
+/// It is a `reconcile` span (a trace of its own, exported as the services'
+/// are), whose children are the API requests it makes.
 pub async fn reconcile_stack(stack: &CommerceStack, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = pipeline(stack, ctx).await;
+    let span = tracing::info_span!(
+        "reconcile",
+        otel.name = "reconcile CommerceStack",
+        namespace = stack.namespace().unwrap_or_default(),
+        stack = stack.name_any(),
+        generation = stack.metadata.generation,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    commerce_platform::trace_context::start(&span, None);
+    let result = tracing::Instrument::instrument(pipeline(stack, ctx), span.clone()).await;
+    if let Err(error) = &result {
+        commerce_platform::trace_context::set_error(&span, error_chain(error));
+    }
     let error_kind = result.as_ref().err().map(Error::metric_kind);
     ctx.metrics.observe("CommerceStack", started.elapsed(), error_kind);
     if result.is_ok() {

@@ -79,13 +79,18 @@ async fn load(args: commerce_load::LoadArgs) -> anyhow::Result<()> {
 
 /// `commerce serve all`: prepares databases and topics, then serves.
 async fn serve_all(all: ServeAll) -> anyhow::Result<()> {
-    telemetry::init(&all.log, "all")?;
     // Catalog order, each once: a service listed twice would fail to bind.
     let services: Vec<Service> = if all.services.is_empty() {
         services::built_in()
     } else {
         Service::ALL.into_iter().filter(|service| all.services.contains(service)).collect()
     };
+    // The service its spans are exported as: the one served, or the shop.
+    let name = match services.as_slice() {
+        [one] => one.name(),
+        _ => "commerce",
+    };
+    telemetry::init(&all.log, name)?;
     let wiring = LocalWiring::new(&all.infra, &all.log)?;
     let configs = services
         .iter()

@@ -11,8 +11,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use commerce_platform::admin::Metrics;
-use commerce_platform::telemetry;
-use commerce_platform::trace_context::{self, TraceContext};
+use commerce_platform::trace_context;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,9 +26,10 @@ use crate::problem::Problem;
 use crate::request_id::REQUEST_ID;
 use crate::state::AppState;
 
-/// Runs the request inside its trace (incoming `traceparent`, or a new root;
-/// gRPC calls made while handling it carry a child) and a span with the
-/// request id, and writes one access-log event when it completes.
+/// Runs the request in an `http_request` span, a child of the caller's
+/// (`traceparent`, or a new trace; gRPC calls made while handling it are its
+/// children) with the request id and trace ids, and writes one access-log
+/// event when it completes.
 ///
 /// The span gets the caller's user id at creation when the verifier
 /// remembers the bearer token (the outcome is then recorded for
@@ -46,26 +46,35 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let (context, parent) = TraceContext::serving(telemetry::received(request.headers()));
+    let parent = trace_context::extract_http(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route template, not the path: a span name must not carry ids.
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
     let span = tracing::info_span!(
         "http_request",
+        otel.name = route.map_or_else(|| method.to_string(), |route| format!("{method} {route}")),
+        otel.kind = "server",
         request_id = %request_id,
-        trace_id = %context.trace_id_hex(),
-        span_id = %context.span_id_hex(),
-        parent_span_id = %telemetry::parent_hex(parent),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = %trace_context::parent_hex(parent.as_ref()),
         user_id = remembered.as_ref().map(|caller| caller.user_id.as_str()),
     );
+    trace_context::start(&span, parent.as_ref());
     if let Some(caller) = remembered {
         request.extensions_mut().insert(Arc::new(Authentication::Verified(caller)));
     }
-    let response = REQUEST_ID
-        .scope(request_id, trace_context::scope(context, next.run(request)))
-        .instrument(span.clone())
-        .await;
+    let response = REQUEST_ID.scope(request_id, next.run(request)).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    trace_context::set_attribute(
+        &span,
+        opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+    );
+    if response.status().is_server_error() {
+        trace_context::set_error(&span, format!("answered {status}"));
+    }
     span.in_scope(|| {
         tracing::info!(target: "commerce_gateway::access", %method, %path, status, latency_ms, "request completed");
     });
@@ -132,6 +141,7 @@ pub fn cors(origins: &[String], extra_headers: &[String], max_age: Duration) -> 
         header::HeaderName::from_static("idempotency-key"),
         header::HeaderName::from_static("x-request-id"),
         header::HeaderName::from_static("traceparent"),
+        header::HeaderName::from_static("tracestate"),
     ];
     for name in extra_headers.iter().filter_map(|name| header::HeaderName::from_bytes(name.as_bytes()).ok()) {
         if !headers.contains(&name) {

@@ -39,8 +39,8 @@ impl InventoryGrpc {
         self
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
-        self.pool.begin().await.map_err(Error::BeginTransaction)
+    async fn begin(&self, name: &'static str) -> Result<commerce_platform::db::Transaction, Error> {
+        commerce_platform::db::begin(&self.pool, name).await.map_err(Error::BeginTransaction)
     }
 }
 
@@ -145,7 +145,8 @@ impl InventoryService for InventoryGrpc {
             })
             .transpose()?;
         let ttl = domain::reservation_ttl(requested_ttl, self.settings.default_ttl, self.settings.max_ttl);
-        let mut tx = self.begin().await?;
+        commerce_platform::telemetry::record_order_id(&request.order_id);
+        let mut tx = self.begin("reserve stock").await?;
         let outcome = store::reserve(
             &mut tx,
             ReserveRequest {
@@ -234,7 +235,7 @@ impl InventoryService for InventoryGrpc {
 
 impl InventoryGrpc {
     async fn move_reservation(&self, id: Uuid, transition: Transition) -> Result<Reservation, Error> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin("move reservation").await?;
         let outcome = store::transition(&mut tx, ReservationKey::Id(id), transition)
             .await?
             .ok_or_else(|| Error::ReservationNotFound { reservation: id.to_string() })?;
@@ -243,7 +244,7 @@ impl InventoryGrpc {
     }
 
     async fn adjust(&self, product_id: &str, adjustment: Adjustment, note: &str) -> Result<StockRow, Error> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin("adjust stock").await?;
         let row = store::adjust_stock(&mut tx, product_id, adjustment, note).await?;
         tx.commit().await.map_err(Error::CommitTransaction)?;
         Ok(row)

@@ -141,7 +141,8 @@ impl OrderGrpc {
             created_at: now,
             updated_at: now,
         };
-        let mut tx = self.pool.begin().await.map_err(Error::InsertOrder)?;
+        let mut tx =
+            commerce_platform::db::begin(&self.pool, "place order").await.map_err(Error::InsertOrder)?;
         if !store::insert_order(&mut tx, &order).await? {
             // A concurrent twin of this request won the race.
             drop(tx);
@@ -164,7 +165,8 @@ impl OrderGrpc {
 
     async fn cancel(&self, request: pb::CancelOrderRequest) -> Result<Order, Error> {
         let id = parse_id(&request.id)?;
-        let mut tx = self.pool.begin().await.map_err(Error::UpdateOrder)?;
+        let mut tx =
+            commerce_platform::db::begin(&self.pool, "cancel order").await.map_err(Error::UpdateOrder)?;
         let order = store::lock(&mut tx, id).await?.ok_or(Error::OrderNotFound { id })?;
         if !request.user_id.is_empty() && request.user_id != order.user_id {
             return Err(Error::OrderNotFound { id });
@@ -282,6 +284,7 @@ impl OrderService for OrderGrpc {
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
         let order = self.place(request.into_inner()).await?;
+        commerce_platform::telemetry::record_order_id(&order.id);
         Ok(Response::new(pb::PlaceOrderResponse { order: Some(order_to_proto(&order)) }))
     }
 
@@ -290,6 +293,7 @@ impl OrderService for OrderGrpc {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let id = parse_id(&request.into_inner().id)?;
+        commerce_platform::telemetry::record_order_id(&id);
         let order = store::get(&self.pool, id).await?.ok_or(Error::OrderNotFound { id })?;
         Ok(Response::new(pb::GetOrderResponse { order: Some(order_to_proto(&order)) }))
     }
@@ -319,6 +323,7 @@ impl OrderService for OrderGrpc {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let order = self.cancel(request.into_inner()).await?;
+        commerce_platform::telemetry::record_order_id(&order.id);
         Ok(Response::new(pb::CancelOrderResponse { order: Some(order_to_proto(&order)) }))
     }
 }

@@ -94,7 +94,9 @@ impl PaymentGrpc {
         if request.payment_method_token.is_empty() {
             return Err(invalid("payment_method_token", "is empty"));
         }
-        let mut tx = self.pool.begin().await.map_err(Error::UpdatePayment)?;
+        commerce_platform::telemetry::record_order_id(&request.order_id);
+        let mut tx =
+            commerce_platform::db::begin(&self.pool, "update payment").await.map_err(Error::UpdatePayment)?;
         store::record_intent(
             &mut tx,
             &request.order_id,
@@ -108,7 +110,8 @@ impl PaymentGrpc {
         store::record_stock_reserved(&mut tx, &request.order_id).await?;
         tx.commit().await.map_err(Error::UpdatePayment)?;
 
-        let mut tx = self.pool.begin().await.map_err(Error::UpdatePayment)?;
+        let mut tx =
+            commerce_platform::db::begin(&self.pool, "update payment").await.map_err(Error::UpdatePayment)?;
         let payment =
             store::lock_by_order(&mut tx, &request.order_id).await?.ok_or(Error::PaymentNotFound)?;
         let attempt = self.worker.charge_locked(&mut tx, &payment).await?;
@@ -125,7 +128,8 @@ impl PaymentGrpc {
         if request.idempotency_key.is_empty() {
             return Err(invalid("idempotency_key", "is empty"));
         }
-        let mut tx = self.pool.begin().await.map_err(Error::UpdateRefund)?;
+        let mut tx =
+            commerce_platform::db::begin(&self.pool, "refund payment").await.map_err(Error::UpdateRefund)?;
         let payment = store::lock_by_id(&mut tx, payment_id).await?.ok_or(Error::PaymentNotFound)?;
         let refund = match store::find_refund_by_key(&mut tx, payment_id, &request.idempotency_key).await? {
             Some(existing) => existing,
@@ -146,7 +150,8 @@ impl PaymentGrpc {
         };
         tx.commit().await.map_err(Error::UpdateRefund)?;
 
-        let mut tx = self.pool.begin().await.map_err(Error::UpdateRefund)?;
+        let mut tx =
+            commerce_platform::db::begin(&self.pool, "refund payment").await.map_err(Error::UpdateRefund)?;
         let refund = store::lock_refund(&mut tx, refund.id).await?.ok_or(Error::RefundNotFound)?;
         let made = self.worker.refund_locked(&mut tx, &refund).await?;
         tx.commit().await.map_err(Error::UpdateRefund)?;

@@ -3,6 +3,7 @@
 //! state changes and their outbox rows commit together.
 
 use chrono::{DateTime, Utc};
+use commerce_platform::trace_context::{self, SpanContext};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -46,6 +47,9 @@ pub struct Payment {
     pub void_pending: bool,
     /// What the void found (`nothing_charged`, `reversed`); empty before.
     pub void_outcome: String,
+    /// The span that made the payment chargeable, which the charge
+    /// continues (`None` for payments stored before traces were kept).
+    pub trace: Option<SpanContext>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -68,12 +72,14 @@ struct PaymentRow {
     refunded_units: i64,
     void_pending: bool,
     void_outcome: String,
+    traceparent: String,
+    tracestate: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 const PAYMENT_COLUMNS: &str = "id, order_id, user_id, currency, amount_units, payment_method_token, intent_received, \
-     stock_reserved, status, attempts, provider, provider_reference, failure_reason, refunded_units, void_pending, void_outcome, created_at, updated_at";
+     stock_reserved, status, attempts, provider, provider_reference, failure_reason, refunded_units, void_pending, void_outcome, traceparent, tracestate, created_at, updated_at";
 
 impl TryFrom<PaymentRow> for Payment {
     type Error = Error;
@@ -100,6 +106,7 @@ impl TryFrom<PaymentRow> for Payment {
             refunded: row.refunded_units,
             void_pending: row.void_pending,
             void_outcome: row.void_outcome,
+            trace: trace_context::parse(&row.traceparent, Some(&row.tracestate)),
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -135,12 +142,14 @@ pub async fn record_intent(
     amount: i64,
     token: &str,
 ) -> Result<(), Error> {
-    let chargeable: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO payments (id, order_id, user_id, currency, amount_units, payment_method_token, intent_received) \
-         VALUES ($1, $2, $3, $4, $5, $6, TRUE) \
+    let chargeable = sqlx::query_scalar(
+        "INSERT INTO payments (id, order_id, user_id, currency, amount_units, payment_method_token, intent_received, \
+         traceparent, tracestate) \
+         VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8) \
          ON CONFLICT (order_id) DO UPDATE SET user_id = EXCLUDED.user_id, currency = EXCLUDED.currency, \
          amount_units = EXCLUDED.amount_units, payment_method_token = EXCLUDED.payment_method_token, \
-         intent_received = TRUE, next_attempt_at = now(), updated_at = now() \
+         intent_received = TRUE, next_attempt_at = now(), updated_at = now(), \
+         traceparent = EXCLUDED.traceparent, tracestate = EXCLUDED.tracestate \
          WHERE NOT payments.intent_received \
          RETURNING status = 'PENDING' AND intent_received AND stock_reserved",
     )
@@ -149,10 +158,14 @@ pub async fn record_intent(
     .bind(user_id)
     .bind(currency)
     .bind(amount)
-    .bind(token)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(Error::UpdatePayment)?;
+    .bind(token);
+    let (traceparent, tracestate) = current_trace();
+    let chargeable: Option<bool> = chargeable
+        .bind(traceparent)
+        .bind(tracestate)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::UpdatePayment)?;
     wake_if_chargeable(conn, chargeable).await
 }
 
@@ -160,17 +173,35 @@ pub async fn record_intent(
 /// workers on commit if the payment became chargeable.
 pub async fn record_stock_reserved(conn: &mut PgConnection, order_id: &str) -> Result<(), Error> {
     let chargeable: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO payments (id, order_id, stock_reserved) VALUES ($1, $2, TRUE) \
-         ON CONFLICT (order_id) DO UPDATE SET stock_reserved = TRUE, next_attempt_at = now(), updated_at = now() \
+        "INSERT INTO payments (id, order_id, stock_reserved, traceparent, tracestate) VALUES ($1, $2, TRUE, $3, $4) \
+         ON CONFLICT (order_id) DO UPDATE SET stock_reserved = TRUE, next_attempt_at = now(), updated_at = now(), \
+         traceparent = EXCLUDED.traceparent, tracestate = EXCLUDED.tracestate \
          WHERE NOT payments.stock_reserved \
          RETURNING status = 'PENDING' AND intent_received AND stock_reserved",
     )
     .bind(Uuid::now_v7())
     .bind(order_id)
+    .bind(current_trace().0)
+    .bind(current_trace().1)
     .fetch_optional(&mut *conn)
     .await
     .map_err(Error::UpdatePayment)?;
     wake_if_chargeable(conn, chargeable).await
+}
+
+/// The current span's `traceparent` and `tracestate` (empty strings
+/// outside a span), stored by the write that may make a payment chargeable:
+/// the last of the two halves to arrive is the one the charge continues.
+fn current_trace() -> (String, String) {
+    let mut traceparent = String::new();
+    let mut tracestate = String::new();
+    for (name, value) in trace_context::current().as_ref().map(trace_context::headers).unwrap_or_default() {
+        match name {
+            trace_context::TRACEPARENT => traceparent = value,
+            _ => tracestate = value,
+        }
+    }
+    (traceparent, tracestate)
 }
 
 /// Notifies the workers (on commit) if the row just written by

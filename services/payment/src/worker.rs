@@ -25,6 +25,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use commerce_platform::admin::Metrics;
 use commerce_platform::events::enqueue;
@@ -221,12 +222,24 @@ impl Worker {
 
     /// Attempts the next due charge; true if there was one.
     pub async fn charge_next(&self) -> Result<bool, Error> {
+        // A plain transaction: a round that finds nothing is no trace.
         let mut tx = self.pool.begin().await.map_err(Error::UpdatePayment)?;
         let Some(payment) = store::lock_due_charge(&mut tx).await? else {
             return Ok(false);
         };
-        let attempt = self.charge_locked(&mut tx, &payment).await?;
-        tx.commit().await.map_err(Error::UpdatePayment)?;
+        // The charge continues the trace of the event that made the payment
+        // chargeable, so the PaymentCaptured or PaymentFailed it publishes
+        // joins the order's trace.
+        let span = tracing::info_span!(
+            "payment_charge",
+            otel.name = "charge payment",
+            order_id = %payment.order_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        commerce_platform::trace_context::start(&span, payment.trace.as_ref());
+        let attempt = self.charge_locked(&mut tx, &payment).instrument(span.clone()).await?;
+        tx.commit().instrument(span).await.map_err(Error::UpdatePayment)?;
         tracing::info!(order_id = %payment.order_id, ?attempt, "charge attempted");
         Ok(true)
     }

@@ -149,6 +149,77 @@ pub enum DatabaseError {
     MigrateServiceTables(#[source] MigrateError),
 }
 
+/// A database transaction that is also a `db_transaction` span: a child
+/// of the span it began in (a served request's, an event's), named after
+/// the work, ending when the transaction commits, rolls back or is dropped
+/// (which rolls it back). The span is never entered, so log lines keep the
+/// request's or event's trace fields.
+///
+/// Derefs to the connection, as sqlx's transaction does: `&mut *tx` is an
+/// executor.
+pub struct Transaction {
+    inner: sqlx::Transaction<'static, sqlx::Postgres>,
+    span: tracing::Span,
+}
+
+/// Begins a transaction on `pool` for the work called `name` ("place
+/// order"), as a [`Transaction`] span.
+pub async fn begin(pool: &PgPool, name: &'static str) -> Result<Transaction, sqlx::Error> {
+    let span = tracing::info_span!("db_transaction", otel.name = name, otel.kind = "client",);
+    crate::trace_context::set_attribute(&span, opentelemetry::KeyValue::new("db.system.name", "postgresql"));
+    let inner = tracing::Instrument::instrument(pool.begin(), span.clone()).await;
+    match inner {
+        Ok(inner) => Ok(Transaction { inner, span }),
+        Err(error) => {
+            crate::trace_context::set_error(&span, error.to_string());
+            Err(error)
+        }
+    }
+}
+
+impl Transaction {
+    /// Commits, ending the span (marked as an error if the commit fails).
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        let Transaction { inner, span } = self;
+        let committed = tracing::Instrument::instrument(inner.commit(), span.clone()).await;
+        if let Err(error) = &committed {
+            crate::trace_context::set_error(&span, error.to_string());
+        }
+        committed
+    }
+
+    /// Rolls back, ending the span.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        let Transaction { inner, span } = self;
+        tracing::Instrument::instrument(inner.rollback(), span).await
+    }
+
+    /// The sqlx transaction, for code that takes one.
+    pub fn as_sqlx(&mut self) -> &mut sqlx::Transaction<'static, sqlx::Postgres> {
+        &mut self.inner
+    }
+}
+
+impl std::ops::Deref for Transaction {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Transaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.inner
+    }
+}
+
+impl fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction").finish_non_exhaustive()
+    }
+}
+
 /// The database's clock: `now()`, the start of the current transaction
 /// (or of this statement outside one).
 ///

@@ -532,8 +532,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        // Here, in the caller's task, where the trace scope is.
-        crate::telemetry::inject(request.headers_mut());
+        // Here, in the caller's task, inside the caller's span: the call is a
+        // span of its own, a child of it, across all its attempts.
+        let span = crate::telemetry::client_span(request.uri().path());
+        span.in_scope(|| crate::trace_context::inject_http(request.headers_mut()));
         let idempotent = request.extensions().get::<Idempotent>().is_some()
             || self.policy.idempotent_methods.contains(request.uri().path());
         let budget =
@@ -546,7 +548,7 @@ where
             budget,
             deadline: Instant::now() + budget,
         };
-        Box::pin(call.run(request))
+        Box::pin(tracing::Instrument::instrument(call.run(request), span))
     }
 }
 

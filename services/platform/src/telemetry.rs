@@ -1,24 +1,33 @@
-//! Telemetry: structured logs, and W3C trace context carried across gRPC.
+//! Telemetry: structured logs, and traces with W3C trace context carried
+//! across HTTP, gRPC and Kafka.
 //!
 //! Every service logs JSON lines (one object per event, with the current
 //! span's fields) so that a log collector can index them without parsing
 //! text; `--log-format text` is for a developer's terminal.
 //!
-//! Tracing across services is deliberately small: no exporter, just the
-//! `traceparent` header. [`ServerTraceLayer`] makes each incoming gRPC request
-//! a span of its own (a child of the caller's) and runs it in
-//! [`trace_context::scope`] and a `tracing` span carrying `trace_id`,
-//! `span_id` and `parent_span_id`, so every log line of the request shows
-//! the trace and the span it belongs to;
-//! [`ClientTraceLayer`] (also built into
-//! [`ResilientChannel`](crate::resilience::ResilientChannel)) sends
-//! [`trace_context::outgoing`] with every call, so the next service's logs
-//! carry the same trace id. One checkout can then be followed through every
-//! service by grepping for one id.
+//! Traces are OpenTelemetry's: [`init`] installs the `tracing-opentelemetry`
+//! layer beside the log layer, so the `tracing` spans at `info` and above
+//! are OpenTelemetry spans, and exports them over OTLP/gRPC when the
+//! standard variables ask for it ([`TraceExport`]: an endpoint in
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`;
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_BSP_*` and the exporter's own variables are read by the
+//! OpenTelemetry SDK). Without an endpoint nothing is exported, but the
+//! trace still travels and every log line still names it.
 //!
-//! The scope is a tokio task-local: work a handler moves to `tokio::spawn`
-//! must take the context along (`trace_context::scope(current, fut)`), and
-//! the frames of a server-streaming response body are produced outside it.
+//! The spans: the gateway's `http_request`; [`ServerTraceLayer`]'s
+//! `grpc_request`, a child of the caller's; [`ClientTraceLayer`]'s
+//! `grpc_client` (also built into
+//! [`ResilientChannel`](crate::resilience::ResilientChannel)), which sends
+//! its context in `traceparent`/`tracestate`; the outbox relay's
+//! `outbox_publish`, a child of the span that enqueued the event, whose
+//! context the Kafka record carries; the consumer's `event`, a child of it;
+//! and `db_transaction` ([`crate::db::begin`]). The spans that start a
+//! service's work record `trace_id` and `span_id` as fields
+//! ([`trace_context::start`]), so every log line of a request or an event
+//! shows the trace and the span it belongs to. One checkout can then be
+//! followed through every service in a trace backend, or by grepping the
+//! logs for one id.
 //!
 //! Log lines bound for a standard output that is not a terminal (a file, a
 //! pipe, a container log) are buffered and written out by a thread of their
@@ -30,20 +39,20 @@
 //! calls it before it exits), and a process killed outright loses at most
 //! that interval's lines. On a terminal lines are written at once.
 
-use std::future::Future;
 use std::io::Write as _;
-use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::HeaderValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tower::{Layer, Service};
 use tracing::Instrument;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::trace_context::{self, TRACEPARENT, TraceContext};
+use crate::trace_context;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -86,6 +95,119 @@ pub enum TelemetryError {
         #[source]
         source: tracing_subscriber::filter::ParseError,
     },
+    /// The `OTEL_*` variables ask for an export this build cannot do.
+    #[error("{variable}={value:?} is not supported: {supported}")]
+    UnsupportedExport { variable: &'static str, value: String, supported: &'static str },
+    /// The OTLP exporter cannot be built from the `OTEL_EXPORTER_OTLP_*`
+    /// variables (a malformed endpoint, say).
+    #[error("cannot build the OTLP trace exporter")]
+    BuildExporter(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// Whether and where spans are exported, from the standard OpenTelemetry
+/// variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceExport {
+    /// No endpoint is set, `OTEL_TRACES_EXPORTER=none` or
+    /// `OTEL_SDK_DISABLED=true`: spans are made (their ids travel and are
+    /// logged) but not exported.
+    Off,
+    /// OTLP over gRPC to this endpoint.
+    Otlp { endpoint: String },
+}
+
+impl TraceExport {
+    /// Reads the variables through `var` (the process environment in
+    /// [`init`]). Only OTLP over gRPC is built in: asking for another
+    /// exporter or protocol is an error rather than silence.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
+        let set =
+            |name: &str| var(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+        if set("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+            return Ok(Self::Off);
+        }
+        match set("OTEL_TRACES_EXPORTER").as_deref() {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(Self::Off),
+            Some(other) => {
+                return Err(TelemetryError::UnsupportedExport {
+                    variable: "OTEL_TRACES_EXPORTER",
+                    value: other.to_owned(),
+                    supported: "otlp or none",
+                });
+            }
+        }
+        for variable in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(protocol) = set(variable) {
+                if protocol != "grpc" {
+                    return Err(TelemetryError::UnsupportedExport {
+                        variable,
+                        value: protocol,
+                        supported: "grpc (OTLP over gRPC)",
+                    });
+                }
+                break;
+            }
+        }
+        let variable = if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        } else {
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        };
+        Ok(match set(variable) {
+            // A collector is reached in plain text inside the cluster (or a
+            // sidecar); TLS to it is not built in, and failing every export
+            // quietly would be worse than refusing to start.
+            Some(endpoint) if !endpoint.starts_with("http://") => {
+                return Err(TelemetryError::UnsupportedExport {
+                    variable,
+                    value: endpoint,
+                    supported: "an http:// endpoint (OTLP over gRPC without TLS)",
+                });
+            }
+            Some(endpoint) => Self::Otlp { endpoint },
+            None => Self::Off,
+        })
+    }
+}
+
+/// The process's tracer provider, once [`init`] made it; [`flush`] shuts it
+/// down, exporting what is queued.
+static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The tracer of this process's spans: exporting over OTLP when `export`
+/// says so (the exporter reads the rest of its `OTEL_EXPORTER_OTLP_*`
+/// variables itself), named `service_name` unless `OTEL_SERVICE_NAME` or
+/// `OTEL_RESOURCE_ATTRIBUTES` name it.
+///
+/// Must run inside a Tokio runtime: the gRPC exporter's channel lives there.
+fn tracer(
+    export: &TraceExport,
+    service_name: &str,
+) -> Result<(SdkTracerProvider, SdkTracer), TelemetryError> {
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    let named_by_environment = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|attributes| attributes.contains("service.name="));
+    if !named_by_environment {
+        resource = resource.with_service_name(service_name.to_owned());
+    }
+    let resource = resource
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    if let TraceExport::Otlp { .. } = export {
+        use opentelemetry_otlp::WithExportConfig as _;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+            .build()
+            .map_err(TelemetryError::BuildExporter)?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("commerce");
+    Ok((provider, tracer))
 }
 
 /// Where log lines go.
@@ -121,22 +243,39 @@ pub fn init(args: &LogArgs, service_name: &str) -> Result<(), TelemetryError> {
 /// [`init`], writing to `stream`. Text lines carry ANSI colours only when
 /// `stream` is a terminal (and `NO_COLOR` is unset): redirected to a file, a
 /// pipe or a container log they are plain text.
+///
+/// Spans are exported as [`TraceExport::from_vars`] reads the environment;
+/// call it inside a Tokio runtime.
 pub fn init_to(args: &LogArgs, service_name: &str, stream: LogStream) -> Result<(), TelemetryError> {
+    EnvFilter::try_new(&args.filter)
+        .map_err(|source| TelemetryError::ParseFilter { filter: args.filter.clone(), source })?;
+    if tracing::dispatcher::has_been_set() {
+        tracing::debug!(service = service_name, "a log subscriber is already installed; keeping it");
+        return Ok(());
+    }
+    let export = TraceExport::from_vars(|name| std::env::var(name).ok())?;
+    let (provider, tracer) = tracer(&export, service_name)?;
     let terminal = stream.is_terminal();
     let ansi = terminal && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let installed = match stream {
-        LogStream::Stdout if !terminal => subscriber(args, BufferedStdout(stdout_buffer()), ansi)?.try_init(),
-        LogStream::Stdout => subscriber(args, std::io::stdout, ansi)?.try_init(),
-        LogStream::Stderr => subscriber(args, std::io::stderr, ansi)?.try_init(),
+        LogStream::Stdout if !terminal => {
+            subscriber(args, BufferedStdout(stdout_buffer()), ansi, tracer)?.try_init()
+        }
+        LogStream::Stdout => subscriber(args, std::io::stdout, ansi, tracer)?.try_init(),
+        LogStream::Stderr => subscriber(args, std::io::stderr, ansi, tracer)?.try_init(),
     };
     match installed {
-        Ok(()) => tracing::info!(
-            service = service_name,
-            version = env!("CARGO_PKG_VERSION"),
-            format = ?args.format,
-            filter = %args.filter,
-            "logging initialised"
-        ),
+        Ok(()) => {
+            let _ = TRACER_PROVIDER.set(provider);
+            tracing::info!(
+                service = service_name,
+                version = env!("CARGO_PKG_VERSION"),
+                format = ?args.format,
+                filter = %args.filter,
+                traces = ?export,
+                "logging initialised"
+            )
+        }
         Err(_) => {
             tracing::debug!(service = service_name, "a log subscriber is already installed; keeping it")
         }
@@ -212,9 +351,17 @@ fn stdout_buffer() -> Arc<LogBuffer> {
         .clone()
 }
 
-/// Writes the log lines still waiting in the buffer of standard output;
-/// call it before the process exits.
+/// How long [`flush`] waits for the last spans to be exported.
+const TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Exports the spans still queued (waiting up to [`TRACE_EXPORT_TIMEOUT`])
+/// and writes the log lines still waiting in the buffer of standard
+/// output; call it before the process exits, inside its Tokio runtime.
 pub fn flush() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        // A trace backend that is down is no reason to fail the exit.
+        let _ = provider.shutdown_with_timeout(TRACE_EXPORT_TIMEOUT);
+    }
     if let Some(buffer) = STDOUT_BUFFER.get() {
         buffer.flush();
     }
@@ -256,88 +403,90 @@ impl std::io::Write for BufferedLine<'_> {
 }
 
 /// The subscriber [`init_to`] installs, writing to `writer`; `ansi` says
-/// whether text lines may carry colour codes (JSON lines never do).
+/// whether text lines may carry colour codes (JSON lines never do); the
+/// spans at `info` and above (and warnings and errors within them, as span
+/// events) go to `tracer`, whatever `--log-filter` lets through to the log.
 fn subscriber<W>(
     args: &LogArgs,
     writer: W,
     ansi: bool,
+    tracer: SdkTracer,
 ) -> Result<Box<dyn tracing::Subscriber + Send + Sync>, TelemetryError>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(&args.filter)
         .map_err(|source| TelemetryError::ParseFilter { filter: args.filter.clone(), source })?;
-    Ok(match args.format {
-        LogFormat::Json => Box::new(
-            tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .with_ansi(false)
-                .with_target(true)
-                // The current span carries `trace_id` and the gRPC method; the
-                // full span list would repeat them on every line.
-                .with_current_span(true)
-                .with_span_list(false)
-                .flatten_event(true)
-                .finish(),
-        ),
-        LogFormat::Text => Box::new(
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .with_ansi(ansi)
-                .with_target(true)
-                .finish(),
-        ),
-    })
+    let log = match args.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .with_ansi(false)
+            .with_target(true)
+            // The current span carries `trace_id` and the gRPC method; the
+            // full span list would repeat them on every line.
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .with_target(true)
+            .with_filter(filter)
+            .boxed(),
+    };
+    Ok(Box::new(tracing_subscriber::registry().with(log).with(trace_layer(tracer))))
 }
 
-/// The trace an incoming request belongs to: its `traceparent` header, or a
-/// new root when it has none or a malformed one (a bad header must never fail
-/// the request).
-pub fn extract(headers: &http::HeaderMap) -> TraceContext {
-    received(headers).unwrap_or_else(TraceContext::new_root)
+/// The layer that makes `tracing` spans OpenTelemetry spans of `tracer`:
+/// spans at `info` and above, with the warnings and errors inside them as
+/// span events.
+fn trace_layer<S>(tracer: SdkTracer) -> impl tracing_subscriber::Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span> + Send + Sync,
+{
+    tracing_opentelemetry::layer().with_tracer(tracer).with_tracked_inactivity(false).with_filter(
+        tracing_subscriber::filter::filter_fn(|metadata| {
+            let level = *metadata.level();
+            if metadata.is_span() { level <= tracing::Level::INFO } else { level <= tracing::Level::WARN }
+        }),
+    )
 }
 
-/// The valid `traceparent` of `headers`, if any.
-pub fn received(headers: &http::HeaderMap) -> Option<TraceContext> {
-    headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()).and_then(TraceContext::parse)
+/// The layer [`init`] installs, exporting nothing: for a subscriber of the
+/// caller's own (a test's), under which spans are OpenTelemetry spans and
+/// trace context travels as in a service.
+pub fn unexported_trace_layer<S>() -> impl tracing_subscriber::Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span> + Send + Sync,
+{
+    trace_layer(SdkTracerProvider::builder().build().tracer("commerce"))
 }
 
-/// The hex of a parent span id for a log field (empty for a root).
-pub fn parent_hex(parent: Option<[u8; 8]>) -> String {
-    parent.map(hex::encode).unwrap_or_default()
-}
-
-/// Sets `traceparent` to [`trace_context::outgoing`] unless the caller already
-/// set one explicitly.
-pub fn inject(headers: &mut http::HeaderMap) {
-    if headers.contains_key(TRACEPARENT) {
-        return;
-    }
-    // A formatted context is always plain ASCII, so this cannot fail; if it
-    // ever did, sending no header only starts a new trace downstream.
-    if let Ok(value) = HeaderValue::from_str(&trace_context::outgoing().to_string()) {
-        headers.insert(TRACEPARENT, value);
-    }
-}
-
-/// A tonic interceptor that adds `traceparent`, for clients built with
-/// `XClient::with_interceptor(channel, telemetry::traceparent_interceptor)`
-/// rather than over a [`ResilientChannel`](crate::resilience::ResilientChannel).
+/// A tonic interceptor that adds `traceparent` and `tracestate`, for
+/// clients built with `XClient::with_interceptor(channel,
+/// telemetry::traceparent_interceptor)` rather than over a
+/// [`ResilientChannel`](crate::resilience::ResilientChannel).
 pub fn traceparent_interceptor(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    if !request.metadata().contains_key(TRACEPARENT)
-        && let Ok(value) = trace_context::outgoing().to_string().parse()
+    if !request.metadata().contains_key(trace_context::TRACEPARENT)
+        && let Some(span) = trace_context::current()
     {
-        request.metadata_mut().insert(TRACEPARENT, value);
+        for (name, value) in trace_context::headers(&span) {
+            if let Ok(value) = value.parse() {
+                request.metadata_mut().insert(name, value);
+            }
+        }
     }
     Ok(request)
 }
 
-/// Server-side layer: runs each request as a child span of the caller's,
-/// inside its trace's scope and a `grpc_request` span with `trace_id`,
-/// `span_id`, `parent_span_id` and `method`.
+/// Server-side layer: runs each request in a `grpc_request` span, a child
+/// of the caller's (its `traceparent`, or a new trace), named after the
+/// method, with `trace_id`, `span_id`, `parent_span_id` and an empty
+/// `order_id` that order-handling methods record
+/// ([`record_order_id`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerTraceLayer;
 
@@ -363,34 +512,61 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = tracing::instrument::Instrumented<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // This request is a span of its own, a child of the caller's.
-        let (context, parent) = TraceContext::serving(received(request.headers()));
+        let parent = trace_context::extract_http(request.headers());
+        let path = request.uri().path();
         let span = tracing::info_span!(
             "grpc_request",
-            trace_id = %context.trace_id_hex(),
-            span_id = %context.span_id_hex(),
-            parent_span_id = %parent_hex(parent),
-            method = %request.uri().path(),
+            otel.name = path.trim_start_matches('/'),
+            otel.kind = "server",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = %trace_context::parent_hex(parent.as_ref()),
+            order_id = tracing::field::Empty,
         );
+        trace_context::start(&span, parent.as_ref());
+        trace_context::set_attribute(&span, opentelemetry::KeyValue::new("rpc.system", "grpc"));
         // Take the service that was polled ready and leave a clone behind, so
-        // that `call` itself also runs inside the scope (a service may do work
+        // that `call` itself also runs inside the span (a service may do work
         // there, not only in its future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(trace_context::scope(context, async move { inner.call(request).await }.instrument(span)))
+        let future = span.in_scope(|| inner.call(request));
+        future.instrument(span)
     }
 }
 
-/// Client-side layer: adds `traceparent` (a child of the caller's trace) to
-/// every outgoing request. Put it directly around the `Channel`, so that the
-/// header is computed in the calling task, where the trace scope is.
+/// Records `order_id` on the current span (a served gRPC request's, whose
+/// field it is), so that its trace can be found by order.
+pub fn record_order_id(order_id: &impl std::fmt::Display) {
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+}
+
+/// The `grpc_client` span of one outgoing call to `path`, whose context the
+/// request carries onwards.
+pub fn client_span(path: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc_client",
+        otel.name = path.trim_start_matches('/'),
+        otel.kind = "client",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    trace_context::start(&span, None);
+    trace_context::set_attribute(&span, opentelemetry::KeyValue::new("rpc.system", "grpc"));
+    span
+}
+
+/// Client-side layer: each outgoing request is a `grpc_client` span (a
+/// child of the caller's current span) and carries its context in
+/// `traceparent` and `tracestate`. Put it directly around the `Channel`, so
+/// that the span is made in the calling task, inside the caller's span.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientTraceLayer;
 
@@ -414,15 +590,17 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = tracing::instrument::Instrumented<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        inject(request.headers_mut());
-        self.inner.call(request)
+        let span = client_span(request.uri().path());
+        span.in_scope(|| trace_context::inject_http(request.headers_mut()));
+        let future = span.in_scope(|| self.inner.call(request));
+        future.instrument(span)
     }
 }
 
@@ -430,28 +608,96 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_missing_or_malformed_traceparent_starts_a_new_root() {
-        let mut headers = http::HeaderMap::new();
-        let first = extract(&headers);
-        headers.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
-        let second = extract(&headers);
-        assert_ne!(first.trace_id, second.trace_id);
+    /// A tracer that exports nothing, as without an endpoint.
+    fn unexported() -> SdkTracer {
+        SdkTracerProvider::builder().build().tracer("test")
     }
 
-    #[tokio::test]
-    async fn inject_sends_a_child_of_the_scoped_trace_and_keeps_an_explicit_header() {
-        let root = TraceContext::new_root();
-        let mut headers = http::HeaderMap::new();
-        trace_context::scope(root, async { inject(&mut headers) }).await;
-        let sent = extract(&headers);
-        assert_eq!(sent.trace_id, root.trace_id);
-        assert_ne!(sent.span_id, root.span_id);
+    /// A remote caller's span.
+    fn caller() -> opentelemetry::trace::SpanContext {
+        trace_context::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("vendor=7"))
+            .expect("a valid traceparent")
+    }
 
-        let explicit = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        headers.insert(TRACEPARENT, explicit.clone());
-        trace_context::scope(root, async { inject(&mut headers) }).await;
-        assert_eq!(headers.get(TRACEPARENT), Some(&explicit));
+    #[test]
+    fn the_export_is_off_without_an_endpoint_and_refuses_what_it_cannot_do() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+        };
+        assert_eq!(TraceExport::from_vars(vars(&[])).unwrap(), TraceExport::Off);
+        let endpoint = "http://127.0.0.1:4317";
+        assert_eq!(
+            TraceExport::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")]))
+                .unwrap(),
+            TraceExport::Otlp { endpoint: endpoint.to_owned() }
+        );
+        assert_eq!(
+            TraceExport::from_vars(vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://elsewhere:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4317"),
+            ]))
+            .unwrap(),
+            TraceExport::Otlp { endpoint: endpoint.to_owned() },
+            "the traces' own endpoint wins"
+        );
+        for off in [
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"), ("OTEL_SDK_DISABLED", "true")][..],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"), ("OTEL_TRACES_EXPORTER", "none")][..],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")][..],
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] = off;
+            assert_eq!(TraceExport::from_vars(vars(pairs)).unwrap(), TraceExport::Off, "{off:?}");
+        }
+        let refused = TraceExport::from_vars(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/protobuf\" is not supported: grpc (OTLP over gRPC)"
+        );
+        let refused =
+            TraceExport::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317")]))
+                .unwrap_err();
+        assert!(refused.to_string().contains("an http:// endpoint"), "{refused}");
+        let refused = TraceExport::from_vars(vars(&[("OTEL_TRACES_EXPORTER", "zipkin")])).unwrap_err();
+        assert!(refused.to_string().contains("OTEL_TRACES_EXPORTER=\"zipkin\""), "{refused}");
+    }
+
+    #[test]
+    fn a_client_call_is_a_span_of_its_own_that_sends_its_context_and_keeps_an_explicit_header() {
+        let args = LogArgs { format: LogFormat::Json, filter: "off".to_owned() };
+        let subscriber = subscriber(&args, std::io::sink, false, unexported()).unwrap();
+        let sent = tracing::subscriber::with_default(subscriber, || {
+            let served = tracing::info_span!(
+                "served",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty
+            );
+            let started = trace_context::start(&served, Some(&caller())).expect("an OpenTelemetry span");
+            let mut layer =
+                ClientTraceLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
+                    Ok::<_, std::convert::Infallible>(request.headers().clone())
+                }));
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            // The call is made inside the caller's span, as a client's
+            // generated code makes it inside the caller's future.
+            let call = served.in_scope(|| layer.call(http::Request::new(())));
+            let headers = runtime.block_on(call).unwrap();
+            let mut explicit = http::Request::new(());
+            let header = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            explicit.headers_mut().insert(trace_context::TRACEPARENT, header.parse().unwrap());
+            let kept = runtime.block_on(served.in_scope(|| layer.call(explicit))).unwrap();
+            assert_eq!(kept.get(trace_context::TRACEPARENT).unwrap(), header);
+            (started, headers)
+        });
+        let (served, headers) = sent;
+        let child = trace_context::extract_http(&headers).expect("a traceparent was sent");
+        assert_eq!(child.trace_id(), caller().trace_id());
+        assert_ne!(child.span_id(), served.span_id(), "the call is a span of its own");
+        assert_ne!(child.span_id(), caller().span_id());
+        assert_eq!(headers.get(trace_context::TRACESTATE).unwrap(), "vendor=7", "the state travels on");
     }
 
     /// A writer that keeps what is written, as a file or pipe would.
@@ -473,7 +719,7 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let args = LogArgs { format, filter: "info".to_owned() };
-        let subscriber = subscriber(&args, move || writer.clone(), terminal).unwrap();
+        let subscriber = subscriber(&args, move || writer.clone(), terminal, unexported()).unwrap();
         tracing::subscriber::with_default(subscriber, || tracing::warn!(order = 7, "payment declined"));
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
@@ -496,11 +742,13 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let args = LogArgs { format: LogFormat::Json, filter: "info".to_owned() };
-        let subscriber = subscriber(&args, move || writer.clone(), false).unwrap();
-        let caller = TraceContext::new_root();
+        let subscriber = subscriber(&args, move || writer.clone(), false, unexported()).unwrap();
+        let caller = caller();
         let mut request = http::Request::new(());
-        request.headers_mut().insert(TRACEPARENT, caller.to_string().parse().unwrap());
-        // The served work logs, and answers with the context it ran in.
+        for (name, value) in trace_context::headers(&caller) {
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        // The served work logs, and answers with the span it ran in.
         let handler = tower::service_fn(|_request: http::Request<()>| async {
             tracing::info!("reserving stock");
             Ok::<_, std::convert::Infallible>(trace_context::current())
@@ -510,16 +758,17 @@ mod tests {
         let seen = tracing::subscriber::with_default(subscriber, || {
             runtime.block_on(async { service.call(request).await }).unwrap()
         })
-        .expect("the request ran in a trace scope");
-        assert_eq!(seen.trace_id, caller.trace_id);
-        assert_ne!(seen.span_id, caller.span_id, "the request is a span of its own");
+        .expect("the request ran in an OpenTelemetry span");
+        assert_eq!(seen.trace_id(), caller.trace_id());
+        assert_ne!(seen.span_id(), caller.span_id(), "the request is a span of its own");
+        assert_eq!(seen.trace_state().header(), "vendor=7");
 
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["message"], "reserving stock");
-        assert_eq!(line["span"]["trace_id"], caller.trace_id_hex(), "{line}");
-        assert_eq!(line["span"]["span_id"], seen.span_id_hex(), "{line}");
-        assert_eq!(line["span"]["parent_span_id"], caller.span_id_hex(), "{line}");
+        assert_eq!(line["span"]["trace_id"], caller.trace_id().to_string(), "{line}");
+        assert_eq!(line["span"]["span_id"], seen.span_id().to_string(), "{line}");
+        assert_eq!(line["span"]["parent_span_id"], caller.span_id().to_string(), "{line}");
     }
 
     #[test]

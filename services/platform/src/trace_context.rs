@@ -1,139 +1,178 @@
-//! W3C Trace Context (`traceparent`) carried across gRPC calls and Kafka
-//! events, so that one checkout can be followed through every service's logs
-//! by its trace id, even across the asynchronous hops of the saga.
+//! W3C Trace Context (`traceparent` and `tracestate`) carried across HTTP,
+//! gRPC and Kafka, so that one checkout is one trace: through every
+//! service's spans (exported by [`telemetry`](crate::telemetry) when an
+//! OTLP endpoint is set) and every service's log lines, even across the
+//! asynchronous hops of the saga.
+//!
+//! The trace is OpenTelemetry's: each `tracing` span is an OpenTelemetry
+//! span (the `tracing-opentelemetry` layer that
+//! [`telemetry::init`](crate::telemetry::init) installs), and the headers
+//! are read and written by OpenTelemetry's W3C propagator, which keeps a
+//! caller's `tracestate` as well. This module adapts the carriers we have
+//! (HTTP headers, gRPC metadata, CloudEvents header pairs) to it, and starts
+//! the spans that continue a remote caller's trace ([`start`]).
 //!
 //! The format is `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`
 //! (<https://www.w3.org/TR/trace-context/>).
 
-use std::fmt;
+use std::sync::LazyLock;
 
-use rand::Rng;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+/// A span's identity and state: what travels in the headers.
+pub use opentelemetry::trace::SpanContext;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// Header name in gRPC metadata and Kafka record headers.
+/// Header name in HTTP requests, gRPC metadata and Kafka record headers.
 pub const TRACEPARENT: &str = "traceparent";
+/// The vendor-specific part of the context, passed on unchanged.
+pub const TRACESTATE: &str = "tracestate";
 
-tokio::task_local! {
-    /// The trace of the request or event the current task is working for.
-    static CURRENT: TraceContext;
+static PROPAGATOR: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropagator::new);
+
+/// A carrier read through a lookup function (the marker ties the values'
+/// lifetime to the carrier's).
+struct Lookup<'a, F>(F, std::marker::PhantomData<&'a str>);
+
+impl<'a, F: Fn(&str) -> Option<&'a str>> Extractor for Lookup<'a, F> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (self.0)(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, TRACESTATE]
+    }
 }
 
-/// Runs `future` as part of `context`'s trace: gRPC clients and the outbox
-/// called inside it send `context.child()` onwards.
-pub async fn scope<F: std::future::Future>(context: TraceContext, future: F) -> F::Output {
-    CURRENT.scope(context, future).await
+/// The remote span a carrier names: `get` looks a header up by its
+/// (lower-case) name. `None` when `traceparent` is absent or malformed:
+/// callers then start a new trace rather than failing the request or event.
+pub fn extract<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<SpanContext> {
+    let context = PROPAGATOR.extract(&Lookup(get, std::marker::PhantomData));
+    let span = context.span();
+    let remote = span.span_context();
+    remote.is_valid().then(|| remote.clone())
 }
 
-/// The trace the current task works for, if it runs inside [`scope`].
-pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(|context| *context).ok()
+/// [`extract`] from HTTP headers (or gRPC metadata, which travels as them).
+pub fn extract_http(headers: &http::HeaderMap) -> Option<SpanContext> {
+    extract(|name| headers.get(name).and_then(|value| value.to_str().ok()))
 }
 
-/// The context to propagate from here: a child of the current trace, or a
-/// new root when the work did not start from a traced request.
-pub fn outgoing() -> TraceContext {
-    current().map_or_else(TraceContext::new_root, |context| context.child())
+/// Parses a `traceparent` (and a `tracestate`, if any) header value.
+pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    extract(|name| match name {
+        TRACEPARENT => Some(traceparent),
+        TRACESTATE => tracestate,
+        _ => None,
+    })
 }
 
-/// One hop of a distributed trace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TraceContext {
-    pub trace_id: [u8; 16],
-    /// Id of the span that sent this context (the caller's span).
-    pub span_id: [u8; 8],
-    pub sampled: bool,
+/// Collects what the propagator writes.
+struct Pairs(Vec<(&'static str, String)>);
+
+impl Injector for Pairs {
+    fn set(&mut self, key: &str, value: String) {
+        // The W3C propagator writes only these two names.
+        let name = match key {
+            TRACEPARENT => TRACEPARENT,
+            // It writes an empty state too; no header says the same.
+            TRACESTATE if !value.is_empty() => TRACESTATE,
+            _ => return,
+        };
+        self.0.push((name, value));
+    }
 }
 
-impl TraceContext {
-    /// Starts a new trace (for a request that arrived without one).
-    pub fn new_root() -> Self {
-        let mut rng = rand::rng();
-        let mut trace_id = [0u8; 16];
-        let mut span_id = [0u8; 8];
-        // All-zero ids are invalid by the spec; the odds are nil but the
-        // loop makes the guarantee explicit.
-        while trace_id == [0; 16] {
-            rng.fill(&mut trace_id);
+/// The headers that carry `span` onwards: `traceparent`, and `tracestate`
+/// when it has one. Empty for an invalid span context.
+pub fn headers(span: &SpanContext) -> Vec<(&'static str, String)> {
+    let mut pairs = Pairs(Vec::with_capacity(2));
+    PROPAGATOR.inject_context(&Context::new().with_remote_span_context(span.clone()), &mut pairs);
+    pairs.0
+}
+
+/// The OpenTelemetry span the current `tracing` span is, if it is one (the
+/// telemetry layer is installed and the span is enabled).
+pub fn current() -> Option<SpanContext> {
+    span_context(&tracing::Span::current())
+}
+
+/// The OpenTelemetry span `span` is, if it is one.
+pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
+    let context = span.context();
+    let otel = context.span();
+    let span_context = otel.span_context();
+    span_context.is_valid().then(|| span_context.clone())
+}
+
+/// Sets `traceparent` and `tracestate` of `headers` to the current span's,
+/// unless the caller set a `traceparent` explicitly.
+pub fn inject_http(headers: &mut http::HeaderMap) {
+    if headers.contains_key(TRACEPARENT) {
+        return;
+    }
+    if let Some(span) = current() {
+        insert_http(&span, headers);
+    }
+}
+
+/// Sets `traceparent` and `tracestate` of `headers` to `span`'s.
+pub fn insert_http(span: &SpanContext, headers: &mut http::HeaderMap) {
+    for (name, value) in self::headers(span) {
+        // A formatted context is plain ASCII, and a tracestate was a valid
+        // header when it came; if one ever were not, sending no header only
+        // starts a new trace downstream.
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
         }
-        while span_id == [0; 8] {
-            rng.fill(&mut span_id);
-        }
-        Self { trace_id, span_id, sampled: true }
-    }
-
-    /// The context to send onwards: same trace, a new span id.
-    pub fn child(&self) -> Self {
-        let mut span_id = [0u8; 8];
-        let mut rng = rand::rng();
-        while span_id == [0; 8] {
-            rng.fill(&mut span_id);
-        }
-        Self { trace_id: self.trace_id, span_id, sampled: self.sampled }
-    }
-
-    /// Parses a `traceparent` header; `None` for anything malformed, which
-    /// callers answer by starting a new root rather than failing the request.
-    pub fn parse(header: &str) -> Option<Self> {
-        let mut parts = header.trim().split('-');
-        let version = parts.next()?;
-        let trace = parts.next()?;
-        let span = parts.next()?;
-        let flags = parts.next()?;
-        // Version 00 has exactly four fields; later versions may append more.
-        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
-            return None;
-        }
-        let trace_id: [u8; 16] = decode_hex(trace)?;
-        let span_id: [u8; 8] = decode_hex(span)?;
-        let [flags]: [u8; 1] = decode_hex(flags)?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
-    }
-
-    /// The trace id as 32 lowercase hex digits, as logged.
-    pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
-    }
-
-    /// The span id as 16 lowercase hex digits, as logged.
-    pub fn span_id_hex(&self) -> String {
-        hex::encode(self.span_id)
-    }
-
-    /// The span of work that `received` (the caller's context, if any came)
-    /// starts here: a child of the caller's span, or a new root. Returns it
-    /// with the caller's span id, its parent.
-    pub fn serving(received: Option<Self>) -> (Self, Option<[u8; 8]>) {
-        match received {
-            Some(caller) => (caller.child(), Some(caller.span_id)),
-            None => (Self::new_root(), None),
-        }
     }
 }
 
-impl fmt::Display for TraceContext {
-    /// Formats as a `traceparent` header value.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.span_id),
-            u8::from(self.sampled)
-        )
+/// Starts `span` as a child of `parent` (a remote caller's span; `None`
+/// starts a new trace when `span` has no local parent either) and records
+/// its ids in its `trace_id` and `span_id` fields, if it declares them
+/// (`trace_id = tracing::field::Empty`), so that every log line inside it
+/// names its trace and span. Returns the span's context, to send onwards.
+///
+/// The ids are recorded in one call: the JSON log layer formats a span's
+/// fields again on each record.
+pub fn start(span: &tracing::Span, parent: Option<&SpanContext>) -> Option<SpanContext> {
+    if let Some(parent) = parent {
+        // Fails only when the layer is absent or the span disabled: the span
+        // then has no OpenTelemetry side to parent.
+        let _ = span.set_parent(Context::new().with_remote_span_context(parent.clone()));
     }
+    let started = span_context(span)?;
+    if let Some(fields) = span.metadata().map(tracing::Metadata::fields)
+        && let (Some(trace_field), Some(span_field)) = (fields.field("trace_id"), fields.field("span_id"))
+    {
+        let trace_id = started.trace_id().to_string();
+        let span_id = started.span_id().to_string();
+        span.record_all(&fields.value_set(&[
+            (&trace_field, Some(&trace_id as &dyn tracing::Value)),
+            (&span_field, Some(&span_id as &dyn tracing::Value)),
+        ]));
+    }
+    Some(started)
 }
 
-fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
-    }
-    Some(out)
+/// The hex of `parent`'s span id, for a log field (empty without one).
+pub fn parent_hex(parent: Option<&SpanContext>) -> String {
+    parent.map(|parent| parent.span_id().to_string()).unwrap_or_default()
+}
+
+/// Sets an OpenTelemetry attribute on `span` (one that is no `tracing`
+/// field, so that the log lines do not repeat it).
+pub fn set_attribute(span: &tracing::Span, attribute: KeyValue) {
+    span.set_attribute(attribute.key, attribute.value);
+}
+
+/// Marks `span` as failed, with `description` (an error chain).
+pub fn set_error(span: &tracing::Span, description: impl Into<std::borrow::Cow<'static, str>>) {
+    span.set_status(opentelemetry::trace::Status::error(description));
 }
 
 #[cfg(test)]
@@ -141,12 +180,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_valid_header_round_trips() {
+    fn a_valid_header_round_trips_with_its_state() {
         let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let context = TraceContext::parse(header).expect("valid header");
-        assert!(context.sampled);
-        assert_eq!(context.to_string(), header);
-        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let span = parse(header, Some("vendor=abc,other=1")).expect("valid header");
+        assert!(span.is_sampled());
+        assert!(span.is_remote());
+        assert_eq!(span.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            headers(&span),
+            vec![(TRACEPARENT, header.to_owned()), (TRACESTATE, "vendor=abc,other=1".to_owned())]
+        );
+        let unsampled = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", None).unwrap();
+        assert!(!unsampled.is_sampled());
+        assert_eq!(headers(&unsampled).len(), 1, "no tracestate header without a state");
     }
 
     #[test]
@@ -156,30 +202,24 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-xyz-00f067aa0ba902b7-01",
         ] {
-            assert_eq!(TraceContext::parse(header), None, "{header:?} should be rejected");
+            assert_eq!(parse(header, None), None, "{header:?} should be rejected");
         }
     }
 
-    #[tokio::test]
-    async fn outgoing_context_continues_the_scoped_trace() {
-        assert_eq!(current(), None);
-        let root = TraceContext::new_root();
-        let sent = scope(root, async { outgoing() }).await;
-        assert_eq!(sent.trace_id, root.trace_id);
-        assert_ne!(sent.span_id, root.span_id);
-    }
-
     #[test]
-    fn a_child_keeps_the_trace_and_changes_the_span() {
-        let root = TraceContext::new_root();
-        let child = root.child();
-        assert_eq!(child.trace_id, root.trace_id);
-        assert_ne!(child.span_id, root.span_id);
-        assert_eq!(TraceContext::parse(&child.to_string()), Some(child));
+    fn http_headers_carry_the_context_both_ways_and_an_explicit_traceparent_stays() {
+        let sent = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("k=v")).unwrap();
+        let mut headers = http::HeaderMap::new();
+        insert_http(&sent, &mut headers);
+        assert_eq!(extract_http(&headers), Some(sent.clone()));
+        // Outside any span there is nothing to send, and an explicit header
+        // is never replaced.
+        inject_http(&mut headers);
+        assert_eq!(extract_http(&headers), Some(sent));
+        assert_eq!(current(), None);
     }
 }

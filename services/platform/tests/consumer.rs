@@ -72,11 +72,8 @@ impl CountingHandler {
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        assert_eq!(
-            trace_context::current().map(|trace| trace.trace_id),
-            Some(event.trace_context().trace_id),
-            "the handler runs inside the event's trace"
-        );
+        let current = trace_context::current().expect("the handler runs inside a span");
+        assert_eq!(Some(&current), event.trace_context(), "the handler runs inside the event's span");
         if order.order_id == HOPELESS {
             self.hopeless_calls.fetch_add(1, Ordering::SeqCst);
             return Err(HandlerError::retryable("the warehouse system is down"));

@@ -10,7 +10,7 @@ use commerce_platform::admin::Metrics;
 use commerce_platform::grpc::GrpcServerError;
 use commerce_platform::readiness::Readiness;
 use commerce_platform::telemetry::ClientTraceLayer;
-use commerce_platform::trace_context::{self, TRACEPARENT, TraceContext};
+use commerce_platform::trace_context::{self, TRACEPARENT};
 use common::{Probe, call, start_server, wait_for};
 use tokio::sync::{Notify, oneshot};
 use tonic::Request;
@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tracing::Instrument as _;
 
 /// Generous bound for conditions that hold within milliseconds on a quiet
 /// machine; only reached when something is broken.
@@ -166,46 +167,66 @@ async fn shutdown_abandons_requests_that_outlast_the_grace_period() {
     assert!(matches!(result, Err(GrpcServerError::Drain { grace: g }) if g == grace), "{result:?}");
 }
 
-/// A probe that answers with the trace context its handler runs in.
+/// The process's telemetry, as a service installs it (without an export):
+/// spans are OpenTelemetry spans only through its layer.
+fn telemetry() {
+    let quiet = commerce_platform::telemetry::LogArgs { filter: "off".to_owned(), ..Default::default() };
+    commerce_platform::telemetry::init(&quiet, "test").expect("telemetry");
+}
+
+/// A probe that answers with the `traceparent` of the span its handler
+/// runs in.
 fn trace_echo() -> Probe {
     Probe::new(|_| async {
-        let context = trace_context::current().map(|context| context.to_string()).unwrap_or_default();
+        let context = trace_context::current()
+            .and_then(|span| trace_context::headers(&span).into_iter().next())
+            .map(|(_, traceparent)| traceparent)
+            .unwrap_or_default();
         Ok(tonic::Response::new(context))
     })
 }
 
+/// The span of a remote caller.
+fn remote_caller() -> opentelemetry::trace::SpanContext {
+    trace_context::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None).expect("valid")
+}
+
 #[tokio::test]
-async fn a_traceparent_sent_to_the_server_is_the_handlers_current_trace() {
+async fn a_traceparent_sent_to_the_server_is_the_parent_of_the_handlers_span() {
+    telemetry();
     let server = start_server(trace_echo(), Readiness::new(), &Metrics::new("test"), LONG_GRACE).await;
     let channel = connect(server.uri()).await;
 
-    let sent = TraceContext::new_root();
+    let sent = remote_caller();
     let mut request = Request::new(String::new());
-    request.metadata_mut().insert(TRACEPARENT, sent.to_string().parse().expect("ascii"));
+    let (_, traceparent) = trace_context::headers(&sent).remove(0);
+    request.metadata_mut().insert(TRACEPARENT, traceparent.parse().expect("ascii"));
     let seen = call(channel.clone(), request).await.expect("call succeeds");
-    let seen = TraceContext::parse(&seen).expect("the handler ran inside a trace scope");
-    assert_eq!(seen.trace_id, sent.trace_id);
+    let seen = trace_context::parse(&seen, None).expect("the handler ran inside a span");
+    assert_eq!(seen.trace_id(), sent.trace_id());
+    assert_ne!(seen.span_id(), sent.span_id(), "the handler's span is its own");
 
-    // Without a header the server starts a root of its own.
+    // Without a header the server starts a trace of its own.
     let seen = call(channel, Request::new(String::new())).await.expect("call succeeds");
-    let seen = TraceContext::parse(&seen).expect("the handler ran inside a trace scope");
-    assert_ne!(seen.trace_id, sent.trace_id);
+    let seen = trace_context::parse(&seen, None).expect("the handler ran inside a span");
+    assert_ne!(seen.trace_id(), sent.trace_id());
 
     server.shutdown.cancel();
     server.task.await.expect("server task").expect("clean shutdown");
 }
 
 #[tokio::test]
-async fn a_client_call_inside_a_scope_sends_a_child_of_it() {
+async fn a_client_call_inside_a_span_continues_its_trace() {
+    telemetry();
     let server = start_server(trace_echo(), Readiness::new(), &Metrics::new("test"), LONG_GRACE).await;
     let channel = tower::ServiceBuilder::new().layer(ClientTraceLayer).service(connect(server.uri()).await);
 
-    let root = TraceContext::new_root();
-    let seen =
-        trace_context::scope(root, call(channel, Request::new(String::new()))).await.expect("call succeeds");
-    let seen = TraceContext::parse(&seen).expect("the handler ran inside a trace scope");
-    assert_eq!(seen.trace_id, root.trace_id, "same trace");
-    assert_ne!(seen.span_id, root.span_id, "a child span, not the caller's own");
+    let caller = tracing::info_span!("caller");
+    let root = trace_context::start(&caller, Some(&remote_caller())).expect("an OpenTelemetry span");
+    let seen = call(channel, Request::new(String::new())).instrument(caller).await.expect("call succeeds");
+    let seen = trace_context::parse(&seen, None).expect("the handler ran inside a span");
+    assert_eq!(seen.trace_id(), root.trace_id(), "same trace");
+    assert_ne!(seen.span_id(), root.span_id(), "a span of its own, not the caller's");
 
     server.shutdown.cancel();
     server.task.await.expect("server task").expect("clean shutdown");

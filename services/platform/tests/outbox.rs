@@ -17,7 +17,7 @@ use commerce_platform::events::{
     EventMetrics, EventPayload, EventProducer, KafkaArgs, OutboxRelay, TopicNames, enqueue,
 };
 use commerce_platform::readiness::Readiness;
-use commerce_platform::trace_context::{self, TRACEPARENT, TraceContext};
+use commerce_platform::trace_context::{self, TRACEPARENT};
 use commerce_proto::events::v1::OrderPlaced;
 use commerce_testkit::migrated::TestDatabase;
 use commerce_testkit::{
@@ -31,6 +31,7 @@ use rdkafka::message::Message as _;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Set (to the database URL) only in the helper process of
@@ -101,10 +102,11 @@ async fn crash_helper_commits_an_order_then_aborts() {
     let pool = db::connect_with_retry(&DatabaseArgs::new(url), &check, &CancellationToken::new())
         .await
         .expect("the helper reaches the database");
-    let trace = TraceContext::new_root();
-    let event_id =
-        trace_context::scope(trace, place_order(&pool, &order_id)).await.expect("the order commits");
-    println!("event_id={event_id} trace_id={}", trace.trace_id_hex());
+    init_logging();
+    let span = tracing::info_span!("placing");
+    let trace = trace_context::start(&span, None).expect("an OpenTelemetry span");
+    let event_id = place_order(&pool, &order_id).instrument(span).await.expect("the order commits");
+    println!("event_id={event_id} trace_id={}", trace.trace_id());
     use std::io::Write as _;
     std::io::stdout().flush().expect("stdout");
     // No destructor, no flush of anything else, no relay: a crash.
@@ -180,8 +182,8 @@ async fn an_event_committed_before_a_crash_is_published_by_a_later_relay() -> an
     assert_eq!(header(&record, cloudevents::CONTENT_TYPE), Some("application/protobuf"));
     assert_eq!(header(&record, cloudevents::TIME), Some("2025-06-15T15:06:40.000000Z"));
     let traceparent = header(&record, TRACEPARENT).context("traceparent header")?;
-    let trace = TraceContext::parse(traceparent).context("a valid traceparent")?;
-    assert_eq!(trace.trace_id_hex(), trace_id, "the event continues the helper's trace");
+    let trace = trace_context::parse(traceparent, None).context("a valid traceparent")?;
+    assert_eq!(trace.trace_id().to_string(), trace_id, "the event continues the helper's trace");
     let attributes = CloudEventAttributes::from_kafka_headers(record.headers())?;
     assert_eq!(attributes.id, event_id);
     assert_eq!(attributes.id.get_version_num(), 7, "ce_id is a UUID v7");

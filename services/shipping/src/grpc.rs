@@ -112,7 +112,10 @@ impl ShippingService for ShippingGrpc {
         }
         let address =
             request.address.ok_or(Error::InvalidRequest { field: "address", problem: "is missing" })?;
-        let mut tx = self.pool.begin().await.map_err(Error::UpdateShipment)?;
+        commerce_platform::telemetry::record_order_id(&request.order_id);
+        let mut tx = commerce_platform::db::begin(&self.pool, "update shipment")
+            .await
+            .map_err(Error::UpdateShipment)?;
         let courier = (!request.courier_id.is_empty()).then_some(request.courier_id.as_str());
         let shipment = events::create_shipment(
             &mut tx,
@@ -165,7 +168,9 @@ impl ShippingService for ShippingGrpc {
                 Error::InvalidRequest { field: "note", problem: "is required to halt a shipment" }.into()
             );
         }
-        let mut tx = self.pool.begin().await.map_err(Error::UpdateShipment)?;
+        let mut tx = commerce_platform::db::begin(&self.pool, "update shipment")
+            .await
+            .map_err(Error::UpdateShipment)?;
         let shipment = store::find(&mut tx, Some(id), None, true).await?.ok_or(Error::ShipmentNotFound)?;
         let actor_id =
             if request.courier_id.is_empty() { "admin".to_owned() } else { request.courier_id.clone() };

@@ -50,14 +50,18 @@ pub fn kafka_brokers() -> String {
     std::env::var("COMMERCE_KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_KAFKA_BROKERS.to_owned())
 }
 
-/// Logs to the test's output (`RUST_LOG` to change the filter).
+/// Logs to the test's output (`RUST_LOG` to change the filter), with spans
+/// that are OpenTelemetry spans as in a service (nothing exported), so that
+/// trace context travels.
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,commerce=info")),
-        )
-        .with_test_writer()
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,commerce=info"));
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_test_writer().with_filter(filter))
+        .with(commerce_platform::telemetry::unexported_trace_layer())
         .try_init();
 }
 

@@ -13,7 +13,9 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use uuid::Uuid;
 
 use super::EventPayload;
-use crate::trace_context::{self, TRACEPARENT, TraceContext};
+use opentelemetry::trace::SpanContext;
+
+use crate::trace_context::{self, TRACEPARENT, TRACESTATE};
 
 /// Header of the CloudEvents spec version.
 pub const SPECVERSION: &str = "ce_specversion";
@@ -67,16 +69,17 @@ pub struct CloudEventAttributes {
     pub time: DateTime<Utc>,
     /// `ce_subject`: the aggregate the event is about, equal to the key.
     pub subject: Option<String>,
-    /// The trace the event belongs to; `None` when the header was absent or
-    /// malformed (a consumer then starts a new root rather than failing).
-    pub trace: Option<TraceContext>,
+    /// The span that published the event (`traceparent` and `tracestate`);
+    /// `None` when the header was absent or malformed (a consumer then
+    /// starts a new trace rather than failing).
+    pub trace: Option<SpanContext>,
 }
 
 impl CloudEventAttributes {
     /// Attributes for publishing `event` now: a new UUID v7 id, the type and
     /// source from the event's kind (the source is the catalog producer of
     /// its topic), the time it says it happened (or now), the key as
-    /// subject, and a child of the current trace.
+    /// subject, and the current span as the trace.
     pub fn for_event<E: EventPayload>(event: &E) -> Self {
         let time =
             event.occurred_at().and_then(commerce_proto::time::from_timestamp).unwrap_or_else(Utc::now);
@@ -86,7 +89,7 @@ impl CloudEventAttributes {
             source: E::TOPIC.producer().event_source(),
             time,
             subject: Some(event.key()),
-            trace: Some(trace_context::outgoing()),
+            trace: trace_context::current(),
         }
     }
 
@@ -104,7 +107,7 @@ impl CloudEventAttributes {
         }
         headers.push((CONTENT_TYPE, PROTOBUF_CONTENT_TYPE.to_owned()));
         if let Some(trace) = &self.trace {
-            headers.push((TRACEPARENT, trace.to_string()));
+            headers.extend(trace_context::headers(trace));
         }
         headers
     }
@@ -163,7 +166,8 @@ impl CloudEventAttributes {
             return Err(CloudEventError::UnsupportedContentType(content_type.to_owned()));
         }
         let subject = find(SUBJECT)?.map(str::to_owned);
-        let trace = find(TRACEPARENT).ok().flatten().and_then(TraceContext::parse);
+        let state = find(TRACESTATE).ok().flatten();
+        let trace = find(TRACEPARENT).ok().flatten().and_then(|parent| trace_context::parse(parent, state));
         Ok(Self { id, event_type, source, time, subject, trace })
     }
 
@@ -200,6 +204,16 @@ mod tests {
         }
     }
 
+    /// The attributes of [`order_placed`], published inside a traced span
+    /// with a `tracestate`.
+    fn traced() -> CloudEventAttributes {
+        let mut attributes = CloudEventAttributes::for_event(&order_placed());
+        attributes.trace =
+            trace_context::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("vendor=1"));
+        assert!(attributes.trace.is_some());
+        attributes
+    }
+
     fn pairs(attributes: &CloudEventAttributes) -> Vec<(&'static str, String)> {
         attributes.to_header_pairs()
     }
@@ -221,11 +235,13 @@ mod tests {
         assert!(headers.contains(&(CONTENT_TYPE, PROTOBUF_CONTENT_TYPE.to_owned())));
         assert!(headers.iter().any(|(k, v)| *k == TIME && v == "2023-11-14T22:13:20.000123Z"), "{headers:?}");
         assert_eq!(parse(&headers), Ok(attributes));
+        let traced = traced();
+        assert_eq!(parse(&pairs(&traced)), Ok(traced), "traceparent and tracestate travel");
     }
 
     #[test]
     fn kafka_headers_round_trip() {
-        let attributes = CloudEventAttributes::for_event(&order_placed());
+        let attributes = traced();
         let headers = attributes.to_kafka_headers();
         assert_eq!(CloudEventAttributes::from_kafka_headers(Some(&headers)), Ok(attributes));
         assert_eq!(
@@ -236,12 +252,12 @@ mod tests {
 
     #[test]
     fn each_missing_required_header_is_reported_by_name() {
-        let full = pairs(&CloudEventAttributes::for_event(&order_placed()));
+        let full = pairs(&traced());
         for required in [SPECVERSION, ID, TYPE, SOURCE, TIME, CONTENT_TYPE] {
             let without: Vec<_> = full.iter().filter(|(k, _)| *k != required).cloned().collect();
             assert_eq!(parse(&without), Err(CloudEventError::MissingHeader { header: required }));
         }
-        for optional in [SUBJECT, TRACEPARENT] {
+        for optional in [SUBJECT, TRACEPARENT, TRACESTATE] {
             let without: Vec<_> = full.iter().filter(|(k, _)| *k != optional).cloned().collect();
             assert!(parse(&without).is_ok(), "{optional} is optional");
         }
@@ -249,7 +265,7 @@ mod tests {
 
     #[test]
     fn invalid_values_are_typed_errors() {
-        let full = pairs(&CloudEventAttributes::for_event(&order_placed()));
+        let full = pairs(&traced());
         let with = |name: &'static str, value: &str| -> Vec<(&'static str, String)> {
             full.iter()
                 .map(|(k, v)| if *k == name { (*k, value.to_owned()) } else { (*k, v.clone()) })

@@ -11,8 +11,9 @@
 //!    `commerce_platform.processed_events`; if the row exists the event was
 //!    already handled and is skipped, so a redelivery (after a crash, a
 //!    rebalance, or a duplicate publish) has no effect;
-//! 3. the handler runs in that transaction, inside the event's trace
-//!    ([`trace_context::scope`]), and the transaction commits;
+//! 3. the handler runs in that transaction, inside the event's span (a
+//!    child of the span that published it: [`trace_context::start`]), and
+//!    the transaction commits;
 //! 4. only then is the record's offset stored, to be committed with the
 //!    others every `--kafka-commit-interval` (and on a rebalance and on
 //!    shutdown). A crash redelivers what was handled since the last commit;
@@ -76,7 +77,9 @@ use crate::backoff::Backoff;
 use crate::db::sleep_or_cancelled;
 use crate::errors::error_chain;
 use crate::readiness::Check;
-use crate::trace_context::{self, TraceContext};
+use opentelemetry::trace::SpanContext;
+
+use crate::trace_context;
 
 /// Name of the readiness check of a service's consumer.
 pub const READINESS_CHECK: &str = "kafka-consumer";
@@ -284,7 +287,7 @@ macro_rules! event_handler {
 #[derive(Debug, Clone)]
 pub struct IncomingEvent {
     attributes: CloudEventAttributes,
-    trace: TraceContext,
+    trace: Option<SpanContext>,
     topic: String,
     partition: i32,
     offset: i64,
@@ -325,9 +328,10 @@ impl IncomingEvent {
     }
 
     /// The span the handler runs in: a child of the event's `traceparent`
-    /// (same trace id), or a new root when it had none.
-    pub fn trace_context(&self) -> TraceContext {
-        self.trace
+    /// (same trace id), or the root of a new trace when it had none. `None`
+    /// without the telemetry layer.
+    pub fn trace_context(&self) -> Option<&SpanContext> {
+        self.trace.as_ref()
     }
 
     /// Topic (physical name), partition and offset of the record.
@@ -725,18 +729,27 @@ impl<H: EventHandler> EventConsumer<H> {
         }
         // Handling the event is a span of its own, a child of the span that
         // published it.
-        let (trace, parent) = TraceContext::serving(attributes.trace);
+        let short_type = attributes.event_type.rsplit('.').next().unwrap_or_default();
         let span = tracing::info_span!(
             "event",
+            otel.name = format!("consume {short_type}"),
+            otel.kind = "consumer",
             event_id = %attributes.id,
             event_type = %attributes.event_type,
             topic = record.topic(),
             partition = record.partition(),
             offset = record.offset(),
-            trace_id = %trace.trace_id_hex(),
-            span_id = %trace.span_id_hex(),
-            parent_span_id = %crate::telemetry::parent_hex(parent),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = %trace_context::parent_hex(attributes.trace.as_ref()),
+            order_id = tracing::field::Empty,
         );
+        if super::key_is_order_id(&attributes.event_type)
+            && let Some(order_id) = attributes.subject.as_deref()
+        {
+            span.record("order_id", order_id);
+        }
+        let trace = trace_context::start(&span, attributes.trace.as_ref());
         let mut event = IncomingEvent {
             attributes,
             trace,
@@ -800,9 +813,7 @@ impl<H: EventHandler> EventConsumer<H> {
 
     /// One transaction: record the id, run the handler, commit.
     async fn attempt(&self, event: &IncomingEvent) -> Result<Outcome, AttemptError> {
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = crate::db::begin(&self.pool, "process event")
             .await
             .map_err(|error| AttemptError::Database(ConsumerError::BeginTransaction(error)))?;
         let inserted = sqlx::query(
@@ -828,9 +839,7 @@ impl<H: EventHandler> EventConsumer<H> {
             tracing::info!("event already processed; skipped");
             return Ok(Outcome::Duplicate);
         }
-        trace_context::scope(event.trace, self.handler.handle(&mut tx, event))
-            .await
-            .map_err(AttemptError::Handler)?;
+        self.handler.handle(tx.as_sqlx(), event).await.map_err(AttemptError::Handler)?;
         // A failed commit may come from the handler's own writes (a deferred
         // constraint, a serialization failure): it counts as an attempt.
         tx.commit().await.map_err(|error| AttemptError::Handler(HandlerError::from(error)))?;

@@ -46,3 +46,11 @@ pub use metrics::EventMetrics;
 pub use outbox::{OutboxError, OutboxRelay, enqueue};
 pub use producer::{EventProducer, ProducerError};
 pub use topics::{DesiredTopic, TopicAdmin, TopicAdminError, TopicChange, TopicReport, ensure_topics};
+
+/// Whether events of `event_type` are keyed by the order they are about (a
+/// span then carries the key as `order_id`).
+pub(crate) fn key_is_order_id(event_type: &str) -> bool {
+    commerce_proto::events::EVENT_KEY_FIELDS
+        .iter()
+        .any(|(known, field)| *known == event_type && *field == "order_id")
+}

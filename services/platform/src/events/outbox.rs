@@ -43,6 +43,7 @@ use super::producer::{EventProducer, OutgoingRecord, ProducerError};
 use crate::backoff::Backoff;
 use crate::db::sleep_or_cancelled;
 use crate::errors::error_chain;
+use crate::trace_context;
 
 /// Channel of the `NOTIFY` that wakes the relay after a commit.
 pub const NOTIFY_CHANNEL: &str = "commerce_platform_outbox";
@@ -97,9 +98,9 @@ pub enum OutboxError {
 /// `&mut *tx`) and returns its `ce_id`.
 ///
 /// The topic is the event's catalog topic ([`EventPayload::TOPIC`]), the key
-/// its aggregate id, and the headers its CloudEvents attributes with a child
-/// of the current trace ([`trace_context::outgoing`](crate::trace_context::outgoing)),
-/// so the consumer's work joins the trace of the request that caused it.
+/// its aggregate id, and the headers its CloudEvents attributes with the
+/// current span as `traceparent`, so that the relay's publication and the
+/// consumers' work join the trace of the request that caused it.
 /// Nothing is published unless the transaction commits.
 pub async fn enqueue<E: EventPayload>(conn: &mut PgConnection, event: &E) -> Result<Uuid, OutboxError> {
     let attributes = CloudEventAttributes::for_event(event);
@@ -125,6 +126,50 @@ pub async fn enqueue<E: EventPayload>(conn: &mut PgConnection, event: &E) -> Res
     .map_err(|source| OutboxError::InsertEvent { event_type: E::TYPE, source })?;
     tracing::debug!(event_id = %attributes.id, event_type = E::TYPE, "event enqueued in the outbox");
     Ok(attributes.id)
+}
+
+/// The `outbox_publish` span of one row: a child of the span that enqueued
+/// it (its stored `traceparent`), with the event's key as `order_id` when
+/// the topic is keyed by order. Returns it with the row's headers, whose
+/// trace headers now name this span, so that the consumers' spans are its
+/// children.
+fn publish_span<'a>(
+    topic: &str,
+    key: &str,
+    stored: &'a [(String, String)],
+) -> (tracing::Span, Vec<(&'a str, String)>) {
+    let header = |name: &str| stored.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+    let enqueued = header(trace_context::TRACEPARENT)
+        .and_then(|parent| trace_context::parse(parent, header(trace_context::TRACESTATE)));
+    let event_type = header(super::cloudevents::TYPE).unwrap_or_default();
+    let span = tracing::info_span!(
+        "outbox_publish",
+        otel.name = format!("publish {event_type}"),
+        otel.kind = "producer",
+        messaging.destination.name = topic,
+        event_type,
+        order_id = tracing::field::Empty,
+    );
+    if super::key_is_order_id(event_type) {
+        span.record("order_id", key);
+    }
+    let published = trace_context::start(&span, enqueued.as_ref());
+    let mut headers: Vec<(&str, String)> = stored
+        .iter()
+        .filter(|(name, _)| name != trace_context::TRACEPARENT && name != trace_context::TRACESTATE)
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    match published {
+        Some(published) => headers.extend(trace_context::headers(&published)),
+        // No telemetry layer: pass the stored context on as it is.
+        None => headers.extend(
+            stored
+                .iter()
+                .filter(|(name, _)| name == trace_context::TRACEPARENT || name == trace_context::TRACESTATE)
+                .map(|(name, value)| (name.as_str(), value.clone())),
+        ),
+    }
+    (span, headers)
 }
 
 /// Tuning of the relay. The defaults suit every service; tests shorten them.
@@ -377,16 +422,16 @@ impl OutboxRelay {
         let mut pending = Vec::with_capacity(rows.len());
         for (id, topic, key, payload, Json(headers), _) in &rows {
             let topic = names.name(topic);
+            let (span, headers) = publish_span(&topic, key, headers);
             let record = OutgoingRecord {
                 topic: &topic,
                 key: Some(key.as_bytes()),
                 payload: Some(payload),
-                headers: headers_from_pairs(
-                    headers.iter().map(|(name, value)| (name.as_str(), value.as_str())),
-                ),
+                headers: headers_from_pairs(headers.iter().map(|(name, value)| (*name, value.as_str()))),
             };
             match self.producer.queue(record) {
-                Ok(delivery) => pending.push((*id, delivery)),
+                // The span ends when the acknowledgement is in.
+                Ok(delivery) => pending.push((*id, delivery, span)),
                 Err(source) => {
                     failure = Some(OutboxError::PublishRow { id: *id, source });
                     break;
@@ -394,10 +439,11 @@ impl OutboxRelay {
             }
         }
         let mut published = Vec::with_capacity(pending.len());
-        for (id, delivery) in pending {
+        for (id, delivery, span) in pending {
             match delivery.acknowledged().await {
                 Ok(_) => published.push(id),
                 Err(source) => {
+                    trace_context::set_error(&span, error_chain(&source));
                     failure.get_or_insert(OutboxError::PublishRow { id, source });
                 }
             }
