@@ -427,7 +427,7 @@ impl std::error::Error for Refused {}
 
 /// The body of an order of `lines` (product id, quantity) to the valid
 /// [`address`], paid with `payment_token`.
-fn order_body(lines: &[(&str, i64)], payment_token: &str) -> Value {
+pub fn order_body(lines: &[(&str, i64)], payment_token: &str) -> Value {
     let lines: Vec<Value> = lines
         .iter()
         .map(|(product, quantity)| json!({"product_id": product, "quantity": quantity}))
