@@ -403,9 +403,9 @@ impl std::io::Write for BufferedLine<'_> {
 }
 
 /// The subscriber [`init_to`] installs, writing to `writer`; `ansi` says
-/// whether text lines may carry colour codes (JSON lines never do); the
-/// spans at `info` and above (and warnings and errors within them, as span
-/// events) go to `tracer`, whatever `--log-filter` lets through to the log.
+/// whether text lines may carry colour codes (JSON lines never do); of what
+/// `--log-filter` lets through, the spans at `info` and above (and the
+/// warnings and errors within them, as span events) go to `tracer`.
 fn subscriber<W>(
     args: &LogArgs,
     writer: W,
@@ -428,16 +428,16 @@ where
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .with_filter(filter)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .with_ansi(ansi)
-            .with_target(true)
-            .with_filter(filter)
-            .boxed(),
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi).with_target(true).boxed()
+        }
     };
-    Ok(Box::new(tracing_subscriber::registry().with(log).with(trace_layer(tracer))))
+    // One filter for the whole stack, as a layer of its own: what
+    // `--log-filter` lets through is what is logged and what may become a
+    // span. (As a per-layer filter on the log layer alone, spans it enabled
+    // were at times not entered for either layer.)
+    Ok(Box::new(tracing_subscriber::registry().with(filter).with(log).with(trace_layer(tracer))))
 }
 
 /// The layer that makes `tracing` spans OpenTelemetry spans of `tracer`:
@@ -667,7 +667,7 @@ mod tests {
 
     #[test]
     fn a_client_call_is_a_span_of_its_own_that_sends_its_context_and_keeps_an_explicit_header() {
-        let args = LogArgs { format: LogFormat::Json, filter: "off".to_owned() };
+        let args = LogArgs { format: LogFormat::Json, filter: "info".to_owned() };
         let subscriber = subscriber(&args, std::io::sink, false, unexported()).unwrap();
         let sent = tracing::subscriber::with_default(subscriber, || {
             let served = tracing::info_span!(

@@ -168,9 +168,11 @@ async fn shutdown_abandons_requests_that_outlast_the_grace_period() {
 }
 
 /// The process's telemetry, as a service installs it (without an export):
-/// spans are OpenTelemetry spans only through its layer.
+/// spans are OpenTelemetry spans only through its layer, and only those
+/// its filter lets through (the platform's and this test's).
 fn telemetry() {
-    let quiet = commerce_platform::telemetry::LogArgs { filter: "off".to_owned(), ..Default::default() };
+    let filter = "warn,commerce_platform=info,grpc_server=info".to_owned();
+    let quiet = commerce_platform::telemetry::LogArgs { filter, ..Default::default() };
     commerce_platform::telemetry::init(&quiet, "test").expect("telemetry");
 }
 
