@@ -65,6 +65,7 @@ for run in $(seq 1 "$RUNS"); do
     COMMERCE_BENCH_ORDER_RATE="$half_rate"
   bench throughput the_shop_rss_after_many_registrations_is_printed "$out"
   bench read_path product_reads_through_the_gateway_as_a_ratio_of_a_bare_axum_hello_world "$out"
+  bench read_path tracing_overhead_on_gateway_reads_is_printed "$out"
 done
 
 # One row per figure: min / median / max over the runs, and the target.

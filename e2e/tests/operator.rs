@@ -24,6 +24,8 @@
 //! against managed fields and Events in the cluster), and, in an ignored
 //! benchmark, the operator's RSS idle and with 100 stacks.
 
+mod support;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
@@ -1313,6 +1315,70 @@ async fn the_operators_readyz_names_an_apiserver_it_cannot_reach_and_turns_ready
     finish(outcome, &client, &mut operator, namespace, &[]).await
 }
 
+/// With an OTLP endpoint set, the operator's reconciles are traces in a real
+/// Jaeger: a `reconcile CommerceStack` span naming the stack, whose children
+/// are the API requests the reconcile made.
+#[tokio::test]
+async fn a_reconcile_is_exported_as_a_trace_of_its_api_requests() -> Result<()> {
+    install_crds()?;
+    let jaeger = support::jaeger::Jaeger::start()?;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+    jaeger.wait_ready(&http).await?;
+    let client = local_kube_client().await?;
+    let namespace = TestNamespace::create(&client).await?;
+    let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let mut operator =
+        Operator::spawn_with_env(&namespace.name, &namespace.name, false, &local_kubeconfig_path(), &export)?;
+    let name = "traced";
+    let outcome = async {
+        create_admin_secret(&client, &namespace.name).await?;
+        apply(&client, &minimal_stack(name, &namespace.name)).await?;
+        let url = format!(
+            "{}/api/traces?service=commerce-operator&operation=reconcile%20CommerceStack&limit=50&lookback=1h",
+            jaeger.query
+        );
+        let (root, requests) = eventually("a reconcile applying the stack, as a trace in Jaeger", || async {
+            let answer: Value = http.get(&url).send().await?.json().await?;
+            let found = answer["data"].as_array().into_iter().flatten().find_map(|trace| {
+                let spans = trace["spans"].as_array()?;
+                let tag = |span: &Value, key: &str| -> Option<String> {
+                    span["tags"].as_array()?.iter().find(|tag| tag["key"] == key)?["value"].as_str().map(str::to_owned)
+                };
+                let root = spans.iter().find(|span| {
+                    span["operationName"] == "reconcile CommerceStack"
+                        && tag(span, "stack").as_deref() == Some(name)
+                        && tag(span, "namespace").as_deref() == Some(namespace.name.as_str())
+                })?;
+                let requests: Vec<String> = spans
+                    .iter()
+                    .filter(|span| {
+                        span["references"].as_array().into_iter().flatten().any(|reference| {
+                            reference["refType"] == "CHILD_OF" && reference["spanID"] == root["spanID"]
+                        }) && tag(span, "url.path").is_some()
+                    })
+                    .map(|span| format!("{} {}", span["operationName"].as_str().unwrap_or_default(), tag(span, "url.path").unwrap_or_default()))
+                    .collect();
+                // The reconcile that applied the stack's objects (an earlier
+                // one may only have added the finalizer).
+                let applied = requests
+                    .iter()
+                    .any(|request| request.starts_with("PATCH ") && request.contains("/deployments/"));
+                applied.then(|| (root["spanID"].as_str().unwrap_or_default().to_owned(), requests))
+            });
+            Ok(found)
+        })
+        .await?;
+        println!("FIGURE a reconcile's trace: span {root} with {} API requests, e.g. {:?}", requests.len(), requests.iter().take(5).collect::<Vec<_>>());
+        ensure!(
+            requests.iter().any(|request| request.starts_with("GET ")),
+            "the reconcile's trace holds no read: {requests:?}"
+        );
+        Ok(())
+    }
+    .await;
+    finish(outcome, &client, &mut operator, namespace, &[name]).await
+}
+
 async fn lease_holder(leases: &Api<Lease>) -> Result<Option<String>> {
     let lease = leases.get_opt(LEASE_NAME).await?;
     Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity))
@@ -1809,6 +1875,9 @@ fn invalid_resources(namespace: &str, target: &str) -> Vec<(&'static str, &'stat
                 json!({ "ingress": { "host": "shop.example.com", "annotations": { "bad key": "x" } } })
         }),
         ("monitoring interval 0s", "monitoring.interval", |s| s["monitoring"] = json!({ "interval": "0s" })),
+        ("traces to an https collector", "monitoring.otlpEndpoint", |s| {
+            s["monitoring"] = json!({ "otlpEndpoint": "https://collector:4317" })
+        }),
         ("monitoring by Scrapeconfig", "scrape", |s| s["monitoring"] = json!({ "scrape": "ScrapeConfig" })),
         ("ingress with the gateway disabled", "gateway.ingress", |s| {
             s["gateway"] = json!({ "ingress": { "host": "shop.example.com" } });
@@ -2031,6 +2100,17 @@ impl Operator {
     /// `namespace` may be a comma-separated list (`--watch-namespace a,b`);
     /// the Lease is then in the first.
     fn spawn(namespace: &str, identity: &str, leader_election: bool, kubeconfig: &Path) -> Result<Self> {
+        Self::spawn_with_env(namespace, identity, leader_election, kubeconfig, &[])
+    }
+
+    /// [`Operator::spawn`] with extra environment variables.
+    fn spawn_with_env(
+        namespace: &str,
+        identity: &str,
+        leader_election: bool,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let binary = operator_binary()?;
         let lease_namespace = namespace.split(',').next().unwrap_or(namespace);
         // A free port: bound, read, released; the operator binds it next.
@@ -2045,6 +2125,7 @@ impl Operator {
             .args(["--admin-addr", &admin.to_string(), "--log-format", "text", "--identity", identity])
             .env("KUBECONFIG", kubeconfig)
             .env("COMMERCE_LOG_FILTER", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

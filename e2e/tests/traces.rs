@@ -6,13 +6,13 @@
 //! one trace: spans of the gateway, order, inventory, payment and shipping,
 //! each with its parent in the trace, the consumers' spans children of the
 //! relay's publications (the link through Kafka), and the order id on the
-//! spans that handle it. The test prints the trace's span tree.
+//! spans that handle it; the gateway's and the order service's latency
+//! histograms carry the trace id as exemplar. The test prints the trace's
+//! span tree.
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -21,58 +21,11 @@ use reqwest::Method;
 use serde_json::Value;
 
 use support::fault::{self, Shop};
-use support::procs::{Proc, free_port, repo_root};
+use support::jaeger::Jaeger;
 use support::shop::infra_var;
 
 /// How long the shop's processes may take to be ready.
 const READY: Duration = Duration::from_secs(180);
-
-/// A Jaeger v2 with in-memory storage, stopped by its PID when dropped.
-struct Jaeger {
-    process: Proc,
-    /// `http://127.0.0.1:<port>`: the OTLP/gRPC receiver.
-    otlp: String,
-    /// `http://127.0.0.1:<port>`: the query API.
-    query: String,
-    dir: PathBuf,
-}
-
-impl Jaeger {
-    fn start() -> Result<Self> {
-        let script = repo_root().join("e2e/scripts/jaeger.sh");
-        let run = |args: &[&str]| -> Result<String> {
-            let output = Command::new("bash").arg(&script).args(args).output()?;
-            ensure!(
-                output.status.success(),
-                "jaeger.sh {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            Ok(String::from_utf8(output.stdout)?)
-        };
-        let binary = PathBuf::from(run(&["path"])?.trim());
-        let (otlp_port, query_port) = (free_port(), free_port());
-        let config = run(&["config", &otlp_port.to_string(), &query_port.to_string()])?;
-        let dir = std::env::temp_dir().join(format!("commerce-jaeger-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)?;
-        let config_path = dir.join("jaeger.yaml");
-        std::fs::write(&config_path, config)?;
-        let args = vec!["--config".to_owned(), format!("file:{}", config_path.display())];
-        let process = Proc::spawn("jaeger", &binary, args, Vec::new(), dir.join("jaeger.log"))?;
-        Ok(Self {
-            process,
-            otlp: format!("http://127.0.0.1:{otlp_port}"),
-            query: format!("http://127.0.0.1:{query_port}"),
-            dir,
-        })
-    }
-}
-
-impl Drop for Jaeger {
-    fn drop(&mut self) {
-        self.process.stop(Duration::from_secs(10));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// One span as Jaeger's query API gives it.
 #[derive(Debug, Clone)]
@@ -132,12 +85,7 @@ fn tree(spans: &[Span], parent: Option<&str>, depth: usize, out: &mut String) {
 async fn one_checkout_is_one_trace_across_the_services_linked_through_kafka() -> Result<()> {
     let jaeger = Jaeger::start()?;
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
-    support::wait_for("Jaeger's query API", Duration::from_secs(60), || async {
-        let answer = http.get(format!("{}/api/services", jaeger.query)).send().await;
-        Ok(answer.ok().filter(|answer| answer.status().is_success()).map(|_| ()))
-    })
-    .await
-    .with_context(|| jaeger.process.log_tail(20))?;
+    jaeger.wait_ready(&http).await?;
 
     // Every service a process of its own, exporting to Jaeger.
     let mut shop =
@@ -188,10 +136,16 @@ async fn checkout_trace(shop: &mut Shop, jaeger: &Jaeger, http: &reqwest::Client
         }
         let spans = spans(&answer.json().await?)?;
         let services: BTreeSet<&str> = spans.iter().map(|span| span.service.as_str()).collect();
+        // Spans arrive as each ends and each process exports: wait for the
+        // whole tree, every parent in it.
+        let ids: BTreeSet<&str> = spans.iter().map(|span| span.id.as_str()).collect();
+        let whole = spans.iter().all(|span| {
+            span.parent.as_deref().is_some_and(|parent| parent == caller_span || ids.contains(parent))
+        });
         let shipped = spans.iter().any(|span| {
             span.service == "shipping" && span.tags.get("span.kind").is_some_and(|kind| kind == "consumer")
         });
-        Ok((wanted.is_subset(&services) && shipped).then_some(spans))
+        Ok((wanted.is_subset(&services) && shipped && whole).then_some(spans))
     })
     .await;
     let spans = match spans {
@@ -267,6 +221,30 @@ async fn checkout_trace(shop: &mut Shop, jaeger: &Jaeger, http: &reqwest::Client
         ["order", "inventory", "payment", "shipping"].iter().all(|service| with_order.contains(service)),
         "spans with order_id {order_id} only in {with_order:?}"
     );
+    // The latency metrics carry the trace as exemplar: the gateway's for
+    // the placement's route and the order service's for PlaceOrder (one
+    // request each in this shop, so the exemplar is the checkout's).
+    for (service, metric, labels) in [
+        (
+            Service::Gateway,
+            "commerce_gateway_http_request_duration_seconds_bucket{",
+            r#"route="/api/orders"}"#,
+        ),
+        (
+            Service::Order,
+            "commerce_grpc_server_handling_seconds_bucket{",
+            r#"grpc_service="commerce.order.v1.OrderService",grpc_method="PlaceOrder"}"#,
+        ),
+    ] {
+        let metrics = http.get(format!("{}/metrics", shop.admin_url(service))).send().await?.text().await?;
+        let exemplar = format!(r#"# {{trace_id="{trace_id}"}}"#);
+        let buckets: Vec<&str> =
+            metrics.lines().filter(|line| line.starts_with(metric) && line.contains(labels)).collect();
+        ensure!(
+            buckets.iter().any(|line| line.contains(&exemplar)),
+            "no bucket of {metric}...{labels} carries the exemplar {exemplar}: {buckets:?}"
+        );
+    }
     // The database transactions are spans too.
     ensure!(
         spans.iter().any(|span| span.operation == "place order" && span.service == "order"),

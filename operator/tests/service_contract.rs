@@ -272,6 +272,47 @@ fn parses(service: &str, argv: &[String]) -> Result<(), String> {
     }
 }
 
+/// With `spec.monitoring.otlpEndpoint`, every service gets the standard
+/// OpenTelemetry variables (read by the OpenTelemetry SDK, not by clap, so
+/// the examples leave them out of the check above): the endpoint, its own
+/// name and where it runs; and the platform reads them as an OTLP export.
+#[test]
+fn an_otlp_endpoint_gives_every_service_the_opentelemetry_variables_under_its_own_name() {
+    use commerce_platform::telemetry::TraceExport;
+    let (mut stack, policies) = example("full.yaml");
+    let endpoint = "http://otel-collector.observability:4317";
+    stack.spec.monitoring.otlp_endpoint = Some(endpoint.to_owned());
+    let valid = validate(&stack, "default").expect("the stack is valid");
+    let wanted = secrets::generated_values(&valid);
+    let values = secrets::SecretValues::keep_or_generate(&wanted, &[], &mut StdRng::seed_from_u64(42));
+    let objects = build::build(&valid, &policies, &values, PodMonitorApi::Served).expect("the stack builds");
+    let traced = containers(&objects);
+    assert!(traced.len() >= 8, "only {} Deployments", traced.len());
+    for container in &traced {
+        assert_eq!(container.get("OTEL_EXPORTER_OTLP_ENDPOINT"), Some(endpoint), "{}", container.deployment);
+        assert_eq!(
+            container.get("OTEL_SERVICE_NAME"),
+            Some(container.service.as_str()),
+            "{}",
+            container.deployment
+        );
+        let attributes = container.get("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+        let expected = format!("k8s.namespace.name={},commerce.stack={}", valid.namespace, valid.name);
+        assert_eq!(attributes, expected, "{}", container.deployment);
+        let export = TraceExport::from_vars(|name| container.get(name).map(str::to_owned))
+            .expect("a supported export");
+        assert_eq!(export, TraceExport::Otlp { endpoint: endpoint.to_owned() }, "{}", container.deployment);
+    }
+    for container in containers(&built("full.yaml")) {
+        assert_eq!(
+            container.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            None,
+            "{}: exported unasked",
+            container.deployment
+        );
+    }
+}
+
 #[test]
 fn every_variable_a_deployment_sets_is_declared_by_its_service() {
     for file in EXAMPLES {

@@ -29,6 +29,7 @@ pub mod api;
 pub mod bench;
 pub mod fault;
 pub mod invariants;
+pub mod jaeger;
 pub mod procs;
 pub mod shop;
 pub mod tokens;

@@ -25,6 +25,10 @@ use crate::validate::ValidStack;
 
 /// Log format of every service: JSON, for the cluster's log pipeline.
 pub const LOG_FORMAT: &str = "COMMERCE_LOG_FORMAT";
+/// Where spans are exported (`spec.monitoring.otlpEndpoint`).
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 /// gRPC listen address.
 pub const GRPC_ADDR: &str = "COMMERCE_GRPC_ADDR";
 /// Admin server (`/metrics`, `/healthz`, `/readyz`) listen address.
@@ -172,6 +176,17 @@ pub fn service_config(
 
     put(LOG_FORMAT, "json".into());
     put(ADMIN_ADDR, format!("0.0.0.0:{CLUSTER_ADMIN_PORT}"));
+    if let Some(endpoint) = &stack_spec.monitoring.otlp_endpoint {
+        // The standard OpenTelemetry variables, read by the services'
+        // exporter: each service's spans under its own name, tagged with
+        // where it runs.
+        put(OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.clone());
+        put(OTEL_SERVICE_NAME, service.name().to_owned());
+        put(
+            OTEL_RESOURCE_ATTRIBUTES,
+            format!("k8s.namespace.name={},commerce.stack={}", stack.namespace, stack.name),
+        );
+    }
     if service == Service::Gateway {
         put(HTTP_ADDR, format!("0.0.0.0:{CLUSTER_HTTP_PORT}"));
     } else {

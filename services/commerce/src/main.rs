@@ -60,7 +60,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         Command::Serve { target: ServeTarget::All(all) } => serve_all(all).await,
         Command::Local { command: LocalCommand::Up(up) } => {
-            telemetry::init(&up.log, "local")?;
+            // The whole shop in one process: its spans are exported as "commerce".
+            telemetry::init(&up.log, "commerce")?;
             local::up(up, shutdown::on_signal()).await
         }
         Command::Check { command: CheckCommand::Grpc(args) } => check::grpc(&args).await,

@@ -11,11 +11,12 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use commerce_platform::admin::Metrics;
+use commerce_platform::admin::{TraceExemplar, TracedHistogram};
 use commerce_platform::trace_context;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use tokio::time::Instant;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
@@ -200,15 +201,16 @@ struct RouteLabels {
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Family<RouteLabels, Histogram>,
+    /// With the request's trace as exemplar.
+    duration: Family<RouteLabels, TracedHistogram>,
 }
 
 impl HttpMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         // 1 ms to ~16 s.
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        let duration = Family::<RouteLabels, TracedHistogram>::new_with_constructor(|| {
+            TracedHistogram::new(exponential_buckets(0.001, 2.0, 15))
         });
         metrics.register(
             "commerce_gateway_http_requests",
@@ -224,16 +226,23 @@ impl HttpMetrics {
     }
 }
 
-/// Counts and times requests that matched a route.
+/// Counts and times requests that matched a route; the time's exemplar is
+/// the request's trace.
 pub async fn record_metrics(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map_or("unknown", MatchedPath::as_str).to_owned();
     let method = request.method().as_str().to_owned();
+    // Inside the request's span: `observe` runs around this layer.
+    let exemplar = TraceExemplar::current();
     let response = next.run(request).await;
     metrics
         .requests
         .get_or_create(&RequestLabels { method, route: route.clone(), status: response.status().as_u16() })
         .inc();
-    metrics.duration.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+    metrics.duration.get_or_create(&RouteLabels { route }).observe(
+        started.elapsed().as_secs_f64(),
+        exemplar,
+        None,
+    );
     response
 }

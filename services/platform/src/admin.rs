@@ -31,9 +31,10 @@ use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Metric, Registry};
 use tokio::net::TcpListener;
@@ -179,7 +180,28 @@ pub struct GrpcMethodLabels {
     pub grpc_method: String,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// The exemplar of a latency observation: the trace it was made in, so that
+/// a dashboard can jump from a slow bucket to the trace that landed there.
+/// Exemplars travel in the OpenMetrics text the admin server answers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+impl TraceExemplar {
+    /// The exemplar of the current span's trace, if it is a sampled one
+    /// (an unsampled trace is in no backend to jump to).
+    pub fn current() -> Option<Self> {
+        crate::trace_context::current()
+            .filter(opentelemetry::trace::SpanContext::is_sampled)
+            .map(|span| Self { trace_id: span.trace_id().to_string() })
+    }
+}
+
+/// A latency histogram whose buckets carry [`TraceExemplar`]s.
+pub type TracedHistogram = HistogramWithExemplars<TraceExemplar>;
+
+type HistogramFamily<L> = Family<L, TracedHistogram, fn() -> TracedHistogram>;
 
 /// Server-side gRPC request metrics.
 #[derive(Debug, Clone)]
@@ -187,14 +209,15 @@ pub struct GrpcServerMetrics {
     /// `commerce_grpc_server_handled_total{grpc_service, grpc_method, grpc_code}`.
     pub handled: Family<GrpcCallLabels, Counter>,
     /// `commerce_grpc_server_handling_seconds{grpc_service, grpc_method}`:
-    /// from the request's arrival to the end of its response.
+    /// from the request's arrival to the end of its response, with the
+    /// request's trace as exemplar.
     pub handling_seconds: HistogramFamily<GrpcMethodLabels>,
 }
 
-fn latency_histogram() -> Histogram {
+fn latency_histogram() -> TracedHistogram {
     // 1 ms to ~33 s in doublings: covers a cache hit and a call that runs
     // into the longest deadline a client sets.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    HistogramWithExemplars::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 impl GrpcServerMetrics {
@@ -477,6 +500,8 @@ where
             metrics: self.metrics.clone(),
             path: request.uri().path().to_owned(),
             started: Instant::now(),
+            // Inside the request's span (the trace layer is outside this one).
+            exemplar: TraceExemplar::current(),
             code: None,
             ended: false,
         };
@@ -511,6 +536,7 @@ struct Recording {
     metrics: GrpcServerMetrics,
     path: String,
     started: Instant,
+    exemplar: Option<TraceExemplar>,
     /// The status once seen, in the headers or the trailers.
     code: Option<Code>,
     /// Whether the body ran to its end (a body dropped earlier means the
@@ -527,10 +553,11 @@ impl Drop for Recording {
         };
         let method_labels =
             GrpcMethodLabels { grpc_service: service.to_owned(), grpc_method: method.to_owned() };
-        self.metrics
-            .handling_seconds
-            .get_or_create(&method_labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics.handling_seconds.get_or_create(&method_labels).observe(
+            self.started.elapsed().as_secs_f64(),
+            self.exemplar.take(),
+            None,
+        );
         self.metrics
             .handled
             .get_or_create(&GrpcCallLabels {

@@ -403,9 +403,9 @@ impl std::io::Write for BufferedLine<'_> {
 }
 
 /// The subscriber [`init_to`] installs, writing to `writer`; `ansi` says
-/// whether text lines may carry colour codes (JSON lines never do); of what
-/// `--log-filter` lets through, the spans at `info` and above (and the
-/// warnings and errors within them, as span events) go to `tracer`.
+/// whether text lines may carry colour codes (JSON lines never do); the
+/// spans at `info` and above, whatever `--log-filter` logs (and the
+/// warnings and errors within them, as span events), go to `tracer`.
 fn subscriber<W>(
     args: &LogArgs,
     writer: W,
@@ -433,11 +433,92 @@ where
             tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi).with_target(true).boxed()
         }
     };
-    // One filter for the whole stack, as a layer of its own: what
-    // `--log-filter` lets through is what is logged and what may become a
-    // span. (As a per-layer filter on the log layer alone, spans it enabled
-    // were at times not entered for either layer.)
-    Ok(Box::new(tracing_subscriber::registry().with(filter).with(log).with(trace_layer(tracer))))
+    // One filter for the whole stack, as a layer of its own (as a per-layer
+    // filter on the log layer alone, spans it enabled were at times entered
+    // by neither layer): what `--log-filter` lets through is logged, and
+    // every span at `info` and above is made whatever it says.
+    Ok(Box::new(
+        tracing_subscriber::registry().with(LogFilterAndSpans(filter)).with(log).with(trace_layer(tracer)),
+    ))
+}
+
+/// Whether spans of `metadata`'s callsite are made whatever the log filter
+/// says: they carry the trace (its ids, the context sent onwards, the
+/// export), which must not stop at `--log-filter=warn`.
+fn traced_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && *metadata.level() <= tracing::Level::INFO
+}
+
+/// The log filter, widened to the spans that carry the trace
+/// ([`traced_span`]). Log lines are events, which only the log filter lets
+/// through; a span it would not have let through only shows as the
+/// fields of the lines logged inside it.
+struct LogFilterAndSpans(EnvFilter);
+
+impl<S> tracing_subscriber::Layer<S> for LogFilterAndSpans
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        // Registered with the log filter in any case: its span directives
+        // keep their state.
+        let interest = tracing_subscriber::Layer::<S>::register_callsite(&self.0, metadata);
+        if traced_span(metadata) { tracing::subscriber::Interest::always() } else { interest }
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        traced_span(metadata) || tracing_subscriber::Layer::<S>::enabled(&self.0, metadata, ctx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        let logged = tracing_subscriber::Layer::<S>::max_level_hint(&self.0)?;
+        Some(logged.max(tracing::level_filters::LevelFilter::INFO))
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        tracing_subscriber::Layer::<S>::event_enabled(&self.0, event, ctx)
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        tracing_subscriber::Layer::<S>::on_new_span(&self.0, attrs, id, ctx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        tracing_subscriber::Layer::<S>::on_record(&self.0, id, values, ctx);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        tracing_subscriber::Layer::<S>::on_enter(&self.0, id, ctx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        tracing_subscriber::Layer::<S>::on_exit(&self.0, id, ctx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        tracing_subscriber::Layer::<S>::on_close(&self.0, id, ctx);
+    }
 }
 
 /// The layer that makes `tracing` spans OpenTelemetry spans of `tracer`:
@@ -667,7 +748,8 @@ mod tests {
 
     #[test]
     fn a_client_call_is_a_span_of_its_own_that_sends_its_context_and_keeps_an_explicit_header() {
-        let args = LogArgs { format: LogFormat::Json, filter: "info".to_owned() };
+        // Nothing logged: the spans carry the trace all the same.
+        let args = LogArgs { format: LogFormat::Json, filter: "off".to_owned() };
         let subscriber = subscriber(&args, std::io::sink, false, unexported()).unwrap();
         let sent = tracing::subscriber::with_default(subscriber, || {
             let served = tracing::info_span!(
@@ -769,6 +851,35 @@ mod tests {
         assert_eq!(line["span"]["trace_id"], caller.trace_id().to_string(), "{line}");
         assert_eq!(line["span"]["span_id"], seen.span_id().to_string(), "{line}");
         assert_eq!(line["span"]["parent_span_id"], caller.span_id().to_string(), "{line}");
+    }
+
+    #[test]
+    fn with_only_warnings_logged_a_warning_still_names_the_trace_and_info_lines_stay_out() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let args = LogArgs { format: LogFormat::Json, filter: "warn".to_owned() };
+        let subscriber = subscriber(&args, move || writer.clone(), false, unexported()).unwrap();
+        let served = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "served",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty
+            );
+            let started = trace_context::start(&span, Some(&caller()));
+            span.in_scope(|| {
+                tracing::info!("reserving stock");
+                tracing::warn!("stock low");
+            });
+            started
+        })
+        .expect("the span is made under a warn-only log filter");
+        assert_eq!(served.trace_id(), caller().trace_id());
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+        assert_eq!(lines.len(), 1, "only the warning is logged: {text}");
+        assert_eq!(lines[0]["message"], "stock low");
+        assert_eq!(lines[0]["span"]["trace_id"], caller().trace_id().to_string(), "{text}");
     }
 
     #[test]

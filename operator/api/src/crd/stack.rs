@@ -965,6 +965,19 @@ pub struct MonitoringSpec {
             .reason(Reason::FieldValueInvalid)
     )]
     pub interval: Option<Duration>,
+    /// An OpenTelemetry collector (or Jaeger, Tempo...) receiving OTLP over
+    /// gRPC without TLS, e.g. `http://otel-collector.observability:4317`:
+    /// every service exports its spans there, as `service.name` its own
+    /// name. Unset, no span is exported (trace ids still travel between the
+    /// services and name every log line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('http://') && size(self) > 7")
+            .message("monitoring.otlpEndpoint must be an http:// URL (OTLP over gRPC without TLS)")
+            .reason(Reason::FieldValueInvalid)
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl MonitoringSpec {
