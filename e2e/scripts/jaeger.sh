@@ -25,7 +25,6 @@ COMPONENT=jaeger
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SRC="$E2E_DIR/jaeger"
 
 usage() {
   echo "usage: $0 path | config <otlp_grpc_port> <query_http_port>" >&2
@@ -33,32 +32,11 @@ usage() {
 }
 
 bin_dir() {
-  local key
-  key="$(cat "$SRC/go.mod" "$SRC/go.sum" | sha256sum | cut -c1-16)"
-  printf '%s/jaeger-%s/bin\n' "$CACHE" "$key"
+  go_tools_dir jaeger
 }
 
 build() {
-  local bin tmp log start
-  bin="$(bin_dir)"
-  [[ -x "$bin/jaeger" ]] && return 0
-  command -v go >/dev/null || die "Go is needed to build Jaeger"
-  ensure_state_dirs
-  log="$LOG_DIR/jaeger-build.log"
-  tmp="$bin.tmp.$$"
-  rm -rf "$tmp"
-  mkdir -p "$tmp"
-  start=$SECONDS
-  log "building jaeger from e2e/jaeger/go.mod; log: $log"
-  if ! (cd "$SRC" && go build -mod=readonly -trimpath -o "$tmp/" tool) >>"$log" 2>&1; then
-    rm -rf "$tmp"
-    tail -n 30 "$log" >&2
-    die "the build of e2e/jaeger failed; see $log"
-  fi
-  [[ -x "$tmp/jaeger" ]] || die "the build produced no jaeger"
-  rm -rf "$bin"
-  mv "$tmp" "$bin"
-  log "built jaeger in $((SECONDS - start))s into $bin"
+  go_tools_build jaeger jaeger
 }
 
 port_arg() {

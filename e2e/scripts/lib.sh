@@ -54,6 +54,51 @@ with_lock() {
   exec 9>&-
 }
 
+# The cache directory of the tools built from the Go module in e2e/<module>:
+# $CACHE/<module>-<16 hex of the sha256 of its go.mod and go.sum>/bin, so a
+# changed pin builds afresh.
+go_tools_dir() {
+  local module="$1" key
+  key="$(cat "$E2E_DIR/$module/go.mod" "$E2E_DIR/$module/go.sum" | sha256sum | cut -c1-16)"
+  printf '%s/%s-%s/bin
+' "$CACHE" "$module" "$key"
+}
+
+# Builds the `tool` directives of the Go module in e2e/<module> into
+# go_tools_dir, unless every named binary is there already; the build goes
+# to a temporary directory first, so an interrupted one leaves nothing half
+# made. Call it under with_lock.
+#   go_tools_build <module> <binary>...
+go_tools_build() {
+  local module="$1" bin tmp log start binary
+  shift
+  bin="$(go_tools_dir "$module")"
+  local missing=0
+  for binary in "$@"; do
+    [[ -x "$bin/$binary" ]] || missing=1
+  done
+  ((missing)) || return 0
+  command -v go >/dev/null || die "Go is needed to build $* (e2e/$module/go.mod)"
+  ensure_state_dirs
+  log="$LOG_DIR/$module-build.log"
+  tmp="$bin.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  start=$SECONDS
+  log "building $* from e2e/$module/go.mod; log: $log"
+  if ! (cd "$E2E_DIR/$module" && go build -mod=readonly -trimpath -o "$tmp/" tool) >>"$log" 2>&1; then
+    rm -rf "$tmp"
+    tail -n 30 "$log" >&2
+    die "the build of e2e/$module failed; see $log"
+  fi
+  for binary in "$@"; do
+    [[ -x "$tmp/$binary" ]] || die "the build of e2e/$module produced no $binary"
+  done
+  rm -rf "$bin"
+  mv "$tmp" "$bin"
+  log "built $* in $((SECONDS - start))s into $bin"
+}
+
 # Installs Debian packages; refreshes the package lists once if the first
 # attempt fails (a new machine has none, an old one may have stale ones).
 apt_install() {

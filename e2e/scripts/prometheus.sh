@@ -16,35 +16,13 @@ COMPONENT=prometheus
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SRC="$E2E_DIR/prometheus"
 
 bin_dir() {
-  local key
-  key="$(cat "$SRC/go.mod" "$SRC/go.sum" | sha256sum | cut -c1-16)"
-  printf '%s/prometheus-%s/bin\n' "$CACHE" "$key"
+  go_tools_dir prometheus
 }
 
 build() {
-  local bin tmp log start
-  bin="$(bin_dir)"
-  [[ -x "$bin/promtool" && -x "$bin/prometheus" ]] && return 0
-  command -v go >/dev/null || die "Go is needed to build Prometheus"
-  ensure_state_dirs
-  log="$LOG_DIR/prometheus-build.log"
-  tmp="$bin.tmp.$$"
-  rm -rf "$tmp"
-  mkdir -p "$tmp"
-  start=$SECONDS
-  log "building promtool and prometheus from e2e/prometheus/go.mod; log: $log"
-  if ! (cd "$SRC" && go build -mod=readonly -trimpath -o "$tmp/" tool) >>"$log" 2>&1; then
-    rm -rf "$tmp"
-    tail -n 30 "$log" >&2
-    die "the build of e2e/prometheus failed; see $log"
-  fi
-  [[ -x "$tmp/promtool" && -x "$tmp/prometheus" ]] || die "the build produced no promtool or prometheus"
-  rm -rf "$bin"
-  mv "$tmp" "$bin"
-  log "built promtool and prometheus in $((SECONDS - start))s into $bin"
+  go_tools_build prometheus promtool prometheus
 }
 
 case "${1:-}" in
