@@ -172,6 +172,7 @@ pub async fn record_intent(
 /// Records that the order's stock is held (StockReserved); wakes the
 /// workers on commit if the payment became chargeable.
 pub async fn record_stock_reserved(conn: &mut PgConnection, order_id: &str) -> Result<(), Error> {
+    let (traceparent, tracestate) = current_trace();
     let chargeable: Option<bool> = sqlx::query_scalar(
         "INSERT INTO payments (id, order_id, stock_reserved, traceparent, tracestate) VALUES ($1, $2, TRUE, $3, $4) \
          ON CONFLICT (order_id) DO UPDATE SET stock_reserved = TRUE, next_attempt_at = now(), updated_at = now(), \
@@ -181,8 +182,8 @@ pub async fn record_stock_reserved(conn: &mut PgConnection, order_id: &str) -> R
     )
     .bind(Uuid::now_v7())
     .bind(order_id)
-    .bind(current_trace().0)
-    .bind(current_trace().1)
+    .bind(traceparent)
+    .bind(tracestate)
     .fetch_optional(&mut *conn)
     .await
     .map_err(Error::UpdatePayment)?;
