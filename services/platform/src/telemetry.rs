@@ -546,23 +546,6 @@ where
     trace_layer(SdkTracerProvider::builder().build().tracer("commerce"))
 }
 
-/// A tonic interceptor that adds `traceparent` and `tracestate`, for
-/// clients built with `XClient::with_interceptor(channel,
-/// telemetry::traceparent_interceptor)` rather than over a
-/// [`ResilientChannel`](crate::resilience::ResilientChannel).
-pub fn traceparent_interceptor(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    if !request.metadata().contains_key(trace_context::TRACEPARENT)
-        && let Some(span) = trace_context::current()
-    {
-        for (name, value) in trace_context::headers(&span) {
-            if let Ok(value) = value.parse() {
-                request.metadata_mut().insert(name, value);
-            }
-        }
-    }
-    Ok(request)
-}
-
 /// Server-side layer: runs each request in a `grpc_request` span, a child
 /// of the caller's (its `traceparent`, or a new trace), named after the
 /// method, with `trace_id`, `span_id`, `parent_span_id` and an empty
