@@ -45,7 +45,8 @@ trap 'rm -rf "$results"' EXIT
 bench() {
   local test_file="$1" name="$2" out="$3"
   shift 3
-  (cd "$REPO_ROOT" && env "$@" cargo test --locked -q -p commerce-e2e --test "$test_file" -- \
+  # No backtrace: the last lines of a failure's log are then its error.
+  (cd "$REPO_ROOT" && env RUST_BACKTRACE=0 "$@" cargo test --locked -q -p commerce-e2e --test "$test_file" -- \
     --ignored --nocapture --exact "$name") >"$out.log" 2>&1 || {
     tail -40 "$out.log" >&2
     die "benchmark $name failed (log above)"

@@ -280,7 +280,7 @@ async fn product_reads_through_the_gateway_as_a_ratio_of_a_bare_axum_hello_world
     // The built-in rule switched off for every gateway sharing this Redis
     // prefix (one here); a rule stored in Redis wins over the default.
     let disabled = json!({
-        "name": "default-ip", "match": {"path": "/api/**"}, "key": "ip",
+        "match": {"path": "/api/**"}, "key": "ip",
         "rate": 1, "period": "1m", "burst": 1, "disabled": true,
     });
     api.call(Method::PUT, "/api/admin/ratelimits/default-ip", Some(&admin.access_token), Some(&disabled))

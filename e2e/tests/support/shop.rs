@@ -52,8 +52,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A run at least this old with no connection to its databases has ended
 /// (see [`collect_stale_runs`]); younger ones may still be starting.
 const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
-/// Port offsets tried: multiples of 100 from 2000 to 11900, so that the
-/// highest port (gRPC 50051 + 8 + offset) stays below 65536.
+/// Port offsets tried: multiples of 100 from 2000 to 11900, so that every
+/// shifted port stays below Linux's ephemeral range (32768-60999), where
+/// outgoing connections take their local ports.
 const OFFSET_STEPS: u64 = 100;
 /// Attempts to start on a fresh offset when the child dies before it is
 /// ready (another process took a port between the check and the bind).

@@ -291,7 +291,7 @@ mod tests {
         let wiring = LocalWiring { port_offset: 1000, ..LocalWiring::for_tests() };
         let gateway = wiring.ports(Service::Gateway);
         assert_eq!((gateway.http, gateway.admin, gateway.grpc), (Some(9080), 10109, None));
-        assert_eq!(wiring.ports(Service::Auth).grpc, Some(51051));
+        assert_eq!(wiring.ports(Service::Auth).grpc, Some(10151));
         assert_eq!(wiring.gateway_url(), "http://127.0.0.1:9080");
     }
 }

@@ -225,7 +225,7 @@ mod tests {
             args.contains(&"--database-url=postgres://postgres:pw@127.0.0.1:55432/commerce_order".to_owned()),
             "{args:?}"
         );
-        assert!(args.contains(&"--peer=catalog=http://127.0.0.1:50052".to_owned()), "{args:?}");
+        assert!(args.contains(&"--peer=catalog=http://127.0.0.1:9152".to_owned()), "{args:?}");
         assert!(!args.iter().any(|arg| arg.starts_with("--redis-url")), "order has no Redis flag: {args:?}");
         assert!(!args.iter().any(|arg| arg.contains("gateway=")), "the gateway has no gRPC port: {args:?}");
     }

@@ -195,16 +195,18 @@ impl Drop for Shop {
 /// The first of `first`, `first + 100`, ... `first + 400` at which every
 /// shifted local port (each service's gRPC, HTTP and admin port) is free now.
 ///
-/// The offsets are chosen so that no shifted port lies in Linux's ephemeral
-/// range (32768-60999), where outgoing connections take their local ports:
-/// with an offset from 11000 to 15400 the gRPC ports (50051+) land above
-/// 61000 and the admin and HTTP ports (9101+, 8080) below 32768. With offsets
-/// inside that range, a port found free could be taken by one of the many
-/// connections a shop starting in parallel opens before our process bound it
-/// (seen: 54052). Each test has its own range, so tests running side by side
-/// never pick the same ports.
+/// The offsets keep every shifted port below Linux's ephemeral range
+/// (32768-60999), where outgoing connections take their local ports: a port
+/// found free there could be taken by one of the many connections a shop
+/// starting in parallel opens before our process bound it (seen: 54052).
+/// They also keep clear of the e2e shops' offsets (2000-11900, ports up to
+/// about 21100): from 13000 the lowest shifted port is 21080. Each test has
+/// its own range, so tests running side by side never pick the same ports.
 fn free_port_offset(first: u16) -> u16 {
-    assert!((11_000..=15_000).contains(&first), "offset {first} would put ports in the ephemeral range");
+    assert!(
+        (13_000..=23_000).contains(&first),
+        "offset {first} would meet the e2e shops' ports or the ephemeral range"
+    );
     (0..5u16)
         .map(|step| first + step * 100)
         .find(|offset| {
@@ -223,7 +225,7 @@ fn free_port_offset(first: u16) -> u16 {
 async fn every_built_in_service_becomes_ready_in_one_process_and_stops_cleanly_on_sigterm() {
     let infra = Infra::from_env();
     infra.require_reachable();
-    let offset = free_port_offset(11_000);
+    let offset = free_port_offset(13_000);
     let services = built_in();
     let names: Vec<&str> = services.iter().map(|service| service.name()).collect();
     let args = vec![
@@ -262,7 +264,7 @@ async fn one_service_serves_from_its_own_flags_as_in_a_pod_and_stops_cleanly_on_
     infra.require_reachable();
     // The cart has no database, so no preparation is needed: as in a pod,
     // where the operator created everything beforehand.
-    let offset = free_port_offset(12_000);
+    let offset = free_port_offset(14_000);
     let ports = Service::Cart.local_ports();
     let grpc = ports.grpc.expect("the cart serves gRPC") + offset;
     let admin = ports.admin + offset;
@@ -292,7 +294,7 @@ async fn one_service_serves_from_its_own_flags_as_in_a_pod_and_stops_cleanly_on_
 async fn local_up_runs_the_example_stack_with_demo_products_and_stops_cleanly_on_sigterm() {
     let infra = Infra::from_env();
     infra.require_reachable();
-    let offset = free_port_offset(13_000);
+    let offset = free_port_offset(15_000);
     let stack = format!("{}/../../manifests/examples/local.yaml", env!("CARGO_MANIFEST_DIR"));
     let args = vec![
         "local".to_owned(),

@@ -20,7 +20,15 @@ pub const CLUSTER_HTTP_PORT: u16 = 8080;
 
 /// First local gRPC port. On one machine every service needs its own port;
 /// each takes `LOCAL_GRPC_BASE + index`, in catalog order.
-pub const LOCAL_GRPC_BASE: u16 = 50051;
+///
+/// Not 50051 as in a cluster: that lies in Linux's ephemeral range
+/// (32768-60999), where outgoing connections take their local ports, and a
+/// connection the shop itself had just opened to Postgres (in TIME-WAIT)
+/// kept `make up` from binding 50054 twice in a row. Every local port stays
+/// below that range, and the gRPC, admin and HTTP ports differ in their last
+/// two digits, so two shops shifted by multiples of 100 (as the tests start
+/// them) never want the same port.
+pub const LOCAL_GRPC_BASE: u16 = 9151;
 /// First local admin port, `LOCAL_ADMIN_BASE + index` per service.
 pub const LOCAL_ADMIN_BASE: u16 = 9101;
 /// The gateway's local REST port.
@@ -433,12 +441,18 @@ mod tests {
     }
 
     #[test]
-    fn local_ports_are_unique() {
+    fn local_ports_are_unique_below_the_ephemeral_range_and_apart_modulo_100() {
         let mut seen = HashSet::new();
+        let mut last_two_digits = HashSet::new();
         for service in Service::ALL {
             let ports = service.local_ports();
             for port in [ports.grpc, ports.http, Some(ports.admin)].into_iter().flatten() {
                 assert!(seen.insert(port), "local port {port} is used twice ({service})");
+                assert!(port < 32768, "local port {port} of {service} is in the ephemeral range");
+                assert!(
+                    last_two_digits.insert(port % 100),
+                    "local port {port} of {service} aliases another modulo 100"
+                );
             }
         }
     }
