@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod errors;
 pub mod events;
 pub mod grpc;
+pub mod json_lines;
 pub mod quota;
 pub mod readiness;
 pub mod redis;

@@ -418,16 +418,13 @@ where
     let filter = EnvFilter::try_new(&args.filter)
         .map_err(|source| TelemetryError::ParseFilter { filter: args.filter.clone(), source })?;
     let log = match args.format {
+        // The current span carries `trace_id` and the gRPC method; the full
+        // span list would repeat them on every line.
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(crate::json_lines::JsonLines)
             .with_writer(writer)
             .with_ansi(false)
-            .with_target(true)
-            // The current span carries `trace_id` and the gRPC method; the
-            // full span list would repeat them on every line.
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
             .boxed(),
         LogFormat::Text => {
             tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi).with_target(true).boxed()
