@@ -421,7 +421,7 @@ where
         // The current span carries `trace_id` and the gRPC method; the full
         // span list would repeat them on every line.
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .fmt_fields(crate::json_lines::SpanFields)
             .event_format(crate::json_lines::JsonLines)
             .with_writer(writer)
             .with_ansi(false)
