@@ -196,19 +196,18 @@ fn push_json<T: serde::Serialize + ?Sized>(line: &mut Vec<u8>, value: &T) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+    use crate::telemetry::tests::Captured;
 
     /// The lines written while `body` runs under a JSON log layer with
     /// [`JsonLines`], and the same lines from `tracing-subscriber`'s own
     /// JSON format, each parsed.
     fn both_formats(body: impl Fn()) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
-        let ours = Arc::new(Mutex::new(Vec::new()));
-        let theirs = Arc::new(Mutex::new(Vec::new()));
-        let writer = |buffer: Arc<Mutex<Vec<u8>>>| move || Buffer(buffer.clone());
+        let ours = Captured::default();
+        let theirs = Captured::default();
+        let writer = |captured: Captured| move || captured.clone();
         let subscriber = tracing_subscriber::registry()
             .with(
                 tracing_subscriber::fmt::layer()
@@ -225,27 +224,13 @@ mod tests {
                     .with_writer(writer(theirs.clone())),
             );
         tracing::subscriber::with_default(subscriber, body);
-        let parse = |buffer: &Arc<Mutex<Vec<u8>>>| {
-            let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        let parse = |captured: &Captured| {
+            let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
             text.lines()
                 .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
                 .collect()
         };
         (parse(&ours), parse(&theirs))
-    }
-
-    #[derive(Clone)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     #[derive(Debug)]
