@@ -217,8 +217,8 @@ async fn closed_loop_checkouts_per_second_and_memory_of_serve_all() -> anyhow::R
 const REGISTRATIONS: usize = 1000;
 
 /// Each registration hashes a password with argon2id, which works through
-/// 19 MiB; the process must not keep those work areas (it once held 1.4 GiB
-/// after 100 registrations).
+/// 9 MiB (19 MiB before); the process must not keep those work areas (it
+/// once held 1.4 GiB after 100 registrations).
 #[tokio::test]
 #[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
 async fn the_shop_rss_after_many_registrations_is_printed() -> anyhow::Result<()> {

@@ -157,15 +157,41 @@ impl AuthGrpc {
             return Err(Error::LoginPaused { user_id: user.id, retry_after });
         }
         let verified =
-            verify_password(request.password, user.as_ref().map(|user| user.password_hash.clone())).await;
+            verify_password(request.password.clone(), user.as_ref().map(|user| user.password_hash.clone()))
+                .await;
         let user = match user {
             Some(user) if verified && user.active => user,
             _ => return Err(Error::Authenticate),
         };
         store::reset_login_throttle(&self.inner.pool, user.id).await?;
+        if crate::password::needs_rehash(&user.password_hash) {
+            self.rehash(&user, request.password).await;
+        }
         let mut conn = self.connection().await?;
         let tokens = self.issue(&user, Uuid::now_v7(), &mut conn).await?;
         Ok(pb::LoginResponse { user: Some(user_to_proto(&user)), tokens: Some(tokens) })
+    }
+
+    /// Stores the password of `user`, just verified, hashed again with
+    /// today's parameters. A failure is logged, not returned: the sign-in
+    /// itself succeeded, and the next one tries again.
+    async fn rehash(&self, user: &store::UserRow, password: String) {
+        let replaced = match hash_password(password).await {
+            Ok(hash) => {
+                store::replace_password_hash(&self.inner.pool, user.id, &user.password_hash, &hash).await
+            }
+            Err(error) => Err(error),
+        };
+        match replaced {
+            Ok(true) => {
+                tracing::info!(user_id = %user.id, "password hashed again with today's argon2 parameters")
+            }
+            // Changed meanwhile (another sign-in rehashed it first).
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(user_id = %user.id, error = %error, "the password could not be hashed again")
+            }
+        }
     }
 
     async fn refresh(&self, request: pb::RefreshRequest) -> Result<pb::RefreshResponse, Error> {

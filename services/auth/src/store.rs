@@ -141,6 +141,20 @@ pub async fn count_login_attempt(pool: &PgPool, id: Uuid) -> Result<Option<domai
     Ok(Some(attempt))
 }
 
+/// Replaces user `id`'s password hash `old` with `new` (the same password
+/// hashed with other parameters); false when the stored hash is no longer
+/// `old`.
+pub async fn replace_password_hash(pool: &PgPool, id: Uuid, old: &str, new: &str) -> Result<bool, Error> {
+    let replaced = sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+        .bind(id)
+        .bind(old)
+        .bind(new)
+        .execute(pool)
+        .await
+        .map_err(database("store a password hashed again"))?;
+    Ok(replaced.rows_affected() == 1)
+}
+
 /// Clears user `id`'s sign-in throttle after a correct password.
 pub async fn reset_login_throttle(pool: &PgPool, id: Uuid) -> Result<(), Error> {
     sqlx::query(

@@ -325,6 +325,40 @@ async fn maintenance_rotates_a_key_once_it_is_due_and_not_before() -> anyhow::Re
 }
 
 #[tokio::test]
+async fn a_password_hashed_with_older_parameters_signs_in_and_is_stored_again_with_todays()
+-> anyhow::Result<()> {
+    use argon2::PasswordHasher as _;
+    let f = fixture().await?;
+    register(&f.grpc, "hedy@example.com", "frequency hopping").await?;
+    // As registered before the parameters changed: the crate's defaults.
+    let salt = argon2::password_hash::phc::Salt::new(b"sixteen byte slt").expect("salt");
+    let older =
+        argon2::Argon2::default().hash_password_with_salt(b"frequency hopping", salt.as_ref())?.to_string();
+    assert!(older.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{older}");
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE email = 'hedy@example.com'")
+        .bind(&older)
+        .execute(&f.db.pool)
+        .await?;
+    let stored = || async {
+        sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE email = 'hedy@example.com'")
+            .fetch_one(&f.db.pool)
+            .await
+    };
+    assert_eq!(
+        login(&f.grpc, "hedy@example.com", "wrong password").await.expect_err("wrong").code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(stored().await?, older, "a wrong password changes nothing");
+    login(&f.grpc, "hedy@example.com", "frequency hopping").await?;
+    let today = stored().await?;
+    assert!(today.starts_with("$argon2id$v=19$m=9216,t=4,p=1$"), "{today}");
+    assert!(!commerce_auth::password::needs_rehash(&today));
+    login(&f.grpc, "hedy@example.com", "frequency hopping").await?;
+    assert_eq!(stored().await?, today, "a current hash is left as it is");
+    f.db.drop_database().await
+}
+
+#[tokio::test]
 async fn long_expired_refresh_tokens_are_purged_and_live_ones_kept() -> anyhow::Result<()> {
     let f = fixture().await?;
     let live = tokens(register(&f.grpc, "grace@example.com", "cobol compiler").await?.tokens);

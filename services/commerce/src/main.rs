@@ -12,6 +12,7 @@
 //!
 //! `main` only parses and dispatches; the work is in the modules.
 
+mod allocator;
 mod check;
 mod cli;
 mod demo;
@@ -35,8 +36,19 @@ use crate::services::ServiceConfig;
 /// starts their callers anyway.
 const WAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    allocator::tune();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main())
+}
+
+async fn async_main() -> ExitCode {
     let cli = cli::parse();
     let code = match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
