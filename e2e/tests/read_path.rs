@@ -141,8 +141,19 @@ async fn wrk(url: &str, headers: &[String], duration: Duration) -> anyhow::Resul
     WrkReport::parse(&stdout)
 }
 
-/// Warms `url` up, then measures it.
+/// Longest wait for a quiet machine before a measurement.
+const QUIET_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits for a quiet machine ([`support::bench::wait_until_quiet`]), warms
+/// `url` up, then measures it.
 async fn measure(url: &str, headers: &[String]) -> anyhow::Result<WrkReport> {
+    let busy = support::bench::wait_until_quiet(QUIET_WAIT).await?;
+    if busy >= 0.15 {
+        println!(
+            "FIGURE note: the CPUs were still {:.0}% busy after {QUIET_WAIT:?}; measuring {url} anyway",
+            busy * 100.0
+        );
+    }
     wrk(url, headers, WARM_UP).await?;
     wrk(url, headers, MEASURE_FOR).await
 }
