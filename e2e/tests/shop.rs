@@ -569,6 +569,80 @@ async fn a_customer_on_an_admin_route_is_forbidden() {
 }
 
 #[tokio::test]
+async fn an_admin_finds_users_by_text_and_role_and_a_new_role_reaches_the_users_next_sign_in() {
+    let (shop, api, admin) = setup().await;
+    let admin_token = Some(admin.access_token.as_str());
+    // A tag in both names, so that only this test's users match the search.
+    let tag = format!("roles{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let older = api.register_customer(&format!("{tag}-older")).await.expect("registers");
+    let newer = api.register_customer(&format!("{tag}-newer")).await.expect("registers");
+
+    let found = api
+        .get(&format!("/api/admin/users?q={}&page_size=1", tag.to_uppercase()), admin_token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("lists");
+    assert_eq!(found["total_size"], json!(2), "{found}");
+    assert_eq!(found["users"][0]["id"], json!(newer.user_id), "newest first: {found}");
+    assert_eq!(found["users"][0]["roles"], json!(["customer"]));
+    assert_eq!(found["users"][0]["active"], json!(true));
+    let token = found["next_page_token"].as_str().expect("a next page");
+    let rest = api
+        .get(&format!("/api/admin/users?q={tag}&page_size=1&page_token={token}"), admin_token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("lists");
+    assert_eq!(rest["users"][0]["id"], json!(older.user_id), "{rest}");
+    assert_eq!(rest["next_page_token"], json!(""));
+
+    // A customer may neither list users nor act as a courier.
+    let customer_token = Some(older.access_token.as_str());
+    let listed = api.get("/api/admin/users", customer_token).await.expect("answers");
+    assert_eq!(listed.status, StatusCode::FORBIDDEN, "{}", listed.body);
+    let courier_move = json!({"status": "assigned"});
+    let unknown_shipment = format!("/api/shipments/{}/status", uuid::Uuid::new_v4());
+    let moved = api.post(&unknown_shipment, customer_token, &courier_move).await.expect("answers");
+    assert_eq!(moved.status, StatusCode::FORBIDDEN, "{}", moved.body);
+
+    let path = format!("/api/admin/users/{}/role", older.user_id);
+    let changed = api
+        .call(Method::PUT, &path, admin_token, Some(&json!({"role": "courier"})))
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("changes the role");
+    assert_eq!(changed["roles"], json!(["courier"]), "{changed}");
+    let couriers = api
+        .get(&format!("/api/admin/users?q={tag}&role=courier"), admin_token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("lists");
+    assert_eq!(couriers["total_size"], json!(1), "{couriers}");
+    // The next sign-in's token carries the role: the courier route now
+    // looks for the shipment instead of refusing the caller.
+    let courier = api.login(&older.email, "correct horse battery").await.expect("signs in");
+    let moved = api.post(&unknown_shipment, Some(&courier.access_token), &courier_move).await.expect("answers");
+    assert_eq!(moved.status, StatusCode::NOT_FOUND, "{}", moved.body);
+
+    for (path, body, status) in [
+        (path.as_str(), json!({"role": "owner"}), StatusCode::BAD_REQUEST),
+        (path.as_str(), json!({"role": "admin", "extra": 1}), StatusCode::BAD_REQUEST),
+        (&format!("/api/admin/users/{}/role", uuid::Uuid::new_v4()), json!({"role": "admin"}), StatusCode::NOT_FOUND),
+    ] {
+        let answer = api.call(Method::PUT, path, admin_token, Some(&body)).await.expect("answers");
+        assert_eq!(answer.status, status, "{body}: {}", answer.body);
+        answer.assert_problem("a refused role change");
+    }
+    let long = api.get(&format!("/api/admin/users?q={}", "x".repeat(101)), admin_token).await.expect("answers");
+    assert_eq!(long.status, StatusCode::BAD_REQUEST, "{}", long.body);
+    long.assert_problem("a search text over 100 characters");
+    assert_invariants(&shop.databases).await;
+}
+
+#[tokio::test]
 async fn malformed_negative_unknown_and_oversized_requests_get_problem_json_4xx_never_5xx() {
     let (shop, api, admin) = setup().await;
     let category = api.create_category(&admin, "Edge").await.expect("category");

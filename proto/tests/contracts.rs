@@ -44,7 +44,16 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
         (
             "commerce.auth.v1",
             "AuthService",
-            &["Register", "Login", "Refresh", "Logout", "ValidateToken", "GetPublicKeys"],
+            &[
+                "Register",
+                "Login",
+                "Refresh",
+                "Logout",
+                "ValidateToken",
+                "GetPublicKeys",
+                "ListUsers",
+                "SetUserRole",
+            ],
         ),
         (
             "commerce.catalog.v1",

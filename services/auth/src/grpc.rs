@@ -38,6 +38,8 @@ impl From<Error> for Status {
             | Error::RefreshRejected { .. }
             | Error::VerifyToken(_)
             | Error::UserInactive(_) => Status::unauthenticated(error.to_string()),
+            Error::UserNotFound(_) => Status::not_found(error.to_string()),
+            Error::LastAdmin(_) => Status::failed_precondition(error.to_string()),
             Error::Database { source: sqlx::Error::PoolTimedOut, .. } => {
                 tracing::warn!(error = %error, "database unavailable");
                 Status::unavailable("the auth database is unavailable; retry later")
@@ -325,6 +327,20 @@ impl AuthService for AuthGrpc {
         Ok(Response::new(self.validate(request.into_inner()).await?))
     }
 
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        Ok(Response::new(crate::users::list(&self.inner.pool, request.into_inner()).await?))
+    }
+
+    async fn set_user_role(
+        &self,
+        request: Request<pb::SetUserRoleRequest>,
+    ) -> Result<Response<pb::SetUserRoleResponse>, Status> {
+        Ok(Response::new(crate::users::set_role(&self.inner.pool, request.into_inner()).await?))
+    }
+
     async fn get_public_keys(
         &self,
         _request: Request<pb::GetPublicKeysRequest>,
@@ -368,6 +384,7 @@ pub fn user_to_proto(user: &UserRow) -> pb::User {
         display_name: user.display_name.clone(),
         roles: vec![role_to_proto(user.role()) as i32],
         created_at: Some(timestamp(user.created_at)),
+        active: user.active,
     }
 }
 

@@ -31,6 +31,7 @@ pub mod grpc;
 pub mod keys;
 pub mod password;
 pub mod store;
+pub mod users;
 
 pub use config::{AuthArgs, Config};
 pub use grpc::AuthGrpc;
@@ -60,6 +61,11 @@ pub enum Error {
     VerifyToken(#[source] jwt::VerifyError),
     #[error("user {0} does not exist or is deactivated")]
     UserInactive(Uuid),
+    #[error("user {0} does not exist")]
+    UserNotFound(Uuid),
+    /// A role change that would leave no active administrator.
+    #[error("user {0} is the last active administrator; make another user an administrator first")]
+    LastAdmin(Uuid),
     /// argon2 failed (its error type does not implement `std::error::Error`
     /// on every target, hence the message).
     #[error("cannot hash or verify a password: {0}")]

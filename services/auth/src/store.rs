@@ -141,6 +141,132 @@ pub async fn count_login_attempt(pool: &PgPool, id: Uuid) -> Result<Option<domai
     Ok(Some(attempt))
 }
 
+/// What administrators filter users by.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// Text within email or display name, in any case.
+    pub text: Option<String>,
+    pub role: Option<Role>,
+}
+
+/// A page of users, newest first.
+#[derive(Debug)]
+pub struct UserPage {
+    pub users: Vec<UserRow>,
+    /// Keyset cursor of the last user, when more follow.
+    pub next: Option<(DateTime<Utc>, Uuid)>,
+    /// Users matching the filter, over every page.
+    pub total: i64,
+}
+
+/// `text` as a LIKE pattern that matches it literally anywhere.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for character in text.chars() {
+        if matches!(character, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(character);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// One page of the users matching `filter`, newest first, after the keyset
+/// cursor `after`, with the count of every match.
+pub async fn list_users(
+    pool: &PgPool,
+    filter: &UserFilter,
+    page_size: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<UserPage, Error> {
+    let pattern = filter.text.as_deref().map(contains_pattern);
+    let role = filter.role.map(Role::as_str);
+    let matching = "($1::text IS NULL OR email ILIKE $1 OR display_name ILIKE $1) \
+                    AND ($2::text IS NULL OR role = $2)";
+    let mut tx = pool.begin().await.map_err(database("begin listing users"))?;
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM users WHERE {matching}"))
+        .bind(&pattern)
+        .bind(role)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(database("count users"))?;
+    let (after_time, after_id) = after.map_or((None, None), |(time, id)| (Some(time), Some(id)));
+    let mut users: Vec<UserRow> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE {matching} \
+         AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(&pattern)
+    .bind(role)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page_size + 1)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(database("list users"))?;
+    tx.commit().await.map_err(database("end listing users"))?;
+    let page = usize::try_from(page_size).unwrap_or(usize::MAX);
+    let next = if users.len() > page {
+        users.truncate(page);
+        users.last().map(|user| (user.created_at, user.id))
+    } else {
+        None
+    };
+    Ok(UserPage { users, next, total })
+}
+
+/// What a role change did.
+#[derive(Debug)]
+pub enum RoleChange {
+    /// The user, with the new role (unchanged when it already had it).
+    Changed { user: UserRow, from: Role },
+    NoSuchUser,
+    /// The user is the last active administrator and would lose the role.
+    LastAdmin,
+}
+
+/// Gives user `id` the role `role`, unless that would leave no active
+/// administrator. Every active administrator's row is locked first, so two
+/// administrators demoting each other at once cannot both succeed: the
+/// second waits, then sees the first change.
+pub async fn set_role(pool: &PgPool, id: Uuid, role: Role) -> Result<RoleChange, Error> {
+    let mut tx = pool.begin().await.map_err(database("begin a role change"))?;
+    let admins: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' AND active ORDER BY id FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(database("lock the administrators"))?;
+    let Some(user) = sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database("read a user for a role change"))?
+    else {
+        return Ok(RoleChange::NoSuchUser);
+    };
+    let from = user.role();
+    if from == role {
+        return Ok(RoleChange::Changed { user, from });
+    }
+    // The role changes, so an administrator among the active ones is
+    // losing it: refused if none other is left.
+    if admins == [id] {
+        return Ok(RoleChange::LastAdmin);
+    }
+    let user = sqlx::query_as::<_, UserRow>(&format!(
+        "UPDATE users SET role = $2 WHERE id = $1 RETURNING {USER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(role.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(database("change a user's role"))?;
+    tx.commit().await.map_err(database("commit a role change"))?;
+    Ok(RoleChange::Changed { user, from })
+}
+
 /// Replaces user `id`'s password hash `old` with `new` (the same password
 /// hashed with other parameters); false when the stored hash is no longer
 /// `old`.

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::contract::{COUNTRY, CURRENCY, EMAIL, NON_BLANK, SKU, SLUG};
+use crate::contract::{COUNTRY, CURRENCY, EMAIL, NO_NUL, NON_BLANK, SKU, SLUG};
 
 /// `impl From<$from> for $to` field by field, for the conversions between
 /// the protos and the JSON shapes, which differ in types but not in names: a
@@ -228,6 +228,66 @@ fn role_names(roles: Vec<i32>) -> Vec<String> {
 from_fields!(auth::v1::User => User {
     id, email, display_name, roles: role_names, created_at: timestamp,
 });
+
+/// A role, as administrators give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRole {
+    Customer,
+    Admin,
+    Courier,
+}
+
+same_variants!(UserRole => auth::v1::Role { Customer, Admin, Courier });
+
+/// A user as administrators see them.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AdminUser {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    /// `customer`, `admin`, `courier`.
+    pub roles: Vec<String>,
+    /// Whether the user may sign in.
+    pub active: bool,
+    pub created_at: Option<String>,
+}
+
+from_fields!(auth::v1::User => AdminUser {
+    id, email, display_name, roles: role_names, active, created_at: timestamp,
+});
+
+/// Filters of `GET /api/admin/users`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserQuery {
+    /// Text to find within email or display name, in any case.
+    #[schemars(pattern(NO_NUL), length(max = 100))]
+    pub q: Option<String>,
+    /// Only users with this role.
+    pub role: Option<UserRole>,
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
+    pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
+    pub page_token: Option<String>,
+}
+
+/// One page of users, newest first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct UserPage {
+    pub users: Vec<AdminUser>,
+    /// Pass as `page_token` for the next page; empty on the last page.
+    pub next_page_token: String,
+    /// Users matching the filters, over every page.
+    pub total_size: i64,
+}
+
+/// Body of `PUT /api/admin/users/{id}/role`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetUserRoleRequest {
+    pub role: UserRole,
+}
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TokenPair {
@@ -845,6 +905,7 @@ mod tests {
                 display_name: "Ada".into(),
                 roles: vec![auth::v1::Role::Customer as i32, 0, auth::v1::Role::Admin as i32, 99],
                 created_at: at(1_700_000_000, 123_456_789),
+                active: true,
             })),
             json(TokenPair::from(auth::v1::TokenPair {
                 access_token: "at".into(),

@@ -113,6 +113,12 @@ fake_service!(AuthService for FakeAuth {
         let keys = self.keys.lock().map_err(|_| Status::internal("poisoned"))?.clone();
         Ok(auth_pb::GetPublicKeysResponse { keys, max_age: None, clock: None })
     }
+    fn list_users(&self, _: auth_pb::ListUsersRequest) -> auth_pb::ListUsersResponse {
+        Err(Status::unimplemented("not used by these tests"))
+    }
+    fn set_user_role(&self, _: auth_pb::SetUserRoleRequest) -> auth_pb::SetUserRoleResponse {
+        Err(Status::unimplemented("not used by these tests"))
+    }
 });
 
 /// Catalog: knows one product; records the traceparent of the last call;

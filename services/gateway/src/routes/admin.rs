@@ -1,5 +1,5 @@
-//! `/api/admin/*`: catalog and stock management, every order, and the
-//! rate-limit rules. Every handler takes [`AdminCaller`]: 401 without a
+//! `/api/admin/*`: catalog and stock management, every order, users and
+//! their roles, and the rate-limit rules. Every handler takes [`AdminCaller`]: 401 without a
 //! token, 403 for any other role. Product writes tell the
 //! [`catalog_cache`](crate::catalog_cache), so that the writer's next read
 //! through this gateway sees the write.
@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use commerce_platform::resilience::idempotent;
+use commerce_proto::auth::v1 as auth_pb;
 use commerce_proto::catalog::v1 as catalog_pb;
 use commerce_proto::inventory::v1 as inventory_pb;
 use commerce_proto::order::v1 as order_pb;
@@ -17,8 +18,8 @@ use super::{grpc, missing, page_size};
 use crate::auth::AdminCaller;
 use crate::contract;
 use crate::dto::{
-    AdminOrderQuery, Category, CreateCategoryRequest, CreateProductRequest, OrderPage, Product,
-    RestockRequest, StockLevel, UpdateProductRequest, quantity_u32,
+    AdminOrderQuery, AdminUser, AdminUserQuery, Category, CreateCategoryRequest, CreateProductRequest, OrderPage,
+    Product, RestockRequest, SetUserRoleRequest, StockLevel, UpdateProductRequest, UserPage, quantity_u32,
 };
 use crate::extract::{ApiJson, ApiQuery, path_uuid};
 use crate::problem::Problem;
@@ -120,6 +121,47 @@ pub async fn list_orders(
         status: query.status.map_or(0, |status| order_pb::OrderStatus::from(status) as i32),
     };
     super::orders::list(&state, request).await
+}
+
+/// Users, newest first, optionally found by text or role.
+pub async fn list_users(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiQuery(query): ApiQuery<AdminUserQuery>,
+) -> Result<Json<UserPage>, Problem> {
+    let request = auth_pb::ListUsersRequest {
+        query: query.q.unwrap_or_default(),
+        role: query.role.map_or(0, |role| auth_pb::Role::from(role) as i32),
+        page_size: page_size(query.page_size),
+        page_token: query.page_token.unwrap_or_default(),
+    };
+    let response =
+        state.auth()?.list_users(idempotent(request)).await.map_err(grpc("auth"))?.into_inner();
+    Ok(Json(UserPage {
+        users: response.users.into_iter().map(AdminUser::from).collect(),
+        next_page_token: response.next_page_token,
+        total_size: response.total_size,
+    }))
+}
+
+/// Gives a user another role, effective from the user's next token
+/// (sign-in or refresh). 409 for the last active administrator.
+pub async fn set_user_role(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SetUserRoleRequest>,
+) -> Result<Json<AdminUser>, Problem> {
+    let id = path_uuid("id", &id)?;
+    // Setting a role to a given value is idempotent.
+    let request = idempotent(auth_pb::SetUserRoleRequest {
+        user_id: id.to_string(),
+        role: auth_pb::Role::from(body.role) as i32,
+        changed_by: admin.user_id.clone(),
+    });
+    let response = state.auth()?.set_user_role(request).await.map_err(grpc("auth"))?.into_inner();
+    let user = response.user.ok_or_else(|| missing("auth", "user"))?;
+    Ok(Json(AdminUser::from(user)))
 }
 
 /// The effective rate-limit rules.

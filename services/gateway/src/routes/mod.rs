@@ -49,6 +49,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/admin/categories"),
     ("POST", "/api/admin/inventory/{product_id}/restock"),
     ("GET", "/api/admin/orders"),
+    ("GET", "/api/admin/users"),
+    ("PUT", "/api/admin/users/{id}/role"),
     ("GET", "/api/admin/ratelimits"),
     ("PUT", "/api/admin/ratelimits/{name}"),
     ("DELETE", "/api/admin/ratelimits/{name}"),
@@ -83,6 +85,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/admin/categories", post(admin::create_category))
         .route("/api/admin/inventory/{product_id}/restock", post(admin::restock))
         .route("/api/admin/orders", get(admin::list_orders))
+        .route("/api/admin/users", get(admin::list_users))
+        .route("/api/admin/users/{id}/role", put(admin::set_user_role))
         .route("/api/admin/ratelimits", get(admin::list_rate_limits))
         .route("/api/admin/ratelimits/{name}", put(admin::put_rate_limit).delete(admin::delete_rate_limit))
 }
