@@ -624,19 +624,25 @@ async fn an_admin_finds_users_by_text_and_role_and_a_new_role_reaches_the_users_
     // The next sign-in's token carries the role: the courier route now
     // looks for the shipment instead of refusing the caller.
     let courier = api.login(&older.email, "correct horse battery").await.expect("signs in");
-    let moved = api.post(&unknown_shipment, Some(&courier.access_token), &courier_move).await.expect("answers");
+    let moved =
+        api.post(&unknown_shipment, Some(&courier.access_token), &courier_move).await.expect("answers");
     assert_eq!(moved.status, StatusCode::NOT_FOUND, "{}", moved.body);
 
     for (path, body, status) in [
         (path.as_str(), json!({"role": "owner"}), StatusCode::BAD_REQUEST),
         (path.as_str(), json!({"role": "admin", "extra": 1}), StatusCode::BAD_REQUEST),
-        (&format!("/api/admin/users/{}/role", uuid::Uuid::new_v4()), json!({"role": "admin"}), StatusCode::NOT_FOUND),
+        (
+            &format!("/api/admin/users/{}/role", uuid::Uuid::new_v4()),
+            json!({"role": "admin"}),
+            StatusCode::NOT_FOUND,
+        ),
     ] {
         let answer = api.call(Method::PUT, path, admin_token, Some(&body)).await.expect("answers");
         assert_eq!(answer.status, status, "{body}: {}", answer.body);
         answer.assert_problem("a refused role change");
     }
-    let long = api.get(&format!("/api/admin/users?q={}", "x".repeat(101)), admin_token).await.expect("answers");
+    let long =
+        api.get(&format!("/api/admin/users?q={}", "x".repeat(101)), admin_token).await.expect("answers");
     assert_eq!(long.status, StatusCode::BAD_REQUEST, "{}", long.body);
     long.assert_problem("a search text over 100 characters");
     assert_invariants(&shop.databases).await;

@@ -221,7 +221,10 @@ pub async fn list_users(
 #[derive(Debug)]
 pub enum RoleChange {
     /// The user, with the new role (unchanged when it already had it).
-    Changed { user: UserRow, from: Role },
+    Changed {
+        user: UserRow,
+        from: Role,
+    },
     NoSuchUser,
     /// The user is the last active administrator and would lose the role.
     LastAdmin,
@@ -238,11 +241,12 @@ pub async fn set_role(pool: &PgPool, id: Uuid, role: Role) -> Result<RoleChange,
             .fetch_all(&mut *tx)
             .await
             .map_err(database("lock the administrators"))?;
-    let Some(user) = sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(database("read a user for a role change"))?
+    let Some(user) =
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database("read a user for a role change"))?
     else {
         return Ok(RoleChange::NoSuchUser);
     };

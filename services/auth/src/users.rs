@@ -9,10 +9,10 @@ use commerce_token::Role;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::Error;
 use crate::domain::InvalidInput;
 use crate::grpc::user_to_proto;
 use crate::store::{self, RoleChange, UserFilter};
-use crate::Error;
 
 /// Users in a page when the request names no size.
 const DEFAULT_PAGE_SIZE: i64 = 20;
@@ -47,7 +47,10 @@ pub async fn list(pool: &PgPool, request: pb::ListUsersRequest) -> Result<pb::Li
 }
 
 /// Gives a user another role; the user as it is now.
-pub async fn set_role(pool: &PgPool, request: pb::SetUserRoleRequest) -> Result<pb::SetUserRoleResponse, Error> {
+pub async fn set_role(
+    pool: &PgPool,
+    request: pb::SetUserRoleRequest,
+) -> Result<pb::SetUserRoleResponse, Error> {
     let id = Uuid::parse_str(&request.user_id)
         .map_err(|_| invalid(format!("user_id {:?} is not a UUID", request.user_id)))?;
     let role = match pb::Role::try_from(request.role) {

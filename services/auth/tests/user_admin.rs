@@ -46,7 +46,13 @@ async fn user(f: &Fixture, email: &str, display_name: &str, role: Role) -> anyho
     Ok(row.id.to_string())
 }
 
-async fn list(f: &Fixture, query: &str, role: pb::Role, page_size: i32, page_token: &str) -> Result<pb::ListUsersResponse, tonic::Status> {
+async fn list(
+    f: &Fixture,
+    query: &str,
+    role: pb::Role,
+    page_size: i32,
+    page_token: &str,
+) -> Result<pb::ListUsersResponse, tonic::Status> {
     let request = pb::ListUsersRequest {
         query: query.to_owned(),
         role: role as i32,
@@ -57,7 +63,8 @@ async fn list(f: &Fixture, query: &str, role: pb::Role, page_size: i32, page_tok
 }
 
 async fn set_role(f: &Fixture, user_id: &str, role: pb::Role) -> Result<pb::User, tonic::Status> {
-    let request = pb::SetUserRoleRequest { user_id: user_id.to_owned(), role: role as i32, changed_by: String::new() };
+    let request =
+        pb::SetUserRoleRequest { user_id: user_id.to_owned(), role: role as i32, changed_by: String::new() };
     let response = AuthService::set_user_role(&f.grpc, Request::new(request)).await?.into_inner();
     Ok(response.user.expect("the changed user"))
 }
@@ -67,7 +74,8 @@ fn emails(page: &pb::ListUsersResponse) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn admins_page_through_users_newest_first_and_find_them_by_text_in_any_case_or_by_role() -> anyhow::Result<()> {
+async fn admins_page_through_users_newest_first_and_find_them_by_text_in_any_case_or_by_role()
+-> anyhow::Result<()> {
     let f = fixture().await?;
     user(&f, "grace@example.com", "Grace Hopper", Role::Admin).await?;
     user(&f, "alan@example.com", "Alan Turing", Role::Customer).await?;
@@ -124,14 +132,19 @@ async fn a_new_role_reaches_the_users_next_tokens_and_the_last_admin_keeps_the_r
 
     let promoted = set_role(&f, &customer, pb::Role::Admin).await?;
     assert_eq!(promoted.roles, [pb::Role::Admin as i32]);
-    let keys = AuthService::get_public_keys(&f.grpc, Request::new(pb::GetPublicKeysRequest {})).await?.into_inner();
+    let keys =
+        AuthService::get_public_keys(&f.grpc, Request::new(pb::GetPublicKeysRequest {})).await?.into_inner();
     let verifier = Verifier::from_public_keys(&keys.keys, &f.args.issuer, &f.args.audience)?;
     let refreshed = AuthService::refresh(&f.grpc, Request::new(pb::RefreshRequest { refresh_token }))
         .await?
         .into_inner()
         .tokens
         .expect("tokens");
-    assert_eq!(verifier.verify(&refreshed.access_token)?.role, Role::Admin, "the next token carries the new role");
+    assert_eq!(
+        verifier.verify(&refreshed.access_token)?.role,
+        Role::Admin,
+        "the next token carries the new role"
+    );
 
     // Two administrators now: one may step down, then the other may not.
     assert_eq!(set_role(&f, &admin, pb::Role::Customer).await?.roles, [pb::Role::Customer as i32]);
@@ -141,7 +154,8 @@ async fn a_new_role_reaches_the_users_next_tokens_and_the_last_admin_keeps_the_r
     // Giving the role a user already has changes nothing and succeeds.
     assert_eq!(set_role(&f, &customer, pb::Role::Admin).await?.roles, [pb::Role::Admin as i32]);
 
-    let unknown = set_role(&f, "0190a8a0-0000-7000-8000-000000000000", pb::Role::Admin).await.expect_err("unknown");
+    let unknown =
+        set_role(&f, "0190a8a0-0000-7000-8000-000000000000", pb::Role::Admin).await.expect_err("unknown");
     assert_eq!(unknown.code(), Code::NotFound);
     for (id, role) in [(customer.as_str(), pb::Role::Unspecified), ("not-a-uuid", pb::Role::Admin)] {
         let invalid = set_role(&f, id, role).await.expect_err("invalid");
@@ -156,14 +170,16 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin() -> anyhow::Res
     for round in 0..5 {
         let first = user(&f, &format!("first{round}@example.com"), "First", Role::Admin).await?;
         let second = user(&f, &format!("second{round}@example.com"), "Second", Role::Admin).await?;
-        let (a, b) = tokio::join!(set_role(&f, &first, pb::Role::Customer), set_role(&f, &second, pb::Role::Customer));
+        let (a, b) =
+            tokio::join!(set_role(&f, &first, pb::Role::Customer), set_role(&f, &second, pb::Role::Customer));
         assert_eq!(
             usize::from(a.is_ok()) + usize::from(b.is_ok()),
             1,
             "round {round}: exactly one of two demotions may pass: {a:?} {b:?}"
         );
-        let admins: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin' AND active").fetch_one(&f.db.pool).await?;
+        let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin' AND active")
+            .fetch_one(&f.db.pool)
+            .await?;
         assert_eq!(admins, 1, "round {round}");
         // The next round starts from two fresh administrators only.
         sqlx::query("UPDATE users SET role = 'customer'").execute(&f.db.pool).await?;

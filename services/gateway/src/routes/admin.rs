@@ -18,8 +18,9 @@ use super::{grpc, missing, page_size};
 use crate::auth::AdminCaller;
 use crate::contract;
 use crate::dto::{
-    AdminOrderQuery, AdminUser, AdminUserQuery, Category, CreateCategoryRequest, CreateProductRequest, OrderPage,
-    Product, RestockRequest, SetUserRoleRequest, StockLevel, UpdateProductRequest, UserPage, quantity_u32,
+    AdminOrderQuery, AdminUser, AdminUserQuery, Category, CreateCategoryRequest, CreateProductRequest,
+    OrderPage, Product, RestockRequest, SetUserRoleRequest, StockLevel, UpdateProductRequest, UserPage,
+    quantity_u32,
 };
 use crate::extract::{ApiJson, ApiQuery, path_uuid};
 use crate::problem::Problem;
@@ -135,8 +136,7 @@ pub async fn list_users(
         page_size: page_size(query.page_size),
         page_token: query.page_token.unwrap_or_default(),
     };
-    let response =
-        state.auth()?.list_users(idempotent(request)).await.map_err(grpc("auth"))?.into_inner();
+    let response = state.auth()?.list_users(idempotent(request)).await.map_err(grpc("auth"))?.into_inner();
     Ok(Json(UserPage {
         users: response.users.into_iter().map(AdminUser::from).collect(),
         next_page_token: response.next_page_token,
