@@ -275,6 +275,7 @@ macro_rules! for_each_event {
             $check::<events::ShipmentDelivered>(),
             $check::<events::ShipmentHalted>(),
             $check::<events::UserRegistered>(),
+            $check::<events::UserRoleChanged>(),
             $check::<events::ProductCreated>(),
             $check::<events::ProductUpdated>(),
             $check::<events::ProductDeleted>(),

@@ -234,7 +234,9 @@ pub enum RoleChange {
 /// administrator. Every active administrator's row is locked first, so two
 /// administrators demoting each other at once cannot both succeed: the
 /// second waits, then sees the first change.
-pub async fn set_role(pool: &PgPool, id: Uuid, role: Role) -> Result<RoleChange, Error> {
+/// A change is committed with its `UserRoleChanged` event (naming
+/// `changed_by`, the administrator) in one transaction.
+pub async fn set_role(pool: &PgPool, id: Uuid, role: Role, changed_by: Option<Uuid>) -> Result<RoleChange, Error> {
     let mut tx = pool.begin().await.map_err(database("begin a role change"))?;
     let admins: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' AND active ORDER BY id FOR UPDATE")
@@ -267,6 +269,14 @@ pub async fn set_role(pool: &PgPool, id: Uuid, role: Role) -> Result<RoleChange,
     .fetch_one(&mut *tx)
     .await
     .map_err(database("change a user's role"))?;
+    let event = events::UserRoleChanged {
+        user_id: user.id.to_string(),
+        previous_role: event_role(from) as i32,
+        role: event_role(role) as i32,
+        changed_by: changed_by.map(|admin| admin.to_string()).unwrap_or_default(),
+        occurred_at: Some(timestamp(now(&mut *tx).await?)),
+    };
+    enqueue(&mut *tx, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     tx.commit().await.map_err(database("commit a role change"))?;
     Ok(RoleChange::Changed { user, from })
 }

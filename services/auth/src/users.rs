@@ -59,7 +59,13 @@ pub async fn set_role(
         }
         Ok(role) => role_from_proto(role),
     };
-    match store::set_role(pool, id, role).await? {
+    let changed_by = match request.changed_by.as_str() {
+        "" => None,
+        admin => Some(
+            Uuid::parse_str(admin).map_err(|_| invalid(format!("changed_by {admin:?} is not a UUID")))?,
+        ),
+    };
+    match store::set_role(pool, id, role, changed_by).await? {
         RoleChange::Changed { user, from } => {
             if from != role {
                 tracing::info!(

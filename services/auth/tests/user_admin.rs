@@ -1,8 +1,8 @@
 //! User administration against a real Postgres: `ListUsers` (search in
 //! email and display name, role filter, keyset pages, total) and
-//! `SetUserRole` (the role reaches the next tokens; the last active
-//! administrator keeps the role, also when two administrators demote each
-//! other at once). Handlers are called in process through the generated
+//! `SetUserRole` (the role reaches the next tokens, each change is one
+//! `UserRoleChanged` event; the last active administrator keeps the role,
+//! also when two administrators demote each other at once). Handlers are called in process through the generated
 //! trait.
 
 mod common;
@@ -11,8 +11,11 @@ use commerce_auth::store::{self, NewUser};
 use commerce_auth::{AuthArgs, AuthGrpc, KeyRing};
 use commerce_proto::auth::v1 as pb;
 use commerce_proto::auth::v1::auth_service_server::AuthService;
+use commerce_proto::events::EventPayload;
+use commerce_proto::events::v1::{self as events, UserRole};
 use commerce_token::{Role, Verifier};
 use common::TestDatabase;
+use prost::Message;
 use tonic::{Code, Request};
 
 struct Fixture {
@@ -64,9 +67,24 @@ async fn list(
 
 async fn set_role(f: &Fixture, user_id: &str, role: pb::Role) -> Result<pb::User, tonic::Status> {
     let request =
-        pb::SetUserRoleRequest { user_id: user_id.to_owned(), role: role as i32, changed_by: String::new() };
+        pb::SetUserRoleRequest { user_id: user_id.to_owned(), role: role as i32, changed_by: CHANGED_BY.to_owned() };
     let response = AuthService::set_user_role(&f.grpc, Request::new(request)).await?.into_inner();
     Ok(response.user.expect("the changed user"))
+}
+
+/// The administrator every role change here is made by.
+const CHANGED_BY: &str = "0190a8a0-0000-7000-8000-00000000ad01";
+
+/// The `UserRoleChanged` events in the outbox, oldest first.
+async fn role_changes(f: &Fixture) -> anyhow::Result<Vec<(String, events::UserRoleChanged)>> {
+    let mut changes = Vec::new();
+    for row in common::outbox(&f.db.pool).await? {
+        if row.event_type == events::UserRoleChanged::TYPE {
+            assert_eq!(row.topic, events::UserRoleChanged::TOPIC.name());
+            changes.push((row.key, events::UserRoleChanged::decode(row.payload.as_slice())?));
+        }
+    }
+    Ok(changes)
 }
 
 fn emails(page: &pb::ListUsersResponse) -> Vec<&str> {
@@ -153,6 +171,22 @@ async fn a_new_role_reaches_the_users_next_tokens_and_the_last_admin_keeps_the_r
     assert!(refused.message().contains("last active administrator"), "{}", refused.message());
     // Giving the role a user already has changes nothing and succeeds.
     assert_eq!(set_role(&f, &customer, pb::Role::Admin).await?.roles, [pb::Role::Admin as i32]);
+
+    // One event per change that happened: the promotion and the
+    // step-down; neither the refusal nor the change to the same role.
+    let changes = role_changes(&f).await?;
+    let summary: Vec<(&str, i32, i32, &str)> = changes
+        .iter()
+        .map(|(key, event)| (key.as_str(), event.previous_role, event.role, event.changed_by.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (customer.as_str(), UserRole::Customer as i32, UserRole::Admin as i32, CHANGED_BY),
+            (admin.as_str(), UserRole::Admin as i32, UserRole::Customer as i32, CHANGED_BY),
+        ]
+    );
+    assert!(changes.iter().all(|(key, event)| *key == event.user_id && event.occurred_at.is_some()));
 
     let unknown =
         set_role(&f, "0190a8a0-0000-7000-8000-000000000000", pb::Role::Admin).await.expect_err("unknown");
