@@ -236,7 +236,12 @@ pub enum RoleChange {
 /// second waits, then sees the first change.
 /// A change is committed with its `UserRoleChanged` event (naming
 /// `changed_by`, the administrator) in one transaction.
-pub async fn set_role(pool: &PgPool, id: Uuid, role: Role, changed_by: Option<Uuid>) -> Result<RoleChange, Error> {
+pub async fn set_role(
+    pool: &PgPool,
+    id: Uuid,
+    role: Role,
+    changed_by: Option<Uuid>,
+) -> Result<RoleChange, Error> {
     let mut tx = pool.begin().await.map_err(database("begin a role change"))?;
     let admins: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' AND active ORDER BY id FOR UPDATE")
@@ -276,7 +281,7 @@ pub async fn set_role(pool: &PgPool, id: Uuid, role: Role, changed_by: Option<Uu
         changed_by: changed_by.map(|admin| admin.to_string()).unwrap_or_default(),
         occurred_at: Some(timestamp(now(&mut *tx).await?)),
     };
-    enqueue(&mut *tx, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
+    enqueue(&mut tx, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     tx.commit().await.map_err(database("commit a role change"))?;
     Ok(RoleChange::Changed { user, from })
 }

@@ -61,9 +61,9 @@ pub async fn set_role(
     };
     let changed_by = match request.changed_by.as_str() {
         "" => None,
-        admin => Some(
-            Uuid::parse_str(admin).map_err(|_| invalid(format!("changed_by {admin:?} is not a UUID")))?,
-        ),
+        admin => {
+            Some(Uuid::parse_str(admin).map_err(|_| invalid(format!("changed_by {admin:?} is not a UUID")))?)
+        }
     };
     match store::set_role(pool, id, role, changed_by).await? {
         RoleChange::Changed { user, from } => {

@@ -66,8 +66,11 @@ async fn list(
 }
 
 async fn set_role(f: &Fixture, user_id: &str, role: pb::Role) -> Result<pb::User, tonic::Status> {
-    let request =
-        pb::SetUserRoleRequest { user_id: user_id.to_owned(), role: role as i32, changed_by: CHANGED_BY.to_owned() };
+    let request = pb::SetUserRoleRequest {
+        user_id: user_id.to_owned(),
+        role: role as i32,
+        changed_by: CHANGED_BY.to_owned(),
+    };
     let response = AuthService::set_user_role(&f.grpc, Request::new(request)).await?.into_inner();
     Ok(response.user.expect("the changed user"))
 }
