@@ -20,6 +20,7 @@ use crate::config::AuthArgs;
 use crate::keys::{KeyRing, PUBLIC_KEYS_MAX_AGE};
 use crate::password::Hasher;
 use crate::store::{self, NewRefreshToken, NewUser, UserRow};
+use crate::users::{role_to_proto, user_to_proto};
 use crate::{Error, domain};
 use commerce_token::{Claims, Role};
 
@@ -373,26 +374,6 @@ impl AuthService for AuthGrpc {
             }),
             clock: Some(timestamp(clock)),
         }))
-    }
-}
-
-/// The proto view of a user (no credentials).
-pub fn user_to_proto(user: &UserRow) -> pb::User {
-    pb::User {
-        id: user.id.to_string(),
-        email: user.email.clone(),
-        display_name: user.display_name.clone(),
-        roles: vec![role_to_proto(user.role()) as i32],
-        created_at: Some(timestamp(user.created_at)),
-        active: user.active,
-    }
-}
-
-fn role_to_proto(role: Role) -> pb::Role {
-    match role {
-        Role::Customer => pb::Role::Customer,
-        Role::Admin => pb::Role::Admin,
-        Role::Courier => pb::Role::Courier,
     }
 }
 

@@ -1,18 +1,19 @@
-//! User administration (`ListUsers`, `SetUserRole`): the requests checked
+//! Users as the API shows them ([`user_to_proto`], no credentials) and
+//! their administration (`ListUsers`, `SetUserRole`): the requests checked
 //! and turned into [`store`] calls. Who may call them is the gateway's
 //! check (`/api/admin/users` needs the admin role); here every request is
 //! an administrator's.
 
 use chrono::{DateTime, Utc};
 use commerce_proto::auth::v1 as pb;
+use commerce_proto::time::timestamp;
 use commerce_token::Role;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::InvalidInput;
-use crate::grpc::user_to_proto;
-use crate::store::{self, RoleChange, UserFilter};
+use crate::store::{self, RoleChange, UserFilter, UserRow};
 
 /// Users in a page when the request names no size.
 const DEFAULT_PAGE_SIZE: i64 = 20;
@@ -77,6 +78,27 @@ pub async fn set_role(
         }
         RoleChange::NoSuchUser => Err(Error::UserNotFound(id)),
         RoleChange::LastAdmin => Err(Error::LastAdmin(id)),
+    }
+}
+
+/// The proto view of a user (no credentials).
+pub fn user_to_proto(user: &UserRow) -> pb::User {
+    pb::User {
+        id: user.id.to_string(),
+        email: user.email.clone(),
+        display_name: user.display_name.clone(),
+        roles: vec![role_to_proto(user.role()) as i32],
+        created_at: Some(timestamp(user.created_at)),
+        active: user.active,
+    }
+}
+
+/// The proto role of a stored role.
+pub fn role_to_proto(role: Role) -> pb::Role {
+    match role {
+        Role::Customer => pb::Role::Customer,
+        Role::Admin => pb::Role::Admin,
+        Role::Courier => pb::Role::Courier,
     }
 }
 
