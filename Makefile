@@ -16,7 +16,7 @@ INFRA_ENV := source e2e/infra.env
 CARGO := cargo
 CARGO_FLAGS := --locked
 
-.PHONY: help up down status infra test lint fmt generate check-generated build images bench
+.PHONY: help up down status infra test lint fmt generate check-generated build images bench prune-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,6 +36,11 @@ status: ## show the local infrastructure
 
 infra: ## start Postgres, Redis, Kafka, the Kubernetes control plane and a real node if absent
 	bash e2e/scripts/infra.sh up
+
+# Superseded artifacts of the workspace's own crates pile up in the shared
+# target directory with every commit; see e2e/scripts/prune-target.py.
+prune-cache: ## delete superseded workspace build artifacts (and incremental caches when the disk is short)
+	python3 e2e/scripts/prune-target.py . "$(CARGO_TARGET_DIR)"
 
 build: ## build every crate
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
@@ -85,7 +90,7 @@ check-generated: generate ## fail if generated files differ from what is committ
 
 # The images are built after the infrastructure (their release build is the
 # longest step) and imported into the real node for tests/cluster.rs.
-test: infra lint check-generated images ## start missing infrastructure, then run every test
+test: prune-cache infra lint check-generated images ## start missing infrastructure, then run every test
 	bash e2e/scripts/node.sh import
 	bash e2e/scripts/schemathesis.sh install
 	bash e2e/scripts/faketime.sh install

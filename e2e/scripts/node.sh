@@ -411,10 +411,16 @@ clusterDomain: cluster.local
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# The node shares the host's disk with build caches. A percentage of a large
+# disk (2% of 252 GiB is 5 GiB) put the node under disk pressure with
+# gigabytes still free, and under disk pressure the kubelet deletes every
+# image no running container uses: the imported images, which it is told
+# never to pull, were gone before the tests' pods started. Evict only when
+# the disk is really full.
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 2%
-  imagefs.available: 2%
+  nodefs.available: 512Mi
+  imagefs.available: 512Mi
 maxPods: 110
 # Mounted ConfigMaps (the gateway's rate-limit rules) are refreshed on the
 # kubelet's pod sync: every 10 s here instead of the default minute, so that

@@ -174,9 +174,22 @@ async fn check_node(client: &Client) -> Result<()> {
         .await?
         .with_context(|| format!("no node {name}: start it with `bash e2e/scripts/node.sh up`"))?;
     let status = node.status.unwrap_or_default();
-    let ready =
-        status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let conditions = status.conditions.unwrap_or_default();
+    let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
     ensure!(ready, "node {name} is not Ready: see `bash e2e/scripts/node.sh status`");
+    // Under disk pressure the kubelet deletes the images no container uses,
+    // the imported ones included: name the cause rather than the symptom.
+    let pressure: Vec<String> = conditions
+        .iter()
+        .filter(|c| c.type_.ends_with("Pressure") && c.status == "True")
+        .map(|c| format!("{}: {}", c.type_, c.message.as_deref().unwrap_or("no message")))
+        .collect();
+    ensure!(
+        pressure.is_empty(),
+        "node {name} is under pressure ({}); free room on this machine (`make prune-cache` removes superseded build \
+         artifacts), then run `bash e2e/scripts/node.sh import`",
+        pressure.join("; ")
+    );
     let version = env!("CARGO_PKG_VERSION");
     let held: Vec<String> = status
         .images
