@@ -83,8 +83,18 @@ const POLL: Duration = Duration::from_millis(250);
 /// test's namespace, deleted with it).
 const LEASE_NAME: &str = "commerce-operator";
 /// The services of the catalog.
-const SERVICES: [&str; 9] =
-    ["auth", "catalog", "inventory", "cart", "order", "payment", "notification", "shipping", "gateway"];
+const SERVICES: [&str; 10] = [
+    "auth",
+    "catalog",
+    "inventory",
+    "cart",
+    "order",
+    "payment",
+    "notification",
+    "shipping",
+    "gateway",
+    "audit",
+];
 
 // ---------------------------------------------------------------- the tests
 

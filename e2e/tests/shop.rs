@@ -569,7 +569,7 @@ async fn a_customer_on_an_admin_route_is_forbidden() {
 }
 
 #[tokio::test]
-async fn an_admin_finds_users_by_text_and_role_and_a_new_role_reaches_the_users_next_sign_in() {
+async fn an_admin_finds_users_and_gives_one_a_role_that_reaches_their_next_sign_in_and_the_audit_trail() {
     let (shop, api, admin) = setup().await;
     let admin_token = Some(admin.access_token.as_str());
     // A tag in both names, so that only this test's users match the search.
@@ -645,6 +645,83 @@ async fn an_admin_finds_users_by_text_and_role_and_a_new_role_reaches_the_users_
         api.get(&format!("/api/admin/users?q={}", "x".repeat(101)), admin_token).await.expect("answers");
     assert_eq!(long.status, StatusCode::BAD_REQUEST, "{}", long.body);
     long.assert_problem("a search text over 100 characters");
+
+    // The role change is in the audit trail with the administrator who made it.
+    let trail =
+        format!("/api/admin/audit?event_type=commerce.events.v1.UserRoleChanged&subject={}", older.user_id);
+    let (entries, _) = wait_for("the role change in the audit trail", ORDER_TIMEOUT, || async {
+        let page = api.get(&trail, admin_token).await?.expect(StatusCode::OK)?;
+        Ok(page["entries"].as_array().filter(|entries| !entries.is_empty()).cloned())
+    })
+    .await
+    .expect("the audit trail records the role change");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    assert_eq!(entry["actor_id"], json!(admin.user_id), "{entry}");
+    assert_eq!(entry["source"], json!("/commerce/auth"), "{entry}");
+    assert_eq!(entry["payload"]["role"], json!("USER_ROLE_COURIER"), "{entry}");
+    assert_eq!(entry["payload"]["previous_role"], json!("USER_ROLE_CUSTOMER"), "{entry}");
+    let by_admin = api
+        .get(&format!("/api/admin/audit?actor_id={}&page_size=500", admin.user_id), admin_token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("lists");
+    assert!(
+        by_admin["entries"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|e| e["sequence"] == entry["sequence"])),
+        "{by_admin}"
+    );
+    let listed = api.get("/api/admin/audit", customer_token).await.expect("answers");
+    assert_eq!(listed.status, StatusCode::FORBIDDEN, "{}", listed.body);
+    let bad_since = api.get("/api/admin/audit?since=yesterday", admin_token).await.expect("answers");
+    assert_eq!(bad_since.status, StatusCode::BAD_REQUEST, "{}", bad_since.body);
+    bad_since.assert_problem("a since that is no date-time");
+
+    // The chain verifies; a row changed behind the service's back is the
+    // first broken link; put back, the chain verifies again.
+    let verify = || async {
+        api.get("/api/admin/audit/verify", admin_token)
+            .await
+            .expect("answers")
+            .expect(StatusCode::OK)
+            .expect("checks")
+    };
+    let intact = verify().await;
+    assert_eq!(intact["intact"], json!(true), "{intact}");
+    assert!(intact["entries_checked"].as_i64().is_some_and(|n| n >= 1), "{intact}");
+    let sequence = entry["sequence"].as_i64().expect("a sequence");
+    let audit_db = shop.databases.pool(Service::Audit).await.expect("the audit database");
+    let tamper = |actor: &str| {
+        let (pool, actor) = (audit_db.clone(), actor.to_owned());
+        async move {
+            let mut tx = pool.begin().await.expect("a transaction");
+            sqlx::query("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_append_only")
+                .execute(&mut *tx)
+                .await
+                .expect("the guard is lifted (as a superuser could)");
+            sqlx::query("UPDATE audit_entries SET actor_id = $1 WHERE sequence = $2")
+                .bind(actor)
+                .bind(sequence)
+                .execute(&mut *tx)
+                .await
+                .expect("the row changes");
+            sqlx::query("ALTER TABLE audit_entries ENABLE TRIGGER audit_entries_append_only")
+                .execute(&mut *tx)
+                .await
+                .expect("the guard is back");
+            tx.commit().await.expect("commits");
+        }
+    };
+    tamper("someone-else").await;
+    let broken = verify().await;
+    assert_eq!(broken["intact"], json!(false), "{broken}");
+    assert_eq!(broken["first_broken_sequence"], json!(sequence), "{broken}");
+    tamper(&admin.user_id).await;
+    let restored = verify().await;
+    assert_eq!(restored["intact"], json!(true), "{restored}");
+    audit_db.close().await;
     assert_invariants(&shop.databases).await;
 }
 

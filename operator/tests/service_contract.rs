@@ -209,6 +209,7 @@ fn command(service: &str) -> Command {
         "notification" => commerce_notification::Config::augment_args(command),
         "shipping" => commerce_shipping::Config::augment_args(command),
         "gateway" => commerce_gateway::Config::augment_args(command),
+        "audit" => commerce_audit::Config::augment_args(command),
         other => panic!("a Deployment serves {other:?}, which has no Config here"),
     }
 }
@@ -268,6 +269,7 @@ fn parses(service: &str, argv: &[String]) -> Result<(), String> {
         "notification" => parse::<commerce_notification::Config>(argv).map(drop),
         "shipping" => parse::<commerce_shipping::Config>(argv).map(drop),
         "gateway" => parse::<commerce_gateway::Config>(argv).map(drop),
+        "audit" => parse::<commerce_audit::Config>(argv).map(drop),
         other => panic!("no Config for {other:?}"),
     }
 }

@@ -78,6 +78,11 @@ proto_package!(
     shipping,
     "commerce.shipping.v1"
 );
+proto_package!(
+    /// The tamper-evident audit trail of domain events.
+    audit,
+    "commerce.audit.v1"
+);
 
 /// Every proto file of this crate, and the well-known types they import, as an
 /// encoded `google.protobuf.FileDescriptorSet` with source comments.

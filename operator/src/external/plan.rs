@@ -355,7 +355,8 @@ mod tests {
                 "shop_shop_order",
                 "shop_shop_payment",
                 "shop_shop_notification",
-                "shop_shop_shipping"
+                "shop_shop_shipping",
+                "shop_shop_audit"
             ]
         );
     }

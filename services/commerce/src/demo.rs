@@ -72,8 +72,10 @@ pub async fn stock_demo_products(
 
 /// Requests that walk a customer through the shop with curl and jq:
 /// register, log in, list products, add to the cart, check out, and watch
-/// the order's status move through the saga (Ctrl-C ends the loop).
-pub fn example_requests(gateway: &str) -> String {
+/// the order's status move through the saga (Ctrl-C ends the loop); the
+/// administrator's view of the order in the audit trail (signed in as
+/// `admin` with `password`) comes before it.
+pub fn example_requests(gateway: &str, admin: &str, password: &str) -> String {
     let product = demo_product_ids()
         .into_iter()
         .next()
@@ -95,6 +97,12 @@ Try it (bash, with curl and jq):
     -H "idempotency-key: $(date +%s%N)" -H 'content-type: application/json' \
     -d '{{"shipping_address":{{"recipient_name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country_code":"DE"}},"payment_method_token":"tok_visa"}}' \
     | jq -r .id)
+  # As the shop's administrator: the order's events in the audit trail, and the trail's check.
+  ADMIN=$(curl -s -X POST $GW/api/auth/login -H 'content-type: application/json' \
+    -d '{{"email":"{admin}","password":"{password}"}}' | jq -r .tokens.access_token)
+  sleep 2; curl -s "$GW/api/admin/audit?subject=$ORDER" -H "authorization: Bearer $ADMIN" \
+    | jq -c '.entries[] | {{sequence, event_type, source}}'
+  curl -s $GW/api/admin/audit/verify -H "authorization: Bearer $ADMIN" | jq -c '{{intact, entries_checked}}'
   while sleep 1; do curl -s $GW/api/orders/$ORDER -H "authorization: Bearer $TOKEN" | jq -c '{{status, total}}'; done
 "#
     )

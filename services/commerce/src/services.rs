@@ -118,6 +118,7 @@ services! {
     "notification" => Notification(commerce_notification),
     "shipping" => Shipping(commerce_shipping),
     "gateway" => Gateway(commerce_gateway),
+    "audit" => Audit(commerce_audit),
 }
 
 /// `a, b, c` for messages.

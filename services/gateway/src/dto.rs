@@ -14,7 +14,7 @@
 //!   the OpenAPI document shows it and the extractors enforce it from the
 //!   same derived schema (see [`crate::contract`]).
 
-use commerce_proto::{auth, cart, catalog, common, inventory, notification, order, shipping};
+use commerce_proto::{audit, auth, cart, catalog, common, inventory, notification, order, shipping};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -849,6 +849,130 @@ pub struct NotificationPage {
     pub notifications: Vec<Notification>,
     pub next_page_token: String,
     pub unread_count: i64,
+}
+
+// ------------------------------------------------------------------ audit
+
+/// Most audit entries in one page.
+pub const MAX_AUDIT_PAGE_SIZE: i32 = 500;
+
+/// Filters of `GET /api/admin/audit`; they combine with AND.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only events of this type, for example `commerce.events.v1.UserRoleChanged`.
+    #[schemars(pattern(NO_NUL), length(max = 200))]
+    pub event_type: Option<String>,
+    /// Only events whose actor is this user id.
+    #[schemars(pattern(NO_NUL), length(max = 200))]
+    pub actor_id: Option<String>,
+    /// Only events about this aggregate (an order id, a user id...).
+    #[schemars(pattern(NO_NUL), length(max = 200))]
+    pub subject: Option<String>,
+    /// Only events that happened at or after this instant (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub since: Option<String>,
+    /// Only events that happened before this instant (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub until: Option<String>,
+    #[schemars(range(min = 1, max = MAX_AUDIT_PAGE_SIZE))]
+    pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
+    pub page_token: Option<String>,
+}
+
+/// One recorded event of the audit trail.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AuditEntry {
+    /// Position in the chain, from 1, without gaps.
+    pub sequence: i64,
+    pub event_id: String,
+    pub event_type: String,
+    /// The service that published the event.
+    pub source: String,
+    /// The aggregate the event is about.
+    pub subject: String,
+    /// Who acted, when the event names someone; empty for the shop's own steps.
+    pub actor_id: String,
+    /// The trace of the request that caused the event (32 hex digits); empty without one.
+    pub trace_id: String,
+    /// When it happened, to the microsecond (as hashed).
+    pub occurred_at: Option<String>,
+    /// When the audit service recorded it, to the microsecond (as hashed).
+    pub recorded_at: Option<String>,
+    /// The event's payload in the protobuf JSON mapping.
+    pub payload: serde_json::Value,
+    /// SHA-256 of the previous entry (hex).
+    pub previous_hash: String,
+    /// SHA-256 over `previous_hash` and this entry's fields (hex).
+    pub hash: String,
+}
+
+fn micros_timestamp(value: Option<prost_types::Timestamp>) -> Option<String> {
+    commerce_proto::time::from_timestamp(&value?)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+impl From<audit::v1::AuditEntry> for AuditEntry {
+    fn from(entry: audit::v1::AuditEntry) -> Self {
+        let payload = serde_json::from_str(&entry.payload_json)
+            .unwrap_or(serde_json::Value::String(entry.payload_json));
+        Self {
+            sequence: entry.sequence,
+            event_id: entry.event_id,
+            event_type: entry.event_type,
+            source: entry.source,
+            subject: entry.subject,
+            actor_id: entry.actor_id,
+            trace_id: entry.trace_id,
+            occurred_at: micros_timestamp(entry.occurred_at),
+            recorded_at: micros_timestamp(entry.recorded_at),
+            payload,
+            previous_hash: entry.previous_hash,
+            hash: entry.hash,
+        }
+    }
+}
+
+/// One page of the audit trail, newest first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `page_token` for the next page; empty on the last page.
+    pub next_page_token: String,
+}
+
+/// What a check of the whole audit chain found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AuditVerification {
+    /// Whether every retained entry matches its hash and links to the one before it.
+    pub intact: bool,
+    /// Entries checked (up to the first broken one).
+    pub entries_checked: i64,
+    /// The first entry that does not match; absent when intact.
+    pub first_broken_sequence: Option<i64>,
+    /// What is wrong with it; absent when intact.
+    pub problem: Option<String>,
+    /// The newest entry: keep its sequence and hash outside the shop to notice
+    /// entries removed from the end later.
+    pub head_sequence: i64,
+    pub head_hash: String,
+    /// The oldest entry retention keeps.
+    pub retained_from_sequence: i64,
+}
+
+impl From<audit::v1::VerifyChainResponse> for AuditVerification {
+    fn from(response: audit::v1::VerifyChainResponse) -> Self {
+        Self {
+            intact: response.intact,
+            entries_checked: response.entries_checked,
+            first_broken_sequence: (!response.intact).then_some(response.first_broken_sequence),
+            problem: (!response.intact).then_some(response.problem),
+            head_sequence: response.head_sequence,
+            head_hash: response.head_hash,
+            retained_from_sequence: response.retained_from_sequence,
+        }
+    }
 }
 
 #[cfg(test)]

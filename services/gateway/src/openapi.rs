@@ -135,6 +135,10 @@ fn operations() -> Vec<Operation> {
             query: None, body: Some(schema::<RuleBody>), response: 200 Some(schema::<Rule>)),
         op!("DELETE" "/api/admin/ratelimits/{name}", "admin", "Remove a rate-limit rule stored in Redis", Admin,
             query: None, body: None, response: 204 None),
+        op!("GET" "/api/admin/audit", "admin", "The audit trail of every domain event, newest first, filtered", Admin,
+            query: Some(query::<AuditQuery>), body: None, response: 200 Some(schema::<AuditPage>)),
+        op!("GET" "/api/admin/audit/verify", "admin", "Check the audit trail's hash chain and report the first broken entry", Admin,
+            query: None, body: None, response: 200 Some(schema::<AuditVerification>)),
         op!("GET" "/api/openapi.json", "meta", "This document", Public,
             query: None, body: None, response: 200 None),
     ]

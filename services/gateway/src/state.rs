@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use commerce_platform::discovery::Peers;
 use commerce_platform::resilience::ResilientChannel;
+use commerce_proto::audit::v1::audit_service_client::AuditServiceClient;
 use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
 use commerce_proto::cart::v1::cart_service_client::CartServiceClient;
 use commerce_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
@@ -94,4 +95,5 @@ impl AppState {
     client!(order, OrderServiceClient, Service::Order);
     client!(shipping, ShippingServiceClient, Service::Shipping);
     client!(notification, NotificationServiceClient, Service::Notification);
+    client!(audit, AuditServiceClient, Service::Audit);
 }

@@ -48,6 +48,9 @@ pub enum Service {
     Notification,
     Shipping,
     Gateway,
+    /// Appended after the gateway so that no earlier service's local ports
+    /// move.
+    Audit,
 }
 
 /// A Kafka topic carrying one aggregate's domain events, keyed by the
@@ -120,7 +123,7 @@ const DOMAIN_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Dead letters are rare and read by people; one partition keeps them in order.
 pub const DEAD_LETTER_PARTITIONS: i32 = 1;
 
-const SERVICES: [ServiceSpec; 9] = [
+const SERVICES: [ServiceSpec; 10] = [
     ServiceSpec {
         service: Service::Auth,
         summary: "users, credentials, roles, refresh tokens and signing keys",
@@ -212,13 +215,31 @@ const SERVICES: [ServiceSpec; 9] = [
             Service::Payment,
             Service::Notification,
             Service::Shipping,
+            Service::Audit,
         ],
+    },
+    ServiceSpec {
+        service: Service::Audit,
+        summary: "the tamper-evident, append-only record of every domain event",
+        database: true,
+        redis: false,
+        produces: &[],
+        // Every domain topic: the trail records each event once.
+        consumes: &[
+            Topic::Orders,
+            Topic::Inventory,
+            Topic::Payments,
+            Topic::Shipments,
+            Topic::Users,
+            Topic::Catalog,
+        ],
+        calls: &[],
     },
 ];
 
 impl Service {
     /// Every service, in catalog order.
-    pub const ALL: [Service; 9] = [
+    pub const ALL: [Service; 10] = [
         Service::Auth,
         Service::Catalog,
         Service::Inventory,
@@ -228,6 +249,7 @@ impl Service {
         Service::Notification,
         Service::Shipping,
         Service::Gateway,
+        Service::Audit,
     ];
 
     /// The service's name: DNS label, database suffix, CLI argument.
@@ -242,6 +264,7 @@ impl Service {
             Service::Notification => "notification",
             Service::Shipping => "shipping",
             Service::Gateway => "gateway",
+            Service::Audit => "audit",
         }
     }
 
@@ -398,6 +421,7 @@ fn dead_letter_name(service: Service) -> &'static str {
         Service::Notification => "commerce.dlq.notification.v1",
         Service::Shipping => "commerce.dlq.shipping.v1",
         Service::Gateway => "commerce.dlq.gateway.v1",
+        Service::Audit => "commerce.dlq.audit.v1",
     }
 }
 

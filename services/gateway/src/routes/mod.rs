@@ -4,6 +4,7 @@
 //! the verified token, never from the request body.
 
 pub(crate) mod admin;
+mod audit;
 mod auth;
 mod cart;
 mod catalog;
@@ -54,6 +55,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/ratelimits"),
     ("PUT", "/api/admin/ratelimits/{name}"),
     ("DELETE", "/api/admin/ratelimits/{name}"),
+    ("GET", "/api/admin/audit"),
+    ("GET", "/api/admin/audit/verify"),
     ("GET", "/api/openapi.json"),
 ];
 
@@ -89,6 +92,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/admin/users/{id}/role", put(admin::set_user_role))
         .route("/api/admin/ratelimits", get(admin::list_rate_limits))
         .route("/api/admin/ratelimits/{name}", put(admin::put_rate_limit).delete(admin::delete_rate_limit))
+        .route("/api/admin/audit", get(audit::list_entries))
+        .route("/api/admin/audit/verify", get(audit::verify_chain))
 }
 
 /// Maps a gRPC error from `peer` (see [`problem_from_status`]).

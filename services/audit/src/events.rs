@@ -1,0 +1,65 @@
+//! The consumer's handler: every event of every domain topic becomes the
+//! next entry of the chain, in the transaction that also marks the event
+//! processed.
+
+use chrono::Utc;
+use commerce_platform::events::{EventHandler, HandlerError, IncomingEvent};
+use opentelemetry::trace::TraceId;
+use sqlx::{Postgres, Transaction};
+
+use crate::payload::Payload;
+use crate::store::{self, NewEntry};
+
+/// Records each event it is given; it handles every type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditEventHandler;
+
+/// The entry an incoming event becomes.
+pub fn new_entry(event: &IncomingEvent) -> NewEntry {
+    let payload = Payload::decode(event.event_type(), event.payload());
+    let subject = event
+        .subject()
+        .map(str::to_owned)
+        .or_else(|| event.key().map(|key| String::from_utf8_lossy(key).into_owned()))
+        .unwrap_or_default();
+    let trace_id = event
+        .trace_context()
+        .map(|context| context.trace_id())
+        .filter(|id| *id != TraceId::INVALID)
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    NewEntry {
+        event_id: event.id(),
+        event_type: event.event_type().to_owned(),
+        source: event.source().to_owned(),
+        subject,
+        actor_id: payload.actor(),
+        trace_id,
+        occurred_at: event.time(),
+        payload: event.payload().to_vec(),
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for AuditEventHandler {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let entry = new_entry(event);
+        match store::append(tx, entry, Utc::now()).await {
+            Ok(Some(recorded)) => {
+                tracing::debug!(
+                    sequence = recorded.fields.sequence,
+                    event_type = %recorded.fields.event_type,
+                    "event recorded in the audit trail"
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(error) if error.is_transient() => Err(HandlerError::retryable(error)),
+            Err(error) => Err(HandlerError::permanent(error)),
+        }
+    }
+}
