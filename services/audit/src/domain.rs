@@ -59,9 +59,9 @@ pub fn to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
 }
 
-/// A stored entry as the check reads it.
+/// An entry as stored: its fields and the two hashes that link it.
 #[derive(Debug, Clone)]
-pub struct StoredLink {
+pub struct Entry {
     pub fields: EntryFields,
     pub previous_hash: Vec<u8>,
     pub hash: Vec<u8>,
@@ -96,7 +96,7 @@ impl Walker {
 
     /// Checks the next entry: its sequence follows the last one's, it names
     /// the last one's hash, and its own hash matches its fields.
-    pub fn step(&mut self, link: &StoredLink) -> Result<(), Break> {
+    pub fn step(&mut self, link: &Entry) -> Result<(), Break> {
         let sequence = link.fields.sequence;
         let broken = |problem: String| Break { sequence, problem };
         if sequence != self.expected_sequence {
@@ -172,20 +172,20 @@ mod tests {
         }
     }
 
-    fn chain(length: i64) -> Vec<StoredLink> {
+    fn chain(length: i64) -> Vec<Entry> {
         let mut previous = GENESIS;
         (1..=length)
             .map(|sequence| {
                 let fields = fields(sequence);
                 let hash = entry_hash(&previous, &fields);
-                let link = StoredLink { fields, previous_hash: previous.to_vec(), hash: hash.to_vec() };
+                let link = Entry { fields, previous_hash: previous.to_vec(), hash: hash.to_vec() };
                 previous = hash;
                 link
             })
             .collect()
     }
 
-    fn walk(links: &[StoredLink]) -> Result<i64, Break> {
+    fn walk(links: &[Entry]) -> Result<i64, Break> {
         let mut walker = Walker::after(0, GENESIS);
         for link in links {
             walker.step(link)?;

@@ -6,15 +6,8 @@ use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::domain::{self as chain, EntryFields, StoredLink, Walker};
-
-/// An entry as stored.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub fields: EntryFields,
-    pub previous_hash: Vec<u8>,
-    pub hash: Vec<u8>,
-}
+pub use crate::domain::Entry;
+use crate::domain::{self as chain, EntryFields, Walker};
 
 /// What the chain says about itself: its ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,10 +242,7 @@ async fn verify_in_snapshot(conn: &mut PgConnection) -> Result<Verification, Err
         let Some(last) = rows.last() else { break };
         after = last.sequence;
         for row in rows {
-            let entry = Entry::from(row);
-            let link =
-                StoredLink { fields: entry.fields, previous_hash: entry.previous_hash, hash: entry.hash };
-            if let Err(broken) = walker.step(&link) {
+            if let Err(broken) = walker.step(&Entry::from(row)) {
                 return Ok(Verification { checked: walker.checked(), broken: Some(broken), ends });
             }
         }
