@@ -673,6 +673,29 @@ async fn an_admin_finds_users_and_gives_one_a_role_that_reaches_their_next_sign_
             .is_some_and(|all| all.iter().any(|e| e["sequence"] == entry["sequence"])),
         "{by_admin}"
     );
+    // So is the administrator's request that made it: who, what, from which request.
+    let actions = api
+        .get(
+            &format!(
+                "/api/admin/audit?event_type=commerce.audit.v1.AdminAction&subject={path}&page_size=500"
+            ),
+            admin_token,
+        )
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("lists");
+    let action = actions["entries"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["payload"]["status"] == json!(200)))
+        .unwrap_or_else(|| panic!("the role change request is recorded: {actions}"));
+    assert_eq!(action["actor_id"], json!(admin.user_id), "{action}");
+    assert_eq!(action["source"], json!("/commerce/gateway"), "{action}");
+    assert_eq!(action["payload"]["method"], json!("PUT"), "{action}");
+    assert_eq!(action["payload"]["route"], json!("/api/admin/users/{id}/role"), "{action}");
+    assert!(action["payload"]["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{action}");
+    let refused = actions["entries"].as_array().map_or(0, |all| all.len());
+    assert_eq!(refused, 1, "refused changes (4xx) are not admin actions: {actions}");
     let listed = api.get("/api/admin/audit", customer_token).await.expect("answers");
     assert_eq!(listed.status, StatusCode::FORBIDDEN, "{}", listed.body);
     let bad_since = api.get("/api/admin/audit?since=yesterday", admin_token).await.expect("answers");

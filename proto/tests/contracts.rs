@@ -96,7 +96,7 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
             "ShippingService",
             &["CreateShipment", "GetShipment", "TrackShipment", "UpdateShipmentStatus", "ListShipments"],
         ),
-        ("commerce.audit.v1", "AuditService", &["ListEntries", "VerifyChain"]),
+        ("commerce.audit.v1", "AuditService", &["RecordAdminAction", "ListEntries", "VerifyChain"]),
     ];
     let set = descriptor_set();
 

@@ -1,15 +1,20 @@
-//! The `AuditService` gRPC server: listing and checking the trail, and the
-//! one `From<Error> for Status` mapping.
+//! The `AuditService` gRPC server: recording administrators' actions,
+//! listing and checking the trail, and the one `From<Error> for Status`
+//! mapping.
 
+use chrono::Utc;
 use commerce_proto::audit::v1 as pb;
 use commerce_proto::audit::v1::audit_service_server::AuditService;
 use commerce_proto::time::{from_timestamp, timestamp};
+use commerce_topology::Service;
+use prost::Message as _;
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::Error;
 use crate::payload::Payload;
-use crate::store::{self, Entry, Filter};
+use crate::store::{self, Entry, Filter, NewEntry};
 
 const DEFAULT_PAGE_SIZE: i64 = 50;
 const MAX_PAGE_SIZE: i64 = 500;
@@ -81,8 +86,71 @@ fn decode_page_token(token: &str) -> Result<Option<i64>, Error> {
         .ok_or(Error::InvalidRequest { field: "page_token", problem: "is not a token this server issued" })
 }
 
+/// The event type of entries that record an administrator's action.
+pub const ADMIN_ACTION_TYPE: &str = "commerce.audit.v1.AdminAction";
+/// Longest method, route or path of a recorded action.
+const MAX_ACTION_FIELD: usize = 2048;
+
+/// The entry an administrator's action becomes.
+fn admin_action_entry(request: pb::RecordAdminActionRequest) -> Result<NewEntry, Error> {
+    let event_id = Uuid::parse_str(&request.action_id)
+        .map_err(|_| Error::InvalidRequest { field: "action_id", problem: "is not a UUID" })?;
+    let action = request.action.ok_or(Error::InvalidRequest { field: "action", problem: "is missing" })?;
+    for (field, value) in [
+        ("action.actor_id", &action.actor_id),
+        ("action.method", &action.method),
+        ("action.route", &action.route),
+        ("action.path", &action.path),
+    ] {
+        if value.is_empty() {
+            return Err(Error::InvalidRequest { field, problem: "is empty" });
+        }
+        if value.len() > MAX_ACTION_FIELD {
+            return Err(Error::InvalidRequest { field, problem: "is longer than 2048 bytes" });
+        }
+    }
+    let trace_id = request.trace_id;
+    if !(trace_id.is_empty() || (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()))) {
+        return Err(Error::InvalidRequest { field: "trace_id", problem: "is not 32 hex digits" });
+    }
+    let occurred_at = match request.occurred_at.as_ref() {
+        Some(time) => from_timestamp(time)
+            .ok_or(Error::InvalidRequest { field: "occurred_at", problem: "is not a valid instant" })?,
+        None => Utc::now(),
+    };
+    Ok(NewEntry {
+        event_id,
+        event_type: ADMIN_ACTION_TYPE.to_owned(),
+        source: Service::Gateway.event_source(),
+        subject: action.path.clone(),
+        actor_id: action.actor_id.clone(),
+        trace_id,
+        occurred_at,
+        payload: action.encode_to_vec(),
+    })
+}
+
 #[tonic::async_trait]
 impl AuditService for AuditGrpc {
+    async fn record_admin_action(
+        &self,
+        request: Request<pb::RecordAdminActionRequest>,
+    ) -> Result<Response<pb::RecordAdminActionResponse>, Status> {
+        let entry = admin_action_entry(request.into_inner())?;
+        let event_id = entry.event_id;
+        let mut tx = self.pool.begin().await.map_err(Error::Append)?;
+        let recorded = match store::append(&mut tx, entry, Utc::now()).await? {
+            Some(recorded) => recorded,
+            // A retry of an action already recorded.
+            None => store::find_by_event(&mut tx, event_id).await?.ok_or(Error::InvalidRequest {
+                field: "action_id",
+                problem: "names an entry retention has removed",
+            })?,
+        };
+        tx.commit().await.map_err(Error::Append)?;
+        Ok(Response::new(pb::RecordAdminActionResponse { entry: Some(entry_to_proto(&recorded)) }))
+    }
+
     async fn list_entries(
         &self,
         request: Request<pb::ListEntriesRequest>,

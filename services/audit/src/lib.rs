@@ -4,8 +4,10 @@
 //! It consumes every domain topic in its own consumer group and appends
 //! each event to a hash chain ([`domain`]) in the transaction that marks the
 //! event processed, so every event is recorded exactly once and in one
-//! order. Admins read the trail and check the chain over gRPC (the gateway
-//! serves `/api/admin/audit`). Entries older than the retention period are
+//! order. The gateway adds each administrator's successful change
+//! (`RecordAdminAction`: who, what, when, from which request). Admins read
+//! the trail and check the chain over gRPC (the gateway serves
+//! `/api/admin/audit`). Entries older than the retention period are
 //! removed from the start of the chain, which stays verifiable from the
 //! last removed entry.
 //!

@@ -166,6 +166,17 @@ pub async fn append(
     Ok(Some(Entry { fields, previous_hash: ends.head_hash.to_vec(), hash: hash.to_vec() }))
 }
 
+/// The entry recording event `event_id`, if there is one.
+pub async fn find_by_event(conn: &mut PgConnection, event_id: Uuid) -> Result<Option<Entry>, Error> {
+    let row: Option<EntryRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM audit_entries WHERE event_id = $1"))
+            .bind(event_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::ReadChain)?;
+    Ok(row.map(Entry::from))
+}
+
 /// Filters of a listing; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct Filter<'a> {

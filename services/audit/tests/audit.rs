@@ -1,7 +1,8 @@
 //! The audit service in process against real Postgres and Kafka: events of
 //! every domain topic become one chain in arrival order, each recorded once
 //! (a redelivered event included), with the acting administrator or user
-//! named; admins filter and page the trail; the chain verifies, survives
+//! named; an administrator's action recorded by the gateway joins the same
+//! chain once; admins filter and page the trail; the chain verifies, survives
 //! retention, refuses an UPDATE, and reports the first entry someone with
 //! the power to disable that guard changed.
 
@@ -181,11 +182,49 @@ async fn every_event_is_chained_once_filtered_for_admins_and_a_changed_entry_bre
         .expect_err("a token the server did not issue");
     assert_eq!(bad_token.code(), tonic::Code::InvalidArgument);
 
+    // An administrator's action, as the gateway records it; a retry of the
+    // call records it once.
+    let action = pb::RecordAdminActionRequest {
+        action_id: uuid::Uuid::now_v7().to_string(),
+        action: Some(pb::AdminAction {
+            actor_id: "admin-7".into(),
+            method: "PUT".into(),
+            route: "/api/admin/ratelimits/{name}".into(),
+            path: "/api/admin/ratelimits/login".into(),
+            status: 200,
+            request_id: "req-1".into(),
+        }),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        occurred_at: Some(commerce_proto::time::timestamp(chrono::Utc::now())),
+    };
+    let recorded = client.record_admin_action(action.clone()).await?.into_inner().entry.expect("an entry");
+    let again = client.record_admin_action(action.clone()).await?.into_inner().entry.expect("an entry");
+    assert_eq!((recorded.sequence, again.sequence), (6, 6), "recorded once");
+    assert_eq!(recorded.event_type, commerce_audit::grpc::ADMIN_ACTION_TYPE);
+    assert_eq!(
+        (recorded.actor_id.as_str(), recorded.subject.as_str(), recorded.source.as_str()),
+        ("admin-7", "/api/admin/ratelimits/login", "/commerce/gateway")
+    );
+    assert_eq!(recorded.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let json: serde_json::Value = serde_json::from_str(&recorded.payload_json)?;
+    assert_eq!(
+        (json["route"].as_str(), json["status"].as_i64()),
+        (Some("/api/admin/ratelimits/{name}"), Some(200))
+    );
+    let mut nameless = action.clone();
+    nameless.action_id = uuid::Uuid::now_v7().to_string();
+    if let Some(action) = nameless.action.as_mut() {
+        action.actor_id.clear();
+    }
+    let refused = client.record_admin_action(nameless).await.expect_err("an action without an actor");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("actor_id"), "{}", refused.message());
+
     // The chain verifies.
     let intact = verify(&mut client).await?;
     assert!(intact.intact, "{intact:?}");
-    assert_eq!((intact.entries_checked, intact.head_sequence, intact.retained_from_sequence), (5, 5, 1));
-    assert_eq!(intact.head_hash, entries[0].hash);
+    assert_eq!((intact.entries_checked, intact.head_sequence, intact.retained_from_sequence), (6, 6, 1));
+    assert_eq!(intact.head_hash, recorded.hash);
 
     // Retention removes the start of the chain; what remains still verifies.
     let pool = database.pool().await?;
@@ -199,7 +238,7 @@ async fn every_event_is_chained_once_filtered_for_admins_and_a_changed_entry_bre
     drop(conn);
     let pruned = verify(&mut client).await?;
     assert!(pruned.intact, "{pruned:?}");
-    assert_eq!((pruned.entries_checked, pruned.retained_from_sequence), (3, 3));
+    assert_eq!((pruned.entries_checked, pruned.retained_from_sequence), (4, 3));
 
     // Entries are append-only...
     let update = sqlx::query("UPDATE audit_entries SET actor_id = 'someone-else' WHERE sequence = 4")

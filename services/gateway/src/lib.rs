@@ -158,7 +158,19 @@ impl Gateway {
             shutdown.clone(),
         ));
         tokio::spawn(catalog_cache.clone().run_poller(version_peers, shutdown.clone()));
-        let state = AppState::new(state::Parts { peers, verifier, rate_limiter, catalog_cache });
+        let audit_record_failures = prometheus_client::metrics::counter::Counter::default();
+        metrics.register(
+            "commerce_gateway_audit_record_failures",
+            "Administrators' changes the audit service did not record (each is logged at error level)",
+            audit_record_failures.clone(),
+        );
+        let state = AppState::new(state::Parts {
+            peers,
+            verifier,
+            rate_limiter,
+            catalog_cache,
+            audit_record_failures,
+        });
         Self { state, http: config.http.clone() }
     }
 
@@ -175,6 +187,10 @@ impl Gateway {
         routes::api()
             .route("/api/openapi.json", axum::routing::get(openapi::document))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics, middleware::record_metrics))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                routes::audit::record_admin_actions,
+            ))
             .fallback(middleware::no_route)
             .method_not_allowed_fallback(middleware::method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), ratelimit::enforce::<AppState>))

@@ -1,6 +1,6 @@
 //! What every handler and middleware shares: the peers (gRPC channels with
-//! discovery and resilience), the token verifier, the rate limiter and the
-//! catalog read cache.
+//! discovery and resilience), the token verifier, the rate limiter, the
+//! catalog read cache and the count of admin actions the audit trail missed.
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use commerce_proto::notification::v1::notification_service_client::NotificationS
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
 use commerce_topology::Service;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::auth::AuthKeySource;
 use crate::catalog_cache::CatalogCache;
@@ -37,6 +38,8 @@ pub struct Parts {
     pub verifier: Arc<Verifier<AuthKeySource>>,
     pub rate_limiter: Arc<RateLimiter>,
     pub catalog_cache: Arc<CatalogCache>,
+    /// Administrators' changes the audit service did not record.
+    pub audit_record_failures: Counter,
 }
 
 impl AppState {

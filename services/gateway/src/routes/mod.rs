@@ -4,7 +4,7 @@
 //! the verified token, never from the request body.
 
 pub(crate) mod admin;
-mod audit;
+pub(crate) mod audit;
 mod auth;
 mod cart;
 mod catalog;
