@@ -60,12 +60,16 @@ type SharedProducer = Arc<FutureProducer<TracingContext>>;
 /// (idempotence numbers them per partition, and each service awaits its
 /// own acknowledgements); what is shared is the connection and its fate, as
 /// the process already is. A producer goes when its last user drops it.
-static PRODUCERS: LazyLock<Mutex<Vec<(BTreeMap<String, String>, Weak<FutureProducer<TracingContext>>)>>> =
-    LazyLock::new(|| Mutex::new(Vec::new()));
+static PRODUCERS: LazyLock<Mutex<Vec<Registered>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+/// A producer's complete librdkafka configuration, the registry's key.
+type ProducerConfig = BTreeMap<String, String>;
+/// One entry of [`PRODUCERS`]: a configuration and its producer while alive.
+type Registered = (ProducerConfig, Weak<FutureProducer<TracingContext>>);
 
 /// The producer of this process with exactly `config`, created if none is.
 fn shared_producer(config: &ClientConfig) -> Result<SharedProducer, ProducerError> {
-    let key: BTreeMap<String, String> =
+    let key: ProducerConfig =
         config.config_map().into_iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
     let mut producers = PRODUCERS.lock().unwrap_or_else(PoisonError::into_inner);
     producers.retain(|(_, producer)| producer.strong_count() > 0);
