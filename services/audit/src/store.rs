@@ -84,7 +84,8 @@ impl TryFrom<EndsRow> for ChainEnds {
 }
 
 /// The chain's ends; `for_update` locks them until the transaction ends
-/// (every append does, so appends take consecutive sequences one at a time).
+/// (as every append does, so that appends take consecutive sequences one at
+/// a time and retention never runs beside one).
 pub async fn ends(conn: &mut PgConnection, for_update: bool) -> Result<ChainEnds, Error> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
     let row: EndsRow = sqlx::query_as(&format!(
@@ -111,23 +112,30 @@ pub struct NewEntry {
 
 /// Appends `entry` at the head of the chain, within the caller's
 /// transaction. An event already recorded is not recorded twice: `None`.
+///
+/// Two round trips: the head, locked, with whether the event is already
+/// there (asked under the lock, so no twin can slip in between); then the
+/// entry and the new head in one statement. (Four statements before; the
+/// audit consumer appends once per event of the whole shop.)
 pub async fn append(
     conn: &mut PgConnection,
     entry: NewEntry,
     recorded_at: DateTime<Utc>,
 ) -> Result<Option<Entry>, Error> {
-    let ends = ends(conn, true).await?;
-    // Checked under the chain's lock, so no twin can slip in between.
-    let seen: Option<i64> = sqlx::query_scalar("SELECT sequence FROM audit_entries WHERE event_id = $1")
-        .bind(entry.event_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::ReadChain)?;
-    if seen.is_some() {
+    let (head_sequence, head_hash, seen): (i64, Vec<u8>, bool) = sqlx::query_as(
+        "SELECT head_sequence, head_hash, EXISTS (SELECT 1 FROM audit_entries WHERE event_id = $1) \
+         FROM audit_chain FOR UPDATE",
+    )
+    .bind(entry.event_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Error::ReadChain)?;
+    if seen {
         return Ok(None);
     }
+    let previous = hash32(&head_hash, "head hash")?;
     let fields = EntryFields {
-        sequence: ends.head_sequence + 1,
+        sequence: head_sequence + 1,
         event_id: entry.event_id,
         event_type: entry.event_type,
         source: entry.source,
@@ -138,9 +146,11 @@ pub async fn append(
         recorded_at: chain::to_micros(recorded_at),
         payload: entry.payload,
     };
-    let hash = chain::entry_hash(&ends.head_hash, &fields);
+    let hash = chain::entry_hash(&previous, &fields);
     sqlx::query(&format!(
-        "INSERT INTO audit_entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        "WITH appended AS (INSERT INTO audit_entries ({COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING sequence, hash) \
+         UPDATE audit_chain SET head_sequence = appended.sequence, head_hash = appended.hash FROM appended"
     ))
     .bind(fields.sequence)
     .bind(fields.event_id)
@@ -152,18 +162,12 @@ pub async fn append(
     .bind(fields.occurred_at)
     .bind(fields.recorded_at)
     .bind(&fields.payload)
-    .bind(ends.head_hash.as_slice())
+    .bind(previous.as_slice())
     .bind(hash.as_slice())
     .execute(&mut *conn)
     .await
     .map_err(Error::Append)?;
-    sqlx::query("UPDATE audit_chain SET head_sequence = $1, head_hash = $2")
-        .bind(fields.sequence)
-        .bind(hash.as_slice())
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::Append)?;
-    Ok(Some(Entry { fields, previous_hash: ends.head_hash.to_vec(), hash: hash.to_vec() }))
+    Ok(Some(Entry { fields, previous_hash: previous.to_vec(), hash: hash.to_vec() }))
 }
 
 /// The entry recording event `event_id`, if there is one.
