@@ -34,7 +34,7 @@ use support::shop::infra_var;
 use support::wait_for;
 
 /// Services of the "rest of the shop" process, beside order and payment.
-const OTHERS: [Service; 7] = [
+const OTHERS: [Service; 8] = [
     Service::Auth,
     Service::Catalog,
     Service::Inventory,
@@ -42,6 +42,7 @@ const OTHERS: [Service; 7] = [
     Service::Notification,
     Service::Shipping,
     Service::Gateway,
+    Service::Audit,
 ];
 /// Broker and controller ports of the private Kafka: above the kernel's
 /// ephemeral range (32768-60999), so that no outgoing connection of another

@@ -131,7 +131,14 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
     let mut shop = Shop::new(kafka.brokers(), postgres.admin_url())?;
     let result = async {
         // One process per killed service; the rest share one.
-        let rest = [Service::Auth, Service::Catalog, Service::Cart, Service::Notification, Service::Shipping];
+        let rest = [
+            Service::Auth,
+            Service::Catalog,
+            Service::Cart,
+            Service::Notification,
+            Service::Shipping,
+            Service::Audit,
+        ];
         shop.serve("rest", &rest, &[])?;
         shop.wait_ready(&rest, READY).await?;
         let mut procs = HashMap::new();
