@@ -1147,7 +1147,10 @@ async fn a_stack_asking_for_a_pod_monitor_gets_one_the_real_crd_accepts_once_the
             "the schema dropped the relabeling: {endpoint}"
         );
         let selector = &monitor.data["spec"]["selector"];
-        ensure!(selector["matchExpressions"][0]["values"].as_array().map_or(0, Vec::len) == 9, "{selector}");
+        ensure!(
+            selector["matchExpressions"][0]["values"].as_array().map_or(0, Vec::len) == Service::ALL.len(),
+            "{selector}"
+        );
         ensure!(monitor.labels().get("release").map(String::as_str) == Some("prometheus"));
         eventually("the pods' scrape annotations to go", || async {
             Ok(scrape_annotation(&deployments.get(&order).await?).is_none().then_some(()))
