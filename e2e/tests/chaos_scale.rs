@@ -56,7 +56,7 @@ enum Part {
     Postgres,
 }
 
-/// The kills, in order; one after each eighth of the orders.
+/// The kills, in order; one after each eighth of the orders (see [`due`]).
 const FAULTS: [Part; 6] =
     [Part::Order, Part::Payment, Part::Inventory, Part::Gateway, Part::Kafka, Part::Postgres];
 
@@ -84,26 +84,49 @@ async fn wait_for_work_in_flight(
     Ok((seen, sending))
 }
 
-/// Places orders `0..ORDERS` from `CLIENTS` clients; counts accepted orders
-/// in `placed` and requests on their way in `requests`. Returns the ids in
-/// order number order.
+/// How far past a kill's due count the clients may place orders before
+/// that kill has been done. Without this bound the clients could place
+/// every order while a restarted part comes back, and the kills after it
+/// would find nothing in flight; with it, each kill still meets requests
+/// on their way (the clients are not yet held at the gate).
+const AHEAD: usize = ORDERS / 16;
+
+/// The order number the clients may not reach before the kill `k` is done
+/// (the last kill releases all).
+fn gate(k: usize) -> usize {
+    if k < FAULTS.len() { due(k) + AHEAD } else { ORDERS }
+}
+
+/// The orders placed before the kill `k` (one kill after each eighth).
+fn due(k: usize) -> usize {
+    (k + 1) * ORDERS / 8
+}
+
+/// Places orders `0..ORDERS` from `CLIENTS` clients, none numbered at or
+/// past `gate` until the gate moves on; counts accepted orders in `placed`
+/// and requests on their way in `requests`. Returns the ids in order
+/// number order.
 async fn place_all(
     buyers: Vec<Client>,
     products: Vec<String>,
     placed: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    gate: Arc<AtomicUsize>,
 ) -> Result<Vec<String>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let (buyers, products, next) = (buyers.clone(), products.clone(), next.clone());
-        let (placed, requests) = (placed.clone(), requests.clone());
+        let (placed, requests, gate) = (placed.clone(), requests.clone(), gate.clone());
         clients.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
                 if n >= ORDERS {
                     return Ok::<_, anyhow::Error>(mine);
+                }
+                while n >= gate.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 requests.fetch_add(1, Ordering::SeqCst);
                 let id = place_order_number(&buyers[n % buyers.len()], &products, n).await;
@@ -163,11 +186,18 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
 
         let placed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
+        let gate_at = Arc::new(AtomicUsize::new(gate(0)));
         let started = Instant::now();
-        let placing = tokio::spawn(place_all(buyers.clone(), products.clone(), placed.clone(), requests.clone()));
+        let placing = tokio::spawn(place_all(
+            buyers.clone(),
+            products.clone(),
+            placed.clone(),
+            requests.clone(),
+            gate_at.clone(),
+        ));
         let mut kills = Vec::new();
         for (k, part) in FAULTS.into_iter().enumerate() {
-            let due = (k + 1) * ORDERS / 8;
+            let due = due(k);
             wait_for(&format!("{due} orders placed before killing {part:?}"), Duration::from_secs(300), || {
                 let placed = placed.load(Ordering::SeqCst);
                 async move { Ok((placed >= due).then_some(())) }
@@ -205,6 +235,7 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
                 down.elapsed()
             );
             kills.push((part, seen));
+            gate_at.store(gate(k + 1), Ordering::SeqCst);
         }
         let last_fault = Instant::now();
         let ids = placing.await??;
