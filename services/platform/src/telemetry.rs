@@ -525,12 +525,58 @@ fn trace_layer<S>(tracer: SdkTracer) -> impl tracing_subscriber::Layer<S> + Send
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span> + Send + Sync,
 {
-    tracing_opentelemetry::layer().with_tracer(tracer).with_tracked_inactivity(false).with_filter(
-        tracing_subscriber::filter::filter_fn(|metadata| {
-            let level = *metadata.level();
-            if metadata.is_span() { level <= tracing::Level::INFO } else { level <= tracing::Level::WARN }
-        }),
-    )
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_filter(SpansAndWarnings)
+}
+
+/// The trace layer's filter: spans at `info` and above, and the warnings and
+/// errors within them (as span events).
+///
+/// It never gives a callsite `Interest::always`. A per-layer filter's
+/// decision travels from `enabled` to `on_new_span` through a thread-local
+/// that the next `enabled` call overwrites; for an `always` callsite the
+/// macros skip `enabled`, so the span is judged by whatever was asked last.
+/// sqlx asks `log_enabled!` (through tracing-log) after every query, for
+/// its debug-level query log, which this filter refuses: the next span of
+/// an `always` callsite on that thread then silently missed the trace layer
+/// and had no OpenTelemetry side (seen: an event consumer's span created
+/// after a database poll on the same thread had no trace context). Asking
+/// every time costs one comparison (tokio-rs/tracing#2519).
+#[derive(Debug, Clone, Copy)]
+struct SpansAndWarnings;
+
+impl SpansAndWarnings {
+    fn wants(metadata: &tracing::Metadata<'_>) -> bool {
+        let level = *metadata.level();
+        if metadata.is_span() { level <= tracing::Level::INFO } else { level <= tracing::Level::WARN }
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for SpansAndWarnings {
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        Self::wants(metadata)
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if Self::wants(metadata) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::INFO)
+    }
 }
 
 /// The layer [`init`] installs, exporting nothing: for a subscriber of the
