@@ -7,6 +7,10 @@
 //! keys and headers exactly. Every record of a test shares one key, hence
 //! one partition, so "the next event was processed" proves the earlier
 //! ones were dealt with.
+//!
+//! The batching tests wrap the same handler in [`Batched`], which asks the
+//! consumer for batches; a batch shows in Postgres as processed-event rows
+//! written by one transaction (one `xmin`).
 
 mod events_support;
 
@@ -23,7 +27,8 @@ use commerce_platform::events::consumer::{
 };
 use commerce_platform::events::producer::OutgoingRecord;
 use commerce_platform::events::{
-    EventConsumer, EventMetrics, EventProducer, HandlerError, IncomingEvent, KafkaArgs, TopicNames,
+    Batching, EventConsumer, EventHandler, EventMetrics, EventProducer, HandlerError, IncomingEvent,
+    KafkaArgs, TopicNames,
 };
 use commerce_platform::readiness::Readiness;
 use commerce_platform::trace_context;
@@ -89,6 +94,38 @@ impl CountingHandler {
     }
 }
 
+/// `H`, asking the consumer for batches.
+struct Batched<H>(H, Batching);
+
+#[commerce_platform::events::__private::async_trait]
+impl<H: EventHandler> EventHandler for Batched<H> {
+    fn handles(&self, event_type: &str) -> bool {
+        self.0.handles(event_type)
+    }
+
+    fn batching(&self) -> Batching {
+        self.1
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        self.0.handle(tx, event).await
+    }
+}
+
+/// The batches of the tests: up to 64 events, gathered for up to 300 ms.
+const BATCHES: Batching = Batching { max_events: 64, linger: Duration::from_millis(300) };
+
+/// Processed-event rows and the transactions that wrote them.
+async fn processed_rows_and_transactions(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM commerce_platform.processed_events")
+        .fetch_one(pool)
+        .await?)
+}
+
 /// One test's world: database, topics, producer, running consumer.
 struct Harness {
     database: TestDatabase,
@@ -125,6 +162,16 @@ impl Harness {
 
     /// Runs the service's consumer on `database` and the topics under `prefix`.
     async fn start_consumer(database: TestDatabase, prefix: &str, max_attempts: u32) -> anyhow::Result<Self> {
+        Self::start_batching_consumer(database, prefix, max_attempts, Batching::ONE_BY_ONE).await
+    }
+
+    /// Runs the service's consumer, in batches as `batching` says.
+    async fn start_batching_consumer(
+        database: TestDatabase,
+        prefix: &str,
+        max_attempts: u32,
+        batching: Batching,
+    ) -> anyhow::Result<Self> {
         let names = TopicNames::new(prefix);
         let args = kafka_args(prefix);
         let producer = EventProducer::new(&args)?;
@@ -136,7 +183,7 @@ impl Harness {
             &args,
             database.pool.clone(),
             producer.clone(),
-            handler,
+            Batched(handler, batching),
             readiness.register("kafka-consumer"),
         )?
         .with_settings(ConsumerSettings { max_attempts, retry_backoff: Duration::from_millis(20) });
@@ -373,6 +420,8 @@ const KILLED_HELPER_PREFIX: &str = "COMMERCE_TEST_KILLED_CONSUMER_PREFIX";
 const KILLED_HELPER_ORDERS: &str = "COMMERCE_TEST_KILLED_CONSUMER_ORDERS";
 /// ... and its offset commit interval in seconds.
 const KILLED_HELPER_COMMIT_SECONDS: &str = "COMMERCE_TEST_KILLED_CONSUMER_COMMIT_SECONDS";
+/// ... and whether it handles events in batches (`BATCHES`), if set.
+const KILLED_HELPER_BATCHES: &str = "COMMERCE_TEST_KILLED_CONSUMER_BATCHES";
 
 /// Helper process of the tests that kill a consumer: joins the group,
 /// handles the orders it is told, then dies without leaving the group or
@@ -391,12 +440,14 @@ async fn killed_consumer_helper_handles_its_orders_then_aborts() {
     let pool = PgPool::connect(&url).await.expect("the helper reaches the database");
     let args = KafkaArgs { commit_interval: Duration::from_secs(commit_seconds), ..kafka_args(&prefix) };
     let producer = EventProducer::new(&args).expect("producer");
+    let batching =
+        if std::env::var_os(KILLED_HELPER_BATCHES).is_some() { BATCHES } else { Batching::ONE_BY_ONE };
     let consumer = EventConsumer::new(
         SERVICE,
         &args,
         pool.clone(),
         producer,
-        CountingHandler::default(),
+        Batched(CountingHandler::default(), batching),
         Readiness::new().register("kafka-consumer"),
     )
     .expect("consumer");
@@ -422,16 +473,21 @@ async fn killed_consumer_helper_handles_its_orders_then_aborts() {
 
 /// Runs the helper on `database` and the topics under `prefix` until it has
 /// handled `orders` and died by SIGABRT; it commits offsets every
-/// `commit_interval`.
+/// `commit_interval`, and handles events in batches if `batches`.
 async fn run_killed_consumer(
     database: &TestDatabase,
     prefix: &str,
     orders: &[String],
     commit_interval: Duration,
+    batches: bool,
     produce: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     use std::os::unix::process::ExitStatusExt as _;
-    let helper = tokio::process::Command::new(std::env::current_exe()?)
+    let mut helper = tokio::process::Command::new(std::env::current_exe()?);
+    if batches {
+        helper.env(KILLED_HELPER_BATCHES, "1");
+    }
+    let helper = helper
         .args([
             "--exact",
             "killed_consumer_helper_handles_its_orders_then_aborts",
@@ -483,7 +539,7 @@ async fn a_killed_consumers_partitions_move_to_a_new_member_within_the_session_t
     let producer = EventProducer::new(&kafka_args(&prefix))?;
     let topic = TopicNames::new(&prefix).topic(Topic::Orders);
     let first = ["order-first".to_owned()];
-    run_killed_consumer(&database, &prefix, &first, Duration::from_secs(1), async {
+    run_killed_consumer(&database, &prefix, &first, Duration::from_secs(1), false, async {
         let payload =
             OrderPlaced { order_id: "order-first".to_owned(), ..OrderPlaced::default() }.encode_to_vec();
         producer
@@ -554,6 +610,19 @@ async fn an_event_type_the_handler_does_not_act_on_is_skipped_without_a_transact
 #[tokio::test]
 async fn a_consumer_killed_before_its_periodic_commit_is_redelivered_and_nothing_is_applied_twice()
 -> anyhow::Result<()> {
+    killed_before_its_commit(false).await
+}
+
+/// The same with batches: the killed consumer and the next member handle
+/// events many to a transaction, and still nothing is lost or applied
+/// twice.
+#[tokio::test]
+async fn a_batching_consumer_killed_before_its_periodic_commit_is_redelivered_and_nothing_is_applied_twice()
+-> anyhow::Result<()> {
+    killed_before_its_commit(true).await
+}
+
+async fn killed_before_its_commit(batches: bool) -> anyhow::Result<()> {
     const ORDERS: usize = 24;
     let (database, prefix) = Harness::prepare().await?;
     let producer = EventProducer::new(&kafka_args(&prefix))?;
@@ -561,7 +630,7 @@ async fn a_consumer_killed_before_its_periodic_commit_is_redelivered_and_nothing
     let topic = names.topic(Topic::Orders);
     let orders: Vec<String> = (0..ORDERS).map(|index| format!("order-batch-{index}")).collect();
     // The helper commits once an hour: it dies with nothing committed.
-    run_killed_consumer(&database, &prefix, &orders, Duration::from_secs(3600), async {
+    run_killed_consumer(&database, &prefix, &orders, Duration::from_secs(3600), batches, async {
         for order in &orders {
             produce_keyed(&producer, &topic, order).await?;
         }
@@ -576,8 +645,17 @@ async fn a_consumer_killed_before_its_periodic_commit_is_redelivered_and_nothing
             .fetch_one(&database.pool)
             .await?;
     assert!(partitions > 1, "the orders spread over several partitions ({partitions})");
+    let (rows, transactions) = processed_rows_and_transactions(&database.pool).await?;
+    eprintln!("the killed consumer recorded {rows} events in {transactions} transactions");
+    assert_eq!(rows, ORDERS as i64);
+    if batches {
+        assert!(transactions < rows, "the events were handled in batches: {transactions} transactions");
+    } else {
+        assert_eq!(transactions, rows, "one transaction per event");
+    }
 
-    let mut harness = Harness::start_consumer(database, &prefix, 3).await?;
+    let batching = if batches { BATCHES } else { Batching::ONE_BY_ONE };
+    let mut harness = Harness::start_batching_consumer(database, &prefix, 3, batching).await?;
     let expected =
         format!(r#"commerce_events_consumed_total{{service="shipping",outcome="duplicate"}} {ORDERS}"#);
     eventually("the new member to skip every redelivered event as a duplicate", || async {
@@ -594,5 +672,55 @@ async fn a_consumer_killed_before_its_periodic_commit_is_redelivered_and_nothing
     let committed: i64 =
         tokio::task::spawn_blocking(move || committed_offsets(&group, &topic)).await??.iter().sum();
     assert_eq!(committed, ORDERS as i64, "the new member committed past every record");
+    harness.finish().await
+}
+
+/// Events queued for a batching handler share one transaction; when one of
+/// a batch fails, the batch rolls back and its events are handled one by
+/// one, so the failing one alone is retried and dead-lettered and the
+/// others each have exactly one effect.
+#[tokio::test]
+async fn a_batch_with_a_failing_event_is_handled_one_by_one_and_only_that_event_is_dead_lettered()
+-> anyhow::Result<()> {
+    let (database, prefix) = Harness::prepare().await?;
+    let harness = Harness::start_batching_consumer(database, &prefix, 3, BATCHES).await?;
+    // A run of good events: batched.
+    let first: Vec<String> = (0..10).map(|index| format!("order-first-{index}")).collect();
+    for order in &first {
+        harness.produce_event(&attributes_for(order), order).await?;
+    }
+    harness.wait_for_effect("order-first-9").await?;
+    let (rows, transactions) = processed_rows_and_transactions(&harness.database.pool).await?;
+    eprintln!("ten queued events were recorded in {transactions} transactions");
+    assert_eq!(rows, 10);
+    assert!(transactions < rows, "the queued events were handled in batches: {transactions} transactions");
+    assert_eq!(harness.calls.load(Ordering::SeqCst), 10, "each event reached the handler once");
+
+    // A run with a hopeless event in the middle.
+    let second: Vec<String> = (0..6).map(|index| format!("order-second-{index}")).collect();
+    let hopeless = attributes_for(HOPELESS);
+    for (index, order) in second.iter().enumerate() {
+        if index == 3 {
+            harness.produce_event(&hopeless, HOPELESS).await?;
+        }
+        harness.produce_event(&attributes_for(order), order).await?;
+    }
+    harness.wait_for_effect("order-second-5").await?;
+    for order in first.iter().chain(&second) {
+        assert_eq!(harness.effect_count(order).await?, Some(1), "{order} has exactly one effect");
+    }
+    assert_eq!(harness.effect_count(HOPELESS).await?, None, "failed attempts left no effect");
+    // The batch's attempt, then the configured three alone.
+    let hopeless_calls = harness.hopeless_calls.load(Ordering::SeqCst);
+    assert!(
+        (3..=4).contains(&hopeless_calls),
+        "the hopeless event was tried {hopeless_calls} times (a batch attempt, then three alone)"
+    );
+    let dead_letters = read_topic(&harness.dead_letter_topic()).await?;
+    assert_eq!(dead_letters.len(), 1, "only the hopeless event was dead-lettered");
+    assert_eq!(header(&dead_letters[0], cloudevents::ID), Some(hopeless.id.to_string().as_str()));
+    assert_eq!(header(&dead_letters[0], DLQ_ATTEMPTS), Some("3"), "its attempts alone");
+    let (rows, _) = processed_rows_and_transactions(&harness.database.pool).await?;
+    assert_eq!(rows, 16, "every good event is recorded as processed, the hopeless one is not");
     harness.finish().await
 }

@@ -39,6 +39,18 @@
 //! offsets synchronously and leaves the group, so the partitions move to
 //! another replica at once instead of after a session timeout.
 //!
+//! A handler may ask for batches ([`EventHandler::batching`]): a lane then
+//! collects the records queued for it (waiting up to the handler's linger
+//! for more) and handles a run of them in one transaction, which records
+//! every one as processed, so the exactly-once effect is the same as one
+//! at a time with one commit instead of many. If anything in the batch
+//! fails (a handler error, the commit), the transaction rolls back and the
+//! records are handled one at a time as above, so retries and dead letters
+//! still concern the one event at fault. Offsets are stored once the batch
+//! has committed. Batches suit handlers whose work is off the saga's
+//! latency path and takes no locks other lanes take in another order (the
+//! audit trail's chain); the default is one event per transaction.
+//!
 //! Records are handled in lanes (`--kafka-consumer-concurrency`): each
 //! partition belongs to one lane, which handles its records one after
 //! another, so events about one aggregate (one key, one partition) keep
@@ -194,6 +206,21 @@ impl From<DecodeError> for HandlerError {
     }
 }
 
+/// How a lane groups events into transactions ([`EventHandler::batching`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Events per transaction at most (1: no batches).
+    pub max_events: usize,
+    /// How long a lane holding fewer than `max_events` waits for more
+    /// before handling them: latency traded for fewer transactions.
+    pub linger: Duration,
+}
+
+impl Batching {
+    /// One event per transaction, handled as soon as it arrives.
+    pub const ONE_BY_ONE: Self = Self { max_events: 1, linger: Duration::ZERO };
+}
+
 /// The payload is not the message the handler asked for.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -221,6 +248,13 @@ pub trait EventHandler: Send + Sync + 'static {
     fn handles(&self, event_type: &str) -> bool {
         let _ = event_type;
         true
+    }
+
+    /// How many events one transaction may handle, and how long a lane
+    /// waits for more before handling those it has (see the module docs).
+    /// The default is one event per transaction, handled at once.
+    fn batching(&self) -> Batching {
+        Batching::ONE_BY_ONE
     }
 
     /// Applies `event` within `tx`, the transaction that also records the
@@ -447,6 +481,17 @@ enum AttemptError {
     Handler(HandlerError),
 }
 
+/// A record read and ready: an event for the handler in its span, a record
+/// already done with, or poison with why. Matched at once where it is made
+/// (or moved into a batch as its parts), so its size costs nothing, and a
+/// box would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Event(IncomingEvent, tracing::Span),
+    Done(Outcome),
+    Poison(String, tracing::Span),
+}
+
 /// Consumes a service's topics into its [`EventHandler`]; see the module
 /// docs.
 pub struct EventConsumer<H> {
@@ -669,6 +714,8 @@ impl<H: EventHandler> EventConsumer<H> {
         mut receiver: mpsc::Receiver<OwnedMessage>,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
+        let batching = self.handler.batching();
+        let max_events = batching.max_events.max(1);
         let lane = async move {
             loop {
                 let record = tokio::select! {
@@ -679,17 +726,155 @@ impl<H: EventHandler> EventConsumer<H> {
                         None => return,
                     },
                 };
-                let outcome = self.process(&record, &shutdown).await;
-                if let (Some(metrics), Some(label)) = (&self.metrics, outcome.label()) {
-                    metrics.consumed(self.service, label);
+                if max_events == 1 {
+                    if !self.process_one(&record, &shutdown).await {
+                        return;
+                    }
+                    continue;
                 }
-                if outcome == Outcome::Interrupted {
+                // What is queued now, and what comes within the linger.
+                let mut records = vec![record];
+                let deadline = Instant::now() + batching.linger;
+                while records.len() < max_events {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        record = receiver.recv() => match record {
+                            Some(record) => records.push(record),
+                            None => break,
+                        },
+                        () = tokio::time::sleep_until(deadline) => break,
+                    }
+                }
+                if !self.process_batch(records, &shutdown).await {
                     return;
                 }
-                self.store_offset(record.topic(), record.partition(), record.offset() + 1);
             }
         };
         tokio::spawn(lane.in_current_span())
+    }
+
+    /// Handles one record to its end and stores its offset; false if
+    /// shutdown interrupted it.
+    async fn process_one(&self, record: &OwnedMessage, shutdown: &CancellationToken) -> bool {
+        let outcome = match self.prepare(record) {
+            Prepared::Event(mut event, span) => {
+                self.handle_with_retries(record, &mut event, shutdown).instrument(span).await
+            }
+            Prepared::Done(outcome) => outcome,
+            Prepared::Poison(error, span) => {
+                self.dead_letter(record, DeadLetterReason::Poison, &error, 0, shutdown).instrument(span).await
+            }
+        };
+        self.finish(record, outcome)
+    }
+
+    /// Counts `outcome` and, unless it was interrupted, stores the record's
+    /// offset; false if it was interrupted.
+    fn finish(&self, record: &OwnedMessage, outcome: Outcome) -> bool {
+        if let (Some(metrics), Some(label)) = (&self.metrics, outcome.label()) {
+            metrics.consumed(self.service, label);
+        }
+        if outcome == Outcome::Interrupted {
+            return false;
+        }
+        self.store_offset(record.topic(), record.partition(), record.offset() + 1);
+        true
+    }
+
+    /// Handles `records` (one partition's, or several partitions' of one
+    /// lane, in the order received): each run of events the handler acts
+    /// on in one transaction; poison and ignored records one by one between
+    /// runs, so offsets are stored in order. False if shutdown interrupted.
+    async fn process_batch(&self, records: Vec<OwnedMessage>, shutdown: &CancellationToken) -> bool {
+        let mut run: Vec<(OwnedMessage, IncomingEvent, tracing::Span)> = Vec::with_capacity(records.len());
+        for record in records {
+            match self.prepare(&record) {
+                Prepared::Event(event, span) => run.push((record, event, span)),
+                prepared => {
+                    if !self.process_run(std::mem::take(&mut run), shutdown).await {
+                        return false;
+                    }
+                    let outcome = match prepared {
+                        Prepared::Done(outcome) => outcome,
+                        Prepared::Poison(error, span) => {
+                            self.dead_letter(&record, DeadLetterReason::Poison, &error, 0, shutdown)
+                                .instrument(span)
+                                .await
+                        }
+                        Prepared::Event(..) => unreachable!("matched above"),
+                    };
+                    if !self.finish(&record, outcome) {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.process_run(run, shutdown).await
+    }
+
+    /// Handles a run of events in one transaction; if that fails, one by
+    /// one with the usual retries and dead letters. False if shutdown
+    /// interrupted.
+    async fn process_run(
+        &self,
+        mut run: Vec<(OwnedMessage, IncomingEvent, tracing::Span)>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if run.len() > 1 {
+            match self.attempt_batch(&mut run).await {
+                Ok(outcomes) => {
+                    tracing::debug!(events = run.len(), "batch of events handled in one transaction");
+                    return run
+                        .iter()
+                        .zip(outcomes)
+                        .all(|((record, _, _), outcome)| self.finish(record, outcome));
+                }
+                Err(error) => {
+                    let error = match error {
+                        AttemptError::Database(error) => error_chain(&error),
+                        AttemptError::Handler(error) => error_chain(&error),
+                    };
+                    tracing::info!(events = run.len(), error = %error, "batch rolled back; handling its events one by one");
+                }
+            }
+        }
+        for (record, mut event, span) in run {
+            let outcome = self.handle_with_retries(&record, &mut event, shutdown).instrument(span).await;
+            if !self.finish(&record, outcome) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One transaction for all of `run`: each event recorded as processed
+    /// (a duplicate is skipped) and handled, inside its own span; one
+    /// commit. The outcomes, in order.
+    async fn attempt_batch(
+        &self,
+        run: &mut [(OwnedMessage, IncomingEvent, tracing::Span)],
+    ) -> Result<Vec<Outcome>, AttemptError> {
+        let mut tx = crate::db::begin(&self.pool, "process events")
+            .await
+            .map_err(|error| AttemptError::Database(ConsumerError::BeginTransaction(error)))?;
+        let mut outcomes = Vec::with_capacity(run.len());
+        for (_, event, span) in run.iter_mut() {
+            event.attempt = 1;
+            let outcome = async {
+                if !self.record_processed(tx.as_sqlx(), event).await? {
+                    tracing::info!("event already processed; skipped");
+                    return Ok(Outcome::Duplicate);
+                }
+                self.handler.handle(tx.as_sqlx(), event).await.map_err(AttemptError::Handler)?;
+                Ok(Outcome::Handled)
+            }
+            .instrument(span.clone())
+            .await?;
+            outcomes.push(outcome);
+        }
+        tx.commit().await.map_err(|error| AttemptError::Handler(HandlerError::from(error)))?;
+        Ok(outcomes)
     }
 
     /// Marks everything before `next` on the partition as handled, for the
@@ -705,9 +890,10 @@ impl<H: EventHandler> EventConsumer<H> {
         }
     }
 
-    /// Handles one record to its end: handled, skipped as a duplicate, or
-    /// dead-lettered; or interrupted by shutdown.
-    async fn process(&self, record: &OwnedMessage, shutdown: &CancellationToken) -> Outcome {
+    /// Reads a record's attributes and opens its span: an event for the
+    /// handler, a type it does not act on (done: ignored), or poison (to be
+    /// dead-lettered, with why).
+    fn prepare(&self, record: &OwnedMessage) -> Prepared {
         let attributes = match CloudEventAttributes::from_kafka_headers(record.headers()) {
             Ok(attributes) => attributes,
             Err(error) => {
@@ -717,15 +903,12 @@ impl<H: EventHandler> EventConsumer<H> {
                     partition = record.partition(),
                     offset = record.offset()
                 );
-                return self
-                    .dead_letter(record, DeadLetterReason::Poison, &error_chain(&error), 0, shutdown)
-                    .instrument(span)
-                    .await;
+                return Prepared::Poison(error_chain(&error), span);
             }
         };
         if !self.handler.handles(&attributes.event_type) {
             tracing::trace!(event_id = %attributes.id, event_type = %attributes.event_type, "event type not handled; skipped");
-            return Outcome::Ignored;
+            return Prepared::Done(Outcome::Ignored);
         }
         // Handling the event is a span of its own, a child of the span that
         // published it.
@@ -750,7 +933,7 @@ impl<H: EventHandler> EventConsumer<H> {
             span.record("order_id", order_id);
         }
         let trace = trace_context::start(&span, attributes.trace.as_ref());
-        let mut event = IncomingEvent {
+        let event = IncomingEvent {
             attributes,
             trace,
             topic: record.topic().to_owned(),
@@ -760,7 +943,7 @@ impl<H: EventHandler> EventConsumer<H> {
             payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             attempt: 0,
         };
-        self.handle_with_retries(record, &mut event, shutdown).instrument(span).await
+        Prepared::Event(event, span)
     }
 
     async fn handle_with_retries(
@@ -816,24 +999,7 @@ impl<H: EventHandler> EventConsumer<H> {
         let mut tx = crate::db::begin(&self.pool, "process event")
             .await
             .map_err(|error| AttemptError::Database(ConsumerError::BeginTransaction(error)))?;
-        let inserted = sqlx::query(
-            "INSERT INTO commerce_platform.processed_events \
-             (consumer_group, event_id, event_type, topic, kafka_partition, kafka_offset) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(&self.group)
-        .bind(event.id())
-        .bind(event.event_type())
-        .bind(event.topic())
-        .bind(event.partition())
-        .bind(event.offset())
-        .execute(&mut *tx)
-        .await
-        .map_err(|source| {
-            AttemptError::Database(ConsumerError::RecordProcessed { event_id: event.id(), source })
-        })?
-        .rows_affected();
-        if inserted == 0 {
+        if !self.record_processed(tx.as_sqlx(), event).await? {
             // Rolling back an untouched transaction cannot matter.
             let _ = tx.rollback().await;
             tracing::info!("event already processed; skipped");
@@ -845,6 +1011,33 @@ impl<H: EventHandler> EventConsumer<H> {
         tx.commit().await.map_err(|error| AttemptError::Handler(HandlerError::from(error)))?;
         tracing::debug!("event handled");
         Ok(Outcome::Handled)
+    }
+
+    /// Records `event` as processed by the group in `tx`; false if it
+    /// already was.
+    async fn record_processed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &IncomingEvent,
+    ) -> Result<bool, AttemptError> {
+        let inserted = sqlx::query(
+            "INSERT INTO commerce_platform.processed_events \
+             (consumer_group, event_id, event_type, topic, kafka_partition, kafka_offset) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(event.id())
+        .bind(event.event_type())
+        .bind(event.topic())
+        .bind(event.partition())
+        .bind(event.offset())
+        .execute(&mut **tx)
+        .await
+        .map_err(|source| {
+            AttemptError::Database(ConsumerError::RecordProcessed { event_id: event.id(), source })
+        })?
+        .rows_affected();
+        Ok(inserted == 1)
     }
 
     /// Parks `record` on the dead-letter topic with its original key,

@@ -40,7 +40,9 @@ pub mod __private {
 }
 
 pub use cloudevents::{CloudEventAttributes, CloudEventError};
-pub use consumer::{ConsumerError, DecodeError, EventConsumer, EventHandler, HandlerError, IncomingEvent};
+pub use consumer::{
+    Batching, ConsumerError, DecodeError, EventConsumer, EventHandler, HandlerError, IncomingEvent,
+};
 pub use kafka::{KafkaArgs, TopicNames};
 pub use metrics::EventMetrics;
 pub use outbox::{OutboxError, OutboxRelay, enqueue};
