@@ -25,6 +25,25 @@ pub struct Config {
     /// How often retention runs.
     #[arg(long = "audit-retention-interval", env = "COMMERCE_AUDIT_RETENTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub retention_interval: Duration,
+    /// Events recorded per transaction at most (1: one transaction per
+    /// event).
+    #[arg(long = "audit-batch-events", env = "COMMERCE_AUDIT_BATCH_EVENTS", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch_events: u16,
+    /// How long a consumer lane gathers events before recording them: the
+    /// trail lags by up to this much, and the shop's database sees that
+    /// many fewer commits.
+    #[arg(long = "audit-batch-linger", env = "COMMERCE_AUDIT_BATCH_LINGER", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub batch_linger: Duration,
+}
+
+impl Config {
+    /// How the consumer groups events into transactions.
+    pub fn batching(&self) -> commerce_platform::events::Batching {
+        commerce_platform::events::Batching {
+            max_events: usize::from(self.batch_events),
+            linger: self.batch_linger,
+        }
+    }
 }
 
 #[cfg(test)]

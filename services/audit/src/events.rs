@@ -3,25 +3,23 @@
 //! processed.
 
 use chrono::Utc;
-use std::time::Duration;
-
-use commerce_platform::events::{Batching, EventHandler, HandlerError, IncomingEvent};
+use commerce_platform::events::{BatchedEvent, Batching, EventHandler, HandlerError, IncomingEvent};
 use opentelemetry::trace::TraceId;
 use sqlx::{Postgres, Transaction};
 
 use crate::payload::Payload;
 use crate::store::{self, NewEntry};
 
-/// Events per transaction at most, and how long a lane gathers them: the
-/// trail is read by people, for whom a quarter of a second is nothing,
-/// while the chain takes one lock per transaction and every event would
-/// otherwise be a commit of its own (ten per order, competing with the
-/// saga's for the database and the CPU).
-pub const BATCHING: Batching = Batching { max_events: 256, linger: Duration::from_millis(250) };
-
-/// Records each event it is given; it handles every type.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AuditEventHandler;
+/// Records each event it is given; it handles every type, many to a
+/// transaction (`--audit-batch-events`, `--audit-batch-linger`): the trail
+/// is read by people, for whom a quarter of a second is nothing, while the
+/// chain takes one lock per transaction and every event would otherwise be
+/// a commit of its own (about ten per order, competing with the saga's for
+/// the database and the CPU).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEventHandler {
+    pub batching: Batching,
+}
 
 /// The entry an incoming event becomes.
 pub fn new_entry(event: &IncomingEvent) -> NewEntry {
@@ -52,7 +50,24 @@ pub fn new_entry(event: &IncomingEvent) -> NewEntry {
 #[async_trait::async_trait]
 impl EventHandler for AuditEventHandler {
     fn batching(&self) -> Batching {
-        BATCHING
+        self.batching
+    }
+
+    /// The whole batch in two statements ([`store::append_many`]).
+    async fn handle_batch(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        events: &[BatchedEvent<'_>],
+    ) -> Result<(), HandlerError> {
+        let entries = events.iter().map(|batched| new_entry(batched.event)).collect();
+        match store::append_many(tx, entries, Utc::now()).await {
+            Ok(appended) => {
+                tracing::debug!(appended, "events recorded in the audit trail");
+                Ok(())
+            }
+            Err(error) if error.is_transient() => Err(HandlerError::retryable(error)),
+            Err(error) => Err(HandlerError::permanent(error)),
+        }
     }
 
     async fn handle(

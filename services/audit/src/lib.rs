@@ -62,19 +62,14 @@ impl Error {
 /// Runs the audit service until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let (retention, interval) = (config.retention, config.retention_interval);
+    let handler = events::AuditEventHandler { batching: config.batching() };
     ServiceRuntime::new(Service::Audit, &config.common)
         .serve(shutdown, |wiring| async move {
             let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
             // No outbox relay: it publishes nothing. The producer is the
             // consumer's way to its dead-letter topic.
             let producer = wiring.start_producer(&config.kafka)?;
-            wiring.start_consumer(
-                Service::Audit,
-                &config.kafka,
-                pool.clone(),
-                producer,
-                events::AuditEventHandler,
-            )?;
+            wiring.start_consumer(Service::Audit, &config.kafka, pool.clone(), producer, handler)?;
             if !retention.is_zero() {
                 wiring.spawn_task(
                     "audit retention",

@@ -170,6 +170,84 @@ pub async fn append(
     Ok(Some(Entry { fields, previous_hash: previous.to_vec(), hash: hash.to_vec() }))
 }
 
+/// Appends `entries` at the head of the chain, in order, within the
+/// caller's transaction; an event already recorded (before, or earlier in
+/// `entries`) is not recorded twice. Returns how many were appended.
+///
+/// Two round trips whatever the count: the head, locked, with which of the
+/// events are already there; then every new entry and the new head in one
+/// statement. The audit consumer appends the events of a batch so.
+pub async fn append_many(
+    conn: &mut PgConnection,
+    entries: Vec<NewEntry>,
+    recorded_at: DateTime<Utc>,
+) -> Result<usize, Error> {
+    let ids: Vec<Uuid> = entries.iter().map(|entry| entry.event_id).collect();
+    let (head_sequence, head_hash, seen): (i64, Vec<u8>, Vec<Uuid>) = sqlx::query_as(
+        "SELECT head_sequence, head_hash, \
+         ARRAY(SELECT event_id FROM audit_entries WHERE event_id = ANY($1)) FROM audit_chain FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Error::ReadChain)?;
+    let mut seen: std::collections::HashSet<Uuid> = seen.into_iter().collect();
+    let mut previous = hash32(&head_hash, "head hash")?;
+    let mut sequence = head_sequence;
+    let recorded_at = chain::to_micros(recorded_at);
+    let mut rows: Vec<(EntryFields, [u8; 32], [u8; 32])> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if !seen.insert(entry.event_id) {
+            continue;
+        }
+        sequence += 1;
+        let fields = EntryFields {
+            sequence,
+            event_id: entry.event_id,
+            event_type: entry.event_type,
+            source: entry.source,
+            subject: entry.subject,
+            actor_id: entry.actor_id,
+            trace_id: entry.trace_id,
+            occurred_at: chain::to_micros(entry.occurred_at),
+            recorded_at,
+            payload: entry.payload,
+        };
+        let hash = chain::entry_hash(&previous, &fields);
+        rows.push((fields, previous, hash));
+        previous = hash;
+    }
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let column =
+        |get: fn(&(EntryFields, [u8; 32], [u8; 32])) -> String| rows.iter().map(get).collect::<Vec<_>>();
+    sqlx::query(&format!(
+        "WITH appended AS (INSERT INTO audit_entries ({COLUMNS}) \
+         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bytea[], $11::bytea[], $12::bytea[])) \
+         UPDATE audit_chain SET head_sequence = $13, head_hash = $14"
+    ))
+    .bind(rows.iter().map(|(fields, _, _)| fields.sequence).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(fields, _, _)| fields.event_id).collect::<Vec<_>>())
+    .bind(column(|(fields, _, _)| fields.event_type.clone()))
+    .bind(column(|(fields, _, _)| fields.source.clone()))
+    .bind(column(|(fields, _, _)| fields.subject.clone()))
+    .bind(column(|(fields, _, _)| fields.actor_id.clone()))
+    .bind(column(|(fields, _, _)| fields.trace_id.clone()))
+    .bind(rows.iter().map(|(fields, _, _)| fields.occurred_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(fields, _, _)| fields.recorded_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(fields, _, _)| fields.payload.as_slice()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, previous, _)| previous.as_slice()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, hash)| hash.as_slice()).collect::<Vec<_>>())
+    .bind(sequence)
+    .bind(previous.as_slice())
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::Append)?;
+    Ok(rows.len())
+}
+
 /// The entry recording event `event_id`, if there is one.
 pub async fn find_by_event(conn: &mut PgConnection, event_id: Uuid) -> Result<Option<Entry>, Error> {
     let row: Option<EntryRow> =

@@ -65,6 +65,18 @@ async fn all_entries(
     }
 }
 
+/// Waits until the trail holds at least `count` entries.
+async fn recorded(
+    client: &AuditServiceClient<tonic::transport::Channel>,
+    count: usize,
+) -> anyhow::Result<()> {
+    eventually(&format!("{count} audit entries"), || {
+        let mut client = client.clone();
+        async move { Ok((all_entries(&mut client).await?.len() >= count).then_some(())) }
+    })
+    .await
+}
+
 async fn verify(
     client: &mut AuditServiceClient<tonic::transport::Channel>,
 ) -> anyhow::Result<pb::VerifyChainResponse> {
@@ -86,15 +98,22 @@ async fn every_event_is_chained_once_filtered_for_admins_and_a_changed_entry_bre
     let task = tokio::spawn(commerce_audit::serve(config, shutdown.clone()));
     let mut client = AuditServiceClient::new(connect(grpc_port).await?);
 
-    // Five events over three topics; one of them is delivered twice.
+    // Five events over three topics; one of them is delivered twice. The
+    // first two (one user's, so one partition) come within the consumer's
+    // linger and are recorded as one batch; each later one is recorded
+    // before the next is published, so it is a batch of its own with its
+    // own recorded_at (retention below counts on that; the twin deliveries
+    // share a batch, or follow one another).
     let registered =
         ev::UserRegistered { user_id: "user-1".into(), email: "a@example.com".into(), ..Default::default() };
     publish(&prefix, &registered).await?;
     publish(&prefix, &role_changed("user-1", "admin-7")).await?;
+    recorded(&client, 2).await?;
     let cancel = cancelled("order-1", "customer-1");
     let attributes = CloudEventAttributes::for_event(&cancel);
     publish_with(&prefix, &cancel, &attributes).await?;
     publish_with(&prefix, &cancel, &attributes).await?;
+    recorded(&client, 3).await?;
     publish(
         &prefix,
         &ev::ShipmentHalted {
@@ -104,16 +123,9 @@ async fn every_event_is_chained_once_filtered_for_admins_and_a_changed_entry_bre
         },
     )
     .await?;
+    recorded(&client, 4).await?;
     publish(&prefix, &role_changed("user-2", "admin-7")).await?;
-
-    eventually("five audit entries", || {
-        let mut client = client.clone();
-        async move {
-            let entries = all_entries(&mut client).await?;
-            Ok((entries.len() >= 5).then_some(entries))
-        }
-    })
-    .await?;
+    recorded(&client, 5).await?;
     // Give a duplicate the time to show up if it were recorded.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let entries = all_entries(&mut client).await?;

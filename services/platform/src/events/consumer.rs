@@ -206,6 +206,14 @@ impl From<DecodeError> for HandlerError {
     }
 }
 
+/// One event of a batch ([`EventHandler::handle_batch`]) and the span of its
+/// handling (a child of the span that published it).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchedEvent<'a> {
+    pub event: &'a IncomingEvent,
+    pub span: &'a tracing::Span,
+}
+
 /// How a lane groups events into transactions ([`EventHandler::batching`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
@@ -255,6 +263,26 @@ pub trait EventHandler: Send + Sync + 'static {
     /// The default is one event per transaction, handled at once.
     fn batching(&self) -> Batching {
         Batching::ONE_BY_ONE
+    }
+
+    /// Applies a batch of events within `tx`, in order, each recorded as
+    /// processed by the same transaction (duplicates are already left out).
+    /// The default applies each with [`handle`](Self::handle) inside its
+    /// event's span; a handler whose work is cheaper for many events at once
+    /// (one statement for the lot) overrides it. An error rolls the whole
+    /// batch back; its events are then handled one by one.
+    ///
+    /// Only called for handlers whose [`batching`](Self::batching) allows
+    /// more than one event.
+    async fn handle_batch(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        events: &[BatchedEvent<'_>],
+    ) -> Result<(), HandlerError> {
+        for batched in events {
+            self.handle(tx, batched.event).instrument(batched.span.clone()).await?;
+        }
+        Ok(())
     }
 
     /// Applies `event` within `tx`, the transaction that also records the
@@ -848,9 +876,10 @@ impl<H: EventHandler> EventConsumer<H> {
         true
     }
 
-    /// One transaction for all of `run`: each event recorded as processed
-    /// (a duplicate is skipped) and handled, inside its own span; one
-    /// commit. The outcomes, in order.
+    /// One transaction for all of `run`: the events recorded as processed in
+    /// one statement (a duplicate, of an earlier delivery or within the run,
+    /// is skipped), the others handed to the handler together; one commit.
+    /// The outcomes, in order.
     async fn attempt_batch(
         &self,
         run: &mut [(OwnedMessage, IncomingEvent, tracing::Span)],
@@ -858,20 +887,51 @@ impl<H: EventHandler> EventConsumer<H> {
         let mut tx = crate::db::begin(&self.pool, "process events")
             .await
             .map_err(|error| AttemptError::Database(ConsumerError::BeginTransaction(error)))?;
-        let mut outcomes = Vec::with_capacity(run.len());
-        for (_, event, span) in run.iter_mut() {
+        for (_, event, _) in run.iter_mut() {
             event.attempt = 1;
-            let outcome = async {
-                if !self.record_processed(tx.as_sqlx(), event).await? {
-                    tracing::info!("event already processed; skipped");
-                    return Ok(Outcome::Duplicate);
+        }
+        let recorded: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO commerce_platform.processed_events \
+             (consumer_group, event_id, event_type, topic, kafka_partition, kafka_offset) \
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::integer[], $6::bigint[]) \
+             ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(&self.group)
+        .bind(run.iter().map(|(_, event, _)| event.id()).collect::<Vec<_>>())
+        .bind(run.iter().map(|(_, event, _)| event.event_type()).collect::<Vec<_>>())
+        .bind(run.iter().map(|(_, event, _)| event.topic()).collect::<Vec<_>>())
+        .bind(run.iter().map(|(_, event, _)| event.partition()).collect::<Vec<_>>())
+        .bind(run.iter().map(|(_, event, _)| event.offset()).collect::<Vec<_>>())
+        .fetch_all(tx.as_sqlx().as_mut())
+        .await
+        .map_err(|source| {
+            let event_id = run.first().map(|(_, event, _)| event.id()).unwrap_or_default();
+            AttemptError::Database(ConsumerError::RecordProcessed { event_id, source })
+        })?
+        .into_iter()
+        .collect();
+        // The first delivery of each recorded id is handled; any other is a
+        // duplicate.
+        let mut fresh = recorded;
+        let outcomes: Vec<Outcome> = run
+            .iter()
+            .map(|(_, event, span)| {
+                if fresh.remove(&event.id()) {
+                    Outcome::Handled
+                } else {
+                    span.in_scope(|| tracing::info!("event already processed; skipped"));
+                    Outcome::Duplicate
                 }
-                self.handler.handle(tx.as_sqlx(), event).await.map_err(AttemptError::Handler)?;
-                Ok(Outcome::Handled)
-            }
-            .instrument(span.clone())
-            .await?;
-            outcomes.push(outcome);
+            })
+            .collect();
+        let batch: Vec<BatchedEvent<'_>> = run
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == Outcome::Handled)
+            .map(|((_, event, span), _)| BatchedEvent { event, span })
+            .collect();
+        if !batch.is_empty() {
+            self.handler.handle_batch(tx.as_sqlx(), &batch).await.map_err(AttemptError::Handler)?;
         }
         tx.commit().await.map_err(|error| AttemptError::Handler(HandlerError::from(error)))?;
         Ok(outcomes)

@@ -41,7 +41,8 @@ pub mod __private {
 
 pub use cloudevents::{CloudEventAttributes, CloudEventError};
 pub use consumer::{
-    Batching, ConsumerError, DecodeError, EventConsumer, EventHandler, HandlerError, IncomingEvent,
+    BatchedEvent, Batching, ConsumerError, DecodeError, EventConsumer, EventHandler, HandlerError,
+    IncomingEvent,
 };
 pub use kafka::{KafkaArgs, TopicNames};
 pub use metrics::EventMetrics;
