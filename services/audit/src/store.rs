@@ -195,6 +195,7 @@ pub async fn append_many(
     let mut previous = hash32(&head_hash, "head hash")?;
     let mut sequence = head_sequence;
     let recorded_at = chain::to_micros(recorded_at);
+    // Each new entry with the hash it links to and its own.
     let mut rows: Vec<(EntryFields, [u8; 32], [u8; 32])> = Vec::with_capacity(entries.len());
     for entry in entries {
         if !seen.insert(entry.event_id) {
@@ -220,24 +221,24 @@ pub async fn append_many(
     if rows.is_empty() {
         return Ok(0);
     }
-    let column =
-        |get: fn(&(EntryFields, [u8; 32], [u8; 32])) -> String| rows.iter().map(get).collect::<Vec<_>>();
+    let fields: Vec<&EntryFields> = rows.iter().map(|(fields, _, _)| fields).collect();
+    let text = |get: fn(&EntryFields) -> &str| fields.iter().map(|fields| get(fields)).collect::<Vec<_>>();
     sqlx::query(&format!(
         "WITH appended AS (INSERT INTO audit_entries ({COLUMNS}) \
          SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
          $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bytea[], $11::bytea[], $12::bytea[])) \
          UPDATE audit_chain SET head_sequence = $13, head_hash = $14"
     ))
-    .bind(rows.iter().map(|(fields, _, _)| fields.sequence).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(fields, _, _)| fields.event_id).collect::<Vec<_>>())
-    .bind(column(|(fields, _, _)| fields.event_type.clone()))
-    .bind(column(|(fields, _, _)| fields.source.clone()))
-    .bind(column(|(fields, _, _)| fields.subject.clone()))
-    .bind(column(|(fields, _, _)| fields.actor_id.clone()))
-    .bind(column(|(fields, _, _)| fields.trace_id.clone()))
-    .bind(rows.iter().map(|(fields, _, _)| fields.occurred_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(fields, _, _)| fields.recorded_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(fields, _, _)| fields.payload.as_slice()).collect::<Vec<_>>())
+    .bind(fields.iter().map(|fields| fields.sequence).collect::<Vec<_>>())
+    .bind(fields.iter().map(|fields| fields.event_id).collect::<Vec<_>>())
+    .bind(text(|fields| &fields.event_type))
+    .bind(text(|fields| &fields.source))
+    .bind(text(|fields| &fields.subject))
+    .bind(text(|fields| &fields.actor_id))
+    .bind(text(|fields| &fields.trace_id))
+    .bind(fields.iter().map(|fields| fields.occurred_at).collect::<Vec<_>>())
+    .bind(fields.iter().map(|fields| fields.recorded_at).collect::<Vec<_>>())
+    .bind(fields.iter().map(|fields| fields.payload.as_slice()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, previous, _)| previous.as_slice()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, _, hash)| hash.as_slice()).collect::<Vec<_>>())
     .bind(sequence)
