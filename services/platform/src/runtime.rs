@@ -178,6 +178,7 @@ impl ServiceRuntime {
         });
 
         let wiring = Wiring {
+            service: self.service,
             common: common.clone(),
             readiness: readiness.clone(),
             metrics: metrics.clone(),
@@ -236,6 +237,7 @@ impl ServiceRuntime {
 /// order; a part that fails stops the whole service.
 #[derive(Debug)]
 pub struct Wiring {
+    service: Service,
     common: CommonArgs,
     readiness: Readiness,
     metrics: Metrics,
@@ -307,7 +309,8 @@ impl Wiring {
         let producer =
             EventProducer::new(args).map_err(|error| RuntimeError::CreateProducer(Box::new(error)))?;
         let check = self.readiness.register(producer::READINESS_CHECK);
-        let watch_handle = producer.watch_readiness(check, self.stop.clone());
+        let topic = producer.names().probe_topic(self.service);
+        let watch_handle = producer.watch_readiness(check, topic, self.stop.clone());
         let name = "producer readiness watch";
         let task = watch(&self.shared, &self.stop, name, join_spawned(name, watch_handle));
         let mut shared = self.shared.lock();

@@ -80,8 +80,11 @@ async fn a_service_started_before_postgres_and_kafka_becomes_ready_when_they_com
         async move { db::connect_with_retry(&database_args, &check, &shutdown).await }
     });
     let producer = EventProducer::new(&KafkaArgs::new(format!("127.0.0.1:{kafka_port}")))?;
-    let producer_watch =
-        producer.watch_readiness(readiness.register(producer::READINESS_CHECK), shutdown.clone());
+    let producer_watch = producer.watch_readiness(
+        readiness.register(producer::READINESS_CHECK),
+        producer.names().probe_topic(commerce_topology::Service::Order),
+        shutdown.clone(),
+    );
 
     // Both fail and say why; the process keeps running, not ready.
     eventually("both dependencies to report a failure", || async {

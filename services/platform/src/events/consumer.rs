@@ -641,6 +641,7 @@ impl<H: EventHandler> EventConsumer<H> {
         let watch = spawn_broker_watch(
             self.consumer.clone(),
             |c| c.client(),
+            self.topics[0].clone(),
             self.check.clone(),
             "consumer",
             watch_stop.clone(),

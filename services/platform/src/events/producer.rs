@@ -126,7 +126,12 @@ impl EventProducer {
             .set("linger.ms", "1")
             // Same hash as the Java client's default partitioner, so a key
             // lands on the same partition whoever produces it.
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", "murmur2_random")
+            // A producer never creates topics (the operator or the topic
+            // check at start-up does, with the catalog's layout). librdkafka
+            // lets a producer's metadata requests create any topic they name
+            // on a broker with auto.create.topics.enable, unless told not to.
+            .set("allow.auto.create.topics", "false");
         Ok(Self { inner: shared_producer(&config)?, names: args.names() })
     }
 
@@ -140,10 +145,23 @@ impl EventProducer {
         &self.inner
     }
 
-    /// Keeps `check` in line with whether the brokers answer, until
+    /// Keeps `check` in line with whether the brokers answer a metadata
+    /// request about `topic` (see [`TopicNames::probe_topic`]), until
     /// `shutdown`.
-    pub fn watch_readiness(&self, check: Check, shutdown: CancellationToken) -> JoinHandle<()> {
-        spawn_broker_watch(self.inner.clone(), |producer| producer.client(), check, "producer", shutdown)
+    pub fn watch_readiness(
+        &self,
+        check: Check,
+        topic: String,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        spawn_broker_watch(
+            self.inner.clone(),
+            |producer| producer.client(),
+            topic,
+            check,
+            "producer",
+            shutdown,
+        )
     }
 
     /// Queues `record` and returns the future of its acknowledgement.
