@@ -110,6 +110,25 @@ pub struct NewEntry {
     pub payload: Vec<u8>,
 }
 
+impl NewEntry {
+    /// The entry's fields at `sequence`, recorded at `recorded_at`, both
+    /// times cut to what the database keeps (microseconds), as hashed.
+    fn at(self, sequence: i64, recorded_at: DateTime<Utc>) -> EntryFields {
+        EntryFields {
+            sequence,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            source: self.source,
+            subject: self.subject,
+            actor_id: self.actor_id,
+            trace_id: self.trace_id,
+            occurred_at: chain::to_micros(self.occurred_at),
+            recorded_at: chain::to_micros(recorded_at),
+            payload: self.payload,
+        }
+    }
+}
+
 /// Appends `entry` at the head of the chain, within the caller's
 /// transaction. An event already recorded is not recorded twice: `None`.
 ///
@@ -134,18 +153,7 @@ pub async fn append(
         return Ok(None);
     }
     let previous = hash32(&head_hash, "head hash")?;
-    let fields = EntryFields {
-        sequence: head_sequence + 1,
-        event_id: entry.event_id,
-        event_type: entry.event_type,
-        source: entry.source,
-        subject: entry.subject,
-        actor_id: entry.actor_id,
-        trace_id: entry.trace_id,
-        occurred_at: chain::to_micros(entry.occurred_at),
-        recorded_at: chain::to_micros(recorded_at),
-        payload: entry.payload,
-    };
+    let fields = entry.at(head_sequence + 1, recorded_at);
     let hash = chain::entry_hash(&previous, &fields);
     sqlx::query(&format!(
         "WITH appended AS (INSERT INTO audit_entries ({COLUMNS}) \
@@ -194,7 +202,6 @@ pub async fn append_many(
     let mut seen: std::collections::HashSet<Uuid> = seen.into_iter().collect();
     let mut previous = hash32(&head_hash, "head hash")?;
     let mut sequence = head_sequence;
-    let recorded_at = chain::to_micros(recorded_at);
     // Each new entry with the hash it links to and its own.
     let mut rows: Vec<(EntryFields, [u8; 32], [u8; 32])> = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -202,18 +209,7 @@ pub async fn append_many(
             continue;
         }
         sequence += 1;
-        let fields = EntryFields {
-            sequence,
-            event_id: entry.event_id,
-            event_type: entry.event_type,
-            source: entry.source,
-            subject: entry.subject,
-            actor_id: entry.actor_id,
-            trace_id: entry.trace_id,
-            occurred_at: chain::to_micros(entry.occurred_at),
-            recorded_at,
-            payload: entry.payload,
-        };
+        let fields = entry.at(sequence, recorded_at);
         let hash = chain::entry_hash(&previous, &fields);
         rows.push((fields, previous, hash));
         previous = hash;
