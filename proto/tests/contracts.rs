@@ -88,7 +88,11 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
             "CartService",
             &["GetCart", "AddItem", "UpdateItem", "RemoveItem", "ClearCart", "Checkout"],
         ),
-        ("commerce.order.v1", "OrderService", &["PlaceOrder", "GetOrder", "ListOrders", "CancelOrder"]),
+        (
+            "commerce.order.v1",
+            "OrderService",
+            &["PlaceOrder", "GetOrder", "ListOrders", "CancelOrder", "WatchOrders"],
+        ),
         ("commerce.payment.v1", "PaymentService", &["Charge", "GetPayment", "Refund"]),
         ("commerce.notification.v1", "NotificationService", &["ListNotifications", "MarkRead"]),
         (

@@ -270,6 +270,15 @@ impl OrderService for FakeOrder {
     ) -> Result<Response<order::CancelOrderResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type WatchOrdersStream = tokio_stream::Empty<Result<order::OrderStatusChange, Status>>;
+
+    async fn watch_orders(
+        &self,
+        _: Request<order::WatchOrdersRequest>,
+    ) -> Result<Response<Self::WatchOrdersStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A cart service wired to real Redis and the fakes.

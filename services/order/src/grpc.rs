@@ -13,12 +13,15 @@ use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_server::OrderService;
 use commerce_topology::Service;
 use sqlx::postgres::PgPool;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::{self, CatalogProduct, OrderStatus, PlacementError, RequestedLine, SagaState};
 use crate::events::{self, money, record_step};
+use crate::live::StatusFeed;
 use crate::metrics::SagaMetrics;
 use crate::store::{self, Order};
 
@@ -48,6 +51,9 @@ pub struct OrderGrpc {
     pool: PgPool,
     catalog: Arc<dyn CatalogPeer>,
     metrics: SagaMetrics,
+    feed: StatusFeed,
+    /// Ends the watch streams, so that the server can drain.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for OrderGrpc {
@@ -58,7 +64,21 @@ impl std::fmt::Debug for OrderGrpc {
 
 impl OrderGrpc {
     pub fn new(pool: PgPool, catalog: Arc<dyn CatalogPeer>) -> Self {
-        Self { pool, catalog, metrics: SagaMetrics::default() }
+        Self {
+            pool,
+            catalog,
+            metrics: SagaMetrics::default(),
+            feed: StatusFeed::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Serves `WatchOrders` from `feed` (which its listener fills), ending
+    /// every watch when `shutdown` is cancelled.
+    pub fn with_feed(mut self, feed: StatusFeed, shutdown: CancellationToken) -> Self {
+        self.feed = feed;
+        self.shutdown = shutdown;
+        self
     }
 
     /// Counts the cancellations it stores in `metrics`.
@@ -325,6 +345,36 @@ impl OrderService for OrderGrpc {
         let order = self.cancel(request.into_inner()).await?;
         commerce_platform::telemetry::record_order_id(&order.id);
         Ok(Response::new(pb::CancelOrderResponse { order: Some(order_to_proto(&order)) }))
+    }
+
+    type WatchOrdersStream = ReceiverStream<Result<pb::OrderStatusChange, Status>>;
+
+    async fn watch_orders(
+        &self,
+        request: Request<pb::WatchOrdersRequest>,
+    ) -> Result<Response<Self::WatchOrdersStream>, Status> {
+        let request = request.into_inner();
+        let user = (!request.user_id.is_empty()).then_some(request.user_id);
+        let receiver = match (request.order_id.as_str(), user) {
+            ("", None) => {
+                return Err(Status::invalid_argument(
+                    "order_id or user_id is required: there is no watch of every order",
+                ));
+            }
+            ("", Some(user)) => self.feed.watch_user(self.pool.clone(), user, self.shutdown.clone()).await?,
+            (order_id, user) => {
+                let id = parse_id(order_id)?;
+                commerce_platform::telemetry::record_order_id(&id);
+                let after = i32::try_from(request.after_version).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "after_version {} is beyond any order's history",
+                        request.after_version
+                    ))
+                })?;
+                self.feed.watch_order(self.pool.clone(), id, user, after, self.shutdown.clone()).await?
+            }
+        };
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 

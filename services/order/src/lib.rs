@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod live;
 pub mod metrics;
 pub mod store;
 
@@ -118,7 +119,11 @@ pub async fn serve_with_catalog(
                 "open orders gauge",
                 saga_metrics.clone().run_open_orders(pool.clone(), wiring.stop_token()),
             );
-            let grpc = grpc::OrderGrpc::new(pool, catalog).with_metrics(saga_metrics);
+            let feed = live::StatusFeed::new();
+            wiring.spawn_task("order status listener", feed.clone().run(pool.clone(), wiring.stop_token()));
+            let grpc = grpc::OrderGrpc::new(pool, catalog)
+                .with_metrics(saga_metrics)
+                .with_feed(feed, wiring.stop_token());
             Ok(wiring.grpc_server().add_service(OrderServiceServer::new(grpc)))
         })
         .await

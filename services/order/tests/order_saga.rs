@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 struct Env {
     prefix: String,
     order: OrderService,
+    catalog_port: u16,
     catalog_stop: CancellationToken,
 }
 
@@ -27,7 +28,7 @@ async fn env() -> anyhow::Result<Env> {
     )
     .await?;
     let order = OrderService::start(&prefix, catalog_port).await?;
-    Ok(Env { prefix, order, catalog_stop })
+    Ok(Env { prefix, order, catalog_port, catalog_stop })
 }
 
 impl Env {
@@ -374,5 +375,102 @@ async fn cancelling_is_allowed_until_shipment_and_orders_list_page_by_page() -> 
         .await?
         .into_inner();
     assert_eq!(others.total_size, 0, "a user sees only their own orders");
+    env.stop().await
+}
+
+/// The next message of a watch stream, within 10 s.
+async fn next_change(
+    stream: &mut tonic::Streaming<pb::OrderStatusChange>,
+) -> anyhow::Result<Option<pb::OrderStatusChange>> {
+    Ok(tokio::time::timeout(std::time::Duration::from_secs(10), stream.message()).await??)
+}
+
+fn seen(change: &pb::OrderStatusChange) -> (u64, pb::OrderStatus) {
+    (change.version, change.status())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_one_replica_streams_every_change_made_through_another_and_resumes_after_a_version()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let replica = env.order.replica(&env.prefix, env.catalog_port).await?;
+    let watch = |user: &str, order: &str, after: u64| pb::WatchOrdersRequest {
+        user_id: user.to_owned(),
+        order_id: order.to_owned(),
+        after_version: after,
+    };
+    let earlier = env.place("u7", "earlier", &[("pear", 1)]).await?;
+    // Every order of u7, on the replica: the snapshot holds the earlier one.
+    let mut everything = replica.client.clone().watch_orders(watch("u7", "", 0)).await?.into_inner();
+    let first = next_change(&mut everything).await?.expect("the snapshot");
+    assert_eq!((first.order_id.as_str(), seen(&first)), (earlier.id.as_str(), (1, pb::OrderStatus::Pending)));
+
+    let order = env.place("u7", "watched", &[("apple", 1)]).await?;
+    let mut stream = replica.client.clone().watch_orders(watch("u7", &order.id, 0)).await?.into_inner();
+    let placed = next_change(&mut stream).await?.expect("the placement");
+    assert_eq!(seen(&placed), (1, pb::OrderStatus::Pending), "the history starts at the placement");
+    assert_eq!(placed.user_id, "u7");
+
+    // Another user's order reads as missing; a watch needs an order or a user.
+    let intruder =
+        replica.client.clone().watch_orders(watch("u8", &order.id, 0)).await.expect_err("not theirs");
+    assert_eq!(intruder.code(), tonic::Code::NotFound);
+    let firehose = replica.client.clone().watch_orders(watch("", "", 0)).await.expect_err("no filter");
+    assert_eq!(firehose.code(), tonic::Code::InvalidArgument);
+
+    // Driven by events the first replica or the replica consumes, committed
+    // by whichever: the watch on the replica sees each change in order.
+    let started = std::time::Instant::now();
+    env.reserve(&order.id, 900).await?;
+    let reserved = next_change(&mut stream).await?.expect("reserved");
+    assert_eq!(seen(&reserved), (2, pb::OrderStatus::Reserved));
+    env.capture(&order.id).await?;
+    let confirmed = next_change(&mut stream).await?.expect("confirmed");
+    assert_eq!(seen(&confirmed), (3, pb::OrderStatus::Confirmed));
+    eprintln!("placed -> confirmed seen live in {:?}", started.elapsed());
+    // Cancelled through the first replica: terminal, so the stream ends.
+    env.order
+        .client
+        .clone()
+        .cancel_order(pb::CancelOrderRequest {
+            id: order.id.clone(),
+            reason: "changed my mind".to_owned(),
+            user_id: "u7".to_owned(),
+        })
+        .await?;
+    let cancelled = next_change(&mut stream).await?.expect("cancelled");
+    assert_eq!(seen(&cancelled), (4, pb::OrderStatus::Cancelled));
+    assert_eq!(cancelled.failure_reason, "changed my mind");
+    assert_eq!(next_change(&mut stream).await?, None, "the stream ends after a terminal status");
+
+    // The user's watch saw the same changes of the new order, in order.
+    let mut of_order = Vec::new();
+    while of_order.len() < 4 {
+        let change = next_change(&mut everything).await?.expect("a change");
+        if change.order_id == order.id {
+            of_order.push(seen(&change));
+        }
+    }
+    assert_eq!(
+        of_order,
+        [
+            (1, pb::OrderStatus::Pending),
+            (2, pb::OrderStatus::Reserved),
+            (3, pb::OrderStatus::Confirmed),
+            (4, pb::OrderStatus::Cancelled)
+        ]
+    );
+
+    // A client that reconnects after version 2 gets the rest, on either replica.
+    for client in [env.order.client.clone(), replica.client.clone()] {
+        let mut resumed = client.clone().watch_orders(watch("u7", &order.id, 2)).await?.into_inner();
+        let mut rest = Vec::new();
+        while let Some(change) = next_change(&mut resumed).await? {
+            rest.push(seen(&change));
+        }
+        assert_eq!(rest, [(3, pb::OrderStatus::Confirmed), (4, pb::OrderStatus::Cancelled)]);
+    }
+    drop(everything);
+    replica.stop().await?;
     env.stop().await
 }

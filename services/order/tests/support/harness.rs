@@ -26,6 +26,21 @@ struct PaymentCli {
     config: commerce_payment::Config,
 }
 
+/// A second order service process-alike on another one's database.
+pub struct Replica {
+    pub client: OrderServiceClient<Channel>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), commerce_order::Error>>,
+}
+
+impl Replica {
+    /// Stops it and checks it stopped cleanly.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        Ok(self.task.await??)
+    }
+}
+
 /// A running order service.
 pub struct OrderService {
     pub database: TestDatabase,
@@ -49,6 +64,19 @@ impl OrderService {
         let task = tokio::spawn(commerce_order::serve(config, shutdown.clone()));
         let client = OrderServiceClient::new(connect(grpc_port).await?);
         Ok(Self { database, client, admin_port, shutdown, task })
+    }
+
+    /// A second replica on this one's database and topics (it joins the same
+    /// consumer group). Stop it with [`Replica::stop`].
+    pub async fn replica(&self, prefix: &str, catalog_port: u16) -> anyhow::Result<Replica> {
+        let grpc_port = free_port();
+        let mut flags = service_flags(&self.database.url, prefix, grpc_port, free_port());
+        flags.push(format!("--peer=catalog=http://127.0.0.1:{catalog_port}"));
+        let config = OrderCli::try_parse_from(flags)?.config;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(commerce_order::serve(config, shutdown.clone()));
+        let client = OrderServiceClient::new(connect(grpc_port).await?);
+        Ok(Replica { client, shutdown, task })
     }
 
     /// The value of the series `series` (name and labels, as on `/metrics`),
