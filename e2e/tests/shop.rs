@@ -22,6 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::api::{Api, ORDER_TIMEOUT, Session, string};
 use support::invariants::assert_invariants;
+use support::live::{LiveSocket, SecondGateway, SseStream};
 use support::shop::{self, Shop, ShopOptions};
 use support::{stock, tokens, wait_for};
 
@@ -254,6 +255,120 @@ async fn a_customer_registers_browses_buys_and_the_courier_delivers() {
 
     assert_invariants(&shop.databases).await;
     eprintln!("happy path took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// (version, status) of a live event's data.
+fn change(data: &Value) -> (u64, String) {
+    (data["version"].as_u64().unwrap_or(0), data["status"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn status_changes_reach_sse_and_websocket_clients_of_another_gateway_live_and_resume_after_the_last_seen()
+ {
+    let (shop, api, admin) = setup().await;
+    let second = SecondGateway::start(shop).await.expect("a second gateway starts");
+    let category = api.create_category(&admin, "Lanterns").await.expect("category");
+    let lantern = api.create_product(&admin, &category, "Storm lantern", 3500, 5).await.expect("product");
+    let customer = api.register_customer("watcher").await.expect("registers");
+    let token = customer.access_token.clone();
+
+    // The socket on the second gateway is open before the order exists.
+    let mut socket = LiveSocket::connect(&second.url, &token).await.expect("the socket opens");
+    // The order is placed through the first gateway.
+    let order_id = api.order(&customer, &[(&lantern, 1)], CARD_OK).await.expect("placed");
+    let events_url = format!("{}/api/orders/{order_id}/events", second.url);
+    let mut stream = SseStream::open(&api.http, &events_url, &token, None)
+        .await
+        .expect("answers")
+        .expect("200 text/event-stream");
+
+    // The whole history so far, then live: pending first, versions without
+    // gaps, up to confirmed (reserved may come before it, or not, as the
+    // saga's two replies race).
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|(_, status): &(u64, String)| status != "confirmed") {
+        let event = stream.next().await.expect("an event").expect("the stream stays open");
+        assert_eq!(event.event.as_deref(), Some("status"), "{event:?}");
+        assert_eq!(event.data["order_id"], json!(order_id), "{event:?}");
+        let (version, status) = change(&event.data);
+        assert_eq!(event.id, Some(version.to_string()), "the id is the version: {event:?}");
+        seen.push((version, status));
+    }
+    assert_eq!(seen[0], (1, "pending".to_owned()), "{seen:?}");
+    assert!(seen.iter().enumerate().all(|(at, (version, _))| *version == at as u64 + 1), "{seen:?}");
+    let confirmed_version = seen.last().map(|(version, _)| *version).unwrap_or_default();
+
+    // The courier picks the parcel up, through the first gateway: the order
+    // ships, and the second gateway's stream says so.
+    let shipment_id = string(&shipment_of(&api, &customer, &order_id).await, "id").expect("shipment id");
+    let courier = api.courier().await.expect("the bootstrap courier logs in");
+    let move_to = |status: &'static str| {
+        let (api, courier, shipment_id) = (&api, &courier, &shipment_id);
+        async move {
+            api.post(
+                &format!("/api/shipments/{shipment_id}/status"),
+                Some(&courier.access_token),
+                &json!({"status": status, "location": "Lisbon"}),
+            )
+            .await
+            .expect("moves")
+            .expect(StatusCode::OK)
+            .unwrap_or_else(|error| panic!("moving the shipment to {status}: {error}"));
+        }
+    };
+    move_to("assigned").await;
+    move_to("picked_up").await;
+    let moved = Instant::now();
+    let shipped = stream.next().await.expect("an event").expect("the stream stays open");
+    eprintln!("picked up -> `shipped` on the second gateway's stream: {:?}", moved.elapsed());
+    assert_eq!(change(&shipped.data), (confirmed_version + 1, "shipped".to_owned()), "{shipped:?}");
+    drop(stream);
+
+    // The socket saw the same order go the same way.
+    let mut on_socket = Vec::new();
+    while on_socket.last().is_none_or(|(_, status): &(u64, String)| status != "shipped") {
+        let message = socket.next().await.expect("a message").expect("the socket stays open");
+        assert_eq!(message["order_id"], json!(order_id), "only the caller's orders: {message}");
+        on_socket.push(change(&message));
+    }
+    let mut expected = seen.clone();
+    expected.push((confirmed_version + 1, "shipped".to_owned()));
+    assert_eq!(on_socket, expected, "the socket and the stream agree");
+    socket.close().await;
+
+    // Reconnecting after the confirmation replays the shipment, then the
+    // delivery comes live and the stream ends: delivered is terminal.
+    let mut resumed = SseStream::open(&api.http, &events_url, &token, Some(confirmed_version))
+        .await
+        .expect("answers")
+        .expect("200 text/event-stream");
+    let replayed = resumed.next().await.expect("an event").expect("replayed");
+    assert_eq!(change(&replayed.data), (confirmed_version + 1, "shipped".to_owned()));
+    move_to("in_transit").await;
+    move_to("delivered").await;
+    let delivered = resumed.next().await.expect("an event").expect("delivered");
+    assert_eq!(change(&delivered.data), (confirmed_version + 2, "delivered".to_owned()));
+    assert_eq!(resumed.next().await.expect("the end"), None, "the stream ends after a terminal status");
+
+    // Nobody else's order, no malformed resume point, no plain GET as a socket.
+    let stranger = api.register_customer("stranger").await.expect("registers");
+    for (token, last, expected) in [
+        (&stranger.access_token, None, StatusCode::NOT_FOUND),
+        (&customer.access_token, Some("seven"), StatusCode::BAD_REQUEST),
+    ] {
+        let mut request = api.http.get(&events_url).bearer_auth(token);
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        let answer = api.send(request).await.expect("answers");
+        assert_eq!(answer.status, expected, "{:?}", answer.body);
+        answer.assert_problem("live events");
+    }
+    let plain = api.send(api.http.get(format!("{}/api/orders/live", second.url)).bearer_auth(&token));
+    let plain = plain.await.expect("answers");
+    assert!(plain.status.is_client_error(), "{}: {:?}", plain.status, plain.body);
+    plain.assert_problem("a socket without an upgrade");
+    drop(second);
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@
 //! - [`fault`]: a shop split into such processes, so that a test can kill
 //!   one part, and the saga drivers of the fault tests;
 //! - [`tokens`]: access tokens forged for the authentication tests;
+//! - [`live`]: clients of the live order streams (SSE, WebSocket) and a
+//!   second gateway replica to reach them through;
 //! - [`bench`]: how benchmarks print their figures for `make bench`;
 //! - here: [`wait_for`], the one bounded wait, and [`stock`].
 
@@ -30,6 +32,7 @@ pub mod bench;
 pub mod fault;
 pub mod invariants;
 pub mod jaeger;
+pub mod live;
 pub mod procs;
 pub mod shop;
 pub mod tokens;

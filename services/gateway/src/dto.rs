@@ -675,6 +675,26 @@ pub struct Order {
     pub updated_at: Option<String>,
 }
 
+/// One status an order entered: the data of an SSE `status` event (whose
+/// `id` is the version) and a WebSocket text message.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OrderStatusEvent {
+    pub order_id: String,
+    /// 1 for the placement, then one more per change, without gaps: resume
+    /// after the last one seen with `Last-Event-ID`.
+    pub version: u64,
+    /// `pending`, `reserved`, `confirmed`, `rejected`, `failed`,
+    /// `cancelled`, `shipped`, `delivered`.
+    pub status: String,
+    /// Why the order was rejected, failed or cancelled; empty otherwise.
+    pub failure_reason: String,
+    pub changed_at: Option<String>,
+}
+
+from_fields!(order::v1::OrderStatusChange => OrderStatusEvent {
+    order_id, version, status: order_status_name, failure_reason, changed_at: timestamp,
+});
+
 fn order_status_name(value: i32) -> String {
     enum_label(value, order::v1::OrderStatus::as_str_name, "ORDER_STATUS_")
 }

@@ -81,6 +81,8 @@ pub struct Caller {
     pub roles: Vec<Role>,
     /// `jti`, for logs.
     pub token_id: String,
+    /// `exp` (Unix seconds): a live stream opened with the token ends then.
+    pub expires_at: i64,
 }
 
 impl Caller {
@@ -301,6 +303,7 @@ impl<S: KeySource> Verifier<S> {
             user_id: claims.sub.to_string(),
             roles: vec![claims.role],
             token_id: claims.jti.to_string(),
+            expires_at: claims.exp,
         };
         self.accepted.insert(
             token.to_owned(),

@@ -170,6 +170,7 @@ impl Gateway {
             rate_limiter,
             catalog_cache,
             audit_record_failures,
+            shutdown: shutdown.clone(),
         });
         Self { state, http: config.http.clone() }
     }

@@ -68,6 +68,10 @@ macro_rules! op {
     };
 }
 
+/// The live endpoints, whose success is not a JSON body.
+const LIVE_SOCKET_PATH: &str = "/api/orders/live";
+const LIVE_EVENTS_PATH: &str = "/api/orders/{id}/events";
+
 fn operations() -> Vec<Operation> {
     use dto::*;
     vec![
@@ -101,8 +105,12 @@ fn operations() -> Vec<Operation> {
             query: None, body: Some(schema::<PlaceOrderRequest>), response: 201 Some(schema::<Order>), idempotency_key: true),
         op!("GET" "/api/orders", "orders", "The caller's orders, newest first", User,
             query: Some(query::<OrderQuery>), body: None, response: 200 Some(schema::<OrderPage>)),
+        op!("GET" "/api/orders/live", "orders", "A WebSocket of the caller's order status changes: the latest status of each order changed within a day, then every change; each text message is an OrderStatusEvent", User,
+            query: None, body: None, response: 101 Some(schema::<OrderStatusEvent>)),
         op!("GET" "/api/orders/{id}", "orders", "One of the caller's orders", User,
             query: None, body: None, response: 200 Some(schema::<Order>)),
+        op!("GET" "/api/orders/{id}/events", "orders", "The order's status changes as Server-Sent Events (`event: status`, `id`: the version, `data`: an OrderStatusEvent): the history after Last-Event-ID, then each change as it is committed; the stream ends after a terminal status or when the token expires", User,
+            query: None, body: None, response: 200 Some(schema::<OrderStatusEvent>)),
         op!("POST" "/api/orders/{id}/cancel", "orders", "Cancel an order before it ships", User,
             query: None, body: Some(schema::<CancelOrderRequest>), response: 200 Some(schema::<Order>)),
         op!("GET" "/api/shipments", "shipments", "Track an order's shipment, or list a courier's shipments", User,
@@ -163,6 +171,13 @@ pub fn build() -> Value {
                 "schema": {"type": "string", "pattern": contract::IDEMPOTENCY_KEY}
             }));
         }
+        if op.path == LIVE_EVENTS_PATH {
+            parameters.push(json!({
+                "name": "Last-Event-ID", "in": "header", "required": false,
+                "description": "The id (version) of the last event seen: the stream resumes after it.",
+                "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}
+            }));
+        }
         let mut operation = json!({
             "operationId": operation_id(op.method, op.path),
             "tags": [op.tag],
@@ -176,11 +191,19 @@ pub fn build() -> Value {
             });
         }
         let mut responses = Map::new();
-        let success = match op.response.1 {
-            Some(schema) => {
+        let success = match (op.path, op.response.1) {
+            (LIVE_SOCKET_PATH, Some(schema)) => json!({
+                "description": "Switching Protocols: the connection is a WebSocket; each text message is the JSON below",
+                "x-websocket-message": schema(&mut generator)
+            }),
+            (LIVE_EVENTS_PATH, Some(schema)) => json!({
+                "description": "An event stream; the data of each `status` event is the JSON below",
+                "content": {"text/event-stream": {"schema": {"type": "string"}, "x-event-data": schema(&mut generator)}}
+            }),
+            (_, Some(schema)) => {
                 json!({"description": "Success", "content": {"application/json": {"schema": schema(&mut generator)}}})
             }
-            None => json!({"description": "Success"}),
+            (_, None) => json!({"description": "Success"}),
         };
         responses.insert(op.response.0.to_string(), success);
         let problem_response = |description: &str| json!({"description": description, "content": {PROBLEM_JSON: {"schema": problem.clone()}}});

@@ -17,6 +17,7 @@ use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
 use commerce_topology::Service;
 use prometheus_client::metrics::counter::Counter;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::AuthKeySource;
 use crate::catalog_cache::CatalogCache;
@@ -40,6 +41,9 @@ pub struct Parts {
     pub catalog_cache: Arc<CatalogCache>,
     /// Administrators' changes the audit service did not record.
     pub audit_record_failures: Counter,
+    /// Cancelled when the gateway stops: live streams end, so that the
+    /// server can drain.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {

@@ -13,6 +13,7 @@ use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_server::OrderService;
 use commerce_topology::Service;
 use sqlx::postgres::PgPool;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -21,7 +22,7 @@ use uuid::Uuid;
 use crate::Error;
 use crate::domain::{self, CatalogProduct, OrderStatus, PlacementError, RequestedLine, SagaState};
 use crate::events::{self, money, record_step};
-use crate::live::StatusFeed;
+use crate::live::{StatusChange, StatusFeed};
 use crate::metrics::SagaMetrics;
 use crate::store::{self, Order};
 
@@ -243,6 +244,18 @@ fn status_from_proto(status: pb::OrderStatus) -> Option<OrderStatus> {
     }
 }
 
+/// The proto view of one entry of an order's status history.
+pub fn change_to_proto(change: &StatusChange) -> pb::OrderStatusChange {
+    pb::OrderStatusChange {
+        order_id: change.order_id.to_string(),
+        user_id: change.user_id.clone(),
+        version: u64::try_from(change.version).unwrap_or_default(),
+        status: change.parsed_status().map_or(pb::OrderStatus::Unspecified, status_to_proto).into(),
+        failure_reason: change.failure_reason.clone(),
+        changed_at: Some(timestamp(change.changed_at)),
+    }
+}
+
 /// The proto view of an order.
 pub fn order_to_proto(order: &Order) -> pb::Order {
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
@@ -347,7 +360,8 @@ impl OrderService for OrderGrpc {
         Ok(Response::new(pb::CancelOrderResponse { order: Some(order_to_proto(&order)) }))
     }
 
-    type WatchOrdersStream = ReceiverStream<Result<pb::OrderStatusChange, Status>>;
+    type WatchOrdersStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::OrderStatusChange, Status>> + Send>>;
 
     async fn watch_orders(
         &self,
@@ -374,7 +388,9 @@ impl OrderService for OrderGrpc {
                 self.feed.watch_order(self.pool.clone(), id, user, after, self.shutdown.clone()).await?
             }
         };
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let changes =
+            ReceiverStream::new(receiver).map(|watched| watched.map(|change| change_to_proto(&change)));
+        Ok(Response::new(Box::pin(changes)))
     }
 }
 

@@ -22,8 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use commerce_proto::order::v1 as pb;
-use commerce_proto::time::timestamp;
 use serde::Deserialize;
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::{broadcast, mpsc};
@@ -33,7 +31,6 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::OrderStatus;
-use crate::grpc::status_to_proto;
 
 /// The channel the history trigger notifies.
 const CHANNEL: &str = "order_status";
@@ -60,25 +57,18 @@ pub struct StatusChange {
 }
 
 impl StatusChange {
-    fn parsed_status(&self) -> Option<OrderStatus> {
+    /// The status entered (`None` for a name this build does not know).
+    pub fn parsed_status(&self) -> Option<OrderStatus> {
         OrderStatus::parse(&self.status)
     }
 
     fn is_terminal(&self) -> bool {
         self.parsed_status().is_some_and(OrderStatus::is_terminal)
     }
-
-    fn to_proto(&self) -> pb::OrderStatusChange {
-        pb::OrderStatusChange {
-            order_id: self.order_id.to_string(),
-            user_id: self.user_id.clone(),
-            version: u64::try_from(self.version).unwrap_or_default(),
-            status: self.parsed_status().map_or(pb::OrderStatus::Unspecified, status_to_proto).into(),
-            failure_reason: self.failure_reason.clone(),
-            changed_at: Some(timestamp(self.changed_at)),
-        }
-    }
 }
+
+/// What a watch stream carries: a change, or the status that ends it.
+pub type Watched = Result<StatusChange, Status>;
 
 /// What the listener passes on.
 #[derive(Debug, Clone)]
@@ -165,7 +155,7 @@ impl StatusFeed {
         user_id: Option<String>,
         after_version: i32,
         shutdown: CancellationToken,
-    ) -> Result<mpsc::Receiver<Result<pb::OrderStatusChange, Status>>, Error> {
+    ) -> Result<mpsc::Receiver<Watched>, Error> {
         // Subscribed before the history is read: nothing committed in
         // between can be missed.
         let feed = self.sender.subscribe();
@@ -196,7 +186,7 @@ impl StatusFeed {
         pool: PgPool,
         user_id: String,
         shutdown: CancellationToken,
-    ) -> Result<mpsc::Receiver<Result<pb::OrderStatusChange, Status>>, Error> {
+    ) -> Result<mpsc::Receiver<Watched>, Error> {
         let feed = self.sender.subscribe();
         let snapshot = latest_of_user(&pool, &user_id).await?;
         let (sender, receiver) = mpsc::channel(WATCHER_BUFFER);
@@ -234,7 +224,7 @@ enum Next {
 
 async fn next(
     feed: &mut broadcast::Receiver<FeedItem>,
-    sender: &mpsc::Sender<Result<pb::OrderStatusChange, Status>>,
+    sender: &mpsc::Sender<Watched>,
     shutdown: &CancellationToken,
 ) -> Next {
     tokio::select! {
@@ -245,13 +235,13 @@ async fn next(
 }
 
 /// Ends a stream with the status of `error`.
-async fn fail(sender: &mpsc::Sender<Result<pb::OrderStatusChange, Status>>, error: Error) -> Stop {
+async fn fail(sender: &mpsc::Sender<Watched>, error: Error) -> Stop {
     let status = Status::from(error);
     let _ = sender.send(Err(status.clone())).await;
     status
 }
 
-async fn shutting_down(sender: &mpsc::Sender<Result<pb::OrderStatusChange, Status>>) -> Stop {
+async fn shutting_down(sender: &mpsc::Sender<Watched>) -> Stop {
     let status = Status::unavailable("the order service is shutting down; watch again");
     let _ = sender.send(Err(status.clone())).await;
     status
@@ -262,7 +252,7 @@ struct OrderWatcher {
     order_id: Uuid,
     /// The last version sent.
     last: i32,
-    sender: mpsc::Sender<Result<pb::OrderStatusChange, Status>>,
+    sender: mpsc::Sender<Watched>,
 }
 
 impl OrderWatcher {
@@ -317,7 +307,7 @@ impl OrderWatcher {
 
     /// Sends one change; whether it was terminal.
     async fn send(&mut self, change: &StatusChange) -> Result<bool, Stop> {
-        self.sender.send(Ok(change.to_proto())).await.map_err(|_| client_left())?;
+        self.sender.send(Ok(change.clone())).await.map_err(|_| client_left())?;
         self.last = change.version;
         Ok(change.is_terminal())
     }
@@ -328,7 +318,7 @@ struct UserWatcher {
     user_id: String,
     /// The last version sent per order.
     last: HashMap<Uuid, i32>,
-    sender: mpsc::Sender<Result<pb::OrderStatusChange, Status>>,
+    sender: mpsc::Sender<Watched>,
 }
 
 impl UserWatcher {
@@ -378,7 +368,7 @@ impl UserWatcher {
             if self.last.get(&change.order_id).is_some_and(|last| *last >= change.version) {
                 continue;
             }
-            self.sender.send(Ok(change.to_proto())).await.map_err(|_| client_left())?;
+            self.sender.send(Ok(change.clone())).await.map_err(|_| client_left())?;
             self.last.insert(change.order_id, change.version);
         }
         Ok(())

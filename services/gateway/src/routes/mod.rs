@@ -8,6 +8,7 @@ pub(crate) mod audit;
 mod auth;
 mod cart;
 mod catalog;
+mod live;
 mod notifications;
 mod orders;
 mod shipments;
@@ -38,7 +39,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/cart/checkout"),
     ("POST", "/api/orders"),
     ("GET", "/api/orders"),
+    ("GET", "/api/orders/live"),
     ("GET", "/api/orders/{id}"),
+    ("GET", "/api/orders/{id}/events"),
     ("POST", "/api/orders/{id}/cancel"),
     ("GET", "/api/shipments"),
     ("GET", "/api/shipments/{id}"),
@@ -77,7 +80,9 @@ pub fn api() -> Router<AppState> {
         .route("/api/cart/items/{product_id}", patch(cart::update_item).delete(cart::remove_item))
         .route("/api/cart/checkout", post(cart::checkout))
         .route("/api/orders", post(orders::place_order).get(orders::list_orders))
+        .route("/api/orders/live", get(live::order_socket))
         .route("/api/orders/{id}", get(orders::get_order))
+        .route("/api/orders/{id}/events", get(live::order_events))
         .route("/api/orders/{id}/cancel", post(orders::cancel_order))
         .route("/api/shipments", get(shipments::list_shipments))
         .route("/api/shipments/{id}", get(shipments::get_shipment))
