@@ -71,10 +71,10 @@ pub async fn stock_demo_products(
 }
 
 /// Requests that walk a customer through the shop with curl and jq:
-/// register, log in, list products, add to the cart, check out, and watch
-/// the order's status move through the saga (Ctrl-C ends the loop); the
-/// administrator's view of the order in the audit trail (signed in as
-/// `admin` with `password`) comes before it.
+/// register, log in, list products, add to the cart, check out, and follow
+/// the order's status through the saga live (its Server-Sent Events, from
+/// placement on; Ctrl-C ends them); the administrator's view of the order
+/// in the audit trail (signed in as `admin` with `password`) comes before it.
 pub fn example_requests(gateway: &str, admin: &str, password: &str) -> String {
     let product = demo_product_ids()
         .into_iter()
@@ -103,7 +103,8 @@ Try it (bash, with curl and jq):
   sleep 2; curl -s "$GW/api/admin/audit?subject=$ORDER" -H "authorization: Bearer $ADMIN" \
     | jq -c '.entries[] | {{sequence, event_type, source}}'
   curl -s $GW/api/admin/audit/verify -H "authorization: Bearer $ADMIN" | jq -c '{{intact, entries_checked}}'
-  while sleep 1; do curl -s $GW/api/orders/$ORDER -H "authorization: Bearer $TOKEN" | jq -c '{{status, total}}'; done
+  # The order's status changes, live (Server-Sent Events; a reconnect sends Last-Event-ID: <last id>).
+  curl -sN $GW/api/orders/$ORDER/events -H "authorization: Bearer $TOKEN"
 "#
     )
 }
