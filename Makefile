@@ -93,6 +93,7 @@ check-generated: generate ## fail if generated files differ from what is committ
 test: prune-cache infra lint check-generated images ## start missing infrastructure, then run every test
 	bash e2e/scripts/node.sh import
 	bash e2e/scripts/schemathesis.sh install
+	bash e2e/scripts/smtp.sh install
 	bash e2e/scripts/faketime.sh install
 	# The end-to-end tests start the `commerce` and `commerce-operator` binaries
 	# as processes; build them first so no test races a stale binary.

@@ -41,6 +41,11 @@ fn amount(money: Option<&commerce_proto::common::v1::Money>) -> String {
     }
 }
 
+pub fn welcome(e: &ev::UserRegistered) -> Option<Draft> {
+    let body = "Your account is ready: browse the catalog, and follow every order here.".to_owned();
+    draft(&e.user_id, NotificationKind::Welcome, "Welcome", body, "")
+}
+
 pub fn order_placed(e: &ev::OrderPlaced) -> Option<Draft> {
     let body = format!("We received your order {} of {}.", e.order_id, amount(e.total.as_ref()));
     draft(&e.user_id, NotificationKind::OrderPlaced, "Order received", body, &e.order_id)

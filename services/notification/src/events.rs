@@ -1,7 +1,8 @@
-//! What notification consumes (orders, payments, shipments) and turns into
-//! inbox entries; it publishes nothing. The platform consumer already skips
-//! redelivered event ids; the unique (user, source event id) makes a
-//! notification exist once even if that record were lost.
+//! What notification consumes (users, orders, payments, shipments) and turns
+//! into inbox entries and, with the email channel on, queued emails
+//! (`crate::mailer`); it publishes nothing. The platform consumer already
+//! skips redelivered event ids; the unique (user, source event id) makes a
+//! notification and its email exist once even if that record were lost.
 
 use commerce_platform::events::{HandlerError, IncomingEvent};
 use commerce_proto::events::v1 as ev;
@@ -9,13 +10,25 @@ use commerce_proto::notification::v1::Channel;
 use sqlx::{Postgres, Transaction};
 
 use crate::domain::{self, Draft};
-use crate::store;
+use crate::email::{self, Recipient};
+use crate::{mailer, store};
 
 /// The notification service's consumer.
 #[derive(Debug, Clone, Default)]
-pub struct NotificationEventHandler;
+pub struct NotificationEventHandler {
+    /// Whether each notification is emailed too.
+    email: bool,
+}
+
+impl NotificationEventHandler {
+    /// A consumer that emails each notification when `email` is on.
+    pub fn new(email: bool) -> Self {
+        Self { email }
+    }
+}
 
 commerce_platform::event_handler!(NotificationEventHandler {
+    ev::UserRegistered => user_registered,
     ev::OrderPlaced => order_placed,
     ev::OrderConfirmed => order_confirmed,
     ev::OrderRejected => order_rejected,
@@ -30,13 +43,30 @@ commerce_platform::event_handler!(NotificationEventHandler {
 
 /// Each event drafts its notification (or none) in the domain.
 impl NotificationEventHandler {
+    async fn user_registered(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::UserRegistered,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let recipient = Recipient {
+            user_id: e.user_id.clone(),
+            email: e.email.clone(),
+            display_name: e.display_name.clone(),
+        };
+        if !recipient.user_id.is_empty() && !recipient.email.is_empty() {
+            store::upsert_recipient(tx, &recipient).await.map_err(HandlerError::retryable)?;
+        }
+        self.store_draft(tx, domain::welcome(&e), event).await
+    }
+
     async fn order_placed(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         e: ev::OrderPlaced,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::order_placed(&e), event).await
+        self.store_draft(tx, domain::order_placed(&e), event).await
     }
 
     async fn order_confirmed(
@@ -45,7 +75,7 @@ impl NotificationEventHandler {
         e: ev::OrderConfirmed,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::order_confirmed(&e), event).await
+        self.store_draft(tx, domain::order_confirmed(&e), event).await
     }
 
     async fn order_rejected(
@@ -54,7 +84,7 @@ impl NotificationEventHandler {
         e: ev::OrderRejected,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::order_rejected(&e), event).await
+        self.store_draft(tx, domain::order_rejected(&e), event).await
     }
 
     async fn order_failed(
@@ -63,7 +93,7 @@ impl NotificationEventHandler {
         e: ev::OrderFailed,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::order_failed(&e), event).await
+        self.store_draft(tx, domain::order_failed(&e), event).await
     }
 
     async fn order_cancelled(
@@ -72,7 +102,7 @@ impl NotificationEventHandler {
         e: ev::OrderCancelled,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::order_cancelled(&e), event).await
+        self.store_draft(tx, domain::order_cancelled(&e), event).await
     }
 
     async fn payment_refunded(
@@ -81,7 +111,7 @@ impl NotificationEventHandler {
         e: ev::PaymentRefunded,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::payment_refunded(&e), event).await
+        self.store_draft(tx, domain::payment_refunded(&e), event).await
     }
 
     async fn shipment_created(
@@ -90,7 +120,7 @@ impl NotificationEventHandler {
         e: ev::ShipmentCreated,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::shipment_created(&e), event).await
+        self.store_draft(tx, domain::shipment_created(&e), event).await
     }
 
     async fn shipment_status_changed(
@@ -99,7 +129,7 @@ impl NotificationEventHandler {
         e: ev::ShipmentStatusChanged,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::shipment_status_changed(&e), event).await
+        self.store_draft(tx, domain::shipment_status_changed(&e), event).await
     }
 
     async fn shipment_delivered(
@@ -108,7 +138,7 @@ impl NotificationEventHandler {
         e: ev::ShipmentDelivered,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::shipment_delivered(&e), event).await
+        self.store_draft(tx, domain::shipment_delivered(&e), event).await
     }
 
     async fn shipment_halted(
@@ -117,22 +147,38 @@ impl NotificationEventHandler {
         e: ev::ShipmentHalted,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError> {
-        store_draft(tx, domain::shipment_halted(&e), event).await
+        self.store_draft(tx, domain::shipment_halted(&e), event).await
     }
 }
 
-/// Stores the notification `draft` made of `event`, once per event.
-async fn store_draft(
-    tx: &mut Transaction<'_, Postgres>,
-    draft: Option<Draft>,
-    event: &IncomingEvent,
-) -> Result<(), HandlerError> {
-    let Some(draft) = draft else {
-        return Ok(());
-    };
-    let stored = store::insert(tx, &draft, Channel::InApp as i32, event.id())
-        .await
-        .map_err(HandlerError::retryable)?;
-    tracing::debug!(event_id = %event.id(), user_id = %draft.user_id, stored, "notification from event");
-    Ok(())
+impl NotificationEventHandler {
+    /// Stores the notification `draft` made of `event`, once per event, and
+    /// queues its email when the channel is on and the user's address is
+    /// known (users registered before the service heard of them get none).
+    async fn store_draft(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        draft: Option<Draft>,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let Some(draft) = draft else {
+            return Ok(());
+        };
+        let stored = store::insert(tx, &draft, Channel::InApp as i32, event.id())
+            .await
+            .map_err(HandlerError::retryable)?;
+        tracing::debug!(event_id = %event.id(), user_id = %draft.user_id, stored, "notification from event");
+        if !(self.email && stored) {
+            return Ok(());
+        }
+        match store::recipient(tx, &draft.user_id).await.map_err(HandlerError::retryable)? {
+            Some(recipient) => {
+                mailer::enqueue(tx, &recipient, &email::render(&draft, &recipient), event.id())
+                    .await
+                    .map_err(HandlerError::retryable)?;
+            }
+            None => tracing::debug!(user_id = %draft.user_id, "no email address known; in-app only"),
+        }
+        Ok(())
+    }
 }

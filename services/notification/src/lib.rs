@@ -4,13 +4,15 @@
 //!
 //! [`serve`] hands the lifecycle to the platform's [`ServiceRuntime`] and
 //! wires the service's parts: database, consumer with its dead-letter topic
-//! (no outbox relay: it publishes nothing) and the gRPC server; all stop on
-//! `shutdown`.
+//! (no outbox relay: it publishes nothing), the mailer when the email
+//! channel is on ([`mailer`]) and the gRPC server; all stop on `shutdown`.
 
 pub mod config;
 pub mod domain;
+pub mod email;
 pub mod events;
 pub mod grpc;
+pub mod mailer;
 pub mod store;
 
 use commerce_platform::runtime::{RuntimeError, ServiceRuntime};
@@ -36,22 +38,35 @@ pub enum Error {
     LoadNotifications(#[source] sqlx::Error),
     #[error("cannot store notifications")]
     StoreNotification(#[source] sqlx::Error),
+    #[error("the email channel is misconfigured: {0}")]
+    ConfigureEmail(String),
 }
 
 /// Runs the notification service until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let smtp = mailer::SmtpSettings::from_args(&config.email)?;
     ServiceRuntime::new(Service::Notification, &config.common)
         .serve(shutdown, |wiring| async move {
             let pool = wiring.connect_database(&config.database, &MIGRATOR).await?;
             // No outbox relay: it publishes nothing. The producer is the
-            // consumer's way to its dead-letter topic.
+            // way of the consumer and the mailer to the dead-letter topic.
             let producer = wiring.start_producer(&config.kafka)?;
+            if let Some(smtp) = smtp {
+                let mailer = mailer::Mailer::new(
+                    pool.clone(),
+                    smtp,
+                    producer.clone(),
+                    producer.names().dead_letter_topic(Service::Notification),
+                    mailer::MailerMetrics::register(wiring.metrics()),
+                );
+                wiring.spawn_task("mailer", mailer.run(wiring.stop_token()));
+            }
             wiring.start_consumer(
                 Service::Notification,
                 &config.kafka,
                 pool.clone(),
                 producer,
-                events::NotificationEventHandler,
+                events::NotificationEventHandler::new(config.email.enabled()),
             )?;
             Ok(wiring
                 .grpc_server()

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::Draft;
+use crate::email::Recipient;
 
 /// A stored notification.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -98,4 +99,29 @@ pub async fn mark_read(pool: &PgPool, user_id: &str, ids: &[Uuid], all: bool) ->
     .await
     .map_err(Error::StoreNotification)?;
     Ok(i64::try_from(result.rows_affected()).unwrap_or(i64::MAX))
+}
+
+/// Records (or updates) where a user's email goes.
+pub async fn upsert_recipient(conn: &mut PgConnection, recipient: &Recipient) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO recipients (user_id, email, display_name) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id) DO UPDATE SET email = excluded.email, display_name = excluded.display_name, \
+         updated_at = now()",
+    )
+    .bind(&recipient.user_id)
+    .bind(&recipient.email)
+    .bind(&recipient.display_name)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::StoreNotification)?;
+    Ok(())
+}
+
+/// Where a user's email goes, if the service has heard of the user.
+pub async fn recipient(conn: &mut PgConnection, user_id: &str) -> Result<Option<Recipient>, Error> {
+    sqlx::query_as("SELECT user_id, email, display_name FROM recipients WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::LoadNotifications)
 }

@@ -183,11 +183,12 @@ const SERVICES: [ServiceSpec; 10] = [
     },
     ServiceSpec {
         service: Service::Notification,
-        summary: "one notification per user-visible step of an order",
+        summary: "one notification per user-visible step of an order, in the inbox and by email",
         database: true,
         redis: false,
         produces: &[],
-        consumes: &[Topic::Orders, Topic::Payments, Topic::Shipments],
+        // Users: the welcome, and where each user's email goes.
+        consumes: &[Topic::Users, Topic::Orders, Topic::Payments, Topic::Shipments],
         calls: &[],
     },
     ServiceSpec {
