@@ -1892,6 +1892,22 @@ fn invalid_resources(namespace: &str, target: &str) -> Vec<(&'static str, &'stat
             s["monitoring"] = json!({ "otlpEndpoint": "https://collector:4317" })
         }),
         ("monitoring by Scrapeconfig", "scrape", |s| s["monitoring"] = json!({ "scrape": "ScrapeConfig" })),
+        ("SMTP host with a scheme", "notification.email.host", |s| {
+            s["notification"] =
+                json!({ "email": { "host": "smtp://mail.example.com", "from": "shop@example.com" } })
+        }),
+        ("email sender without an address", "notification.email.from", |s| {
+            s["notification"] = json!({ "email": { "host": "mail.example.com", "from": "The Shop" } })
+        }),
+        (
+            "SMTP encryption STARTTLS in capitals",
+            "tls",
+            |s| s["notification"] = json!({ "email": { "host": "mail.example.com", "from": "shop@example.com", "tls": "STARTTLS" } }),
+        ),
+        ("SMTP port 0", "port", |s| {
+            s["notification"] =
+                json!({ "email": { "host": "mail.example.com", "from": "shop@example.com", "port": 0 } })
+        }),
         ("ingress with the gateway disabled", "gateway.ingress", |s| {
             s["gateway"] = json!({ "ingress": { "host": "shop.example.com" } });
             s["services"] = json!({ "gateway": { "enabled": false } });

@@ -372,6 +372,42 @@ async fn status_changes_reach_sse_and_websocket_clients_of_another_gateway_live_
 }
 
 #[tokio::test]
+async fn a_shop_with_email_on_welcomes_a_new_customer_and_mails_each_step_of_their_order() {
+    let smtp =
+        commerce_testkit::smtp::SmtpServer::start(support::procs::free_port()).expect("aiosmtpd starts");
+    let options = ShopOptions {
+        env: vec![
+            ("COMMERCE_EMAIL_SMTP_URL".to_owned(), smtp.url()),
+            ("COMMERCE_EMAIL_FROM".to_owned(), "Shop <shop@example.test>".to_owned()),
+        ],
+    };
+    let shop = Shop::start(options).await.expect("the shop starts");
+    let api = Api::new(&shop);
+    let admin = api.admin().await.expect("the bootstrap admin logs in");
+    let category = api.create_category(&admin, "Kettles").await.expect("category");
+    let kettle = api.create_product(&admin, &category, "Copper kettle", 4200, 3).await.expect("product");
+    let customer = api.register_customer("mailed").await.expect("registers");
+    let order_id = api.order(&customer, &[(&kettle, 1)], CARD_OK).await.expect("placed");
+    api.wait_order(&customer, &order_id, "confirmed").await.expect("confirmed");
+
+    let to = format!("To: {}", customer.email);
+    let subjects = ["Welcome to the shop", "We received your order", "Your order is confirmed"];
+    let (mine, _) = wait_for("the customer's emails", ORDER_TIMEOUT, || async {
+        let mine: Vec<String> = smtp.messages()?.into_iter().filter(|m| m.contains(&to)).collect();
+        let arrived = subjects.iter().all(|s| mine.iter().any(|m| m.contains(&format!("Subject: {s}"))));
+        Ok(arrived.then_some(mine))
+    })
+    .await
+    .expect("the emails arrive");
+    let confirmation =
+        mine.iter().find(|m| m.contains("Subject: Your order is confirmed")).expect("confirmation");
+    assert!(confirmation.contains("From: Shop <shop@example.test>"), "{confirmation}");
+    assert!(confirmation.contains(&format!("Order: {order_id}")), "{confirmation}");
+    assert!(confirmation.contains("42.00 EUR"), "{confirmation}");
+    shop.stop().expect("the shop stops");
+}
+
+#[tokio::test]
 async fn an_order_beyond_the_stock_is_rejected_and_leaves_the_stock_unchanged() {
     let (shop, api, admin) = setup().await;
     let category = api.create_category(&admin, "Scarce").await.expect("category");

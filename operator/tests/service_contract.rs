@@ -540,3 +540,33 @@ fn a_stack_with_a_postgres_ca_gives_its_services_a_verifying_url_naming_the_moun
     }
     assert!(with_database >= 6, "only {with_database} services have a database");
 }
+
+#[test]
+fn the_notification_service_gets_the_stacks_smtp_server_and_login_and_they_make_a_mailer() {
+    let notification = |file: &str| {
+        containers(&built(file))
+            .into_iter()
+            .find(|c| c.service == "notification")
+            .expect("a notification Deployment")
+    };
+    let emailing = notification("secure-kafka.yaml");
+    assert_eq!(emailing.get("COMMERCE_EMAIL_SMTP_URL"), Some("smtp://smtp.example.com:587?tls=required"));
+    assert_eq!(emailing.get("COMMERCE_EMAIL_FROM"), Some("Shop <no-reply@shop.example.com>"));
+    assert_eq!(
+        emailing.get("COMMERCE_EMAIL_SMTP_USERNAME"),
+        Some(stand_in("smtp-login", "username").as_str())
+    );
+    assert_eq!(
+        emailing.get("COMMERCE_EMAIL_SMTP_PASSWORD"),
+        Some(stand_in("smtp-login", "password").as_str())
+    );
+    let config: commerce_notification::Config = parse(&argv(&emailing)).expect("the flags parse");
+    let smtp =
+        commerce_notification::mailer::SmtpSettings::from_args(&config.email).expect("lettre takes them");
+    assert!(smtp.is_some(), "the email channel is on");
+
+    let inbox_only = notification("minimal.yaml");
+    assert_eq!(inbox_only.get("COMMERCE_EMAIL_SMTP_URL"), None);
+    let config: commerce_notification::Config = parse(&argv(&inbox_only)).expect("the flags parse");
+    assert!(commerce_notification::mailer::SmtpSettings::from_args(&config.email).expect("valid").is_none());
+}

@@ -84,6 +84,16 @@ pub const AUTH_NEXT_SIGNING_KEY_ACTIVATION_FILE: &str = "COMMERCE_NEXT_SIGNING_K
 /// The payment provider; the payment service refuses one it has no adapter
 /// for.
 pub const PAYMENT_PROVIDER: &str = "COMMERCE_PAYMENT_PROVIDER";
+/// The notification service's SMTP server (`spec.notification.email`).
+pub const EMAIL_SMTP_URL: &str = "COMMERCE_EMAIL_SMTP_URL";
+/// The sender of the notification service's email.
+pub const EMAIL_FROM: &str = "COMMERCE_EMAIL_FROM";
+/// The SMTP login, from `notification.email.credentialsSecret`.
+pub const EMAIL_SMTP_USERNAME: &str = "COMMERCE_EMAIL_SMTP_USERNAME";
+pub const EMAIL_SMTP_PASSWORD: &str = "COMMERCE_EMAIL_SMTP_PASSWORD";
+/// Keys of the SMTP credentials Secret.
+pub const EMAIL_CREDENTIALS_USERNAME_KEY: &str = "username";
+pub const EMAIL_CREDENTIALS_PASSWORD_KEY: &str = "password";
 /// File with the gateway's merged rate-limit rules; the gateway re-reads it.
 pub const GATEWAY_RATE_LIMITS_FILE: &str = "COMMERCE_RATELIMIT_RULES_FILE";
 /// Allowed CORS origins, comma-separated.
@@ -265,6 +275,16 @@ pub fn service_config(
         }
         Service::Payment => {
             put(PAYMENT_PROVIDER, stack_spec.payment.provider.as_str().to_owned());
+        }
+        Service::Notification => {
+            if let Some(email) = &stack_spec.notification.email {
+                put(EMAIL_SMTP_URL, email.smtp_url());
+                put(EMAIL_FROM, email.from.clone());
+                if let Some(secret) = &email.credentials_secret {
+                    env.push(secret_env(EMAIL_SMTP_USERNAME, secret, EMAIL_CREDENTIALS_USERNAME_KEY));
+                    env.push(secret_env(EMAIL_SMTP_PASSWORD, secret, EMAIL_CREDENTIALS_PASSWORD_KEY));
+                }
+            }
         }
         Service::Gateway => {
             put(GATEWAY_RATE_LIMITS_FILE, format!("{RATE_LIMITS_MOUNT}/{RATE_LIMITS_FILE}"));

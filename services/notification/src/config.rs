@@ -29,11 +29,22 @@ pub struct Config {
 pub struct EmailArgs {
     /// The SMTP server that takes the shop's email, as lettre reads it:
     /// `smtp://host:port` (plain, for a relay on the same host or node),
-    /// `smtp://user:password@host:587?tls=required` (STARTTLS) or
-    /// `smtps://user:password@host:465` (TLS). Empty: no email is sent, the
-    /// in-app inbox works alone.
+    /// `smtp://host:587?tls=required` (STARTTLS) or `smtps://host:465`
+    /// (TLS). Empty: no email is sent, the in-app inbox works alone.
     #[arg(long = "email-smtp-url", env = "COMMERCE_EMAIL_SMTP_URL", default_value = "")]
     pub smtp_url: String,
+    /// The SMTP user name, when the server wants a login (with the password
+    /// it replaces credentials in the URL, which need no escaping here).
+    #[arg(long = "email-smtp-username", env = "COMMERCE_EMAIL_SMTP_USERNAME", default_value = "")]
+    pub smtp_username: String,
+    /// The SMTP password.
+    #[arg(
+        long = "email-smtp-password",
+        env = "COMMERCE_EMAIL_SMTP_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub smtp_password: String,
     /// The sender of every email.
     #[arg(
         long = "email-from",
@@ -75,6 +86,8 @@ impl std::fmt::Debug for EmailArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmailArgs")
             .field("smtp_url", &commerce_platform::url::redact(&self.smtp_url))
+            .field("smtp_username", &self.smtp_username)
+            .field("smtp_password", &if self.smtp_password.is_empty() { "" } else { "***" })
             .field("from", &self.from)
             .field("max_attempts", &self.max_attempts)
             .field("retry_backoff", &self.retry_backoff)

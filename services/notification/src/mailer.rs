@@ -26,6 +26,7 @@ use commerce_platform::events::consumer::{DLQ_ATTEMPTS, DLQ_ERROR, DLQ_REASON, D
 use commerce_platform::events::producer::OutgoingRecord;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
+use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -129,10 +130,14 @@ impl SmtpSettings {
         if !args.enabled() {
             return Ok(None);
         }
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(args.smtp_url.trim())
+        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(args.smtp_url.trim())
             .map_err(|error| Error::ConfigureEmail(format!("--email-smtp-url: {error}")))?
-            .timeout(Some(SMTP_TIMEOUT))
-            .build();
+            .timeout(Some(SMTP_TIMEOUT));
+        if !args.smtp_username.is_empty() {
+            transport = transport
+                .credentials(Credentials::new(args.smtp_username.clone(), args.smtp_password.clone()));
+        }
+        let transport = transport.build();
         let from = args
             .from
             .parse::<Mailbox>()
@@ -281,7 +286,10 @@ impl Mailer {
         let to = match email.to_address.parse::<Mailbox>() {
             Ok(to) => to,
             Err(error) => {
-                return Attempt::GiveUp(format!("the address {:?} does not parse: {error}", email.to_address));
+                return Attempt::GiveUp(format!(
+                    "the address {:?} does not parse: {error}",
+                    email.to_address
+                ));
             }
         };
         let message = Message::builder()

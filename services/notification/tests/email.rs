@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
@@ -16,6 +14,7 @@ use commerce_platform::events::{CloudEventAttributes, TopicNames};
 use commerce_proto::events::v1 as ev;
 use commerce_topology::Service;
 use prost_types::Timestamp;
+use support::smtp::SmtpServer;
 use support::{
     TestDatabase, drop_kafka_namespace, eventually, free_port, header, init_logging, kafka_namespace,
     publish, publish_with, read_topic, service_flags,
@@ -31,66 +30,6 @@ struct Cli {
 
 fn now() -> Option<Timestamp> {
     Some(Timestamp { seconds: chrono::Utc::now().timestamp(), nanos: 0 })
-}
-
-/// An aiosmtpd server on `port`, stopped (by its PID) when dropped.
-struct SmtpServer {
-    child: Child,
-    maildir: PathBuf,
-}
-
-impl SmtpServer {
-    fn start(port: u16) -> anyhow::Result<Self> {
-        let python = std::env::var("COMMERCE_SMTP_PYTHON")
-            .map_err(|_| anyhow::anyhow!("COMMERCE_SMTP_PYTHON is unset: source e2e/infra.env"))?;
-        anyhow::ensure!(
-            Path::new(&python).exists(),
-            "{python} is missing: run `bash e2e/scripts/smtp.sh install` (make test does)"
-        );
-        // A Maildir that does not exist yet: aiosmtpd creates it whole.
-        let maildir = std::env::temp_dir().join(format!("commerce-smtp-{}", uuid::Uuid::new_v4().simple()));
-        let child = Command::new(python)
-            .args(["-m", "aiosmtpd", "--nosetuid", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--class", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let server = Self { child, maildir };
-        // Listening before the test goes on, so that no attempt meets a
-        // server still starting.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "aiosmtpd did not listen on {port} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(server)
-    }
-
-    /// Every message delivered so far, as text.
-    fn messages(&self) -> anyhow::Result<Vec<String>> {
-        let new = self.maildir.join("new");
-        if !new.exists() {
-            return Ok(Vec::new());
-        }
-        let mut messages = Vec::new();
-        for entry in std::fs::read_dir(new)? {
-            messages.push(std::fs::read_to_string(entry?.path())?);
-        }
-        Ok(messages)
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.maildir);
-    }
 }
 
 /// The notification service with the email channel on, sending to `port`.

@@ -8,6 +8,8 @@
 //! Unreachable infrastructure fails the test with a message saying how to
 //! start it, never skips it.
 //!
+//! [`smtp`] runs a real SMTP server for the email tests.
+//!
 //! [`migrated`] holds the fixtures of the tests that run against a migrated
 //! database and read the platform outbox (auth, catalog, inventory, and the
 //! platform's own outbox and consumer tests).
@@ -15,6 +17,7 @@
 //! Dev-only: the service crates list it under `[dev-dependencies]`.
 
 pub mod migrated;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::future::Future;

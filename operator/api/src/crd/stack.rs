@@ -158,6 +158,9 @@ pub struct CommerceStackSpec {
     #[serde(default)]
     #[schemars(extend("default" = {"provider": "mock"}))]
     pub payment: PaymentSpec,
+    /// Settings of the notification service: the email channel.
+    #[serde(default, skip_serializing_if = "NotificationSpec::is_default")]
+    pub notification: NotificationSpec,
     /// What happens to the stack's Kafka topics and databases when the stack
     /// is deleted. `Retain` (the default) keeps them, so that re-creating the
     /// stack finds its data; `Delete` drops them.
@@ -1037,6 +1040,95 @@ impl PaymentProvider {
             PaymentProvider::Mock => "mock",
         }
     }
+}
+
+/// Settings of the notification service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationSpec {
+    /// Email each notification (and a welcome) to the user, through this
+    /// SMTP server. Unset: notifications stay in the in-app inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailSpec>,
+}
+
+impl NotificationSpec {
+    /// Whether nothing is set (then the field is left out of a rendered
+    /// stack).
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// The SMTP server the notification service sends email through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct EmailSpec {
+    /// The server's host name or IP address, e.g. `smtp.example.com`.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = host_rule("notification.email.host"))]
+    pub host: String,
+    /// The server's port; by default 587 for `StartTls`, 465 for `Tls` and 25
+    /// for `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// `StartTls` (the default: plain connection upgraded, required),
+    /// `Tls` (TLS from the first byte) or `None` (a relay in the cluster or
+    /// on the node, without encryption).
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// The sender of every email, e.g. `Shop <no-reply@shop.example.com>`.
+    #[schemars(length(min = 3, max = 320))]
+    #[x_kube(
+        validation = Rule::new("self.contains('@')")
+            .message("notification.email.from is an email address, optionally with a name: Shop <no-reply@shop.example.com>")
+            .reason(Reason::FieldValueInvalid)
+    )]
+    pub from: String,
+    /// A Secret with the SMTP login (keys `username` and `password`), when
+    /// the server wants one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = secret_name_rule("notification.email.credentialsSecret"))]
+    pub credentials_secret: Option<String>,
+}
+
+impl EmailSpec {
+    /// The port connected to: the given one, or the encryption's usual one.
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        })
+    }
+
+    /// The server as the notification service's `--email-smtp-url` takes it
+    /// (no credentials: they come from their Secret on their own).
+    pub fn smtp_url(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let port = self.port_or_default();
+        match self.tls {
+            SmtpTls::StartTls => format!("smtp://{host}:{port}?tls=required"),
+            SmtpTls::Tls => format!("smtps://{host}:{port}"),
+            SmtpTls::None => format!("smtp://{host}:{port}"),
+        }
+    }
+}
+
+/// How the connection to the SMTP server is encrypted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum SmtpTls {
+    // STARTTLS, required.
+    #[default]
+    StartTls,
+    // Implicit TLS.
+    Tls,
+    // No encryption.
+    None,
 }
 
 /// What happens to external state (topics, databases) when a stack is
