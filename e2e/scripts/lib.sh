@@ -99,6 +99,30 @@ go_tools_build() {
   log "built $* in $((SECONDS - start))s into $bin"
 }
 
+# Installs one PyPI package, pinned, into a virtualenv of its own at VENV
+# (cached per version), unless a finished install is there; then runs CHECK
+# (a command, in the venv's bin/) to prove it works. Call it under with_lock.
+#   pip_venv_install <venv> <package==version> <check command...>
+pip_venv_install() {
+  local venv="$1" requirement="$2"
+  shift 2
+  # Written last: a venv without it is a broken earlier attempt.
+  [[ -f "$venv/.installed" ]] && return 0
+  mkdir -p "$CACHE"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian ships ensurepip separately.
+    apt_install python3-venv
+    rm -rf "$venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed"
+  fi
+  log "installing $requirement into $venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$requirement" \
+    || die "pip could not install $requirement"
+  "$venv/bin/$1" "${@:2}" >/dev/null || die "$requirement does not run from $venv"
+  touch "$venv/.installed"
+}
+
 # Installs Debian packages; refreshes the package lists once if the first
 # attempt fails (a new machine has none, an old one may have stale ones).
 apt_install() {

@@ -9,29 +9,9 @@ COMPONENT=schemathesis
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VENV="$CACHE/schemathesis-$COMMERCE_SCHEMATHESIS_VERSION"
-EXE="$VENV/bin/schemathesis"
-# Written last: a venv without it is a broken earlier attempt.
-DONE="$VENV/.installed"
-
-do_install() {
-  [[ -f "$DONE" && -x "$EXE" ]] && return 0
-  mkdir -p "$CACHE"
-  rm -rf "$VENV"
-  if ! python3 -m venv "$VENV" 2>/dev/null; then
-    # Debian ships ensurepip separately.
-    apt_install python3-venv
-    rm -rf "$VENV"
-    python3 -m venv "$VENV" || die "python3 -m venv failed"
-  fi
-  log "installing schemathesis $COMMERCE_SCHEMATHESIS_VERSION into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$COMMERCE_SCHEMATHESIS_VERSION" \
-    || die "pip could not install schemathesis $COMMERCE_SCHEMATHESIS_VERSION"
-  "$EXE" --version >/dev/null || die "$EXE does not run"
-  touch "$DONE"
-}
 
 case "${1:-}" in
-  install) with_lock schemathesis do_install ;;
-  path) echo "$EXE" ;;
+  install) with_lock schemathesis pip_venv_install "$VENV" "schemathesis==$COMMERCE_SCHEMATHESIS_VERSION" schemathesis --version ;;
+  path) echo "$VENV/bin/schemathesis" ;;
   *) die "usage: $0 install|path" ;;
 esac
