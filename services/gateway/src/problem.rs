@@ -214,11 +214,12 @@ pub fn problem_from_status(peer: &str, status: &tonic::Status) -> Problem {
     let code = status.code();
     let mut http = http_status(code);
     // A precondition about the request's own content (an unknown or inactive
-    // product named in it) is unprocessable content, not a state conflict.
+    // product named in it, quantities whose total at the catalog's prices
+    // overflows) is unprocessable content, not a state conflict.
     if code == Code::FailedPrecondition {
         let message = status.message().to_ascii_lowercase();
         let about_the_request =
-            ["unknown", "inactive", "not found", "does not exist", "not for sale", "priced in"];
+            ["unknown", "inactive", "not found", "does not exist", "not for sale", "priced in", "overflows"];
         if about_the_request.iter().any(|word| message.contains(word)) {
             http = StatusCode::UNPROCESSABLE_ENTITY;
         }
@@ -292,6 +293,8 @@ mod tests {
     #[test]
     fn a_failed_precondition_about_an_unknown_product_is_unprocessable() {
         let status = tonic::Status::failed_precondition("unknown product 0b1c");
+        assert_eq!(problem_from_status("order", &status).status, 422);
+        let status = tonic::Status::failed_precondition("invalid order: the total of the order overflows");
         assert_eq!(problem_from_status("order", &status).status, 422);
         let status = tonic::Status::failed_precondition("order is already delivered");
         assert_eq!(problem_from_status("order", &status).status, 409);

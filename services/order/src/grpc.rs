@@ -398,13 +398,15 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = crate::error_chain(&error);
         match &error {
-            // Well-formed, but the products it names cannot be ordered now:
-            // a precondition on the catalog's state, not a malformed request
-            // (the gateway answers 422).
+            // Well-formed, but the products it names cannot be ordered now
+            // (or not in these quantities at their prices, whose total would
+            // overflow): a precondition on the catalog's state, not a
+            // malformed request (the gateway answers 422).
             Error::InvalidPlacement(
                 PlacementError::UnknownProduct { .. }
                 | PlacementError::InactiveProduct { .. }
-                | PlacementError::MixedCurrencies { .. },
+                | PlacementError::MixedCurrencies { .. }
+                | PlacementError::TotalOverflow,
             ) => Status::failed_precondition(message),
             Error::InvalidPlacement(_) => Status::invalid_argument(message),
             Error::ReuseIdempotencyKey { .. } => Status::already_exists(message),

@@ -23,7 +23,12 @@ async fn env() -> anyhow::Result<Env> {
     let prefix = kafka_namespace().await?;
     let catalog_stop = CancellationToken::new();
     let catalog_port = catalog::start(
-        vec![product("apple", 150, true), product("pear", 1999, true), product("retired", 500, false)],
+        vec![
+            product("apple", 150, true),
+            product("pear", 1999, true),
+            product("retired", 500, false),
+            product("bullion", i64::MAX / 2, true),
+        ],
         catalog_stop.clone(),
     )
     .await?;
@@ -143,12 +148,21 @@ async fn placing_an_order_prices_it_from_the_catalog_and_is_idempotent() -> anyh
         env.order.client.clone().place_order(place_request("u1", "key-1", &[("apple", 1)], "tok_ok")).await;
     assert_eq!(reused.expect_err("different lines").code(), tonic::Code::AlreadyExists);
 
-    for (product_id, needle) in [("ghost", "ghost"), ("retired", "retired")] {
+    // Unknown, retired, or so dear that the total overflows: refused as a
+    // precondition on the catalog's state (the gateway answers 422).
+    for (product_id, quantity, needle) in
+        [("ghost", 1, "ghost"), ("retired", 1, "retired"), ("bullion", 3, "overflows")]
+    {
         let status = env
             .order
             .client
             .clone()
-            .place_order(place_request("u1", &format!("key-{product_id}"), &[(product_id, 1)], "tok_ok"))
+            .place_order(place_request(
+                "u1",
+                &format!("key-{product_id}"),
+                &[(product_id, quantity)],
+                "tok_ok",
+            ))
             .await
             .expect_err("bad product");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
