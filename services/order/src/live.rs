@@ -345,7 +345,7 @@ impl UserWatcher {
                                 Err(error) => return Err(fail(&self.sender, error).await),
                             }
                         }
-                        _ => self.send_newer(std::slice::from_ref(&change)).await?,
+                        _ => self.send_newer(std::slice::from_ref(&*change)).await?,
                     }
                 }
                 Ok(FeedItem::Change(_)) => {}
@@ -362,9 +362,8 @@ impl UserWatcher {
     }
 
     /// Sends the changes newer than the last sent of their order.
-    async fn send_newer(&mut self, changes: &[impl AsRef<StatusChange>]) -> Result<(), Stop> {
+    async fn send_newer(&mut self, changes: &[StatusChange]) -> Result<(), Stop> {
         for change in changes {
-            let change = change.as_ref();
             if self.last.get(&change.order_id).is_some_and(|last| *last >= change.version) {
                 continue;
             }
@@ -372,12 +371,6 @@ impl UserWatcher {
             self.last.insert(change.order_id, change.version);
         }
         Ok(())
-    }
-}
-
-impl AsRef<StatusChange> for StatusChange {
-    fn as_ref(&self) -> &StatusChange {
-        self
     }
 }
 
