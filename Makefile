@@ -94,6 +94,7 @@ test: prune-cache infra lint check-generated images ## start missing infrastruct
 	bash e2e/scripts/node.sh import
 	bash e2e/scripts/schemathesis.sh install
 	bash e2e/scripts/smtp.sh install
+	bash e2e/scripts/stripe-mock.sh install
 	bash e2e/scripts/faketime.sh install
 	# The end-to-end tests start the `commerce` and `commerce-operator` binaries
 	# as processes; build them first so no test races a stale binary.

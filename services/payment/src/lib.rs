@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod journal;
 pub mod provider;
 pub mod store;
+pub mod stripe;
 pub mod worker;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub enum Error {
     UpdateRefund(#[source] sqlx::Error),
     #[error("cannot enqueue the payment's event")]
     EnqueueEvent(#[source] Box<OutboxError>),
+    #[error("cannot configure the Stripe provider: {0}")]
+    ConfigureStripe(String),
     #[error("cannot open the mock provider's ledger {}", path.display())]
     OpenMockLedger { path: std::path::PathBuf, source: std::io::Error },
     #[error("stored payment {id} is unreadable: {problem}")]
@@ -84,10 +87,17 @@ impl Error {
     }
 }
 
-/// Runs the payment service with the mock provider configured by
-/// `config.mock` until `shutdown`; the mock's controls are served on the
-/// admin port (see [`provider`]).
+/// Runs the payment service with the provider `config.provider` names
+/// until `shutdown`: the mock configured by `config.mock`, whose controls
+/// are served on the admin port (see [`provider`]), or Stripe configured by
+/// `config.stripe` (see [`stripe`]).
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    if config.provider == config::ProviderKind::Stripe {
+        let stripe = config.stripe.load().map_err(Error::ConfigureStripe)?;
+        let provider = stripe::StripeProvider::new(stripe.settings)
+            .map_err(|error| Error::ConfigureStripe(format!("HTTP client: {error}")))?;
+        return serve_with_provider(config, Arc::new(provider), None, shutdown).await;
+    }
     let mock = match &config.mock.ledger_file {
         Some(path) => MockProvider::with_journal(config.mock.settings(), path)
             .map_err(|source| Error::OpenMockLedger { path: path.clone(), source })?,

@@ -82,6 +82,11 @@ pub enum ProviderError {
     Unavailable(String),
     #[error("payment provider circuit open; retry in {retry_after:?}")]
     CircuitOpen { retry_after: Duration },
+    /// The provider is working on it (a payment still processing): ask
+    /// again later. An answer, so the breaker does not count it as a
+    /// failure.
+    #[error("payment provider has not settled it yet: {0}")]
+    Pending(String),
 }
 
 /// A payment provider adapter.
@@ -93,12 +98,15 @@ pub trait PaymentProvider: Send + Sync + 'static {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError>;
     /// Refunds once per idempotency key; returns the provider's refund id.
     async fn refund(&self, request: &RefundRequest) -> Result<String, ProviderError>;
-    /// Settles a charge key whose outcome is unknown (its last call failed)
-    /// and that will not be charged any more (the order died): reverses any
-    /// capture made under it and makes any later charge with it take no
-    /// money. Idempotent; a real provider cancels the payment intent (or
-    /// refunds it if already captured).
-    async fn void(&self, idempotency_key: &str) -> Result<VoidOutcome, ProviderError>;
+    /// Settles the charge `charge` (the very request that was attempted)
+    /// whose outcome is unknown (its last call failed) and that will not be
+    /// charged any more (the order died): reverses any capture made under
+    /// its key and makes any later charge with it take no money. Idempotent;
+    /// a real provider cancels the payment intent (or refunds it if already
+    /// captured). The whole request is passed, not only its key, because a
+    /// provider may find the payment only by repeating the request that
+    /// created it (Stripe's idempotent replay; see [`crate::stripe`]).
+    async fn void(&self, charge: &ChargeRequest) -> Result<VoidOutcome, ProviderError>;
 }
 
 /// The mock's settings (flags in `config`).
@@ -320,7 +328,8 @@ impl PaymentProvider for MockProvider {
         Ok(outcome)
     }
 
-    async fn void(&self, idempotency_key: &str) -> Result<VoidOutcome, ProviderError> {
+    async fn void(&self, charge: &ChargeRequest) -> Result<VoidOutcome, ProviderError> {
+        let idempotency_key = charge.idempotency_key.as_str();
         self.enter().await?;
         let mut ledger = self.lock();
         if let Some(outcome) = ledger.voids.get(idempotency_key) {
@@ -504,9 +513,9 @@ mod tests {
         assert!(mock.money_held_for("order-lost"), "the money was taken despite the errors");
         assert_eq!(mock.state().charges_taken, 1, "once");
 
-        let reversed = mock.void("order-lost").await.expect("voided");
+        let reversed = mock.void(&lost).await.expect("voided");
         assert_eq!(reversed, VoidOutcome::Reversed { reference: "mock_void_order-lost".to_owned() });
-        assert_eq!(mock.void("order-lost").await.expect("voided again"), reversed, "idempotent");
+        assert_eq!(mock.void(&lost).await.expect("voided again"), reversed, "idempotent");
         assert!(!mock.money_held_for("order-lost"));
         assert_eq!(mock.state().captures_reversed, 1);
     }
@@ -514,7 +523,7 @@ mod tests {
     #[tokio::test]
     async fn a_voided_key_never_takes_money_later() {
         let mock = MockProvider::new(MockSettings::default());
-        assert_eq!(mock.void("order-late").await, Ok(VoidOutcome::NothingCharged));
+        assert_eq!(mock.void(&request("order-late", 700, "tok_ok")).await, Ok(VoidOutcome::NothingCharged));
         // A charge that was in flight when the order died arrives afterwards.
         let late = mock.charge(&request("order-late", 700, "tok_ok")).await.expect("answered");
         assert_eq!(late, ChargeOutcome::Declined { reason: "charge voided".to_owned() });
@@ -537,8 +546,9 @@ mod tests {
         {
             let mock = MockProvider::with_journal(MockSettings::default(), &path).expect("opened");
             mock.charge(&request("order-kept", 500, "tok_ok")).await.expect("charged");
-            assert!(mock.charge(&request("order-lost", 700, LOST_ANSWER_TOKEN)).await.is_err());
-            mock.void("order-lost").await.expect("voided");
+            let lost = request("order-lost", 700, LOST_ANSWER_TOKEN);
+            assert!(mock.charge(&lost).await.is_err());
+            mock.void(&lost).await.expect("voided");
             mock.refund(&refund).await.expect("refunded");
         } // the process dies: the memory is gone
         let mock = MockProvider::with_journal(MockSettings::default(), &path).expect("reopened");

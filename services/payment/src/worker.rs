@@ -253,12 +253,7 @@ impl Worker {
         if !domain::ready_to_charge(payment.status, payment.intent_received, payment.stock_reserved) {
             return Ok(ChargeAttempt::NotDue);
         }
-        let request = ChargeRequest {
-            idempotency_key: payment.order_id.clone(),
-            amount: payment.amount,
-            currency: payment.currency.clone(),
-            payment_method_token: payment.payment_method_token.clone(),
-        };
+        let request = charge_request(payment);
         let provider = self.provider.name();
         let outcome = self.breaker.call(self.provider.charge(&request)).await;
         self.metrics.breaker_open.set(i64::from(self.breaker.is_open()));
@@ -296,7 +291,7 @@ impl Worker {
         let Some(payment) = store::lock_due_void(&mut tx).await? else {
             return Ok(false);
         };
-        let outcome = self.breaker.call(self.provider.void(&payment.order_id)).await;
+        let outcome = self.breaker.call(self.provider.void(&charge_request(&payment))).await;
         self.metrics.breaker_open.set(i64::from(self.breaker.is_open()));
         match outcome {
             Ok(void) => {
@@ -375,6 +370,17 @@ impl Worker {
                 Ok(Err(error))
             }
         }
+    }
+}
+
+/// The charge of `payment`, its idempotency key the order id; a void
+/// repeats the very same request (see [`PaymentProvider::void`]).
+fn charge_request(payment: &Payment) -> ChargeRequest {
+    ChargeRequest {
+        idempotency_key: payment.order_id.clone(),
+        amount: payment.amount,
+        currency: payment.currency.clone(),
+        payment_method_token: payment.payment_method_token.clone(),
     }
 }
 

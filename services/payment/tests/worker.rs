@@ -18,7 +18,7 @@ use commerce_payment::provider::{
 use commerce_payment::worker::{Worker, WorkerSettings};
 use commerce_payment::{events, store};
 use sqlx::postgres::PgPool;
-use support::TestDatabase;
+use support::{database, intent_and_stock, outbox_count, payment, worker};
 use tokio_util::sync::CancellationToken;
 
 /// Forwards to the mock, then "crashes" once after the provider took the
@@ -47,46 +47,9 @@ impl PaymentProvider for CrashAfterFirstCharge {
         self.inner.refund(request).await
     }
 
-    async fn void(&self, idempotency_key: &str) -> Result<VoidOutcome, ProviderError> {
-        self.inner.void(idempotency_key).await
+    async fn void(&self, charge: &ChargeRequest) -> Result<VoidOutcome, ProviderError> {
+        self.inner.void(charge).await
     }
-}
-
-async fn database() -> anyhow::Result<(TestDatabase, PgPool)> {
-    let database = TestDatabase::create("payment").await?;
-    let pool = database.pool().await?;
-    commerce_platform::db::run_migrations(&pool, &commerce_payment::MIGRATOR).await?;
-    Ok((database, pool))
-}
-
-fn worker(pool: &PgPool, provider: Arc<dyn PaymentProvider>) -> Worker {
-    let settings = WorkerSettings {
-        poll_interval: Duration::from_millis(10),
-        retry_base: Duration::ZERO,
-        retry_cap: Duration::ZERO,
-    };
-    Worker::new(pool.clone(), provider, ProviderBreaker::new(100, Duration::from_secs(1)), settings)
-}
-
-async fn intent_and_stock(pool: &PgPool, order_id: &str, token: &str) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    // Stock first, intent second: the arrival order does not matter.
-    store::record_stock_reserved(&mut tx, order_id).await?;
-    store::record_intent(&mut tx, order_id, "user-1", "EUR", 1234, token).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn payment(pool: &PgPool, order_id: &str) -> anyhow::Result<store::Payment> {
-    let mut conn = pool.acquire().await?;
-    Ok(store::find(&mut conn, None, Some(order_id)).await?.expect("a payment"))
-}
-
-async fn outbox_count(pool: &PgPool, event_type: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM commerce_platform.outbox WHERE event_type = $1")
-        .bind(event_type)
-        .fetch_one(pool)
-        .await?)
 }
 
 #[tokio::test]
