@@ -127,17 +127,27 @@ async fn crds_are_established_and_an_invalid_stack_is_refused_with_the_cel_messa
             "kubectl said: {stderr}"
         );
 
-        // The payment pods refuse every provider but mock at start; the
-        // apiserver refuses the stack first, naming the field.
-        let mut stripe = minimal_stack("bad", &namespace.name);
-        stripe["spec"]["payment"] = json!({ "provider": "stripe", "credentialsSecret": "stripe-keys" });
-        let refused = kubectl_apply(&stripe.to_string())?;
+        // The payment pods refuse a provider they have no adapter for at
+        // start, and Stripe without its keys; the apiserver refuses the
+        // stack first, naming the field.
+        let mut adyen = minimal_stack("bad", &namespace.name);
+        adyen["spec"]["payment"] = json!({ "provider": "adyen", "credentialsSecret": "adyen-keys" });
+        let refused = kubectl_apply(&adyen.to_string())?;
         let stderr = String::from_utf8_lossy(&refused.stderr);
         ensure!(
             !refused.status.success()
                 && stderr.contains(
-                    r#"spec.payment.provider: Unsupported value: "stripe": supported values: "mock""#
+                    r#"spec.payment.provider: Unsupported value: "adyen": supported values: "mock", "stripe""#
                 ),
+            "kubectl said: {stderr}"
+        );
+        let mut keyless = minimal_stack("bad", &namespace.name);
+        keyless["spec"]["payment"] = json!({ "provider": "stripe" });
+        let refused = kubectl_apply(&keyless.to_string())?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && stderr.contains("payment.provider stripe needs payment.credentialsSecret"),
             "kubectl said: {stderr}"
         );
 
@@ -1825,7 +1835,10 @@ fn invalid_resources(namespace: &str, target: &str) -> Vec<(&'static str, &'stat
         ("managed Redis image with a space", "redis.managed.image", |s| {
             s["redis"] = json!({ "managed": { "image": "redis 7" } })
         }),
-        ("payment provider stripe", "spec.payment.provider", |s| {
+        ("payment provider adyen", "spec.payment.provider", |s| {
+            s["payment"] = json!({ "provider": "adyen" })
+        }),
+        ("payment provider stripe without keys", "payment.credentialsSecret", |s| {
             s["payment"] = json!({ "provider": "stripe" })
         }),
         ("payment credentials Secret name UPPER", "credentialsSecret", |s| {

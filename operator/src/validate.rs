@@ -17,7 +17,7 @@ use commerce_api::RateLimitPolicy;
 use commerce_api::crd::rate_limit::{MAX_RULES, RateLimitRule};
 use commerce_api::crd::stack::{
     CommerceStack, ExternalKafka, ExternalPostgres, ExternalRedis, KafkaSasl, KafkaServiceUser, ManagedInfra,
-    SaslMechanism, ServiceSettings, is_env_var_name,
+    PaymentProvider, STRIPE_NEEDS_CREDENTIALS, SaslMechanism, ServiceSettings, is_env_var_name,
 };
 use commerce_topology::Service;
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -191,6 +191,9 @@ pub fn validate<'a>(stack: &'a CommerceStack, namespace: &'a str) -> Result<Vali
             "kafka.external.sasl.serviceUser PerStack makes a SCRAM user: set kafka.external.sasl.mechanism to SCRAM-SHA-512 or SCRAM-SHA-256"
                 .into(),
         );
+    }
+    if spec.payment.provider == PaymentProvider::Stripe && spec.payment.credentials_secret.is_none() {
+        problems.push(STRIPE_NEEDS_CREDENTIALS.into());
     }
     let postgres =
         pick("postgres", spec.postgres.external.as_ref(), spec.postgres.managed.as_ref(), &mut problems);
@@ -433,10 +436,26 @@ spec:
     /// adapter must fail there too, naming the field.
     #[test]
     fn a_payment_provider_without_an_adapter_does_not_parse_and_the_error_names_the_field() {
-        let yaml = format!("{MINIMAL}  payment: {{provider: stripe}}\n");
+        let yaml = format!("{MINIMAL}  payment: {{provider: adyen}}\n");
         let error = serde_yaml_ng::from_str::<CommerceStack>(&yaml).unwrap_err().to_string();
-        assert!(error.contains("spec.payment.provider") && error.contains("stripe"), "{error}");
-        assert!(error.contains("mock"), "{error}");
+        assert!(error.contains("spec.payment.provider") && error.contains("adyen"), "{error}");
+        assert!(error.contains("mock") && error.contains("stripe"), "{error}");
+    }
+
+    #[test]
+    fn stripe_without_a_credentials_secret_is_refused_naming_both_fields() {
+        let yaml = format!("{MINIMAL}  payment: {{provider: stripe}}\n");
+        let stack: CommerceStack = serde_yaml_ng::from_str(&yaml).unwrap();
+        let Err(Error::InvalidStack { problems, .. }) = validate(&stack, "default") else {
+            panic!("stripe without keys was accepted")
+        };
+        assert!(
+            problems.iter().any(|p| p.contains("payment.credentialsSecret") && p.contains("secretKey")),
+            "{problems:?}"
+        );
+        let yaml = format!("{MINIMAL}  payment: {{provider: stripe, credentialsSecret: stripe-keys}}\n");
+        let stack: CommerceStack = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert!(validate(&stack, "default").is_ok());
     }
 
     fn problems_with_resources(service: &str, resources: serde_json::Value) -> Vec<String> {

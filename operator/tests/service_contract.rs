@@ -570,3 +570,24 @@ fn the_notification_service_gets_the_stacks_smtp_server_and_login_and_they_make_
     let config: commerce_notification::Config = parse(&argv(&inbox_only)).expect("the flags parse");
     assert!(commerce_notification::mailer::SmtpSettings::from_args(&config.email).expect("valid").is_none());
 }
+
+#[test]
+fn a_stack_paying_through_stripe_gives_the_payment_service_key_files_inside_the_mounted_secret() {
+    let payment = |file: &str| {
+        containers(&built(file)).into_iter().find(|c| c.service == "payment").expect("a payment Deployment")
+    };
+    let stripe = payment("secure-kafka.yaml");
+    assert_eq!(stripe.get("COMMERCE_PAYMENT_PROVIDER"), Some("stripe"));
+    let mount = stripe.mount_of("secret", "secretName", "stripe-keys").expect("the credentials Secret is mounted");
+    assert_eq!(stripe.get("COMMERCE_STRIPE_SECRET_KEY_FILE"), Some(format!("{mount}/secretKey").as_str()));
+    assert_eq!(
+        stripe.get("COMMERCE_STRIPE_WEBHOOK_SECRET_FILE"),
+        Some(format!("{mount}/webhookSecret").as_str())
+    );
+    let config: commerce_payment::Config = parse(&argv(&stripe)).expect("the flags parse");
+    assert_eq!(config.provider, commerce_payment::config::ProviderKind::Stripe);
+
+    let mock = payment("minimal.yaml");
+    assert_eq!(mock.get("COMMERCE_PAYMENT_PROVIDER"), Some("mock"));
+    assert_eq!(mock.get("COMMERCE_STRIPE_SECRET_KEY_FILE"), None);
+}

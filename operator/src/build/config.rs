@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use commerce_api::crd::stack::ServiceSettings;
+use commerce_api::crd::stack::{PaymentProvider, ServiceSettings};
 use commerce_topology::{CLUSTER_ADMIN_PORT, CLUSTER_GRPC_PORT, CLUSTER_HTTP_PORT, Service};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
 use serde::Serialize;
@@ -114,6 +114,15 @@ pub const SIGNING_KEY_MOUNT: &str = "/etc/commerce/auth-signing-key";
 /// Where the payment credentials Secret is mounted, for a provider adapter
 /// that reads them (the built-in mock needs none).
 pub const PAYMENT_CREDENTIALS_MOUNT: &str = "/etc/commerce/payment";
+/// The Stripe adapter's secret API key file.
+pub const STRIPE_SECRET_KEY_FILE: &str = "COMMERCE_STRIPE_SECRET_KEY_FILE";
+/// The Stripe adapter's webhook signing secret file (a missing file turns
+/// webhooks off).
+pub const STRIPE_WEBHOOK_SECRET_FILE: &str = "COMMERCE_STRIPE_WEBHOOK_SECRET_FILE";
+/// Key of the Stripe secret API key in `payment.credentialsSecret`.
+pub const STRIPE_SECRET_KEY_KEY: &str = "secretKey";
+/// Key of the Stripe webhook signing secret in `payment.credentialsSecret`.
+pub const STRIPE_WEBHOOK_SECRET_KEY: &str = "webhookSecret";
 /// Where the gateway's rate-limit ConfigMap is mounted. A directory mount
 /// (not `subPath`), so that the kubelet swaps in new contents and the
 /// gateway picks them up without a restart.
@@ -275,6 +284,13 @@ pub fn service_config(
         }
         Service::Payment => {
             put(PAYMENT_PROVIDER, stack_spec.payment.provider.as_str().to_owned());
+            if stack_spec.payment.provider == PaymentProvider::Stripe {
+                put(STRIPE_SECRET_KEY_FILE, format!("{PAYMENT_CREDENTIALS_MOUNT}/{STRIPE_SECRET_KEY_KEY}"));
+                put(
+                    STRIPE_WEBHOOK_SECRET_FILE,
+                    format!("{PAYMENT_CREDENTIALS_MOUNT}/{STRIPE_WEBHOOK_SECRET_KEY}"),
+                );
+            }
         }
         Service::Notification => {
             if let Some(email) = &stack_spec.notification.email {

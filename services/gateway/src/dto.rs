@@ -962,6 +962,32 @@ pub struct AuditPage {
     pub next_page_token: String,
 }
 
+/// A Stripe event as Stripe delivers it to a webhook endpoint; only its
+/// signature, id, type and object are read, the rest is passed on as is.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StripeEvent {
+    /// `evt_...`
+    pub id: String,
+    /// Always `event`.
+    pub object: String,
+    /// `payment_intent.succeeded`, `charge.refunded`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `{"object": {...}}`: the object the event is about.
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What the payment service made of a payment provider's webhook delivery.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WebhookReceipt {
+    /// The provider's event id (`evt_...`).
+    pub event_id: String,
+    /// The provider's event type (`payment_intent.succeeded`, ...).
+    pub event_type: String,
+    /// Whether a payment was waiting for this event and is looked at again now.
+    pub payment_due: bool,
+}
+
 /// What a check of the whole audit chain found.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct AuditVerification {

@@ -71,6 +71,8 @@ macro_rules! op {
 /// The live endpoints, whose success is not a JSON body.
 const LIVE_SOCKET_PATH: &str = "/api/orders/live";
 const LIVE_EVENTS_PATH: &str = "/api/orders/{id}/events";
+/// Stripe's webhook endpoint, which takes Stripe's signature header.
+const STRIPE_WEBHOOK_PATH: &str = "/api/payments/webhooks/stripe";
 
 fn operations() -> Vec<Operation> {
     use dto::*;
@@ -121,6 +123,8 @@ fn operations() -> Vec<Operation> {
             query: None, body: Some(schema::<ShipmentStatusRequest>), response: 200 Some(schema::<Shipment>)),
         op!("GET" "/api/notifications", "notifications", "The caller's notifications, newest first", User,
             query: Some(query::<NotificationQuery>), body: None, response: 200 Some(schema::<NotificationPage>)),
+        op!("POST" "/api/payments/webhooks/stripe", "payments", "Stripe's webhook deliveries: the signature is checked, and the payment the event names is looked at again", Public,
+            query: None, body: Some(schema::<StripeEvent>), response: 200 Some(schema::<WebhookReceipt>)),
         op!("POST" "/api/admin/products", "admin", "Create a product", Admin,
             query: None, body: Some(schema::<CreateProductRequest>), response: 201 Some(schema::<Product>)),
         op!("PATCH" "/api/admin/products/{id}", "admin", "Change a product's fields", Admin,
@@ -169,6 +173,13 @@ pub fn build() -> Value {
                 "name": "Idempotency-Key", "in": "header", "required": true,
                 "description": "Client-chosen unique key; a retry with the same key returns the same order.",
                 "schema": {"type": "string", "pattern": contract::IDEMPOTENCY_KEY}
+            }));
+        }
+        if op.path == STRIPE_WEBHOOK_PATH {
+            parameters.push(json!({
+                "name": "Stripe-Signature", "in": "header", "required": true,
+                "description": "Stripe's signature of the body: t=<unix time>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" under the endpoint's signing secret>. A delivery that does not verify is refused with 401.",
+                "schema": {"type": "string", "minLength": 1}
             }));
         }
         if op.path == LIVE_EVENTS_PATH {

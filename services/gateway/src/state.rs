@@ -14,6 +14,7 @@ use commerce_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use commerce_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
+use commerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
 use commerce_topology::Service;
 use prometheus_client::metrics::counter::Counter;
@@ -103,4 +104,5 @@ impl AppState {
     client!(shipping, ShippingServiceClient, Service::Shipping);
     client!(notification, NotificationServiceClient, Service::Notification);
     client!(audit, AuditServiceClient, Service::Audit);
+    client!(payment, PaymentServiceClient, Service::Payment);
 }

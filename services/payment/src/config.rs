@@ -147,8 +147,10 @@ pub struct StripeArgs {
     #[arg(long = "stripe-secret-key-file", env = "COMMERCE_STRIPE_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
     /// File holding the webhook endpoint's signing secret (`whsec_...`).
-    /// Unset: webhooks are refused, and outcomes Stripe settles later (a
-    /// payment still processing) are noticed by the worker's retries only.
+    /// Unset, or naming a file that does not exist (a credentials Secret
+    /// without that key): webhooks are refused, and outcomes Stripe settles
+    /// later (a payment still processing) are noticed by the worker's
+    /// retries only.
     #[arg(long = "stripe-webhook-secret-file", env = "COMMERCE_STRIPE_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
     /// Longest wait for one call to Stripe.
@@ -183,6 +185,10 @@ impl StripeArgs {
         })?;
         let secret_key = read_secret("--stripe-secret-key-file", secret_key_file)?;
         let webhook_secret = match &self.webhook_secret_file {
+            Some(path) if !path.exists() => {
+                tracing::warn!(path = %path.display(), "no Stripe webhook signing secret; webhooks are refused");
+                None
+            }
             Some(path) => Some(WebhookSecret(read_secret("--stripe-webhook-secret-file", path)?)),
             None => None,
         };

@@ -10,8 +10,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Error;
+use crate::config::WebhookSecret;
 use crate::domain::{self, PaymentStatus};
 use crate::store::{self, Payment, Refund};
+use crate::stripe::webhook;
 use crate::worker::{ChargeAttempt, Worker};
 
 /// The gRPC face of the payment service.
@@ -19,6 +21,8 @@ use crate::worker::{ChargeAttempt, Worker};
 pub struct PaymentGrpc {
     pool: PgPool,
     worker: Worker,
+    /// Stripe's webhook signing secret, when its webhooks are on.
+    stripe_webhook_secret: Option<WebhookSecret>,
 }
 
 fn money(currency: &str, units: i64) -> commerce_proto::common::v1::Money {
@@ -73,7 +77,59 @@ fn invalid(field: &'static str, problem: &'static str) -> Error {
 
 impl PaymentGrpc {
     pub fn new(pool: PgPool, worker: Worker) -> Self {
-        Self { pool, worker }
+        Self { pool, worker, stripe_webhook_secret: None }
+    }
+
+    /// Accepts Stripe's webhooks signed with `secret`.
+    pub fn with_stripe_webhooks(mut self, secret: Option<WebhookSecret>) -> Self {
+        self.stripe_webhook_secret = secret;
+        self
+    }
+
+    /// Verifies a delivery and makes the payment it names due again.
+    async fn receive_webhook(
+        &self,
+        request: pb::ReceiveProviderWebhookRequest,
+    ) -> Result<pb::ReceiveProviderWebhookResponse, Status> {
+        if request.provider != "stripe" {
+            return Err(Status::failed_precondition(format!(
+                "no webhooks for payment provider {:?}; only \"stripe\" sends them",
+                request.provider
+            )));
+        }
+        let Some(secret) = &self.stripe_webhook_secret else {
+            return Err(Status::failed_precondition(
+                "Stripe webhooks are off: the payment service has no webhook signing secret",
+            ));
+        };
+        let now = chrono::Utc::now().timestamp();
+        let event = webhook::verify(
+            &request.payload,
+            &request.signature,
+            &secret.0,
+            now,
+            webhook::DEFAULT_TOLERANCE_SECS,
+        )
+        .map_err(|error| match error {
+            webhook::WebhookError::NotAnEvent(_) => Status::invalid_argument(error.to_string()),
+            _ => Status::unauthenticated(error.to_string()),
+        })?;
+        let payment_due = match &event.order_id {
+            Some(order_id) => {
+                let mut conn = self.pool.acquire().await.map_err(Error::UpdatePayment)?;
+                store::make_due_now(&mut conn, order_id).await?
+            }
+            None => false,
+        };
+        tracing::info!(
+            event_id = %event.id,
+            event_type = %event.kind,
+            object = %event.object_id,
+            order_id = event.order_id.as_deref().unwrap_or_default(),
+            payment_due,
+            "Stripe webhook received"
+        );
+        Ok(pb::ReceiveProviderWebhookResponse { event_id: event.id, event_type: event.kind, payment_due })
     }
 
     async fn load(&self, id: Option<Uuid>, order_id: Option<&str>) -> Result<pb::Payment, Error> {
@@ -195,6 +251,13 @@ impl PaymentService for PaymentGrpc {
     ) -> Result<Response<pb::RefundResponse>, Status> {
         let (payment, refund) = PaymentGrpc::refund(self, request.into_inner()).await?;
         Ok(Response::new(pb::RefundResponse { payment: Some(payment), refund: Some(refund) }))
+    }
+
+    async fn receive_provider_webhook(
+        &self,
+        request: Request<pb::ReceiveProviderWebhookRequest>,
+    ) -> Result<Response<pb::ReceiveProviderWebhookResponse>, Status> {
+        Ok(Response::new(self.receive_webhook(request.into_inner()).await?))
     }
 }
 

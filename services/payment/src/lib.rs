@@ -96,7 +96,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         let stripe = config.stripe.load().map_err(Error::ConfigureStripe)?;
         let provider = stripe::StripeProvider::new(stripe.settings)
             .map_err(|error| Error::ConfigureStripe(format!("HTTP client: {error}")))?;
-        return serve_with_provider(config, Arc::new(provider), None, shutdown).await;
+        return serve_with_provider(config, Arc::new(provider), None, stripe.webhook_secret, shutdown).await;
     }
     let mock = match &config.mock.ledger_file {
         Some(path) => MockProvider::with_journal(config.mock.settings(), path)
@@ -105,15 +105,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     };
     let mock = Arc::new(mock);
     let controls = provider::mock_routes(mock.clone());
-    serve_with_provider(config, mock, Some(controls), shutdown).await
+    serve_with_provider(config, mock, Some(controls), None, shutdown).await
 }
 
-/// [`serve`] with a given provider (tests keep a handle on the mock) and
-/// extra admin routes.
+/// [`serve`] with a given provider (tests keep a handle on the mock), extra
+/// admin routes, and the signing secret of Stripe's webhooks if they are on.
 pub async fn serve_with_provider(
     config: Config,
     provider: Arc<dyn PaymentProvider>,
     admin_routes: Option<axum::Router>,
+    stripe_webhook_secret: Option<config::WebhookSecret>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let mut runtime = ServiceRuntime::new(Service::Payment, &config.common);
@@ -138,9 +139,9 @@ pub async fn serve_with_provider(
                 .with_metrics(wiring.metrics());
             wiring.spawn_task("payment worker", worker.clone().run(wiring.stop_token()));
 
-            Ok(wiring
-                .grpc_server()
-                .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(pool, worker))))
+            Ok(wiring.grpc_server().add_service(PaymentServiceServer::new(
+                grpc::PaymentGrpc::new(pool, worker).with_stripe_webhooks(stripe_webhook_secret),
+            )))
         })
         .await
 }

@@ -263,6 +263,27 @@ pub async fn lock_due_charge(conn: &mut PgConnection) -> Result<Option<Payment>,
     row.map(Payment::try_from).transpose()
 }
 
+/// Makes the charge or void of `order_id` due now, if one is waiting (a
+/// retry scheduled after the provider was still working on it), and wakes
+/// the workers on commit; whether there was one. What the provider decided
+/// is read from its API by the worker, never taken from the caller.
+pub async fn make_due_now(conn: &mut PgConnection, order_id: &str) -> Result<bool, Error> {
+    let waiting = sqlx::query(
+        "UPDATE payments SET next_attempt_at = now(), updated_at = now() \
+         WHERE order_id = $1 AND (status = 'PENDING' OR void_pending) AND next_attempt_at > now()",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::UpdatePayment)?
+    .rows_affected()
+        > 0;
+    if waiting {
+        notify_work_due(conn).await.map_err(Error::UpdatePayment)?;
+    }
+    Ok(waiting)
+}
+
 /// A payment by id or by order id, unlocked.
 pub async fn find(
     conn: &mut PgConnection,

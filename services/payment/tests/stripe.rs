@@ -10,13 +10,20 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use commerce_payment::config::WebhookSecret;
 use commerce_payment::domain::PaymentStatus;
+use commerce_payment::grpc::PaymentGrpc;
+use commerce_payment::provider::ProviderBreaker;
 use commerce_payment::provider::{
     ChargeOutcome, ChargeRequest, PaymentProvider, ProviderError, RefundRequest, VoidOutcome,
 };
+use commerce_payment::stripe::webhook;
 use commerce_payment::stripe::{StripeProvider, StripeSettings};
+use commerce_payment::worker::{Worker, WorkerSettings};
+use commerce_proto::payment::v1 as pb;
+use commerce_proto::payment::v1::payment_service_server::PaymentService as _;
 use commerce_testkit::stripe_mock::StripeMock;
-use support::stripe_ledger::{DECLINED_PAYMENT_METHOD, StripeLedger};
+use support::stripe_ledger::{DECLINED_PAYMENT_METHOD, PROCESSING_PAYMENT_METHOD, StripeLedger};
 use support::{database, intent_and_stock, outbox_count, payment, worker};
 
 fn stripe(api_base: &str, secret_key: &str) -> anyhow::Result<StripeProvider> {
@@ -207,6 +214,93 @@ async fn the_worker_charges_through_stripe_once_even_when_the_answer_is_lost() -
     assert_eq!(ledger.money_held_for("order-worker"), 1234, "taken once");
     assert_eq!(outbox_count(&pool, "commerce.events.v1.PaymentCaptured").await?, 1);
 
+    pool.close().await;
+    database.drop_database().await
+}
+
+/// A signed delivery of a Stripe event about `order_id`'s PaymentIntent.
+fn delivery(order_id: &str, secret: &str) -> pb::ReceiveProviderWebhookRequest {
+    let payload = serde_json::json!({
+        "id": "evt_ledger1",
+        "object": "event",
+        "type": "payment_intent.amount_capturable_updated",
+        "data": { "object": { "id": "pi_x", "object": "payment_intent", "metadata": { "order_id": order_id } } }
+    })
+    .to_string();
+    let signature = webhook::sign(payload.as_bytes(), secret, chrono::Utc::now().timestamp());
+    pb::ReceiveProviderWebhookRequest {
+        provider: "stripe".to_owned(),
+        payload: payload.into_bytes(),
+        signature,
+    }
+}
+
+#[tokio::test]
+async fn a_payment_stripe_settles_later_is_charged_when_its_signed_webhook_arrives_not_at_its_retry()
+-> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let (_mock, ledger, stripe) = ledger().await?;
+    // Retries half a minute apart: only the webhook can make it due sooner.
+    // A breaker that opens at the first failure: had it counted the
+    // `processing` answer as one, the charge after the webhook would be
+    // refused by it.
+    let settings = WorkerSettings {
+        poll_interval: Duration::from_millis(10),
+        retry_base: Duration::from_secs(30),
+        retry_cap: Duration::from_secs(30),
+    };
+    let worker = Worker::new(
+        pool.clone(),
+        Arc::new(stripe),
+        ProviderBreaker::new(1, Duration::from_secs(60)),
+        settings,
+    );
+    let secret = "whsec_ledger";
+    let grpc = PaymentGrpc::new(pool.clone(), worker.clone())
+        .with_stripe_webhooks(Some(WebhookSecret(secret.to_owned())));
+    intent_and_stock(&pool, "order-later", PROCESSING_PAYMENT_METHOD).await?;
+
+    assert!(worker.charge_next().await?, "the first attempt ran");
+    let waiting = payment(&pool, "order-later").await?;
+    assert_eq!(waiting.status, PaymentStatus::Pending);
+    assert!(waiting.failure_reason.contains("processing"), "{}", waiting.failure_reason);
+    assert!(!worker.charge_next().await?, "the retry is half a minute away");
+
+    ledger.settle("order-later");
+    let forged =
+        grpc.receive_provider_webhook(tonic::Request::new(delivery("order-later", "whsec_forged"))).await;
+    assert_eq!(forged.err().map(|status| status.code()), Some(tonic::Code::Unauthenticated));
+    assert!(!worker.charge_next().await?, "a forged delivery makes nothing due");
+
+    let receipt = grpc
+        .receive_provider_webhook(tonic::Request::new(delivery("order-later", secret)))
+        .await?
+        .into_inner();
+    assert_eq!(receipt.event_id, "evt_ledger1");
+    assert!(receipt.payment_due, "{receipt:?}");
+    assert!(worker.charge_next().await?, "due at once");
+    let captured = payment(&pool, "order-later").await?;
+    assert_eq!(captured.status, PaymentStatus::Captured);
+    assert_eq!(ledger.money_held_for("order-later"), 1234);
+    let again = grpc
+        .receive_provider_webhook(tonic::Request::new(delivery("order-later", secret)))
+        .await?
+        .into_inner();
+    assert!(!again.payment_due, "a repeated delivery finds nothing waiting");
+
+    pool.close().await;
+    database.drop_database().await
+}
+
+#[tokio::test]
+async fn webhooks_are_refused_when_the_service_has_no_signing_secret() -> anyhow::Result<()> {
+    let (database, pool) = database().await?;
+    let (_mock, _ledger, stripe) = ledger().await?;
+    let grpc = PaymentGrpc::new(pool.clone(), worker(&pool, Arc::new(stripe)));
+    let refused = grpc.receive_provider_webhook(tonic::Request::new(delivery("order-x", "whsec_any"))).await;
+    let status = refused.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("no webhook signing secret"), "{}", status.message());
     pool.close().await;
     database.drop_database().await
 }

@@ -1003,23 +1003,34 @@ pub enum ScrapeMode {
 
 /// The payment service's provider.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(crates(kube_core = "::kube_core"))]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("!has(self.provider) || self.provider != 'stripe' || has(self.credentialsSecret)")
+        .message(STRIPE_NEEDS_CREDENTIALS)
+        .reason(Reason::FieldValueRequired),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentSpec {
-    /// `mock`, the only provider the payment service has an adapter for:
-    /// deterministic, no money moves; card numbers ending in 0002 are
-    /// declined. Any other value is refused at admission, because the
-    /// payment pods would refuse it at start and never become ready.
+    /// `mock` (the default): deterministic and in process, no money moves;
+    /// for development and tests. `stripe`: Stripe's PaymentIntents, with
+    /// the keys in `credentialsSecret`. Any other value is refused at
+    /// admission, because the payment pods would refuse it at start and
+    /// never become ready.
     #[serde(default)]
     pub provider: PaymentProvider,
     /// Name of a Secret with the provider's credentials, mounted read-only
-    /// into the payment service as files (for provider adapters to come;
-    /// `mock` reads none).
+    /// into the payment service as files. For `stripe` (required): key
+    /// `secretKey`, the secret API key, and optionally `webhookSecret`, the
+    /// signing secret of the webhook endpoint
+    /// (`/api/payments/webhooks/stripe` on the gateway). `mock` reads none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = secret_name_rule("payment.credentialsSecret"))]
     pub credentials_secret: Option<String>,
 }
+
+/// Why a `stripe` provider without credentials is refused.
+pub const STRIPE_NEEDS_CREDENTIALS: &str = "payment.provider stripe needs payment.credentialsSecret: a Secret with the key secretKey (the secret API key) and optionally webhookSecret";
 
 /// Payment providers the payment service has adapters for. The schema's
 /// `enum` lists exactly these, so the apiserver refuses any other name with
@@ -1031,6 +1042,8 @@ pub enum PaymentProvider {
     // Deterministic, in-process; for development and tests.
     #[default]
     Mock,
+    // Stripe's PaymentIntents.
+    Stripe,
 }
 
 impl PaymentProvider {
@@ -1038,6 +1051,7 @@ impl PaymentProvider {
     pub const fn as_str(self) -> &'static str {
         match self {
             PaymentProvider::Mock => "mock",
+            PaymentProvider::Stripe => "stripe",
         }
     }
 }

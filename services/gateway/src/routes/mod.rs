@@ -11,6 +11,7 @@ mod catalog;
 mod live;
 mod notifications;
 mod orders;
+mod payments;
 mod shipments;
 
 use axum::Router;
@@ -47,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/shipments/{id}"),
     ("POST", "/api/shipments/{id}/status"),
     ("GET", "/api/notifications"),
+    ("POST", "/api/payments/webhooks/stripe"),
     ("POST", "/api/admin/products"),
     ("PATCH", "/api/admin/products/{id}"),
     ("DELETE", "/api/admin/products/{id}"),
@@ -88,6 +90,7 @@ pub fn api() -> Router<AppState> {
         .route("/api/shipments/{id}", get(shipments::get_shipment))
         .route("/api/shipments/{id}/status", post(shipments::update_status))
         .route("/api/notifications", get(notifications::list_notifications))
+        .route("/api/payments/webhooks/stripe", post(payments::stripe_webhook))
         .route("/api/admin/products", post(admin::create_product))
         .route("/api/admin/products/{id}", patch(admin::update_product).delete(admin::delete_product))
         .route("/api/admin/categories", post(admin::create_category))

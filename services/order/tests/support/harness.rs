@@ -145,6 +145,7 @@ impl PaymentService {
             config,
             mock.clone(),
             Some(commerce_payment::provider::mock_routes(mock.clone())),
+            None,
             shutdown.clone(),
         ));
         let client = commerce_proto::payment::v1::payment_service_client::PaymentServiceClient::new(

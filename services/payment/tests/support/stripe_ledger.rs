@@ -17,6 +17,8 @@
 //!   none; a step in the wrong state is 400
 //!   `payment_intent_unexpected_state` naming the intent;
 //! - refunds of succeeded intents, never beyond the amount;
+//! - a payment Stripe settles later: [`PROCESSING_PAYMENT_METHOD`] leaves
+//!   the intent `processing` until [`StripeLedger::settle`] authorises it;
 //! - a lost answer: [`StripeLedger::lose_next_answer`] makes the next call
 //!   whose path ends so be carried out and then answered with a 500.
 
@@ -31,6 +33,9 @@ use serde_json::{Value, json};
 
 /// Stripe's test payment method whose confirmation is declined.
 pub const DECLINED_PAYMENT_METHOD: &str = "pm_card_chargeDeclined";
+/// A payment method whose confirmation leaves the intent `processing`
+/// until [`StripeLedger::settle`], as some payment methods do.
+pub const PROCESSING_PAYMENT_METHOD: &str = "pm_ledger_processing";
 
 #[derive(Debug, Default)]
 struct Ledger {
@@ -71,6 +76,16 @@ impl StripeLedger {
     /// answer replaced by a 500, as if lost on the way back.
     pub fn lose_next_answer(&self, suffix: &str) {
         self.lock().lose_next.push(suffix.to_owned());
+    }
+
+    /// Settles the `processing` intents of `order_id`: authorised, as Stripe
+    /// would then tell a webhook endpoint.
+    pub fn settle(&self, order_id: &str) {
+        for intent in self.lock().intents.values_mut() {
+            if intent["metadata"]["order_id"] == order_id && intent["status"] == "processing" {
+                intent["status"] = json!("requires_capture");
+            }
+        }
     }
 
     /// Money held for `order_id`: captured minus refunded, over its intents.
@@ -248,6 +263,9 @@ fn carry_out(
                         "Your card was declined.",
                         Some(&snapshot),
                     );
+                }
+                "confirm" if intent["payment_method"] == PROCESSING_PAYMENT_METHOD => {
+                    intent["status"] = json!("processing");
                 }
                 "confirm" => intent["status"] = json!("requires_capture"),
                 "capture" => {
