@@ -578,7 +578,8 @@ fn a_stack_paying_through_stripe_gives_the_payment_service_key_files_inside_the_
     };
     let stripe = payment("secure-kafka.yaml");
     assert_eq!(stripe.get("COMMERCE_PAYMENT_PROVIDER"), Some("stripe"));
-    let mount = stripe.mount_of("secret", "secretName", "stripe-keys").expect("the credentials Secret is mounted");
+    let mount =
+        stripe.mount_of("secret", "secretName", "stripe-keys").expect("the credentials Secret is mounted");
     assert_eq!(stripe.get("COMMERCE_STRIPE_SECRET_KEY_FILE"), Some(format!("{mount}/secretKey").as_str()));
     assert_eq!(
         stripe.get("COMMERCE_STRIPE_WEBHOOK_SECRET_FILE"),
