@@ -407,6 +407,109 @@ async fn a_shop_with_email_on_welcomes_a_new_customer_and_mails_each_step_of_the
     shop.stop().expect("the shop stops");
 }
 
+/// A shop whose payment service charges through the Stripe adapter, on a
+/// ledger that passes each call through stripe-mock: the saga keeps its
+/// invariants with it as with the mock, and Stripe's webhooks reach the
+/// payment service through the gateway, signature checked.
+#[tokio::test]
+async fn a_shop_paying_through_stripe_confirms_fails_and_refunds_with_the_money_where_it_belongs() {
+    use commerce_payment::stripe::webhook;
+    use commerce_testkit::stripe_ledger::{DECLINED_PAYMENT_METHOD, StripeLedger};
+
+    let stripe_mock = commerce_testkit::stripe_mock::StripeMock::start().expect("stripe-mock starts");
+    let (ledger, ledger_url) = StripeLedger::start(stripe_mock.url()).await.expect("the ledger starts");
+    let keys = tempfile_dir("stripe-keys");
+    let webhook_secret = "whsec_e2e";
+    std::fs::write(keys.join("secretKey"), "sk_test_e2e").expect("key written");
+    std::fs::write(keys.join("webhookSecret"), webhook_secret).expect("secret written");
+    let env = |name: &str, value: String| (name.to_owned(), value);
+    let options = ShopOptions {
+        env: vec![
+            env("COMMERCE_PAYMENT_PROVIDER", "stripe".to_owned()),
+            env("COMMERCE_STRIPE_API_BASE", ledger_url),
+            env("COMMERCE_STRIPE_SECRET_KEY_FILE", keys.join("secretKey").display().to_string()),
+            env("COMMERCE_STRIPE_WEBHOOK_SECRET_FILE", keys.join("webhookSecret").display().to_string()),
+        ],
+    };
+    let shop = Shop::start(options).await.expect("the Stripe shop starts");
+    let api = Api::new(&shop);
+    let admin = api.admin().await.expect("admin");
+    let category = api.create_category(&admin, "Paid by card").await.expect("category");
+    let product = api.create_product(&admin, &category, "Espresso cup", 1500, 10).await.expect("product");
+    let customer = api.register_customer("stripe").await.expect("registers");
+
+    let paid = api.order(&customer, &[(&product, 2)], "pm_card_visa").await.expect("placed");
+    let declined = api.order(&customer, &[(&product, 3)], DECLINED_PAYMENT_METHOD).await.expect("placed");
+    let regretted = api.order(&customer, &[(&product, 1)], "pm_card_visa").await.expect("placed");
+    api.wait_order(&customer, &paid, "confirmed").await.expect("confirmed");
+    let failed = api.wait_order(&customer, &declined, "failed").await.expect("failed");
+    assert!(failed["failure_reason"].as_str().unwrap_or_default().contains("declined"), "{failed}");
+    api.wait_order(&customer, &regretted, "confirmed").await.expect("confirmed");
+    api.post(
+        &format!("/api/orders/{regretted}/cancel"),
+        Some(&customer.access_token),
+        &json!({"reason": "no"}),
+    )
+    .await
+    .expect("cancels")
+    .expect(StatusCode::OK)
+    .expect("200");
+    wait_for("the refund at Stripe", ORDER_TIMEOUT, || async {
+        Ok((ledger.money_held_for(&regretted) == 0).then_some(()))
+    })
+    .await
+    .expect("refunded");
+    assert_eq!(ledger.money_held_for(&paid), 3000, "the confirmed order's money, once");
+    assert_eq!(ledger.money_held_for(&declined), 0);
+    wait_stock(&shop, &product, (8, 0, 2)).await;
+    let payment = shop.databases.pool(Service::Payment).await.expect("payment db");
+    let (provider, reference): (String, String) =
+        sqlx::query_as("SELECT provider, provider_reference FROM payments WHERE order_id = $1")
+            .bind(&paid)
+            .fetch_one(&payment)
+            .await
+            .expect("a payment row");
+    assert_eq!(provider, "stripe");
+    assert!(reference.starts_with("pi_"), "{reference}");
+    // The services' side; the provider's side is the ledger's, just checked.
+    assert_invariants(&shop.databases.clone().without_mock_ledger()).await;
+
+    // Stripe's webhooks, through the gateway.
+    let event = json!({
+        "id": "evt_e2e", "object": "event", "type": "payment_intent.succeeded",
+        "data": {"object": {"id": reference, "object": "payment_intent", "metadata": {"order_id": paid}}}
+    })
+    .to_string();
+    let deliver = |signature: String| {
+        api.http
+            .post(format!("{}/api/payments/webhooks/stripe", shop.gateway_url))
+            .header("content-type", "application/json")
+            .header("stripe-signature", signature)
+            .body(event.clone())
+    };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+    let now = i64::try_from(now).expect("fits");
+    let receipt =
+        api.send(deliver(webhook::sign(event.as_bytes(), webhook_secret, now))).await.expect("answers");
+    assert_eq!(receipt.status, StatusCode::OK, "{}", receipt.body);
+    assert_eq!(receipt.body["event_id"], json!("evt_e2e"));
+    assert_eq!(receipt.body["payment_due"], json!(false), "nothing was waiting for it");
+    let forged =
+        api.send(deliver(webhook::sign(event.as_bytes(), "whsec_forged", now))).await.expect("answers");
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", forged.body);
+    forged.assert_problem("a forged webhook");
+    shop.stop().expect("the shop stops");
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// A fresh scratch directory.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("commerce-e2e-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 #[tokio::test]
 async fn an_order_beyond_the_stock_is_rejected_and_leaves_the_stock_unchanged() {
     let (shop, api, admin) = setup().await;

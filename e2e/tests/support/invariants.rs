@@ -101,6 +101,13 @@ impl Databases {
         self
     }
 
+    /// The same databases, without the mock provider's journal: for a shop
+    /// whose payments go to another provider (whose money the test checks).
+    pub fn without_mock_ledger(mut self) -> Self {
+        self.mock_ledger = None;
+        self
+    }
+
     /// The mock provider's journal, if the shop writes one.
     pub fn mock_ledger(&self) -> Option<&std::path::Path> {
         self.mock_ledger.as_deref()

@@ -2,7 +2,7 @@
 //! call it makes is one Stripe's OpenAPI document accepts, at the pinned API
 //! version. Then its flows (idempotent replays, declines, lost answers,
 //! voids, refunds, the worker with a real Postgres) against
-//! [`support::stripe_ledger`], which passes each request through stripe-mock
+//! [`commerce_testkit::stripe_ledger`], which passes each request through stripe-mock
 //! first and keeps the PaymentIntents' state that stripe-mock does not.
 
 mod support;
@@ -22,8 +22,8 @@ use commerce_payment::stripe::{StripeProvider, StripeSettings};
 use commerce_payment::worker::{Worker, WorkerSettings};
 use commerce_proto::payment::v1 as pb;
 use commerce_proto::payment::v1::payment_service_server::PaymentService as _;
+use commerce_testkit::stripe_ledger::{DECLINED_PAYMENT_METHOD, PROCESSING_PAYMENT_METHOD, StripeLedger};
 use commerce_testkit::stripe_mock::StripeMock;
-use support::stripe_ledger::{DECLINED_PAYMENT_METHOD, PROCESSING_PAYMENT_METHOD, StripeLedger};
 use support::{database, intent_and_stock, outbox_count, payment, worker};
 
 fn stripe(api_base: &str, secret_key: &str) -> anyhow::Result<StripeProvider> {

@@ -18,6 +18,7 @@
 
 pub mod migrated;
 pub mod smtp;
+pub mod stripe_ledger;
 pub mod stripe_mock;
 
 use std::collections::HashMap;

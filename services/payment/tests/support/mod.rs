@@ -4,8 +4,6 @@
 
 #![allow(unused_imports, dead_code)] // Each test binary uses a different part.
 
-pub mod stripe_ledger;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! A Stripe with a memory, for the adapter's flow tests: each request goes
+//! A Stripe with a memory, for the adapter's flow tests and the shop's
+//! saga with the Stripe provider: each request goes
 //! first to a real stripe-mock, which checks it against Stripe's OpenAPI
 //! document (path, parameters, key, API version) and whose refusal is
 //! passed back as it is; a request stripe-mock accepts is then carried out
