@@ -83,7 +83,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// test's namespace, deleted with it).
 const LEASE_NAME: &str = "commerce-operator";
 /// The services of the catalog.
-const SERVICES: [&str; 10] = [
+const SERVICES: [&str; 11] = [
     "auth",
     "catalog",
     "inventory",
@@ -94,6 +94,7 @@ const SERVICES: [&str; 10] = [
     "shipping",
     "gateway",
     "audit",
+    "profile",
 ];
 
 // ---------------------------------------------------------------- the tests

@@ -407,6 +407,115 @@ async fn a_shop_with_email_on_welcomes_a_new_customer_and_mails_each_step_of_the
     shop.stop().expect("the shop stops");
 }
 
+/// The profile service through the gateway: the profile made from the
+/// registration, its edits and refusals, the address book's default, and
+/// an order without an address shipping to it.
+#[tokio::test]
+async fn a_customer_keeps_a_profile_and_an_address_book_and_an_order_without_an_address_ships_to_the_default()
+{
+    let (_shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Profiles").await.expect("category");
+    let product = api.create_product(&admin, &category, "Doormat", 900, 5).await.expect("product");
+    let customer = api.register_customer("homebody").await.expect("registers");
+    let token = Some(customer.access_token.as_str());
+
+    // Made from the registration's event, asynchronously.
+    let (profile, _) = wait_for("the profile from the registration", ORDER_TIMEOUT, || async {
+        let profile = api.get("/api/users/me", token).await?.expect(StatusCode::OK)?;
+        Ok((profile["display_name"] == json!("homebody")).then_some(profile))
+    })
+    .await
+    .expect("the profile exists");
+    assert_eq!(profile["updated_at"], Value::Null, "never written by the user");
+
+    let edit = json!({"display_name": "Home Body", "phone": "+4930123456",
+                      "preferences": {"currency": "EUR", "marketing_consent": true}});
+    let saved = api.call(Method::PUT, "/api/users/me", token, Some(&edit)).await.expect("answers");
+    let saved = saved.expect(StatusCode::OK).expect("200");
+    assert_eq!(
+        (saved["display_name"].clone(), saved["preferences"]["currency"].clone()),
+        (json!("Home Body"), json!("EUR"))
+    );
+    let bad = json!({"display_name": "Home Body", "phone": "030 123"});
+    let refused = api.call(Method::PUT, "/api/users/me", token, Some(&bad)).await.expect("answers");
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    refused.assert_problem("a phone number that is not E.164");
+    assert!(refused.body.to_string().contains("phone"), "{}", refused.body);
+
+    // No address given and none in the book: refused, naming the way out.
+    let no_address =
+        json!({"lines": [{"product_id": product, "quantity": 1}], "payment_method_token": CARD_OK});
+    let request = api
+        .request(Method::POST, "/api/orders", token, Some(&no_address))
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
+    let refused = api.send(request).await.expect("answers");
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    refused.assert_problem("an order without any address");
+
+    let add = |line1: &str, make_default: bool| {
+        let mut address = support::api::address();
+        address["line1"] = json!(line1);
+        json!({"label": line1, "address": address, "make_default": make_default})
+    };
+    let home = api.post("/api/users/me/addresses", token, &add("1 Home St", false)).await.expect("answers");
+    let home = home.expect(StatusCode::CREATED).expect("201");
+    assert_eq!(home["is_default"], json!(true), "the first address is the default");
+    let cabin = api.post("/api/users/me/addresses", token, &add("3 Cabin Way", true)).await.expect("answers");
+    let cabin = cabin.expect(StatusCode::CREATED).expect("201");
+    let book = api
+        .get("/api/users/me/addresses", token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let lines: Vec<(Value, Value)> = book["addresses"]
+        .as_array()
+        .expect("addresses")
+        .iter()
+        .map(|a| (a["address"]["line1"].clone(), a["is_default"].clone()))
+        .collect();
+    assert_eq!(lines, [(json!("3 Cabin Way"), json!(true)), (json!("1 Home St"), json!(false))]);
+
+    // Another customer reaches none of it.
+    let stranger = api.register_customer("stranger").await.expect("registers");
+    let home_id = string(&home, "id").expect("id");
+    let stolen = api
+        .call(
+            Method::DELETE,
+            &format!("/api/users/me/addresses/{home_id}"),
+            Some(&stranger.access_token),
+            None,
+        )
+        .await
+        .expect("answers");
+    assert_eq!(stolen.status, StatusCode::NOT_FOUND, "{}", stolen.body);
+
+    // An order without an address ships to the default.
+    let request = api
+        .request(Method::POST, "/api/orders", token, Some(&no_address))
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
+    let order = api.send(request).await.expect("answers").expect(StatusCode::CREATED).expect("201");
+    assert_eq!(order["shipping_address"]["line1"], json!("3 Cabin Way"), "{order}");
+    assert_eq!(order["shipping_address"], cabin["address"]);
+    let deleted = api
+        .call(
+            Method::DELETE,
+            &format!("/api/users/me/addresses/{}", string(&cabin, "id").expect("id")),
+            token,
+            None,
+        )
+        .await
+        .expect("answers");
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    let book = api
+        .get("/api/users/me/addresses", token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(book["addresses"][0]["is_default"], json!(true), "the default passed on: {book}");
+}
+
 /// A shop whose payment service charges through the Stripe adapter, on a
 /// ledger that passes each call through stripe-mock: the saga keeps its
 /// invariants with it as with the mock, and Stripe's webhooks reach the

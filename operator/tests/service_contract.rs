@@ -210,6 +210,7 @@ fn command(service: &str) -> Command {
         "shipping" => commerce_shipping::Config::augment_args(command),
         "gateway" => commerce_gateway::Config::augment_args(command),
         "audit" => commerce_audit::Config::augment_args(command),
+        "profile" => commerce_profile::Config::augment_args(command),
         other => panic!("a Deployment serves {other:?}, which has no Config here"),
     }
 }
@@ -270,6 +271,7 @@ fn parses(service: &str, argv: &[String]) -> Result<(), String> {
         "shipping" => parse::<commerce_shipping::Config>(argv).map(drop),
         "gateway" => parse::<commerce_gateway::Config>(argv).map(drop),
         "audit" => parse::<commerce_audit::Config>(argv).map(drop),
+        "profile" => parse::<commerce_profile::Config>(argv).map(drop),
         other => panic!("no Config for {other:?}"),
     }
 }

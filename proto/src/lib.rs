@@ -83,6 +83,11 @@ proto_package!(
     audit,
     "commerce.audit.v1"
 );
+proto_package!(
+    /// Users' profiles and address books.
+    profile,
+    "commerce.profile.v1"
+);
 
 /// Every proto file of this crate, and the well-known types they import, as an
 /// encoded `google.protobuf.FileDescriptorSet` with source comments.

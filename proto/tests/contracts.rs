@@ -93,7 +93,11 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
             "OrderService",
             &["PlaceOrder", "GetOrder", "ListOrders", "CancelOrder", "WatchOrders"],
         ),
-        ("commerce.payment.v1", "PaymentService", &["Charge", "GetPayment", "Refund"]),
+        (
+            "commerce.payment.v1",
+            "PaymentService",
+            &["Charge", "GetPayment", "Refund", "ReceiveProviderWebhook"],
+        ),
         ("commerce.notification.v1", "NotificationService", &["ListNotifications", "MarkRead"]),
         (
             "commerce.shipping.v1",
@@ -101,6 +105,19 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
             &["CreateShipment", "GetShipment", "TrackShipment", "UpdateShipmentStatus", "ListShipments"],
         ),
         ("commerce.audit.v1", "AuditService", &["RecordAdminAction", "ListEntries", "VerifyChain"]),
+        (
+            "commerce.profile.v1",
+            "ProfileService",
+            &[
+                "GetProfile",
+                "UpdateProfile",
+                "ListAddresses",
+                "AddAddress",
+                "UpdateAddress",
+                "DeleteAddress",
+                "GetDefaultAddress",
+            ],
+        ),
     ];
     let set = descriptor_set();
 

@@ -223,14 +223,15 @@ fn spec_field(path: &str) -> Value {
     node.clone()
 }
 
-/// The payment pods refuse any provider but `mock` at start; the schema's
-/// enum makes the apiserver refuse it first, as
-/// `spec.payment.provider: Unsupported value: "stripe": supported values: "mock"`
-/// (the e2e suite checks that message on the real apiserver).
+/// The payment pods refuse a provider they have no adapter for at start;
+/// the schema's enum makes the apiserver refuse it first, as
+/// `spec.payment.provider: Unsupported value: "adyen": supported values: "mock", "stripe"`
+/// (the e2e suite checks that message on the real apiserver). Stripe
+/// without its keys is refused by a rule.
 #[test]
-fn a_payment_provider_without_an_adapter_is_outside_the_schema_enum() {
+fn a_payment_provider_without_an_adapter_is_outside_the_schema_enum_and_stripe_needs_its_keys() {
     let provider = spec_field("payment.provider");
-    assert_eq!(provider["enum"], json!(["mock"]), "{provider:#}");
+    assert_eq!(provider["enum"], json!(["mock", "stripe"]), "{provider:#}");
     assert_eq!(provider["type"], json!("string"));
     let description = provider["description"].as_str().unwrap_or_default();
     assert!(description.contains("mock") && description.contains("refused"), "{description}");
@@ -239,6 +240,15 @@ fn a_payment_provider_without_an_adapter_is_outside_the_schema_enum() {
         spec["payment"] = json!({"provider": "mock", "credentialsSecret": "payment-keys"});
     });
     assert_eq!(with_secret, Vec::<String>::new());
+    let keyless = stack_violations(|spec| spec["payment"] = json!({"provider": "stripe"}));
+    assert!(
+        keyless.len() == 1 && keyless[0].contains("payment.provider stripe needs payment.credentialsSecret"),
+        "{keyless:?}"
+    );
+    let keyed = stack_violations(|spec| {
+        spec["payment"] = json!({"provider": "stripe", "credentialsSecret": "stripe-keys"});
+    });
+    assert_eq!(keyed, Vec::<String>::new());
 }
 
 /// `services` has no default: the rule must not read it when it is absent

@@ -356,7 +356,8 @@ mod tests {
                 "shop_shop_payment",
                 "shop_shop_notification",
                 "shop_shop_shipping",
-                "shop_shop_audit"
+                "shop_shop_audit",
+                "shop_shop_profile"
             ]
         );
     }

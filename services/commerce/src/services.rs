@@ -119,6 +119,7 @@ services! {
     "shipping" => Shipping(commerce_shipping),
     "gateway" => Gateway(commerce_gateway),
     "audit" => Audit(commerce_audit),
+    "profile" => Profile(commerce_profile),
 }
 
 /// `a, b, c` for messages.

@@ -44,6 +44,10 @@ pub const IDEMPOTENCY_KEY: &str = "^[!-~]{1,255}$";
 pub const CURRENCY: &str = "^[A-Z]{3}$";
 /// An ISO 3166-1 alpha-2 country code.
 pub const COUNTRY: &str = "^[A-Z]{2}$";
+/// An E.164 phone number ("+4930123456"), or nothing.
+pub const PHONE_OR_EMPTY: &str = r"^(\+[1-9][0-9]{6,14})?$";
+/// An ISO 4217 currency code, or nothing.
+pub const CURRENCY_OR_EMPTY: &str = "^([A-Z]{3})?$";
 /// A category slug: lower-case letters and digits in words joined by
 /// single dashes (`kitchen-knives`).
 pub const SLUG: &str = "^[a-z0-9]+(-[a-z0-9]+)*$";

@@ -19,7 +19,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::contract::{COUNTRY, CURRENCY, EMAIL, NO_NUL, NON_BLANK, SKU, SLUG};
+use crate::contract::{
+    COUNTRY, CURRENCY, CURRENCY_OR_EMPTY, EMAIL, NO_NUL, NON_BLANK, PHONE_OR_EMPTY, SKU, SLUG,
+};
 
 /// `impl From<$from> for $to` field by field, for the conversions between
 /// the protos and the JSON shapes, which differ in types but not in names: a
@@ -126,9 +128,9 @@ pub struct Address {
     /// ISO 3166-1 alpha-2, upper case ("DE").
     #[schemars(pattern(COUNTRY))]
     pub country_code: String,
-    /// E.164 phone number the courier may call; optional.
+    /// E.164 phone number the courier may call ("+4930123456"); optional.
     #[serde(default)]
-    #[schemars(length(max = 20))]
+    #[schemars(pattern(PHONE_OR_EMPTY))]
     pub phone: String,
 }
 
@@ -565,7 +567,10 @@ from_fields!(cart::v1::Cart => Cart {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
-    pub shipping_address: Address,
+    /// Where to ship; the default address of the caller's address book when
+    /// left out (422 if the book has none).
+    #[serde(default)]
+    pub shipping_address: Option<Address>,
     /// Opaque token from the payment provider's client SDK.
     #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
     pub payment_method_token: String,
@@ -589,7 +594,10 @@ pub struct OrderLineRequest {
 pub struct PlaceOrderRequest {
     #[schemars(length(min = 1, max = MAX_ORDER_LINES))]
     pub lines: Vec<OrderLineRequest>,
-    pub shipping_address: Address,
+    /// Where to ship; the default address of the caller's address book when
+    /// left out (422 if the book has none).
+    #[serde(default)]
+    pub shipping_address: Option<Address>,
     #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
     pub payment_method_token: String,
 }
@@ -975,6 +983,133 @@ pub struct StripeEvent {
     pub kind: String,
     /// `{"object": {...}}`: the object the event is about.
     pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+// ---------------------------------------------------------------- profiles
+
+/// The caller's preferences.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// ISO 4217 code of the currency to show prices in ("EUR"); empty for
+    /// the shop's.
+    #[serde(default)]
+    #[schemars(pattern(CURRENCY_OR_EMPTY))]
+    pub currency: String,
+    /// Whether the caller agreed to marketing messages.
+    #[serde(default)]
+    pub marketing_consent: bool,
+}
+
+/// The caller's profile.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Profile {
+    pub user_id: String,
+    /// Empty until set (registration sets it).
+    pub display_name: String,
+    /// E.164, or empty.
+    pub phone: String,
+    pub preferences: Preferences,
+    /// Last change by the user; absent before the first.
+    pub updated_at: Option<String>,
+}
+
+impl From<commerce_proto::profile::v1::Profile> for Profile {
+    fn from(profile: commerce_proto::profile::v1::Profile) -> Self {
+        let preferences = profile.preferences.unwrap_or_default();
+        Self {
+            user_id: profile.user_id,
+            display_name: profile.display_name,
+            phone: profile.phone,
+            preferences: Preferences {
+                currency: preferences.currency,
+                marketing_consent: preferences.marketing_consent,
+            },
+            updated_at: timestamp(profile.updated_at),
+        }
+    }
+}
+
+/// Body of `PUT /api/users/me`: the whole editable profile.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
+    #[schemars(pattern(NON_BLANK), length(max = 100))]
+    pub display_name: String,
+    /// E.164 ("+4930123456"), or empty.
+    #[serde(default)]
+    #[schemars(pattern(PHONE_OR_EMPTY))]
+    pub phone: String,
+    #[serde(default)]
+    pub preferences: Preferences,
+}
+
+/// An address of the caller's book.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SavedAddress {
+    pub id: String,
+    /// The caller's name for it ("Home"); may be empty.
+    pub label: String,
+    pub address: Address,
+    /// Whether orders without an address ship here.
+    pub is_default: bool,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl From<commerce_proto::profile::v1::SavedAddress> for SavedAddress {
+    fn from(saved: commerce_proto::profile::v1::SavedAddress) -> Self {
+        Self {
+            id: saved.id,
+            label: saved.label,
+            address: saved.address.map(Address::from).unwrap_or_else(|| Address {
+                recipient_name: String::new(),
+                line1: String::new(),
+                line2: String::new(),
+                city: String::new(),
+                region: String::new(),
+                postal_code: String::new(),
+                country_code: String::new(),
+                phone: String::new(),
+            }),
+            is_default: saved.is_default,
+            created_at: timestamp(saved.created_at),
+            updated_at: timestamp(saved.updated_at),
+        }
+    }
+}
+
+/// The caller's address book, the default first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AddressBook {
+    pub addresses: Vec<SavedAddress>,
+}
+
+/// Body of `POST /api/users/me/addresses`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAddressRequest {
+    #[serde(default)]
+    #[schemars(pattern(NO_NUL), length(max = MAX_TEXT))]
+    pub label: String,
+    pub address: Address,
+    /// Make it the default (the first address is the default anyway).
+    #[serde(default)]
+    pub make_default: bool,
+}
+
+/// Body of `PATCH /api/users/me/addresses/{id}`: what is given changes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPatch {
+    #[serde(default)]
+    #[schemars(pattern(NO_NUL), length(max = MAX_TEXT))]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub address: Option<Address>,
+    /// True makes it the default; false changes nothing.
+    #[serde(default)]
+    pub make_default: bool,
 }
 
 /// What the payment service made of a payment provider's webhook delivery.

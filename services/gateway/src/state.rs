@@ -15,6 +15,7 @@ use commerce_proto::inventory::v1::inventory_service_client::InventoryServiceCli
 use commerce_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
+use commerce_proto::profile::v1::profile_service_client::ProfileServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
 use commerce_topology::Service;
 use prometheus_client::metrics::counter::Counter;
@@ -105,4 +106,5 @@ impl AppState {
     client!(notification, NotificationServiceClient, Service::Notification);
     client!(audit, AuditServiceClient, Service::Audit);
     client!(payment, PaymentServiceClient, Service::Payment);
+    client!(profile, ProfileServiceClient, Service::Profile);
 }

@@ -51,6 +51,8 @@ pub enum Service {
     /// Appended after the gateway so that no earlier service's local ports
     /// move.
     Audit,
+    /// Appended last, for the same reason.
+    Profile,
 }
 
 /// A Kafka topic carrying one aggregate's domain events, keyed by the
@@ -123,7 +125,7 @@ const DOMAIN_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Dead letters are rare and read by people; one partition keeps them in order.
 pub const DEAD_LETTER_PARTITIONS: i32 = 1;
 
-const SERVICES: [ServiceSpec; 10] = [
+const SERVICES: [ServiceSpec; 11] = [
     ServiceSpec {
         service: Service::Auth,
         summary: "users, credentials, roles, refresh tokens and signing keys",
@@ -217,6 +219,7 @@ const SERVICES: [ServiceSpec; 10] = [
             Service::Notification,
             Service::Shipping,
             Service::Audit,
+            Service::Profile,
         ],
     },
     ServiceSpec {
@@ -236,11 +239,21 @@ const SERVICES: [ServiceSpec; 10] = [
         ],
         calls: &[],
     },
+    ServiceSpec {
+        service: Service::Profile,
+        summary: "users' profiles and address books, with the default address checkout uses",
+        database: true,
+        redis: false,
+        produces: &[],
+        // Users: a registration creates the profile.
+        consumes: &[Topic::Users],
+        calls: &[],
+    },
 ];
 
 impl Service {
     /// Every service, in catalog order.
-    pub const ALL: [Service; 10] = [
+    pub const ALL: [Service; 11] = [
         Service::Auth,
         Service::Catalog,
         Service::Inventory,
@@ -251,6 +264,7 @@ impl Service {
         Service::Shipping,
         Service::Gateway,
         Service::Audit,
+        Service::Profile,
     ];
 
     /// The service's name: DNS label, database suffix, CLI argument.
@@ -266,6 +280,7 @@ impl Service {
             Service::Shipping => "shipping",
             Service::Gateway => "gateway",
             Service::Audit => "audit",
+            Service::Profile => "profile",
         }
     }
 
@@ -423,6 +438,7 @@ fn dead_letter_name(service: Service) -> &'static str {
         Service::Shipping => "commerce.dlq.shipping.v1",
         Service::Gateway => "commerce.dlq.gateway.v1",
         Service::Audit => "commerce.dlq.audit.v1",
+        Service::Profile => "commerce.dlq.profile.v1",
     }
 }
 

@@ -73,10 +73,12 @@ pub async fn checkout(
     ApiJson(body): ApiJson<CheckoutRequest>,
 ) -> Result<(StatusCode, Json<Order>), Problem> {
     let key = idempotency_key(&headers)?;
+    let shipping_address =
+        super::profile::shipping_address(&state, &caller.user_id, body.shipping_address).await?;
     let request = pb::CheckoutRequest {
         user_id: caller.user_id,
         idempotency_key: key,
-        shipping_address: Some(body.shipping_address.into()),
+        shipping_address: Some(shipping_address),
         payment_method_token: body.payment_method_token,
     };
     // Idempotent per (user, key) by contract, so a retry is safe.

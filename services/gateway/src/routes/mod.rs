@@ -12,6 +12,7 @@ mod live;
 mod notifications;
 mod orders;
 mod payments;
+pub(crate) mod profile;
 mod shipments;
 
 use axum::Router;
@@ -49,6 +50,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/shipments/{id}/status"),
     ("GET", "/api/notifications"),
     ("POST", "/api/payments/webhooks/stripe"),
+    ("GET", "/api/users/me"),
+    ("PUT", "/api/users/me"),
+    ("GET", "/api/users/me/addresses"),
+    ("POST", "/api/users/me/addresses"),
+    ("PATCH", "/api/users/me/addresses/{id}"),
+    ("DELETE", "/api/users/me/addresses/{id}"),
     ("POST", "/api/admin/products"),
     ("PATCH", "/api/admin/products/{id}"),
     ("DELETE", "/api/admin/products/{id}"),
@@ -91,6 +98,9 @@ pub fn api() -> Router<AppState> {
         .route("/api/shipments/{id}/status", post(shipments::update_status))
         .route("/api/notifications", get(notifications::list_notifications))
         .route("/api/payments/webhooks/stripe", post(payments::stripe_webhook))
+        .route("/api/users/me", get(profile::get_profile).put(profile::put_profile))
+        .route("/api/users/me/addresses", get(profile::list_addresses).post(profile::add_address))
+        .route("/api/users/me/addresses/{id}", patch(profile::update_address).delete(profile::delete_address))
         .route("/api/admin/products", post(admin::create_product))
         .route("/api/admin/products/{id}", patch(admin::update_product).delete(admin::delete_product))
         .route("/api/admin/categories", post(admin::create_category))

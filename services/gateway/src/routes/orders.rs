@@ -23,6 +23,8 @@ pub async fn place_order(
     ApiJson(body): ApiJson<PlaceOrderRequest>,
 ) -> Result<(StatusCode, Json<Order>), Problem> {
     let key = idempotency_key(&headers)?;
+    let shipping_address =
+        super::profile::shipping_address(&state, &caller.user_id, body.shipping_address).await?;
     let request = pb::PlaceOrderRequest {
         user_id: caller.user_id,
         idempotency_key: key,
@@ -34,7 +36,7 @@ pub async fn place_order(
                 quantity: quantity_u32(line.quantity),
             })
             .collect(),
-        shipping_address: Some(body.shipping_address.into()),
+        shipping_address: Some(shipping_address),
         payment_method_token: body.payment_method_token,
     };
     // Idempotent per (user, key) by contract, so a retry is safe.
