@@ -93,10 +93,13 @@ Try it (bash, with curl and jq):
   curl -s "$GW/api/products?page_size=3" | jq '.products[] | {{id, name, price}}'
   curl -s -X POST $GW/api/cart/items -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{{"product_id":"{product}","quantity":2}}' | jq .subtotal
+  # The address book's default is where a checkout without an address ships.
+  curl -s -X POST $GW/api/users/me/addresses -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{{"label":"Home","address":{{"recipient_name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country_code":"DE"}}}}' \
+    | jq -c '{{label, is_default}}'
   ORDER=$(curl -s -X POST $GW/api/cart/checkout -H "authorization: Bearer $TOKEN" \
     -H "idempotency-key: $(date +%s%N)" -H 'content-type: application/json' \
-    -d '{{"shipping_address":{{"recipient_name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country_code":"DE"}},"payment_method_token":"tok_visa"}}' \
-    | jq -r .id)
+    -d '{{"payment_method_token":"tok_visa"}}' | jq -r .id)
   # As the shop's administrator: the order's events in the audit trail, and the trail's check.
   ADMIN=$(curl -s -X POST $GW/api/auth/login -H 'content-type: application/json' \
     -d '{{"email":"{admin}","password":"{password}"}}' | jq -r .tokens.access_token)
