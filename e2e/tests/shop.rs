@@ -554,15 +554,7 @@ async fn a_shop_paying_through_stripe_confirms_fails_and_refunds_with_the_money_
     let failed = api.wait_order(&customer, &declined, "failed").await.expect("failed");
     assert!(failed["failure_reason"].as_str().unwrap_or_default().contains("declined"), "{failed}");
     api.wait_order(&customer, &regretted, "confirmed").await.expect("confirmed");
-    api.post(
-        &format!("/api/orders/{regretted}/cancel"),
-        Some(&customer.access_token),
-        &json!({"reason": "no"}),
-    )
-    .await
-    .expect("cancels")
-    .expect(StatusCode::OK)
-    .expect("200");
+    api.cancel_order(&customer, &regretted, "no").await.expect("cancelled");
     wait_for("the refund at Stripe", ORDER_TIMEOUT, || async {
         Ok((ledger.money_held_for(&regretted) == 0).then_some(()))
     })
@@ -736,16 +728,7 @@ async fn cancelling_a_paid_order_refunds_it_restores_the_stock_and_halts_the_shi
     wait_stock(shop, &product, (1, 0, 2)).await;
     shipment_of(&api, &customer, &order_id).await;
 
-    let cancelled = api
-        .post(
-            &format!("/api/orders/{order_id}/cancel"),
-            Some(&customer.access_token),
-            &json!({"reason": "changed my mind"}),
-        )
-        .await
-        .expect("cancels")
-        .expect(StatusCode::OK)
-        .expect("200");
+    let cancelled = api.cancel_order(&customer, &order_id, "changed my mind").await.expect("cancelled");
     assert_eq!(cancelled["status"], json!("cancelled"), "{cancelled}");
 
     // Compensations: refund, restock, halt.

@@ -266,6 +266,15 @@ impl Api {
         string(&order, "id")
     }
 
+    /// Cancels the customer's order, which must be accepted (200); returns
+    /// the order.
+    pub async fn cancel_order(&self, customer: &Session, id: &str, reason: &str) -> anyhow::Result<Value> {
+        let path = format!("/api/orders/{id}/cancel");
+        self.post(&path, Some(&customer.access_token), &json!({ "reason": reason }))
+            .await?
+            .expect(StatusCode::OK)
+    }
+
     /// The order as its owner sees it.
     pub async fn get_order(&self, customer: &Session, id: &str) -> anyhow::Result<Value> {
         self.get(&format!("/api/orders/{id}"), Some(&customer.access_token)).await?.expect(StatusCode::OK)

@@ -167,6 +167,22 @@ pub async fn clear_default(conn: &mut PgConnection, user_id: &str) -> Result<(),
     Ok(())
 }
 
+/// Binds the eight fields of `address`, in the order of the common proto.
+fn bind_postal<'q>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, Address, sqlx::postgres::PgArguments>,
+    address: &'q PostalAddress,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Address, sqlx::postgres::PgArguments> {
+    query
+        .bind(&address.recipient_name)
+        .bind(&address.line1)
+        .bind(&address.line2)
+        .bind(&address.city)
+        .bind(&address.region)
+        .bind(&address.postal_code)
+        .bind(&address.country_code)
+        .bind(&address.phone)
+}
+
 /// Inserts an address.
 pub async fn insert_address(
     conn: &mut PgConnection,
@@ -175,26 +191,13 @@ pub async fn insert_address(
     address: &PostalAddress,
     is_default: bool,
 ) -> Result<Address, Error> {
-    sqlx::query_as(&format!(
-        "INSERT INTO addresses (id, user_id, label, recipient_name, line1, line2, city, region, postal_code, \
-           country_code, phone, is_default) \
+    let sql = format!(
+        "INSERT INTO addresses (id, user_id, label, is_default, recipient_name, line1, line2, city, region, \
+           postal_code, country_code, phone) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {ADDRESS_COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(user_id)
-    .bind(label)
-    .bind(&address.recipient_name)
-    .bind(&address.line1)
-    .bind(&address.line2)
-    .bind(&address.city)
-    .bind(&address.region)
-    .bind(&address.postal_code)
-    .bind(&address.country_code)
-    .bind(&address.phone)
-    .bind(is_default)
-    .fetch_one(conn)
-    .await
-    .map_err(Error::Write)
+    );
+    let query = sqlx::query_as(&sql).bind(Uuid::now_v7()).bind(user_id).bind(label).bind(is_default);
+    bind_postal(query, address).fetch_one(conn).await.map_err(Error::Write)
 }
 
 /// The user's address `id`.
@@ -219,25 +222,13 @@ pub async fn update_address(
     address: &PostalAddress,
     is_default: bool,
 ) -> Result<Address, Error> {
-    sqlx::query_as(&format!(
-        "UPDATE addresses SET label = $2, recipient_name = $3, line1 = $4, line2 = $5, city = $6, region = $7, \
-           postal_code = $8, country_code = $9, phone = $10, is_default = $11, updated_at = now() \
+    let sql = format!(
+        "UPDATE addresses SET label = $2, is_default = $3, recipient_name = $4, line1 = $5, line2 = $6, \
+           city = $7, region = $8, postal_code = $9, country_code = $10, phone = $11, updated_at = now() \
          WHERE id = $1 RETURNING {ADDRESS_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(label)
-    .bind(&address.recipient_name)
-    .bind(&address.line1)
-    .bind(&address.line2)
-    .bind(&address.city)
-    .bind(&address.region)
-    .bind(&address.postal_code)
-    .bind(&address.country_code)
-    .bind(&address.phone)
-    .bind(is_default)
-    .fetch_one(conn)
-    .await
-    .map_err(Error::Write)
+    );
+    let query = sqlx::query_as(&sql).bind(id).bind(label).bind(is_default);
+    bind_postal(query, address).fetch_one(conn).await.map_err(Error::Write)
 }
 
 /// Deletes an address; whether it was the default.
