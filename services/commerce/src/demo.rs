@@ -96,7 +96,7 @@ Try it (bash, with curl and jq):
   # The address book's default is where a checkout without an address ships.
   curl -s -X POST $GW/api/users/me/addresses -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{{"label":"Home","address":{{"recipient_name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country_code":"DE"}}}}' \
-    | jq -c '{{label, is_default}}'
+    | jq -c '{{id, is_default}}'
   ORDER=$(curl -s -X POST $GW/api/cart/checkout -H "authorization: Bearer $TOKEN" \
     -H "idempotency-key: $(date +%s%N)" -H 'content-type: application/json' \
     -d '{{"payment_method_token":"tok_visa"}}' | jq -r .id)
