@@ -594,10 +594,13 @@ coredns_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_COREDNS_H
 # address, so it is off); its chain in FORWARD shows the firewall is on.
 router_ready() { iptables -S KUBE-ROUTER-FORWARD >/dev/null 2>&1; }
 traefik_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$COMMERCE_TRAEFIK_PING_PORT/ping" >/dev/null; }
-# Ready once it has scraped the kubelet (its /readyz waits for that).
+# Ready once it has scraped the real node's kubelet: the node's metrics are
+# served through the aggregated API (which also proves the APIService and
+# its certificate work). Not its /readyz: metrics-server 0.9 is ready only
+# once it also holds pod metrics, and a fresh node runs no pod yet, so on a
+# new machine it never was.
 metrics_ready() {
-  curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --resolve "metrics-server.kube-system.svc:$COMMERCE_METRICS_SERVER_PORT:$NODE_IP" \
-    "https://metrics-server.kube-system.svc:$COMMERCE_METRICS_SERVER_PORT/readyz" >/dev/null 2>&1
+  kubectl_ get --raw "/apis/metrics.k8s.io/v1beta1/nodes/$NODE" >/dev/null 2>&1
 }
 node_ready() {
   [[ "$(kubectl_ get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
@@ -690,7 +693,7 @@ start_metrics_server() {
   # with both cores busy (a workspace build beside it) it took over 90 s, as
   # the kubelet's first summary of freshly started pods comes late. Ready
   # returns at once when it is; the wait only bounds a real failure.
-  wait_ready metrics-server "$MARK_METRICS" 240 "/readyz on $NODE_IP:$COMMERCE_METRICS_SERVER_PORT" metrics_ready
+  wait_ready metrics-server "$MARK_METRICS" 240 "metrics of node $NODE" metrics_ready
 }
 
 # Whether containerd holds REF. (Not `ctr ... | grep -q`: grep stops at the
