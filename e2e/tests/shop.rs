@@ -514,6 +514,27 @@ async fn a_customer_keeps_a_profile_and_an_address_book_and_an_order_without_an_
         .expect(StatusCode::OK)
         .expect("200");
     assert_eq!(book["addresses"][0]["is_default"], json!(true), "the default passed on: {book}");
+
+    // The export holds all of it, and nothing of the stranger's.
+    let export =
+        api.get("/api/users/me/export", token).await.expect("answers").expect(StatusCode::OK).expect("200");
+    assert_eq!(export["user_id"], json!(customer.user_id), "{export}");
+    assert_eq!(export["profile"]["display_name"], json!("Home Body"));
+    assert_eq!(export["addresses"].as_array().map(Vec::len), Some(1), "{export}");
+    let exported: Vec<&Value> =
+        export["orders"].as_array().expect("orders").iter().map(|o| &o["id"]).collect();
+    assert_eq!(exported, [&order["id"]], "{export}");
+    assert_eq!(export["truncated"], json!(false));
+    let theirs = api
+        .get("/api/users/me/export", Some(&stranger.access_token))
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(
+        (theirs["orders"].as_array().map(Vec::len), theirs["addresses"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
 }
 
 /// A shop whose payment service charges through the Stripe adapter, on a

@@ -1112,6 +1112,27 @@ pub struct AddressPatch {
     pub make_default: bool,
 }
 
+/// Everything the shop keeps about the caller (`GET /api/users/me/export`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DataExport {
+    /// When the export was assembled (RFC 3339).
+    pub exported_at: String,
+    pub user_id: String,
+    /// The caller's roles.
+    pub roles: Vec<String>,
+    pub profile: Profile,
+    pub addresses: Vec<SavedAddress>,
+    /// Every order, newest first.
+    pub orders: Vec<Order>,
+    /// Every shipment of the caller's orders.
+    pub shipments: Vec<Shipment>,
+    /// Every notification, newest first.
+    pub notifications: Vec<Notification>,
+    /// True when a kind of record had more than 100,000 entries and the
+    /// export stopped there.
+    pub truncated: bool,
+}
+
 /// What the payment service made of a payment provider's webhook delivery.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct WebhookReceipt {

@@ -56,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/users/me/addresses"),
     ("PATCH", "/api/users/me/addresses/{id}"),
     ("DELETE", "/api/users/me/addresses/{id}"),
+    ("GET", "/api/users/me/export"),
     ("POST", "/api/admin/products"),
     ("PATCH", "/api/admin/products/{id}"),
     ("DELETE", "/api/admin/products/{id}"),
@@ -101,6 +102,7 @@ pub fn api() -> Router<AppState> {
         .route("/api/users/me", get(profile::get_profile).put(profile::put_profile))
         .route("/api/users/me/addresses", get(profile::list_addresses).post(profile::add_address))
         .route("/api/users/me/addresses/{id}", patch(profile::update_address).delete(profile::delete_address))
+        .route("/api/users/me/export", get(profile::export))
         .route("/api/admin/products", post(admin::create_product))
         .route("/api/admin/products/{id}", patch(admin::update_product).delete(admin::delete_product))
         .route("/api/admin/categories", post(admin::create_category))

@@ -13,7 +13,8 @@ use commerce_proto::profile::v1 as pb;
 use super::{grpc, missing};
 use crate::auth::Caller;
 use crate::dto::{
-    Address, AddressBook, AddressPatch, NewAddressRequest, Profile, SavedAddress, UpdateProfileRequest,
+    Address, AddressBook, AddressPatch, DataExport, NewAddressRequest, Notification, Order, Profile,
+    SavedAddress, Shipment, UpdateProfileRequest,
 };
 use crate::extract::ApiJson;
 use crate::problem::Problem;
@@ -104,6 +105,116 @@ pub async fn delete_address(
     // Not retried: a repeat of a delete that happened answers 404.
     state.profile()?.delete_address(request).await.map_err(grpc("profile"))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Most records of one kind an export reads (a thousand pages of a
+/// hundred): an account with more is a bot, and its export stops there
+/// with `truncated` set rather than holding the gateway for minutes.
+const EXPORT_MAX_PAGES: usize = 1000;
+/// Page size of the export's reads.
+const EXPORT_PAGE_SIZE: i32 = 100;
+
+/// Everything the shop keeps about the caller, in one JSON document: the
+/// profile, the address book, every order, shipment and notification.
+pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Json<DataExport>, Problem> {
+    use commerce_proto::{notification, order, shipping};
+    let user_id = caller.user_id.clone();
+    let profile = state
+        .profile()?
+        .get_profile(idempotent(pb::GetProfileRequest { user_id: user_id.clone() }))
+        .await
+        .map_err(grpc("profile"))?
+        .into_inner();
+    let book = state
+        .profile()?
+        .list_addresses(idempotent(pb::ListAddressesRequest { user_id: user_id.clone() }))
+        .await
+        .map_err(grpc("profile"))?
+        .into_inner();
+    let (orders, orders_cut) = every_page(|page_token| {
+        let (state, user_id) = (state.clone(), user_id.clone());
+        async move {
+            let request =
+                order::v1::ListOrdersRequest { user_id, page_size: EXPORT_PAGE_SIZE, page_token, status: 0 };
+            let page =
+                state.order()?.list_orders(idempotent(request)).await.map_err(grpc("order"))?.into_inner();
+            Ok((page.orders.into_iter().map(Order::from).collect(), page.next_page_token))
+        }
+    })
+    .await?;
+    let (shipments, shipments_cut) = every_page(|page_token| {
+        let (state, user_id) = (state.clone(), user_id.clone());
+        async move {
+            let request = shipping::v1::ListShipmentsRequest {
+                courier_id: String::new(),
+                user_id,
+                status: 0,
+                page_size: EXPORT_PAGE_SIZE,
+                page_token,
+            };
+            let page = state
+                .shipping()?
+                .list_shipments(idempotent(request))
+                .await
+                .map_err(grpc("shipping"))?
+                .into_inner();
+            Ok((page.shipments.into_iter().map(Shipment::from).collect(), page.next_page_token))
+        }
+    })
+    .await?;
+    let (notifications, notifications_cut) = every_page(|page_token| {
+        let (state, user_id) = (state.clone(), user_id.clone());
+        async move {
+            let request = notification::v1::ListNotificationsRequest {
+                user_id,
+                page_size: EXPORT_PAGE_SIZE,
+                page_token,
+                unread_only: false,
+            };
+            let page = state
+                .notification()?
+                .list_notifications(idempotent(request))
+                .await
+                .map_err(grpc("notification"))?
+                .into_inner();
+            Ok((page.notifications.into_iter().map(Notification::from).collect(), page.next_page_token))
+        }
+    })
+    .await?;
+    let truncated = orders_cut || shipments_cut || notifications_cut;
+
+    Ok(Json(DataExport {
+        exported_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        user_id,
+        roles: caller.roles.iter().map(|role| role.as_str().to_owned()).collect(),
+        profile: Profile::from(profile),
+        addresses: book.addresses.into_iter().map(SavedAddress::from).collect(),
+        orders,
+        shipments,
+        notifications,
+        truncated,
+    }))
+}
+
+/// Every record `read` gives page by page (a page token in, the page's
+/// records and the next token out, empty on the last page), up to
+/// [`EXPORT_MAX_PAGES`] pages; and whether it stopped there.
+async fn every_page<T, F, Fut>(mut read: F) -> Result<(Vec<T>, bool), Problem>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), Problem>>,
+{
+    let mut records = Vec::new();
+    let mut token = String::new();
+    for _ in 0..EXPORT_MAX_PAGES {
+        let (page, next) = read(token).await?;
+        records.extend(page);
+        if next.is_empty() {
+            return Ok((records, false));
+        }
+        token = next;
+    }
+    Ok((records, true))
 }
 
 /// The address an order ships to: the one given, else the user's default
