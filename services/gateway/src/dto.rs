@@ -108,7 +108,7 @@ fn each<P, J: From<P>>(values: Vec<P>) -> Vec<J> {
 }
 
 /// A postal address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     #[schemars(pattern(NON_BLANK), length(max = MAX_TEXT))]
@@ -1062,16 +1062,7 @@ impl From<commerce_proto::profile::v1::SavedAddress> for SavedAddress {
         Self {
             id: saved.id,
             label: saved.label,
-            address: saved.address.map(Address::from).unwrap_or_else(|| Address {
-                recipient_name: String::new(),
-                line1: String::new(),
-                line2: String::new(),
-                city: String::new(),
-                region: String::new(),
-                postal_code: String::new(),
-                country_code: String::new(),
-                phone: String::new(),
-            }),
+            address: saved.address.map(Address::from).unwrap_or_default(),
             is_default: saved.is_default,
             created_at: timestamp(saved.created_at),
             updated_at: timestamp(saved.updated_at),

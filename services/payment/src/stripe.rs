@@ -217,7 +217,7 @@ impl StripeProvider {
         let response = request
             .send()
             .await
-            .map_err(|error| CallError::Retry(format!("{method} {path}: {}", error_chain(&error))))?;
+            .map_err(|error| CallError::Retry(format!("{method} {path}: {}", crate::error_chain(&error))))?;
         let status = response.status();
         let replayed = response
             .headers()
@@ -466,18 +466,6 @@ impl PaymentProvider for StripeProvider {
             _ => Ok(refund.id),
         }
     }
-}
-
-/// `error` and its sources, for a log line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
