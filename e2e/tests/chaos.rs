@@ -34,7 +34,7 @@ use support::shop::infra_var;
 use support::wait_for;
 
 /// Services of the "rest of the shop" process, beside order and payment.
-const OTHERS: [Service; 9] = [
+const OTHERS: [Service; 10] = [
     Service::Auth,
     Service::Catalog,
     Service::Inventory,
@@ -44,6 +44,7 @@ const OTHERS: [Service; 9] = [
     Service::Gateway,
     Service::Audit,
     Service::Profile,
+    Service::Reviews,
 ];
 /// Broker and controller ports of the private Kafka: above the kernel's
 /// ephemeral range (32768-60999), so that no outgoing connection of another

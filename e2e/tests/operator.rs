@@ -83,7 +83,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// test's namespace, deleted with it).
 const LEASE_NAME: &str = "commerce-operator";
 /// The services of the catalog.
-const SERVICES: [&str; 11] = [
+const SERVICES: [&str; 12] = [
     "auth",
     "catalog",
     "inventory",
@@ -95,6 +95,7 @@ const SERVICES: [&str; 11] = [
     "gateway",
     "audit",
     "profile",
+    "reviews",
 ];
 
 // ---------------------------------------------------------------- the tests

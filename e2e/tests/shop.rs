@@ -632,6 +632,172 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The product's `rating` once it reads `expected`.
+async fn wait_rating(api: &Api, product: &str, expected: Value) -> std::time::Duration {
+    let (_, took) = wait_for("the product's rating", ORDER_TIMEOUT, || async {
+        let product = api.get(&format!("/api/products/{product}"), None).await?.expect(StatusCode::OK)?;
+        Ok((product["rating"] == expected).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    took
+}
+
+#[tokio::test]
+async fn a_buyer_reviews_a_delivered_product_the_rating_shows_on_it_and_moderation_removes_abuse() {
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Reviewed").await.expect("category");
+    let product = api.create_product(&admin, &category, "Kettle", 3500, 5).await.expect("product");
+    let buyer = api.register_customer("reviewer").await.expect("registers");
+    let stranger = api.register_customer("stranger").await.expect("registers");
+    let review_path = format!("/api/products/{product}/reviews");
+    let review = json!({"rating": 4, "title": "Boils fast", "body": "Quiet, too."});
+
+    let order_id = api.order(&buyer, &[(&product, 1)], CARD_OK).await.expect("accepted");
+    api.wait_order(&buyer, &order_id, "confirmed").await.expect("confirmed");
+    // Bought but not delivered: no review yet.
+    let early = api.post(&review_path, Some(&buyer.access_token), &review).await.expect("answers");
+    early.assert_problem("a review before delivery");
+    assert_eq!(early.status, StatusCode::FORBIDDEN, "{}", early.body);
+
+    let shipment = shipment_of(&api, &buyer, &order_id).await;
+    let shipment_id = string(&shipment, "id").expect("shipment id");
+    let courier = api.courier().await.expect("the bootstrap courier logs in");
+    for status in ["assigned", "picked_up", "in_transit", "delivered"] {
+        api.post(
+            &format!("/api/shipments/{shipment_id}/status"),
+            Some(&courier.access_token),
+            &json!({"status": status}),
+        )
+        .await
+        .expect("moves")
+        .expect(StatusCode::OK)
+        .unwrap_or_else(|error| panic!("moving the shipment to {status}: {error}"));
+    }
+    api.wait_order(&buyer, &order_id, "delivered").await.expect("delivered");
+
+    // The delivery reaches the reviews service through the Orders topic.
+    let (written, _) = wait_for("the review to be accepted", ORDER_TIMEOUT, || async {
+        let answer = api.post(&review_path, Some(&buyer.access_token), &review).await?;
+        Ok((answer.status == StatusCode::CREATED).then_some(answer.body))
+    })
+    .await
+    .expect("a delivered buyer reviews");
+    let review_id = string(&written, "id").expect("review id");
+    assert_eq!((written["rating"].clone(), written["verified_purchase"].clone()), (json!(4), json!(true)));
+    assert!(written.get("user_id").is_none(), "shoppers do not see who wrote it: {written}");
+    let took = wait_rating(&api, &product, json!({"review_count": 1, "average": 4.0})).await;
+    eprintln!("the review reached the product in {:.2} s", took.as_secs_f64());
+
+    let twice = api.post(&review_path, Some(&buyer.access_token), &review).await.expect("answers");
+    assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.body);
+    assert!(twice.body["detail"].as_str().unwrap_or_default().contains(&review_id), "{}", twice.body);
+    let refused = api.post(&review_path, Some(&stranger.access_token), &review).await.expect("answers");
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "no purchase, no review: {}", refused.body);
+
+    // The author edits the stars; the product follows.
+    let edited = api
+        .call(
+            Method::PATCH,
+            &format!("/api/reviews/{review_id}"),
+            Some(&buyer.access_token),
+            Some(&json!({"rating": 2})),
+        )
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!((edited["rating"].clone(), edited["title"].clone()), (json!(2), json!("Boils fast")));
+    wait_rating(&api, &product, json!({"review_count": 1, "average": 2.0})).await;
+
+    // Another shopper finds it helpful, then reports it.
+    let helpful = format!("/api/reviews/{review_id}/helpful");
+    for _ in 0..2 {
+        let voted = api.post(&helpful, Some(&stranger.access_token), &json!({})).await.expect("votes");
+        assert_eq!(
+            voted.expect(StatusCode::OK).expect("200")["helpful_count"],
+            json!(1),
+            "one vote per user"
+        );
+    }
+    let reported = api
+        .post(
+            &format!("/api/reviews/{review_id}/reports"),
+            Some(&stranger.access_token),
+            &json!({"reason": "abusive"}),
+        )
+        .await
+        .expect("reports")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(reported["status"], json!("flagged"));
+    let list = api.get(&format!("{review_path}?sort=most_helpful&rating=2"), None).await.expect("lists");
+    let list = list.expect(StatusCode::OK).expect("200");
+    assert_eq!(list["reviews"][0]["id"], json!(review_id), "a flagged review stays visible: {list}");
+    assert_eq!(list["summary"]["count_by_stars"], json!([0, 1, 0, 0, 0]), "{list}");
+
+    // The admin's queue holds it; removing it takes it out of the rating.
+    let customer_queue =
+        api.get("/api/admin/reviews/queue", Some(&buyer.access_token)).await.expect("answers");
+    assert_eq!(customer_queue.status, StatusCode::FORBIDDEN);
+    let queue = api
+        .get("/api/admin/reviews/queue?page_size=100", Some(&admin.access_token))
+        .await
+        .expect("lists")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let entry = queue["entries"]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|entry| entry["review"]["id"] == json!(review_id)))
+        .unwrap_or_else(|| panic!("the reported review is queued: {queue}"));
+    assert_eq!(entry["author_id"], json!(buyer.user_id));
+    assert_eq!(entry["reports"][0]["reason"], json!("abusive"));
+    let removed = api
+        .post(
+            &format!("/api/admin/reviews/{review_id}/moderation"),
+            Some(&admin.access_token),
+            &json!({"decision": "remove", "note": "insults"}),
+        )
+        .await
+        .expect("moderates")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(removed["status"], json!("removed"));
+    wait_rating(&api, &product, json!({"review_count": 0, "average": null})).await;
+    let list = api.get(&review_path, None).await.expect("lists").expect(StatusCode::OK).expect("200");
+    assert_eq!(list["reviews"], json!([]), "{list}");
+    let late_edit = api
+        .call(
+            Method::PATCH,
+            &format!("/api/reviews/{review_id}"),
+            Some(&buyer.access_token),
+            Some(&json!({"rating": 5})),
+        )
+        .await
+        .expect("answers");
+    assert_eq!(late_edit.status, StatusCode::CONFLICT, "{}", late_edit.body);
+
+    // The trail has every review event, the moderator named as the actor.
+    let audit = shop.databases.pool(Service::Audit).await.expect("the audit database");
+    let expected = ["ReviewCreated", "ReviewUpdated", "ReviewFlagged", "ReviewModerated"]
+        .map(|name| format!("commerce.events.v1.{name}"));
+    let (trail, _) = wait_for("the review events in the audit trail", ORDER_TIMEOUT, || async {
+        let trail: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_type, actor_id FROM audit_entries \
+             WHERE subject = $1 AND event_type LIKE 'commerce.events.v1.Review%' ORDER BY sequence",
+        )
+        .bind(&product)
+        .fetch_all(&audit)
+        .await?;
+        Ok((trail.len() == expected.len()).then_some(trail))
+    })
+    .await
+    .expect("the trail records the reviews");
+    assert_eq!(trail.iter().map(|(kind, _)| kind.clone()).collect::<Vec<_>>(), expected);
+    assert_eq!(trail[3].1, admin.user_id, "{trail:?}");
+    assert_invariants(&shop.databases).await;
+}
+
 #[tokio::test]
 async fn an_order_beyond_the_stock_is_rejected_and_leaves_the_stock_unchanged() {
     let (shop, api, admin) = setup().await;

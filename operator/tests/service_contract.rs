@@ -211,6 +211,7 @@ fn command(service: &str) -> Command {
         "gateway" => commerce_gateway::Config::augment_args(command),
         "audit" => commerce_audit::Config::augment_args(command),
         "profile" => commerce_profile::Config::augment_args(command),
+        "reviews" => commerce_reviews::Config::augment_args(command),
         other => panic!("a Deployment serves {other:?}, which has no Config here"),
     }
 }
@@ -272,6 +273,7 @@ fn parses(service: &str, argv: &[String]) -> Result<(), String> {
         "gateway" => parse::<commerce_gateway::Config>(argv).map(drop),
         "audit" => parse::<commerce_audit::Config>(argv).map(drop),
         "profile" => parse::<commerce_profile::Config>(argv).map(drop),
+        "reviews" => parse::<commerce_reviews::Config>(argv).map(drop),
         other => panic!("no Config for {other:?}"),
     }
 }

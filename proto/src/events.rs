@@ -120,4 +120,11 @@ event_payloads! {
         ProductDeleted => product_id,
         PriceChanged => product_id,
     ],
+    // Keyed by product, so that each product's rating changes stay in order.
+    Reviews: [
+        ReviewCreated => product_id,
+        ReviewUpdated => product_id,
+        ReviewFlagged => product_id,
+        ReviewModerated => product_id,
+    ],
 }

@@ -88,6 +88,11 @@ proto_package!(
     profile,
     "commerce.profile.v1"
 );
+proto_package!(
+    /// Product reviews, helpful votes and moderation.
+    reviews,
+    "commerce.reviews.v1"
+);
 
 /// Every proto file of this crate, and the well-known types they import, as an
 /// encoded `google.protobuf.FileDescriptorSet` with source comments.

@@ -118,6 +118,20 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
                 "GetDefaultAddress",
             ],
         ),
+        (
+            "commerce.reviews.v1",
+            "ReviewService",
+            &[
+                "CreateReview",
+                "UpdateReview",
+                "GetReview",
+                "ListProductReviews",
+                "VoteHelpful",
+                "ReportReview",
+                "ListModerationQueue",
+                "ModerateReview",
+            ],
+        ),
     ];
     let set = descriptor_set();
 
@@ -302,6 +316,10 @@ macro_rules! for_each_event {
             $check::<events::ProductUpdated>(),
             $check::<events::ProductDeleted>(),
             $check::<events::PriceChanged>(),
+            $check::<events::ReviewCreated>(),
+            $check::<events::ReviewUpdated>(),
+            $check::<events::ReviewFlagged>(),
+            $check::<events::ReviewModerated>(),
         ]
     };
 }

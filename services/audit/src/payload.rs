@@ -8,7 +8,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions, Value};
 
 /// Fields that name who acted, in the order they are looked for. An event
 /// that names none of them is one of the shop's own steps.
-const ACTOR_FIELDS: &[&str] = &["changed_by", "cancelled_by", "actor_id", "requested_by"];
+const ACTOR_FIELDS: &[&str] =
+    &["changed_by", "cancelled_by", "actor_id", "requested_by", "moderator_id", "reporter_id"];
 
 static POOL: LazyLock<Option<DescriptorPool>> = LazyLock::new(|| {
     DescriptorPool::decode(commerce_proto::FILE_DESCRIPTOR_SET)

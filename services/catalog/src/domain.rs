@@ -337,6 +337,10 @@ pub struct ProductRow {
     pub active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Visible reviews, from the reviews service's events.
+    pub review_count: i64,
+    /// Sum of their stars.
+    pub stars_total: i64,
 }
 
 impl ProductRow {

@@ -1,7 +1,7 @@
 //! What the catalog publishes on `commerce.catalog.v1`, through the
 //! platform outbox, in the transaction of the write it reports:
 //! `ProductCreated`, `ProductUpdated` (+ `PriceChanged` when the price
-//! moved) and `ProductDeleted`. The catalog consumes no events.
+//! moved) and `ProductDeleted`. What it consumes is in [`ratings`](crate::ratings).
 
 use commerce_platform::events::enqueue;
 use commerce_proto::common::v1::Money as ProtoMoney;

@@ -80,6 +80,8 @@ pub fn product_to_proto(row: &ProductRow) -> pb::Product {
         active: row.active,
         created_at: Some(timestamp(row.created_at)),
         updated_at: Some(timestamp(row.updated_at)),
+        review_count: row.review_count,
+        stars_total: row.stars_total,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The catalog service (`commerce.catalog.v1`): products and categories in
 //! Postgres, product reads and listing pages served cache-aside from Redis,
 //! and `ProductCreated`/`ProductUpdated`/`PriceChanged`/`ProductDeleted`
-//! published through the platform outbox.
+//! published through the platform outbox. It consumes the reviews topic for
+//! each product's rating ([`ratings`]).
 //!
 //! - [`serve`] runs the service with [`Config`];
 //! - [`seed::seed`] inserts the demo catalog ([`seed::DEMO_PRODUCTS`] has
@@ -20,6 +21,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod ratings;
 pub mod seed;
 pub mod store;
 
@@ -78,6 +80,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 
             let producer = wiring.start_producer(&config.kafka)?;
             wiring.spawn_outbox_relay(&pool, &producer);
+            wiring.start_consumer(
+                Service::Catalog,
+                &config.kafka,
+                pool.clone(),
+                producer,
+                ratings::RatingEventHandler::new(cache.clone()),
+            )?;
 
             let handler = CatalogGrpc::new(pool, cache);
             Ok(wiring.grpc_server().add_service(CatalogServiceServer::new(handler)))

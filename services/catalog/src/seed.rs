@@ -213,11 +213,12 @@ pub async fn seed(pool: &PgPool) -> Result<SeedReport, Error> {
         report.categories_inserted += done.rows_affected();
     }
     for product in DEMO_PRODUCTS {
-        let inserted = sqlx::query_as::<_, ProductRow>(
+        let inserted = sqlx::query_as::<_, ProductRow>(&format!(
             "INSERT INTO products (id, sku, name, description, category_id, price_units, currency, active) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, true) ON CONFLICT DO NOTHING \
-             RETURNING id, sku, name, description, category_id, price_units, currency, active, created_at, updated_at",
-        )
+             RETURNING {}",
+            crate::store::PRODUCT_COLUMNS
+        ))
         .bind(product.id)
         .bind(product.sku)
         .bind(product.name)

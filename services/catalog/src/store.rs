@@ -45,8 +45,9 @@ pub struct CategoryRow {
     pub created_at: DateTime<Utc>,
 }
 
-const PRODUCT_COLUMNS: &str =
-    "id, sku, name, description, category_id, price_units, currency, active, created_at, updated_at";
+/// The columns of a [`ProductRow`], in its order.
+pub(crate) const PRODUCT_COLUMNS: &str = "id, sku, name, description, category_id, price_units, currency, active, \
+     created_at, updated_at, review_count, stars_total";
 
 /// Creates a category. [`Error::SlugTaken`] for a used slug,
 /// [`Error::CategoryNotFound`] for an unknown parent.
@@ -243,4 +244,29 @@ pub async fn list_products(
     push_filter(&mut count, filter);
     let total: i64 = count.build_query_scalar().fetch_one(pool).await.map_err(database("count products"))?;
     Ok((rows, more, total))
+}
+
+/// Sets a product's rating to what a reviews event says, unless the row
+/// already holds a rating of that version or a later one (a redelivery or a
+/// late event). True if the row changed; false also for a product the
+/// catalog does not have (deleted since).
+pub async fn apply_rating(
+    conn: &mut PgConnection,
+    product_id: Uuid,
+    review_count: i64,
+    stars_total: i64,
+    version: i64,
+) -> Result<bool, Error> {
+    let result = sqlx::query(
+        "UPDATE products SET review_count = $2, stars_total = $3, rating_version = $4 \
+         WHERE id = $1 AND rating_version < $4",
+    )
+    .bind(product_id)
+    .bind(review_count)
+    .bind(stars_total)
+    .bind(version)
+    .execute(conn)
+    .await
+    .map_err(database("apply a product's rating"))?;
+    Ok(result.rows_affected() > 0)
 }

@@ -52,3 +52,25 @@ async fn a_committed_product_insert_writes_one_product_created_row_keyed_by_prod
     assert_eq!((event.sku.as_str(), event.price.map(|price| price.units)), ("T-1", Some(1500)));
     db.drop_database().await
 }
+
+#[tokio::test]
+async fn a_products_rating_takes_the_highest_version_and_moves_no_updated_at() -> anyhow::Result<()> {
+    let db = TestDatabase::create("catalog", &commerce_catalog::MIGRATOR).await?;
+    let draft = draft(&db).await?;
+    let mut conn = db.pool.acquire().await?;
+    let product = store::insert_product(&mut conn, &draft).await?;
+    assert_eq!((product.review_count, product.stars_total), (0, 0));
+
+    assert!(store::apply_rating(&mut conn, product.id, 2, 9, 2).await?);
+    // Older or repeated versions (a late or redelivered event) change nothing.
+    assert!(!store::apply_rating(&mut conn, product.id, 1, 5, 1).await?);
+    assert!(!store::apply_rating(&mut conn, product.id, 2, 9, 2).await?);
+    // A product the catalog does not have is skipped, not an error.
+    assert!(!store::apply_rating(&mut conn, uuid::Uuid::now_v7(), 1, 5, 1).await?);
+
+    drop(conn);
+    let read = store::get_product(&db.pool, product.id).await?.expect("the product");
+    assert_eq!((read.review_count, read.stars_total), (2, 9));
+    assert_eq!(read.updated_at, product.updated_at, "a rating is not a change of the product");
+    db.drop_database().await
+}

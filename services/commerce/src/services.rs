@@ -120,6 +120,7 @@ services! {
     "gateway" => Gateway(commerce_gateway),
     "audit" => Audit(commerce_audit),
     "profile" => Profile(commerce_profile),
+    "reviews" => Reviews(commerce_reviews),
 }
 
 /// `a, b, c` for messages.

@@ -14,7 +14,7 @@
 //!   the OpenAPI document shows it and the extractors enforce it from the
 //!   same derived schema (see [`crate::contract`]).
 
-use commerce_proto::{audit, auth, cart, catalog, common, inventory, notification, order, shipping};
+use commerce_proto::{audit, auth, cart, catalog, common, inventory, notification, order, reviews, shipping};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -334,12 +334,46 @@ pub struct Product {
     pub active: bool,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
+    /// The product's rating over its visible reviews.
+    pub rating: ProductRating,
 }
 
-from_fields!(catalog::v1::Product => Product {
-    id, sku, name, description, category_id, price: optional, active,
-    created_at: timestamp, updated_at: timestamp,
-});
+/// A product's rating, kept by the catalog from the reviews service's
+/// events (a new review shows here within seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, JsonSchema)]
+pub struct ProductRating {
+    /// Number of visible reviews.
+    pub review_count: i64,
+    /// Average stars (1 to 5), rounded to two decimals; null without reviews.
+    pub average: Option<f64>,
+}
+
+impl ProductRating {
+    pub fn new(review_count: i64, stars_total: i64) -> Self {
+        // Counts and totals stay far below 2^52: exact as floats.
+        #[allow(clippy::cast_precision_loss)]
+        let average =
+            (review_count > 0).then(|| (stars_total as f64 / review_count as f64 * 100.0).round() / 100.0);
+        Self { review_count, average }
+    }
+}
+
+impl From<catalog::v1::Product> for Product {
+    fn from(product: catalog::v1::Product) -> Self {
+        Self {
+            rating: ProductRating::new(product.review_count, product.stars_total),
+            id: product.id,
+            sku: product.sku,
+            name: product.name,
+            description: product.description,
+            category_id: product.category_id,
+            price: product.price.map(Into::into),
+            active: product.active,
+            created_at: timestamp(product.created_at),
+            updated_at: timestamp(product.updated_at),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ProductPage {
@@ -1242,6 +1276,8 @@ mod tests {
                 active: true,
                 created_at: at(1_700_000_000, 0),
                 updated_at: at(1_700_000_001, 5_000_000),
+                review_count: 3,
+                stars_total: 14,
             })),
             json(Category::from(catalog::v1::Category {
                 id: "c1".into(),
@@ -1329,12 +1365,37 @@ mod tests {
             })),
             json(Address::from(address())),
             json(common::v1::Address::from(Address::from(address())) == address()),
+            json(QueuedReview::from(reviews::v1::QueuedReview {
+                review: Some(reviews::v1::Review {
+                    id: "r1".into(),
+                    product_id: "p1".into(),
+                    user_id: "u1".into(),
+                    rating: 2,
+                    title: "Chipped".into(),
+                    body: "Arrived chipped".into(),
+                    status: reviews::v1::ReviewStatus::Flagged as i32,
+                    helpful_count: 4,
+                    report_count: 1,
+                    created_at: at(1_700_000_000, 0),
+                    updated_at: at(1_700_000_006, 0),
+                }),
+                reports: vec![reviews::v1::Report {
+                    user_id: "u2".into(),
+                    reason: "spam".into(),
+                    created_at: at(1_700_000_007, 0),
+                }],
+            })),
+            json(ReviewSummary::from(reviews::v1::RatingSummary {
+                review_count: 0,
+                stars_total: 0,
+                count_by_stars: vec![0; 5],
+            })),
         ];
         let expected = [
             r#"{"id":"u1","email":"ada@example.com","display_name":"Ada","roles":["customer","admin"],"created_at":"2023-11-14T22:13:20.123Z"}"#,
             r#"{"access_token":"at","access_token_expires_at":"2023-11-14T22:28:20.000Z","refresh_token":"rt","refresh_token_expires_at":null,"token_type":"Bearer"}"#,
             r#"{"access_token":"","access_token_expires_at":null,"refresh_token":"","refresh_token_expires_at":null,"token_type":"DPoP"}"#,
-            r#"{"id":"p1","sku":"MUG-1","name":"Mug","description":"A mug","category_id":"c1","price":{"currency":"EUR","amount_minor":1299},"active":true,"created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:21.005Z"}"#,
+            r#"{"id":"p1","sku":"MUG-1","name":"Mug","description":"A mug","category_id":"c1","price":{"currency":"EUR","amount_minor":1299},"active":true,"created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:21.005Z","rating":{"review_count":3,"average":4.67}}"#,
             r#"{"id":"c1","name":"Mugs","slug":"mugs","parent_id":"c0","created_at":"2023-11-14T22:13:20.000Z"}"#,
             r#"{"product_id":"p1","available":7,"reserved":2,"sold":40,"updated_at":"2023-11-14T22:13:20.000Z"}"#,
             r#"{"items":[{"product_id":"p1","quantity":2,"name":"Mug","unit_price":{"currency":"EUR","amount_minor":1299},"line_total":{"currency":"EUR","amount_minor":2598},"in_stock":true}],"subtotal":{"currency":"EUR","amount_minor":2598},"updated_at":"2023-11-14T22:13:20.000Z","expires_at":null}"#,
@@ -1345,10 +1406,205 @@ mod tests {
             r#"{"id":"n1","kind":"order_shipped","title":"Shipped","body":"Your order is on its way","order_id":"o1","created_at":"2023-11-14T22:13:20.000Z","read":true,"read_at":"2023-11-14T22:13:25.000Z"}"#,
             r#"{"recipient_name":"Ada","line1":"Main St 1","line2":"Floor 2","city":"Berlin","region":"BE","postal_code":"10115","country_code":"DE","phone":"+4930123"}"#,
             r#"true"#,
+            r#"{"review":{"id":"r1","product_id":"p1","rating":2,"title":"Chipped","body":"Arrived chipped","status":"flagged","verified_purchase":true,"helpful_count":4,"created_at":"2023-11-14T22:13:20.000Z","updated_at":"2023-11-14T22:13:26.000Z"},"author_id":"u1","reports":[{"reporter_id":"u2","reason":"spam","created_at":"2023-11-14T22:13:27.000Z"}]}"#,
+            r#"{"review_count":0,"average":null,"count_by_stars":[0,0,0,0,0]}"#,
         ];
         assert_eq!(cases.len(), expected.len());
         for (index, (case, expected)) in cases.iter().zip(expected).enumerate() {
             assert_eq!(case, expected, "case {index}");
         }
     }
+}
+
+// ---------------------------------------------------------------- reviews
+
+/// One review, as shoppers see it (without its author's id).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Review {
+    pub id: String,
+    pub product_id: String,
+    /// Stars, 1 to 5.
+    pub rating: i32,
+    pub title: String,
+    pub body: String,
+    /// `published`, `flagged` (reported, waiting for moderation; still
+    /// shown) or `removed`.
+    pub status: String,
+    /// Every review is by a buyer whose order of the product was delivered.
+    pub verified_purchase: bool,
+    pub helpful_count: i64,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+fn review_status_name(value: i32) -> String {
+    enum_label(value, reviews::v1::ReviewStatus::as_str_name, "REVIEW_STATUS_")
+}
+
+from_fields!(reviews::v1::Review => Review {
+    id, product_id, rating, title, body, status: review_status_name, helpful_count,
+    created_at: timestamp, updated_at: timestamp,
+}; verified_purchase = true);
+
+/// A product's rating over every visible review.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ReviewSummary {
+    pub review_count: i64,
+    /// Average stars, rounded to two decimals; null without reviews.
+    pub average: Option<f64>,
+    /// Reviews per star count: `[one star, two, three, four, five]`.
+    pub count_by_stars: Vec<i64>,
+}
+
+impl From<reviews::v1::RatingSummary> for ReviewSummary {
+    fn from(summary: reviews::v1::RatingSummary) -> Self {
+        let rating = ProductRating::new(summary.review_count, summary.stars_total);
+        Self {
+            review_count: rating.review_count,
+            average: rating.average,
+            count_by_stars: summary.count_by_stars,
+        }
+    }
+}
+
+/// One page of a product's reviews, with the product's rating summary.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ReviewPage {
+    pub reviews: Vec<Review>,
+    /// Pass as `page_token` for the next page; empty on the last page.
+    pub next_page_token: String,
+    pub summary: ReviewSummary,
+}
+
+/// How a product's reviews are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewSort {
+    /// The newest first (the default).
+    Newest,
+    Oldest,
+    /// The most stars first.
+    HighestRating,
+    /// The fewest stars first.
+    LowestRating,
+    /// The most helpful votes first.
+    MostHelpful,
+}
+
+same_variants!(ReviewSort => reviews::v1::ReviewSort { Newest, Oldest, HighestRating, LowestRating, MostHelpful });
+
+/// Filters of `GET /api/products/{id}/reviews`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewQuery {
+    /// Only reviews with this many stars.
+    #[schemars(range(min = 1, max = 5))]
+    pub rating: Option<i32>,
+    pub sort: Option<ReviewSort>,
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
+    pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
+    pub page_token: Option<String>,
+}
+
+/// Body of `POST /api/products/{id}/reviews`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReviewRequest {
+    /// Stars, 1 to 5.
+    #[schemars(range(min = 1, max = 5))]
+    pub rating: i32,
+    #[serde(default)]
+    #[schemars(pattern(NO_NUL), length(max = 120))]
+    pub title: String,
+    #[serde(default)]
+    #[schemars(pattern(NO_NUL), length(max = 5000))]
+    pub body: String,
+}
+
+/// Body of `PATCH /api/reviews/{id}`: what is given changes; an empty
+/// `title` or `body` empties it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewPatch {
+    #[schemars(range(min = 1, max = 5))]
+    pub rating: Option<i32>,
+    #[schemars(pattern(NO_NUL), length(max = 120))]
+    pub title: Option<String>,
+    #[schemars(pattern(NO_NUL), length(max = 5000))]
+    pub body: Option<String>,
+}
+
+/// Body of `POST /api/reviews/{id}/reports`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportReviewRequest {
+    /// Why the review is abusive.
+    #[schemars(pattern(NON_BLANK), length(min = 1, max = 500))]
+    pub reason: String,
+}
+
+/// One user's report of a review.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ReviewReport {
+    pub reporter_id: String,
+    pub reason: String,
+    pub created_at: Option<String>,
+}
+
+/// A reported review with its author and open reports.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct QueuedReview {
+    pub review: Review,
+    pub author_id: String,
+    /// Reports since it was last moderated, the oldest first.
+    pub reports: Vec<ReviewReport>,
+}
+
+/// One page of the moderation queue, the longest waiting first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ModerationQueue {
+    pub entries: Vec<QueuedReview>,
+    /// Pass as `page_token` for the next page; empty on the last page.
+    pub next_page_token: String,
+}
+
+impl From<reviews::v1::QueuedReview> for QueuedReview {
+    fn from(entry: reviews::v1::QueuedReview) -> Self {
+        let review = entry.review.unwrap_or_default();
+        Self {
+            author_id: review.user_id.clone(),
+            review: Review::from(review),
+            reports: entry
+                .reports
+                .into_iter()
+                .map(|report| ReviewReport {
+                    reporter_id: report.user_id,
+                    reason: report.reason,
+                    created_at: timestamp(report.created_at),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What an admin decides about a review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerationDecision {
+    /// Keep it; its reports are settled.
+    Keep,
+    /// Remove it: hidden, and out of the product's rating.
+    Remove,
+}
+
+/// Body of `POST /api/admin/reviews/{id}/moderation`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationRequest {
+    pub decision: ModerationDecision,
+    /// Why, for the record.
+    #[serde(default)]
+    #[schemars(pattern(NO_NUL), length(max = 500))]
+    pub note: String,
 }

@@ -16,6 +16,7 @@ use commerce_proto::notification::v1::notification_service_client::NotificationS
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use commerce_proto::profile::v1::profile_service_client::ProfileServiceClient;
+use commerce_proto::reviews::v1::review_service_client::ReviewServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
 use commerce_topology::Service;
 use prometheus_client::metrics::counter::Counter;
@@ -107,4 +108,5 @@ impl AppState {
     client!(audit, AuditServiceClient, Service::Audit);
     client!(payment, PaymentServiceClient, Service::Payment);
     client!(profile, ProfileServiceClient, Service::Profile);
+    client!(reviews, ReviewServiceClient, Service::Reviews);
 }

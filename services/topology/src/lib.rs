@@ -51,8 +51,10 @@ pub enum Service {
     /// Appended after the gateway so that no earlier service's local ports
     /// move.
     Audit,
-    /// Appended last, for the same reason.
+    /// Appended after the gateway, for the same reason.
     Profile,
+    /// Appended last, for the same reason.
+    Reviews,
 }
 
 /// A Kafka topic carrying one aggregate's domain events, keyed by the
@@ -65,6 +67,7 @@ pub enum Topic {
     Shipments,
     Users,
     Catalog,
+    Reviews,
 }
 
 /// How a topic is laid out on the brokers.
@@ -125,7 +128,7 @@ const DOMAIN_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Dead letters are rare and read by people; one partition keeps them in order.
 pub const DEAD_LETTER_PARTITIONS: i32 = 1;
 
-const SERVICES: [ServiceSpec; 11] = [
+const SERVICES: [ServiceSpec; 12] = [
     ServiceSpec {
         service: Service::Auth,
         summary: "users, credentials, roles, refresh tokens and signing keys",
@@ -141,7 +144,8 @@ const SERVICES: [ServiceSpec; 11] = [
         database: true,
         redis: true,
         produces: &[Topic::Catalog],
-        consumes: &[],
+        // Reviews: each product's average rating and review count.
+        consumes: &[Topic::Reviews],
         calls: &[],
     },
     ServiceSpec {
@@ -220,6 +224,7 @@ const SERVICES: [ServiceSpec; 11] = [
             Service::Shipping,
             Service::Audit,
             Service::Profile,
+            Service::Reviews,
         ],
     },
     ServiceSpec {
@@ -236,6 +241,7 @@ const SERVICES: [ServiceSpec; 11] = [
             Topic::Shipments,
             Topic::Users,
             Topic::Catalog,
+            Topic::Reviews,
         ],
         calls: &[],
     },
@@ -249,11 +255,22 @@ const SERVICES: [ServiceSpec; 11] = [
         consumes: &[Topic::Users],
         calls: &[],
     },
+    ServiceSpec {
+        service: Service::Reviews,
+        summary: "product reviews by verified buyers, helpful votes and the moderation queue",
+        database: true,
+        redis: false,
+        produces: &[Topic::Reviews],
+        // Orders: who bought what, and when it was delivered (only a
+        // delivered order line entitles its buyer to review the product).
+        consumes: &[Topic::Orders],
+        calls: &[],
+    },
 ];
 
 impl Service {
     /// Every service, in catalog order.
-    pub const ALL: [Service; 11] = [
+    pub const ALL: [Service; 12] = [
         Service::Auth,
         Service::Catalog,
         Service::Inventory,
@@ -265,6 +282,7 @@ impl Service {
         Service::Gateway,
         Service::Audit,
         Service::Profile,
+        Service::Reviews,
     ];
 
     /// The service's name: DNS label, database suffix, CLI argument.
@@ -281,6 +299,7 @@ impl Service {
             Service::Gateway => "gateway",
             Service::Audit => "audit",
             Service::Profile => "profile",
+            Service::Reviews => "reviews",
         }
     }
 
@@ -366,8 +385,15 @@ impl std::error::Error for UnknownService {}
 
 impl Topic {
     /// Every domain topic.
-    pub const ALL: [Topic; 6] =
-        [Topic::Orders, Topic::Inventory, Topic::Payments, Topic::Shipments, Topic::Users, Topic::Catalog];
+    pub const ALL: [Topic; 7] = [
+        Topic::Orders,
+        Topic::Inventory,
+        Topic::Payments,
+        Topic::Shipments,
+        Topic::Users,
+        Topic::Catalog,
+        Topic::Reviews,
+    ];
 
     /// Layout of the topic.
     pub const fn spec(self) -> TopicSpec {
@@ -380,6 +406,7 @@ impl Topic {
             Topic::Shipments => ("commerce.shipments.v1", 3),
             Topic::Users => ("commerce.users.v1", 3),
             Topic::Catalog => ("commerce.catalog.v1", 3),
+            Topic::Reviews => ("commerce.reviews.v1", 3),
         };
         TopicSpec { name, partitions, retention_ms: DOMAIN_RETENTION_MS }
     }
@@ -439,6 +466,7 @@ fn dead_letter_name(service: Service) -> &'static str {
         Service::Gateway => "commerce.dlq.gateway.v1",
         Service::Audit => "commerce.dlq.audit.v1",
         Service::Profile => "commerce.dlq.profile.v1",
+        Service::Reviews => "commerce.dlq.reviews.v1",
     }
 }
 

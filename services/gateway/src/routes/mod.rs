@@ -13,6 +13,7 @@ mod notifications;
 mod orders;
 mod payments;
 pub(crate) mod profile;
+mod reviews;
 mod shipments;
 
 use axum::Router;
@@ -32,6 +33,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/auth/logout"),
     ("GET", "/api/products"),
     ("GET", "/api/products/{id}"),
+    ("GET", "/api/products/{id}/reviews"),
+    ("POST", "/api/products/{id}/reviews"),
+    ("PATCH", "/api/reviews/{id}"),
+    ("POST", "/api/reviews/{id}/helpful"),
+    ("POST", "/api/reviews/{id}/reports"),
     ("GET", "/api/categories"),
     ("GET", "/api/cart"),
     ("DELETE", "/api/cart"),
@@ -70,6 +76,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/admin/ratelimits/{name}"),
     ("GET", "/api/admin/audit"),
     ("GET", "/api/admin/audit/verify"),
+    ("GET", "/api/admin/reviews/queue"),
+    ("POST", "/api/admin/reviews/{id}/moderation"),
     ("GET", "/api/openapi.json"),
 ];
 
@@ -84,6 +92,10 @@ pub fn api() -> Router<AppState> {
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/products", get(catalog::list_products))
         .route("/api/products/{id}", get(catalog::get_product))
+        .route("/api/products/{id}/reviews", get(reviews::list_reviews).post(reviews::create_review))
+        .route("/api/reviews/{id}", patch(reviews::update_review))
+        .route("/api/reviews/{id}/helpful", post(reviews::vote_helpful))
+        .route("/api/reviews/{id}/reports", post(reviews::report_review))
         .route("/api/categories", get(catalog::list_categories))
         .route("/api/cart", get(cart::get_cart).delete(cart::clear_cart))
         .route("/api/cart/items", post(cart::add_item))
@@ -114,6 +126,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/admin/ratelimits/{name}", put(admin::put_rate_limit).delete(admin::delete_rate_limit))
         .route("/api/admin/audit", get(audit::list_entries))
         .route("/api/admin/audit/verify", get(audit::verify_chain))
+        .route("/api/admin/reviews/queue", get(reviews::moderation_queue))
+        .route("/api/admin/reviews/{id}/moderation", post(reviews::moderate_review))
 }
 
 /// Maps a gRPC error from `peer` (see [`problem_from_status`]).

@@ -300,6 +300,16 @@ pub trait EventHandler: Send + Sync + 'static {
         tx: &mut Transaction<'_, Postgres>,
         event: &IncomingEvent,
     ) -> Result<(), HandlerError>;
+
+    /// Runs after the transaction that applied `events` committed, for
+    /// effects outside the database that must not be seen before the
+    /// commit, such as dropping a cache entry (dropped earlier, a reader
+    /// could cache the old row again before the commit). Best effort: a
+    /// crash between the commit and this call skips it, so it may only do
+    /// what a cache's expiry also bounds. The default does nothing.
+    async fn committed(&self, events: &[&IncomingEvent]) {
+        let _ = events;
+    }
 }
 
 /// Implements [`EventHandler`] for a type from one table of event types and
@@ -318,9 +328,22 @@ pub trait EventHandler: Send + Sync + 'static {
 /// is both [`EventHandler::handles`], which lets the consumer skip other
 /// types before opening a transaction, and the dispatch: a type cannot be
 /// handled without being declared, nor declared without being handled.
+///
+/// A trailing `committed => method` after the table names an `async
+/// fn(&self, events: &[&IncomingEvent])` run as [`EventHandler::committed`].
 #[macro_export]
 macro_rules! event_handler {
+    ($handler:ty { $($event:ty => $method:ident),+ $(,)? } committed => $committed:ident) => {
+        $crate::event_handler!(@impl $handler { $($event => $method),+ }
+            async fn committed(&self, events: &[&$crate::events::IncomingEvent]) {
+                self.$committed(events).await
+            }
+        );
+    };
     ($handler:ty { $($event:ty => $method:ident),+ $(,)? }) => {
+        $crate::event_handler!(@impl $handler { $($event => $method),+ });
+    };
+    (@impl $handler:ty { $($event:ty => $method:ident),+ } $($extra:item)?) => {
         #[$crate::events::__private::async_trait]
         impl $crate::events::EventHandler for $handler {
             fn handles(&self, event_type: &str) -> bool {
@@ -340,6 +363,8 @@ macro_rules! event_handler {
                 // Another type: the consumer never hands one over.
                 Ok(())
             }
+
+            $($extra)?
         }
     };
 }
@@ -935,6 +960,10 @@ impl<H: EventHandler> EventConsumer<H> {
             self.handler.handle_batch(tx.as_sqlx(), &batch).await.map_err(AttemptError::Handler)?;
         }
         tx.commit().await.map_err(|error| AttemptError::Handler(HandlerError::from(error)))?;
+        if !batch.is_empty() {
+            let handled: Vec<&IncomingEvent> = batch.iter().map(|batched| batched.event).collect();
+            self.handler.committed(&handled).await;
+        }
         Ok(outcomes)
     }
 
@@ -1070,6 +1099,7 @@ impl<H: EventHandler> EventConsumer<H> {
         // A failed commit may come from the handler's own writes (a deferred
         // constraint, a serialization failure): it counts as an attempt.
         tx.commit().await.map_err(|error| AttemptError::Handler(HandlerError::from(error)))?;
+        self.handler.committed(&[event]).await;
         tracing::debug!("event handled");
         Ok(Outcome::Handled)
     }
