@@ -71,11 +71,13 @@ pub async fn stock_demo_products(
 }
 
 /// Requests that walk a customer through the shop with curl and jq:
-/// register, log in, list products, add to the cart, check out, and follow
-/// the order's status through the saga live (its Server-Sent Events, from
-/// placement on; Ctrl-C ends them); the administrator's view of the order
-/// in the audit trail (signed in as `admin` with `password`) comes before it.
-pub fn example_requests(gateway: &str, admin: &str, password: &str) -> String {
+/// register, log in, list products, add to the cart, check out, have the
+/// order delivered (signed in as `courier`), review the product and see its
+/// rating, and follow the order's status through the saga (its Server-Sent
+/// Events, from placement to delivery); the administrator's view of the
+/// order in the audit trail (signed in as `admin`) comes before it. Both
+/// accounts use `password`.
+pub fn example_requests(gateway: &str, admin: &str, courier: &str, password: &str) -> String {
     let product = demo_product_ids()
         .into_iter()
         .next()
@@ -106,7 +108,19 @@ Try it (bash, with curl and jq):
   sleep 2; curl -s "$GW/api/admin/audit?subject=$ORDER" -H "authorization: Bearer $ADMIN" \
     | jq -c '.entries[] | {{sequence, event_type, source}}'
   curl -s $GW/api/admin/audit/verify -H "authorization: Bearer $ADMIN" | jq -c '{{intact, entries_checked}}'
-  # The order's status changes, live (Server-Sent Events; a reconnect sends Last-Event-ID: <last id>).
+  # The courier delivers the order; only then may the buyer review the product, and its rating shows.
+  COURIER=$(curl -s -X POST $GW/api/auth/login -H 'content-type: application/json' \
+    -d '{{"email":"{courier}","password":"{password}"}}' | jq -r .tokens.access_token)
+  SHIPMENT=$(curl -s "$GW/api/shipments?order_id=$ORDER" -H "authorization: Bearer $TOKEN" | jq -r '.shipments[0].id')
+  for STATUS in assigned picked_up in_transit delivered; do
+    curl -s -X POST $GW/api/shipments/$SHIPMENT/status -H "authorization: Bearer $COURIER" \
+      -H 'content-type: application/json' -d '{{"status":"'$STATUS'"}}' | jq -r .status; done
+  sleep 1; curl -s -X POST $GW/api/products/{product}/reviews -H "authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' -d '{{"rating":5,"title":"Does what it says"}}' | jq -c '{{id, rating, status}}'
+  sleep 1; curl -s $GW/api/products/{product} | jq -c .rating
+  curl -s "$GW/api/products/{product}/reviews?sort=most_helpful" | jq -c '.summary'
+  # The order's status changes (Server-Sent Events; a reconnect sends Last-Event-ID: <last id>):
+  # from placement to delivery, where the stream ends.
   curl -sN $GW/api/orders/$ORDER/events -H "authorization: Bearer $TOKEN"
 "#
     )

@@ -250,7 +250,7 @@ fn banner(
         None => {}
     }
     if enabled.contains(&Service::Gateway) {
-        out.push_str(&demo::example_requests(&gateway, DEMO_ADMIN_EMAIL, DEMO_PASSWORD));
+        out.push_str(&demo::example_requests(&gateway, DEMO_ADMIN_EMAIL, DEMO_COURIER_EMAIL, DEMO_PASSWORD));
     }
     out.push_str("\nCtrl-C stops the shop.\n");
     out
