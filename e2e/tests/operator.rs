@@ -83,7 +83,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// test's namespace, deleted with it).
 const LEASE_NAME: &str = "commerce-operator";
 /// The services of the catalog.
-const SERVICES: [&str; 12] = [
+const SERVICES: [&str; 13] = [
     "auth",
     "catalog",
     "inventory",
@@ -96,6 +96,7 @@ const SERVICES: [&str; 12] = [
     "audit",
     "profile",
     "reviews",
+    "search",
 ];
 
 // ---------------------------------------------------------------- the tests

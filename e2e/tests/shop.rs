@@ -647,7 +647,11 @@ async fn wait_rating(api: &Api, product: &str, expected: Value) -> std::time::Du
 async fn a_buyer_reviews_a_delivered_product_the_rating_shows_on_it_and_moderation_removes_abuse() {
     let (shop, api, admin) = setup().await;
     let category = api.create_category(&admin, "Reviewed").await.expect("category");
-    let product = api.create_product(&admin, &category, "Kettle", 3500, 5).await.expect("product");
+    // A word of this run only, and a misspelling of it.
+    let word = format!("quietude{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let typo = word.replacen("quietude", "quietdue", 1);
+    let product =
+        api.create_product(&admin, &category, &format!("Kettle {word}"), 3500, 5).await.expect("product");
     let buyer = api.register_customer("reviewer").await.expect("registers");
     let stranger = api.register_customer("stranger").await.expect("registers");
     let review_path = format!("/api/products/{product}/reviews");
@@ -688,6 +692,38 @@ async fn a_buyer_reviews_a_delivered_product_the_rating_shows_on_it_and_moderati
     assert!(written.get("user_id").is_none(), "shoppers do not see who wrote it: {written}");
     let took = wait_rating(&api, &product, json!({"review_count": 1, "average": 4.0})).await;
     eprintln!("the review reached the product in {:.2} s", took.as_secs_f64());
+
+    // Search finds it despite the typo, with its rating, and counts it in
+    // its category, its price band, 4 stars and in stock.
+    let (found, took) =
+        wait_for("the product in the search index with its rating", ORDER_TIMEOUT, || async {
+            let found =
+                api.get(&format!("/api/search?q={typo}&min_rating=4"), None).await?.expect(StatusCode::OK)?;
+            Ok((found["total_size"] == json!(1)).then_some(found))
+        })
+        .await
+        .expect("search finds the reviewed product");
+    eprintln!("the review reached the search index in {:.2} s", took.as_secs_f64());
+    assert_eq!(found["corrected_query"], json!(word), "{found}");
+    let hit = &found["hits"][0];
+    assert_eq!(hit["product_id"], json!(product), "{found}");
+    assert_eq!(hit["name_highlight"], json!(format!("Kettle <mark>{word}</mark>")), "{found}");
+    assert_eq!(
+        (hit["in_stock"].clone(), hit["rating"].clone()),
+        (json!(true), json!({"review_count": 1, "average": 4.0}))
+    );
+    let facets = &found["facets"];
+    assert_eq!(facets["categories"], json!([{"value": category, "count": 1}]), "{found}");
+    assert_eq!(facets["price_bands"], json!([{"value": "2500-5000", "count": 1}]), "{found}");
+    assert_eq!(facets["ratings"][3], json!({"value": "4", "count": 1}), "{found}");
+    assert_eq!(facets["in_stock"], json!([{"value": "true", "count": 1}]), "{found}");
+    let suggested = api
+        .get(&format!("/api/search/suggest?q=kettle%20{}", &word[..10]), None)
+        .await
+        .expect("suggests")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(suggested["suggestions"][0]["product_id"], json!(product), "{suggested}");
 
     let twice = api.post(&review_path, Some(&buyer.access_token), &review).await.expect("answers");
     assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.body);

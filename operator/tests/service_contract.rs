@@ -212,6 +212,7 @@ fn command(service: &str) -> Command {
         "audit" => commerce_audit::Config::augment_args(command),
         "profile" => commerce_profile::Config::augment_args(command),
         "reviews" => commerce_reviews::Config::augment_args(command),
+        "search" => commerce_search::Config::augment_args(command),
         other => panic!("a Deployment serves {other:?}, which has no Config here"),
     }
 }
@@ -274,6 +275,7 @@ fn parses(service: &str, argv: &[String]) -> Result<(), String> {
         "audit" => parse::<commerce_audit::Config>(argv).map(drop),
         "profile" => parse::<commerce_profile::Config>(argv).map(drop),
         "reviews" => parse::<commerce_reviews::Config>(argv).map(drop),
+        "search" => parse::<commerce_search::Config>(argv).map(drop),
         other => panic!("no Config for {other:?}"),
     }
 }

@@ -97,6 +97,7 @@ event_payloads! {
         StockCommitted => order_id,
         StockReleased => order_id,
         StockRestocked => product_id,
+        StockAvailabilityChanged => product_id,
     ],
     // Keyed by order (one payment per order).
     Payments: [

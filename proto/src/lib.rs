@@ -93,6 +93,11 @@ proto_package!(
     reviews,
     "commerce.reviews.v1"
 );
+proto_package!(
+    /// Full-text product search and suggestions.
+    search,
+    "commerce.search.v1"
+);
 
 /// Every proto file of this crate, and the well-known types they import, as an
 /// encoded `google.protobuf.FileDescriptorSet` with source comments.

@@ -132,6 +132,7 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
                 "ModerateReview",
             ],
         ),
+        ("commerce.search.v1", "SearchService", &["Search", "Suggest"]),
     ];
     let set = descriptor_set();
 
@@ -303,6 +304,7 @@ macro_rules! for_each_event {
             $check::<events::StockCommitted>(),
             $check::<events::StockReleased>(),
             $check::<events::StockRestocked>(),
+            $check::<events::StockAvailabilityChanged>(),
             $check::<events::PaymentCaptured>(),
             $check::<events::PaymentFailed>(),
             $check::<events::PaymentRefunded>(),

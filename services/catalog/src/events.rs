@@ -28,6 +28,7 @@ pub async fn enqueue_created(conn: &mut PgConnection, row: &ProductRow) -> Resul
         price: Some(money(&row.price())),
         active: row.active,
         occurred_at: Some(timestamp(row.created_at)),
+        description: row.description.clone(),
     };
     enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     Ok(())
@@ -52,6 +53,7 @@ pub async fn enqueue_updated(
             paths: changed.iter().map(|field| field.name().to_owned()).collect(),
         }),
         occurred_at,
+        description: after.description.clone(),
     };
     enqueue(conn, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
     if changed.contains(&Field::Price) {

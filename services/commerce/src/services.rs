@@ -121,6 +121,7 @@ services! {
     "audit" => Audit(commerce_audit),
     "profile" => Profile(commerce_profile),
     "reviews" => Reviews(commerce_reviews),
+    "search" => Search(commerce_search),
 }
 
 /// `a, b, c` for messages.

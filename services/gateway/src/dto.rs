@@ -14,7 +14,9 @@
 //!   the OpenAPI document shows it and the extractors enforce it from the
 //!   same derived schema (see [`crate::contract`]).
 
-use commerce_proto::{audit, auth, cart, catalog, common, inventory, notification, order, reviews, shipping};
+use commerce_proto::{
+    audit, auth, cart, catalog, common, inventory, notification, order, reviews, search, shipping,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -1607,4 +1609,154 @@ pub struct ModerationRequest {
     #[serde(default)]
     #[schemars(pattern(NO_NUL), length(max = 500))]
     pub note: String,
+}
+
+// ---------------------------------------------------------------- search
+
+/// Query of `GET /api/search`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// Words to find in names, SKUs and descriptions; a misspelt word is
+    /// replaced by the closest indexed word. Without it, every product that
+    /// passes the filters, by name.
+    #[schemars(length(max = 200))]
+    pub q: Option<String>,
+    /// Category id.
+    pub category: Option<Uuid>,
+    /// Lowest price, in minor units.
+    #[schemars(range(min = 0, max = i64::MAX))]
+    pub min_price: Option<i64>,
+    /// Highest price, in minor units.
+    #[schemars(range(min = 1, max = i64::MAX))]
+    pub max_price: Option<i64>,
+    /// Only products rated at least this many stars on average.
+    #[schemars(range(min = 1, max = 4))]
+    pub min_rating: Option<i32>,
+    /// Only products with units available.
+    pub in_stock: Option<bool>,
+    #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
+    pub page_size: Option<i32>,
+    #[schemars(length(max = 1024))]
+    pub page_token: Option<String>,
+}
+
+/// One product found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SearchHit {
+    pub product_id: String,
+    pub sku: String,
+    pub name: String,
+    pub category_id: String,
+    pub price: Option<Money>,
+    pub in_stock: bool,
+    pub rating: ProductRating,
+    /// The name, HTML-escaped, with `<mark>` around the matched words.
+    pub name_highlight: String,
+    /// Up to two fragments of the description, HTML-escaped, with `<mark>`
+    /// around the matched words; empty when the description has none.
+    pub description_highlight: String,
+    /// Relevance, higher is better; 0 without a query.
+    pub score: f64,
+}
+
+impl From<search::v1::SearchHit> for SearchHit {
+    fn from(hit: search::v1::SearchHit) -> Self {
+        Self {
+            rating: ProductRating::new(hit.review_count, hit.stars_total),
+            product_id: hit.product_id,
+            sku: hit.sku,
+            name: hit.name,
+            category_id: hit.category_id,
+            price: hit.price.map(Into::into),
+            in_stock: hit.in_stock,
+            name_highlight: hit.name_highlight,
+            description_highlight: hit.description_highlight,
+            score: hit.score,
+        }
+    }
+}
+
+/// How many matches have one value of a facet.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: i64,
+}
+
+from_fields!(search::v1::FacetCount => FacetCount { value, count });
+
+/// The facets of the matches; each counts under every filter but its own.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SearchFacets {
+    /// Matches per category id, the most first.
+    pub categories: Vec<FacetCount>,
+    /// Matches per price band in minor units: `0-1000`, `1000-2500`,
+    /// `2500-5000`, `5000-10000` (upper bound excluded) and `10000+`.
+    pub price_bands: Vec<FacetCount>,
+    /// Matches rated at least `1`, `2`, `3` and `4` stars on average.
+    pub ratings: Vec<FacetCount>,
+    /// Matches in stock (`true`) and not (`false`).
+    pub in_stock: Vec<FacetCount>,
+}
+
+fn facet_counts(counts: Vec<search::v1::FacetCount>) -> Vec<FacetCount> {
+    counts.into_iter().map(FacetCount::from).collect()
+}
+
+from_fields!(search::v1::Facets => SearchFacets {
+    categories: facet_counts, price_bands: facet_counts, ratings: facet_counts, in_stock: facet_counts,
+});
+
+/// One page of search results, with the facets of every match.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    /// Matches under every filter, over all pages.
+    pub total_size: i64,
+    /// Pass as `page_token` for the next page; empty on the last page.
+    pub next_page_token: String,
+    /// The query as searched, misspelt words replaced.
+    pub corrected_query: String,
+    pub facets: SearchFacets,
+}
+
+impl From<search::v1::SearchResponse> for SearchResults {
+    fn from(response: search::v1::SearchResponse) -> Self {
+        Self {
+            hits: response.hits.into_iter().map(SearchHit::from).collect(),
+            total_size: response.total_size,
+            next_page_token: response.next_page_token,
+            corrected_query: response.corrected_query,
+            facets: response.facets.unwrap_or_default().into(),
+        }
+    }
+}
+
+/// Query of `GET /api/search/suggest`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestQuery {
+    /// What the shopper typed so far; the last word may be incomplete.
+    #[schemars(length(min = 1, max = 100))]
+    pub q: String,
+    #[schemars(range(min = 1, max = 20))]
+    pub limit: Option<i32>,
+}
+
+/// One completion.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Suggestion {
+    pub product_id: String,
+    pub name: String,
+    /// The name, HTML-escaped, with `<mark>` around the typed words.
+    pub highlight: String,
+}
+
+from_fields!(search::v1::Suggestion => Suggestion { product_id, name, highlight });
+
+/// Completions, the best first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Suggestions {
+    pub suggestions: Vec<Suggestion>,
 }

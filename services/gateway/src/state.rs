@@ -17,6 +17,7 @@ use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use commerce_proto::profile::v1::profile_service_client::ProfileServiceClient;
 use commerce_proto::reviews::v1::review_service_client::ReviewServiceClient;
+use commerce_proto::search::v1::search_service_client::SearchServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
 use commerce_topology::Service;
 use prometheus_client::metrics::counter::Counter;
@@ -109,4 +110,5 @@ impl AppState {
     client!(payment, PaymentServiceClient, Service::Payment);
     client!(profile, ProfileServiceClient, Service::Profile);
     client!(reviews, ReviewServiceClient, Service::Reviews);
+    client!(search, SearchServiceClient, Service::Search);
 }

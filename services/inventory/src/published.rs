@@ -102,6 +102,28 @@ pub fn stock_restocked(
     }
 }
 
+/// `StockAvailabilityChanged` for each product whose availability crossed
+/// zero between `before` and `after` (out of stock, or back in).
+pub fn availability_changes(
+    before: &std::collections::BTreeMap<String, crate::domain::StockLevel>,
+    after: &[(String, crate::domain::StockLevel)],
+    now: DateTime<Utc>,
+) -> Vec<ev::StockAvailabilityChanged> {
+    after
+        .iter()
+        .filter(|(product_id, level)| {
+            let was_in_stock = before.get(product_id).is_some_and(|before| before.available > 0);
+            was_in_stock != (level.available > 0)
+        })
+        .map(|(product_id, level)| ev::StockAvailabilityChanged {
+            product_id: product_id.clone(),
+            available: level.available,
+            in_stock: level.available > 0,
+            occurred_at: Some(timestamp(now)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +167,19 @@ mod tests {
                 stock_reservation_failed::shortfall::Reason::UnknownProduct as i32
             ]
         );
+    }
+
+    #[test]
+    fn availability_changes_only_for_products_that_cross_zero() {
+        use crate::domain::StockLevel;
+        let level = |available| StockLevel { available, reserved: 0, sold: 0 };
+        let before: std::collections::BTreeMap<String, StockLevel> =
+            [("a", 1), ("b", 5), ("c", 0), ("d", 0)].map(|(id, n)| (id.to_owned(), level(n))).into();
+        let after = [("a", 0), ("b", 4), ("c", 3), ("d", 0)].map(|(id, n)| (id.to_owned(), level(n)));
+        let changes: Vec<(String, i64, bool)> = availability_changes(&before, &after, Utc::now())
+            .into_iter()
+            .map(|e| (e.product_id, e.available, e.in_stock))
+            .collect();
+        assert_eq!(changes, [("a".to_owned(), 0, false), ("c".to_owned(), 3, true)]);
     }
 }

@@ -173,6 +173,20 @@ async fn write_stock(conn: &mut PgConnection, levels: &[(String, StockLevel)]) -
     Ok(())
 }
 
+/// Enqueues `StockAvailabilityChanged` for the products a reservation
+/// change took out of stock or brought back: rare (a product crosses zero),
+/// so the saga's hot path pays one comparison per line.
+async fn enqueue_availability_changes(
+    conn: &mut PgConnection,
+    before: &BTreeMap<String, StockLevel>,
+    after: &[(String, StockLevel)],
+) -> Result<(), Error> {
+    for event in published::availability_changes(before, after, Utc::now()) {
+        outbox::enqueue(conn, &event).await.map_err(|e| Error::EnqueueEvent(Box::new(e)))?;
+    }
+    Ok(())
+}
+
 /// Reserves every line of an order or none, idempotently per order id; see
 /// [`ReserveOutcome`]. Used by the Reserve RPC and the OrderPlaced consumer.
 pub async fn reserve(conn: &mut PgConnection, request: ReserveRequest) -> Result<ReserveOutcome, Error> {
@@ -239,6 +253,7 @@ pub async fn reserve(conn: &mut PgConnection, request: ReserveRequest) -> Result
         }
         Ok(planned) => {
             write_stock(conn, &planned).await?;
+            enqueue_availability_changes(conn, &stock, &planned).await?;
             let ttl = chrono::Duration::from_std(request.ttl).unwrap_or(chrono::Duration::MAX);
             let (id, expires_at, created_at): (Uuid, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
                 "INSERT INTO reservations (id, order_id, status, expires_at) VALUES ($1, $2, 'HELD', now() + $3) \
@@ -375,6 +390,7 @@ pub async fn transition(
         ));
     }
     write_stock(conn, &levels).await?;
+    enqueue_availability_changes(conn, &stock, &levels).await?;
 
     let (status, reason, was_committed) = match (movement, transition) {
         (Movement::Commit, _) => (ReservationStatus::Committed, None, false),

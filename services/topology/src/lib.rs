@@ -53,8 +53,10 @@ pub enum Service {
     Audit,
     /// Appended after the gateway, for the same reason.
     Profile,
-    /// Appended last, for the same reason.
+    /// Appended after the gateway, for the same reason.
     Reviews,
+    /// Appended last, for the same reason.
+    Search,
 }
 
 /// A Kafka topic carrying one aggregate's domain events, keyed by the
@@ -128,7 +130,7 @@ const DOMAIN_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Dead letters are rare and read by people; one partition keeps them in order.
 pub const DEAD_LETTER_PARTITIONS: i32 = 1;
 
-const SERVICES: [ServiceSpec; 12] = [
+const SERVICES: [ServiceSpec; 13] = [
     ServiceSpec {
         service: Service::Auth,
         summary: "users, credentials, roles, refresh tokens and signing keys",
@@ -225,6 +227,7 @@ const SERVICES: [ServiceSpec; 12] = [
             Service::Audit,
             Service::Profile,
             Service::Reviews,
+            Service::Search,
         ],
     },
     ServiceSpec {
@@ -266,11 +269,22 @@ const SERVICES: [ServiceSpec; 12] = [
         consumes: &[Topic::Orders],
         calls: &[],
     },
+    ServiceSpec {
+        service: Service::Search,
+        summary: "full-text product search with typo tolerance, highlights, facets and suggestions",
+        database: true,
+        redis: false,
+        produces: &[],
+        // A read model: products from the catalog, availability from
+        // inventory, ratings from reviews.
+        consumes: &[Topic::Catalog, Topic::Inventory, Topic::Reviews],
+        calls: &[],
+    },
 ];
 
 impl Service {
     /// Every service, in catalog order.
-    pub const ALL: [Service; 12] = [
+    pub const ALL: [Service; 13] = [
         Service::Auth,
         Service::Catalog,
         Service::Inventory,
@@ -283,6 +297,7 @@ impl Service {
         Service::Audit,
         Service::Profile,
         Service::Reviews,
+        Service::Search,
     ];
 
     /// The service's name: DNS label, database suffix, CLI argument.
@@ -300,6 +315,7 @@ impl Service {
             Service::Audit => "audit",
             Service::Profile => "profile",
             Service::Reviews => "reviews",
+            Service::Search => "search",
         }
     }
 
@@ -467,6 +483,7 @@ fn dead_letter_name(service: Service) -> &'static str {
         Service::Audit => "commerce.dlq.audit.v1",
         Service::Profile => "commerce.dlq.profile.v1",
         Service::Reviews => "commerce.dlq.reviews.v1",
+        Service::Search => "commerce.dlq.search.v1",
     }
 }
 

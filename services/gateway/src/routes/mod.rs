@@ -14,6 +14,7 @@ mod orders;
 mod payments;
 pub(crate) mod profile;
 mod reviews;
+mod search;
 mod shipments;
 
 use axum::Router;
@@ -39,6 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/reviews/{id}/helpful"),
     ("POST", "/api/reviews/{id}/reports"),
     ("GET", "/api/categories"),
+    ("GET", "/api/search"),
+    ("GET", "/api/search/suggest"),
     ("GET", "/api/cart"),
     ("DELETE", "/api/cart"),
     ("POST", "/api/cart/items"),
@@ -97,6 +100,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/reviews/{id}/helpful", post(reviews::vote_helpful))
         .route("/api/reviews/{id}/reports", post(reviews::report_review))
         .route("/api/categories", get(catalog::list_categories))
+        .route("/api/search", get(search::search))
+        .route("/api/search/suggest", get(search::suggest))
         .route("/api/cart", get(cart::get_cart).delete(cart::clear_cart))
         .route("/api/cart/items", post(cart::add_item))
         .route("/api/cart/items/{product_id}", patch(cart::update_item).delete(cart::remove_item))
