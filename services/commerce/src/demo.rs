@@ -71,7 +71,7 @@ pub async fn stock_demo_products(
 }
 
 /// Requests that walk a customer through the shop with curl and jq:
-/// register, log in, list products, add to the cart, check out, have the
+/// register, log in, list and search products, add to the cart, check out, have the
 /// order delivered (signed in as `courier`), review the product and see its
 /// rating, and follow the order's status through the saga (its Server-Sent
 /// Events, from placement to delivery); the administrator's view of the
@@ -93,6 +93,9 @@ Try it (bash, with curl and jq):
   TOKEN=$(curl -s -X POST $GW/api/auth/login -H 'content-type: application/json' \
     -d '{{"email":"'$EMAIL'","password":"correct-horse"}}' | jq -r .tokens.access_token)
   curl -s "$GW/api/products?page_size=3" | jq '.products[] | {{id, name, price}}'
+  # Search forgives the typo, highlights the match and counts the facets; autocomplete completes a word.
+  curl -s "$GW/api/search?q=keybord" | jq -c '{{corrected_query, total_size, hits: [.hits[] | {{name_highlight, in_stock}}], price_bands: .facets.price_bands}}'
+  curl -s "$GW/api/search/suggest?q=wire" | jq -c '[.suggestions[].name]'
   curl -s -X POST $GW/api/cart/items -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{{"product_id":"{product}","quantity":2}}' | jq .subtotal
   # The address book's default is where a checkout without an address ships.
