@@ -34,7 +34,7 @@ use support::shop::infra_var;
 use support::wait_for;
 
 /// Services of the "rest of the shop" process, beside order and payment.
-const OTHERS: [Service; 11] = [
+const OTHERS: [Service; 12] = [
     Service::Auth,
     Service::Catalog,
     Service::Inventory,
@@ -46,6 +46,7 @@ const OTHERS: [Service; 11] = [
     Service::Profile,
     Service::Reviews,
     Service::Search,
+    Service::Recommendation,
 ];
 /// Broker and controller ports of the private Kafka: above the kernel's
 /// ephemeral range (32768-60999), so that no outgoing connection of another

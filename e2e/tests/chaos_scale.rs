@@ -164,6 +164,7 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
             Service::Profile,
             Service::Reviews,
             Service::Search,
+            Service::Recommendation,
         ];
         shop.serve("rest", &rest, &[])?;
         shop.wait_ready(&rest, READY).await?;

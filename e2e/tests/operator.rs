@@ -83,7 +83,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// test's namespace, deleted with it).
 const LEASE_NAME: &str = "commerce-operator";
 /// The services of the catalog.
-const SERVICES: [&str; 13] = [
+const SERVICES: [&str; 14] = [
     "auth",
     "catalog",
     "inventory",
@@ -97,6 +97,7 @@ const SERVICES: [&str; 13] = [
     "profile",
     "reviews",
     "search",
+    "recommendation",
 ];
 
 // ---------------------------------------------------------------- the tests

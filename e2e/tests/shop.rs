@@ -835,6 +835,77 @@ async fn a_buyer_reviews_a_delivered_product_the_rating_shows_on_it_and_moderati
 }
 
 #[tokio::test]
+async fn another_buyers_purchase_shows_in_also_bought_and_a_viewer_gets_it_recommended() {
+    let (_shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Recommended").await.expect("category");
+    let kettle = api.create_product(&admin, &category, "Kettle", 3000, 10).await.expect("product");
+    let teapot = api.create_product(&admin, &category, "Teapot", 2000, 10).await.expect("product");
+    let new_one = api.create_product(&admin, &category, "New cup", 900, 10).await.expect("product");
+    let first = api.register_customer("first-buyer").await.expect("registers");
+    let second = api.register_customer("second-buyer").await.expect("registers");
+
+    // The first buyer takes a kettle and a teapot together.
+    let order = api.order(&first, &[(&kettle, 1), (&teapot, 1)], CARD_OK).await.expect("accepted");
+    api.wait_order(&first, &order, "confirmed").await.expect("confirmed");
+    let (also, took) = wait_for("the teapot among the kettle's also-bought", ORDER_TIMEOUT, || async {
+        let found = api
+            .get(&format!("/api/products/{kettle}/recommendations"), None)
+            .await?
+            .expect(StatusCode::OK)?;
+        Ok((found["also_bought"][0]["product_id"] == json!(teapot)).then_some(found))
+    })
+    .await
+    .expect("also bought");
+    eprintln!("the confirmed order reached the recommendations in {:.2} s", took.as_secs_f64());
+    assert_eq!(also["also_bought"][0]["buyers"], json!(1), "{also}");
+    // Nobody bought the new cup: its category's best sellers stand in.
+    let fallback = api
+        .get(&format!("/api/products/{new_one}/recommendations"), None)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(fallback["also_bought"], json!([]), "{fallback}");
+    let popular: Vec<&str> = fallback["popular_in_category"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(popular, ["Kettle", "Teapot"], "{fallback}");
+
+    // The second buyer views the kettle signed in, then buys one: the teapot
+    // is recommended to them, the kettle is not (they have it).
+    api.get(&format!("/api/products/{kettle}"), Some(&second.access_token))
+        .await
+        .expect("reads")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let (viewed, _) = wait_for("the kettle in the second buyer's recently viewed", ORDER_TIMEOUT, || async {
+        let mine =
+            api.get("/api/recommendations/me", Some(&second.access_token)).await?.expect(StatusCode::OK)?;
+        Ok((mine["recently_viewed"][0]["product_id"] == json!(kettle)).then_some(mine))
+    })
+    .await
+    .expect("recently viewed");
+    assert!(viewed["recently_viewed"][0]["viewed_at"].is_string(), "{viewed}");
+    let order = api.order(&second, &[(&kettle, 1)], CARD_OK).await.expect("accepted");
+    api.wait_order(&second, &order, "confirmed").await.expect("confirmed");
+    let (mine, _) = wait_for("the teapot recommended, not the kettle", ORDER_TIMEOUT, || async {
+        let mine =
+            api.get("/api/recommendations/me", Some(&second.access_token)).await?.expect(StatusCode::OK)?;
+        let ids: Vec<Value> =
+            mine["recommended"].as_array().into_iter().flatten().map(|p| p["product_id"].clone()).collect();
+        Ok((ids.first() == Some(&json!(teapot)) && !ids.contains(&json!(kettle))).then_some(mine))
+    })
+    .await
+    .expect("recommended");
+    assert_eq!(mine["recommended"][0]["buyers"], json!(1), "{mine}");
+    let anonymous = api.get("/api/recommendations/me", None).await.expect("answers");
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn an_order_beyond_the_stock_is_rejected_and_leaves_the_stock_unchanged() {
     let (shop, api, admin) = setup().await;
     let category = api.create_category(&admin, "Scarce").await.expect("category");

@@ -213,6 +213,7 @@ fn command(service: &str) -> Command {
         "profile" => commerce_profile::Config::augment_args(command),
         "reviews" => commerce_reviews::Config::augment_args(command),
         "search" => commerce_search::Config::augment_args(command),
+        "recommendation" => commerce_recommendation::Config::augment_args(command),
         other => panic!("a Deployment serves {other:?}, which has no Config here"),
     }
 }
@@ -276,6 +277,7 @@ fn parses(service: &str, argv: &[String]) -> Result<(), String> {
         "profile" => parse::<commerce_profile::Config>(argv).map(drop),
         "reviews" => parse::<commerce_reviews::Config>(argv).map(drop),
         "search" => parse::<commerce_search::Config>(argv).map(drop),
+        "recommendation" => parse::<commerce_recommendation::Config>(argv).map(drop),
         other => panic!("no Config for {other:?}"),
     }
 }

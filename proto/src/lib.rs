@@ -98,6 +98,11 @@ proto_package!(
     search,
     "commerce.search.v1"
 );
+proto_package!(
+    /// Also bought, popular in a category, recently viewed.
+    recommendation,
+    "commerce.recommendation.v1"
+);
 
 /// Every proto file of this crate, and the well-known types they import, as an
 /// encoded `google.protobuf.FileDescriptorSet` with source comments.

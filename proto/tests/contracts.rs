@@ -133,6 +133,11 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
             ],
         ),
         ("commerce.search.v1", "SearchService", &["Search", "Suggest"]),
+        (
+            "commerce.recommendation.v1",
+            "RecommendationService",
+            &["RecordView", "ProductRecommendations", "UserRecommendations"],
+        ),
     ];
     let set = descriptor_set();
 

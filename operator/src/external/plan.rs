@@ -359,7 +359,8 @@ mod tests {
                 "shop_shop_audit",
                 "shop_shop_profile",
                 "shop_shop_reviews",
-                "shop_shop_search"
+                "shop_shop_search",
+                "shop_shop_recommendation"
             ]
         );
     }

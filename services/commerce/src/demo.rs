@@ -73,15 +73,15 @@ pub async fn stock_demo_products(
 /// Requests that walk a customer through the shop with curl and jq:
 /// register, log in, list and search products, add to the cart, check out, have the
 /// order delivered (signed in as `courier`), review the product and see its
-/// rating, and follow the order's status through the saga (its Server-Sent
+/// rating, see the recommendations, and follow the order's status through the saga (its Server-Sent
 /// Events, from placement to delivery); the administrator's view of the
 /// order in the audit trail (signed in as `admin`) comes before it. Both
 /// accounts use `password`.
 pub fn example_requests(gateway: &str, admin: &str, courier: &str, password: &str) -> String {
-    let product = demo_product_ids()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| "<product id from GET /api/products>".to_owned());
+    let ids = demo_product_ids();
+    let product = ids.first().cloned().unwrap_or_else(|| "<product id from GET /api/products>".to_owned());
+    // Bought with the first, so that "also bought" has something to show.
+    let companion = ids.get(1).cloned().unwrap_or_else(|| "<another product id>".to_owned());
     format!(
         r#"
 Try it (bash, with curl and jq):
@@ -98,6 +98,8 @@ Try it (bash, with curl and jq):
   curl -s "$GW/api/search/suggest?q=wire" | jq -c '[.suggestions[].name]'
   curl -s -X POST $GW/api/cart/items -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{{"product_id":"{product}","quantity":2}}' | jq .subtotal
+  curl -s -X POST $GW/api/cart/items -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{{"product_id":"{companion}","quantity":1}}' | jq .subtotal
   # The address book's default is where a checkout without an address ships.
   curl -s -X POST $GW/api/users/me/addresses -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{{"label":"Home","address":{{"recipient_name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country_code":"DE"}}}}' \
@@ -120,7 +122,10 @@ Try it (bash, with curl and jq):
       -H 'content-type: application/json' -d '{{"status":"'$STATUS'"}}' | jq -r .status; done
   sleep 1; curl -s -X POST $GW/api/products/{product}/reviews -H "authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' -d '{{"rating":5,"title":"Does what it says"}}' | jq -c '{{id, rating, status}}'
-  sleep 1; curl -s $GW/api/products/{product} | jq -c .rating
+  sleep 1; curl -s $GW/api/products/{product} -H "authorization: Bearer $TOKEN" | jq -c .rating
+  # Recommendations: what the product's buyers also bought (or its category's best sellers), and for the buyer.
+  curl -s $GW/api/products/{product}/recommendations | jq -c '{{also_bought: [.also_bought[].name], popular_in_category: [.popular_in_category[].name]}}'
+  curl -s $GW/api/recommendations/me -H "authorization: Bearer $TOKEN" | jq -c '{{recently_viewed: [.recently_viewed[].name], recommended: [.recommended[].name]}}'
   curl -s "$GW/api/products/{product}/reviews?sort=most_helpful" | jq -c '.summary'
   # The order's status changes (Server-Sent Events; a reconnect sends Last-Event-ID: <last id>):
   # from placement to delivery, where the stream ends.

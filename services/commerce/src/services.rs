@@ -122,6 +122,7 @@ services! {
     "profile" => Profile(commerce_profile),
     "reviews" => Reviews(commerce_reviews),
     "search" => Search(commerce_search),
+    "recommendation" => Recommendation(commerce_recommendation),
 }
 
 /// `a, b, c` for messages.

@@ -111,6 +111,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The caller of a route that serves anyone: `Some` when the request
+/// carries a verified token, `None` when it carries none or one that was
+/// refused (the route answers as for an anonymous caller).
+#[derive(Debug, Clone)]
+pub struct OptionalCaller(pub Option<Caller>);
+
+impl<S: Send + Sync> FromRequestParts<S> for OptionalCaller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(match authentication(parts).as_ref() {
+            Authentication::Verified(caller) => Self(Some(caller.clone())),
+            _ => Self(None),
+        })
+    }
+}
+
 /// A caller with the admin role.
 #[derive(Debug, Clone)]
 pub struct AdminCaller(pub Caller);

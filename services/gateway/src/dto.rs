@@ -15,7 +15,8 @@
 //!   same derived schema (see [`crate::contract`]).
 
 use commerce_proto::{
-    audit, auth, cart, catalog, common, inventory, notification, order, reviews, search, shipping,
+    audit, auth, cart, catalog, common, inventory, notification, order, recommendation, reviews, search,
+    shipping,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -1760,3 +1761,66 @@ from_fields!(search::v1::Suggestion => Suggestion { product_id, name, highlight 
 pub struct Suggestions {
     pub suggestions: Vec<Suggestion>,
 }
+
+// ---------------------------------------------------------------- recommendations
+
+/// A recommended product.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RecommendedProduct {
+    pub product_id: String,
+    pub name: String,
+    pub category_id: String,
+    pub price: Option<Money>,
+    /// Customers who bought it: together with the product in question for
+    /// `also_bought`, at all otherwise.
+    pub buyers: i64,
+    /// When the caller last viewed it (`recently_viewed` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewed_at: Option<String>,
+}
+
+from_fields!(recommendation::v1::Recommendation => RecommendedProduct {
+    product_id, name, category_id, price: optional, buyers, viewed_at: timestamp,
+});
+
+fn recommended(list: Vec<recommendation::v1::Recommendation>) -> Vec<RecommendedProduct> {
+    list.into_iter().map(RecommendedProduct::from).collect()
+}
+
+/// Query of the recommendation routes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendationQuery {
+    /// Most products per list; 6 when absent.
+    #[schemars(range(min = 1, max = 20))]
+    pub limit: Option<i32>,
+}
+
+/// What to show beside a product.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProductRecommendations {
+    /// Customers who bought this also bought these, the most shared buyers
+    /// first.
+    pub also_bought: Vec<RecommendedProduct>,
+    /// The best sellers of its category (not in `also_bought`): the
+    /// fallback for a product nobody bought yet.
+    pub popular_in_category: Vec<RecommendedProduct>,
+}
+
+from_fields!(recommendation::v1::ProductRecommendationsResponse => ProductRecommendations {
+    also_bought: recommended, popular_in_category: recommended,
+});
+
+/// What to show the caller.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct UserRecommendations {
+    /// Products the caller viewed while signed in, the latest first.
+    pub recently_viewed: Vec<RecommendedProduct>,
+    /// Products bought by the buyers of what the caller bought and viewed,
+    /// then the shop's best sellers; never one the caller bought.
+    pub recommended: Vec<RecommendedProduct>,
+}
+
+from_fields!(recommendation::v1::UserRecommendationsResponse => UserRecommendations {
+    recently_viewed: recommended, recommended: recommended,
+});

@@ -16,6 +16,7 @@ use commerce_proto::notification::v1::notification_service_client::NotificationS
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use commerce_proto::profile::v1::profile_service_client::ProfileServiceClient;
+use commerce_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use commerce_proto::reviews::v1::review_service_client::ReviewServiceClient;
 use commerce_proto::search::v1::search_service_client::SearchServiceClient;
 use commerce_proto::shipping::v1::shipping_service_client::ShippingServiceClient;
@@ -111,4 +112,5 @@ impl AppState {
     client!(profile, ProfileServiceClient, Service::Profile);
     client!(reviews, ReviewServiceClient, Service::Reviews);
     client!(search, SearchServiceClient, Service::Search);
+    client!(recommendation, RecommendationServiceClient, Service::Recommendation);
 }

@@ -55,8 +55,10 @@ pub enum Service {
     Profile,
     /// Appended after the gateway, for the same reason.
     Reviews,
-    /// Appended last, for the same reason.
+    /// Appended after the gateway, for the same reason.
     Search,
+    /// Appended last, for the same reason.
+    Recommendation,
 }
 
 /// A Kafka topic carrying one aggregate's domain events, keyed by the
@@ -130,7 +132,7 @@ const DOMAIN_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Dead letters are rare and read by people; one partition keeps them in order.
 pub const DEAD_LETTER_PARTITIONS: i32 = 1;
 
-const SERVICES: [ServiceSpec; 13] = [
+const SERVICES: [ServiceSpec; 14] = [
     ServiceSpec {
         service: Service::Auth,
         summary: "users, credentials, roles, refresh tokens and signing keys",
@@ -228,6 +230,7 @@ const SERVICES: [ServiceSpec; 13] = [
             Service::Profile,
             Service::Reviews,
             Service::Search,
+            Service::Recommendation,
         ],
     },
     ServiceSpec {
@@ -280,11 +283,22 @@ const SERVICES: [ServiceSpec; 13] = [
         consumes: &[Topic::Catalog, Topic::Inventory, Topic::Reviews],
         calls: &[],
     },
+    ServiceSpec {
+        service: Service::Recommendation,
+        summary: "also bought, popular in a category and recently viewed products",
+        database: true,
+        redis: false,
+        produces: &[],
+        // Orders: who bought what together. Catalog: names, categories,
+        // prices and whether a product is still for sale.
+        consumes: &[Topic::Orders, Topic::Catalog],
+        calls: &[],
+    },
 ];
 
 impl Service {
     /// Every service, in catalog order.
-    pub const ALL: [Service; 13] = [
+    pub const ALL: [Service; 14] = [
         Service::Auth,
         Service::Catalog,
         Service::Inventory,
@@ -298,6 +312,7 @@ impl Service {
         Service::Profile,
         Service::Reviews,
         Service::Search,
+        Service::Recommendation,
     ];
 
     /// The service's name: DNS label, database suffix, CLI argument.
@@ -316,6 +331,7 @@ impl Service {
             Service::Profile => "profile",
             Service::Reviews => "reviews",
             Service::Search => "search",
+            Service::Recommendation => "recommendation",
         }
     }
 
@@ -484,6 +500,7 @@ fn dead_letter_name(service: Service) -> &'static str {
         Service::Profile => "commerce.dlq.profile.v1",
         Service::Reviews => "commerce.dlq.reviews.v1",
         Service::Search => "commerce.dlq.search.v1",
+        Service::Recommendation => "commerce.dlq.recommendation.v1",
     }
 }
 

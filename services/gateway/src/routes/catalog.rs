@@ -10,6 +10,7 @@ use commerce_proto::catalog::v1 as pb;
 use commerce_proto::common::v1::Money;
 
 use super::{grpc, missing, page_size};
+use crate::auth::OptionalCaller;
 use crate::catalog_cache::{Key, Lookup, PageKey, json_response, render};
 use crate::dto::{Category, CategoryList, Product, ProductPage, ProductQuery};
 use crate::extract::{ApiQuery, path_uuid};
@@ -50,8 +51,15 @@ pub async fn list_products(
     Ok(json_response(body))
 }
 
-pub async fn get_product(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+pub async fn get_product(
+    State(state): State<AppState>,
+    OptionalCaller(viewer): OptionalCaller,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let id = path_uuid("id", &id)?;
+    if let Some(viewer) = viewer {
+        record_view(&state, viewer.user_id, id);
+    }
     let key = Key::Product(id);
     let version = match state.catalog_cache.lookup(&key) {
         Lookup::Hit(body) => return Ok(json_response(body)),
@@ -74,4 +82,18 @@ pub async fn list_categories(State(state): State<AppState>) -> Result<Json<Categ
     let response =
         state.catalog()?.list_categories(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
     Ok(Json(CategoryList { categories: response.categories.into_iter().map(Category::from).collect() }))
+}
+
+/// Tells the recommendation service, in the background, that a signed-in
+/// user viewed a product: the product's answer does not wait for it, and a
+/// lost view only makes "recently viewed" a little less complete.
+fn record_view(state: &AppState, user_id: String, product_id: uuid::Uuid) {
+    let Ok(mut client) = state.recommendation() else { return };
+    let request =
+        commerce_proto::recommendation::v1::RecordViewRequest { user_id, product_id: product_id.to_string() };
+    tokio::spawn(async move {
+        if let Err(status) = client.record_view(request).await {
+            tracing::debug!(code = ?status.code(), message = status.message(), "cannot record a product view");
+        }
+    });
 }

@@ -13,6 +13,7 @@ mod notifications;
 mod orders;
 mod payments;
 pub(crate) mod profile;
+mod recommendations;
 mod reviews;
 mod search;
 mod shipments;
@@ -36,6 +37,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/products/{id}"),
     ("GET", "/api/products/{id}/reviews"),
     ("POST", "/api/products/{id}/reviews"),
+    ("GET", "/api/products/{id}/recommendations"),
+    ("GET", "/api/recommendations/me"),
     ("PATCH", "/api/reviews/{id}"),
     ("POST", "/api/reviews/{id}/helpful"),
     ("POST", "/api/reviews/{id}/reports"),
@@ -96,6 +99,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/products", get(catalog::list_products))
         .route("/api/products/{id}", get(catalog::get_product))
         .route("/api/products/{id}/reviews", get(reviews::list_reviews).post(reviews::create_review))
+        .route("/api/products/{id}/recommendations", get(recommendations::for_product))
+        .route("/api/recommendations/me", get(recommendations::for_me))
         .route("/api/reviews/{id}", patch(reviews::update_review))
         .route("/api/reviews/{id}/helpful", post(reviews::vote_helpful))
         .route("/api/reviews/{id}/reports", post(reviews::report_review))

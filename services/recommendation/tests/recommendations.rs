@@ -1,0 +1,186 @@
+//! The recommendations against a real Postgres: "also bought" counts
+//! customers, not orders; "popular in this category" covers a product
+//! nobody bought; views make "recently viewed"; a user's list never offers
+//! what they bought; unlisted products are never shown.
+
+mod support;
+
+use chrono::{Duration, Utc};
+use commerce_proto::recommendation::v1 as pb;
+use commerce_proto::recommendation::v1::recommendation_service_server::RecommendationService;
+use commerce_recommendation::grpc::RecommendationGrpc;
+use commerce_recommendation::store::{self, Product};
+use support::TestDatabase;
+use tonic::{Code, Request};
+use uuid::Uuid;
+
+struct Shop {
+    database: TestDatabase,
+    grpc: RecommendationGrpc,
+    category: Uuid,
+}
+
+impl Shop {
+    async fn new() -> anyhow::Result<Self> {
+        let database = TestDatabase::create("recommendation", &commerce_recommendation::MIGRATOR).await?;
+        let grpc = RecommendationGrpc::new(database.pool.clone());
+        Ok(Self { database, grpc, category: Uuid::now_v7() })
+    }
+
+    async fn product(&self, name: &str) -> anyhow::Result<Uuid> {
+        let id = Uuid::now_v7();
+        let mut conn = self.database.pool.acquire().await?;
+        let product = Product {
+            product_id: id,
+            name: name.to_owned(),
+            category_id: Some(self.category),
+            price_units: 1000,
+            currency: "EUR".to_owned(),
+            active: true,
+            changed_at: Utc::now(),
+        };
+        store::apply_product(&mut conn, &product).await?;
+        Ok(id)
+    }
+
+    /// `user` orders `products` and the order is confirmed.
+    async fn buys(&self, order: &str, user: &str, products: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
+        let mut conn = self.database.pool.acquire().await?;
+        store::record_placed(&mut conn, order, user, products).await?;
+        Ok(store::record_confirmed(&mut conn, order, Utc::now()).await?)
+    }
+
+    async fn for_product(&self, product: Uuid) -> anyhow::Result<pb::ProductRecommendationsResponse> {
+        let request = pb::ProductRecommendationsRequest { product_id: product.to_string(), limit: 0 };
+        Ok(self.grpc.product_recommendations(Request::new(request)).await?.into_inner())
+    }
+
+    async fn for_user(&self, user: &str) -> anyhow::Result<pb::UserRecommendationsResponse> {
+        let request = pb::UserRecommendationsRequest { user_id: user.to_owned(), limit: 0 };
+        Ok(self.grpc.user_recommendations(Request::new(request)).await?.into_inner())
+    }
+}
+
+fn listed(list: &[pb::Recommendation]) -> Vec<(String, i64)> {
+    list.iter().map(|product| (product.name.clone(), product.buyers)).collect()
+}
+
+#[tokio::test]
+async fn also_bought_counts_customers_once_and_a_new_product_falls_back_to_its_category() -> anyhow::Result<()>
+{
+    let shop = Shop::new().await?;
+    let kettle = shop.product("Kettle").await?;
+    let teapot = shop.product("Teapot").await?;
+    let mugs = shop.product("Mugs").await?;
+    let brand_new = shop.product("Brand new").await?;
+
+    shop.buys("o1", "ada", &[kettle, teapot]).await?;
+    shop.buys("o2", "bob", &[kettle]).await?;
+    // Bob's later order pairs the teapot and the mugs with his kettle.
+    assert_eq!(
+        shop.buys("o3", "bob", &[kettle, teapot, mugs]).await?.len(),
+        2,
+        "the kettle is not new to bob"
+    );
+    // Ada buys the same again: no customer is counted twice.
+    assert!(shop.buys("o4", "ada", &[kettle, teapot]).await?.is_empty());
+    // A redelivered confirmation, and an order cancelled before it, count nothing.
+    let mut conn = shop.database.pool.acquire().await?;
+    assert!(store::record_confirmed(&mut conn, "o3", Utc::now()).await?.is_empty());
+    store::record_placed(&mut conn, "o5", "cy", &[kettle, mugs]).await?;
+    store::forget_placed(&mut conn, "o5").await?;
+    assert!(store::record_confirmed(&mut conn, "o5", Utc::now()).await?.is_empty());
+    drop(conn);
+
+    let kettle_page = shop.for_product(kettle).await?;
+    assert_eq!(listed(&kettle_page.also_bought), [("Teapot".to_owned(), 2), ("Mugs".to_owned(), 1)]);
+    assert_eq!(listed(&kettle_page.popular_in_category), [("Brand new".to_owned(), 0)]);
+    let mugs_page = shop.for_product(mugs).await?;
+    assert_eq!(listed(&mugs_page.also_bought), [("Kettle".to_owned(), 1), ("Teapot".to_owned(), 1)]);
+
+    // Nobody bought the new product: its category's best sellers stand in.
+    let new_page = shop.for_product(brand_new).await?;
+    assert!(new_page.also_bought.is_empty());
+    assert_eq!(
+        listed(&new_page.popular_in_category),
+        [("Kettle".to_owned(), 2), ("Teapot".to_owned(), 2), ("Mugs".to_owned(), 1)]
+    );
+
+    // Unlisted products disappear; a late catalog event does not relist them.
+    let mut conn = shop.database.pool.acquire().await?;
+    let deleted_at = Utc::now();
+    store::apply_deleted(&mut conn, teapot, deleted_at).await?;
+    let stale = Product {
+        product_id: teapot,
+        name: "Teapot".to_owned(),
+        category_id: Some(shop.category),
+        price_units: 1000,
+        currency: "EUR".to_owned(),
+        active: true,
+        changed_at: deleted_at - Duration::seconds(1),
+    };
+    store::apply_product(&mut conn, &stale).await?;
+    drop(conn);
+    assert_eq!(listed(&shop.for_product(kettle).await?.also_bought), [("Mugs".to_owned(), 1)]);
+
+    let refused = shop
+        .grpc
+        .product_recommendations(Request::new(pb::ProductRecommendationsRequest {
+            product_id: "kettle".to_owned(),
+            limit: 0,
+        }))
+        .await
+        .expect_err("not a UUID");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    shop.database.drop_database().await
+}
+
+#[tokio::test]
+async fn a_user_sees_what_they_viewed_and_products_for_them_but_never_what_they_bought() -> anyhow::Result<()>
+{
+    let shop = Shop::new().await?;
+    let kettle = shop.product("Kettle").await?;
+    let teapot = shop.product("Teapot").await?;
+    let mugs = shop.product("Mugs").await?;
+    let lamp = shop.product("Lamp").await?;
+    shop.buys("o1", "ada", &[kettle, teapot]).await?;
+    shop.buys("o2", "bob", &[kettle, mugs]).await?;
+    shop.buys("o3", "cy", &[lamp]).await?;
+    shop.buys("o4", "dee", &[lamp]).await?;
+
+    // A new user: no views, the shop's best sellers.
+    let new = shop.for_user("eve").await?;
+    assert!(new.recently_viewed.is_empty());
+    assert_eq!(listed(&new.recommended)[0], ("Kettle".to_owned(), 2));
+
+    // Eve views the teapot, then the lamp: the latest first; then what the
+    // teapot's buyers bought comes before the best sellers.
+    for product in [teapot, lamp, teapot] {
+        let view = pb::RecordViewRequest { user_id: "eve".to_owned(), product_id: product.to_string() };
+        shop.grpc.record_view(Request::new(view)).await?;
+    }
+    let eve = shop.for_user("eve").await?;
+    assert_eq!(eve.recently_viewed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Teapot", "Lamp"]);
+    assert!(eve.recently_viewed[0].viewed_at.is_some());
+    let names: Vec<&str> = eve.recommended.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names[0], "Kettle", "bought with the teapot she viewed: {names:?}");
+
+    // Ada bought the kettle and the teapot: offered the mugs (bought with
+    // the kettle), never what she has.
+    let ada = shop.for_user("ada").await?;
+    let names: Vec<&str> = ada.recommended.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names[0], "Mugs", "{names:?}");
+    assert!(!names.contains(&"Kettle") && !names.contains(&"Teapot"), "{names:?}");
+
+    // Only the latest 50 views are kept.
+    for _ in 0..55 {
+        let product = shop.product("Browsed").await?;
+        let view = pb::RecordViewRequest { user_id: "eve".to_owned(), product_id: product.to_string() };
+        shop.grpc.record_view(Request::new(view)).await?;
+    }
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM views WHERE user_id = 'eve'")
+        .fetch_one(&shop.database.pool)
+        .await?;
+    assert_eq!(kept, commerce_recommendation::VIEWS_KEPT);
+    shop.database.drop_database().await
+}
