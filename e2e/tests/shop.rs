@@ -725,6 +725,13 @@ async fn a_buyer_reviews_a_delivered_product_the_rating_shows_on_it_and_moderati
         .expect("200");
     assert_eq!(suggested["suggestions"][0]["product_id"], json!(product), "{suggested}");
 
+    let export = api
+        .get("/api/users/me/export", Some(&buyer.access_token))
+        .await
+        .expect("exports")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(export["reviews"][0]["id"], json!(review_id), "the export has the review: {export}");
     let twice = api.post(&review_path, Some(&buyer.access_token), &review).await.expect("answers");
     assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.body);
     assert!(twice.body["detail"].as_str().unwrap_or_default().contains(&review_id), "{}", twice.body);
@@ -889,6 +896,13 @@ async fn another_buyers_purchase_shows_in_also_bought_and_a_viewer_gets_it_recom
     .await
     .expect("recently viewed");
     assert!(viewed["recently_viewed"][0]["viewed_at"].is_string(), "{viewed}");
+    let export = api
+        .get("/api/users/me/export", Some(&second.access_token))
+        .await
+        .expect("exports")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert_eq!(export["viewed_products"][0]["product_id"], json!(kettle), "{export}");
     let order = api.order(&second, &[(&kettle, 1)], CARD_OK).await.expect("accepted");
     api.wait_order(&second, &order, "confirmed").await.expect("confirmed");
     let (mine, _) = wait_for("the teapot recommended, not the kettle", ORDER_TIMEOUT, || async {

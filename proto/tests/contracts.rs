@@ -130,13 +130,14 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
                 "ReportReview",
                 "ListModerationQueue",
                 "ModerateReview",
+                "ListUserReviews",
             ],
         ),
         ("commerce.search.v1", "SearchService", &["Search", "Suggest"]),
         (
             "commerce.recommendation.v1",
             "RecommendationService",
-            &["RecordView", "ProductRecommendations", "UserRecommendations"],
+            &["RecordView", "ProductRecommendations", "UserRecommendations", "ListViews"],
         ),
     ];
     let set = descriptor_set();

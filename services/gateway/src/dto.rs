@@ -1156,10 +1156,24 @@ pub struct DataExport {
     pub shipments: Vec<Shipment>,
     /// Every notification, newest first.
     pub notifications: Vec<Notification>,
+    /// Every review the caller wrote, removed ones included, newest first.
+    pub reviews: Vec<Review>,
+    /// The products the caller viewed while signed in (the latest 50 kept),
+    /// the latest first.
+    pub viewed_products: Vec<ViewedProduct>,
     /// True when a kind of record had more than 100,000 entries and the
     /// export stopped there.
     pub truncated: bool,
 }
+
+/// A product the caller viewed.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ViewedProduct {
+    pub product_id: String,
+    pub viewed_at: Option<String>,
+}
+
+from_fields!(recommendation::v1::View => ViewedProduct { product_id, viewed_at: timestamp });
 
 /// What the payment service made of a payment provider's webhook delivery.
 #[derive(Debug, Clone, Serialize, JsonSchema)]

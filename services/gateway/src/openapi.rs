@@ -155,7 +155,7 @@ fn operations() -> Vec<Operation> {
             query: None, body: Some(schema::<AddressPatch>), response: 200 Some(schema::<SavedAddress>)),
         op!("DELETE" "/api/users/me/addresses/{id}", "users", "Delete an address (a deleted default passes to the newest remaining one)", User,
             query: None, body: None, response: 204 None),
-        op!("GET" "/api/users/me/export", "users", "Everything the shop keeps about the caller: profile, addresses, orders, shipments, notifications", User,
+        op!("GET" "/api/users/me/export", "users", "Everything the shop keeps about the caller: profile, addresses, orders, shipments, notifications, reviews, viewed products", User,
             query: None, body: None, response: 200 Some(schema::<DataExport>)),
         op!("POST" "/api/admin/products", "admin", "Create a product", Admin,
             query: None, body: Some(schema::<CreateProductRequest>), response: 201 Some(schema::<Product>)),

@@ -14,6 +14,7 @@ pub mod errors;
 pub mod events;
 pub mod grpc;
 pub mod json_lines;
+pub mod paging;
 pub mod quota;
 pub mod readiness;
 pub mod redis;

@@ -100,6 +100,25 @@ impl RecommendationService for RecommendationGrpc {
             recommended: recommended.into_iter().map(to_proto).collect(),
         }))
     }
+
+    async fn list_views(
+        &self,
+        request: Request<pb::ListViewsRequest>,
+    ) -> Result<Response<pb::ListViewsResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_id(&request.user_id)?;
+        let mut conn = self.pool.acquire().await.map_err(Error::Read)?;
+        let views = store::views(&mut conn, user).await?;
+        Ok(Response::new(pb::ListViewsResponse {
+            views: views
+                .into_iter()
+                .map(|(product_id, viewed_at)| pb::View {
+                    product_id: product_id.to_string(),
+                    viewed_at: Some(timestamp(viewed_at)),
+                })
+                .collect(),
+        }))
+    }
 }
 
 impl From<Error> for Status {

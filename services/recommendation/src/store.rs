@@ -265,3 +265,14 @@ pub async fn for_user(conn: &mut PgConnection, user_id: &str, limit: i64) -> Res
     .await
     .map_err(Error::Read)
 }
+
+/// Every view kept of a user, the latest first.
+pub async fn views(conn: &mut PgConnection, user_id: &str) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
+    sqlx::query_as(
+        "SELECT product_id, viewed_at FROM views WHERE user_id = $1 ORDER BY viewed_at DESC, product_id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await
+    .map_err(Error::Read)
+}

@@ -162,6 +162,10 @@ async fn a_user_sees_what_they_viewed_and_products_for_them_but_never_what_they_
     let eve = shop.for_user("eve").await?;
     assert_eq!(eve.recently_viewed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Teapot", "Lamp"]);
     assert!(eve.recently_viewed[0].viewed_at.is_some());
+    let views =
+        shop.grpc.list_views(Request::new(pb::ListViewsRequest { user_id: "eve".to_owned() })).await?;
+    let viewed: Vec<String> = views.into_inner().views.into_iter().map(|view| view.product_id).collect();
+    assert_eq!(viewed, [teapot.to_string(), lamp.to_string()]);
     let names: Vec<&str> = eve.recommended.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names[0], "Kettle", "bought with the teapot she viewed: {names:?}");
 

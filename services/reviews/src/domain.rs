@@ -1,6 +1,7 @@
 //! The rules of reviews, pure: what a review may hold, how a list is
 //! ordered and paged.
 
+use commerce_platform::paging::Page;
 use commerce_proto::reviews::v1 as pb;
 
 /// Longest headline, in characters.
@@ -9,13 +10,6 @@ pub const MAX_TITLE: usize = 120;
 pub const MAX_BODY: usize = 5_000;
 /// Longest report reason or moderation note, in characters.
 pub const MAX_REASON: usize = 500;
-/// Page size when none is asked for.
-pub const DEFAULT_PAGE_SIZE: i64 = 20;
-/// Largest page.
-pub const MAX_PAGE_SIZE: i64 = 100;
-/// Deepest offset a page token may carry: a product with more reviews than
-/// this is read through its filters and sorts, not page by page.
-pub const MAX_OFFSET: i64 = 10_000;
 
 /// A field that breaks a rule; the gRPC answer names both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,30 +98,9 @@ pub fn order_by(sort: pb::ReviewSort) -> &'static str {
     }
 }
 
-/// A page: its size (0 means the default) and the offset its token carries
-/// (a decimal offset; the token is opaque to clients).
-pub fn page(page_size: i32, token: &str) -> Result<(i64, i64), Invalid> {
-    let size = match i64::from(page_size) {
-        0 => DEFAULT_PAGE_SIZE,
-        size @ 1..=MAX_PAGE_SIZE => size,
-        _ => return invalid("page_size", "must be 0 to 100"),
-    };
-    let offset = if token.is_empty() {
-        0
-    } else {
-        match token.parse::<i64>() {
-            Ok(offset @ 1..=MAX_OFFSET) => offset,
-            _ => return invalid("page_token", "is not a token this service gave"),
-        }
-    };
-    Ok((size, offset))
-}
-
-/// The token of the page after `offset`, if a row beyond this page exists
-/// and the next offset is within [`MAX_OFFSET`].
-pub fn next_token(offset: i64, size: i64, more: bool) -> String {
-    let next = offset + size;
-    if more && next <= MAX_OFFSET { next.to_string() } else { String::new() }
+/// The page a request asks for (see [`commerce_platform::paging`]).
+pub fn page(page_size: i32, token: &str) -> Result<Page, Invalid> {
+    Page::parse(page_size, token).map_err(|error| Invalid { field: error.field(), problem: error.problem() })
 }
 
 #[cfg(test)]
@@ -154,18 +127,13 @@ mod tests {
     }
 
     #[test]
-    fn pages_default_bound_and_round_trip_their_token() {
-        assert_eq!(page(0, ""), Ok((DEFAULT_PAGE_SIZE, 0)));
-        assert_eq!(page(100, "40"), Ok((100, 40)));
+    fn a_bad_page_names_its_field() {
+        assert_eq!(page(0, ""), Ok(Page { size: 20, offset: 0 }));
         assert_eq!(page(101, "").unwrap_err().field, "page_size");
-        assert_eq!(page(-1, "").unwrap_err().field, "page_size");
-        for bad in ["x", "0", "-5", "10001"] {
-            assert_eq!(page(10, bad).unwrap_err().field, "page_token", "{bad}");
-        }
-        assert_eq!(next_token(0, 20, true), "20");
-        assert_eq!(page(20, &next_token(0, 20, true)), Ok((20, 20)));
-        assert_eq!(next_token(0, 20, false), "");
-        assert_eq!(next_token(MAX_OFFSET, 20, true), "");
+        assert_eq!(
+            page(10, "x").unwrap_err(),
+            Invalid { field: "page_token", problem: "is not a token this service gave" }
+        );
     }
 
     #[test]

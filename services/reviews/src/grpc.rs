@@ -166,13 +166,13 @@ impl ReviewService for ReviewGrpc {
         };
         let sort = pb::ReviewSort::try_from(request.sort)
             .map_err(|_| Error::InvalidRequest { field: "sort", problem: "is not a known sort" })?;
-        let (size, offset) = checked(domain::page(request.page_size, &request.page_token))?;
+        let page = checked(domain::page(request.page_size, &request.page_token))?;
         let mut conn = self.pool.acquire().await.map_err(Error::Read)?;
+        let order_by = domain::order_by(sort);
         let mut reviews =
-            store::list_for_product(&mut conn, product_id, rating, domain::order_by(sort), size, offset)
-                .await?;
-        let more = reviews.len() as i64 > size;
-        reviews.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            store::list_for_product(&mut conn, product_id, rating, order_by, page.size, page.offset).await?;
+        let more = reviews.len() as i64 > page.size;
+        reviews.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
         let counts = store::count_by_stars(&mut conn, product_id).await?;
         let summary = pb::RatingSummary {
             review_count: counts.iter().sum(),
@@ -181,7 +181,7 @@ impl ReviewService for ReviewGrpc {
         };
         Ok(Response::new(pb::ListProductReviewsResponse {
             reviews: reviews.into_iter().map(to_proto).collect(),
-            next_page_token: domain::next_token(offset, size, more),
+            next_page_token: page.next_token(more),
             summary: Some(summary),
         }))
     }
@@ -240,11 +240,11 @@ impl ReviewService for ReviewGrpc {
         request: Request<pb::ListModerationQueueRequest>,
     ) -> Result<Response<pb::ListModerationQueueResponse>, Status> {
         let request = request.into_inner();
-        let (size, offset) = checked(domain::page(request.page_size, &request.page_token))?;
+        let page = checked(domain::page(request.page_size, &request.page_token))?;
         let mut conn = self.pool.acquire().await.map_err(Error::Read)?;
-        let mut reviews = store::queue(&mut conn, size, offset).await?;
-        let more = reviews.len() as i64 > size;
-        reviews.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let mut reviews = store::queue(&mut conn, page.size, page.offset).await?;
+        let more = reviews.len() as i64 > page.size;
+        reviews.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
         let ids: Vec<Uuid> = reviews.iter().map(|review| review.id).collect();
         let mut reports: HashMap<Uuid, Vec<pb::Report>> = HashMap::new();
         for report in store::open_reports(&mut conn, &ids).await? {
@@ -261,10 +261,7 @@ impl ReviewService for ReviewGrpc {
                 review: Some(to_proto(review)),
             })
             .collect();
-        Ok(Response::new(pb::ListModerationQueueResponse {
-            entries,
-            next_page_token: domain::next_token(offset, size, more),
-        }))
+        Ok(Response::new(pb::ListModerationQueueResponse { entries, next_page_token: page.next_token(more) }))
     }
 
     async fn moderate_review(
@@ -287,6 +284,33 @@ impl ReviewService for ReviewGrpc {
         tx.commit().await.map_err(Error::Write)?;
         tracing::info!(review_id = %id, moderator_id, removed = request.remove, "review moderated");
         Ok(Response::new(to_proto(after)))
+    }
+
+    async fn list_user_reviews(
+        &self,
+        request: Request<pb::ListUserReviewsRequest>,
+    ) -> Result<Response<pb::ListUserReviewsResponse>, Status> {
+        Ok(Response::new(self.user_reviews(request.into_inner()).await?))
+    }
+}
+
+impl ReviewGrpc {
+    /// [`ReviewService::list_user_reviews`], outside the trait so that the
+    /// trait's body stays a table of the RPCs.
+    async fn user_reviews(
+        &self,
+        request: pb::ListUserReviewsRequest,
+    ) -> Result<pb::ListUserReviewsResponse, Error> {
+        let user_id = required("user_id", &request.user_id)?;
+        let page = checked(domain::page(request.page_size, &request.page_token))?;
+        let mut conn = self.pool.acquire().await.map_err(Error::Read)?;
+        let mut reviews = store::list_for_user(&mut conn, user_id, page.size, page.offset).await?;
+        let more = reviews.len() as i64 > page.size;
+        reviews.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
+        Ok(pb::ListUserReviewsResponse {
+            reviews: reviews.into_iter().map(to_proto).collect(),
+            next_page_token: page.next_token(more),
+        })
     }
 }
 

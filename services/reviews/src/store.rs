@@ -352,3 +352,22 @@ pub async fn open_reports(conn: &mut PgConnection, review_ids: &[Uuid]) -> Resul
     .await
     .map_err(Error::Read)
 }
+
+/// One page of a user's reviews, removed ones included, the newest first;
+/// one more than `limit` if there are more.
+pub async fn list_for_user(
+    conn: &mut PgConnection,
+    user_id: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Review>, Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM reviews WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+    ))
+    .bind(user_id)
+    .bind(limit + 1)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+    .map_err(Error::Read)
+}

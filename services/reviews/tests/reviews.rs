@@ -111,6 +111,14 @@ async fn only_a_buyer_whose_order_was_delivered_reviews_the_product_once_and_edi
     let edited = grpc.update_review(edit("u1", 3, &["title"])).await?.into_inner();
     assert_eq!((edited.rating, edited.title.as_str()), (3, ""));
     assert_eq!(edited.body, review.body, "a field neither given nor cleared keeps its value");
+    let mine = grpc
+        .list_user_reviews(Request::new(pb::ListUserReviewsRequest {
+            user_id: "u1".to_owned(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    assert_eq!(mine.reviews, [edited.clone()], "the author's export lists it");
 
     assert_eq!(
         published_ratings(&database).await?,

@@ -1,6 +1,8 @@
 //! The rules of a search, pure: how a query splits into words, how a page
 //! is asked for, and the price bands of the facet.
 
+use commerce_platform::paging::Page;
+
 /// Longest query, in characters.
 pub const MAX_QUERY: usize = 200;
 /// Longest autocomplete prefix, in characters.
@@ -9,12 +11,6 @@ pub const MAX_PREFIX: usize = 100;
 pub const MAX_WORDS: usize = 10;
 /// Longest word kept; longer runs of letters are not words anyone types.
 pub const MAX_WORD: usize = 40;
-/// Page size when none is asked for.
-pub const DEFAULT_PAGE_SIZE: i64 = 20;
-/// Largest page.
-pub const MAX_PAGE_SIZE: i64 = 100;
-/// Deepest offset a page token may carry.
-pub const MAX_OFFSET: i64 = 10_000;
 /// Suggestions when none is asked for.
 pub const DEFAULT_SUGGESTIONS: i64 = 8;
 /// Most suggestions.
@@ -75,28 +71,9 @@ pub fn price_band(units: i64) -> String {
     }
 }
 
-/// A page: its size (0 means the default) and the offset its token carries.
-pub fn page(page_size: i32, token: &str) -> Result<(i64, i64), Invalid> {
-    let size = match i64::from(page_size) {
-        0 => DEFAULT_PAGE_SIZE,
-        size @ 1..=MAX_PAGE_SIZE => size,
-        _ => return invalid("page_size", "must be 0 to 100"),
-    };
-    let offset = if token.is_empty() {
-        0
-    } else {
-        match token.parse::<i64>() {
-            Ok(offset @ 1..=MAX_OFFSET) => offset,
-            _ => return invalid("page_token", "is not a token this service gave"),
-        }
-    };
-    Ok((size, offset))
-}
-
-/// The token of the page after this one, if there is one within reach.
-pub fn next_token(offset: i64, size: i64, total: i64) -> String {
-    let next = offset + size;
-    if next < total && next <= MAX_OFFSET { next.to_string() } else { String::new() }
+/// The page a request asks for (see [`commerce_platform::paging`]).
+pub fn page(page_size: i32, token: &str) -> Result<Page, Invalid> {
+    Page::parse(page_size, token).map_err(|error| Invalid { field: error.field(), problem: error.problem() })
 }
 
 #[cfg(test)]
@@ -130,13 +107,10 @@ mod tests {
     }
 
     #[test]
-    fn pages_are_bounded_and_their_tokens_round_trip() {
-        assert_eq!(page(0, ""), Ok((DEFAULT_PAGE_SIZE, 0)));
+    fn a_bad_page_or_query_names_its_field() {
+        assert_eq!(page(0, ""), Ok(Page { size: 20, offset: 0 }));
         assert_eq!(page(101, "").unwrap_err().field, "page_size");
         assert_eq!(page(10, "x").unwrap_err().field, "page_token");
-        assert_eq!(next_token(0, 20, 45), "20");
-        assert_eq!(page(20, &next_token(0, 20, 45)), Ok((20, 20)));
-        assert_eq!(next_token(40, 20, 45), "");
         assert_eq!(check_query("query", &"a".repeat(MAX_QUERY + 1), MAX_QUERY).unwrap_err().field, "query");
     }
 }

@@ -80,12 +80,12 @@ impl SearchService for SearchGrpc {
         let request = request.into_inner();
         checked(domain::check_query("query", &request.query, domain::MAX_QUERY))?;
         let filters = filters(&request)?;
-        let (size, offset) = checked(domain::page(request.page_size, &request.page_token))?;
+        let page = checked(domain::page(request.page_size, &request.page_token))?;
         let words = domain::words(&request.query);
         let mut conn = self.pool.acquire().await.map_err(Error::Read)?;
         let corrected = store::correct(&mut conn, &words).await?.join(" ");
         let has_text = store::has_terms(&mut conn, &corrected).await?;
-        let hits = store::hits(&mut conn, &corrected, has_text, &filters, size, offset).await?;
+        let hits = store::hits(&mut conn, &corrected, has_text, &filters, page.size, page.offset).await?;
         let total = match hits.first() {
             Some(hit) => hit.total,
             None => store::count(&mut conn, &corrected, has_text, &filters).await?,
@@ -110,7 +110,7 @@ impl SearchService for SearchGrpc {
                 })
                 .collect(),
             total_size: total,
-            next_page_token: domain::next_token(offset, size, total),
+            next_page_token: page.next_token(page.offset + page.size < total),
             facets: Some(facets),
             corrected_query,
         }))

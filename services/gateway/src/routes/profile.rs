@@ -13,8 +13,8 @@ use commerce_proto::profile::v1 as pb;
 use super::{grpc, missing};
 use crate::auth::Caller;
 use crate::dto::{
-    Address, AddressBook, AddressPatch, DataExport, NewAddressRequest, Notification, Order, Profile,
-    SavedAddress, Shipment, UpdateProfileRequest,
+    Address, AddressBook, AddressPatch, DataExport, NewAddressRequest, Notification, Order, Profile, Review,
+    SavedAddress, Shipment, UpdateProfileRequest, ViewedProduct,
 };
 use crate::extract::ApiJson;
 use crate::problem::Problem;
@@ -115,7 +115,8 @@ const EXPORT_MAX_PAGES: usize = 1000;
 const EXPORT_PAGE_SIZE: i32 = 100;
 
 /// Everything the shop keeps about the caller, in one JSON document: the
-/// profile, the address book, every order, shipment and notification.
+/// profile, the address book, every order, shipment, notification and
+/// review, and the products viewed.
 pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Json<DataExport>, Problem> {
     use commerce_proto::{notification, order, shipping};
     let user_id = caller.user_id.clone();
@@ -181,7 +182,33 @@ pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Jso
         }
     })
     .await?;
-    let truncated = orders_cut || shipments_cut || notifications_cut;
+    let (reviews, reviews_cut) = every_page(|page_token| {
+        let (state, user_id) = (state.clone(), user_id.clone());
+        async move {
+            let request = commerce_proto::reviews::v1::ListUserReviewsRequest {
+                user_id,
+                page_size: EXPORT_PAGE_SIZE,
+                page_token,
+            };
+            let page = state
+                .reviews()?
+                .list_user_reviews(idempotent(request))
+                .await
+                .map_err(grpc("reviews"))?
+                .into_inner();
+            Ok((page.reviews.into_iter().map(Review::from).collect(), page.next_page_token))
+        }
+    })
+    .await?;
+    let request = commerce_proto::recommendation::v1::ListViewsRequest { user_id: user_id.clone() };
+    let views = state
+        .recommendation()?
+        .list_views(idempotent(request))
+        .await
+        .map_err(grpc("recommendation"))?
+        .into_inner()
+        .views;
+    let truncated = orders_cut || shipments_cut || notifications_cut || reviews_cut;
 
     Ok(Json(DataExport {
         exported_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -192,6 +219,8 @@ pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Jso
         orders,
         shipments,
         notifications,
+        reviews,
+        viewed_products: views.into_iter().map(ViewedProduct::from).collect(),
         truncated,
     }))
 }
