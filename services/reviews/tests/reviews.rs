@@ -118,7 +118,7 @@ async fn only_a_buyer_whose_order_was_delivered_reviews_the_product_once_and_edi
         }))
         .await?
         .into_inner();
-    assert_eq!(mine.reviews, [edited.clone()], "the author's export lists it");
+    assert_eq!(mine.reviews, [edited], "the author's export lists it");
 
     assert_eq!(
         published_ratings(&database).await?,
