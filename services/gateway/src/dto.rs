@@ -164,6 +164,19 @@ pub fn quantity_u32(quantity: i64) -> u32 {
     u32::try_from(quantity.clamp(0, MAX_QUANTITY)).unwrap_or(0)
 }
 
+/// An id query parameter given empty (`?order_id=`) reads as not given, as
+/// in most web APIs. Clients that fill a parameter from an earlier answer
+/// (`"order_id": ""` of a welcome notification) send exactly that; JSON
+/// Schema's `format: uuid` is an annotation to them, so refusing it would
+/// refuse what the document lets them send.
+fn empty_id_as_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Uuid>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) => Uuid::parse_str(&text).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// Pagination of list queries.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -395,6 +408,7 @@ pub struct ProductQuery {
     #[schemars(length(max = 1024))]
     pub page_token: Option<String>,
     /// Category id.
+    #[serde(default, deserialize_with = "empty_id_as_none")]
     pub category: Option<Uuid>,
     /// Words the name or description must contain.
     #[schemars(length(max = 200))]
@@ -686,6 +700,7 @@ pub struct AdminOrderQuery {
     pub page_token: Option<String>,
     pub status: Option<OrderStatus>,
     /// Only this user's orders.
+    #[serde(default, deserialize_with = "empty_id_as_none")]
     pub user_id: Option<Uuid>,
 }
 
@@ -783,6 +798,7 @@ same_variants!(ShipmentStatus => shipping::v1::ShipmentStatus {
 #[serde(deny_unknown_fields)]
 pub struct ShipmentQuery {
     /// The order whose shipment to track (customers must give it).
+    #[serde(default, deserialize_with = "empty_id_as_none")]
     pub order_id: Option<Uuid>,
     pub status: Option<ShipmentStatus>,
     #[schemars(range(min = 1, max = MAX_PAGE_SIZE))]
@@ -1638,6 +1654,7 @@ pub struct SearchQuery {
     #[schemars(length(max = 200))]
     pub q: Option<String>,
     /// Category id.
+    #[serde(default, deserialize_with = "empty_id_as_none")]
     pub category: Option<Uuid>,
     /// Lowest price, in minor units.
     #[schemars(range(min = 0, max = i64::MAX))]

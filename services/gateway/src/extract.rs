@@ -372,6 +372,17 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_id_parameter_reads_as_absent_and_a_bad_one_is_refused() {
+        let read = |query: &str| -> Result<crate::dto::ShipmentQuery, String> {
+            serde_path_to_error::deserialize(serde_urlencoded_deserializer(query)).map_err(|e| e.to_string())
+        };
+        assert_eq!(read("order_id=").expect("empty is absent").order_id, None);
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(read(&format!("order_id={id}")).expect("an id").order_id, Some(id));
+        assert!(read("order_id=mug").is_err());
+    }
+
+    #[test]
     fn query_strings_are_percent_decoded() {
         assert_eq!(
             url_pairs("q=red+shoes%21&page_size=5&flag"),
