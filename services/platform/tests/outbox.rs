@@ -6,6 +6,7 @@
 mod events_support;
 
 use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -283,7 +284,9 @@ async fn while_no_broker_answers_the_backlog_and_its_age_show_on_the_metrics() -
     };
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new("outbox-test");
-    let relay = OutboxRelay::new(database.pool.clone(), EventProducer::new(&unreachable)?)
+    let producer = EventProducer::new(&unreachable)?;
+    let client = producer.current();
+    let relay = OutboxRelay::new(database.pool.clone(), producer.clone())
         .with_metrics(EventMetrics::register(&metrics), Service::Order);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     let age = |exposition: &str| {
@@ -299,11 +302,16 @@ async fn while_no_broker_answers_the_backlog_and_its_age_show_on_the_metrics() -
         Ok(age(&exposition).filter(|age| waiting && *age > 0.0))
     })
     .await?;
+    // Three more seconds: at least two more attempts, each timed out.
     eventually("the age to grow while the row waits", || async {
-        Ok(age(&metrics.encode()?).filter(|age| *age >= first + 1.0).map(|_| ()))
+        Ok(age(&metrics.encode()?).filter(|age| *age >= first + 3.0).map(|_| ()))
     })
     .await?;
     assert!(!any_published(&database.pool).await?, "nothing was published");
+    assert!(
+        Arc::ptr_eq(&client, &producer.current()),
+        "records time out while no broker answers: the brokers are away, not the producer stuck"
+    );
     shutdown.cancel();
     tokio::time::timeout(EVENTUALLY, relay).await??;
     database.drop_database().await?;

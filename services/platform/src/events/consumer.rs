@@ -82,7 +82,7 @@ use uuid::Uuid;
 
 use super::EventPayload;
 use super::cloudevents::CloudEventAttributes;
-use super::kafka::{KafkaArgs, LAG_INTERVAL, LagContext, millis, spawn_broker_watch};
+use super::kafka::{KafkaArgs, LAG_INTERVAL, LagContext, METADATA_TIMEOUT, millis, spawn_broker_watch};
 use super::metrics::EventMetrics;
 use super::producer::{EventProducer, OutgoingRecord};
 use crate::backoff::Backoff;
@@ -665,7 +665,7 @@ impl<H: EventHandler> EventConsumer<H> {
         let watch_stop = shutdown.child_token();
         let watch = spawn_broker_watch(
             self.consumer.clone(),
-            |c| c.client(),
+            |consumer, topic| consumer.client().fetch_metadata(Some(topic), METADATA_TIMEOUT),
             self.topics[0].clone(),
             self.check.clone(),
             "consumer",

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_topology::{Service, Topic, TopicSpec};
-use rdkafka::client::{Client, ClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::metadata::Metadata;
 use rdkafka::statistics::Statistics;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use crate::readiness::Check;
 
 /// How long one metadata request of the readiness loop may take: a broker
 /// that needs longer is as good as away for a request path.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Readiness probe period while the brokers answer.
 const PROBE_INTERVAL_READY: Duration = Duration::from_secs(5);
 /// Probe period while they do not, so that readiness returns quickly.
@@ -382,9 +383,9 @@ fn log_rebalance(rebalance: &Rebalance<'_>) {
 /// gathered, every client's probe every five seconds stalled the whole
 /// process's relays and consumers for 20-50 ms at once (a periodic p99 of
 /// the saga), and a production cluster shared by many teams is no smaller.
-pub(crate) fn spawn_broker_watch<T, C>(
+pub(crate) fn spawn_broker_watch<T>(
     holder: Arc<T>,
-    client_of: fn(&T) -> &Client<C>,
+    fetch_metadata: fn(&T, &str) -> KafkaResult<Metadata>,
     topic: String,
     check: Check,
     what: &'static str,
@@ -392,15 +393,12 @@ pub(crate) fn spawn_broker_watch<T, C>(
 ) -> JoinHandle<()>
 where
     T: Send + Sync + 'static,
-    C: ClientContext + 'static,
 {
     tokio::spawn(async move {
         loop {
             let (target, topic) = (holder.clone(), topic.clone());
             let probe = tokio::task::spawn_blocking(move || {
-                client_of(&target)
-                    .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-                    .map(|metadata| metadata.brokers().len())
+                fetch_metadata(&target, &topic).map(|metadata| metadata.brokers().len())
             })
             .await;
             let ready = match probe {

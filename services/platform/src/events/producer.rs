@@ -7,19 +7,21 @@
 //! one partition in the order they were sent even across retries: the
 //! property that keeps one aggregate's events in order.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message as _, OwnedHeaders};
 use rdkafka::producer::future_producer::{Delivery, DeliveryFuture};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::kafka::{KafkaArgs, TopicNames, TracingContext, millis, spawn_broker_watch};
+use super::kafka::{KafkaArgs, METADATA_TIMEOUT, TopicNames, TracingContext, millis, spawn_broker_watch};
+use crate::errors::error_chain;
 use crate::readiness::Check;
 
 /// Name of the readiness check of a service's producer.
@@ -50,7 +52,7 @@ pub enum ProducerError {
 
 type SharedProducer = Arc<FutureProducer<TracingContext>>;
 
-/// The producers alive in this process, by their complete librdkafka
+/// The producer slots alive in this process, by their complete librdkafka
 /// configuration. Services run in one process (`commerce serve all`, `local
 /// up`) with the same brokers and properties share one producer instead of
 /// one each: every librdkafka client has its own threads, connections and
@@ -59,27 +61,160 @@ type SharedProducer = Arc<FutureProducer<TracingContext>>;
 /// producer per service, 57.4-58.3 MiB and 44 threads with one. Records stay independent
 /// (idempotence numbers them per partition, and each service awaits its
 /// own acknowledgements); what is shared is the connection and its fate, as
-/// the process already is. A producer goes when its last user drops it.
+/// the process already is. A slot goes when its last user drops it.
 static PRODUCERS: LazyLock<Mutex<Vec<Registered>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 
 /// A producer's complete librdkafka configuration, the registry's key.
 type ProducerConfig = BTreeMap<String, String>;
-/// One entry of [`PRODUCERS`]: a configuration and its producer while alive.
-type Registered = (ProducerConfig, Weak<FutureProducer<TracingContext>>);
+/// One entry of [`PRODUCERS`]: a configuration and its slot while alive.
+type Registered = (ProducerConfig, Weak<ProducerSlot>);
 
-/// The producer of this process with exactly `config`, created if none is.
-fn shared_producer(config: &ClientConfig) -> Result<SharedProducer, ProducerError> {
+/// The slot of this process with exactly `config`, created if none is.
+fn shared_slot(config: &ClientConfig) -> Result<Arc<ProducerSlot>, ProducerError> {
     let key: ProducerConfig =
         config.config_map().into_iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
     let mut producers = PRODUCERS.lock().unwrap_or_else(PoisonError::into_inner);
-    producers.retain(|(_, producer)| producer.strong_count() > 0);
-    if let Some(existing) = producers.iter().filter(|(same, _)| *same == key).find_map(|(_, p)| p.upgrade()) {
+    producers.retain(|(_, slot)| slot.strong_count() > 0);
+    if let Some(existing) = producers.iter().filter(|(same, _)| *same == key).find_map(|(_, s)| s.upgrade()) {
         return Ok(existing);
     }
-    let producer: SharedProducer =
-        Arc::new(config.create_with_context(TracingContext).map_err(ProducerError::CreateProducer)?);
-    producers.push((key, Arc::downgrade(&producer)));
-    Ok(producer)
+    let slot = Arc::new(ProducerSlot::new(config, partition_has_leader)?);
+    producers.push((key, Arc::downgrade(&slot)));
+    Ok(slot)
+}
+
+/// Whether the brokers, asked through `producer`'s own client, show
+/// `topic` [`partition`] (any partition when negative: not assigned yet)
+/// with a leader. Blocks up to the metadata timeout.
+fn partition_has_leader(producer: &FutureProducer<TracingContext>, topic: &str, partition: i32) -> bool {
+    let Ok(metadata) = producer.client().fetch_metadata(Some(topic), METADATA_TIMEOUT) else {
+        return false;
+    };
+    metadata.topics().iter().filter(|found| found.name() == topic && found.error().is_none()).any(|found| {
+        found.partitions().iter().any(|found| {
+            (partition < 0 || found.id() == partition) && found.leader() >= 0 && found.error().is_none()
+        })
+    })
+}
+
+fn create(config: &ClientConfig) -> Result<SharedProducer, ProducerError> {
+    Ok(Arc::new(config.create_with_context(TracingContext).map_err(ProducerError::CreateProducer)?))
+}
+
+/// One librdkafka producer of the process and the means to replace it.
+///
+/// Why replace one: after a broker restart, librdkafka's idempotent
+/// producer can keep one partition's records waiting until each times out,
+/// while the brokers answer and the process's other partitions deliver.
+/// Seen in the fault test that restarts Kafka mid-saga (the inventory and
+/// shipments rows of one process timed out every 30 s for minutes, until the
+/// test gave up); public reports of librdkafka clients describe the same,
+/// cured only by a new producer. So when a record queued *after* a
+/// partition's first timeout times out too, and a metadata request through
+/// the same client shows that partition with a leader, the client is
+/// suspect, not the brokers: the slot makes a new producer (a new producer
+/// id; the senders send their records again, and consumers deduplicate on
+/// the event id). While the brokers are away the metadata request fails
+/// and nothing is replaced.
+struct ProducerSlot {
+    config: ClientConfig,
+    producer: RwLock<Current>,
+    /// Per (topic, partition): when its first record timed out with no
+    /// delivery to it since.
+    timing_out: Mutex<HashMap<(String, i32), Instant>>,
+    /// [`partition_has_leader`], but for tests of the decision.
+    leader_shown: LeaderShown,
+}
+
+type LeaderShown = fn(&FutureProducer<TracingContext>, &str, i32) -> bool;
+
+/// The producer in use and how many times it was replaced before.
+struct Current {
+    generation: u64,
+    producer: SharedProducer,
+}
+
+impl ProducerSlot {
+    fn new(config: &ClientConfig, leader_shown: LeaderShown) -> Result<Self, ProducerError> {
+        Ok(Self {
+            producer: RwLock::new(Current { generation: 0, producer: create(config)? }),
+            config: config.clone(),
+            timing_out: Mutex::new(HashMap::new()),
+            leader_shown,
+        })
+    }
+
+    fn current(&self) -> (u64, SharedProducer) {
+        let current = self.producer.read().unwrap_or_else(PoisonError::into_inner);
+        (current.generation, current.producer.clone())
+    }
+
+    fn current_generation(&self) -> u64 {
+        self.producer.read().unwrap_or_else(PoisonError::into_inner).generation
+    }
+
+    fn delivered(&self, topic: &str, partition: i32) {
+        let mut timing_out = self.timing_out.lock().unwrap_or_else(PoisonError::into_inner);
+        if !timing_out.is_empty() {
+            timing_out.remove(&(topic.to_owned(), partition));
+        }
+    }
+
+    /// A record to `topic` [`partition`], queued at `queued` on producer
+    /// `generation`, timed out: replaces the producer if it is stuck (see
+    /// the type's docs).
+    async fn timed_out(&self, generation: u64, topic: &str, partition: i32, queued: Instant) {
+        let again = {
+            let mut timing_out = self.timing_out.lock().unwrap_or_else(PoisonError::into_inner);
+            match timing_out.entry((topic.to_owned(), partition)) {
+                Entry::Occupied(first) => queued > *first.get(),
+                Entry::Vacant(entry) => {
+                    entry.insert(Instant::now());
+                    false
+                }
+            }
+        };
+        if !again || self.current_generation() != generation {
+            return;
+        }
+        // Cloned here, dropped on the blocking pool: it may be the last
+        // reference to a producer replaced meanwhile.
+        let producer = self.current().1;
+        let (name, leader_shown) = (topic.to_owned(), self.leader_shown);
+        let answered = tokio::task::spawn_blocking(move || leader_shown(&producer, &name, partition)).await;
+        if matches!(answered, Ok(true)) {
+            self.replace(generation, topic, partition);
+        }
+    }
+
+    /// Replaces producer `generation` unless another caller already did.
+    fn replace(&self, generation: u64, topic: &str, partition: i32) {
+        let old = {
+            let mut current = self.producer.write().unwrap_or_else(PoisonError::into_inner);
+            if current.generation != generation {
+                return;
+            }
+            let fresh = match create(&self.config) {
+                Ok(fresh) => fresh,
+                Err(error) => {
+                    tracing::error!(error = %error_chain(&error), "cannot replace a stuck Kafka producer");
+                    return;
+                }
+            };
+            current.generation += 1;
+            std::mem::replace(&mut current.producer, fresh)
+        };
+        self.timing_out.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        tracing::warn!(
+            topic,
+            partition,
+            generation = generation + 1,
+            "records to a partition keep timing out while the brokers show its leader: the Kafka producer is replaced"
+        );
+        // Dropping a producer purges its queue, waits up to 500 ms for the
+        // purge's reports and joins its threads: not on an async worker.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
 }
 
 /// One record to produce: physical topic name, key, payload and headers.
@@ -96,7 +231,7 @@ pub struct OutgoingRecord<'a> {
 /// connections).
 #[derive(Clone)]
 pub struct EventProducer {
-    inner: Arc<FutureProducer<TracingContext>>,
+    slot: Arc<ProducerSlot>,
     names: TopicNames,
 }
 
@@ -132,7 +267,7 @@ impl EventProducer {
             // lets a producer's metadata requests create any topic they name
             // on a broker with auto.create.topics.enable, unless told not to.
             .set("allow.auto.create.topics", "false");
-        Ok(Self { inner: shared_producer(&config)?, names: args.names() })
+        Ok(Self { slot: shared_slot(&config)?, names: args.names() })
     }
 
     /// The naming of topics this producer publishes under.
@@ -140,9 +275,10 @@ impl EventProducer {
         &self.names
     }
 
-    /// The librdkafka producer, for what this wrapper does not offer.
-    pub fn inner(&self) -> &FutureProducer<TracingContext> {
-        &self.inner
+    /// The librdkafka producer in use, for what this wrapper does not
+    /// offer. It may be replaced later (see [`ProducerSlot`]).
+    pub fn current(&self) -> SharedProducer {
+        self.slot.current().1
     }
 
     /// Keeps `check` in line with whether the brokers answer a metadata
@@ -155,8 +291,8 @@ impl EventProducer {
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         spawn_broker_watch(
-            self.inner.clone(),
-            |producer| producer.client(),
+            self.slot.clone(),
+            |slot, topic| slot.current().1.client().fetch_metadata(Some(topic), METADATA_TIMEOUT),
             topic,
             check,
             "producer",
@@ -178,8 +314,19 @@ impl EventProducer {
         if let Some(payload) = record.payload {
             future_record = future_record.payload(payload);
         }
-        match self.inner.send_result(future_record) {
-            Ok(future) => Ok(PendingDelivery { topic, future }),
+        // Sent under the read lock rather than through a clone: a clone
+        // dropped here could be the last reference to a producer replaced
+        // meanwhile, and dropping one blocks.
+        let current = self.slot.producer.read().unwrap_or_else(PoisonError::into_inner);
+        let generation = current.generation;
+        match current.producer.send_result(future_record) {
+            Ok(future) => Ok(PendingDelivery {
+                topic,
+                future,
+                slot: self.slot.clone(),
+                generation,
+                queued: Instant::now(),
+            }),
             Err((source, _record)) => Err(ProducerError::QueueRecord { topic, source }),
         }
     }
@@ -192,8 +339,8 @@ impl EventProducer {
     /// Waits until every queued record is acknowledged or failed, up to
     /// `timeout`; for a clean shutdown.
     pub async fn flush(&self, timeout: Duration) {
-        let inner = self.inner.clone();
-        let flushed = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
+        let producer = self.current();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         if let Ok(Err(error)) = flushed {
             tracing::warn!(error = %error, "records still unacknowledged at shutdown");
         }
@@ -204,6 +351,10 @@ impl EventProducer {
 pub struct PendingDelivery {
     topic: String,
     future: DeliveryFuture,
+    /// Where to report the outcome, and of which producer.
+    slot: Arc<ProducerSlot>,
+    generation: u64,
+    queued: Instant,
 }
 
 impl std::fmt::Debug for PendingDelivery {
@@ -216,8 +367,16 @@ impl PendingDelivery {
     /// Waits for the broker's answer.
     pub async fn acknowledged(self) -> Result<Delivery, ProducerError> {
         match self.future.await {
-            Ok(Ok(delivery)) => Ok(delivery),
-            Ok(Err((source, _message))) => Err(ProducerError::DeliverRecord { topic: self.topic, source }),
+            Ok(Ok(delivery)) => {
+                self.slot.delivered(&self.topic, delivery.partition);
+                Ok(delivery)
+            }
+            Ok(Err((source, message))) => {
+                if source == KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) {
+                    self.slot.timed_out(self.generation, &self.topic, message.partition(), self.queued).await;
+                }
+                Err(ProducerError::DeliverRecord { topic: self.topic, source })
+            }
             // The producer was dropped with the record in its queue.
             Err(_canceled) => {
                 Err(ProducerError::DeliverRecord { topic: self.topic, source: KafkaError::Canceled })
@@ -239,15 +398,60 @@ mod tests {
         // Brokers no test uses: creating a producer does not connect.
         let first = EventProducer::new(&args("127.0.0.1:1", "one")).unwrap();
         let second = EventProducer::new(&args("127.0.0.1:1", "two")).unwrap();
-        assert!(Arc::ptr_eq(&first.inner, &second.inner), "one librdkafka producer for both");
+        assert!(Arc::ptr_eq(&first.current(), &second.current()), "one librdkafka producer for both");
         assert_ne!(first.names(), second.names(), "each keeps its own topic names");
         let elsewhere = EventProducer::new(&args("127.0.0.1:2", "one")).unwrap();
-        assert!(!Arc::ptr_eq(&first.inner, &elsewhere.inner), "other brokers, other producer");
+        assert!(!Arc::ptr_eq(&first.current(), &elsewhere.current()), "other brokers, other producer");
 
-        let weak = Arc::downgrade(&first.inner);
+        let weak = Arc::downgrade(&first.current());
         drop((first, second));
         assert_eq!(weak.strong_count(), 0, "the producer goes with its last user");
         let again = EventProducer::new(&args("127.0.0.1:1", "one")).unwrap();
-        assert!(weak.upgrade().is_none() && Arc::strong_count(&again.inner) == 1, "a new one is made");
+        assert!(weak.upgrade().is_none() && Arc::strong_count(&again.current()) == 2, "a new one is made");
+    }
+
+    /// A slot for brokers no test uses (creating a producer does not
+    /// connect), whose metadata check answers `shown`.
+    fn slot(shown: LeaderShown) -> ProducerSlot {
+        ProducerSlot::new(&args("127.0.0.1:1", "slot").client_config(), shown).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_partition_timing_out_again_while_its_leader_is_shown_gets_a_new_producer_once() {
+        let slot = slot(|_, _, _| true);
+        let (generation, first) = slot.current();
+        let queued = Instant::now();
+        slot.timed_out(generation, "orders", 2, queued).await;
+        assert_eq!(slot.current_generation(), 0, "a first timeout may be the brokers restarting");
+        slot.timed_out(generation, "orders", 2, queued).await;
+        assert_eq!(slot.current_generation(), 0, "records queued before the first timeout are of that round");
+        slot.timed_out(generation, "orders", 3, Instant::now()).await;
+        assert_eq!(slot.current_generation(), 0, "another partition counts on its own");
+
+        slot.timed_out(generation, "orders", 2, Instant::now()).await;
+        let (generation, second) = slot.current();
+        assert_eq!(generation, 1, "a record queued after the first timeout timed out too: replaced");
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(slot.timing_out.lock().unwrap().is_empty(), "the new producer starts with a clean record");
+
+        // Late reports of records of the old producer change nothing.
+        slot.timed_out(0, "orders", 3, queued).await;
+        slot.timed_out(0, "orders", 3, Instant::now()).await;
+        assert_eq!(slot.current_generation(), 1, "one replacement per stuck producer");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_clears_its_partitions_timeouts_and_unanswered_metadata_replaces_nothing() {
+        let slot = self::slot(|_, _, _| true);
+        slot.timed_out(0, "orders", 2, Instant::now()).await;
+        slot.delivered("orders", 2);
+        slot.timed_out(0, "orders", 2, Instant::now()).await;
+        assert_eq!(slot.current_generation(), 0, "a delivery in between: the partition moves");
+
+        let away = self::slot(|_, _, _| false);
+        away.timed_out(0, "orders", 2, Instant::now()).await;
+        away.timed_out(0, "orders", 2, Instant::now()).await;
+        away.timed_out(0, "orders", 2, Instant::now()).await;
+        assert_eq!(away.current_generation(), 0, "no leader shown: the brokers are away, not the producer");
     }
 }
