@@ -1830,3 +1830,164 @@ async fn a_replayed_refresh_token_revokes_every_token_of_its_sign_in() {
         after.body
     );
 }
+
+/// Whether the stored address (a protobuf `Address`) still holds `text`.
+async fn address_holds(
+    shop: &Shop,
+    service: Service,
+    sql: &str,
+    id: &str,
+    text: &str,
+) -> anyhow::Result<bool> {
+    let pool = shop.databases.pool(service).await?;
+    let holds: bool = sqlx::query_scalar(sql).bind(id).bind(text.as_bytes()).fetch_one(&pool).await?;
+    pool.close().await;
+    Ok(holds)
+}
+
+/// How many rows of `table` in `service`'s database belong to `user_id`.
+async fn rows_of(shop: &Shop, service: Service, table: &str, user_id: &str) -> anyhow::Result<i64> {
+    let pool = shop.databases.pool(service).await?;
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE user_id = $1"))
+        .bind(user_id)
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(count)
+}
+
+#[tokio::test]
+async fn an_erased_customer_is_gone_from_every_service_and_their_orders_keep_only_what_the_books_need() {
+    let (shop, api, admin) = setup().await;
+    let category = api.create_category(&admin, "Erasure").await.expect("category");
+    let product = api.create_product(&admin, &category, "Shredder", 4200, 5).await.expect("product");
+    let customer = api.register_customer("leaving").await.expect("registers");
+    let token = Some(customer.access_token.as_str());
+    let user = customer.user_id.as_str();
+    let mut address = support::api::address();
+    address["line1"] = json!("9 Forgotten Lane");
+    api.post(
+        "/api/users/me/addresses",
+        token,
+        &json!({"label": "home", "address": address, "make_default": true}),
+    )
+    .await
+    .expect("answers")
+    .expect(StatusCode::CREATED)
+    .expect("201");
+    api.get(&format!("/api/products/{product}"), token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+
+    // No address given: the order ships to the book's default.
+    let request = api
+        .request(
+            Method::POST,
+            "/api/orders",
+            token,
+            Some(
+                &json!({"lines": [{"product_id": product, "quantity": 1}], "payment_method_token": CARD_OK}),
+            ),
+        )
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
+    let order = api.send(request).await.expect("answers").expect(StatusCode::CREATED).expect("201");
+    let order_id = string(&order, "id").expect("order id");
+    api.wait_order(&customer, &order_id, "confirmed").await.expect("confirmed");
+    let erase = |password: &str| {
+        let body = json!({"password": password});
+        let api = &api;
+        async move { api.post("/api/users/me/erasure", token, &body).await.expect("answers") }
+    };
+    let early = erase("correct horse battery").await;
+    early.assert_problem("an erasure with an order on its way");
+    assert_eq!(early.status, StatusCode::CONFLICT, "{}", early.body);
+    assert!(early.body["detail"].as_str().unwrap_or_default().contains(&order_id), "{}", early.body);
+
+    let shipment = shipment_of(&api, &customer, &order_id).await;
+    let shipment_id = string(&shipment, "id").expect("shipment id");
+    let courier = api.courier().await.expect("the bootstrap courier logs in");
+    for status in ["assigned", "picked_up", "in_transit", "delivered"] {
+        api.post(
+            &format!("/api/shipments/{shipment_id}/status"),
+            Some(&courier.access_token),
+            &json!({"status": status}),
+        )
+        .await
+        .expect("moves")
+        .expect(StatusCode::OK)
+        .unwrap_or_else(|error| panic!("moving the shipment to {status}: {error}"));
+    }
+    api.wait_order(&customer, &order_id, "delivered").await.expect("delivered");
+    let review_path = format!("/api/products/{product}/reviews");
+    let (review, _) = wait_for("the review to be accepted", ORDER_TIMEOUT, || async {
+        let answer = api.post(&review_path, token, &json!({"rating": 5, "title": "Thorough"})).await?;
+        Ok((answer.status == StatusCode::CREATED).then_some(answer.body))
+    })
+    .await
+    .expect("a delivered buyer reviews");
+    let review_id = string(&review, "id").expect("review id");
+    let (views, _) = wait_for("the view and the notifications to be kept", ORDER_TIMEOUT, || async {
+        let views = rows_of(shop, Service::Recommendation, "views", user).await?;
+        let notifications = rows_of(shop, Service::Notification, "notifications", user).await?;
+        Ok((views == 1 && notifications > 0).then_some(views))
+    })
+    .await
+    .expect("the services keep the customer's data");
+    assert_eq!(views, 1);
+
+    let wrong = erase("not my password").await;
+    wrong.assert_problem("an erasure with a wrong password");
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{}", wrong.body);
+    let erased = erase("correct horse battery").await;
+    assert_eq!(erased.status, StatusCode::NO_CONTENT, "{}", erased.body);
+    let login = api
+        .post("/api/auth/login", None, &json!({"email": customer.email, "password": "correct horse battery"}))
+        .await
+        .expect("answers");
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED, "the account is gone: {}", login.body);
+
+    let order_sql = "SELECT position($2 in shipping_address) > 0 FROM orders WHERE id = $1::uuid";
+    let shipment_sql = "SELECT position($2 in address) > 0 FROM shipments WHERE id = $1::uuid";
+    let (_, took) = wait_for("every service to erase the customer", ORDER_TIMEOUT, || async {
+        let kept = [
+            rows_of(shop, Service::Profile, "profiles", user).await?,
+            rows_of(shop, Service::Profile, "addresses", user).await?,
+            rows_of(shop, Service::Notification, "notifications", user).await?,
+            rows_of(shop, Service::Notification, "recipients", user).await?,
+            rows_of(shop, Service::Recommendation, "views", user).await?,
+            rows_of(shop, Service::Recommendation, "purchases", user).await?,
+            rows_of(shop, Service::Reviews, "reviews", user).await?,
+            rows_of(shop, Service::Reviews, "purchases", user).await?,
+            i64::from(address_holds(shop, Service::Order, order_sql, &order_id, "Forgotten Lane").await?),
+            i64::from(
+                address_holds(shop, Service::Shipping, shipment_sql, &shipment_id, "Forgotten Lane").await?,
+            ),
+            i64::from(address_holds(shop, Service::Order, order_sql, &order_id, "Ada Lovelace").await?),
+        ];
+        Ok(kept.iter().all(|rows| *rows == 0).then_some(()))
+    })
+    .await
+    .expect("nothing personal is left");
+    eprintln!("the erasure reached every service in {:.2} s", took.as_secs_f64());
+
+    // What the books need stays: the order, its amount and country; the
+    // review, without its author.
+    assert!(
+        address_holds(shop, Service::Order, order_sql, &order_id, "DE").await.expect("reads"),
+        "the country stays"
+    );
+    let pool = shop.databases.pool(Service::Order).await.expect("order database");
+    let (owner, total): (String, i64) =
+        sqlx::query_as("SELECT user_id, total_units FROM orders WHERE id = $1::uuid")
+            .bind(&order_id)
+            .fetch_one(&pool)
+            .await
+            .expect("the order stays");
+    pool.close().await;
+    assert_eq!((owner.as_str(), total), (user, 4200), "the order keeps its amount");
+    let reviews = api.get(&review_path, None).await.expect("answers").expect(StatusCode::OK).expect("200");
+    assert_eq!(reviews["reviews"][0]["id"], json!(review_id), "the review stays: {reviews}");
+    assert_eq!(reviews["summary"]["review_count"], json!(1), "and counts: {reviews}");
+}

@@ -113,7 +113,7 @@ event_payloads! {
         ShipmentHalted => shipment_id,
     ],
     // Keyed by user.
-    Users: [UserRegistered => user_id, UserRoleChanged => user_id],
+    Users: [UserRegistered => user_id, UserRoleChanged => user_id, UserErased => user_id],
     // Keyed by product.
     Catalog: [
         ProductCreated => product_id,

@@ -14,6 +14,7 @@
 //! gives the publisher each event's CloudEvents type and partition key.
 
 pub mod events;
+pub mod privacy;
 pub mod time;
 
 /// Generates a module for one proto package. Clippy is silenced inside the

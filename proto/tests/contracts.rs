@@ -53,6 +53,7 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
                 "GetPublicKeys",
                 "ListUsers",
                 "SetUserRole",
+                "EraseUser",
             ],
         ),
         (
@@ -320,6 +321,7 @@ macro_rules! for_each_event {
             $check::<events::ShipmentHalted>(),
             $check::<events::UserRegistered>(),
             $check::<events::UserRoleChanged>(),
+            $check::<events::UserErased>(),
             $check::<events::ProductCreated>(),
             $check::<events::ProductUpdated>(),
             $check::<events::ProductDeleted>(),

@@ -305,7 +305,11 @@ mod tests {
         let plans = topics(&valid);
         let partitions = |name: &str| plans.iter().find(|t| t.name == name).unwrap().partitions;
         assert_eq!(partitions("shop.shop.commerce.orders.v1"), 12);
-        assert_eq!(partitions("shop.shop.commerce.users.v1"), 3, "no enabled consumer: the catalog's count");
+        assert_eq!(
+            partitions("shop.shop.commerce.users.v1"),
+            8,
+            "order (autoscaled to 8) consumes users too"
+        );
         assert!(plans.iter().all(|t| t.name.starts_with("shop.shop.")), "{plans:?}");
         assert_eq!(plans.len(), catalog::all_topics().len());
     }

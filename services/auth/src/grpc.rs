@@ -40,6 +40,7 @@ impl From<Error> for Status {
             | Error::VerifyToken(_)
             | Error::UserInactive(_) => Status::unauthenticated(error.to_string()),
             Error::UserNotFound(_) => Status::not_found(error.to_string()),
+            Error::WrongPassword => Status::permission_denied(error.to_string()),
             Error::LastAdmin(_) => Status::failed_precondition(error.to_string()),
             Error::Database { source: sqlx::Error::PoolTimedOut, .. } => {
                 tracing::warn!(error = %error, "database unavailable");
@@ -197,6 +198,29 @@ impl AuthGrpc {
         }
     }
 
+    async fn erase(&self, request: pb::EraseUserRequest) -> Result<pb::EraseUserResponse, Error> {
+        let id = Uuid::parse_str(&request.user_id)
+            .map_err(|_| domain::InvalidInput(format!("user_id {:?} is not a UUID", request.user_id)))?;
+        let mut conn = self.connection().await?;
+        let user = store::find_user(&mut conn, id).await?.ok_or(Error::UserNotFound(id))?;
+        drop(conn);
+        // Counted like a sign-in: the confirmation is no way around the
+        // pause that guards the password.
+        if let Some(domain::LoginAttempt::Paused { retry_after }) =
+            store::count_login_attempt(&self.inner.pool, id).await?
+        {
+            let retry_after =
+                Duration::from_secs(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0));
+            return Err(Error::LoginPaused { user_id: id, retry_after });
+        }
+        if !verify_password(request.password, Some(user.password_hash.clone())).await {
+            return Err(Error::WrongPassword);
+        }
+        let erased_at = store::erase_user(&self.inner.pool, id).await?;
+        tracing::info!(user_id = %id, "a user erased their account");
+        Ok(pb::EraseUserResponse { erased_at: Some(timestamp(erased_at)) })
+    }
+
     async fn refresh(&self, request: pb::RefreshRequest) -> Result<pb::RefreshResponse, Error> {
         let hash = hash_refresh_token(&request.refresh_token);
         let mut tx = self
@@ -340,6 +364,13 @@ impl AuthService for AuthGrpc {
         request: Request<pb::SetUserRoleRequest>,
     ) -> Result<Response<pb::SetUserRoleResponse>, Status> {
         Ok(Response::new(crate::users::set_role(&self.inner.pool, request.into_inner()).await?))
+    }
+
+    async fn erase_user(
+        &self,
+        request: Request<pb::EraseUserRequest>,
+    ) -> Result<Response<pb::EraseUserResponse>, Status> {
+        Ok(Response::new(self.erase(request.into_inner()).await?))
     }
 
     async fn get_public_keys(

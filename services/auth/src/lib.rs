@@ -63,6 +63,9 @@ pub enum Error {
     UserInactive(Uuid),
     #[error("user {0} does not exist")]
     UserNotFound(Uuid),
+    /// An erasure confirmed with a password that is not the user's.
+    #[error("the password does not match the account")]
+    WrongPassword,
     /// A role change that would leave no active administrator.
     #[error("user {0} is the last active administrator; make another user an administrator first")]
     LastAdmin(Uuid),

@@ -286,6 +286,40 @@ pub async fn set_role(
     Ok(RoleChange::Changed { user, from })
 }
 
+/// Deletes user `id` with their refresh tokens and publishes
+/// `UserErased`, in one transaction; when it was. Locks the active
+/// administrators as [`set_role`] does, so that two administrators erasing
+/// themselves at once cannot leave the shop without one.
+pub async fn erase_user(pool: &PgPool, id: Uuid) -> Result<DateTime<Utc>, Error> {
+    let mut tx = pool.begin().await.map_err(database("begin an erasure"))?;
+    let admins: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' AND active ORDER BY id FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(database("lock the administrators"))?;
+    if admins == [id] {
+        return Err(Error::LastAdmin(id));
+    }
+    sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(database("delete an erased user's refresh tokens"))?;
+    let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(database("delete an erased user"))?;
+    if deleted.rows_affected() == 0 {
+        return Err(Error::UserNotFound(id));
+    }
+    let erased_at = now(&mut *tx).await?;
+    let event = events::UserErased { user_id: id.to_string(), occurred_at: Some(timestamp(erased_at)) };
+    enqueue(&mut tx, &event).await.map_err(|error| Error::EnqueueEvent(Box::new(error)))?;
+    tx.commit().await.map_err(database("commit an erasure"))?;
+    Ok(erased_at)
+}
+
 /// Replaces user `id`'s password hash `old` with `new` (the same password
 /// hashed with other parameters); false when the stored hash is no longer
 /// `old`.

@@ -214,6 +214,15 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// Body of `POST /api/users/me/erasure`: the caller's password, which
+/// confirms that the account's owner asks.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    #[schemars(pattern(NON_BLANK), length(max = 128))]
+    pub password: String,
+}
+
 /// Body of refresh and logout.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

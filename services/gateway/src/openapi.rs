@@ -157,6 +157,8 @@ fn operations() -> Vec<Operation> {
             query: None, body: None, response: 204 None),
         op!("GET" "/api/users/me/export", "users", "Everything the shop keeps about the caller: profile, addresses, orders, shipments, notifications, reviews, viewed products", User,
             query: None, body: None, response: 200 Some(schema::<DataExport>)),
+        op!("POST" "/api/users/me/erasure", "users", "Erase the caller's account, confirmed with their password (403 when wrong; 409 while an order is on its way): every service deletes or anonymises what it keeps, within seconds", User,
+            query: None, body: Some(schema::<ErasureRequest>), response: 204 None),
         op!("POST" "/api/admin/products", "admin", "Create a product", Admin,
             query: None, body: Some(schema::<CreateProductRequest>), response: 201 Some(schema::<Product>)),
         op!("PATCH" "/api/admin/products/{id}", "admin", "Change a product's fields", Admin,

@@ -119,6 +119,9 @@ fake_service!(AuthService for FakeAuth {
     fn set_user_role(&self, _: auth_pb::SetUserRoleRequest) -> auth_pb::SetUserRoleResponse {
         Err(Status::unimplemented("not used by these tests"))
     }
+    fn erase_user(&self, _: auth_pb::EraseUserRequest) -> auth_pb::EraseUserResponse {
+        Err(Status::unimplemented("not used by these tests"))
+    }
 });
 
 /// Catalog: knows one product; records the traceparent of the last call;

@@ -29,6 +29,7 @@ impl NotificationEventHandler {
 
 commerce_platform::event_handler!(NotificationEventHandler {
     ev::UserRegistered => user_registered,
+    ev::UserErased => user_erased,
     ev::OrderPlaced => order_placed,
     ev::OrderConfirmed => order_confirmed,
     ev::OrderRejected => order_rejected,
@@ -58,6 +59,21 @@ impl NotificationEventHandler {
             store::upsert_recipient(tx, &recipient).await.map_err(HandlerError::retryable)?;
         }
         self.store_draft(tx, domain::welcome(&e), event).await
+    }
+
+    /// An erased user's notifications, emails and address go.
+    async fn user_erased(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::UserErased,
+        _event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        if e.user_id.is_empty() {
+            return Err(HandlerError::permanent("UserErased without a user id"));
+        }
+        let rows = store::erase_user(tx, &e.user_id).await.map_err(HandlerError::retryable)?;
+        tracing::info!(user_id = %e.user_id, rows, "an erased user's notifications and emails were deleted");
+        Ok(())
     }
 
     async fn order_placed(

@@ -117,6 +117,25 @@ pub async fn upsert_recipient(conn: &mut PgConnection, recipient: &Recipient) ->
     Ok(())
 }
 
+/// Deletes everything the service keeps about `user_id`: notifications,
+/// emails (sent or waiting) and where their email went. How many rows went.
+pub async fn erase_user(conn: &mut PgConnection, user_id: &str) -> Result<u64, Error> {
+    let mut deleted = 0;
+    for statement in [
+        "DELETE FROM notifications WHERE user_id = $1",
+        "DELETE FROM emails WHERE user_id = $1",
+        "DELETE FROM recipients WHERE user_id = $1",
+    ] {
+        deleted += sqlx::query(statement)
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::StoreNotification)?
+            .rows_affected();
+    }
+    Ok(deleted)
+}
+
 /// Where a user's email goes, if the service has heard of the user.
 pub async fn recipient(conn: &mut PgConnection, user_id: &str) -> Result<Option<Recipient>, Error> {
     sqlx::query_as("SELECT user_id, email, display_name FROM recipients WHERE user_id = $1")

@@ -172,10 +172,26 @@ commerce_platform::event_handler!(OrderEventHandler {
     ev::ShipmentCreated => shipment_created,
     ev::ShipmentStatusChanged => shipment_status_changed,
     ev::ShipmentDelivered => shipment_delivered,
+    ev::UserErased => user_erased,
 });
 
-/// Each event becomes a saga input of its order.
+/// Each event becomes a saga input of its order; an erasure anonymises the
+/// user's orders.
 impl OrderEventHandler {
+    async fn user_erased(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::UserErased,
+        _event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        if e.user_id.is_empty() {
+            return Err(HandlerError::permanent("UserErased without a user id"));
+        }
+        let orders = store::anonymise_user(tx, &e.user_id).await.map_err(HandlerError::retryable)?;
+        tracing::info!(user_id = %e.user_id, orders, "an erased user's orders lost their addresses");
+        Ok(())
+    }
+
     async fn stock_reserved(
         &self,
         tx: &mut Transaction<'_, Postgres>,

@@ -143,6 +143,31 @@ fn clone_line(line: &LineRow) -> LineRow {
     }
 }
 
+/// Replaces the shipping address of each of `user_id`'s orders with what
+/// [`anonymised_address`](commerce_proto::privacy::anonymised_address) keeps
+/// of it (the country): the orders, their lines and amounts stay, as the
+/// shop's books need them. How many orders changed.
+pub async fn anonymise_user(conn: &mut PgConnection, user_id: &str) -> Result<usize, Error> {
+    let orders: Vec<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, shipping_address FROM orders WHERE user_id = $1 ORDER BY id FOR UPDATE")
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::LoadOrder)?;
+    for (id, stored) in &orders {
+        let address = Address::decode(stored.as_slice())
+            .map_err(|error| Error::DecodeStoredOrder { id: *id, problem: error.to_string() })?;
+        let kept = commerce_proto::privacy::anonymised_address(&address);
+        sqlx::query("UPDATE orders SET shipping_address = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(kept.encode_to_vec())
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::UpdateOrder)?;
+    }
+    Ok(orders.len())
+}
+
 /// Inserts a new order with its lines. `Ok(false)` when (user,
 /// idempotency key) already exists: the caller looks the existing one up.
 pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<bool, Error> {

@@ -77,6 +77,22 @@ pub async fn create_from_registration(
     Ok(())
 }
 
+/// Deletes the user's profile and address book; whether there was a
+/// profile.
+pub async fn erase(conn: &mut PgConnection, user_id: &str) -> Result<bool, Error> {
+    sqlx::query("DELETE FROM addresses WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::Write)?;
+    let deleted = sqlx::query("DELETE FROM profiles WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::Write)?;
+    Ok(deleted.rows_affected() == 1)
+}
+
 /// The user's profile, if the service has one.
 pub async fn find_profile(conn: &mut PgConnection, user_id: &str) -> Result<Option<Profile>, Error> {
     sqlx::query_as(

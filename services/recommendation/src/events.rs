@@ -26,6 +26,7 @@ commerce_platform::event_handler!(PurchaseEventHandler {
     ev::ProductCreated => product_created,
     ev::ProductUpdated => product_updated,
     ev::ProductDeleted => product_deleted,
+    ev::UserErased => user_erased,
 });
 
 /// An event the recommendations cannot apply.
@@ -66,6 +67,20 @@ fn product(
 }
 
 impl PurchaseEventHandler {
+    async fn user_erased(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::UserErased,
+        _event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        if e.user_id.is_empty() {
+            return Err(HandlerError::permanent(InvalidEvent("UserErased without a user id")));
+        }
+        let rows = store::erase_user(tx, &e.user_id).await.map_err(HandlerError::retryable)?;
+        tracing::info!(user_id = %e.user_id, rows, "an erased user's views and purchases were deleted");
+        Ok(())
+    }
+
     async fn order_placed(
         &self,
         tx: &mut Transaction<'_, Postgres>,

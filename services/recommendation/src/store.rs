@@ -139,6 +139,21 @@ pub async fn record_confirmed(
     Ok(new)
 }
 
+/// Deletes what the service knows of `user_id`: their views, purchases
+/// and placed orders. The counts of buyers per product and pair stay: they
+/// are sums over many customers and name nobody.
+pub async fn erase_user(conn: &mut PgConnection, user_id: &str) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for statement in [
+        "DELETE FROM views WHERE user_id = $1",
+        "DELETE FROM purchases WHERE user_id = $1",
+        "DELETE FROM placed_orders WHERE user_id = $1",
+    ] {
+        deleted += sqlx::query(statement).bind(user_id).execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(deleted)
+}
+
 /// Records a view, keeping the user's latest [`VIEWS_KEPT`].
 pub async fn record_view(conn: &mut PgConnection, user_id: &str, product_id: Uuid) -> Result<(), Error> {
     sqlx::query(

@@ -28,6 +28,7 @@ commerce_platform::event_handler!(PurchaseEventHandler {
     ev::OrderRejected => order_rejected,
     ev::OrderFailed => order_failed,
     ev::OrderCancelled => order_cancelled,
+    ev::UserErased => user_erased,
 });
 
 fn missing(problem: &'static str) -> HandlerError {
@@ -35,6 +36,20 @@ fn missing(problem: &'static str) -> HandlerError {
 }
 
 impl PurchaseEventHandler {
+    async fn user_erased(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::UserErased,
+        _event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        if e.user_id.is_empty() {
+            return Err(missing("UserErased without a user id"));
+        }
+        let reviews = store::anonymise_user(tx, &e.user_id).await.map_err(HandlerError::retryable)?;
+        tracing::info!(user_id = %e.user_id, reviews, "an erased user's reviews were anonymised");
+        Ok(())
+    }
+
     async fn order_placed(
         &self,
         tx: &mut Transaction<'_, Postgres>,

@@ -101,6 +101,29 @@ pub async fn forget_placed(conn: &mut PgConnection, order_id: &str) -> Result<()
     Ok(())
 }
 
+/// What an erasure leaves of `user_id` here: their reviews stay (the
+/// products' ratings count them) and so do their votes and reports, each
+/// under a fresh random author id that links it to nobody, not even to the
+/// erased user's other reviews; what they bought goes. How many reviews
+/// were anonymised.
+pub async fn anonymise_user(conn: &mut PgConnection, user_id: &str) -> Result<u64, sqlx::Error> {
+    let reviews =
+        sqlx::query("UPDATE reviews SET user_id = 'erased:' || gen_random_uuid() WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    for statement in [
+        "UPDATE helpful_votes SET user_id = 'erased:' || gen_random_uuid() WHERE user_id = $1",
+        "UPDATE reports SET user_id = 'erased:' || gen_random_uuid() WHERE user_id = $1",
+        "DELETE FROM purchases WHERE user_id = $1",
+        "DELETE FROM placed_orders WHERE user_id = $1",
+    ] {
+        sqlx::query(statement).bind(user_id).execute(&mut *conn).await?;
+    }
+    Ok(reviews)
+}
+
 /// Whether `user_id` received `product_id` in a delivered order.
 pub async fn has_purchased(conn: &mut PgConnection, user_id: &str, product_id: &str) -> Result<bool, Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purchases WHERE user_id = $1 AND product_id = $2)")

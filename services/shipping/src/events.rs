@@ -192,9 +192,25 @@ pub struct ShippingEventHandler {
 commerce_platform::event_handler!(ShippingEventHandler {
     ev::OrderConfirmed => order_confirmed,
     ev::OrderCancelled => order_cancelled,
+    ev::UserErased => user_erased,
 });
 
 impl ShippingEventHandler {
+    /// An erased user's shipments keep only the country of their address.
+    async fn user_erased(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        erased: ev::UserErased,
+        _: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        if erased.user_id.is_empty() {
+            return Err(HandlerError::permanent("UserErased without a user id"));
+        }
+        let shipments = store::anonymise_user(tx, &erased.user_id).await?;
+        tracing::info!(user_id = %erased.user_id, shipments, "an erased user's shipments lost their addresses");
+        Ok(())
+    }
+
     async fn order_confirmed(
         &self,
         tx: &mut Transaction<'_, Postgres>,

@@ -89,6 +89,31 @@ pub async fn next_courier_ticket(conn: &mut PgConnection) -> Result<u64, Error> 
     Ok(u64::try_from(ticket).unwrap_or_default())
 }
 
+/// Replaces the address of each of `user_id`'s shipments with what
+/// [`anonymised_address`](commerce_proto::privacy::anonymised_address) keeps
+/// of it (the country); the shipments and their tracking stay. How many
+/// shipments changed.
+pub async fn anonymise_user(conn: &mut PgConnection, user_id: &str) -> Result<usize, Error> {
+    let shipments: Vec<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, address FROM shipments WHERE user_id = $1 ORDER BY id FOR UPDATE")
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::LoadShipment)?;
+    for (id, stored) in &shipments {
+        let address = Address::decode(stored.as_slice())
+            .map_err(|error| Error::DecodeStoredShipment { id: *id, problem: error.to_string() })?;
+        let kept = commerce_proto::privacy::anonymised_address(&address);
+        sqlx::query("UPDATE shipments SET address = $2 WHERE id = $1")
+            .bind(id)
+            .bind(kept.encode_to_vec())
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::UpdateShipment)?;
+    }
+    Ok(shipments.len())
+}
+
 /// Inserts a shipment unless its order has one; `false` when it existed.
 pub async fn insert(conn: &mut PgConnection, shipment: &Shipment) -> Result<bool, Error> {
     let inserted = sqlx::query(

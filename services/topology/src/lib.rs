@@ -178,7 +178,9 @@ const SERVICES: [ServiceSpec; 14] = [
         database: true,
         redis: false,
         produces: &[Topic::Orders],
-        consumes: &[Topic::Inventory, Topic::Payments, Topic::Shipments],
+        // Users: an erased user's orders keep their amounts and lose the
+        // address.
+        consumes: &[Topic::Inventory, Topic::Payments, Topic::Shipments, Topic::Users],
         calls: &[Service::Catalog],
     },
     ServiceSpec {
@@ -197,7 +199,8 @@ const SERVICES: [ServiceSpec; 14] = [
         database: true,
         redis: false,
         produces: &[],
-        // Users: the welcome, and where each user's email goes.
+        // Users: the welcome, and where each user's email goes; an erasure
+        // deletes what the service keeps about the user.
         consumes: &[Topic::Users, Topic::Orders, Topic::Payments, Topic::Shipments],
         calls: &[],
     },
@@ -207,7 +210,8 @@ const SERVICES: [ServiceSpec; 14] = [
         database: true,
         redis: false,
         produces: &[Topic::Shipments],
-        consumes: &[Topic::Orders],
+        // Users: an erased user's shipments lose the address.
+        consumes: &[Topic::Orders, Topic::Users],
         calls: &[],
     },
     ServiceSpec {
@@ -257,7 +261,7 @@ const SERVICES: [ServiceSpec; 14] = [
         database: true,
         redis: false,
         produces: &[],
-        // Users: a registration creates the profile.
+        // Users: a registration creates the profile; an erasure deletes it.
         consumes: &[Topic::Users],
         calls: &[],
     },
@@ -269,7 +273,8 @@ const SERVICES: [ServiceSpec; 14] = [
         produces: &[Topic::Reviews],
         // Orders: who bought what, and when it was delivered (only a
         // delivered order line entitles its buyer to review the product).
-        consumes: &[Topic::Orders],
+        // Users: an erased user's reviews stay, anonymised.
+        consumes: &[Topic::Orders, Topic::Users],
         calls: &[],
     },
     ServiceSpec {
@@ -290,8 +295,9 @@ const SERVICES: [ServiceSpec; 14] = [
         redis: false,
         produces: &[],
         // Orders: who bought what together. Catalog: names, categories,
-        // prices and whether a product is still for sale.
-        consumes: &[Topic::Orders, Topic::Catalog],
+        // prices and whether a product is still for sale. Users: an erased
+        // user's views and purchases go.
+        consumes: &[Topic::Orders, Topic::Catalog, Topic::Users],
         calls: &[],
     },
 ];

@@ -69,6 +69,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/users/me/addresses/{id}"),
     ("DELETE", "/api/users/me/addresses/{id}"),
     ("GET", "/api/users/me/export"),
+    ("POST", "/api/users/me/erasure"),
     ("POST", "/api/admin/products"),
     ("PATCH", "/api/admin/products/{id}"),
     ("DELETE", "/api/admin/products/{id}"),
@@ -125,6 +126,7 @@ pub fn api() -> Router<AppState> {
         .route("/api/users/me/addresses", get(profile::list_addresses).post(profile::add_address))
         .route("/api/users/me/addresses/{id}", patch(profile::update_address).delete(profile::delete_address))
         .route("/api/users/me/export", get(profile::export))
+        .route("/api/users/me/erasure", post(profile::erase))
         .route("/api/admin/products", post(admin::create_product))
         .route("/api/admin/products/{id}", patch(admin::update_product).delete(admin::delete_product))
         .route("/api/admin/categories", post(admin::create_category))

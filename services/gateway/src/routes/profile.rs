@@ -13,8 +13,8 @@ use commerce_proto::profile::v1 as pb;
 use super::{grpc, missing};
 use crate::auth::Caller;
 use crate::dto::{
-    Address, AddressBook, AddressPatch, DataExport, NewAddressRequest, Notification, Order, Profile, Review,
-    SavedAddress, Shipment, UpdateProfileRequest, ViewedProduct,
+    Address, AddressBook, AddressPatch, DataExport, ErasureRequest, NewAddressRequest, Notification, Order,
+    Profile, Review, SavedAddress, Shipment, UpdateProfileRequest, ViewedProduct,
 };
 use crate::extract::ApiJson;
 use crate::problem::Problem;
@@ -104,6 +104,64 @@ pub async fn delete_address(
     let request = pb::DeleteAddressRequest { user_id: caller.user_id, address_id: id.to_string() };
     // Not retried: a repeat of a delete that happened answers 404.
     state.profile()?.delete_address(request).await.map_err(grpc("profile"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The order statuses that still need the customer's address: an account
+/// with an order in one of them is not erased yet.
+const OPEN_ORDER_STATUSES: [commerce_proto::order::v1::OrderStatus; 4] = {
+    use commerce_proto::order::v1::OrderStatus;
+    [OrderStatus::Pending, OrderStatus::Reserved, OrderStatus::Confirmed, OrderStatus::Shipped]
+};
+
+/// Erases the caller's account, confirmed with their password: auth
+/// deletes the user and publishes `UserErased`, on which every service
+/// deletes or anonymises what it keeps (orders and shipments keep their
+/// amounts and lines, without the address; reviews stay without their
+/// author); the cart goes at once. Refused (409) while an order of the
+/// caller is on its way: its shipment still needs the address.
+pub async fn erase(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ErasureRequest>,
+) -> Result<StatusCode, Problem> {
+    use commerce_proto::{auth, cart, order};
+    for status in OPEN_ORDER_STATUSES {
+        let request = order::v1::ListOrdersRequest {
+            user_id: caller.user_id.clone(),
+            page_size: 1,
+            page_token: String::new(),
+            status: status as i32,
+        };
+        let page = state.order()?.list_orders(idempotent(request)).await.map_err(grpc("order"))?.into_inner();
+        if let Some(open) = page.orders.first() {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "order {} is still {}: an account is erased once its orders are delivered or cancelled",
+                    open.id,
+                    status.as_str_name().trim_start_matches("ORDER_STATUS_").to_ascii_lowercase()
+                ),
+            ));
+        }
+    }
+    let request = auth::v1::EraseUserRequest { user_id: caller.user_id.clone(), password: body.password };
+    // Not retried: a repeat of an erasure that happened answers 404.
+    state.auth()?.erase_user(request).await.map_err(grpc("auth"))?;
+    // The cart lives in Redis, outside the events; it would expire within a
+    // day anyway, so a failure here is logged, not the caller's problem.
+    let clear = cart::v1::ClearCartRequest { user_id: caller.user_id.clone() };
+    match state.cart() {
+        Ok(mut client) => {
+            if let Err(status) = client.clear_cart(idempotent(clear)).await {
+                tracing::warn!(user_id = %caller.user_id, error = %status, "an erased user's cart was not cleared; it expires on its own");
+            }
+        }
+        Err(problem) => {
+            tracing::warn!(user_id = %caller.user_id, error = ?problem, "an erased user's cart was not cleared; it expires on its own")
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
