@@ -488,3 +488,46 @@ async fn a_watch_on_one_replica_streams_every_change_made_through_another_and_re
     replica.stop().await?;
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_orders_keep_their_lines_and_amounts_and_only_the_country_of_the_address()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let first = env.place("leaving", "key-1", &[("apple", 2)]).await?;
+    let second = env.place("leaving", "key-2", &[("pear", 1)]).await?;
+    let other = env.place("staying", "key-1", &[("apple", 1)]).await?;
+    publish(
+        &env.prefix,
+        &ev::UserErased { user_id: "leaving".to_owned(), occurred_at: Some(timestamp_in(0)) },
+    )
+    .await?;
+
+    let bare = commerce_proto::common::v1::Address {
+        country_code: support::harness::address().country_code,
+        ..Default::default()
+    };
+    let read = |id: String| {
+        let mut client = env.order.client.clone();
+        async move {
+            let order = client.get_order(pb::GetOrderRequest { id }).await?.into_inner().order;
+            order.ok_or_else(|| anyhow::anyhow!("no order"))
+        }
+    };
+    eventually("the erased user's orders to lose their addresses", || async {
+        let (first, second) = (read(first.id.clone()).await?, read(second.id.clone()).await?);
+        Ok((first.shipping_address.as_ref() == Some(&bare)
+            && second.shipping_address.as_ref() == Some(&bare))
+        .then_some(()))
+    })
+    .await?;
+    let kept = read(first.id.clone()).await?;
+    assert_eq!((kept.user_id.as_str(), kept.lines.len()), ("leaving", 1), "the order and its lines stay");
+    assert_eq!(kept.total, first.total, "and its amount");
+    let untouched = read(other.id.clone()).await?;
+    assert_eq!(
+        untouched.shipping_address,
+        Some(support::harness::address()),
+        "another user's order is untouched"
+    );
+    env.stop().await
+}

@@ -317,3 +317,61 @@ async fn concurrent_reviews_of_one_product_publish_every_count_with_distinct_ver
     assert_eq!(ratings, expected);
     database.drop_database().await
 }
+
+#[tokio::test]
+async fn an_erased_users_reviews_and_votes_stay_under_random_authors_and_their_purchases_go()
+-> anyhow::Result<()> {
+    let (database, grpc) = service().await?;
+    for (order, user) in [("o1", "leaving"), ("o2", "staying"), ("o3", "leaving-too")] {
+        delivered(&database, order, user, &[PRODUCT]).await?;
+    }
+    let kept = grpc.create_review(create("staying", PRODUCT, 4, "Solid")).await?.into_inner();
+    let gone = grpc.create_review(create("leaving", PRODUCT, 2, "Meh")).await?.into_inner();
+    grpc.create_review(create("leaving-too", PRODUCT, 5, "Lovely")).await?;
+    // Two users who will both be erased vote for the same review.
+    for voter in ["leaving", "leaving-too"] {
+        let vote = pb::VoteHelpfulRequest { user_id: voter.to_owned(), review_id: kept.id.clone() };
+        grpc.vote_helpful(Request::new(vote)).await?;
+    }
+
+    let mut conn = database.pool.acquire().await?;
+    assert_eq!(store::anonymise_user(&mut conn, "leaving").await?, 1);
+    assert_eq!(store::anonymise_user(&mut conn, "leaving-too").await?, 1);
+    assert_eq!(store::anonymise_user(&mut conn, "never-here").await?, 0);
+
+    let authors: Vec<(String, String)> =
+        sqlx::query_as("SELECT id::text, user_id FROM reviews ORDER BY created_at")
+            .fetch_all(&database.pool)
+            .await?;
+    assert_eq!(authors.len(), 3, "every review stays: {authors:?}");
+    let erased: Vec<&str> =
+        authors.iter().filter(|(id, _)| *id != kept.id).map(|(_, user)| user.as_str()).collect();
+    assert!(erased.iter().all(|user| user.starts_with("erased:")), "{authors:?}");
+    assert_ne!(erased[0], erased[1], "two erased authors are not one");
+    assert!(authors.iter().any(|(id, user)| *id == kept.id && user == "staying"), "{authors:?}");
+    let voters: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM helpful_votes").fetch_all(&database.pool).await?;
+    assert!(voters.len() == 2 && voters.iter().all(|voter| voter.starts_with("erased:")), "{voters:?}");
+    let purchases: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM purchases").fetch_all(&database.pool).await?;
+    assert_eq!(purchases, vec!["staying".to_owned()], "the erased users' purchases went");
+
+    let summary = grpc
+        .list_product_reviews(Request::new(pb::ListProductReviewsRequest {
+            product_id: PRODUCT.to_owned(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    assert_eq!(summary.reviews.len(), 3, "the product keeps its reviews");
+    assert!(summary.reviews.iter().any(|review| review.id == gone.id && review.helpful_count == 0));
+    let listed = grpc
+        .list_user_reviews(Request::new(pb::ListUserReviewsRequest {
+            user_id: "leaving".to_owned(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    assert!(listed.reviews.is_empty(), "nothing is found under the erased user's id");
+    database.drop_database().await
+}

@@ -165,6 +165,19 @@ async fn shipments_follow_the_transition_table_and_halt_when_the_order_is_cancel
     })
     .await?;
 
+    // The customer erases their account: their shipments and tracking stay,
+    // with nothing of the address but its country.
+    publish(&prefix, &ev::UserErased { user_id: "customer".to_owned(), occurred_at: now() }).await?;
+    let bare = commerce_proto::common::v1::Address { country_code: "DE".to_owned(), ..Default::default() };
+    eventually("the erased customer's shipments to lose their addresses", || async {
+        let first = track("order-1").await?;
+        let second = track("order-2").await?.shipment.expect("shipment");
+        let shipment = first.shipment.expect("shipment");
+        anyhow::ensure!(first.events.len() == 4, "the tracking stays");
+        Ok((shipment.address.as_ref() == Some(&bare) && second.address.as_ref() == Some(&bare)).then_some(()))
+    })
+    .await?;
+
     shutdown.cancel();
     task.await??;
     drop_kafka_namespace(&prefix).await;
