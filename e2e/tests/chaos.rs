@@ -34,7 +34,7 @@ use support::shop::infra_var;
 use support::wait_for;
 
 /// Services of the "rest of the shop" process, beside order and payment.
-const OTHERS: [Service; 12] = [
+const OTHERS: [Service; 13] = [
     Service::Auth,
     Service::Catalog,
     Service::Inventory,
@@ -47,6 +47,7 @@ const OTHERS: [Service; 12] = [
     Service::Reviews,
     Service::Search,
     Service::Recommendation,
+    Service::Analytics,
 ];
 /// Broker and controller ports of the private Kafka: above the kernel's
 /// ephemeral range (32768-60999), so that no outgoing connection of another

@@ -165,6 +165,7 @@ async fn a_thousand_orders_settle_consistently_while_each_part_of_the_shop_is_ki
             Service::Reviews,
             Service::Search,
             Service::Recommendation,
+            Service::Analytics,
         ];
         shop.serve("rest", &rest, &[])?;
         shop.wait_ready(&rest, READY).await?;

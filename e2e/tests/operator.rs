@@ -83,7 +83,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// test's namespace, deleted with it).
 const LEASE_NAME: &str = "commerce-operator";
 /// The services of the catalog.
-const SERVICES: [&str; 14] = [
+const SERVICES: [&str; 15] = [
     "auth",
     "catalog",
     "inventory",
@@ -98,6 +98,7 @@ const SERVICES: [&str; 14] = [
     "reviews",
     "search",
     "recommendation",
+    "analytics",
 ];
 
 // ---------------------------------------------------------------- the tests

@@ -1991,3 +1991,89 @@ async fn an_erased_customer_is_gone_from_every_service_and_their_orders_keep_onl
     assert_eq!(reviews["reviews"][0]["id"], json!(review_id), "the review stays: {reviews}");
     assert_eq!(reviews["summary"]["review_count"], json!(1), "and counts: {reviews}");
 }
+
+#[tokio::test]
+async fn the_admin_dashboard_counts_todays_order_and_the_sales_report_exports_it_as_csv() {
+    let (_shop, api, admin) = setup().await;
+    let token = Some(admin.access_token.as_str());
+    let category = api.create_category(&admin, "Analytics").await.expect("category");
+    let name = format!("Abacus, {}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let product = api.create_product(&admin, &category, &name, 1234, 4).await.expect("product");
+    let buyer = api.register_customer("counted").await.expect("registers");
+    let order_id = api.order(&buyer, &[(&product, 3)], CARD_OK).await.expect("accepted");
+    api.wait_order(&buyer, &order_id, "confirmed").await.expect("confirmed");
+
+    let (sales, took) = wait_for("the order in the sales by product", ORDER_TIMEOUT, || async {
+        let report =
+            api.get("/api/admin/analytics/sales?group_by=product", token).await?.expect(StatusCode::OK)?;
+        Ok(report["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["key"] == json!(product)).cloned()))
+    })
+    .await
+    .expect("the analytics count the order");
+    eprintln!("the order reached the analytics in {:.2} s", took.as_secs_f64());
+    assert_eq!(
+        (
+            sales["label"].clone(),
+            sales["orders"].clone(),
+            sales["units"].clone(),
+            sales["revenue_minor"].clone()
+        ),
+        (json!(name), json!(1), json!(3), json!(3 * 1234)),
+        "{sales}"
+    );
+    let by_category = api
+        .get("/api/admin/analytics/sales?group_by=category", token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+    let row =
+        by_category["rows"].as_array().and_then(|rows| rows.iter().find(|row| row["key"] == json!(category)));
+    assert_eq!(row.map(|row| row["revenue_minor"].clone()), Some(json!(3 * 1234)), "{by_category}");
+
+    let dashboard =
+        api.get("/api/admin/dashboard", token).await.expect("answers").expect(StatusCode::OK).expect("200");
+    assert!(dashboard["orders_today"].as_i64().unwrap_or_default() >= 1, "{dashboard}");
+    assert!(
+        dashboard["revenue_today"].as_array().is_some_and(|amounts| amounts.iter().any(
+            |money| money["currency"] == json!("EUR") && money["amount_minor"].as_i64() >= Some(3 * 1234)
+        )),
+        "{dashboard}"
+    );
+    assert_eq!(dashboard["dead_letters_complete"], json!(true), "{dashboard}");
+    assert!(
+        dashboard["dead_letters"]
+            .as_array()
+            .is_some_and(|topics| topics.iter().any(|dead| dead["service"] == json!("analytics"))),
+        "{dashboard}"
+    );
+    let low = dashboard["low_stock"].as_array().expect("a low-stock list");
+    assert!(
+        low.iter().all(|item| item["available"].as_i64() <= Some(5) && item["name"] != json!("")),
+        "{dashboard}"
+    );
+    let funnel = api
+        .get("/api/admin/analytics/funnel", token)
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
+    assert!(funnel["placed"].as_i64() >= Some(1) && funnel["confirmed"].as_i64() >= Some(1), "{funnel}");
+
+    let csv = api
+        .request(Method::GET, "/api/admin/analytics/sales.csv?group_by=product", token, None)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert!(csv.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/csv"));
+    let text = csv.text().await.expect("a body");
+    assert!(text.starts_with("key,label,currency,orders,units,revenue_minor,refunded_minor\r\n"), "{text}");
+    let expected = format!("{product},\"{name}\",EUR,1,3,{},0\r\n", 3 * 1234);
+    assert!(text.contains(&expected), "the product's line, its name quoted for its comma:\n{text}");
+
+    let customer_sees = api.get("/api/admin/dashboard", Some(&buyer.access_token)).await.expect("answers");
+    assert_eq!(customer_sees.status, StatusCode::FORBIDDEN, "{}", customer_sees.body);
+}

@@ -621,7 +621,7 @@ async fn a_new_stack_gets_every_object_applied_owned_and_a_status() {
     assert_eq!(status_writes.len(), 1);
     assert!(status_writes[0].uri.contains("/status"));
     assert_eq!(condition(&stack, CONDITION_PROGRESSING), ("True".into(), "Applied".into()));
-    assert_eq!(stack.status.unwrap().ready_services.as_deref(), Some("0/14"));
+    assert_eq!(stack.status.unwrap().ready_services.as_deref(), Some("0/15"));
     assert!(seen.iter().any(|s| s.plural == "events" && s.method == Method::POST), "an Applied event");
     assert!(stack.metadata.finalizers.is_none(), "deletionPolicy Retain needs no finalizer");
 }
@@ -636,7 +636,7 @@ async fn topics_and_databases_are_ensured_and_shown_in_the_status() {
         external.take_calls(),
         [
             format!("ensure {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len()),
-            "ensure 12 databases at postgres.infra.svc as commerce_admin".to_owned(),
+            "ensure 13 databases at postgres.infra.svc as commerce_admin".to_owned(),
         ]
     );
     let status = fake.stack().status.unwrap();
@@ -691,7 +691,7 @@ async fn a_delete_policy_adds_a_finalizer_that_cleans_up_and_lets_the_stack_go()
         calls,
         [
             format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len()),
-            "drop 12 databases at postgres.infra.svc as commerce_admin".to_owned(),
+            "drop 13 databases at postgres.infra.svc as commerce_admin".to_owned(),
         ]
     );
     assert!(fake.get("commercestacks", "shop").is_none(), "the finalizer was removed and the stack is gone");
@@ -723,7 +723,7 @@ async fn a_per_stack_kafka_user_is_made_with_a_generated_secret_the_services_use
             format!("ensure {} topics at {brokers}", all_topics().len()),
             // Made by the Secret's user, with ACLs on the stack's prefix only.
             format!("ensure kafka user shop.shop (Sha512, 3 ACLs on shop.shop.) at {brokers} as admin"),
-            "ensure 12 databases at postgres.infra.svc as commerce_admin".to_owned(),
+            "ensure 13 databases at postgres.infra.svc as commerce_admin".to_owned(),
         ]
     );
     use base64::Engine as _;
@@ -771,7 +771,7 @@ async fn a_per_stack_kafka_user_is_made_with_a_generated_secret_the_services_use
         [
             format!("delete {} topics at {brokers}", all_topics().len()),
             "delete kafka user shop.shop at kafka-0.kafka.infra.svc:9092".to_owned(),
-            "drop 12 databases at postgres.infra.svc as commerce_admin".to_owned(),
+            "drop 13 databases at postgres.infra.svc as commerce_admin".to_owned(),
         ]
     );
     assert!(fake.get("commercestacks", "shop").is_none());
@@ -1311,7 +1311,7 @@ async fn a_namespace_deletion_cannot_take_the_admin_secret_before_the_cleanup_ha
         calls,
         [
             format!("delete {} topics at kafka-0.kafka.infra.svc:9092", all_topics().len()),
-            "drop 12 databases at postgres.infra.svc as commerce_admin".to_owned(),
+            "drop 13 databases at postgres.infra.svc as commerce_admin".to_owned(),
         ],
         "the cleanup logged in with the held Secret's credentials"
     );
@@ -1438,7 +1438,7 @@ async fn the_databases_are_dropped_even_when_kafka_is_unreachable_and_not_again_
     assert!(
         external
             .take_calls()
-            .contains(&"drop 12 databases at postgres.infra.svc as commerce_admin".to_owned())
+            .contains(&"drop 13 databases at postgres.infra.svc as commerce_admin".to_owned())
     );
     let stack = fake.stack();
     assert_eq!(condition(&stack, CONDITION_DATABASES_CLEANED_UP), ("True".into(), "Dropped".into()));

@@ -214,6 +214,7 @@ fn command(service: &str) -> Command {
         "reviews" => commerce_reviews::Config::augment_args(command),
         "search" => commerce_search::Config::augment_args(command),
         "recommendation" => commerce_recommendation::Config::augment_args(command),
+        "analytics" => commerce_analytics::Config::augment_args(command),
         other => panic!("a Deployment serves {other:?}, which has no Config here"),
     }
 }
@@ -278,6 +279,7 @@ fn parses(service: &str, argv: &[String]) -> Result<(), String> {
         "reviews" => parse::<commerce_reviews::Config>(argv).map(drop),
         "search" => parse::<commerce_search::Config>(argv).map(drop),
         "recommendation" => parse::<commerce_recommendation::Config>(argv).map(drop),
+        "analytics" => parse::<commerce_analytics::Config>(argv).map(drop),
         other => panic!("no Config for {other:?}"),
     }
 }

@@ -104,6 +104,11 @@ proto_package!(
     recommendation,
     "commerce.recommendation.v1"
 );
+proto_package!(
+    /// Sales, the order funnel and the admin dashboard's figures.
+    analytics,
+    "commerce.analytics.v1"
+);
 
 /// Every proto file of this crate, and the well-known types they import, as an
 /// encoded `google.protobuf.FileDescriptorSet` with source comments.

@@ -82,6 +82,7 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
                 "ReleaseReservation",
                 "Restock",
                 "SetStock",
+                "ListLowStock",
             ],
         ),
         (
@@ -140,6 +141,7 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
             "RecommendationService",
             &["RecordView", "ProductRecommendations", "UserRecommendations", "ListViews"],
         ),
+        ("commerce.analytics.v1", "AnalyticsService", &["GetSales", "GetFunnel", "GetDashboard"]),
     ];
     let set = descriptor_set();
 

@@ -364,7 +364,8 @@ mod tests {
                 "shop_shop_profile",
                 "shop_shop_reviews",
                 "shop_shop_search",
-                "shop_shop_recommendation"
+                "shop_shop_recommendation",
+                "shop_shop_analytics"
             ]
         );
     }

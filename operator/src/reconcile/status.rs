@@ -597,7 +597,7 @@ mod tests {
         let status = reconciled(&stack, &valid, &deployments, &outcome, time(10));
         assert_eq!(find(&status, CONDITION_READY).status, "True");
         assert_eq!(find(&status, CONDITION_PROGRESSING).reason, "UpToDate");
-        assert_eq!(status.ready_services.as_deref(), Some("14/14"));
+        assert_eq!(status.ready_services.as_deref(), Some("15/15"));
         assert_eq!(status.observed_generation, Some(3));
     }
 
@@ -624,7 +624,7 @@ mod tests {
         let status = reconciled(&stack, &valid, &deployments, &Outcome::default(), time(10));
         let ready = find(&status, CONDITION_READY);
         assert_eq!((ready.status.as_str(), ready.message.as_str()), ("False", "waiting for order"));
-        assert_eq!(status.ready_services.as_deref(), Some("13/14"));
+        assert_eq!(status.ready_services.as_deref(), Some("14/15"));
     }
 
     #[test]

@@ -213,6 +213,12 @@ impl InventoryService for FakeInventory {
     ) -> Result<Response<inventory::SetStockResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn list_low_stock(
+        &self,
+        _: Request<inventory::ListLowStockRequest>,
+    ) -> Result<Response<inventory::ListLowStockResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Order: records every PlaceOrder; refuses with `refusal` while it is set.

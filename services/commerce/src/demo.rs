@@ -73,7 +73,8 @@ pub async fn stock_demo_products(
 /// Requests that walk a customer through the shop with curl and jq:
 /// register, log in, list and search products, add to the cart, check out, have the
 /// order delivered (signed in as `courier`), review the product and see its
-/// rating, see the recommendations, and follow the order's status through the saga (its Server-Sent
+/// rating, see the recommendations and the administrator's dashboard and
+/// sales, and follow the order's status through the saga (its Server-Sent
 /// Events, from placement to delivery); the administrator's view of the
 /// order in the audit trail (signed in as `admin`) comes before it. Both
 /// accounts use `password`.
@@ -127,6 +128,11 @@ Try it (bash, with curl and jq):
   curl -s $GW/api/products/{product}/recommendations | jq -c '{{also_bought: [.also_bought[].name], popular_in_category: [.popular_in_category[].name]}}'
   curl -s $GW/api/recommendations/me -H "authorization: Bearer $TOKEN" | jq -c '{{recently_viewed: [.recently_viewed[].name], recommended: [.recommended[].name]}}'
   curl -s "$GW/api/products/{product}/reviews?sort=most_helpful" | jq -c '.summary'
+  # The administrator's dashboard and sales, from the events (also as CSV: /api/admin/analytics/sales.csv).
+  curl -s $GW/api/admin/dashboard -H "authorization: Bearer $ADMIN" \
+    | jq -c '{{orders_today, revenue_today, low_stock: [.low_stock[].name], stuck: (.stuck_orders | length)}}'
+  curl -s "$GW/api/admin/analytics/sales?group_by=product" -H "authorization: Bearer $ADMIN" \
+    | jq -c '[.rows[] | {{label, units, revenue_minor}}]'
   # The order's status changes (Server-Sent Events; a reconnect sends Last-Event-ID: <last id>):
   # from placement to delivery, where the stream ends.
   curl -sN $GW/api/orders/$ORDER/events -H "authorization: Bearer $TOKEN"

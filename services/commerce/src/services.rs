@@ -123,6 +123,7 @@ services! {
     "reviews" => Reviews(commerce_reviews),
     "search" => Search(commerce_search),
     "recommendation" => Recommendation(commerce_recommendation),
+    "analytics" => Analytics(commerce_analytics),
 }
 
 /// `a, b, c` for messages.

@@ -1864,3 +1864,134 @@ pub struct UserRecommendations {
 from_fields!(recommendation::v1::UserRecommendationsResponse => UserRecommendations {
     recently_viewed: recommended, recommended: recommended,
 });
+
+/// How `GET /api/admin/analytics/sales` groups the confirmed orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesGrouping {
+    /// By the UTC day of the confirmation (the default).
+    #[default]
+    Day,
+    Product,
+    Category,
+}
+
+/// The period of an analytics report: whole UTC days, both included.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsQuery {
+    /// First day (YYYY-MM-DD); 29 days before `to` when absent.
+    #[schemars(extend("format" = "date"))]
+    pub from: Option<String>,
+    /// Last day (YYYY-MM-DD), included; today (UTC) when absent.
+    #[schemars(extend("format" = "date"))]
+    pub to: Option<String>,
+    /// Grouping of the sales report; ignored by the funnel.
+    pub group_by: Option<SalesGrouping>,
+}
+
+/// One group of the sales report.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SalesRow {
+    /// The day (YYYY-MM-DD), product id or category id (empty: products
+    /// without a category).
+    pub key: String,
+    /// The product's name by product; the key otherwise.
+    pub label: String,
+    pub currency: String,
+    /// Confirmed orders.
+    pub orders: i64,
+    /// Units sold.
+    pub units: i64,
+    /// Revenue in minor units: order totals by day, line totals by product
+    /// or category.
+    pub revenue_minor: i64,
+    /// Refunded in minor units (by day only).
+    pub refunded_minor: i64,
+}
+
+/// Confirmed orders of a period, grouped.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SalesReport {
+    /// First day of the period.
+    pub from: String,
+    /// Last day of the period, included.
+    pub to: String,
+    pub group_by: SalesGrouping,
+    pub rows: Vec<SalesRow>,
+}
+
+/// What became of the orders placed in a period.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Funnel {
+    pub from: String,
+    pub to: String,
+    /// Orders placed (checkouts).
+    pub placed: i64,
+    /// Of those, confirmed (stock held and paid).
+    pub confirmed: i64,
+    /// Of those, delivered.
+    pub delivered: i64,
+    /// Of those, rejected for lack of stock.
+    pub rejected: i64,
+    /// Of those, failed (payment or reservation expiry).
+    pub failed: i64,
+    /// Of those, cancelled.
+    pub cancelled: i64,
+    /// Of those, refunded in part or in full.
+    pub refunded: i64,
+    /// Cancelled per confirmed order, 0 to 1.
+    pub cancellation_rate: f64,
+    /// Refunded per confirmed order, 0 to 1.
+    pub refund_rate: f64,
+}
+
+/// A product running out.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LowStock {
+    pub product_id: String,
+    pub name: String,
+    pub available: i64,
+    pub reserved: i64,
+}
+
+/// An order in one status for longer than expected.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StuckOrder {
+    pub order_id: String,
+    /// placed (waiting for stock and payment), confirmed (waiting for the
+    /// courier) or shipped (on its way).
+    pub status: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// How long an order is expected to stay in that status.
+    pub expected_within_seconds: i64,
+}
+
+/// The events one service's consumer parked on its dead-letter topic.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeadLetterCount {
+    pub service: String,
+    pub topic: String,
+    /// Records on the topic, within its retention (14 days).
+    pub count: i64,
+}
+
+/// The admin dashboard.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Dashboard {
+    /// Start of the current UTC day (RFC 3339).
+    pub day_start: String,
+    /// Orders placed since `day_start`.
+    pub orders_today: i64,
+    /// Revenue of the orders confirmed since `day_start`, per currency.
+    pub revenue_today: Vec<Money>,
+    /// Products with 5 units or fewer available, the fewest first (at most 20).
+    pub low_stock: Vec<LowStock>,
+    /// Orders stuck in a status, the longest stuck first (at most 50).
+    pub stuck_orders: Vec<StuckOrder>,
+    /// Dead letters per consuming service.
+    pub dead_letters: Vec<DeadLetterCount>,
+    /// False when a broker did not answer for some dead-letter topic.
+    pub dead_letters_complete: bool,
+}

@@ -71,6 +71,8 @@ macro_rules! op {
 /// The live endpoints, whose success is not a JSON body.
 const LIVE_SOCKET_PATH: &str = "/api/orders/live";
 const LIVE_EVENTS_PATH: &str = "/api/orders/{id}/events";
+/// The sales report as CSV, whose success is `text/csv`.
+const SALES_CSV_PATH: &str = "/api/admin/analytics/sales.csv";
 /// Stripe's webhook endpoint, which takes Stripe's signature header.
 const STRIPE_WEBHOOK_PATH: &str = "/api/payments/webhooks/stripe";
 
@@ -189,6 +191,14 @@ fn operations() -> Vec<Operation> {
             query: Some(query::<PageQuery>), body: None, response: 200 Some(schema::<ModerationQueue>)),
         op!("POST" "/api/admin/reviews/{id}/moderation", "admin", "Keep a review (its reports are settled) or remove it (hidden, out of the rating)", Admin,
             query: None, body: Some(schema::<ModerationRequest>), response: 200 Some(schema::<Review>)),
+        op!("GET" "/api/admin/dashboard", "admin", "Orders and revenue today, products running out, orders stuck in a status longer than expected, and dead-lettered events", Admin,
+            query: None, body: None, response: 200 Some(schema::<Dashboard>)),
+        op!("GET" "/api/admin/analytics/sales", "admin", "Confirmed orders of a period (whole UTC days; 422 for one reversed or over 366 days), grouped by day, product or category, per currency", Admin,
+            query: Some(query::<AnalyticsQuery>), body: None, response: 200 Some(schema::<SalesReport>)),
+        op!("GET" "/api/admin/analytics/sales.csv", "admin", "The sales report as CSV", Admin,
+            query: Some(query::<AnalyticsQuery>), body: None, response: 200 None),
+        op!("GET" "/api/admin/analytics/funnel", "admin", "What became of the orders placed in a period: confirmed, delivered, rejected, failed, cancelled, refunded, and the rates", Admin,
+            query: Some(query::<AnalyticsQuery>), body: None, response: 200 Some(schema::<Funnel>)),
         op!("GET" "/api/openapi.json", "meta", "This document", Public,
             query: None, body: None, response: 200 None),
     ]
@@ -241,6 +251,10 @@ pub fn build() -> Value {
         }
         let mut responses = Map::new();
         let success = match (op.path, op.response.1) {
+            (SALES_CSV_PATH, _) => json!({
+                "description": "The report as CSV: a header line, then one line per row (fields as in SalesRow)",
+                "content": {"text/csv": {"schema": {"type": "string"}}}
+            }),
             (LIVE_SOCKET_PATH, Some(schema)) => json!({
                 "description": "Switching Protocols: the connection is a WebSocket; each text message is the JSON below",
                 "x-websocket-message": schema(&mut generator)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use commerce_platform::discovery::Peers;
 use commerce_platform::resilience::ResilientChannel;
+use commerce_proto::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use commerce_proto::audit::v1::audit_service_client::AuditServiceClient;
 use commerce_proto::auth::v1::auth_service_client::AuthServiceClient;
 use commerce_proto::cart::v1::cart_service_client::CartServiceClient;
@@ -113,4 +114,5 @@ impl AppState {
     client!(reviews, ReviewServiceClient, Service::Reviews);
     client!(search, SearchServiceClient, Service::Search);
     client!(recommendation, RecommendationServiceClient, Service::Recommendation);
+    client!(analytics, AnalyticsServiceClient, Service::Analytics);
 }

@@ -231,6 +231,21 @@ impl InventoryService for InventoryGrpc {
         let row = self.adjust(&request.product_id, Adjustment::Set(request.available), &request.note).await?;
         Ok(Response::new(pb::SetStockResponse { stock: Some(stock_level(&row.product_id, Some(&row))) }))
     }
+
+    async fn list_low_stock(
+        &self,
+        request: Request<pb::ListLowStockRequest>,
+    ) -> Result<Response<pb::ListLowStockResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 20,
+            1..=100 => i64::from(request.limit),
+            _ => return Err(Status::invalid_argument("limit must be between 1 and 100")),
+        };
+        let rows = store::low_stock(&self.pool, request.max_available, limit).await?;
+        let stock = rows.iter().map(|row| stock_level(&row.product_id, Some(row))).collect();
+        Ok(Response::new(pb::ListLowStockResponse { stock }))
+    }
 }
 
 impl InventoryGrpc {

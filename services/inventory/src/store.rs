@@ -119,6 +119,21 @@ pub async fn get_stock(pool: &PgPool, product_id: &str) -> Result<Option<StockRo
     Ok(row.map(stock_row))
 }
 
+/// The products with at most `max_available` units available, the fewest
+/// first, at most `limit`.
+pub async fn low_stock(pool: &PgPool, max_available: i64, limit: i64) -> Result<Vec<StockRow>, Error> {
+    let rows: Vec<StockTuple> = sqlx::query_as(
+        "SELECT product_id, available, reserved, sold, updated_at FROM stock \
+         WHERE available <= $1 ORDER BY available, product_id LIMIT $2",
+    )
+    .bind(max_available)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(Error::ReadStock)?;
+    Ok(rows.into_iter().map(stock_row).collect())
+}
+
 /// The counters of `product_ids` that have a stock row, without locking.
 pub async fn stock_levels(
     pool: &PgPool,

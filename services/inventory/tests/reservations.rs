@@ -319,3 +319,30 @@ async fn invalid_requests_are_refused_with_invalid_argument_and_unknown_reservat
     assert!(!availability.all_available);
     database.drop_database().await
 }
+
+#[tokio::test]
+async fn the_low_stock_list_names_the_products_at_or_under_the_limit_the_fewest_first() -> anyhow::Result<()>
+{
+    let database = test_database(5).await?;
+    let grpc = grpc(&database);
+    for (product, available) in [("plenty", 50), ("five", 5), ("none", 0), ("two", 2), ("six", 6)] {
+        set_stock(&grpc, product, available).await?;
+    }
+    let list = |max_available: i64, limit: i32| {
+        let grpc = grpc.clone();
+        async move {
+            let request = Request::new(pb::ListLowStockRequest { max_available, limit });
+            anyhow::Ok(grpc.list_low_stock(request).await?.into_inner().stock)
+        }
+    };
+    let low: Vec<(String, i64)> =
+        list(5, 0).await?.into_iter().map(|level| (level.product_id, level.available)).collect();
+    assert_eq!(low, [("none".to_owned(), 0), ("two".to_owned(), 2), ("five".to_owned(), 5)]);
+    assert_eq!(list(5, 2).await?.len(), 2, "the limit holds");
+    let refused = grpc
+        .list_low_stock(Request::new(pb::ListLowStockRequest { max_available: 5, limit: 101 }))
+        .await
+        .expect_err("a limit over 100");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    database.drop_database().await
+}

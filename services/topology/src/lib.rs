@@ -57,8 +57,10 @@ pub enum Service {
     Reviews,
     /// Appended after the gateway, for the same reason.
     Search,
-    /// Appended last, for the same reason.
+    /// Appended after the gateway, for the same reason.
     Recommendation,
+    /// Appended last, for the same reason.
+    Analytics,
 }
 
 /// A Kafka topic carrying one aggregate's domain events, keyed by the
@@ -132,7 +134,7 @@ const DOMAIN_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Dead letters are rare and read by people; one partition keeps them in order.
 pub const DEAD_LETTER_PARTITIONS: i32 = 1;
 
-const SERVICES: [ServiceSpec; 14] = [
+const SERVICES: [ServiceSpec; 15] = [
     ServiceSpec {
         service: Service::Auth,
         summary: "users, credentials, roles, refresh tokens and signing keys",
@@ -235,6 +237,7 @@ const SERVICES: [ServiceSpec; 14] = [
             Service::Reviews,
             Service::Search,
             Service::Recommendation,
+            Service::Analytics,
         ],
     },
     ServiceSpec {
@@ -300,11 +303,22 @@ const SERVICES: [ServiceSpec; 14] = [
         consumes: &[Topic::Orders, Topic::Catalog, Topic::Users],
         calls: &[],
     },
+    ServiceSpec {
+        service: Service::Analytics,
+        summary: "sales, revenue, the order funnel and the admin dashboard, built from events",
+        database: true,
+        redis: false,
+        produces: &[],
+        // Orders: sales and the funnel. Payments: refunds. Shipments: when
+        // an order left. Catalog: product names and categories.
+        consumes: &[Topic::Orders, Topic::Payments, Topic::Shipments, Topic::Catalog],
+        calls: &[],
+    },
 ];
 
 impl Service {
     /// Every service, in catalog order.
-    pub const ALL: [Service; 14] = [
+    pub const ALL: [Service; 15] = [
         Service::Auth,
         Service::Catalog,
         Service::Inventory,
@@ -319,6 +333,7 @@ impl Service {
         Service::Reviews,
         Service::Search,
         Service::Recommendation,
+        Service::Analytics,
     ];
 
     /// The service's name: DNS label, database suffix, CLI argument.
@@ -338,6 +353,7 @@ impl Service {
             Service::Reviews => "reviews",
             Service::Search => "search",
             Service::Recommendation => "recommendation",
+            Service::Analytics => "analytics",
         }
     }
 
@@ -507,6 +523,7 @@ fn dead_letter_name(service: Service) -> &'static str {
         Service::Reviews => "commerce.dlq.reviews.v1",
         Service::Search => "commerce.dlq.search.v1",
         Service::Recommendation => "commerce.dlq.recommendation.v1",
+        Service::Analytics => "commerce.dlq.analytics.v1",
     }
 }
 

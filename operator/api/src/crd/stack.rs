@@ -131,8 +131,9 @@ pub struct CommerceStackSpec {
     pub image: ImageSpec,
     /// Per-service settings, keyed by the service's name in the catalog
     /// (auth, catalog, inventory, cart, order, payment, notification,
-    /// shipping, gateway, audit, profile, reviews, search, recommendation). A service that is not listed runs with the
-    /// defaults: enabled, one replica, default resources.
+    /// shipping, gateway, audit, profile, reviews, search, recommendation,
+    /// analytics). A service that is not listed runs with the defaults:
+    /// enabled, one replica, default resources.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = Service::ALL.len()))]
     #[x_kube(validation = known_service_names_rule())]

@@ -4,6 +4,7 @@
 //! the verified token, never from the request body.
 
 pub(crate) mod admin;
+mod analytics;
 pub(crate) mod audit;
 mod auth;
 mod cart;
@@ -85,6 +86,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/audit/verify"),
     ("GET", "/api/admin/reviews/queue"),
     ("POST", "/api/admin/reviews/{id}/moderation"),
+    ("GET", "/api/admin/dashboard"),
+    ("GET", "/api/admin/analytics/sales"),
+    ("GET", "/api/admin/analytics/sales.csv"),
+    ("GET", "/api/admin/analytics/funnel"),
     ("GET", "/api/openapi.json"),
 ];
 
@@ -140,6 +145,10 @@ pub fn api() -> Router<AppState> {
         .route("/api/admin/audit/verify", get(audit::verify_chain))
         .route("/api/admin/reviews/queue", get(reviews::moderation_queue))
         .route("/api/admin/reviews/{id}/moderation", post(reviews::moderate_review))
+        .route("/api/admin/dashboard", get(analytics::dashboard))
+        .route("/api/admin/analytics/sales", get(analytics::sales))
+        .route("/api/admin/analytics/sales.csv", get(analytics::sales_csv))
+        .route("/api/admin/analytics/funnel", get(analytics::funnel))
 }
 
 /// Maps a gRPC error from `peer` (see [`problem_from_status`]).

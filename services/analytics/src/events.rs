@@ -1,0 +1,182 @@
+//! The consumer's handler: each order, payment, shipment and catalog event
+//! sets what it tells about an order or a product ([`store`]), in a way
+//! that does not depend on the order the events arrive in.
+
+use chrono::{DateTime, Utc};
+use commerce_platform::events::{HandlerError, IncomingEvent};
+use commerce_proto::events::v1 as ev;
+use commerce_proto::time::from_timestamp;
+use sqlx::{Postgres, Transaction};
+
+use crate::store::{self, Line, Step};
+
+/// Handles the Orders, Payments, Shipments and Catalog topics; other types
+/// are skipped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnalyticsEventHandler;
+
+commerce_platform::event_handler!(AnalyticsEventHandler {
+    ev::OrderPlaced => order_placed,
+    ev::OrderConfirmed => order_confirmed,
+    ev::OrderRejected => order_rejected,
+    ev::OrderFailed => order_failed,
+    ev::OrderCancelled => order_cancelled,
+    ev::OrderDelivered => order_delivered,
+    ev::PaymentRefunded => payment_refunded,
+    ev::ShipmentStatusChanged => shipment_status_changed,
+    ev::ProductCreated => product_created,
+    ev::ProductUpdated => product_updated,
+});
+
+/// An event the analytics cannot apply.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid event for the analytics: {0}")]
+pub struct InvalidEvent(&'static str);
+
+fn order_id(id: &str) -> Result<&str, HandlerError> {
+    if id.is_empty() {
+        return Err(HandlerError::permanent(InvalidEvent("an order event without an order id")));
+    }
+    Ok(id)
+}
+
+/// When the event says it happened; its record's time when it does not.
+fn when(at: Option<&prost_types::Timestamp>, event: &IncomingEvent) -> DateTime<Utc> {
+    at.and_then(from_timestamp).unwrap_or_else(|| event.time())
+}
+
+impl AnalyticsEventHandler {
+    async fn order_placed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderPlaced,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let id = order_id(&e.order_id)?;
+        let total = e.total.clone().unwrap_or_default();
+        let lines: Vec<Line> = e
+            .lines
+            .iter()
+            .map(|line| Line {
+                product_id: line.product_id.clone(),
+                name: line.name.clone(),
+                quantity: i64::from(line.quantity),
+                total_units: line.line_total.as_ref().map_or(0, |money| money.units),
+            })
+            .collect();
+        let placed_at = when(e.occurred_at.as_ref(), event);
+        store::record_placed(tx, id, &e.user_id, &total.currency_code, total.units, placed_at, &lines)
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn order_confirmed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderConfirmed,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store::record_step(tx, order_id(&e.order_id)?, Step::Confirmed, when(e.occurred_at.as_ref(), event))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn order_rejected(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderRejected,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store::record_step(tx, order_id(&e.order_id)?, Step::Rejected, when(e.occurred_at.as_ref(), event))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn order_failed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderFailed,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store::record_step(tx, order_id(&e.order_id)?, Step::Failed, when(e.occurred_at.as_ref(), event))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn order_cancelled(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderCancelled,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store::record_step(tx, order_id(&e.order_id)?, Step::Cancelled, when(e.occurred_at.as_ref(), event))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn order_delivered(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::OrderDelivered,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        store::record_step(tx, order_id(&e.order_id)?, Step::Delivered, when(e.occurred_at.as_ref(), event))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn payment_refunded(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::PaymentRefunded,
+        _event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        // The running total, not the amount of this refund: a duplicate or
+        // a late event cannot count a refund twice.
+        let refunded = e.total_refunded.as_ref().or(e.amount.as_ref()).map_or(0, |money| money.units);
+        store::record_refund(tx, order_id(&e.order_id)?, refunded).await.map_err(HandlerError::retryable)
+    }
+
+    async fn shipment_status_changed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ShipmentStatusChanged,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        // The parcel left the shop when the courier picked it up.
+        let left = matches!(
+            ev::ShipmentStatus::try_from(e.status),
+            Ok(ev::ShipmentStatus::PickedUp | ev::ShipmentStatus::InTransit)
+        );
+        if !left || e.order_id.is_empty() {
+            return Ok(());
+        }
+        store::record_step(tx, &e.order_id, Step::Shipped, when(e.occurred_at.as_ref(), event))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn product_created(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ProductCreated,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let at = when(e.occurred_at.as_ref(), event);
+        store::record_product(tx, &e.product_id, &e.name, &e.category_id, at)
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn product_updated(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::ProductUpdated,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        let at = when(e.occurred_at.as_ref(), event);
+        store::record_product(tx, &e.product_id, &e.name, &e.category_id, at)
+            .await
+            .map_err(HandlerError::retryable)
+    }
+}
