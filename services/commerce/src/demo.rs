@@ -132,7 +132,7 @@ Try it (bash, with curl and jq):
   curl -s $GW/api/admin/dashboard -H "authorization: Bearer $ADMIN" \
     | jq -c '{{orders_today, revenue_today, low_stock: [.low_stock[].name], stuck: (.stuck_orders | length)}}'
   curl -s "$GW/api/admin/analytics/sales?group_by=product" -H "authorization: Bearer $ADMIN" \
-    | jq -c '[.rows[] | {{label, units, revenue_minor}}]'
+    | jq -c '[.rows[] | {{product: .label, units, revenue_minor}}]'
   # The order's status changes (Server-Sent Events; a reconnect sends Last-Event-ID: <last id>):
   # from placement to delivery, where the stream ends.
   curl -sN $GW/api/orders/$ORDER/events -H "authorization: Bearer $TOKEN"
