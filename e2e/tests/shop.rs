@@ -93,6 +93,26 @@ async fn shipment_of(api: &Api, customer: &Session, order_id: &str) -> Value {
     shipment
 }
 
+/// The bootstrap courier takes the order's shipment through every step to
+/// delivered; its id.
+async fn deliver(api: &Api, customer: &Session, order_id: &str) -> String {
+    let shipment = shipment_of(api, customer, order_id).await;
+    let shipment_id = string(&shipment, "id").expect("shipment id");
+    let courier = api.courier().await.expect("the bootstrap courier logs in");
+    for status in ["assigned", "picked_up", "in_transit", "delivered"] {
+        api.post(
+            &format!("/api/shipments/{shipment_id}/status"),
+            Some(&courier.access_token),
+            &json!({"status": status}),
+        )
+        .await
+        .expect("moves")
+        .expect(StatusCode::OK)
+        .unwrap_or_else(|error| panic!("moving the shipment to {status}: {error}"));
+    }
+    shipment_id
+}
+
 /// Product names of one page of a catalog query.
 fn names(page: &Value) -> Vec<String> {
     page["products"]
@@ -664,20 +684,7 @@ async fn a_buyer_reviews_a_delivered_product_the_rating_shows_on_it_and_moderati
     early.assert_problem("a review before delivery");
     assert_eq!(early.status, StatusCode::FORBIDDEN, "{}", early.body);
 
-    let shipment = shipment_of(&api, &buyer, &order_id).await;
-    let shipment_id = string(&shipment, "id").expect("shipment id");
-    let courier = api.courier().await.expect("the bootstrap courier logs in");
-    for status in ["assigned", "picked_up", "in_transit", "delivered"] {
-        api.post(
-            &format!("/api/shipments/{shipment_id}/status"),
-            Some(&courier.access_token),
-            &json!({"status": status}),
-        )
-        .await
-        .expect("moves")
-        .expect(StatusCode::OK)
-        .unwrap_or_else(|error| panic!("moving the shipment to {status}: {error}"));
-    }
+    deliver(&api, &buyer, &order_id).await;
     api.wait_order(&buyer, &order_id, "delivered").await.expect("delivered");
 
     // The delivery reaches the reviews service through the Orders topic.
@@ -1905,20 +1912,7 @@ async fn an_erased_customer_is_gone_from_every_service_and_their_orders_keep_onl
     assert_eq!(early.status, StatusCode::CONFLICT, "{}", early.body);
     assert!(early.body["detail"].as_str().unwrap_or_default().contains(&order_id), "{}", early.body);
 
-    let shipment = shipment_of(&api, &customer, &order_id).await;
-    let shipment_id = string(&shipment, "id").expect("shipment id");
-    let courier = api.courier().await.expect("the bootstrap courier logs in");
-    for status in ["assigned", "picked_up", "in_transit", "delivered"] {
-        api.post(
-            &format!("/api/shipments/{shipment_id}/status"),
-            Some(&courier.access_token),
-            &json!({"status": status}),
-        )
-        .await
-        .expect("moves")
-        .expect(StatusCode::OK)
-        .unwrap_or_else(|error| panic!("moving the shipment to {status}: {error}"));
-    }
+    let shipment_id = deliver(&api, &customer, &order_id).await;
     api.wait_order(&customer, &order_id, "delivered").await.expect("delivered");
     let review_path = format!("/api/products/{product}/reviews");
     let (review, _) = wait_for("the review to be accepted", ORDER_TIMEOUT, || async {

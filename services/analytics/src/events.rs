@@ -45,6 +45,25 @@ fn when(at: Option<&prost_types::Timestamp>, event: &IncomingEvent) -> DateTime<
     at.and_then(from_timestamp).unwrap_or_else(|| event.time())
 }
 
+/// One handler per order event that only says the order reached a step
+/// (its `order_id` and `occurred_at` are all that is read).
+macro_rules! order_steps {
+    ($($method:ident($event:ty) => $step:expr,)*) => {
+        $(
+            async fn $method(
+                &self,
+                tx: &mut Transaction<'_, Postgres>,
+                e: $event,
+                event: &IncomingEvent,
+            ) -> Result<(), HandlerError> {
+                store::record_step(tx, order_id(&e.order_id)?, $step, when(e.occurred_at.as_ref(), event))
+                    .await
+                    .map_err(HandlerError::retryable)
+            }
+        )*
+    };
+}
+
 impl AnalyticsEventHandler {
     async fn order_placed(
         &self,
@@ -70,59 +89,12 @@ impl AnalyticsEventHandler {
             .map_err(HandlerError::retryable)
     }
 
-    async fn order_confirmed(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        e: ev::OrderConfirmed,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        store::record_step(tx, order_id(&e.order_id)?, Step::Confirmed, when(e.occurred_at.as_ref(), event))
-            .await
-            .map_err(HandlerError::retryable)
-    }
-
-    async fn order_rejected(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        e: ev::OrderRejected,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        store::record_step(tx, order_id(&e.order_id)?, Step::Rejected, when(e.occurred_at.as_ref(), event))
-            .await
-            .map_err(HandlerError::retryable)
-    }
-
-    async fn order_failed(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        e: ev::OrderFailed,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        store::record_step(tx, order_id(&e.order_id)?, Step::Failed, when(e.occurred_at.as_ref(), event))
-            .await
-            .map_err(HandlerError::retryable)
-    }
-
-    async fn order_cancelled(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        e: ev::OrderCancelled,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        store::record_step(tx, order_id(&e.order_id)?, Step::Cancelled, when(e.occurred_at.as_ref(), event))
-            .await
-            .map_err(HandlerError::retryable)
-    }
-
-    async fn order_delivered(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        e: ev::OrderDelivered,
-        event: &IncomingEvent,
-    ) -> Result<(), HandlerError> {
-        store::record_step(tx, order_id(&e.order_id)?, Step::Delivered, when(e.occurred_at.as_ref(), event))
-            .await
-            .map_err(HandlerError::retryable)
+    order_steps! {
+        order_confirmed(ev::OrderConfirmed) => Step::Confirmed,
+        order_rejected(ev::OrderRejected) => Step::Rejected,
+        order_failed(ev::OrderFailed) => Step::Failed,
+        order_cancelled(ev::OrderCancelled) => Step::Cancelled,
+        order_delivered(ev::OrderDelivered) => Step::Delivered,
     }
 
     async fn payment_refunded(
