@@ -1994,6 +1994,11 @@ async fn the_admin_dashboard_counts_todays_order_and_the_sales_report_exports_it
     let name = format!("Abacus, {}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let product = api.create_product(&admin, &category, &name, 1234, 4).await.expect("product");
     let buyer = api.register_customer("counted").await.expect("registers");
+    api.post("/api/cart/items", Some(&buyer.access_token), &json!({"product_id": product, "quantity": 1}))
+        .await
+        .expect("answers")
+        .expect(StatusCode::OK)
+        .expect("200");
     let order_id = api.order(&buyer, &[(&product, 3)], CARD_OK).await.expect("accepted");
     api.wait_order(&buyer, &order_id, "confirmed").await.expect("confirmed");
 
@@ -2048,12 +2053,12 @@ async fn the_admin_dashboard_counts_todays_order_and_the_sales_report_exports_it
         low.iter().all(|item| item["available"].as_i64() <= Some(5) && item["name"] != json!("")),
         "{dashboard}"
     );
-    let funnel = api
-        .get("/api/admin/analytics/funnel", token)
-        .await
-        .expect("answers")
-        .expect(StatusCode::OK)
-        .expect("200");
+    let (funnel, _) = wait_for("the cart in the funnel", ORDER_TIMEOUT, || async {
+        let funnel = api.get("/api/admin/analytics/funnel", token).await?.expect(StatusCode::OK)?;
+        Ok((funnel["carts"].as_i64() >= Some(1)).then_some(funnel))
+    })
+    .await
+    .expect("the cart's event reaches the analytics");
     assert!(funnel["placed"].as_i64() >= Some(1) && funnel["confirmed"].as_i64() >= Some(1), "{funnel}");
 
     let csv = api

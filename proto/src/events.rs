@@ -114,6 +114,8 @@ event_payloads! {
     ],
     // Keyed by user.
     Users: [UserRegistered => user_id, UserRoleChanged => user_id, UserErased => user_id],
+    // Keyed by user: one cart per user.
+    Carts: [CartItemAdded => user_id],
     // Keyed by product.
     Catalog: [
         ProductCreated => product_id,

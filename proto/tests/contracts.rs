@@ -324,6 +324,7 @@ macro_rules! for_each_event {
             $check::<events::UserRegistered>(),
             $check::<events::UserRoleChanged>(),
             $check::<events::UserErased>(),
+            $check::<events::CartItemAdded>(),
             $check::<events::ProductCreated>(),
             $check::<events::ProductUpdated>(),
             $check::<events::ProductDeleted>(),

@@ -1,4 +1,4 @@
-//! The consumer's handler: each order, payment, shipment and catalog event
+//! The consumer's handler: each order, payment, shipment, catalog and cart event
 //! sets what it tells about an order or a product ([`store`]), in a way
 //! that does not depend on the order the events arrive in.
 
@@ -10,8 +10,8 @@ use sqlx::{Postgres, Transaction};
 
 use crate::store::{self, Line, Step};
 
-/// Handles the Orders, Payments, Shipments and Catalog topics; other types
-/// are skipped.
+/// Handles the Orders, Payments, Shipments, Catalog and Carts topics; other
+/// types are skipped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AnalyticsEventHandler;
 
@@ -26,6 +26,7 @@ commerce_platform::event_handler!(AnalyticsEventHandler {
     ev::ShipmentStatusChanged => shipment_status_changed,
     ev::ProductCreated => product_created,
     ev::ProductUpdated => product_updated,
+    ev::CartItemAdded => cart_item_added,
 });
 
 /// An event the analytics cannot apply.
@@ -124,6 +125,20 @@ impl AnalyticsEventHandler {
             return Ok(());
         }
         store::record_step(tx, &e.order_id, Step::Shipped, when(e.occurred_at.as_ref(), event))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    async fn cart_item_added(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        e: ev::CartItemAdded,
+        event: &IncomingEvent,
+    ) -> Result<(), HandlerError> {
+        if e.user_id.is_empty() {
+            return Err(HandlerError::permanent(InvalidEvent("CartItemAdded without a user id")));
+        }
+        store::record_cart_add(tx, &e.user_id, when(e.occurred_at.as_ref(), event))
             .await
             .map_err(HandlerError::retryable)
     }

@@ -164,6 +164,7 @@ impl AnalyticsService for AnalyticsGrpc {
         let mut conn = self.pool.acquire().await.map_err(Error::Read)?;
         let funnel = store::funnel(&mut conn, from, to).await?;
         Ok(Response::new(pb::GetFunnelResponse {
+            carts: funnel.carts,
             placed: funnel.placed,
             confirmed: funnel.confirmed,
             delivered: funnel.delivered,

@@ -139,6 +139,24 @@ pub async fn record_product(
     Ok(())
 }
 
+/// Records that `user_id` put something in a cart at `at`; the first
+/// moment of each UTC day wins.
+pub async fn record_cart_add(
+    conn: &mut PgConnection,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO cart_adds (user_id, day, first_at) VALUES ($1, ($2 AT TIME ZONE 'UTC')::date, $2) \
+         ON CONFLICT (user_id, day) DO UPDATE SET first_at = LEAST(cart_adds.first_at, excluded.first_at)",
+    )
+    .bind(user_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// How [`sales`] groups the confirmed orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grouping {
@@ -204,6 +222,8 @@ pub async fn sales(
 /// What became of the orders placed in `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct Funnel {
+    /// Users who put something in a cart.
+    pub carts: i64,
     pub placed: i64,
     pub confirmed: i64,
     pub delivered: i64,
@@ -219,7 +239,8 @@ pub async fn funnel(
     to: DateTime<Utc>,
 ) -> Result<Funnel, Error> {
     sqlx::query_as(
-        "SELECT count(*) AS placed, count(confirmed_at) AS confirmed, count(delivered_at) AS delivered, \
+        "SELECT (SELECT count(DISTINCT user_id) FROM cart_adds WHERE first_at >= $1 AND first_at < $2) AS carts, \
+           count(*) AS placed, count(confirmed_at) AS confirmed, count(delivered_at) AS delivered, \
            count(rejected_at) AS rejected, count(failed_at) AS failed, count(cancelled_at) AS cancelled, \
            count(*) FILTER (WHERE refunded_units > 0) AS refunded \
          FROM orders WHERE placed_at >= $1 AND placed_at < $2",

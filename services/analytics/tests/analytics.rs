@@ -68,6 +68,17 @@ async fn publish_history(prefix: &str, yesterday: DateTime<Utc>, now: DateTime<U
     };
     publish(prefix, &stale).await?;
 
+    // Two users fill carts, one of them twice the same day.
+    for (user, when) in [("u1", yesterday - hour), ("u1", yesterday), ("u2", now - hour * 3)] {
+        let added = ev::CartItemAdded {
+            user_id: user.to_owned(),
+            product_id: "p1".to_owned(),
+            quantity: 1,
+            occurred_at: at(when),
+        };
+        publish(prefix, &added).await?;
+    }
+
     // o1: yesterday, two kettles, shipped and delivered.
     let placed = |order: &str, user: &str, lines: Vec<ev::order_placed::Line>, when: DateTime<Utc>| {
         let total = lines.iter().map(|line| line.line_total.as_ref().map_or(0, |m| m.units)).sum();
@@ -207,8 +218,11 @@ async fn the_figures_follow_the_events_and_a_replay_into_empty_tables_gives_the_
         let client = client.clone();
         async move {
             let figures = figures(client, from, to).await?;
-            let done =
-                figures.funnel.placed == 4 && figures.funnel.refunded == 1 && figures.products.len() == 2;
+            let funnel = &figures.funnel;
+            let done = funnel.carts == 2
+                && funnel.placed == 4
+                && funnel.refunded == 1
+                && figures.products.len() == 2;
             Ok(done.then_some(figures))
         }
     })
@@ -231,17 +245,11 @@ async fn the_figures_follow_the_events_and_a_replay_into_empty_tables_gives_the_
     assert_eq!(first.categories, vec![row("c1", "c1", 2, 3, 3000, 0), row("c2", "c2", 1, 3, 900, 0)]);
     let funnel = &first.funnel;
     assert_eq!(
-        (
-            funnel.placed,
-            funnel.confirmed,
-            funnel.delivered,
-            funnel.rejected,
-            funnel.failed,
-            funnel.cancelled,
-            funnel.refunded
-        ),
-        (4, 2, 1, 1, 0, 1, 1)
+        (funnel.carts, funnel.placed, funnel.confirmed, funnel.delivered),
+        (2, 4, 2, 1),
+        "two users filled carts; four orders placed, two confirmed, one delivered"
     );
+    assert_eq!((funnel.rejected, funnel.failed, funnel.cancelled, funnel.refunded), (1, 0, 1, 1));
     assert_eq!((funnel.cancellation_rate, funnel.refund_rate), (0.5, 0.5));
     assert_eq!(
         first.stuck,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use commerce_platform::config::CommonArgs;
 use commerce_platform::discovery::PeerArgs;
+use commerce_platform::events::KafkaArgs;
 use commerce_platform::redis::RedisArgs;
 use commerce_platform::resilience::ClientArgs;
 
@@ -24,6 +25,9 @@ pub struct Config {
     pub peers: PeerArgs,
     #[command(flatten)]
     pub cart: CartSettings,
+    /// Where the cart's events go (see `events`).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// The cart's own settings.

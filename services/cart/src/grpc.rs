@@ -27,6 +27,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::Error;
 use crate::domain::{self, CartLine, Limits, Money, PricedCart, ProductInfo};
+use crate::events::CartEvents;
 use crate::store::{AddOutcome, CartStore, StoredCart};
 use commerce_topology::Service;
 
@@ -44,6 +45,8 @@ pub struct CartGrpc {
     store: CartStore,
     peers: PeerClients,
     limits: Limits,
+    /// Where `CartItemAdded` goes; none in tests that do not need it.
+    events: Option<CartEvents>,
 }
 
 fn timestamp_ms(ms: i64) -> Timestamp {
@@ -73,7 +76,13 @@ fn peer_error(peer: Service, status: Status) -> Error {
 impl CartGrpc {
     /// A cart API over `store`, calling `peers`, enforcing `limits`.
     pub fn new(store: CartStore, peers: PeerClients, limits: Limits) -> Self {
-        Self { store, peers, limits }
+        Self { store, peers, limits, events: None }
+    }
+
+    /// Publishes what goes into carts through `events`.
+    pub fn with_events(mut self, events: CartEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Current catalog data of `ids`; deleted products are absent.
@@ -221,7 +230,11 @@ impl CartService for CartGrpc {
             .add(&request.user_id, &request.product_id, request.quantity, self.limits, now_ms)
             .await?
         {
-            AddOutcome::Added { .. } => {}
+            AddOutcome::Added { .. } => {
+                if let Some(events) = &self.events {
+                    events.item_added(&request.user_id, &request.product_id, request.quantity);
+                }
+            }
             // Another request grew the line meanwhile.
             AddOutcome::LineQuantityExceeded { quantity } => {
                 return Err(Error::from(domain::RuleError::LineQuantity {

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod store;
 
@@ -83,11 +84,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
                 Peers::new(&config.peers.clone().or_local_defaults(), &config.client, wiring.stop_token())
                     .with_metrics(wiring.metrics());
             let clients = peer_clients(&peers)?;
+            // No readiness check of its own (see `events`): the cart does
+            // not wait for Kafka.
+            let producer = commerce_platform::events::EventProducer::new(&config.kafka)
+                .map_err(|error| RuntimeError::CreateProducer(Box::new(error)))?;
             let cart = CartGrpc::new(
                 CartStore::new(redis, &config.redis.key_prefix, config.cart.ttl),
                 clients,
                 config.cart.limits(),
-            );
+            )
+            .with_events(events::CartEvents::new(producer));
             Ok(wiring.grpc_server().add_service(CartServiceServer::new(cart)))
         })
         .await

@@ -10,6 +10,7 @@ use commerce_cart::{CartSettings, Config};
 use commerce_platform::admin::AdminArgs;
 use commerce_platform::config::CommonArgs;
 use commerce_platform::discovery::PeerArgs;
+use commerce_platform::events::KafkaArgs;
 use commerce_platform::grpc::GrpcArgs;
 use commerce_platform::redis::RedisArgs;
 use commerce_platform::resilience::ClientArgs;
@@ -43,6 +44,10 @@ async fn the_served_cart_answers_over_grpc_and_stops_on_shutdown() -> anyhow::Re
         client: ClientArgs::default(),
         peers: PeerArgs::default(),
         cart: CartSettings::default(),
+        // Creating the producer does not connect; no test here adds items.
+        kafka: KafkaArgs::new(
+            std::env::var("COMMERCE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".to_owned()),
+        ),
     };
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(commerce_cart::serve(config, shutdown.clone()));

@@ -1926,6 +1926,9 @@ pub struct SalesReport {
 pub struct Funnel {
     pub from: String,
     pub to: String,
+    /// Users who put something in a cart (the first step; from the cart's
+    /// events, which may miss some while Kafka is away).
+    pub carts: i64,
     /// Orders placed (checkouts).
     pub placed: i64,
     /// Of those, confirmed (stock held and paid).

@@ -74,6 +74,7 @@ pub enum Topic {
     Users,
     Catalog,
     Reviews,
+    Carts,
 }
 
 /// How a topic is laid out on the brokers.
@@ -110,7 +111,8 @@ pub struct ServiceSpec {
     pub database: bool,
     /// Whether the service needs Redis (carts, cache, rate-limit counters).
     pub redis: bool,
-    /// Topics the service publishes to (through its outbox).
+    /// Topics the service publishes to (through its outbox; the cart,
+    /// which has no database, publishes directly and at best once).
     pub produces: &'static [Topic],
     /// Topics the service consumes, in its own consumer group.
     pub consumes: &'static [Topic],
@@ -170,7 +172,8 @@ const SERVICES: [ServiceSpec; 15] = [
         summary: "per-user carts in Redis with a 24 h expiry; checkout",
         database: false,
         redis: true,
-        produces: &[],
+        // Carts: what went into a cart, for the analytics funnel.
+        produces: &[Topic::Carts],
         consumes: &[],
         calls: &[Service::Catalog, Service::Inventory, Service::Order],
     },
@@ -310,8 +313,9 @@ const SERVICES: [ServiceSpec; 15] = [
         redis: false,
         produces: &[],
         // Orders: sales and the funnel. Payments: refunds. Shipments: when
-        // an order left. Catalog: product names and categories.
-        consumes: &[Topic::Orders, Topic::Payments, Topic::Shipments, Topic::Catalog],
+        // an order left. Catalog: product names and categories. Carts: the
+        // funnel's first step.
+        consumes: &[Topic::Orders, Topic::Payments, Topic::Shipments, Topic::Catalog, Topic::Carts],
         calls: &[],
     },
 ];
@@ -439,7 +443,7 @@ impl std::error::Error for UnknownService {}
 
 impl Topic {
     /// Every domain topic.
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Orders,
         Topic::Inventory,
         Topic::Payments,
@@ -447,6 +451,7 @@ impl Topic {
         Topic::Users,
         Topic::Catalog,
         Topic::Reviews,
+        Topic::Carts,
     ];
 
     /// Layout of the topic.
@@ -461,6 +466,7 @@ impl Topic {
             Topic::Users => ("commerce.users.v1", 3),
             Topic::Catalog => ("commerce.catalog.v1", 3),
             Topic::Reviews => ("commerce.reviews.v1", 3),
+            Topic::Carts => ("commerce.carts.v1", 3),
         };
         TopicSpec { name, partitions, retention_ms: DOMAIN_RETENTION_MS }
     }

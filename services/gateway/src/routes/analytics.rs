@@ -180,6 +180,7 @@ pub async fn funnel(
     Ok(Json(Funnel {
         from: period.first.to_string(),
         to: period.last.to_string(),
+        carts: funnel.carts,
         placed: funnel.placed,
         confirmed: funnel.confirmed,
         delivered: funnel.delivered,
