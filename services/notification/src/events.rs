@@ -4,6 +4,8 @@
 //! skips redelivered event ids; the unique (user, source event id) makes a
 //! notification and its email exist once even if that record were lost.
 
+use std::time::Duration;
+
 use commerce_platform::events::{HandlerError, IncomingEvent};
 use commerce_proto::events::v1 as ev;
 use commerce_proto::notification::v1::Channel;
@@ -12,6 +14,10 @@ use sqlx::{Postgres, Transaction};
 use crate::domain::{self, Draft};
 use crate::email::{self, Recipient};
 use crate::{mailer, store};
+
+/// How old a notification drafted before its user's address was known may
+/// be and still be emailed when the address arrives.
+pub const LATE_ADDRESS_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The notification service's consumer.
 #[derive(Debug, Clone, Default)]
@@ -55,10 +61,15 @@ impl NotificationEventHandler {
             email: e.email.clone(),
             display_name: e.display_name.clone(),
         };
-        if !recipient.user_id.is_empty() && !recipient.email.is_empty() {
+        let known = !recipient.user_id.is_empty() && !recipient.email.is_empty();
+        if known {
             store::upsert_recipient(tx, &recipient).await.map_err(HandlerError::retryable)?;
         }
-        self.store_draft(tx, domain::welcome(&e), event).await
+        self.store_draft(tx, domain::welcome(&e), event).await?;
+        if known && self.email {
+            self.mail_waiting(tx, &recipient).await?;
+        }
+        Ok(())
     }
 
     /// An erased user's notifications, emails and address go.
@@ -168,9 +179,35 @@ impl NotificationEventHandler {
 }
 
 impl NotificationEventHandler {
+    /// Emails the notifications drafted for `recipient` before their address
+    /// was known. The users topic and the others are consumed side by side,
+    /// so a step of an order placed right after signing up (or during a
+    /// backlog) can be handled before the registration. Only notifications
+    /// of the last [`LATE_ADDRESS_WINDOW`] are mailed: older news stays in
+    /// the inbox rather than arrive as a late email.
+    async fn mail_waiting(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        recipient: &Recipient,
+    ) -> Result<(), HandlerError> {
+        let waiting = store::unmailed(tx, &recipient.user_id, LATE_ADDRESS_WINDOW)
+            .await
+            .map_err(HandlerError::retryable)?;
+        for (draft, source_event_id) in &waiting {
+            mailer::enqueue(tx, recipient, &email::render(draft, recipient), *source_event_id)
+                .await
+                .map_err(HandlerError::retryable)?;
+        }
+        if !waiting.is_empty() {
+            tracing::info!(user_id = %recipient.user_id, emails = waiting.len(), "emails queued once the address arrived");
+        }
+        Ok(())
+    }
+
     /// Stores the notification `draft` made of `event`, once per event, and
     /// queues its email when the channel is on and the user's address is
-    /// known (users registered before the service heard of them get none).
+    /// known (else [`Self::mail_waiting`] queues it when the address comes;
+    /// users registered before the service heard of them get none).
     async fn store_draft(
         &self,
         tx: &mut Transaction<'_, Postgres>,

@@ -1,6 +1,7 @@
 //! The notification database: each user's inbox.
 
 use chrono::{DateTime, Utc};
+use commerce_proto::notification::v1::NotificationKind;
 use sqlx::postgres::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -134,6 +135,34 @@ pub async fn erase_user(conn: &mut PgConnection, user_id: &str) -> Result<u64, E
             .rows_affected();
     }
     Ok(deleted)
+}
+
+/// The user's notifications stored within `window` that have no email: those
+/// drafted while the user's address was not known yet, oldest first, each
+/// with the id of the event it was made from.
+pub async fn unmailed(
+    conn: &mut PgConnection,
+    user_id: &str,
+    window: std::time::Duration,
+) -> Result<Vec<(Draft, Uuid)>, Error> {
+    let rows: Vec<(i32, String, String, String, Uuid)> = sqlx::query_as(
+        "SELECT n.kind, n.title, n.body, n.order_id, n.source_event_id FROM notifications n \
+         WHERE n.user_id = $1 AND n.created_at > now() - make_interval(secs => $2) \
+         AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.user_id = n.user_id AND e.source_event_id = n.source_event_id) \
+         ORDER BY n.created_at, n.id",
+    )
+    .bind(user_id)
+    .bind(window.as_secs_f64())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(Error::LoadNotifications)?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, title, body, order_id, source_event_id)| {
+            let kind = NotificationKind::try_from(kind).unwrap_or(NotificationKind::Unspecified);
+            (Draft { user_id: user_id.to_owned(), kind, title, body, order_id }, source_event_id)
+        })
+        .collect())
 }
 
 /// Where a user's email goes, if the service has heard of the user.

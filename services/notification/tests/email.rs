@@ -145,6 +145,60 @@ async fn each_step_reaches_the_users_mailbox_once_with_its_template() -> anyhow:
     Ok(())
 }
 
+/// The users topic and the order topics are consumed side by side, so an
+/// order step can be handled before the registration of its customer: its
+/// email waits for the address, unless the step is older than the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_handled_before_the_registration_is_mailed_when_the_address_arrives() -> anyhow::Result<()> {
+    init_logging();
+    let prefix = kafka_namespace().await?;
+    let port = free_port();
+    let smtp = SmtpServer::start(port)?;
+    let service = Notification::start(&prefix, port, &[]).await?;
+    let pool = service.database.pool().await?;
+
+    publish(&prefix, &confirmed("order-old", "dave")).await?;
+    publish(&prefix, &confirmed("order-new", "dave")).await?;
+    eventually("both steps in dave's inbox", || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = 'dave'")
+            .fetch_one(&pool)
+            .await?;
+        Ok((count == 2).then_some(()))
+    })
+    .await?;
+    // One of them is old news by the time the address arrives.
+    sqlx::query(
+        "UPDATE notifications SET created_at = now() - interval '2 hours' WHERE order_id = 'order-old'",
+    )
+    .execute(&pool)
+    .await?;
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM emails").fetch_one(&pool).await?;
+    assert_eq!(queued, 0, "no address yet, so no email");
+
+    publish(&prefix, &registered("dave", "dave@example.test", "Dave")).await?;
+    let messages = eventually("the welcome and the recent step", || async {
+        let messages = smtp.messages()?;
+        anyhow::ensure!(messages.len() <= 2, "more than two emails: {messages:#?}");
+        Ok((messages.len() == 2).then_some(messages))
+    })
+    .await?;
+    assert!(messages.iter().any(|m| m.contains("Subject: Welcome to the shop")), "{messages:#?}");
+    let confirmation =
+        messages.iter().find(|m| m.contains("Subject: Your order is confirmed")).expect("the confirmation");
+    assert!(confirmation.contains("To: dave@example.test"), "{confirmation}");
+    assert!(confirmation.contains("Hello Dave,"), "{confirmation}");
+    assert!(confirmation.contains("Order: order-new"), "{confirmation}");
+    let orders: Vec<String> = sqlx::query_scalar(
+        "SELECT n.order_id FROM emails e JOIN notifications n USING (user_id, source_event_id) ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(orders, ["", "order-new"], "the welcome and the recent step only");
+    service.stop().await?;
+    drop_kafka_namespace(&prefix).await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_the_server_never_takes_is_retried_then_dead_lettered_and_a_later_server_gets_the_rest()
 -> anyhow::Result<()> {
