@@ -127,6 +127,11 @@ impl Gateway {
             limiter_metrics.limited.clone(),
         );
         metrics.register(
+            "commerce_gateway_ratelimit_leased",
+            "Requests decided from tokens this replica leased from Redis, without a round trip",
+            limiter_metrics.leased.clone(),
+        );
+        metrics.register(
             "commerce_gateway_ratelimit_redis_errors",
             "Rate-limit checks that Redis failed to answer",
             limiter_metrics.redis_errors.clone(),

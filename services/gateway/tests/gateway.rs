@@ -960,6 +960,79 @@ async fn concurrent_requests_to_two_gateways_get_exactly_the_burst_through() -> 
     Ok(())
 }
 
+/// The `commerce_gateway_ratelimit_leased_total` counter of `gateway`.
+fn leased(gateway: &Running) -> Result<u64> {
+    let metrics = gateway.metrics.encode()?;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("commerce_gateway_ratelimit_leased_total "))
+        .context("no leased counter")?
+        .trim()
+        .parse()
+        .context("leased counter")
+}
+
+/// A rule with a large burst leases tokens: most requests are decided
+/// without Redis, yet no more than the burst gets through, one replica or
+/// two, one request at a time or sixty at once. Tokens a lease did not spend
+/// in time are lost, so a little less may get through.
+#[tokio::test]
+async fn leased_tokens_never_let_more_than_the_burst_through_across_two_gateways() -> Result<()> {
+    require_redis().await?;
+    let fixture = Fixture::start().await?;
+    let burst = 80;
+    let rules = RulesFile::new(&products_rule(burst))?;
+    let (first, second) = fixture.replicas(rules.path()).await?;
+    let admin = fixture.backends.token("admin");
+    for gateway in [&first, &second] {
+        wait_for_keys(gateway, &admin).await?;
+        wait_until("Redis and the rules on both gateways", || async {
+            let body = gateway.rate_limit_rules(&admin).await?;
+            let loaded = body["rules"]
+                .as_array()
+                .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
+            Ok(loaded && body["backend"] == "redis")
+        })
+        .await?;
+    }
+
+    // One at a time on the first gateway: 60 of the 80.
+    let mut remaining = Vec::new();
+    for _ in 0..60 {
+        let response = first.get("/api/products").send().await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        let state = header(response.headers(), "ratelimit").unwrap_or_default().to_owned();
+        let r: u64 = state
+            .split(", ")
+            .find_map(|policy| policy.strip_prefix("\"products-tight\";r="))
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("no r= in {state:?}"))?;
+        remaining.push(r);
+    }
+    // (A token refills each minute: r may stay, never grow.)
+    assert!(remaining.windows(2).all(|pair| pair[1] <= pair[0]), "r never grows: {remaining:?}");
+    assert!(remaining[0] < u64::from(burst), "{remaining:?}");
+    let from_leases = leased(&first)?;
+    assert!(from_leases >= 20, "only {from_leases} of 60 requests were decided from leases");
+
+    // Then sixty at once on both: at most the 20 left get through.
+    let mut requests = tokio::task::JoinSet::new();
+    for index in 0..60 {
+        let gateway = if index % 2 == 0 { &first } else { &second };
+        let request = gateway.get("/api/products");
+        requests.spawn(async move { request.send().await.map(|response| response.status()) });
+    }
+    let mut allowed = 0;
+    while let Some(status) = requests.join_next().await {
+        let status = status??;
+        assert!([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status), "{status}");
+        allowed += usize::from(status == StatusCode::OK);
+    }
+    assert!(allowed <= 20, "{allowed} of the 20 tokens left got through");
+    Ok(())
+}
+
 #[tokio::test]
 async fn with_redis_unreachable_the_local_limiter_still_limits_and_metrics_say_so() -> Result<()> {
     let fixture = Fixture::start().await?;
