@@ -139,7 +139,7 @@ fn every_service_is_described_under_its_own_package_with_the_agreed_methods() {
         (
             "commerce.recommendation.v1",
             "RecommendationService",
-            &["RecordView", "ProductRecommendations", "UserRecommendations", "ListViews"],
+            &["RecordViews", "ProductRecommendations", "UserRecommendations", "ListViews"],
         ),
         ("commerce.analytics.v1", "AnalyticsService", &["GetSales", "GetFunnel", "GetDashboard"]),
     ];

@@ -34,6 +34,7 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
 pub mod state;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -169,14 +170,17 @@ impl Gateway {
             "Administrators' changes the audit service did not record (each is logged at error level)",
             audit_record_failures.clone(),
         );
+        let product_views = Arc::new(views::ProductViews::new(metrics));
         let state = AppState::new(state::Parts {
             peers,
             verifier,
             rate_limiter,
             catalog_cache,
+            product_views: product_views.clone(),
             audit_record_failures,
             shutdown: shutdown.clone(),
         });
+        tokio::spawn(product_views.run(state.clone(), shutdown.clone()));
         Self { state, http: config.http.clone() }
     }
 

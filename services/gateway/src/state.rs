@@ -30,6 +30,7 @@ use crate::catalog_cache::CatalogCache;
 use crate::jwt::Verifier;
 use crate::problem::Problem;
 use crate::ratelimit::RateLimiter;
+use crate::views::ProductViews;
 
 /// Shared state of the HTTP app: one `Arc`, since axum clones the state
 /// into several middleware layers on every request, and with an `Arc` per
@@ -45,6 +46,8 @@ pub struct Parts {
     pub verifier: Arc<Verifier<AuthKeySource>>,
     pub rate_limiter: Arc<RateLimiter>,
     pub catalog_cache: Arc<CatalogCache>,
+    /// Signed-in users' product views waiting to be sent.
+    pub product_views: Arc<ProductViews>,
     /// Administrators' changes the audit service did not record.
     pub audit_record_failures: Counter,
     /// Cancelled when the gateway stops: live streams end, so that the

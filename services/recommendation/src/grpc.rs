@@ -4,13 +4,16 @@
 use commerce_proto::common::v1::Money;
 use commerce_proto::recommendation::v1 as pb;
 use commerce_proto::recommendation::v1::recommendation_service_server::RecommendationService;
-use commerce_proto::time::timestamp;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use commerce_proto::time::{from_timestamp, timestamp};
 use sqlx::postgres::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::store::{self, Recommended};
-use crate::{DEFAULT_LIMIT, Error, MAX_LIMIT};
+use crate::{DEFAULT_LIMIT, Error, MAX_LIMIT, MAX_VIEWS_PER_CALL};
 
 /// The gRPC face of the recommendation service.
 #[derive(Debug, Clone)]
@@ -56,16 +59,28 @@ fn user_id(raw: &str) -> Result<&str, Error> {
 
 #[tonic::async_trait]
 impl RecommendationService for RecommendationGrpc {
-    async fn record_view(
+    async fn record_views(
         &self,
-        request: Request<pb::RecordViewRequest>,
-    ) -> Result<Response<pb::RecordViewResponse>, Status> {
+        request: Request<pb::RecordViewsRequest>,
+    ) -> Result<Response<pb::RecordViewsResponse>, Status> {
         let request = request.into_inner();
-        let user = user_id(&request.user_id)?;
-        let product = product_id(&request.product_id)?;
-        let mut conn = self.pool.acquire().await.map_err(Error::Write)?;
-        store::record_view(&mut conn, user, product).await?;
-        Ok(Response::new(pb::RecordViewResponse {}))
+        if request.views.len() > MAX_VIEWS_PER_CALL {
+            return Err(Error::InvalidRequest { field: "views", problem: "at most 1000 per call" }.into());
+        }
+        let now = chrono::Utc::now();
+        // The latest view of each pair: one statement cannot update a row twice.
+        let mut latest: HashMap<(&str, Uuid), DateTime<Utc>> = HashMap::with_capacity(request.views.len());
+        for view in &request.views {
+            let at = view.viewed_at.as_ref().and_then(from_timestamp).unwrap_or(now);
+            let seen = latest.entry((user_id(&view.user_id)?, product_id(&view.product_id)?)).or_insert(at);
+            *seen = (*seen).max(at);
+        }
+        let views: Vec<store::View<'_>> = latest
+            .into_iter()
+            .map(|((user_id, product_id), viewed_at)| store::View { user_id, product_id, viewed_at })
+            .collect();
+        store::record_views(&self.pool, &views).await?;
+        Ok(Response::new(pb::RecordViewsResponse {}))
     }
 
     async fn product_recommendations(

@@ -36,6 +36,8 @@ pub const DEFAULT_LIMIT: i64 = 6;
 pub const MAX_LIMIT: i64 = 20;
 /// Views kept per user.
 pub const VIEWS_KEPT: i64 = 50;
+/// Most views one `RecordViews` call may carry.
+pub const MAX_VIEWS_PER_CALL: usize = 1_000;
 
 /// Everything that can fail in the recommendation service, named after the
 /// action.
@@ -48,7 +50,7 @@ pub enum Error {
     InvalidRequest { field: &'static str, problem: &'static str },
     #[error("cannot read recommendations")]
     Read(#[source] sqlx::Error),
-    #[error("cannot record the view")]
+    #[error("cannot record the views")]
     Write(#[source] sqlx::Error),
 }
 

@@ -2,7 +2,7 @@
 //! the lists read from them.
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{Error, VIEWS_KEPT};
@@ -154,27 +154,49 @@ pub async fn erase_user(conn: &mut PgConnection, user_id: &str) -> Result<u64, s
     Ok(deleted)
 }
 
-/// Records a view, keeping the user's latest [`VIEWS_KEPT`].
-pub async fn record_view(conn: &mut PgConnection, user_id: &str, product_id: Uuid) -> Result<(), Error> {
+/// A user's latest view of a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View<'a> {
+    pub user_id: &'a str,
+    pub product_id: Uuid,
+    pub viewed_at: DateTime<Utc>,
+}
+
+/// Records `views` (one per user and product) in one transaction, keeping
+/// each user's latest [`VIEWS_KEPT`]; a view older than the one stored
+/// changes nothing.
+pub async fn record_views(pool: &PgPool, views: &[View<'_>]) -> Result<(), Error> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = views.iter().map(|view| view.user_id).collect();
+    let products: Vec<Uuid> = views.iter().map(|view| view.product_id).collect();
+    let times: Vec<DateTime<Utc>> = views.iter().map(|view| view.viewed_at).collect();
+    let mut tx = pool.begin().await.map_err(Error::Write)?;
     sqlx::query(
-        "INSERT INTO views (user_id, product_id, viewed_at) VALUES ($1, $2, now()) \
-         ON CONFLICT (user_id, product_id) DO UPDATE SET viewed_at = EXCLUDED.viewed_at",
+        "INSERT INTO views (user_id, product_id, viewed_at) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[]) \
+         ON CONFLICT (user_id, product_id) DO UPDATE SET viewed_at = GREATEST(views.viewed_at, EXCLUDED.viewed_at)",
     )
-    .bind(user_id)
-    .bind(product_id)
-    .execute(&mut *conn)
+    .bind(&users)
+    .bind(&products)
+    .bind(&times)
+    .execute(&mut *tx)
     .await
     .map_err(Error::Write)?;
     sqlx::query(
-        "DELETE FROM views WHERE user_id = $1 AND product_id NOT IN \
-           (SELECT product_id FROM views WHERE user_id = $1 ORDER BY viewed_at DESC LIMIT $2)",
+        "DELETE FROM views v USING ( \
+           SELECT user_id, product_id, \
+                  row_number() OVER (PARTITION BY user_id ORDER BY viewed_at DESC, product_id) AS place \
+           FROM views WHERE user_id = ANY($1)) ranked \
+         WHERE v.user_id = ranked.user_id AND v.product_id = ranked.product_id AND ranked.place > $2",
     )
-    .bind(user_id)
+    .bind(&users)
     .bind(VIEWS_KEPT)
-    .execute(conn)
+    .execute(&mut *tx)
     .await
     .map_err(Error::Write)?;
-    Ok(())
+    tx.commit().await.map_err(Error::Write)
 }
 
 /// A product to recommend, with its count of buyers (or the time of the view).

@@ -55,6 +55,20 @@ impl Shop {
         Ok(self.grpc.product_recommendations(Request::new(request)).await?.into_inner())
     }
 
+    /// Records `views` of (user, product, seconds ago; `None`: unset) in one call.
+    async fn views(&self, views: &[(&str, Uuid, Option<i64>)]) -> Result<(), tonic::Status> {
+        let views = views
+            .iter()
+            .map(|(user, product, ago)| pb::ProductView {
+                user_id: (*user).to_owned(),
+                product_id: product.to_string(),
+                viewed_at: ago
+                    .map(|ago| commerce_proto::time::timestamp(Utc::now() - Duration::seconds(ago))),
+            })
+            .collect();
+        self.grpc.record_views(Request::new(pb::RecordViewsRequest { views })).await.map(drop)
+    }
+
     async fn for_user(&self, user: &str) -> anyhow::Result<pb::UserRecommendationsResponse> {
         let request = pb::UserRecommendationsRequest { user_id: user.to_owned(), limit: 0 };
         Ok(self.grpc.user_recommendations(Request::new(request)).await?.into_inner())
@@ -156,8 +170,7 @@ async fn a_user_sees_what_they_viewed_and_products_for_them_but_never_what_they_
     // Eve views the teapot, then the lamp: the latest first; then what the
     // teapot's buyers bought comes before the best sellers.
     for product in [teapot, lamp, teapot] {
-        let view = pb::RecordViewRequest { user_id: "eve".to_owned(), product_id: product.to_string() };
-        shop.grpc.record_view(Request::new(view)).await?;
+        shop.views(&[("eve", product, None)]).await?;
     }
     let eve = shop.for_user("eve").await?;
     assert_eq!(eve.recently_viewed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Teapot", "Lamp"]);
@@ -179,12 +192,66 @@ async fn a_user_sees_what_they_viewed_and_products_for_them_but_never_what_they_
     // Only the latest 50 views are kept.
     for _ in 0..55 {
         let product = shop.product("Browsed").await?;
-        let view = pb::RecordViewRequest { user_id: "eve".to_owned(), product_id: product.to_string() };
-        shop.grpc.record_view(Request::new(view)).await?;
+        shop.views(&[("eve", product, None)]).await?;
     }
     let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM views WHERE user_id = 'eve'")
         .fetch_one(&shop.database.pool)
         .await?;
     assert_eq!(kept, commerce_recommendation::VIEWS_KEPT);
+    shop.database.drop_database().await
+}
+
+/// The gateway sends views in batches: a pair may repeat within one (the
+/// latest counts), a batch that arrives late does not move a later view
+/// back, a batch of many views keeps each user's latest 50, and a bad view
+/// refuses the batch, naming what is wrong.
+#[tokio::test]
+async fn views_come_in_batches_and_the_latest_of_each_pair_counts() -> anyhow::Result<()> {
+    let shop = Shop::new().await?;
+    let kettle = shop.product("Kettle").await?;
+    let lamp = shop.product("Lamp").await?;
+    let viewed = |user: &'static str| {
+        let shop = &shop;
+        async move {
+            let mine = shop.for_user(user).await?;
+            Ok::<_, anyhow::Error>(mine.recently_viewed.into_iter().map(|p| p.name).collect::<Vec<_>>())
+        }
+    };
+    shop.views(&[
+        ("fay", kettle, Some(30)),
+        ("fay", lamp, Some(20)),
+        ("fay", kettle, Some(10)),
+        ("gus", lamp, None),
+    ])
+    .await?;
+    assert_eq!(viewed("fay").await?, ["Kettle", "Lamp"]);
+    assert_eq!(viewed("gus").await?, ["Lamp"]);
+    // A late batch: the lamp was viewed before the kettle's last view.
+    shop.views(&[("fay", lamp, Some(15))]).await?;
+    assert_eq!(viewed("fay").await?, ["Kettle", "Lamp"], "a late view does not overtake a later one");
+
+    // 60 products for one user in one batch: the latest 50 stay.
+    let mut many = Vec::new();
+    for place in 0..60 {
+        many.push(("hal", shop.product("Browsed").await?, Some(1_000 - place)));
+    }
+    shop.views(&many).await?;
+    let kept: Vec<Uuid> =
+        sqlx::query_scalar("SELECT product_id FROM views WHERE user_id = 'hal' ORDER BY viewed_at")
+            .fetch_all(&shop.database.pool)
+            .await?;
+    let latest: Vec<Uuid> = many[10..].iter().map(|(_, product, _)| *product).collect();
+    assert_eq!(kept, latest);
+
+    for (bad, field) in [
+        (vec![("", kettle, None)], "user_id"),
+        (vec![("fay", lamp, None); commerce_recommendation::MAX_VIEWS_PER_CALL + 1], "views"),
+    ] {
+        let refused = shop.views(&bad).await.expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains(field), "{refused:?}");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM views").fetch_one(&shop.database.pool).await?;
+    assert_eq!(count, 2 + 1 + 50, "a refused batch records nothing");
     shop.database.drop_database().await
 }

@@ -58,7 +58,7 @@ pub async fn get_product(
 ) -> Result<Response, Problem> {
     let id = path_uuid("id", &id)?;
     if let Some(viewer) = viewer {
-        record_view(&state, viewer.user_id, id);
+        state.product_views.record(&viewer.user_id, id);
     }
     let key = Key::Product(id);
     let version = match state.catalog_cache.lookup(&key) {
@@ -82,18 +82,4 @@ pub async fn list_categories(State(state): State<AppState>) -> Result<Json<Categ
     let response =
         state.catalog()?.list_categories(idempotent(request)).await.map_err(grpc("catalog"))?.into_inner();
     Ok(Json(CategoryList { categories: response.categories.into_iter().map(Category::from).collect() }))
-}
-
-/// Tells the recommendation service, in the background, that a signed-in
-/// user viewed a product: the product's answer does not wait for it, and a
-/// lost view only makes "recently viewed" a little less complete.
-fn record_view(state: &AppState, user_id: String, product_id: uuid::Uuid) {
-    let Ok(mut client) = state.recommendation() else { return };
-    let request =
-        commerce_proto::recommendation::v1::RecordViewRequest { user_id, product_id: product_id.to_string() };
-    tokio::spawn(async move {
-        if let Err(status) = client.record_view(request).await {
-            tracing::debug!(code = ?status.code(), message = status.message(), "cannot record a product view");
-        }
-    });
 }

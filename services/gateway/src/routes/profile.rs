@@ -149,6 +149,8 @@ pub async fn erase(
     let request = auth::v1::EraseUserRequest { user_id: caller.user_id.clone(), password: body.password };
     // Not retried: a repeat of an erasure that happened answers 404.
     state.auth()?.erase_user(request).await.map_err(grpc("auth"))?;
+    // Views this gateway has not sent yet would come after the erasure.
+    state.product_views.forget(&caller.user_id);
     // The cart lives in Redis, outside the events; it would expire within a
     // day anyway, so a failure here is logged, not the caller's problem.
     let clear = cart::v1::ClearCartRequest { user_id: caller.user_id.clone() };
