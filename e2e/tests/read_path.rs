@@ -25,8 +25,9 @@
 //! ```
 //!
 //! Each endpoint is measured twice in the same shop: first with the rate
-//! limits raised (every request is still checked against Redis, as in
-//! production, but none is refused), then with them switched off through the
+//! limits raised (every request still spends a token of the shared counter
+//! in Redis, as in production, mostly from tokens the gateway leased in
+//! advance, but none is refused), then with them switched off through the
 //! admin API (the `default-ip` rule stored as disabled), which is the
 //! configuration the targets of issue 8 are met in and tells the limiter's
 //! share. Both are printed, each saying which it is.
@@ -310,7 +311,7 @@ async fn product_reads_through_the_gateway_as_a_ratio_of_a_bare_axum_hello_world
     );
     let raised = format!(
         "rate limits raised (default-ip {RATE_LIMIT_PER_MINUTE}/min, burst {RATE_LIMIT_BURST}): \
-         every request checked in Redis"
+         every request spends a token of the shared counter in Redis, mostly leased ahead"
     );
     let off = "rate limits off (default-ip disabled)".to_owned();
     for (suffix, limits, measured) in [("_limits_on", &raised, &limited), ("", &off, &unlimited)] {
