@@ -532,6 +532,25 @@ impl Fixture {
         let second = self.gateway(self.config(&redis_url(), &shared_prefix, rules_file)).await?;
         Ok((first, second))
     }
+
+    /// Two replicas sharing Redis, once both have their keys and apply the
+    /// `products-tight` rule of `rules` through Redis.
+    async fn limiting_replicas(&self, rules: &RulesFile) -> Result<(Running, Running)> {
+        let (first, second) = self.replicas(rules.path()).await?;
+        let admin = self.backends.token("admin");
+        for gateway in [&first, &second] {
+            wait_for_keys(gateway, &admin).await?;
+            wait_until("Redis and the rules on both gateways", || async {
+                let body = gateway.rate_limit_rules(&admin).await?;
+                let loaded = body["rules"]
+                    .as_array()
+                    .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
+                Ok(loaded && body["backend"] == "redis")
+            })
+            .await?;
+        }
+        Ok((first, second))
+    }
 }
 
 /// One gateway on the real Redis, with its keys loaded, and a customer token.
@@ -892,19 +911,7 @@ async fn two_gateways_sharing_redis_share_one_limit() -> Result<()> {
     require_redis().await?;
     let fixture = Fixture::start().await?;
     let rules = RulesFile::new(&products_rule(4))?;
-    let (first, second) = fixture.replicas(rules.path()).await?;
-    let admin = fixture.backends.token("admin");
-    for gateway in [&first, &second] {
-        wait_for_keys(gateway, &admin).await?;
-        wait_until("Redis and the rules on both gateways", || async {
-            let body = gateway.rate_limit_rules(&admin).await?;
-            let loaded = body["rules"]
-                .as_array()
-                .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
-            Ok(loaded && body["backend"] == "redis")
-        })
-        .await?;
-    }
+    let (first, second) = fixture.limiting_replicas(&rules).await?;
     let get = |gateway: &Running| gateway.get("/api/products").send();
     let statuses = vec![
         get(&first).await?.status(),
@@ -929,19 +936,7 @@ async fn concurrent_requests_to_two_gateways_get_exactly_the_burst_through() -> 
     let fixture = Fixture::start().await?;
     let burst = 10;
     let rules = RulesFile::new(&products_rule(burst))?;
-    let (first, second) = fixture.replicas(rules.path()).await?;
-    let admin = fixture.backends.token("admin");
-    for gateway in [&first, &second] {
-        wait_for_keys(gateway, &admin).await?;
-        wait_until("Redis and the rules on both gateways", || async {
-            let body = gateway.rate_limit_rules(&admin).await?;
-            let loaded = body["rules"]
-                .as_array()
-                .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
-            Ok(loaded && body["backend"] == "redis")
-        })
-        .await?;
-    }
+    let (first, second) = fixture.limiting_replicas(&rules).await?;
     // Sixty at once, thirty per gateway: they reach Redis in batches, and
     // the batches must decide as sixty single checks would.
     let mut requests = tokio::task::JoinSet::new();
@@ -982,19 +977,7 @@ async fn leased_tokens_never_let_more_than_the_burst_through_across_two_gateways
     let fixture = Fixture::start().await?;
     let burst = 80;
     let rules = RulesFile::new(&products_rule(burst))?;
-    let (first, second) = fixture.replicas(rules.path()).await?;
-    let admin = fixture.backends.token("admin");
-    for gateway in [&first, &second] {
-        wait_for_keys(gateway, &admin).await?;
-        wait_until("Redis and the rules on both gateways", || async {
-            let body = gateway.rate_limit_rules(&admin).await?;
-            let loaded = body["rules"]
-                .as_array()
-                .is_some_and(|rules| rules.iter().any(|r| r["name"] == "products-tight"));
-            Ok(loaded && body["backend"] == "redis")
-        })
-        .await?;
-    }
+    let (first, second) = fixture.limiting_replicas(&rules).await?;
 
     // One at a time on the first gateway: 60 of the 80.
     let mut remaining = Vec::new();
