@@ -77,7 +77,7 @@ const MAX_BATCH: usize = 256;
 /// replica holds and does not spend is lost for the client.
 pub const LEASE_TTL: Duration = Duration::from_millis(50);
 /// Most tokens one lease takes.
-pub const MAX_LEASE: u64 = 64;
+pub const MAX_LEASE: u64 = 256;
 /// A lease takes at most this share (1/n) of its rule's burst.
 const LEASE_SHARE_OF_BURST: u64 = 8;
 /// Longest a counter counts as being asked for a lease (µs): the wait for
