@@ -180,7 +180,7 @@ impl Gateway {
             audit_record_failures,
             shutdown: shutdown.clone(),
         });
-        tokio::spawn(product_views.run(state.clone(), shutdown.clone()));
+        tokio::spawn(product_views.run(state.peers.clone(), shutdown.clone()));
         Self { state, http: config.http.clone() }
     }
 

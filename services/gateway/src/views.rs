@@ -23,16 +23,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use commerce_platform::admin::Metrics;
+use commerce_platform::discovery::Peers;
 use commerce_proto::recommendation::v1 as pb;
+use commerce_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use commerce_proto::time::timestamp;
+use commerce_topology::Service;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-use crate::state::AppState;
 
 /// How often waiting views are sent.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -131,27 +132,31 @@ impl ProductViews {
 
     /// Sends the waiting views every [`FLUSH_INTERVAL`] (or when
     /// [`FLUSH_AT`] wait) until `shutdown`, then once more.
-    pub async fn run(self: Arc<Self>, state: AppState, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, peers: Arc<Peers>, shutdown: CancellationToken) {
         loop {
             let stopping = tokio::select! {
                 () = shutdown.cancelled() => true,
                 () = self.wake.notified() => false,
                 () = tokio::time::sleep(FLUSH_INTERVAL) => false,
             };
-            self.send(&state).await;
+            self.send(&peers).await;
             if stopping {
                 return;
             }
         }
     }
 
-    async fn send(&self, state: &AppState) {
+    async fn send(&self, peers: &Peers) {
         let views = self.take();
         for chunk in views.chunks(SEND_AT_MOST) {
             let count = chunk.len() as u64;
-            let Ok(mut client) = state.recommendation() else {
-                self.failed.inc_by(count);
-                continue;
+            let mut client = match peers.channel(Service::Recommendation) {
+                Ok(channel) => RecommendationServiceClient::new(channel),
+                Err(error) => {
+                    self.failed.inc_by(count);
+                    tracing::warn!(%error, views = count, "no channel to the recommendation service");
+                    continue;
+                }
             };
             match client.record_views(pb::RecordViewsRequest { views: chunk.to_vec() }).await {
                 Ok(_) => {
