@@ -124,9 +124,10 @@ Try it (bash, with curl and jq):
   sleep 1; curl -s -X POST $GW/api/products/{product}/reviews -H "authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' -d '{{"rating":5,"title":"Does what it says"}}' | jq -c '{{id, rating, status}}'
   sleep 1; curl -s $GW/api/products/{product} -H "authorization: Bearer $TOKEN" | jq -c .rating
-  # Recommendations: what the product's buyers also bought (or its category's best sellers), and for the buyer.
+  # Recommendations: what the product's buyers also bought (or its category's best sellers), and for the buyer
+  # (the gateway sends signed-in views each second).
   curl -s $GW/api/products/{product}/recommendations | jq -c '{{also_bought: [.also_bought[].name], popular_in_category: [.popular_in_category[].name]}}'
-  curl -s $GW/api/recommendations/me -H "authorization: Bearer $TOKEN" | jq -c '{{recently_viewed: [.recently_viewed[].name], recommended: [.recommended[].name]}}'
+  sleep 1; curl -s $GW/api/recommendations/me -H "authorization: Bearer $TOKEN" | jq -c '{{recently_viewed: [.recently_viewed[].name], recommended: [.recommended[].name]}}'
   curl -s "$GW/api/products/{product}/reviews?sort=most_helpful" | jq -c '.summary'
   # The administrator's dashboard and sales, from the events (also as CSV: /api/admin/analytics/sales.csv).
   curl -s $GW/api/admin/dashboard -H "authorization: Bearer $ADMIN" \
