@@ -139,10 +139,35 @@ pub async fn record_confirmed(
     Ok(new)
 }
 
+/// How long an erased user's id is kept so that late views of theirs are
+/// dropped: far longer than a gateway keeps views (about a second).
+pub const ERASED_KEPT_FOR: &str = "1 day";
+
+/// Advisory lock key that orders views against erasures: [`record_views`]
+/// holds it shared, [`erase_user`] exclusively. ASCII "recviews"; advisory
+/// keys are per database, so it only has to differ from the platform's.
+const VIEWS_LOCK_KEY: i64 = 0x7265_6376_6965_7773;
+
 /// Deletes what the service knows of `user_id`: their views, purchases
-/// and placed orders. The counts of buyers per product and pair stay: they
-/// are sums over many customers and name nobody.
+/// and placed orders, and keeps their id for [`ERASED_KEPT_FOR`] so that
+/// views sent after this (by a gateway replica that collected them before)
+/// are dropped. The counts of buyers per product and pair stay: they are
+/// sums over many customers and name nobody.
+///
+/// Runs in the caller's transaction. The exclusive lock waits for views
+/// being written and holds new ones until the commit, after which they see
+/// the erased id: without it, a batch inserted while this ran would not be
+/// seen by its delete, and would not see its erased id either.
 pub async fn erase_user(conn: &mut PgConnection, user_id: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(VIEWS_LOCK_KEY).execute(&mut *conn).await?;
+    sqlx::query(&format!(
+        "WITH expired AS (DELETE FROM erased_users WHERE erased_at < now() - interval '{ERASED_KEPT_FOR}') \
+         INSERT INTO erased_users (user_id, erased_at) VALUES ($1, now()) \
+         ON CONFLICT (user_id) DO UPDATE SET erased_at = EXCLUDED.erased_at"
+    ))
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
     let mut deleted = 0;
     for statement in [
         "DELETE FROM views WHERE user_id = $1",
@@ -164,7 +189,8 @@ pub struct View<'a> {
 
 /// Records `views` (one per user and product) in one transaction, keeping
 /// each user's latest [`VIEWS_KEPT`]; a view older than the one stored
-/// changes nothing.
+/// changes nothing, and views of a user erased within [`ERASED_KEPT_FOR`]
+/// are dropped.
 pub async fn record_views(pool: &PgPool, views: &[View<'_>]) -> Result<(), Error> {
     if views.is_empty() {
         return Ok(());
@@ -173,9 +199,16 @@ pub async fn record_views(pool: &PgPool, views: &[View<'_>]) -> Result<(), Error
     let products: Vec<Uuid> = views.iter().map(|view| view.product_id).collect();
     let times: Vec<DateTime<Utc>> = views.iter().map(|view| view.viewed_at).collect();
     let mut tx = pool.begin().await.map_err(Error::Write)?;
+    // Shared: batches do not wait for each other, only for an erasure.
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(VIEWS_LOCK_KEY)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::Write)?;
     sqlx::query(
         "INSERT INTO views (user_id, product_id, viewed_at) \
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[]) \
+         SELECT v.* FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[]) AS v (user_id, product_id, viewed_at) \
+         WHERE NOT EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = v.user_id) \
          ON CONFLICT (user_id, product_id) DO UPDATE SET viewed_at = GREATEST(views.viewed_at, EXCLUDED.viewed_at)",
     )
     .bind(&users)

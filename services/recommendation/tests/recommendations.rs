@@ -255,3 +255,67 @@ async fn views_come_in_batches_and_the_latest_of_each_pair_counts() -> anyhow::R
     assert_eq!(count, 2 + 1 + 50, "a refused batch records nothing");
     shop.database.drop_database().await
 }
+
+/// A gateway replica sends the views it collected about once a second, so
+/// views can arrive after their user was erased: they are dropped, never
+/// stored again, and an erasure that is being committed holds a batch back
+/// until it can see it. The erased ids are kept a day.
+#[tokio::test]
+async fn views_arriving_after_their_user_is_erased_are_dropped() -> anyhow::Result<()> {
+    let shop = Shop::new().await?;
+    let kettle = shop.product("Kettle").await?;
+    let lamp = shop.product("Lamp").await?;
+    let pool = shop.database.pool.clone();
+    let views_of = |user: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM views WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    let erase = |user: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await?;
+            store::erase_user(&mut tx, user).await?;
+            tx.commit().await
+        }
+    };
+
+    shop.views(&[("ivy", kettle, None)]).await?;
+    erase("ivy").await?;
+    assert_eq!(views_of("ivy").await?, 0);
+    // A late batch holding ivy's views and someone else's: only the other's stay.
+    shop.views(&[("ivy", lamp, None), ("jo", lamp, None), ("ivy", kettle, None)]).await?;
+    assert_eq!((views_of("ivy").await?, views_of("jo").await?), (0, 1));
+    assert!(shop.for_user("ivy").await?.recently_viewed.is_empty());
+
+    // An erasure in progress: a batch for that user waits for its commit,
+    // then is dropped.
+    let mut erasing = pool.begin().await?;
+    store::erase_user(&mut erasing, "kim").await?;
+    let batch = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let views = [store::View { user_id: "kim", product_id: kettle, viewed_at: Utc::now() }];
+            store::record_views(&pool, &views).await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!batch.is_finished(), "a batch waits for the erasure being committed");
+    erasing.commit().await?;
+    batch.await??;
+    assert_eq!(views_of("kim").await?, 0, "the batch saw the erasure");
+
+    // Erased ids are kept a day: an erasure clears the older ones.
+    sqlx::query("UPDATE erased_users SET erased_at = now() - interval '25 hours' WHERE user_id = 'ivy'")
+        .execute(&pool)
+        .await?;
+    erase("lou").await?;
+    let erased: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM erased_users ORDER BY user_id").fetch_all(&pool).await?;
+    assert_eq!(erased, ["kim", "lou"]);
+    shop.database.drop_database().await
+}
