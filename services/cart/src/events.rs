@@ -9,12 +9,10 @@
 //! producer has no readiness check, so Kafka down does not take carts down.
 
 use chrono::Utc;
+use commerce_platform::events::EventProducer;
 use commerce_platform::events::cloudevents::CloudEventAttributes;
-use commerce_platform::events::producer::OutgoingRecord;
-use commerce_platform::events::{EventPayload, EventProducer};
 use commerce_proto::events::v1::CartItemAdded;
 use commerce_proto::time::timestamp;
-use prost::Message;
 
 /// Publishes the cart's events; cheap to clone.
 #[derive(Debug, Clone)]
@@ -36,15 +34,7 @@ impl CartEvents {
             quantity,
             occurred_at: Some(timestamp(Utc::now())),
         };
-        let topic = self.producer.names().topic(CartItemAdded::TOPIC);
-        let (key, payload) = (event.key(), event.encode_to_vec());
-        let record = OutgoingRecord {
-            topic: &topic,
-            key: Some(key.as_bytes()),
-            payload: Some(&payload),
-            headers: CloudEventAttributes::for_event(&event).to_kafka_headers(),
-        };
-        match self.producer.queue(record) {
+        match self.producer.queue_event(&event, &CloudEventAttributes::for_event(&event)) {
             Ok(pending) => {
                 tokio::spawn(async move {
                     if let Err(error) = pending.acknowledged().await {

@@ -26,7 +26,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use commerce_platform::events::producer::OutgoingRecord;
 use commerce_platform::events::{
     CloudEventAttributes, EventPayload, EventProducer, KafkaArgs, TopicNames, cloudevents, ensure_topics,
 };
@@ -204,18 +203,7 @@ pub async fn publish_with<E: EventPayload>(
     attributes: &CloudEventAttributes,
 ) -> anyhow::Result<()> {
     let args = KafkaArgs { name_prefix: prefix.to_owned(), ..KafkaArgs::new(kafka_brokers()) };
-    let producer = EventProducer::new(&args)?;
-    let topic = producer.names().topic(E::TOPIC);
-    let key = event.key();
-    let payload = event.encode_to_vec();
-    producer
-        .send(OutgoingRecord {
-            topic: &topic,
-            key: Some(key.as_bytes()),
-            payload: Some(&payload),
-            headers: attributes.to_kafka_headers(),
-        })
-        .await?;
+    EventProducer::new(&args)?.send_event(event, attributes).await?;
     Ok(())
 }
 

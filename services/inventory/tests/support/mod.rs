@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use commerce_platform::events::cloudevents::CloudEventAttributes;
-use commerce_platform::events::producer::OutgoingRecord;
 use commerce_platform::events::{EventPayload, EventProducer};
 pub use commerce_testkit::init_logging;
 pub use commerce_testkit::migrated::TestDatabase;
@@ -57,17 +56,7 @@ pub async fn outbox_counts(pool: &PgPool) -> anyhow::Result<HashMap<String, i64>
 /// `ce_id`.
 pub async fn produce<E: EventPayload>(producer: &EventProducer, event: &E) -> anyhow::Result<Uuid> {
     let attributes = CloudEventAttributes::for_event(event);
-    let topic = producer.names().topic(E::TOPIC);
-    let key = event.key();
-    let payload = event.encode_to_vec();
-    producer
-        .send(OutgoingRecord {
-            topic: &topic,
-            key: Some(key.as_bytes()),
-            payload: Some(&payload),
-            headers: attributes.to_kafka_headers(),
-        })
-        .await?;
+    producer.send_event(event, &attributes).await?;
     Ok(attributes.id)
 }
 

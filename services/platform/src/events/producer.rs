@@ -20,6 +20,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::EventPayload;
+use super::cloudevents::CloudEventAttributes;
 use super::kafka::{KafkaArgs, METADATA_TIMEOUT, TopicNames, TracingContext, millis, spawn_broker_watch};
 use crate::errors::error_chain;
 use crate::readiness::Check;
@@ -334,6 +336,35 @@ impl EventProducer {
     /// Produces one record and waits for the broker's acknowledgement.
     pub async fn send(&self, record: OutgoingRecord<'_>) -> Result<Delivery, ProducerError> {
         self.queue(record)?.acknowledged().await
+    }
+
+    /// Queues `event` as the outbox relay publishes one: on its catalog
+    /// topic (under this producer's prefix), keyed by its aggregate, as a
+    /// binary-mode CloudEvent with `attributes`. For what has no outbox (the
+    /// cart, kept in Redis) and for tests that stand in for a publisher.
+    pub fn queue_event<E: EventPayload>(
+        &self,
+        event: &E,
+        attributes: &CloudEventAttributes,
+    ) -> Result<PendingDelivery, ProducerError> {
+        let topic = self.names.topic(E::TOPIC);
+        let (key, payload) = (event.key(), event.encode_to_vec());
+        self.queue(OutgoingRecord {
+            topic: &topic,
+            key: Some(key.as_bytes()),
+            payload: Some(&payload),
+            headers: attributes.to_kafka_headers(),
+        })
+    }
+
+    /// [`queue_event`](Self::queue_event), then waits for the broker's
+    /// acknowledgement.
+    pub async fn send_event<E: EventPayload>(
+        &self,
+        event: &E,
+        attributes: &CloudEventAttributes,
+    ) -> Result<Delivery, ProducerError> {
+        self.queue_event(event, attributes)?.acknowledged().await
     }
 
     /// Waits until every queued record is acknowledged or failed, up to
