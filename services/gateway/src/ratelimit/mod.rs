@@ -21,6 +21,7 @@
 pub mod limiter;
 pub mod rules;
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -278,12 +279,11 @@ where
 {
     let limiter: &RateLimiter = state.as_ref();
     let effective = limiter.effective();
-    let method = request.method().as_str().to_owned();
-    let path = request.uri().path().to_owned();
+    let (method, path) = (request.method().as_str(), request.uri().path());
     let matching: Vec<&Rule> = effective
         .iter()
         .map(|effective| &effective.rule)
-        .filter(|rule| !rule.disabled && rule.matches(&method, &path))
+        .filter(|rule| !rule.disabled && rule.matches(method, path))
         .collect();
     if matching.is_empty() {
         return next.run(request).await;
@@ -292,25 +292,32 @@ where
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
     let ip = limiter.client_ip(request.headers(), peer);
     let user = request.extensions().get::<Arc<Authentication>>().and_then(|outcome| match outcome.as_ref() {
-        Authentication::Verified(caller) => Some(caller.user_id.clone()),
+        Authentication::Verified(caller) => Some(caller.user_id.as_str()),
         _ => None,
     });
     let checks: Vec<Check> = matching
         .iter()
         .map(|rule| {
-            let subject = match rule.key {
-                KeyKind::Ip => format!("ip:{ip}"),
-                KeyKind::User => {
-                    user.as_ref().map_or_else(|| format!("ip:{ip}"), |user| format!("user:{user}"))
-                }
-                KeyKind::ApiKey => request
+            // One allocation per key: this runs for every limited request.
+            let mut key = String::with_capacity(limiter.prefix.len() + rule.name.len() + 72);
+            let _ = write!(key, "{}:c:{}:", limiter.prefix, rule.name);
+            let _ = match rule.key {
+                KeyKind::Ip => write!(key, "ip:{ip}"),
+                KeyKind::User => match user {
+                    Some(user) => write!(key, "user:{user}"),
+                    None => write!(key, "ip:{ip}"),
+                },
+                KeyKind::ApiKey => match request
                     .headers()
                     .get(rule.api_key_header())
                     .and_then(|value| value.to_str().ok())
                     .filter(|value| !value.is_empty())
-                    .map_or_else(|| format!("ip:{ip}"), |api_key| format!("key:{}", digest_hex(api_key))),
+                {
+                    Some(api_key) => write!(key, "key:{}", digest_hex(api_key)),
+                    None => write!(key, "ip:{ip}"),
+                },
             };
-            Check::new(rule, format!("{}:c:{}:{subject}", limiter.prefix, rule.name))
+            Check::new(rule, key)
         })
         .collect();
     let decisions = limiter.limiter.check(&checks).await;
@@ -333,13 +340,13 @@ where
             format!("rate limit {} exceeded; retry in {seconds} s", refused.join(", ")),
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from(seconds));
-        for (name, value) in headers {
+        for (name, value) in headers.into_iter().flatten() {
             problem = problem.with_header(name, value);
         }
         return problem.into_response();
     }
     let mut response = next.run(request).await;
-    for (name, value) in headers {
+    for (name, value) in headers.into_iter().flatten() {
         response.headers_mut().insert(name, value);
     }
     response
@@ -349,27 +356,22 @@ fn ceil_seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
-/// `RateLimit-Policy` and `RateLimit` for the matching rules.
-fn rate_limit_headers(rules: &[&Rule], decisions: &[Decision]) -> Vec<(HeaderName, HeaderValue)> {
-    let policies: Vec<String> = rules
-        .iter()
-        .map(|rule| format!("\"{}\";q={};w={}", rule.name, rule.rate, ceil_seconds(rule.period).max(1)))
-        .collect();
-    let states: Vec<String> = rules
-        .iter()
-        .zip(decisions)
-        .map(|(rule, decision)| {
-            format!("\"{}\";r={};t={}", rule.name, decision.remaining, ceil_seconds(decision.reset))
-        })
-        .collect();
-    let mut headers = Vec::new();
-    if let Ok(value) = HeaderValue::from_str(&policies.join(", ")) {
-        headers.push((RATELIMIT_POLICY, value));
+/// `RateLimit-Policy` and `RateLimit` for the matching rules. Each value is
+/// written into one string (this runs for every limited response).
+fn rate_limit_headers(rules: &[&Rule], decisions: &[Decision]) -> [Option<(HeaderName, HeaderValue)>; 2] {
+    let mut policies = String::with_capacity(rules.len() * 40);
+    let mut states = String::with_capacity(rules.len() * 40);
+    for (index, (rule, decision)) in rules.iter().zip(decisions).enumerate() {
+        let separator = if index == 0 { "" } else { ", " };
+        let window = ceil_seconds(rule.period).max(1);
+        let _ = write!(policies, "{separator}\"{}\";q={};w={window}", rule.name, rule.rate);
+        let reset = ceil_seconds(decision.reset);
+        let _ = write!(states, "{separator}\"{}\";r={};t={reset}", rule.name, decision.remaining);
     }
-    if let Ok(value) = HeaderValue::from_str(&states.join(", ")) {
-        headers.push((RATELIMIT, value));
-    }
-    headers
+    [
+        HeaderValue::try_from(policies).ok().map(|value| (RATELIMIT_POLICY, value)),
+        HeaderValue::try_from(states).ok().map(|value| (RATELIMIT, value)),
+    ]
 }
 
 #[cfg(test)]
@@ -395,9 +397,17 @@ mod tests {
             retry_after: Duration::ZERO,
             reset: Duration::from_millis(23_500),
         };
-        let headers = rate_limit_headers(&[&rule], &[decision]);
-        assert_eq!(headers[0].1, "\"login\";q=5;w=60");
-        assert_eq!(headers[1].1, "\"login\";r=2;t=24");
+        let [policy, state] = rate_limit_headers(&[&rule], &[decision]);
+        assert_eq!(policy.expect("a policy").1, "\"login\";q=5;w=60");
+        assert_eq!(state.expect("a state").1, "\"login\";r=2;t=24");
+
+        let other =
+            Rule { name: "default-ip".into(), rate: 100, period: Duration::from_millis(500), ..rule.clone() };
+        let refused =
+            Decision { allowed: false, remaining: 0, retry_after: Duration::ZERO, reset: Duration::ZERO };
+        let [policy, state] = rate_limit_headers(&[&rule, &other], &[decision, refused]);
+        assert_eq!(policy.expect("policies").1, "\"login\";q=5;w=60, \"default-ip\";q=100;w=1");
+        assert_eq!(state.expect("states").1, "\"login\";r=2;t=24, \"default-ip\";r=0;t=0");
     }
 
     #[test]
