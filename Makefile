@@ -11,6 +11,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/commerce-stack/target
+# A test that returns an error prints it without a 50-frame backtrace (a
+# panic keeps RUST_BACKTRACE's): the message is the line a CI log shows last.
+export RUST_LIB_BACKTRACE ?= 0
 # Loopback ports, credentials and paths of the local infrastructure.
 INFRA_ENV := source e2e/infra.env
 CARGO := cargo

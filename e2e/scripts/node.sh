@@ -781,6 +781,12 @@ cleanup_cgroups() {
 }
 
 do_down() {
+  # metrics.k8s.io is served only while the node runs. Left registered, an
+  # unavailable aggregated API stops every namespace deletion of a control
+  # plane that runs without the node (its discovery fails); up applies it
+  # again. Skipped quietly when the control plane is already down.
+  kubectl_ delete apiservice v1beta1.metrics.k8s.io --ignore-not-found \
+    >>"$(log_file node)" 2>&1 || true
   # Pods first: the kubelet would restart them, so it stops before the CRI
   # removes them (which also runs the CNI teardown and frees the netns).
   stop_recorded traefik "$MARK_TRAEFIK" 20

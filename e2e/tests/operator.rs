@@ -1140,17 +1140,24 @@ async fn a_stack_asking_for_a_pod_monitor_gets_one_the_real_crd_accepts_once_the
                 .and_then(|annotations| annotations.get("prometheus.io/scrape").cloned())
         };
         let order = format!("{stack_name}-order");
-        ensure!(scrape_annotation(&deployments.get(&order).await?).as_deref() == Some("true"));
+        // Degraded and the Deployments come from one reconcile, but another
+        // may have begun meanwhile: looked at until they agree.
+        eventually("the pods' scrape annotations", || async {
+            Ok((scrape_annotation(&deployments.get(&order).await?).as_deref() == Some("true")).then_some(()))
+        })
+        .await?;
 
         kubectl(&["apply", "--server-side", "-f", &crd_file.to_string_lossy()])
             .map_err(anyhow::Error::msg)?;
         kubectl(&["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{crd}")])
             .map_err(anyhow::Error::msg)?;
-        let monitors = Api::<DynamicObject>::namespaced_with(
-            client.clone(),
-            &namespace.name,
-            &resource_of(&client, "monitoring.coreos.com", "v1", "PodMonitor").await?,
-        );
+        // Established does not wait for the discovery document to name the
+        // kind (the apiserver updates it on its own schedule).
+        let podmonitor = eventually("discovery to serve PodMonitor", || async {
+            Ok(Some(resource_of(&client, "monitoring.coreos.com", "v1", "PodMonitor").await?))
+        })
+        .await?;
+        let monitors = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace.name, &podmonitor);
         let monitor =
             eventually("the stack's PodMonitor", || async { Ok(monitors.get_opt(&stack_name).await?) })
                 .await?;
