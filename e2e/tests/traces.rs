@@ -250,5 +250,21 @@ async fn checkout_trace(shop: &mut Shop, jaeger: &Jaeger, http: &reqwest::Client
         spans.iter().any(|span| span.operation == "place order" && span.service == "order"),
         "no transaction span of the placement"
     );
+    // The gateway's catalog version check (ten a second all along) is not
+    // exported, by the gateway nor by the catalog; the requests' spans are.
+    let poll = "commerce.catalog.v1.CatalogService/GetCatalogVersion";
+    for service in ["gateway", "catalog"] {
+        let answer: Value = http
+            .get(format!("{}/api/services/{service}/operations", jaeger.query))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let operations: Vec<&str> =
+            answer["data"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        // The seeding and the checkout's spans are there.
+        ensure!(!operations.is_empty(), "{service} exported no span: {answer}");
+        ensure!(!operations.contains(&poll), "{service} exported the catalog version poll: {operations:?}");
+    }
     Ok(())
 }

@@ -60,6 +60,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::config::CatalogCacheArgs;
@@ -360,8 +361,12 @@ impl CatalogCache {
         let mut client = CatalogServiceClient::new(channel);
         let mut request = tonic::Request::new(pb::GetCatalogVersionRequest {});
         request.set_timeout(self.max_staleness);
+        // Ten a second, the same every time: not exported as traces.
+        let span = tracing::info_span!("catalog_version_check");
+        commerce_platform::trace_context::start_unsampled(&span);
         client
             .get_catalog_version(request)
+            .instrument(span)
             .await
             .map(|answer| answer.into_inner().version)
             .map_err(|status| format!("{}: {}", status.code(), status.message()))

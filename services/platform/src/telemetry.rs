@@ -808,6 +808,37 @@ pub(crate) mod tests {
         assert_eq!(headers.get(trace_context::TRACESTATE).unwrap(), "vendor=7", "the state travels on");
     }
 
+    #[test]
+    fn a_call_under_an_unsampled_start_is_neither_sampled_nor_sent_sampled_and_others_stay_sampled() {
+        let args = LogArgs { format: LogFormat::Json, filter: "off".to_owned() };
+        let subscriber = subscriber(&args, std::io::sink, false, unexported()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut layer = ClientTraceLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(request.headers().clone())
+        }));
+        let mut send_from = |span: &tracing::Span| {
+            let headers = runtime.block_on(span.in_scope(|| layer.call(http::Request::new(())))).unwrap();
+            trace_context::extract_http(&headers).expect("a traceparent was sent")
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let poll = tracing::info_span!("poll");
+            let started = trace_context::start_unsampled(&poll).expect("an OpenTelemetry span");
+            assert!(!started.is_sampled() && started.is_valid());
+            let sent = send_from(&poll);
+            assert!(!sent.is_sampled(), "the call says it is not sampled: {sent:?}");
+            assert_eq!(sent.trace_id(), started.trace_id());
+            // The server continues the caller's decision.
+            let served = tracing::info_span!("served");
+            assert!(!trace_context::start(&served, Some(&sent)).unwrap().is_sampled());
+
+            let request = tracing::info_span!("request");
+            let sent = send_from(&request);
+            assert!(sent.is_sampled(), "a call of an ordinary span is sampled: {sent:?}");
+            let served = tracing::info_span!("served");
+            assert!(trace_context::start(&served, Some(&sent)).unwrap().is_sampled());
+        });
+    }
+
     /// A writer that keeps what is written, as a file or pipe would.
     #[derive(Clone, Default)]
     pub(crate) struct Captured(pub(crate) std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
