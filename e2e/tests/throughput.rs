@@ -34,6 +34,8 @@ const PGBENCH_SECONDS: u32 = 10;
 const MEASURE_FOR: Duration = Duration::from_secs(30);
 /// How long the closed loop runs before it is measured ([`warm_up`]).
 const WARM_UP_FOR: Duration = Duration::from_secs(15);
+/// The pause between the warm-up and the measurement.
+const SETTLE_AFTER_WARM_UP: Duration = Duration::from_secs(3);
 const CARD_OK: &str = "tok_visa";
 
 /// Resident set size of `pid` in KiB, from /proc.
@@ -140,7 +142,7 @@ async fn product_and_customers(
     Ok((product, customers))
 }
 
-/// The closed loop for [`WARM_UP_FOR`], then `ANALYZE` in every database
+/// The closed loop for [`WARM_UP_FOR`], then `VACUUM (ANALYZE)` in every database
 /// of the shop, so that what is measured is a shop in its steady state:
 /// connections, caches and consumer groups exist, the tables hold some
 /// history, and Postgres plans with statistics that describe them.
@@ -171,12 +173,17 @@ async fn warm_up(
     let options: sqlx::postgres::PgConnectOptions = databases.admin_url.parse()?;
     for name in names {
         let mut connection = sqlx::ConnectOptions::connect(&options.clone().database(&name)).await?;
-        sqlx::query("ANALYZE")
+        // VACUUM too: autovacuum would otherwise clear the warm-up's dead
+        // rows during the measured window.
+        sqlx::query("VACUUM (ANALYZE)")
             .execute(&mut connection)
             .await
-            .with_context(|| format!("ANALYZE in {name}"))?;
+            .with_context(|| format!("VACUUM (ANALYZE) in {name}"))?;
         sqlx::Connection::close(connection).await?;
     }
+    // The consumers that trail the saga (notifications, analytics, search)
+    // finish the warm-up's events.
+    tokio::time::sleep(SETTLE_AFTER_WARM_UP).await;
     Ok(orders)
 }
 
@@ -192,7 +199,7 @@ async fn closed_loop_checkouts_per_second_and_memory_of_serve_all() -> anyhow::R
     let idle_rss = rss_kib(shop.pid)?;
 
     let warm_up_orders = warm_up(&api, &shop.databases, &customers, &product).await?;
-    println!("FIGURE warm-up: {warm_up_orders} orders confirmed in {WARM_UP_FOR:?}, then ANALYZE");
+    println!("FIGURE warm-up: {warm_up_orders} orders confirmed in {WARM_UP_FOR:?}, then VACUUM (ANALYZE)");
     // Statistics reach pg_stat_database within a second of a commit.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let commits_before = commits(&shop.databases).await?;
@@ -333,7 +340,7 @@ async fn saga_latency_from_order_created_to_order_confirmed_is_printed() -> anyh
     let api = Api::new(&shop);
     let (product, customers) = product_and_customers(&api, "latency", CUSTOMERS).await?;
     let warm_up_orders = warm_up(&api, &shop.databases, &customers, &product).await?;
-    println!("FIGURE warm-up: {warm_up_orders} orders confirmed in {WARM_UP_FOR:?}, then ANALYZE");
+    println!("FIGURE warm-up: {warm_up_orders} orders confirmed in {WARM_UP_FOR:?}, then VACUUM (ANALYZE)");
 
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
