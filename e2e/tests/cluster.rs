@@ -404,7 +404,8 @@ fn ingress_api() -> Result<Api> {
         .no_proxy()
         .resolve(INGRESS_HOST, SocketAddr::from(([127, 0, 0, 1], port)))
         .build()?;
-    Ok(Api { base: format!("http://{INGRESS_HOST}:{port}"), http })
+    // One stack behind the Ingress for the whole run.
+    Ok(Api { base: format!("http://{INGRESS_HOST}:{port}"), http, shop: STACK.to_owned() })
 }
 
 /// A new category with one product of `stock` units priced `price_minor`

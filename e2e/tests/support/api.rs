@@ -28,7 +28,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 static PASSWORD_CALLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// Sessions of the bootstrap accounts per gateway and email: one login per
 /// test binary rather than per test (access tokens last 15 minutes).
-static BOOTSTRAP_SESSIONS: Mutex<BTreeMap<(String, String), Session>> = Mutex::new(BTreeMap::new());
+static BOOTSTRAP_SESSIONS: Mutex<BTreeMap<(String, String, String), Session>> = Mutex::new(BTreeMap::new());
 
 /// An answer of the gateway.
 #[derive(Debug, Clone)]
@@ -71,6 +71,10 @@ impl Answer {
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+    /// Which shop answers at `base` (its run id): bootstrap sessions are
+    /// cached per shop, not per URL, since a later shop may get the port of
+    /// a stopped one, whose tokens its gateway does not know.
+    pub shop: String,
 }
 
 /// A logged-in user.
@@ -88,7 +92,7 @@ impl Api {
             .no_proxy()
             .build()
             .unwrap_or_else(|error| panic!("cannot build an HTTP client: {error}"));
-        Self { base: shop.gateway_url.clone(), http }
+        Self { base: shop.gateway_url.clone(), http, shop: shop.run_id.clone() }
     }
 
     /// A request to `path`, not sent yet: `token` as bearer, `body` as JSON.
@@ -173,9 +177,9 @@ impl Api {
         self.bootstrap_session(COURIER_EMAIL, COURIER_PASSWORD).await
     }
 
-    /// A bootstrap account's session, logged in once per gateway.
+    /// A bootstrap account's session, logged in once per shop.
     async fn bootstrap_session(&self, email: &str, password: &str) -> anyhow::Result<Session> {
-        let key = (self.base.clone(), email.to_owned());
+        let key = (self.shop.clone(), self.base.clone(), email.to_owned());
         let cached =
             BOOTSTRAP_SESSIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned();
         if let Some(session) = cached {

@@ -118,7 +118,7 @@ impl Shop {
 
     /// A client of the shop's gateway.
     pub fn api(&self) -> Api {
-        Api { base: self.gateway_url(), http: self.http.clone() }
+        Api { base: self.gateway_url(), http: self.http.clone(), shop: self.run.clone() }
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
